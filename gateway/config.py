@@ -1,0 +1,220 @@
+"""Typed, strict gateway configuration (one TOML file).
+
+Every key has a default that runs out of the box (SQLite under ``var/``, no broker needed), so an
+empty file is a valid config. Relative paths are taken from the working directory, which the
+systemd unit sets to the install directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from gateway.configfile import ConfigFileError, Issue, load_toml_model, validate_model
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(Strict):
+    id: str = Field("gw-dev", pattern=NAME_PATTERN, description="This gateway's id in topics.")
+    site: str = Field("site-dev", pattern=NAME_PATTERN, description="Site (canteen/centre) id.")
+    data_dir: Path = Field(Path("var"), description="Where the database and keys live.")
+
+
+class ClockSection(Strict):
+    sync_source: Literal["kernel", "timedatectl", "chrony", "assume_synced", "never"] = Field(
+        "kernel",
+        description="How to tell whether the wall clock is synchronised (a Pi has no RTC). "
+        "'kernel' asks adjtimex, which systemd-timesyncd and chrony both keep up to date.",
+    )
+    check_interval_s: float = Field(30.0, ge=1, le=3600)
+
+
+class LaneLimits(Strict):
+    quota_mb: float = Field(gt=0, le=1_000_000, description="Pending bytes allowed in this lane.")
+    ttl_s: float | None = Field(
+        None, gt=0, description="Pending events older than this are expired (counted)."
+    )
+
+
+class LanesSection(Strict):
+    p0: LaneLimits = LaneLimits(quota_mb=64)
+    p1: LaneLimits = LaneLimits(quota_mb=512)
+    p2: LaneLimits = LaneLimits(quota_mb=256, ttl_s=7 * 86400)
+
+
+class StoreSection(Strict):
+    path: Path | None = Field(None, description="SQLite file; default <data_dir>/gateway.db.")
+    batch_max_rows: int = Field(512, ge=1, le=20_000, description="Most rows in one commit.")
+    batch_linger_ms: float = Field(
+        0.0,
+        ge=0,
+        le=200,
+        description="Wait this long for more rows before a commit; 0 commits as soon as the "
+        "writer is free (rows that arrive during a commit share the next one). "
+        "P0 events never wait.",
+    )
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="'full' survives power loss; 'normal' only a process crash."
+    )
+    min_free_disk_mb: float = Field(
+        200.0, ge=0, description="Below this free space new events are refused (see README)."
+    )
+    delivered_retention_days: float = Field(
+        30.0, ge=0, description="Delivered events stay in the local journal this long for audit."
+    )
+    housekeeping_interval_s: float = Field(10.0, gt=0, le=3600)
+    lanes: LanesSection = LanesSection()
+
+    def db_path(self, data_dir: Path) -> Path:
+        return self.path if self.path is not None else data_dir / "gateway.db"
+
+
+def _broker_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("broker must look like mqtts://host:8883 or mqtt://host:1883")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in broker url: {exc}") from None
+    return value
+
+
+BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+class TlsSection(Strict):
+    ca_file: Path | None = Field(None, description="CA bundle; default: the system's.")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client key for mutual TLS (mode 0600).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttSection(Strict):
+    brokers: list[BrokerUrl] = Field(
+        default_factory=list,
+        description="Tried in order, failing over to the next; empty = buffer only.",
+    )
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = Field(None, description="Default: <site>-<gateway id>.")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = Field(None, description="Read the password from this file.")
+    topic_prefix: str = Field("eldercare", pattern=r"^[A-Za-z0-9_/-]{1,64}$")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    connect_timeout_s: float = Field(10.0, gt=0, le=120)
+    inflight_window: int = Field(32, ge=1, le=1000, description="Messages awaiting PUBACK.")
+    p0_reserved: int = Field(
+        4, ge=1, le=100, description="Extra in-flight slots only P0 alarms may use."
+    )
+    batch_max_events: int = Field(200, ge=1, le=10_000, description="P2 events per message.")
+    batch_max_bytes: int = Field(65_536, ge=1024, le=4_000_000)
+    reconnect_min_s: float = Field(1.0, gt=0, le=60)
+    reconnect_max_s: float = Field(60.0, gt=0, le=3600)
+    session_expiry_s: int = Field(
+        86_400, ge=0, description="Broker keeps downlink requests for us while offline."
+    )
+    health_interval_s: float = Field(30.0, ge=1, le=3600)
+    allow_plaintext_remote: bool = Field(
+        False, description="Permit mqtt:// (no TLS) to a host other than this machine."
+    )
+    tls: TlsSection = TlsSection()
+
+    @model_validator(mode="after")
+    def _plaintext(self) -> MqttSection:
+        for url in self.brokers:
+            parts = urlsplit(url)
+            if (
+                parts.scheme == "mqtt"
+                and parts.hostname not in LOOPBACK
+                and not self.allow_plaintext_remote
+            ):
+                raise ValueError(
+                    f"{url}: plaintext MQTT to a remote host; use mqtts:// "
+                    "(or set allow_plaintext_remote = true on a closed network)"
+                )
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class DownlinkSection(Strict):
+    max_payload_bytes: int = Field(65_536, ge=256, le=16_000_000)
+    remember_transactions: int = Field(
+        10_000, ge=100, description="Answered requests kept to recognise repeats."
+    )
+
+
+class LoggingSection(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class GatewayConfig(Strict):
+    gateway: GatewaySection = GatewaySection()
+    clock: ClockSection = ClockSection()
+    store: StoreSection = StoreSection()
+    mqtt: MqttSection = MqttSection()
+    downlink: DownlinkSection = DownlinkSection()
+    logging: LoggingSection = LoggingSection()
+
+    @property
+    def db_path(self) -> Path:
+        return self.store.db_path(self.gateway.data_dir)
+
+
+class LoadedConfig(BaseModel):
+    """A validated config plus where it came from (its hash goes into the status message)."""
+
+    model_config = ConfigDict(frozen=True)
+    config: GatewayConfig
+    source: str
+    version: str
+
+
+def load_config(path: Path | None) -> LoadedConfig:
+    """Load and validate; raise ConfigFileError listing every problem with file, line and key."""
+    if path is None:
+        return LoadedConfig(config=GatewayConfig(), source="(defaults)", version="defaults")
+    cfg = load_toml_model(path, GatewayConfig)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return LoadedConfig(config=cfg, source=str(path), version=digest)
+
+
+def read_password(mqtt: MqttSection) -> str | None:
+    if mqtt.password is not None:
+        return mqtt.password.get_secret_value()
+    if mqtt.password_file is not None:
+        try:
+            return mqtt.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigFileError(
+                [Issue(str(mqtt.password_file), None, "mqtt.password_file", f"cannot read: {exc}")]
+            ) from None
+    return None
+
+
+__all__ = [
+    "ConfigFileError",
+    "GatewayConfig",
+    "LoadedConfig",
+    "load_config",
+    "read_password",
+    "validate_model",
+]

@@ -1,0 +1,167 @@
+"""Strict TOML loading shared by the gateway config and device definitions.
+
+Installers edit these files by hand on site, so every error names the file, the key path and the
+line, and suggests the key they probably meant (a typo must never silently become a default).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Issue:
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key or '(top level)'}: {self.message}"
+
+
+class ConfigFileError(Exception):
+    """A file that must not be used; carries every problem found, not just the first."""
+
+    def __init__(self, issues: Sequence[Issue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def key_path(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+_TABLE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\".]+)\s*=")
+
+
+def _split_dotted(text: str) -> list[str]:
+    return [p.strip().strip('"') for p in text.split(".")]
+
+
+def line_index(text: str) -> dict[Loc, int]:
+    """Map key paths to the line that defines them.
+
+    tomllib keeps no positions; a line scan is enough for the tables and keys people write by
+    hand (including arrays of tables, counted in order).
+    """
+    index: dict[Loc, int] = {}
+    table: Loc = ()
+    array_counts: dict[Loc, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _TABLE.match(line)
+        if m and not _KEY.match(line):
+            path = tuple(_split_dotted(m.group(2)))
+            if m.group(1) == "[[":
+                n = array_counts.get(path, 0)
+                array_counts[path] = n + 1
+                table = (*path, n)
+            else:
+                table = path
+            index.setdefault(table, number)
+            continue
+        k = _KEY.match(line)
+        if k:
+            index.setdefault((*table, *_split_dotted(k.group(1))), number)
+    return index
+
+
+def _line_for(index: dict[Loc, int], loc: Loc) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in index:
+            return index[loc[:end]]
+    return None
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """Follow a validation location down the model tree to find which keys were allowed."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _inner_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def issues_from_validation(
+    err: ValidationError, model: type[BaseModel], file: str, index: dict[Loc, int]
+) -> list[Issue]:
+    issues = []
+    for e in err.errors():
+        loc: Loc = tuple(e["loc"])
+        message = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            message = "unknown key"
+            if parent is not None and isinstance(loc[-1], str):
+                close = difflib.get_close_matches(loc[-1], list(parent.model_fields), n=1)
+                if close:
+                    message += f"; did you mean '{close[0]}'?"
+        elif e["type"] == "missing":
+            message = "required key is missing"
+        issues.append(Issue(file, _line_for(index, loc), key_path(loc), message))
+    return issues
+
+
+def load_toml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Read and validate a TOML file; raise ConfigFileError naming file, line and key."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigFileError([Issue(name, None, "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigFileError([Issue(name, None, "", f"cannot read: {exc}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        line = int(m.group(1)) if m else None
+        raise ConfigFileError([Issue(name, line, "", f"not valid TOML: {exc}")]) from None
+    if overrides:
+        data.update(overrides)
+    return validate_model(data, model, name, line_index(text))
+
+
+def validate_model(data: Any, model: type[M], name: str, index: dict[Loc, int] | None = None) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigFileError(issues_from_validation(err, model, name, index or {})) from None

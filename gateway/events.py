@@ -1,0 +1,141 @@
+"""Event types, priority lanes and the envelope every uplink event carries.
+
+The envelope is split in two on purpose: the store fixes ``event_id``, ``seq``, ``session``,
+``ts`` and ``clock_synced`` when the event is recorded; ``replay`` is only known when the event
+is finally sent, so the publisher adds it then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+
+class Lane(IntEnum):
+    """Lower value goes first. P0/P1 are never evicted; P2 may be (oldest first, counted)."""
+
+    P0 = 0  # alarms: SOS, fall, wander
+    P1 = 1  # meal records, alarm lifecycle
+    P2 = 2  # telemetry: sightings, device status
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    lane: Lane
+    schema: int = 1
+    description: str = ""
+
+    @property
+    def topic_suffix(self) -> str:
+        return f"event/{self.name}"
+
+
+GATEWAY_STARTED = EventType(
+    "gateway.started",
+    Lane.P2,
+    description="The gateway process started; says whether the previous run stopped cleanly.",
+)
+
+BACKBONE_EVENT_TYPES: tuple[EventType, ...] = (GATEWAY_STARTED,)
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class _Uuid7:
+    """RFC 9562 UUIDv7 with a counter in rand_a, so ids made in one millisecond still sort."""
+
+    def __init__(self, now_ms: Callable[[], int]) -> None:
+        self._now_ms = now_ms
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._counter = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            ms = self._now_ms()
+            if ms <= self._last_ms:
+                ms = self._last_ms
+                self._counter += 1
+                if self._counter > 0xFFF:
+                    ms += 1
+                    self._counter = 0
+            else:
+                self._counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+            self._last_ms = ms
+            counter = self._counter
+        rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
+        return str(uuid.UUID(int=value))
+
+
+uuid7 = _Uuid7(lambda: time.time_ns() // 1_000_000)
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a producer hands to the store: a type, its data, and an id chosen up front.
+
+    The id is chosen by the producer so it can be written into a domain row in the same
+    transaction and quoted back to the device or screen once ``record()`` returns.
+    """
+
+    type: EventType
+    data: Mapping[str, Any]
+    event_id: str = field(default_factory=uuid7)
+
+
+def iso_utc(unix_ms: int) -> str:
+    """UTC ISO-8601 with milliseconds, e.g. 2026-11-22T08:30:00.125Z."""
+    dt = datetime.fromtimestamp(unix_ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{unix_ms % 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as committed: everything but ``replay``. ``data_json`` is kept as text so the
+    publisher can frame it without parsing it again."""
+
+    seq: int
+    event_id: str
+    type: str
+    schema: int
+    lane: Lane
+    session: int
+    ts_ms: int
+    clock_synced: bool
+    steady_ms: int
+    data_json: str
+
+    def envelope_json(self, replay: bool) -> str:
+        head = compact_json(
+            {
+                "event_id": self.event_id,
+                "seq": self.seq,
+                "session": self.session,
+                "type": self.type,
+                "schema": self.schema,
+                "ts": iso_utc(self.ts_ms),
+                "clock_synced": self.clock_synced,
+                "replay": replay,
+            }
+        )
+        return f'{head[:-1]},"data":{self.data_json}}}'
+
+    def envelope(self, replay: bool) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.envelope_json(replay))
+        return parsed

@@ -1,0 +1,129 @@
+"""Services, their start/stop order, and systemd notification.
+
+Every long-running part is a Service. The supervisor starts them in order and stops them in
+reverse, so the store (first in) is the last out and sees every write that others flush on stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def healthy(self) -> bool: ...
+
+
+class Supervisor:
+    def __init__(self, services: Sequence[Service]) -> None:
+        self.services = list(services)
+        self._started: list[Service] = []
+
+    def start_all(self) -> None:
+        for service in self.services:
+            log.info("starting %s", service.name)
+            try:
+                service.start()
+            except BaseException:
+                self.stop_all()
+                raise
+            self._started.append(service)
+
+    def stop_all(self) -> None:
+        while self._started:
+            service = self._started.pop()
+            log.info("stopping %s", service.name)
+            try:
+                service.stop()
+            except Exception:
+                log.exception("error while stopping %s", service.name)
+
+    def healthy(self) -> bool:
+        return all(s.healthy() for s in self._started)
+
+    def unhealthy(self) -> list[str]:
+        return [s.name for s in self._started if not s.healthy()]
+
+    def health(self) -> dict[str, Any]:
+        return {s.name: s.health() for s in self._started}
+
+
+def sd_notify(message: str) -> bool:
+    """Speak the sd_notify protocol without libsystemd (a datagram to $NOTIFY_SOCKET)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+        return False
+    return True
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of WATCHDOG_USEC, as systemd recommends, when the unit asks for a watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(int(usec) / 2_000_000, 0.5)
+    except ValueError:
+        return None
+
+
+class Periodic:
+    """Runs ``task`` every ``interval_s`` on a named, non-daemon thread until stopped.
+
+    Non-daemon so a task that writes SQLite is never cut off mid-write at interpreter exit.
+    A failing task is logged and retried next tick: one bad tick must not end the loop.
+    """
+
+    def __init__(self, name: str, interval_s: float, task: Callable[[], None]) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self._task = task
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._task()
+            except Exception:
+                self.failures += 1
+                log.exception("%s: periodic task failed", self.name)

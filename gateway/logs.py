@@ -1,0 +1,76 @@
+"""Logging set-up with redaction.
+
+Code logs ids, never names, photos or secrets. As a second line of defence, any secret the
+config holds (the MQTT password) is masked if it ever reaches a log line anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+MASK = "***"
+
+
+class RedactFilter(logging.Filter):
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for secret in self._secrets:
+            redacted = redacted.replace(secret, MASK)
+        if redacted != message:
+            record.msg = redacted
+            record.args = None
+        return True
+
+
+def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactFilter(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class RateLimitedLog:
+    """Log a recurring problem at most once per interval, with how many were suppressed.
+
+    Bad input arrives in floods (a noisy RS-485 line); the log must stay readable and the SD
+    card must not be worn out by it. Everything is still counted elsewhere.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._interval = interval_s
+        self._now = now
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = self._now()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        suppressed = self._suppressed.pop(key, 0)
+        self._last[key] = now
+        if suppressed:
+            self._log.warning(msg + " (%d similar suppressed)", *args, suppressed)
+        else:
+            self._log.warning(msg, *args)

@@ -1,0 +1,95 @@
+"""Opening the database file safely.
+
+The worst thing a gateway can do with a damaged database is quietly start a fresh one: the
+undelivered backlog (alarms, meal records) would be gone without anyone noticing. So a file
+that exists but cannot be read is a hard, explained error, never a new empty store.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+from gateway.store.schema import SchemaTooNew, migrate
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreError(Exception):
+    """A store that must not be used; the message says what to do."""
+
+
+def _damaged(path: Path, detail: str) -> StoreError:
+    return StoreError(
+        f"database {path} is damaged or not a gateway database ({detail}). It may hold "
+        "undelivered events, so the gateway will not replace it. Stop the gateway, move the file "
+        f"aside together with {path.name}-wal and {path.name}-shm (keep them: "
+        f"'sqlite3 {path} .recover' can often rescue the rows), then start again with an "
+        "empty store."
+    )
+
+
+def check_writable_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create data directory {directory}: {exc.strerror}") from None
+    probe = directory / ".write-test"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(
+            f"data directory {directory} is not writable ({exc.strerror}); give the gateway's "
+            "user write access or point gateway.data_dir elsewhere"
+        ) from None
+
+
+def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+        )
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def open_database(path: Path, *, synchronous: str, check: bool) -> sqlite3.Connection:
+    """Open (or create) the gateway database, migrate it, and verify it when asked.
+
+    ``check`` runs ``PRAGMA quick_check``; the store asks for it after an unclean stop.
+    """
+    check_writable_dir(path.parent)
+    if path.exists() and path.stat().st_size > 0:
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise StoreError(f"cannot read database {path}: {exc.strerror}") from None
+        if head != SQLITE_MAGIC:
+            raise _damaged(path, "no SQLite header")
+    elif path.exists() and not os.access(path, os.W_OK):
+        raise StoreError(f"database {path} is not writable")
+    try:
+        conn = connect(path, synchronous=synchronous)
+        if check:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                conn.close()
+                raise _damaged(path, f"quick_check: {result}")
+        migrate(sqlite_utils.Database(conn))
+    except SchemaTooNew as exc:
+        raise StoreError(f"database {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, str(exc)) from None
+    return conn

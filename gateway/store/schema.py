@@ -1,0 +1,85 @@
+"""Database schema as an ordered list of migrations, tracked in ``PRAGMA user_version``.
+
+A migration only ever adds; released migrations are never edited. A database written by a newer
+gateway is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _m1_journal_and_outbox(db: sqlite_utils.Database) -> None:
+    db.table("meta").create({"key": str, "value": int}, pk="key")
+    db.table("events").create(
+        {
+            "seq": int,
+            "event_id": str,
+            "type": str,
+            "schema": int,
+            "lane": int,
+            "session": int,
+            "ts_ms": int,
+            "clock_synced": int,
+            "steady_ms": int,
+            "data": str,
+            "delivered_steady_ms": int,
+        },
+        pk="seq",
+        not_null={
+            "event_id",
+            "type",
+            "schema",
+            "lane",
+            "session",
+            "ts_ms",
+            "clock_synced",
+            "steady_ms",
+            "data",
+        },
+    )
+    db.table("events").create_index(["event_id"], unique=True)
+    db.table("events").create_index(["lane", "delivered_steady_ms"])
+    db.table("outbox").create(
+        {"seq": int, "lane": int, "bytes": int, "steady_ms": int},
+        pk="seq",
+        not_null={"lane", "bytes", "steady_ms"},
+        foreign_keys=[("seq", "events", "seq")],
+    )
+    db.table("outbox").create_index(["lane", "seq"])
+    db.table("counters").create({"name": str, "value": int}, pk="name", not_null={"value"})
+    db.table("requests").create(
+        {"txn": str, "op": str, "response": str, "steady_ms": int},
+        pk="txn",
+        not_null={"op", "response", "steady_ms"},
+    )
+    db.table("requests").create_index(["steady_ms"])
+
+
+MIGRATIONS: tuple[Migration, ...] = (_m1_journal_and_outbox,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the schema up to date; return the version found before migrating."""
+    found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(found)
+    for version in range(found, SCHEMA_VERSION):
+        with db.conn:
+            MIGRATIONS[version](db)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+    return found
+
+
+class SchemaTooNew(Exception):
+    def __init__(self, found: int) -> None:
+        self.found = found
+        super().__init__(
+            f"database schema version {found} is newer than this gateway supports "
+            f"({SCHEMA_VERSION}); install the gateway version that wrote it or newer"
+        )

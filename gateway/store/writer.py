@@ -1,0 +1,629 @@
+"""The single writer: every change to the database goes through one thread, in group commits.
+
+Why one writer: SQLite allows one writer at a time anyway; doing it on one thread turns lock
+contention into batching, so a burst of events from several ports and the counter costs one
+fsync, not one each. ``record()`` returns only after the commit that holds the event, so a
+producer may acknowledge its source (serial ACK, DC-09 ACK, counter screen) once it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.clock import Clock, ClockSync
+from gateway.config import StoreSection
+from gateway.events import Event, Lane, StoredEvent, compact_json
+from gateway.lifecycle import Periodic
+from gateway.store.db import StoreError, open_database
+from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MB = 1024 * 1024
+SQL_VARS = 500
+
+
+class StorageFull(Exception):
+    """The event was not written: the disk is at its floor and no telemetry could make room."""
+
+
+class StoreClosed(Exception):
+    """The store is stopped or its writer has failed; nothing more can be recorded."""
+
+
+@dataclass(frozen=True)
+class DomainWrite:
+    """A statement committed in the same transaction as an event (e.g. the meal row)."""
+
+    sql: str
+    params: Sequence[Any] = ()
+
+
+@dataclass(frozen=True)
+class Delivered:
+    seq: int
+    lane: Lane
+
+
+@dataclass
+class _Record:
+    event: Event
+    data_json: str
+    ts_ms: int
+    clock_synced: bool
+    steady_ms: int
+    domain: Sequence[DomainWrite]
+    future: Future[StoredEvent]
+
+    @property
+    def lane(self) -> Lane:
+        return self.event.type.lane
+
+
+@dataclass
+class _Ack:
+    items: Sequence[Delivered]
+    future: Future[int]
+
+
+@dataclass
+class _Write:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: Future[Any]
+
+
+@dataclass
+class _Housekeep:
+    future: Future[None]
+
+
+_Op = _Record | _Ack | _Write | _Housekeep
+
+
+@dataclass
+class LaneUsage:
+    count: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class _Delta:
+    """Changes to in-memory accounting, applied only after the commit succeeds."""
+
+    usage: dict[Lane, LaneUsage] = field(default_factory=lambda: {ln: LaneUsage() for ln in Lane})
+    counters: dict[str, int] = field(default_factory=dict)
+    new_lanes: set[Lane] = field(default_factory=set)
+
+    def add(self, lane: Lane, count: int, nbytes: int) -> None:
+        u = self.usage[lane]
+        u.count += count
+        u.bytes += nbytes
+
+    def count(self, name: str, n: int = 1) -> None:
+        if n:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+
+def disk_free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+_STOP = object()
+
+
+class Store:
+    """Durable journal + outbox. Owns the only write connection."""
+
+    name = "store"
+
+    def __init__(
+        self,
+        cfg: StoreSection,
+        path: Path,
+        clock: Clock,
+        clock_sync: ClockSync,
+        *,
+        free_disk: Callable[[Path], int] = disk_free_bytes,
+    ) -> None:
+        self.cfg = cfg
+        self.path = path
+        self._clock = clock
+        self._sync = clock_sync
+        self._free_disk = free_disk
+        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._listeners: list[Callable[[set[Lane]], None]] = []
+        self._lock = threading.Lock()
+        self._closed = True
+        self._failed: BaseException | None = None
+        self._housekeeping = Periodic(
+            "store-housekeeping", cfg.housekeeping_interval_s, self.housekeep
+        )
+        self.quotas = {
+            Lane.P0: int(cfg.lanes.p0.quota_mb * MB),
+            Lane.P1: int(cfg.lanes.p1.quota_mb * MB),
+            Lane.P2: int(cfg.lanes.p2.quota_mb * MB),
+        }
+        self.ttl_ms = {
+            lane: None if limits.ttl_s is None else int(limits.ttl_s * 1000)
+            for lane, limits in zip(Lane, (cfg.lanes.p0, cfg.lanes.p1, cfg.lanes.p2), strict=True)
+        }
+        self.keep_delivered_ms = int(cfg.delivered_retention_days * 86_400_000)
+        self.usage = {lane: LaneUsage() for lane in Lane}
+        self.counters: dict[str, int] = {}
+        self.session = 0
+        self.previous_stop_clean = True
+        self.pressure: list[Lane] = []
+        self.disk_free = 0
+        self.commits = 0
+        self._next_seq = 1
+        self._steady_base = 0
+        self._mono_at_open = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open, verify after an unclean stop, bump the session, start the writer."""
+        clean = self._read_clean_flag()
+        conn = open_database(self.path, synchronous=self.cfg.synchronous, check=not clean)
+        self._conn = conn
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self.previous_stop_clean = clean
+        max_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        self._next_seq = max(int(meta.get("next_seq", 1)), int(max_seq) + 1)
+        self._steady_base = int(meta.get("steady_ms", 0))
+        self._mono_at_open = self._clock.monotonic_ms()
+        self.session = int(meta.get("session", 0)) + 1
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            self._set_meta(conn, session=self.session, clean_stop=0, next_seq=self._next_seq)
+        for lane, count, nbytes in conn.execute(
+            "SELECT lane, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY lane"
+        ):
+            self.usage[Lane(lane)] = LaneUsage(count, nbytes)
+        self.counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        self.disk_free = self._free_disk(self.path.parent)
+        self.pressure = pressured_lanes(self._bytes_by_lane(), self.quotas)
+        self._closed = False
+        self._failed = None
+        self._sync.refresh()
+        self._thread = threading.Thread(target=self._run, name="store-writer")
+        self._thread.start()
+        self._housekeeping.start()
+        log.info(
+            "store open: %s, session %d, pending %s%s",
+            self.path,
+            self.session,
+            {ln.label: u.count for ln, u in self.usage.items()},
+            "" if clean else " (previous run did not stop cleanly; database verified)",
+        )
+
+    def _read_clean_flag(self) -> bool:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return True
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'clean_stop'").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            return False
+        return bool(row and row[0])
+
+    def stop(self) -> None:
+        self._housekeeping.stop()
+        if self._thread is None:
+            return
+        with self._lock:
+            self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._thread = None
+        conn = self._conn
+        if conn is not None:
+            if self._failed is None:
+                with conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    self._set_meta(conn, clean_stop=1, steady_ms=self.steady_ms())
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
+            self._conn = None
+        log.info("store closed: %s", self.path)
+
+    def healthy(self) -> bool:
+        return self._failed is None and self._thread is not None and self._thread.is_alive()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "pending": {ln.label: u.count for ln, u in self.usage.items()},
+            "pending_bytes": {ln.label: u.bytes for ln, u in self.usage.items()},
+            "storage_pressure": [ln.label for ln in self.pressure],
+            "disk_free_bytes": self.disk_free,
+            "counters": dict(self.counters),
+        }
+
+    def subscribe(self, listener: Callable[[set[Lane]], None]) -> None:
+        """Call ``listener(lanes)`` after each commit that added pending events."""
+        self._listeners.append(listener)
+
+    # ---- clocks -----------------------------------------------------------------------------
+
+    def steady_ms(self) -> int:
+        """Milliseconds of gateway running time, carried across restarts.
+
+        Ages and TTLs use this instead of the wall clock, which on a Pi without RTC can jump by
+        days when NTP first syncs. Time while powered off does not count.
+        """
+        return self._steady_base + self._clock.monotonic_ms() - self._mono_at_open
+
+    # ---- producers --------------------------------------------------------------------------
+
+    def submit(self, event: Event, domain: Sequence[DomainWrite] = ()) -> Future[StoredEvent]:
+        data_json = compact_json(dict(event.data))
+        fut: Future[StoredEvent] = Future()
+        op = _Record(
+            event=event,
+            data_json=data_json,
+            ts_ms=self._clock.wall_ms(),
+            clock_synced=self._sync.synced,
+            steady_ms=self.steady_ms(),
+            domain=domain,
+            future=fut,
+        )
+        self._enqueue(op)
+        return fut
+
+    def record(
+        self, event: Event, domain: Sequence[DomainWrite] = (), timeout: float | None = 30.0
+    ) -> StoredEvent:
+        """Commit the event (and its domain rows); return only once it is on disk."""
+        return self.submit(event, domain).result(timeout)
+
+    def mark_delivered(self, items: Sequence[Delivered]) -> Future[int]:
+        fut: Future[int] = Future()
+        self._enqueue(_Ack(items, fut))
+        return fut
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Run ``fn(conn)`` inside the writer's next transaction."""
+        fut: Future[T] = Future()
+        self._enqueue(_Write(fn, fut))
+        return fut
+
+    def _enqueue(self, op: _Op) -> None:
+        with self._lock:
+            if self._closed:
+                raise StoreClosed(f"store {self.path} is not open")
+            if self._failed is not None:
+                raise StoreClosed(f"store writer failed: {self._failed}")
+            self._queue.put(op)
+
+    # ---- the writer thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            log.critical("store writer failed: %s", exc, exc_info=True)
+            self._failed = exc
+            self._fail_queued(exc)
+
+    def _loop(self) -> None:
+        linger_s = self.cfg.batch_linger_ms / 1000
+        while True:
+            first = self._queue.get()
+            stopping = first is _STOP
+            batch: list[_Op] = [] if stopping else [first]  # type: ignore[list-item]
+            while len(batch) < self.cfg.batch_max_rows:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    if stopping or not linger_s or any(_is_p0(op) for op in batch):
+                        break
+                    try:
+                        item = self._queue.get(timeout=linger_s)
+                    except queue.Empty:
+                        break
+                if item is _STOP:
+                    stopping = True
+                    continue
+                batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                self._commit(batch)
+            if stopping and self._queue.empty():
+                return
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Record | _Ack | _Write | _Housekeep) and not item.future.done():
+                item.future.set_exception(StoreClosed(f"store writer failed: {exc}"))
+
+    def _commit(self, batch: list[_Op]) -> None:
+        conn = self._conn
+        assert conn is not None
+        seq_before = self._next_seq
+        delta = _Delta()
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = self._apply(conn, batch, delta)
+            self._set_meta(conn, next_seq=self._next_seq, steady_ms=self.steady_ms())
+            self._bump_counters(conn, delta.counters)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._next_seq = seq_before
+            if len(batch) > 1:
+                # Isolate the op that failed so it cannot take the rest of the batch with it.
+                for op in batch:
+                    self._commit([op])
+                return
+            err: BaseException = exc
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+                err = StorageFull(f"disk full writing {self.path}")
+            batch[0].future.set_exception(err)
+            log.error("store write failed: %s", exc)
+            return
+        self.commits += 1
+        self._apply_delta(delta)
+        for op, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                op.future.set_exception(result)
+            else:
+                op.future.set_result(result)
+        if delta.new_lanes:
+            for listener in self._listeners:
+                listener(delta.new_lanes)
+
+    def _apply(self, conn: sqlite3.Connection, batch: list[_Op], delta: _Delta) -> list[Any]:
+        results: list[Any] = [None] * len(batch)
+        records = [(i, op) for i, op in enumerate(batch) if isinstance(op, _Record)]
+        if records:
+            self._insert_records(conn, records, results, delta)
+        for i, op in enumerate(batch):
+            if isinstance(op, _Ack):
+                results[i] = self._delivered(conn, op.items, delta)
+            elif isinstance(op, _Write):
+                results[i] = op.fn(conn)
+            elif isinstance(op, _Housekeep):
+                self._expire(conn, delta)
+                self._purge_delivered(conn)
+        self._evict_over_quota(conn, delta)
+        return results
+
+    def _insert_records(
+        self,
+        conn: sqlite3.Connection,
+        records: list[tuple[int, _Record]],
+        results: list[Any],
+        delta: _Delta,
+    ) -> None:
+        sizes = [event_bytes(op.data_json) for _, op in records]
+        self.disk_free = self._free_disk(self.path.parent)
+        decision = admit(
+            [op.lane for _, op in records],
+            sizes,
+            free_bytes=self.disk_free,
+            floor_bytes=int(self.cfg.min_free_disk_mb * MB),
+            p2_pending_bytes=self.usage[Lane.P2].bytes,
+        )
+        if decision.evict_p2_bytes:
+            self._evict_oldest_p2(conn, decision.evict_p2_bytes, delta, reason="evicted_disk")
+        event_rows = []
+        outbox_rows = []
+        for (i, op), size, ok in zip(records, sizes, decision.admitted, strict=True):
+            if not ok:
+                delta.count(f"refused_{op.lane.label}")
+                results[i] = StorageFull(
+                    f"free disk below {self.cfg.min_free_disk_mb} MB floor and no telemetry "
+                    "left to evict"
+                )
+                continue
+            seq = self._next_seq
+            self._next_seq += 1
+            ev = op.event
+            stored = StoredEvent(
+                seq=seq,
+                event_id=ev.event_id,
+                type=ev.type.name,
+                schema=ev.type.schema,
+                lane=ev.type.lane,
+                session=self.session,
+                ts_ms=op.ts_ms,
+                clock_synced=op.clock_synced,
+                steady_ms=op.steady_ms,
+                data_json=op.data_json,
+            )
+            event_rows.append(
+                (
+                    seq,
+                    ev.event_id,
+                    ev.type.name,
+                    ev.type.schema,
+                    int(ev.type.lane),
+                    self.session,
+                    op.ts_ms,
+                    int(op.clock_synced),
+                    op.steady_ms,
+                    op.data_json,
+                )
+            )
+            outbox_rows.append((seq, int(ev.type.lane), size, op.steady_ms))
+            delta.add(op.lane, 1, size)
+            delta.new_lanes.add(op.lane)
+            results[i] = stored
+        conn.executemany(
+            "INSERT INTO events (seq, event_id, type, schema, lane, session, ts_ms, clock_synced,"
+            " steady_ms, data) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            event_rows,
+        )
+        conn.executemany(
+            "INSERT INTO outbox (seq, lane, bytes, steady_ms) VALUES (?,?,?,?)", outbox_rows
+        )
+        for _, op in records:
+            for write in op.domain:
+                conn.execute(write.sql, write.params)
+
+    def _delivered(
+        self, conn: sqlite3.Connection, items: Sequence[Delivered], delta: _Delta
+    ) -> int:
+        now = self.steady_ms()
+        done = 0
+        for chunk in _chunks([d.seq for d in items], SQL_VARS):
+            marks = ",".join("?" * len(chunk))
+            removed = conn.execute(
+                f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING seq, lane, bytes", chunk
+            ).fetchall()
+            for _, lane, nbytes in removed:
+                delta.add(Lane(lane), -1, -nbytes)
+            gone = [seq for seq, lane, _ in removed if lane == Lane.P2]
+            kept = [seq for seq, lane, _ in removed if lane != Lane.P2]
+            if gone:
+                conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(gone))})", gone)
+            if kept:
+                conn.execute(
+                    f"UPDATE events SET delivered_steady_ms = ? "
+                    f"WHERE seq IN ({','.join('?' * len(kept))})",
+                    [now, *kept],
+                )
+            done += len(removed)
+        delta.count("delivered", done)
+        return done
+
+    def _evict_over_quota(self, conn: sqlite3.Connection, delta: _Delta) -> None:
+        pending = self.usage[Lane.P2].bytes + delta.usage[Lane.P2].bytes
+        excess = quota_excess(pending, self.quotas[Lane.P2])
+        if excess:
+            self._evict_oldest_p2(conn, excess, delta, reason="evicted_quota")
+
+    def _evict_oldest_p2(
+        self, conn: sqlite3.Connection, nbytes: int, delta: _Delta, *, reason: str
+    ) -> None:
+        freed = 0
+        last_seq = None
+        count = 0
+        for seq, size in conn.execute(
+            "SELECT seq, bytes FROM outbox WHERE lane = ? ORDER BY seq", (int(Lane.P2),)
+        ):
+            freed += size
+            last_seq = seq
+            count += 1
+            if freed >= nbytes:
+                break
+        if last_seq is None:
+            return
+        conn.execute("DELETE FROM outbox WHERE lane = ? AND seq <= ?", (int(Lane.P2), last_seq))
+        conn.execute(
+            "DELETE FROM events WHERE lane = ? AND seq <= ? AND delivered_steady_ms IS NULL",
+            (int(Lane.P2), last_seq),
+        )
+        delta.add(Lane.P2, -count, -freed)
+        delta.count(f"{reason}_p2", count)
+        log.warning("evicted %d oldest pending P2 events (%s)", count, reason)
+
+    def _expire(self, conn: sqlite3.Connection, delta: _Delta) -> None:
+        now = self.steady_ms()
+        for lane, ttl in self.ttl_ms.items():
+            if ttl is None:
+                continue
+            expired = conn.execute(
+                "DELETE FROM outbox WHERE lane = ? AND steady_ms < ? RETURNING seq, bytes",
+                (int(lane), now - ttl),
+            ).fetchall()
+            if not expired:
+                continue
+            for chunk in _chunks([seq for seq, _ in expired], SQL_VARS):
+                conn.execute(
+                    f"DELETE FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk
+                )
+            delta.add(lane, -len(expired), -sum(b for _, b in expired))
+            delta.count(f"expired_{lane.label}", len(expired))
+            log.warning(
+                "expired %d pending %s events older than %d s", len(expired), lane.name, ttl // 1000
+            )
+
+    def _purge_delivered(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM events WHERE delivered_steady_ms IS NOT NULL AND delivered_steady_ms < ?",
+            (self.steady_ms() - self.keep_delivered_ms,),
+        )
+
+    def housekeep(self) -> None:
+        """Housekeeping: TTL expiry and journal retention, through the writer like any write."""
+        self._sync.refresh()
+        self.disk_free = self._free_disk(self.path.parent)
+        fut: Future[None] = Future()
+        try:
+            self._enqueue(_Housekeep(fut))
+        except StoreClosed:
+            return
+        fut.result(timeout=60)
+
+    # ---- accounting -------------------------------------------------------------------------
+
+    def _apply_delta(self, delta: _Delta) -> None:
+        for lane, change in delta.usage.items():
+            u = self.usage[lane]
+            u.count += change.count
+            u.bytes += change.bytes
+        for name, n in delta.counters.items():
+            self.counters[name] = self.counters.get(name, 0) + n
+        pressure = pressured_lanes(self._bytes_by_lane(), self.quotas)
+        if pressure != self.pressure:
+            if pressure:
+                log.warning(
+                    "storage pressure: %s over quota (kept, never evicted)",
+                    ", ".join(ln.name for ln in pressure),
+                )
+            else:
+                log.info("storage pressure cleared")
+        self.pressure = pressure
+
+    def _bytes_by_lane(self) -> dict[Lane, int]:
+        return {lane: u.bytes for lane, u in self.usage.items()}
+
+    @staticmethod
+    def _set_meta(conn: sqlite3.Connection, **values: int) -> None:
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            list(values.items()),
+        )
+
+    @staticmethod
+    def _bump_counters(conn: sqlite3.Connection, counters: dict[str, int]) -> None:
+        if counters:
+            conn.executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                list(counters.items()),
+            )
+
+
+def _is_p0(op: _Op) -> bool:
+    return isinstance(op, _Record) and op.lane is Lane.P0
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+__all__ = ["Delivered", "DomainWrite", "StorageFull", "Store", "StoreClosed", "StoreError"]

@@ -1,0 +1,39 @@
+# Shared set-up for scripts/run, scripts/test and scripts/bench: installs what is missing.
+# Sourced, not run. Needs root (or sudo) only when a Debian package is missing.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+export GATEWAY_SHARED="${GATEWAY_SHARED:-$(cd "$ROOT/.." && pwd)/shared}"
+export GATEWAY_MODELS_DIR="${GATEWAY_MODELS_DIR:-$GATEWAY_SHARED/models}"
+
+_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_system_packages() {
+    local missing=()
+    command -v python3 >/dev/null || missing+=(python3)
+    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing Debian packages: ${missing[*]}"
+        _as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive _as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    export PATH="$PATH:/usr/sbin"
+}
+
+ensure_venv() {
+    local stamp="$VENV/.installed" want
+    want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "installing Python packages into $VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]" 2>&1 \
+            | grep -v "^WARNING: Location" || true
+        "$VENV/bin/python" -c 'import gateway' || { echo "pip install failed" >&2; exit 1; }
+        echo "$want" >"$stamp"
+    fi
+}

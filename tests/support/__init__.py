@@ -1,0 +1,1 @@
+"""Real services and peers for tests: a mosquitto broker, an MQTT subscriber."""

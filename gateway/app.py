@@ -3,38 +3,55 @@
 from __future__ import annotations
 
 import logging
+import random
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from gateway import __version__
-from gateway.clock import ClockSync, SystemClock
-from gateway.config import LoadedConfig, read_password
+from gateway.clock import Clock, ClockSync, SystemClock
+from gateway.config import ConfigFileError, LoadedConfig, read_password
 from gateway.events import GATEWAY_STARTED, Event
-from gateway.lifecycle import Service, Supervisor, sd_notify, watchdog_interval_s
+from gateway.lifecycle import (
+    Service,
+    StartupError,
+    Supervisor,
+    sd_notify,
+    watchdog_interval_s,
+)
 from gateway.logs import setup_logging
 from gateway.store import Store, StoreError
+from gateway.sync import Sync
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Gateway:
+    """The running gateway: the store first, then sync, then the producers.
+
+    Stopping goes in reverse: producers stop first (nothing new arrives), sync says goodbye,
+    and the store closes last, after every pending write has been committed.
+    """
+
     loaded: LoadedConfig
+    clock: Clock
+    clock_sync: ClockSync
     store: Store
+    sync: Sync | None = None
     services: list[Service] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def supervisor(self) -> Supervisor:
-        return self._supervisor
+    supervisor: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:
-        self._supervisor = Supervisor([self.store, *self.services])
+        self.supervisor = Supervisor([])
 
     def start(self) -> None:
-        self._supervisor.start_all()
+        self.supervisor = Supervisor([self.store, *self.services])
+        self.supervisor.start_all()
         self.store.record(
             Event(
                 GATEWAY_STARTED,
@@ -48,22 +65,43 @@ class Gateway:
         )
 
     def stop(self) -> None:
-        self._supervisor.stop_all()
+        self.supervisor.stop_all()
+
+    def services_health(self) -> dict[str, Any]:
+        return self.supervisor.health()
 
 
-def build(loaded: LoadedConfig) -> Gateway:
+def build(
+    loaded: LoadedConfig, *, password: str | None, rng: random.Random | None = None
+) -> Gateway:
     cfg = loaded.config
     clock = SystemClock()
-    sync = ClockSync(cfg.clock.sync_source, cfg.clock.check_interval_s)
-    store = Store(cfg.store, cfg.db_path, clock, sync)
-    return Gateway(loaded=loaded, store=store)
+    clock_sync = ClockSync(cfg.clock.sync_source, cfg.clock.check_interval_s)
+    store = Store(cfg.store, cfg.db_path, clock, clock_sync)
+    gw = Gateway(loaded=loaded, clock=clock, clock_sync=clock_sync, store=store)
+    sync = Sync(
+        loaded,
+        store,
+        clock,
+        clock_sync,
+        password=password,
+        services_health=gw.services_health,
+        rng=rng,
+    )
+    gw.sync = sync
+    gw.services = [sync]
+    return gw
 
 
 def run(loaded: LoadedConfig) -> int:
     cfg = loaded.config
-    password = read_password(cfg.mqtt)
+    try:
+        password = read_password(cfg.mqtt)
+    except ConfigFileError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
     setup_logging(cfg.logging.level, [password] if password else [])
-    gw = build(loaded)
+    gw = build(loaded, password=password)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -73,8 +111,8 @@ def run(loaded: LoadedConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         gw.start()
-    except StoreError as exc:
-        log.error("%s", exc)
+    except (StoreError, StartupError) as exc:
+        log.error("cannot start: %s", exc)
         return 1
     sd_notify("READY=1")
     log.info("gateway %s running (config %s)", __version__, loaded.source)

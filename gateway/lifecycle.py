@@ -16,6 +16,11 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 
+class StartupError(Exception):
+    """A service cannot start because of its configuration or environment; the message says
+    what to fix. The gateway exits non-zero instead of running half-configured."""
+
+
 class Service(Protocol):
     name: str
 
@@ -62,6 +67,10 @@ class Supervisor:
         return {s.name: s.health() for s in self._started}
 
 
+def _noop() -> None:
+    return None
+
+
 def sd_notify(message: str) -> bool:
     """Speak the sd_notify protocol without libsystemd (a datagram to $NOTIFY_SOCKET)."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -91,28 +100,31 @@ def watchdog_interval_s() -> float | None:
         return None
 
 
-class Periodic:
-    """Runs ``task`` every ``interval_s`` on a named, non-daemon thread until stopped.
+class Worker:
+    """A named, non-daemon thread with an explicit stop.
 
-    Non-daemon so a task that writes SQLite is never cut off mid-write at interpreter exit.
-    A failing task is logged and retried next tick: one bad tick must not end the loop.
+    Non-daemon so a thread that writes SQLite is never cut off mid-write at interpreter exit.
+    ``stop()`` sets the stop event, calls ``wake`` (to unblock a queue or event the loop waits
+    on) and joins.
     """
 
-    def __init__(self, name: str, interval_s: float, task: Callable[[], None]) -> None:
+    def __init__(
+        self, name: str, loop: Callable[[threading.Event], None], wake: Callable[[], None] = _noop
+    ) -> None:
         self.name = name
-        self.interval_s = interval_s
-        self._task = task
-        self._stop = threading.Event()
+        self._loop = loop
+        self._wake = wake
+        self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.failures = 0
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name)
+        self.stopping.clear()
+        self._thread = threading.Thread(target=self._loop, args=(self.stopping,), name=self.name)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -120,8 +132,21 @@ class Periodic:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+
+class Periodic(Worker):
+    """Runs ``task`` every ``interval_s`` until stopped.
+
+    A failing task is logged and retried next tick: one bad tick must not end the loop.
+    """
+
+    def __init__(self, name: str, interval_s: float, task: Callable[[], None]) -> None:
+        super().__init__(name, self._run)
+        self.interval_s = interval_s
+        self._task = task
+        self.failures = 0
+
+    def _run(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self.interval_s):
             try:
                 self._task()
             except Exception:

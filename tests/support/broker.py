@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import signal
 import socket
@@ -33,6 +34,7 @@ class Mosquitto:
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_conf: str = ""
+    persistent: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,7 +45,19 @@ class Mosquitto:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / "mosquitto.conf"
         listener = self.extra_conf or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-        conf.write_text(f"persistence false\nlog_dest stderr\nlog_type error\n{listener}")
+        # Unlimited queues: a subscriber that is briefly away must not lose messages to the
+        # broker's default 1,000-message queue limit. Persistence keeps the test platform's
+        # session (and its subscription) across broker kills.
+        store = (
+            f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+            if self.persistent
+            else "persistence false\n"
+        )
+        conf.write_text(
+            f"user {getpass.getuser()}\n{store}"
+            "max_queued_messages 0\nmax_inflight_messages 0\nqueue_qos0_messages true\n"
+            f"log_dest stderr\nlog_type error\n{listener}"
+        )
         log = (self.workdir / "mosquitto.log").open("ab")
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
         wait_port(self.port)

@@ -1,4 +1,9 @@
-"""An MQTT subscriber that collects what the platform would receive."""
+"""An MQTT subscriber that collects what the platform would receive (a test peer).
+
+The callback only appends: a subscriber that falls behind makes the broker queue messages in
+memory, and a broker killed by a test would then lose messages the gateway had correctly
+delivered. Parsing and contract checks happen outside the callback.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.support.contract import check_message
 
 
 @dataclass(frozen=True)
@@ -24,10 +33,22 @@ class Received:
 
 
 class Subscriber:
-    def __init__(self, port: int, topic: str = "#", client_id: str = "test-platform") -> None:
+    """Collects messages; at close, every message the gateway published is checked against the
+    contract (requests, which tests publish themselves, are skipped)."""
+
+    def __init__(
+        self,
+        port: int,
+        topic: str = "#",
+        client_id: str = "test-platform",
+        persistent: bool = False,
+    ) -> None:
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._topic = topic
+        self._parsed: list[dict[str, Any]] = []
+        self._parsed_upto = 0
+        self._parse_lock = threading.Lock()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
@@ -36,43 +57,77 @@ class Subscriber:
         self._subscribed = threading.Event()
         self._client.on_subscribe = lambda *a: self._subscribed.set()
         self._client.reconnect_delay_set(0.05, 0.5)
-        self._client.connect("127.0.0.1", port)
+        props = None
+        if persistent:
+            # The broker keeps the subscription and queues for us while we reconnect.
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self._client.connect("127.0.0.1", port, clean_start=not persistent, properties=props)
         self._client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError("subscriber did not subscribe")
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
-        client.subscribe(self._topic, qos=1)
+        # QoS 0 on the platform side on purpose: a subscriber that sends PUBACKs leaves unread
+        # bytes in the broker's socket, so a SIGKILLed broker resets the connection (RST) and
+        # Linux discards what had already reached us. The gateway's side is QoS 1 throughout.
+        client.subscribe(self._topic, qos=0)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        received = Received(msg.topic, bytes(msg.payload), bool(msg.retain))
         with self._cond:
-            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.messages.append(received)
             self._cond.notify_all()
 
     def wait_for(
         self, predicate: Callable[[list[Received]], bool], timeout: float = 20.0
     ) -> list[Received]:
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self.messages):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"condition not met; {len(self.messages)} messages seen")
-                self._cond.wait(left)
-            return list(self.messages)
+        while True:
+            with self._cond:
+                snapshot = list(self.messages)
+            if predicate(snapshot):
+                return snapshot
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"condition not met; {len(snapshot)} messages seen")
+            with self._cond:
+                if len(self.messages) == len(snapshot):
+                    self._cond.wait(min(left, 0.2))
 
     def events(self) -> list[dict[str, Any]]:
         """Every event envelope received, unpacking P2 batches, in arrival order."""
-        out: list[dict[str, Any]] = []
+        with self._parse_lock:
+            with self._cond:
+                new = self.messages[self._parsed_upto :]
+                self._parsed_upto += len(new)
+            for m in new:
+                if "/event/" in m.topic:
+                    body = m.json()
+                    self._parsed.extend(body if isinstance(body, list) else [body])
+            return list(self._parsed)
+
+    def event_ids(self) -> set[str]:
+        return {e["event_id"] for e in self.events()}
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        self._client.publish(topic, payload, qos=qos).wait_for_publish(5)
+
+    def of_topic(self, suffix: str) -> list[Received]:
+        with self._cond:
+            return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    def violations(self) -> list[str]:
         with self._cond:
             msgs = list(self.messages)
+        problems: list[str] = []
         for m in msgs:
-            if "/event/" not in m.topic:
-                continue
-            body = m.json()
-            out.extend(body if isinstance(body, list) else [body])
-        return out
+            if "/request/" not in m.topic:
+                problems.extend(check_message(m.topic, m.payload))
+        return problems
 
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+        problems = self.violations()
+        assert not problems, "contract violations:\n" + "\n".join(problems[:20])

@@ -1,0 +1,219 @@
+"""Platform -> gateway requests: ``request/<op>`` -> schema -> handler -> ``response/<op>``.
+
+Every request carries a ``transaction`` id. A request is applied at most once: its response is
+committed together with whatever the handler changes, and a repeat of the transaction is answered
+from that record without running the handler again. Bad input (oversized, not JSON, schema
+violations, unknown ops) gets an error response, a log line and a counter, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from gateway.config import DownlinkSection
+from gateway.contract import request_validator
+from gateway.events import compact_json
+from gateway.lifecycle import Worker
+from gateway.logs import RateLimitedLog
+from gateway.store import DomainWrite, Store, StoreClosed
+from gateway.store.db import connect
+from gateway.sync.mqtt import Message
+from gateway.sync.topics import Topics
+
+log = logging.getLogger(__name__)
+PRUNE_EVERY = 100
+
+
+class RequestError(Exception):
+    """A handler's way to refuse a request cleanly; the message goes back to the sender."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    data: Mapping[str, Any] = field(default_factory=dict)
+    writes: Sequence[DomainWrite] = ()
+
+
+Handler = Callable[[Mapping[str, Any]], Reply]
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    handler: Handler
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    topic: str
+    payload: bytes
+
+
+class Downlink:
+    name = "downlink"
+
+    def __init__(
+        self,
+        cfg: DownlinkSection,
+        store: Store,
+        topics: Topics,
+        send: Callable[[Message], object],
+        operations: Sequence[Operation],
+    ) -> None:
+        self.cfg = cfg
+        self._store = store
+        self._topics = topics
+        self._send = send
+        self._ops = {op.name: op for op in operations}
+        self._validators: dict[str, Draft202012Validator] = {
+            name: request_validator(name) for name in self._ops
+        }
+        self._queue: queue.SimpleQueue[_Incoming | None] = queue.SimpleQueue()
+        self._worker = Worker("downlink", self._run, wake=lambda: self._queue.put(None))
+        self._reader: sqlite3.Connection | None = None
+        self._rate_log = RateLimitedLog(log, 30)
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._since_prune = 0
+
+    def start(self) -> None:
+        self._reader = connect(self._store.path)
+        self._reader.execute("PRAGMA query_only = ON")
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._worker.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def healthy(self) -> bool:
+        return self._worker.alive()
+
+    def health(self) -> dict[str, Any]:
+        return {"requests": dict(self.counts), "errors": dict(self.errors)}
+
+    def received(self, topic: str, payload: bytes) -> None:
+        """Called on paho's thread: queue and return."""
+        self._queue.put(_Incoming(topic, payload))
+
+    def _run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            item = self._queue.get()
+            if item is None:
+                continue
+            try:
+                self.handle(item.topic, item.payload)
+            except Exception:
+                self.errors["internal"] += 1
+                log.exception("downlink: request on %s failed", item.topic)
+
+    # ---- one request ---------------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> dict[str, Any] | None:
+        op = self._topics.op_of(topic)
+        if op is None:
+            self.errors["bad_topic"] += 1
+            self._rate_log.warning("bad_topic", "downlink: ignored request on %r", topic[-80:])
+            return None
+        self.counts["received"] += 1
+        if len(payload) > self.cfg.max_payload_bytes:
+            return self._error(
+                op, None, "too_large", f"payload over {self.cfg.max_payload_bytes} B"
+            )
+        try:
+            request = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return self._error(op, None, "invalid_json", f"not JSON: {exc}")
+        txn = request.get("transaction") if isinstance(request, dict) else None
+        txn = txn if isinstance(txn, str) else None
+        if op not in self._ops:
+            return self._error(op, txn, "unknown_op", f"unknown op '{op}'")
+        problems = sorted(self._validators[op].iter_errors(request), key=lambda e: list(e.path))
+        if problems or txn is None:
+            first = problems[0] if problems else None
+            where = "/".join(str(p) for p in first.path) if first else "transaction"
+            text = first.message if first else "missing"
+            return self._error(op, txn, "schema", f"{where or 'request'}: {text}")
+        stored = self._stored(txn)
+        if stored is not None:
+            stored_op, response = stored
+            if stored_op != op:
+                return self._error(op, txn, "transaction_reused", f"already used for {stored_op}")
+            self.counts["repeat"] += 1
+            response = {**response, "repeat": True}
+            self._respond(op, response)
+            return response
+        try:
+            reply = self._ops[op].handler(request)
+        except RequestError as exc:
+            return self._error(op, txn, "refused", str(exc))
+        response = {
+            "transaction": txn,
+            "op": op,
+            "status": "ok",
+            "message": "",
+            "data": dict(reply.data),
+        }
+        try:
+            self._commit(txn, op, response, reply.writes)
+        except sqlite3.Error as exc:
+            return self._error(op, txn, "store", f"not applied: {exc}")
+        except StoreClosed as exc:
+            return self._error(op, txn, "store", f"not applied: {exc}")
+        self.counts["ok"] += 1
+        self._respond(op, response)
+        return response
+
+    def _stored(self, txn: str) -> tuple[str, dict[str, Any]] | None:
+        assert self._reader is not None
+        row = self._reader.execute(
+            "SELECT op, response FROM requests WHERE txn = ?", (txn,)
+        ).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def _commit(
+        self, txn: str, op: str, response: dict[str, Any], writes: Sequence[DomainWrite]
+    ) -> None:
+        steady = self._store.steady_ms()
+        keep = self.cfg.remember_transactions
+        self._since_prune += 1
+        prune = self._since_prune >= PRUNE_EVERY
+        if prune:
+            self._since_prune = 0
+
+        def apply(conn: sqlite3.Connection) -> None:
+            for w in writes:
+                conn.execute(w.sql, w.params)
+            conn.execute(
+                "INSERT INTO requests (txn, op, response, steady_ms) VALUES (?, ?, ?, ?)",
+                (txn, op, compact_json(response), steady),
+            )
+            if prune:
+                conn.execute(
+                    "DELETE FROM requests WHERE txn NOT IN "
+                    "(SELECT txn FROM requests ORDER BY steady_ms DESC LIMIT ?)",
+                    (keep,),
+                )
+
+        self._store.write(apply).result(timeout=30)
+
+    def _error(self, op: str, txn: str | None, reason: str, message: str) -> dict[str, Any]:
+        self.errors[reason] += 1
+        self._rate_log.warning(reason, "downlink: %s request refused (%s): %s", op, reason, message)
+        response = {"transaction": txn, "op": op, "status": "error", "message": message}
+        self._respond(op, response)
+        return response
+
+    def _respond(self, op: str, response: Mapping[str, Any]) -> None:
+        self._send(Message(self._topics.response(op), compact_json(response).encode()))

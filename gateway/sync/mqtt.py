@@ -1,0 +1,333 @@
+"""The MQTT connection: the only module that imports paho.
+
+One paho client per connection. When a connection ends, its client is thrown away with
+everything paho queued in it; the outbox, not paho, decides what is sent again. That keeps
+"delivered" meaning one thing only: the broker's PUBACK for that message, on this connection.
+Callbacks never raise and only hand work over; each carries the connection's generation so a
+late PUBACK from a dead connection can never acknowledge a message of the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.config import MqttSection
+from gateway.lifecycle import StartupError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname or "", parts.port or (8883 if tls else 1883), tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+class LinkListener(Protocol):
+    """What the link reports. Called from paho's thread or the link's: must be quick."""
+
+    def link_up(self, generation: int) -> None: ...
+
+    def link_down(self, generation: int) -> None: ...
+
+    def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None: ...
+
+    def received(self, topic: str, payload: bytes) -> None: ...
+
+
+def _properties(packet_type: int) -> Properties:
+    """paho's Properties constructor is untyped; keep the one exemption here."""
+    props: Properties = Properties(packet_type)  # type: ignore[no-untyped-call]
+    return props
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Exponential backoff with equal jitter: never zero, never in lock-step with peers."""
+    base = min(high, low * 2.0 ** min(attempt, 30))
+    return base / 2 + rng.uniform(0, base / 2)
+
+
+def tls_context(cfg: MqttSection) -> ssl.SSLContext:
+    """Verify the broker's certificate and host name; no fallback to plaintext or no-verify."""
+    tls = cfg.tls
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"mqtt.tls.ca_file {tls.ca_file}: cannot load CA: {exc}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file and tls.key_file:
+        try:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(
+                f"mqtt.tls.cert_file/key_file {tls.cert_file}, {tls.key_file}: "
+                f"cannot load client certificate: {exc}"
+            ) from None
+    return ctx
+
+
+class MqttLink:
+    name = "mqtt"
+
+    def __init__(
+        self,
+        cfg: MqttSection,
+        client_id: str,
+        listener: LinkListener,
+        *,
+        password: str | None,
+        will: Callable[[], Message],
+        subscriptions: Callable[[], list[str]],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self.endpoints = [Endpoint.parse(u) for u in cfg.brokers]
+        self._listener = listener
+        self._password = password
+        self._will = will
+        self._subscriptions = subscriptions
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._client: paho.Client | None = None
+        self._generation = 0
+        self._connack = threading.Event()
+        self._down = threading.Event()
+        self._refused: str | None = None
+        self.state = "stopped"
+        self.endpoint: Endpoint | None = None
+        self.connects = 0
+        self.disconnects = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    # ---- service -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.endpoints:
+            self.state = "no broker configured"
+            log.warning("no MQTT broker configured: events are kept in the outbox")
+            return
+        if any(e.tls for e in self.endpoints):
+            self._tls = tls_context(self.cfg)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mqtt-link")
+        self._thread.start()
+
+    def stop(self, farewell: Message | None = None) -> None:
+        """Say goodbye (retained offline status) if connected, then disconnect cleanly."""
+        self._stop.set()
+        with self._lock:
+            client = self._client
+        if client is not None and self.connected and farewell is not None:
+            info = client.publish(farewell.topic, farewell.payload, qos=1, retain=farewell.retain)
+            with contextlib.suppress(ValueError, RuntimeError):
+                info.wait_for_publish(timeout=2)
+        if client is not None:
+            client.disconnect()
+        self._down.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.state = "stopped"
+
+    def healthy(self) -> bool:
+        return not self.endpoints or (self._thread is not None and self._thread.is_alive())
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "broker": str(self.endpoint) if self.endpoint else None,
+            "connects": self.connects,
+            "disconnects": self.disconnects,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    def publish(self, msg: Message, generation: int) -> int | None:
+        """Hand one QoS 1 message to the current connection; return its mid, or None if the
+        connection is gone (or is not the one the caller thinks it is)."""
+        with self._lock:
+            client = self._client
+            if client is None or generation != self._generation or not self.connected:
+                return None
+        props = None
+        if self.cfg.protocol == "5":
+            props = _properties(PacketTypes.PUBLISH)
+            props.ContentType = "application/json"
+        info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain, properties=props)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        return int(info.mid)
+
+    # ---- the connection loop -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        index = 0
+        attempt = 0
+        while not self._stop.is_set():
+            endpoint = self.endpoints[index % len(self.endpoints)]
+            self.endpoint = endpoint
+            if self._connect_once(endpoint):
+                attempt = 0
+                self._serve()
+                if self._stop.is_set():
+                    break
+            else:
+                self.failures += 1
+                index += 1
+            delay = backoff_delay(
+                attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng
+            )
+            attempt += 1
+            self.state = "backoff"
+            log.info("mqtt: next attempt in %.1f s", delay)
+            if self._stop.wait(delay):
+                break
+
+    def _new_client(self, generation: int) -> paho.Client:
+        v5 = self.cfg.protocol == "5"
+        persistent = self.cfg.session_expiry_s > 0
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else not persistent,
+            reconnect_on_failure=False,
+        )
+        client.max_inflight_messages_set(self.cfg.inflight_window + self.cfg.p0_reserved + 16)
+        client.max_queued_messages_set(0)
+        if self.cfg.username is not None:
+            client.username_pw_set(self.cfg.username, self._password)
+        if self._tls is not None and self.endpoint is not None and self.endpoint.tls:
+            client.tls_set_context(self._tls)
+        will = self._will()
+        client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+
+        def on_connect(
+            _c: paho.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Properties | None
+        ) -> None:
+            if rc.is_failure:
+                self._refused = str(rc)
+            self._connack.set()
+
+        def on_disconnect(_c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+            self.last_error = None if rc.value == 0 else str(rc)
+            self._down.set()
+
+        def on_publish(_c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+            try:
+                self._listener.puback(generation, mid, not rc.is_failure, str(rc))
+            except Exception:
+                log.exception("puback handler failed")
+
+        def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+            try:
+                self._listener.received(message.topic, bytes(message.payload))
+            except Exception:
+                log.exception("downlink handler failed")
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_publish = on_publish
+        client.on_message = on_message
+        return client
+
+    def _connect_once(self, endpoint: Endpoint) -> bool:
+        self.state = "connecting"
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        client = self._new_client(generation)
+        self._connack.clear()
+        self._down.clear()
+        self._refused = None
+        props = None
+        clean_start: paho.CleanStartOption = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if self.cfg.protocol == "5":
+            props = _properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            clean_start = self.cfg.session_expiry_s == 0
+        try:
+            client.connect(
+                endpoint.host,
+                endpoint.port,
+                keepalive=self.cfg.keepalive_s,
+                clean_start=clean_start,
+                properties=props,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("mqtt: cannot connect to %s: %s", endpoint, self.last_error)
+            return False
+        client.loop_start()
+        if not self._connack.wait(self.cfg.connect_timeout_s) or self._refused:
+            self.last_error = self._refused or "no CONNACK in time"
+            log.warning("mqtt: %s refused or silent: %s", endpoint, self.last_error)
+            client.disconnect()
+            client.loop_stop()
+            return False
+        with self._lock:
+            self._client = client
+            self.state = "connected"
+        self.connects += 1
+        self.last_error = None
+        log.info("mqtt: connected to %s", endpoint)
+        for topic in self._subscriptions():
+            client.subscribe(topic, qos=1)
+        self._listener.link_up(generation)
+        return True
+
+    def _serve(self) -> None:
+        self._down.wait()
+        with self._lock:
+            client = self._client
+            self._client = None
+            generation = self._generation
+            self.state = "disconnected"
+        self.disconnects += 1
+        if not self._stop.is_set():
+            log.warning("mqtt: connection to %s lost (%s)", self.endpoint, self.last_error)
+        if client is not None:
+            client.loop_stop()
+        self._listener.link_down(generation)

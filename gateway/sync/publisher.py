@@ -1,0 +1,289 @@
+"""Outbox -> MQTT: the delivery state machine.
+
+A pending row becomes *in flight* when it is handed to the connection, and *delivered* only when
+the broker's PUBACK for that very message arrives (then the store deletes it from the outbox).
+When the connection drops, everything in flight is simply pending again: it was never deleted.
+After a crash nothing is in flight at all. So an event is lost never, and sent twice only when a
+PUBACK was lost, always with the same ``event_id``.
+
+Order: the highest priority lane with pending rows is served first, each lane in ``seq`` order.
+A window bounds the messages awaiting PUBACK; P0 alarms have a few reserved slots on top, so an
+alarm never waits behind a window full of telemetry.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import MqttSection
+from gateway.events import Lane, StoredEvent
+from gateway.lifecycle import Worker
+from gateway.logs import RateLimitedLog
+from gateway.store import Delivered, OutboxReader, Store, StoreClosed
+from gateway.sync.mqtt import Message
+from gateway.sync.topics import Topics
+
+log = logging.getLogger(__name__)
+PREFETCH = 512
+ENVELOPE_BYTES = 200  # envelope fields around ``data``, for sizing P2 batches
+IDLE_WAIT_S = 1.0
+
+
+@dataclass(frozen=True)
+class InFlight:
+    events: tuple[StoredEvent, ...]
+    lane: Lane
+
+
+@dataclass(frozen=True)
+class _Ack:
+    generation: int
+    mid: int
+    accepted: bool
+    reason: str
+
+
+class Publisher:
+    """Owns the in-flight window. Runs on its own thread; never writes SQLite itself."""
+
+    name = "uplink"
+
+    def __init__(
+        self,
+        cfg: MqttSection,
+        store: Store,
+        reader: Callable[[], OutboxReader],
+        topics: Topics,
+        send: Callable[[Message, int], int | None],
+    ) -> None:
+        self.cfg = cfg
+        self._store = store
+        self._reader_factory = reader
+        self._reader: OutboxReader | None = None
+        self._topics = topics
+        self._send = send
+        self._wake = threading.Event()
+        self._acks: queue.SimpleQueue[_Ack] = queue.SimpleQueue()
+        self._worker = Worker("uplink-publisher", self._run, wake=self._wake.set)
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._connected_steady = 0
+        self._inflight: dict[int, InFlight] = {}
+        self._buffers: dict[Lane, deque[StoredEvent]] = {lane: deque() for lane in Lane}
+        self._cursor: dict[Lane, int] = dict.fromkeys(Lane, 0)
+        self._high: dict[Lane, int] = dict.fromkeys(Lane, 0)
+        self._more: dict[Lane, bool] = dict.fromkeys(Lane, True)
+        self._acked_unsaved: set[int] = set()
+        self._paused_until: dict[Lane, float] = dict.fromkeys(Lane, 0.0)
+        self._rejections = 0
+        self._rate_log = RateLimitedLog(log, 30)
+        self.messages_sent = 0
+        self.events_sent = 0
+        self.events_acked = 0
+        self.rejected = 0
+
+    # ---- service -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._reader = self._reader_factory()
+        self._store.subscribe(self._on_commit)
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._worker.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def healthy(self) -> bool:
+        return self._worker.alive()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "inflight": len(self._inflight),
+            "messages_sent": self.messages_sent,
+            "events_sent": self.events_sent,
+            "events_acked": self.events_acked,
+            "rejected": self.rejected,
+        }
+
+    # ---- events from the store and the link (other threads: hand over and return) --------------
+
+    def _on_commit(self, lanes: set[Lane]) -> None:
+        for lane in lanes:
+            self._more[lane] = True
+        self._wake.set()
+
+    def link_up(self, generation: int) -> None:
+        with self._lock:
+            self._generation = generation
+            self._connected_steady = self._store.steady_ms()
+        self._wake.set()
+
+    def link_down(self, generation: int) -> None:
+        with self._lock:
+            if self._generation == generation:
+                self._generation = None
+        self._wake.set()
+
+    def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None:
+        self._acks.put(_Ack(generation, mid, accepted, reason))
+        self._wake.set()
+
+    # ---- the publisher thread -------------------------------------------------------------------
+
+    def _run(self, stopping: threading.Event) -> None:
+        current: int | None = None
+        while not stopping.is_set():
+            self._wake.clear()
+            with self._lock:
+                generation = self._generation
+            if generation != current:
+                self._reset()
+                current = generation
+            self._drain_acks(current)
+            if current is not None:
+                self._fill_window(current)
+            self._wake.wait(IDLE_WAIT_S)
+
+    def _reset(self) -> None:
+        """A new (or no) connection: whatever was in flight is pending again."""
+        if self._inflight:
+            log.info("uplink: %d messages in flight are pending again", len(self._inflight))
+        self._inflight.clear()
+        for lane in Lane:
+            self._buffers[lane].clear()
+            self._cursor[lane] = 0
+            self._more[lane] = True
+            self._paused_until[lane] = 0.0
+
+    def _drain_acks(self, current: int | None) -> None:
+        delivered: list[Delivered] = []
+        while True:
+            try:
+                ack = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            if ack.generation != current:
+                continue
+            flight = self._inflight.pop(ack.mid, None)
+            if flight is None:
+                continue  # status, health or a response: not from the outbox
+            if ack.accepted:
+                self._rejections = 0
+                delivered.extend(Delivered(e.seq, e.lane) for e in flight.events)
+            else:
+                self._rejected(flight, ack.reason)
+        if delivered:
+            self._save_delivered(delivered)
+
+    def _save_delivered(self, delivered: list[Delivered]) -> None:
+        seqs = [d.seq for d in delivered]
+        with self._lock:
+            self._acked_unsaved.update(seqs)
+        self.events_acked += len(seqs)
+
+        def saved(_fut: object) -> None:
+            with self._lock:
+                self._acked_unsaved.difference_update(seqs)
+
+        try:
+            self._store.mark_delivered(delivered).add_done_callback(saved)
+        except StoreClosed:
+            log.warning("uplink: store closed; %d acknowledged events stay pending", len(seqs))
+
+    def _rejected(self, flight: InFlight, reason: str) -> None:
+        """The broker refused the message (e.g. not authorised, quota): keep it pending and
+        retry that lane later, rather than spin against a refusal."""
+        self.rejected += len(flight.events)
+        self._rejections += 1
+        lane = flight.lane
+        self._rate_log.warning(
+            f"reject-{lane.label}", "uplink: broker refused %s message: %s", lane.name, reason
+        )
+        first = min(e.seq for e in flight.events)
+        self._cursor[lane] = min(self._cursor[lane], first - 1)
+        self._buffers[lane].clear()
+        self._more[lane] = True
+        delay = min(
+            self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** min(self._rejections, 10)
+        )
+        self._paused_until[lane] = self._store.steady_ms() / 1000 + delay
+
+    def _fill_window(self, generation: int) -> None:
+        while not self._worker.stopping.is_set():
+            lane = self._next_lane()
+            if lane is None:
+                return
+            limit = self.cfg.inflight_window + (self.cfg.p0_reserved if lane is Lane.P0 else 0)
+            if len(self._inflight) >= limit:
+                return
+            events = self._take(lane)
+            msg = self._message(lane, events)
+            mid = self._send(msg, generation)
+            if mid is None:
+                for e in reversed(events):
+                    self._buffers[lane].appendleft(e)
+                return
+            self._inflight[mid] = InFlight(tuple(events), lane)
+            self._high[lane] = max(self._high[lane], events[-1].seq)
+            self.messages_sent += 1
+            self.events_sent += len(events)
+
+    def _next_lane(self) -> Lane | None:
+        now_s = self._store.steady_ms() / 1000
+        for lane in Lane:
+            if self._paused_until[lane] > now_s:
+                continue
+            if self._buffers[lane] or (self._more[lane] and self._refill(lane)):
+                return lane
+        return None
+
+    def _refill(self, lane: Lane) -> bool:
+        assert self._reader is not None
+        self._more[lane] = False
+        rows = self._reader.pending(lane, self._cursor[lane], PREFETCH)
+        if len(rows) == PREFETCH:
+            self._more[lane] = True
+        skip: set[int] = set()
+        if rows and rows[0].seq <= self._high[lane]:
+            # Re-reading after a rewind: leave out what is in flight or already acknowledged.
+            with self._lock:
+                skip = set(self._acked_unsaved)
+            skip.update(e.seq for f in self._inflight.values() for e in f.events)
+        self._buffers[lane].extend(row for row in rows if row.seq not in skip)
+        if rows:
+            self._cursor[lane] = rows[-1].seq
+        return bool(self._buffers[lane])
+
+    def _take(self, lane: Lane) -> list[StoredEvent]:
+        """One event, or for P2 a run of consecutive same-type events (order is kept)."""
+        buf = self._buffers[lane]
+        first = buf.popleft()
+        taken = [first]
+        if lane is not Lane.P2:
+            return taken
+        size = len(first.data_json) + ENVELOPE_BYTES
+        while len(taken) < self.cfg.batch_max_events:
+            if not buf and not (self._more[lane] and self._refill(lane)):
+                break
+            nxt = buf[0]
+            size += len(nxt.data_json) + ENVELOPE_BYTES
+            if nxt.type != first.type or size > self.cfg.batch_max_bytes:
+                break
+            taken.append(buf.popleft())
+        return taken
+
+    def _message(self, lane: Lane, events: list[StoredEvent]) -> Message:
+        with self._lock:
+            connected = self._connected_steady
+        session = self._store.session
+        parts = [e.envelope_json(e.session != session or e.steady_ms < connected) for e in events]
+        body = parts[0] if lane is not Lane.P2 else "[" + ",".join(parts) + "]"
+        return Message(self._topics.event(events[0].type), body.encode())

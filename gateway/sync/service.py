@@ -1,0 +1,227 @@
+"""The sync stage as one service: connection, publisher, downlink, status and health."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from gateway import __version__
+from gateway.clock import Clock, ClockSync
+from gateway.config import LoadedConfig
+from gateway.events import Lane, compact_json, iso_utc
+from gateway.lifecycle import Periodic
+from gateway.store import OutboxReader, Store
+from gateway.sync.downlink import Downlink, Operation, Reply
+from gateway.sync.mqtt import Message, MqttLink
+from gateway.sync.publisher import Publisher
+from gateway.sync.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def lane_figures(store: Store, oldest: Mapping[Lane, int | None]) -> dict[str, Any]:
+    """Per-lane backlog figures shared by the health message and ``outbox.stats``."""
+    now = store.steady_ms()
+    counters = store.counters
+    out: dict[str, Any] = {}
+    for lane in Lane:
+        first = oldest.get(lane)
+        label = lane.label
+        out[label] = {
+            "pending": store.usage[lane].count,
+            "pending_bytes": store.usage[lane].bytes,
+            "oldest_age_s": None if first is None else max(0, now - first) / 1000,
+            "evicted": sum(
+                v for k, v in counters.items() if k.startswith("evicted_") and k.endswith(label)
+            ),
+            "expired": counters.get(f"expired_{label}", 0),
+            "refused": counters.get(f"refused_{label}", 0),
+        }
+    return out
+
+
+class Sync:
+    """Everything between the store and the platform's broker."""
+
+    name = "sync"
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        store: Store,
+        clock: Clock,
+        clock_sync: ClockSync,
+        *,
+        password: str | None,
+        services_health: Callable[[], dict[str, Any]] = dict,
+        model_versions: Callable[[], dict[str, str]] = dict,
+        operations: Sequence[Operation] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        cfg = loaded.config
+        self.loaded = loaded
+        self.store = store
+        self._clock = clock
+        self._clock_sync = clock_sync
+        self._started_ms = clock.monotonic_ms()
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.gateway.site, cfg.gateway.id)
+        self._services_health = services_health
+        self._model_versions = model_versions
+        self._generation = 0
+        self.link = MqttLink(
+            cfg.mqtt,
+            cfg.mqtt.client_id or f"{cfg.gateway.site}-{cfg.gateway.id}",
+            self,
+            password=password,
+            will=lambda: self._status("offline", "connection_lost"),
+            subscriptions=lambda: [self.topics.requests],
+            rng=rng,
+        )
+        self.publisher = Publisher(
+            cfg.mqtt, store, lambda: OutboxReader(store.path), self.topics, self.link.publish
+        )
+        builtin = [
+            Operation("ping", self._op_ping),
+            Operation("rebirth", self._op_rebirth),
+            Operation("outbox.stats", self._op_outbox_stats),
+        ]
+        self.downlink = Downlink(
+            cfg.downlink, store, self.topics, self._send_now, [*builtin, *operations]
+        )
+        self._reader: OutboxReader | None = None
+        self._health_task = Periodic("health-report", cfg.mqtt.health_interval_s, self.report)
+
+    # ---- service -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._reader = OutboxReader(self.store.path)
+        self.publisher.start()
+        self.downlink.start()
+        self.link.start()
+        self._health_task.start()
+
+    def stop(self) -> None:
+        self._health_task.stop()
+        self.link.stop(farewell=self._status("offline", "shutdown"))
+        self.downlink.stop()
+        self.publisher.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def healthy(self) -> bool:
+        return (
+            self.link.healthy()
+            and self.publisher.healthy()
+            and self.downlink.healthy()
+            and self._health_task.alive()
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "broker": self.link.health(),
+            "uplink": self.publisher.health(),
+            "downlink": self.downlink.health(),
+        }
+
+    # ---- LinkListener ------------------------------------------------------------------------
+
+    def link_up(self, generation: int) -> None:
+        self._generation = generation
+        self.link.publish(self._status("online"), generation)
+        self.publisher.link_up(generation)
+        self.report()
+
+    def link_down(self, generation: int) -> None:
+        self.publisher.link_down(generation)
+
+    def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None:
+        self.publisher.puback(generation, mid, accepted, reason)
+
+    def received(self, topic: str, payload: bytes) -> None:
+        self.downlink.received(topic, payload)
+
+    # ---- messages ----------------------------------------------------------------------------
+
+    def _send_now(self, msg: Message) -> bool:
+        return self.link.publish(msg, self._generation) is not None
+
+    def _status(self, state: str, reason: str | None = None) -> Message:
+        cfg = self.loaded.config
+        body: dict[str, Any] = {
+            "state": state,
+            "gateway": cfg.gateway.id,
+            "site": cfg.gateway.site,
+            "session": max(self.store.session, 1),
+        }
+        if reason:
+            body["reason"] = reason
+        if state == "online":
+            body.update(
+                software=__version__,
+                config=self.loaded.version,
+                models=self._model_versions(),
+                ts=iso_utc(self._clock.wall_ms()),
+                clock_synced=self._clock_sync.synced,
+            )
+        return Message(self.topics.status, compact_json(body).encode(), retain=True)
+
+    def health_message(self) -> dict[str, Any]:
+        cfg = self.loaded.config
+        store = self.store
+        assert self._reader is not None
+        others = {k: v for k, v in self._services_health().items() if k not in ("store", "sync")}
+        return {
+            "ts": iso_utc(self._clock.wall_ms()),
+            "gateway": cfg.gateway.id,
+            "site": cfg.gateway.site,
+            "session": store.session,
+            "uptime_s": (self._clock.monotonic_ms() - self._started_ms) / 1000,
+            "clock_synced": self._clock_sync.synced,
+            "lanes": lane_figures(store, self._reader.oldest_steady_ms()),
+            "storage_pressure": [lane.label for lane in store.pressure],
+            "disk_free_bytes": store.disk_free,
+            "broker": self.link.health(),
+            "uplink": self.publisher.health(),
+            "downlink": self.downlink.health(),
+            "services": others,
+        }
+
+    def report(self) -> None:
+        """Publish the retained health message (if connected)."""
+        if not self.link.connected or self._reader is None:
+            return
+        body = compact_json(self.health_message()).encode()
+        self.link.publish(Message(self.topics.health, body, retain=True), self._generation)
+
+    # ---- built-in operations -----------------------------------------------------------------
+
+    def _op_ping(self, _request: Mapping[str, Any]) -> Reply:
+        return Reply(
+            {
+                "pong": True,
+                "session": self.store.session,
+                "ts": iso_utc(self._clock.wall_ms()),
+                "clock_synced": self._clock_sync.synced,
+            }
+        )
+
+    def _op_rebirth(self, _request: Mapping[str, Any]) -> Reply:
+        return Reply({"republished": self._send_now(self._status("online"))})
+
+    def _op_outbox_stats(self, _request: Mapping[str, Any]) -> Reply:
+        reader = OutboxReader(self.store.path)
+        try:
+            oldest = reader.oldest_steady_ms()
+        finally:
+            reader.close()
+        return Reply(
+            {
+                "lanes": lane_figures(self.store, oldest),
+                "storage_pressure": [lane.label for lane in self.store.pressure],
+                "disk_free_bytes": self.store.disk_free,
+                "delivered": self.store.counters.get("delivered", 0),
+            }
+        )

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.events import Event
+from gateway.store import StoreError
+from tests.store.conftest import SOS, StoreFactory
+
+
+def test_a_file_that_is_not_a_database_is_refused_not_replaced(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "g.db"
+    path.write_bytes(b"this was a database before the SD card failed" * 100)
+    with pytest.raises(StoreError) as err:
+        make_store(path)
+    message = str(err.value)
+    assert str(path) in message and "move the file aside" in message and ".recover" in message
+    assert path.read_bytes().startswith(b"this was a database")
+
+
+def test_a_damaged_database_is_caught_after_an_unclean_stop(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "g.db"
+    store = make_store(path)
+    for i in range(300):
+        store.record(Event(SOS, {"i": i, "pad": "x" * 200}))
+    store.stop()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = 0 WHERE key = 'clean_stop'")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with path.open("r+b") as fh:  # scribble over a few pages in the middle
+        fh.seek(page_size * 3)
+        fh.write(os.urandom(page_size * 4))
+    with pytest.raises(StoreError) as err:
+        make_store(path)
+    assert "damaged" in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_database_from_a_newer_gateway_is_refused(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "g.db"
+    make_store(path).stop()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="newer than this gateway supports"):
+        make_store(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_data_directory_is_a_clear_error(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(StoreError, match="not writable"):
+        make_store(locked / "g.db")
+
+
+def test_data_directory_that_cannot_be_created_is_a_clear_error(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot create data directory"):
+        make_store(blocker / "var" / "g.db")
+
+
+def test_gateway_run_exits_non_zero_on_a_damaged_database(tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    data.mkdir()
+    (data / "gateway.db").write_bytes(b"garbage" * 1000)
+    config = tmp_path / "g.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{data}"\n[clock]\nsync_source = "never"\n')
+    assert main(["run", "--config", str(config)]) == 1
+    assert (data / "gateway.db").read_bytes() == b"garbage" * 1000
+
+
+def test_outbox_stats_without_a_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "g.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "none"}"\n')
+    assert main(["outbox", "stats", "--config", str(config)]) == 1
+    assert "no database" in capsys.readouterr().err

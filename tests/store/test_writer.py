@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.events import Event, Lane
+from gateway.store import Delivered, DomainWrite, OutboxReader, StorageFull, read_stats
+from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
+from tests.support.clock import ManualClock
+
+MB = 1024 * 1024
+
+
+def committed_ids(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT event_id FROM events")}
+
+
+def test_record_returns_only_once_the_event_is_committed(make_store: StoreFactory) -> None:
+    store = make_store()
+    ev = Event(SOS, {"band": "A1B2C3D4E5F6"})
+    stored = store.record(ev)
+    # Another connection (another process, after a crash) sees it as soon as record() returns.
+    assert ev.event_id in committed_ids(store.path)
+    assert stored.seq == 1 and stored.session == 1 and stored.lane is Lane.P0
+    assert stored.data_json == '{"band":"A1B2C3D4E5F6"}'
+
+
+def test_concurrent_producers_share_commits_and_get_unique_seqs(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def produce() -> None:
+        futures = [store.submit(Event(SEEN, {"i": i})) for i in range(2000)]
+        seqs = [f.result().seq for f in futures]
+        with lock:
+            results.extend(seqs)
+
+    threads = [threading.Thread(target=produce) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(1, 8001))
+    assert store.commits < 8000 / 4
+
+
+def test_seq_and_session_survive_restarts_and_are_never_reused(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store()
+    seqs = [store.record(Event(SEEN, {"i": i})).seq for i in range(5)]
+    # Delivered telemetry is deleted, so MAX(seq) in the table falls back: seq must not.
+    store.mark_delivered([Delivered(s, Lane.P2) for s in seqs]).result()
+    store.stop()
+    again = make_store(tmp_path / "g.db")
+    assert again.session == 2 and again.previous_stop_clean
+    assert again.record(Event(SEEN, {"i": 5})).seq == 6
+
+
+def test_domain_row_commits_with_its_event_or_not_at_all(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.write(lambda c: c.execute("CREATE TABLE meals (event_id TEXT PRIMARY KEY, elder TEXT)"))
+    ok = Event(MEAL, {"elder": "E1"})
+    store.record(ok, [DomainWrite("INSERT INTO meals VALUES (?, ?)", (ok.event_id, "E1"))])
+    # A domain write that fails takes its event with it, and only its event.
+    bad = Event(MEAL, {"elder": "E1"})
+    futures = [
+        store.submit(Event(SEEN, {"i": 1})),
+        store.submit(bad, [DomainWrite("INSERT INTO meals VALUES (?, ?)", (ok.event_id, "x"))]),
+        store.submit(Event(SEEN, {"i": 2})),
+    ]
+    with pytest.raises(sqlite3.IntegrityError):
+        futures[1].result()
+    assert futures[0].result().seq < futures[2].result().seq
+    ids = committed_ids(store.path)
+    assert ok.event_id in ids and bad.event_id not in ids
+    assert store.usage[Lane.P1].count == 1
+
+
+def test_the_same_event_id_is_recorded_once(make_store: StoreFactory) -> None:
+    store = make_store()
+    ev = Event(SOS, {"band": "A1"})
+    store.record(ev)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.record(ev)
+    assert store.usage[Lane.P0].count == 1
+
+
+def test_p2_over_quota_evicts_its_oldest_and_counts(make_store: StoreFactory) -> None:
+    store = make_store(lanes={"p2": {"quota_mb": 0.05}})
+    first = [store.record(Event(SEEN, {"i": i, "pad": "x" * 100})) for i in range(400)]
+    alarm = store.record(Event(SOS, {"band": "A1"}))
+    assert store.usage[Lane.P2].bytes <= 0.05 * MB
+    evicted = store.counters["evicted_quota_p2"]
+    assert evicted > 0 and store.usage[Lane.P2].count == 400 - evicted
+    reader = OutboxReader(store.path)
+    left = reader.pending(Lane.P2, 0, 1000)
+    # Oldest first: what is left is exactly the newest events, in order.
+    assert [e.seq for e in left] == [e.seq for e in first[evicted:]]
+    assert [e.event_id for e in reader.pending(Lane.P0, 0, 10)] == [alarm.event_id]
+    reader.close()
+
+
+def test_p0_and_p1_over_quota_are_kept_and_raise_pressure(make_store: StoreFactory) -> None:
+    store = make_store(lanes={"p0": {"quota_mb": 0.01}, "p1": {"quota_mb": 0.01}})
+    for i in range(200):
+        store.record(Event(SOS, {"i": i, "pad": "x" * 100}))
+    assert store.usage[Lane.P0].count == 200
+    assert store.pressure == [Lane.P0]
+    assert "storage_pressure" in store.health() and store.health()["storage_pressure"] == ["p0"]
+    reader = OutboxReader(store.path)
+    delivered = reader.pending(Lane.P0, 0, 1000)
+    reader.close()
+    store.mark_delivered([Delivered(e.seq, e.lane) for e in delivered]).result()
+    assert store.pressure == []
+
+
+def test_below_the_disk_floor_alarms_take_room_from_telemetry(make_store: StoreFactory) -> None:
+    free = {"bytes": 10 * MB}
+    store = make_store(free_disk=lambda _p: free["bytes"], min_free_disk_mb=5)
+    for i in range(20):
+        store.record(Event(SEEN, {"i": i}))
+    free["bytes"] = 1 * MB  # the disk is now below the floor
+    alarm = store.record(Event(SOS, {"band": "A1"}))
+    assert alarm.seq == 21
+    assert store.counters["evicted_disk_p2"] >= 1
+    # Telemetry replaces older telemetry (a ring) while there is any to replace.
+    while store.usage[Lane.P2].count:
+        store.record(Event(MEAL, {"elder": "E"}))
+    with pytest.raises(StorageFull):
+        store.record(Event(SOS, {"band": "A2"}))
+    with pytest.raises(StorageFull):
+        store.record(Event(SEEN, {"i": 99}))
+    assert store.counters["refused_p0"] == 1 and store.counters["refused_p2"] == 1
+    free["bytes"] = 10 * MB
+    assert store.record(Event(SOS, {"band": "A2"})).lane is Lane.P0
+
+
+def test_ttl_expires_pending_telemetry_by_running_time(
+    make_store: StoreFactory, clock: ManualClock
+) -> None:
+    store = make_store(lanes={"p2": {"quota_mb": 10, "ttl_s": 60}})
+    old = store.record(Event(SEEN, {"i": 0}))
+    alarm = store.record(Event(SOS, {"band": "A1"}))
+    clock.advance(30_000)
+    new = store.record(Event(SEEN, {"i": 1}))
+    clock.advance(31_000)
+    store.housekeep()
+    reader = OutboxReader(store.path)
+    assert [e.seq for e in reader.pending(Lane.P2, 0, 10)] == [new.seq]
+    assert [e.seq for e in reader.pending(Lane.P0, 0, 10)] == [alarm.seq]
+    reader.close()
+    assert store.counters["expired_p2"] == 1 and old.event_id not in committed_ids(store.path)
+
+
+def test_delivered_alarms_stay_in_the_journal_telemetry_does_not(
+    make_store: StoreFactory, clock: ManualClock
+) -> None:
+    store = make_store(delivered_retention_days=1)
+    alarm = store.record(Event(SOS, {"band": "A1"}))
+    seen = store.record(Event(SEEN, {"i": 1}))
+    store.mark_delivered([Delivered(alarm.seq, Lane.P0), Delivered(seen.seq, Lane.P2)]).result()
+    assert committed_ids(store.path) == {alarm.event_id}
+    clock.advance(86_400_000 + 1)
+    store.housekeep()
+    assert committed_ids(store.path) == set()
+
+
+def test_outbox_stats_reads_a_running_store(make_store: StoreFactory, clock: ManualClock) -> None:
+    store = make_store()
+    store.record(Event(SOS, {"band": "A1"}))
+    clock.advance(90_000)
+    store.record(Event(SEEN, {"i": 1}))
+    stats = read_stats(store.path).as_dict()
+    assert stats["session"] == 1
+    assert stats["lanes"]["p0"]["pending"] == 1
+    assert stats["lanes"]["p0"]["oldest_age_s"] == pytest.approx(90, abs=0.01)
+    assert stats["lanes"]["p2"]["pending"] == 1

@@ -1,0 +1,102 @@
+"""Platform requests: validated, answered with the transaction id, applied at most once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway.app import Gateway
+from tests.support.broker import Mosquitto
+from tests.support.gateway import config, running
+from tests.support.subscriber import Subscriber
+from tests.support.wait import eventually
+
+BASE = "eldercare/site-test/gw-test"
+
+
+@contextmanager
+def gateway_and_platform(tmp_path: Path, port: int) -> Iterator[tuple[Gateway, Subscriber]]:
+    sub = Subscriber(port)
+    try:
+        cfg = config(tmp_path / "var", port, downlink={"max_payload_bytes": 512})
+        with running(cfg) as gw:
+            sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
+            eventually(lambda: gw.sync is not None and gw.sync.link.connected)
+            yield gw, sub
+    finally:
+        sub.close()
+
+
+def ask(sub: Subscriber, op: str, payload: Any) -> dict[str, Any]:
+    before = len(sub.of_topic(f"/response/{op}"))
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    sub.publish(f"{BASE}/request/{op}", body)
+    sub.wait_for(lambda _m: len(sub.of_topic(f"/response/{op}")) > before)
+    reply: dict[str, Any] = sub.of_topic(f"/response/{op}")[before].json()
+    return reply
+
+
+def state(db: Path) -> tuple[int, int]:
+    """(requests answered, next event seq): what a request could have changed."""
+    with sqlite3.connect(db) as conn:
+        answered = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        next_seq = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]
+    return int(answered), int(next_seq)
+
+
+def test_ping_and_outbox_stats(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    with gateway_and_platform(tmp_path, mosquitto.port) as (gw, sub):
+        pong = ask(sub, "ping", {"transaction": "t-1"})
+        assert pong["transaction"] == "t-1" and pong["status"] == "ok"
+        assert pong["data"]["pong"] is True and pong["data"]["session"] == gw.store.session
+        stats = ask(sub, "outbox.stats", {"transaction": "t-2"})
+        assert set(stats["data"]["lanes"]) == {"p0", "p1", "p2"}
+
+
+def test_a_repeated_transaction_is_answered_again_but_not_applied_twice(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    with gateway_and_platform(tmp_path, mosquitto.port) as (gw, sub):
+        births = len(sub.of_topic("/status"))
+        first = ask(sub, "rebirth", {"transaction": "rb-1"})
+        sub.wait_for(lambda _m: len(sub.of_topic("/status")) == births + 1)
+        again = ask(sub, "rebirth", {"transaction": "rb-1"})
+        assert first["status"] == again["status"] == "ok"
+        assert again["repeat"] is True and "repeat" not in first
+        assert {k: v for k, v in again.items() if k != "repeat"} == first
+        assert ask(sub, "ping", {"transaction": "p-1"})["status"] == "ok"
+        assert len(sub.of_topic("/status")) == births + 1, "rebirth was applied twice"
+        reused = ask(sub, "ping", {"transaction": "rb-1"})
+        assert reused["status"] == "error" and "already used for rebirth" in reused["message"]
+        assert gw.sync is not None and gw.sync.downlink.counts["repeat"] == 1
+
+
+def test_bad_requests_get_an_error_a_count_and_change_nothing(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    with gateway_and_platform(tmp_path, mosquitto.port) as (gw, sub):
+        db = gw.store.path
+        before = state(db)
+        cases: list[tuple[str, Any, str]] = [
+            ("ping", b"{" * 2000, "payload over 512 B"),
+            ("ping", b"\xff\xfe not json", "not JSON"),
+            ("ping", [1, 2, 3], "is not of type 'object'"),
+            ("ping", {"transaction": "x", "extra": 1}, "Additional properties"),
+            ("ping", {"transaction": 42}, "transaction"),
+            ("ping", {}, "transaction"),
+            ("reboot.everything", {"transaction": "x2"}, "unknown op"),
+        ]
+        for op, payload, expected in cases:
+            reply = ask(sub, op, payload)
+            assert reply["status"] == "error", reply
+            assert expected in reply["message"], (expected, reply)
+        assert ask(sub, "ping", {"transaction": "x", "extra": 1})["transaction"] == "x"
+        errors = gw.sync.downlink.errors if gw.sync else {}
+        assert errors["too_large"] == 1 and errors["invalid_json"] == 1
+        assert errors["unknown_op"] == 1 and errors["schema"] == 5
+        assert state(db) == before
+        assert ask(sub, "ping", {"transaction": "still-alive"})["status"] == "ok"

@@ -1,0 +1,80 @@
+"""Retained status (birth, last will, clean goodbye) and the periodic health message."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.events import Event
+from tests.support.broker import Mosquitto
+from tests.support.events import TELEMETRY
+from tests.support.gateway import config, running
+from tests.support.subscriber import Subscriber
+from tests.sync.test_crash import ROOT, write_config
+
+BASE = "eldercare/site-test"
+
+
+def test_birth_on_connect_and_goodbye_on_a_clean_stop(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    sub = Subscriber(mosquitto.port)
+    try:
+        with running(config(tmp_path / "var", mosquitto.port)) as gw:
+            sub.wait_for(lambda _m: bool(sub.of_topic("gw-test/status")))
+            birth = sub.of_topic("gw-test/status")[0].json()
+            assert birth["state"] == "online" and birth["session"] == gw.store.session
+            assert birth["software"] and birth["config"] == "test"
+        sub.wait_for(lambda _m: sub.of_topic("gw-test/status")[-1].json()["state"] == "offline")
+        assert sub.of_topic("gw-test/status")[-1].json()["reason"] == "shutdown"
+    finally:
+        sub.close()
+    late = Subscriber(mosquitto.port, client_id="late-joiner")
+    try:
+        late.wait_for(lambda _m: bool(late.of_topic("gw-test/status")))
+        (retained,) = late.of_topic("gw-test/status")
+        assert retained.retain and retained.json()["state"] == "offline"
+    finally:
+        late.close()
+
+
+def test_last_will_when_the_gateway_process_dies(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    sub = Subscriber(mosquitto.port)
+    cfg = write_config(tmp_path, mosquitto.port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.crashee", str(cfg), "1000000", "1", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    try:
+        topic = "gw-crash/status"
+        sub.wait_for(lambda _m: bool(sub.of_topic(topic)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        sub.wait_for(lambda _m: sub.of_topic(topic)[-1].json()["state"] == "offline")
+        will = sub.of_topic(topic)[-1].json()
+        assert will["reason"] == "connection_lost" and will["gateway"] == "gw-crash"
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_health_reports_the_backlog_per_lane(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    sub = Subscriber(mosquitto.port)
+    try:
+        with running(config(tmp_path / "var", None)) as gw:
+            for i in range(50):
+                gw.store.record(Event(TELEMETRY, {"n": i}))
+        cfg = config(tmp_path / "var", mosquitto.port, mqtt={"health_interval_s": 1})
+        with running(cfg):
+            sub.wait_for(lambda _m: len(sub.of_topic("gw-test/health")) >= 2, timeout=10)
+        first = sub.of_topic("gw-test/health")[0].json()
+        assert first["session"] == 2 and first["clock_synced"] is False
+        assert first["lanes"]["p2"]["pending"] >= 1
+        assert first["broker"]["state"] == "connected"
+        last = sub.of_topic("gw-test/health")[-1].json()
+        assert last["lanes"]["p2"]["pending"] == 0 and last["uplink"]["events_acked"] >= 51
+    finally:
+        sub.close()

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigFileError, GatewayConfig, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_empty_file_is_a_runnable_config(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, ""))
+    assert loaded.config == GatewayConfig()
+    assert loaded.config.db_path == Path("var/gateway.db")
+    assert loaded.config.mqtt.brokers == []
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\nid = "gw-1"\n\n[mqtt]\nkeepalve_s = 30\n')
+    with pytest.raises(ConfigFileError) as err:
+        load_config(path)
+    (issue,) = err.value.issues
+    assert issue.line == 5
+    assert issue.key == "mqtt.keepalve_s"
+    assert "did you mean 'keepalive_s'" in issue.message
+    assert str(issue).startswith(f"{path}:5: mqtt.keepalve_s")
+
+
+def test_every_problem_is_reported_with_its_line(tmp_path: Path) -> None:
+    text = (
+        "[store]\nbatch_max_rows = 0\n[store.lanes.p2]\nquota_mb = -1\n"
+        "[mqtt]\ninflight_window = 5000\n"
+    )
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, text))
+    got = {(i.key, i.line) for i in err.value.issues}
+    assert got == {
+        ("store.batch_max_rows", 2),
+        ("store.lanes.p2.quota_mb", 4),
+        ("mqtt.inflight_window", 6),
+    }
+
+
+def test_plaintext_to_a_remote_broker_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, '[mqtt]\nbrokers = ["mqtt://platform.example.cn:1883"]\n'))
+    assert "plaintext MQTT to a remote host" in str(err.value)
+    ok = load_config(write(tmp_path, '[mqtt]\nbrokers = ["mqtts://platform.example.cn"]\n'))
+    assert ok.config.mqtt.brokers == ["mqtts://platform.example.cn"]
+
+
+def test_bad_broker_url_and_half_a_client_certificate(tmp_path: Path) -> None:
+    text = '[mqtt]\nbrokers = ["http://x"]\n[mqtt.tls]\ncert_file = "c.pem"\n'
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, text))
+    messages = " ".join(i.message for i in err.value.issues)
+    assert "mqtts://host:8883" in messages
+    assert "cert_file and key_file go together" in messages
+
+
+def test_toml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, "[gateway]\nid = \n"))
+    assert err.value.issues[0].line == 2
+
+
+def test_validate_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, '[gateway]\nsite = "canteen-7"\n')
+    assert main(["validate-config", str(good)]) == 0
+    assert "ok" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway]\nsiet = 1\n")
+    assert main(["validate-config", str(bad)]) == 2
+    assert "gateway.siet: unknown key; did you mean 'site'?" in capsys.readouterr().err
+    assert main(["validate-config", str(tmp_path / "missing.toml")]) == 2
+    assert "file not found" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from types import FrameType
 from gateway import __version__
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import LoadedConfig, read_password
+from gateway.devices.service import build_services as build_device_services
 from gateway.events import GATEWAY_STARTED, Event
 from gateway.lifecycle import Service, Supervisor, sd_notify, watchdog_interval_s
 from gateway.logs import setup_logging
@@ -56,7 +57,9 @@ def build(loaded: LoadedConfig) -> Gateway:
     clock = SystemClock()
     sync = ClockSync(cfg.clock.sync_source, cfg.clock.check_interval_s)
     store = Store(cfg.store, cfg.db_path, clock, sync)
-    return Gateway(loaded=loaded, store=store)
+    services: list[Service] = []
+    services += build_device_services(cfg.devices, store, lambda: sync.synced)
+    return Gateway(loaded=loaded, store=store, services=services)
 
 
 def run(loaded: LoadedConfig) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.config import ConfigFileError, load_config
+from gateway.devices.cli import register as register_devices
 from gateway.store import StoreError, read_stats
 
 Handler = Callable[[argparse.Namespace], int]
@@ -126,7 +127,7 @@ def _register_backbone(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     s.set_defaults(func=cmd_outbox_stats)
 
 
-REGISTRARS: tuple[Registrar, ...] = (_register_backbone,)
+REGISTRARS: tuple[Registrar, ...] = (_register_backbone, register_devices)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,14 +56,14 @@ TYPE_OF_KIND = {
 
 # The data fields each type carries beyond the common ones (the JSON Schemas say the same).
 _EXTRA: dict[str, tuple[str, ...]] = {
-    "alarm.sos": ("rssi", "battery", "text"),
-    "alarm.fall": ("rssi", "battery", "text"),
-    "alarm.restore": ("restores", "name", "text"),
-    "band.removed": ("rssi",),
-    "band.worn": ("rssi",),
-    "battery.low": ("rssi", "battery"),
+    "alarm.sos": ("name", "rssi", "battery", "text"),
+    "alarm.fall": ("name", "rssi", "battery", "text"),
+    "alarm.restore": ("name", "restores", "text"),
+    "band.removed": ("name", "rssi"),
+    "band.worn": ("name", "rssi"),
+    "battery.low": ("name", "rssi", "battery"),
     "device.alarm": ("name", "text"),
-    "wristband.seen": ("rssi", "battery"),
+    "wristband.seen": ("name", "rssi", "battery"),
     "device.status": ("name", "text"),
 }
 

@@ -154,6 +154,25 @@ class FramedHandler(PortHandler):
         return False
 
 
+def framer_and_decoder(
+    definition: DefinitionFile,
+) -> tuple[Framer, Callable[[bytes], Decoded]]:
+    """Framer and decoder for a definition without a session (binary, jsonlines, contact_id)."""
+    if definition.binary is not None:
+        return BinaryFramer(definition.binary.framing), BinaryDecoder(definition.binary).decode
+    if definition.jsonlines is not None:
+        spec = definition.jsonlines
+        return LineFramer(spec.max_line), JsonLinesDecoder(spec).decode
+    if definition.contact_id is not None:
+        codes, encoding = definition.codes, definition.contact_id.encoding
+
+        def decode(line: bytes) -> Decoded:
+            return decode_line(line, codes, encoding)
+
+        return LineFramer(64), decode
+    raise ValueError(f"{definition.name}: not a framed serial protocol ({definition.protocol})")
+
+
 def framed_handler(
     definition: DefinitionFile,
     recorder: Recorder,
@@ -162,31 +181,18 @@ def framed_handler(
     silence_s: float | None,
     dedup_now: Callable[[], float] | None = None,
 ) -> FramedHandler:
-    """The handler for a definition without a session (binary, jsonlines, contact_id)."""
-    framer: Framer
-    decode: Callable[[bytes], Decoded]
+    framer, decode = framer_and_decoder(definition)
     ack = nak = None
+    window = 0.0
     if definition.binary is not None:
-        framer = BinaryFramer(definition.binary.framing)
-        decode = BinaryDecoder(definition.binary).decode
         window = definition.binary.dedup_window_s
     elif definition.jsonlines is not None:
-        framer = LineFramer(definition.jsonlines.max_line)
-        decode = JsonLinesDecoder(definition.jsonlines).decode
         window = definition.jsonlines.dedup_window_s
     elif definition.contact_id is not None:
         spec = definition.contact_id
-        framer = LineFramer(64)
-        codes = definition.codes
-
-        def decode(line: bytes) -> Decoded:
-            return decode_line(line, codes, spec.encoding)
-
         window = spec.dedup_window_s
         ack = bytes.fromhex(spec.ack) if spec.ack else None
         nak = bytes.fromhex(spec.nak) if spec.nak else None
-    else:
-        raise ValueError(f"{definition.name}: not a framed serial protocol ({definition.protocol})")
     dedup = Dedup(window) if dedup_now is None else Dedup(window, dedup_now)
     return FramedHandler(
         recorder,

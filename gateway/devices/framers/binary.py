@@ -145,3 +145,22 @@ def _partial_header(buf: bytearray, header: bytes) -> int:
         if buf.endswith(header[:n]):
             return n
     return 0
+
+
+def encode_frame(spec: BinaryFraming, body: bytes) -> bytes:
+    """A valid frame around ``body`` (command + payload): the simulator's side of the framing."""
+    check, size = CHECKSUMS[spec.checksum.kind]
+    header = spec.header_bytes
+    if spec.fixed_length is not None:
+        room = spec.fixed_length - spec.command_offset - size
+        frame = header + bytes(spec.command_offset - len(header)) + body[:room].ljust(room, b"\0")
+    else:
+        assert spec.length is not None
+        lf = spec.length
+        prefix = lf.offset + lf.width
+        content = bytes(max(0, spec.command_offset - prefix)) + body
+        total = prefix + len(content) + size
+        value = total - lf.counts_from - (0 if lf.includes_checksum else size)
+        frame = header + bytes(lf.offset - len(header)) + value.to_bytes(lf.width, lf.order)
+        frame += content
+    return frame + check(frame[spec.checksum.start :]).to_bytes(size, spec.checksum.order)

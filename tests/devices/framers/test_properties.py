@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.devices.definitions import BinaryFraming
-from gateway.devices.framers.binary import BinaryFramer
-from gateway.devices.framers.checksums import CHECKSUMS, ChecksumKind
+from gateway.devices.framers.binary import BinaryFramer, encode_frame
+from gateway.devices.framers.checksums import ChecksumKind
 from gateway.devices.framers.espa import ETX, RS, SOH, STX, US, EspaFramer, bcc
 from gateway.devices.framers.lines import LineFramer
 from gateway.devices.model import Frame
@@ -69,34 +69,13 @@ FRAMINGS: dict[str, BinaryFraming] = {
 }  # fmt: skip
 
 
-def build_frame(spec: BinaryFraming, body: bytes) -> bytes:
-    """A valid frame with ``body`` as command + payload (the generator for the property)."""
-    check, size = CHECKSUMS[spec.checksum.kind]
-    header = spec.header_bytes
-    if spec.fixed_length is not None:
-        body = body.ljust(spec.fixed_length - len(header) - size, b"\x00")
-        body = body[: spec.fixed_length - len(header) - size]
-        frame = header + body
-    else:
-        assert spec.length is not None
-        lf = spec.length
-        prefix_len = lf.offset + lf.width
-        pad = max(0, spec.command_offset - prefix_len)
-        content = bytes(pad) + body
-        total = prefix_len + len(content) + size
-        value = total - lf.counts_from - (0 if lf.includes_checksum else size)
-        frame = header + bytes(lf.offset - len(header)) + value.to_bytes(lf.width, lf.order)
-        frame += content
-    return frame + check(frame[spec.checksum.start :]).to_bytes(size, spec.checksum.order)
-
-
 def garbage_for(kind: ChecksumKind, spec: BinaryFraming) -> st.SearchStrategy[bytes]:
     first = spec.header_bytes[0]
     clean = st.binary(max_size=40).map(lambda b: bytes(x for x in b if x != first))
     if kind in ("sum8", "xor8"):
         return clean
     bodies = st.binary(min_size=2, max_size=20)
-    frames = bodies.map(lambda b: build_frame(spec, b))
+    frames = bodies.map(lambda b: encode_frame(spec, b))
     truncated = st.tuples(frames, st.integers(1, 30)).map(
         lambda t: t[0][: max(1, len(t[0]) - t[1])]
     )
@@ -122,7 +101,7 @@ def binary_case(kind: ChecksumKind) -> Callable[..., None]:
         st.lists(st.integers(0, 10_000), max_size=6),
     )
     def prop(parts: list[tuple[bytes, bytes]], cuts: list[int]) -> None:
-        frames = [build_frame(spec, body) for _, body in parts]
+        frames = [encode_frame(spec, body) for _, body in parts]
         stream = b"".join(g + f for (g, _), f in zip(parts, frames, strict=True))
         got = run(BinaryFramer(spec), stream, cuts)
         assert is_subsequence(frames, got)

@@ -47,7 +47,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_basestation(args: argparse.Namespace) -> int:
     from gateway.devices.definitions import DefinitionFile
     from gateway.devices.link import SerialSettings, open_port
-    from gateway.devices.simulate import Traffic, run_traffic
+    from gateway.devices.simulate import Paced, Traffic, run_traffic
 
     definition = _definition(args.device)
     if not isinstance(definition, DefinitionFile):
@@ -63,11 +63,11 @@ def cmd_basestation(args: argparse.Namespace) -> int:
     port = open_port(args.port, settings, timeout=1.0)
     try:
         sent = run_traffic(
-            port.write,
+            Paced(port.write, settings.baudrate),
             traffic,
             interval_s=args.interval,
             duration_s=args.duration,
-            burst_every_s=args.burst_every,
+            burst_every_s=args.burst_every or None,
         )
     except KeyboardInterrupt:
         sent = -1

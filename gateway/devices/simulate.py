@@ -153,6 +153,9 @@ def run_traffic(
             next_burst += burst_every_s or 0
             write(b"".join(s.frame for s in sends))  # a burst: everyone at once
             count += len(sends)
+            if on_sent is not None:
+                for sent in sends:
+                    on_sent(sent, time.monotonic())
             sends = []
         spacing = interval_s / max(1, len(sends))
         for i, sent in enumerate(sends):
@@ -168,6 +171,23 @@ def run_traffic(
         if delay > 0:
             time.sleep(delay)
     return count
+
+
+class Paced:
+    """Write no faster than a serial line at ``baudrate`` (10 bits a byte) could carry."""
+
+    def __init__(self, write: Callable[[bytes], object], baudrate: int) -> None:
+        self._write = write
+        self._bytes_per_s = baudrate / 10
+        self._start = time.monotonic()
+        self._sent = 0
+
+    def __call__(self, data: bytes) -> None:
+        self._sent += len(data)
+        self._write(data)
+        ahead = self._sent / self._bytes_per_s - (time.monotonic() - self._start)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 # ---- ESPA 4.4.4 control station --------------------------------------------------------------

@@ -10,7 +10,7 @@ from types import FrameType
 
 from gateway import __version__
 from gateway.clock import ClockSync, SystemClock
-from gateway.config import LoadedConfig, read_password
+from gateway.config import ConfigFileError, LoadedConfig, read_password
 from gateway.devices.service import build_services as build_device_services
 from gateway.events import GATEWAY_STARTED, Event
 from gateway.lifecycle import Service, Supervisor, sd_notify, watchdog_interval_s
@@ -66,7 +66,11 @@ def run(loaded: LoadedConfig) -> int:
     cfg = loaded.config
     password = read_password(cfg.mqtt)
     setup_logging(cfg.logging.level, [password] if password else [])
-    gw = build(loaded)
+    try:
+        gw = build(loaded)
+    except ConfigFileError as exc:
+        log.error("configuration error:\n%s", exc)
+        return 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

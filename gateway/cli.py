@@ -43,8 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from gateway.devices.service import load_definitions
+
     try:
         loaded = load_config(args.path)
+        load_definitions(loaded.config.devices)
     except ConfigFileError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.config import load_config
 from gateway.configfile import ConfigFileError
 from gateway.devices.config import DevicesSection
@@ -83,3 +84,16 @@ def test_a_definition_used_for_the_wrong_transport_is_refused() -> None:
         load_definitions(section)
     assert "devices.ports[0].definition: a dc09 device cannot be a port" in str(err.value)
     assert "missing.toml: (top level): file not found" in str(err.value)
+
+
+def test_validate_config_checks_the_definitions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.toml").write_text('name = "broken"\n[binary]\n')
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        f'[devices]\ndefinitions_dir = "{tmp_path}"\n[[devices.ports]]\nname = "a"\n'
+        'definition = "broken.toml"\nurl = "loop://"\n'
+    )
+    assert main(["validate-config", str(cfg)]) == 2
+    assert "broken.toml:2: binary.framing: required key is missing" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from typing import Any
 from gateway import __version__
 from gateway.clock import Clock, ClockSync, SystemClock
 from gateway.config import ConfigFileError, LoadedConfig, read_password
+from gateway.devices.service import build_services as build_device_services
 from gateway.events import GATEWAY_STARTED, Event
 from gateway.lifecycle import (
     Service,
@@ -89,7 +90,7 @@ def build(
         rng=rng,
     )
     gw.sync = sync
-    gw.services = [sync]
+    gw.services = [sync, *build_device_services(cfg.devices, store, lambda: clock_sync.synced)]
     return gw
 
 
@@ -101,7 +102,11 @@ def run(loaded: LoadedConfig) -> int:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, [password] if password else [])
-    gw = build(loaded, password=password)
+    try:
+        gw = build(loaded, password=password)
+    except ConfigFileError as exc:
+        log.error("configuration error:\n%s", exc)
+        return 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.config import ConfigFileError, load_config
+from gateway.devices.cli import register as register_devices
 from gateway.store import StoreError, read_stats
 
 Handler = Callable[[argparse.Namespace], int]
@@ -42,8 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from gateway.devices.service import load_definitions
+
     try:
         loaded = load_config(args.path)
+        load_definitions(loaded.config.devices)
     except ConfigFileError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -126,7 +130,7 @@ def _register_backbone(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     s.set_defaults(func=cmd_outbox_stats)
 
 
-REGISTRARS: tuple[Registrar, ...] = (_register_backbone,)
+REGISTRARS: tuple[Registrar, ...] = (_register_backbone, register_devices)
 
 
 def build_parser() -> argparse.ArgumentParser:

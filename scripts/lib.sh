@@ -33,6 +33,10 @@ ensure_venv() {
         echo "installing Python packages into $VENV"
         "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]" 2>&1 \
             | grep -v "^WARNING: Location" || true
+        # dc09-spt (a real SIA DC-09 transmitter, used as a test peer) declares pycrypto, which
+        # does not build on current Python; pycryptodome provides the same Crypto namespace.
+        "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+            "dc09-spt==0.0.4" "pycryptodome>=3.20" 2>&1 | grep -v "^WARNING: Location" || true
         "$VENV/bin/python" -c 'import gateway' || { echo "pip install failed" >&2; exit 1; }
         echo "$want" >"$stamp"
     fi

@@ -23,7 +23,7 @@ def registry() -> Registry[Any]:
     resources = []
     for path in sorted(SCHEMAS.rglob("*.json")):
         contents = json.loads(path.read_text(encoding="utf-8"))
-        resources.append((contents["$id"], Resource.from_contents(contents)))
+        resources.append((path.relative_to(SCHEMAS).as_posix(), Resource.from_contents(contents)))
     return Registry().with_resources(resources)
 
 

@@ -1,0 +1,1 @@
+"""Base stations in: serial and network receivers -> framers -> decoders -> typed events."""

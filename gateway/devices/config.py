@@ -1,0 +1,108 @@
+"""The ``[devices]`` section of the gateway config: which ports and receivers to run.
+
+Each port or receiver names a definition file in ``definitions_dir``; serial settings left
+out here come from the definition's ``[serial]`` defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from gateway.configfile import NAME_PATTERN, Strict
+
+SerialFormat = Literal["8N1", "8E1", "8O1", "8N2", "7E1", "7O1", "7E2", "7O2"]
+
+
+class PortConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="Names the port in health and events.")
+    definition: str = Field(description="File in definitions_dir, e.g. 'aa55-reference.toml'.")
+    url: str = Field(
+        description="pyserial URL: /dev/serial/by-id/..., /dev/ttyUSB0, socket://host:port, "
+        "loop://, or spy://... for field debugging."
+    )
+    station: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Station id in events; default: the port name."
+    )
+    baudrate: int | None = Field(None, ge=50, le=4_000_000)
+    format: SerialFormat | None = Field(
+        None, description="Data bits, parity, stop bits. 7-bit formats are checked in software."
+    )
+    frame_timeout_s: float = Field(
+        1.0, gt=0, le=30, description="A partial frame older than this is dropped."
+    )
+    reopen_min_s: float = Field(0.5, gt=0, le=60)
+    reopen_max_s: float = Field(5.0, gt=0, le=600)
+    silence_s: float | None = Field(
+        None, gt=0, description="Report the link silent after this long without bytes."
+    )
+
+    @property
+    def station_id(self) -> str:
+        return self.station or self.name
+
+    @model_validator(mode="after")
+    def _backoff(self) -> PortConfig:
+        if self.reopen_max_s < self.reopen_min_s:
+            raise ValueError("reopen_max_s must be >= reopen_min_s")
+        return self
+
+
+class AccountKey(Strict):
+    account: str = Field(pattern=r"^[0-9A-Fa-f]{3,16}$")
+    key: SecretStr = Field(description="AES key as 32 or 64 hex digits (AES-128/256).")
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raise ValueError("key must be hex") from None
+        if len(raw) not in (16, 24, 32):
+            raise ValueError("key must be 16, 24 or 32 bytes (32, 48 or 64 hex digits)")
+        return value
+
+
+class Dc09Receiver(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    definition: str = Field(description="A definition file with a [dc09] section.")
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(ge=0, le=65535, description="TCP and UDP port (0 = any free, for tests).")
+    tcp: bool = True
+    udp: bool = True
+    station: str | None = Field(None, pattern=NAME_PATTERN)
+    max_connections: int = Field(32, ge=1, le=1000)
+    idle_timeout_s: float = Field(60.0, gt=0, le=3600)
+    frame_timeout_s: float = Field(2.0, gt=0, le=30)
+    keys: list[AccountKey] = Field(default_factory=list, description="AES keys per account.")
+
+    @property
+    def station_id(self) -> str:
+        return self.station or self.name
+
+    def key_for(self, account: str) -> bytes | None:
+        for k in self.keys:
+            if k.account.upper() == account.upper():
+                return bytes.fromhex(k.key.get_secret_value())
+        return None
+
+
+class DevicesSection(Strict):
+    definitions_dir: Path = Field(Path("device_configs"), description="Device definition files.")
+    ports: list[PortConfig] = Field(default_factory=list)
+    dc09: list[Dc09Receiver] = Field(default_factory=list)
+    record_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Longest wait for the store before a source is NAKed."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> DevicesSection:
+        names = [p.name for p in self.ports] + [r.name for r in self.dc09]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"port and receiver names must be unique: {dupes}")
+        return self

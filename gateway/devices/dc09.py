@@ -1,0 +1,272 @@
+"""SIA DC-09 receiver on TCP and UDP: alarm hubs and one-key-call panels over IP.
+
+Every message is answered: ACK only after its events are committed, NAK (with our time) on a
+CRC error, a timestamp outside the window or a store failure, DUH for what we cannot use (an
+unknown ID or code, no key for an encrypted account). A retry (same account and sequence
+within the window) is ACKed again without a second event. While the wall clock is not
+synchronised (a Pi has no RTC) timestamps are not checked: NAKing alarms because our own
+clock is wrong would be worse than accepting a stale one.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.devices.config import Dc09Receiver
+from gateway.devices.decoders import dc09 as msgs
+from gateway.devices.decoders.contact_id import decode_dc09
+from gateway.devices.decoders.sia import decode_dcs
+from gateway.devices.dedup import Dedup
+from gateway.devices.definitions import Dc09Spec, DefinitionFile
+from gateway.devices.framers.lines import LineFramer
+from gateway.devices.model import Decoded, DeviceEvent, Frame, Kind, Reject, Scalar
+from gateway.devices.recorder import Recorder
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+POLL_S = 0.2
+
+
+class Dc09Handler:
+    """Message in, reply out. Transport-free, so TCP, UDP and tests share it."""
+
+    def __init__(
+        self,
+        cfg: Dc09Receiver,
+        definition: DefinitionFile,
+        recorder: Recorder,
+        *,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock_synced: Callable[[], bool] = lambda: True,
+    ) -> None:
+        assert definition.dc09 is not None
+        self.cfg = cfg
+        self.spec: Dc09Spec = definition.dc09
+        self.definition = definition
+        self.recorder = recorder
+        self.wall = wall
+        self.clock_synced = clock_synced
+        self.keys = {k.account.upper(): bytes.fromhex(k.key.get_secret_value()) for k in cfg.keys}
+        self.dedup = Dedup(self.spec.dedup_window_s)
+        self.replies: dict[str, int] = {"ACK": 0, "NAK": 0, "DUH": 0}
+        self.length_mismatches = 0
+        self._lock = threading.Lock()  # TCP connections and UDP share the dedup and counters
+
+    def handle(self, content: bytes) -> bytes:
+        with self._lock:
+            reply, kind = self._handle(content)
+            self.replies[kind] += 1
+        return reply
+
+    def _refuse(self, reason: str, content: bytes, detail: str = "") -> None:
+        self.recorder.stats.reject(self.recorder.port, Reject(reason, content, detail))
+
+    def _handle(self, content: bytes) -> tuple[bytes, str]:
+        now = self.wall()
+        stats = self.recorder.stats
+        try:
+            msg = msgs.parse(content.decode("latin-1"), self.keys)
+        except msgs.Dc09Error as exc:
+            self._refuse(exc.reason, content, str(exc))
+            if exc.reason == "bad_crc":
+                return msgs.nak(now), "NAK"
+            return msgs.duh(None), "DUH"
+        stats.frames += 1
+        if not msg.length_ok:
+            self.length_mismatches += 1
+            log.info("dc09 %s: length field mismatch (CRC ok)", self.recorder.port)
+        if msg.id not in self.spec.accept_ids:
+            self._refuse("unknown_id", content, msg.id)
+            return msgs.duh(msg), "DUH"
+        if msg.encrypted and msg.timestamp is None:
+            self._refuse("bad_timestamp", content, "encrypted without timestamp")
+            return msgs.nak(now), "NAK"
+        if msg.timestamp is not None and self.clock_synced():
+            skew = (msg.timestamp - now).total_seconds()
+            if not -self.spec.max_past_s <= skew <= self.spec.max_future_s:
+                self._refuse("bad_timestamp", content, f"{skew:+.0f} s")
+                return msgs.nak(now), "NAK"
+        key = (msg.account.upper(), msg.receiver, msg.line, msg.seq, msg.id)
+        reply = msgs.ack(msg, self.keys.get(msg.account.upper()), now)
+        if self.dedup.is_repeat(key):
+            stats.duplicates += 1
+            return reply, "ACK"
+        decoded = self._decode(msg, content)
+        for reject in decoded.rejects:
+            stats.reject(self.recorder.port, reject)
+        if decoded.rejects and not decoded.events:
+            self.dedup.forget(key)
+            return msgs.duh(msg), "DUH"
+        events = [self.recorder.event(ev) for ev in decoded.events]
+        if not self.recorder.record(events):
+            self.dedup.forget(key)
+            return msgs.nak(now), "NAK"
+        return reply, "ACK"
+
+    def _decode(self, msg: msgs.Dc09Message, raw: bytes) -> Decoded:
+        ids: dict[str, Scalar] = {"dc09_id": msg.id, "encrypted": msg.encrypted}
+        if msg.receiver is not None:
+            ids["receiver"] = msg.receiver
+        if msg.line is not None:
+            ids["line"] = msg.line
+        if msg.timestamp is not None:
+            ids["timestamp"] = msg.timestamp.strftime(msgs.TS_FORMAT)
+        if msg.id == "ADM-CID":
+            return decode_dc09(msg.data, self.definition.codes, raw, msg.seq, ids)
+        if msg.id == "SIA-DCS":
+            return decode_dcs(msg.data, self.definition.sia_codes, raw, msg.seq, ids)
+        test = DeviceEvent(
+            Kind.STATUS,
+            msg.account,
+            code="NULL",
+            seq=msg.seq,
+            name="link_test",
+            ids={**ids, "account": msg.account},
+            raw=raw,
+        )
+        return Decoded(events=(test,))
+
+
+class Dc09Service:
+    def __init__(
+        self,
+        cfg: Dc09Receiver,
+        definition: DefinitionFile,
+        store: Store,
+        record_timeout_s: float,
+        clock_synced: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.name = f"dc09:{cfg.name}"
+        self.cfg = cfg
+        self.recorder = Recorder(
+            store,
+            port=cfg.name,
+            station=cfg.station_id,
+            definition=definition.name,
+            record_timeout_s=record_timeout_s,
+        )
+        self.handler = Dc09Handler(cfg, definition, self.recorder, clock_synced=clock_synced)
+        self.port = cfg.port
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._tcp: socket.socket | None = None
+        self._udp: socket.socket | None = None
+        self._slots = threading.BoundedSemaphore(cfg.max_connections)
+        self.connections = 0
+        self.refused_connections = 0
+
+    def start(self) -> None:
+        self._stop.clear()
+        if self.cfg.tcp:
+            self._tcp = socket.create_server((self.cfg.host, self.port), reuse_port=False)
+            self._tcp.settimeout(POLL_S)
+            self.port = self._tcp.getsockname()[1]
+            self._spawn(self._accept, "accept")
+        if self.cfg.udp:
+            self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._udp.bind((self.cfg.host, self.port))
+            self._udp.settimeout(POLL_S)
+            self.port = self._udp.getsockname()[1]
+            self._spawn(self._datagrams, "udp")
+        log.info("dc09 %s: listening on %s:%d", self.cfg.name, self.cfg.host, self.port)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join()
+        self._threads.clear()
+        for sock in (self._tcp, self._udp):
+            if sock is not None:
+                sock.close()
+        self._tcp = self._udp = None
+
+    def healthy(self) -> bool:
+        return all(t.is_alive() for t in self._threads if t.name.endswith(("accept", "udp")))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "listen": f"{self.cfg.host}:{self.port}",
+            "connections": self.connections,
+            "refused_connections": self.refused_connections,
+            "replies": dict(self.handler.replies),
+            "length_mismatches": self.handler.length_mismatches,
+            **self.recorder.stats.as_dict(),
+        }
+
+    def _spawn(self, target: Callable[..., None], what: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"dc09-{self.cfg.name}-{what}")
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        assert self._tcp is not None
+        while not self._stop.is_set():
+            try:
+                conn, _peer = self._tcp.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                log.error("dc09 %s: accept failed: %s", self.cfg.name, exc)
+                self._stop.wait(1.0)
+                continue
+            if not self._slots.acquire(blocking=False):
+                self.refused_connections += 1
+                conn.close()
+                continue
+            self.connections += 1
+            self._spawn(self._connection, "conn", conn)
+
+    def _connection(self, conn: socket.socket) -> None:
+        framer = LineFramer(max_line=2048)
+        conn.settimeout(POLL_S)
+        last_rx = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(4096)
+                except TimeoutError:
+                    idle = time.monotonic() - last_rx
+                    if framer.pending and idle >= self.cfg.frame_timeout_s:
+                        self._items(framer.flush(), conn)
+                    if idle >= self.cfg.idle_timeout_s:
+                        return
+                    continue
+                if not data:
+                    return
+                last_rx = time.monotonic()
+                self._items(framer.feed(data), conn)
+        except OSError as exc:
+            log.info("dc09 %s: connection ended: %s", self.cfg.name, exc)
+        finally:
+            conn.close()
+            self._slots.release()
+
+    def _items(self, items: list[Frame | Reject], conn: socket.socket) -> None:
+        for item in items:
+            if isinstance(item, Reject):
+                self.recorder.stats.reject(self.cfg.name, item)
+            else:
+                conn.sendall(self.handler.handle(item.data))
+
+    def _datagrams(self) -> None:
+        assert self._udp is not None
+        while not self._stop.is_set():
+            try:
+                data, peer = self._udp.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                log.warning("dc09 %s: udp receive failed: %s", self.cfg.name, exc)
+                continue
+            content = data.strip(b"\r\n")
+            try:
+                self._udp.sendto(self.handler.handle(content), peer)
+            except OSError as exc:
+                log.warning("dc09 %s: udp reply failed: %s", self.cfg.name, exc)

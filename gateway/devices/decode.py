@@ -1,0 +1,75 @@
+"""Offline decoding of a capture, for ``gateway decode``: what the gateway would make of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from gateway.devices.decoders import dc09 as dc09_msgs
+from gateway.devices.decoders.contact_id import decode_dc09
+from gateway.devices.decoders.espa import decode_block
+from gateway.devices.decoders.sia import decode_dcs
+from gateway.devices.definitions import DefinitionFile
+from gateway.devices.events import to_event
+from gateway.devices.framers.espa import Control, EspaFramer
+from gateway.devices.framers.lines import LineFramer
+from gateway.devices.model import Decoded, Frame, Reject
+from gateway.devices.pipeline import framer_and_decoder
+
+
+def _rejected(item: Reject) -> dict[str, Any]:
+    out: dict[str, Any] = {"rejected": item.reason, "hex": item.data.hex().upper()}
+    if item.detail:
+        out["detail"] = item.detail
+    return out
+
+
+def _decoded(decoded: Decoded, definition: DefinitionFile) -> Iterator[dict[str, Any]]:
+    for reject in decoded.rejects:
+        yield _rejected(reject)
+    for ev in decoded.events:
+        event = to_event(
+            ev, port="capture", station=decoded.station or "capture", definition=definition.name
+        )
+        yield {"type": event.type.name, "lane": event.type.lane.name, "data": dict(event.data)}
+
+
+def _dc09(definition: DefinitionFile, content: bytes) -> Decoded:
+    try:
+        msg = dc09_msgs.parse(content.decode("latin-1"), {})
+    except dc09_msgs.Dc09Error as exc:
+        return Decoded(rejects=(Reject(exc.reason, content, str(exc)),))
+    ids = {"dc09_id": msg.id}
+    if msg.id == "ADM-CID":
+        return decode_dc09(msg.data, definition.codes, content, msg.seq, ids)
+    if msg.id == "SIA-DCS":
+        return decode_dcs(msg.data, definition.sia_codes, content, msg.seq, ids)
+    return Decoded()
+
+
+def decode_capture(definition: DefinitionFile, data: bytes) -> Iterator[dict[str, Any]]:
+    """Every event and every refusal in ``data``, in order, as JSON-ready dicts."""
+    if definition.espa is not None:
+        espa = EspaFramer()
+        for item in [*espa.feed(data), *espa.flush()]:
+            if isinstance(item, Control):
+                yield {"control": item.kind, "address": item.address}
+            elif isinstance(item, Reject):
+                yield _rejected(item)
+            else:
+                yield from _decoded(decode_block(item.data, definition.espa), definition)
+        return
+    if definition.dc09 is not None:
+        lines = LineFramer(2048)
+        for line in [*lines.feed(data), *lines.flush()]:
+            if isinstance(line, Reject):
+                yield _rejected(line)
+            else:
+                yield from _decoded(_dc09(definition, line.data), definition)
+        return
+    framer, decode = framer_and_decoder(definition)
+    for part in [*framer.feed(data), *framer.flush()]:
+        if isinstance(part, Reject):
+            yield _rejected(part)
+        elif isinstance(part, Frame):
+            yield from _decoded(decode(part.data), definition)

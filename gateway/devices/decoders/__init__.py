@@ -1,0 +1,1 @@
+"""Decoders turn one frame into device events. Pure: bytes in, typed events out."""

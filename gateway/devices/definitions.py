@@ -1,0 +1,283 @@
+"""Device definitions: a vendor is a TOML file in ``device_configs/``, not a code change.
+
+A file names the device and has exactly one protocol section (``binary``, ``jsonlines``,
+``espa``, ``contact_id`` or ``dc09``), plus code maps where the protocol has event codes.
+Loading goes through the same strict loader as the gateway config, so a typo is an error
+naming file, line and key.
+"""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from gateway.configfile import NAME_PATTERN, Strict, load_toml_model
+from gateway.devices.config import SerialFormat
+from gateway.devices.framers.checksums import CHECKSUMS, ChecksumKind
+from gateway.devices.model import Kind
+
+ByteOrder = Literal["big", "little"]
+
+
+def _hex(value: str) -> str:
+    cleaned = value.replace(" ", "")
+    try:
+        bytes.fromhex(cleaned)
+    except ValueError:
+        raise ValueError("must be hex bytes, e.g. 'AA 55'") from None
+    return cleaned.upper()
+
+
+def _encoding(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"unknown text encoding {value!r}") from None
+    return value
+
+
+HexBytes = Annotated[str, AfterValidator(_hex)]
+Encoding = Annotated[str, AfterValidator(_encoding)]
+
+
+class SerialDefaults(Strict):
+    """What the device usually speaks; a port in the gateway config may override it."""
+
+    baudrate: int = Field(9600, ge=50, le=4_000_000)
+    format: SerialFormat = "8N1"
+
+
+# ---- binary frames ("AA 55" family) --------------------------------------------------------
+
+
+class LengthField(Strict):
+    offset: int = Field(ge=0, description="Offset of the length field from the frame start.")
+    width: Literal[1, 2] = 1
+    order: ByteOrder = "little"
+    counts_from: int = Field(
+        ge=0, description="Offset of the first byte the length counts (0 = the whole frame)."
+    )
+    includes_checksum: bool = Field(False, description="Whether the count includes the checksum.")
+
+
+class Checksum(Strict):
+    kind: ChecksumKind
+    start: int = Field(0, ge=0, description="Offset of the first byte covered.")
+    order: ByteOrder = Field("little", description="Byte order of a 16-bit checksum on the wire.")
+
+    @property
+    def size(self) -> int:
+        return CHECKSUMS[self.kind][1]
+
+
+class BinaryFraming(Strict):
+    header: HexBytes = Field(min_length=2, description="Bytes every frame starts with.")
+    length: LengthField | None = None
+    fixed_length: int | None = Field(None, ge=2, le=4096)
+    max_length: int = Field(256, ge=4, le=4096, description="Longer frames are absurd: rejected.")
+    checksum: Checksum
+    command_offset: int = Field(ge=0)
+    command_width: Literal[1, 2] = 1
+    payload_offset: int = Field(ge=0)
+
+    @property
+    def header_bytes(self) -> bytes:
+        return bytes.fromhex(self.header)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> BinaryFraming:
+        if (self.length is None) == (self.fixed_length is None):
+            raise ValueError("give either length or fixed_length")
+        if self.length is not None and self.length.offset < len(self.header_bytes):
+            raise ValueError("length.offset lies inside the header")
+        return self
+
+
+FieldType = Literal["uint", "int", "hex", "bcd", "text"]
+
+
+class FieldSpec(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    offset: int = Field(ge=0, description="From the start of the payload.")
+    width: int = Field(ge=1, le=32)
+    type: FieldType = "uint"
+    order: ByteOrder | None = Field(None, description="Default: the definition's byte_order.")
+    scale: float | None = None
+    encoding: Encoding = "ascii"
+
+
+class CodeMap(Strict):
+    kind: Kind
+    name: str = Field("", max_length=64, description="A label, e.g. 'tamper'.")
+    restores: Kind | None = Field(None, description="With kind = 'restore': what it ends.")
+
+
+EventMap = Kind | CodeMap
+
+
+def as_code_map(value: EventMap) -> CodeMap:
+    return value if isinstance(value, CodeMap) else CodeMap(kind=value)
+
+
+class MessageSpec(Strict):
+    command: int = Field(ge=0, le=0xFFFF)
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    fields: list[FieldSpec]
+    device: str = Field(description="The field that identifies the device.")
+    seq: str | None = None
+    rssi: str | None = None
+    battery: str | None = None
+    event: str | None = Field(None, description="The field whose value selects the event.")
+    events: dict[int, EventMap] = Field(default_factory=dict)
+    kind: Kind | None = Field(None, description="Fixed kind when the message has no event field.")
+
+    @property
+    def min_payload(self) -> int:
+        return max((f.offset + f.width for f in self.fields), default=0)
+
+    @model_validator(mode="after")
+    def _refs(self) -> MessageSpec:
+        names = {f.name for f in self.fields}
+        for role in ("device", "seq", "rssi", "battery", "event"):
+            ref = getattr(self, role)
+            if ref is not None and ref not in names:
+                raise ValueError(f"{role} = {ref!r} is not one of the fields {sorted(names)}")
+        if (self.event is None) == (self.kind is None):
+            raise ValueError("give either event (with events) or a fixed kind")
+        if self.event is not None and not self.events:
+            raise ValueError("event needs an events table")
+        return self
+
+
+class BinarySpec(Strict):
+    byte_order: ByteOrder = "big"
+    framing: BinaryFraming
+    messages: list[MessageSpec] = Field(min_length=1)
+    dedup_window_s: float = Field(10.0, ge=0, le=600)
+
+    @model_validator(mode="after")
+    def _unique(self) -> BinarySpec:
+        commands = [m.command for m in self.messages]
+        if len(commands) != len(set(commands)):
+            raise ValueError("two messages share a command")
+        return self
+
+
+# ---- JSON-lines BLE gateways ---------------------------------------------------------------
+
+BleFormat = Literal["bthome", "ibeacon", "eddystone_tlm"]
+
+
+class JsonKeys(Strict):
+    type: str = "type"
+    mac: str = "mac"
+    rssi: str = "rssi"
+    raw: str = "rawData"
+
+
+class JsonLinesSpec(Strict):
+    encoding: Encoding = "utf-8"
+    max_line: int = Field(4096, ge=64, le=65_536)
+    keys: JsonKeys = JsonKeys()
+    gateway_type: str = Field("Gateway", description="Lines of this type name the station.")
+    formats: tuple[BleFormat, ...] = ("bthome", "ibeacon", "eddystone_tlm")
+    ibeacon_uuids: list[HexBytes] = Field(
+        default_factory=list, description="Only these iBeacon UUIDs are bands; empty = all."
+    )
+    bthome_buttons: dict[int, EventMap] = Field(
+        default_factory=lambda: dict[int, EventMap]({1: Kind.SOS, 4: Kind.SOS, 0x80: Kind.SOS}),
+        description="BTHome button value (01 press, 02 double, 03 triple, 04 long, 80 hold).",
+    )
+    dedup_window_s: float = Field(10.0, ge=0, le=600)
+
+
+# ---- ESPA 4.4.4 ---------------------------------------------------------------------------
+
+
+class EspaSpec(Strict):
+    address: str = Field("2", pattern=r"^[1-9]$", description="Our address: the paging system.")
+    encoding: Encoding = "latin-1"
+    call_types: dict[str, EventMap] = Field(default_factory=dict)
+    default_call_kind: Kind | None = Field(
+        Kind.SOS, description="Kind for call types not in call_types; none = refuse them."
+    )
+    call_status: dict[str, EventMap] = Field(
+        default_factory=dict, description="Call status values (data id 7), e.g. a cancel."
+    )
+    response_timeout_s: float = Field(3.0, gt=0, le=60)
+    silence_s: float = Field(120.0, gt=0, description="Link alarm after this much silence.")
+
+
+# ---- Contact ID lines and SIA DC-09 -------------------------------------------------------
+
+
+class ContactIdSpec(Strict):
+    encoding: Encoding = "ascii"
+    ack: HexBytes | None = Field(None, description="Sent after a line is stored, e.g. '06'.")
+    nak: HexBytes | None = Field(None, description="Sent when a line is refused, e.g. '15'.")
+    dedup_window_s: float = Field(10.0, ge=0, le=600)
+
+
+class Dc09Spec(Strict):
+    accept_ids: tuple[Literal["ADM-CID", "SIA-DCS", "NULL"], ...] = ("ADM-CID", "SIA-DCS", "NULL")
+    max_past_s: float = Field(40.0, ge=0, description="Oldest message timestamp accepted.")
+    max_future_s: float = Field(20.0, ge=0, description="Furthest-ahead timestamp accepted.")
+    dedup_window_s: float = Field(120.0, ge=0, le=3600, description="A retry reuses its seq.")
+
+
+CodeKey = Annotated[str, Field(pattern=r"^[0-9]{3}$")]
+SiaKey = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
+class DefinitionFile(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    vendor: str = ""
+    model: str = ""
+    description: str = ""
+    serial: SerialDefaults = SerialDefaults()
+    binary: BinarySpec | None = None
+    jsonlines: JsonLinesSpec | None = None
+    espa: EspaSpec | None = None
+    contact_id: ContactIdSpec | None = None
+    dc09: Dc09Spec | None = None
+    codes: dict[CodeKey, EventMap] = Field(
+        default_factory=dict, description="Contact ID event codes (3 digits)."
+    )
+    sia_codes: dict[SiaKey, EventMap] = Field(
+        default_factory=dict, description="SIA DC-03 event codes (2 letters)."
+    )
+
+    @property
+    def protocol(self) -> str:
+        for name in ("binary", "jsonlines", "espa", "contact_id", "dc09"):
+            if getattr(self, name) is not None:
+                return name
+        raise AssertionError("validated definitions have a protocol")
+
+    @model_validator(mode="after")
+    def _one_protocol(self) -> DefinitionFile:
+        present = [
+            n
+            for n in ("binary", "jsonlines", "espa", "contact_id", "dc09")
+            if getattr(self, n) is not None
+        ]
+        if len(present) != 1:
+            raise ValueError(
+                "give exactly one protocol section: [binary], [jsonlines], [espa], "
+                f"[contact_id] or [dc09] (found {present or 'none'})"
+            )
+        if present[0] in ("contact_id", "dc09") and not (self.codes or self.sia_codes):
+            raise ValueError("a Contact ID or DC-09 device needs a [codes] table")
+        return self
+
+
+def load_definition(path: Path) -> DefinitionFile:
+    """Read and validate one device definition; ConfigFileError names file, line and key."""
+    return load_toml_model(path, DefinitionFile)
+
+
+def definition_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.toml"))

@@ -1,0 +1,101 @@
+"""ESPA 4.4.4 session (ISO 1745 basic mode, half duplex) with the gateway as paging system.
+
+The control station (master) identifies itself with ``<its address> ENQ`` and then selects us
+with ``<our address> ENQ``; we answer ACK and take one block at a time, answering ACK only
+once every call in it is committed to the store, NAK on a bad BCC, bad parity or a store
+failure (the master retries), and EOT ends the exchange. ``<our address> ENQ`` without a
+preceding identification is a poll: we have nothing to send and answer EOT.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from gateway.devices.decoders.espa import decode_block
+from gateway.devices.definitions import EspaSpec
+from gateway.devices.framers.espa import ACK, EOT, NAK, Control, EspaFramer
+from gateway.devices.model import Frame, Reject
+from gateway.devices.pipeline import PortHandler
+from gateway.devices.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+
+class EspaSession(PortHandler):
+    def __init__(self, spec: EspaSpec, recorder: Recorder, *, silence_s: float | None) -> None:
+        super().__init__(
+            recorder,
+            EspaFramer(),
+            frame_timeout_s=spec.response_timeout_s,
+            silence_s=silence_s if silence_s is not None else spec.silence_s,
+        )
+        self.spec = spec
+        self.state = "neutral"
+        self.master: str | None = None
+        self.blocks_acked = 0
+        self.blocks_naked = 0
+        self.polls = 0
+
+    def on_idle(self, at: float) -> None:
+        if (
+            self.state != "neutral"
+            and self.last_rx is not None
+            and at - self.last_rx >= self.frame_timeout_s
+        ):
+            log.info("espa %s: no answer within %.1f s, back to neutral", self.recorder.port, at)
+            self._neutral()
+        super().on_idle(at)
+
+    def _neutral(self) -> None:
+        self.state = "neutral"
+        self.master = None
+
+    def _feed_items(self, items: Sequence[object], at: float | None) -> None:
+        stats = self.recorder.stats
+        for item in items:
+            if isinstance(item, Control):
+                self._control(item)
+            elif isinstance(item, Frame):
+                stats.frames += 1
+                self._block(item.data)
+            elif isinstance(item, Reject):
+                stats.reject(self.recorder.port, item)
+                if item.reason != "garbage" and self.state == "selected":
+                    self._reply(NAK)
+                    self.blocks_naked += 1
+
+    def _control(self, item: Control) -> None:
+        if item.kind == "eot":
+            self._neutral()
+        elif item.kind == "enq" and item.address != self.spec.address:
+            self.master = item.address
+        elif item.kind == "enq" and self.master is not None:
+            self.state = "selected"
+            self._reply(ACK)
+        elif item.kind == "enq":
+            self.polls += 1
+            self._reply(EOT)
+
+    def _block(self, raw: bytes) -> None:
+        decoded = decode_block(raw, self.spec)
+        stats = self.recorder.stats
+        for reject in decoded.rejects:
+            stats.reject(self.recorder.port, reject)
+        if decoded.rejects and not decoded.events:
+            self._reply(NAK)
+            self.blocks_naked += 1
+            return
+        if not decoded.events:
+            stats.ignored += 1
+        events = [self.recorder.event(ev) for ev in decoded.events]
+        if self.recorder.record(events):
+            self._reply(ACK)
+            self.blocks_acked += 1
+        else:
+            self._reply(NAK)
+            self.blocks_naked += 1
+
+    def _reply(self, code: int) -> None:
+        if not self.write(bytes([code])):
+            log.warning("espa %s: could not send reply 0x%02X", self.recorder.port, code)

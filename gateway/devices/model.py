@@ -1,0 +1,72 @@
+"""The values that flow between framers, decoders and the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    """What a device said, independent of the protocol that said it."""
+
+    SEEN = "seen"
+    SOS = "sos"
+    FALL = "fall"
+    RESTORE = "restore"
+    BAND_REMOVED = "band_removed"
+    BAND_WORN = "band_worn"
+    BATTERY_LOW = "battery_low"
+    DEVICE_ALARM = "device_alarm"
+    STATUS = "status"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class Frame:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Bytes a framer or decoder refused, and why (the reason is a short counter name)."""
+
+    reason: str
+    data: bytes = b""
+    detail: str = ""
+
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """One thing one device said. ``ids`` keeps the protocol's own identifiers for audit."""
+
+    kind: Kind
+    device: str
+    code: str | None = None
+    seq: int | None = None
+    rssi: int | None = None
+    battery: int | None = None
+    text: str | None = None
+    name: str | None = None
+    restores: Kind | None = None
+    ids: dict[str, Scalar] = field(default_factory=dict)
+    raw: bytes = b""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoder's answer for one frame: its events and what in it was refused.
+
+    Both can be set: a nurse call whose display text is not valid GBK is still a call.
+    ``station`` is set when the frame names the station that heard the devices.
+    """
+
+    events: tuple[DeviceEvent, ...] = ()
+    rejects: tuple[Reject, ...] = ()
+    station: str | None = None
+
+
+def rejected(reason: str, raw: bytes, detail: str = "") -> Decoded:
+    return Decoded(rejects=(Reject(reason, raw, detail),))

@@ -1,0 +1,206 @@
+"""What a serial port does with its bytes: framer -> decoder -> dedup -> store.
+
+``PortHandler`` holds what every port shares (link status events, silence, the frame
+timeout); ``FramedHandler`` serves the protocols without sessions (binary base stations,
+JSON-lines gateways, Contact ID receivers). ESPA has a session and lives in espa.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from gateway.devices.decoders.binary import BinaryDecoder
+from gateway.devices.decoders.contact_id import decode_line
+from gateway.devices.decoders.jsonlines import JsonLinesDecoder
+from gateway.devices.dedup import Dedup
+from gateway.devices.definitions import DefinitionFile
+from gateway.devices.events import link_status
+from gateway.devices.framers.binary import BinaryFramer
+from gateway.devices.framers.lines import LineFramer
+from gateway.devices.model import Decoded, DeviceEvent, Frame, Reject
+from gateway.devices.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+
+class Framer(Protocol):
+    @property
+    def pending(self) -> int: ...
+
+    def feed(self, data: bytes) -> Sequence[object]: ...
+
+    def flush(self) -> Sequence[object]: ...
+
+
+Writer = Callable[[bytes], bool]
+
+
+class PortHandler:
+    """Link state and silence for one port; subclasses handle the bytes."""
+
+    def __init__(
+        self, recorder: Recorder, framer: Framer, *, frame_timeout_s: float, silence_s: float | None
+    ) -> None:
+        self.recorder = recorder
+        self.framer = framer
+        self.frame_timeout_s = frame_timeout_s
+        self.silence_s = silence_s
+        self.last_rx: float | None = None
+        self.silent = False
+        self.write: Writer = lambda _data: False
+
+    def on_up(self, gap_s: float | None) -> None:
+        self._status("up", gap_s, "opened" if gap_s is None else "reopened")
+
+    def on_down(self, reason: str) -> None:
+        self._feed_items(self.framer.flush(), None)
+        self._status("down", None, reason)
+
+    def on_data(self, data: bytes, at: float) -> None:
+        if self.silent and self.last_rx is not None:
+            self.silent = False
+            self._status("active", at - self.last_rx, "traffic resumed")
+        self.last_rx = at
+        self._feed_items(self.framer.feed(data), at)
+
+    def on_idle(self, at: float) -> None:
+        if self.last_rx is None:
+            self.last_rx = at
+            return
+        idle = at - self.last_rx
+        if self.framer.pending and idle >= self.frame_timeout_s:
+            self._feed_items(self.framer.flush(), at)
+        if self.silence_s is not None and not self.silent and idle >= self.silence_s:
+            self.silent = True
+            self._status("silent", idle, f"no bytes for {idle:.0f} s")
+
+    def _status(self, state: str, gap_s: float | None, reason: str) -> None:
+        r = self.recorder
+        r.submit(
+            link_status(
+                state,
+                port=r.port,
+                station=r.station,
+                definition=r.definition,
+                gap_s=gap_s,
+                reason=reason,
+            )
+        )
+
+    def _feed_items(self, items: Sequence[object], at: float | None) -> None:
+        raise NotImplementedError
+
+
+class FramedHandler(PortHandler):
+    def __init__(
+        self,
+        recorder: Recorder,
+        framer: Framer,
+        decode: Callable[[bytes], Decoded],
+        dedup: Dedup,
+        *,
+        frame_timeout_s: float,
+        silence_s: float | None,
+        ack: bytes | None = None,
+        nak: bytes | None = None,
+    ) -> None:
+        super().__init__(recorder, framer, frame_timeout_s=frame_timeout_s, silence_s=silence_s)
+        self.decode = decode
+        self.dedup = dedup
+        self.ack = ack
+        self.nak = nak
+        self.station: str | None = None
+
+    def _feed_items(self, items: Sequence[object], at: float | None) -> None:
+        stats = self.recorder.stats
+        for item in items:
+            if isinstance(item, Reject):
+                stats.reject(self.recorder.port, item)
+            elif isinstance(item, Frame):
+                stats.frames += 1
+                self._frame(item.data, at)
+
+    def _frame(self, frame: bytes, at: float | None) -> None:
+        stats = self.recorder.stats
+        decoded = self.decode(frame)
+        for reject in decoded.rejects:
+            stats.reject(self.recorder.port, reject)
+        if decoded.station is not None:
+            self.station = decoded.station
+        fresh = [ev for ev in decoded.events if not self._repeat(ev)]
+        if not decoded.events and not decoded.rejects:
+            stats.ignored += 1
+        if self.ack is None:
+            for ev in fresh:
+                self.recorder.submit(self.recorder.event(ev, self.station), at)
+            return
+        if decoded.rejects and not decoded.events:
+            if self.nak:
+                self.write(self.nak)
+            return
+        stored = self.recorder.record(self.recorder.event(ev, self.station) for ev in fresh)
+        reply = self.ack if stored else self.nak
+        if reply:
+            self.write(reply)
+
+    def _repeat(self, ev: DeviceEvent) -> bool:
+        if ev.seq is None:
+            return False
+        if self.dedup.is_repeat((ev.device, ev.kind, ev.code, ev.seq)):
+            self.recorder.stats.duplicates += 1
+            return True
+        return False
+
+
+def framer_and_decoder(
+    definition: DefinitionFile,
+) -> tuple[Framer, Callable[[bytes], Decoded]]:
+    """Framer and decoder for a definition without a session (binary, jsonlines, contact_id)."""
+    if definition.binary is not None:
+        return BinaryFramer(definition.binary.framing), BinaryDecoder(definition.binary).decode
+    if definition.jsonlines is not None:
+        spec = definition.jsonlines
+        return LineFramer(spec.max_line), JsonLinesDecoder(spec).decode
+    if definition.contact_id is not None:
+        codes, encoding = definition.codes, definition.contact_id.encoding
+
+        def decode(line: bytes) -> Decoded:
+            return decode_line(line, codes, encoding)
+
+        return LineFramer(64), decode
+    raise ValueError(f"{definition.name}: not a framed serial protocol ({definition.protocol})")
+
+
+def framed_handler(
+    definition: DefinitionFile,
+    recorder: Recorder,
+    *,
+    frame_timeout_s: float,
+    silence_s: float | None,
+    dedup_now: Callable[[], float] | None = None,
+) -> FramedHandler:
+    framer, decode = framer_and_decoder(definition)
+    ack = nak = None
+    window = 0.0
+    if definition.binary is not None:
+        window = definition.binary.dedup_window_s
+    elif definition.jsonlines is not None:
+        window = definition.jsonlines.dedup_window_s
+    elif definition.contact_id is not None:
+        spec = definition.contact_id
+        window = spec.dedup_window_s
+        ack = bytes.fromhex(spec.ack) if spec.ack else None
+        nak = bytes.fromhex(spec.nak) if spec.nak else None
+    dedup = Dedup(window) if dedup_now is None else Dedup(window, dedup_now)
+    return FramedHandler(
+        recorder,
+        framer,
+        decode,
+        dedup,
+        frame_timeout_s=frame_timeout_s,
+        silence_s=silence_s,
+        ack=ack,
+        nak=nak,
+    )

@@ -1,0 +1,132 @@
+"""Hand device events to the store and keep the per-port counters the health message shows.
+
+Two ways in: ``submit`` for sources that have no acknowledgement (radio base stations), which
+must not stall the port while SQLite commits; ``record`` for sources that do (ESPA, DC-09,
+Contact ID receivers), which may only be acknowledged once the event is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.devices.events import to_event
+from gateway.devices.model import DeviceEvent, Reject
+from gateway.events import Event, Lane, StoredEvent
+from gateway.logs import RateLimitedLog
+from gateway.store import StorageFull, Store, StoreClosed
+
+log = logging.getLogger(__name__)
+_flood = RateLimitedLog(log, 30.0)
+
+
+@dataclass
+class PortStats:
+    frames: int = 0
+    events: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    store_errors: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    alarm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def reject(self, port: str, item: Reject) -> None:
+        self.rejected[item.reason] = self.rejected.get(item.reason, 0) + 1
+        _flood.warning(
+            f"{port}:{item.reason}",
+            "port %s: rejected %s%s (%d bytes: %s)",
+            port,
+            item.reason,
+            f" ({item.detail})" if item.detail else "",
+            len(item.data),
+            item.data[:24].hex(" "),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "frames": self.frames,
+            "events": self.events,
+            "duplicates": self.duplicates,
+            "ignored": self.ignored,
+            "store_errors": self.store_errors,
+            "rejected": dict(self.rejected),
+        }
+        if self.alarm_ms:
+            ms = sorted(self.alarm_ms)
+            out["alarm_record_ms"] = {
+                "p50": round(statistics.median(ms), 2),
+                "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 2),
+            }
+        return out
+
+
+class Recorder:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        port: str,
+        station: str,
+        definition: str,
+        record_timeout_s: float,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.port = port
+        self.station = station
+        self.definition = definition
+        self.record_timeout_s = record_timeout_s
+        self.stats = PortStats()
+        self._now = now
+
+    def event(self, ev: DeviceEvent, station: str | None = None) -> Event:
+        return to_event(
+            ev, port=self.port, station=station or self.station, definition=self.definition
+        )
+
+    def submit(self, event: Event, received_at: float | None = None) -> None:
+        """Queue for the next group commit without waiting; failures are counted."""
+        try:
+            fut = self.store.submit(event)
+        except StoreClosed as exc:
+            self._failed(event, exc)
+            return
+        fut.add_done_callback(lambda f: self._done(f, event, received_at))
+
+    def record(self, events: Iterable[Event]) -> bool:
+        """Commit every event; True only if all are on disk (the source may then be ACKed)."""
+        futures = []
+        try:
+            futures = [self.store.submit(e) for e in events]
+            for fut in futures:
+                fut.result(self.record_timeout_s)
+        except (StorageFull, StoreClosed, TimeoutError) as exc:
+            self._failed(None, exc)
+            return False
+        self.stats.events += len(futures)
+        return True
+
+    def _done(self, fut: Future[StoredEvent], event: Event, received_at: float | None) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self._failed(event, exc)
+            return
+        self.stats.events += 1
+        if received_at is not None and event.type.lane is Lane.P0:
+            self.stats.alarm_ms.append((self._now() - received_at) * 1000)
+
+    def _failed(self, event: Event | None, exc: BaseException) -> None:
+        self.stats.store_errors += 1
+        _flood.warning(
+            f"{self.port}:store",
+            "port %s: could not store %s: %s",
+            self.port,
+            event.type.name if event else "event",
+            exc,
+        )

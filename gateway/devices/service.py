@@ -1,0 +1,120 @@
+"""Services for the supervisor: one per serial port, one per DC-09 receiver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.configfile import ConfigFileError, Issue
+from gateway.devices.config import DevicesSection, PortConfig
+from gateway.devices.definitions import DefinitionFile, load_definition
+from gateway.devices.espa import EspaSession
+from gateway.devices.link import SerialLink, SerialSettings
+from gateway.devices.pipeline import PortHandler, framed_handler
+from gateway.devices.recorder import Recorder
+from gateway.lifecycle import Service
+from gateway.store import Store
+
+
+class PortService:
+    """A serial port: its link (reader thread, reopen) and the handler for its protocol."""
+
+    def __init__(
+        self, cfg: PortConfig, definition: DefinitionFile, store: Store, record_timeout_s: float
+    ) -> None:
+        self.name = f"port:{cfg.name}"
+        self.cfg = cfg
+        self.definition = definition
+        self.recorder = Recorder(
+            store,
+            port=cfg.name,
+            station=cfg.station_id,
+            definition=definition.name,
+            record_timeout_s=record_timeout_s,
+        )
+        self.handler: PortHandler
+        if definition.espa is not None:
+            self.handler = EspaSession(definition.espa, self.recorder, silence_s=cfg.silence_s)
+        else:
+            self.handler = framed_handler(
+                definition,
+                self.recorder,
+                frame_timeout_s=cfg.frame_timeout_s,
+                silence_s=cfg.silence_s,
+            )
+        settings = SerialSettings(
+            baudrate=cfg.baudrate or definition.serial.baudrate,
+            format=cfg.format or definition.serial.format,
+        )
+        self.link = SerialLink(
+            cfg.name,
+            cfg.url,
+            settings,
+            self.handler,
+            reopen_min_s=cfg.reopen_min_s,
+            reopen_max_s=cfg.reopen_max_s,
+        )
+        self.handler.write = self.link.write
+
+    def start(self) -> None:
+        self.link.start()
+
+    def stop(self) -> None:
+        self.link.stop()
+
+    def healthy(self) -> bool:
+        # An unplugged adapter is reported, not "unhealthy": restarting the process would not
+        # bring the cable back, and the watchdog must not restart the gateway over it.
+        return self.link.alive()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "url": self.cfg.url,
+            "definition": self.definition.name,
+            "link": self.link.stats.as_dict(time.monotonic()),
+            "silent": self.handler.silent,
+            **self.recorder.stats.as_dict(),
+        }
+
+
+def load_definitions(section: DevicesSection) -> dict[str, DefinitionFile]:
+    """Every definition the config names, loaded and checked against its use."""
+    issues: list[Issue] = []
+    loaded: dict[str, DefinitionFile] = {}
+    uses = [(f"devices.ports[{i}]", p.definition, "port") for i, p in enumerate(section.ports)]
+    uses += [(f"devices.dc09[{i}]", r.definition, "dc09") for i, r in enumerate(section.dc09)]
+    for key, name, use in uses:
+        path = section.definitions_dir / name
+        if name not in loaded:
+            try:
+                loaded[name] = load_definition(path)
+            except ConfigFileError as exc:
+                issues.extend(exc.issues)
+                continue
+        protocol = loaded[name].protocol
+        if (use == "dc09") != (protocol == "dc09"):
+            issues.append(
+                Issue(name, None, f"{key}.definition", f"a {protocol} device cannot be a {use}")
+            )
+    if issues:
+        raise ConfigFileError(issues)
+    return loaded
+
+
+def build_services(
+    section: DevicesSection, store: Store, clock_synced: Callable[[], bool] = lambda: True
+) -> list[Service]:
+    """The services for every configured port and receiver (definitions checked first)."""
+    from gateway.devices.dc09 import Dc09Service
+
+    definitions = load_definitions(section)
+    services: list[Service] = [
+        PortService(p, definitions[p.definition], store, section.record_timeout_s)
+        for p in section.ports
+    ]
+    services += [
+        Dc09Service(r, definitions[r.definition], store, section.record_timeout_s, clock_synced)
+        for r in section.dc09
+    ]
+    return services

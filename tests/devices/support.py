@@ -1,0 +1,49 @@
+"""Real serial ports for tests: pty pairs behind a symlink that can be re-pointed (unplug)."""
+
+from __future__ import annotations
+
+import os
+import select
+from pathlib import Path
+
+from gateway.devices.link import SerialSettings, SoftwareParity
+
+
+class Pty:
+    """A pty pair; the gateway opens ``path`` (a symlink to the slave), the test drives
+    the master side. ``unplug`` closes both ends, ``replug`` makes a new pair at ``path``."""
+
+    def __init__(self, path: Path, fmt: str = "8N1") -> None:
+        self.path = path
+        self.parity = SoftwareParity(SerialSettings(9600, fmt))
+        self.master = -1
+        self._slave = -1
+        self.replug()
+
+    def replug(self) -> None:
+        self.master, self._slave = os.openpty()
+        tmp = self.path.with_suffix(".new")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.ttyname(self._slave))
+        tmp.replace(self.path)
+
+    def unplug(self) -> None:
+        for fd in (self.master, self._slave):
+            os.close(fd)
+        self.master = self._slave = -1
+
+    def close(self) -> None:
+        if self.master >= 0:
+            self.unplug()
+
+    def write(self, data: bytes, /) -> int:
+        return os.write(self.master, self.parity.encode(data))
+
+    def write_raw(self, data: bytes) -> int:
+        return os.write(self.master, data)
+
+    def read(self, size: int = 1, /, timeout: float = 3.0) -> bytes:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return b""
+        return self.parity.decode(os.read(self.master, size))

@@ -1,0 +1,44 @@
+"""``gateway decode``: decoded events and the reason for every refused frame, as JSON lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from tests.devices.conftest import CONFIGS
+
+SOS = "AA 55 0A 01 A1 B2 C3 D4 E5 F6 02 C6 01 A5 25"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, object]]:
+    assert main(["decode", *args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_decode_hex_with_rejects(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(
+        capsys, "--device", str(CONFIGS / "aa55-reference.toml"), "--hex", f"00 01 {SOS} AA 55 0A"
+    )
+    assert out[0] == {"rejected": "garbage", "hex": "0001"}
+    assert out[1]["type"] == "alarm.sos" and out[1]["lane"] == "P0"
+    assert out[2] == {"rejected": "truncated", "hex": "AA550A"}
+
+
+def test_decode_capture_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = tmp_path / "dc09.bin"
+    capture.write_bytes(
+        b'\nD0F1003D"ADM-CID"0001R0L0#1234[#1234|1101 01 015]_14:12:04,09-25-2025\r'
+        b'\n0000003D"ADM-CID"0002R0L0#1234[#1234|1101 01 015]_14:12:04,09-25-2025\r'
+    )
+    out = run(capsys, "--device", str(CONFIGS / "dc09-receiver.toml"), "--file", str(capture))
+    assert [o.get("type") or o.get("rejected") for o in out] == ["alarm.sos", "bad_crc"]
+
+
+def test_invalid_definition_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[binary]\nbyte_order = "middle"\n')
+    assert main(["decode", "--device", str(bad), "--hex", "00"]) == 2
+    assert f"{bad}:3: binary.byte_order" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""The DC-09 receiver over real TCP and UDP sockets, with our simulator and dc09-spt as peers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.devices.config import AccountKey, Dc09Receiver
+from gateway.devices.dc09 import Dc09Service
+from gateway.devices.decoders import dc09
+from gateway.devices.simulate import Dc09Transmitter
+from gateway.store import Store
+from tests.devices.conftest import definition, stored
+from tests.support.wait import eventually
+
+KEY = bytes(range(16))
+
+
+@pytest.fixture
+def receiver(store: Store) -> Iterator[Dc09Service]:
+    cfg = Dc09Receiver(
+        name="hubs",
+        definition="dc09-receiver.toml",
+        host="127.0.0.1",
+        port=0,
+        keys=[AccountKey(account="5678", key=KEY.hex())],  # type: ignore[arg-type]
+    )
+    service = Dc09Service(cfg, definition("dc09-receiver"), store, 10.0)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def reply_of(raw: bytes) -> dc09.Dc09Message:
+    return dc09.parse(raw.decode("latin-1").strip("\n\r"), {"5678": KEY})
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_event_acked_after_store_and_retry_not_doubled(
+    receiver: Dc09Service, store: Store, udp: bool
+) -> None:
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234", udp=udp)
+    try:
+        msg = panel.message("ADM-CID", "#1234|1101 01 015")
+        reply = panel.exchange(msg)
+        assert reply_of(reply).id == "ACK"
+        assert reply_of(reply).seq == panel.seq
+        (sos,) = stored(store.path, "alarm.sos")  # committed before the ACK left
+        assert panel.exchange(msg) == reply  # a retry after a lost ACK: ACKed, not re-recorded
+        assert len(stored(store.path, "alarm.sos")) == 1
+        assert reply_of(panel.link_test()).id == "ACK"
+    finally:
+        panel.close()
+    data = sos["data"]
+    assert (data["device"], data["code"], data["seq"]) == ("1234-015", "101", 1)
+    assert data["ids"]["zone"] == "015" and data["ids"]["dc09_id"] == "ADM-CID"
+    assert stored(store.path, "device.status")[0]["data"]["name"] == "link_test"
+    assert receiver.health()["duplicates"] == 1
+
+
+def test_bad_crc_nak_with_time_and_unknown_code_duh(receiver: Dc09Service, store: Store) -> None:
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234")
+    try:
+        good = panel.message("ADM-CID", "#1234|1101 01 015")
+        broken = good[:1] + b"0000" + good[5:]
+        nak = panel.exchange(broken)
+        assert b'"NAK"0000R0L0A0[]_' in nak
+        stamp = datetime.strptime(nak[-20:-1].decode(), dc09.TS_FORMAT).replace(tzinfo=UTC)
+        assert abs((stamp - datetime.now(UTC)).total_seconds()) < 5
+        assert reply_of(panel.cid("1", "999", "001")).id == "DUH"
+        stale = Dc09Transmitter(
+            "127.0.0.1",
+            receiver.port,
+            "1234",
+            clock=lambda: datetime.now(UTC) - timedelta(minutes=5),
+        )
+        try:
+            assert b'"NAK"' in stale.cid("1", "101", "002")
+        finally:
+            stale.close()
+    finally:
+        panel.close()
+    assert stored(store.path, "alarm.") == []
+    assert receiver.health()["rejected"] == {
+        "bad_crc": 1,
+        "unknown_code": 1,
+        "bad_timestamp": 1,
+    }
+
+
+def test_encrypted_account_and_sia_dcs(receiver: Dc09Service, store: Store) -> None:
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "5678", key=KEY)
+    try:
+        reply = panel.exchange(panel.message("SIA-DCS", "#5678|Nri1/MA015^BEDROOM^"))
+        assert reply[10:11] == b"*"  # an encrypted account gets an encrypted ACK
+        assert reply_of(reply).id == "ACK"
+        panel.exchange(panel.message("SIA-DCS", "#5678|Nri1/MH015"))
+    finally:
+        panel.close()
+    (sos,) = stored(store.path, "alarm.sos")
+    (restore,) = stored(store.path, "alarm.restore")
+    assert sos["data"]["text"] == "BEDROOM" and sos["data"]["ids"]["area"] == "1"
+    assert sos["data"]["ids"]["encrypted"] is True
+    assert restore["data"]["restores"] == "sos"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_dc09_spt_transmitter_as_peer(receiver: Dc09Service, store: Store, transport: str) -> None:
+    """dc09-spt, an independent transmitter implementation (no timestamp, per connection)."""
+    from dc09_spt.dc09_spt import dc09_spt  # installed by scripts/lib.sh (see there why)
+
+    spt = dc09_spt("1234", receiver=0, line=0)
+    spt.set_path("main", "primary", "127.0.0.1", receiver.port, type=transport)
+    spt.send_msg("CID", {"code": "120", "q": "1", "zone": "7", "area": "2"})
+    spt.send_msg("SIA", {"code": "MA", "zone": "3"})
+    eventually(lambda: len(stored(store.path, "alarm.sos")) == 2, timeout=10)
+    eventually(lambda: spt.state()["msgs sent"] == 2 and spt.notSent() == 0, timeout=10)
+    time.sleep(0.2)
+    cid, sia = stored(store.path, "alarm.sos")
+    assert (cid["data"]["device"], cid["data"]["code"], cid["data"]["ids"]["group"]) == (
+        "1234-007",
+        "120",
+        "02",
+    )
+    assert (sia["data"]["device"], sia["data"]["code"]) == ("1234-3", "MA")
+    assert receiver.handler.replies["ACK"] == 2

@@ -1,0 +1,94 @@
+"""Decoders: BLE JSON lines, field maps, ESPA text, SIA; and the reasons for refusals."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.devices.decoders.binary import BinaryDecoder
+from gateway.devices.decoders.espa import decode_block
+from gateway.devices.decoders.jsonlines import JsonLinesDecoder
+from gateway.devices.framers.binary import encode_frame
+from gateway.devices.model import Kind
+from gateway.devices.simulate import espa_block
+from tests.devices.conftest import definition
+
+BTHOME_PRESS = "0201060A16D2FC40002A015A3A01"
+TLM = "0201060303AAFE1116AAFE20000BB81900000004D2000003E8"
+
+
+def ble() -> JsonLinesDecoder:
+    spec = definition("minew-ble-jsonlines").jsonlines
+    assert spec is not None
+    return JsonLinesDecoder(spec)
+
+
+def line(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_gateway_line_names_the_station_and_button_is_sos() -> None:
+    d = ble()
+    assert d.decode(line({"type": "Gateway", "mac": "AC:23:3F:00:00:01"})).station == (
+        "AC233F000001"
+    )
+    out = d.decode(line({"mac": "c3:00:00:00:00:07", "rssi": -61, "rawData": BTHOME_PRESS}))
+    seen, sos = out.events
+    assert (seen.kind, seen.device, seen.seq, seen.battery, seen.rssi) == (
+        Kind.SEEN,
+        "C30000000007",
+        42,
+        90,
+        -61,
+    )
+    assert (sos.kind, sos.code) == (Kind.SOS, "button:01")
+    assert sos.raw.hex().upper() == BTHOME_PRESS
+
+
+def test_eddystone_tlm_and_batches() -> None:
+    batch = [{"mac": "C30000000008", "rssi": -70, "rawData": TLM}] * 2
+    out = ble().decode(line(batch))
+    assert len(out.events) == 2
+    tlm = out.events[0]
+    assert tlm.seq == 1234 and tlm.ids["battery_mv"] == 3000 and tlm.ids["uptime_s"] == 100.0
+
+
+def test_ble_bad_input_reasons() -> None:
+    d = ble()
+    assert d.decode(b"\xff\xfe{").rejects[0].reason == "bad_text"
+    assert d.decode(b"{not json").rejects[0].reason == "bad_json"
+    assert d.decode(line({"mac": "C3", "rssi": -1, "rawData": ""})).rejects[0].reason == (
+        "bad_field"
+    )
+    truncated_ad = {"mac": "C30000000009", "rssi": -50, "rawData": "0201060A16D2FC"}
+    assert d.decode(line(truncated_ad)).rejects[0].reason == "bad_advert"
+    phone = {"mac": "C3000000000A", "rssi": -50, "rawData": "020106"}
+    assert d.decode(line(phone)).events == ()
+
+
+def test_binary_unknown_command_event_and_short_payload() -> None:
+    spec = definition("aa55-reference").binary
+    assert spec is not None
+    decoder = BinaryDecoder(spec)
+    assert decoder.decode(encode_frame(spec.framing, bytes.fromhex("07 00"))).rejects[0].reason == (
+        "unknown_command"
+    )
+    unknown_event = encode_frame(spec.framing, bytes.fromhex("01 A1B2C3D4E5F6 09 C6 01"))
+    assert decoder.decode(unknown_event).rejects[0].detail == "wristband event 09"
+    short = encode_frame(spec.framing, bytes.fromhex("01 A1B2C3"))
+    assert decoder.decode(short).rejects[0].reason == "short_payload"
+
+
+def test_espa_gbk_text_and_invalid_text_keeps_the_call() -> None:
+    spec = definition("espa444-nurse-call").espa
+    assert spec is not None
+    (call,) = decode_block(
+        espa_block([("1", "0301"), ("2", "3号房呼叫")], encoding="gbk"), spec
+    ).events
+    assert call.text == "3号房呼叫"
+    broken = espa_block([("1", "0302")]).replace(b"0302", b"0302\x1e2\x1f\xff\xfe")
+    from gateway.devices.framers.espa import bcc
+
+    broken = broken[:-1] + bytes([bcc(broken[1:-1])])
+    out = decode_block(broken, spec)
+    assert out.events[0].device == "0302"
+    assert [r.reason for r in out.rejects] == ["bad_text"]

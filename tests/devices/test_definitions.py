@@ -1,0 +1,99 @@
+"""Every shipped device definition is valid; a broken one is an error naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.configfile import ConfigFileError
+from gateway.devices.config import DevicesSection
+from gateway.devices.definitions import definition_files, load_definition
+from gateway.devices.service import load_definitions
+from tests.devices.conftest import CONFIGS
+
+
+@pytest.mark.parametrize("path", definition_files(CONFIGS), ids=lambda p: p.name)
+def test_shipped_definition_is_valid(path: Path) -> None:
+    assert load_definition(path).name == path.stem
+
+
+def test_the_five_required_kinds_are_shipped() -> None:
+    protocols = {load_definition(p).protocol for p in definition_files(CONFIGS)}
+    assert protocols == {"binary", "jsonlines", "espa", "contact_id", "dc09"}
+
+
+def test_typo_names_file_line_and_key(tmp_path: Path) -> None:
+    text = (CONFIGS / "aa55-reference.toml").read_text().replace("max_length", "max_lenght")
+    bad = tmp_path / "vendor.toml"
+    bad.write_text(text)
+    with pytest.raises(ConfigFileError) as err:
+        load_definition(bad)
+    message = str(err.value)
+    assert f"{bad}:" in message
+    assert "binary.framing.max_lenght: unknown key; did you mean 'max_length'?" in message
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "max_lenght" in t)
+    assert f"{bad}:{line}:" in message
+
+
+def test_bad_values_are_explained(tmp_path: Path) -> None:
+    text = (CONFIGS / "aa55-reference.toml").read_text()
+    bad = tmp_path / "vendor.toml"
+    bad.write_text(text.replace('device = "band"', 'device = "bnad"').replace('"AA 55"', '"AZ"'))
+    with pytest.raises(ConfigFileError) as err:
+        load_definition(bad)
+    message = str(err.value)
+    assert "binary.framing.header" in message and "hex" in message
+    assert "device = 'bnad' is not one of the fields" in message
+
+
+def test_gateway_config_devices_section(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        f"""
+[devices]
+definitions_dir = "{CONFIGS}"
+
+[[devices.ports]]
+name = "ward-a"
+definition = "aa55-reference.toml"
+url = "/dev/serial/by-id/usb-FTDI-if00"
+
+[[devices.dc09]]
+name = "hubs"
+definition = "dc09-receiver.toml"
+port = 9000
+keys = [{{ account = "1234", key = "000102030405060708090A0B0C0D0E0F" }}]
+"""
+    )
+    section = load_config(cfg).config.devices
+    assert set(load_definitions(section)) == {"aa55-reference.toml", "dc09-receiver.toml"}
+
+
+def test_a_definition_used_for_the_wrong_transport_is_refused() -> None:
+    section = DevicesSection.model_validate(
+        {
+            "definitions_dir": str(CONFIGS),
+            "ports": [{"name": "x", "definition": "dc09-receiver.toml", "url": "loop://"}],
+            "dc09": [{"name": "y", "definition": "missing.toml", "port": 1}],
+        }
+    )
+    with pytest.raises(ConfigFileError) as err:
+        load_definitions(section)
+    assert "devices.ports[0].definition: a dc09 device cannot be a port" in str(err.value)
+    assert "missing.toml: (top level): file not found" in str(err.value)
+
+
+def test_validate_config_checks_the_definitions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.toml").write_text('name = "broken"\n[binary]\n')
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        f'[devices]\ndefinitions_dir = "{tmp_path}"\n[[devices.ports]]\nname = "a"\n'
+        'definition = "broken.toml"\nurl = "loop://"\n'
+    )
+    assert main(["validate-config", str(cfg)]) == 2
+    assert "broken.toml:2: binary.framing: required key is missing" in capsys.readouterr().err

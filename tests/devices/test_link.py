@@ -1,0 +1,103 @@
+"""Serial links: unplugging the adapter (the pty goes away, a new one appears at the same
+path) never ends the gateway; reading resumes and the health shows the gap."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from gateway.devices.config import PortConfig
+from gateway.devices.service import PortService
+from gateway.devices.simulate import contact_id_line
+from gateway.store import Store
+from tests.devices.conftest import definition, stored
+from tests.devices.support import Pty
+from tests.support.wait import eventually
+
+SOS = bytes.fromhex("AA 55 0A 01 A1 B2 C3 D4 E5 F6 02 C6 01 A5 25")
+FALL_SEQ2 = bytes.fromhex("AA550A01A1B2C3D4E5F603C602")
+
+
+def aa55(body_hex: str) -> bytes:
+    from gateway.devices.framers.binary import encode_frame
+
+    spec = definition("aa55-reference").binary
+    assert spec is not None
+    return encode_frame(spec.framing, bytes.fromhex(body_hex))
+
+
+def test_unplug_and_replug_resumes_within_5s(tmp_path: Path, store: Store) -> None:
+    pty = Pty(tmp_path / "ttyBASE")
+    cfg = PortConfig(
+        name="ward-a",
+        definition="aa55-reference.toml",
+        url=str(pty.path),
+        reopen_min_s=0.1,
+        reopen_max_s=1.0,
+    )
+    service = PortService(cfg, definition("aa55-reference"), store, 10.0)
+    service.start()
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        pty.write(SOS)
+        eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+        pty.unplug()
+        eventually(lambda: service.link.stats.state == "down")
+        assert service.healthy()  # an unplugged adapter is a state, not a dead service
+        time.sleep(0.3)
+        pty.replug()
+        replugged = time.monotonic()
+        eventually(lambda: service.link.stats.state == "up", timeout=5)
+        pty.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
+        eventually(lambda: len(stored(store.path, "alarm.fall")) == 1, timeout=5)
+        assert time.monotonic() - replugged < 5
+    finally:
+        service.stop()
+        pty.close()
+    link = service.health()["link"]
+    assert link["gaps"] == 1 and link["opens"] == 2
+    assert link["last_gap_s"] >= 0.3
+    states = [e["data"]["name"] for e in stored(store.path, "device.status")]
+    assert states == ["up", "down", "up"]
+    (down, up) = stored(store.path, "device.status")[1:]
+    assert up["data"]["ids"]["gap_s"] >= 0.3
+    assert down["data"]["text"].startswith("read")
+
+
+def test_port_missing_at_start_comes_later(tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "ttyLATE"
+    cfg = PortConfig(
+        name="late", definition="aa55-reference.toml", url=str(path), reopen_min_s=0.05
+    )
+    service = PortService(cfg, definition("aa55-reference"), store, 10.0)
+    service.start()
+    try:
+        eventually(lambda: service.link.stats.state == "down")
+        pty = Pty(path)
+        eventually(lambda: service.link.stats.state == "up", timeout=5)
+        pty.write(SOS)
+        eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+    finally:
+        service.stop()
+    pty.close()
+
+
+def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store: Store) -> None:
+    pty = Pty(tmp_path / "ttyCID")
+    cfg = PortConfig(name="panel", definition="contact-id-serial.toml", url=str(pty.path))
+    service = PortService(cfg, definition("contact-id-serial"), store, 10.0)
+    service.start()
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        pty.write(contact_id_line("1234", "1", "101", "01", "015"))
+        assert pty.read() == b"\x06"
+        assert len(stored(store.path, "alarm.sos")) == 1
+        pty.write(b"1234181101010152\r\n")  # wrong checksum
+        assert pty.read() == b"\x15"
+        pty.write(contact_id_line("1234", "1", "384", "01", "003"))
+        assert pty.read() == b"\x06"
+    finally:
+        service.stop()
+        pty.close()
+    assert stored(store.path, "battery.low")[0]["data"]["name"] == "rf_low_battery"
+    assert service.health()["rejected"] == {"bad_checksum": 1}

@@ -1,0 +1,88 @@
+"""A port's handling of bad input: counted per reason, valid frames around it still decoded,
+radio repeats dropped but never a new seq, nothing held longer than the frame timeout."""
+
+from __future__ import annotations
+
+import random
+
+from gateway.devices.framers.binary import encode_frame
+from gateway.devices.pipeline import FramedHandler, framed_handler
+from gateway.devices.recorder import Recorder
+from gateway.store import Store
+from tests.devices.conftest import definition, stored
+from tests.support.wait import eventually
+
+SPEC = definition("aa55-reference")
+
+
+def frame(event: int, seq: int, band: str = "A1B2C3D4E5F6") -> bytes:
+    assert SPEC.binary is not None
+    return encode_frame(SPEC.binary.framing, bytes.fromhex(f"01 {band} {event:02X} C6 {seq:02X}"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def handler(store: Store, clock: Clock) -> FramedHandler:
+    recorder = Recorder(store, port="p", station="s", definition=SPEC.name, record_timeout_s=5)
+    return framed_handler(SPEC, recorder, frame_timeout_s=1.0, silence_s=30.0, dedup_now=clock)
+
+
+def test_bad_input_counted_and_valid_frames_kept(store: Store) -> None:
+    h = handler(store, Clock())
+    noise = random.Random(7).randbytes(300).replace(b"\xaa", b"\x00")
+    bad_crc = bytearray(frame(2, 9))
+    bad_crc[-1] ^= 0xFF
+    absurd = bytes.fromhex("AA 55 F0 01 00")
+    stream = noise + frame(2, 1) + bytes(bad_crc) + absurd + frame(3, 2) + frame(0, 3)[:6]
+    h.on_data(stream, 100.0)
+    h.on_data(frame(4, 4), 100.1)
+    eventually(lambda: len(stored(store.path)) == 3)
+    types = [e["type"] for e in stored(store.path)]
+    assert types == ["alarm.sos", "alarm.fall", "band.removed"]
+    rejected = h.recorder.stats.rejected
+    # the corrupted frame, and the cut one that the next frame ran into
+    assert rejected["bad_checksum"] == 2 and rejected["bad_length"] == 1
+    assert rejected["garbage"] >= 1
+
+
+def test_repeats_dropped_new_seq_kept(store: Store) -> None:
+    clock = Clock()
+    h = handler(store, clock)
+    h.on_data(frame(2, 7) * 3, clock.t)  # one SOS, repeated by the radio
+    h.on_data(frame(2, 8), clock.t)  # a new press: a new seq
+    clock.t += 11  # past the window: the same seq again is a new transmission (wrapped)
+    h.on_data(frame(2, 7), clock.t)
+    eventually(lambda: h.recorder.stats.events == 3)
+    assert [e["data"]["seq"] for e in stored(store.path, "alarm.sos")] == [7, 8, 7]
+    assert h.recorder.stats.duplicates == 2
+
+
+def test_frame_timeout_releases_a_cut_frame_and_silence_is_reported(store: Store) -> None:
+    h = handler(store, Clock())
+    h.on_data(frame(0, 1)[:9], 100.0)
+    h.on_idle(100.5)
+    assert h.framer.pending == 9
+    h.on_idle(101.0)
+    assert h.framer.pending == 0
+    assert h.recorder.stats.rejected == {"truncated": 1}
+    h.on_idle(131.0)
+    h.on_data(frame(1, 2), 140.0)
+    eventually(lambda: len(stored(store.path)) == 3)
+    status = [
+        (e["data"]["name"], e["data"]["ids"].get("gap_s")) for e in stored(store.path, "device")
+    ]
+    assert status == [("silent", 31.0), ("active", 40.0)]
+    assert stored(store.path, "battery.low")[0]["data"]["seq"] == 2
+
+
+def test_sos_behind_a_cut_frame_is_not_held_back(store: Store) -> None:
+    h = handler(store, Clock())
+    h.on_data(frame(0, 1)[:7] + frame(2, 5), 100.0)
+    eventually(lambda: len(stored(store.path, "alarm.sos")) == 1, timeout=1)
+    assert h.framer.pending == 0

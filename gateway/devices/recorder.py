@@ -12,7 +12,6 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ from gateway.devices.events import to_event
 from gateway.devices.model import DeviceEvent, Reject
 from gateway.events import Event, Lane, StoredEvent
 from gateway.logs import RateLimitedLog
-from gateway.store import StorageFull, Store, StoreClosed
+from gateway.store import Receipt, StorageFull, Store, StoreClosed
 
 log = logging.getLogger(__name__)
 _flood = RateLimitedLog(log, 30.0)
@@ -112,7 +111,7 @@ class Recorder:
         self.stats.events += len(futures)
         return True
 
-    def _done(self, fut: Future[StoredEvent], event: Event, received_at: float | None) -> None:
+    def _done(self, fut: Receipt[StoredEvent], event: Event, received_at: float | None) -> None:
         exc = fut.exception()
         if exc is not None:
             self._failed(event, exc)

@@ -2,13 +2,21 @@
 
 from gateway.store.db import StoreError
 from gateway.store.outbox import OutboxReader, OutboxStats, read_stats
-from gateway.store.writer import Delivered, DomainWrite, StorageFull, Store, StoreClosed
+from gateway.store.writer import (
+    Delivered,
+    DomainWrite,
+    Receipt,
+    StorageFull,
+    Store,
+    StoreClosed,
+)
 
 __all__ = [
     "Delivered",
     "DomainWrite",
     "OutboxReader",
     "OutboxStats",
+    "Receipt",
     "StorageFull",
     "Store",
     "StoreClosed",

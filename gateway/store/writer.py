@@ -14,10 +14,9 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gateway.clock import Clock, ClockSync
 from gateway.config import StoreSection
@@ -40,6 +39,69 @@ class StoreClosed(Exception):
     """The store is stopped or its writer has failed; nothing more can be recorded."""
 
 
+class Receipt(Generic[T]):
+    """The promise of one write: ``result()`` returns once the commit that holds it is done.
+
+    Lighter than ``concurrent.futures.Future`` (no lock per receipt): the writer settles a
+    whole commit's receipts in ``resolve()`` under one lock and wakes every waiter once.
+    Callbacks run on the writer thread and must be quick.
+    """
+
+    __slots__ = ("_callbacks", "_cond", "_done", "_error", "_value")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+        self._done = False
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Receipt[T]], None]] = []
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self, timeout: float | None = None) -> T:
+        if not self._done:
+            with self._cond:
+                if not self._cond.wait_for(self.done, timeout):
+                    raise TimeoutError("the store did not commit in time")
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def add_done_callback(self, fn: Callable[[Receipt[T]], None]) -> None:
+        with self._cond:
+            if not self._done:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+
+def resolve(cond: threading.Condition, outcomes: Iterable[tuple[Receipt[Any], Any]]) -> None:
+    """Settle receipts (a value or an exception each), wake their waiters, run callbacks."""
+    callbacks: list[tuple[Callable[[Receipt[Any]], None], Receipt[Any]]] = []
+    with cond:
+        for receipt, outcome in outcomes:
+            if receipt._done:
+                continue
+            if isinstance(outcome, BaseException):
+                receipt._error = outcome
+            else:
+                receipt._value = outcome
+            receipt._done = True
+            if receipt._callbacks:
+                callbacks.extend((fn, receipt) for fn in receipt._callbacks)
+                receipt._callbacks = []
+        cond.notify_all()
+    for fn, receipt in callbacks:
+        try:
+            fn(receipt)
+        except Exception:
+            log.exception("store callback failed")
+
+
 @dataclass(frozen=True)
 class DomainWrite:
     """A statement committed in the same transaction as an event (e.g. the meal row)."""
@@ -54,7 +116,7 @@ class Delivered:
     lane: Lane
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     event: Event
     data_json: str
@@ -62,28 +124,28 @@ class _Record:
     clock_synced: bool
     steady_ms: int
     domain: Sequence[DomainWrite]
-    future: Future[StoredEvent]
+    future: Receipt[StoredEvent]
 
     @property
     def lane(self) -> Lane:
         return self.event.type.lane
 
 
-@dataclass
+@dataclass(slots=True)
 class _Ack:
     items: Sequence[Delivered]
-    future: Future[int]
+    future: Receipt[int]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Write:
     fn: Callable[[sqlite3.Connection], Any]
-    future: Future[Any]
+    future: Receipt[Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Housekeep:
-    future: Future[None]
+    future: Receipt[None]
 
 
 _Op = _Record | _Ack | _Write | _Housekeep
@@ -145,6 +207,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._listeners: list[Callable[[set[Lane]], None]] = []
         self._lock = threading.Lock()
+        self._settled = threading.Condition()
         self._closed = True
         self._failed: BaseException | None = None
         self._housekeeping = Periodic(
@@ -270,19 +333,22 @@ class Store:
 
     # ---- producers --------------------------------------------------------------------------
 
-    def submit(self, event: Event, domain: Sequence[DomainWrite] = ()) -> Future[StoredEvent]:
-        data_json = compact_json(dict(event.data))
-        fut: Future[StoredEvent] = Future()
-        op = _Record(
-            event=event,
-            data_json=data_json,
-            ts_ms=self._clock.wall_ms(),
-            clock_synced=self._sync.synced,
-            steady_ms=self.steady_ms(),
-            domain=domain,
-            future=fut,
+    def submit(self, event: Event, domain: Sequence[DomainWrite] = ()) -> Receipt[StoredEvent]:
+        """Hand the event to the writer; the receipt settles when its commit is done."""
+        data = event.data
+        clock = self._clock
+        fut: Receipt[StoredEvent] = Receipt(self._settled)
+        self._enqueue(
+            _Record(
+                event,
+                compact_json(data if type(data) is dict else dict(data)),
+                clock.wall_ms(),
+                self._sync.synced,
+                self._steady_base + clock.monotonic_ms() - self._mono_at_open,
+                domain,
+                fut,
+            )
         )
-        self._enqueue(op)
         return fut
 
     def record(
@@ -291,14 +357,14 @@ class Store:
         """Commit the event (and its domain rows); return only once it is on disk."""
         return self.submit(event, domain).result(timeout)
 
-    def mark_delivered(self, items: Sequence[Delivered]) -> Future[int]:
-        fut: Future[int] = Future()
+    def mark_delivered(self, items: Sequence[Delivered]) -> Receipt[int]:
+        fut: Receipt[int] = Receipt(self._settled)
         self._enqueue(_Ack(items, fut))
         return fut
 
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> Receipt[T]:
         """Run ``fn(conn)`` inside the writer's next transaction."""
-        fut: Future[T] = Future()
+        fut: Receipt[T] = Receipt(self._settled)
         self._enqueue(_Write(fn, fut))
         return fut
 
@@ -346,13 +412,15 @@ class Store:
                 return
 
     def _fail_queued(self, exc: BaseException) -> None:
+        failed: list[tuple[Receipt[Any], Any]] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return
-            if isinstance(item, _Record | _Ack | _Write | _Housekeep) and not item.future.done():
-                item.future.set_exception(StoreClosed(f"store writer failed: {exc}"))
+                break
+            if isinstance(item, _Record | _Ack | _Write | _Housekeep):
+                failed.append((item.future, StoreClosed(f"store writer failed: {exc}")))
+        resolve(self._settled, failed)
 
     def _commit(self, batch: list[_Op]) -> None:
         conn = self._conn
@@ -378,16 +446,12 @@ class Store:
             err: BaseException = exc
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
                 err = StorageFull(f"disk full writing {self.path}")
-            batch[0].future.set_exception(err)
+            resolve(self._settled, [(batch[0].future, err)])
             log.error("store write failed: %s", exc)
             return
         self.commits += 1
         self._apply_delta(delta)
-        for op, result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                op.future.set_exception(result)
-            else:
-                op.future.set_result(result)
+        resolve(self._settled, zip((op.future for op in batch), results, strict=True))
         if delta.new_lanes:
             for listener in self._listeners:
                 listener(delta.new_lanes)
@@ -417,58 +481,73 @@ class Store:
     ) -> None:
         sizes = [event_bytes(op.data_json) for _, op in records]
         self.disk_free = self._free_disk(self.path.parent)
-        decision = admit(
-            [op.lane for _, op in records],
-            sizes,
-            free_bytes=self.disk_free,
-            floor_bytes=int(self.cfg.min_free_disk_mb * MB),
-            p2_pending_bytes=self.usage[Lane.P2].bytes,
-        )
-        if decision.evict_p2_bytes:
-            self._evict_oldest_p2(conn, decision.evict_p2_bytes, delta, reason="evicted_disk")
-        event_rows = []
-        outbox_rows = []
-        for (i, op), size, ok in zip(records, sizes, decision.admitted, strict=True):
+        floor = int(self.cfg.min_free_disk_mb * MB)
+        admitted: Sequence[bool] | None = None  # None: above the floor, all admitted
+        if self.disk_free < floor:
+            decision = admit(
+                [op.lane for _, op in records],
+                sizes,
+                free_bytes=self.disk_free,
+                floor_bytes=floor,
+                p2_pending_bytes=self.usage[Lane.P2].bytes,
+            )
+            if decision.evict_p2_bytes:
+                self._evict_oldest_p2(conn, decision.evict_p2_bytes, delta, reason="evicted_disk")
+            admitted = decision.admitted
+        event_rows: list[tuple[int, str, str, int, int, int, int, int, int, str]] = []
+        outbox_rows: list[tuple[int, int, int, int]] = []
+        added = dict.fromkeys(Lane, 0)
+        added_bytes = dict.fromkeys(Lane, 0)
+        session = self.session
+        seq = self._next_seq
+        for k, ((i, op), size) in enumerate(zip(records, sizes, strict=True)):
+            ok = admitted is None or admitted[k]
+            lane = op.event.type.lane
             if not ok:
-                delta.count(f"refused_{op.lane.label}")
+                delta.count(f"refused_{lane.label}")
                 results[i] = StorageFull(
                     f"free disk below {self.cfg.min_free_disk_mb} MB floor and no telemetry "
                     "left to evict"
                 )
                 continue
-            seq = self._next_seq
-            self._next_seq += 1
-            ev = op.event
+            etype = op.event.type
             stored = StoredEvent(
-                seq=seq,
-                event_id=ev.event_id,
-                type=ev.type.name,
-                schema=ev.type.schema,
-                lane=ev.type.lane,
-                session=self.session,
-                ts_ms=op.ts_ms,
-                clock_synced=op.clock_synced,
-                steady_ms=op.steady_ms,
-                data_json=op.data_json,
+                seq,
+                op.event.event_id,
+                etype.name,
+                etype.schema,
+                lane,
+                session,
+                op.ts_ms,
+                op.clock_synced,
+                op.steady_ms,
+                op.data_json,
             )
+            # Plain ints, not the enum and bool: sqlite3 binds exact ints markedly faster.
             event_rows.append(
                 (
                     seq,
-                    ev.event_id,
-                    ev.type.name,
-                    ev.type.schema,
-                    int(ev.type.lane),
-                    self.session,
+                    stored.event_id,
+                    stored.type,
+                    stored.schema,
+                    int(lane),
+                    session,
                     op.ts_ms,
                     int(op.clock_synced),
                     op.steady_ms,
                     op.data_json,
                 )
             )
-            outbox_rows.append((seq, int(ev.type.lane), size, op.steady_ms))
-            delta.add(op.lane, 1, size)
-            delta.new_lanes.add(op.lane)
+            outbox_rows.append((seq, int(lane), size, op.steady_ms))
+            added[lane] += 1
+            added_bytes[lane] += size
             results[i] = stored
+            seq += 1
+        self._next_seq = seq
+        for lane in Lane:
+            if added[lane]:
+                delta.add(lane, added[lane], added_bytes[lane])
+                delta.new_lanes.add(lane)
         conn.executemany(
             "INSERT INTO events (seq, event_id, type, schema, lane, session, ts_ms, clock_synced,"
             " steady_ms, data) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -569,7 +648,7 @@ class Store:
         """Housekeeping: TTL expiry and journal retention, through the writer like any write."""
         self._sync.refresh()
         self.disk_free = self._free_disk(self.path.parent)
-        fut: Future[None] = Future()
+        fut: Receipt[None] = Receipt(self._settled)
         try:
             self._enqueue(_Housekeep(fut))
         except StoreClosed:
@@ -626,4 +705,12 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
         yield list(items[start : start + size])
 
 
-__all__ = ["Delivered", "DomainWrite", "StorageFull", "Store", "StoreClosed", "StoreError"]
+__all__ = [
+    "Delivered",
+    "DomainWrite",
+    "Receipt",
+    "StorageFull",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+]

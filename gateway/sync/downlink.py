@@ -103,6 +103,10 @@ class Downlink:
     def health(self) -> dict[str, Any]:
         return {"requests": dict(self.counts), "errors": dict(self.errors)}
 
+    @property
+    def operations(self) -> list[str]:
+        return sorted(self._ops)
+
     def received(self, topic: str, payload: bytes) -> None:
         """Called on paho's thread: queue and return."""
         self._queue.put(_Incoming(topic, payload))

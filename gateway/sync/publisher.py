@@ -31,6 +31,7 @@ from gateway.sync.topics import Topics
 
 log = logging.getLogger(__name__)
 PREFETCH = 512
+LATENCY_WINDOW = 1000
 ENVELOPE_BYTES = 200  # envelope fields around ``data``, for sizing P2 batches
 IDLE_WAIT_S = 1.0
 
@@ -83,6 +84,9 @@ class Publisher:
         self._paused_until: dict[Lane, float] = dict.fromkeys(Lane, 0.0)
         self._rejections = 0
         self._rate_log = RateLimitedLog(log, 30)
+        self._latency: dict[Lane, deque[int]] = {
+            lane: deque(maxlen=LATENCY_WINDOW) for lane in Lane
+        }
         self.messages_sent = 0
         self.events_sent = 0
         self.events_acked = 0
@@ -111,6 +115,19 @@ class Publisher:
             "events_sent": self.events_sent,
             "events_acked": self.events_acked,
             "rejected": self.rejected,
+            "latency_ms": {lane.label: self.latency(lane) for lane in Lane},
+        }
+
+    def latency(self, lane: Lane) -> dict[str, int] | None:
+        """Record-to-PUBACK time of the lane's last deliveries (the gateway's share of an
+        alarm's journey), as median and 99th percentile in ms."""
+        samples = sorted(self._latency[lane])
+        if not samples:
+            return None
+        return {
+            "p50": samples[len(samples) // 2],
+            "p99": samples[min(len(samples) - 1, (len(samples) * 99) // 100)],
+            "n": len(samples),
         }
 
     # ---- events from the store and the link (other threads: hand over and return) --------------
@@ -177,6 +194,10 @@ class Publisher:
                 continue  # status, health or a response: not from the outbox
             if ack.accepted:
                 self._rejections = 0
+                now = self._store.steady_ms()
+                self._latency[flight.lane].extend(
+                    now - e.steady_ms for e in flight.events if e.session == self._store.session
+                )
                 delivered.extend(Delivered(e.seq, e.lane) for e in flight.events)
             else:
                 self._rejected(flight, ack.reason)

@@ -1,0 +1,337 @@
+"""Benchmark of the backbone (store + uplink); prints markdown tables, medians of --runs.
+
+    scripts/bench backbone [--runs 3] [--p2 100000] [--p1 10000]
+
+1. Durable ingest: events/s through Store.submit()/record() with group commit (synchronous=FULL,
+   the default) next to a raw SQLite batched insert of the same rows into the same schema with
+   the same pragmas, measured in the same run.
+2. Backlog drain to a local mosquitto: P2 + P1 events recorded while offline, then the gateway
+   connects; events/s until the outbox is empty, next to a bare paho QoS 1 publish loop (same
+   payload size, same in-flight window) measured in the same run. Once with one event per
+   message, once with P2 batching (the default).
+3. P0 latency, record() to PUBACK, while that backlog drains (an alarm every 10 ms).
+4. Peak RSS (VmHWM) of the gateway process during the drain; the drain runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.app import build
+from gateway.clock import ClockSync, SystemClock
+from gateway.config import GatewayConfig, LoadedConfig, StoreSection
+from gateway.events import Event, EventType, Lane, compact_json, uuid7
+from gateway.store import Store, read_stats
+from gateway.store.db import open_database
+from gateway.store.limits import event_bytes
+from tests.support.broker import Mosquitto
+
+SEEN = EventType("bench.seen", Lane.P2)
+MEAL = EventType("bench.meal", Lane.P1)
+SOS = EventType("bench.sos", Lane.P0)
+WINDOW = 32
+
+
+def sighting(i: int) -> dict[str, Any]:
+    """About the size of a real wristband.seen event."""
+    return {
+        "device": f"A1B2C3{i % 300:06X}",
+        "station": "station-1",
+        "port": "ward-a",
+        "definition": "aa55-reference",
+        "code": "00",
+        "seq": i % 256,
+        "ids": {"cmd": 1},
+        "raw": "AA550A01A1B2C3D4E5F600C601A525",
+        "name": None,
+        "rssi": -58,
+        "battery": 87,
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ---- 1. ingest -----------------------------------------------------------------------------
+
+
+def raw_ingest(path: Path, n: int, batch: int) -> float:
+    conn = open_database(path, synchronous="full", check=False)
+    rows = [(compact_json(sighting(i)), uuid7()) for i in range(n)]
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        chunk = rows[start : start + batch]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO events (seq, event_id, type, schema, lane, session, ts_ms, clock_synced,"
+            " steady_ms, data) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (start + k + 1, eid, SEEN.name, 1, 2, 1, 0, 0, 0, data)
+                for k, (data, eid) in enumerate(chunk)
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO outbox (seq, lane, bytes, steady_ms) VALUES (?,?,?,?)",
+            [(start + k + 1, 2, event_bytes(data), 0) for k, (data, _) in enumerate(chunk)],
+        )
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return n / elapsed
+
+
+def open_store(path: Path, **cfg: Any) -> Store:
+    store = Store(StoreSection.model_validate(cfg), path, SystemClock(), ClockSync("never", 3600))
+    store.start()
+    return store
+
+
+def prepared(n: int, threads: int) -> list[list[Event]]:
+    """Events made before the clock starts, as the raw side's rows are: both sides time what
+    it takes to make the rows durable (serialising the data is ours to pay, and is timed)."""
+    per = n // threads
+    return [[Event(SEEN, sighting(w * per + i)) for i in range(per)] for w in range(threads)]
+
+
+def store_pipelined(path: Path, n: int, threads: int) -> float:
+    """Producers that hand events over and collect the commits later (group commit's case)."""
+    store = open_store(path)
+    events = prepared(n, threads)
+
+    def produce(w: int) -> None:
+        receipts = [store.submit(e) for e in events[w]]
+        for r in receipts:
+            r.result()
+
+    elapsed = run_threads(produce, threads)
+    store.stop()
+    return sum(map(len, events)) / elapsed
+
+
+def store_blocking(path: Path, n: int, threads: int) -> float:
+    """Producers that wait for each commit (a serial port acknowledging frame by frame)."""
+    store = open_store(path)
+    events = prepared(n, threads)
+
+    def produce(w: int) -> None:
+        for e in events[w]:
+            store.record(e)
+
+    elapsed = run_threads(produce, threads)
+    store.stop()
+    return sum(map(len, events)) / elapsed
+
+
+def run_threads(target: Callable[[int], None], count: int) -> float:
+    workers = [threading.Thread(target=target, args=(w,)) for w in range(count)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t0
+
+
+# ---- 2-4. drain ----------------------------------------------------------------------------
+
+
+def loaded_config(data_dir: Path, port: int | None, batch: int) -> LoadedConfig:
+    raw = {
+        "gateway": {"id": "gw-bench", "site": "bench", "data_dir": str(data_dir)},
+        "clock": {"sync_source": "never"},
+        "mqtt": {
+            "brokers": [f"mqtt://127.0.0.1:{port}"] if port else [],
+            "inflight_window": WINDOW,
+            "batch_max_events": batch,
+            "session_expiry_s": 0,
+            "reconnect_min_s": 0.05,
+        },
+    }
+    return LoadedConfig(config=GatewayConfig.model_validate(raw), source="bench", version="b")
+
+
+def prerecord(data_dir: str, p2: int, p1: int) -> None:
+    store = open_store(Path(data_dir) / "gateway.db")
+    futures = []
+    for i in range(p2 + p1):
+        lane_type = MEAL if i % ((p2 + p1) // max(p1, 1)) == 0 and p1 else SEEN
+        futures.append(store.submit(Event(lane_type, sighting(i))))
+    for f in futures:
+        f.result()
+    store.stop()
+
+
+def drain(data_dir: str, port: int, batch: int, out: mp.Queue[dict[str, Any]]) -> None:
+    backlog = read_stats(Path(data_dir) / "gateway.db")
+    pending = sum(lane.pending for lane in backlog.lanes)
+    gw = build(loaded_config(Path(data_dir), port, batch), password=None)
+    stop = threading.Event()
+
+    def alarms() -> None:
+        i = 0
+        while not stop.wait(0.01):
+            gw.store.record(Event(SOS, {"n": i}))
+            i += 1
+
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    gw.start()
+    injector = threading.Thread(target=alarms)
+    injector.start()
+    while gw.store.usage[Lane.P2].count or gw.store.usage[Lane.P1].count:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    stop.set()
+    injector.join()
+    while gw.store.usage[Lane.P0].count:
+        time.sleep(0.005)
+    assert gw.sync is not None
+    latency = gw.sync.publisher.latency(Lane.P0)
+    gw.stop()
+    hwm = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
+    out.put(
+        {
+            "events_per_s": pending / elapsed,
+            "messages": gw.sync.publisher.messages_sent,
+            "cpu_pct": 100 * cpu / elapsed,
+            "p0": latency,
+            "rss_mb": hwm / 1024,
+        }
+    )
+
+
+def bare_paho(port: int, n: int, size: int) -> float:
+    """The ceiling: paho publishing QoS 1 with the same window, no store, no outbox."""
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(*_: Any) -> None:
+        acked[0] += 1
+        if acked[0] == n:
+            done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bare", protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(WINDOW)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    payload = b"x" * size
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.publish("bench/bare", payload, qos=1)
+    done.wait(300)
+    elapsed = time.perf_counter() - t0
+    client.loop_stop()
+    client.disconnect()
+    return n / elapsed
+
+
+def run_drain(port: int, p2: int, p1: int, batch: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = ctx.Process(target=prerecord, args=(tmp, p2, p1))
+        rec.start()
+        rec.join()
+        out: mp.Queue[dict[str, Any]] = ctx.Queue()
+        proc = ctx.Process(target=drain, args=(tmp, port, batch, out))
+        proc.start()
+        result = out.get(timeout=900)
+        proc.join()
+        return result
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--ingest", type=int, default=100_000)
+    ap.add_argument("--p2", type=int, default=100_000)
+    ap.add_argument("--p1", type=int, default=10_000)
+    args = ap.parse_args()
+    print(f"machine: {machine()}\n")
+
+    raw, piped, blocking = [], [], []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            raw.append(raw_ingest(Path(tmp) / "raw.db", args.ingest, 512))
+            piped.append(store_pipelined(Path(tmp) / "a.db", args.ingest, 4))
+            blocking.append(store_blocking(Path(tmp) / "b.db", args.ingest // 10, 16))
+    print("| durable ingest (synchronous=FULL) | events/s | vs raw |")
+    print("|---|---:|---:|")
+    print(f"| raw SQLite executemany, 512 rows/commit | {median(raw):,.0f} | 1.00 |")
+    print(
+        f"| Store.submit(), 4 producer threads | {median(piped):,.0f} | "
+        f"{median(piped) / median(raw):.2f} |"
+    )
+    print(
+        f"| Store.record() blocking, 16 threads | {median(blocking):,.0f} | "
+        f"{median(blocking) / median(raw):.2f} |"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp)).start()
+        try:
+            size = len(compact_json(sighting(0))) + 200
+            bare = [bare_paho(broker.port, args.p2 + args.p1, size) for _ in range(args.runs)]
+            single = [run_drain(broker.port, args.p2, args.p1, 1) for _ in range(args.runs)]
+            batched = [run_drain(broker.port, args.p2, args.p1, 200) for _ in range(args.runs)]
+        finally:
+            broker.stop()
+    n = args.p2 + args.p1
+    print(
+        f"\n| backlog drain, {args.p2:,} P2 + {args.p1:,} P1 | events/s | vs bare paho | "
+        "messages | CPU % | P0 p50 ms | P0 p99 ms | peak RSS MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| bare paho QoS 1 loop, {size} B, window {WINDOW} | {median(bare):,.0f} | 1.00 | "
+        f"{n:,} | | | | |"
+    )
+    for label, results in (
+        ("gateway, one event per message", single),
+        ("gateway, P2 batched (200)", batched),
+    ):
+        rate = median([r["events_per_s"] for r in results])
+        p50 = median([r["p0"]["p50"] for r in results if r["p0"]])
+        p99 = median([r["p0"]["p99"] for r in results if r["p0"]])
+        print(
+            f"| {label} | {rate:,.0f} | {rate / median(bare):.2f} | "
+            f"{median([r['messages'] for r in results]):,.0f} | "
+            f"{median([r['cpu_pct'] for r in results]):.0f} | {p50:.0f} | {p99:.0f} | "
+            f"{max(r['rss_mb'] for r in results):.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

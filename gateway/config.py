@@ -14,13 +14,15 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from gateway.configfile import ConfigFileError, Issue, load_toml_model, validate_model
-
-NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from gateway.configfile import (
+    NAME_PATTERN,
+    ConfigFileError,
+    Issue,
+    Strict,
+    load_toml_model,
+    validate_model,
+)
+from gateway.vision.config import VisionSection
 
 
 class GatewaySection(Strict):
@@ -173,6 +175,7 @@ class GatewayConfig(Strict):
     mqtt: MqttSection = MqttSection()
     downlink: DownlinkSection = DownlinkSection()
     logging: LoggingSection = LoggingSection()
+    vision: VisionSection = VisionSection()
 
     @property
     def db_path(self) -> Path:

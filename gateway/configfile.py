@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class Strict(BaseModel):
+    """Base of every model read from a file: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)

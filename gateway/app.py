@@ -15,6 +15,7 @@ from gateway.events import GATEWAY_STARTED, Event
 from gateway.lifecycle import Service, Supervisor, sd_notify, watchdog_interval_s
 from gateway.logs import setup_logging
 from gateway.store import Store, StoreError
+from gateway.vision.build import build_services as build_vision_services
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ def build(loaded: LoadedConfig) -> Gateway:
     clock = SystemClock()
     sync = ClockSync(cfg.clock.sync_source, cfg.clock.check_interval_s)
     store = Store(cfg.store, cfg.db_path, clock, sync)
-    return Gateway(loaded=loaded, store=store)
+    services: list[Service] = []
+    services += build_vision_services(cfg.vision, cfg.gateway.data_dir, store)
+    return Gateway(loaded=loaded, store=store, services=services)
 
 
 def run(loaded: LoadedConfig) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.config import ConfigFileError, load_config
 from gateway.store import StoreError, read_stats
+from gateway.vision.cli import register as register_vision
 
 Handler = Callable[[argparse.Namespace], int]
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -126,7 +127,7 @@ def _register_backbone(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     s.set_defaults(func=cmd_outbox_stats)
 
 
-REGISTRARS: tuple[Registrar, ...] = (_register_backbone,)
+REGISTRARS: tuple[Registrar, ...] = (_register_backbone, register_vision)
 
 
 def build_parser() -> argparse.ArgumentParser:

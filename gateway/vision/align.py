@@ -24,6 +24,7 @@ ARCFACE_TEMPLATE = np.array(
 )
 ALIGNED_SIZE = 112
 MAX_SHRINK = 0.5  # least scale a bilinear warp takes without aliasing
+CROP_CORNERS = np.array([[0, 0], [ALIGNED_SIZE, 0], [0, ALIGNED_SIZE], [ALIGNED_SIZE] * 2], float)
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -54,17 +55,24 @@ def align(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The 112x112 BGR crop the recognizer expects.
 
     A bilinear warp that shrinks by more than 2x skips pixels and aliases (a big face in a
-    phone photo shrinks 5x or more), so such faces are first reduced with area averaging.
-    On the deepface pairs this raises the lowest same-person score from 0.48 to 0.52.
+    phone photo shrinks 5x or more), so the region of such faces is first reduced by a whole
+    number with area averaging. On the deepface pairs this raises the lowest same-person
+    score from 0.48 to 0.50.
     """
     matrix = similarity_transform(landmarks, ARCFACE_TEMPLATE)
     scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
-    if scale < MAX_SHRINK:
-        factor = scale / MAX_SHRINK
-        h, w = image.shape[:2]
-        size = (max(1, round(w * factor)), max(1, round(h * factor)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        matrix = similarity_transform(
-            landmarks * np.array([size[0] / w, size[1] / h]), ARCFACE_TEMPLATE
-        )
-    return warp(image, matrix)
+    if scale >= MAX_SHRINK:
+        return warp(image, matrix)
+    # shrink only the part of the frame that lands in the crop
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = CROP_CORNERS @ inverse[:, :2].T + inverse[:, 2]
+    h, w = image.shape[:2]
+    x0, y0 = np.clip(np.floor(corners.min(axis=0)).astype(int) - 2, 0, [w - 1, h - 1])
+    x1, y1 = np.clip(np.ceil(corners.max(axis=0)).astype(int) + 2, [x0 + 1, y0 + 1], [w, h])
+    step = math.ceil(MAX_SHRINK / scale)  # whole-number shrink: OpenCV's fast area path
+    x1, y1 = x0 + max(1, (x1 - x0) // step) * step, y0 + max(1, (y1 - y0) // step) * step
+    roi = image[y0:y1, x0:x1]
+    size = (max(1, roi.shape[1] // step), max(1, roi.shape[0] // step))
+    small = cv2.resize(roi, size, interpolation=cv2.INTER_AREA)
+    fitted = (landmarks - np.array([x0, y0])) / step
+    return warp(small, similarity_transform(fitted, ARCFACE_TEMPLATE))

@@ -119,7 +119,7 @@ class RetinaFaceDetector:
         resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         ph, pw = -(-nh // STRIDE) * STRIDE, -(-nw // STRIDE) * STRIDE
         tensor = np.zeros((1, 3, ph, pw), dtype=np.float32)
-        tensor[0, :, :nh, :nw] = self.spec.normalise(resized)
+        tensor[:, :, :nh, :nw] = self.spec.tensor(resized)
         return tensor, factor
 
     def detect(self, image: np.ndarray) -> list[Face]:

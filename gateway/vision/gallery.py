@@ -17,10 +17,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS confusable (
 );
 """
 KEY_CHECK = b"eldercare-gateway face gallery"
+T = TypeVar("T")
 PURPOSE = "gallery-templates-v1"
 NONCE_BYTES = 12
 
@@ -106,6 +108,12 @@ class Snapshot:
     @property
     def templates(self) -> int:
         return int(self.matrix.shape[0])
+
+    def rows(self) -> list[tuple[str, np.ndarray]]:
+        """(elder, template) per row, to build the next snapshot from this one."""
+        counts = np.diff(np.append(self.starts, self.templates))
+        owners = np.repeat(np.arange(len(self.elders)), counts)
+        return [(self.elders[o], self.matrix[i]) for i, o in enumerate(owners)]
 
     def identity_scores(self, probes: np.ndarray) -> np.ndarray:
         """(P, E) best template score per enrolled elder for each probe row."""
@@ -187,14 +195,22 @@ class Gallery:
         finally:
             conn.close()
 
-    @contextmanager
-    def _write(self, need_key: bool = True) -> Iterator[sqlite3.Connection]:
+    def _commit(
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        update: Callable[[Snapshot], Snapshot],
+        need_key: bool = True,
+    ) -> T:
+        """Run ``work`` in one transaction, then apply the same change to the snapshot in
+        memory (no re-decryption: bulk enrolment of thousands stays linear). Only when
+        another process wrote in between is everything reloaded."""
         if need_key:
             self._writable()
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
+                before = _generation(conn)
+                result = work(conn)
                 conn.execute(
                     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
                 )
@@ -202,7 +218,15 @@ class Gallery:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        self.reload()
+        if before != self._generation:
+            self.reload()
+            return result
+        with self._lock:
+            self._snapshot = update(self._snapshot)
+            self._generation = before + 1
+            self.report.templates = self._snapshot.templates
+            self.report.elders = len(self._snapshot.elders)
+        return result
 
     def _check_key(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
@@ -231,8 +255,7 @@ class Gallery:
 
     def generation(self) -> int:
         with self._connect() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0
+            return _generation(conn)
 
     def _aad(self, template_id: str, elder_id: str, model_id: str) -> bytes:
         return f"{template_id}|{elder_id}|{model_id}".encode()
@@ -242,7 +265,7 @@ class Gallery:
         report = LoadReport(key_mismatch=self.report.key_mismatch)
         rows: list[tuple[str, np.ndarray]] = []
         with self._connect() as conn:
-            generation = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            generation = _generation(conn)
             cursor = conn.execute(
                 "SELECT template_id, elder_id, model_id, nonce, ciphertext FROM templates"
             )
@@ -267,7 +290,7 @@ class Gallery:
         report.elders = len(snapshot.elders)
         with self._lock:
             self._snapshot = snapshot
-            self._generation = int(generation[0]) if generation else 0
+            self._generation = generation
             self.report = report
         if report.undecryptable or report.other_model:
             log.warning(
@@ -306,38 +329,55 @@ class Gallery:
             )
 
     def add(self, elder_id: str, vectors: Iterable[np.ndarray]) -> list[str]:
+        return self.add_many([(elder_id, list(vectors))])
+
+    def add_many(self, items: Iterable[tuple[str, Sequence[np.ndarray]]]) -> list[str]:
+        """Encrypt and store templates of many elders in one transaction (bulk imports)."""
         now = int(time.time() * 1000)
-        ids = []
-        with self._write() as conn:
-            for vector in vectors:
-                template_id = str(uuid.uuid4())
-                nonce = os.urandom(NONCE_BYTES)
-                plain = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-                ciphertext = self._aead.encrypt(
-                    nonce, plain, self._aad(template_id, elder_id, self.model_id)
-                )
-                conn.execute(
-                    "INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)",
-                    (template_id, elder_id, self.model_id, now, nonce, ciphertext),
-                )
-                ids.append(template_id)
+        rows: list[tuple[str, np.ndarray]] = []
+        ids: list[str] = []
+
+        def work(conn: sqlite3.Connection) -> None:
+            for elder_id, vectors in items:
+                for vector in vectors:
+                    template_id = str(uuid.uuid4())
+                    nonce = os.urandom(NONCE_BYTES)
+                    plain = np.ascontiguousarray(vector, dtype=np.float32)
+                    ciphertext = self._aead.encrypt(
+                        nonce, plain.tobytes(), self._aad(template_id, elder_id, self.model_id)
+                    )
+                    conn.execute(
+                        "INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)",
+                        (template_id, elder_id, self.model_id, now, nonce, ciphertext),
+                    )
+                    rows.append((elder_id, plain))
+                    ids.append(template_id)
+
+        self._commit(work, lambda snap: Snapshot.build([*snap.rows(), *rows], self.dim))
         return ids
 
     def remove(self, elder_id: str) -> int:
         """Erase an elder's templates and confusable entries (consent withdrawn, left the site).
 
         Works even with a wrong key: erasure must never depend on being able to read."""
-        with self._write(need_key=False) as conn:
+
+        def work(conn: sqlite3.Connection) -> int:
             n = conn.execute("DELETE FROM templates WHERE elder_id = ?", (elder_id,)).rowcount
             conn.execute(
                 "DELETE FROM confusable WHERE elder_a = ? OR elder_b = ?", (elder_id, elder_id)
             )
-        return int(n)
+            return int(n)
+
+        def update(snap: Snapshot) -> Snapshot:
+            return Snapshot.build([r for r in snap.rows() if r[0] != elder_id], self.dim)
+
+        return self._commit(work, update, need_key=False)
 
     def set_confusable(self, elder_id: str, pairs: Iterable[tuple[str, float]]) -> None:
         """Replace the register's entries for ``elder_id`` (pairs are stored in id order)."""
         now = int(time.time() * 1000)
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "DELETE FROM confusable WHERE (elder_a = ? OR elder_b = ?) AND model_id = ?",
                 (elder_id, elder_id, self.model_id),
@@ -348,3 +388,10 @@ class Gallery:
                     "INSERT OR REPLACE INTO confusable VALUES (?, ?, ?, ?, ?)",
                     (a, b, float(score), self.model_id, now),
                 )
+
+        self._commit(work, lambda snap: snap)
+
+
+def _generation(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    return int(row[0]) if row else 0

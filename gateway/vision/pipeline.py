@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -74,6 +74,8 @@ class CounterPipeline:
         self._timings: dict[str, list[float]] = {}
         self._timing_track: int | None = None
         self._last_face: np.ndarray | None = None
+        self.last_timings: dict[str, float] = {}
+        self.recent_ms: deque[float] = deque(maxlen=100)
 
     def process(self, frame: Frame) -> list[DecisionEvent]:
         start = time.perf_counter()
@@ -93,6 +95,8 @@ class CounterPipeline:
             self._last_face = frame.image
         decisions = self.decider.observe(obs)
         self._add_timings(timings)
+        self.last_timings = timings
+        self.recent_ms.append(timings["total"] * 1000)
         return [self._event(d) for d in decisions]
 
     def idle(self, t: float) -> list[DecisionEvent]:

@@ -92,15 +92,13 @@ def pose(landmarks: np.ndarray) -> Pose:
     return Pose(math.degrees(yaw), math.degrees(pitch), math.degrees(roll))
 
 
-def sharpness(aligned: np.ndarray) -> float:
+def sharpness(gray: np.ndarray) -> float:
     """Variance of the Laplacian over the aligned face: low means blurred or out of focus."""
-    gray = cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY)
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
-def brightness(aligned: np.ndarray) -> float:
+def brightness(gray: np.ndarray) -> float:
     """Mean grey level of the central face region (cheeks, eyes, nose; not the background)."""
-    gray = cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY)
     h, w = gray.shape
     return float(gray[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean())
 
@@ -152,8 +150,9 @@ def geometry_gate(face: Face, limits: QualityLimits) -> Quality:
 
 def crop_gate(geometry: Quality, aligned: np.ndarray, limits: QualityLimits) -> Quality:
     """Blur and exposure, measured on the aligned crop so they do not depend on face size."""
-    sharp = sharpness(aligned)
-    light = brightness(aligned)
+    gray = cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY)
+    sharp = sharpness(gray)
+    light = brightness(gray)
     reason = geometry.reason
     if reason is None:
         if light < limits.min_brightness:

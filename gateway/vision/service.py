@@ -10,6 +10,7 @@ process, alarms included, and a restart does not bring a camera back.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -122,6 +123,11 @@ class VisionService:
         return {
             "camera": self.feed.health() if self.feed else None,
             "pipeline": dict(self.pipeline.counts) if self.pipeline else {},
+            "frame_ms_median": (
+                round(statistics.median(self.pipeline.recent_ms), 1)
+                if self.pipeline and self.pipeline.recent_ms
+                else None
+            ),
             "decider": dict(self.pipeline.decider.counters) if self.pipeline else {},
             "gallery": dict(vars(gallery.report)) if gallery else None,
             "frame_errors": self.errors,

@@ -148,3 +148,19 @@ def test_remove_erases_templates_and_register_entries(gallery: Gallery) -> None:
     assert gallery.remove("elder-b") == 2
     assert "elder-b" not in gallery.snapshot.elders
     assert gallery.confusables() == []
+
+
+def test_writes_update_memory_as_a_reload_would(gallery: Gallery, paths: tuple[Path, Path]) -> None:
+    gallery.add_many([("elder-0", _vectors(2, 6)), ("elder-d", _vectors(1, 7))])
+    gallery.remove("elder-b")
+    fresh = Gallery.open(*paths, MODEL)
+    assert (
+        gallery.snapshot.elders
+        == fresh.snapshot.elders
+        == ("elder-0", "elder-a", "elder-c", "elder-d")
+    )
+    assert gallery.snapshot.starts.tolist() == fresh.snapshot.starts.tolist()
+    assert sorted(v.tobytes() for _, v in gallery.snapshot.rows()) == sorted(
+        v.tobytes() for _, v in fresh.snapshot.rows()
+    )
+    assert gallery.report.templates == fresh.report.templates == 7

@@ -16,6 +16,7 @@ from gateway.lifecycle import Service, Supervisor, sd_notify, watchdog_interval_
 from gateway.logs import setup_logging
 from gateway.store import Store, StoreError
 from gateway.vision.build import build_services as build_vision_services
+from gateway.vision.errors import VisionError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def run(loaded: LoadedConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         gw.start()
-    except StoreError as exc:
+    except (StoreError, VisionError) as exc:
         log.error("%s", exc)
         return 1
     sd_notify("READY=1")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,20 @@ def test_eval_command_on_the_deepface_pairs(
     assert code == 0
     assert "1:1 pairs  300 pairs (0 without a face), 5-fold cross-validation" in out
     assert "TAR 1.0000 at FAR 0.01" in out
+
+
+def test_run_with_a_camera_but_no_models_exits_with_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    config = _config(tmp_path, empty, '[vision.camera]\nsource = "/dev/video0"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "model files in" in done.stderr and "recognizer: " in done.stderr
+    assert "retinaface_mbnet0.25.onnx: missing" in done.stderr
+    assert "Traceback" not in done.stderr

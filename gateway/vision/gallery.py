@@ -76,7 +76,8 @@ class SearchResult:
 
     @property
     def best_other(self) -> float:
-        return self.scores[1] if len(self.scores) > 1 else -1.0
+        """0.0 when nobody else is enrolled: what the faces of different people score."""
+        return self.scores[1] if len(self.scores) > 1 else 0.0
 
     @property
     def margin(self) -> float:
@@ -166,9 +167,12 @@ class Gallery:
         self._lock = threading.Lock()
         self._snapshot = Snapshot.build([], self.dim)
         self._generation = -1
+        new = not self.db_path.exists()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
             self._check_key(conn)
+        if new:
+            self.db_path.chmod(0o600)  # ciphertexts and elder ids: the gateway's alone
 
     @classmethod
     def open(cls, db_path: Path, key_path: Path, model_id: str, create: bool = False) -> Gallery:

@@ -38,6 +38,7 @@ def test_key_is_created_private_and_kept_out_of_the_database(
 ) -> None:
     db, key = paths
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
     secret = key.read_bytes()
     assert len(secret) == 32
     assert secret not in db.read_bytes()
@@ -48,6 +49,17 @@ def test_templates_are_encrypted_at_rest(gallery: Gallery, paths: tuple[Path, Pa
     raw = b"".join(p.read_bytes() for p in paths[0].parent.glob("faces.db*"))
     assert template.tobytes() not in raw
     assert template[:8].tobytes() not in raw
+
+
+def test_with_one_elder_the_runner_up_counts_as_zero(paths: tuple[Path, Path]) -> None:
+    lonely = Gallery.open(*paths, MODEL, create=True)
+    vector = _vectors(1, 8)[0]
+    lonely.add("elder-only", [vector])
+    result = lonely.search(vector)
+    assert result.elders == ("elder-only",) and result.best_other == 0.0
+    assert result.margin == pytest.approx(1.0, abs=1e-5)
+    empty = Gallery.open(paths[0].with_name("empty.db"), paths[1], MODEL, create=True)
+    assert empty.search(vector).top is None
 
 
 def test_search_gives_top_k_and_the_best_other_identity(gallery: Gallery) -> None:

@@ -26,6 +26,7 @@ from gateway.lifecycle import (
 from gateway.logs import setup_logging
 from gateway.store import Store, StoreError
 from gateway.sync import Sync
+from gateway.vision.build import build_services as build_vision_services
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,11 @@ def build(
         rng=rng,
     )
     gw.sync = sync
-    gw.services = [sync, *build_device_services(cfg.devices, store, lambda: clock_sync.synced)]
+    gw.services = [
+        sync,
+        *build_device_services(cfg.devices, store, lambda: clock_sync.synced),
+        *build_vision_services(cfg.vision, cfg.gateway.data_dir, store),
+    ]
     return gw
 
 

@@ -16,6 +16,7 @@ from gateway import __version__
 from gateway.config import ConfigFileError, load_config
 from gateway.devices.cli import register as register_devices
 from gateway.store import StoreError, read_stats
+from gateway.vision.cli import register as register_vision
 
 Handler = Callable[[argparse.Namespace], int]
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -130,7 +131,7 @@ def _register_backbone(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     s.set_defaults(func=cmd_outbox_stats)
 
 
-REGISTRARS: tuple[Registrar, ...] = (_register_backbone, register_devices)
+REGISTRARS: tuple[Registrar, ...] = (_register_backbone, register_devices, register_vision)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from gateway.configfile import (
     validate_model,
 )
 from gateway.devices.config import DevicesSection
+from gateway.vision.config import VisionSection
 
 
 class GatewaySection(Strict):
@@ -176,6 +177,7 @@ class GatewayConfig(Strict):
     downlink: DownlinkSection = DownlinkSection()
     logging: LoggingSection = LoggingSection()
     devices: DevicesSection = DevicesSection()
+    vision: VisionSection = VisionSection()
 
     @property
     def db_path(self) -> Path:

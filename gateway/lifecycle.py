@@ -34,15 +34,30 @@ class Service(Protocol):
 
 
 class Supervisor:
+    """Starts services in order and stops them in reverse.
+
+    A service that sets ``essential = False`` (the counter camera) may fail to start without
+    taking the rest down: alarms must keep flowing when a model file is damaged. Its failure
+    is logged and shown in health; any other start failure stops what was started and raises.
+    """
+
     def __init__(self, services: Sequence[Service]) -> None:
         self.services = list(services)
         self._started: list[Service] = []
+        self.failed: dict[str, str] = {}
 
     def start_all(self) -> None:
         for service in self.services:
             log.info("starting %s", service.name)
             try:
                 service.start()
+            except StartupError as exc:
+                if getattr(service, "essential", True):
+                    self.stop_all()
+                    raise
+                log.error("%s not started, the rest runs on: %s", service.name, exc)
+                self.failed[service.name] = str(exc)
+                continue
             except BaseException:
                 self.stop_all()
                 raise
@@ -64,7 +79,8 @@ class Supervisor:
         return [s.name for s in self._started if not s.healthy()]
 
     def health(self) -> dict[str, Any]:
-        return {s.name: s.health() for s in self._started}
+        failed = {name: {"state": "not started", "error": err} for name, err in self.failed.items()}
+        return {**failed, **{s.name: s.health() for s in self._started}}
 
 
 def _noop() -> None:

@@ -1,0 +1,342 @@
+"""Face stage benchmark: per-frame latency by stage, 1:N search, time to an accepted decision,
+peak memory, and a Raspberry Pi 4 projection. Prints markdown tables; reports medians (the
+machine is shared and noisy).
+
+    .venv/bin/python bench/vision.py [--frames 300] [--threads 1]
+
+Models come from $GATEWAY_MODELS_DIR (default ../shared/models), photos from ../shared/faces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime
+
+from gateway.vision.analyze import Analyzer, AnalyzerSettings
+from gateway.vision.camera import CameraReader, Frame, ImageFolder
+from gateway.vision.config import CameraSection, DecisionSection, VisionSection
+from gateway.vision.decide import Outcome, Policy
+from gateway.vision.embed import l2_normalise
+from gateway.vision.enroll import enrol
+from gateway.vision.gallery import Gallery, Snapshot
+from gateway.vision.images import decode_image, read_image
+from gateway.vision.models import Models, load_manifest
+from gateway.vision.pipeline import CounterPipeline
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MODELS_DIR = Path(os.environ.get("GATEWAY_MODELS_DIR") or SHARED / "models")
+FACES = SHARED / "faces"
+STAGES = ("decode", "detect", "quality", "align", "embed", "liveness", "search")
+# Published Raspberry Pi 4 timings (MODELS.md: opencv_zoo benchmark, OpenCV DNN, Cortex-A72)
+# against the same models' x86 single-thread timings measured for MODELS.md:
+PI4_SLOWER = {
+    # a MobileFaceNet-based 112x112 model: Pi 4 27.81 ms; MobileFaceNet here in cv2.dnn 6.7 ms
+    "MobileFaceNet-class": 27.81 / 6.7,
+    # YuNet 2023mar: Pi 4 6.23 ms at 160x120; x86 3.5 ms at 320x240 (4x the pixels)
+    "YuNet per pixel": 6.23 * 4 / 3.5,
+}
+# who is enrolled with which photo, and which other photo of them the camera shows
+SHOWN = {
+    "img20.jpg": "img21.jpg",
+    "img24.jpg": "img25.jpg",
+    "img18.jpg": "img19.jpg",
+    "img8.jpg": "img9.jpg",
+    "img16.jpg": "img17.jpg",
+}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def frame_jpeg(photo: Path) -> bytes:
+    """A real photo as a 640x480 camera frame (scaled into the frame, grey borders), JPEG."""
+    image = read_image(photo)
+    h, w = image.shape[:2]
+    factor = min(640 / w, 480 / h)
+    size = (round(w * factor), round(h * factor))
+    canvas = np.full((480, 640, 3), 96, np.uint8)
+    x, y = (640 - size[0]) // 2, (480 - size[1]) // 2
+    canvas[y : y + size[1], x : x + size[0]] = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return data.tobytes()
+
+
+def random_gallery(elders: int, templates: int, seed: int = 1) -> list[tuple[str, np.ndarray]]:
+    vectors = l2_normalise(
+        np.random.default_rng(seed).standard_normal((elders * templates, 128)).astype(np.float32)
+    )
+    return [(f"elder-{i // templates:06d}", v) for i, v in enumerate(vectors)]
+
+
+def open_gallery(folder: Path, model_id: str, rows: list[tuple[str, np.ndarray]]) -> Gallery:
+    gallery = Gallery.open(folder / "faces.db", folder / "faces.key", model_id, create=True)
+    by_elder: dict[str, list[np.ndarray]] = {}
+    for elder, vector in rows:
+        by_elder.setdefault(elder, []).append(vector)
+    gallery.add_many(by_elder.items())
+    return gallery
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: this process's peak resident memory (ru_maxrss would include the parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_frames(
+    models: Models, cfg: VisionSection, gallery: Gallery, count: int
+) -> dict[str, float]:
+    """Median per-frame milliseconds by stage, the pipeline total, and bare model time."""
+    photos = [FACES / "antispoof" / "image_T1.jpg"] + [
+        FACES / "deepface" / n for n in SHOWN.values()
+    ]
+    jpegs = [frame_jpeg(p) for p in photos]
+    pipeline = CounterPipeline(
+        Analyzer(models, AnalyzerSettings.from_config(cfg)),
+        gallery,
+        Policy.from_config(cfg.decision),
+        "bench",
+        models.model_ids(),
+    )
+    sessions = models.sessions()
+    stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
+    totals: list[float] = []
+    bare: list[float] = []
+    per_model: dict[str, list[float]] = {role: [] for role in sessions}
+    for i in range(count):
+        data = jpegs[i % len(jpegs)]
+        busy = {role: s.busy_s for role, s in sessions.items()}
+        start = time.perf_counter()
+        image = decode_image(data)
+        decoded = time.perf_counter()
+        pipeline.process(Frame(image, i / 15, i + 1, decoded - start))
+        totals.append((time.perf_counter() - start) * 1000)
+        for role, s in sessions.items():
+            per_model[role].append((s.busy_s - busy[role]) * 1000)
+        bare.append(sum(v[-1] for v in per_model.values()))
+        for stage in STAGES:
+            stage_ms[stage].append(pipeline.last_timings.get(stage, 0.0) * 1000)
+    out = {stage: median(v) for stage, v in stage_ms.items()}
+    out["total"] = median(totals)
+    out["bare"] = median(bare)
+    out.update({f"bare {role}": median(v) for role, v in per_model.items()})
+    out["faces"] = pipeline.counts["face"] / count
+    return out
+
+
+def bench_search(sizes: tuple[int, ...], repeats: int = 300) -> dict[int, float]:
+    probes = l2_normalise(
+        np.random.default_rng(9).standard_normal((repeats, 128)).astype(np.float32)
+    )
+    out = {}
+    for size in sizes:
+        snapshot = Snapshot.build(random_gallery(size, 1), 128)
+        times = []
+        for probe in probes:
+            start = time.perf_counter()
+            snapshot.search(probe, 3)
+            times.append((time.perf_counter() - start) * 1000)
+        out[size] = median(times)
+    return out
+
+
+class Onsets:
+    """A replay source that notes when each photo first comes into view."""
+
+    def __init__(self, source: ImageFolder) -> None:
+        self.source = source
+        self.name = source.name
+        self.paced = True
+        self.onsets: list[float] = []
+        self._showing = False
+
+    def open(self) -> None:
+        self.source.open()
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        image, decode_s = self.source.read()
+        face = image is not None and not np.all(image == image.flat[0])
+        if face and not self._showing:
+            self.onsets.append(time.monotonic())
+        self._showing = face
+        return image, decode_s
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def bench_time_to_accept(models: Models, cfg: VisionSection, loops: int) -> tuple[list[float], int]:
+    """Real time at 15 fps: from the first frame showing an enrolled face to its acceptance."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        analyzer = Analyzer(models, AnalyzerSettings.from_config(cfg))
+        gallery = Gallery.open(
+            folder / "faces.db",
+            folder / "faces.key",
+            models.manifest.recognizer.model_id,
+            create=True,
+        )
+        shown = folder / "camera"
+        shown.mkdir()
+        for enrolled, other in SHOWN.items():
+            enrol(
+                gallery,
+                analyzer,
+                f"elder-{enrolled}",
+                [FACES / "deepface" / enrolled],
+                rules=cfg.decision,
+            )
+            (shown / other).write_bytes((FACES / "deepface" / other).read_bytes())
+        camera = CameraSection(fps=15, replay_hold_s=1.5, replay_gap_s=1.0, replay_loop=True)
+        policy = Policy.from_config(cfg.decision.model_copy(update={"cooldown_s": 0.0}))
+        pipeline = CounterPipeline(analyzer, gallery, policy, "bench", models.model_ids())
+        source = Onsets(ImageFolder(shown, camera))
+        reader = CameraReader(source, camera)
+        latencies: list[float] = []
+        decisions = 0
+        reader.start()
+        deadline = time.monotonic() + loops * len(SHOWN) * 2.5 + 2
+        try:
+            while time.monotonic() < deadline:
+                frame = reader.next_frame(timeout=0.2)
+                events = pipeline.process(frame) if frame else pipeline.idle(reader.now())
+                for event in events:
+                    decisions += 1
+                    if event.decision.outcome is Outcome.ACCEPTED and source.onsets:
+                        latencies.append((time.monotonic() - source.onsets[-1]) * 1000)
+        finally:
+            reader.stop()
+        return latencies, decisions
+
+
+def rss_child(threads: int) -> None:
+    """Peak RSS with every model loaded, 5,000 elders (3 templates each) decrypted into memory,
+    and frames analysed; printed in MB. Run in its own process so nothing else counts."""
+    cfg = VisionSection(models_dir=MODELS_DIR, threads=threads)
+    base = peak_rss_mb()
+    models = Models.open(MODELS_DIR, load_manifest(), threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        built = open_gallery(
+            Path(tmp), models.manifest.recognizer.model_id, random_gallery(5000, 3)
+        )
+        del built
+        gallery = Gallery.open(
+            Path(tmp) / "faces.db", Path(tmp) / "faces.key", models.manifest.recognizer.model_id
+        )
+        assert gallery.report.elders == 5000 and gallery.report.templates == 15000
+        bench_frames(models, cfg, gallery, 50)
+    print(f"{base:.0f} {peak_rss_mb():.0f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1, help="threads per inference")
+    parser.add_argument("--accept-loops", type=int, default=3)
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.threads)
+        return 0
+    cfg = VisionSection(models_dir=MODELS_DIR, threads=args.threads)
+    models = Models.open(MODELS_DIR, load_manifest(), args.threads)
+
+    print("# Face stage benchmark\n")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"Machine: {cpu}, {os.cpu_count()} cores (shared), Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}; "
+        f"{args.threads} thread(s) per inference; medians.\n"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gallery = open_gallery(
+            Path(tmp), models.manifest.recognizer.model_id, random_gallery(5000, 1)
+        )
+        frame = bench_frames(models, cfg, gallery, args.frames)
+    print(f"## Per frame, 640x480 ({args.frames} frames of real photos, gallery of 5,000)\n")
+    print("| stage | ms |\n|---|---:|")
+    for stage in STAGES:
+        print(f"| {stage} | {frame[stage]:.2f} |")
+    overhead = frame["total"] / frame["bare"] - 1
+    without_decode = (frame["total"] - frame["decode"]) / frame["bare"] - 1
+    print(f"| **pipeline total** | **{frame['total']:.2f}** |")
+    parts = ", ".join(f"{r[5:]} {v:.2f}" for r, v in frame.items() if r.startswith("bare "))
+    print(f"| bare model inference, same run ({parts}) | {frame['bare']:.2f} |")
+    print(f"| overhead of the pipeline over bare inference | {overhead * 100:.1f} % |")
+    print(
+        f"| the same without JPEG decode (a live camera decodes on the reader thread) | "
+        f"{without_decode * 100:.1f} % |\n"
+    )
+
+    search = bench_search((1_000, 10_000, 50_000))
+    print("## 1:N search (top 3 and runner-up, one matrix product)\n")
+    print("| templates | ms |\n|---:|---:|")
+    for size, ms in search.items():
+        print(f"| {size:,} | {ms:.3f} |")
+    print()
+
+    latencies, decisions = bench_time_to_accept(models, cfg, args.accept_loops)
+    policy = DecisionSection()
+    print(f"## Time to an accepted decision, 15 fps, k={policy.k} of n={policy.n}\n")
+    print(
+        f"{len(latencies)} acceptances of {decisions} decisions; from the first frame showing "
+        f"an enrolled face to the decision: median {median(latencies):.0f} ms, "
+        f"max {max(latencies, default=float('nan')):.0f} ms.\n"
+    )
+
+    child = subprocess.run(
+        [sys.executable, __file__, "--rss-child", "--threads", str(args.threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    base_mb, peak_mb = (float(x) for x in child.stdout.split())
+    print("## Memory\n")
+    print(
+        f"Peak RSS with all four models loaded, 5,000 elders x 3 templates decrypted into "
+        f"memory and 50 frames analysed: **{peak_mb:.0f} MB** (the interpreter with its "
+        f"imports alone: {base_mb:.0f} MB).\n"
+    )
+
+    print("## Raspberry Pi 4 (projection, not a measurement)\n")
+    print(
+        "Scaled from this run by the ratio of published Pi 4 timings to x86 timings of the "
+        "same model class (MODELS.md); onnxruntime on ARM may differ from OpenCV DNN, which "
+        "the published figures used.\n"
+    )
+    print("| basis | Pi 4 / x86 | frame total | frames/s | time to accept |")
+    print("|---|---:|---:|---:|---:|")
+    for basis, ratio in PI4_SLOWER.items():
+        total = frame["total"] * ratio
+        fps = min(15.0, 1000 / total)
+        accept = (policy.k - 1) * 1000 / fps + total
+        print(f"| {basis} | {ratio:.1f}x | {total:.0f} ms | {fps:.1f} | ~{accept:.0f} ms |")
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""One image or frame in, the subject's face analysed: detection, quality, alignment,
+embedding, liveness, each timed. Shared by the counter pipeline, enrolment and evaluation so
+that all three see faces exactly the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from gateway.vision.align import align
+from gateway.vision.config import VisionSection
+from gateway.vision.detect import Face, RetinaFaceDetector
+from gateway.vision.embed import Embedder
+from gateway.vision.liveness import LivenessChecker, LivenessResult
+from gateway.vision.models import Models
+from gateway.vision.quality import Quality, QualityLimits, crop_gate, geometry_gate, pick_subject
+
+AnalysisKind = Literal["face", "poor_quality", "no_face", "multiple_faces"]
+
+
+@dataclass(frozen=True)
+class AnalyzerSettings:
+    detector_input_side: int
+    detector_score: float
+    limits: QualityLimits
+
+    @classmethod
+    def from_config(cls, section: VisionSection) -> AnalyzerSettings:
+        return cls(
+            section.detector_input_side,
+            section.detector_score,
+            QualityLimits.from_config(section.quality),
+        )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    kind: AnalysisKind
+    faces: int
+    face: Face | None = None
+    quality: Quality | None = None
+    embedding: np.ndarray | None = None
+    liveness: LivenessResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    ambiguous: bool = False
+
+    @property
+    def gate_reason(self) -> str | None:
+        """What the counter's gates say about this face (also when analysed without them)."""
+        if self.kind != "face":
+            return self.reason
+        if self.ambiguous:
+            return "multiple_faces"
+        return self.quality.reason if self.quality is not None else None
+
+    @property
+    def reason(self) -> str | None:
+        if self.kind == "poor_quality" and self.quality is not None:
+            return self.quality.reason
+        return None if self.kind == "face" else self.kind
+
+
+class Analyzer:
+    def __init__(self, models: Models, settings: AnalyzerSettings) -> None:
+        m = models.manifest
+        self.settings = settings
+        self.detector = RetinaFaceDetector(
+            models.detector,
+            m.detector,
+            input_side=settings.detector_input_side,
+            score_threshold=settings.detector_score,
+        )
+        self.embedder = Embedder(models.recognizer, m.recognizer)
+        self.liveness = LivenessChecker(
+            [(models.antispoof_v2, m.antispoof_v2), (models.antispoof_v1se, m.antispoof_v1se)]
+        )
+
+    def analyze(self, image: np.ndarray, *, gate: bool = True, live: bool = True) -> Analysis:
+        """Analyse the subject face. With ``gate`` off (evaluation) the subject is embedded
+        even when the frame is ambiguous or of poor quality."""
+        timings: dict[str, float] = {}
+        clock = time.perf_counter
+        start = clock()
+        faces = self.detector.detect(image)
+        timings["detect"] = clock() - start
+
+        start = clock()
+        subject = pick_subject(faces, image.shape[1], image.shape[0], self.settings.limits)
+        if subject.face is None:
+            timings["quality"] = clock() - start
+            return Analysis("no_face", 0, timings=timings)
+        face = subject.face
+        if gate and subject.ambiguous:
+            timings["quality"] = clock() - start
+            return Analysis("multiple_faces", len(faces), face, timings=timings)
+        geometry = geometry_gate(face, self.settings.limits)
+        timings["quality"] = clock() - start
+        if gate and not geometry.ok:
+            liveness = self._liveness(image, face, geometry, live, timings)
+            return Analysis("poor_quality", len(faces), face, geometry, None, liveness, timings)
+
+        start = clock()
+        aligned = align(image, face.landmarks)
+        timings["align"] = clock() - start
+
+        start = clock()
+        quality = crop_gate(geometry, aligned, self.settings.limits)
+        timings["quality"] += clock() - start
+        if gate and not quality.ok:
+            liveness = self._liveness(image, face, quality, live, timings)
+            return Analysis("poor_quality", len(faces), face, quality, None, liveness, timings)
+
+        start = clock()
+        embedding = self.embedder.embed(aligned)
+        timings["embed"] = clock() - start
+
+        liveness = self._liveness(image, face, quality, live, timings)
+        return Analysis(
+            "face", len(faces), face, quality, embedding, liveness, timings, subject.ambiguous
+        )
+
+    def _liveness(
+        self,
+        image: np.ndarray,
+        face: Face,
+        quality: Quality,
+        live: bool,
+        timings: dict[str, float],
+    ) -> LivenessResult | None:
+        """Also for faces the gates refuse (unless too small to judge): a printed photo is
+        often held tilted, and staff should hear "spoof", not just "no usable face"."""
+        if not live or quality.reason == "too_small":
+            return None
+        start = time.perf_counter()
+        result = self.liveness.check(image, face.box)
+        timings["liveness"] = time.perf_counter() - start
+        return result

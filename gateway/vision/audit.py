@@ -1,0 +1,80 @@
+"""Audit frames: off by default. When a site turns the option on, the frame each decision was
+made on is kept, encrypted with a key derived from the face data key, for a limited time.
+
+Nothing else of the camera stream is ever written. Frames are named by the decision's event id
+so staff reviewing a disputed meal can find exactly one picture, and nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.vision.errors import GalleryError
+from gateway.vision.keys import derive, read_key
+
+log = logging.getLogger(__name__)
+
+PURPOSE = "audit-frames-v1"
+SUFFIX = ".frame"
+NONCE = 12
+
+
+class AuditFrames:
+    def __init__(self, folder: Path, key_path: Path, retention_days: float) -> None:
+        self.folder = folder
+        self.retention_s = retention_days * 86_400
+        self._aead = AESGCM(derive(read_key(key_path), PURPOSE))
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.kept = 0
+        self.purged = 0
+
+    def _path(self, event_id: str) -> Path:
+        if not event_id.replace("-", "").isalnum():
+            raise ValueError(f"not an event id: {event_id!r}")
+        return self.folder / f"{event_id}{SUFFIX}"
+
+    def keep(self, event_id: str, image: np.ndarray) -> None:
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise ValueError("frame could not be encoded")
+        nonce = os.urandom(NONCE)
+        blob = nonce + self._aead.encrypt(nonce, jpeg.tobytes(), event_id.encode())
+        target = self._path(event_id)
+        partial = target.with_suffix(".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.replace(partial, target)
+        self.kept += 1
+
+    def export(self, event_id: str) -> bytes:
+        """The JPEG of one decision, for a person entitled to review it."""
+        blob = self._path(event_id).read_bytes()
+        try:
+            return self._aead.decrypt(blob[:NONCE], blob[NONCE:], event_id.encode())
+        except InvalidTag:
+            raise GalleryError(f"audit frame {event_id}: wrong key or damaged file") from None
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete frames older than the retention period; returns how many."""
+        cutoff = (time.time() if now is None else now) - self.retention_s
+        removed = 0
+        for path in self.folder.glob(f"*{SUFFIX}"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("audit: %d frames past retention deleted", removed)
+        self.purged += removed
+        return removed

@@ -1,0 +1,68 @@
+"""Threshold arithmetic over similarity scores: pure functions, no models, no files.
+
+Conventions: a comparison "matches" when its score is at or above the threshold; a rate
+threshold is the lowest value whose rate does not exceed the target, so the recommended
+threshold errs on the side of false rejections, never false accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def threshold_at_rate(impostor: np.ndarray, rate: float) -> float:
+    """Lowest threshold at which at most ``rate`` of the impostor scores match.
+
+    With fewer than 1/rate scores this is just above the highest impostor score: the data
+    cannot show a rate that small, and the answer says so by being the strictest possible.
+    """
+    if impostor.size == 0:
+        return -1.0
+    allowed = math.floor(rate * impostor.size + 1e-9)
+    if allowed >= impostor.size:
+        return float(impostor.min())
+    ranked = np.sort(impostor)[::-1]
+    return float(np.nextafter(ranked[allowed], np.inf))
+
+
+def best_accuracy_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """Threshold with the highest pair accuracy (midway between neighbouring scores)."""
+    order = np.argsort(scores)
+    s, y = scores[order].astype(np.float64), same[order]
+    # threshold just above s[i]: pairs 0..i rejected, i+1.. accepted
+    genuine_rejected = np.cumsum(y)
+    impostor_rejected = np.cumsum(~y)
+    correct = impostor_rejected + (y.sum() - genuine_rejected)
+    correct = np.concatenate([[y.sum()], correct])
+    best = int(np.argmax(correct))
+    if best == 0:
+        return float(s[0] - 1e-6)
+    if best == len(s):
+        return float(s[-1] + 1e-6)
+    return float((s[best - 1] + s[best]) / 2)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    accuracy: float
+    threshold: float
+
+
+def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> list[FoldResult]:
+    """Per fold: accuracy on it at the threshold chosen on all the other folds."""
+    results = []
+    for fold in np.unique(folds):
+        train = folds != fold
+        t = best_accuracy_threshold(scores[train], same[train])
+        test = ~train
+        accuracy = float(np.mean((scores[test] >= t) == same[test]))
+        results.append(FoldResult(accuracy, t))
+    return results
+
+
+def round_up(value: float, step: float = 0.01) -> float:
+    """Round a threshold up to ``step`` (never down: a rounded threshold stays as safe)."""
+    return round(math.ceil(value / step - 1e-9) * step, 10)

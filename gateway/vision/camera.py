@@ -1,0 +1,411 @@
+"""Frame sources and the reader that keeps only the newest frame.
+
+Sources: a V4L2 device (USB camera), an RTSP URL, a video file, or a folder of photos replayed
+as frames (each photo held in view for a while, then an empty scene, as if people stepped up
+to the counter one after another). The reader thread drains the source continuously and keeps
+only the latest frame: when analysis is slower than the camera, old frames are dropped rather
+than queued, so a decision is never made on what happened seconds ago. A lost camera (unplugged,
+network down, driver hang) is reopened with exponential backoff; the state goes to health.
+
+``Lockstep`` is the deterministic alternative for replays: every frame is analysed and frame
+times are synthetic (frame number / fps), so the same photos give the same decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+
+from gateway.vision.config import CameraSection
+from gateway.vision.errors import BadImage, VisionError
+from gateway.vision.images import IMAGE_SUFFIXES, as_bgr8, fit_within, read_image
+
+log = logging.getLogger(__name__)
+
+EMPTY_GREY = 96
+
+
+class CameraError(VisionError):
+    """The source cannot be opened (now); the reader will try again."""
+
+
+class EndOfStream(Exception):
+    """A finite source (video file, photo folder without loop) has no more frames."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray
+    t: float
+    seq: int
+    decode_s: float = 0.0
+
+
+class FrameSource(Protocol):
+    name: str
+    paced: bool  # the reader must wait 1/fps between reads (files); live cameras block instead
+
+    def open(self) -> None: ...
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        """(frame or None on a failed read, seconds spent decoding)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class OpenCVCapture:
+    """V4L2 device, RTSP/HTTP stream or video file through ``cv2.VideoCapture``."""
+
+    def __init__(self, target: str | int, backend: int, cfg: CameraSection, paced: bool) -> None:
+        self.target = target
+        self.backend = backend
+        self.cfg = cfg
+        self.paced = paced
+        self.name = _safe_name(target)
+        self._cap: cv2.VideoCapture | None = None
+
+    def open(self) -> None:
+        cap = cv2.VideoCapture(self.target, self.backend)
+        if not cap.isOpened():
+            cap.release()
+            raise CameraError(f"cannot open camera {self.name}")
+        if isinstance(self.target, int) or str(self.target).startswith("/dev/"):
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height)
+            cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        self._cap = cap
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        cap = self._cap
+        if cap is None:
+            return None, 0.0
+        if not cap.grab():
+            if self.paced:
+                raise EndOfStream(self.name)
+            return None, 0.0
+        start = time.perf_counter()
+        ok, frame = cap.retrieve()
+        return (frame if ok else None), time.perf_counter() - start
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class ImageFolder:
+    """Photos replayed as frames: each held for ``hold_s``, then ``gap_s`` of empty scene.
+    Photos larger than the camera's frame are shrunk to fit it, as a camera would show them."""
+
+    paced = True
+
+    def __init__(self, folder: Path, cfg: CameraSection) -> None:
+        fps, hold_s, gap_s = cfg.fps, cfg.replay_hold_s, cfg.replay_gap_s
+        self.max_side = max(cfg.width, cfg.height)
+        self.folder = folder
+        self.name = f"folder:{folder.name}"
+        self.hold = max(1, round(hold_s * fps))
+        self.gap = round(gap_s * fps)
+        self.loop = cfg.replay_loop
+        self.files: list[Path] = []
+        self._plan: list[Path | None] = []
+        self._pos = 0
+        self._cache: tuple[Path, np.ndarray | None] | None = None
+        self._shape: tuple[int, ...] = (480, 640, 3)
+        self.bad_files = 0
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise CameraError(f"{self.folder}: not a folder")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise CameraError(f"{self.folder}: no photos")
+        self._plan = []
+        for f in self.files:
+            self._plan += [f] * self.hold + [None] * self.gap
+        self._pos = 0
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        if self._pos >= len(self._plan):
+            if not self.loop:
+                raise EndOfStream(self.name)
+            self._pos = 0
+        item = self._plan[self._pos]
+        self._pos += 1
+        if item is None:
+            return np.full(self._shape, EMPTY_GREY, dtype=np.uint8), 0.0
+        if self._cache is not None and self._cache[0] == item:
+            return self._cache[1], 0.0
+        start = time.perf_counter()
+        image: np.ndarray | None = None
+        try:
+            image = fit_within(read_image(item), self.max_side)
+            self._shape = image.shape
+        except BadImage as exc:
+            self.bad_files += 1
+            log.warning("replay: %s is not a usable photo: %s", item.name, exc.reason)
+        self._cache = (item, image)
+        return image, time.perf_counter() - start
+
+    def close(self) -> None:
+        self._cache = None
+
+
+def _safe_name(target: str | int) -> str:
+    """A name for logs and health that never carries stream credentials."""
+    text = str(target)
+    parts = urlsplit(text)
+    if parts.scheme and parts.hostname:
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+    return text
+
+
+def open_source(spec: str, cfg: CameraSection) -> FrameSource:
+    """Pick the source kind from the spec: device, stream URL, folder, or video file."""
+    if spec.isdigit():
+        return OpenCVCapture(int(spec), cv2.CAP_V4L2, cfg, paced=False)
+    if spec.startswith("/dev/video"):
+        return OpenCVCapture(spec, cv2.CAP_V4L2, cfg, paced=False)
+    if urlsplit(spec).scheme in ("rtsp", "rtsps", "http", "https"):
+        return OpenCVCapture(spec, cv2.CAP_FFMPEG, cfg, paced=False)
+    path = Path(spec)
+    if path.is_dir():
+        return ImageFolder(path, cfg)
+    if path.is_file():
+        return OpenCVCapture(spec, cv2.CAP_FFMPEG, cfg, paced=True)
+    raise CameraError(f"camera source {spec!r}: no such device, folder, file or stream URL")
+
+
+def open_feed(cfg: CameraSection, spec: str | None = None, realtime: bool = True) -> FrameFeed:
+    """Live cameras always get a reader thread; files and folders may replay in lockstep."""
+    source = open_source(spec or cfg.source or "", cfg)
+    if not realtime and source.paced:
+        return Lockstep(source, cfg.fps)
+    return CameraReader(source, cfg)
+
+
+class FrameFeed(Protocol):
+    ended: bool
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def next_frame(self, timeout: float) -> Frame | None: ...
+
+    def now(self) -> float: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class CameraStats:
+    frames: int = 0
+    failed_reads: int = 0
+    bad_frames: int = 0
+    dropped: int = 0
+    reopens: int = 0
+
+    def usable(self, raw: np.ndarray | None) -> np.ndarray | None:
+        """The frame as 8-bit BGR, or None after counting why it is not usable."""
+        if raw is None:
+            self.failed_reads += 1
+            return None
+        try:
+            image = as_bgr8(raw)
+        except BadImage:
+            self.bad_frames += 1
+            return None
+        self.frames += 1
+        return image
+
+
+class Lockstep:
+    """Every frame of a (finite) source, in order, stamped at ``seq / fps``: for replays."""
+
+    def __init__(self, source: FrameSource, fps: float) -> None:
+        self.source = source
+        self.fps = fps
+        self.ended = False
+        self.stats = CameraStats()
+        self._seq = 0
+        self.state = "stopped"
+
+    def start(self) -> None:
+        self.source.open()
+        self.state = "streaming"
+
+    def stop(self) -> None:
+        self.source.close()
+        if not self.ended:
+            self.state = "stopped"
+
+    def now(self) -> float:
+        return self._seq / self.fps
+
+    def next_frame(self, timeout: float) -> Frame | None:
+        while not self.ended:
+            try:
+                raw, decode_s = self.source.read()
+            except EndOfStream:
+                self.ended = True
+                self.state = "ended"
+                return None
+            self._seq += 1
+            image = self.stats.usable(raw)
+            if image is not None:
+                return Frame(image, self._seq / self.fps, self._seq, decode_s)
+        return None
+
+    def health(self) -> dict[str, Any]:
+        return {"source": self.source.name, "state": self.state, **vars(self.stats)}
+
+
+class CameraReader:
+    """Reads on its own thread, keeps only the newest frame, reopens a lost camera."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        cfg: CameraSection,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.cfg = cfg
+        self.clock = clock
+        self.state = "stopped"
+        self.ended = False
+        self.stats = CameraStats()
+        self.last_error: str | None = None
+        self._latest: Frame | None = None
+        self._taken = 0
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_frame_at = 0.0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="camera-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.source.close()
+        if not self.ended:
+            self.state = "stopped"
+
+    def now(self) -> float:
+        return self.clock()
+
+    def next_frame(self, timeout: float) -> Frame | None:
+        """The newest frame not yet taken, waiting up to ``timeout``; older ones are dropped."""
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: (self._latest is not None and self._latest.seq > self._taken) or self.ended,
+                timeout,
+            ):
+                return None
+            frame = self._latest
+            if frame is None or frame.seq <= self._taken:
+                return None
+            self.stats.dropped += frame.seq - self._taken - 1
+            self._taken = frame.seq
+            return frame
+
+    def health(self) -> dict[str, Any]:
+        age = self.clock() - self._last_frame_at if self._last_frame_at else None
+        return {
+            "source": self.source.name,
+            "state": self.state,
+            "last_frame_age_s": None if age is None else round(age, 2),
+            "last_error": self.last_error,
+            **vars(self.stats),
+        }
+
+    # ---- the reader thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self.cfg.reopen_min_s
+        while not self._stop.is_set():
+            self.state = "opening"
+            try:
+                self.source.open()
+            except CameraError as exc:
+                self._lost(str(exc))
+                if self._stop.wait(delay):
+                    break
+                delay = min(delay * 2, self.cfg.reopen_max_s)
+                self.stats.reopens += 1
+                continue
+            self.state = "streaming"
+            self._last_frame_at = self.clock()
+            outcome = self._stream()
+            self.source.close()
+            if outcome == "ended":
+                self.state = "ended"
+                with self._cond:
+                    self.ended = True
+                    self._cond.notify_all()
+                return
+            if outcome == "streamed":
+                delay = self.cfg.reopen_min_s
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, self.cfg.reopen_max_s)
+            self.stats.reopens += 1
+
+    def _lost(self, why: str) -> None:
+        if self.state != "lost":
+            log.warning("camera %s lost: %s", self.source.name, why)
+        self.state = "lost"
+        self.last_error = why
+
+    def _stream(self) -> str:
+        """Read until stopped, ended or stalled; 'streamed' if at least one frame arrived."""
+        interval = 1.0 / self.cfg.fps
+        got_any = False
+        while not self._stop.is_set():
+            started = self.clock()
+            try:
+                raw, decode_s = self.source.read()
+            except EndOfStream:
+                return "ended"
+            image = self.stats.usable(raw)
+            if raw is None:
+                if self.clock() - self._last_frame_at > self.cfg.stall_s:
+                    self._lost(f"no frame for {self.cfg.stall_s:g} s")
+                    return "streamed" if got_any else "stalled"
+                self._stop.wait(min(interval, 0.05))
+                continue
+            if image is None:
+                continue
+            got_any = True
+            self._publish(image, decode_s)
+            if self.source.paced:
+                self._stop.wait(max(0.0, interval - (self.clock() - started)))
+        return "streamed"
+
+    def _publish(self, image: np.ndarray, decode_s: float) -> None:
+        now = self.clock()
+        with self._cond:
+            self._seq += 1
+            self._latest = Frame(image, now, self._seq, decode_s)
+            self._last_frame_at = now
+            self._cond.notify_all()

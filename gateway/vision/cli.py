@@ -1,0 +1,297 @@
+"""Commands of the face stage: models, enroll, gallery, eval, identify, audit.
+
+Light module: OpenCV and onnxruntime are imported inside the handlers, so ``gateway --help``
+and the other stages' commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import ConfigFileError, GatewayConfig, load_config
+from gateway.lifecycle import StartupError
+from gateway.vision.errors import VisionError
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_CONFIG = 2
+EXIT_FLAGGED = 3
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(args.config).config
+
+
+def _guard(handler: Any) -> Any:
+    """Turn the errors a user can act on into a message and an exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result: int = handler(args)
+        except ConfigFileError as exc:
+            print(f"configuration error:\n{exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except (VisionError, StartupError, ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        return result
+
+    return run
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    from gateway.vision.models import load_manifest, resolve_models_dir, verify
+
+    vision = _config(args).vision
+    models_dir = args.models_dir or resolve_models_dir(vision.models_dir)
+    checks = verify(models_dir, load_manifest(vision.manifest))
+    for c in checks:
+        status = "ok" if c.ok else f"BAD: {c.problem}"
+        print(f"{c.role:15} {c.spec.model_id:36} {c.path}: {status}")
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAIL
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from gateway.vision.models import fetch, load_manifest, resolve_models_dir
+
+    vision = _config(args).vision
+    models_dir = args.models_dir or resolve_models_dir(vision.models_dir)
+    results = fetch(args.source, models_dir, load_manifest(vision.manifest))
+    for r in results:
+        print(f"{r.role:15} {r.file:36} {r.action}{': ' + r.detail if r.detail else ''}")
+    return EXIT_OK if all(r.action != "failed" for r in results) else EXIT_FAIL
+
+
+# ---- enrolment and gallery ------------------------------------------------------------------
+
+
+def _open_gallery(cfg: GatewayConfig, create: bool) -> Any:
+    from gateway.vision.gallery import Gallery
+    from gateway.vision.models import load_manifest
+
+    vision, data_dir = cfg.vision, cfg.gateway.data_dir
+    manifest = load_manifest(vision.manifest)
+    return Gallery.open(
+        vision.gallery.db_path(data_dir),
+        vision.gallery.key_path(data_dir),
+        manifest.recognizer.model_id,
+        create=create,
+    )
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from gateway.vision.analyze import Analyzer, AnalyzerSettings
+    from gateway.vision.enroll import enrol, folder_photos
+    from gateway.vision.models import Models, load_manifest, resolve_models_dir
+    from gateway.vision.progress import Progress
+
+    cfg = _config(args)
+    vision = cfg.vision
+    if args.folder is not None:
+        jobs = folder_photos(args.folder)
+    elif args.elder and args.photos:
+        jobs = [(args.elder, list(args.photos))]
+    else:
+        print("give --elder ID PHOTOS... or --folder DIR", file=sys.stderr)
+        return EXIT_CONFIG
+    manifest = load_manifest(vision.manifest)
+    models = Models.open(resolve_models_dir(vision.models_dir), manifest, vision.threads)
+    analyzer = Analyzer(models, AnalyzerSettings.from_config(vision))
+    gallery = _open_gallery(cfg, create=True)
+    progress = Progress(len(jobs), "enrolling") if len(jobs) > 1 else None
+    counts = {"enrolled": 0, "refused": 0, "flagged": 0}
+    for done, (elder, photos) in enumerate(jobs, start=1):
+        result = enrol(
+            gallery,
+            analyzer,
+            elder,
+            photos,
+            rules=vision.decision,
+            allow_similar=args.allow_similar,
+        )
+        counts[result.status] += 1
+        if progress is None or result.status != "enrolled" or args.verbose:
+            if progress is not None and progress.tty:
+                print(file=sys.stderr)
+            print(f"{elder}: {result.status}: {result.message}")
+            for v in result.photos:
+                verdict = "ok" if v.ok else f"refused: {v.reason}"
+                print(f"  {v.path.name}: {verdict}{' (' + v.detail + ')' if v.detail else ''}")
+        if progress is not None:
+            progress(done)
+    if len(jobs) > 1:
+        print(", ".join(f"{n} {k}" for k, n in counts.items()))
+    return EXIT_OK if counts["refused"] == counts["flagged"] == 0 else EXIT_FLAGGED
+
+
+def cmd_gallery_stats(args: argparse.Namespace) -> int:
+    gallery = _open_gallery(_config(args), create=False)
+    report = gallery.report
+    print(f"gallery    {gallery.db_path}")
+    print(f"model      {gallery.model_id}")
+    print(f"elders     {report.elders}    templates {report.templates}")
+    print(f"unusable   {report.undecryptable} fail to decrypt, {report.other_model} other model")
+    if report.key_mismatch:
+        print("KEY MISMATCH: the key file is not the one this gallery was written with")
+    print(f"confusable {len(gallery.confusables())} pairs")
+    return EXIT_FAIL if report.key_mismatch or report.undecryptable else EXIT_OK
+
+
+def cmd_gallery_remove(args: argparse.Namespace) -> int:
+    gallery = _open_gallery(_config(args), create=False)
+    removed = gallery.remove(args.elder)
+    print(f"{args.elder}: {removed} template(s) erased")
+    return EXIT_OK if removed else EXIT_FAIL
+
+
+def cmd_gallery_confusable(args: argparse.Namespace) -> int:
+    for pair in _open_gallery(_config(args), create=False).confusables():
+        print(f"{pair.elder_a}\t{pair.elder_b}\t{pair.score:.3f}")
+    return EXIT_OK
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from gateway.vision.report import run_eval
+
+    report = run_eval(
+        _config(args).vision,
+        faces=args.faces,
+        pairs=args.pairs,
+        errata=args.errata,
+        gallery_size=args.n,
+        target_fpir=args.fpir,
+        templates=args.templates,
+        jobs=args.jobs,
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return EXIT_OK
+
+
+# ---- live identification and audit ----------------------------------------------------------
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from gateway.vision.pipeline import DecisionEvent
+    from gateway.vision.service import VisionService
+
+    cfg = _config(args)
+    camera = cfg.vision.camera.model_copy(
+        update={"source": args.camera, **({"fps": args.fps} if args.fps else {})}
+    )
+    vision = cfg.vision.model_copy(update={"camera": camera})
+
+    def show(decision: DecisionEvent) -> None:
+        line = {"event_id": decision.event.event_id, **decision.event.data}
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+
+    service = VisionService(
+        vision, cfg.gateway.data_dir, None, realtime=not args.lockstep, listeners=[show]
+    )
+    service.start()
+    try:
+        service.wait(args.seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+    print(json.dumps({"health": service.health()}, default=str), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from gateway.vision.audit import AuditFrames
+
+    cfg = _config(args)
+    audit = cfg.vision.audit
+    frames = AuditFrames(
+        audit.path(cfg.gateway.data_dir),
+        cfg.vision.gallery.key_path(cfg.gateway.data_dir),
+        audit.retention_days,
+    )
+    args.out.write_bytes(frames.export(args.event_id))
+    print(f"{args.out}: decision frame of {args.event_id}")
+    return EXIT_OK
+
+
+# ---- registration ----------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", type=Path, help="gateway TOML config")
+
+    p = sub.add_parser("models", help="check or install the face models")
+    models = p.add_subparsers(dest="models_cmd", required=True)
+    s = models.add_parser("verify", help="check model files against models/manifest.toml")
+    config(s)
+    s.add_argument("--models-dir", type=Path)
+    s.set_defaults(func=_guard(cmd_models_verify))
+    s = models.add_parser("fetch", help="install model files from a folder or base URL")
+    config(s)
+    s.add_argument("--from", dest="source", required=True, metavar="DIR|URL")
+    s.add_argument("--models-dir", type=Path)
+    s.set_defaults(func=_guard(cmd_models_fetch))
+
+    p = sub.add_parser("enroll", help="enrol an elder's face from photos")
+    config(p)
+    p.add_argument("--elder", help="the elder's id (from the platform)")
+    p.add_argument("photos", nargs="*", type=Path)
+    p.add_argument("--folder", type=Path, help="bulk: one sub-folder of photos per elder id")
+    p.add_argument(
+        "--allow-similar", action="store_true", help="staff confirm a look-alike (twins)"
+    )
+    p.add_argument("--verbose", "-v", action="store_true", help="every photo's verdict")
+    p.set_defaults(func=_guard(cmd_enroll))
+
+    p = sub.add_parser("gallery", help="inspect or erase enrolled faces")
+    gallery = p.add_subparsers(dest="gallery_cmd", required=True)
+    s = gallery.add_parser("stats", help="elders, templates, unreadable rows")
+    config(s)
+    s.set_defaults(func=_guard(cmd_gallery_stats))
+    s = gallery.add_parser("remove", help="erase an elder's templates")
+    config(s)
+    s.add_argument("--elder", required=True)
+    s.set_defaults(func=_guard(cmd_gallery_remove))
+    s = gallery.add_parser("confusable", help="the register of look-alike elder pairs")
+    config(s)
+    s.set_defaults(func=_guard(cmd_gallery_confusable))
+
+    p = sub.add_parser("eval", help="accuracy and thresholds on a labelled folder of faces")
+    config(p)
+    p.add_argument("--faces", type=Path, required=True, help="one sub-folder per person")
+    p.add_argument("--pairs", type=Path, help="LFW pairs.txt or a file_x,file_y,Decision CSV")
+    p.add_argument("--errata", type=Path, help="label corrections (same A B / exclude PHOTO)")
+    p.add_argument("--n", type=int, default=1000, help="the site's number of elders")
+    p.add_argument("--fpir", type=float, default=1e-3, help="target false positive rate")
+    p.add_argument("--templates", type=int, default=1, help="photos enrolled per person")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_eval))
+
+    p = sub.add_parser("identify", help="print the counter's decisions live, as JSON lines")
+    config(p)
+    p.add_argument("--camera", required=True, help="/dev/videoN, N, rtsp://..., file or folder")
+    p.add_argument("--fps", type=float, help="frame rate (replays)")
+    p.add_argument(
+        "--lockstep", action="store_true", help="replays: analyse every frame, as fast as possible"
+    )
+    p.add_argument("--seconds", type=float, help="stop after this long")
+    p.set_defaults(func=_guard(cmd_identify))
+
+    p = sub.add_parser("audit", help="decision frames kept by the audit option")
+    audit = p.add_subparsers(dest="audit_cmd", required=True)
+    s = audit.add_parser("export", help="write one decision's frame as a JPEG")
+    config(s)
+    s.add_argument("event_id")
+    s.add_argument("out", type=Path)
+    s.set_defaults(func=_guard(cmd_audit_export))

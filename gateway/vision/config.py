@@ -1,0 +1,139 @@
+"""The ``[vision]`` section: camera, models, gates, decision policy, gallery and audit.
+
+Only pydantic here: the config is loaded by every command, the face stage's heavy imports
+(OpenCV, onnxruntime) happen only where it runs.
+
+Thresholds are for the recognizer in ``models/manifest.toml``; they are what
+``gateway eval --faces lfw-dev --errata eval/lfw-dev-errata.txt`` recommends for an FPIR of
+1e-3 with 1,000 enrolled elders (see docs/faces.md). A site with many more elders, or another
+recognizer, should run ``gateway eval`` on its own photos and set them here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from gateway.configfile import Strict
+
+
+class CameraSection(Strict):
+    source: str | None = Field(
+        None,
+        description="V4L2 device (/dev/video0 or 0), rtsp:// URL, video file, or a folder of "
+        "photos replayed as frames. None: no camera, the face stage does not run.",
+    )
+    id: str = Field("counter-1", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Camera id.")
+    width: int = Field(640, ge=160, le=3840)
+    height: int = Field(480, ge=120, le=2160)
+    fps: float = Field(15.0, gt=0, le=60, description="Frame rate asked of the camera or replay.")
+    replay_hold_s: float = Field(
+        1.5, gt=0, le=60, description="Image folder: how long each photo stays in view."
+    )
+    replay_gap_s: float = Field(
+        1.0, ge=0, le=60, description="Image folder: empty frames between photos."
+    )
+    replay_loop: bool = False
+    reopen_min_s: float = Field(0.5, gt=0, le=60)
+    reopen_max_s: float = Field(30.0, gt=0, le=600)
+    stall_s: float = Field(
+        5.0, gt=0, le=600, description="No frame for this long: the camera is reopened."
+    )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> CameraSection:
+        if self.reopen_max_s < self.reopen_min_s:
+            raise ValueError("reopen_max_s must be >= reopen_min_s")
+        return self
+
+
+class QualitySection(Strict):
+    min_ipd_px: float = Field(24.0, ge=8, description="Least inter-pupil distance, pixels.")
+    max_yaw_deg: float = Field(35.0, gt=0, le=90)
+    max_pitch_deg: float = Field(30.0, gt=0, le=90)
+    max_roll_deg: float = Field(40.0, gt=0, le=90)
+    min_sharpness: float = Field(40.0, ge=0, description="Laplacian variance of the crop.")
+    min_brightness: float = Field(40.0, ge=0, le=255)
+    max_brightness: float = Field(220.0, ge=0, le=255)
+    similar_face_ratio: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="A second face at least this fraction of the subject's size makes the "
+        "frame ambiguous (multiple_faces).",
+    )
+
+
+class DecisionSection(Strict):
+    accept_threshold: float = Field(
+        0.54, ge=-1, le=1, description="Least cosine score to accept an identity (1:N)."
+    )
+    margin: float = Field(
+        0.02, ge=0, le=2, description="Least lead of the best elder over the runner-up."
+    )
+    candidate_threshold: float = Field(
+        0.47, ge=-1, le=1, description="Elders scoring this or more are offered to staff."
+    )
+    verify_threshold: float = Field(
+        0.41, ge=-1, le=1, description="1:1 same-person threshold (FMR 1e-4), for enrolment."
+    )
+    k: int = Field(3, ge=1, le=30, description="Frames that must agree ...")
+    n: int = Field(5, ge=1, le=60, description="... out of the last n usable frames.")
+    window_s: float = Field(1.0, gt=0, le=30, description="... within this many seconds.")
+    liveness_threshold: float = Field(0.5, ge=0, le=1, description="Least live score.")
+    decide_within_s: float = Field(
+        2.0, gt=0, le=60, description="Then say uncertain/unknown rather than keep waiting."
+    )
+    cooldown_s: float = Field(60.0, ge=0, description="No second acceptance of an elder.")
+    track_gap_s: float = Field(0.7, gt=0, le=30, description="No face this long ends a track.")
+    same_person: float = Field(
+        0.3, ge=-1, le=1, description="A face less similar than this to the track starts anew."
+    )
+    ambiguity_frames: int = Field(3, ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _order(self) -> DecisionSection:
+        if self.k > self.n:
+            raise ValueError("k must not exceed n")
+        if self.candidate_threshold > self.accept_threshold:
+            raise ValueError("candidate_threshold must not exceed accept_threshold")
+        return self
+
+
+class GallerySection(Strict):
+    path: Path | None = Field(None, description="Default <data_dir>/faces.db.")
+    key_file: Path | None = Field(None, description="Default <data_dir>/faces.key (mode 0600).")
+    refresh_s: float = Field(5.0, gt=0, le=3600, description="Check for new enrolments.")
+
+    def db_path(self, data_dir: Path) -> Path:
+        return self.path if self.path is not None else data_dir / "faces.db"
+
+    def key_path(self, data_dir: Path) -> Path:
+        return self.key_file if self.key_file is not None else data_dir / "faces.key"
+
+
+class AuditSection(Strict):
+    enabled: bool = Field(
+        False, description="Keep the frame of each decision (encrypted) for later review."
+    )
+    retention_days: float = Field(7.0, gt=0, le=365)
+    dir: Path | None = Field(None, description="Default <data_dir>/audit.")
+
+    def path(self, data_dir: Path) -> Path:
+        return self.dir if self.dir is not None else data_dir / "audit"
+
+
+class VisionSection(Strict):
+    camera: CameraSection = CameraSection()
+    models_dir: Path | None = Field(
+        None, description="Model files; default $GATEWAY_MODELS_DIR, else models/."
+    )
+    manifest: Path | None = Field(None, description="Default models/manifest.toml.")
+    threads: int = Field(2, ge=1, le=8, description="Threads per inference (a Pi 4 has 4).")
+    detector_input_side: int = Field(320, ge=128, le=1280)
+    detector_score: float = Field(0.6, gt=0, lt=1)
+    quality: QualitySection = QualitySection()
+    decision: DecisionSection = DecisionSection()
+    gallery: GallerySection = GallerySection()
+    audit: AuditSection = AuditSection()

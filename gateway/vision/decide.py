@@ -1,0 +1,340 @@
+"""The decision for one face track: pure rules over per-frame evidence, no clock of its own.
+
+A track is one person in front of the camera: consecutive usable frames whose embeddings stay
+similar, ended by a gap without a face. The gateway accepts an identity only when, within the
+last ``n`` frames of a short window, the same elder is the best match in at least ``k`` frames
+with a score at or above the accept threshold and a clear margin over the runner-up, no other
+elder is, and most of those frames look live. Otherwise, once the track has had its time, it
+says ``uncertain`` (with candidates for staff) or ``unknown``. A track yields at most one
+decision; after an acceptance the elder is in cooldown so that turning away and back does not
+settle twice.
+
+Time comes from the frames' timestamps, so replaying recorded frames gives the same decisions.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+
+from gateway.vision.config import DecisionSection
+from gateway.vision.gallery import SearchResult
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    UNCERTAIN = "uncertain"
+    UNKNOWN = "unknown"
+    SPOOF = "spoof"
+    NO_FACE = "no_face"
+    MULTIPLE_FACES = "multiple_faces"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The rules' parameters; defaults and their meaning live in ``[vision.decision]``."""
+
+    accept_threshold: float
+    candidate_threshold: float
+    margin: float
+    k: int
+    n: int
+    window_s: float
+    liveness_threshold: float
+    decide_within_s: float
+    cooldown_s: float
+    track_gap_s: float
+    same_person: float
+    ambiguity_frames: int
+
+    @classmethod
+    def from_config(cls, section: DecisionSection) -> Policy:
+        return cls(**section.model_dump(exclude={"verify_threshold"}))
+
+
+ObservationKind = Literal["face", "poor_quality", "no_face", "multiple_faces"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one analysed frame tells the decider."""
+
+    t: float
+    kind: ObservationKind
+    embedding: np.ndarray | None = None
+    search: SearchResult | None = None
+    live_score: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    t: float
+    top: str | None
+    top_score: float
+    margin: float
+    live: float
+    candidates: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    t: float
+    track: int
+    track_started: float
+    elder_id: str | None = None
+    score: float | None = None
+    margin: float | None = None
+    candidates: tuple[tuple[str, float], ...] = ()
+    frames_used: int = 0
+    frames_seen: int = 0
+    liveness: float | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Track:
+    id: int
+    started: float
+    last_seen: float
+    last_embedding: np.ndarray | None = None
+    evidence: list[Evidence] = field(default_factory=list)
+    frames_seen: int = 0
+    poor: Counter[str] = field(default_factory=Counter)
+    lives: list[tuple[float, float]] = field(default_factory=list)
+    decided: bool = False
+
+
+def _median(values: list[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def candidates_of(
+    evidence: list[Evidence], floor: float, limit: int = 3
+) -> list[tuple[str, float]]:
+    """Elders seen among the frames' best matches, by their best score, at or above ``floor``."""
+    best: dict[str, float] = {}
+    for e in evidence:
+        for elder, score in e.candidates:
+            best[elder] = max(score, best.get(elder, -1.0))
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(elder, round(score, 4)) for elder, score in ranked if score >= floor][:limit]
+
+
+class Decider:
+    """Feeds observations in time order; returns the decisions they complete."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.track: Track | None = None
+        self._next_track = 1
+        self._accepted_at: dict[str, float] = {}
+        self._ambiguous_run = 0
+        self._ambiguity_reported_at: float | None = None
+        self.counters: Counter[str] = Counter()
+
+    def observe(self, obs: Observation) -> list[Decision]:
+        out: list[Decision] = []
+        p = self.policy
+        track = self.track
+        if track is not None and obs.t - track.last_seen > p.track_gap_s:
+            out += self._close(track)
+        if obs.kind == "multiple_faces":
+            out += self._ambiguous(obs.t)
+            return out
+        self._ambiguous_run = 0
+        if obs.kind == "no_face":
+            return out
+        if obs.kind == "face" and self.track is not None and not self._continues(self.track, obs):
+            out += self._close(self.track)
+        track = self.track or self._open(obs.t)
+        track.last_seen = obs.t
+        track.frames_seen += 1
+        if obs.live_score is not None:
+            track.lives.append((obs.t, obs.live_score))
+        if obs.kind == "poor_quality":
+            track.poor[obs.reason or "poor_quality"] += 1
+        else:
+            track.last_embedding = obs.embedding
+            track.evidence.append(self._evidence(obs))
+        if not track.decided:
+            out += self._evaluate(track, obs.t)
+        return out
+
+    def flush(self) -> list[Decision]:
+        """End the current track (the source ended or the service stops)."""
+        return self._close(self.track) if self.track is not None else []
+
+    # ---- tracks -----------------------------------------------------------------------------
+
+    def _open(self, t: float) -> Track:
+        self.track = Track(id=self._next_track, started=t, last_seen=t)
+        self._next_track += 1
+        return self.track
+
+    def _continues(self, track: Track, obs: Observation) -> bool:
+        if track.last_embedding is None or obs.embedding is None:
+            return True
+        return float(track.last_embedding @ obs.embedding) >= self.policy.same_person
+
+    def _close(self, track: Track) -> list[Decision]:
+        self.track = None
+        if track.decided:
+            return []
+        usable = len(track.evidence)
+        if usable >= self.policy.n:
+            return [self._give_up(track, track.last_seen)]
+        if usable == 0 and sum(track.poor.values()) >= self.policy.n:
+            return [self._no_usable_face(track, track.last_seen)]
+        self.counters["tracks_abandoned"] += 1
+        return []
+
+    def _evidence(self, obs: Observation) -> Evidence:
+        search = obs.search or SearchResult((), ())
+        return Evidence(
+            t=obs.t,
+            top=search.top,
+            top_score=search.top_score,
+            margin=search.margin,
+            live=1.0 if obs.live_score is None else obs.live_score,
+            candidates=tuple(zip(search.elders, search.scores, strict=True)),
+        )
+
+    def _ambiguous(self, t: float) -> list[Decision]:
+        p = self.policy
+        self._ambiguous_run += 1
+        reported = self._ambiguity_reported_at
+        if reported is not None and t - reported <= p.track_gap_s:
+            self._ambiguity_reported_at = t
+            return []
+        if self._ambiguous_run < p.ambiguity_frames:
+            return []
+        self._ambiguity_reported_at = t
+        track = self.track
+        if track is not None:
+            if track.decided:
+                return []
+            track.evidence.clear()
+        self.counters["multiple_faces"] += 1
+        return [
+            Decision(
+                Outcome.MULTIPLE_FACES,
+                t,
+                track=track.id if track else 0,
+                track_started=track.started if track else t,
+                frames_seen=self._ambiguous_run,
+                reason="another face of similar size",
+            )
+        ]
+
+    # ---- rules ------------------------------------------------------------------------------
+
+    def _evaluate(self, track: Track, t: float) -> list[Decision]:
+        p = self.policy
+        recent = [e for e in track.evidence if t - e.t <= p.window_s][-p.n :]
+        lives = [live for at, live in track.lives if t - at <= p.window_s][-p.n :]
+        if sum(1 for live in lives if live < p.liveness_threshold) >= p.k:
+            return [self._spoof(track, t, lives)]
+        votes = Counter(
+            e.top for e in recent if e.top_score >= p.accept_threshold and e.margin >= p.margin
+        )
+        if len(votes) == 1:  # a strong vote for a second elder in the window: never guess
+            winner, count = votes.most_common(1)[0]
+            frames = [e for e in recent if e.top == winner and e.top_score >= p.accept_threshold]
+            live = sum(1 for e in frames if e.live >= p.liveness_threshold)
+            if count >= p.k and live * 2 > len(frames):
+                assert winner is not None
+                return self._accept(track, winner, t, frames)
+        if t - track.started >= p.decide_within_s:
+            if len(track.evidence) >= p.n:
+                return [self._give_up(track, t)]
+            if not track.evidence and sum(track.poor.values()) >= p.n:
+                return [self._no_usable_face(track, t)]
+        return []
+
+    def _accept(self, track: Track, elder: str, t: float, frames: list[Evidence]) -> list[Decision]:
+        since = self._accepted_at.get(elder)
+        if since is not None and t - since < self.policy.cooldown_s:
+            track.decided = True
+            self.counters["cooldown_suppressed"] += 1
+            return []
+        self._accepted_at = {
+            e: at for e, at in self._accepted_at.items() if t - at < self.policy.cooldown_s
+        }
+        self._accepted_at[elder] = t
+        return [self._decide(track, Outcome.ACCEPTED, t, frames, elder=elder)]
+
+    def _give_up(self, track: Track, t: float) -> Decision:
+        p = self.policy
+        evidence = track.evidence
+        lives = [live for _, live in track.lives]
+        if sum(1 for live in lives if live < p.liveness_threshold) * 2 > len(lives):
+            return self._spoof(track, t, lives)
+        candidates = candidates_of(evidence, p.candidate_threshold)
+        if not candidates:
+            return self._decide(track, Outcome.UNKNOWN, t, evidence, reason="no_match")
+        return self._decide(
+            track,
+            Outcome.UNCERTAIN,
+            t,
+            evidence,
+            candidates=tuple(candidates),
+            reason=self._why_not(evidence),
+        )
+
+    def _why_not(self, evidence: list[Evidence]) -> str:
+        p = self.policy
+        strong = [e for e in evidence if e.top_score >= p.accept_threshold]
+        if not strong:
+            return "below_accept_threshold"
+        if all(e.margin < p.margin for e in strong):
+            return "close_candidates"
+        if len({e.top for e in strong}) > 1:
+            return "inconsistent"
+        if sum(1 for e in strong if e.live < p.liveness_threshold) * 2 >= len(strong):
+            return "liveness"
+        return "too_few_frames"
+
+    def _spoof(self, track: Track, t: float, lives: list[float]) -> Decision:
+        """Most frames failed liveness, whether or not the face passed the other gates."""
+        decision = self._decide(track, Outcome.SPOOF, t, [], reason="liveness")
+        return replace(decision, frames_used=len(lives), liveness=_median(lives))
+
+    def _no_usable_face(self, track: Track, t: float) -> Decision:
+        reason = track.poor.most_common(1)[0][0]
+        return self._decide(track, Outcome.NO_FACE, t, [], reason=reason)
+
+    def _decide(
+        self,
+        track: Track,
+        outcome: Outcome,
+        t: float,
+        frames: list[Evidence],
+        *,
+        elder: str | None = None,
+        candidates: tuple[tuple[str, float], ...] = (),
+        reason: str | None = None,
+    ) -> Decision:
+        track.decided = True
+        self.counters[outcome.value] += 1
+        mine = [e for e in frames if elder is None or e.top == elder]
+        return Decision(
+            outcome=outcome,
+            t=t,
+            track=track.id,
+            track_started=track.started,
+            elder_id=elder,
+            score=_median([e.top_score for e in mine]) if elder else None,
+            margin=_median([e.margin for e in mine]) if elder else None,
+            candidates=candidates,
+            frames_used=len(frames),
+            frames_seen=track.frames_seen,
+            liveness=_median([e.live for e in frames]),
+            reason=reason,
+        )

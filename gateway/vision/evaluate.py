@@ -1,0 +1,511 @@
+"""``gateway eval``: how well the face stage does on a labelled folder, and which thresholds
+keep false identifications at the rate a site asks for, for the number of elders it enrols.
+
+Two protocols:
+
+* 1:1 pairs (LFW ``pairs.txt`` or a ``file_x,file_y,Decision`` CSV): accuracy by k-fold
+  cross-validation (threshold chosen on the other folds), TAR at FAR 1e-2 and 1e-3.
+* Open-set 1:N on a folder per identity: people with two or more photos are enrolled with one
+  (or more) and searched with the rest (mated searches); people not enrolled are searched too
+  (non-mated). A false positive is a non-mated search whose best match passes the accept rule
+  (score at or above the threshold and margin at or above delta). When the site's gallery size
+  N exceeds the people with several photos, people with one photo fill the gallery as
+  distractors, drawn anew in each of several seeded rotations, and are searched as strangers
+  in the rotations that leave them out.
+
+Verification over every pair of different people in the folder (millions of comparisons, not
+the pairs file's few hundred) sets the 1:1 threshold at FMR 1e-4.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import multiprocessing
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gateway.vision.analyze import Analyzer, AnalyzerSettings
+from gateway.vision.calibrate import (
+    kfold_accuracy,
+    round_up,
+    threshold_at_rate,
+)
+from gateway.vision.errors import BadImage
+from gateway.vision.gallery import Snapshot
+from gateway.vision.images import IMAGE_SUFFIXES, read_image
+from gateway.vision.models import Manifest, Models, require_verified
+
+MARGIN_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
+DIM = 128
+
+# ---- embedding a folder --------------------------------------------------------------------
+
+
+@dataclass
+class FaceSet:
+    """Embeddings of every photo's subject face. ``ok``: a face was embedded; ``gated``: the
+    counter's gates (one clear face, size, pose, blur, exposure) would have refused it."""
+
+    paths: list[Path]
+    labels: list[str]
+    embeddings: np.ndarray
+    ok: np.ndarray
+    gated: list[str | None]
+    failures: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def usable(self) -> np.ndarray:
+        gates_pass = np.array([g is None for g in self.gated], dtype=bool)
+        usable: np.ndarray = self.ok & gates_pass
+        return usable
+
+    def index(self) -> dict[Path, int]:
+        return {p: i for i, p in enumerate(self.paths)}
+
+
+def identity_folder(root: Path) -> Path:
+    return root / "images" if (root / "images").is_dir() else root
+
+
+def list_identities(root: Path) -> list[tuple[Path, str]]:
+    """(photo, identity) for a folder holding one sub-folder of photos per person."""
+    base = identity_folder(root)
+    items = []
+    for person in sorted(p for p in base.iterdir() if p.is_dir()):
+        items += [
+            (photo, person.name)
+            for photo in sorted(person.iterdir())
+            if photo.suffix.lower() in IMAGE_SUFFIXES
+        ]
+    return items
+
+
+_worker: Analyzer | None = None
+
+
+def _init_worker(models_dir: Path, manifest: Manifest, settings: AnalyzerSettings) -> None:
+    global _worker  # noqa: PLW0603 - one analyzer per worker process
+    _worker = Analyzer(Models.open(models_dir, manifest, threads=1), settings)
+
+
+def _embed_one(path: Path) -> tuple[np.ndarray | None, str | None]:
+    assert _worker is not None
+    return embed_photo(_worker, path)
+
+
+def embed_photo(analyzer: Analyzer, path: Path) -> tuple[np.ndarray | None, str | None]:
+    """(embedding or None, why the counter's gates would refuse the photo, or None)."""
+    try:
+        image = read_image(path)
+    except BadImage as exc:
+        return None, exc.reason
+    analysis = analyzer.analyze(image, gate=False, live=False)
+    return analysis.embedding, analysis.gate_reason
+
+
+def embed_images(
+    paths: Sequence[Path],
+    labels: Sequence[str],
+    *,
+    models_dir: Path,
+    manifest: Manifest,
+    settings: AnalyzerSettings,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> FaceSet:
+    """Embed every photo's subject face; ``jobs`` worker processes with one thread each."""
+    require_verified(models_dir, manifest)
+    embeddings = np.zeros((len(paths), DIM), dtype=np.float32)
+    ok = np.zeros(len(paths), dtype=bool)
+    gated: list[str | None] = []
+    failures: Counter[str] = Counter()
+    if jobs <= 1:
+        _init_worker(models_dir, manifest, settings)
+        results: Iterator[tuple[np.ndarray | None, str | None]] = map(_embed_one, paths)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(models_dir, manifest, settings),
+        )
+        results = pool.map(_embed_one, paths, chunksize=32)
+    try:
+        for i, (vector, reason) in enumerate(results):
+            if vector is not None:
+                embeddings[i] = vector
+                ok[i] = True
+            else:
+                failures[reason or "failed"] += 1
+            gated.append(reason)
+            if progress is not None:
+                progress(i + 1)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return FaceSet(list(paths), list(labels), embeddings, ok, gated, failures)
+
+
+@dataclass(frozen=True)
+class Errata:
+    """Label corrections for a folder: identities to merge, photos to leave out."""
+
+    same: dict[str, str]
+    exclude: frozenset[str]
+
+    @classmethod
+    def read(cls, file: Path) -> Errata:
+        same: dict[str, str] = {}
+        exclude: set[str] = set()
+        for number, raw in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            parts = raw.split("#", 1)[0].split()
+            if not parts:
+                continue
+            if parts[0] == "same" and len(parts) == 3:
+                same[parts[2]] = same.get(parts[1], parts[1])
+            elif parts[0] == "exclude" and len(parts) == 2:
+                exclude.add(parts[1])
+            else:
+                raise ValueError(f"{file}:{number}: expected 'same A B' or 'exclude PHOTO'")
+        return cls(same, frozenset(exclude))
+
+    def apply(self, faces: FaceSet) -> FaceSet:
+        labels = [self.same.get(label, label) for label in faces.labels]
+        gated = [
+            "excluded" if path.stem in self.exclude else reason
+            for path, reason in zip(faces.paths, faces.gated, strict=True)
+        ]
+        return FaceSet(faces.paths, labels, faces.embeddings, faces.ok, gated, faces.failures)
+
+
+# ---- 1:1 pairs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: Path
+    b: Path
+    same: bool
+    fold: int
+
+
+def read_pairs(file: Path, root: Path, folds: int = 5) -> list[Pair]:
+    """LFW ``pairs.txt`` (folds as in the file) or a CSV ``file_x,file_y,Decision``
+    (Yes = same person; pairs dealt round-robin into ``folds`` folds)."""
+    text = file.read_text(encoding="utf-8")
+    if text.lstrip().lower().startswith("file_x"):
+        rows = list(csv.DictReader(text.splitlines()))
+        return [
+            Pair(
+                root / r["file_x"],
+                root / r["file_y"],
+                r["Decision"].strip().lower() in ("yes", "1", "true"),
+                i % folds,
+            )
+            for i, r in enumerate(rows)
+        ]
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+    per_fold = int(lines[0][1])
+    base = identity_folder(root)
+
+    def photo(name: str, number: str) -> Path:
+        return base / name / f"{name}_{int(number):04d}.jpg"
+
+    pairs = []
+    for i, parts in enumerate(lines[1:]):
+        fold = i // (2 * per_fold)
+        if len(parts) == 3:
+            pairs.append(Pair(photo(parts[0], parts[1]), photo(parts[0], parts[2]), True, fold))
+        elif len(parts) == 4:
+            pairs.append(Pair(photo(parts[0], parts[1]), photo(parts[2], parts[3]), False, fold))
+        else:
+            raise ValueError(f"{file}: line {i + 2}: expected 3 or 4 fields")
+    return pairs
+
+
+@dataclass(frozen=True)
+class PairReport:
+    pairs: int
+    unusable_pairs: int
+    folds: int
+    accuracy: float
+    accuracy_std: float
+    fold_accuracies: list[float]
+    threshold_mean: float
+    tar_at_far: dict[str, tuple[float, float]]
+
+
+def pair_scores(faces: FaceSet, pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cosine per pair; a pair with a photo that gave no face scores -1 (counted as failed)."""
+    index = faces.index()
+    scores = np.full(len(pairs), -1.0, dtype=np.float32)
+    unusable = 0
+    for i, pair in enumerate(pairs):
+        a, b = index[pair.a], index[pair.b]
+        if faces.ok[a] and faces.ok[b]:
+            scores[i] = faces.embeddings[a] @ faces.embeddings[b]
+        else:
+            unusable += 1
+    same = np.array([p.same for p in pairs])
+    return scores, same, unusable
+
+
+def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[float, float]:
+    t = threshold_at_rate(impostor, far)
+    return float(np.mean(genuine >= t)), t
+
+
+def pair_report(faces: FaceSet, pairs: Sequence[Pair]) -> PairReport:
+    scores, same, unusable = pair_scores(faces, pairs)
+    folds = np.array([p.fold for p in pairs])
+    results = kfold_accuracy(scores, same, folds)
+    accs = [r.accuracy for r in results]
+    return PairReport(
+        pairs=len(pairs),
+        unusable_pairs=unusable,
+        folds=len(results),
+        accuracy=float(np.mean(accs)),
+        accuracy_std=float(np.std(accs)),
+        fold_accuracies=accs,
+        threshold_mean=float(np.mean([r.threshold for r in results])),
+        tar_at_far={
+            f"{far:g}": tar_at_far(scores[same], scores[~same], far) for far in (1e-2, 1e-3)
+        },
+    )
+
+
+# ---- 1:1 over every pair of the folder ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    genuine_pairs: int
+    impostor_pairs: int
+    fmr: float
+    threshold: float
+    tar: float
+
+
+def verify_all_pairs(faces: FaceSet, fmr: float, block: int = 512) -> VerifyReport:
+    """Threshold at ``fmr`` over all impostor pairs of usable photos (those the counter's
+    gates accept), keeping only the top scores per block."""
+    idx = np.flatnonzero(faces.usable)
+    vectors = faces.embeddings[idx]
+    _, labels = np.unique(np.array(faces.labels)[idx], return_inverse=True)
+    n = len(idx)
+    counts = np.bincount(labels)
+    genuine_pairs = int((counts * (counts - 1) // 2).sum())
+    impostor_pairs = n * (n - 1) // 2 - genuine_pairs
+    keep = math.floor(fmr * impostor_pairs + 1e-9) + 1
+    top = np.empty(0, dtype=np.float32)
+    genuine: list[np.ndarray] = []
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        sims = vectors[rows] @ vectors.T
+        upper = np.arange(n)[None, :] > np.arange(rows.start, rows.stop)[:, None]
+        same = labels[rows, None] == labels[None, :]
+        genuine.append(sims[upper & same])
+        imp = sims[upper & ~same]
+        top = np.concatenate([top, imp])
+        if top.size > keep:
+            top = np.partition(top, top.size - keep)[-keep:]
+    genuine_scores = np.concatenate(genuine) if genuine else np.empty(0, np.float32)
+    # ``top`` holds the highest impostor scores; the rate over all impostor pairs is
+    # what matters, so rank within them using the full count.
+    ranked = np.sort(top)[::-1]
+    allowed = keep - 1
+    t = float(np.nextafter(ranked[allowed], np.inf)) if allowed < ranked.size else -1.0
+    return VerifyReport(
+        genuine_pairs=genuine_pairs,
+        impostor_pairs=impostor_pairs,
+        fmr=fmr,
+        threshold=t,
+        tar=float(np.mean(genuine_scores >= t)) if genuine_scores.size else 0.0,
+    )
+
+
+# ---- open-set 1:N ---------------------------------------------------------------------------
+
+
+@dataclass
+class OpenSetSearches:
+    """Every search of one gallery size, across all rotations of who is enrolled."""
+
+    gallery_size: int
+    rotations: int
+    mated_correct: np.ndarray
+    mated_score: np.ndarray
+    mated_margin: np.ndarray
+    nonmated_score: np.ndarray
+    nonmated_margin: np.ndarray
+    nonmated_people: int
+
+    def fnir(self, threshold: float, margin: float) -> float:
+        hit = self.mated_correct & (self.mated_score >= threshold) & (self.mated_margin >= margin)
+        return float(1.0 - hit.mean()) if hit.size else 1.0
+
+    def fpir(self, threshold: float, margin: float) -> float:
+        alarm = (self.nonmated_score >= threshold) & (self.nonmated_margin >= margin)
+        return float(alarm.mean()) if alarm.size else 0.0
+
+    def threshold_for(self, fpir: float, margin: float) -> float:
+        """Lowest threshold whose FPIR (with this margin rule) is at most ``fpir``."""
+        eligible = np.where(self.nonmated_margin >= margin, self.nonmated_score, -np.inf)
+        return threshold_at_rate(eligible.astype(np.float32), fpir)
+
+
+def largest_gallery(labels: Sequence[str]) -> int:
+    """People with several photos plus half of those with one (the other half are strangers)."""
+    counts = Counter(labels)
+    repeat = sum(1 for c in counts.values() if c >= 2)
+    single = len(counts) - repeat
+    return repeat + single // 2
+
+
+def open_set(
+    faces: FaceSet,
+    gallery_size: int,
+    templates: int = 1,
+    rotations: int = 10,
+    seed: int = 7,
+) -> OpenSetSearches:
+    """Searches against ``rotations`` random galleries of ``gallery_size`` people (seeded, so
+    the figures are reproducible); people with one photo fill galleries larger than the number
+    of people with several, and are strangers in the rotations that leave them out."""
+    idx = np.flatnonzero(faces.usable)
+    labels = [faces.labels[i] for i in idx]
+    by_person: dict[str, list[int]] = {}
+    for i, label in zip(idx, labels, strict=True):
+        by_person.setdefault(label, []).append(int(i))
+    repeat = sorted(p for p, photos in by_person.items() if len(photos) >= 2)
+    single = sorted(p for p, photos in by_person.items() if len(photos) == 1)
+    if gallery_size > largest_gallery(labels):
+        raise ValueError(
+            f"a gallery of {gallery_size} needs more people than the folder has "
+            f"(at most {largest_gallery(labels)})"
+        )
+    rng = np.random.default_rng(seed)
+    plans: list[list[str]] = []
+    for _ in range(rotations):
+        if gallery_size <= len(repeat):
+            plans.append(list(rng.permutation(repeat)[:gallery_size]))
+        else:
+            fill = gallery_size - len(repeat)
+            plans.append(repeat + list(rng.permutation(single)[:fill]))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("mc", "ms", "mm", "ns", "nm")}
+    strangers: set[str] = set()
+    for enrolled in plans:
+        enrolled_set = set(enrolled)
+        rows: list[tuple[str, np.ndarray]] = []
+        mated: list[tuple[int, str]] = []
+        for person in enrolled:
+            photos = by_person[person]
+            n_templates = min(templates, max(1, len(photos) - 1))
+            rows += [(person, faces.embeddings[i]) for i in photos[:n_templates]]
+            mated += [(i, person) for i in photos[n_templates:]]
+        snapshot = Snapshot.build(rows, DIM)
+        position = {elder: i for i, elder in enumerate(snapshot.elders)}
+        nonmated = [i for p, photos in by_person.items() if p not in enrolled_set for i in photos]
+        strangers.update(p for p in by_person if p not in enrolled_set)
+        m_scores = snapshot.identity_scores(faces.embeddings[[i for i, _ in mated]])
+        truth = np.array([position[p] for _, p in mated])
+        top2 = -np.sort(-m_scores, axis=1)[:, :2]
+        parts["mc"].append(np.argmax(m_scores, axis=1) == truth)
+        parts["ms"].append(top2[:, 0])
+        parts["mm"].append(top2[:, 0] - top2[:, 1])
+        n_scores = snapshot.identity_scores(faces.embeddings[nonmated])
+        n_top2 = -np.sort(-n_scores, axis=1)[:, :2]
+        parts["ns"].append(n_top2[:, 0])
+        parts["nm"].append(n_top2[:, 0] - n_top2[:, 1])
+    joined = {k: np.concatenate(v) for k, v in parts.items()}
+    return OpenSetSearches(
+        gallery_size=gallery_size,
+        rotations=len(plans),
+        mated_correct=joined["mc"],
+        mated_score=joined["ms"],
+        mated_margin=joined["mm"],
+        nonmated_score=joined["ns"],
+        nonmated_margin=joined["nm"],
+        nonmated_people=len(strangers),
+    )
+
+
+@dataclass(frozen=True)
+class OpenSetPoint:
+    fpir_target: float
+    margin: float
+    threshold: float
+    fnir: float
+    fpir: float
+
+
+def operating_points(
+    searches: OpenSetSearches, fpirs: Sequence[float], margin: float
+) -> list[OpenSetPoint]:
+    points = []
+    for target in fpirs:
+        t = searches.threshold_for(target, margin)
+        points.append(
+            OpenSetPoint(target, margin, t, searches.fnir(t, margin), searches.fpir(t, margin))
+        )
+    return points
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    gallery_size: int
+    target_fpir: float
+    accept_threshold: float
+    margin: float
+    candidate_threshold: float
+    verify_threshold: float
+    fnir: float
+    fpir: float
+    by_margin: list[OpenSetPoint]
+
+
+def recommend(
+    searches: OpenSetSearches,
+    verify: VerifyReport,
+    target_fpir: float = 1e-3,
+    candidate_fpir: float = 1e-2,
+) -> Recommendation:
+    """Thresholds for a site: the accept rule (threshold, margin) with the lowest FNIR at the
+    target FPIR; candidates for staff from the threshold at a 10x looser FPIR; 1:1 from the
+    all-pairs FMR. Values are rounded up to 0.01 (margin: to the grid) so they stay safe."""
+    points = [operating_points(searches, [target_fpir], m)[0] for m in MARGIN_GRID]
+    rounded = [
+        OpenSetPoint(
+            p.fpir_target,
+            p.margin,
+            round_up(p.threshold),
+            searches.fnir(round_up(p.threshold), p.margin),
+            searches.fpir(round_up(p.threshold), p.margin),
+        )
+        for p in points
+    ]
+    best = min(rounded, key=lambda p: (round(p.fnir, 4), -p.margin))
+    candidate = round_up(searches.threshold_for(candidate_fpir, 0.0))
+    return Recommendation(
+        gallery_size=searches.gallery_size,
+        target_fpir=target_fpir,
+        accept_threshold=best.threshold,
+        margin=best.margin,
+        candidate_threshold=min(candidate, best.threshold),
+        verify_threshold=round_up(verify.threshold),
+        fnir=best.fnir,
+        fpir=best.fpir,
+        by_margin=rounded,
+    )
+
+
+def as_dict(obj: object) -> dict[str, object]:
+    data: dict[str, object] = asdict(obj)  # type: ignore[call-overload]
+    return data

@@ -1,0 +1,64 @@
+"""The ``face.decision`` event: what the counter decided about one person, as ids and facts.
+
+No names, photos or templates: an elder id (pseudonymous, from the platform), scores, how many
+frames, the liveness score, the models and thresholds it was decided under, and timings, so
+that an audit can tell why the gateway accepted or refused someone without seeing a face.
+Schema: gateway/contract/schemas/data/face.decision.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.events import EventType, Lane
+from gateway.vision.decide import Decision, Outcome, Policy
+
+FACE_DECISION = EventType(
+    "face.decision",
+    Lane.P1,
+    description="The counter camera's decision about one person: accepted elder id, or "
+    "uncertain (with candidates), unknown, spoof, no_face, multiple_faces.",
+)
+
+VISION_EVENT_TYPES: tuple[EventType, ...] = (FACE_DECISION,)
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def decision_data(
+    decision: Decision,
+    *,
+    camera: str,
+    policy: Policy,
+    models: Mapping[str, str],
+    timings_ms: Mapping[str, float],
+    audit_frame: bool,
+) -> dict[str, Any]:
+    return {
+        "outcome": decision.outcome.value,
+        "camera": camera,
+        "track": decision.track,
+        "elder_id": decision.elder_id if decision.outcome is Outcome.ACCEPTED else None,
+        "score": _r(decision.score),
+        "margin": _r(decision.margin),
+        "candidates": [{"elder_id": e, "score": _r(s)} for e, s in decision.candidates],
+        "frames_used": decision.frames_used,
+        "frames_seen": decision.frames_seen,
+        "liveness": _r(decision.liveness),
+        "reason": decision.reason,
+        "decided_after_ms": max(0, round((decision.t - decision.track_started) * 1000)),
+        "timings_ms": {k: round(v, 2) for k, v in timings_ms.items()},
+        "models": dict(models),
+        "policy": {
+            "accept_threshold": policy.accept_threshold,
+            "margin": policy.margin,
+            "candidate_threshold": policy.candidate_threshold,
+            "liveness_threshold": policy.liveness_threshold,
+            "k": policy.k,
+            "n": policy.n,
+        },
+        "audit_frame": audit_frame,
+    }

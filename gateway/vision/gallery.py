@@ -1,0 +1,401 @@
+"""Enrolled face templates: encrypted at rest in their own SQLite file, searched in memory.
+
+Layout: ``faces.db`` holds only opaque elder ids and AES-GCM ciphertexts of the templates; the
+key lives in a separate 0600 file; names and other identity data stay in the roster, elsewhere.
+Each ciphertext is bound (as associated data) to its template id, elder id and model id, so a
+row relabelled to another elder fails to decrypt instead of identifying the wrong person.
+
+In memory the templates form one contiguous float32 matrix with rows grouped by elder, so a
+search is one matrix-vector product and a ``maximum.reduceat`` over the groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.vision.errors import GalleryError
+from gateway.vision.keys import create_key, derive, read_key
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS templates (
+    template_id TEXT PRIMARY KEY,
+    elder_id TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS templates_elder ON templates (elder_id);
+CREATE TABLE IF NOT EXISTS confusable (
+    elder_a TEXT NOT NULL,
+    elder_b TEXT NOT NULL,
+    score REAL NOT NULL,
+    model_id TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (elder_a, elder_b)
+);
+"""
+KEY_CHECK = b"eldercare-gateway face gallery"
+T = TypeVar("T")
+PURPOSE = "gallery-templates-v1"
+NONCE_BYTES = 12
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Best identities for one probe, best first. ``best_other`` is the runner-up's score:
+    the margin ``top_score - best_other`` says how clearly the winner stands out."""
+
+    elders: tuple[str, ...]
+    scores: tuple[float, ...]
+
+    @property
+    def top(self) -> str | None:
+        return self.elders[0] if self.elders else None
+
+    @property
+    def top_score(self) -> float:
+        return self.scores[0] if self.scores else -1.0
+
+    @property
+    def best_other(self) -> float:
+        """0.0 when nobody else is enrolled: what the faces of different people score."""
+        return self.scores[1] if len(self.scores) > 1 else 0.0
+
+    @property
+    def margin(self) -> float:
+        return self.top_score - self.best_other
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of the gallery; searches use one while a reload builds the next."""
+
+    matrix: np.ndarray
+    elders: tuple[str, ...]
+    starts: np.ndarray
+
+    @classmethod
+    def build(cls, rows: Sequence[tuple[str, np.ndarray]], dim: int) -> Snapshot:
+        rows = sorted(rows, key=lambda r: r[0])
+        matrix = np.empty((len(rows), dim), dtype=np.float32)
+        elders: list[str] = []
+        starts: list[int] = []
+        for i, (elder, vector) in enumerate(rows):
+            matrix[i] = vector
+            if not elders or elders[-1] != elder:
+                elders.append(elder)
+                starts.append(i)
+        matrix.flags.writeable = False
+        return cls(matrix, tuple(elders), np.asarray(starts, dtype=np.intp))
+
+    @property
+    def templates(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def rows(self) -> list[tuple[str, np.ndarray]]:
+        """(elder, template) per row, to build the next snapshot from this one."""
+        counts = np.diff(np.append(self.starts, self.templates))
+        owners = np.repeat(np.arange(len(self.elders)), counts)
+        return [(self.elders[o], self.matrix[i]) for i, o in enumerate(owners)]
+
+    def identity_scores(self, probes: np.ndarray) -> np.ndarray:
+        """(P, E) best template score per enrolled elder for each probe row."""
+        scores = probes @ self.matrix.T
+        return np.maximum.reduceat(scores, self.starts, axis=1)
+
+    def search(self, probe: np.ndarray, k: int = 3, exclude: str | None = None) -> SearchResult:
+        if not self.elders:
+            return SearchResult((), ())
+        per_elder = self.identity_scores(probe[None, :])[0]
+        if exclude is not None and exclude in self.elders:
+            per_elder[self.elders.index(exclude)] = -np.inf
+        k = min(k, len(self.elders))
+        top = np.argpartition(-per_elder, k - 1)[:k]
+        top = top[np.argsort(-per_elder[top], kind="stable")]
+        top = top[np.isfinite(per_elder[top])]
+        return SearchResult(
+            tuple(self.elders[i] for i in top), tuple(float(per_elder[i]) for i in top)
+        )
+
+
+@dataclass
+class LoadReport:
+    templates: int = 0
+    elders: int = 0
+    undecryptable: int = 0
+    other_model: int = 0
+    key_mismatch: bool = False
+
+
+@dataclass(frozen=True)
+class Confusable:
+    elder_a: str
+    elder_b: str
+    score: float
+
+
+@dataclass
+class Gallery:
+    """The gallery file, its key and the in-memory snapshot for one recognizer model."""
+
+    db_path: Path
+    key_path: Path
+    model_id: str
+    dim: int = 128
+    report: LoadReport = field(default_factory=LoadReport)
+
+    def __post_init__(self) -> None:
+        self._aead = AESGCM(derive(read_key(self.key_path), PURPOSE))
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot.build([], self.dim)
+        self._generation = -1
+        new = not self.db_path.exists()
+        with self._connect() as conn:
+            conn.executescript(SCHEMA)
+            self._check_key(conn)
+        if new:
+            self.db_path.chmod(0o600)  # ciphertexts and elder ids: the gateway's alone
+
+    @classmethod
+    def open(cls, db_path: Path, key_path: Path, model_id: str, create: bool = False) -> Gallery:
+        """Open (and with ``create``, initialise: new key, empty file) and load the gallery."""
+        if create and not key_path.exists():
+            if db_path.exists():
+                raise GalleryError(f"{db_path} exists but its key {key_path} does not")
+            create_key(key_path)
+        elif not db_path.exists() and not create:
+            raise GalleryError(f"{db_path}: no face gallery (enrol someone first)")
+        gallery = cls(db_path, key_path, model_id)
+        gallery.reload()
+        return gallery
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection; enrolment (another process) may write between uses."""
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            yield conn
+        finally:
+            conn.close()
+
+    def _commit(
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        update: Callable[[Snapshot], Snapshot],
+        need_key: bool = True,
+    ) -> T:
+        """Run ``work`` in one transaction, then apply the same change to the snapshot in
+        memory (no re-decryption: bulk enrolment of thousands stays linear). Only when
+        another process wrote in between is everything reloaded."""
+        if need_key:
+            self._writable()
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = _generation(conn)
+                result = work(conn)
+                conn.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if before != self._generation:
+            self.reload()
+            return result
+        with self._lock:
+            self._snapshot = update(self._snapshot)
+            self._generation = before + 1
+            self.report.templates = self._snapshot.templates
+            self.report.elders = len(self._snapshot.elders)
+        return result
+
+    def _check_key(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+        if row is None:
+            nonce = os.urandom(NONCE_BYTES)
+            value = (nonce + self._aead.encrypt(nonce, KEY_CHECK, None)).hex()
+            conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (value,))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+            return
+        blob = bytes.fromhex(row[0])
+        try:
+            self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], None)
+        except InvalidTag:
+            self.report.key_mismatch = True
+            log.error(
+                "face gallery %s: the key in %s is not the one it was written with",
+                self.db_path,
+                self.key_path,
+            )
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def generation(self) -> int:
+        with self._connect() as conn:
+            return _generation(conn)
+
+    def _aad(self, template_id: str, elder_id: str, model_id: str) -> bytes:
+        return f"{template_id}|{elder_id}|{model_id}".encode()
+
+    def reload(self) -> LoadReport:
+        """Decrypt every row into a new snapshot; rows that fail are counted and skipped."""
+        report = LoadReport(key_mismatch=self.report.key_mismatch)
+        rows: list[tuple[str, np.ndarray]] = []
+        with self._connect() as conn:
+            generation = _generation(conn)
+            cursor = conn.execute(
+                "SELECT template_id, elder_id, model_id, nonce, ciphertext FROM templates"
+            )
+            for template_id, elder_id, model_id, nonce, ciphertext in cursor:
+                if model_id != self.model_id:
+                    report.other_model += 1
+                    continue
+                try:
+                    plain = self._aead.decrypt(
+                        nonce, ciphertext, self._aad(template_id, elder_id, model_id)
+                    )
+                except InvalidTag:
+                    report.undecryptable += 1
+                    continue
+                vector = np.frombuffer(plain, dtype=np.float32)
+                if vector.shape != (self.dim,):
+                    report.undecryptable += 1
+                    continue
+                rows.append((elder_id, vector))
+        snapshot = Snapshot.build(rows, self.dim)
+        report.templates = snapshot.templates
+        report.elders = len(snapshot.elders)
+        with self._lock:
+            self._snapshot = snapshot
+            self._generation = generation
+            self.report = report
+        if report.undecryptable or report.other_model:
+            log.warning(
+                "face gallery: %d templates loaded; %d failed to decrypt, %d from another model",
+                report.templates,
+                report.undecryptable,
+                report.other_model,
+            )
+        return report
+
+    def refresh_if_changed(self) -> bool:
+        """Reload when another process (enrolment) has written since the last load."""
+        if self.generation() == self._generation:
+            return False
+        self.reload()
+        return True
+
+    def search(self, probe: np.ndarray, k: int = 3, exclude: str | None = None) -> SearchResult:
+        return self._snapshot.search(probe, k, exclude)
+
+    def confusables(self) -> list[Confusable]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT elder_a, elder_b, score FROM confusable WHERE model_id = ? "
+                "ORDER BY score DESC",
+                (self.model_id,),
+            ).fetchall()
+        return [Confusable(a, b, float(s)) for a, b, s in rows]
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self.report.key_mismatch:
+            raise GalleryError(
+                f"{self.db_path}: refusing to write with a key that does not match the gallery"
+            )
+
+    def add(self, elder_id: str, vectors: Iterable[np.ndarray]) -> list[str]:
+        return self.add_many([(elder_id, list(vectors))])
+
+    def add_many(self, items: Iterable[tuple[str, Sequence[np.ndarray]]]) -> list[str]:
+        """Encrypt and store templates of many elders in one transaction (bulk imports)."""
+        now = int(time.time() * 1000)
+        rows: list[tuple[str, np.ndarray]] = []
+        ids: list[str] = []
+
+        def work(conn: sqlite3.Connection) -> None:
+            for elder_id, vectors in items:
+                for vector in vectors:
+                    template_id = str(uuid.uuid4())
+                    nonce = os.urandom(NONCE_BYTES)
+                    plain = np.ascontiguousarray(vector, dtype=np.float32)
+                    ciphertext = self._aead.encrypt(
+                        nonce, plain.tobytes(), self._aad(template_id, elder_id, self.model_id)
+                    )
+                    conn.execute(
+                        "INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)",
+                        (template_id, elder_id, self.model_id, now, nonce, ciphertext),
+                    )
+                    rows.append((elder_id, plain))
+                    ids.append(template_id)
+
+        self._commit(work, lambda snap: Snapshot.build([*snap.rows(), *rows], self.dim))
+        return ids
+
+    def remove(self, elder_id: str) -> int:
+        """Erase an elder's templates and confusable entries (consent withdrawn, left the site).
+
+        Works even with a wrong key: erasure must never depend on being able to read."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            n = conn.execute("DELETE FROM templates WHERE elder_id = ?", (elder_id,)).rowcount
+            conn.execute(
+                "DELETE FROM confusable WHERE elder_a = ? OR elder_b = ?", (elder_id, elder_id)
+            )
+            return int(n)
+
+        def update(snap: Snapshot) -> Snapshot:
+            return Snapshot.build([r for r in snap.rows() if r[0] != elder_id], self.dim)
+
+        return self._commit(work, update, need_key=False)
+
+    def set_confusable(self, elder_id: str, pairs: Iterable[tuple[str, float]]) -> None:
+        """Replace the register's entries for ``elder_id`` (pairs are stored in id order)."""
+        now = int(time.time() * 1000)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM confusable WHERE (elder_a = ? OR elder_b = ?) AND model_id = ?",
+                (elder_id, elder_id, self.model_id),
+            )
+            for other, score in pairs:
+                a, b = sorted((elder_id, other))
+                conn.execute(
+                    "INSERT OR REPLACE INTO confusable VALUES (?, ?, ?, ?, ?)",
+                    (a, b, float(score), self.model_id, now),
+                )
+
+        self._commit(work, lambda snap: snap)
+
+
+def _generation(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,118 @@
+"""Photos and frames in, 8-bit BGR out, or a BadImage saying why not.
+
+Enrolment photos come from phones, scanners and the platform; camera frames from drivers that
+occasionally hand over nothing. Every odd case becomes either a usable 8-bit BGR image or a
+``BadImage`` with a short reason that is counted, so one bad input never stops the pipeline.
+Image dimensions are read from the header before decoding, so a 100-megapixel photo is refused
+without first allocating hundreds of megabytes on a 2 GB Pi.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gateway.vision.errors import BadImage
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+MAX_FILE_BYTES = 40 * 1024 * 1024
+MAX_PIXELS = 50_000_000
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOF marker, or None if there is none."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """Dimensions of a JPEG or PNG without decoding it; None for other formats."""
+    if data[:2] == b"\xff\xd8":
+        return jpeg_size(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    return None
+
+
+def as_bgr8(image: np.ndarray | None) -> np.ndarray:
+    """Any frame OpenCV may produce (grey, BGRA, 16-bit, float) as contiguous 8-bit BGR."""
+    if image is None or image.size == 0 or image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+        raise BadImage("empty", "zero-size or missing frame")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(image * 255.0, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise BadImage("unsupported", f"pixel type {image.dtype}")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif channels == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif channels != 3:
+        raise BadImage("unsupported", f"{channels} channels")
+    return np.ascontiguousarray(image)
+
+
+def decode_image(
+    data: bytes, max_bytes: int = MAX_FILE_BYTES, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    if not data:
+        raise BadImage("empty", "no bytes")
+    if len(data) > max_bytes:
+        raise BadImage("too_large", f"{len(data)} bytes (limit {max_bytes})")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise BadImage("too_large", f"{size[0]}x{size[1]} pixels (limit {max_pixels})")
+    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise BadImage("truncated", "JPEG ends before its end-of-image marker")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    # ANYCOLOR|ANYDEPTH keeps grey and 16-bit as they are but, unlike IMREAD_UNCHANGED,
+    # applies the EXIF orientation: phone photos are stored sideways more often than not.
+    image = cv2.imdecode(buffer, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise BadImage("corrupt", "not a decodable image")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise BadImage("too_large", f"{image.shape[1]}x{image.shape[0]} pixels")
+    return as_bgr8(image)
+
+
+def read_image(path: Path, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise BadImage("too_large", f"{size} bytes (limit {max_bytes})")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadImage("unreadable", exc.strerror or str(exc)) from None
+    return decode_image(data, max_bytes)
+
+
+def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink (never enlarge) so the longer side is at most ``max_side``, with area filtering."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    factor = max_side / max(h, w)
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)

@@ -1,0 +1,55 @@
+"""The face data key: 32 random bytes in a file of its own, readable by the gateway user only.
+
+The key never goes into a database, so a copied ``faces.db`` (or an SD card pulled from a Pi)
+reveals no templates without it. Keys for different purposes (templates, audit frames) are
+derived from it with HKDF so that one cannot be used to forge the other.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.vision.errors import GalleryError
+
+KEY_BYTES = 32
+
+
+def create_key(path: Path) -> None:
+    """Write a new key with mode 0600; never overwrite an existing one (that loses the data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise GalleryError(f"{path}: key file exists already; not replacing it") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_bytes(KEY_BYTES))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_key(path: Path) -> bytes:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise GalleryError(f"{path}: face data key not found") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise GalleryError(
+            f"{path}: key file is accessible to other users "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it"
+        )
+    data = path.read_bytes()
+    if len(data) != KEY_BYTES:
+        raise GalleryError(f"{path}: key file must hold {KEY_BYTES} bytes, found {len(data)}")
+    return data
+
+
+def derive(master: bytes, purpose: str) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=purpose.encode()
+    ).derive(master)

@@ -1,0 +1,218 @@
+"""``gateway eval`` end to end: embed a labelled folder once, then report 1:1 and open-set
+figures and the thresholds to configure, as text for people or JSON for tools."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.vision.analyze import AnalyzerSettings
+from gateway.vision.config import VisionSection
+from gateway.vision.evaluate import (
+    Errata,
+    FaceSet,
+    OpenSetPoint,
+    Pair,
+    PairReport,
+    Recommendation,
+    VerifyReport,
+    embed_images,
+    largest_gallery,
+    list_identities,
+    open_set,
+    operating_points,
+    pair_report,
+    read_pairs,
+    recommend,
+    verify_all_pairs,
+)
+from gateway.vision.models import load_manifest, resolve_models_dir
+from gateway.vision.progress import Progress
+
+VERIFY_FMR = 1e-4
+FPIRS = (1e-2, 1e-3)
+
+
+@dataclass
+class OpenSetReport:
+    gallery_size: int
+    rotations: int
+    mated_searches: int
+    nonmated_searches: int
+    nonmated_people: int
+    points: list[OpenSetPoint]
+    at_recommended: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Figures:
+    pairs: PairReport | None = None
+    verify: VerifyReport | None = None
+    open_set: list[OpenSetReport] = field(default_factory=list)
+    recommendation: Recommendation | None = None
+
+
+@dataclass
+class EvalReport:
+    faces_dir: str
+    photos: int
+    identities: int
+    no_face: dict[str, int]
+    gated: dict[str, int]
+    errata: dict[str, int]
+    seconds: float
+    figures: Figures
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = asdict(self)
+        return data
+
+    def text(self) -> str:
+        lines = [
+            f"faces      {self.faces_dir}: {self.photos} photos, {self.identities} people "
+            f"({self.seconds:.0f} s)",
+            f"no face    {dict(self.no_face) or 'none'}",
+            f"gated      {dict(self.gated) or 'none'} (left out of open-set and all-pairs)",
+        ]
+        if self.errata:
+            lines.append(f"errata     {self.errata}")
+        if self.figures.pairs is not None:
+            p = self.figures.pairs
+            lines += [
+                "",
+                f"1:1 pairs  {p.pairs} pairs ({p.unusable_pairs} without a face), "
+                f"{p.folds}-fold cross-validation",
+                f"  accuracy {p.accuracy * 100:.2f} % +- {p.accuracy_std * 100:.2f} "
+                f"(folds: {', '.join(f'{a * 100:.2f}' for a in p.fold_accuracies)}), "
+                f"threshold {p.threshold_mean:.3f}",
+            ]
+            for far, (tar, t) in p.tar_at_far.items():
+                lines.append(f"  TAR {tar:.4f} at FAR {far} (threshold {t:.3f})")
+        if self.figures.verify is not None:
+            v = self.figures.verify
+            lines += [
+                "",
+                f"1:1 all pairs  {v.impostor_pairs:,} impostor / {v.genuine_pairs:,} genuine",
+                f"  threshold {v.threshold:.3f} at FMR {v.fmr:g}: TAR {v.tar:.4f}",
+            ]
+        for o in self.figures.open_set:
+            lines += [
+                "",
+                f"open-set 1:N  gallery {o.gallery_size}, {o.rotations} rotations, "
+                f"{o.mated_searches:,} mated / {o.nonmated_searches:,} non-mated searches "
+                f"({o.nonmated_people} people not enrolled)",
+            ]
+            for pt in o.points:
+                lines.append(
+                    f"  FPIR {pt.fpir_target:g} (margin {pt.margin:.2f}): threshold "
+                    f"{pt.threshold:.3f}, FNIR {pt.fnir:.4f} (measured FPIR {pt.fpir:.5f})"
+                )
+            if o.at_recommended:
+                at = o.at_recommended
+                lines.append(
+                    f"  at the recommended thresholds: FNIR {at['fnir']:.4f}, FPIR {at['fpir']:.5f}"
+                )
+        r = self.figures.recommendation
+        if r is not None:
+            lines += [
+                "",
+                f"recommended for {r.gallery_size} elders at FPIR {r.target_fpir:g} "
+                f"(FNIR {r.fnir:.4f}, FPIR {r.fpir:.5f}):",
+                "  [vision.decision]",
+                f"  accept_threshold = {r.accept_threshold:.2f}",
+                f"  margin = {r.margin:.2f}",
+                f"  candidate_threshold = {r.candidate_threshold:.2f}",
+                f"  verify_threshold = {r.verify_threshold:.2f}",
+            ]
+        return "\n".join(lines)
+
+
+def evaluate_faces(
+    faces: FaceSet,
+    pairs: list[Pair] | None,
+    gallery_size: int,
+    target_fpir: float = 1e-3,
+    templates: int = 1,
+) -> Figures:
+    """The figures for an embedded folder (pairs optional; open-set if it has identities)."""
+    out = Figures()
+    if pairs:
+        out.pairs = pair_report(faces, pairs)
+    labels = [label for label, ok in zip(faces.labels, faces.usable, strict=True) if ok and label]
+    if len(set(labels)) < 3:
+        return out
+    verify = verify_all_pairs(faces, VERIFY_FMR)
+    out.verify = verify
+    sizes = [gallery_size, largest_gallery(labels)]
+    recommendation = None
+    for size in dict.fromkeys(s for s in sizes if s <= largest_gallery(labels)):
+        searches = open_set(faces, size, templates)
+        if recommendation is None:
+            recommendation = recommend(searches, verify, target_fpir)
+        points = operating_points(searches, FPIRS, 0.0)
+        points += operating_points(searches, FPIRS, recommendation.margin)
+        out.open_set.append(
+            OpenSetReport(
+                gallery_size=size,
+                rotations=searches.rotations,
+                mated_searches=int(searches.mated_score.size),
+                nonmated_searches=int(searches.nonmated_score.size),
+                nonmated_people=searches.nonmated_people,
+                points=points,
+                at_recommended={
+                    "fnir": searches.fnir(recommendation.accept_threshold, recommendation.margin),
+                    "fpir": searches.fpir(recommendation.accept_threshold, recommendation.margin),
+                },
+            )
+        )
+    out.recommendation = recommendation
+    return out
+
+
+def run_eval(
+    vision: VisionSection,
+    *,
+    faces: Path,
+    pairs: Path | None,
+    errata: Path | None,
+    gallery_size: int,
+    target_fpir: float,
+    templates: int,
+    jobs: int,
+) -> EvalReport:
+    started = time.monotonic()
+    items = list_identities(faces) if faces.is_dir() else []
+    pair_list = read_pairs(pairs, faces) if pairs is not None else None
+    known = {p for p, _ in items}
+    extra = sorted({q for pair in pair_list or [] for q in (pair.a, pair.b)} - known)
+    paths = [p for p, _ in items] + extra
+    labels = [label for _, label in items] + [""] * len(extra)
+    face_set = embed_images(
+        paths,
+        labels,
+        models_dir=resolve_models_dir(vision.models_dir),
+        manifest=load_manifest(vision.manifest),
+        settings=AnalyzerSettings.from_config(vision),
+        jobs=jobs,
+        progress=Progress(len(paths), "embedding"),
+    )
+    errata_counts: dict[str, int] = {}
+    if errata is not None:
+        fix = Errata.read(errata)
+        face_set = fix.apply(face_set)
+        errata_counts = {"merged_names": len(fix.same), "excluded_photos": len(fix.exclude)}
+    figures = evaluate_faces(face_set, pair_list, gallery_size, target_fpir, templates)
+    gated = Counter(g for g, ok in zip(face_set.gated, face_set.ok, strict=True) if g and ok)
+    return EvalReport(
+        faces_dir=str(faces),
+        photos=len(paths),
+        identities=len({label for label in labels if label}),
+        no_face=dict(face_set.failures),
+        gated=dict(gated),
+        errata=errata_counts,
+        seconds=time.monotonic() - started,
+        figures=figures,
+    )

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.lifecycle import StartupError, Supervisor, sd_notify, watchdog_interval_s
+
+
+class Part:
+    """A service that records what happened to it."""
+
+    def __init__(self, name: str, log: list[str], fail: bool = False, essential: bool = True):
+        self.name = name
+        self.essential = essential
+        self._log = log
+        self._fail = fail
+
+    def start(self) -> None:
+        if self._fail:
+            raise StartupError(f"{self.name} cannot start")
+        self._log.append(f"start {self.name}")
+
+    def stop(self) -> None:
+        self._log.append(f"stop {self.name}")
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True}
+
+    def healthy(self) -> bool:
+        return True
+
+
+def test_services_stop_in_reverse_order() -> None:
+    log: list[str] = []
+    sup = Supervisor([Part("store", log), Part("sync", log), Part("ports", log)])
+    sup.start_all()
+    sup.stop_all()
+    assert log == [
+        "start store",
+        "start sync",
+        "start ports",
+        "stop ports",
+        "stop sync",
+        "stop store",
+    ]
+
+
+def test_an_essential_service_that_cannot_start_stops_the_rest() -> None:
+    log: list[str] = []
+    sup = Supervisor([Part("store", log), Part("sync", log, fail=True), Part("ports", log)])
+    with pytest.raises(StartupError):
+        sup.start_all()
+    assert log == ["start store", "stop store"]
+
+
+def test_a_non_essential_service_may_fail_and_the_rest_runs_on() -> None:
+    log: list[str] = []
+    sup = Supervisor(
+        [Part("store", log), Part("vision", log, fail=True, essential=False), Part("ports", log)]
+    )
+    sup.start_all()
+    assert log == ["start store", "start ports"]
+    assert sup.healthy()
+    assert sup.health()["vision"] == {"state": "not started", "error": "vision cannot start"}
+
+
+def test_sd_notify_speaks_to_the_notify_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert sd_notify("READY=1")
+        assert server.recv(64) == b"READY=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not sd_notify("READY=1")
+
+
+def test_watchdog_interval_is_half_of_what_systemd_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval_s() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert watchdog_interval_s() is None

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.vision.camera import (
+    CameraError,
+    CameraReader,
+    ImageFolder,
+    Lockstep,
+    OpenCVCapture,
+    open_feed,
+    open_source,
+)
+from gateway.vision.config import CameraSection
+from gateway.vision.images import read_image
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path, faces_dir: Path) -> Path:
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    for name in ("img1.jpg", "img2.jpg"):
+        shutil.copyfile(faces_dir / "deepface" / name, folder / name)
+    return folder
+
+
+def test_a_folder_replays_each_photo_then_an_empty_scene(photo_folder: Path) -> None:
+    cfg = CameraSection(fps=10, replay_hold_s=0.5, replay_gap_s=0.3)
+    feed = Lockstep(ImageFolder(photo_folder, cfg), cfg.fps)
+    feed.start()
+    frames = []
+    while (frame := feed.next_frame(0.1)) is not None:
+        frames.append(frame)
+    assert feed.ended and feed.state == "ended"
+    assert len(frames) == 2 * (5 + 3)
+    assert [f.seq for f in frames] == list(range(1, 17))
+    assert frames[3].t == pytest.approx(0.4)
+    shapes = {f.image.shape for f in frames}
+    assert all(max(s[:2]) <= 640 for s in shapes)  # fitted to the camera's frame size
+    assert np.all(frames[5].image == frames[5].image.flat[0])  # the empty scene
+
+
+def test_unusable_photos_are_counted_and_skipped(photo_folder: Path) -> None:
+    (photo_folder / "img0_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0broken")
+    (photo_folder / "img1_half.jpg").write_bytes((photo_folder / "img1.jpg").read_bytes()[:5000])
+    cfg = CameraSection(fps=10, replay_hold_s=0.2, replay_gap_s=0.0)
+    source = ImageFolder(photo_folder, cfg)
+    feed = Lockstep(source, cfg.fps)
+    feed.start()
+    count = 0
+    while feed.next_frame(0.1) is not None:
+        count += 1
+    assert count == 4
+    assert source.bad_files == 2
+    assert feed.stats.failed_reads == 4
+
+
+def test_the_reader_keeps_only_the_newest_frame(photo_folder: Path) -> None:
+    cfg = CameraSection(fps=30, replay_hold_s=2, replay_gap_s=0, replay_loop=True)
+    reader = CameraReader(ImageFolder(photo_folder, cfg), cfg)
+    reader.start()
+    try:
+        first = reader.next_frame(timeout=5)
+        assert first is not None
+        time.sleep(0.5)  # a slow consumer
+        second = reader.next_frame(timeout=5)
+        assert second is not None and second.seq > first.seq + 5
+        assert reader.stats.dropped >= 5
+        assert reader.health()["state"] == "streaming"
+    finally:
+        reader.stop()
+    assert reader.state == "stopped"
+
+
+class FakeUsbCamera:
+    """A USB camera whose cable is pulled after a few frames and plugged back later."""
+
+    paced = True
+    name = "fake-usb"
+
+    def __init__(self, frame: np.ndarray) -> None:
+        self.frame = frame
+        self.plugged = threading.Event()
+        self.plugged.set()
+        self.opens = 0
+        self.reads_left = 5
+
+    def open(self) -> None:
+        if not self.plugged.is_set():
+            raise CameraError("no such device /dev/video0")
+        self.opens += 1
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        if not self.plugged.is_set():
+            return None, 0.0
+        self.reads_left -= 1
+        if self.reads_left == 0:
+            self.plugged.clear()
+        return self.frame, 0.0
+
+    def close(self) -> None:
+        pass
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
+
+
+def test_a_lost_camera_is_reopened_with_backoff(faces_dir: Path) -> None:
+    camera = FakeUsbCamera(read_image(faces_dir / "antispoof" / "image_T1.jpg"))
+    cfg = CameraSection(fps=50, reopen_min_s=0.05, reopen_max_s=0.2, stall_s=0.1)
+    reader = CameraReader(camera, cfg)
+    reader.start()
+    try:
+        _wait(lambda: reader.state == "lost")
+        seen = reader.stats.frames
+        assert seen >= 4
+        _wait(lambda: reader.stats.reopens >= 3)  # unplugged: open keeps failing
+        assert reader.health()["last_error"] == "no such device /dev/video0"
+        camera.reads_left = 1000
+        camera.plugged.set()
+        _wait(lambda: reader.state == "streaming" and reader.stats.frames > seen + 3)
+        assert camera.opens == 2
+        assert reader.next_frame(timeout=1) is not None
+    finally:
+        reader.stop()
+
+
+class SilentCamera(FakeUsbCamera):
+    """Opens fine, never delivers a frame (a hung driver)."""
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        return None, 0.0
+
+
+def test_a_camera_that_returns_nothing_is_reported_lost(faces_dir: Path) -> None:
+    camera = SilentCamera(np.zeros((1, 1, 3), np.uint8))
+    cfg = CameraSection(fps=50, reopen_min_s=0.05, reopen_max_s=0.1, stall_s=0.2)
+    reader = CameraReader(camera, cfg)
+    reader.start()
+    try:
+        _wait(lambda: camera.opens >= 2)
+        assert reader.health()["last_error"] == "no frame for 0.2 s"
+        assert reader.stats.frames == 0 and reader.stats.failed_reads > 0
+        assert reader.next_frame(timeout=0.05) is None
+    finally:
+        reader.stop()
+
+
+def test_a_video_file_is_a_camera(tmp_path: Path, faces_dir: Path) -> None:
+    video = tmp_path / "counter.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (480, 640))
+    photo = read_image(faces_dir / "antispoof" / "image_T1.jpg")
+    for _ in range(12):
+        writer.write(photo)
+    writer.release()
+    feed = open_feed(CameraSection(source=str(video), fps=15), realtime=False)
+    assert isinstance(feed, Lockstep) and isinstance(feed.source, OpenCVCapture)
+    feed.start()
+    frames = []
+    while (frame := feed.next_frame(0.1)) is not None:
+        frames.append(frame)
+    assert len(frames) == 12 and frames[0].image.shape == (640, 480, 3)
+
+
+def test_sources_are_chosen_from_the_spec(tmp_path: Path) -> None:
+    cfg = CameraSection()
+    device = open_source("0", cfg)
+    assert isinstance(device, OpenCVCapture) and device.target == 0 and not device.paced
+    stream = open_source("rtsp://admin:secret@10.0.0.7:554/stream1", cfg)
+    assert isinstance(stream, OpenCVCapture)
+    assert stream.name == "rtsp://10.0.0.7:554/stream1"  # no credentials in logs or health
+    assert isinstance(open_source(str(tmp_path), cfg), ImageFolder)
+    with pytest.raises(CameraError, match="no such device"):
+        open_source(str(tmp_path / "missing.mp4"), cfg)

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.app import build
+from gateway.cli import main
+from gateway.config import ConfigFileError, load_config
+
+
+def _config(tmp_path: Path, models_dir: Path, extra: str = "") -> Path:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[vision]\nmodels_dir = "{models_dir}"\n{extra}'
+    )
+    return path
+
+
+def test_identify_prints_decisions_as_json_lines(
+    tmp_path: Path, models_dir: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, models_dir)
+    assert (
+        main(
+            [
+                "enroll",
+                "-c",
+                str(config),
+                "--elder",
+                "e-1",
+                str(faces_dir / "deepface" / "img24.jpg"),
+            ]
+        )
+        == 0
+    )
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    shutil.copyfile(faces_dir / "deepface" / "img25.jpg", camera / "1.jpg")
+    shutil.copyfile(faces_dir / "deepface" / "couple.jpg", camera / "2.jpg")
+    capsys.readouterr()
+    assert main(["identify", "-c", str(config), "--camera", str(camera), "--lockstep"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(d["outcome"], d["elder_id"]) for d in lines] == [
+        ("accepted", "e-1"),
+        ("multiple_faces", None),
+    ]
+    assert all(len(d["event_id"]) == 36 for d in lines)
+    health = json.loads(captured.err.strip().splitlines()[-1])["health"]
+    assert health["camera"]["state"] == "ended"
+
+
+def test_identify_with_no_such_camera_says_so(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, models_dir)
+    assert main(["identify", "-c", str(config), "--camera", "/nowhere/cam.mp4"]) == 1
+    assert "no such device, folder, file or stream URL" in capsys.readouterr().err
+
+
+def test_no_camera_means_no_face_stage(tmp_path: Path, models_dir: Path) -> None:
+    gateway = build(load_config(_config(tmp_path, models_dir)), password=None)
+    assert [s.name for s in gateway.services] == ["sync"]
+    with_camera = _config(tmp_path, models_dir, '[vision.camera]\nsource = "/dev/video0"\n')
+    gateway = build(load_config(with_camera), password=None)
+    assert [s.name for s in gateway.services] == ["sync", "vision"]
+
+
+def test_vision_config_errors_name_line_and_key(tmp_path: Path, models_dir: Path) -> None:
+    typo = _config(tmp_path, models_dir, "[vision.decision]\naccept_treshold = 0.6\n")
+    with pytest.raises(ConfigFileError) as err:
+        load_config(typo)
+    assert str(err.value).endswith(
+        "gw.toml:6: vision.decision.accept_treshold: unknown key; did you mean 'accept_threshold'?"
+    )
+    inconsistent = _config(tmp_path, models_dir, "[vision.decision]\nk = 9\n")
+    with pytest.raises(ConfigFileError, match="k must not exceed n"):
+        load_config(inconsistent)
+
+
+def test_models_verify_command(staged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "verify", "--models-dir", str(staged)]) == 0
+    assert capsys.readouterr().out.count(": ok") == 4
+    (staged / "retinaface_mbnet0.25.onnx").unlink()
+    assert main(["models", "verify", "--models-dir", str(staged)]) == 1
+    assert "retinaface_mbnet0.25.onnx: BAD: missing" in capsys.readouterr().out
+
+
+def test_bulk_enrolment_command(
+    tmp_path: Path, faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    df = faces_dir / "deepface"
+    folder = tmp_path / "photos"
+    for elder, names in {
+        "e-101": ["img13.jpg", "img14.jpg"],
+        "e-102": ["img8.jpg"],
+        "e-103": ["couple.jpg"],
+    }.items():
+        (folder / elder).mkdir(parents=True)
+        for name in names:
+            shutil.copyfile(df / name, folder / elder / name)
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n[vision]\nmodels_dir = "{models_dir}"\n'
+    )
+    code = main(["enroll", "-c", str(config), "--folder", str(folder)])
+    captured = capsys.readouterr()
+    assert code == 3  # one elder refused
+    assert "e-103: refused: no usable photo" in captured.out
+    assert "couple.jpg: refused: multiple_faces" in captured.out
+    assert "2 enrolled, 1 refused, 0 flagged" in captured.out
+    assert "enrolling: 3/3" in captured.err  # the progress bar, one line per tenth off a tty
+
+    assert main(["gallery", "stats", "-c", str(config)]) == 0
+    assert "elders     2    templates 3" in capsys.readouterr().out
+    assert main(["gallery", "remove", "-c", str(config), "--elder", "e-101"]) == 0
+    assert "e-101: 2 template(s) erased" in capsys.readouterr().out
+    assert main(["enroll", "-c", str(config), "--elder", "e-104", str(df / "img9.jpg")]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("e-104: flagged: looks like enrolled elder(s) e-102")
+
+
+def test_eval_command_on_the_deepface_pairs(
+    faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[vision]\nmodels_dir = "{models_dir}"\n')
+    folder = faces_dir / "deepface"
+    code = main(
+        ["eval", "-c", str(config), "--faces", str(folder), "--pairs", str(folder / "master.csv")]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "1:1 pairs  300 pairs (0 without a face), 5-fold cross-validation" in out
+    assert "TAR 1.0000 at FAR 0.01" in out
+
+
+def test_run_without_models_runs_on_without_the_face_stage(tmp_path: Path) -> None:
+    """A damaged or missing model stops the face stage, not the alarms: the gateway runs on,
+    says plainly what is missing, and reports it in health."""
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    config = _config(tmp_path, empty, '[vision.camera]\nsource = "/dev/video0"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "gateway" in line and "running" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0
+    assert "vision not started, the rest runs on" in log
+    assert "model files in" in log and "retinaface_mbnet0.25.onnx: missing" in log
+    assert "Traceback" not in log

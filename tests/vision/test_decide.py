@@ -1,0 +1,216 @@
+"""The decision rules on their own: observations in, decisions out, time from the frames."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.vision.config import DecisionSection
+from gateway.vision.decide import Decider, Decision, Observation, Outcome, Policy
+from gateway.vision.gallery import SearchResult
+
+POLICY = Policy.from_config(DecisionSection())
+FPS = 15.0
+
+
+def person(name: str) -> np.ndarray:
+    """A stable unit vector per person (for track continuity)."""
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+    v = np.random.default_rng(seed).standard_normal(128).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def face(
+    t: float, who: str, top: str, score: float, runner_up: float = 0.1, *, live: float = 0.99
+) -> Observation:
+    search = SearchResult((top, "elder-z"), (score, runner_up))
+    return Observation(t, "face", embedding=person(who), search=search, live_score=live)
+
+
+def run(decider: Decider, observations: list[Observation]) -> list[Decision]:
+    out: list[Decision] = []
+    for obs in observations:
+        out += decider.observe(obs)
+    return out
+
+
+def frames(
+    start: float, count: int, *, who: str, top: str, score: float, **kw: float
+) -> list[Observation]:
+    return [face(start + i / FPS, who, top, score, **kw) for i in range(count)]
+
+
+def test_k_of_n_good_frames_accept_once() -> None:
+    decider = Decider(POLICY)
+    out = run(decider, frames(0.0, 30, who="p1", top="elder-1", score=0.7))
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED]
+    (accepted,) = out
+    assert accepted.elder_id == "elder-1"
+    assert accepted.frames_used == POLICY.k
+    assert accepted.t == pytest.approx((POLICY.k - 1) / FPS)
+    assert accepted.score == pytest.approx(0.7)
+    assert accepted.margin == pytest.approx(0.6)
+    assert accepted.liveness == pytest.approx(0.99)
+
+
+def test_one_frame_short_of_k_is_not_enough() -> None:
+    decider = Decider(POLICY)
+    good = frames(0.0, POLICY.k - 1, who="p1", top="elder-1", score=0.7)
+    weak = frames((POLICY.k - 1) / FPS, 3, who="p1", top="elder-1", score=0.5)
+    assert run(decider, good + weak) == []
+
+
+def test_a_close_runner_up_is_never_accepted_but_offered_to_staff() -> None:
+    decider = Decider(POLICY)
+    obs = frames(0.0, 40, who="p1", top="elder-1", score=0.7, runner_up=0.69)
+    (decision,) = run(decider, obs)
+    assert decision.outcome is Outcome.UNCERTAIN
+    assert decision.reason == "close_candidates"
+    assert decision.candidates[0] == ("elder-1", 0.7)
+    assert decision.t == pytest.approx(POLICY.decide_within_s, abs=1 / FPS)
+
+
+def test_a_stranger_is_unknown_after_the_decision_time() -> None:
+    decider = Decider(POLICY)
+    (decision,) = run(decider, frames(0.0, 40, who="p9", top="elder-1", score=0.2))
+    assert decision.outcome is Outcome.UNKNOWN
+    assert decision.candidates == ()
+    assert decision.elder_id is None
+
+
+def test_votes_split_between_elders_stay_uncertain() -> None:
+    decider = Decider(POLICY)
+    obs = [face(i / FPS, "p1", "elder-1" if i % 2 else "elder-2", 0.6, 0.3) for i in range(40)]
+    (decision,) = run(decider, obs)
+    assert decision.outcome is Outcome.UNCERTAIN
+    assert {c[0] for c in decision.candidates} == {"elder-1", "elder-2"}
+
+
+def test_failing_liveness_is_a_spoof_even_with_a_perfect_match() -> None:
+    decider = Decider(POLICY)
+    out = run(decider, frames(0.0, 20, who="p1", top="elder-1", score=0.9, live=0.2))
+    assert [d.outcome for d in out] == [Outcome.SPOOF]
+    assert out[0].elder_id is None and out[0].liveness == pytest.approx(0.2)
+
+
+def test_liveness_must_pass_on_most_frames() -> None:
+    decider = Decider(POLICY)
+    lives = [0.9, 0.3, 0.9, 0.3, 0.9, 0.3, 0.9]
+    obs = [face(i / FPS, "p1", "elder-1", 0.8, live=v) for i, v in enumerate(lives)]
+    out = run(decider, obs)
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED]
+    assert out[0].liveness is not None and out[0].liveness >= 0.5
+
+
+def test_cooldown_stops_a_second_acceptance_of_the_same_elder() -> None:
+    decider = Decider(POLICY)
+    first = frames(0.0, 10, who="p1", top="elder-1", score=0.7)
+    again = frames(5.0, 10, who="p1", top="elder-1", score=0.7)  # stepped away and back
+    later = frames(5.0 + POLICY.cooldown_s, 10, who="p1", top="elder-1", score=0.7)
+    out = run(decider, first + again + later)
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+    assert out[1].t > POLICY.cooldown_s
+    assert decider.counters["cooldown_suppressed"] == 1
+
+
+def test_a_new_face_without_a_gap_starts_a_new_track() -> None:
+    decider = Decider(POLICY)
+    first = frames(0.0, 10, who="p1", top="elder-1", score=0.7)
+    second = frames(10 / FPS, 10, who="p2", top="elder-2", score=0.7)
+    out = run(decider, first + second)
+    assert [(d.outcome, d.elder_id) for d in out] == [
+        (Outcome.ACCEPTED, "elder-1"),
+        (Outcome.ACCEPTED, "elder-2"),
+    ]
+    assert out[0].track != out[1].track
+
+
+def test_a_track_ends_after_a_gap_and_a_short_visit_is_dropped() -> None:
+    decider = Decider(POLICY)
+    visit = frames(0.0, 2, who="p9", top="elder-1", score=0.2)
+    quiet = [Observation(1.0 + i / FPS, "no_face") for i in range(20)]
+    assert run(decider, visit + quiet) == []
+    assert decider.track is None
+    assert decider.counters["tracks_abandoned"] == 1
+
+
+def test_two_people_in_view_give_multiple_faces_once() -> None:
+    decider = Decider(POLICY)
+    ambiguous = [Observation(i / FPS, "multiple_faces") for i in range(30)]
+    out = run(decider, ambiguous)
+    assert [d.outcome for d in out] == [Outcome.MULTIPLE_FACES]
+    assert out[0].elder_id is None
+
+
+def test_ambiguity_wipes_the_votes_collected_so_far() -> None:
+    decider = Decider(POLICY)
+    before = frames(0.0, POLICY.k - 1, who="p1", top="elder-1", score=0.7)
+    ambiguous = [Observation((POLICY.k - 1 + i) / FPS, "multiple_faces") for i in range(3)]
+    after = frames((POLICY.k + 2) / FPS, 1, who="p1", top="elder-1", score=0.7)
+    out = run(decider, before + ambiguous + after)
+    assert [d.outcome for d in out] == [Outcome.MULTIPLE_FACES]
+
+
+def test_a_face_never_usable_is_no_face_with_the_reason() -> None:
+    decider = Decider(POLICY)
+    obs = [Observation(i / FPS, "poor_quality", reason="turned_away") for i in range(40)]
+    (decision,) = run(decider, obs)
+    assert decision.outcome is Outcome.NO_FACE
+    assert decision.reason == "turned_away"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["elder-1", "elder-2", "elder-3"]),
+            st.floats(-0.2, 1.0),
+            st.floats(-0.2, 1.0),
+            st.floats(0.0, 1.0),
+        ),
+        max_size=60,
+    )
+)
+def test_an_acceptance_always_has_k_strong_clear_live_frames(
+    seq: list[tuple[str, float, float, float]],
+) -> None:
+    decider = Decider(POLICY)
+    obs = []
+    for i, (top, score, other, live) in enumerate(seq):
+        hi, lo = max(score, other), min(score, other)
+        obs.append(face(i / FPS, "p1", top, hi, lo, live=live))
+    for decision in run(decider, obs):
+        if decision.outcome is not Outcome.ACCEPTED:
+            continue
+        recent = [o for o in obs if decision.t - POLICY.window_s <= o.t <= decision.t][-POLICY.n :]
+        hits = [o.search for o in recent if o.search is not None]
+        strong = [
+            r for r in hits if r.top_score >= POLICY.accept_threshold and r.margin >= POLICY.margin
+        ]
+        assert sum(r.top == decision.elder_id for r in strong) >= POLICY.k
+        assert all(r.top == decision.elder_id for r in strong)
+        used = [
+            o
+            for o in recent
+            if o.search is not None
+            and o.search.top == decision.elder_id
+            and o.search.top_score >= POLICY.accept_threshold
+        ]
+        assert len(used) == decision.frames_used
+        live = [o for o in used if (o.live_score or 0.0) >= POLICY.liveness_threshold]
+        assert 2 * len(live) > len(used)
+
+
+def test_a_tilted_print_is_a_spoof_not_just_an_unusable_face() -> None:
+    decider = Decider(POLICY)
+    obs = [
+        Observation(i / FPS, "poor_quality", live_score=0.2, reason="turned_away")
+        for i in range(10)
+    ]
+    out = run(decider, obs)
+    assert [d.outcome for d in out] == [Outcome.SPOOF]
+    assert out[0].frames_used == POLICY.k

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.vision.analyze import Analyzer
+from gateway.vision.config import VisionSection
+from gateway.vision.enroll import enrol
+from gateway.vision.gallery import Gallery
+
+
+@pytest.fixture
+def gallery(tmp_path: Path, analyzer: Analyzer) -> Gallery:
+    return Gallery.open(
+        tmp_path / "faces.db", tmp_path / "faces.key", analyzer.embedder.model_id, create=True
+    )
+
+
+@pytest.fixture(scope="module")
+def df(faces_dir: Path) -> Path:
+    return faces_dir / "deepface"
+
+
+RULES = VisionSection().decision
+
+
+def test_photos_of_one_person_are_enrolled(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:
+    result = enrol(gallery, analyzer, "elder-1", [df / "img13.jpg", df / "img14.jpg"], rules=RULES)
+    assert result.status == "enrolled" and result.added == 2
+    assert all(v.ok for v in result.photos)
+    assert gallery.snapshot.elders == ("elder-1",)
+
+
+def test_each_photo_gets_a_verdict_with_a_reason(
+    gallery: Gallery, analyzer: Analyzer, df: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 nothing")
+    photos = [df / "img13.jpg", df / "couple.jpg", df / "img23.jpg", broken, df / "img14.jpg"]
+    result = enrol(gallery, analyzer, "elder-1", photos, rules=RULES)
+    assert result.status == "enrolled" and result.added == 2
+    assert [v.reason for v in result.photos] == [None, "multiple_faces", "tilted", "corrupt", None]
+    assert "pitch" in result.photos[2].detail
+
+
+def test_photos_of_two_people_are_refused(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:
+    result = enrol(gallery, analyzer, "elder-1", [df / "img13.jpg", df / "img8.jpg"], rules=RULES)
+    assert result.status == "refused"
+    assert result.message == "the photos do not show the same person"
+    assert gallery.snapshot.elders == ()
+
+
+def test_an_odd_photo_out_is_dropped(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:
+    photos = [df / "img13.jpg", df / "img14.jpg", df / "img8.jpg"]
+    result = enrol(gallery, analyzer, "elder-1", photos, rules=RULES)
+    assert result.status == "enrolled" and result.added == 2
+    assert result.photos[2].reason == "does_not_match_other_photos"
+
+
+def test_someone_already_enrolled_under_another_id_is_flagged(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    enrol(gallery, analyzer, "elder-1", [df / "img20.jpg"], rules=RULES)
+    again = enrol(gallery, analyzer, "elder-2", [df / "img21.jpg"], rules=RULES)
+    assert again.status == "flagged"
+    assert [e for e, _ in again.conflicts] == ["elder-1"]
+    assert "elder-2" not in gallery.snapshot.elders
+    confirmed = enrol(
+        gallery, analyzer, "elder-2", [df / "img21.jpg"], rules=RULES, allow_similar=True
+    )
+    assert confirmed.status == "enrolled"
+    (pair,) = gallery.confusables()
+    assert (pair.elder_a, pair.elder_b) == ("elder-1", "elder-2")
+    assert pair.score >= RULES.accept_threshold
+
+
+def test_elder_ids_are_checked(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:
+    with pytest.raises(ValueError, match="elder id"):
+        enrol(gallery, analyzer, "Zhang San", [df / "img1.jpg"], rules=RULES)

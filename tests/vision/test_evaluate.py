@@ -1,0 +1,100 @@
+"""Accuracy on real photos, and the defaults are exactly what the evaluation recommends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.vision.calibrate import (
+    best_accuracy_threshold,
+    kfold_accuracy,
+    round_up,
+    threshold_at_rate,
+)
+from gateway.vision.config import DecisionSection
+from gateway.vision.evaluate import Errata, FaceSet, largest_gallery, read_pairs
+from gateway.vision.report import Figures, evaluate_faces
+from tests.vision.conftest import ERRATA
+
+
+def rate_at(scores: np.ndarray, threshold: float) -> float:
+    return float(np.mean(scores >= threshold))
+
+
+def test_threshold_at_rate_never_exceeds_the_rate() -> None:
+    impostor = np.linspace(0, 1, 1000, dtype=np.float32)
+    for rate in (0.1, 0.01, 0.001):
+        t = threshold_at_rate(impostor, rate)
+        assert rate_at(impostor, t) <= rate
+        assert rate_at(impostor, float(np.nextafter(np.float32(t), np.float32(-1)))) > rate
+    # fewer scores than 1/rate: strictly above the highest one
+    assert threshold_at_rate(impostor[:10], 0.001) > impostor[9]
+
+
+def test_best_accuracy_threshold_and_kfold() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])
+    same = np.array([False, False, False, True, True, True])
+    assert 0.3 < best_accuracy_threshold(scores, same) < 0.6
+    folds = np.array([0, 1, 0, 1, 0, 1])
+    assert [r.accuracy for r in kfold_accuracy(scores, same, folds)] == [1.0, 1.0]
+
+
+def test_round_up_is_never_down() -> None:
+    assert round_up(0.5301) == 0.54
+    assert round_up(0.54) == 0.54
+
+
+def test_errata_file_parses(tmp_path: Path) -> None:
+    errata = Errata.read(ERRATA)
+    assert errata.same["Noer_Muis"] == "Noer_Moeis"
+    assert "Carlos_Ruckauf_0001" in errata.exclude
+    bad = tmp_path / "errata.txt"
+    bad.write_text("merge A B\n")
+    with pytest.raises(ValueError, match=r"errata\.txt:1"):
+        Errata.read(bad)
+
+
+@pytest.fixture(scope="module")
+def lfw_figures(lfw_faces: FaceSet, faces_dir: Path) -> Figures:
+    lfw = faces_dir / "lfw-dev"
+    pairs = read_pairs(lfw / "pairs.txt", lfw)
+    return evaluate_faces(Errata.read(ERRATA).apply(lfw_faces), pairs, gallery_size=1000)
+
+
+def test_lfw_1to1_accuracy_by_5_fold_cross_validation(lfw_figures: Figures) -> None:
+    pairs = lfw_figures.pairs
+    assert pairs is not None
+    assert pairs.pairs == 3000 and pairs.folds == 5 and pairs.unusable_pairs == 0
+    assert pairs.accuracy >= 0.993
+    tar, threshold = pairs.tar_at_far["0.001"]
+    assert tar >= 0.97
+    assert 0.2 < threshold < 0.5
+
+
+def test_lfw_open_set_figures(lfw_figures: Figures, lfw_faces: FaceSet) -> None:
+    reports = lfw_figures.open_set
+    sizes = [r.gallery_size for r in reports]
+    labels = [lb for lb, ok in zip(lfw_faces.labels, lfw_faces.usable, strict=True) if ok]
+    assert sizes[0] == 1000 and sizes[1] >= largest_gallery(labels) - 50
+    at_1000 = reports[0]
+    assert at_1000.nonmated_searches >= 10_000 and at_1000.mated_searches >= 10_000
+    point = next(p for p in at_1000.points if p.fpir_target == 1e-3 and p.margin == 0.0)
+    assert point.fpir <= 1e-3
+    assert point.fnir < 0.25
+
+
+def test_defaults_are_the_recommendation_for_1000_elders_at_fpir_1e3(
+    lfw_figures: Figures,
+) -> None:
+    rec = lfw_figures.recommendation
+    defaults = DecisionSection()
+    assert rec is not None
+    assert rec.gallery_size == 1000 and rec.target_fpir == 1e-3
+    assert (rec.accept_threshold, rec.margin, rec.candidate_threshold, rec.verify_threshold) == (
+        defaults.accept_threshold,
+        defaults.margin,
+        defaults.candidate_threshold,
+        defaults.verify_threshold,
+    )

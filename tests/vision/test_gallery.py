@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.vision.embed import l2_normalise
+from gateway.vision.errors import GalleryError
+from gateway.vision.gallery import Gallery, Snapshot
+
+MODEL = "mobilefacenet-foamliu-128d@b7120c09"
+
+
+def _vectors(n: int, seed: int) -> np.ndarray:
+    return l2_normalise(np.random.default_rng(seed).standard_normal((n, 128)).astype(np.float32))
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "faces.db", tmp_path / "faces.key"
+
+
+@pytest.fixture
+def gallery(paths: tuple[Path, Path]) -> Gallery:
+    g = Gallery.open(*paths, MODEL, create=True)
+    vectors = _vectors(6, 1)
+    g.add("elder-a", vectors[:2])
+    g.add("elder-b", vectors[2:4])
+    g.add("elder-c", vectors[4:])
+    return g
+
+
+def test_key_is_created_private_and_kept_out_of_the_database(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    db, key = paths
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    secret = key.read_bytes()
+    assert len(secret) == 32
+    assert secret not in db.read_bytes()
+
+
+def test_templates_are_encrypted_at_rest(gallery: Gallery, paths: tuple[Path, Path]) -> None:
+    template = gallery.snapshot.matrix[0]
+    raw = b"".join(p.read_bytes() for p in paths[0].parent.glob("faces.db*"))
+    assert template.tobytes() not in raw
+    assert template[:8].tobytes() not in raw
+
+
+def test_with_one_elder_the_runner_up_counts_as_zero(paths: tuple[Path, Path]) -> None:
+    lonely = Gallery.open(*paths, MODEL, create=True)
+    vector = _vectors(1, 8)[0]
+    lonely.add("elder-only", [vector])
+    result = lonely.search(vector)
+    assert result.elders == ("elder-only",) and result.best_other == 0.0
+    assert result.margin == pytest.approx(1.0, abs=1e-5)
+    empty = Gallery.open(paths[0].with_name("empty.db"), paths[1], MODEL, create=True)
+    assert empty.search(vector).top is None
+
+
+def test_search_gives_top_k_and_the_best_other_identity(gallery: Gallery) -> None:
+    probe = gallery.snapshot.matrix[3]  # elder-b's second template
+    result = gallery.search(probe, k=3)
+    assert result.top == "elder-b"
+    assert result.top_score == pytest.approx(1.0, abs=1e-5)
+    assert len(result.elders) == 3 and set(result.elders) == {"elder-a", "elder-b", "elder-c"}
+    assert result.best_other == result.scores[1] < result.top_score
+    assert result.margin == pytest.approx(result.top_score - result.best_other)
+    other = gallery.search(probe, k=1, exclude="elder-b")
+    assert other.top != "elder-b" and other.top_score == pytest.approx(result.best_other)
+
+
+def test_memory_holds_one_contiguous_float32_matrix_grouped_by_elder(gallery: Gallery) -> None:
+    snap = gallery.snapshot
+    assert snap.matrix.dtype == np.float32 and snap.matrix.flags.c_contiguous
+    assert snap.matrix.shape == (6, 128)
+    assert snap.elders == ("elder-a", "elder-b", "elder-c")
+    assert snap.starts.tolist() == [0, 2, 4]
+
+
+def test_per_elder_best_score_equals_brute_force() -> None:
+    rows = [(f"e{i % 7}", v) for i, v in enumerate(_vectors(40, 2))]
+    snap = Snapshot.build(rows, 128)
+    probes = _vectors(5, 3)
+    expected = np.array(
+        [
+            [max(float(p @ v) for e, v in rows if e == elder) for elder in snap.elders]
+            for p in probes
+        ]
+    )
+    assert np.allclose(snap.identity_scores(probes), expected, atol=1e-6)
+
+
+def test_a_wrong_key_is_counted_and_nothing_is_identified(
+    gallery: Gallery, paths: tuple[Path, Path], tmp_path: Path
+) -> None:
+    db, _ = paths
+    other_key = tmp_path / "other.key"
+    Gallery.open(tmp_path / "other.db", other_key, MODEL, create=True)
+    wrong = Gallery.open(db, other_key, MODEL)
+    assert wrong.report.key_mismatch
+    assert wrong.report.undecryptable == 6 and wrong.report.templates == 0
+    assert wrong.search(_vectors(1, 9)[0]).top is None
+    with pytest.raises(GalleryError, match="refusing to write"):
+        wrong.add("elder-d", _vectors(1, 4))
+    assert wrong.remove("elder-a") == 2  # erasure never depends on the key
+
+
+def test_a_relabelled_row_fails_to_decrypt_and_the_rest_loads(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    db, key = paths
+    with sqlite3.connect(db) as conn:
+        row = conn.execute(
+            "SELECT template_id FROM templates WHERE elder_id = 'elder-a'"
+        ).fetchone()
+        conn.execute("UPDATE templates SET elder_id = 'elder-c' WHERE template_id = ?", row)
+    reopened = Gallery.open(db, key, MODEL)
+    assert reopened.report.undecryptable == 1
+    assert reopened.report.templates == 5
+    assert reopened.snapshot.elders == ("elder-a", "elder-b", "elder-c")
+    assert reopened.snapshot.starts.tolist() == [0, 1, 3]
+
+
+def test_templates_of_another_model_are_skipped(gallery: Gallery, paths: tuple[Path, Path]) -> None:
+    other = Gallery.open(*paths, "another-recognizer@00000000")
+    assert other.report.other_model == 6 and other.report.templates == 0
+
+
+def test_a_key_readable_by_others_is_refused(paths: tuple[Path, Path], gallery: Gallery) -> None:
+    paths[1].chmod(0o644)
+    with pytest.raises(GalleryError, match="chmod 600"):
+        Gallery.open(*paths, MODEL)
+
+
+def test_a_missing_key_is_an_error_not_a_new_key(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    paths[1].unlink()
+    with pytest.raises(GalleryError, match="key"):
+        Gallery.open(*paths, MODEL, create=True)
+    assert not paths[1].exists()
+
+
+def test_another_process_enrolling_is_picked_up(gallery: Gallery, paths: tuple[Path, Path]) -> None:
+    writer = Gallery.open(*paths, MODEL)
+    assert not gallery.refresh_if_changed()
+    writer.add("elder-d", _vectors(1, 5))
+    assert gallery.refresh_if_changed()
+    assert "elder-d" in gallery.snapshot.elders
+
+
+def test_remove_erases_templates_and_register_entries(gallery: Gallery) -> None:
+    gallery.set_confusable("elder-a", [("elder-b", 0.5)])
+    assert [(c.elder_a, c.elder_b) for c in gallery.confusables()] == [("elder-a", "elder-b")]
+    assert gallery.remove("elder-b") == 2
+    assert "elder-b" not in gallery.snapshot.elders
+    assert gallery.confusables() == []
+
+
+def test_writes_update_memory_as_a_reload_would(gallery: Gallery, paths: tuple[Path, Path]) -> None:
+    gallery.add_many([("elder-0", _vectors(2, 6)), ("elder-d", _vectors(1, 7))])
+    gallery.remove("elder-b")
+    fresh = Gallery.open(*paths, MODEL)
+    assert (
+        gallery.snapshot.elders
+        == fresh.snapshot.elders
+        == ("elder-0", "elder-a", "elder-c", "elder-d")
+    )
+    assert gallery.snapshot.starts.tolist() == fresh.snapshot.starts.tolist()
+    assert sorted(v.tobytes() for _, v in gallery.snapshot.rows()) == sorted(
+        v.tobytes() for _, v in fresh.snapshot.rows()
+    )
+    assert gallery.report.templates == fresh.report.templates == 7

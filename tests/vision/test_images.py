@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.vision.errors import BadImage
+from gateway.vision.images import as_bgr8, decode_image, fit_within, header_size, read_image
+
+
+@pytest.fixture(scope="module")
+def photo(faces_dir: Path) -> bytes:
+    return (faces_dir / "antispoof" / "image_T1.jpg").read_bytes()
+
+
+def test_a_real_jpeg_decodes_to_bgr8_upright(photo: bytes) -> None:
+    # stored 640x480 with an EXIF tag saying "rotate": the face must come out upright
+    assert header_size(photo) == (640, 480)
+    image = decode_image(photo)
+    assert image.shape == (640, 480, 3) and image.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "corrupt"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 64, "corrupt"),
+    ],
+)
+def test_unusable_bytes_say_why(data: bytes, reason: str) -> None:
+    with pytest.raises(BadImage) as err:
+        decode_image(data)
+    assert err.value.reason == reason
+
+
+def test_a_truncated_photo_is_refused(photo: bytes) -> None:
+    with pytest.raises(BadImage) as err:
+        decode_image(photo[: len(photo) // 2])
+    assert err.value.reason == "truncated"
+
+
+def test_a_photo_with_bytes_after_its_end_marker_is_fine(photo: bytes) -> None:
+    assert decode_image(photo + b"vendor trailer").shape == (640, 480, 3)
+
+
+def test_grey_16bit_and_alpha_become_bgr8(photo: bytes) -> None:
+    colour = decode_image(photo)
+    grey = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
+    wide = grey.astype(np.uint16) * 257
+    bgra = cv2.cvtColor(colour, cv2.COLOR_BGR2BGRA)
+    for img in (grey, wide, bgra):
+        ok, png = cv2.imencode(".png", img)
+        assert ok
+        out = decode_image(png.tobytes())
+        assert out.shape == (640, 480, 3) and out.dtype == np.uint8
+    assert np.array_equal(decode_image(cv2.imencode(".png", wide)[1].tobytes())[..., 0], grey)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+    )
+
+
+def test_a_huge_photo_is_refused_before_decoding() -> None:
+    with pytest.raises(BadImage) as err:
+        decode_image(_png_header(30_000, 20_000) + b"\x00" * 100)
+    assert err.value.reason == "too_large"
+    assert "30000x20000" in str(err.value)
+
+
+def test_a_huge_file_is_refused_by_size(tmp_path: Path, photo: bytes) -> None:
+    path = tmp_path / "big.jpg"
+    path.write_bytes(photo)
+    with pytest.raises(BadImage) as err:
+        read_image(path, max_bytes=1000)
+    assert err.value.reason == "too_large"
+
+
+def test_a_missing_file_is_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(BadImage) as err:
+        read_image(tmp_path / "nope.jpg")
+    assert err.value.reason == "unreadable"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [None, np.zeros((0, 640, 3), np.uint8), np.zeros((480, 0, 3), np.uint8), np.zeros(5)],
+)
+def test_zero_size_frames_are_empty(frame: np.ndarray | None) -> None:
+    with pytest.raises(BadImage) as err:
+        as_bgr8(frame)
+    assert err.value.reason == "empty"
+
+
+def test_odd_pixel_types_are_refused() -> None:
+    with pytest.raises(BadImage) as err:
+        as_bgr8(np.zeros((4, 4, 3), np.int32))
+    assert err.value.reason == "unsupported"
+    with pytest.raises(BadImage):
+        as_bgr8(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_fit_within_only_shrinks(photo: bytes) -> None:
+    image = decode_image(photo)
+    assert fit_within(image, 320).shape == (320, 240, 3)
+    assert fit_within(image, 1000) is image

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.vision.errors import ModelError
+from gateway.vision.models import Manifest, Models, fetch, load_manifest, verify
+
+
+def test_manifest_describes_every_model(manifest: Manifest) -> None:
+    roles = {role: spec for role, spec in manifest.specs()}
+    assert set(roles) == {"detector", "recognizer", "antispoof_v2", "antispoof_v1se"}
+    assert roles["recognizer"].colour == "RGB"
+    assert roles["recognizer"].mean == (0.485, 0.456, 0.406)
+    assert roles["antispoof_v2"].crop_scale == 2.7
+    assert roles["antispoof_v1se"].crop_scale == 4.0
+    assert all(spec.licence and spec.source for spec in roles.values())
+
+
+def test_shared_models_match_the_manifest(models_dir: Path, manifest: Manifest) -> None:
+    checks = verify(models_dir, manifest)
+    assert [c.problem for c in checks] == [None] * 4
+
+
+def test_sessions_are_warmed_up_and_counted(models: Models) -> None:
+    ids = models.model_ids()
+    assert ids["recognizer"].startswith("mobilefacenet-foamliu-128d@b7120c09")
+    assert all(s.input.name for s in models.sessions().values())
+
+
+def test_an_altered_model_is_an_error_naming_it(staged: Path, manifest: Manifest) -> None:
+    target = staged / manifest.recognizer.file
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    (staged / manifest.detector.file).unlink()
+    problems = {c.role: c.problem for c in verify(staged, manifest) if not c.ok}
+    assert problems["detector"] == "missing"
+    assert problems["recognizer"] is not None and problems["recognizer"].startswith("sha256")
+    with pytest.raises(ModelError, match=r"recognizer: .*mobilefacenet_foamliu_128d.onnx: sha256"):
+        Models.open(staged, manifest, threads=1)
+
+
+def test_manifest_typo_is_an_error_with_its_line(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[2] / "models" / "manifest.toml").read_text()
+    bad = tmp_path / "manifest.toml"
+    bad.write_text(text.replace('colour = "RGB"', 'color = "RGB"'))
+    with pytest.raises(ModelError, match=r"manifest.toml:\d+: recognizer.color: unknown key"):
+        load_manifest(bad)
+
+
+def test_fetch_from_a_folder_installs_then_finds_present(
+    tmp_path: Path, models_dir: Path, manifest: Manifest
+) -> None:
+    dest = tmp_path / "installed"
+    first = fetch(str(models_dir), dest, manifest)
+    assert [r.action for r in first] == ["installed"] * 4
+    second = fetch(str(models_dir), dest, manifest)
+    assert [r.action for r in second] == ["present"] * 4
+    assert all(c.ok for c in verify(dest, manifest))
+
+
+@pytest.fixture
+def http_server(staged: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(staged))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_fetch_from_a_url_checks_every_byte(
+    tmp_path: Path, staged: Path, http_server: str, manifest: Manifest
+) -> None:
+    # the server holds one damaged and one truncated file: those must not be installed
+    damaged = staged / manifest.antispoof_v2.file
+    data = bytearray(damaged.read_bytes())
+    data[100] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    truncated = staged / manifest.antispoof_v1se.file
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    dest = tmp_path / "from-url"
+    results = {r.role: r for r in fetch(http_server, dest, manifest)}
+    assert results["detector"].action == "installed"
+    assert results["recognizer"].action == "installed"
+    assert results["antispoof_v2"].action == "failed"
+    assert "sha256" in results["antispoof_v2"].detail
+    assert results["antispoof_v1se"].action == "failed"
+    assert "got 1000 bytes" in results["antispoof_v1se"].detail
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        [manifest.detector.file, manifest.recognizer.file]
+    )
+
+
+def test_fetch_from_an_unreachable_url_fails_cleanly(tmp_path: Path, manifest: Manifest) -> None:
+    results = fetch("http://127.0.0.1:9/", tmp_path / "m", manifest, timeout_s=2)
+    assert {r.action for r in results} == {"failed"}
+    assert not any((tmp_path / "m").iterdir())

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.vision.analyze import Analyzer
+from gateway.vision.images import fit_within, read_image
+from gateway.vision.quality import pose
+
+
+def _photo(faces_dir: Path, name: str) -> np.ndarray:
+    return fit_within(read_image(faces_dir / "deepface" / name), 640)
+
+
+@pytest.mark.parametrize("name", ["couple.jpg", "selfie-many-people.jpg"])
+def test_two_similar_faces_are_ambiguous(analyzer: Analyzer, faces_dir: Path, name: str) -> None:
+    analysis = analyzer.analyze(_photo(faces_dir, name))
+    assert analysis.kind == "multiple_faces"
+    assert analysis.embedding is None
+
+
+def test_a_small_face_in_the_background_is_ignored(analyzer: Analyzer, faces_dir: Path) -> None:
+    # img54 has a second, much smaller face: the subject is still identified
+    analysis = analyzer.analyze(_photo(faces_dir, "img54.jpg"))
+    assert analysis.faces == 2
+    assert analysis.kind == "face"
+
+
+def test_pose_follows_the_head(analyzer: Analyzer, faces_dir: Path) -> None:
+    image = _photo(faces_dir, "img1.jpg")
+    (face,) = analyzer.detector.detect(image)
+    upright = pose(face.landmarks)
+    assert abs(upright.roll) < 5
+    # mirrored: x flips, and each left/right pair swaps places; yaw and roll change sign
+    mirrored = face.landmarks[[1, 0, 2, 4, 3]] * np.array([-1, 1]) + np.array([image.shape[1], 0])
+    assert pose(mirrored).yaw == pytest.approx(-upright.yaw, abs=1e-6)
+    assert pose(mirrored).roll == pytest.approx(-upright.roll, abs=1e-6)
+    h, w = image.shape[:2]
+    for degrees in (-25, 25):
+        turn = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+        rotated = analyzer.detector.detect(cv2.warpAffine(image, turn, (w, h)))
+        subject = max(rotated, key=lambda f: f.width)
+        # OpenCV turns counter-clockwise for positive angles: the eye line tilts the other way
+        # (the detector's landmarks overshoot on rotated faces, so the estimate is rough)
+        assert pose(subject.landmarks).roll == pytest.approx(-degrees, abs=9)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda im: cv2.GaussianBlur(im, (0, 0), 6), "blurred"),
+        (lambda im: (im * 0.12).astype(np.uint8), "too_dark"),
+        (lambda im: cv2.add(im, np.full_like(im, 150)), "too_bright"),
+        (
+            lambda im: cv2.resize(im, None, fx=0.12, fy=0.12, interpolation=cv2.INTER_AREA),
+            "too_small",
+        ),
+    ],
+)
+def test_gates_refuse_bad_frames_with_a_reason(
+    analyzer: Analyzer, faces_dir: Path, change: Callable[[np.ndarray], np.ndarray], reason: str
+) -> None:
+    image = read_image(faces_dir / "antispoof" / "image_T1.jpg")
+    assert analyzer.analyze(image).kind == "face"
+    changed = change(image)
+    analysis = analyzer.analyze(changed)
+    assert analysis.kind == "poor_quality"
+    assert analysis.reason == reason
+    assert analysis.embedding is None
+
+
+def test_a_face_turned_away_is_refused(analyzer: Analyzer, faces_dir: Path) -> None:
+    # LFW photos the counter would refuse for pose: found by the gate, not by hand
+    results = [
+        analyzer.analyze(read_image(p), live=False)
+        for p in sorted((faces_dir / "lfw-dev" / "images").glob("A*/*_0001.jpg"))[:300]
+    ]
+    turned = [a for a in results if a.reason == "turned_away"]
+    assert turned
+    assert all(a.quality is not None and abs(a.quality.pose.yaw) > 35 for a in turned)

@@ -1,0 +1,307 @@
+"""End to end: enrol from photos, replay a camera of photos, decisions recorded in the store."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+from gateway.clock import ClockSync, SystemClock
+from gateway.config import StoreSection
+from gateway.lifecycle import StartupError
+from gateway.store import Store
+from gateway.vision.analyze import Analyzer
+from gateway.vision.camera import ImageFolder, Lockstep
+from gateway.vision.config import AuditSection, CameraSection, VisionSection
+from gateway.vision.enroll import assess_photo, enrol
+from gateway.vision.errors import ModelError
+from gateway.vision.evaluate import embed_photo
+from gateway.vision.gallery import Gallery
+from gateway.vision.images import fit_within, read_image
+from gateway.vision.models import Manifest
+from gateway.vision.pipeline import DecisionEvent
+from gateway.vision.service import VisionService
+from tests.vision.test_events import SCHEMA_FILE
+
+SCHEMA = json.loads(SCHEMA_FILE.read_text())
+
+
+def deepface_people(folder: Path) -> list[list[str]]:
+    """Groups of photos of one person, from master.csv's 'Yes' pairs."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    with (folder / "master.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            a, b = root(row["file_x"]), root(row["file_y"])
+            if row["Decision"] == "Yes":
+                parent[a] = b
+    groups: dict[str, list[str]] = {}
+    for name in list(parent):
+        groups.setdefault(root(name), []).append(name)
+    return sorted(sorted(g) for g in groups.values())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(
+        StoreSection(), tmp_path / "data" / "gateway.db", SystemClock(), ClockSync("never", 30)
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def recorded(db: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT data FROM events WHERE type = 'face.decision' ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [json.loads(r[0]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def replay(
+    tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, analyzer: Analyzer
+) -> tuple[Path, list[tuple[str, str | None]], list[tuple[str, list[Path]]]]:
+    """A folder of photos in the order the camera shows them, the expected outcome of each,
+    and who is enrolled with which photos (the other photos of the people shown)."""
+    deepface, lfw = faces_dir / "deepface", faces_dir / "lfw-dev" / "images"
+    accept = VisionSection().decision.accept_threshold
+    folder = tmp_path_factory.mktemp("camera")
+    expected: list[tuple[str, str | None]] = []
+    enrolments: list[tuple[str, list[Path]]] = []
+
+    def show(
+        source: Path | bytes, name: str, outcome: str | None, elder: str | None = None
+    ) -> None:
+        target = folder / f"{len(list(folder.iterdir())):02d}-{name}"
+        if isinstance(source, Path):
+            shutil.copyfile(source, target)
+        else:
+            target.write_bytes(source)
+        if outcome is not None:
+            expected.append((outcome, elder))
+
+    for group in deepface_people(deepface):
+        usable = [deepface / n for n in group if assess_photo(analyzer, deepface / n).ok]
+        if len(usable) < 2:
+            continue
+        elder = f"elder-{usable[0].stem}"
+        enrolments.append((elder, usable[:-1]))
+        # accepted, unless the one replayed photo scores below the accept threshold against
+        # every enrolment photo: then the gateway is not sure and offers the elder to staff
+        shown = analyzer.analyze(fit_within(read_image(usable[-1]), 640), live=False)
+        assert shown.embedding is not None
+        best = max(float(shown.embedding @ embed_photo(analyzer, p)[0]) for p in usable[:-1])
+        outcome = "accepted" if best >= accept else "uncertain"
+        show(usable[-1], usable[-1].name, outcome, elder)
+    # people never enrolled: LFW photos of people with one photo, the first three usable ones
+    singles = (p for p in sorted(lfw.glob("*/*_0001.jpg")) if len(list(p.parent.iterdir())) == 1)
+    strangers = list(islice((p for p in singles if assess_photo(analyzer, p).ok), 3))
+    for photo in strangers:
+        show(photo, photo.name, "unknown")
+    antispoof = faces_dir / "antispoof"
+    show(antispoof / "image_F1.jpg", "F1.jpg", "spoof")  # printed photo
+    show(antispoof / "image_F2.jpg", "F2.jpg", "spoof")  # phone screen
+    show(antispoof / "image_T1.jpg", "T1.jpg", "unknown")  # live, not enrolled
+    show(deepface / "couple.jpg", "couple.jpg", "multiple_faces")
+    show(deepface / "selfie-many-people.jpg", "selfie.jpg", "multiple_faces")
+    # bad input: skipped and counted, the camera goes on
+    show(b"\xff\xd8\xff\xe0 not a jpeg", "corrupt.jpg", None)
+    show((deepface / "img2.jpg").read_bytes()[:20000], "truncated.jpg", None)
+    # a grey (IR camera) and a 16-bit frame of the live, unenrolled face
+    t1 = read_image(antispoof / "image_T1.jpg")
+    grey = cv2.imencode(".png", cv2.cvtColor(t1, cv2.COLOR_BGR2GRAY))[1].tobytes()
+    show(grey, "T1-grey.png", "unknown")
+    wide = cv2.imencode(".png", t1.astype(np.uint16) * 257)[1].tobytes()
+    show(wide, "T1-16bit.png", "unknown")
+    return folder, expected, enrolments
+
+
+def test_photo_replay_end_to_end(
+    store: Store,
+    replay: tuple[Path, list[tuple[str, str | None]], list[tuple[str, list[Path]]]],
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    manifest: Manifest,
+) -> None:
+    folder, expected, enrolments = replay
+    data_dir = store.path.parent
+    cfg = vision_cfg.model_copy(
+        update={
+            "camera": CameraSection(source=str(folder), fps=15, replay_hold_s=0.6, replay_gap_s=0.8)
+        }
+    )
+    gallery = Gallery.open(
+        data_dir / "faces.db", data_dir / "faces.key", manifest.recognizer.model_id, create=True
+    )
+    for elder, photos in enrolments:
+        result = enrol(gallery, analyzer, elder, photos, rules=cfg.decision)
+        assert result.status == "enrolled", result.message
+    seen: list[DecisionEvent] = []
+    service = VisionService(cfg, data_dir, store, realtime=False, listeners=[seen.append])
+    service.start()
+    assert service.wait(timeout=300)
+    assert service.healthy()  # a replay that came to its end is not a failure
+    health = service.health()
+    service.stop()
+
+    decisions = recorded(store.path)
+    assert len(seen) == len(decisions)
+    assert [(d["outcome"], d["elder_id"] or _top(d)) for d in decisions] == expected
+    assert sum(d["outcome"] == "accepted" for d in decisions) >= len(enrolments) - 1
+    for data in decisions:
+        jsonschema.validate(data, SCHEMA)
+        assert data["models"] == manifest_ids(manifest)
+        assert data["camera"] == "counter-1"
+    accepted = [d for d in decisions if d["outcome"] == "accepted"]
+    assert all(d["score"] >= cfg.decision.accept_threshold for d in accepted)
+    assert all(d["frames_used"] >= cfg.decision.k for d in accepted)
+    assert all(d["timings_ms"]["embed"] > 0 for d in accepted)
+
+    assert health["camera"]["state"] == "ended"
+    assert health["camera"]["failed_reads"] > 0  # the two unusable photos, skipped
+    assert isinstance(service.feed, Lockstep) and isinstance(service.feed.source, ImageFolder)
+    assert service.feed.source.bad_files == 2
+    assert health["frame_errors"] == 0 and health["unrecorded_decisions"] == 0
+    # privacy: no frame, crop or template was written anywhere but the encrypted gallery
+    assert sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("gateway.db")) == [
+        "faces.db",
+        "faces.key",
+    ]
+
+
+def _top(decision: dict[str, object]) -> str | None:
+    candidates = decision["candidates"]
+    assert isinstance(candidates, list)
+    return str(candidates[0]["elder_id"]) if candidates else None
+
+
+def manifest_ids(manifest: Manifest) -> dict[str, str]:
+    return {role: spec.model_id for role, spec in manifest.specs()}
+
+
+@pytest.fixture
+def small_replay(tmp_path: Path, faces_dir: Path) -> Path:
+    """Two people: img20 (enrolled below from img21) and the live T1 (not enrolled)."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    shutil.copyfile(faces_dir / "deepface" / "img21.jpg", folder / "a.jpg")
+    shutil.copyfile(faces_dir / "antispoof" / "image_T1.jpg", folder / "b.jpg")
+    return folder
+
+
+def _small_cfg(vision_cfg: VisionSection, folder: Path, **update: object) -> VisionSection:
+    camera = CameraSection(source=str(folder), fps=15, replay_hold_s=0.6, replay_gap_s=0.8)
+    return vision_cfg.model_copy(update={"camera": camera, **update})
+
+
+def _enrol_one(data_dir: Path, analyzer: Analyzer, faces_dir: Path, cfg: VisionSection) -> None:
+    gallery = Gallery.open(
+        data_dir / "faces.db",
+        data_dir / "faces.key",
+        analyzer.embedder.model_id,
+        create=True,
+    )
+    photos = [faces_dir / "deepface" / "img20.jpg"]
+    assert enrol(gallery, analyzer, "elder-7", photos, rules=cfg.decision).status == "enrolled"
+
+
+def _run(service: VisionService) -> dict[str, object]:
+    service.start()
+    assert service.wait(timeout=120)
+    health = service.health()
+    service.stop()
+    return health
+
+
+def test_audit_keeps_only_the_decision_frames_encrypted(
+    tmp_path: Path,
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    cfg = _small_cfg(vision_cfg, small_replay, audit=AuditSection(enabled=True, retention_days=1))
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    seen: list[DecisionEvent] = []
+    _run(VisionService(cfg, data_dir, None, realtime=False, listeners=[seen.append]))
+    assert [(d.decision.outcome.value, d.decision.elder_id) for d in seen] == [
+        ("accepted", "elder-7"),
+        ("unknown", None),
+    ]
+    kept = sorted((data_dir / "audit").iterdir())
+    assert [p.stem for p in kept] == sorted(d.event.event_id for d in seen)
+    assert all(d.event.data["audit_frame"] for d in seen)
+    assert b"JFIF" not in kept[0].read_bytes()  # encrypted, not a JPEG on disk
+    from gateway.vision.audit import AuditFrames
+
+    frames = AuditFrames(data_dir / "audit", data_dir / "faces.key", retention_days=1)
+    jpeg = frames.export(seen[0].event.event_id)
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[2] == 3
+    newest = max(p.stat().st_mtime for p in kept)
+    assert frames.purge(now=newest + 86_400 - 60) == 0
+    assert frames.purge(now=newest + 86_400 + 1) == 2
+    assert list((data_dir / "audit").iterdir()) == []
+
+
+def test_a_wrong_gallery_key_is_reported_and_the_counter_goes_on(
+    tmp_path: Path,
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    cfg = _small_cfg(vision_cfg, small_replay)
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    (data_dir / "faces.key").unlink()
+    Gallery.open(tmp_path / "x.db", data_dir / "faces.key", "m", create=True)  # another key
+    seen: list[DecisionEvent] = []
+    health = _run(VisionService(cfg, data_dir, None, realtime=False, listeners=[seen.append]))
+    assert [d.decision.outcome.value for d in seen] == ["unknown", "unknown"]
+    gallery = health["gallery"]
+    assert isinstance(gallery, dict)
+    assert gallery["key_mismatch"] is True and gallery["undecryptable"] == 1
+
+
+def test_an_altered_model_stops_the_face_stage_at_start(
+    tmp_path: Path,
+    small_replay: Path,
+    vision_cfg: VisionSection,
+    models_dir: Path,
+    manifest: Manifest,
+) -> None:
+    staged = tmp_path / "models"
+    shutil.copytree(models_dir, staged, ignore=shutil.ignore_patterns("*.md"))
+    target = staged / manifest.antispoof_v2.file
+    target.write_bytes(target.read_bytes()[:-1] + b"\x00")
+    cfg = _small_cfg(vision_cfg, small_replay, models_dir=staged)
+    service = VisionService(cfg, tmp_path / "data", None, realtime=False)
+    with pytest.raises(StartupError, match=r"antispoof_v2: .*MiniFASNetV2\.onnx: sha256") as err:
+        service.start()
+    assert isinstance(err.value.__cause__, ModelError)
+    assert not service.healthy()

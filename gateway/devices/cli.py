@@ -46,8 +46,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_basestation(args: argparse.Namespace) -> int:
     from gateway.devices.definitions import DefinitionFile
-    from gateway.devices.link import SerialSettings, open_port
-    from gateway.devices.simulate import Paced, Traffic, run_traffic
+    from gateway.devices.link import SerialPort, SerialSettings, open_port
+    from gateway.devices.simulate import Paced, Traffic, VirtualPort, run_traffic
 
     definition = _definition(args.device)
     if not isinstance(definition, DefinitionFile):
@@ -60,7 +60,12 @@ def cmd_basestation(args: argparse.Namespace) -> int:
         alarms_per_hour=args.alarms_per_hour,
         seed=args.seed,
     )
-    port = open_port(args.port, settings, timeout=1.0)
+    port: VirtualPort | SerialPort
+    if args.pty:
+        port = VirtualPort(args.pty)
+        print(f"virtual base station at {args.pty} -> {port.device}", file=sys.stderr)
+    else:
+        port = open_port(args.port, settings, timeout=1.0)
     try:
         sent = run_traffic(
             Paced(port.write, settings.baudrate),
@@ -139,7 +144,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kinds = sim.add_subparsers(dest="simulator", required=True)
     b = kinds.add_parser("basestation", help="wristband base station traffic on a serial URL")
     b.add_argument("--device", type=Path, required=True, help="binary or jsonlines definition")
-    b.add_argument("--port", required=True, help="serial URL, e.g. /dev/pts/3 or socket://...")
+    where = b.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial URL to write to, e.g. /dev/ttyUSB1 or socket://...")
+    where.add_argument(
+        "--pty", type=Path, help="make a virtual port: the gateway opens this path (a symlink)"
+    )
     b.add_argument("--baud", type=int, help="default: the definition's")
     b.add_argument("--bands", type=int, default=300)
     b.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")

@@ -71,7 +71,10 @@ class SerialSettings:
         }
 
 
-def open_port(url: str, settings: SerialSettings, timeout: float | None) -> serial.Serial:
+SerialPort = serial.Serial
+
+
+def open_port(url: str, settings: SerialSettings, timeout: float | None) -> SerialPort:
     """Open a serial URL (also used by the simulators to write to a port)."""
     port: serial.Serial = serial.serial_for_url(url, timeout=timeout, **settings.pyserial_kwargs())
     return port

@@ -7,13 +7,16 @@ vendor file can be exercised end to end before the hardware arrives.
 from __future__ import annotations
 
 import json
+import os
 import random
 import select
 import socket
 import time
+import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 from gateway.devices.decoders import dc09
@@ -191,6 +194,38 @@ class Paced:
 
 
 # ---- ESPA 4.4.4 control station --------------------------------------------------------------
+
+
+class VirtualPort:
+    """A pty pair standing in for a USB serial adapter: the gateway opens ``link`` (a symlink
+    to the pty's device) like any port; the simulator writes to the other end. Bytes written
+    while nobody has the port open are dropped and counted, as on a real line."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no line discipline: binary frames pass untouched
+        os.set_blocking(self._master, False)
+        self.device = os.ttyname(self._slave)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        staging = link.with_name(f".{link.name}.new")
+        staging.unlink(missing_ok=True)
+        staging.symlink_to(self.device)
+        staging.replace(link)
+        self.dropped = 0
+
+    def write(self, data: bytes, /) -> int:
+        try:
+            return os.write(self._master, data)
+        except BlockingIOError:
+            self.dropped += len(data)
+            return len(data)
+
+    def close(self) -> None:
+        if self.link.is_symlink() and os.readlink(self.link) == self.device:
+            self.link.unlink()
+        os.close(self._master)
+        os.close(self._slave)
 
 
 class ByteIO(Protocol):

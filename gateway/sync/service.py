@@ -42,6 +42,25 @@ def lane_figures(store: Store, oldest: Mapping[Lane, int | None]) -> dict[str, A
     return out
 
 
+def summary(health: Mapping[str, Any]) -> str:
+    """The health message in one log line: counts and states only, nothing personal."""
+    lanes = health["lanes"]
+    pending = " ".join(f"{k}={v['pending']}" for k, v in lanes.items())
+    services = ", ".join(
+        f"{name} {'NOT STARTED' if state.get('state') == 'not started' else 'ok'}"
+        for name, state in health["services"].items()
+    )
+    pressure = (
+        f" STORAGE PRESSURE {','.join(health['storage_pressure'])}"
+        if health["storage_pressure"]
+        else ""
+    )
+    return (
+        f"health: pending {pending}; broker {health['broker']['state']}; "
+        f"delivered {health['uplink']['events_acked']}{pressure}; {services or 'no devices'}"
+    )
+
+
 class Sync:
     """Everything between the store and the platform's broker."""
 
@@ -190,11 +209,14 @@ class Sync:
         }
 
     def report(self) -> None:
-        """Publish the retained health message (if connected)."""
-        if not self.link.connected or self._reader is None:
+        """Publish the retained health message (if connected) and log a one-line summary."""
+        if self._reader is None:
             return
-        body = compact_json(self.health_message()).encode()
-        self.link.publish(Message(self.topics.health, body, retain=True), self._generation)
+        health = self.health_message()
+        log.info("%s", summary(health))
+        if self.link.connected:
+            body = compact_json(health).encode()
+            self.link.publish(Message(self.topics.health, body, retain=True), self._generation)
 
     # ---- built-in operations -----------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,30 @@ def test_simulate_command_writes_decodable_frames(tmp_path: Path) -> None:
     assert len(frames) == sent >= 40
     pty.close()
     assert not os.path.exists(str(pty.path) + ".new")
+
+
+def test_a_virtual_base_station_is_a_port_the_gateway_opens(tmp_path: Path) -> None:
+    """`simulate basestation --pty LINK`: the gateway opens LINK like a USB adapter."""
+    from gateway.devices.link import SerialSettings, open_port
+
+    link = tmp_path / "ttyWRIST"
+    cmd = [sys.executable, "-m", "gateway", "simulate", "basestation"]
+    cmd += ["--device", str(CONFIGS / "aa55-reference.toml"), "--pty", str(link)]
+    cmd += ["--bands", "20", "--interval", "0.2", "--duration", "3", "--burst-every", "0"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    assert "virtual base station at" in proc.stderr.readline()
+    spec = definition("aa55-reference").binary
+    assert spec is not None
+    framer = BinaryFramer(spec.framing)
+    port = open_port(str(link), SerialSettings(115200, "8N1"), timeout=0.2)
+    frames: list[Frame] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(frames) < 40 and time.monotonic() < deadline:
+            frames += [f for f in framer.feed(port.read(4096)) if isinstance(f, Frame)]
+    finally:
+        port.close()
+        proc.wait(30)
+    assert len(frames) >= 40
+    assert not link.exists(), "the simulator removes its port when it ends"

@@ -3,14 +3,19 @@
     scripts/bench backbone [--runs 3] [--p2 100000] [--p1 10000]
 
 1. Durable ingest: events/s through Store.submit()/record() with group commit (synchronous=FULL,
-   the default) next to a raw SQLite batched insert of the same rows into the same schema with
-   the same pragmas, measured in the same run.
+   the default) next to a raw SQLite batched insert of the same events into the same schema
+   with the same pragmas, measured in the same run. Both sides start from the same events in
+   memory (ids chosen, data as dicts); both serialise the data, the raw side then binds and
+   inserts 512 rows per commit directly.
 2. Backlog drain to a local mosquitto: P2 + P1 events recorded while offline, then the gateway
    connects; events/s until the outbox is empty, next to a bare paho QoS 1 publish loop (same
    payload size, same in-flight window) measured in the same run. Once with one event per
    message, once with P2 batching (the default).
 3. P0 latency, record() to PUBACK, while that backlog drains (an alarm every 10 ms).
 4. Peak RSS (VmHWM) of the gateway process during the drain; the drain runs in its own process.
+5. Crash trials: the gateway process SIGKILLed at random moments while it records and
+   publishes (--crash-trials, 100 by default; the test suite runs 20): events acknowledged by
+   record(), lost (must be 0), delivered more than once, and PRAGMA integrity_check.
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.app import build
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import GatewayConfig, LoadedConfig, StoreSection
-from gateway.events import Event, EventType, Lane, compact_json, uuid7
+from gateway.events import Event, EventType, Lane, compact_json
 from gateway.store import Store, read_stats
 from gateway.store.db import open_database
 from gateway.store.limits import event_bytes
 from tests.support.broker import Mosquitto
+from tests.support.subscriber import Subscriber
+from tests.sync.test_crash import recorded_lines, write_config
+from tests.sync.test_crash import start as start_crashee
 
 SEEN = EventType("bench.seen", Lane.P2)
 MEAL = EventType("bench.meal", Lane.P1)
@@ -70,23 +78,25 @@ def median(values: list[float]) -> float:
 
 
 def raw_ingest(path: Path, n: int, batch: int) -> float:
+    """The ceiling: the same events into the same schema with the same pragmas, by the most
+    direct code there is (serialise, bind, executemany per batch); no queue, no receipts."""
     conn = open_database(path, synchronous="full", check=False)
-    rows = [(compact_json(sighting(i)), uuid7()) for i in range(n)]
+    events = prepared(n, 1)[0]
     t0 = time.perf_counter()
     for start in range(0, n, batch):
-        chunk = rows[start : start + batch]
+        rows = [(compact_json(e.data), e.event_id) for e in events[start : start + batch]]
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             "INSERT INTO events (seq, event_id, type, schema, lane, session, ts_ms, clock_synced,"
             " steady_ms, data) VALUES (?,?,?,?,?,?,?,?,?,?)",
             [
                 (start + k + 1, eid, SEEN.name, 1, 2, 1, 0, 0, 0, data)
-                for k, (data, eid) in enumerate(chunk)
+                for k, (data, eid) in enumerate(rows)
             ],
         )
         conn.executemany(
             "INSERT INTO outbox (seq, lane, bytes, steady_ms) VALUES (?,?,?,?)",
-            [(start + k + 1, 2, event_bytes(data), 0) for k, (data, _) in enumerate(chunk)],
+            [(start + k + 1, 2, event_bytes(data), 0) for k, (data, _) in enumerate(rows)],
         )
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - t0
@@ -260,6 +270,42 @@ def run_drain(port: int, p2: int, p1: int, batch: int) -> dict[str, Any]:
         return result
 
 
+def crash_trials(trials: int, seed: int) -> dict[str, Any]:
+    import random
+    import signal
+    import sqlite3
+    from collections import Counter
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp)).start()
+        sub = Subscriber(broker.port)
+        try:
+            config = write_config(Path(tmp), broker.port)
+            acknowledged: dict[str, int] = {}
+            for trial in range(trials):
+                proc = start_crashee(config, events=3000, seed=trial)
+                time.sleep(rng.uniform(0.05, 0.6))
+                proc.send_signal(signal.SIGKILL)
+                out, _ = proc.communicate()
+                acknowledged.update(recorded_lines(out))
+            final = start_crashee(config, events=0, seed=trials)
+            final.communicate(timeout=300)
+            copies = Counter(e["event_id"] for e in sub.events())
+            with sqlite3.connect(Path(tmp) / "var" / "gateway.db") as conn:
+                integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            sub.close()
+            broker.stop()
+    return {
+        "trials": trials,
+        "acknowledged": len(acknowledged),
+        "lost": sum(1 for e in acknowledged if e not in copies),
+        "duplicated": sum(1 for n in copies.values() if n > 1),
+        "integrity": integrity,
+    }
+
+
 def machine() -> str:
     cpu = next(
         (
@@ -278,6 +324,7 @@ def main() -> None:
     ap.add_argument("--ingest", type=int, default=100_000)
     ap.add_argument("--p2", type=int, default=100_000)
     ap.add_argument("--p1", type=int, default=10_000)
+    ap.add_argument("--crash-trials", type=int, default=100)
     args = ap.parse_args()
     print(f"machine: {machine()}\n")
 
@@ -330,6 +377,15 @@ def main() -> None:
             f"{median([r['messages'] for r in results]):,.0f} | "
             f"{median([r['cpu_pct'] for r in results]):.0f} | {p50:.0f} | {p99:.0f} | "
             f"{max(r['rss_mb'] for r in results):.0f} |"
+        )
+
+    if args.crash_trials:
+        crash = crash_trials(args.crash_trials, seed=20261123)
+        print("\n| kill -9 trials | events acknowledged | lost | delivered twice | integrity |")
+        print("|---:|---:|---:|---:|---|")
+        print(
+            f"| {crash['trials']} | {crash['acknowledged']:,} | {crash['lost']} | "
+            f"{crash['duplicated']} | {crash['integrity']} |"
         )
 
 

@@ -56,6 +56,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_reference(_args: argparse.Namespace) -> int:
+    from gateway.configdoc import reference
+
+    print(reference(), end="")
+    return EXIT_OK
+
+
 def cmd_outbox_stats(args: argparse.Namespace) -> int:
     try:
         db = load_config(args.config).config.db_path
@@ -122,6 +129,9 @@ def _register_backbone(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p = sub.add_parser("validate-config", help="check a config file; non-zero exit if invalid")
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("config-reference", help="every config key with its default (Markdown)")
+    p.set_defaults(func=cmd_config_reference)
 
     p = sub.add_parser("outbox", help="inspect the outbox")
     outbox = p.add_subparsers(dest="outbox_cmd", required=True)

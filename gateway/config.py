@@ -38,7 +38,9 @@ class ClockSection(Strict):
         description="How to tell whether the wall clock is synchronised (a Pi has no RTC). "
         "'kernel' asks adjtimex, which systemd-timesyncd and chrony both keep up to date.",
     )
-    check_interval_s: float = Field(30.0, ge=1, le=3600)
+    check_interval_s: float = Field(
+        30.0, ge=1, le=3600, description="How often the synchronisation state is checked."
+    )
 
 
 class LaneLimits(Strict):
@@ -69,12 +71,17 @@ class StoreSection(Strict):
         "full", description="'full' survives power loss; 'normal' only a process crash."
     )
     min_free_disk_mb: float = Field(
-        200.0, ge=0, description="Below this free space new events are refused (see README)."
+        200.0,
+        ge=0,
+        description="Below this free space an event is written only if old telemetry can make "
+        "room for it; otherwise it is refused (and its source is not acknowledged).",
     )
     delivered_retention_days: float = Field(
         30.0, ge=0, description="Delivered events stay in the local journal this long for audit."
     )
-    housekeeping_interval_s: float = Field(10.0, gt=0, le=3600)
+    housekeeping_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="How often TTLs and journal retention are applied."
+    )
     lanes: LanesSection = LanesSection()
 
     def db_path(self, data_dir: Path) -> Path:
@@ -113,26 +120,44 @@ class MqttSection(Strict):
         default_factory=list,
         description="Tried in order, failing over to the next; empty = buffer only.",
     )
-    protocol: Literal["5", "3.1.1"] = "5"
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
     client_id: str | None = Field(None, description="Default: <site>-<gateway id>.")
-    username: str | None = None
-    password: SecretStr | None = None
+    username: str | None = Field(None, description="Broker user name, if it asks for one.")
+    password: SecretStr | None = Field(
+        None,
+        description="Broker password (prefer password_file: it keeps the secret out of "
+        "the config).",
+    )
     password_file: Path | None = Field(None, description="Read the password from this file.")
-    topic_prefix: str = Field("eldercare", pattern=r"^[A-Za-z0-9_/-]{1,64}$")
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    connect_timeout_s: float = Field(10.0, gt=0, le=120)
+    topic_prefix: str = Field(
+        "eldercare",
+        pattern=r"^[A-Za-z0-9_/-]{1,64}$",
+        description="Topics are <prefix>/<site>/<gateway id>/...",
+    )
+    keepalive_s: int = Field(
+        30, ge=5, le=3600, description="A dead connection is noticed after about 1.5x this."
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="How long to wait for the broker's CONNACK."
+    )
     inflight_window: int = Field(32, ge=1, le=1000, description="Messages awaiting PUBACK.")
     p0_reserved: int = Field(
         4, ge=1, le=100, description="Extra in-flight slots only P0 alarms may use."
     )
     batch_max_events: int = Field(200, ge=1, le=10_000, description="P2 events per message.")
-    batch_max_bytes: int = Field(65_536, ge=1024, le=4_000_000)
-    reconnect_min_s: float = Field(1.0, gt=0, le=60)
-    reconnect_max_s: float = Field(60.0, gt=0, le=3600)
+    batch_max_bytes: int = Field(
+        65_536, ge=1024, le=4_000_000, description="Size bound of one P2 batch message."
+    )
+    reconnect_min_s: float = Field(
+        1.0, gt=0, le=60, description="First reconnect delay; doubles per failure (jittered)."
+    )
+    reconnect_max_s: float = Field(60.0, gt=0, le=3600, description="Longest reconnect delay.")
     session_expiry_s: int = Field(
         86_400, ge=0, description="Broker keeps downlink requests for us while offline."
     )
-    health_interval_s: float = Field(30.0, ge=1, le=3600)
+    health_interval_s: float = Field(
+        30.0, ge=1, le=3600, description="How often the retained health message is published."
+    )
     allow_plaintext_remote: bool = Field(
         False, description="Permit mqtt:// (no TLS) to a host other than this machine."
     )
@@ -159,14 +184,18 @@ class MqttSection(Strict):
 
 
 class DownlinkSection(Strict):
-    max_payload_bytes: int = Field(65_536, ge=256, le=16_000_000)
+    max_payload_bytes: int = Field(
+        65_536, ge=256, le=16_000_000, description="Larger requests are refused unread."
+    )
     remember_transactions: int = Field(
         10_000, ge=100, description="Answered requests kept to recognise repeats."
     )
 
 
 class LoggingSection(Strict):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level (logs go to stderr, i.e. the journal under systemd)."
+    )
 
 
 class GatewayConfig(Strict):

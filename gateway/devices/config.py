@@ -26,15 +26,24 @@ class PortConfig(Strict):
     station: str | None = Field(
         None, pattern=NAME_PATTERN, description="Station id in events; default: the port name."
     )
-    baudrate: int | None = Field(None, ge=50, le=4_000_000)
+    baudrate: int | None = Field(
+        None, ge=50, le=4_000_000, description="Default: the definition's."
+    )
     format: SerialFormat | None = Field(
         None, description="Data bits, parity, stop bits. 7-bit formats are checked in software."
     )
     frame_timeout_s: float = Field(
         1.0, gt=0, le=30, description="A partial frame older than this is dropped."
     )
-    reopen_min_s: float = Field(0.5, gt=0, le=60)
-    reopen_max_s: float = Field(5.0, gt=0, le=600)
+    reopen_min_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="First delay before reopening a lost port; doubles per failure.",
+    )
+    reopen_max_s: float = Field(
+        5.0, gt=0, le=600, description="Longest delay between reopen attempts."
+    )
     silence_s: float | None = Field(
         None, gt=0, description="Report the link silent after this long without bytes."
     )
@@ -51,7 +60,9 @@ class PortConfig(Strict):
 
 
 class AccountKey(Strict):
-    account: str = Field(pattern=r"^[0-9A-Fa-f]{3,16}$")
+    account: str = Field(
+        pattern=r"^[0-9A-Fa-f]{3,16}$", description="The panel account (as sent in #acct)."
+    )
     key: SecretStr = Field(description="AES key as 32 or 64 hex digits (AES-128/256).")
 
     @field_validator("key")
@@ -68,16 +79,24 @@ class AccountKey(Strict):
 
 
 class Dc09Receiver(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, description="Names the receiver in health and events.")
     definition: str = Field(description="A definition file with a [dc09] section.")
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(ge=0, le=65535, description="TCP and UDP port (0 = any free, for tests).")
-    tcp: bool = True
-    udp: bool = True
-    station: str | None = Field(None, pattern=NAME_PATTERN)
-    max_connections: int = Field(32, ge=1, le=1000)
-    idle_timeout_s: float = Field(60.0, gt=0, le=3600)
-    frame_timeout_s: float = Field(2.0, gt=0, le=30)
+    tcp: bool = Field(True, description="Listen on TCP.")
+    udp: bool = Field(True, description="Listen on UDP.")
+    station: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Station id in events; default: the name."
+    )
+    max_connections: int = Field(
+        32, ge=1, le=1000, description="Simultaneous TCP connections; more are refused."
+    )
+    idle_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="A silent TCP connection is closed after this long."
+    )
+    frame_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="A partial message older than this is dropped."
+    )
     keys: list[AccountKey] = Field(default_factory=list, description="AES keys per account.")
 
     @property
@@ -93,8 +112,12 @@ class Dc09Receiver(Strict):
 
 class DevicesSection(Strict):
     definitions_dir: Path = Field(Path("device_configs"), description="Device definition files.")
-    ports: list[PortConfig] = Field(default_factory=list)
-    dc09: list[Dc09Receiver] = Field(default_factory=list)
+    ports: list[PortConfig] = Field(
+        default_factory=list, description="Serial ports, one table each."
+    )
+    dc09: list[Dc09Receiver] = Field(
+        default_factory=list, description="SIA DC-09 network receivers, one table each."
+    )
     record_timeout_s: float = Field(
         10.0, gt=0, le=120, description="Longest wait for the store before a source is NAKed."
     )

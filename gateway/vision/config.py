@@ -25,8 +25,8 @@ class CameraSection(Strict):
         "photos replayed as frames. None: no camera, the face stage does not run.",
     )
     id: str = Field("counter-1", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Camera id.")
-    width: int = Field(640, ge=160, le=3840)
-    height: int = Field(480, ge=120, le=2160)
+    width: int = Field(640, ge=160, le=3840, description="Frame width asked of the camera.")
+    height: int = Field(480, ge=120, le=2160, description="Frame height asked of the camera.")
     fps: float = Field(15.0, gt=0, le=60, description="Frame rate asked of the camera or replay.")
     replay_hold_s: float = Field(
         1.5, gt=0, le=60, description="Image folder: how long each photo stays in view."
@@ -34,9 +34,11 @@ class CameraSection(Strict):
     replay_gap_s: float = Field(
         1.0, ge=0, le=60, description="Image folder: empty frames between photos."
     )
-    replay_loop: bool = False
-    reopen_min_s: float = Field(0.5, gt=0, le=60)
-    reopen_max_s: float = Field(30.0, gt=0, le=600)
+    replay_loop: bool = Field(False, description="Image folder: start again at the end.")
+    reopen_min_s: float = Field(
+        0.5, gt=0, le=60, description="First delay before reopening a lost camera; doubles."
+    )
+    reopen_max_s: float = Field(30.0, gt=0, le=600, description="Longest reopen delay.")
     stall_s: float = Field(
         5.0, gt=0, le=600, description="No frame for this long: the camera is reopened."
     )
@@ -50,12 +52,20 @@ class CameraSection(Strict):
 
 class QualitySection(Strict):
     min_ipd_px: float = Field(24.0, ge=8, description="Least inter-pupil distance, pixels.")
-    max_yaw_deg: float = Field(35.0, gt=0, le=90)
-    max_pitch_deg: float = Field(30.0, gt=0, le=90)
-    max_roll_deg: float = Field(40.0, gt=0, le=90)
+    max_yaw_deg: float = Field(
+        35.0, gt=0, le=90, description="Most head turn (left/right) from landmarks."
+    )
+    max_pitch_deg: float = Field(
+        30.0, gt=0, le=90, description="Most head tilt (up/down) from landmarks."
+    )
+    max_roll_deg: float = Field(40.0, gt=0, le=90, description="Most in-plane head roll.")
     min_sharpness: float = Field(40.0, ge=0, description="Laplacian variance of the crop.")
-    min_brightness: float = Field(40.0, ge=0, le=255)
-    max_brightness: float = Field(220.0, ge=0, le=255)
+    min_brightness: float = Field(
+        40.0, ge=0, le=255, description="Darkest usable face crop (mean grey level)."
+    )
+    max_brightness: float = Field(
+        220.0, ge=0, le=255, description="Brightest usable face crop (mean grey level)."
+    )
     similar_face_ratio: float = Field(
         0.7,
         gt=0,
@@ -90,7 +100,9 @@ class DecisionSection(Strict):
     same_person: float = Field(
         0.3, ge=-1, le=1, description="A face less similar than this to the track starts anew."
     )
-    ambiguity_frames: int = Field(3, ge=1, le=60)
+    ambiguity_frames: int = Field(
+        3, ge=1, le=60, description="Frames with a second similar-size face before multiple_faces."
+    )
 
     @model_validator(mode="after")
     def _order(self) -> DecisionSection:
@@ -117,7 +129,9 @@ class AuditSection(Strict):
     enabled: bool = Field(
         False, description="Keep the frame of each decision (encrypted) for later review."
     )
-    retention_days: float = Field(7.0, gt=0, le=365)
+    retention_days: float = Field(
+        7.0, gt=0, le=365, description="Kept decision frames are deleted after this long."
+    )
     dir: Path | None = Field(None, description="Default <data_dir>/audit.")
 
     def path(self, data_dir: Path) -> Path:
@@ -131,8 +145,12 @@ class VisionSection(Strict):
     )
     manifest: Path | None = Field(None, description="Default models/manifest.toml.")
     threads: int = Field(2, ge=1, le=8, description="Threads per inference (a Pi 4 has 4).")
-    detector_input_side: int = Field(320, ge=128, le=1280)
-    detector_score: float = Field(0.6, gt=0, lt=1)
+    detector_input_side: int = Field(
+        320, ge=128, le=1280, description="Longer side the detector runs at, pixels."
+    )
+    detector_score: float = Field(
+        0.6, gt=0, lt=1, description="Least detector confidence for a face."
+    )
     quality: QualitySection = QualitySection()
     decision: DecisionSection = DecisionSection()
     gallery: GallerySection = GallerySection()

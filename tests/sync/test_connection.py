@@ -1,0 +1,94 @@
+"""The connection: protocol versions, failover, backoff, and a broker that says no."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+from gateway.events import Event, Lane
+from gateway.sync.mqtt import backoff_delay
+from tests.support.broker import Mosquitto, free_port
+from tests.support.events import ALARM, TELEMETRY
+from tests.support.gateway import config, running
+from tests.support.subscriber import Subscriber
+from tests.support.wait import eventually
+
+
+def test_backoff_grows_to_its_ceiling_with_jitter() -> None:
+    rng = random.Random(5)
+    delays = [backoff_delay(n, 1.0, 60.0, rng) for n in range(12)]
+    for n, d in enumerate(delays):
+        base = min(60.0, 2.0**n)
+        assert base / 2 <= d <= base
+    assert len({round(d, 6) for d in delays[8:]}) == 4, "jitter keeps peers out of lock-step"
+
+
+def test_mqtt_3_1_1_delivers_with_a_last_will(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    sub = Subscriber(mosquitto.port)
+    try:
+        cfg = config(tmp_path / "var", mosquitto.port, mqtt={"protocol": "3.1.1"})
+        with running(cfg) as gw:
+            ev = gw.store.record(Event(ALARM, {"n": 1}))
+            sub.wait_for(lambda _m: ev.event_id in sub.event_ids())
+        sub.wait_for(lambda _m: sub.of_topic("/status")[-1].json()["state"] == "offline")
+    finally:
+        sub.close()
+
+
+def test_fails_over_to_the_next_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    dead = free_port()
+    sub = Subscriber(mosquitto.port)
+    try:
+        cfg = config(
+            tmp_path / "var",
+            None,
+            mqtt={"brokers": [f"mqtt://127.0.0.1:{dead}", mosquitto.url]},
+        )
+        with running(cfg) as gw:
+            ev = gw.store.record(Event(ALARM, {"n": 1}))
+            sub.wait_for(lambda _m: ev.event_id in sub.event_ids())
+            assert gw.sync is not None
+            health = gw.sync.link.health()
+            assert health["broker"] == mosquitto.url and health["failures"] >= 1
+    finally:
+        sub.close()
+
+
+def test_a_broker_that_refuses_a_topic_keeps_those_events_pending(tmp_path: Path) -> None:
+    """PUBACK with a failure reason (here 0x87, not authorised) is not a delivery."""
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "user gw\n"
+        "topic write eldercare/site-test/gw-test/status\n"
+        "topic write eldercare/site-test/gw-test/health\n"
+        "topic write eldercare/site-test/gw-test/event/test.alarm\n"
+        "topic read eldercare/site-test/gw-test/request/#\n"
+        "user platform\ntopic read #\n"
+    )
+    passwd = tmp_path / "passwd"
+    passwd.write_text("gw:secret-gw\nplatform:secret-pl\n")
+    broker = Mosquitto(tmp_path, port=free_port())
+    broker.extra_conf = (
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous false\n"
+        f"password_file {passwd}\nacl_file {acl}\n"
+    )
+    subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True)
+    broker.start()
+    try:
+        cfg = config(
+            tmp_path / "var",
+            broker.port,
+            mqtt={"username": "gw", "password": "secret-gw", "reconnect_max_s": 0.2},
+        )
+        with running(cfg) as gw:
+            gw.store.record(Event(TELEMETRY, {"n": "refused"}))
+            alarm = gw.store.record(Event(ALARM, {"n": "allowed"}))
+            assert gw.sync is not None
+            publisher = gw.sync.publisher
+            eventually(lambda: publisher.rejected >= 2)
+            eventually(lambda: gw.store.usage[Lane.P0].count == 0)
+            assert gw.store.usage[Lane.P2].count >= 1, "a refused event was dropped"
+            assert publisher.events_acked >= 1 and alarm.seq > 0
+    finally:
+        broker.stop()

@@ -43,9 +43,9 @@ from gateway.store import Store, read_stats
 from gateway.store.db import open_database
 from gateway.store.limits import event_bytes
 from tests.support.broker import Mosquitto
+from tests.support.crashee import kill_trials
 from tests.support.subscriber import Subscriber
-from tests.sync.test_crash import recorded_lines, write_config
-from tests.sync.test_crash import start as start_crashee
+from tests.sync.test_crash import write_config
 
 SEEN = EventType("bench.seen", Lane.P2)
 MEAL = EventType("bench.meal", Lane.P1)
@@ -272,7 +272,6 @@ def run_drain(port: int, p2: int, p1: int, batch: int) -> dict[str, Any]:
 
 def crash_trials(trials: int, seed: int) -> dict[str, Any]:
     import random
-    import signal
     import sqlite3
     from collections import Counter
 
@@ -281,16 +280,7 @@ def crash_trials(trials: int, seed: int) -> dict[str, Any]:
         broker = Mosquitto(Path(tmp)).start()
         sub = Subscriber(broker.port)
         try:
-            config = write_config(Path(tmp), broker.port)
-            acknowledged: dict[str, int] = {}
-            for trial in range(trials):
-                proc = start_crashee(config, events=3000, seed=trial)
-                time.sleep(rng.uniform(0.05, 0.6))
-                proc.send_signal(signal.SIGKILL)
-                out, _ = proc.communicate()
-                acknowledged.update(recorded_lines(out))
-            final = start_crashee(config, events=0, seed=trials)
-            final.communicate(timeout=300)
+            acknowledged, _ = kill_trials(write_config(Path(tmp), broker.port), trials, rng)
             copies = Counter(e["event_id"] for e in sub.events())
             with sqlite3.connect(Path(tmp) / "var" / "gateway.db") as conn:
                 integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]

@@ -19,6 +19,7 @@ from gateway.configfile import (
     ConfigFileError,
     Issue,
     Strict,
+    check_order,
     load_toml_model,
     validate_model,
 )
@@ -178,8 +179,9 @@ class MqttSection(Strict):
                 )
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        check_order(
+            self.reconnect_min_s, self.reconnect_max_s, "reconnect_min_s", "reconnect_max_s"
+        )
         return self
 
 

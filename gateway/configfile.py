@@ -47,6 +47,12 @@ class ConfigFileError(Exception):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
+def check_order(low: float, high: float, low_name: str, high_name: str) -> None:
+    """For backoff pairs and the like: the upper bound must not be below the lower one."""
+    if high < low:
+        raise ValueError(f"{high_name} must be >= {low_name}")
+
+
 def key_path(loc: Loc) -> str:
     out = ""
     for part in loc:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gateway.configfile import NAME_PATTERN, Strict
+from gateway.configfile import NAME_PATTERN, Strict, check_order
 
 SerialFormat = Literal["8N1", "8E1", "8O1", "8N2", "7E1", "7O1", "7E2", "7O2"]
 
@@ -54,8 +54,7 @@ class PortConfig(Strict):
 
     @model_validator(mode="after")
     def _backoff(self) -> PortConfig:
-        if self.reopen_max_s < self.reopen_min_s:
-            raise ValueError("reopen_max_s must be >= reopen_min_s")
+        check_order(self.reopen_min_s, self.reopen_max_s, "reopen_min_s", "reopen_max_s")
         return self
 
 

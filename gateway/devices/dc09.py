@@ -144,13 +144,7 @@ class Dc09Service:
     ) -> None:
         self.name = f"dc09:{cfg.name}"
         self.cfg = cfg
-        self.recorder = Recorder(
-            store,
-            port=cfg.name,
-            station=cfg.station_id,
-            definition=definition.name,
-            record_timeout_s=record_timeout_s,
-        )
+        self.recorder = Recorder.for_source(store, cfg, definition.name, record_timeout_s)
         self.handler = Dc09Handler(cfg, definition, self.recorder, clock_synced=clock_synced)
         self.port = cfg.port
         self._stop = threading.Event()

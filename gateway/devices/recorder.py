@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.devices.config import Dc09Receiver, PortConfig
 from gateway.devices.events import to_event
 from gateway.devices.model import DeviceEvent, Reject
 from gateway.events import Event, Lane, StoredEvent
@@ -83,6 +84,19 @@ class Recorder:
         self.record_timeout_s = record_timeout_s
         self.stats = PortStats()
         self._now = now
+
+    @classmethod
+    def for_source(
+        cls, store: Store, cfg: PortConfig | Dc09Receiver, definition: str, record_timeout_s: float
+    ) -> Recorder:
+        """The recorder of one configured port or receiver."""
+        return cls(
+            store,
+            port=cfg.name,
+            station=cfg.station_id,
+            definition=definition,
+            record_timeout_s=record_timeout_s,
+        )
 
     def event(self, ev: DeviceEvent, station: str | None = None) -> Event:
         return to_event(

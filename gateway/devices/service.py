@@ -26,13 +26,7 @@ class PortService:
         self.name = f"port:{cfg.name}"
         self.cfg = cfg
         self.definition = definition
-        self.recorder = Recorder(
-            store,
-            port=cfg.name,
-            station=cfg.station_id,
-            definition=definition.name,
-            record_timeout_s=record_timeout_s,
-        )
+        self.recorder = Recorder.for_source(store, cfg, definition.name, record_timeout_s)
         self.handler: PortHandler
         if definition.espa is not None:
             self.handler = EspaSession(definition.espa, self.recorder, silence_s=cfg.silence_s)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from gateway.configfile import Strict
+from gateway.configfile import Strict, check_order
 
 
 class CameraSection(Strict):
@@ -45,8 +45,7 @@ class CameraSection(Strict):
 
     @model_validator(mode="after")
     def _backoff(self) -> CameraSection:
-        if self.reopen_max_s < self.reopen_min_s:
-            raise ValueError("reopen_max_s must be >= reopen_min_s")
+        check_order(self.reopen_min_s, self.reopen_max_s, "reopen_min_s", "reopen_max_s")
         return self
 
 

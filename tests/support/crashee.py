@@ -2,11 +2,15 @@
 on stdout only after ``record()`` returned. The test kills it with SIGKILL at random moments.
 
 Usage: python -m tests.support.crashee CONFIG EVENTS THREADS SEED
+(``kill_trials`` drives it from a test or the benchmark.)
 """
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -16,6 +20,50 @@ from gateway.app import build
 from gateway.config import load_config, read_password
 from gateway.events import Event, Lane
 from tests.support.events import BY_LANE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(config: Path, events: int, seed: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.crashee", str(config), str(events), "3", str(seed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "READY"
+    return proc
+
+
+def recorded_lines(output: str) -> dict[str, int]:
+    """Events whose record() returned before the kill (a torn last line is ignored)."""
+    out: dict[str, int] = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "R" and len(parts[1]) == 36:
+            out[parts[1]] = int(parts[2])
+    return out
+
+
+def kill_trials(config: Path, trials: int, rng: random.Random) -> tuple[dict[str, int], str]:
+    """SIGKILL the gateway at random moments, ``trials`` times, then let a last run drain.
+
+    Returns event_id -> seq of every event whose record() returned, and the last run's output.
+    """
+    acknowledged: dict[str, int] = {}
+    for trial in range(trials):
+        proc = start(config, events=3000, seed=trial)
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        acknowledged.update(recorded_lines(out))
+    final = start(config, events=0, seed=trials)
+    out, _ = final.communicate(timeout=300)
+    return acknowledged, out if final.returncode == 0 else f"exit {final.returncode}: {out}"
 
 
 def main() -> int:

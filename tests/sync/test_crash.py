@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 from tests.support.broker import Mosquitto
+from tests.support.crashee import kill_trials
 from tests.support.subscriber import Subscriber
 
-ROOT = Path(__file__).resolve().parents[2]
 TRIALS = 20
 
 
@@ -43,48 +38,15 @@ batch_max_events = 20
     return path
 
 
-def start(config: Path, events: int, seed: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.crashee", str(config), str(events), "3", str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "READY"
-    return proc
-
-
-def recorded_lines(output: str) -> dict[str, int]:
-    """Events whose record() returned before the kill (a torn last line is ignored)."""
-    out: dict[str, int] = {}
-    for line in output.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "R" and len(parts[1]) == 36:
-            out[parts[1]] = int(parts[2])
-    return out
-
-
 def test_kill_9_at_random_moments_loses_nothing_that_was_recorded(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     rng = random.Random(20261122)
     config = write_config(tmp_path, mosquitto.port)
     sub = Subscriber(mosquitto.port)
-    acknowledged: dict[str, int] = {}
     try:
-        for trial in range(TRIALS):
-            proc = start(config, events=3000, seed=trial)
-            time.sleep(rng.uniform(0.05, 0.6))
-            proc.send_signal(signal.SIGKILL)
-            out, _ = proc.communicate()
-            acknowledged.update(recorded_lines(out))
-        final = start(config, events=0, seed=TRIALS)
-        out, _ = final.communicate(timeout=120)
-        assert "DRAINED" in out and final.returncode == 0
+        acknowledged, out = kill_trials(config, TRIALS, rng)
+        assert out.rstrip().endswith("DRAINED")
 
         assert len(acknowledged) > 500, "the trials recorded too little to mean anything"
         received: dict[str, list[tuple[int, object]]] = defaultdict(list)

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from gateway.events import Event
 from tests.support.broker import Mosquitto
+from tests.support.crashee import ROOT
 from tests.support.events import TELEMETRY
 from tests.support.gateway import config, running
 from tests.support.subscriber import Subscriber
-from tests.sync.test_crash import ROOT, write_config
+from tests.sync.test_crash import write_config
 
 BASE = "eldercare/site-test"
 

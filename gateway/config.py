@@ -142,6 +142,13 @@ class MqttSection(Strict):
         10.0, gt=0, le=120, description="How long to wait for the broker's CONNACK."
     )
     inflight_window: int = Field(32, ge=1, le=1000, description="Messages awaiting PUBACK.")
+    inflight_max_bytes: int = Field(
+        262_144,
+        ge=1024,
+        le=64_000_000,
+        description="Bytes awaiting PUBACK (P0 exempt): keeps the pipe short, so an alarm is "
+        "not queued behind megabytes of telemetry batches.",
+    )
     p0_reserved: int = Field(
         4, ge=1, le=100, description="Extra in-flight slots only P0 alarms may use."
     )

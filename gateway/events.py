@@ -7,8 +7,10 @@ is finally sent, so the publisher adds it then.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,12 +32,20 @@ class Lane(IntEnum):
         return self.name.lower()
 
 
+TYPE_NAME = re.compile(r"[a-z]+(\.[a-z_]+)+")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 @dataclass(frozen=True)
 class EventType:
     name: str
     lane: Lane
     schema: int = 1
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if not TYPE_NAME.fullmatch(self.name):
+            raise ValueError(f"event type name {self.name!r} is not like 'alarm.sos'")
 
     @property
     def topic_suffix(self) -> str:
@@ -103,11 +113,20 @@ class Event:
     data: Mapping[str, Any]
     event_id: str = field(default_factory=uuid7)
 
+    def __post_init__(self) -> None:
+        if not UUID.fullmatch(self.event_id):
+            raise ValueError(f"event_id {self.event_id!r} is not a lower-case UUID")
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_seconds(unix_s: int) -> str:
+    return datetime.fromtimestamp(unix_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
 
 def iso_utc(unix_ms: int) -> str:
-    """UTC ISO-8601 with milliseconds, e.g. 2026-11-22T08:30:00.125Z."""
-    dt = datetime.fromtimestamp(unix_ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{unix_ms % 1000:03d}Z"
+    """UTC ISO-8601 with milliseconds, e.g. 2026-11-22T08:30:00.125Z. (Events of a backlog
+    share their seconds, so the formatted seconds are cached: this runs once per event sent.)"""
+    return f"{_iso_seconds(unix_ms // 1000)}{unix_ms % 1000:03d}Z"
 
 
 class StoredEvent(NamedTuple):
@@ -127,19 +146,15 @@ class StoredEvent(NamedTuple):
     data_json: str
 
     def envelope_json(self, replay: bool) -> str:
-        head = compact_json(
-            {
-                "event_id": self.event_id,
-                "seq": self.seq,
-                "session": self.session,
-                "type": self.type,
-                "schema": self.schema,
-                "ts": iso_utc(self.ts_ms),
-                "clock_synced": self.clock_synced,
-                "replay": replay,
-            }
+        # Formatted directly: every field is a number, a boolean, or a string that needs no
+        # escaping (a UUID, a type name matching [a-z._], a timestamp). A test pins this to
+        # json.dumps of the same fields.
+        return (
+            f'{{"event_id":"{self.event_id}","seq":{self.seq},"session":{self.session},'
+            f'"type":"{self.type}","schema":{self.schema},"ts":"{iso_utc(self.ts_ms)}",'
+            f'"clock_synced":{"true" if self.clock_synced else "false"},'
+            f'"replay":{"true" if replay else "false"},"data":{self.data_json}}}'
         )
-        return f'{head[:-1]},"data":{self.data_json}}}'
 
     def envelope(self, replay: bool) -> dict[str, Any]:
         parsed: dict[str, Any] = json.loads(self.envelope_json(replay))

@@ -4,7 +4,9 @@ import json
 import re
 import uuid
 
-from gateway.events import Lane, StoredEvent, _Uuid7, iso_utc
+import pytest
+
+from gateway.events import Event, EventType, Lane, StoredEvent, _Uuid7, iso_utc
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -56,3 +58,40 @@ def test_envelope_text_is_the_json_of_its_fields() -> None:
         "replay": True,
         "data": {"band": "A1B2C3D4E5F6", "名": "老"},
     }
+
+
+def test_envelope_text_equals_json_dumps_for_any_data() -> None:
+    """The envelope is formatted by hand for speed; it must stay what json.dumps would make."""
+    for synced in (True, False):
+        for replay in (True, False):
+            ev = StoredEvent(
+                seq=2**40,
+                event_id="01a20589-1afd-70af-88b3-4f52542d7b97",
+                type="wristband.seen",
+                schema=3,
+                lane=Lane.P2,
+                session=7,
+                ts_ms=0,
+                clock_synced=synced,
+                steady_ms=0,
+                data_json='{"text":"SOS \\"床 12\\"\\n","n":null}',
+            )
+            expected = {
+                "event_id": ev.event_id,
+                "seq": ev.seq,
+                "session": 7,
+                "type": "wristband.seen",
+                "schema": 3,
+                "ts": "1970-01-01T00:00:00.000Z",
+                "clock_synced": synced,
+                "replay": replay,
+                "data": {"text": 'SOS "床 12"\n', "n": None},
+            }
+            assert json.loads(ev.envelope_json(replay)) == expected
+
+
+def test_names_and_ids_that_would_need_escaping_are_refused() -> None:
+    with pytest.raises(ValueError):
+        EventType('alarm."sos', Lane.P0)
+    with pytest.raises(ValueError):
+        Event(EventType("alarm.sos", Lane.P0), {}, event_id='x","seq":1')

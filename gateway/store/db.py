@@ -59,6 +59,9 @@ def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) ->
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         conn.execute("PRAGMA journal_size_limit = 67108864")
+        # Checkpoints run on their own connection (Store's checkpointer), so a commit never
+        # stalls to copy the WAL into the database: that stall was an alarm's worst latency.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn

@@ -13,6 +13,8 @@ import os
 import queue
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +24,13 @@ from gateway.clock import Clock, ClockSync
 from gateway.config import StoreSection
 from gateway.events import Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
-from gateway.store.db import StoreError, open_database
+from gateway.store.db import StoreError, connect, open_database
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MB = 1024 * 1024
+CHECKPOINT_INTERVAL_S = 1.0
 SQL_VARS = 500
 
 
@@ -213,6 +216,9 @@ class Store:
         self._housekeeping = Periodic(
             "store-housekeeping", cfg.housekeeping_interval_s, self.housekeep
         )
+        self._checkpointer = Periodic("store-checkpoint", CHECKPOINT_INTERVAL_S, self.checkpoint)
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self.checkpoints = 0
         self.quotas = {
             Lane.P0: int(cfg.lanes.p0.quota_mb * MB),
             Lane.P1: int(cfg.lanes.p1.quota_mb * MB),
@@ -263,6 +269,8 @@ class Store:
         self._sync.refresh()
         self._thread = threading.Thread(target=self._run, name="store-writer")
         self._thread.start()
+        self._checkpoint_conn = connect(self.path, synchronous=self.cfg.synchronous)
+        self._checkpointer.start()
         self._housekeeping.start()
         log.info(
             "store open: %s, session %d, pending %s%s",
@@ -287,6 +295,10 @@ class Store:
 
     def stop(self) -> None:
         self._housekeeping.stop()
+        self._checkpointer.stop()
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
         if self._thread is None:
             return
         with self._lock:
@@ -387,29 +399,69 @@ class Store:
             self._fail_queued(exc)
 
     def _loop(self) -> None:
-        linger_s = self.cfg.batch_linger_ms / 1000
+        """Producers' writes first: each turn commits the waiting events and write() calls,
+        in their order (up to batch_max_rows), then at most one bounded batch of the store's
+        own maintenance (deleting delivered events, housekeeping). An alarm so waits for one
+        short commit at most, not for a queue of acknowledgements, which cannot starve either.
+        """
+        records: deque[_Op] = deque()
+        others: deque[_Op] = deque()
+        stopping = False
         while True:
-            first = self._queue.get()
-            stopping = first is _STOP
-            batch: list[_Op] = [] if stopping else [first]  # type: ignore[list-item]
-            while len(batch) < self.cfg.batch_max_rows:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    if stopping or not linger_s or any(_is_p0(op) for op in batch):
-                        break
-                    try:
-                        item = self._queue.get(timeout=linger_s)
-                    except queue.Empty:
-                        break
-                if item is _STOP:
-                    stopping = True
-                    continue
-                batch.append(item)  # type: ignore[arg-type]
-            if batch:
+            if not records and not others:
+                if stopping:
+                    return
+                stopping = self._take(self._queue.get(), records, others)
+            stopping = self._drain(records, others) or stopping
+            if records:
+                self._commit(self._records_batch(records, others, stopping))
+                stopping = self._drain(records, others) or stopping
+            if others:
+                batch: list[_Op] = [others.popleft()]
+                rows = _rows(batch[0])
+                while others and rows + _rows(others[0]) <= self.cfg.batch_max_rows:
+                    rows += _rows(others[0])
+                    batch.append(others.popleft())
                 self._commit(batch)
-            if stopping and self._queue.empty():
-                return
+
+    def _records_batch(self, records: deque[_Op], others: deque[_Op], stopping: bool) -> list[_Op]:
+        batch: list[_Op] = []
+        linger_s = self.cfg.batch_linger_ms / 1000
+        deadline = time.monotonic() + linger_s
+        while True:
+            while records and len(batch) < self.cfg.batch_max_rows:
+                batch.append(records.popleft())
+            full = len(batch) >= self.cfg.batch_max_rows
+            if full or stopping or not linger_s or any(map(_is_p0, batch)):
+                return batch
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return batch
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                return batch
+            if self._take(item, records, others):
+                return batch
+
+    def _take(self, item: object, records: deque[_Op], others: deque[_Op]) -> bool:
+        """File one queued item; True when it is the stop signal."""
+        if item is _STOP:
+            return True
+        if isinstance(item, _Record | _Write):
+            records.append(item)
+        else:
+            others.append(item)  # type: ignore[arg-type]
+        return False
+
+    def _drain(self, records: deque[_Op], others: deque[_Op]) -> bool:
+        stop = False
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return stop
+            stop = self._take(item, records, others) or stop
 
     def _fail_queued(self, exc: BaseException) -> None:
         failed: list[tuple[Receipt[Any], Any]] = []
@@ -644,6 +696,14 @@ class Store:
             (self.steady_ms() - self.keep_delivered_ms,),
         )
 
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database without blocking the writer (PASSIVE);
+        SQLite restarts the WAL from its beginning once it is fully copied."""
+        conn = self._checkpoint_conn
+        if conn is not None:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self.checkpoints += 1
+
     def housekeep(self) -> None:
         """Housekeeping: TTL expiry and journal retention, through the writer like any write."""
         self._sync.refresh()
@@ -698,6 +758,11 @@ class Store:
 
 def _is_p0(op: _Op) -> bool:
     return isinstance(op, _Record) and op.lane is Lane.P0
+
+
+def _rows(op: _Op) -> int:
+    """Rows of work an op brings to a commit (what batch_max_rows bounds)."""
+    return len(op.items) if isinstance(op, _Ack) else 1
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:

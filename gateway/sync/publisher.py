@@ -25,12 +25,16 @@ from gateway.config import MqttSection
 from gateway.events import Lane, StoredEvent
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog
-from gateway.store import Delivered, OutboxReader, Store, StoreClosed
+from gateway.store import Delivered, OutboxReader, Receipt, Store, StoreClosed
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
 
 log = logging.getLogger(__name__)
 PREFETCH = 512
+ACK_CHUNK = 256  # acknowledged events per store write: keeps each commit short for alarms
+LANES = tuple(Lane)  # iterating the enum class itself is slow on the per-message path
+ACK_WAKE = 8  # PUBACKs gathered before the publisher is woken for them ...
+ACK_POLL_S = 0.002  # ... or this long at most, while messages are in flight
 LATENCY_WINDOW = 1000
 ENVELOPE_BYTES = 200  # envelope fields around ``data``, for sizing P2 batches
 IDLE_WAIT_S = 1.0
@@ -40,6 +44,7 @@ IDLE_WAIT_S = 1.0
 class InFlight:
     events: tuple[StoredEvent, ...]
     lane: Lane
+    size: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Publisher:
         self._generation: int | None = None
         self._connected_steady = 0
         self._inflight: dict[int, InFlight] = {}
+        self._inflight_bytes = 0
         self._buffers: dict[Lane, deque[StoredEvent]] = {lane: deque() for lane in Lane}
         self._cursor: dict[Lane, int] = dict.fromkeys(Lane, 0)
         self._high: dict[Lane, int] = dict.fromkeys(Lane, 0)
@@ -150,8 +156,11 @@ class Publisher:
         self._wake.set()
 
     def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None:
+        """Gather PUBACKs rather than wake the publisher for each: a thread switch per message
+        cost more than the rest of the publishing. New events still wake it at once."""
         self._acks.put(_Ack(generation, mid, accepted, reason))
-        self._wake.set()
+        if self._acks.qsize() >= ACK_WAKE or not accepted:
+            self._wake.set()
 
     # ---- the publisher thread -------------------------------------------------------------------
 
@@ -167,14 +176,15 @@ class Publisher:
             self._drain_acks(current)
             if current is not None:
                 self._fill_window(current)
-            self._wake.wait(IDLE_WAIT_S)
+            self._wake.wait(ACK_POLL_S if self._inflight else IDLE_WAIT_S)
 
     def _reset(self) -> None:
         """A new (or no) connection: whatever was in flight is pending again."""
         if self._inflight:
             log.info("uplink: %d messages in flight are pending again", len(self._inflight))
         self._inflight.clear()
-        for lane in Lane:
+        self._inflight_bytes = 0
+        for lane in LANES:
             self._buffers[lane].clear()
             self._cursor[lane] = 0
             self._more[lane] = True
@@ -182,6 +192,8 @@ class Publisher:
 
     def _drain_acks(self, current: int | None) -> None:
         delivered: list[Delivered] = []
+        now = self._store.steady_ms()
+        session = self._store.session
         while True:
             try:
                 ack = self._acks.get_nowait()
@@ -192,32 +204,40 @@ class Publisher:
             flight = self._inflight.pop(ack.mid, None)
             if flight is None:
                 continue  # status, health or a response: not from the outbox
-            if ack.accepted:
-                self._rejections = 0
-                now = self._store.steady_ms()
-                self._latency[flight.lane].extend(
-                    now - e.steady_ms for e in flight.events if e.session == self._store.session
-                )
-                delivered.extend(Delivered(e.seq, e.lane) for e in flight.events)
-            else:
+            self._inflight_bytes -= flight.size
+            if not ack.accepted:
                 self._rejected(flight, ack.reason)
+                continue
+            self._rejections = 0
+            latency = self._latency[flight.lane]
+            for e in flight.events:
+                if e.session == session:
+                    latency.append(now - e.steady_ms)
+                delivered.append(Delivered(e.seq, e.lane))
         if delivered:
             self._save_delivered(delivered)
 
     def _save_delivered(self, delivered: list[Delivered]) -> None:
-        seqs = [d.seq for d in delivered]
         with self._lock:
-            self._acked_unsaved.update(seqs)
-        self.events_acked += len(seqs)
+            self._acked_unsaved.update(d.seq for d in delivered)
+        self.events_acked += len(delivered)
+        for start in range(0, len(delivered), ACK_CHUNK):
+            chunk = delivered[start : start + ACK_CHUNK]
+            try:
+                self._store.mark_delivered(chunk).add_done_callback(self._saved(chunk))
+            except StoreClosed:
+                log.warning("uplink: store closed; acknowledged events stay pending")
+                return
 
-        def saved(_fut: object) -> None:
+    def _saved(self, chunk: list[Delivered]) -> Callable[[Receipt[int]], None]:
+        """Once the deletion is committed, the rows can no longer be read back as pending."""
+        seqs = [d.seq for d in chunk]
+
+        def forget(_receipt: Receipt[int]) -> None:
             with self._lock:
                 self._acked_unsaved.difference_update(seqs)
 
-        try:
-            self._store.mark_delivered(delivered).add_done_callback(saved)
-        except StoreClosed:
-            log.warning("uplink: store closed; %d acknowledged events stay pending", len(seqs))
+        return forget
 
     def _rejected(self, flight: InFlight, reason: str) -> None:
         """The broker refused the message (e.g. not authorised, quota): keep it pending and
@@ -242,8 +262,13 @@ class Publisher:
             lane = self._next_lane()
             if lane is None:
                 return
-            limit = self.cfg.inflight_window + (self.cfg.p0_reserved if lane is Lane.P0 else 0)
-            if len(self._inflight) >= limit:
+            if lane is Lane.P0:
+                if len(self._inflight) >= self.cfg.inflight_window + self.cfg.p0_reserved:
+                    return
+            elif (
+                len(self._inflight) >= self.cfg.inflight_window
+                or self._inflight_bytes >= self.cfg.inflight_max_bytes
+            ):
                 return
             events = self._take(lane)
             msg = self._message(lane, events)
@@ -252,15 +277,17 @@ class Publisher:
                 for e in reversed(events):
                     self._buffers[lane].appendleft(e)
                 return
-            self._inflight[mid] = InFlight(tuple(events), lane)
+            self._inflight[mid] = InFlight(tuple(events), lane, len(msg.payload))
+            self._inflight_bytes += len(msg.payload)
             self._high[lane] = max(self._high[lane], events[-1].seq)
             self.messages_sent += 1
             self.events_sent += len(events)
 
     def _next_lane(self) -> Lane | None:
-        now_s = self._store.steady_ms() / 1000
-        for lane in Lane:
-            if self._paused_until[lane] > now_s:
+        paused = self._paused_until
+        now_s = self._store.steady_ms() / 1000 if any(paused.values()) else 0.0
+        for lane in LANES:
+            if paused[lane] > now_s:
                 continue
             if self._buffers[lane] or (self._more[lane] and self._refill(lane)):
                 return lane
@@ -305,6 +332,12 @@ class Publisher:
         with self._lock:
             connected = self._connected_steady
         session = self._store.session
-        parts = [e.envelope_json(e.session != session or e.steady_ms < connected) for e in events]
-        body = parts[0] if lane is not Lane.P2 else "[" + ",".join(parts) + "]"
+        if lane is not Lane.P2:
+            (e,) = events
+            body = e.envelope_json(e.session != session or e.steady_ms < connected)
+        else:
+            parts = [
+                e.envelope_json(e.session != session or e.steady_ms < connected) for e in events
+            ]
+            body = f"[{','.join(parts)}]"
         return Message(self._topics.event(events[0].type), body.encode())

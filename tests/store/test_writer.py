@@ -183,3 +183,19 @@ def test_outbox_stats_reads_a_running_store(make_store: StoreFactory, clock: Man
     assert stats["lanes"]["p0"]["pending"] == 1
     assert stats["lanes"]["p0"]["oldest_age_s"] == pytest.approx(90, abs=0.01)
     assert stats["lanes"]["p2"]["pending"] == 1
+
+
+def test_an_alarm_does_not_wait_behind_the_deletion_of_delivered_telemetry(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    seen = [store.submit(Event(SEEN, {"i": i})) for i in range(20_000)]
+    stored = [r.result() for r in seen]
+    acks = [
+        store.mark_delivered([Delivered(e.seq, e.lane) for e in stored[i : i + 500]])
+        for i in range(0, len(stored), 500)
+    ]
+    store.record(Event(SOS, {"band": "A1"}))
+    done_when_alarm_committed = sum(a.done() for a in acks)
+    assert done_when_alarm_committed < len(acks) // 2
+    assert sum(a.result() for a in acks) == 20_000

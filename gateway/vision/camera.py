@@ -154,7 +154,10 @@ class ImageFolder:
             self._shape = image.shape
         except BadImage as exc:
             self.bad_files += 1
-            log.warning("replay: %s is not a usable photo: %s", item.name, exc.reason)
+            # The position, not the file name: photo files are often named after the person.
+            log.warning(
+                "replay: photo %d is not usable: %s", self.files.index(item) + 1, exc.reason
+            )
         self._cache = (item, image)
         return image, time.perf_counter() - start
 
@@ -299,6 +302,8 @@ class CameraReader:
 
     def start(self) -> None:
         self._stop.clear()
+        # A daemon on purpose: it only reads frames (never SQLite), and a V4L2 or RTSP read
+        # can block for good when a camera hangs; it must not hold the gateway's exit hostage.
         self._thread = threading.Thread(target=self._run, name="camera-reader", daemon=True)
         self._thread.start()
 

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import serial
 
+from gateway.lifecycle import Worker
+
 log = logging.getLogger(__name__)
 
 PARITY_ERROR = 0xFF
@@ -143,24 +145,19 @@ class SerialLink:
         self._now = now
         self._parity = SoftwareParity(settings)
         self.stats = LinkStats()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(f"link-{name}", self._run)
+        self._stop = self._worker.stopping
         self._port: serial.Serial | None = None
         self._write_lock = threading.Lock()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"link-{self.name}")
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._worker.stop()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.alive()
 
     def write(self, data: bytes) -> bool:
         """Send bytes (ESPA ACK/NAK, Contact ID ACK); False if the port is not open."""
@@ -180,7 +177,7 @@ class SerialLink:
 
     # ---- the reader thread ----------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, _stopping: threading.Event) -> None:
         delay = self.reopen_min_s
         while not self._stop.is_set():
             port = self._open()

@@ -62,8 +62,8 @@ class EspaSession(PortHandler):
             elif isinstance(item, Reject):
                 stats.reject(self.recorder.port, item)
                 if item.reason != "garbage" and self.state == "selected":
-                    self._reply(NAK)
                     self.blocks_naked += 1
+                    self._reply(NAK)
 
     def _control(self, item: Control) -> None:
         if item.kind == "eot":
@@ -83,18 +83,19 @@ class EspaSession(PortHandler):
         for reject in decoded.rejects:
             stats.reject(self.recorder.port, reject)
         if decoded.rejects and not decoded.events:
-            self._reply(NAK)
             self.blocks_naked += 1
+            self._reply(NAK)
             return
         if not decoded.events:
             stats.ignored += 1
         events = [self.recorder.event(ev) for ev in decoded.events]
+        # Counted before the reply goes out, so whoever sees the reply sees the count.
         if self.recorder.record(events):
-            self._reply(ACK)
             self.blocks_acked += 1
+            self._reply(ACK)
         else:
-            self._reply(NAK)
             self.blocks_naked += 1
+            self._reply(NAK)
 
     def _reply(self, code: int) -> None:
         if not self.write(bytes([code])):

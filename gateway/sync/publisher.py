@@ -287,8 +287,10 @@ class Publisher:
         paused = self._paused_until
         now_s = self._store.steady_ms() / 1000 if any(paused.values()) else 0.0
         for lane in LANES:
-            if paused[lane] > now_s:
-                continue
+            if paused[lane]:
+                if paused[lane] > now_s:
+                    continue
+                paused[lane] = 0.0
             if self._buffers[lane] or (self._more[lane] and self._refill(lane)):
                 return lane
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -110,6 +111,7 @@ class Sync:
             cfg.downlink, store, self.topics, self._send_now, [*builtin, *operations]
         )
         self._reader: OutboxReader | None = None
+        self._report_lock = threading.Lock()  # on connect (link thread) and periodically
         self._health_task = Periodic("health-report", cfg.mqtt.health_interval_s, self.report)
 
     # ---- service -----------------------------------------------------------------------------
@@ -126,9 +128,10 @@ class Sync:
         self.link.stop(farewell=self._status("offline", "shutdown"))
         self.downlink.stop()
         self.publisher.stop()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        with self._report_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def healthy(self) -> bool:
         return (
@@ -210,9 +213,10 @@ class Sync:
 
     def report(self) -> None:
         """Publish the retained health message (if connected) and log a one-line summary."""
-        if self._reader is None:
-            return
-        health = self.health_message()
+        with self._report_lock:
+            if self._reader is None:
+                return
+            health = self.health_message()
         log.info("%s", summary(health))
         if self.link.connected:
             body = compact_json(health).encode()

@@ -100,3 +100,21 @@ def test_bad_requests_get_an_error_a_count_and_change_nothing(
         assert errors["unknown_op"] == 1 and errors["schema"] == 5
         assert state(db) == before
         assert ask(sub, "ping", {"transaction": "still-alive"})["status"] == "ok"
+
+
+def test_a_request_sent_while_the_gateway_is_offline_is_answered_when_it_returns(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The broker keeps the gateway's session (mqtt.session_expiry_s) and queues requests."""
+    sub = Subscriber(mosquitto.port)
+    cfg = config(tmp_path / "var", mosquitto.port, mqtt={"session_expiry_s": 3600})
+    try:
+        with running(cfg) as gw:
+            eventually(lambda: gw.sync is not None and gw.sync.link.connected)
+        sub.publish(f"{BASE}/request/ping", json.dumps({"transaction": "while-away"}))
+        with running(cfg):
+            sub.wait_for(lambda _m: bool(sub.of_topic("/response/ping")))
+        (reply,) = sub.of_topic("/response/ping")
+        assert reply.json()["transaction"] == "while-away" and reply.json()["status"] == "ok"
+    finally:
+        sub.close()

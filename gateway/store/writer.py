@@ -509,11 +509,17 @@ class Store:
                 listener(delta.new_lanes)
 
     def _apply(self, conn: sqlite3.Connection, batch: list[_Op], delta: _Delta) -> list[Any]:
+        """Apply the ops in their order; each run of consecutive events is inserted together,
+        so an event whose domain row needs an earlier write() call sees it applied."""
         results: list[Any] = [None] * len(batch)
-        records = [(i, op) for i, op in enumerate(batch) if isinstance(op, _Record)]
-        if records:
-            self._insert_records(conn, records, results, delta)
+        run: list[tuple[int, _Record]] = []
         for i, op in enumerate(batch):
+            if isinstance(op, _Record):
+                run.append((i, op))
+                continue
+            if run:
+                self._insert_records(conn, run, results, delta)
+                run = []
             if isinstance(op, _Ack):
                 results[i] = self._delivered(conn, op.items, delta)
             elif isinstance(op, _Write):
@@ -521,6 +527,8 @@ class Store:
             elif isinstance(op, _Housekeep):
                 self._expire(conn, delta)
                 self._purge_delivered(conn)
+        if run:
+            self._insert_records(conn, run, results, delta)
         self._evict_over_quota(conn, delta)
         return results
 

@@ -32,6 +32,7 @@ from gateway.vision.images import IMAGE_SUFFIXES, as_bgr8, fit_within, read_imag
 log = logging.getLogger(__name__)
 
 EMPTY_GREY = 96
+STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})
 
 
 class CameraError(VisionError):
@@ -75,7 +76,7 @@ class OpenCVCapture:
         self._cap: cv2.VideoCapture | None = None
 
     def open(self) -> None:
-        cap = cv2.VideoCapture(self.target, self.backend)
+        cap = cv2.VideoCapture(self.target, self.backend, self._params())
         if not cap.isOpened():
             cap.release()
             raise CameraError(f"cannot open camera {self.name}")
@@ -85,6 +86,19 @@ class OpenCVCapture:
             cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         self._cap = cap
+
+    def _params(self) -> list[int]:
+        """Bounded waits for network streams: without them FFmpeg blocks for 30 s on a camera
+        that stopped sending, and the reader could not report it lost or reopen it."""
+        if not is_stream(self.target):
+            return []
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our log says why
+        return [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            round(self.cfg.connect_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            round(self.cfg.stall_s * 1000),
+        ]
 
     def read(self) -> tuple[np.ndarray | None, float]:
         cap = self._cap
@@ -175,13 +189,17 @@ def _safe_name(target: str | int) -> str:
     return text
 
 
+def is_stream(target: str | int) -> bool:
+    return isinstance(target, str) and urlsplit(target).scheme in STREAM_SCHEMES
+
+
 def open_source(spec: str, cfg: CameraSection) -> FrameSource:
     """Pick the source kind from the spec: device, stream URL, folder, or video file."""
     if spec.isdigit():
         return OpenCVCapture(int(spec), cv2.CAP_V4L2, cfg, paced=False)
     if spec.startswith("/dev/video"):
         return OpenCVCapture(spec, cv2.CAP_V4L2, cfg, paced=False)
-    if urlsplit(spec).scheme in ("rtsp", "rtsps", "http", "https"):
+    if is_stream(spec):
         return OpenCVCapture(spec, cv2.CAP_FFMPEG, cfg, paced=False)
     path = Path(spec)
     if path.is_dir():

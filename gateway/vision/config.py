@@ -21,7 +21,8 @@ from gateway.configfile import Strict, check_order
 class CameraSection(Strict):
     source: str | None = Field(
         None,
-        description="V4L2 device (/dev/video0 or 0), rtsp:// URL, video file, or a folder of "
+        description="V4L2 device (/dev/video0 or 0), rtsp:// or http:// (MJPEG) stream URL, video "
+        "file, or a folder of "
         "photos replayed as frames. None: no camera, the face stage does not run.",
     )
     id: str = Field("counter-1", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Camera id.")
@@ -41,6 +42,9 @@ class CameraSection(Strict):
     reopen_max_s: float = Field(30.0, gt=0, le=600, description="Longest reopen delay.")
     stall_s: float = Field(
         5.0, gt=0, le=600, description="No frame for this long: the camera is reopened."
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Network camera: longest wait to connect to the stream."
     )
 
     @model_validator(mode="after")

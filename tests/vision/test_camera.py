@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ from gateway.vision.camera import (
 )
 from gateway.vision.config import CameraSection
 from gateway.vision.images import read_image
+from tests.support.netcam import NetworkCamera
 
 
 @pytest.fixture
@@ -185,3 +187,68 @@ def test_sources_are_chosen_from_the_spec(tmp_path: Path) -> None:
     assert isinstance(open_source(str(tmp_path), cfg), ImageFolder)
     with pytest.raises(CameraError, match="no such device"):
         open_source(str(tmp_path / "missing.mp4"), cfg)
+
+
+@pytest.fixture
+def netcam(faces_dir: Path) -> Iterator[NetworkCamera]:
+    photo = cv2.resize(read_image(faces_dir / "antispoof" / "image_T1.jpg"), (640, 480))
+    camera = NetworkCamera(cv2.imencode(".jpg", photo)[1].tobytes(), "installer", "s3cret-Pw")
+    camera.start()
+    yield camera
+    camera.stop()
+
+
+def _streaming_again(reader: CameraReader) -> Callable[[], bool]:
+    seen = reader.stats.frames
+    return lambda: reader.state == "streaming" and reader.stats.frames >= seen + 3
+
+
+def test_a_network_camera_that_hangs_or_goes_away_is_reported_and_reopened(
+    netcam: NetworkCamera, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cfg = CameraSection(
+        source=netcam.url("installer:s3cret-Pw"),
+        stall_s=1.0,
+        connect_timeout_s=2.0,
+        reopen_min_s=0.1,
+        reopen_max_s=0.4,
+    )
+    reader = open_feed(cfg)
+    assert isinstance(reader, CameraReader)
+    reader.start()
+    try:
+        _wait(lambda: reader.stats.frames >= 5)
+        frame = reader.next_frame(timeout=1)
+        assert frame is not None and frame.image.shape == (480, 640, 3)
+
+        netcam.sending.clear()  # hung: the connection stays open, nothing arrives
+        _wait(lambda: reader.state == "lost")
+        assert reader.health()["last_error"] == "no frame for 1 s"
+        netcam.sending.set()
+        _wait(_streaming_again(reader))
+
+        netcam.stop()  # gone from the network
+        _wait(lambda: reader.state == "lost")
+        reopens = reader.stats.reopens
+        _wait(lambda: reader.stats.reopens >= reopens + 2)  # keeps trying, with backoff
+        netcam.start()  # back on the same address
+        _wait(_streaming_again(reader))
+    finally:
+        reader.stop()
+    health = reader.health()
+    assert health["source"] == f"http://127.0.0.1:{netcam.port}/stream.mjpg"
+    assert "s3cret" not in caplog.text and "s3cret" not in str(health)
+
+
+def test_a_network_camera_refusing_the_password_is_reported_lost(netcam: NetworkCamera) -> None:
+    cfg = CameraSection(source=netcam.url("installer:wrong"), reopen_min_s=0.1, reopen_max_s=0.2)
+    reader = open_feed(cfg)
+    reader.start()
+    try:
+        _wait(lambda: netcam.refused >= 2)
+        health = reader.health()
+        assert health["state"] == "lost" and health["frames"] == 0
+        assert health["last_error"].startswith("cannot open camera http://127.0.0.1:")
+    finally:
+        reader.stop()

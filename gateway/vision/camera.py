@@ -367,7 +367,8 @@ class CameraReader:
     def _run(self) -> None:
         delay = self.cfg.reopen_min_s
         while not self._stop.is_set():
-            self.state = "opening"
+            if self.state != "lost":  # a lost camera stays lost until it streams again
+                self.state = "opening"
             try:
                 self.source.open()
             except CameraError as exc:
@@ -395,7 +396,7 @@ class CameraReader:
             self.stats.reopens += 1
 
     def _lost(self, why: str) -> None:
-        if self.state != "lost":
+        if self.state != "lost" or why != self.last_error:
             log.warning("camera %s lost: %s", self.source.name, why)
         self.state = "lost"
         self.last_error = why

@@ -14,18 +14,24 @@ from typing import Any
 BOUNDARY = b"frame"
 
 
-class NetworkCamera:
+class CameraServer:
+    """What every test camera has: one picture, a password, a switch to stop sending."""
+
     def __init__(self, jpeg: bytes, user: str, password: str, fps: float = 15.0) -> None:
         self.jpeg = jpeg
         self.fps = fps
         self.sending = threading.Event()
         self.sending.set()
-        self.requests = 0
         self.refused = 0
         self.port = 0
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._server: socketserver.ThreadingTCPServer | None = None
         self._closed = threading.Event()
+
+
+class NetworkCamera(CameraServer):
+    def __init__(self, jpeg: bytes, user: str, password: str, fps: float = 15.0) -> None:
+        super().__init__(jpeg, user, password, fps)
+        self._server: socketserver.ThreadingTCPServer | None = None
 
     def url(self, credentials: str) -> str:
         return f"http://{credentials}@127.0.0.1:{self.port}/stream.mjpg"
@@ -38,7 +44,6 @@ class NetworkCamera:
                 pass
 
             def do_GET(self) -> None:
-                camera.requests += 1
                 if self.headers.get("Authorization") != camera._auth:
                     camera.refused += 1
                     self.send_response(401)

@@ -103,7 +103,8 @@ def peak_rss_mb() -> float:
 def bench_frames(
     models: Models, cfg: VisionSection, gallery: Gallery, count: int
 ) -> dict[str, float]:
-    """Median per-frame milliseconds by stage, the pipeline total, and bare model time."""
+    """Median per-frame milliseconds by stage, the pipeline total, and the models' own time
+    inside it (meaningful only with liveness in turn: alongside, two models overlap)."""
     photos = [FACES / "antispoof" / "image_T1.jpg"] + [
         FACES / "deepface" / n for n in SHOWN.values()
     ]
@@ -119,34 +120,35 @@ def bench_frames(
     stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
     totals: list[float] = []
     bare: list[float] = []
-    per_model: dict[str, list[float]] = {role: [] for role in sessions}
     for i in range(count):
         data = jpegs[i % len(jpegs)]
-        busy = {role: s.busy_s for role, s in sessions.items()}
+        busy = sum(s.busy_s for s in sessions.values())
         start = time.perf_counter()
         image = decode_image(data)
         decoded = time.perf_counter()
         pipeline.process(Frame(image, i / 15, i + 1, decoded - start))
         totals.append((time.perf_counter() - start) * 1000)
-        for role, s in sessions.items():
-            per_model[role].append((s.busy_s - busy[role]) * 1000)
-        bare.append(sum(v[-1] for v in per_model.values()))
+        bare.append((sum(s.busy_s for s in sessions.values()) - busy) * 1000)
         for stage in STAGES:
             stage_ms[stage].append(pipeline.last_timings.get(stage, 0.0) * 1000)
+    pipeline.analyzer.close()
     out = {stage: median(v) for stage, v in stage_ms.items()}
     out["total"] = median(totals)
-    out["bare"] = median(bare)
-    out["alone"] = bare_alone(pipeline.analyzer, [decode_image(j) for j in jpegs])
-    out.update({f"bare {role}": median(v) for role, v in per_model.items()})
+    out["inside"] = median(bare)
     out["faces"] = pipeline.counts["face"] / count
     return out
 
 
-def bare_alone(analyzer: Analyzer, frames: list[np.ndarray], repeats: int = 60) -> float:
-    """Milliseconds per frame of the four models run alone, each in a loop on the very inputs
-    the pipeline made from the same frames: warm caches, no other work in between."""
-    per_frame = []
-    for image in frames:
+def bare_alone(models: Models, cfg: VisionSection, repeats: int = 60) -> dict[str, float]:
+    """Milliseconds per frame of each model run alone, in a loop on the very inputs the
+    pipeline makes from the benchmark's frames: warm caches, no other work in between."""
+    analyzer = Analyzer(models, AnalyzerSettings.from_config(cfg))
+    photos = [FACES / "antispoof" / "image_T1.jpg"] + [
+        FACES / "deepface" / n for n in SHOWN.values()
+    ]
+    roles = {id(session): role for role, session in models.sessions().items()}
+    per_role: dict[str, list[float]] = {role: [] for role in roles.values()}
+    for image in (decode_image(frame_jpeg(p)) for p in photos):
         face = analyzer.detector.detect(image)[0]
         runs = [(analyzer.detector.session, analyzer.detector.prepare(image)[0])]
         aligned = align(image, face.landmarks)
@@ -155,16 +157,95 @@ def bare_alone(analyzer: Analyzer, frames: list[np.ndarray], repeats: int = 60) 
             assert spec.crop_scale is not None
             patch = liveness_crop(image, face.box, spec.crop_scale, spec.input_size)
             runs.append((session, spec.tensor(patch)))
-        total = 0.0
         for session, tensor in runs:
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
                 session.run(tensor)
                 times.append(time.perf_counter() - start)
-            total += median(times[repeats // 5 :])
-        per_frame.append(total * 1000)
-    return statistics.mean(per_frame)
+            per_role[roles[id(session)]].append(median(times[repeats // 5 :]) * 1000)
+    return {role: statistics.mean(v) for role, v in per_role.items()}
+
+
+def frame_rounds(models: Models, cfg: VisionSection, count: int, rounds: int) -> dict[str, float]:
+    """Both liveness modes and the models alone, interleaved in rounds; the median of each
+    figure (and of each ratio) over the rounds, so a noisy spell on the machine hits all."""
+    modes = {
+        "turn": cfg.model_copy(update={"liveness_alongside": False}),
+        "along": cfg.model_copy(update={"liveness_alongside": True}),
+    }
+    results: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        gallery = open_gallery(
+            Path(tmp), models.manifest.recognizer.model_id, random_gallery(5000, 1)
+        )
+        for _ in range(rounds):
+            out: dict[str, float] = {}
+            for mode, mode_cfg in modes.items():
+                run = bench_frames(models, mode_cfg, gallery, count)
+                out.update({f"{mode} {key}": value for key, value in run.items()})
+            alone = bare_alone(models, cfg)
+            out.update({f"alone {role}": ms for role, ms in alone.items()})
+            out["all four"] = sum(alone.values())
+            out["critical"] = alone["detector"] + max(
+                alone["recognizer"], alone["antispoof_v2"] + alone["antispoof_v1se"]
+            )
+            for mode in modes:
+                whole = out[f"{mode} total"]
+                for cut, total in (("", whole), (" nodecode", whole - out[f"{mode} decode"])):
+                    out[f"{mode}/all{cut}"] = total / out["all four"] - 1
+                    out[f"{mode}/critical{cut}"] = total / out["critical"] - 1
+            out["along/turn"] = out["along total"] / out["turn total"]
+            results.append(out)
+    return {key: median([r[key] for r in results]) for key in results[0]}
+
+
+def print_frames(frame: dict[str, float], count: int, rounds: int) -> None:
+    print(
+        f"## Per frame, 640x480 ({count} frames of real photos x {rounds} rounds, "
+        "gallery of 5,000)\n"
+    )
+    print(
+        "Liveness in turn (after the embedding) or alongside it on a second thread, the "
+        "default where the machine has twice `threads` cores (a Pi 4 at 2 threads, this "
+        "machine at 1). Alongside, the liveness row overlaps align, quality, embed and search.\n"
+    )
+    print("| stage | in turn, ms | alongside, ms |\n|---|---:|---:|")
+    for stage in STAGES:
+        print(f"| {stage} | {frame[f'turn {stage}']:.2f} | {frame[f'along {stage}']:.2f} |")
+    print(
+        f"| **pipeline total** | **{frame['turn total']:.2f}** | **{frame['along total']:.2f}** |"
+    )
+    print(
+        f"| the models' own time inside the pipeline | {frame['turn inside']:.2f} | "
+        "(overlapping) |\n"
+    )
+    parts = ", ".join(
+        f"{key[6:]} {ms:.2f}" for key, ms in frame.items() if key.startswith("alone ")
+    )
+    print("| bare inference: each model alone, in a loop on the same inputs | ms |")
+    print("|---|---:|")
+    print(f"| {parts} | |")
+    print(f"| all four, one after another | {frame['all four']:.2f} |")
+    print(
+        "| critical path: detector, then the longer of recognizer and liveness pair | "
+        f"{frame['critical']:.2f} |\n"
+    )
+    print(
+        "| pipeline overhead | in turn vs all four | alongside vs all four | "
+        "alongside vs critical path |"
+    )
+    print("|---|---:|---:|---:|")
+    for label, cut in (
+        ("whole frame", ""),
+        ("without JPEG decode (a live camera decodes on its reader thread)", " nodecode"),
+    ):
+        print(
+            f"| {label} | {frame[f'turn/all{cut}'] * 100:+.1f} % | "
+            f"{frame[f'along/all{cut}'] * 100:+.1f} % | "
+            f"{frame[f'along/critical{cut}'] * 100:+.1f} % |"
+        )
+    print(f"\nAlongside / in turn: {frame['along/turn']:.2f}x the time per frame.\n")
 
 
 def bench_search(sizes: tuple[int, ...], repeats: int = 300) -> dict[int, float]:
@@ -255,7 +336,7 @@ def bench_time_to_accept(models: Models, cfg: VisionSection, loops: int) -> tupl
 def rss_child(threads: int) -> None:
     """Peak RSS with every model loaded, 5,000 elders (3 templates each) decrypted into memory,
     and frames analysed; printed in MB. Run in its own process so nothing else counts."""
-    cfg = VisionSection(models_dir=MODELS_DIR, threads=threads)
+    cfg = VisionSection(models_dir=MODELS_DIR, threads=threads, liveness_alongside=True)
     base = peak_rss_mb()
     models = Models.open(MODELS_DIR, load_manifest(), threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,6 +355,7 @@ def rss_child(threads: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="threads per inference")
     parser.add_argument("--accept-loops", type=int, default=3)
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
@@ -299,37 +381,8 @@ def main() -> int:
         f"{args.threads} thread(s) per inference; medians.\n"
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
-        gallery = open_gallery(
-            Path(tmp), models.manifest.recognizer.model_id, random_gallery(5000, 1)
-        )
-        frame = bench_frames(models, cfg, gallery, args.frames)
-    print(f"## Per frame, 640x480 ({args.frames} frames of real photos, gallery of 5,000)\n")
-    print("| stage | ms |\n|---|---:|")
-    for stage in STAGES:
-        print(f"| {stage} | {frame[stage]:.2f} |")
-    print(f"| **pipeline total** | **{frame['total']:.2f}** |")
-    parts = ", ".join(f"{r[5:]} {v:.2f}" for r, v in frame.items() if r.startswith("bare "))
-    print(
-        f"| bare inference: the models' own time inside the pipeline ({parts}) | "
-        f"{frame['bare']:.2f} |"
-    )
-    print(
-        f"| bare inference: each model alone in a loop on the same inputs | "
-        f"{frame['alone']:.2f} |\n"
-    )
-    print("| pipeline overhead over bare inference | inside the pipeline | models alone |")
-    print("|---|---:|---:|")
-    for label, total in (
-        ("whole frame", frame["total"]),
-        (
-            "without JPEG decode (a live camera decodes on its reader thread)",
-            frame["total"] - frame["decode"],
-        ),
-    ):
-        inside, alone = total / frame["bare"] - 1, total / frame["alone"] - 1
-        print(f"| {label} | {inside * 100:.1f} % | {alone * 100:.1f} % |")
-    print()
+    frame = frame_rounds(models, cfg, args.frames, args.rounds)
+    print_frames(frame, args.frames, args.rounds)
 
     search = bench_search((1_000, 10_000, 50_000))
     print("## 1:N search (top 3 and runner-up, one matrix product)\n")
@@ -370,7 +423,7 @@ def main() -> int:
     print("| basis | Pi 4 / x86 | frame total | frames/s | time to accept |")
     print("|---|---:|---:|---:|---:|")
     for basis, ratio in PI4_SLOWER.items():
-        total = frame["total"] * ratio
+        total = frame["along total"] * ratio
         fps = min(15.0, 1000 / total)
         accept = (policy.k - 1) * 1000 / fps + total
         print(f"| {basis} | {ratio:.1f}x | {total:.0f} ms | {fps:.1f} | ~{accept:.0f} ms |")

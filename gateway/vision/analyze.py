@@ -1,12 +1,21 @@
 """One image or frame in, the subject's face analysed: detection, quality, alignment,
 embedding, liveness, each timed. Shared by the counter pipeline, enrolment and evaluation so
 that all three see faces exactly the same way.
+
+Liveness needs only the frame and the face box, so when the machine has cores to spare it runs
+on a second thread alongside alignment and embedding (onnxruntime releases the GIL while a
+model runs): a frame then costs the detector plus the longer of the two branches, not all four
+models one after another.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -18,6 +27,7 @@ from gateway.vision.embed import Embedder
 from gateway.vision.liveness import LivenessChecker, LivenessResult
 from gateway.vision.models import Models
 from gateway.vision.quality import Quality, QualityLimits, crop_gate, geometry_gate, pick_subject
+from gateway.vision.runtime import one_blas_thread
 
 AnalysisKind = Literal["face", "poor_quality", "no_face", "multiple_faces"]
 
@@ -27,13 +37,18 @@ class AnalyzerSettings:
     detector_input_side: int
     detector_score: float
     limits: QualityLimits
+    liveness_alongside: bool = False
 
     @classmethod
     def from_config(cls, section: VisionSection) -> AnalyzerSettings:
+        alongside = section.liveness_alongside
+        if alongside is None:
+            alongside = (os.cpu_count() or 1) >= 2 * section.threads
         return cls(
             section.detector_input_side,
             section.detector_score,
             QualityLimits.from_config(section.quality),
+            alongside,
         )
 
 
@@ -78,10 +93,26 @@ class Analyzer:
         self.liveness = LivenessChecker(
             [(models.antispoof_v2, m.antispoof_v2), (models.antispoof_v1se, m.antispoof_v1se)]
         )
+        self._alongside: ThreadPoolExecutor | None = None
+        one_blas_thread()
 
-    def analyze(self, image: np.ndarray, *, gate: bool = True, live: bool = True) -> Analysis:
+    def close(self) -> None:
+        """Stop the liveness thread, if one was started."""
+        if self._alongside is not None:
+            self._alongside.shutdown()
+            self._alongside = None
+
+    def analyze(
+        self,
+        image: np.ndarray,
+        *,
+        gate: bool = True,
+        live: bool = True,
+        with_embedding: Callable[[np.ndarray], object] | None = None,
+    ) -> Analysis:
         """Analyse the subject face. With ``gate`` off (evaluation) the subject is embedded
-        even when the frame is ambiguous or of poor quality."""
+        even when the frame is ambiguous or of poor quality. ``with_embedding`` (the gallery
+        search) is called with the embedding while liveness may still be running."""
         timings: dict[str, float] = {}
         clock = time.perf_counter
         start = clock()
@@ -99,9 +130,10 @@ class Analyzer:
             return Analysis("multiple_faces", len(faces), face, timings=timings)
         geometry = geometry_gate(face, self.settings.limits)
         timings["quality"] = clock() - start
+        liveness = self._start_liveness(image, face, geometry, live)
         if gate and not geometry.ok:
-            liveness = self._liveness(image, face, geometry, live, timings)
-            return Analysis("poor_quality", len(faces), face, geometry, None, liveness, timings)
+            result = self._finish_liveness(liveness, timings)
+            return Analysis("poor_quality", len(faces), face, geometry, None, result, timings)
 
         start = clock()
         aligned = align(image, face.landmarks)
@@ -111,31 +143,47 @@ class Analyzer:
         quality = crop_gate(geometry, aligned, self.settings.limits)
         timings["quality"] += clock() - start
         if gate and not quality.ok:
-            liveness = self._liveness(image, face, quality, live, timings)
-            return Analysis("poor_quality", len(faces), face, quality, None, liveness, timings)
+            result = self._finish_liveness(liveness, timings)
+            return Analysis("poor_quality", len(faces), face, quality, None, result, timings)
 
         start = clock()
         embedding = self.embedder.embed(aligned)
         timings["embed"] = clock() - start
+        if with_embedding is not None:
+            with_embedding(embedding)
 
-        liveness = self._liveness(image, face, quality, live, timings)
+        result = self._finish_liveness(liveness, timings)
         return Analysis(
-            "face", len(faces), face, quality, embedding, liveness, timings, subject.ambiguous
+            "face", len(faces), face, quality, embedding, result, timings, subject.ambiguous
         )
 
-    def _liveness(
-        self,
-        image: np.ndarray,
-        face: Face,
-        quality: Quality,
-        live: bool,
-        timings: dict[str, float],
-    ) -> LivenessResult | None:
+    def _start_liveness(
+        self, image: np.ndarray, face: Face, geometry: Quality, live: bool
+    ) -> Callable[[], tuple[LivenessResult, float]] | None:
         """Also for faces the gates refuse (unless too small to judge): a printed photo is
         often held tilted, and staff should hear "spoof", not just "no usable face"."""
-        if not live or quality.reason == "too_small":
+        if not live or geometry.reason == "too_small":
             return None
+        if not self.settings.liveness_alongside:
+            return partial(self._timed_liveness, image, face.box)
+        if self._alongside is None:
+            self._alongside = ThreadPoolExecutor(1, thread_name_prefix="liveness")
+        return self._alongside.submit(self._timed_liveness, image, face.box).result
+
+    def _timed_liveness(
+        self, image: np.ndarray, box: tuple[float, float, float, float]
+    ) -> tuple[LivenessResult, float]:
         start = time.perf_counter()
-        result = self.liveness.check(image, face.box)
-        timings["liveness"] = time.perf_counter() - start
+        result = self.liveness.check(image, box)
+        return result, time.perf_counter() - start
+
+    @staticmethod
+    def _finish_liveness(
+        pending: Callable[[], tuple[LivenessResult, float]] | None, timings: dict[str, float]
+    ) -> LivenessResult | None:
+        """The liveness verdict: run now (serial) or waited for (alongside)."""
+        if pending is None:
+            return None
+        result, seconds = pending()
+        timings["liveness"] = seconds
         return result

@@ -148,6 +148,13 @@ class VisionSection(Strict):
     )
     manifest: Path | None = Field(None, description="Default models/manifest.toml.")
     threads: int = Field(2, ge=1, le=8, description="Threads per inference (a Pi 4 has 4).")
+    liveness_alongside: bool | None = Field(
+        None,
+        description=(
+            "Run liveness on a second thread while the face is embedded; default: when the "
+            "machine has at least twice `threads` cores."
+        ),
+    )
     detector_input_side: int = Field(
         320, ge=128, le=1280, description="Longer side the detector runs at, pixels."
     )

@@ -79,17 +79,21 @@ class CounterPipeline:
 
     def process(self, frame: Frame) -> list[DecisionEvent]:
         start = time.perf_counter()
-        analysis = self.analyzer.analyze(frame.image)
-        timings = {"decode": frame.decode_s, **analysis.timings}
-        search = None
-        if analysis.embedding is not None:
+        found: list[tuple[SearchResult, float]] = []
+
+        def search(embedding: np.ndarray) -> None:
             t0 = time.perf_counter()
-            search = self.gallery.search(analysis.embedding, SEARCH_K)
-            timings["search"] = time.perf_counter() - t0
+            found.append((self.gallery.search(embedding, SEARCH_K), time.perf_counter() - t0))
+
+        analysis = self.analyzer.analyze(frame.image, with_embedding=search)
+        timings = {"decode": frame.decode_s, **analysis.timings}
+        search_result = None
+        if found:
+            search_result, timings["search"] = found[0]
         timings["total"] = time.perf_counter() - start + frame.decode_s
         self.counts["frames"] += 1
         self.counts[analysis.kind] += 1
-        obs = observation(analysis, frame.t, search)
+        obs = observation(analysis, frame.t, search_result)
         if self.audit is not None and obs.kind != "no_face":
             # in memory only: the newest frame with a face, written if a decision follows
             self._last_face = frame.image

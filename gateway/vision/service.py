@@ -113,6 +113,8 @@ class VisionService:
             self._thread = None
         if self.feed is not None:
             self.feed.stop()
+        if self.pipeline is not None:
+            self.pipeline.analyzer.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """For replays: block until the source has ended and every decision is recorded."""

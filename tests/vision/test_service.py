@@ -150,7 +150,10 @@ def test_photo_replay_end_to_end(
     data_dir = store.path.parent
     cfg = vision_cfg.model_copy(
         update={
-            "camera": CameraSection(source=str(folder), fps=15, replay_hold_s=0.6, replay_gap_s=0.8)
+            "camera": CameraSection(
+                source=str(folder), fps=15, replay_hold_s=0.6, replay_gap_s=0.8
+            ),
+            "liveness_alongside": True,  # as on a Pi 4
         }
     )
     gallery = Gallery.open(
@@ -178,7 +181,7 @@ def test_photo_replay_end_to_end(
     accepted = [d for d in decisions if d["outcome"] == "accepted"]
     assert all(d["score"] >= cfg.decision.accept_threshold for d in accepted)
     assert all(d["frames_used"] >= cfg.decision.k for d in accepted)
-    assert all(d["timings_ms"]["embed"] > 0 for d in accepted)
+    assert all(d["timings_ms"]["embed"] > 0 and d["timings_ms"]["liveness"] > 0 for d in accepted)
 
     assert health["camera"]["state"] == "ended"
     assert health["camera"]["failed_reads"] > 0  # the two unusable photos, skipped

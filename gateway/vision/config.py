@@ -147,7 +147,15 @@ class VisionSection(Strict):
         None, description="Model files; default $GATEWAY_MODELS_DIR, else models/."
     )
     manifest: Path | None = Field(None, description="Default models/manifest.toml.")
-    threads: int = Field(2, ge=1, le=8, description="Threads per inference (a Pi 4 has 4).")
+    threads: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description=(
+            "Threads per inference. A second gains these small models 0-20 %; one leaves a "
+            "Pi 4's other cores to liveness alongside, the camera and the alarms."
+        ),
+    )
     liveness_alongside: bool | None = Field(
         None,
         description=(

@@ -53,6 +53,8 @@ class Subscriber:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
         self._client.on_connect = self._on_connect
+        self.connects = 0
+        self._last_at: float | None = None
         self._client.on_message = self._on_message
         self._subscribed = threading.Event()
         self._client.on_subscribe = lambda *a: self._subscribed.set()
@@ -71,12 +73,14 @@ class Subscriber:
         # QoS 0 on the platform side on purpose: a subscriber that sends PUBACKs leaves unread
         # bytes in the broker's socket, so a SIGKILLed broker resets the connection (RST) and
         # Linux discards what had already reached us. The gateway's side is QoS 1 throughout.
+        self.connects += 1
         client.subscribe(self._topic, qos=0)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = Received(msg.topic, bytes(msg.payload), bool(msg.retain))
         with self._cond:
             self.messages.append(received)
+            self._last_at = time.monotonic()
             self._cond.notify_all()
 
     def wait_for(
@@ -90,7 +94,15 @@ class Subscriber:
                 return snapshot
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"condition not met; {len(snapshot)} messages seen")
+                quiet = (
+                    "never"
+                    if self._last_at is None
+                    else f"{time.monotonic() - self._last_at:.1f} s"
+                )
+                raise TimeoutError(
+                    f"condition not met; {len(snapshot)} messages seen, "
+                    f"{self.connects} connects, last message {quiet} ago"
+                )
             with self._cond:
                 if len(self.messages) == len(snapshot):
                     self._cond.wait(min(left, 0.2))

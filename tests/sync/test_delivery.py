@@ -96,7 +96,13 @@ def test_broker_killed_and_restarted_during_a_large_drain_loses_nothing(
                 broker.restart()  # SIGKILL mid-drain, then up again on the same port
             alarm = gw.store.record(Event(ALARM, {"n": "during drain"}))
             ids.add(alarm.event_id)
-            sub.wait_for(lambda _m: ids <= received_by_id(sub).keys(), timeout=90)
+            try:
+                sub.wait_for(lambda _m: ids <= received_by_id(sub).keys(), timeout=90)
+            except TimeoutError as exc:
+                missing = len(ids - received_by_id(sub).keys())
+                raise AssertionError(
+                    f"{missing} of {len(ids)} events never arrived: {exc}"
+                ) from exc
             assert_exactly_once_semantics(sub, ids)
             assert link.connects >= 5 and publisher.events_sent > len(ids)
             eventually(lambda: all(u.count == 0 for u in gw.store.usage.values()))

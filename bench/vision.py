@@ -56,6 +56,10 @@ SHOWN = {
     "img8.jpg": "img9.jpg",
     "img16.jpg": "img17.jpg",
 }
+# the per-frame benchmark's frames: a live face nobody enrolled, and the enrolled people shown
+FRAME_PHOTOS = [FACES / "antispoof" / "image_T1.jpg"] + [
+    FACES / "deepface" / n for n in SHOWN.values()
+]
 
 
 def median(values: list[float]) -> float:
@@ -105,10 +109,7 @@ def bench_frames(
 ) -> dict[str, float]:
     """Median per-frame milliseconds by stage, the pipeline total, and the models' own time
     inside it (meaningful only with liveness in turn: alongside, two models overlap)."""
-    photos = [FACES / "antispoof" / "image_T1.jpg"] + [
-        FACES / "deepface" / n for n in SHOWN.values()
-    ]
-    jpegs = [frame_jpeg(p) for p in photos]
+    jpegs = [frame_jpeg(p) for p in FRAME_PHOTOS]
     pipeline = CounterPipeline(
         Analyzer(models, AnalyzerSettings.from_config(cfg)),
         gallery,
@@ -143,12 +144,9 @@ def bare_alone(models: Models, cfg: VisionSection, repeats: int = 60) -> dict[st
     """Milliseconds per frame of each model run alone, in a loop on the very inputs the
     pipeline makes from the benchmark's frames: warm caches, no other work in between."""
     analyzer = Analyzer(models, AnalyzerSettings.from_config(cfg))
-    photos = [FACES / "antispoof" / "image_T1.jpg"] + [
-        FACES / "deepface" / n for n in SHOWN.values()
-    ]
     roles = {id(session): role for role, session in models.sessions().items()}
     per_role: dict[str, list[float]] = {role: [] for role in roles.values()}
-    for image in (decode_image(frame_jpeg(p)) for p in photos):
+    for image in (decode_image(frame_jpeg(p)) for p in FRAME_PHOTOS):
         face = analyzer.detector.detect(image)[0]
         runs = [(analyzer.detector.session, analyzer.detector.prepare(image)[0])]
         aligned = align(image, face.landmarks)

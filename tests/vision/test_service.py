@@ -21,6 +21,7 @@ from gateway.config import StoreSection
 from gateway.lifecycle import StartupError
 from gateway.store import Store
 from gateway.vision.analyze import Analyzer
+from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import ImageFolder, Lockstep
 from gateway.vision.config import AuditSection, CameraSection, VisionSection
 from gateway.vision.enroll import assess_photo, enrol
@@ -259,8 +260,6 @@ def test_audit_keeps_only_the_decision_frames_encrypted(
     assert [p.stem for p in kept] == sorted(d.event.event_id for d in seen)
     assert all(d.event.data["audit_frame"] for d in seen)
     assert b"JFIF" not in kept[0].read_bytes()  # encrypted, not a JPEG on disk
-    from gateway.vision.audit import AuditFrames
-
     frames = AuditFrames(data_dir / "audit", data_dir / "faces.key", retention_days=1)
     jpeg = frames.export(seen[0].event.event_id)
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)

@@ -88,7 +88,7 @@ def _open_gallery(cfg: GatewayConfig, create: bool) -> Any:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from gateway.vision.analyze import Analyzer, AnalyzerSettings
-    from gateway.vision.enroll import enrol, folder_photos
+    from gateway.vision.enroll import RECOMMENDED_PHOTOS, enrol, folder_photos
     from gateway.vision.models import Models, load_manifest, resolve_models_dir
     from gateway.vision.progress import Progress
 
@@ -107,6 +107,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     gallery = _open_gallery(cfg, create=True)
     progress = Progress(len(jobs), "enrolling") if len(jobs) > 1 else None
     counts = {"enrolled": 0, "refused": 0, "flagged": 0}
+    few_photos = 0
     for done, (elder, photos) in enumerate(jobs, start=1):
         result = enrol(
             gallery,
@@ -117,6 +118,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             allow_similar=args.allow_similar,
         )
         counts[result.status] += 1
+        few_photos += result.status == "enrolled" and result.templates < RECOMMENDED_PHOTOS
         if progress is None or result.status != "enrolled" or args.verbose:
             if progress is not None and progress.tty:
                 print(file=sys.stderr)
@@ -128,6 +130,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             progress(done)
     if len(jobs) > 1:
         print(", ".join(f"{n} {k}" for k, n in counts.items()))
+        if few_photos:
+            print(
+                f"{few_photos} enrolled with fewer than {RECOMMENDED_PHOTOS} photos in all "
+                "(--verbose lists them): add photos to recognise them more reliably"
+            )
     return EXIT_OK if counts["refused"] == counts["flagged"] == 0 else EXIT_FLAGGED
 
 

@@ -375,10 +375,16 @@ def open_set(
     templates: int = 1,
     rotations: int = 10,
     seed: int = 7,
+    *,
+    probes_from: int | None = None,
 ) -> OpenSetSearches:
     """Searches against ``rotations`` random galleries of ``gallery_size`` people (seeded, so
     the figures are reproducible); people with one photo fill galleries larger than the number
-    of people with several, and are strangers in the rotations that leave them out."""
+    of people with several, and are strangers in the rotations that leave them out.
+
+    By default each enrolled person keeps one photo back to search with. With ``probes_from``
+    only photos from that position on are searched, whatever ``templates`` is, so runs with
+    different numbers of templates make the same mated searches."""
     idx = np.flatnonzero(faces.usable)
     labels = [faces.labels[i] for i in idx]
     by_person: dict[str, list[int]] = {}
@@ -407,9 +413,14 @@ def open_set(
         mated: list[tuple[int, str]] = []
         for person in enrolled:
             photos = by_person[person]
-            n_templates = min(templates, max(1, len(photos) - 1))
+            if probes_from is None:
+                n_templates = min(templates, max(1, len(photos) - 1))
+                first_probe = n_templates
+            else:
+                n_templates = min(templates, probes_from, len(photos))
+                first_probe = probes_from
             rows += [(person, faces.embeddings[i]) for i in photos[:n_templates]]
-            mated += [(i, person) for i in photos[n_templates:]]
+            mated += [(i, person) for i in photos[first_probe:]]
         snapshot = Snapshot.build(rows, DIM)
         position = {elder: i for i, elder in enumerate(snapshot.elders)}
         nonmated = [i for p, photos in by_person.items() if p not in enrolled_set for i in photos]
@@ -456,6 +467,47 @@ def operating_points(
             OpenSetPoint(target, margin, t, searches.fnir(t, margin), searches.fpir(t, margin))
         )
     return points
+
+
+@dataclass(frozen=True)
+class EnrolmentPoint:
+    templates: int
+    threshold: float
+    fnir: float
+
+
+@dataclass(frozen=True)
+class EnrolmentEffect:
+    """What enrolling more photos per elder buys, at one gallery size and FPIR."""
+
+    gallery_size: int
+    target_fpir: float
+    mated_searches: int
+    people: int
+    points: list[EnrolmentPoint]
+
+
+def enrolment_effect(
+    faces: FaceSet, gallery_size: int, target_fpir: float, most: int = 3
+) -> EnrolmentEffect | None:
+    """FNIR at ``target_fpir`` with 1..``most`` photos per elder, on the same mated searches:
+    people with more than ``most`` photos, searched with the photos after the first ``most``.
+    Each count gets its own threshold, as a site that calibrates would. None when nobody in
+    the folder has enough photos."""
+    labels = [faces.labels[i] for i in np.flatnonzero(faces.usable)]
+    people = sum(1 for c in Counter(labels).values() if c > most)
+    if people == 0 or gallery_size > largest_gallery(labels):
+        return None
+    points = []
+    searches = None
+    for count in range(1, most + 1):
+        searches = open_set(faces, gallery_size, count, probes_from=most)
+        t = searches.threshold_for(target_fpir, 0.0)
+        points.append(EnrolmentPoint(count, t, searches.fnir(t, 0.0)))
+    assert searches is not None
+    return EnrolmentEffect(
+        gallery_size, target_fpir, int(searches.mated_score.size), people, points
+    )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ search is one matrix-vector product and a ``maximum.reduceat`` over the groups.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import sqlite3
@@ -109,6 +110,14 @@ class Snapshot:
     @property
     def templates(self) -> int:
         return int(self.matrix.shape[0])
+
+    def count(self, elder: str) -> int:
+        """Templates held for one elder."""
+        i = bisect.bisect_left(self.elders, elder)
+        if i == len(self.elders) or self.elders[i] != elder:
+            return 0
+        end = int(self.starts[i + 1]) if i + 1 < len(self.elders) else self.templates
+        return end - int(self.starts[i])
 
     def rows(self) -> list[tuple[str, np.ndarray]]:
         """(elder, template) per row, to build the next snapshot from this one."""

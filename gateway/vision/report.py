@@ -12,6 +12,7 @@ from typing import Any
 from gateway.vision.analyze import AnalyzerSettings
 from gateway.vision.config import VisionSection
 from gateway.vision.evaluate import (
+    EnrolmentEffect,
     Errata,
     FaceSet,
     OpenSetPoint,
@@ -20,6 +21,7 @@ from gateway.vision.evaluate import (
     Recommendation,
     VerifyReport,
     embed_images,
+    enrolment_effect,
     largest_gallery,
     list_identities,
     open_set,
@@ -53,6 +55,7 @@ class Figures:
     verify: VerifyReport | None = None
     open_set: list[OpenSetReport] = field(default_factory=list)
     recommendation: Recommendation | None = None
+    enrolment: EnrolmentEffect | None = None
 
 
 @dataclass
@@ -115,6 +118,18 @@ class EvalReport:
                 lines.append(
                     f"  at the recommended thresholds: FNIR {at['fnir']:.4f}, FPIR {at['fpir']:.5f}"
                 )
+        e = self.figures.enrolment
+        if e is not None:
+            lines += [
+                "",
+                f"photos per elder  gallery {e.gallery_size}, the same {e.mated_searches:,} "
+                f"mated searches (by {e.people} people with more than {len(e.points)} photos)",
+            ]
+            lines += [
+                f"  {ep.templates} enrolled: FNIR {ep.fnir:.4f} at FPIR {e.target_fpir:g} "
+                f"(threshold {ep.threshold:.3f})"
+                for ep in e.points
+            ]
         r = self.figures.recommendation
         if r is not None:
             lines += [
@@ -169,6 +184,7 @@ def evaluate_faces(
             )
         )
     out.recommendation = recommendation
+    out.enrolment = enrolment_effect(faces, gallery_size, target_fpir)
     return out
 
 

@@ -116,6 +116,7 @@ def test_bulk_enrolment_command(
     assert "e-103: refused: no usable photo" in captured.out
     assert "couple.jpg: refused: multiple_faces" in captured.out
     assert "2 enrolled, 1 refused, 0 flagged" in captured.out
+    assert "2 enrolled with fewer than 3 photos in all" in captured.out
     assert "enrolling: 3/3" in captured.err  # the progress bar, one line per tenth off a tty
 
     assert main(["gallery", "stats", "-c", str(config)]) == 0

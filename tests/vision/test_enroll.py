@@ -30,6 +30,17 @@ def test_photos_of_one_person_are_enrolled(gallery: Gallery, analyzer: Analyzer,
     assert result.status == "enrolled" and result.added == 2
     assert all(v.ok for v in result.photos)
     assert gallery.snapshot.elders == ("elder-1",)
+    assert result.templates == 2 and "enrol 3 photos" in result.message
+
+
+def test_photos_added_later_count_towards_the_three_recommended(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    first = enrol(gallery, analyzer, "elder-1", [df / "img13.jpg", df / "img14.jpg"], rules=RULES)
+    assert "2 in all" in first.message
+    more = enrol(gallery, analyzer, "elder-1", [df / "img15.jpg"], rules=RULES)
+    assert more.status == "enrolled" and more.added == 1 and more.templates == 3
+    assert more.message == "1 template(s) added"
 
 
 def test_each_photo_gets_a_verdict_with_a_reason(

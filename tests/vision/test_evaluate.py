@@ -14,7 +14,7 @@ from gateway.vision.calibrate import (
     threshold_at_rate,
 )
 from gateway.vision.config import DecisionSection
-from gateway.vision.evaluate import Errata, FaceSet, largest_gallery, read_pairs
+from gateway.vision.evaluate import Errata, FaceSet, largest_gallery, open_set, read_pairs
 from gateway.vision.report import Figures, evaluate_faces
 from tests.vision.conftest import ERRATA
 
@@ -83,6 +83,33 @@ def test_lfw_open_set_figures(lfw_figures: Figures, lfw_faces: FaceSet) -> None:
     point = next(p for p in at_1000.points if p.fpir_target == 1e-3 and p.margin == 0.0)
     assert point.fpir <= 1e-3
     assert point.fnir < 0.25
+
+
+def test_more_enrolment_photos_miss_fewer_elders_on_the_same_searches(
+    lfw_figures: Figures,
+) -> None:
+    effect = lfw_figures.enrolment
+    assert effect is not None
+    assert effect.gallery_size == 1000 and effect.mated_searches >= 1000
+    fnir = [p.fnir for p in effect.points]
+    assert [p.templates for p in effect.points] == [1, 2, 3]
+    assert fnir[0] > fnir[1] > fnir[2]
+    assert fnir[2] < fnir[0] / 2
+
+
+def test_probes_from_searches_the_same_photos_whatever_the_templates() -> None:
+    rng = np.random.default_rng(3)
+    people = [f"p{i}" for i in range(12) for _ in range(5 if i < 6 else 1)]
+    vectors = rng.normal(size=(len(people), 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ok = np.ones(len(people), dtype=bool)
+    faces = FaceSet(
+        [Path(f"{i}.jpg") for i in range(len(people))], people, vectors, ok, [None] * len(people)
+    )
+    # people p0..p5 have five photos: photos 4 and 5 are searched, the first 1-3 enrolled
+    sizes = {open_set(faces, 6, t, rotations=2, probes_from=3).mated_score.size for t in (1, 2, 3)}
+    assert sizes == {6 * 2 * 2}
+    assert open_set(faces, 6, 1, rotations=2).mated_score.size == 6 * 4 * 2
 
 
 def test_defaults_are_the_recommendation_for_1000_elders_at_fpir_1e3(

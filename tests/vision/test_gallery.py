@@ -93,6 +93,7 @@ def test_per_elder_best_score_equals_brute_force() -> None:
         ]
     )
     assert np.allclose(snap.identity_scores(probes), expected, atol=1e-6)
+    assert [snap.count(e) for e in ("e0", "e6", "e7", "")] == [6, 5, 0, 0]
 
 
 def test_a_wrong_key_is_counted_and_nothing_is_identified(

@@ -3,13 +3,20 @@ made on is kept, encrypted with a key derived from the face data key, for a limi
 
 Nothing else of the camera stream is ever written. Frames are named by the decision's event id
 so staff reviewing a disputed meal can find exactly one picture, and nothing more.
+
+A frame is deleted once it is older than the retention period by either clock: the wall clock
+(file time), which also counts time switched off, or the gateway's running time (the store's
+steady clock, stamped into the file), which a wall clock set back cannot stretch. A frame can
+thus go early when the wall clock jumps forward, never late.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -24,13 +31,23 @@ log = logging.getLogger(__name__)
 
 PURPOSE = "audit-frames-v1"
 SUFFIX = ".frame"
+MAGIC = b"GAF2"
+STAMP = struct.Struct(">q")  # running time in ms when kept; -1 without a running clock
+HEADER = len(MAGIC) + STAMP.size
 NONCE = 12
 
 
 class AuditFrames:
-    def __init__(self, folder: Path, key_path: Path, retention_days: float) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        key_path: Path,
+        retention_days: float,
+        running_ms: Callable[[], int] | None = None,
+    ) -> None:
         self.folder = folder
         self.retention_s = retention_days * 86_400
+        self._running_ms = running_ms
         self._aead = AESGCM(derive(read_key(key_path), PURPOSE))
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.kept = 0
@@ -45,8 +62,11 @@ class AuditFrames:
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise ValueError("frame could not be encoded")
+        header = MAGIC + STAMP.pack(self._running_ms() if self._running_ms else -1)
         nonce = os.urandom(NONCE)
-        blob = nonce + self._aead.encrypt(nonce, jpeg.tobytes(), event_id.encode())
+        blob = (
+            header + nonce + self._aead.encrypt(nonce, jpeg.tobytes(), self._aad(event_id, header))
+        )
         target = self._path(event_id)
         partial = target.with_suffix(".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -58,18 +78,27 @@ class AuditFrames:
     def export(self, event_id: str) -> bytes:
         """The JPEG of one decision, for a person entitled to review it."""
         blob = self._path(event_id).read_bytes()
+        header, body = blob[:HEADER], blob[HEADER:]
+        if not header.startswith(MAGIC):
+            raise GalleryError(f"audit frame {event_id}: not a frame this gateway kept")
         try:
-            return self._aead.decrypt(blob[:NONCE], blob[NONCE:], event_id.encode())
+            return self._aead.decrypt(body[:NONCE], body[NONCE:], self._aad(event_id, header))
         except InvalidTag:
             raise GalleryError(f"audit frame {event_id}: wrong key or damaged file") from None
 
+    @staticmethod
+    def _aad(event_id: str, header: bytes) -> bytes:
+        """Binds the frame to its decision and its stamp: neither can be swapped unnoticed."""
+        return event_id.encode() + header
+
     def purge(self, now: float | None = None) -> int:
-        """Delete frames older than the retention period; returns how many."""
+        """Delete frames older than the retention period by either clock; returns how many."""
         cutoff = (time.time() if now is None else now) - self.retention_s
+        running_cutoff = self._running_ms() - self.retention_s * 1000 if self._running_ms else None
         removed = 0
         for path in self.folder.glob(f"*{SUFFIX}"):
             try:
-                if path.stat().st_mtime < cutoff:
+                if path.stat().st_mtime < cutoff or self._kept_before(path, running_cutoff):
                     path.unlink()
                     removed += 1
             except FileNotFoundError:
@@ -78,3 +107,14 @@ class AuditFrames:
             log.info("audit: %d frames past retention deleted", removed)
         self.purged += removed
         return removed
+
+    @staticmethod
+    def _kept_before(path: Path, running_cutoff: float | None) -> bool:
+        if running_cutoff is None:
+            return False
+        with path.open("rb") as fh:
+            header = fh.read(HEADER)
+        if len(header) < HEADER or not header.startswith(MAGIC):
+            return False
+        stamp = int(STAMP.unpack(header[len(MAGIC) :])[0])
+        return 0 <= stamp < running_cutoff

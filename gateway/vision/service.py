@@ -86,6 +86,7 @@ class VisionService:
                 cfg.audit.path(self.data_dir),
                 cfg.gallery.key_path(self.data_dir),
                 cfg.audit.retention_days,
+                self.store.steady_ms if self.store is not None else None,
             )
         self.pipeline = CounterPipeline(
             Analyzer(models, AnalyzerSettings.from_config(cfg)),

@@ -1,0 +1,102 @@
+"""Audit frames leave on time by the wall clock and by running time, whichever comes first."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.vision.audit import AuditFrames
+from gateway.vision.errors import GalleryError
+from gateway.vision.images import read_image
+from gateway.vision.keys import create_key
+
+DAY_MS = 86_400_000
+EVENT = "019a0000-0000-7000-8000-000000000001"
+
+
+class RunningClock:
+    def __init__(self) -> None:
+        self.ms = 5_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+@pytest.fixture
+def photo(faces_dir: Path) -> np.ndarray:
+    return read_image(faces_dir / "antispoof" / "image_T1.jpg")
+
+
+@pytest.fixture
+def frames(tmp_path: Path) -> tuple[AuditFrames, RunningClock]:
+    key = tmp_path / "faces.key"
+    create_key(key)
+    clock = RunningClock()
+    return AuditFrames(tmp_path / "audit", key, retention_days=1, running_ms=clock), clock
+
+
+def test_a_kept_frame_comes_back_as_the_same_picture(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
+) -> None:
+    audit, _ = frames
+    audit.keep(EVENT, photo)
+    back = cv2.imdecode(np.frombuffer(audit.export(EVENT), np.uint8), cv2.IMREAD_COLOR)
+    assert back is not None and back.shape == photo.shape
+    assert float(np.mean(cv2.absdiff(back, photo))) < 3  # JPEG at quality 90
+
+
+def test_a_wall_clock_set_back_cannot_keep_a_frame_past_retention(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
+) -> None:
+    audit, clock = frames
+    audit.keep(EVENT, photo)
+    clock.ms += DAY_MS - 1000
+    assert audit.purge() == 0
+    clock.ms += 2000  # a day of running time, while the wall clock says the file is new
+    assert audit.purge() == 1
+    assert list(audit.folder.iterdir()) == []
+
+
+def test_time_switched_off_counts_by_the_wall_clock(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
+) -> None:
+    audit, _ = frames
+    audit.keep(EVENT, photo)
+    assert audit.purge(now=time.time() + 86_400 + 1) == 1  # running time has hardly moved
+
+
+def test_a_frame_moved_to_another_decision_or_restamped_does_not_open(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
+) -> None:
+    audit, _ = frames
+    audit.keep(EVENT, photo)
+    kept = audit.folder / f"{EVENT}.frame"
+    other = EVENT[:-1] + "2"
+    os.rename(kept, audit.folder / f"{other}.frame")
+    with pytest.raises(GalleryError, match="wrong key or damaged file"):
+        audit.export(other)
+    blob = bytearray((audit.folder / f"{other}.frame").read_bytes())
+    blob[4:12] = (10**12).to_bytes(8, "big")  # a later stamp would keep it longer
+    (audit.folder / f"{EVENT}.frame").write_bytes(bytes(blob))
+    with pytest.raises(GalleryError, match="wrong key or damaged file"):
+        audit.export(EVENT)
+
+
+def test_a_foreign_file_is_refused_and_does_not_stop_the_purge(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
+) -> None:
+    audit, clock = frames
+    audit.keep(EVENT, photo)
+    (audit.folder / "019a0000-0000-7000-8000-00000000000f.frame").write_bytes(b"JFIF")
+    with pytest.raises(GalleryError, match="not a frame this gateway kept"):
+        audit.export("019a0000-0000-7000-8000-00000000000f")
+    clock.ms += DAY_MS + 1
+    assert audit.purge() == 1
+    assert [p.name for p in audit.folder.iterdir()] == [
+        "019a0000-0000-7000-8000-00000000000f.frame"
+    ]

@@ -66,3 +66,19 @@ def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> l
 def round_up(value: float, step: float = 0.01) -> float:
     """Round a threshold up to ``step`` (never down: a rounded threshold stays as safe)."""
     return round(math.ceil(value / step - 1e-9) * step, 10)
+
+
+def beyond_calibration(elders: int, calibrated_for: int) -> str | None:
+    """Why the thresholds no longer fit the gallery, or None while they do.
+
+    A stranger is compared with every enrolled elder, so the false-identification rate grows
+    roughly in proportion to the number of elders: thresholds set for 1,000 elders let about
+    twice as many strangers through with 2,000.
+    """
+    if elders <= calibrated_for:
+        return None
+    return (
+        f"{elders} elders enrolled but the thresholds are calibrated for {calibrated_for}: "
+        f"strangers may be taken for an elder about {elders / calibrated_for:.1f}x as often; "
+        f"recalibrate with `gateway eval --n {elders}` and set [vision.decision]"
+    )

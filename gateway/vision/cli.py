@@ -88,6 +88,7 @@ def _open_gallery(cfg: GatewayConfig, create: bool) -> Any:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from gateway.vision.analyze import Analyzer, AnalyzerSettings
+    from gateway.vision.calibrate import beyond_calibration
     from gateway.vision.enroll import RECOMMENDED_PHOTOS, enrol, folder_photos
     from gateway.vision.models import Models, load_manifest, resolve_models_dir
     from gateway.vision.progress import Progress
@@ -135,11 +136,19 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                 f"{few_photos} enrolled with fewer than {RECOMMENDED_PHOTOS} photos in all "
                 "(--verbose lists them): add photos to recognise them more reliably"
             )
+    problem = beyond_calibration(
+        len(gallery.snapshot.elders), vision.decision.calibrated_for_elders
+    )
+    if problem is not None:
+        print(f"WARNING: {problem}")
     return EXIT_OK if counts["refused"] == counts["flagged"] == 0 else EXIT_FLAGGED
 
 
 def cmd_gallery_stats(args: argparse.Namespace) -> int:
-    gallery = _open_gallery(_config(args), create=False)
+    from gateway.vision.calibrate import beyond_calibration
+
+    cfg = _config(args)
+    gallery = _open_gallery(cfg, create=False)
     report = gallery.report
     print(f"gallery    {gallery.db_path}")
     print(f"model      {gallery.model_id}")
@@ -148,6 +157,9 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
     if report.key_mismatch:
         print("KEY MISMATCH: the key file is not the one this gallery was written with")
     print(f"confusable {len(gallery.confusables())} pairs")
+    problem = beyond_calibration(report.elders, cfg.vision.decision.calibrated_for_elders)
+    if problem is not None:
+        print(f"WARNING: {problem}")
     return EXIT_FAIL if report.key_mismatch or report.undecryptable else EXIT_OK
 
 

@@ -91,6 +91,12 @@ class DecisionSection(Strict):
     verify_threshold: float = Field(
         0.41, ge=-1, le=1, description="1:1 same-person threshold (FMR 1e-4), for enrolment."
     )
+    calibrated_for_elders: int = Field(
+        1000,
+        ge=1,
+        description="Gallery size the thresholds were calibrated for (`gateway eval --n`). "
+        "More elders enrolled: a warning in the log, health and enrolment; recalibrate.",
+    )
     k: int = Field(3, ge=1, le=30, description="Frames that must agree ...")
     n: int = Field(5, ge=1, le=60, description="... out of the last n usable frames.")
     window_s: float = Field(1.0, gt=0, le=30, description="... within this many seconds.")

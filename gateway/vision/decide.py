@@ -54,7 +54,7 @@ class Policy:
 
     @classmethod
     def from_config(cls, section: DecisionSection) -> Policy:
-        return cls(**section.model_dump(exclude={"verify_threshold"}))
+        return cls(**section.model_dump(exclude={"verify_threshold", "calibrated_for_elders"}))
 
 
 ObservationKind = Literal["face", "poor_quality", "no_face", "multiple_faces"]

@@ -141,6 +141,7 @@ class EvalReport:
                 f"  margin = {r.margin:.2f}",
                 f"  candidate_threshold = {r.candidate_threshold:.2f}",
                 f"  verify_threshold = {r.verify_threshold:.2f}",
+                f"  calibrated_for_elders = {r.gallery_size}",
             ]
         return "\n".join(lines)
 

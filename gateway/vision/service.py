@@ -23,6 +23,7 @@ from gateway.logs import RateLimitedLog
 from gateway.store import StorageFull, Store, StoreClosed
 from gateway.vision.analyze import Analyzer, AnalyzerSettings
 from gateway.vision.audit import AuditFrames
+from gateway.vision.calibrate import beyond_calibration
 from gateway.vision.camera import FrameFeed, open_feed
 from gateway.vision.config import VisionSection
 from gateway.vision.decide import Policy
@@ -106,6 +107,7 @@ class VisionService:
             cfg.camera.id,
             len(self.gallery.snapshot.elders),
         )
+        self._check_calibration()
 
     def stop(self) -> None:
         self._stop.set()
@@ -142,11 +144,29 @@ class VisionService:
                 else None
             ),
             "decider": dict(self.pipeline.decider.counters) if self.pipeline else {},
-            "gallery": dict(vars(gallery.report)) if gallery else None,
+            "gallery": self._gallery_health(gallery) if gallery else None,
             "frame_errors": self.errors,
             "unrecorded_decisions": self.unrecorded,
             "audit_frames_kept": self.audit.kept if self.audit else 0,
         }
+
+    def _gallery_health(self, gallery: Gallery) -> dict[str, Any]:
+        calibrated = self.cfg.decision.calibrated_for_elders
+        return {
+            **vars(gallery.report),
+            "calibrated_for_elders": calibrated,
+            "beyond_calibration": gallery.report.elders > calibrated,
+        }
+
+    def _check_calibration(self) -> None:
+        """Warn (at start and after each enrolment) while the gallery has outgrown the N the
+        thresholds were calibrated for: strangers then match elders more often than configured."""
+        assert self.gallery is not None
+        problem = beyond_calibration(
+            len(self.gallery.snapshot.elders), self.cfg.decision.calibrated_for_elders
+        )
+        if problem is not None:
+            log.warning("face stage: %s", problem)
 
     # ---- the pipeline thread ----------------------------------------------------------------
 
@@ -173,7 +193,8 @@ class VisionService:
             now = time.monotonic()
             if now >= next_refresh:
                 next_refresh = now + self.cfg.gallery.refresh_s
-                self.gallery.refresh_if_changed()
+                if self.gallery.refresh_if_changed():
+                    self._check_calibration()
             if self.audit is not None and now >= next_purge:
                 next_purge = now + AUDIT_PURGE_S
                 self.audit.purge()

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.vision.calibrate import (
     best_accuracy_threshold,
+    beyond_calibration,
     kfold_accuracy,
     round_up,
     threshold_at_rate,
@@ -112,6 +113,13 @@ def test_probes_from_searches_the_same_photos_whatever_the_templates() -> None:
     assert open_set(faces, 6, 1, rotations=2).mated_score.size == 6 * 4 * 2
 
 
+def test_a_gallery_beyond_its_calibration_says_how_to_recalibrate() -> None:
+    assert beyond_calibration(1000, 1000) is None
+    problem = beyond_calibration(2500, 1000)
+    assert problem is not None
+    assert "about 2.5x as often" in problem and "gateway eval --n 2500" in problem
+
+
 def test_defaults_are_the_recommendation_for_1000_elders_at_fpir_1e3(
     lfw_figures: Figures,
 ) -> None:
@@ -119,6 +127,7 @@ def test_defaults_are_the_recommendation_for_1000_elders_at_fpir_1e3(
     defaults = DecisionSection()
     assert rec is not None
     assert rec.gallery_size == 1000 and rec.target_fpir == 1e-3
+    assert defaults.calibrated_for_elders == rec.gallery_size
     assert (rec.accept_threshold, rec.margin, rec.candidate_threshold, rec.verify_threshold) == (
         defaults.accept_threshold,
         defaults.margin,

@@ -189,6 +189,7 @@ def test_photo_replay_end_to_end(
     assert isinstance(service.feed, Lockstep) and isinstance(service.feed.source, ImageFolder)
     assert service.feed.source.bad_files == 2
     assert health["frame_errors"] == 0 and health["unrecorded_decisions"] == 0
+    assert health["gallery"]["beyond_calibration"] is False
     # privacy: no frame, crop or template was written anywhere but the encrypted gallery
     assert sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("gateway.db")) == [
         "faces.db",
@@ -268,6 +269,34 @@ def test_audit_keeps_only_the_decision_frames_encrypted(
     assert frames.purge(now=newest + 86_400 - 60) == 0
     assert frames.purge(now=newest + 86_400 + 1) == 2
     assert list((data_dir / "audit").iterdir()) == []
+
+
+def test_a_gallery_beyond_its_calibration_is_reported(
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data_dir = small_replay.parent / "data"
+    decision = vision_cfg.decision.model_copy(update={"calibrated_for_elders": 1})
+    cfg = _small_cfg(vision_cfg, small_replay, decision=decision)
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    gallery = Gallery.open(
+        data_dir / "faces.db", data_dir / "faces.key", analyzer.embedder.model_id
+    )
+    photos = [faces_dir / "deepface" / "img13.jpg", faces_dir / "deepface" / "img14.jpg"]
+    assert enrol(gallery, analyzer, "elder-8", photos, rules=cfg.decision).status == "enrolled"
+    seen: list[DecisionEvent] = []
+    with caplog.at_level("WARNING", logger="gateway.vision.service"):
+        health = _run(VisionService(cfg, data_dir, None, realtime=False, listeners=[seen.append]))
+    assert [d.decision.elder_id for d in seen] == ["elder-7", None]  # the counter goes on
+    gallery_health = health["gallery"]
+    assert isinstance(gallery_health, dict)
+    assert gallery_health["elders"] == 2 and gallery_health["calibrated_for_elders"] == 1
+    assert gallery_health["beyond_calibration"] is True
+    assert "2 elders enrolled but the thresholds are calibrated for 1" in caplog.text
+    assert "gateway eval --n 2" in caplog.text
 
 
 def test_a_wrong_gallery_key_is_reported_and_the_counter_goes_on(

@@ -2,13 +2,15 @@
 
 No names, photos or templates: an elder id (pseudonymous, from the platform), scores, how many
 frames, the liveness score, the models and thresholds it was decided under, and timings, so
-that an audit can tell why the gateway accepted or refused someone without seeing a face.
+that an audit can tell why the gateway accepted or refused someone without seeing a face. An
+accepted elder's look-alikes from the confusable register travel with the decision, so the
+counter can ask for a second factor at that moment.
 Schema: gateway/contract/schemas/data/face.decision.json.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.events import EventType, Lane
@@ -28,9 +30,13 @@ def _r(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
+MAX_LOOK_ALIKES = 16
+
+
 def decision_data(
     decision: Decision,
     *,
+    look_alikes: Sequence[str] = (),
     camera: str,
     policy: Policy,
     models: Mapping[str, str],
@@ -45,6 +51,9 @@ def decision_data(
         "score": _r(decision.score),
         "margin": _r(decision.margin),
         "candidates": [{"elder_id": e, "score": _r(s)} for e, s in decision.candidates],
+        "confusable_with": (
+            list(look_alikes[:MAX_LOOK_ALIKES]) if decision.outcome is Outcome.ACCEPTED else []
+        ),
         "frames_used": decision.frames_used,
         "frames_seen": decision.frames_seen,
         "liveness": _r(decision.liveness),

@@ -175,6 +175,7 @@ class Gallery:
         self._aead = AESGCM(derive(read_key(self.key_path), PURPOSE))
         self._lock = threading.Lock()
         self._snapshot = Snapshot.build([], self.dim)
+        self._look_alikes: dict[str, tuple[str, ...]] = {}
         self._generation = -1
         new = not self.db_path.exists()
         with self._connect() as conn:
@@ -298,11 +299,13 @@ class Gallery:
                     report.undecryptable += 1
                     continue
                 rows.append((elder_id, vector))
+            look_alikes = self._read_look_alikes(conn)
         snapshot = Snapshot.build(rows, self.dim)
         report.templates = snapshot.templates
         report.elders = len(snapshot.elders)
         with self._lock:
             self._snapshot = snapshot
+            self._look_alikes = look_alikes
             self._generation = generation
             self.report = report
         if report.undecryptable or report.other_model:
@@ -323,6 +326,27 @@ class Gallery:
 
     def search(self, probe: np.ndarray, k: int = 3, exclude: str | None = None) -> SearchResult:
         return self._snapshot.search(probe, k, exclude)
+
+    def look_alikes(self, elder_id: str) -> tuple[str, ...]:
+        """The elders in the confusable register with this one, most similar first: the
+        counter may ask them for a second factor."""
+        return self._look_alikes.get(elder_id, ())
+
+    def _read_look_alikes(self, conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+        pairs: dict[str, list[str]] = {}
+        for a, b in conn.execute(
+            "SELECT elder_a, elder_b FROM confusable WHERE model_id = ? ORDER BY score DESC",
+            (self.model_id,),
+        ):
+            pairs.setdefault(a, []).append(b)
+            pairs.setdefault(b, []).append(a)
+        return {elder: tuple(others) for elder, others in pairs.items()}
+
+    def _refresh_look_alikes(self) -> None:
+        with self._connect() as conn:
+            look_alikes = self._read_look_alikes(conn)
+        with self._lock:
+            self._look_alikes = look_alikes
 
     def confusables(self) -> list[Confusable]:
         with self._connect() as conn:
@@ -384,7 +408,9 @@ class Gallery:
         def update(snap: Snapshot) -> Snapshot:
             return Snapshot.build([r for r in snap.rows() if r[0] != elder_id], self.dim)
 
-        return self._commit(work, update, need_key=False)
+        removed = self._commit(work, update, need_key=False)
+        self._refresh_look_alikes()
+        return removed
 
     def set_confusable(self, elder_id: str, pairs: Iterable[tuple[str, float]]) -> None:
         """Replace the register's entries for ``elder_id`` (pairs are stored in id order)."""
@@ -403,6 +429,7 @@ class Gallery:
                 )
 
         self._commit(work, lambda snap: snap)
+        self._refresh_look_alikes()
 
 
 def _generation(conn: sqlite3.Connection) -> int:

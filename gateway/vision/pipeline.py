@@ -127,6 +127,7 @@ class CounterPipeline:
         kept = self._last_face if self.audit is not None else None
         data = decision_data(
             decision,
+            look_alikes=self.gallery.look_alikes(decision.elder_id) if decision.elder_id else (),
             camera=self.camera_id,
             policy=self.policy,
             models=self.model_ids,

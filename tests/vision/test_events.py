@@ -23,9 +23,10 @@ def schema() -> dict[str, object]:
     return loaded
 
 
-def _data(decision: Decision) -> dict[str, object]:
+def _data(decision: Decision, look_alikes: tuple[str, ...] = ()) -> dict[str, object]:
     return decision_data(
         decision,
+        look_alikes=look_alikes,
         camera="counter-1",
         policy=Policy.from_config(DecisionSection()),
         models=MODELS,
@@ -77,3 +78,17 @@ def test_the_schema_refuses_anything_extra(schema: dict[str, object]) -> None:
 def test_only_an_acceptance_names_an_elder() -> None:
     spoof = Decision(Outcome.SPOOF, 1.0, 1, 0.0, elder_id="elder-1", frames_used=3)
     assert _data(spoof)["elder_id"] is None
+
+
+def test_an_accepted_elders_look_alikes_travel_with_the_decision(
+    schema: dict[str, object],
+) -> None:
+    accepted = Decision(Outcome.ACCEPTED, 3.2, 4, 2.9, "elder-9", 0.71, 0.4, (), 3, 5, 0.98)
+    data = _data(accepted, ("elder-12", "elder-3"))
+    jsonschema.validate(data, schema)
+    assert data["confusable_with"] == ["elder-12", "elder-3"]
+    many = _data(accepted, tuple(f"e-{i}" for i in range(40)))
+    jsonschema.validate(many, schema)
+    assert len(many["confusable_with"]) == 16  # type: ignore[arg-type]
+    uncertain = Decision(Outcome.UNCERTAIN, 5.0, 5, 3.0, elder_id="elder-9", frames_used=30)
+    assert _data(uncertain, ("elder-12",))["confusable_with"] == []

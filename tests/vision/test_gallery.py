@@ -161,6 +161,22 @@ def test_remove_erases_templates_and_register_entries(gallery: Gallery) -> None:
     assert gallery.remove("elder-b") == 2
     assert "elder-b" not in gallery.snapshot.elders
     assert gallery.confusables() == []
+    assert gallery.look_alikes("elder-a") == ()
+
+
+def test_look_alikes_are_known_in_memory_both_ways_most_similar_first(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    gallery.set_confusable("elder-b", [("elder-a", 0.49), ("elder-c", 0.52)])
+    assert gallery.look_alikes("elder-b") == ("elder-c", "elder-a")
+    assert gallery.look_alikes("elder-a") == ("elder-b",)
+    assert gallery.look_alikes("elder-x") == ()
+    # written by another process (enrolment): picked up with the next refresh
+    other = Gallery.open(*paths, MODEL)
+    other.set_confusable("elder-a", [("elder-c", 0.5)])
+    assert gallery.refresh_if_changed()
+    assert gallery.look_alikes("elder-a") == ("elder-c",)
+    assert gallery.look_alikes("elder-c") == ("elder-b", "elder-a")
 
 
 def test_writes_update_memory_as_a_reload_would(gallery: Gallery, paths: tuple[Path, Path]) -> None:

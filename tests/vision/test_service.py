@@ -299,6 +299,24 @@ def test_a_gallery_beyond_its_calibration_is_reported(
     assert "gateway eval --n 2" in caplog.text
 
 
+def test_an_accepted_look_alike_is_named_for_a_second_factor(
+    small_replay: Path, analyzer: Analyzer, vision_cfg: VisionSection, faces_dir: Path
+) -> None:
+    data_dir = small_replay.parent / "data"
+    cfg = _small_cfg(vision_cfg, small_replay)
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    gallery = Gallery.open(
+        data_dir / "faces.db", data_dir / "faces.key", analyzer.embedder.model_id
+    )
+    gallery.set_confusable("elder-7", [("elder-8", 0.51)])  # as enrolment registers them
+    seen: list[DecisionEvent] = []
+    _run(VisionService(cfg, data_dir, None, realtime=False, listeners=[seen.append]))
+    assert [(d.event.data["elder_id"], d.event.data["confusable_with"]) for d in seen] == [
+        ("elder-7", ["elder-8"]),
+        (None, []),
+    ]
+
+
 def test_a_wrong_gallery_key_is_reported_and_the_counter_goes_on(
     tmp_path: Path,
     small_replay: Path,

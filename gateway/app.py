@@ -26,6 +26,7 @@ from gateway.lifecycle import (
 from gateway.logs import setup_logging
 from gateway.store import Store, StoreError
 from gateway.sync import Sync
+from gateway.vision.build import build_operations as build_vision_operations
 from gateway.vision.build import build_services as build_vision_services
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def build(
         clock_sync,
         password=password,
         services_health=gw.services_health,
+        operations=build_vision_operations(cfg.vision, cfg.gateway.data_dir),
         rng=rng,
     )
     gw.sync = sync

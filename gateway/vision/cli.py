@@ -164,8 +164,10 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_remove(args: argparse.Namespace) -> int:
-    gallery = _open_gallery(_config(args), create=False)
-    removed = gallery.remove(args.elder)
+    from gateway.vision.gallery import erase
+
+    cfg = _config(args)
+    removed = erase(cfg.vision.gallery.db_path(cfg.gateway.data_dir), args.elder)
     print(f"{args.elder}: {removed} template(s) erased")
     return EXIT_OK if removed else EXIT_FAIL
 

@@ -19,8 +19,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -197,17 +198,8 @@ class Gallery:
         gallery.reload()
         return gallery
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A short-lived connection; enrolment (another process) may write between uses."""
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _connect(self.db_path)
 
     def _commit(
         self,
@@ -221,17 +213,7 @@ class Gallery:
         if need_key:
             self._writable()
         with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = _generation(conn)
-                result = work(conn)
-                conn.execute(
-                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            before, result = _write(conn, work)
         if before != self._generation:
             self.reload()
             return result
@@ -398,17 +380,10 @@ class Gallery:
 
         Works even with a wrong key: erasure must never depend on being able to read."""
 
-        def work(conn: sqlite3.Connection) -> int:
-            n = conn.execute("DELETE FROM templates WHERE elder_id = ?", (elder_id,)).rowcount
-            conn.execute(
-                "DELETE FROM confusable WHERE elder_a = ? OR elder_b = ?", (elder_id, elder_id)
-            )
-            return int(n)
-
         def update(snap: Snapshot) -> Snapshot:
             return Snapshot.build([r for r in snap.rows() if r[0] != elder_id], self.dim)
 
-        removed = self._commit(work, update, need_key=False)
+        removed = self._commit(partial(_erase, elder_id=elder_id), update, need_key=False)
         self._refresh_look_alikes()
         return removed
 
@@ -430,6 +405,53 @@ class Gallery:
 
         self._commit(work, lambda snap: snap)
         self._refresh_look_alikes()
+
+
+def erase(db_path: Path, elder_id: str) -> int:
+    """Erase an elder's templates and register entries without opening the gallery: needs
+    neither the key nor the models, so consent withdrawn is honoured even when the face stage
+    cannot run. A running gallery sees the change at its next refresh. Returns how many
+    templates were erased (0 without a gallery file)."""
+    if not db_path.exists():
+        return 0
+    with _connect(db_path) as conn:
+        conn.executescript(SCHEMA)
+        _, removed = _write(conn, partial(_erase, elder_id=elder_id))
+    return removed
+
+
+def _erase(conn: sqlite3.Connection, elder_id: str) -> int:
+    removed = conn.execute("DELETE FROM templates WHERE elder_id = ?", (elder_id,)).rowcount
+    conn.execute("DELETE FROM confusable WHERE elder_a = ? OR elder_b = ?", (elder_id, elder_id))
+    return int(removed)
+
+
+@contextmanager
+def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A short-lived connection; enrolment (another process) may write between uses."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        yield conn
+    finally:
+        conn.close()
+
+
+def _write(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> tuple[int, T]:
+    """``work`` in one transaction that also advances the generation, which tells every
+    process holding the gallery in memory to reload. Returns the generation before."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        before = _generation(conn)
+        result = work(conn)
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return before, result
 
 
 def _generation(conn: sqlite3.Connection) -> int:

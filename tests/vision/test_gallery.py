@@ -9,7 +9,7 @@ import pytest
 
 from gateway.vision.embed import l2_normalise
 from gateway.vision.errors import GalleryError
-from gateway.vision.gallery import Gallery, Snapshot
+from gateway.vision.gallery import Gallery, Snapshot, erase
 
 MODEL = "mobilefacenet-foamliu-128d@b7120c09"
 
@@ -162,6 +162,27 @@ def test_remove_erases_templates_and_register_entries(gallery: Gallery) -> None:
     assert "elder-b" not in gallery.snapshot.elders
     assert gallery.confusables() == []
     assert gallery.look_alikes("elder-a") == ()
+
+
+def test_erasure_needs_neither_the_key_nor_an_open_gallery(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    gallery.set_confusable("elder-a", [("elder-b", 0.5)])
+    db, key = paths
+    key.unlink()  # lost key: the templates are unreadable, but still personal data to erase
+    assert erase(db, "elder-b") == 2
+    assert erase(db, "elder-b") == 0
+    assert erase(db.with_name("none.db"), "elder-b") == 0
+    assert not db.with_name("none.db").exists()
+    # the running gallery sees it at its next refresh
+    assert gallery.refresh_if_changed()
+    assert gallery.snapshot.elders == ("elder-a", "elder-c")
+    assert gallery.look_alikes("elder-a") == ()
+    with sqlite3.connect(db) as conn:
+        assert (
+            conn.execute("SELECT COUNT(*) FROM templates WHERE elder_id = 'elder-b'").fetchone()[0]
+            == 0
+        )
 
 
 def test_look_alikes_are_known_in_memory_both_ways_most_similar_first(

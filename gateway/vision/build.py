@@ -4,7 +4,6 @@ heavy imports deferred)."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -35,12 +34,13 @@ def build_operations(cfg: VisionSection, data_dir: Path) -> list[Operation]:
 
 def _face_remove(db_path: Path, request: Mapping[str, Any]) -> Reply:
     """Consent withdrawn, or the elder left: their templates and look-alike entries go."""
+    from gateway.vision.errors import GalleryError
     from gateway.vision.gallery import erase
 
     elder = str(request["elder_id"])
     try:
         erased = erase(db_path, elder)
-    except sqlite3.Error as exc:
-        raise RequestError(f"face gallery not changed: {exc}") from None
+    except GalleryError as exc:
+        raise RequestError(str(exc)) from None
     log.info("face gallery: %d template(s) erased on the platform's request", erased)
     return Reply({"elder_id": elder, "templates_erased": erased})

@@ -205,13 +205,11 @@ class Gallery:
         self,
         work: Callable[[sqlite3.Connection], T],
         update: Callable[[Snapshot], Snapshot],
-        need_key: bool = True,
     ) -> T:
         """Run ``work`` in one transaction, then apply the same change to the snapshot in
         memory (no re-decryption: bulk enrolment of thousands stays linear). Only when
         another process wrote in between is everything reloaded."""
-        if need_key:
-            self._writable()
+        self._writable()
         with self._connect() as conn:
             before, result = _write(conn, work)
         if before != self._generation:
@@ -375,18 +373,6 @@ class Gallery:
         self._commit(work, lambda snap: Snapshot.build([*snap.rows(), *rows], self.dim))
         return ids
 
-    def remove(self, elder_id: str) -> int:
-        """Erase an elder's templates and confusable entries (consent withdrawn, left the site).
-
-        Works even with a wrong key: erasure must never depend on being able to read."""
-
-        def update(snap: Snapshot) -> Snapshot:
-            return Snapshot.build([r for r in snap.rows() if r[0] != elder_id], self.dim)
-
-        removed = self._commit(partial(_erase, elder_id=elder_id), update, need_key=False)
-        self._refresh_look_alikes()
-        return removed
-
     def set_confusable(self, elder_id: str, pairs: Iterable[tuple[str, float]]) -> None:
         """Replace the register's entries for ``elder_id`` (pairs are stored in id order)."""
         now = int(time.time() * 1000)
@@ -415,8 +401,10 @@ def erase(db_path: Path, elder_id: str) -> int:
     if not db_path.exists():
         return 0
     with _connect(db_path) as conn:
-        conn.executescript(SCHEMA)
-        _, removed = _write(conn, partial(_erase, elder_id=elder_id))
+        try:
+            _, removed = _write(conn, partial(_erase, elder_id=elder_id))
+        except sqlite3.Error as exc:
+            raise GalleryError(f"{db_path}: nothing erased: {exc}") from None
     return removed
 
 
@@ -432,8 +420,11 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as exc:
+            raise GalleryError(f"{db_path}: not a face gallery ({exc})") from None
         yield conn
     finally:
         conn.close()

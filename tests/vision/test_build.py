@@ -47,3 +47,20 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
     assert gallery.refresh_if_changed()
     assert gallery.snapshot.elders == ("E2048",)
     assert gallery.confusables() == []
+
+
+def test_a_damaged_gallery_file_gets_an_error_reply_and_the_gateway_goes_on(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    (data_dir / "faces.db").write_bytes(b"not a database")
+    sub = Subscriber(mosquitto.port)
+    try:
+        with running(config(data_dir, mosquitto.port)):
+            sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
+            reply = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
+            assert reply["status"] == "error" and "not a face gallery" in reply["message"]
+            assert ask(sub, "ping", {"transaction": "p-1"})["status"] == "ok"
+    finally:
+        sub.close()

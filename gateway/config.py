@@ -194,7 +194,10 @@ class MqttSection(Strict):
 
 class DownlinkSection(Strict):
     max_payload_bytes: int = Field(
-        65_536, ge=256, le=16_000_000, description="Larger requests are refused unread."
+        4_194_304,
+        ge=256,
+        le=16_000_000,
+        description="Larger requests are refused unread (face.enrol carries photos).",
     )
     remember_transactions: int = Field(
         10_000, ge=100, description="Answered requests kept to recognise repeats."

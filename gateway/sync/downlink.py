@@ -57,6 +57,7 @@ class Operation:
 class _Incoming:
     topic: str
     payload: bytes
+    size: int
 
 
 class Downlink:
@@ -108,8 +109,12 @@ class Downlink:
         return sorted(self._ops)
 
     def received(self, topic: str, payload: bytes) -> None:
-        """Called on paho's thread: queue and return."""
-        self._queue.put(_Incoming(topic, payload))
+        """Called on paho's thread: queue and return. An oversized payload is not kept
+        while it waits (requests may carry photos; a burst must not fill the memory)."""
+        size = len(payload)
+        self._queue.put(
+            _Incoming(topic, payload if size <= self.cfg.max_payload_bytes else b"", size)
+        )
 
     def _run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -117,23 +122,24 @@ class Downlink:
             if item is None:
                 continue
             try:
-                self.handle(item.topic, item.payload)
+                self.handle(item.topic, item.payload, item.size)
             except Exception:
                 self.errors["internal"] += 1
                 log.exception("downlink: request on %s failed", item.topic)
 
     # ---- one request ---------------------------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes) -> dict[str, Any] | None:
+    def handle(self, topic: str, payload: bytes, size: int | None = None) -> dict[str, Any] | None:
         op = self._topics.op_of(topic)
         if op is None:
             self.errors["bad_topic"] += 1
             self._rate_log.warning("bad_topic", "downlink: ignored request on %r", topic[-80:])
             return None
         self.counts["received"] += 1
-        if len(payload) > self.cfg.max_payload_bytes:
+        size = len(payload) if size is None else size
+        if size > self.cfg.max_payload_bytes:
             return self._error(
-                op, None, "too_large", f"payload over {self.cfg.max_payload_bytes} B"
+                op, None, "too_large", f"{size} B, over {self.cfg.max_payload_bytes} B"
             )
         try:
             request = json.loads(payload)

@@ -3,18 +3,14 @@ heavy imports deferred)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from gateway.lifecycle import Service
 from gateway.store import Store
-from gateway.sync.downlink import Operation, Reply, RequestError
+from gateway.sync.downlink import Operation
 from gateway.vision.config import VisionSection
-
-log = logging.getLogger(__name__)
+from gateway.vision.operations import FaceEnrol, face_remove
 
 
 def build_services(cfg: VisionSection, data_dir: Path, store: Store) -> list[Service]:
@@ -27,20 +23,8 @@ def build_services(cfg: VisionSection, data_dir: Path, store: Store) -> list[Ser
 
 
 def build_operations(cfg: VisionSection, data_dir: Path) -> list[Operation]:
-    """Platform requests about faces, answered with or without a camera: an erasure must
-    never wait for the face stage to be able to run."""
-    return [Operation("face.remove", partial(_face_remove, cfg.gallery.db_path(data_dir)))]
-
-
-def _face_remove(db_path: Path, request: Mapping[str, Any]) -> Reply:
-    """Consent withdrawn, or the elder left: their templates and look-alike entries go."""
-    from gateway.vision.errors import GalleryError
-    from gateway.vision.gallery import erase
-
-    elder = str(request["elder_id"])
-    try:
-        erased = erase(db_path, elder)
-    except GalleryError as exc:
-        raise RequestError(str(exc)) from None
-    log.info("face gallery: %d template(s) erased on the platform's request", erased)
-    return Reply({"elder_id": elder, "templates_erased": erased})
+    """Platform requests about faces, answered with or without a camera."""
+    return [
+        Operation("face.enrol", FaceEnrol(cfg, data_dir)),
+        Operation("face.remove", partial(face_remove, cfg.gallery.db_path(data_dir))),
+    ]

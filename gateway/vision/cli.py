@@ -126,7 +126,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             print(f"{elder}: {result.status}: {result.message}")
             for v in result.photos:
                 verdict = "ok" if v.ok else f"refused: {v.reason}"
-                print(f"  {v.path.name}: {verdict}{' (' + v.detail + ')' if v.detail else ''}")
+                print(f"  {v.name}: {verdict}{' (' + v.detail + ')' if v.detail else ''}")
         if progress is not None:
             progress(done)
     if len(jobs) > 1:

@@ -13,13 +13,18 @@ Rules (thresholds from ``[vision.decision]``):
   confusable, so a site can ask those elders for a second factor (card, wristband);
 * an elder with fewer than three templates is enrolled, with a reminder: on LFW one photo
   misses about three times as many searches as three do at the same false-alarm rate
-  (``gateway eval``'s "photos per elder").
+  (``gateway eval``'s "photos per elder");
+* a photo already enrolled for the elder (the same picture sent again, e.g. a retried platform
+  request) is not stored twice: duplicates would count towards the three without adding any
+  view of the face.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -29,15 +34,32 @@ from gateway.vision.analyze import Analyzer
 from gateway.vision.config import DecisionSection
 from gateway.vision.errors import BadImage
 from gateway.vision.gallery import Gallery
-from gateway.vision.images import IMAGE_SUFFIXES, read_image
+from gateway.vision.images import IMAGE_SUFFIXES, decode_image, read_image
 
 ELDER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 RECOMMENDED_PHOTOS = 3
+SAME_PICTURE = 0.995  # two photos of one person, even a second apart, score well below
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo to enrol, from a file (CLI) or from bytes (a platform request)."""
+
+    name: str
+    read: Callable[[], np.ndarray]
+
+    @classmethod
+    def file(cls, path: Path) -> Photo:
+        return cls(path.name, partial(read_image, path))
+
+    @classmethod
+    def data(cls, name: str, data: bytes) -> Photo:
+        return cls(name, partial(decode_image, data))
 
 
 @dataclass(frozen=True)
 class PhotoVerdict:
-    path: Path
+    name: str
     reason: str | None
     detail: str = ""
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -54,19 +76,21 @@ class Enrolment:
     message: str
     photos: list[PhotoVerdict]
     added: int = 0
+    already: int = 0
     templates: int = 0
     conflicts: list[tuple[str, float]] = field(default_factory=list)
     confusable: list[tuple[str, float]] = field(default_factory=list)
 
 
-def assess_photo(analyzer: Analyzer, path: Path) -> PhotoVerdict:
+def assess_photo(analyzer: Analyzer, photo: Photo | Path) -> PhotoVerdict:
+    photo = Photo.file(photo) if isinstance(photo, Path) else photo
     try:
-        image = read_image(path)
+        image = photo.read()
     except BadImage as exc:
-        return PhotoVerdict(path, exc.reason, exc.detail)
+        return PhotoVerdict(photo.name, exc.reason, exc.detail)
     analysis = analyzer.analyze(image, live=False)
     if analysis.kind == "face":
-        return PhotoVerdict(path, None, embedding=analysis.embedding)
+        return PhotoVerdict(photo.name, None, embedding=analysis.embedding)
     q = analysis.quality
     detail = ""
     if q is not None:
@@ -78,28 +102,38 @@ def assess_photo(analyzer: Analyzer, path: Path) -> PhotoVerdict:
             detail += f", sharpness {q.sharpness:.0f}, brightness {q.brightness:.0f}"
     elif analysis.kind == "multiple_faces":
         detail = f"{analysis.faces} faces of similar size"
-    return PhotoVerdict(path, analysis.reason or analysis.kind, detail)
+    return PhotoVerdict(photo.name, analysis.reason or analysis.kind, detail)
 
 
-def _consistent(verdicts: list[PhotoVerdict], threshold: float) -> tuple[list[PhotoVerdict], str]:
-    """Drop photos matching none of the others; '' or why the whole set is unusable."""
-    good = [v for v in verdicts if v.ok]
+def _consistent(verdicts: list[PhotoVerdict], threshold: float) -> tuple[list[int], str]:
+    """Indexes of the photos to keep (those matching another); '' or why none can be kept."""
+    good = [(i, v.embedding) for i, v in enumerate(verdicts) if v.embedding is not None]
     if len(good) < 2:
-        return good, ""
-    vectors = np.stack([v.embedding for v in good if v.embedding is not None])
+        return [i for i, _ in good], ""
+    vectors = np.stack([e for _, e in good])
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, -1.0)
     matched = sims.max(axis=1) >= threshold
     if not matched.any():
         return [], "the photos do not show the same person"
-    return [v for v, m in zip(good, matched, strict=True) if m], ""
+    return [i for (i, _), m in zip(good, matched, strict=True) if m], ""
+
+
+def _new_views(enrolled: np.ndarray, vectors: list[np.ndarray]) -> list[np.ndarray]:
+    """The vectors that are not a picture already enrolled (or already earlier in the list)."""
+    new: list[np.ndarray] = []
+    for vector in vectors:
+        known = np.concatenate([enrolled, np.stack(new)]) if new else enrolled
+        if known.size == 0 or float((known @ vector).max()) < SAME_PICTURE:
+            new.append(vector)
+    return new
 
 
 def enrol(
     gallery: Gallery,
     analyzer: Analyzer,
     elder_id: str,
-    photos: list[Path],
+    photos: Sequence[Photo | Path],
     *,
     rules: DecisionSection,
     allow_similar: bool = False,
@@ -107,34 +141,46 @@ def enrol(
     if not ELDER_ID.match(elder_id):
         raise ValueError(f"elder id {elder_id!r}: use letters, digits and _ . : - (max 128)")
     verdicts = [assess_photo(analyzer, p) for p in photos]
-    kept, problem = _consistent(verdicts, rules.verify_threshold)
-    kept_paths = {v.path for v in kept}
+    keep, problem = _consistent(verdicts, rules.verify_threshold)
     verdicts = [
-        PhotoVerdict(v.path, "does_not_match_other_photos", "", None)
-        if v.ok and v.path not in kept_paths
-        else v
-        for v in verdicts
+        PhotoVerdict(v.name, "does_not_match_other_photos") if v.ok and i not in keep else v
+        for i, v in enumerate(verdicts)
     ]
-    if problem or not kept:
-        return Enrolment(elder_id, "refused", problem or "no usable photo", verdicts)
-    vectors = [v.embedding for v in kept if v.embedding is not None]
-    others = _best_others(gallery, elder_id, vectors)
-    conflicts = [(e, s) for e, s in others if s >= rules.accept_threshold]
-    confusable = [(e, s) for e, s in others if s >= rules.candidate_threshold]
+    held = gallery.snapshot.count(elder_id)
+    if problem or not keep:
+        reason = problem or "no usable photo"
+        return Enrolment(elder_id, "refused", reason, verdicts, templates=held)
+    vectors = [v.embedding for v in verdicts if v.ok and v.embedding is not None]
+    conflicts = [
+        (e, s) for e, s in _best_others(gallery, elder_id, vectors) if s >= rules.accept_threshold
+    ]
     if conflicts and not allow_similar:
         names = ", ".join(f"{e} ({s:.2f})" for e, s in conflicts)
         return Enrolment(
             elder_id,
             "flagged",
-            f"looks like enrolled elder(s) {names}; not added (staff may confirm with "
-            "--allow-similar)",
+            f"looks like enrolled elder(s) {names}; not added (staff who have checked may "
+            "confirm: --allow-similar, or allow_similar in a platform request)",
             verdicts,
+            templates=held,
             conflicts=conflicts,
         )
-    gallery.add(elder_id, vectors)
+    enrolled = gallery.snapshot.templates_of(elder_id)
+    new = _new_views(enrolled, vectors)
+    if new:
+        gallery.add(elder_id, new)
+    # the register describes the elder as a whole: photos enrolled earlier count too
+    everyone = [*enrolled, *new]
+    confusable = [
+        (e, s)
+        for e, s in _best_others(gallery, elder_id, everyone)
+        if s >= rules.candidate_threshold
+    ]
     gallery.set_confusable(elder_id, confusable)
     total = gallery.snapshot.count(elder_id)
-    message = f"{len(vectors)} template(s) added"
+    message = f"{len(new)} template(s) added"
+    if len(new) < len(vectors):
+        message += f", {len(vectors) - len(new)} already enrolled"
     if total < RECOMMENDED_PHOTOS:
         message += (
             f"; {total} in all: enrol {RECOMMENDED_PHOTOS} photos (front, slightly left, "
@@ -147,7 +193,8 @@ def enrol(
         "enrolled",
         message,
         verdicts,
-        added=len(vectors),
+        added=len(new),
+        already=len(vectors) - len(new),
         templates=total,
         conflicts=conflicts,
         confusable=confusable,

@@ -112,13 +112,16 @@ class Snapshot:
     def templates(self) -> int:
         return int(self.matrix.shape[0])
 
-    def count(self, elder: str) -> int:
-        """Templates held for one elder."""
+    def templates_of(self, elder: str) -> np.ndarray:
+        """The elder's rows of the matrix (none when not enrolled)."""
         i = bisect.bisect_left(self.elders, elder)
         if i == len(self.elders) or self.elders[i] != elder:
-            return 0
+            return self.matrix[:0]
         end = int(self.starts[i + 1]) if i + 1 < len(self.elders) else self.templates
-        return end - int(self.starts[i])
+        return self.matrix[int(self.starts[i]) : end]
+
+    def count(self, elder: str) -> int:
+        return int(self.templates_of(elder).shape[0])
 
     def rows(self) -> list[tuple[str, np.ndarray]]:
         """(elder, template) per row, to build the next snapshot from this one."""

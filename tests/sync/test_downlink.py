@@ -82,7 +82,7 @@ def test_bad_requests_get_an_error_a_count_and_change_nothing(
         db = gw.store.path
         before = state(db)
         cases: list[tuple[str, Any, str]] = [
-            ("ping", b"{" * 2000, "payload over 512 B"),
+            ("ping", b"{" * 2000, "2000 B, over 512 B"),
             ("ping", b"\xff\xfe not json", "not JSON"),
             ("ping", [1, 2, 3], "is not of type 'object'"),
             ("ping", {"transaction": "x", "extra": 1}, "Additional properties"),

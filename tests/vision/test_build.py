@@ -1,8 +1,10 @@
-"""The platform erases an elder's face over MQTT, camera or not, and exactly once."""
+"""The platform enrols and erases elders' faces over MQTT, camera or not, each exactly once."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +63,92 @@ def test_a_damaged_gallery_file_gets_an_error_reply_and_the_gateway_goes_on(
             sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
             reply = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
             assert reply["status"] == "error" and "not a face gallery" in reply["message"]
+            assert ask(sub, "ping", {"transaction": "p-1"})["status"] == "ok"
+    finally:
+        sub.close()
+
+
+def _photo(path: Path, name: str | None = None) -> dict[str, Any]:
+    item = {"data": base64.b64encode(path.read_bytes()).decode()}
+    return item if name is None else {**item, "name": name}
+
+
+def test_the_platform_enrols_an_elder_from_photos(
+    tmp_path: Path, mosquitto: Mosquitto, models_dir: Path, faces_dir: Path
+) -> None:
+    df = faces_dir / "deepface"
+    data_dir = tmp_path / "var"
+    cfg = config(data_dir, mosquitto.port, vision={"models_dir": str(models_dir)})
+    sub = Subscriber(mosquitto.port)
+    request = {
+        "transaction": "en-1",
+        "elder_id": "E1024",
+        "photos": [
+            _photo(df / "img13.jpg", "front"),
+            {"name": "scrambled", "data": "not base64!"},
+            _photo(df / "couple.jpg"),
+            _photo(df / "img14.jpg", "left"),
+        ],
+    }
+    try:
+        with running(cfg):  # no camera configured
+            sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
+            first = ask(sub, "face.enrol", request)
+            assert first["status"] == "ok", first
+            data = first["data"]
+            assert (data["outcome"], data["templates_added"], data["templates"]) == (
+                "enrolled",
+                2,
+                2,
+            )
+            assert [(p["name"], p["reason"]) for p in data["photos"]] == [
+                ("front", None),
+                ("scrambled", "corrupt"),
+                ("photo 3", "multiple_faces"),
+                ("left", None),
+            ]
+            assert "enrol 3 photos" in data["message"]
+            assert ask(sub, "face.enrol", request) == {**first, "repeat": True}
+            # the same pictures again under a new transaction (a retry after a lost reply)
+            retry = ask(sub, "face.enrol", {**request, "transaction": "en-2"})
+            assert (retry["data"]["templates_added"], retry["data"]["already_enrolled"]) == (0, 2)
+            # the same person under another id is flagged, not added
+            other = {
+                "transaction": "en-3",
+                "elder_id": "E2048",
+                "photos": [_photo(df / "img15.jpg")],
+            }
+            flagged = ask(sub, "face.enrol", other)["data"]
+            assert flagged["outcome"] == "flagged"
+            assert [c["elder_id"] for c in flagged["conflicts"]] == ["E1024"]
+            refused = ask(sub, "face.enrol", {**other, "transaction": "en-4", "photos": []})
+            assert refused["status"] == "error" and "photos" in refused["message"]
+            erased = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
+            assert erased["data"]["templates_erased"] == 2
+    finally:
+        sub.close()
+    gallery = Gallery.open(data_dir / "faces.db", data_dir / "faces.key", MODEL)
+    assert gallery.snapshot.elders == ()
+
+
+def test_without_models_an_enrolment_is_refused_with_the_reason(
+    tmp_path: Path, mosquitto: Mosquitto, faces_dir: Path
+) -> None:
+    data_dir = tmp_path / "var"
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    cfg = config(data_dir, mosquitto.port, vision={"models_dir": str(empty)})
+    sub = Subscriber(mosquitto.port)
+    request = {
+        "transaction": "en-1",
+        "elder_id": "E1024",
+        "photos": [_photo(faces_dir / "deepface" / "img13.jpg")],
+    }
+    try:
+        with running(cfg):
+            sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
+            reply = ask(sub, "face.enrol", request)
+            assert reply["status"] == "error" and "missing" in reply["message"]
             assert ask(sub, "ping", {"transaction": "p-1"})["status"] == "ok"
     finally:
         sub.close()

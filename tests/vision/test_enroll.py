@@ -6,7 +6,7 @@ import pytest
 
 from gateway.vision.analyze import Analyzer
 from gateway.vision.config import VisionSection
-from gateway.vision.enroll import enrol
+from gateway.vision.enroll import Photo, enrol
 from gateway.vision.gallery import Gallery
 
 
@@ -89,3 +89,48 @@ def test_someone_already_enrolled_under_another_id_is_flagged(
 def test_elder_ids_are_checked(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:
     with pytest.raises(ValueError, match="elder id"):
         enrol(gallery, analyzer, "Zhang San", [df / "img1.jpg"], rules=RULES)
+
+
+def test_a_picture_already_enrolled_is_not_stored_twice(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    enrol(gallery, analyzer, "elder-1", [df / "img13.jpg", df / "img14.jpg"], rules=RULES)
+    again = enrol(
+        gallery,
+        analyzer,
+        "elder-1",
+        [df / "img14.jpg", df / "img15.jpg", df / "img15.jpg"],
+        rules=RULES,
+    )
+    assert again.status == "enrolled" and again.added == 1 and again.already == 2
+    assert again.templates == 3 and gallery.snapshot.count("elder-1") == 3
+    assert again.message == "1 template(s) added, 2 already enrolled"
+
+
+def test_photos_sent_as_bytes_are_judged_like_files(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    left = (df / "img14.jpg").read_bytes()
+    photos = [
+        Photo.data("front", (df / "img13.jpg").read_bytes()),
+        Photo.data("cut off", left[: len(left) // 2]),
+        Photo.data("left", left),
+    ]
+    result = enrol(gallery, analyzer, "elder-1", photos, rules=RULES)
+    assert [(v.name, v.reason) for v in result.photos] == [
+        ("front", None),
+        ("cut off", "truncated"),
+        ("left", None),
+    ]
+    assert result.added == 2
+
+
+def test_the_look_alike_register_counts_photos_enrolled_earlier(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    enrol(gallery, analyzer, "elder-1", [df / "img20.jpg"], rules=RULES)
+    enrol(gallery, analyzer, "elder-2", [df / "img21.jpg"], rules=RULES, allow_similar=True)
+    assert [(p.elder_a, p.elder_b) for p in gallery.confusables()] == [("elder-1", "elder-2")]
+    more = enrol(gallery, analyzer, "elder-2", [df / "img13.jpg"], rules=RULES, allow_similar=True)
+    assert more.status == "enrolled"  # img13 alone resembles nobody; img21 still does
+    assert [(p.elder_a, p.elder_b) for p in gallery.confusables()] == [("elder-1", "elder-2")]

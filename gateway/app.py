@@ -26,8 +26,7 @@ from gateway.lifecycle import (
 from gateway.logs import setup_logging
 from gateway.store import Store, StoreError
 from gateway.sync import Sync
-from gateway.vision.build import build_operations as build_vision_operations
-from gateway.vision.build import build_services as build_vision_services
+from gateway.vision.build import build as build_vision
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,7 @@ def build(
     clock_sync = ClockSync(cfg.clock.sync_source, cfg.clock.check_interval_s)
     store = Store(cfg.store, cfg.db_path, clock, clock_sync)
     gw = Gateway(loaded=loaded, clock=clock, clock_sync=clock_sync, store=store)
+    vision_services, vision_operations = build_vision(cfg.vision, cfg.gateway.data_dir, store)
     sync = Sync(
         loaded,
         store,
@@ -89,14 +89,14 @@ def build(
         clock_sync,
         password=password,
         services_health=gw.services_health,
-        operations=build_vision_operations(cfg.vision, cfg.gateway.data_dir),
+        operations=vision_operations,
         rng=rng,
     )
     gw.sync = sync
     gw.services = [
         sync,
         *build_device_services(cfg.devices, store, lambda: clock_sync.synced),
-        *build_vision_services(cfg.vision, cfg.gateway.data_dir, store),
+        *vision_services,
     ]
     return gw
 

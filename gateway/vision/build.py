@@ -10,21 +10,24 @@ from gateway.lifecycle import Service
 from gateway.store import Store
 from gateway.sync.downlink import Operation
 from gateway.vision.config import VisionSection
-from gateway.vision.operations import FaceEnrol, face_remove
+from gateway.vision.confirm import Confirmations
+from gateway.vision.operations import FaceConfirm, FaceEnrol, GalleryFile, face_remove
 
 
-def build_services(cfg: VisionSection, data_dir: Path, store: Store) -> list[Service]:
-    """No camera configured: no face stage, and no model or gallery file is touched."""
-    if cfg.camera.source is None:
-        return []
-    from gateway.vision.service import VisionService
-
-    return [VisionService(cfg, data_dir, store)]
-
-
-def build_operations(cfg: VisionSection, data_dir: Path) -> list[Operation]:
-    """Platform requests about faces, answered with or without a camera."""
-    return [
-        Operation("face.enrol", FaceEnrol(cfg, data_dir)),
+def build(
+    cfg: VisionSection, data_dir: Path, store: Store
+) -> tuple[list[Service], list[Operation]]:
+    """The counter (only with a camera: otherwise no model or gallery file is touched) and the
+    platform's face requests, answered with or without a camera."""
+    confirmations = Confirmations(cfg.decision.confirm_within_s)
+    gallery = GalleryFile(cfg, data_dir)
+    operations = [
+        Operation("face.enrol", FaceEnrol(cfg, gallery)),
+        Operation("face.confirm", FaceConfirm(cfg, gallery, confirmations)),
         Operation("face.remove", partial(face_remove, cfg.gallery.db_path(data_dir))),
     ]
+    if cfg.camera.source is None:
+        return [], operations
+    from gateway.vision.service import VisionService
+
+    return [VisionService(cfg, data_dir, store, confirmations=confirmations)], operations

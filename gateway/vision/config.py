@@ -105,6 +105,13 @@ class DecisionSection(Strict):
         2.0, gt=0, le=60, description="Then say uncertain/unknown rather than keep waiting."
     )
     cooldown_s: float = Field(60.0, ge=0, description="No second acceptance of an elder.")
+    confirm_within_s: float = Field(
+        600.0,
+        ge=0,
+        le=3600,
+        description="Staff may confirm an uncertain decision (face.confirm) this long; its face "
+        "is held in memory only until then. 0: not at all.",
+    )
     track_gap_s: float = Field(0.7, gt=0, le=30, description="No face this long ends a track.")
     same_person: float = Field(
         0.3, ge=-1, le=1, description="A face less similar than this to the track starts anew."

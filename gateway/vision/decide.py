@@ -54,7 +54,11 @@ class Policy:
 
     @classmethod
     def from_config(cls, section: DecisionSection) -> Policy:
-        return cls(**section.model_dump(exclude={"verify_threshold", "calibrated_for_elders"}))
+        return cls(
+            **section.model_dump(
+                exclude={"verify_threshold", "calibrated_for_elders", "confirm_within_s"}
+            )
+        )
 
 
 ObservationKind = Literal["face", "poor_quality", "no_face", "multiple_faces"]
@@ -80,6 +84,7 @@ class Evidence:
     margin: float
     live: float
     candidates: tuple[tuple[str, float], ...]
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,8 @@ class Decision:
     frames_seen: int = 0
     liveness: float | None = None
     reason: str | None = None
+    # uncertain only: the track's face (mean of its live frames), for staff to confirm
+    probe: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -204,6 +211,7 @@ class Decider:
             margin=search.margin,
             live=1.0 if obs.live_score is None else obs.live_score,
             candidates=tuple(zip(search.elders, search.scores, strict=True)),
+            embedding=obs.embedding,
         )
 
     def _ambiguous(self, t: float) -> list[Decision]:
@@ -279,7 +287,7 @@ class Decider:
         candidates = candidates_of(evidence, p.candidate_threshold)
         if not candidates:
             return self._decide(track, Outcome.UNKNOWN, t, evidence, reason="no_match")
-        return self._decide(
+        decision = self._decide(
             track,
             Outcome.UNCERTAIN,
             t,
@@ -287,6 +295,21 @@ class Decider:
             candidates=tuple(candidates),
             reason=self._why_not(evidence),
         )
+        return replace(decision, probe=self._probe(evidence))
+
+    def _probe(self, evidence: list[Evidence]) -> np.ndarray | None:
+        """The mean of the live frames' embeddings, when most frames look live: a face that
+        may be a photo must never become a template, however sure the staff are."""
+        live = [
+            e.embedding
+            for e in evidence
+            if e.live >= self.policy.liveness_threshold and e.embedding is not None
+        ]
+        if not live or len(live) * 2 <= len(evidence):
+            return None
+        mean = np.mean(np.stack(live), axis=0)
+        norm = float(np.linalg.norm(mean))
+        return (mean / norm).astype(np.float32) if norm > 0 else None
 
     def _why_not(self, evidence: list[Evidence]) -> str:
         p = self.policy

@@ -39,6 +39,7 @@ from gateway.vision.images import IMAGE_SUFFIXES, decode_image, read_image
 ELDER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 RECOMMENDED_PHOTOS = 3
 SAME_PICTURE = 0.995  # two photos of one person, even a second apart, score well below
+LEARN_UP_TO = 10
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,50 @@ def enrol(
         reason = problem or "no usable photo"
         return Enrolment(elder_id, "refused", reason, verdicts, templates=held)
     vectors = [v.embedding for v in verdicts if v.ok and v.embedding is not None]
+    return _add(
+        gallery,
+        elder_id,
+        vectors,
+        verdicts,
+        rules=rules,
+        allow_similar=allow_similar,
+        held=held,
+        hint=" (staff who have checked may confirm: --allow-similar, or allow_similar in a "
+        "platform request)",
+    )
+
+
+def learn(
+    gallery: Gallery, elder_id: str, probe: np.ndarray, *, rules: DecisionSection
+) -> Enrolment:
+    """Staff confirmed who an ``uncertain`` elder was: the counter's own view of the face joins
+    their templates, so that next time they are recognised (registration photos are often
+    years old; an elder's ID card photo may be decades old). Never past ``LEARN_UP_TO``
+    templates: each one is another chance for a stranger to match."""
+    held = gallery.snapshot.count(elder_id)
+    verdicts = [PhotoVerdict("counter", None, embedding=probe)]
+    if held == 0:
+        return Enrolment(elder_id, "refused", "not enrolled (erased since?)", verdicts)
+    if held >= LEARN_UP_TO:
+        message = f"already {held} templates (at most {LEARN_UP_TO} are learned)"
+        return Enrolment(elder_id, "refused", message, verdicts, templates=held)
+    return _add(
+        gallery, elder_id, [probe], verdicts, rules=rules, allow_similar=False, held=held, hint=""
+    )
+
+
+def _add(
+    gallery: Gallery,
+    elder_id: str,
+    vectors: list[np.ndarray],
+    verdicts: list[PhotoVerdict],
+    *,
+    rules: DecisionSection,
+    allow_similar: bool,
+    held: int,
+    hint: str,
+) -> Enrolment:
+    """Store the vectors unless they look like another elder; keep the register current."""
     conflicts = [
         (e, s) for e, s in _best_others(gallery, elder_id, vectors) if s >= rules.accept_threshold
     ]
@@ -159,8 +204,7 @@ def enrol(
         return Enrolment(
             elder_id,
             "flagged",
-            f"looks like enrolled elder(s) {names}; not added (staff who have checked may "
-            "confirm: --allow-similar, or allow_similar in a platform request)",
+            f"looks like enrolled elder(s) {names}; not added{hint}",
             verdicts,
             templates=held,
             conflicts=conflicts,

@@ -1,6 +1,6 @@
-"""Platform requests about faces: ``face.enrol`` and ``face.remove``.
+"""Platform requests about faces: ``face.enrol``, ``face.confirm`` and ``face.remove``.
 
-Both run on the downlink's thread and answer whether or not a camera is configured: a site's
+They run on the downlink's thread and answer whether or not a camera is configured: a site's
 elders are registered on the platform, often before the counter camera is installed, and an
 erasure must never wait for the face stage. Models are loaded at the first enrolment request
 and kept (about 25 MB): a platform enrolling a whole site sends hundreds in a row.
@@ -24,6 +24,7 @@ from gateway.vision.errors import BadImage, VisionError
 
 if TYPE_CHECKING:
     from gateway.vision.analyze import Analyzer
+    from gateway.vision.confirm import Confirmations
     from gateway.vision.enroll import Enrolment, Photo
     from gateway.vision.gallery import Gallery
 
@@ -43,6 +44,34 @@ def face_remove(db_path: Path, request: Mapping[str, Any]) -> Reply:
     return Reply({"elder_id": elder, "templates_erased": erased})
 
 
+class GalleryFile:
+    """The gallery as the downlink thread writes it: its own handle on the file (the counter's
+    handle sees the changes at its next refresh), opened at the first request that needs it."""
+
+    def __init__(self, cfg: VisionSection, data_dir: Path) -> None:
+        self.cfg = cfg
+        self.data_dir = data_dir
+        self._gallery: Gallery | None = None
+
+    def current(self) -> Gallery:
+        """Opened (created if need be) once, then brought up to date with other writers (a CLI
+        enrolment, an erasure); a failure (wrong key) is retried at the next request."""
+        if self._gallery is None:
+            from gateway.vision.gallery import Gallery
+            from gateway.vision.models import load_manifest
+
+            cfg = self.cfg
+            self._gallery = Gallery.open(
+                cfg.gallery.db_path(self.data_dir),
+                cfg.gallery.key_path(self.data_dir),
+                load_manifest(cfg.manifest).recognizer.model_id,
+                create=True,
+            )
+        else:
+            self._gallery.refresh_if_changed()
+        return self._gallery
+
+
 class FaceEnrol:
     """Enrol an elder from photos the platform sends, by the same rules as ``gateway enroll``.
 
@@ -51,22 +80,20 @@ class FaceEnrol:
     request whose reply was lost adds nothing twice (enrolment skips pictures already held).
     """
 
-    def __init__(self, cfg: VisionSection, data_dir: Path) -> None:
+    def __init__(self, cfg: VisionSection, gallery: GalleryFile) -> None:
         self.cfg = cfg
-        self.data_dir = data_dir
+        self.gallery = gallery
         self._analyzer: Analyzer | None = None
-        self._gallery: Gallery | None = None
 
     def __call__(self, request: Mapping[str, Any]) -> Reply:
         from gateway.vision.enroll import enrol
 
         photos = [_photo(i, item) for i, item in enumerate(request["photos"], start=1)]
         try:
-            analyzer, gallery = self._open()
-            gallery.refresh_if_changed()  # a CLI enrolment or an erasure since the last request
+            gallery = self.gallery.current()
             result = enrol(
                 gallery,
-                analyzer,
+                self._open_analyzer(),
                 str(request["elder_id"]),
                 photos,
                 rules=self.cfg.decision,
@@ -79,25 +106,61 @@ class FaceEnrol:
         )
         return Reply(reply_data(result))
 
-    def _open(self) -> tuple[Analyzer, Gallery]:
-        """Load once; a failure (models missing, wrong key) is retried at the next request."""
-        if self._analyzer is None or self._gallery is None:
+    def _open_analyzer(self) -> Analyzer:
+        """Load once; a failure (models missing or altered) is retried at the next request."""
+        if self._analyzer is None:
             from gateway.vision.analyze import Analyzer, AnalyzerSettings
-            from gateway.vision.gallery import Gallery
             from gateway.vision.models import Models, load_manifest, resolve_models_dir
 
             cfg = self.cfg
             manifest = load_manifest(cfg.manifest)
-            gallery = Gallery.open(
-                cfg.gallery.db_path(self.data_dir),
-                cfg.gallery.key_path(self.data_dir),
-                manifest.recognizer.model_id,
-                create=True,
-            )
             models = Models.open(resolve_models_dir(cfg.models_dir), manifest, cfg.threads)
-            settings = AnalyzerSettings.from_config(cfg)
-            self._analyzer, self._gallery = Analyzer(models, settings), gallery
-        return self._analyzer, self._gallery
+            self._analyzer = Analyzer(models, AnalyzerSettings.from_config(cfg))
+        return self._analyzer
+
+
+class FaceConfirm:
+    """Staff say who an ``uncertain`` elder was: the face the counter saw joins that elder's
+    templates (``enroll.learn``), so the next visit is recognised.
+
+    Refused, and nothing learned, unless the decision is still held (``confirm_within_s``,
+    liveness passed), the elder was among its candidates (staff cannot teach the counter a
+    face that did not resemble the elder), and the face does not look like another elder.
+    """
+
+    def __init__(
+        self, cfg: VisionSection, gallery: GalleryFile, confirmations: Confirmations
+    ) -> None:
+        self.cfg = cfg
+        self.gallery = gallery
+        self.confirmations = confirmations
+
+    def __call__(self, request: Mapping[str, Any]) -> Reply:
+        from gateway.vision.enroll import learn
+
+        event_id, elder = str(request["event_id"]), str(request["elder_id"])
+        pending = self.confirmations.get(event_id)
+        if pending is None:
+            raise RequestError(
+                f"decision {event_id}: nothing to confirm (not an uncertain decision of this "
+                f"counter with a live face, confirmed already, or over "
+                f"{self.cfg.decision.confirm_within_s:.0f} s old)"
+            )
+        candidates = [e for e, _ in pending.candidates]
+        if elder not in candidates:
+            raise RequestError(
+                f"{elder} was not among the decision's candidates ({', '.join(candidates)}): "
+                "nothing learned; enrol photos (face.enrol) instead"
+            )
+        try:
+            result = learn(self.gallery.current(), elder, pending.probe, rules=self.cfg.decision)
+        except VisionError as exc:
+            raise RequestError(str(exc)) from None
+        if result.status != "enrolled":
+            raise RequestError(f"nothing learned: {result.message}")
+        self.confirmations.done(event_id)
+        log.info("face gallery: a confirmed decision added %d template(s)", result.added)
+        return Reply({"event_id": event_id, "elder_id": elder, "templates": result.templates})
 
 
 def _photo(index: int, item: Mapping[str, Any]) -> Photo:

@@ -19,6 +19,7 @@ from gateway.events import Event
 from gateway.vision.analyze import Analysis, Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import Frame
+from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Decider, Decision, Observation, Policy
 from gateway.vision.events import FACE_DECISION, decision_data
 from gateway.vision.gallery import Gallery, SearchResult
@@ -62,6 +63,7 @@ class CounterPipeline:
         model_ids: Mapping[str, str],
         *,
         audit: AuditFrames | None = None,
+        confirmations: Confirmations | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.gallery = gallery
@@ -69,6 +71,7 @@ class CounterPipeline:
         self.camera_id = camera_id
         self.model_ids = dict(model_ids)
         self.audit = audit
+        self.confirmations = confirmations
         self.decider = Decider(policy)
         self.counts: Counter[str] = Counter()
         self._timings: dict[str, list[float]] = {}
@@ -137,6 +140,8 @@ class CounterPipeline:
         event = Event(FACE_DECISION, data)
         if kept is not None and self.audit is not None:
             self.audit.keep(event.event_id, kept)
+        if self.confirmations is not None and decision.probe is not None:
+            self.confirmations.hold(event.event_id, decision.probe, decision.candidates)
         self._last_face = None
         self.counts[f"decision_{decision.outcome.value}"] += 1
         return DecisionEvent(decision, event)

@@ -26,6 +26,7 @@ from gateway.vision.audit import AuditFrames
 from gateway.vision.calibrate import beyond_calibration
 from gateway.vision.camera import FrameFeed, open_feed
 from gateway.vision.config import VisionSection
+from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Policy
 from gateway.vision.errors import VisionError
 from gateway.vision.gallery import Gallery
@@ -50,8 +51,12 @@ class VisionService:
         *,
         realtime: bool = True,
         listeners: list[Listener] | None = None,
+        confirmations: Confirmations | None = None,
     ) -> None:
         self.cfg = cfg
+        if confirmations is None:
+            confirmations = Confirmations(cfg.decision.confirm_within_s)
+        self.confirmations = confirmations
         self.data_dir = data_dir
         self.store = store
         self.realtime = realtime
@@ -96,6 +101,7 @@ class VisionService:
             cfg.camera.id,
             models.model_ids(),
             audit=self.audit,
+            confirmations=self.confirmations,
         )
         self.feed = open_feed(cfg.camera, realtime=self.realtime)
         self.feed.start()
@@ -148,6 +154,7 @@ class VisionService:
             "frame_errors": self.errors,
             "unrecorded_decisions": self.unrecorded,
             "audit_frames_kept": self.audit.kept if self.audit else 0,
+            "confirmable_decisions": len(self.confirmations),
         }
 
     def _gallery_health(self, gallery: Gallery) -> dict[str, Any]:

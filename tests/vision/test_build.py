@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gateway.vision.analyze import Analyzer
+from gateway.vision.enroll import enrol
 from gateway.vision.gallery import Gallery
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
 from tests.support.subscriber import Subscriber
+from tests.support.wait import eventually
 from tests.sync.test_downlink import BASE, ask
+from tests.vision.test_service import recorded_events
 
 MODEL = "mobilefacenet-foamliu-128d@b7120c09"
 
@@ -150,5 +155,53 @@ def test_without_models_an_enrolment_is_refused_with_the_reason(
             reply = ask(sub, "face.enrol", request)
             assert reply["status"] == "error" and "missing" in reply["message"]
             assert ask(sub, "ping", {"transaction": "p-1"})["status"] == "ok"
+    finally:
+        sub.close()
+
+
+def test_staff_confirm_an_uncertain_elder_and_the_counter_learns_her_face(
+    tmp_path: Path, mosquitto: Mosquitto, models_dir: Path, faces_dir: Path, analyzer: Analyzer
+) -> None:
+    """img12 and img3 show one woman about 25 years apart: enrolled from the old photo, the
+    counter is not sure (uncertain, her as the candidate). Staff confirm; she is accepted."""
+    df = faces_dir / "deepface"
+    data_dir = tmp_path / "var"
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    shutil.copyfile(df / "img3.jpg", camera / "a.jpg")
+    vision = {
+        "models_dir": str(models_dir),
+        "camera": {"source": str(camera), "fps": 15, "replay_hold_s": 0.6, "replay_gap_s": 0.8},
+    }
+    cfg = config(data_dir, mosquitto.port, vision=vision)
+    gallery = Gallery.open(data_dir / "faces.db", data_dir / "faces.key", MODEL, create=True)
+    rules = cfg.config.vision.decision
+    assert enrol(gallery, analyzer, "E3", [df / "img12.jpg"], rules=rules).status == "enrolled"
+    sub = Subscriber(mosquitto.port)
+    try:
+        with running(cfg) as gw:
+            sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
+            eventually(lambda: len(recorded_events(gw.store.path)) == 1, timeout=60)
+            ((event_id, decision),) = recorded_events(gw.store.path)
+            assert decision["outcome"] == "uncertain"
+            assert [c["elder_id"] for c in decision["candidates"]] == ["E3"]
+
+            def confirm(txn: str, elder: str, event: str = event_id) -> dict[str, Any]:
+                request = {"transaction": txn, "event_id": event, "elder_id": elder}
+                return ask(sub, "face.confirm", request)
+
+            stranger = confirm("cf-1", "E9")
+            assert stranger["status"] == "error" and "not among" in stranger["message"]
+            unheld = confirm("cf-2", "E3", "0193a2e4-0000-7000-8000-000000000000")
+            assert unheld["status"] == "error" and "nothing to confirm" in unheld["message"]
+            learned = confirm("cf-3", "E3")
+            assert learned["status"] == "ok", learned
+            assert learned["data"] == {"event_id": event_id, "elder_id": "E3", "templates": 2}
+            again = confirm("cf-4", "E3")
+            assert again["status"] == "error" and "nothing to confirm" in again["message"]
+        with running(cfg) as gw:  # the next visit
+            eventually(lambda: len(recorded_events(gw.store.path)) == 2, timeout=60)
+            _, decision = recorded_events(gw.store.path)[-1]
+            assert (decision["outcome"], decision["elder_id"]) == ("accepted", "E3")
     finally:
         sub.close()

@@ -72,6 +72,19 @@ def test_a_close_runner_up_is_never_accepted_but_offered_to_staff() -> None:
     assert decision.reason == "close_candidates"
     assert decision.candidates[0] == ("elder-1", 0.7)
     assert decision.t == pytest.approx(POLICY.decide_within_s, abs=1 / FPS)
+    # the face staff may confirm: the mean of the track's live frames
+    assert decision.probe is not None
+    assert float(decision.probe @ person("p1")) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_uncertain_face_that_may_be_a_photo_is_not_held_for_confirmation() -> None:
+    decider = Decider(POLICY)
+    lives = [0.9, 0.3] * 3  # half the frames fail: not a spoof, not live enough to learn
+    obs = [face(i * 0.45, "p1", "elder-1", 0.5, live=v) for i, v in enumerate(lives)]
+    (decision,) = run(decider, obs)
+    assert decision.outcome is Outcome.UNCERTAIN
+    assert decision.candidates == (("elder-1", 0.5),)
+    assert decision.probe is None
 
 
 def test_a_stranger_is_unknown_after_the_decision_time() -> None:

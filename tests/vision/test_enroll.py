@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.vision.analyze import Analyzer
 from gateway.vision.config import VisionSection
-from gateway.vision.enroll import Photo, enrol
+from gateway.vision.enroll import LEARN_UP_TO, Photo, assess_photo, enrol, learn
 from gateway.vision.gallery import Gallery
 
 
@@ -134,3 +135,23 @@ def test_the_look_alike_register_counts_photos_enrolled_earlier(
     more = enrol(gallery, analyzer, "elder-2", [df / "img13.jpg"], rules=RULES, allow_similar=True)
     assert more.status == "enrolled"  # img13 alone resembles nobody; img21 still does
     assert [(p.elder_a, p.elder_b) for p in gallery.confusables()] == [("elder-1", "elder-2")]
+
+
+def test_a_confirmed_face_is_learned_within_limits(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    probe = assess_photo(analyzer, df / "img3.jpg").embedding  # as the counter saw her
+    assert probe is not None
+    assert learn(gallery, "elder-1", probe, rules=RULES).message.startswith("not enrolled")
+    enrol(gallery, analyzer, "elder-1", [df / "img12.jpg"], rules=RULES)
+    learned = learn(gallery, "elder-1", probe, rules=RULES)
+    assert learned.status == "enrolled" and learned.added == 1 and learned.templates == 2
+    # the same face is not taught to a second elder: it would be accepted as the first
+    enrol(gallery, analyzer, "elder-2", [df / "img8.jpg"], rules=RULES)
+    other = learn(gallery, "elder-2", probe, rules=RULES)
+    assert other.status == "flagged" and [e for e, _ in other.conflicts] == ["elder-1"]
+    rng = np.random.default_rng(3)
+    extra = rng.standard_normal((LEARN_UP_TO - 2, 128)).astype(np.float32)
+    gallery.add("elder-1", list(extra / np.linalg.norm(extra, axis=1, keepdims=True)))
+    full = learn(gallery, "elder-1", -probe, rules=RULES)
+    assert full.status == "refused" and f"at most {LEARN_UP_TO}" in full.message

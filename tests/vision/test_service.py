@@ -70,15 +70,20 @@ def store(tmp_path: Path) -> Iterator[Store]:
         s.stop()
 
 
-def recorded(db: Path) -> list[dict[str, Any]]:
+def recorded_events(db: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(event id, data) of each recorded face decision, in order."""
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute(
-            "SELECT data FROM events WHERE type = 'face.decision' ORDER BY seq"
+            "SELECT event_id, data FROM events WHERE type = 'face.decision' ORDER BY seq"
         ).fetchall()
     finally:
         conn.close()
-    return [json.loads(r[0]) for r in rows]
+    return [(r[0], json.loads(r[1])) for r in rows]
+
+
+def recorded(db: Path) -> list[dict[str, Any]]:
+    return [data for _, data in recorded_events(db)]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,71 @@
+"""Uncertain decisions that staff may still confirm, held in memory only.
+
+Canteen staff settle an ``uncertain`` elder by hand; when they also say who it was
+(``request/face.confirm``), the face the counter saw becomes one of that elder's templates and
+the next visit is recognised. For that the face (an embedding, never the frame) of each
+confirmable decision is held for ``confirm_within_s`` and then forgotten; it is never written
+to disk, and a restart forgets it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HOLD_AT_MOST = 256  # a busy sitting has far fewer uncertain elders within the window
+
+
+@dataclass(frozen=True)
+class Pending:
+    candidates: tuple[tuple[str, float], ...]
+    at: float
+    probe: np.ndarray = field(repr=False)
+
+
+class Confirmations:
+    """Shared by the pipeline thread (``hold``) and the downlink thread (``get``, ``done``)."""
+
+    def __init__(self, keep_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.keep_s = keep_s
+        self._clock = clock
+        self._held: OrderedDict[str, Pending] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def hold(
+        self, event_id: str, probe: np.ndarray, candidates: tuple[tuple[str, float], ...]
+    ) -> None:
+        if self.keep_s <= 0:
+            return
+        with self._lock:
+            self._expire()
+            self._held[event_id] = Pending(candidates, self._clock(), probe)
+            while len(self._held) > HOLD_AT_MOST:
+                self._held.popitem(last=False)
+
+    def get(self, event_id: str) -> Pending | None:
+        with self._lock:
+            self._expire()
+            return self._held.get(event_id)
+
+    def done(self, event_id: str) -> None:
+        """A decision is confirmed once; its face is let go at once."""
+        with self._lock:
+            self._held.pop(event_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._held)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._held:
+            first = next(iter(self._held.values()))
+            if now - first.at < self.keep_s:
+                break
+            self._held.popitem(last=False)

@@ -168,6 +168,9 @@ class Downlink:
             reply = self._ops[op].handler(request)
         except RequestError as exc:
             return self._error(op, txn, "refused", str(exc))
+        except Exception:  # a fault of ours: the sender still gets an answer, and may retry
+            log.exception("downlink: %s request failed", op)
+            return self._error(op, txn, "internal", "not applied: internal error (see the log)")
         response = {
             "transaction": txn,
             "op": op,

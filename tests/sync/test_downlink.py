@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from gateway.app import Gateway
+from gateway.clock import ClockSync, SystemClock
+from gateway.config import DownlinkSection, StoreSection
+from gateway.store import Store
+from gateway.sync.downlink import Downlink, Operation, Reply
+from gateway.sync.mqtt import Message
+from gateway.sync.topics import Topics
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
 from tests.support.subscriber import Subscriber
@@ -118,3 +124,38 @@ def test_a_request_sent_while_the_gateway_is_offline_is_answered_when_it_returns
         assert reply.json()["transaction"] == "while-away" and reply.json()["status"] == "ok"
     finally:
         sub.close()
+
+
+def test_a_request_our_handler_fails_on_is_answered_and_not_remembered(tmp_path: Path) -> None:
+    """E.g. the face gallery locked by a long enrolment: the sender hears, and may retry."""
+    attempts: list[str] = []
+
+    def flaky(request: Mapping[str, Any]) -> Reply:
+        attempts.append(str(request["transaction"]))
+        if len(attempts) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return Reply({"pong": True})
+
+    store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
+    store.start()
+    sent: list[Message] = []
+    downlink = Downlink(
+        DownlinkSection(),
+        store,
+        Topics("eldercare", "s", "g"),
+        sent.append,
+        [Operation("ping", flaky)],
+    )
+    downlink.start()
+    try:
+        topic = "eldercare/s/g/request/ping"
+        failed = downlink.handle(topic, b'{"transaction": "t-1"}')
+        assert failed is not None and failed["status"] == "error"
+        assert failed["message"] == "not applied: internal error (see the log)"
+        retried = downlink.handle(topic, b'{"transaction": "t-1"}')
+        assert retried is not None and retried["status"] == "ok" and "repeat" not in retried
+        assert attempts == ["t-1", "t-1"] and downlink.errors["internal"] == 1
+        assert [json.loads(m.payload)["status"] for m in sent] == ["error", "ok"]
+    finally:
+        downlink.stop()
+        store.stop()

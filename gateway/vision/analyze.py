@@ -25,7 +25,7 @@ from gateway.vision.config import VisionSection
 from gateway.vision.detect import Face, RetinaFaceDetector
 from gateway.vision.embed import Embedder
 from gateway.vision.liveness import LivenessChecker, LivenessResult
-from gateway.vision.models import Models
+from gateway.vision.models import Models, load_manifest, resolve_models_dir
 from gateway.vision.quality import Quality, QualityLimits, crop_gate, geometry_gate, pick_subject
 from gateway.vision.runtime import one_blas_thread
 
@@ -95,6 +95,13 @@ class Analyzer:
         )
         self._alongside: ThreadPoolExecutor | None = None
         one_blas_thread()
+
+    @classmethod
+    def from_config(cls, cfg: VisionSection) -> Analyzer:
+        """Verified, loaded and warmed-up models for the configuration (enrolment tools)."""
+        manifest = load_manifest(cfg.manifest)
+        models = Models.open(resolve_models_dir(cfg.models_dir), manifest, cfg.threads)
+        return cls(models, AnalyzerSettings.from_config(cfg))
 
     def close(self) -> None:
         """Stop the liveness thread, if one was started."""

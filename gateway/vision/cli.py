@@ -74,23 +74,14 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 def _open_gallery(cfg: GatewayConfig, create: bool) -> Any:
     from gateway.vision.gallery import Gallery
-    from gateway.vision.models import load_manifest
 
-    vision, data_dir = cfg.vision, cfg.gateway.data_dir
-    manifest = load_manifest(vision.manifest)
-    return Gallery.open(
-        vision.gallery.db_path(data_dir),
-        vision.gallery.key_path(data_dir),
-        manifest.recognizer.model_id,
-        create=create,
-    )
+    return Gallery.configured(cfg.vision, cfg.gateway.data_dir, create=create)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from gateway.vision.analyze import Analyzer, AnalyzerSettings
+    from gateway.vision.analyze import Analyzer
     from gateway.vision.calibrate import beyond_calibration
     from gateway.vision.enroll import RECOMMENDED_PHOTOS, enrol, folder_photos
-    from gateway.vision.models import Models, load_manifest, resolve_models_dir
     from gateway.vision.progress import Progress
 
     cfg = _config(args)
@@ -102,9 +93,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     else:
         print("give --elder ID PHOTOS... or --folder DIR", file=sys.stderr)
         return EXIT_CONFIG
-    manifest = load_manifest(vision.manifest)
-    models = Models.open(resolve_models_dir(vision.models_dir), manifest, vision.threads)
-    analyzer = Analyzer(models, AnalyzerSettings.from_config(vision))
+    analyzer = Analyzer.from_config(vision)
     gallery = _open_gallery(cfg, create=True)
     progress = Progress(len(jobs), "enrolling") if len(jobs) > 1 else None
     counts = {"enrolled": 0, "refused": 0, "flagged": 0}

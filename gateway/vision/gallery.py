@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -31,6 +31,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.vision.errors import GalleryError
 from gateway.vision.keys import create_key, derive, read_key
+
+if TYPE_CHECKING:
+    from gateway.vision.config import VisionSection
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +190,18 @@ class Gallery:
             self._check_key(conn)
         if new:
             self.db_path.chmod(0o600)  # ciphertexts and elder ids: the gateway's alone
+
+    @classmethod
+    def configured(cls, cfg: VisionSection, data_dir: Path, *, create: bool = False) -> Gallery:
+        """The gallery the configuration names, for the manifest's recognizer."""
+        from gateway.vision.models import load_manifest
+
+        return cls.open(
+            cfg.gallery.db_path(data_dir),
+            cfg.gallery.key_path(data_dir),
+            load_manifest(cfg.manifest).recognizer.model_id,
+            create=create,
+        )
 
     @classmethod
     def open(cls, db_path: Path, key_path: Path, model_id: str, create: bool = False) -> Gallery:

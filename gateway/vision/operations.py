@@ -58,15 +58,8 @@ class GalleryFile:
         enrolment, an erasure); a failure (wrong key) is retried at the next request."""
         if self._gallery is None:
             from gateway.vision.gallery import Gallery
-            from gateway.vision.models import load_manifest
 
-            cfg = self.cfg
-            self._gallery = Gallery.open(
-                cfg.gallery.db_path(self.data_dir),
-                cfg.gallery.key_path(self.data_dir),
-                load_manifest(cfg.manifest).recognizer.model_id,
-                create=True,
-            )
+            self._gallery = Gallery.configured(self.cfg, self.data_dir, create=True)
         else:
             self._gallery.refresh_if_changed()
         return self._gallery
@@ -109,13 +102,9 @@ class FaceEnrol:
     def _open_analyzer(self) -> Analyzer:
         """Load once; a failure (models missing or altered) is retried at the next request."""
         if self._analyzer is None:
-            from gateway.vision.analyze import Analyzer, AnalyzerSettings
-            from gateway.vision.models import Models, load_manifest, resolve_models_dir
+            from gateway.vision.analyze import Analyzer
 
-            cfg = self.cfg
-            manifest = load_manifest(cfg.manifest)
-            models = Models.open(resolve_models_dir(cfg.models_dir), manifest, cfg.threads)
-            self._analyzer = Analyzer(models, AnalyzerSettings.from_config(cfg))
+            self._analyzer = Analyzer.from_config(self.cfg)
         return self._analyzer
 
 

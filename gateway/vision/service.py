@@ -81,12 +81,7 @@ class VisionService:
         cfg = self.cfg
         manifest = load_manifest(cfg.manifest)
         models = Models.open(resolve_models_dir(cfg.models_dir), manifest, cfg.threads)
-        self.gallery = Gallery.open(
-            cfg.gallery.db_path(self.data_dir),
-            cfg.gallery.key_path(self.data_dir),
-            manifest.recognizer.model_id,
-            create=True,
-        )
+        self.gallery = Gallery.configured(cfg, self.data_dir, create=True)
         if cfg.audit.enabled:
             self.audit = AuditFrames(
                 cfg.audit.path(self.data_dir),

@@ -11,7 +11,13 @@ from gateway.store import Store
 from gateway.sync.downlink import Operation
 from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
-from gateway.vision.operations import FaceConfirm, FaceEnrol, GalleryFile, face_remove
+from gateway.vision.operations import (
+    FaceConfirm,
+    FaceEnrol,
+    FaceUnlearn,
+    GalleryFile,
+    face_remove,
+)
 
 
 def build(
@@ -24,6 +30,7 @@ def build(
     operations = [
         Operation("face.enrol", FaceEnrol(cfg, gallery)),
         Operation("face.confirm", FaceConfirm(cfg, gallery, confirmations)),
+        Operation("face.unlearn", FaceUnlearn(cfg, gallery)),
         Operation("face.remove", partial(face_remove, cfg.gallery.db_path(data_dir))),
     ]
     if cfg.camera.source is None:

@@ -142,6 +142,7 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
     print(f"gallery    {gallery.db_path}")
     print(f"model      {gallery.model_id}")
     print(f"elders     {report.elders}    templates {report.templates}")
+    print(f"learned    {gallery.learned()} from staff confirmations")
     print(f"unusable   {report.undecryptable} fail to decrypt, {report.other_model} other model")
     if report.key_mismatch:
         print("KEY MISMATCH: the key file is not the one this gallery was written with")
@@ -158,6 +159,17 @@ def cmd_gallery_remove(args: argparse.Namespace) -> int:
     cfg = _config(args)
     removed = erase(cfg.vision.gallery.db_path(cfg.gateway.data_dir), args.elder)
     print(f"{args.elder}: {removed} template(s) erased")
+    return EXIT_OK if removed else EXIT_FAIL
+
+
+def cmd_gallery_unlearn(args: argparse.Namespace) -> int:
+    from gateway.vision.enroll import unlearn
+
+    cfg = _config(args)
+    gallery = _open_gallery(cfg, create=False)
+    removed = unlearn(gallery, args.elder, rules=cfg.vision.decision, decision=args.event)
+    left = gallery.snapshot.count(args.elder)
+    print(f"{args.elder}: {removed} learned template(s) removed, {left} left")
     return EXIT_OK if removed else EXIT_FAIL
 
 
@@ -272,6 +284,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config(s)
     s.add_argument("--elder", required=True)
     s.set_defaults(func=_guard(cmd_gallery_remove))
+    s = gallery.add_parser(
+        "unlearn", help="remove faces learned from staff confirmations (enrolled photos stay)"
+    )
+    config(s)
+    s.add_argument("--elder", required=True)
+    s.add_argument("--event", help="only the face learned from this face.decision event id")
+    s.set_defaults(func=_guard(cmd_gallery_unlearn))
     s = gallery.add_parser("confusable", help="the register of look-alike elder pairs")
     config(s)
     s.set_defaults(func=_guard(cmd_gallery_confusable))

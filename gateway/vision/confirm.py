@@ -36,10 +36,14 @@ class Confirmations:
         self._held: OrderedDict[str, Pending] = OrderedDict()
         self._lock = threading.Lock()
 
+    def would_hold(self, probe: np.ndarray | None) -> bool:
+        """Whether a decision with this face (None: not live enough to learn) is confirmable."""
+        return self.keep_s > 0 and probe is not None
+
     def hold(
-        self, event_id: str, probe: np.ndarray, candidates: tuple[tuple[str, float], ...]
+        self, event_id: str, probe: np.ndarray | None, candidates: tuple[tuple[str, float], ...]
     ) -> None:
-        if self.keep_s <= 0:
+        if probe is None or self.keep_s <= 0:
             return
         with self._lock:
             self._expire()

@@ -166,12 +166,13 @@ def enrol(
 
 
 def learn(
-    gallery: Gallery, elder_id: str, probe: np.ndarray, *, rules: DecisionSection
+    gallery: Gallery, elder_id: str, probe: np.ndarray, *, rules: DecisionSection, decision: str
 ) -> Enrolment:
     """Staff confirmed who an ``uncertain`` elder was: the counter's own view of the face joins
     their templates, so that next time they are recognised (registration photos are often
     years old; an elder's ID card photo may be decades old). Never past ``LEARN_UP_TO``
-    templates: each one is another chance for a stranger to match."""
+    templates: each one is another chance for a stranger to match. The template remembers
+    the ``decision`` (event id) it was learned from, for ``unlearn``."""
     held = gallery.snapshot.count(elder_id)
     verdicts = [PhotoVerdict("counter", None, embedding=probe)]
     if held == 0:
@@ -180,8 +181,28 @@ def learn(
         message = f"already {held} templates (at most {LEARN_UP_TO} are learned)"
         return Enrolment(elder_id, "refused", message, verdicts, templates=held)
     return _add(
-        gallery, elder_id, [probe], verdicts, rules=rules, allow_similar=False, held=held, hint=""
+        gallery,
+        elder_id,
+        [probe],
+        verdicts,
+        rules=rules,
+        allow_similar=False,
+        held=held,
+        hint="",
+        learned_from=decision,
     )
+
+
+def unlearn(
+    gallery: Gallery, elder_id: str, *, rules: DecisionSection, decision: str | None = None
+) -> int:
+    """Undo staff confirmations that taught the counter a wrong face: the templates learned
+    for the elder (from one decision, if given) go, the enrolled photos stay, and the
+    confusable register is worked out again from what is left. Returns how many went."""
+    removed = gallery.remove_learned(elder_id, decision)
+    if removed:
+        _register(gallery, elder_id, list(gallery.snapshot.templates_of(elder_id)), rules)
+    return removed
 
 
 def _add(
@@ -194,6 +215,7 @@ def _add(
     allow_similar: bool,
     held: int,
     hint: str,
+    learned_from: str | None = None,
 ) -> Enrolment:
     """Store the vectors unless they look like another elder; keep the register current."""
     conflicts = [
@@ -212,15 +234,9 @@ def _add(
     enrolled = gallery.snapshot.templates_of(elder_id)
     new = _new_views(enrolled, vectors)
     if new:
-        gallery.add(elder_id, new)
+        gallery.add(elder_id, new, learned_from)
     # the register describes the elder as a whole: photos enrolled earlier count too
-    everyone = [*enrolled, *new]
-    confusable = [
-        (e, s)
-        for e, s in _best_others(gallery, elder_id, everyone)
-        if s >= rules.candidate_threshold
-    ]
-    gallery.set_confusable(elder_id, confusable)
+    confusable = _register(gallery, elder_id, [*enrolled, *new], rules)
     total = gallery.snapshot.count(elder_id)
     message = f"{len(new)} template(s) added"
     if len(new) < len(vectors):
@@ -243,6 +259,23 @@ def _add(
         conflicts=conflicts,
         confusable=confusable,
     )
+
+
+def _register(
+    gallery: Gallery, elder_id: str, templates: list[np.ndarray], rules: DecisionSection
+) -> list[tuple[str, float]]:
+    """Set the elder's entries in the confusable register from all their templates."""
+    confusable = (
+        [
+            (e, s)
+            for e, s in _best_others(gallery, elder_id, templates)
+            if s >= rules.candidate_threshold
+        ]
+        if templates
+        else []
+    )
+    gallery.set_confusable(elder_id, confusable)
+    return confusable
 
 
 def _best_others(

@@ -42,6 +42,7 @@ def decision_data(
     models: Mapping[str, str],
     timings_ms: Mapping[str, float],
     audit_frame: bool,
+    confirmable: bool = False,
 ) -> dict[str, Any]:
     return {
         "outcome": decision.outcome.value,
@@ -54,6 +55,7 @@ def decision_data(
         "confusable_with": (
             list(look_alikes[:MAX_LOOK_ALIKES]) if decision.outcome is Outcome.ACCEPTED else []
         ),
+        "confirmable": confirmable,
         "frames_used": decision.frames_used,
         "frames_seen": decision.frames_seen,
         "liveness": _r(decision.liveness),

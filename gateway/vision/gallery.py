@@ -3,7 +3,9 @@
 Layout: ``faces.db`` holds only opaque elder ids and AES-GCM ciphertexts of the templates; the
 key lives in a separate 0600 file; names and other identity data stay in the roster, elsewhere.
 Each ciphertext is bound (as associated data) to its template id, elder id and model id, so a
-row relabelled to another elder fails to decrypt instead of identifying the wrong person.
+row relabelled to another elder fails to decrypt instead of identifying the wrong person. A
+template learned from a staff confirmation records the decision it came from (``learned_from``),
+so a wrong confirmation can be undone without touching the enrolled photos.
 
 In memory the templates form one contiguous float32 matrix with rows grouped by elder, so a
 search is one matrix-vector product and a ``maximum.reduceat`` over the groups.
@@ -45,7 +47,8 @@ CREATE TABLE IF NOT EXISTS templates (
     model_id TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL
+    ciphertext BLOB NOT NULL,
+    learned_from TEXT
 );
 CREATE INDEX IF NOT EXISTS templates_elder ON templates (elder_id);
 CREATE TABLE IF NOT EXISTS confusable (
@@ -187,6 +190,7 @@ class Gallery:
         new = not self.db_path.exists()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
+            _migrate(conn)
             self._check_key(conn)
         if new:
             self.db_path.chmod(0o600)  # ciphertexts and elder ids: the gateway's alone
@@ -222,15 +226,15 @@ class Gallery:
     def _commit(
         self,
         work: Callable[[sqlite3.Connection], T],
-        update: Callable[[Snapshot], Snapshot],
+        update: Callable[[Snapshot], Snapshot] | None,
     ) -> T:
         """Run ``work`` in one transaction, then apply the same change to the snapshot in
         memory (no re-decryption: bulk enrolment of thousands stays linear). Only when
-        another process wrote in between is everything reloaded."""
+        another process wrote in between, or without ``update``, is everything reloaded."""
         self._writable()
         with self._connect() as conn:
             before, result = _write(conn, work)
-        if before != self._generation:
+        if before != self._generation or update is None:
             self.reload()
             return result
         with self._lock:
@@ -363,11 +367,16 @@ class Gallery:
                 f"{self.db_path}: refusing to write with a key that does not match the gallery"
             )
 
-    def add(self, elder_id: str, vectors: Iterable[np.ndarray]) -> list[str]:
-        return self.add_many([(elder_id, list(vectors))])
+    def add(
+        self, elder_id: str, vectors: Iterable[np.ndarray], learned_from: str | None = None
+    ) -> list[str]:
+        return self.add_many([(elder_id, list(vectors))], learned_from)
 
-    def add_many(self, items: Iterable[tuple[str, Sequence[np.ndarray]]]) -> list[str]:
-        """Encrypt and store templates of many elders in one transaction (bulk imports)."""
+    def add_many(
+        self, items: Iterable[tuple[str, Sequence[np.ndarray]]], learned_from: str | None = None
+    ) -> list[str]:
+        """Encrypt and store templates of many elders in one transaction (bulk imports).
+        ``learned_from``: the decision a staff confirmation taught these from."""
         now = int(time.time() * 1000)
         rows: list[tuple[str, np.ndarray]] = []
         ids: list[str] = []
@@ -382,14 +391,47 @@ class Gallery:
                         nonce, plain.tobytes(), self._aad(template_id, elder_id, self.model_id)
                     )
                     conn.execute(
-                        "INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)",
-                        (template_id, elder_id, self.model_id, now, nonce, ciphertext),
+                        "INSERT INTO templates (template_id, elder_id, model_id, created_ms, "
+                        "nonce, ciphertext, learned_from) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            template_id,
+                            elder_id,
+                            self.model_id,
+                            now,
+                            nonce,
+                            ciphertext,
+                            learned_from,
+                        ),
                     )
                     rows.append((elder_id, plain))
                     ids.append(template_id)
 
         self._commit(work, lambda snap: Snapshot.build([*snap.rows(), *rows], self.dim))
         return ids
+
+    def remove_learned(self, elder_id: str, learned_from: str | None = None) -> int:
+        """Delete the elder's learned templates (only those from one decision, if given);
+        enrolled photos stay. Returns how many went."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            sql = "DELETE FROM templates WHERE elder_id = ? AND learned_from IS NOT NULL"
+            params = [elder_id]
+            if learned_from is not None:
+                sql += " AND learned_from = ?"
+                params.append(learned_from)
+            return int(conn.execute(sql, params).rowcount)
+
+        return self._commit(work, None)
+
+    def learned(self, elder_id: str | None = None) -> int:
+        """How many templates were learned from staff confirmations (of one elder, or all)."""
+        sql = "SELECT COUNT(*) FROM templates WHERE learned_from IS NOT NULL AND model_id = ?"
+        params = [self.model_id]
+        if elder_id is not None:
+            sql += " AND elder_id = ?"
+            params.append(elder_id)
+        with self._connect() as conn:
+            return int(conn.execute(sql, params).fetchone()[0])
 
     def set_confusable(self, elder_id: str, pairs: Iterable[tuple[str, float]]) -> None:
         """Replace the register's entries for ``elder_id`` (pairs are stored in id order)."""
@@ -430,6 +472,20 @@ def _erase(conn: sqlite3.Connection, elder_id: str) -> int:
     removed = conn.execute("DELETE FROM templates WHERE elder_id = ?", (elder_id,)).rowcount
     conn.execute("DELETE FROM confusable WHERE elder_a = ? OR elder_b = ?", (elder_id, elder_id))
     return int(removed)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Galleries written before templates recorded where they came from: every template in
+    them was enrolled from a photo."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(templates)")}
+        if "learned_from" not in columns:
+            conn.execute("ALTER TABLE templates ADD COLUMN learned_from TEXT")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 @contextmanager

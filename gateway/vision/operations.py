@@ -1,4 +1,5 @@
-"""Platform requests about faces: ``face.enrol``, ``face.confirm`` and ``face.remove``.
+"""Platform requests about faces: ``face.enrol``, ``face.confirm``, ``face.unlearn`` and
+``face.remove``.
 
 They run on the downlink's thread and answer whether or not a camera is configured: a site's
 elders are registered on the platform, often before the counter camera is installed, and an
@@ -52,6 +53,9 @@ class GalleryFile:
         self.cfg = cfg
         self.data_dir = data_dir
         self._gallery: Gallery | None = None
+
+    def exists(self) -> bool:
+        return self._gallery is not None or self.cfg.gallery.db_path(self.data_dir).exists()
 
     def current(self) -> Gallery:
         """Opened (created if need be) once, then brought up to date with other writers (a CLI
@@ -142,7 +146,13 @@ class FaceConfirm:
                 "nothing learned; enrol photos (face.enrol) instead"
             )
         try:
-            result = learn(self.gallery.current(), elder, pending.probe, rules=self.cfg.decision)
+            result = learn(
+                self.gallery.current(),
+                elder,
+                pending.probe,
+                rules=self.cfg.decision,
+                decision=event_id,
+            )
         except VisionError as exc:
             raise RequestError(str(exc)) from None
         if result.status != "enrolled":
@@ -150,6 +160,42 @@ class FaceConfirm:
         self.confirmations.done(event_id)
         log.info("face gallery: a confirmed decision added %d template(s)", result.added)
         return Reply({"event_id": event_id, "elder_id": elder, "templates": result.templates})
+
+
+class FaceUnlearn:
+    """Staff confirmed the wrong elder: the faces learned from their confirmations go (those of
+    one decision, or all of the elder's), the enrolled photos stay. Asking again, or for an
+    elder with nothing learned, succeeds with nothing removed."""
+
+    def __init__(self, cfg: VisionSection, gallery: GalleryFile) -> None:
+        self.cfg = cfg
+        self.gallery = gallery
+
+    def __call__(self, request: Mapping[str, Any]) -> Reply:
+        from gateway.vision.enroll import unlearn
+
+        elder = str(request["elder_id"])
+        decision = request.get("event_id")
+        if not self.gallery.exists():
+            return Reply({"elder_id": elder, "templates_removed": 0, "templates": 0})
+        try:
+            gallery = self.gallery.current()
+            removed = unlearn(
+                gallery,
+                elder,
+                rules=self.cfg.decision,
+                decision=None if decision is None else str(decision),
+            )
+        except VisionError as exc:
+            raise RequestError(str(exc)) from None
+        log.info("face gallery: %d learned template(s) removed on the platform's request", removed)
+        return Reply(
+            {
+                "elder_id": elder,
+                "templates_removed": removed,
+                "templates": gallery.snapshot.count(elder),
+            }
+        )
 
 
 def _photo(index: int, item: Mapping[str, Any]) -> Photo:

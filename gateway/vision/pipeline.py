@@ -71,7 +71,8 @@ class CounterPipeline:
         self.camera_id = camera_id
         self.model_ids = dict(model_ids)
         self.audit = audit
-        self.confirmations = confirmations
+        # without: nothing is held, no decision is confirmable
+        self.confirmations = Confirmations(0) if confirmations is None else confirmations
         self.decider = Decider(policy)
         self.counts: Counter[str] = Counter()
         self._timings: dict[str, list[float]] = {}
@@ -136,12 +137,12 @@ class CounterPipeline:
             models=self.model_ids,
             timings_ms=timings_ms,
             audit_frame=kept is not None,
+            confirmable=self.confirmations.would_hold(decision.probe),
         )
         event = Event(FACE_DECISION, data)
         if kept is not None and self.audit is not None:
             self.audit.keep(event.event_id, kept)
-        if self.confirmations is not None and decision.probe is not None:
-            self.confirmations.hold(event.event_id, decision.probe, decision.candidates)
+        self.confirmations.hold(event.event_id, decision.probe, decision.candidates)
         self._last_face = None
         self.counts[f"decision_{decision.outcome.value}"] += 1
         return DecisionEvent(decision, event)

@@ -183,7 +183,7 @@ def test_staff_confirm_an_uncertain_elder_and_the_counter_learns_her_face(
             sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
             eventually(lambda: len(recorded_events(gw.store.path)) == 1, timeout=60)
             ((event_id, decision),) = recorded_events(gw.store.path)
-            assert decision["outcome"] == "uncertain"
+            assert (decision["outcome"], decision["confirmable"]) == ("uncertain", True)
             assert [c["elder_id"] for c in decision["candidates"]] == ["E3"]
 
             def confirm(txn: str, elder: str, event: str = event_id) -> dict[str, Any]:
@@ -200,8 +200,26 @@ def test_staff_confirm_an_uncertain_elder_and_the_counter_learns_her_face(
             again = confirm("cf-4", "E3")
             assert again["status"] == "error" and "nothing to confirm" in again["message"]
         with running(cfg) as gw:  # the next visit
+            session = gw.store.session
+            sub.wait_for(
+                lambda m: any(
+                    x.topic == f"{BASE}/status" and x.json()["session"] == session for x in m
+                )
+            )
             eventually(lambda: len(recorded_events(gw.store.path)) == 2, timeout=60)
             _, decision = recorded_events(gw.store.path)[-1]
             assert (decision["outcome"], decision["elder_id"]) == ("accepted", "E3")
+            assert decision["confirmable"] is False
+            # it was not her after all: staff undo the confirmation
+            request = {"transaction": "ul-1", "elder_id": "E3", "event_id": event_id}
+            undone = ask(sub, "face.unlearn", request)
+            assert undone["status"] == "ok", undone
+            assert undone["data"] == {"elder_id": "E3", "templates_removed": 1, "templates": 1}
+            request = {"transaction": "ul-2", "elder_id": "E3"}
+            assert ask(sub, "face.unlearn", request)["data"]["templates_removed"] == 0
+        with running(cfg) as gw:  # as before the confirmation
+            eventually(lambda: len(recorded_events(gw.store.path)) == 3, timeout=60)
+            _, decision = recorded_events(gw.store.path)[-1]
+            assert decision["outcome"] == "uncertain"
     finally:
         sub.close()

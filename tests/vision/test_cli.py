@@ -120,7 +120,11 @@ def test_bulk_enrolment_command(
     assert "enrolling: 3/3" in captured.err  # the progress bar, one line per tenth off a tty
 
     assert main(["gallery", "stats", "-c", str(config)]) == 0
-    assert "elders     2    templates 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "elders     2    templates 3" in out
+    assert "learned    0 from staff confirmations" in out
+    assert main(["gallery", "unlearn", "-c", str(config), "--elder", "e-101"]) == 1
+    assert "e-101: 0 learned template(s) removed, 2 left" in capsys.readouterr().out
     assert main(["gallery", "remove", "-c", str(config), "--elder", "e-101"]) == 0
     assert "e-101: 2 template(s) erased" in capsys.readouterr().out
     assert main(["enroll", "-c", str(config), "--elder", "e-104", str(df / "img9.jpg")]) == 3

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.vision.analyze import Analyzer
 from gateway.vision.config import VisionSection
-from gateway.vision.enroll import LEARN_UP_TO, Photo, assess_photo, enrol, learn
+from gateway.vision.enroll import LEARN_UP_TO, Photo, assess_photo, enrol, learn, unlearn
 from gateway.vision.gallery import Gallery
 
 
@@ -142,16 +142,49 @@ def test_a_confirmed_face_is_learned_within_limits(
 ) -> None:
     probe = assess_photo(analyzer, df / "img3.jpg").embedding  # as the counter saw her
     assert probe is not None
-    assert learn(gallery, "elder-1", probe, rules=RULES).message.startswith("not enrolled")
+    assert learn(gallery, "elder-1", probe, rules=RULES, decision="d-1").message.startswith(
+        "not enrolled"
+    )
     enrol(gallery, analyzer, "elder-1", [df / "img12.jpg"], rules=RULES)
-    learned = learn(gallery, "elder-1", probe, rules=RULES)
+    learned = learn(gallery, "elder-1", probe, rules=RULES, decision="d-1")
     assert learned.status == "enrolled" and learned.added == 1 and learned.templates == 2
     # the same face is not taught to a second elder: it would be accepted as the first
     enrol(gallery, analyzer, "elder-2", [df / "img8.jpg"], rules=RULES)
-    other = learn(gallery, "elder-2", probe, rules=RULES)
+    other = learn(gallery, "elder-2", probe, rules=RULES, decision="d-1")
     assert other.status == "flagged" and [e for e, _ in other.conflicts] == ["elder-1"]
     rng = np.random.default_rng(3)
     extra = rng.standard_normal((LEARN_UP_TO - 2, 128)).astype(np.float32)
     gallery.add("elder-1", list(extra / np.linalg.norm(extra, axis=1, keepdims=True)))
-    full = learn(gallery, "elder-1", -probe, rules=RULES)
+    full = learn(gallery, "elder-1", -probe, rules=RULES, decision="d-2")
     assert full.status == "refused" and f"at most {LEARN_UP_TO}" in full.message
+
+
+def test_a_wrong_confirmation_is_undone_and_the_enrolled_photos_stay(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    enrol(gallery, analyzer, "elder-1", [df / "img12.jpg"], rules=RULES)
+    enrol(gallery, analyzer, "elder-2", [df / "img8.jpg"], rules=RULES)
+    enrolled = gallery.snapshot.templates_of("elder-1").copy()
+    her = assess_photo(analyzer, df / "img3.jpg").embedding
+    assert her is not None
+    assert learn(gallery, "elder-1", her, rules=RULES, decision="d-1").status == "enrolled"
+    # a face halfway to elder-2 (cosine 0.5: a candidate for both) confirmed as elder-1
+    two = gallery.snapshot.templates_of("elder-2")[0]
+    other = np.random.default_rng(4).standard_normal(128).astype(np.float32)
+    other -= (other @ two) * two
+    other /= np.linalg.norm(other)
+    between = (0.5 * two + np.sqrt(0.75) * other).astype(np.float32)
+    wrong = learn(gallery, "elder-1", between, rules=RULES, decision="d-2")
+    assert wrong.status == "enrolled" and [e for e, _ in wrong.confusable] == ["elder-2"]
+    assert gallery.learned("elder-1") == 2 and gallery.look_alikes("elder-1") == ("elder-2",)
+
+    assert unlearn(gallery, "elder-1", rules=RULES, decision="d-2") == 1
+    assert gallery.snapshot.count("elder-1") == 2 and gallery.learned() == 1
+    assert gallery.confusables() == []  # worked out again without the wrong face
+    assert unlearn(gallery, "elder-1", rules=RULES, decision="d-2") == 0  # asked again
+    assert unlearn(gallery, "elder-2", rules=RULES) == 0  # nothing learned
+    assert unlearn(gallery, "elder-1", rules=RULES) == 1  # all learned faces
+    assert np.array_equal(gallery.snapshot.templates_of("elder-1"), enrolled)
+    fresh = Gallery.open(gallery.db_path, gallery.key_path, gallery.model_id)
+    assert np.array_equal(fresh.snapshot.templates_of("elder-1"), enrolled)
+    assert fresh.snapshot.count("elder-2") == 1

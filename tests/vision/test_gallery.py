@@ -217,3 +217,18 @@ def test_writes_update_memory_as_a_reload_would(gallery: Gallery, paths: tuple[P
         v.tobytes() for _, v in fresh.snapshot.rows()
     )
     assert gallery.report.templates == fresh.report.templates == 9
+
+
+def test_a_gallery_from_before_learned_templates_opens_with_its_templates_as_enrolled(
+    paths: tuple[Path, Path],
+) -> None:
+    db, key = paths
+    Gallery.open(db, key, MODEL, create=True).add("elder-a", _vectors(2, 8))
+    with sqlite3.connect(db) as conn:  # as the file was written before the column existed
+        conn.execute("ALTER TABLE templates DROP COLUMN learned_from")
+    old = Gallery.open(db, key, MODEL)
+    assert old.snapshot.count("elder-a") == 2 and old.learned() == 0
+    old.add("elder-a", _vectors(1, 9), learned_from="d-1")
+    assert old.learned("elder-a") == 1
+    assert old.remove_learned("elder-a") == 1
+    assert Gallery.open(db, key, MODEL).snapshot.count("elder-a") == 2

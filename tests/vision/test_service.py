@@ -184,6 +184,8 @@ def test_photo_replay_end_to_end(
         jsonschema.validate(data, SCHEMA)
         assert data["models"] == manifest_ids(manifest)
         assert data["camera"] == "counter-1"
+    # staff may confirm who an uncertain elder was; no other decision teaches the counter
+    assert all(d["confirmable"] == (d["outcome"] == "uncertain") for d in decisions)
     accepted = [d for d in decisions if d["outcome"] == "accepted"]
     assert all(d["score"] >= cfg.decision.accept_threshold for d in accepted)
     assert all(d["frames_used"] >= cfg.decision.k for d in accepted)

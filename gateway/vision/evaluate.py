@@ -369,6 +369,37 @@ def largest_gallery(labels: Sequence[str]) -> int:
     return repeat + single // 2
 
 
+def photos_by_person(faces: FaceSet) -> dict[str, list[int]]:
+    """Indexes of each person's usable photos, in folder order."""
+    by_person: dict[str, list[int]] = {}
+    for i in np.flatnonzero(faces.usable):
+        by_person.setdefault(faces.labels[i], []).append(int(i))
+    return by_person
+
+
+def gallery_plans(
+    by_person: dict[str, list[int]], gallery_size: int, rotations: int, seed: int
+) -> list[list[str]]:
+    """Who is enrolled in each rotation: people with several photos first (seeded draw),
+    topped up with people with one photo when the gallery is larger than that."""
+    repeat = sorted(p for p, photos in by_person.items() if len(photos) >= 2)
+    single = sorted(p for p, photos in by_person.items() if len(photos) == 1)
+    most = largest_gallery([person for person, photos in by_person.items() for _ in photos])
+    if gallery_size > most:
+        raise ValueError(
+            f"a gallery of {gallery_size} needs more people than the folder has (at most {most})"
+        )
+    rng = np.random.default_rng(seed)
+    plans: list[list[str]] = []
+    for _ in range(rotations):
+        if gallery_size <= len(repeat):
+            plans.append(list(rng.permutation(repeat)[:gallery_size]))
+        else:
+            fill = gallery_size - len(repeat)
+            plans.append(repeat + list(rng.permutation(single)[:fill]))
+    return plans
+
+
 def open_set(
     faces: FaceSet,
     gallery_size: int,
@@ -385,26 +416,8 @@ def open_set(
     By default each enrolled person keeps one photo back to search with. With ``probes_from``
     only photos from that position on are searched, whatever ``templates`` is, so runs with
     different numbers of templates make the same mated searches."""
-    idx = np.flatnonzero(faces.usable)
-    labels = [faces.labels[i] for i in idx]
-    by_person: dict[str, list[int]] = {}
-    for i, label in zip(idx, labels, strict=True):
-        by_person.setdefault(label, []).append(int(i))
-    repeat = sorted(p for p, photos in by_person.items() if len(photos) >= 2)
-    single = sorted(p for p, photos in by_person.items() if len(photos) == 1)
-    if gallery_size > largest_gallery(labels):
-        raise ValueError(
-            f"a gallery of {gallery_size} needs more people than the folder has "
-            f"(at most {largest_gallery(labels)})"
-        )
-    rng = np.random.default_rng(seed)
-    plans: list[list[str]] = []
-    for _ in range(rotations):
-        if gallery_size <= len(repeat):
-            plans.append(list(rng.permutation(repeat)[:gallery_size]))
-        else:
-            fill = gallery_size - len(repeat)
-            plans.append(repeat + list(rng.permutation(single)[:fill]))
+    by_person = photos_by_person(faces)
+    plans = gallery_plans(by_person, gallery_size, rotations, seed)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("mc", "ms", "mm", "ns", "nm")}
     strangers: set[str] = set()
     for enrolled in plans:

@@ -31,6 +31,7 @@ from gateway.vision.evaluate import (
     recommend,
     verify_all_pairs,
 )
+from gateway.vision.learning import ConfirmationEffect, Rule, confirmation_effect
 from gateway.vision.models import load_manifest, resolve_models_dir
 from gateway.vision.progress import Progress
 
@@ -56,6 +57,7 @@ class Figures:
     open_set: list[OpenSetReport] = field(default_factory=list)
     recommendation: Recommendation | None = None
     enrolment: EnrolmentEffect | None = None
+    confirmation: ConfirmationEffect | None = None
 
 
 @dataclass
@@ -130,6 +132,19 @@ class EvalReport:
                 f"(threshold {ep.threshold:.3f})"
                 for ep in e.points
             ]
+        c = self.figures.confirmation
+        if c is not None:
+            lines += [
+                "",
+                f"staff confirmations  gallery {c.gallery_size}, {c.rotations} rotations, "
+                "recommended thresholds, elders enrolled with one photo",
+                f"  first visits {c.first_visits:,}: {c.confirmable:,} uncertain with the elder "
+                f"a candidate, {c.learned:,} learned ({c.learned_people} different people)",
+                f"  their next {c.next_visits:,} visits accepted: {c.accepted_without:.4f} "
+                f"without, {c.accepted_with:.4f} with the learned face "
+                f"(as somebody else: {c.wrong_with:.4f})",
+                f"  FPIR {c.fpir_without:.5f} without, {c.fpir_with:.5f} with the learned faces",
+            ]
         r = self.figures.recommendation
         if r is not None:
             lines += [
@@ -186,6 +201,13 @@ def evaluate_faces(
         )
     out.recommendation = recommendation
     out.enrolment = enrolment_effect(faces, gallery_size, target_fpir)
+    if recommendation is not None:
+        rule = Rule(
+            recommendation.accept_threshold,
+            recommendation.margin,
+            recommendation.candidate_threshold,
+        )
+        out.confirmation = confirmation_effect(faces, gallery_size, rule)
     return out
 
 

@@ -134,3 +134,14 @@ def test_defaults_are_the_recommendation_for_1000_elders_at_fpir_1e3(
         defaults.candidate_threshold,
         defaults.verify_threshold,
     )
+
+
+def test_staff_confirmations_get_uncertain_elders_accepted_later_without_false_alarms(
+    lfw_figures: Figures,
+) -> None:
+    effect = lfw_figures.confirmation
+    assert effect is not None
+    assert effect.gallery_size == 1000 and effect.learned >= 100 and effect.next_visits >= 300
+    assert effect.accepted_with >= effect.accepted_without + 0.2
+    assert effect.wrong_with <= 0.01
+    assert effect.fpir_with <= 1e-3

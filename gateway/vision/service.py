@@ -54,9 +54,8 @@ class VisionService:
         confirmations: Confirmations | None = None,
     ) -> None:
         self.cfg = cfg
-        if confirmations is None:
-            confirmations = Confirmations(cfg.decision.confirm_within_s)
-        self.confirmations = confirmations
+        # none given (gateway identify): no platform could confirm, so nothing is held
+        self.confirmations = Confirmations(0) if confirmations is None else confirmations
         self.data_dir = data_dir
         self.store = store
         self.realtime = realtime

@@ -24,6 +24,7 @@ from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import ImageFolder, Lockstep
 from gateway.vision.config import AuditSection, CameraSection, VisionSection
+from gateway.vision.confirm import Confirmations
 from gateway.vision.enroll import assess_photo, enrol
 from gateway.vision.errors import ModelError
 from gateway.vision.evaluate import embed_photo
@@ -169,7 +170,10 @@ def test_photo_replay_end_to_end(
         result = enrol(gallery, analyzer, elder, photos, rules=cfg.decision)
         assert result.status == "enrolled", result.message
     seen: list[DecisionEvent] = []
-    service = VisionService(cfg, data_dir, store, realtime=False, listeners=[seen.append])
+    confirmations = Confirmations(cfg.decision.confirm_within_s)
+    service = VisionService(
+        cfg, data_dir, store, realtime=False, listeners=[seen.append], confirmations=confirmations
+    )
     service.start()
     assert service.wait(timeout=300)
     assert service.healthy()  # a replay that came to its end is not a failure

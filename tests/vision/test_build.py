@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 
 from gateway.vision.analyze import Analyzer
+from gateway.vision.config import VisionSection
 from gateway.vision.enroll import enrol
 from gateway.vision.gallery import Gallery
+from gateway.vision.operations import FaceUnlearn, GalleryFile
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
 from tests.support.subscriber import Subscriber
@@ -68,6 +70,8 @@ def test_a_damaged_gallery_file_gets_an_error_reply_and_the_gateway_goes_on(
             sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
             reply = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
             assert reply["status"] == "error" and "not a face gallery" in reply["message"]
+            reply = ask(sub, "face.unlearn", {"transaction": "ul-1", "elder_id": "E1024"})
+            assert reply["status"] == "error" and "its key" in reply["message"]
             assert ask(sub, "ping", {"transaction": "p-1"})["status"] == "ok"
     finally:
         sub.close()
@@ -223,3 +227,11 @@ def test_staff_confirm_an_uncertain_elder_and_the_counter_learns_her_face(
             assert decision["outcome"] == "uncertain"
     finally:
         sub.close()
+
+
+def test_undoing_confirmations_where_nobody_is_enrolled_creates_no_gallery(tmp_path: Path) -> None:
+    cfg = VisionSection()
+    unlearn = FaceUnlearn(cfg, GalleryFile(cfg, tmp_path))
+    reply = unlearn({"transaction": "ul-1", "elder_id": "E1024"})
+    assert reply.data == {"elder_id": "E1024", "templates_removed": 0, "templates": 0}
+    assert list(tmp_path.iterdir()) == []  # neither a gallery nor a key

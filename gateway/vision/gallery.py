@@ -476,11 +476,17 @@ def _erase(conn: sqlite3.Connection, elder_id: str) -> int:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Galleries written before templates recorded where they came from: every template in
-    them was enrolled from a photo."""
+    them was enrolled from a photo. Takes the write lock only when there is something to do,
+    so opening a current gallery never waits for a long enrolment."""
+
+    def current() -> bool:
+        return any(row[1] == "learned_from" for row in conn.execute("PRAGMA table_info(templates)"))
+
+    if current():
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(templates)")}
-        if "learned_from" not in columns:
+        if not current():  # another process may have got there first
             conn.execute("ALTER TABLE templates ADD COLUMN learned_from TEXT")
         conn.execute("COMMIT")
     except BaseException:

@@ -85,6 +85,7 @@ class Evidence:
     live: float
     candidates: tuple[tuple[str, float], ...]
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    learned_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class Decision:
     frames_seen: int = 0
     liveness: float | None = None
     reason: str | None = None
+    # accepted only: the staff-confirmed decision whose learned face matched best in most
+    # of the frames used (None: the enrolled photos did), so a wrong one can be undone
+    learned_from: str | None = None
     # uncertain only: the track's face (mean of its live frames), for staff to confirm
     probe: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -212,6 +216,7 @@ class Decider:
             live=1.0 if obs.live_score is None else obs.live_score,
             candidates=tuple(zip(search.elders, search.scores, strict=True)),
             embedding=obs.embedding,
+            learned_from=search.learned_from,
         )
 
     def _ambiguous(self, t: float) -> list[Decision]:
@@ -360,4 +365,7 @@ class Decider:
             frames_seen=track.frames_seen,
             liveness=_median([e.live for e in frames]),
             reason=reason,
+            learned_from=Counter(e.learned_from for e in mine).most_common(1)[0][0]
+            if elder and mine
+            else None,
         )

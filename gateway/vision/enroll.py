@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -171,16 +171,20 @@ def learn(
     """Staff confirmed who an ``uncertain`` elder was: the counter's own view of the face joins
     their templates, so that next time they are recognised (registration photos are often
     years old; an elder's ID card photo may be decades old). Never past ``LEARN_UP_TO``
-    templates: each one is another chance for a stranger to match. The template remembers
-    the ``decision`` (event id) it was learned from, for ``unlearn``."""
+    templates: each one is another chance for a stranger to match. At the limit the oldest
+    learned view gives way to the new one, so the counter keeps up with a face that ages;
+    enrolled photos never do. The template remembers the ``decision`` (event id) it was
+    learned from, for ``unlearn``."""
     held = gallery.snapshot.count(elder_id)
     verdicts = [PhotoVerdict("counter", None, embedding=probe)]
     if held == 0:
         return Enrolment(elder_id, "refused", "not enrolled (erased since?)", verdicts)
-    if held >= LEARN_UP_TO:
-        message = f"already {held} templates (at most {LEARN_UP_TO} are learned)"
+    learned = gallery.learned(elder_id)
+    full = held >= LEARN_UP_TO
+    if full and not learned:
+        message = f"already {held} enrolled templates (at most {LEARN_UP_TO} are kept)"
         return Enrolment(elder_id, "refused", message, verdicts, templates=held)
-    return _add(
+    result = _add(
         gallery,
         elder_id,
         [probe],
@@ -190,7 +194,15 @@ def learn(
         held=held,
         hint="",
         learned_from=decision,
+        retire_oldest_learned=full,
     )
+    if full and result.added:
+        result = replace(
+            result,
+            message=f"{result.message}; replaces the face learned from {learned[0]} "
+            f"(at most {LEARN_UP_TO} templates are kept)",
+        )
+    return result
 
 
 def unlearn(
@@ -216,6 +228,7 @@ def _add(
     held: int,
     hint: str,
     learned_from: str | None = None,
+    retire_oldest_learned: bool = False,
 ) -> Enrolment:
     """Store the vectors unless they look like another elder; keep the register current."""
     conflicts = [
@@ -234,9 +247,9 @@ def _add(
     enrolled = gallery.snapshot.templates_of(elder_id)
     new = _new_views(enrolled, vectors)
     if new:
-        gallery.add(elder_id, new, learned_from)
+        gallery.add(elder_id, new, learned_from, retire_oldest_learned=retire_oldest_learned)
     # the register describes the elder as a whole: photos enrolled earlier count too
-    confusable = _register(gallery, elder_id, [*enrolled, *new], rules)
+    confusable = _register(gallery, elder_id, list(gallery.snapshot.templates_of(elder_id)), rules)
     total = gallery.snapshot.count(elder_id)
     message = f"{len(new)} template(s) added"
     if len(new) < len(vectors):

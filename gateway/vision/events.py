@@ -56,6 +56,7 @@ def decision_data(
             list(look_alikes[:MAX_LOOK_ALIKES]) if decision.outcome is Outcome.ACCEPTED else []
         ),
         "confirmable": confirmable,
+        "learned_from": (decision.learned_from if decision.outcome is Outcome.ACCEPTED else None),
         "frames_used": decision.frames_used,
         "frames_seen": decision.frames_seen,
         "liveness": _r(decision.liveness),

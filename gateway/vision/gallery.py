@@ -73,6 +73,8 @@ class SearchResult:
 
     elders: tuple[str, ...]
     scores: tuple[float, ...]
+    # the top elder's best template was learned from this staff-confirmed decision
+    learned_from: str | None = None
 
     @property
     def top(self) -> str | None:
@@ -94,40 +96,63 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """An immutable view of the gallery; searches use one while a reload builds the next."""
+    """An immutable view of the gallery; searches use one while a reload builds the next.
+    ``learned_from`` holds, per row, the decision a learned template came from (None for a
+    template enrolled from a photo)."""
 
     matrix: np.ndarray
     elders: tuple[str, ...]
     starts: np.ndarray
+    learned_from: tuple[str | None, ...]
+    any_learned: bool
 
     @classmethod
-    def build(cls, rows: Sequence[tuple[str, np.ndarray]], dim: int) -> Snapshot:
-        rows = sorted(rows, key=lambda r: r[0])
+    def build(
+        cls,
+        rows: Sequence[tuple[str, np.ndarray]],
+        dim: int,
+        learned_from: Sequence[str | None] = (),
+    ) -> Snapshot:
+        origins = list(learned_from) or [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: rows[i][0])
         matrix = np.empty((len(rows), dim), dtype=np.float32)
         elders: list[str] = []
         starts: list[int] = []
-        for i, (elder, vector) in enumerate(rows):
-            matrix[i] = vector
+        for row, i in enumerate(order):
+            elder, vector = rows[i]
+            matrix[row] = vector
             if not elders or elders[-1] != elder:
                 elders.append(elder)
-                starts.append(i)
+                starts.append(row)
         matrix.flags.writeable = False
-        return cls(matrix, tuple(elders), np.asarray(starts, dtype=np.intp))
+        learned = tuple(origins[i] for i in order)
+        return cls(
+            matrix,
+            tuple(elders),
+            np.asarray(starts, dtype=np.intp),
+            learned,
+            any(o is not None for o in learned),
+        )
 
     @property
     def templates(self) -> int:
         return int(self.matrix.shape[0])
 
-    def templates_of(self, elder: str) -> np.ndarray:
-        """The elder's rows of the matrix (none when not enrolled)."""
+    def _span(self, elder: str) -> tuple[int, int]:
+        """The elder's rows of the matrix, as [start, end) (empty when not enrolled)."""
         i = bisect.bisect_left(self.elders, elder)
         if i == len(self.elders) or self.elders[i] != elder:
-            return self.matrix[:0]
+            return 0, 0
         end = int(self.starts[i + 1]) if i + 1 < len(self.elders) else self.templates
-        return self.matrix[int(self.starts[i]) : end]
+        return int(self.starts[i]), end
+
+    def templates_of(self, elder: str) -> np.ndarray:
+        start, end = self._span(elder)
+        return self.matrix[start:end]
 
     def count(self, elder: str) -> int:
-        return int(self.templates_of(elder).shape[0])
+        start, end = self._span(elder)
+        return end - start
 
     def rows(self) -> list[tuple[str, np.ndarray]]:
         """(elder, template) per row, to build the next snapshot from this one."""
@@ -143,16 +168,20 @@ class Snapshot:
     def search(self, probe: np.ndarray, k: int = 3, exclude: str | None = None) -> SearchResult:
         if not self.elders:
             return SearchResult((), ())
-        per_elder = self.identity_scores(probe[None, :])[0]
+        scores = self.matrix @ probe
+        per_elder = np.maximum.reduceat(scores, self.starts)
         if exclude is not None and exclude in self.elders:
             per_elder[self.elders.index(exclude)] = -np.inf
         k = min(k, len(self.elders))
         top = np.argpartition(-per_elder, k - 1)[:k]
         top = top[np.argsort(-per_elder[top], kind="stable")]
         top = top[np.isfinite(per_elder[top])]
-        return SearchResult(
-            tuple(self.elders[i] for i in top), tuple(float(per_elder[i]) for i in top)
-        )
+        elders = tuple(self.elders[i] for i in top)
+        learned = None
+        if elders and self.any_learned:
+            start, end = self._span(elders[0])
+            learned = self.learned_from[start + int(np.argmax(scores[start:end]))]
+        return SearchResult(elders, tuple(float(per_elder[i]) for i in top), learned)
 
 
 @dataclass
@@ -280,12 +309,14 @@ class Gallery:
         """Decrypt every row into a new snapshot; rows that fail are counted and skipped."""
         report = LoadReport(key_mismatch=self.report.key_mismatch)
         rows: list[tuple[str, np.ndarray]] = []
+        origins: list[str | None] = []
         with self._connect() as conn:
             generation = _generation(conn)
             cursor = conn.execute(
-                "SELECT template_id, elder_id, model_id, nonce, ciphertext FROM templates"
+                "SELECT template_id, elder_id, model_id, nonce, ciphertext, learned_from "
+                "FROM templates"
             )
-            for template_id, elder_id, model_id, nonce, ciphertext in cursor:
+            for template_id, elder_id, model_id, nonce, ciphertext, origin in cursor:
                 if model_id != self.model_id:
                     report.other_model += 1
                     continue
@@ -301,8 +332,9 @@ class Gallery:
                     report.undecryptable += 1
                     continue
                 rows.append((elder_id, vector))
+                origins.append(origin)
             look_alikes = self._read_look_alikes(conn)
-        snapshot = Snapshot.build(rows, self.dim)
+        snapshot = Snapshot.build(rows, self.dim, origins)
         report.templates = snapshot.templates
         report.elders = len(snapshot.elders)
         with self._lock:
@@ -368,12 +400,22 @@ class Gallery:
             )
 
     def add(
-        self, elder_id: str, vectors: Iterable[np.ndarray], learned_from: str | None = None
+        self,
+        elder_id: str,
+        vectors: Iterable[np.ndarray],
+        learned_from: str | None = None,
+        *,
+        retire_oldest_learned: bool = False,
     ) -> list[str]:
-        return self.add_many([(elder_id, list(vectors))], learned_from)
+        """``retire_oldest_learned``: in the same transaction, the elder's oldest learned
+        template goes, so a newer view of an ageing face takes its place."""
+        return self.add_many([(elder_id, list(vectors))], learned_from, retire_oldest_learned)
 
     def add_many(
-        self, items: Iterable[tuple[str, Sequence[np.ndarray]]], learned_from: str | None = None
+        self,
+        items: Iterable[tuple[str, Sequence[np.ndarray]]],
+        learned_from: str | None = None,
+        retire_oldest_learned: bool = False,
     ) -> list[str]:
         """Encrypt and store templates of many elders in one transaction (bulk imports).
         ``learned_from``: the decision a staff confirmation taught these from."""
@@ -383,6 +425,13 @@ class Gallery:
 
         def work(conn: sqlite3.Connection) -> None:
             for elder_id, vectors in items:
+                if retire_oldest_learned:
+                    conn.execute(
+                        "DELETE FROM templates WHERE template_id = (SELECT template_id "
+                        "FROM templates WHERE elder_id = ? AND learned_from IS NOT NULL "
+                        "ORDER BY created_ms, rowid LIMIT 1)",
+                        (elder_id,),
+                    )
                 for vector in vectors:
                     template_id = str(uuid.uuid4())
                     nonce = os.urandom(NONCE_BYTES)
@@ -406,7 +455,12 @@ class Gallery:
                     rows.append((elder_id, plain))
                     ids.append(template_id)
 
-        self._commit(work, lambda snap: Snapshot.build([*snap.rows(), *rows], self.dim))
+        def update(snap: Snapshot) -> Snapshot:
+            origins = [*snap.learned_from, *[learned_from] * len(rows)]
+            return Snapshot.build([*snap.rows(), *rows], self.dim, origins)
+
+        # a retired row is not known to the snapshot by id: reload instead
+        self._commit(work, None if retire_oldest_learned else update)
         return ids
 
     def remove_learned(self, elder_id: str, learned_from: str | None = None) -> int:
@@ -423,15 +477,16 @@ class Gallery:
 
         return self._commit(work, None)
 
-    def learned(self, elder_id: str | None = None) -> int:
-        """How many templates were learned from staff confirmations (of one elder, or all)."""
-        sql = "SELECT COUNT(*) FROM templates WHERE learned_from IS NOT NULL AND model_id = ?"
+    def learned(self, elder_id: str | None = None) -> list[str]:
+        """The decisions templates were learned from (of one elder, or all), oldest first."""
+        sql = "SELECT learned_from FROM templates WHERE learned_from IS NOT NULL AND model_id = ?"
         params = [self.model_id]
         if elder_id is not None:
             sql += " AND elder_id = ?"
             params.append(elder_id)
         with self._connect() as conn:
-            return int(conn.execute(sql, params).fetchone()[0])
+            rows = conn.execute(sql + " ORDER BY created_ms, rowid", params).fetchall()
+        return [str(r[0]) for r in rows]
 
     def set_confusable(self, elder_id: str, pairs: Iterable[tuple[str, float]]) -> None:
         """Replace the register's entries for ``elder_id`` (pairs are stored in id order)."""

@@ -214,8 +214,10 @@ def test_staff_confirm_an_uncertain_elder_and_the_counter_learns_her_face(
             _, decision = recorded_events(gw.store.path)[-1]
             assert (decision["outcome"], decision["elder_id"]) == ("accepted", "E3")
             assert decision["confirmable"] is False
-            # it was not her after all: staff undo the confirmation
-            request = {"transaction": "ul-1", "elder_id": "E3", "event_id": event_id}
+            assert decision["learned_from"] == event_id  # the confirmation that made it
+            # it was not her after all: staff undo that confirmation
+            undo = decision["learned_from"]
+            request = {"transaction": "ul-1", "elder_id": "E3", "event_id": undo}
             undone = ask(sub, "face.unlearn", request)
             assert undone["status"] == "ok", undone
             assert undone["data"] == {"elder_id": "E3", "templates_removed": 1, "templates": 1}

@@ -57,6 +57,18 @@ def test_k_of_n_good_frames_accept_once() -> None:
     assert accepted.liveness == pytest.approx(0.99)
 
 
+def test_an_acceptance_names_the_confirmation_whose_learned_face_matched_most() -> None:
+    def seen(t: float, learned_from: str | None) -> Observation:
+        search = SearchResult(("elder-1", "elder-z"), (0.7, 0.1), learned_from)
+        return Observation(t, "face", embedding=person("p1"), search=search, live_score=0.99)
+
+    origins = ["d-1", None, "d-1", "d-2", "d-1"][: POLICY.k]
+    (accepted,) = run(Decider(POLICY), [seen(i / FPS, o) for i, o in enumerate(origins)])
+    assert accepted.learned_from == "d-1"
+    enrolled = [seen(i / FPS, None if i % 3 else "d-1") for i in range(POLICY.k)]
+    assert run(Decider(POLICY), enrolled)[0].learned_from is None
+
+
 def test_one_frame_short_of_k_is_not_enough() -> None:
     decider = Decider(POLICY)
     good = frames(0.0, POLICY.k - 1, who="p1", top="elder-1", score=0.7)

@@ -26,6 +26,12 @@ def df(faces_dir: Path) -> Path:
 RULES = VisionSection().decision
 
 
+def _faces(count: int, seed: int) -> list[np.ndarray]:
+    """Unit vectors standing in for enrolled templates: random, so they match nobody."""
+    v = np.random.default_rng(seed).standard_normal((count, 128)).astype(np.float32)
+    return list(v / np.linalg.norm(v, axis=1, keepdims=True))
+
+
 def test_photos_of_one_person_are_enrolled(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:
     result = enrol(gallery, analyzer, "elder-1", [df / "img13.jpg", df / "img14.jpg"], rules=RULES)
     assert result.status == "enrolled" and result.added == 2
@@ -152,10 +158,16 @@ def test_a_confirmed_face_is_learned_within_limits(
     enrol(gallery, analyzer, "elder-2", [df / "img8.jpg"], rules=RULES)
     other = learn(gallery, "elder-2", probe, rules=RULES, decision="d-1")
     assert other.status == "flagged" and [e for e, _ in other.conflicts] == ["elder-1"]
-    rng = np.random.default_rng(3)
-    extra = rng.standard_normal((LEARN_UP_TO - 2, 128)).astype(np.float32)
-    gallery.add("elder-1", list(extra / np.linalg.norm(extra, axis=1, keepdims=True)))
-    full = learn(gallery, "elder-1", -probe, rules=RULES, decision="d-2")
+    gallery.add("elder-1", _faces(LEARN_UP_TO - 2, seed=3))
+    # at the limit the oldest learned view gives way; the enrolled photos stay
+    newer = learn(gallery, "elder-1", -probe, rules=RULES, decision="d-2")
+    assert newer.status == "enrolled" and "replaces the face learned from d-1" in newer.message
+    assert gallery.learned("elder-1") == ["d-2"] and newer.templates == LEARN_UP_TO
+    reopened = Gallery.open(gallery.db_path, gallery.key_path, gallery.model_id)
+    assert reopened.snapshot.count("elder-1") == LEARN_UP_TO
+    # ten enrolled photos and nothing learned: nothing to give way
+    gallery.add("elder-3", _faces(LEARN_UP_TO, seed=5))
+    full = learn(gallery, "elder-3", probe, rules=RULES, decision="d-3")
     assert full.status == "refused" and f"at most {LEARN_UP_TO}" in full.message
 
 
@@ -176,10 +188,11 @@ def test_a_wrong_confirmation_is_undone_and_the_enrolled_photos_stay(
     between = (0.5 * two + np.sqrt(0.75) * other).astype(np.float32)
     wrong = learn(gallery, "elder-1", between, rules=RULES, decision="d-2")
     assert wrong.status == "enrolled" and [e for e, _ in wrong.confusable] == ["elder-2"]
-    assert gallery.learned("elder-1") == 2 and gallery.look_alikes("elder-1") == ("elder-2",)
+    assert gallery.learned("elder-1") == ["d-1", "d-2"]
+    assert gallery.look_alikes("elder-1") == ("elder-2",)
 
     assert unlearn(gallery, "elder-1", rules=RULES, decision="d-2") == 1
-    assert gallery.snapshot.count("elder-1") == 2 and gallery.learned() == 1
+    assert gallery.snapshot.count("elder-1") == 2 and gallery.learned() == ["d-1"]
     assert gallery.confusables() == []  # worked out again without the wrong face
     assert unlearn(gallery, "elder-1", rules=RULES, decision="d-2") == 0  # asked again
     assert unlearn(gallery, "elder-2", rules=RULES) == 0  # nothing learned

@@ -219,6 +219,18 @@ def test_writes_update_memory_as_a_reload_would(gallery: Gallery, paths: tuple[P
     assert gallery.report.templates == fresh.report.templates == 9
 
 
+def test_a_search_says_when_the_best_match_was_a_learned_face(gallery: Gallery) -> None:
+    enrolled = gallery.snapshot.templates_of("elder-b")[0].copy()
+    assert gallery.search(enrolled).learned_from is None
+    taught = _vectors(1, 11)[0]
+    gallery.add("elder-b", [taught], learned_from="d-7")
+    for snap in (gallery.snapshot, Gallery.open(gallery.db_path, gallery.key_path, MODEL).snapshot):
+        assert snap.search(taught).top == "elder-b"
+        assert snap.search(taught).learned_from == "d-7"
+        assert snap.search(enrolled).learned_from is None
+        assert snap.learned_from.count("d-7") == 1 and len(snap.learned_from) == snap.templates
+
+
 def test_a_gallery_from_before_learned_templates_opens_with_its_templates_as_enrolled(
     paths: tuple[Path, Path],
 ) -> None:
@@ -227,8 +239,8 @@ def test_a_gallery_from_before_learned_templates_opens_with_its_templates_as_enr
     with sqlite3.connect(db) as conn:  # as the file was written before the column existed
         conn.execute("ALTER TABLE templates DROP COLUMN learned_from")
     old = Gallery.open(db, key, MODEL)
-    assert old.snapshot.count("elder-a") == 2 and old.learned() == 0
+    assert old.snapshot.count("elder-a") == 2 and old.learned() == []
     old.add("elder-a", _vectors(1, 9), learned_from="d-1")
-    assert old.learned("elder-a") == 1
+    assert old.learned("elder-a") == ["d-1"]
     assert old.remove_learned("elder-a") == 1
     assert Gallery.open(db, key, MODEL).snapshot.count("elder-a") == 2

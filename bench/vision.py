@@ -1,6 +1,6 @@
 """Face stage benchmark: per-frame latency by stage, 1:N search, time to an accepted decision,
-peak memory, and a Raspberry Pi 4 projection. Prints markdown tables; reports medians (the
-machine is shared and noisy).
+gallery writes at site scale, peak memory, and a Raspberry Pi 4 projection. Prints markdown
+tables; reports medians (the machine is shared and noisy).
 
     .venv/bin/python bench/vision.py [--frames 300] [--threads 1]
 
@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -29,7 +31,7 @@ from gateway.vision.camera import CameraReader, Frame, ImageFolder
 from gateway.vision.config import CameraSection, DecisionSection, VisionSection
 from gateway.vision.decide import Outcome, Policy
 from gateway.vision.embed import l2_normalise
-from gateway.vision.enroll import enrol
+from gateway.vision.enroll import LEARN_UP_TO, enrol, learn, unlearn
 from gateway.vision.gallery import Gallery, Snapshot
 from gateway.vision.images import decode_image, read_image
 from gateway.vision.liveness import crop as liveness_crop
@@ -262,6 +264,40 @@ def bench_search(sizes: tuple[int, ...], repeats: int = 300) -> dict[int, float]
     return out
 
 
+def bench_gallery_writes(model_id: str, elders: int = 5000, repeats: int = 5) -> dict[str, float]:
+    """What staff wait for on the downlink thread, in ms, with ``elders`` x 3 templates:
+    opening the gallery (every template decrypted), a confirmation that adds a learned face
+    (memory updated in place), one at the limit that replaces the oldest learned face, and
+    undoing one confirmation (both reload and decrypt everything)."""
+    rules = DecisionSection()
+    spare = iter(l2_normalise(np.random.default_rng(11).standard_normal((99, 128))))
+    times: dict[str, list[float]] = {}
+
+    @contextmanager
+    def clock(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        times.setdefault(name, []).append((time.perf_counter() - start) * 1000)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db, key = Path(tmp) / "faces.db", Path(tmp) / "faces.key"
+        open_gallery(Path(tmp), model_id, random_gallery(elders, 3))
+        for _ in range(repeats):
+            with clock("open"):
+                gallery = Gallery.open(db, key, model_id)
+        elder = gallery.snapshot.elders[0]
+        for i in range(LEARN_UP_TO - 3):
+            with clock("learn"):
+                learn(gallery, elder, next(spare), rules=rules, decision=f"d{i}")
+        for i in range(repeats):
+            with clock("learn at the limit"):
+                learn(gallery, elder, next(spare), rules=rules, decision=f"r{i}")
+        for decision in gallery.learned(elder)[:repeats]:
+            with clock("unlearn"):
+                unlearn(gallery, elder, rules=rules, decision=decision)
+    return {name: median(values) for name, values in times.items()}
+
+
 class Onsets:
     """A replay source that notes when each photo first comes into view."""
 
@@ -397,6 +433,18 @@ def main() -> int:
         f"an enrolled face to the decision: median {median(latencies):.0f} ms, "
         f"max {max(latencies, default=float('nan')):.0f} ms.\n"
     )
+
+    writes = bench_gallery_writes(models.manifest.recognizer.model_id)
+    print("## Gallery writes at site scale, 5,000 elders x 3 templates\n")
+    print("| staff action | ms |\n|---|---:|")
+    print(f"| open the gallery (decrypt every template) | {writes['open']:.0f} |")
+    print(f"| `face.confirm`: learn a face | {writes['learn']:.0f} |")
+    print(
+        f"| `face.confirm` at {LEARN_UP_TO} templates (replaces the oldest learned) | "
+        f"{writes['learn at the limit']:.0f} |"
+    )
+    print(f"| `face.unlearn` one confirmation | {writes['unlearn']:.0f} |")
+    print()
 
     child = subprocess.run(
         [sys.executable, __file__, "--rss-child", "--threads", str(args.threads)],

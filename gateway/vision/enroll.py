@@ -81,6 +81,8 @@ class Enrolment:
     templates: int = 0
     conflicts: list[tuple[str, float]] = field(default_factory=list)
     confusable: list[tuple[str, float]] = field(default_factory=list)
+    # learning at the limit: the decision whose learned template gave way
+    replaced: str | None = None
 
 
 def assess_photo(analyzer: Analyzer, photo: Photo | Path) -> PhotoVerdict:
@@ -179,9 +181,8 @@ def learn(
     verdicts = [PhotoVerdict("counter", None, embedding=probe)]
     if held == 0:
         return Enrolment(elder_id, "refused", "not enrolled (erased since?)", verdicts)
-    learned = gallery.learned(elder_id)
     full = held >= LEARN_UP_TO
-    if full and not learned:
+    if full and not gallery.learned(elder_id):
         message = f"already {held} enrolled templates (at most {LEARN_UP_TO} are kept)"
         return Enrolment(elder_id, "refused", message, verdicts, templates=held)
     result = _add(
@@ -196,10 +197,10 @@ def learn(
         learned_from=decision,
         retire_oldest_learned=full,
     )
-    if full and result.added:
+    if result.replaced:
         result = replace(
             result,
-            message=f"{result.message}; replaces the face learned from {learned[0]} "
+            message=f"{result.message}; replaces the face learned from {result.replaced} "
             f"(at most {LEARN_UP_TO} templates are kept)",
         )
     return result
@@ -246,8 +247,12 @@ def _add(
         )
     enrolled = gallery.snapshot.templates_of(elder_id)
     new = _new_views(enrolled, vectors)
+    retired: list[str] = []
     if new:
-        gallery.add(elder_id, new, learned_from, retire_oldest_learned=retire_oldest_learned)
+        written = gallery.add(
+            elder_id, new, learned_from, retire_oldest_learned=retire_oldest_learned
+        )
+        retired = written.retired
     # the register describes the elder as a whole: photos enrolled earlier count too
     confusable = _register(gallery, elder_id, list(gallery.snapshot.templates_of(elder_id)), rules)
     total = gallery.snapshot.count(elder_id)
@@ -271,6 +276,7 @@ def _add(
         templates=total,
         conflicts=conflicts,
         confusable=confusable,
+        replaced=retired[0] if retired else None,
     )
 
 

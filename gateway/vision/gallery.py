@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -182,6 +182,14 @@ class Snapshot:
             start, end = self._span(elders[0])
             learned = self.learned_from[start + int(np.argmax(scores[start:end]))]
         return SearchResult(elders, tuple(float(per_elder[i]) for i in top), learned)
+
+
+class Written(NamedTuple):
+    """What a write did: the new templates' ids, and the decisions whose learned templates
+    gave way to them."""
+
+    ids: list[str]
+    retired: list[str]
 
 
 @dataclass
@@ -406,7 +414,7 @@ class Gallery:
         learned_from: str | None = None,
         *,
         retire_oldest_learned: bool = False,
-    ) -> list[str]:
+    ) -> Written:
         """``retire_oldest_learned``: in the same transaction, the elder's oldest learned
         template goes, so a newer view of an ageing face takes its place."""
         return self.add_many([(elder_id, list(vectors))], learned_from, retire_oldest_learned)
@@ -416,22 +424,23 @@ class Gallery:
         items: Iterable[tuple[str, Sequence[np.ndarray]]],
         learned_from: str | None = None,
         retire_oldest_learned: bool = False,
-    ) -> list[str]:
+    ) -> Written:
         """Encrypt and store templates of many elders in one transaction (bulk imports).
         ``learned_from``: the decision a staff confirmation taught these from."""
         now = int(time.time() * 1000)
         rows: list[tuple[str, np.ndarray]] = []
-        ids: list[str] = []
+        written = Written([], [])
 
         def work(conn: sqlite3.Connection) -> None:
             for elder_id, vectors in items:
                 if retire_oldest_learned:
-                    conn.execute(
+                    retired = conn.execute(
                         "DELETE FROM templates WHERE template_id = (SELECT template_id "
                         "FROM templates WHERE elder_id = ? AND learned_from IS NOT NULL "
-                        "ORDER BY created_ms, rowid LIMIT 1)",
+                        "ORDER BY created_ms, rowid LIMIT 1) RETURNING learned_from",
                         (elder_id,),
                     )
+                    written.retired.extend(str(r[0]) for r in retired)
                 for vector in vectors:
                     template_id = str(uuid.uuid4())
                     nonce = os.urandom(NONCE_BYTES)
@@ -453,7 +462,7 @@ class Gallery:
                         ),
                     )
                     rows.append((elder_id, plain))
-                    ids.append(template_id)
+                    written.ids.append(template_id)
 
         def update(snap: Snapshot) -> Snapshot:
             origins = [*snap.learned_from, *[learned_from] * len(rows)]
@@ -461,7 +470,7 @@ class Gallery:
 
         # a retired row is not known to the snapshot by id: reload instead
         self._commit(work, None if retire_oldest_learned else update)
-        return ids
+        return written
 
     def remove_learned(self, elder_id: str, learned_from: str | None = None) -> int:
         """Delete the elder's learned templates (only those from one decision, if given);

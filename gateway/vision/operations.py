@@ -159,7 +159,14 @@ class FaceConfirm:
             raise RequestError(f"nothing learned: {result.message}")
         self.confirmations.done(event_id)
         log.info("face gallery: a confirmed decision added %d template(s)", result.added)
-        return Reply({"event_id": event_id, "elder_id": elder, "templates": result.templates})
+        return Reply(
+            {
+                "event_id": event_id,
+                "elder_id": elder,
+                "templates": result.templates,
+                "replaced": result.replaced,
+            }
+        )
 
 
 class FaceUnlearn:

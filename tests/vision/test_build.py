@@ -200,7 +200,12 @@ def test_staff_confirm_an_uncertain_elder_and_the_counter_learns_her_face(
             assert unheld["status"] == "error" and "nothing to confirm" in unheld["message"]
             learned = confirm("cf-3", "E3")
             assert learned["status"] == "ok", learned
-            assert learned["data"] == {"event_id": event_id, "elder_id": "E3", "templates": 2}
+            assert learned["data"] == {
+                "event_id": event_id,
+                "elder_id": "E3",
+                "templates": 2,
+                "replaced": None,
+            }
             again = confirm("cf-4", "E3")
             assert again["status"] == "error" and "nothing to confirm" in again["message"]
         with running(cfg) as gw:  # the next visit

@@ -161,7 +161,8 @@ def test_a_confirmed_face_is_learned_within_limits(
     gallery.add("elder-1", _faces(LEARN_UP_TO - 2, seed=3))
     # at the limit the oldest learned view gives way; the enrolled photos stay
     newer = learn(gallery, "elder-1", -probe, rules=RULES, decision="d-2")
-    assert newer.status == "enrolled" and "replaces the face learned from d-1" in newer.message
+    assert newer.status == "enrolled" and newer.replaced == "d-1"
+    assert "replaces the face learned from d-1" in newer.message
     assert gallery.learned("elder-1") == ["d-2"] and newer.templates == LEARN_UP_TO
     reopened = Gallery.open(gallery.db_path, gallery.key_path, gallery.model_id)
     assert reopened.snapshot.count("elder-1") == LEARN_UP_TO

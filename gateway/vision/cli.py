@@ -142,7 +142,7 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
     print(f"gallery    {gallery.db_path}")
     print(f"model      {gallery.model_id}")
     print(f"elders     {report.elders}    templates {report.templates}")
-    print(f"learned    {len(gallery.learned())} from staff confirmations")
+    print(f"learned    {report.learned} from staff confirmations")
     print(f"unusable   {report.undecryptable} fail to decrypt, {report.other_model} other model")
     if report.key_mismatch:
         print("KEY MISMATCH: the key file is not the one this gallery was written with")

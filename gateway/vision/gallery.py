@@ -138,6 +138,10 @@ class Snapshot:
     def templates(self) -> int:
         return int(self.matrix.shape[0])
 
+    @property
+    def learned_count(self) -> int:
+        return sum(o is not None for o in self.learned_from) if self.any_learned else 0
+
     def _span(self, elder: str) -> tuple[int, int]:
         """The elder's rows of the matrix, as [start, end) (empty when not enrolled)."""
         i = bisect.bisect_left(self.elders, elder)
@@ -199,6 +203,7 @@ class LoadReport:
     undecryptable: int = 0
     other_model: int = 0
     key_mismatch: bool = False
+    learned: int = 0  # templates learned from staff confirmations
 
 
 @dataclass(frozen=True)
@@ -279,6 +284,7 @@ class Gallery:
             self._generation = before + 1
             self.report.templates = self._snapshot.templates
             self.report.elders = len(self._snapshot.elders)
+            self.report.learned = self._snapshot.learned_count
         return result
 
     def _check_key(self, conn: sqlite3.Connection) -> None:
@@ -345,6 +351,7 @@ class Gallery:
         snapshot = Snapshot.build(rows, self.dim, origins)
         report.templates = snapshot.templates
         report.elders = len(snapshot.elders)
+        report.learned = snapshot.learned_count
         with self._lock:
             self._snapshot = snapshot
             self._look_alikes = look_alikes

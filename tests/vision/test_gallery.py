@@ -229,6 +229,7 @@ def test_a_search_says_when_the_best_match_was_a_learned_face(gallery: Gallery) 
         assert snap.search(taught).learned_from == "d-7"
         assert snap.search(enrolled).learned_from is None
         assert snap.learned_from.count("d-7") == 1 and len(snap.learned_from) == snap.templates
+    assert gallery.report.learned == 1 and gallery.reload().learned == 1
 
 
 def test_a_gallery_from_before_learned_templates_opens_with_its_templates_as_enrolled(

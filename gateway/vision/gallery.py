@@ -104,7 +104,7 @@ class Snapshot:
     elders: tuple[str, ...]
     starts: np.ndarray
     learned_from: tuple[str | None, ...]
-    any_learned: bool
+    learned_count: int
 
     @classmethod
     def build(
@@ -114,6 +114,8 @@ class Snapshot:
         learned_from: Sequence[str | None] = (),
     ) -> Snapshot:
         origins = list(learned_from) or [None] * len(rows)
+        if len(origins) != len(rows):
+            raise ValueError(f"{len(origins)} origins for {len(rows)} templates")
         order = sorted(range(len(rows)), key=lambda i: rows[i][0])
         matrix = np.empty((len(rows), dim), dtype=np.float32)
         elders: list[str] = []
@@ -131,16 +133,12 @@ class Snapshot:
             tuple(elders),
             np.asarray(starts, dtype=np.intp),
             learned,
-            any(o is not None for o in learned),
+            sum(o is not None for o in learned),
         )
 
     @property
     def templates(self) -> int:
         return int(self.matrix.shape[0])
-
-    @property
-    def learned_count(self) -> int:
-        return sum(o is not None for o in self.learned_from) if self.any_learned else 0
 
     def _span(self, elder: str) -> tuple[int, int]:
         """The elder's rows of the matrix, as [start, end) (empty when not enrolled)."""
@@ -182,7 +180,7 @@ class Snapshot:
         top = top[np.isfinite(per_elder[top])]
         elders = tuple(self.elders[i] for i in top)
         learned = None
-        if elders and self.any_learned:
+        if elders and self.learned_count:
             start, end = self._span(elders[0])
             learned = self.learned_from[start + int(np.argmax(scores[start:end]))]
         return SearchResult(elders, tuple(float(per_elder[i]) for i in top), learned)

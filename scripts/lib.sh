@@ -23,21 +23,28 @@ ensure_system_packages() {
     export PATH="$PATH:/usr/sbin"
 }
 
+# Installs the project (with its dev tools) into a virtualenv; extra arguments go to pip, e.g.
+# "-c constraints.txt" for the versions the suite last passed with.
+install_packages() {
+    local venv="$1"; shift
+    "$venv/bin/pip" install -q --disable-pip-version-check "$@" -e "$ROOT[dev]" 2>&1 \
+        | grep -v "^WARNING: Location" || true
+    # dc09-spt (a real SIA DC-09 transmitter, used as a test peer) declares pycrypto, which
+    # does not build on current Python; pycryptodome provides the same Crypto namespace.
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "$@" \
+        "dc09-spt==0.0.4" "pycryptodome>=3.20" 2>&1 | grep -v "^WARNING: Location" || true
+    "$venv/bin/python" -c 'import gateway' || { echo "pip install failed" >&2; exit 1; }
+}
+
 ensure_venv() {
     local stamp="$VENV/.installed" want
-    want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+    want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "installing Python packages into $VENV"
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]" 2>&1 \
-            | grep -v "^WARNING: Location" || true
-        # dc09-spt (a real SIA DC-09 transmitter, used as a test peer) declares pycrypto, which
-        # does not build on current Python; pycryptodome provides the same Crypto namespace.
-        "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
-            "dc09-spt==0.0.4" "pycryptodome>=3.20" 2>&1 | grep -v "^WARNING: Location" || true
-        "$VENV/bin/python" -c 'import gateway' || { echo "pip install failed" >&2; exit 1; }
+        install_packages "$VENV" -c "$ROOT/constraints.txt"
         echo "$want" >"$stamp"
     fi
 }

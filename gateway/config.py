@@ -160,6 +160,13 @@ class MqttSection(Strict):
         1.0, gt=0, le=60, description="First reconnect delay; doubles per failure (jittered)."
     )
     reconnect_max_s: float = Field(60.0, gt=0, le=3600, description="Longest reconnect delay.")
+    alarm_reconnect_max_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Longest reconnect delay while a P0 alarm waits to be delivered (never "
+        "longer than reconnect_max_s); a new alarm cuts a longer wait short.",
+    )
     session_expiry_s: int = Field(
         86_400, ge=0, description="Broker keeps downlink requests for us while offline."
     )

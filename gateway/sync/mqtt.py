@@ -14,6 +14,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -109,6 +110,7 @@ class MqttLink:
         password: str | None,
         will: Callable[[], Message],
         subscriptions: Callable[[], list[str]],
+        alarm_waiting: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
@@ -118,8 +120,10 @@ class MqttLink:
         self._password = password
         self._will = will
         self._subscriptions = subscriptions
+        self._alarm_waiting = alarm_waiting
         self._rng = rng or random.Random()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
@@ -151,6 +155,7 @@ class MqttLink:
     def stop(self, farewell: Message | None = None) -> None:
         """Say goodbye (retained offline status) if connected, then disconnect cleanly."""
         self._stop.set()
+        self._wake.set()
         with self._lock:
             client = self._client
         if client is not None and self.connected and farewell is not None:
@@ -181,6 +186,11 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self.state == "connected"
+
+    def alarm_recorded(self) -> None:
+        """A new alarm waits: a backoff longer than the alarm ceiling is cut short."""
+        if self.state == "backoff":
+            self._wake.set()
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -214,14 +224,35 @@ class MqttLink:
             else:
                 self.failures += 1
                 index += 1
-            delay = backoff_delay(
-                attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng
-            )
-            attempt += 1
-            self.state = "backoff"
-            log.info("mqtt: next attempt in %.1f s", delay)
-            if self._stop.wait(delay):
+            if self._back_off(attempt):
                 break
+            attempt += 1
+
+    def _back_off(self, attempt: int) -> bool:
+        """Wait before the next attempt; True if stopping. The delay grows to reconnect_max_s,
+        but while an alarm waits for the broker it stays within alarm_reconnect_max_s: an SOS
+        must not sit out a minute after the broker is back."""
+        cfg = self.cfg
+        delay = backoff_delay(attempt, cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
+        alarm_cap = min(cfg.alarm_reconnect_max_s, cfg.reconnect_max_s)
+        alarm_delay = min(delay, backoff_delay(attempt, cfg.reconnect_min_s, alarm_cap, self._rng))
+        self._wake.clear()
+        self.state = "backoff"
+        started = time.monotonic()
+        alarm = self._alarm_waiting()
+        log.info(
+            "mqtt: next attempt in %.1f s%s",
+            alarm_delay if alarm else delay,
+            " (an alarm is waiting)" if alarm else "",
+        )
+        while not self._stop.is_set():
+            remaining = started + (alarm_delay if alarm else delay) - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wake.wait(remaining)
+            self._wake.clear()
+            alarm = alarm or self._alarm_waiting()
+        return True
 
     def _new_client(self, generation: int) -> paho.Client:
         v5 = self.cfg.protocol == "5"

@@ -97,6 +97,7 @@ class Sync:
             password=password,
             will=lambda: self._status("offline", "connection_lost"),
             subscriptions=lambda: [self.topics.requests],
+            alarm_waiting=lambda: store.usage[Lane.P0].count > 0,
             rng=rng,
         )
         self.publisher = Publisher(
@@ -118,6 +119,7 @@ class Sync:
 
     def start(self) -> None:
         self._reader = OutboxReader(self.store.path)
+        self.store.subscribe(self._on_commit)
         self.publisher.start()
         self.downlink.start()
         self.link.start()
@@ -147,6 +149,10 @@ class Sync:
             "uplink": self.publisher.health(),
             "downlink": self.downlink.health(),
         }
+
+    def _on_commit(self, lanes: set[Lane]) -> None:
+        if Lane.P0 in lanes:
+            self.link.alarm_recorded()
 
     # ---- LinkListener ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import time
 from pathlib import Path
 
 from gateway.events import Event, Lane
@@ -22,6 +23,43 @@ def test_backoff_grows_to_its_ceiling_with_jitter() -> None:
         base = min(60.0, 2.0**n)
         assert base / 2 <= d <= base
     assert len({round(d, 6) for d in delays[8:]}) == 4, "jitter keeps peers out of lock-step"
+
+
+# A site that waits long between attempts (at least 20 s after the first failure), but not
+# while an alarm waits: then at most 0.2 s.
+SLOW_BACKOFF = {"reconnect_min_s": 40.0, "reconnect_max_s": 60.0, "alarm_reconnect_max_s": 0.2}
+
+
+def test_an_alarm_cuts_a_long_reconnect_wait_short(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)
+    with running(config(tmp_path / "var", broker.port, mqtt=SLOW_BACKOFF)) as gw:
+        assert gw.sync is not None
+        link = gw.sync.link
+        eventually(lambda: link.state == "backoff")
+        gw.store.record(Event(TELEMETRY, {"n": 1}))
+        broker.start()
+        try:
+            time.sleep(1.0)
+            assert link.state == "backoff" and link.connects == 0, "telemetry waits its turn"
+            gw.store.record(Event(ALARM, {"n": 2}))
+            eventually(lambda: link.connects == 1, timeout=15)
+            eventually(lambda: all(gw.store.usage[lane].count == 0 for lane in Lane))
+        finally:
+            broker.stop()
+
+
+def test_while_an_alarm_waits_the_broker_is_tried_often(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)
+    with running(config(tmp_path / "var", broker.port, mqtt=SLOW_BACKOFF)) as gw:
+        assert gw.sync is not None
+        link = gw.sync.link
+        gw.store.record(Event(ALARM, {"n": 1}))
+        eventually(lambda: link.failures >= 3)
+        broker.start()
+        try:
+            eventually(lambda: gw.store.usage[Lane.P0].count == 0, timeout=15)
+        finally:
+            broker.stop()
 
 
 def test_mqtt_3_1_1_delivers_with_a_last_will(tmp_path: Path, mosquitto: Mosquitto) -> None:

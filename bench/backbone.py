@@ -16,14 +16,20 @@
 5. Crash trials: the gateway process SIGKILLed at random moments while it records and
    publishes (--crash-trials, 100 by default; the test suite runs 20): events acknowledged by
    record(), lost (must be 0), delivered more than once, and PRAGMA integrity_check.
+6. Back after an outage: the broker is down for --outage-s (150 s, long enough for the default
+   reconnect backoff to reach its 60 s ceiling), then starts; seconds until the outbox is
+   empty, with only telemetry pending and with an alarm recorded 10 s before the broker came
+   back (--outage-trials of each, default 5, run side by side; 0 skips this part).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing as mp
 import os
 import platform
+import random
 import statistics
 import tempfile
 import threading
@@ -159,16 +165,14 @@ def run_threads(target: Callable[[int], None], count: int) -> float:
 # ---- 2-4. drain ----------------------------------------------------------------------------
 
 
-def loaded_config(data_dir: Path, port: int | None, batch: int) -> LoadedConfig:
+def loaded_config(data_dir: Path, port: int | None, **mqtt: Any) -> LoadedConfig:
     raw = {
         "gateway": {"id": "gw-bench", "site": "bench", "data_dir": str(data_dir)},
         "clock": {"sync_source": "never"},
         "mqtt": {
             "brokers": [f"mqtt://127.0.0.1:{port}"] if port else [],
-            "inflight_window": WINDOW,
-            "batch_max_events": batch,
             "session_expiry_s": 0,
-            "reconnect_min_s": 0.05,
+            **mqtt,
         },
     }
     return LoadedConfig(config=GatewayConfig.model_validate(raw), source="bench", version="b")
@@ -188,7 +192,10 @@ def prerecord(data_dir: str, p2: int, p1: int) -> None:
 def drain(data_dir: str, port: int, batch: int, out: mp.Queue[dict[str, Any]]) -> None:
     backlog = read_stats(Path(data_dir) / "gateway.db")
     pending = sum(lane.pending for lane in backlog.lanes)
-    gw = build(loaded_config(Path(data_dir), port, batch), password=None)
+    cfg = loaded_config(
+        Path(data_dir), port, inflight_window=WINDOW, batch_max_events=batch, reconnect_min_s=0.05
+    )
+    gw = build(cfg, password=None)
     stop = threading.Event()
 
     def alarms() -> None:
@@ -273,6 +280,47 @@ def run_drain(port: int, p2: int, p1: int, batch: int) -> dict[str, Any]:
         return result
 
 
+def outage(alarm: bool, outage_s: float, seed: int, out: mp.Queue[tuple[bool, float]]) -> None:
+    """One site through an outage, with the default reconnect settings."""
+    logging.getLogger("gateway.sync").setLevel(logging.ERROR)  # the refusals are the point
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp))
+        gw = build(loaded_config(Path(tmp), broker.port), password=None, rng=random.Random(seed))
+        gw.start()
+        gw.store.record(Event(SEEN, sighting(0)))
+        time.sleep(outage_s - 10)
+        if alarm:
+            gw.store.record(Event(SOS, {"n": 0}))
+        time.sleep(10)
+        broker.start()
+        t0 = time.monotonic()
+        while any(gw.store.usage[lane].count for lane in Lane):
+            time.sleep(0.05)
+        out.put((alarm, time.monotonic() - t0))
+        gw.stop()
+        broker.stop()
+
+
+def outage_trials(trials: int, outage_s: float) -> dict[bool, list[float]]:
+    """The trials mostly wait, so they run side by side in processes of their own."""
+    ctx = mp.get_context("spawn")
+    out: mp.Queue[tuple[bool, float]] = ctx.Queue()
+    procs = [
+        ctx.Process(target=outage, args=(alarm, outage_s, seed, out))
+        for seed in range(trials)
+        for alarm in (False, True)
+    ]
+    for proc in procs:
+        proc.start()
+    results: dict[bool, list[float]] = {False: [], True: []}
+    for _ in procs:
+        alarm, seconds = out.get(timeout=outage_s + 600)
+        results[alarm].append(seconds)
+    for proc in procs:
+        proc.join()
+    return results
+
+
 def crash_trials(trials: int, seed: int) -> dict[str, Any]:
     import random
     import sqlite3
@@ -318,7 +366,11 @@ def main() -> None:
     ap.add_argument("--p2", type=int, default=100_000)
     ap.add_argument("--p1", type=int, default=10_000)
     ap.add_argument("--crash-trials", type=int, default=100)
+    ap.add_argument("--outage-trials", type=int, default=5)
+    ap.add_argument("--outage-s", type=float, default=150.0)
     args = ap.parse_args()
+    if args.outage_s < 20:
+        ap.error("--outage-s must be at least 20")
     print(f"machine: {machine()}\n")
 
     raw, single, piped, blocking = [], [], [], []
@@ -382,6 +434,19 @@ def main() -> None:
             f"| {crash['trials']} | {crash['acknowledged']:,} | {crash['lost']} | "
             f"{crash['duplicated']} | {crash['integrity']} |"
         )
+
+    if args.outage_trials:
+        waits = outage_trials(args.outage_trials, args.outage_s)
+        print(
+            f"\n| broker down {args.outage_s:.0f} s, then back (default backoff) | trials | "
+            "outbox empty after, median s | max s |"
+        )
+        print("|---|---:|---:|---:|")
+        for alarm, label in ((False, "telemetry pending"), (True, "an alarm pending")):
+            print(
+                f"| {label} | {len(waits[alarm])} | {median(waits[alarm]):.1f} | "
+                f"{max(waits[alarm]):.1f} |"
+            )
 
 
 if __name__ == "__main__":

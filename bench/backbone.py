@@ -280,6 +280,9 @@ def run_drain(port: int, p2: int, p1: int, batch: int) -> dict[str, Any]:
         return result
 
 
+# ---- 6. back after an outage -------------------------------------------------------------
+
+
 def outage(alarm: bool, outage_s: float, seed: int, out: mp.Queue[tuple[bool, float]]) -> None:
     """One site through an outage, with the default reconnect settings."""
     logging.getLogger("gateway.sync").setLevel(logging.ERROR)  # the refusals are the point
@@ -322,7 +325,6 @@ def outage_trials(trials: int, outage_s: float) -> dict[bool, list[float]]:
 
 
 def crash_trials(trials: int, seed: int) -> dict[str, Any]:
-    import random
     import sqlite3
     from collections import Counter
 

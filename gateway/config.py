@@ -136,7 +136,11 @@ class MqttSection(Strict):
         description="Topics are <prefix>/<site>/<gateway id>/...",
     )
     keepalive_s: int = Field(
-        30, ge=5, le=3600, description="A dead connection is noticed after about 1.5x this."
+        30,
+        ge=5,
+        le=3600,
+        description="The broker notices a silent gateway after 1.5x this; the gateway notices "
+        "a silent connection after up to 2x (with an alarm waiting: alarm_ack_timeout_s).",
     )
     connect_timeout_s: float = Field(
         10.0, gt=0, le=120, description="How long to wait for the broker's CONNACK."
@@ -166,6 +170,14 @@ class MqttSection(Strict):
         le=3600,
         description="Longest reconnect delay while a P0 alarm waits to be delivered (never "
         "longer than reconnect_max_s); a new alarm cuts a longer wait short.",
+    )
+    alarm_ack_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="A P0 alarm unacknowledged this long means the connection is dead though "
+        "it looks open (half-open): drop it and send again on a new one. Doubles after each "
+        "such drop, so a slow link is not churned; falls back as alarms are acknowledged.",
     )
     session_expiry_s: int = Field(
         86_400, ge=0, description="Broker keeps downlink requests for us while offline."

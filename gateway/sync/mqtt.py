@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -131,6 +132,7 @@ class MqttLink:
         self._connack = threading.Event()
         self._down = threading.Event()
         self._refused: str | None = None
+        self._dropped: str | None = None
         self.state = "stopped"
         self.endpoint: Endpoint | None = None
         self.connects = 0
@@ -191,6 +193,20 @@ class MqttLink:
         """A new alarm waits: a backoff longer than the alarm ceiling is cut short."""
         if self.state == "backoff":
             self._wake.set()
+
+    def drop(self, generation: int, reason: str) -> None:
+        """End a connection that looks open but carries nothing (half-open). Shutting the socket
+        down wakes paho's loop at once; a DISCONNECT packet could sit behind a full send buffer."""
+        with self._lock:
+            client = self._client
+            if client is None or generation != self._generation:
+                return
+            self._dropped = reason
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._down.set()
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -311,6 +327,7 @@ class MqttLink:
         self._connack.clear()
         self._down.clear()
         self._refused = None
+        self._dropped = None
         props = None
         clean_start: paho.CleanStartOption = paho.MQTT_CLEAN_START_FIRST_ONLY
         if self.cfg.protocol == "5":
@@ -355,8 +372,10 @@ class MqttLink:
             generation = self._generation
             self.state = "disconnected"
         self.disconnects += 1
-        if not self._stop.is_set():
-            log.warning("mqtt: connection to %s lost (%s)", self.endpoint, self.last_error)
         if client is not None:
             client.loop_stop()
+        if self._dropped is not None:
+            self.last_error = self._dropped
+        if not self._stop.is_set():
+            log.warning("mqtt: connection to %s lost (%s)", self.endpoint, self.last_error)
         self._listener.link_down(generation)

@@ -28,6 +28,7 @@ from gateway.logs import RateLimitedLog
 from gateway.store import Delivered, OutboxReader, Receipt, Store, StoreClosed
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
+from gateway.sync.watchdog import AlarmAckWatch
 
 log = logging.getLogger(__name__)
 PREFETCH = 512
@@ -66,7 +67,9 @@ class Publisher:
         store: Store,
         reader: Callable[[], OutboxReader],
         topics: Topics,
+        *,
         send: Callable[[Message, int], int | None],
+        drop: Callable[[int, str], None],
     ) -> None:
         self.cfg = cfg
         self._store = store
@@ -74,6 +77,7 @@ class Publisher:
         self._reader: OutboxReader | None = None
         self._topics = topics
         self._send = send
+        self._drop = drop
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue[_Ack] = queue.SimpleQueue()
         self._worker = Worker("uplink-publisher", self._run, wake=self._wake.set)
@@ -87,6 +91,10 @@ class Publisher:
         self._high: dict[Lane, int] = dict.fromkeys(Lane, 0)
         self._more: dict[Lane, bool] = dict.fromkeys(Lane, True)
         self._acked_unsaved: set[int] = set()
+        self._alarms_sent: dict[int, int] = {}  # mid -> steady ms, oldest first
+        self._alarm_watch = AlarmAckWatch(
+            round(cfg.alarm_ack_timeout_s * 1000), round(cfg.keepalive_s * 1500)
+        )
         self._paused_until: dict[Lane, float] = dict.fromkeys(Lane, 0.0)
         self._rejections = 0
         self._rate_log = RateLimitedLog(log, 30)
@@ -97,6 +105,7 @@ class Publisher:
         self.events_sent = 0
         self.events_acked = 0
         self.rejected = 0
+        self.alarm_timeouts = 0
 
     # ---- service -----------------------------------------------------------------------------
 
@@ -121,6 +130,7 @@ class Publisher:
             "events_sent": self.events_sent,
             "events_acked": self.events_acked,
             "rejected": self.rejected,
+            "alarm_timeouts": self.alarm_timeouts,
             "latency_ms": {lane.label: self.latency(lane) for lane in Lane},
         }
 
@@ -176,6 +186,8 @@ class Publisher:
             self._drain_acks(current)
             if current is not None:
                 self._fill_window(current)
+                if self._alarms_sent:
+                    self._watch_alarms(current)
             self._wake.wait(ACK_POLL_S if self._inflight else IDLE_WAIT_S)
 
     def _reset(self) -> None:
@@ -184,6 +196,7 @@ class Publisher:
             log.info("uplink: %d messages in flight are pending again", len(self._inflight))
         self._inflight.clear()
         self._inflight_bytes = 0
+        self._alarms_sent.clear()
         for lane in LANES:
             self._buffers[lane].clear()
             self._cursor[lane] = 0
@@ -205,6 +218,10 @@ class Publisher:
             if flight is None:
                 continue  # status, health or a response: not from the outbox
             self._inflight_bytes -= flight.size
+            if flight.lane is Lane.P0:
+                sent = self._alarms_sent.pop(ack.mid, None)
+                if sent is not None:
+                    self._alarm_watch.acked(now - sent)
             if not ack.accepted:
                 self._rejected(flight, ack.reason)
                 continue
@@ -277,11 +294,25 @@ class Publisher:
                 for e in reversed(events):
                     self._buffers[lane].appendleft(e)
                 return
+            if lane is Lane.P0:
+                self._alarms_sent[mid] = self._store.steady_ms()
             self._inflight[mid] = InFlight(tuple(events), lane, len(msg.payload))
             self._inflight_bytes += len(msg.payload)
             self._high[lane] = max(self._high[lane], events[-1].seq)
             self.messages_sent += 1
             self.events_sent += len(events)
+
+    def _watch_alarms(self, generation: int) -> None:
+        """Take the connection for dead when the oldest alarm in flight is overdue."""
+        waited = self._store.steady_ms() - next(iter(self._alarms_sent.values()))
+        if not self._alarm_watch.overdue(waited):
+            return
+        self.alarm_timeouts += 1
+        reason = f"alarm unacknowledged after {waited / 1000:.1f} s"
+        log.warning("uplink: %s; dropping the connection to send it again", reason)
+        self._alarm_watch.expired()
+        self._alarms_sent.clear()
+        self._drop(generation, reason)
 
     def _next_lane(self) -> Lane | None:
         paused = self._paused_until

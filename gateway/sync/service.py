@@ -101,7 +101,12 @@ class Sync:
             rng=rng,
         )
         self.publisher = Publisher(
-            cfg.mqtt, store, lambda: OutboxReader(store.path), self.topics, self.link.publish
+            cfg.mqtt,
+            store,
+            lambda: OutboxReader(store.path),
+            self.topics,
+            send=self.link.publish,
+            drop=self.link.drop,
         )
         builtin = [
             Operation("ping", self._op_ping),

@@ -12,6 +12,7 @@ from gateway.sync.mqtt import backoff_delay
 from tests.support.broker import Mosquitto, free_port
 from tests.support.events import ALARM, TELEMETRY
 from tests.support.gateway import config, running
+from tests.support.relay import Relay
 from tests.support.subscriber import Subscriber
 from tests.support.wait import eventually
 
@@ -60,6 +61,58 @@ def test_while_an_alarm_waits_the_broker_is_tried_often(tmp_path: Path) -> None:
             eventually(lambda: gw.store.usage[Lane.P0].count == 0, timeout=15)
         finally:
             broker.stop()
+
+
+# Keepalive alone would notice a dead path only after about 90 s.
+LONG_KEEPALIVE = {"keepalive_s": 60, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
+
+
+def test_an_alarm_on_a_half_open_connection_goes_out_on_a_new_one(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    sub = Subscriber(mosquitto.port)
+    relay = Relay(mosquitto.port)
+    try:
+        mqtt = {**LONG_KEEPALIVE, "brokers": [f"mqtt://127.0.0.1:{relay.port}"]}
+        with running(config(tmp_path / "var", None, mqtt={**mqtt, "alarm_ack_timeout_s": 1})) as gw:
+            assert gw.sync is not None
+            before = gw.store.record(Event(TELEMETRY, {"n": 1}))
+            sub.wait_for(lambda _m: before.event_id in sub.event_ids())
+            relay.freeze()
+            alarm = gw.store.record(Event(ALARM, {"n": 2}))
+            sub.wait_for(lambda _m: alarm.event_id in sub.event_ids(), timeout=15)
+            health = gw.sync.health()
+            assert health["uplink"]["alarm_timeouts"] == 1
+            assert health["broker"]["disconnects"] == 1 and relay.accepted == 2
+            assert [e["event_id"] for e in sub.events()].count(alarm.event_id) == 1
+    finally:
+        relay.close()
+        sub.close()
+
+
+def test_on_a_slow_link_the_alarm_timeout_backs_off_until_the_alarm_gets_through(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """PUBACKs take 1.5 s to come back: 0.5 s and 1 s are too short, 2 s is enough."""
+    sub = Subscriber(mosquitto.port)
+    relay = Relay(mosquitto.port, delay_back_s=1.5)
+    try:
+        mqtt = {**LONG_KEEPALIVE, "brokers": [f"mqtt://127.0.0.1:{relay.port}"]}
+        with running(
+            config(tmp_path / "var", None, mqtt={**mqtt, "alarm_ack_timeout_s": 0.5})
+        ) as gw:
+            assert gw.sync is not None
+            eventually(lambda: gw.sync is not None and gw.sync.link.connected)
+            alarm = gw.store.record(Event(ALARM, {"n": 1}))
+            eventually(lambda: gw.store.usage[Lane.P0].count == 0, timeout=30)
+            assert gw.sync.publisher.alarm_timeouts == 2
+            second = gw.store.record(Event(ALARM, {"n": 2}))
+            eventually(lambda: gw.store.usage[Lane.P0].count == 0, timeout=10)
+            assert gw.sync.publisher.alarm_timeouts == 2, "a live slow link is not dropped again"
+            sub.wait_for(lambda _m: {alarm.event_id, second.event_id} <= sub.event_ids())
+    finally:
+        relay.close()
+        sub.close()
 
 
 def test_mqtt_3_1_1_delivers_with_a_last_will(tmp_path: Path, mosquitto: Mosquitto) -> None:

@@ -15,6 +15,7 @@ from tests.support.broker import Mosquitto, free_port
 from tests.support.events import ALARM
 from tests.support.gateway import config, running
 from tests.support.pki import Authority, Pair
+from tests.support.relay import Relay
 from tests.support.subscriber import Subscriber
 from tests.support.wait import eventually
 
@@ -51,12 +52,16 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[[bool], TlsBroker]]:
         b.broker.stop()
 
 
-def tls_config(tmp_path: Path, port: int, ca: Path, client: Pair | None = None) -> LoadedConfig:
+def tls_config(
+    tmp_path: Path, port: int, ca: Path, client: Pair | None = None, **mqtt: float
+) -> LoadedConfig:
     tls: dict[str, str] = {"ca_file": str(ca)}
     if client is not None:
         tls |= {"cert_file": str(client.cert), "key_file": str(client.key)}
     return config(
-        tmp_path / "var", None, mqtt={"brokers": [f"mqtts://localhost:{port}"], "tls": tls}
+        tmp_path / "var",
+        None,
+        mqtt={"brokers": [f"mqtts://localhost:{port}"], "tls": tls, **mqtt},
     )
 
 
@@ -135,3 +140,25 @@ def test_nothing_is_sent_in_plaintext_to_a_tls_broker(tmp_path: Path) -> None:
     for head in first_bytes:
         assert head[:2] == b"\x16\x03", f"not a TLS handshake: {head!r}"
         assert head[:1] != b"\x10"  # an MQTT CONNECT
+
+
+def test_a_half_open_tls_connection_is_dropped_for_a_waiting_alarm(
+    tmp_path: Path, make_broker: Callable[[bool], TlsBroker]
+) -> None:
+    tls_broker = make_broker(False)
+    sub = Subscriber(tls_broker.broker.port)
+    relay = Relay(tls_broker.tls_port)
+    try:
+        cfg = tls_config(
+            tmp_path, relay.port, tls_broker.ca.ca_file, keepalive_s=60, alarm_ack_timeout_s=1
+        )
+        with running(cfg) as gw:
+            assert gw.sync is not None
+            eventually(lambda: gw.sync is not None and gw.sync.link.connected)
+            relay.freeze()
+            ev = gw.store.record(Event(ALARM, {"n": 1}))
+            sub.wait_for(lambda _m: ev.event_id in sub.event_ids(), timeout=15)
+            assert gw.sync.publisher.alarm_timeouts == 1 and relay.accepted == 2
+    finally:
+        relay.close()
+        sub.close()

@@ -1,0 +1,112 @@
+"""A TCP relay between the gateway and the broker that fails the way networks do without
+telling either end: a frozen path (bytes vanish, nothing is reset, like a mobile NAT that has
+forgotten us) or a slow way back."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from tests.support.broker import free_port
+
+
+@dataclass
+class _Path:
+    """One accepted connection and its upstream twin."""
+
+    client: socket.socket
+    upstream: socket.socket
+    frozen: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        for s in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+class Relay:
+    def __init__(self, target_port: int, *, delay_back_s: float = 0.0) -> None:
+        self.target_port = target_port
+        self.delay_back_s = delay_back_s
+        self.port = free_port()
+        self.accepted = 0
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._paths: list[_Path] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, name="relay-accept", daemon=True).start()
+
+    def freeze(self) -> None:
+        """Every open connection goes silent both ways; new connections still pass."""
+        with self._lock:
+            for path in self._paths:
+                path.frozen.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+        with self._lock:
+            for path in self._paths:
+                path.close()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                continue
+            path = _Path(client, upstream)
+            with self._lock:
+                self._paths.append(path)
+                self.accepted += 1
+            self._pump(path, client, upstream, 0.0)
+            self._pump(path, upstream, client, self.delay_back_s)
+
+    def _pump(self, path: _Path, src: socket.socket, dst: socket.socket, delay: float) -> None:
+        due: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+
+        def read() -> None:
+            while True:
+                try:
+                    data = src.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    due.put((0.0, b""))
+                    return
+                if not path.frozen.is_set():
+                    due.put((time.monotonic() + delay, data))
+
+        def write() -> None:
+            while True:
+                at, data = due.get()
+                time.sleep(max(0.0, at - time.monotonic()))
+                if not data and path.frozen.is_set():
+                    return  # a frozen path passes on no end either
+                if path.frozen.is_set():
+                    continue
+                try:
+                    if not data:
+                        dst.shutdown(socket.SHUT_WR)
+                        return
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+        threading.Thread(target=read, name="relay-read", daemon=True).start()
+        threading.Thread(target=write, name="relay-write", daemon=True).start()

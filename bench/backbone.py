@@ -20,6 +20,10 @@
    reconnect backoff to reach its 60 s ceiling), then starts; seconds until the outbox is
    empty, with only telemetry pending and with an alarm recorded 10 s before the broker came
    back (--outage-trials of each, default 5, run side by side; 0 skips this part).
+7. A half-open path: the connection goes silent both ways without a reset (a relay stops
+   passing bytes) and an alarm is recorded; seconds until its PUBACK on a new connection, with
+   the default mqtt.alarm_ack_timeout_s next to keepalive alone (the timeout set to an hour),
+   default keepalive 30 s (--half-open-trials of each, default 3, side by side; 0 skips).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from gateway.store.db import open_database
 from gateway.store.limits import event_bytes
 from tests.support.broker import Mosquitto
 from tests.support.crashee import kill_trials
+from tests.support.relay import Relay
 from tests.support.subscriber import Subscriber
 from tests.sync.test_crash import write_config
 
@@ -304,24 +309,52 @@ def outage(alarm: bool, outage_s: float, seed: int, out: mp.Queue[tuple[bool, fl
         broker.stop()
 
 
-def outage_trials(trials: int, outage_s: float) -> dict[bool, list[float]]:
-    """The trials mostly wait, so they run side by side in processes of their own."""
+def side_by_side(
+    target: Callable[..., None], argsets: list[tuple[Any, ...]], timeout: float
+) -> dict[bool, list[float]]:
+    """Trials that mostly wait run side by side in processes of their own; each puts one
+    (variant, seconds) on the queue it is given last."""
     ctx = mp.get_context("spawn")
     out: mp.Queue[tuple[bool, float]] = ctx.Queue()
-    procs = [
-        ctx.Process(target=outage, args=(alarm, outage_s, seed, out))
-        for seed in range(trials)
-        for alarm in (False, True)
-    ]
+    procs = [ctx.Process(target=target, args=(*args, out)) for args in argsets]
     for proc in procs:
         proc.start()
     results: dict[bool, list[float]] = {False: [], True: []}
     for _ in procs:
-        alarm, seconds = out.get(timeout=outage_s + 600)
-        results[alarm].append(seconds)
+        variant, seconds = out.get(timeout=timeout)
+        results[variant].append(seconds)
     for proc in procs:
         proc.join()
     return results
+
+
+# ---- 7. a half-open path -------------------------------------------------------------------
+
+
+def half_open(watch: bool, seed: int, out: mp.Queue[tuple[bool, float]]) -> None:
+    """One site whose path to the broker goes silent just before an SOS."""
+    logging.getLogger("gateway.sync").setLevel(logging.ERROR)
+    mqtt = {} if watch else {"alarm_ack_timeout_s": 3600.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp)).start()
+        relay = Relay(broker.port)
+        gw = build(
+            loaded_config(Path(tmp), relay.port, **mqtt), password=None, rng=random.Random(seed)
+        )
+        gw.start()
+        assert gw.sync is not None
+        while not gw.sync.link.connected:
+            time.sleep(0.05)
+        time.sleep(1 + seed)  # not in step with the keepalive timer
+        relay.freeze()
+        t0 = time.monotonic()
+        gw.store.record(Event(SOS, {"n": 0}))
+        while gw.store.usage[Lane.P0].count:
+            time.sleep(0.05)
+        out.put((watch, time.monotonic() - t0))
+        gw.stop()
+        relay.close()
+        broker.stop()
 
 
 def crash_trials(trials: int, seed: int) -> dict[str, Any]:
@@ -370,6 +403,7 @@ def main() -> None:
     ap.add_argument("--crash-trials", type=int, default=100)
     ap.add_argument("--outage-trials", type=int, default=5)
     ap.add_argument("--outage-s", type=float, default=150.0)
+    ap.add_argument("--half-open-trials", type=int, default=3)
     args = ap.parse_args()
     if args.outage_s < 20:
         ap.error("--outage-s must be at least 20")
@@ -438,7 +472,8 @@ def main() -> None:
         )
 
     if args.outage_trials:
-        waits = outage_trials(args.outage_trials, args.outage_s)
+        argsets = [(a, args.outage_s, n) for n in range(args.outage_trials) for a in (False, True)]
+        waits = side_by_side(outage, argsets, args.outage_s + 600)
         print(
             f"\n| broker down {args.outage_s:.0f} s, then back (default backoff) | trials | "
             "outbox empty after, median s | max s |"
@@ -448,6 +483,21 @@ def main() -> None:
             print(
                 f"| {label} | {len(waits[alarm])} | {median(waits[alarm]):.1f} | "
                 f"{max(waits[alarm]):.1f} |"
+            )
+
+    if args.half_open_trials:
+        argsets = [(w, n) for n in range(args.half_open_trials) for w in (False, True)]
+        half = side_by_side(half_open, argsets, 600)
+        base = median(half[False])
+        print(
+            "\n| half-open path, then an SOS (keepalive 30 s) | trials | "
+            "PUBACK after, median s | max s | vs keepalive alone |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        for watch, label in ((False, "keepalive alone"), (True, "alarm_ack_timeout_s 5 (default)")):
+            print(
+                f"| {label} | {len(half[watch])} | {median(half[watch]):.1f} | "
+                f"{max(half[watch]):.1f} | {median(half[watch]) / base:.2f} |"
             )
 
 

@@ -105,10 +105,13 @@ def test_on_a_slow_link_the_alarm_timeout_backs_off_until_the_alarm_gets_through
             eventually(lambda: gw.sync is not None and gw.sync.link.connected)
             alarm = gw.store.record(Event(ALARM, {"n": 1}))
             eventually(lambda: gw.store.usage[Lane.P0].count == 0, timeout=30)
-            assert gw.sync.publisher.alarm_timeouts == 2
+            drops = gw.sync.publisher.alarm_timeouts
+            assert drops in (2, 3), "0.5 s and 1 s too short; 2 s enough unless the host stalls"
             second = gw.store.record(Event(ALARM, {"n": 2}))
             eventually(lambda: gw.store.usage[Lane.P0].count == 0, timeout=10)
-            assert gw.sync.publisher.alarm_timeouts == 2, "a live slow link is not dropped again"
+            assert gw.sync.publisher.alarm_timeouts == drops, (
+                "a live slow link is not dropped again"
+            )
             sub.wait_for(lambda _m: {alarm.event_id, second.event_id} <= sub.event_ids())
     finally:
         relay.close()

@@ -176,8 +176,9 @@ class MqttSection(Strict):
         gt=0,
         le=3600,
         description="A P0 alarm unacknowledged this long means the connection is dead though "
-        "it looks open (half-open): drop it and send again on a new one. Doubles after each "
-        "such drop, so a slow link is not churned; falls back as alarms are acknowledged.",
+        "it looks open (half-open): drop it and send again on a new one. Never below 4x the "
+        "PUBACK latency the link shows (telemetry included); doubles after each such drop, so "
+        "a slow link is not churned; falls back as messages are acknowledged in time.",
     )
     session_expiry_s: int = Field(
         86_400, ge=0, description="Broker keeps downlink requests for us while offline."

@@ -46,6 +46,7 @@ class InFlight:
     events: tuple[StoredEvent, ...]
     lane: Lane
     size: int
+    sent_ms: int
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ class Publisher:
         delivered: list[Delivered] = []
         now = self._store.steady_ms()
         session = self._store.session
+        last_sent = None
         while True:
             try:
                 ack = self._acks.get_nowait()
@@ -218,10 +220,9 @@ class Publisher:
             if flight is None:
                 continue  # status, health or a response: not from the outbox
             self._inflight_bytes -= flight.size
+            last_sent = flight.sent_ms
             if flight.lane is Lane.P0:
-                sent = self._alarms_sent.pop(ack.mid, None)
-                if sent is not None:
-                    self._alarm_watch.acked(now - sent)
+                self._alarms_sent.pop(ack.mid, None)
             if not ack.accepted:
                 self._rejected(flight, ack.reason)
                 continue
@@ -231,6 +232,9 @@ class Publisher:
                 if e.session == session:
                     latency.append(now - e.steady_ms)
                 delivered.append(Delivered(e.seq, e.lane))
+        if last_sent is not None:
+            # Any PUBACK tells how long this link takes now, telemetry queued ahead included.
+            self._alarm_watch.acked(now - last_sent)
         if delivered:
             self._save_delivered(delivered)
 
@@ -275,6 +279,7 @@ class Publisher:
         self._paused_until[lane] = self._store.steady_ms() / 1000 + delay
 
     def _fill_window(self, generation: int) -> None:
+        now = self._store.steady_ms()
         while not self._worker.stopping.is_set():
             lane = self._next_lane()
             if lane is None:
@@ -295,8 +300,8 @@ class Publisher:
                     self._buffers[lane].appendleft(e)
                 return
             if lane is Lane.P0:
-                self._alarms_sent[mid] = self._store.steady_ms()
-            self._inflight[mid] = InFlight(tuple(events), lane, len(msg.payload))
+                self._alarms_sent[mid] = now
+            self._inflight[mid] = InFlight(tuple(events), lane, len(msg.payload), now)
             self._inflight_bytes += len(msg.payload)
             self._high[lane] = max(self._high[lane], events[-1].seq)
             self.messages_sent += 1

@@ -1,12 +1,13 @@
 """How long an alarm may wait for its PUBACK before the connection is taken for dead.
 
 A connection whose network path died without a reset (a mobile NAT forgetting us, a pulled
-uplink cable beyond the switch) looks alive until keepalive gives up, about 1.5x keepalive_s
+uplink cable beyond the switch) looks alive until keepalive gives up, up to 2x keepalive_s
 later. Telemetry can wait that long; an SOS cannot (EN 50136-1 class D4: 10 s mean
 transmission). So an alarm unacknowledged for ``timeout_ms`` has its connection dropped and
-is sent again on a new one. On a link that is merely slow, dropping would repeat for ever;
-hence the timeout doubles after each drop and only comes back down as alarms are
-acknowledged in good time, never below four times the latency just seen.
+is sent again on a new one. On a link that is merely slow, an alarm also waits behind the
+telemetry already in flight, and dropping would repeat for ever. Hence the timeout never goes
+below four times the PUBACK latency of whatever was acknowledged last (any lane), doubles
+after each drop, and comes back down by halves as messages are acknowledged in good time.
 """
 
 from __future__ import annotations

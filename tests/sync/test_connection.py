@@ -118,6 +118,25 @@ def test_on_a_slow_link_the_alarm_timeout_backs_off_until_the_alarm_gets_through
         sub.close()
 
 
+def test_on_a_slow_link_that_carries_telemetry_an_alarm_is_given_the_time_it_needs(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """PUBACKs of the telemetry show the link takes 1.5 s: the 0.5 s timeout is not used."""
+    relay = Relay(mosquitto.port, delay_back_s=1.5)
+    try:
+        mqtt = {**LONG_KEEPALIVE, "brokers": [f"mqtt://127.0.0.1:{relay.port}"]}
+        cfg = config(tmp_path / "var", None, mqtt={**mqtt, "alarm_ack_timeout_s": 0.5})
+        with running(cfg) as gw:
+            assert gw.sync is not None
+            gw.store.record(Event(TELEMETRY, {"n": 1}))
+            eventually(lambda: gw.store.usage[Lane.P2].count == 0, timeout=15)
+            gw.store.record(Event(ALARM, {"n": 2}))
+            eventually(lambda: gw.store.usage[Lane.P0].count == 0, timeout=15)
+            assert gw.sync.publisher.alarm_timeouts == 0 and gw.sync.link.disconnects == 0
+    finally:
+        relay.close()
+
+
 def test_mqtt_3_1_1_delivers_with_a_last_will(tmp_path: Path, mosquitto: Mosquitto) -> None:
     sub = Subscriber(mosquitto.port)
     try:

@@ -1,11 +1,12 @@
 """SIA DC-09 receiver on TCP and UDP: alarm hubs and one-key-call panels over IP.
 
 Every message is answered: ACK only after its events are committed, NAK (with our time) on a
-CRC error, a timestamp outside the window or a store failure, DUH for what we cannot use (an
-unknown ID or code, no key for an encrypted account). A retry (same account and sequence
-within the window) is ACKed again without a second event. While the wall clock is not
-synchronised (a Pi has no RTC) timestamps are not checked: NAKing alarms because our own
-clock is wrong would be worse than accepting a stale one.
+CRC error, a timestamp outside the window, a store failure or a fault of ours in handling it
+(counted as ``decode_error``), DUH for what we cannot use (an unknown ID or code, no key for
+an encrypted account). A retry (same account and sequence within the window) is ACKed again
+without a second event; a message not ACKed is forgotten, so its retry is handled afresh.
+While the wall clock is not synchronised (a Pi has no RTC) timestamps are not checked:
+NAKing alarms because our own clock is wrong would be worse than accepting a stale one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from gateway.devices.decoders.sia import decode_dcs
 from gateway.devices.dedup import Dedup
 from gateway.devices.definitions import Dc09Spec, DefinitionFile
 from gateway.devices.framers.lines import LineFramer
-from gateway.devices.model import Decoded, DeviceEvent, Frame, Kind, Reject, Scalar
+from gateway.devices.model import (
+    Decoded,
+    DeviceEvent,
+    Frame,
+    Kind,
+    Reject,
+    Scalar,
+    decode_error,
+)
 from gateway.devices.recorder import Recorder
 from gateway.store import Store
 
@@ -59,8 +68,13 @@ class Dc09Handler:
         self._lock = threading.Lock()  # TCP connections and UDP share the dedup and counters
 
     def handle(self, content: bytes) -> bytes:
+        """The reply to one message; never raises, so one message cannot end a receiver."""
         with self._lock:
-            reply, kind = self._handle(content)
+            try:
+                reply, kind = self._handle(content)
+            except Exception as exc:  # a fault of ours: NAK, so the panel sends it again
+                self.recorder.stats.reject(self.recorder.port, decode_error(content, exc))
+                reply, kind = msgs.nak(self.wall()), "NAK"
             self.replies[kind] += 1
         return reply
 
@@ -97,17 +111,27 @@ class Dc09Handler:
         if self.dedup.is_repeat(key):
             stats.duplicates += 1
             return reply, "ACK"
+        answer = msgs.nak(now), "NAK"
+        try:
+            answer = self._fresh(msg, content, reply, now)
+        finally:
+            if answer[1] != "ACK":  # not stored: the panel's retry must not count as a repeat
+                self.dedup.forget(key)
+        return answer
+
+    def _fresh(
+        self, msg: msgs.Dc09Message, content: bytes, ack: bytes, now: datetime
+    ) -> tuple[bytes, str]:
+        """A message not seen before: its events stored (ACK), refused (DUH) or not (NAK)."""
         decoded = self._decode(msg, content)
         for reject in decoded.rejects:
-            stats.reject(self.recorder.port, reject)
+            self.recorder.stats.reject(self.recorder.port, reject)
         if decoded.rejects and not decoded.events:
-            self.dedup.forget(key)
             return msgs.duh(msg), "DUH"
         events = [self.recorder.event(ev) for ev in decoded.events]
         if not self.recorder.record(events):
-            self.dedup.forget(key)
             return msgs.nak(now), "NAK"
-        return reply, "ACK"
+        return ack, "ACK"
 
     def _decode(self, msg: msgs.Dc09Message, raw: bytes) -> Decoded:
         ids: dict[str, Scalar] = {"dc09_id": msg.id, "encrypted": msg.encrypted}

@@ -10,7 +10,6 @@ preceding identification is a poll: we have nothing to send and answer EOT.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 from gateway.devices.decoders.espa import decode_block
 from gateway.devices.definitions import EspaSpec
@@ -33,9 +32,21 @@ class EspaSession(PortHandler):
         self.spec = spec
         self.state = "neutral"
         self.master: str | None = None
+        self.block_since: float | None = None
         self.blocks_acked = 0
         self.blocks_naked = 0
         self.polls = 0
+
+    def on_data(self, data: bytes, at: float) -> None:
+        super().on_data(data, at)
+        self.block_since = block_start(self.block_since, self.framer.pending, len(data), at)
+
+    def _partial_age(self, at: float) -> float:
+        """A block times out from its SOH, not from its last byte: a master that keeps
+        the line busy (polls, select retries) must not keep open a block that noise began."""
+        if self.block_since is None:
+            return super()._partial_age(at)
+        return at - self.block_since
 
     def on_idle(self, at: float) -> None:
         if (
@@ -51,19 +62,21 @@ class EspaSession(PortHandler):
         self.state = "neutral"
         self.master = None
 
-    def _feed_items(self, items: Sequence[object], at: float | None) -> None:
-        stats = self.recorder.stats
-        for item in items:
-            if isinstance(item, Control):
-                self._control(item)
-            elif isinstance(item, Frame):
-                stats.frames += 1
-                self._block(item.data)
-            elif isinstance(item, Reject):
-                stats.reject(self.recorder.port, item)
-                if item.reason != "garbage" and self.state == "selected":
-                    self.blocks_naked += 1
-                    self._reply(NAK)
+    def _item(self, item: object, at: float | None) -> None:
+        if isinstance(item, Control):
+            self._control(item)
+        elif isinstance(item, Frame):
+            self.recorder.stats.frames += 1
+            self._block(item.data)
+        elif isinstance(item, Reject):
+            self.recorder.stats.reject(self.recorder.port, item)
+            if item.reason != "garbage":
+                self._refuse()
+
+    def _refuse(self) -> None:
+        if self.state == "selected":
+            self.blocks_naked += 1
+            self._reply(NAK)
 
     def _control(self, item: Control) -> None:
         if item.kind == "eot":
@@ -100,3 +113,11 @@ class EspaSession(PortHandler):
     def _reply(self, code: int) -> None:
         if not self.write(bytes([code])):
             log.warning("espa %s: could not send reply 0x%02X", self.recorder.port, code)
+
+
+def block_start(since: float | None, pending: int, fed: int, at: float) -> float | None:
+    """When the partial block left after a read began. Its bytes are the end of the stream,
+    so more of them than this read brought means it began in an earlier read."""
+    if not pending:
+        return None
+    return since if since is not None and pending > fed else at

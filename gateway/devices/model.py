@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -70,3 +71,18 @@ class Decoded:
 
 def rejected(reason: str, raw: bytes, detail: str = "") -> Decoded:
     return Decoded(rejects=(Reject(reason, raw, detail),))
+
+
+def decode_error(raw: bytes, exc: BaseException) -> Reject:
+    """A frame our own code failed on (a bug, not bad input): counted like any refusal.
+
+    The detail names the exception type and the innermost gateway line it came from. Neither
+    the frame nor the exception's message is kept: either could quote a nurse call's display
+    text, which may name a resident, and this ends up in the log.
+    """
+    where = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("gateway."):
+            where = f" at {module}:{line}"
+    return Reject("decode_error", detail=f"{type(exc).__name__}{where}, {len(raw)}-byte frame")

@@ -19,7 +19,7 @@ from gateway.devices.definitions import DefinitionFile
 from gateway.devices.events import link_status
 from gateway.devices.framers.binary import BinaryFramer
 from gateway.devices.framers.lines import LineFramer
-from gateway.devices.model import Decoded, DeviceEvent, Frame, Reject
+from gateway.devices.model import Decoded, DeviceEvent, Frame, Reject, decode_error
 from gateway.devices.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class PortHandler:
             self.last_rx = at
             return
         idle = at - self.last_rx
-        if self.framer.pending and idle >= self.frame_timeout_s:
+        if self.framer.pending and self._partial_age(at) >= self.frame_timeout_s:
             self._feed_items(self.framer.flush(), at)
         if self.silence_s is not None and not self.silent and idle >= self.silence_s:
             self.silent = True
@@ -89,8 +89,28 @@ class PortHandler:
             )
         )
 
+    def _partial_age(self, at: float) -> float:
+        """How old a partial frame is for the frame timeout: since its last byte, so a
+        sender that pauses within a frame is not cut off."""
+        assert self.last_rx is not None
+        return at - self.last_rx
+
     def _feed_items(self, items: Sequence[object], at: float | None) -> None:
+        """Each frame on its own: a fault of ours on one is counted and refused, and the
+        frames after it (an SOS in the same read) are still handled."""
+        for item in items:
+            try:
+                self._item(item, at)
+            except Exception as exc:
+                data = item.data if isinstance(item, Frame | Reject) else b""
+                self.recorder.stats.reject(self.recorder.port, decode_error(data, exc))
+                self._refuse()
+
+    def _item(self, item: object, at: float | None) -> None:
         raise NotImplementedError
+
+    def _refuse(self) -> None:
+        """Tell the sender a frame was not taken, where the protocol can (a NAK: it retries)."""
 
 
 class FramedHandler(PortHandler):
@@ -113,14 +133,16 @@ class FramedHandler(PortHandler):
         self.nak = nak
         self.station: str | None = None
 
-    def _feed_items(self, items: Sequence[object], at: float | None) -> None:
-        stats = self.recorder.stats
-        for item in items:
-            if isinstance(item, Reject):
-                stats.reject(self.recorder.port, item)
-            elif isinstance(item, Frame):
-                stats.frames += 1
-                self._frame(item.data, at)
+    def _item(self, item: object, at: float | None) -> None:
+        if isinstance(item, Reject):
+            self.recorder.stats.reject(self.recorder.port, item)
+        elif isinstance(item, Frame):
+            self.recorder.stats.frames += 1
+            self._frame(item.data, at)
+
+    def _refuse(self) -> None:
+        if self.ack is not None and self.nak:
+            self.write(self.nak)
 
     def _frame(self, frame: bytes, at: float | None) -> None:
         stats = self.recorder.stats
@@ -137,10 +159,15 @@ class FramedHandler(PortHandler):
                 self.recorder.submit(self.recorder.event(ev, self.station), at)
             return
         if decoded.rejects and not decoded.events:
-            if self.nak:
-                self.write(self.nak)
+            self._refuse()
             return
-        stored = self.recorder.record(self.recorder.event(ev, self.station) for ev in fresh)
+        stored = False
+        try:
+            stored = self.recorder.record([self.recorder.event(ev, self.station) for ev in fresh])
+        finally:
+            if not stored:  # the sender retries after our NAK: that must not be a repeat
+                for ev in fresh:
+                    self.dedup.forget(_key(ev))
         reply = self.ack if stored else self.nak
         if reply:
             self.write(reply)
@@ -148,10 +175,15 @@ class FramedHandler(PortHandler):
     def _repeat(self, ev: DeviceEvent) -> bool:
         if ev.seq is None:
             return False
-        if self.dedup.is_repeat((ev.device, ev.kind, ev.code, ev.seq)):
+        if self.dedup.is_repeat(_key(ev)):
             self.recorder.stats.duplicates += 1
             return True
         return False
+
+
+def _key(ev: DeviceEvent) -> tuple[object, ...]:
+    """What makes two events the same transmission (see dedup.py)."""
+    return (ev.device, ev.kind, ev.code, ev.seq)
 
 
 def framer_and_decoder(

@@ -20,7 +20,7 @@ from gateway.devices.events import to_event
 from gateway.devices.model import DeviceEvent, Reject
 from gateway.events import Event, Lane, StoredEvent
 from gateway.logs import RateLimitedLog
-from gateway.store import Receipt, StorageFull, Store, StoreClosed
+from gateway.store import Receipt, Store, StoreClosed
 
 log = logging.getLogger(__name__)
 _flood = RateLimitedLog(log, 30.0)
@@ -37,15 +37,17 @@ class PortStats:
     alarm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
     def reject(self, port: str, item: Reject) -> None:
+        """Counted, and logged by reason and size only: a refused frame's bytes can hold a
+        nurse call's display text, which may name a resident (a ``spy://`` capture shows them
+        to an installer who needs them)."""
         self.rejected[item.reason] = self.rejected.get(item.reason, 0) + 1
         _flood.warning(
             f"{port}:{item.reason}",
-            "port %s: rejected %s%s (%d bytes: %s)",
+            "port %s: rejected %s%s%s",
             port,
             item.reason,
             f" ({item.detail})" if item.detail else "",
-            len(item.data),
-            item.data[:24].hex(" "),
+            f", {len(item.data)} bytes" if item.data else "",
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,13 +115,18 @@ class Recorder:
         fut.add_done_callback(lambda f: self._done(f, event, received_at))
 
     def record(self, events: Iterable[Event]) -> bool:
-        """Commit every event; True only if all are on disk (the source may then be ACKed)."""
+        """Commit every event; True only if all are on disk (the source may then be ACKed).
+
+        Any failure is "not stored", not only the expected ones (full, closed, slow): the
+        writer hands on a raw SQLite error (an I/O error, a locked file) as it is, and the
+        source must then get its NAK and retry rather than lose the event with our thread.
+        """
         futures = []
         try:
             futures = [self.store.submit(e) for e in events]
             for fut in futures:
                 fut.result(self.record_timeout_s)
-        except (StorageFull, StoreClosed, TimeoutError) as exc:
+        except Exception as exc:
             self._failed(None, exc)
             return False
         self.stats.events += len(futures)

@@ -1,12 +1,16 @@
-"""Real serial ports for tests: pty pairs behind a symlink that can be re-pointed (unplug)."""
+"""Real serial ports for tests: pty pairs behind a symlink that can be re-pointed (unplug);
+and a real store whose commits fail for a while."""
 
 from __future__ import annotations
 
 import os
 import select
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.devices.link import SerialSettings, SoftwareParity
+from gateway.store import Store
 
 
 class Pty:
@@ -47,3 +51,19 @@ class Pty:
         if not ready:
             return b""
         return self.parity.decode(os.read(self.master, size))
+
+
+@contextmanager
+def failing_inserts(store: Store) -> Iterator[None]:
+    """Inside the block every event insert fails in SQLite itself, and the writer hands the raw
+    error on (not StorageFull), as it would a disk I/O error."""
+    store.write(
+        lambda conn: conn.execute(
+            "CREATE TEMP TRIGGER fail_insert BEFORE INSERT ON events "
+            "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+    ).result(5)
+    try:
+        yield
+    finally:
+        store.write(lambda conn: conn.execute("DROP TRIGGER temp.fail_insert")).result(5)

@@ -11,9 +11,11 @@ import pytest
 from gateway.devices.config import AccountKey, Dc09Receiver
 from gateway.devices.dc09 import Dc09Service
 from gateway.devices.decoders import dc09
+from gateway.devices.model import Decoded
 from gateway.devices.simulate import Dc09Transmitter
 from gateway.store import Store
 from tests.devices.conftest import definition, stored
+from tests.devices.support import failing_inserts
 from tests.support.wait import eventually
 
 KEY = bytes(range(16))
@@ -107,6 +109,53 @@ def test_encrypted_account_and_sia_dcs(receiver: Dc09Service, store: Store) -> N
     assert sos["data"]["text"] == "BEDROOM" and sos["data"]["ids"]["area"] == "1"
     assert sos["data"]["ids"]["encrypted"] is True
     assert restore["data"]["restores"] == "sos"
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_store_error_is_naked_and_the_retry_stored(
+    receiver: Dc09Service, store: Store, udp: bool
+) -> None:
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234", udp=udp)
+    try:
+        msg = panel.message("ADM-CID", "#1234|1101 01 015")
+        with failing_inserts(store):
+            assert b'"NAK"' in panel.exchange(msg)
+        assert reply_of(panel.exchange(msg)).id == "ACK"  # the panel's retry: stored now
+        assert reply_of(panel.cid("1", "101", "016")).id == "ACK"  # the receiver goes on
+    finally:
+        panel.close()
+    assert [e["data"]["device"] for e in stored(store.path, "alarm.sos")] == [
+        "1234-015",
+        "1234-016",
+    ]
+    health = receiver.health()
+    assert (health["store_errors"], health["duplicates"]) == (1, 0)
+    assert receiver.healthy()
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
+def test_a_fault_in_handling_is_naked_and_the_retry_stored(
+    receiver: Dc09Service, store: Store, udp: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decode = receiver.handler._decode
+    faults = [ZeroDivisionError("a bug of ours")]
+
+    def faulty_once(msg: dc09.Dc09Message, raw: bytes) -> Decoded:
+        if faults:
+            raise faults.pop()
+        return decode(msg, raw)
+
+    monkeypatch.setattr(receiver.handler, "_decode", faulty_once)
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234", udp=udp)
+    try:
+        msg = panel.message("ADM-CID", "#1234|1101 01 015")
+        assert b'"NAK"' in panel.exchange(msg)
+        assert reply_of(panel.exchange(msg)).id == "ACK"
+    finally:
+        panel.close()
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert receiver.health()["rejected"] == {"decode_error": 1}
+    assert receiver.healthy()
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

@@ -56,6 +56,7 @@ def test_ble_bad_input_reasons() -> None:
     d = ble()
     assert d.decode(b"\xff\xfe{").rejects[0].reason == "bad_text"
     assert d.decode(b"{not json").rejects[0].reason == "bad_json"
+    assert d.decode(b"[" * 100_000).rejects[0].reason == "bad_json"  # too deep to parse
     assert d.decode(line({"mac": "C3", "rssi": -1, "rawData": ""})).rejects[0].reason == (
         "bad_field"
     )
@@ -79,8 +80,9 @@ def test_binary_unknown_command_event_and_short_payload() -> None:
 
 
 def test_espa_gbk_text_and_invalid_text_keeps_the_call() -> None:
-    spec = definition("espa444-nurse-call").espa
-    assert spec is not None
+    shipped = definition("espa444-nurse-call").espa
+    assert shipped is not None
+    spec = shipped.model_copy(update={"encoding": "gbk"})  # a site whose link is 8N1
     (call,) = decode_block(
         espa_block([("1", "0301"), ("2", "3号房呼叫")], encoding="gbk"), spec
     ).events

@@ -97,3 +97,12 @@ def test_validate_config_checks_the_definitions(
     )
     assert main(["validate-config", str(cfg)]) == 2
     assert "broken.toml:2: binary.framing: required key is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", definition_files(CONFIGS), ids=lambda p: p.name)
+def test_shipped_text_encoding_fits_the_serial_format(path: Path) -> None:
+    """7 data bits carry ASCII only: an 8-bit encoding there promises text that cannot come."""
+    spec = load_definition(path)
+    if spec.serial.format.startswith("7"):
+        sections = (spec.espa, spec.jsonlines, spec.contact_id)
+        assert {s.encoding for s in sections if s is not None} <= {"ascii"}

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from gateway.devices import espa
 from gateway.devices.config import PortConfig
+from gateway.devices.decoders.espa import decode_block
+from gateway.devices.definitions import EspaSpec
+from gateway.devices.espa import EspaSession
 from gateway.devices.framers.espa import ACK, EOT, NAK
+from gateway.devices.model import Decoded
+from gateway.devices.recorder import Recorder
 from gateway.devices.service import PortService
 from gateway.devices.simulate import EspaMaster, corrupt, espa_block
 from gateway.store import Store
@@ -89,3 +95,93 @@ def test_cancelled_call_restores(session: tuple[Pty, PortService], store: Store)
     (restore,) = stored(store.path, "alarm.restore")
     assert restore["data"]["restores"] == "sos"
     assert restore["data"]["name"] == "call_cancelled"
+
+
+def test_a_noise_byte_does_not_make_the_gateway_deaf(
+    session: tuple[Pty, PortService], store: Store
+) -> None:
+    pty, service = session
+    master = EspaMaster(pty)
+    pty.write(b"\x01")  # one noise SOH on the idle line
+    assert master.select()  # its EOT ends the "block" the SOH began
+    assert master.send_block(espa_block(CALL)) == ACK
+    master.end()
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert service.health()["rejected"] == {"truncated": 1}
+
+
+# ---- the session's timing and refusals, with the clock in the test's hand --------------------
+
+SELECT = b"\x041\x052\x05"  # EOT, the master '1' identifies itself, selects us ('2')
+
+
+def session_at(store: Store) -> tuple[EspaSession, list[int]]:
+    spec = definition("espa444-nurse-call").espa
+    assert isinstance(spec, EspaSpec)
+    recorder = Recorder(store, port="nurse", station="nurse", definition="espa", record_timeout_s=5)
+    handler = EspaSession(spec, recorder, silence_s=None)
+    sent: list[int] = []
+
+    def write(data: bytes) -> bool:
+        sent.extend(data)
+        return True
+
+    handler.write = write
+    return handler, sent
+
+
+def test_a_partial_block_times_out_from_its_soh(store: Store) -> None:
+    s, sent = session_at(store)
+    s.on_data(b"\x01", 0.0)  # noise, then more noise every second: never 3 s of quiet
+    for t in (1.0, 2.0, 2.9):
+        s.on_data(b"0", t)
+        s.on_idle(t + 0.05)
+    s.on_idle(3.0)
+    assert s.recorder.stats.rejected == {"truncated": 1}
+    s.on_data(b"1\x052\x05", 3.1)  # a select without the leading EOT
+    assert sent == [ACK]
+    block = espa_block(CALL)
+    s.on_data(block[:10], 5.0)  # a block of its own, slow but within 3 s of its SOH
+    s.on_idle(7.0)
+    s.on_data(block[10:], 7.5)
+    assert sent == [ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 1
+
+
+def test_eot_in_a_block_is_the_master_giving_up_and_enq_aborts_it(store: Store) -> None:
+    s, sent = session_at(store)
+    block = espa_block(CALL)
+    s.on_data(SELECT, 0.0)
+    s.on_data(block[:10] + b"\x04", 0.5)  # the master abandons the block: no reply owed
+    assert (sent, s.state) == ([ACK], "neutral")
+    s.on_data(SELECT, 1.0)
+    s.on_data(block[:10] + b"\x05", 1.5)  # the master aborts the block: NAK, it sends again
+    assert sent == [ACK, ACK, NAK]
+    s.on_data(block, 1.6)
+    assert sent == [ACK, ACK, NAK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert s.recorder.stats.rejected == {"truncated": 2}
+
+
+def test_a_fault_on_a_block_is_naked_and_the_retry_acked(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    faults = [KeyError("a bug of ours")]
+
+    def faulty_once(raw: bytes, spec: EspaSpec) -> Decoded:
+        if faults:
+            raise faults.pop()
+        return decode_block(raw, spec)
+
+    monkeypatch.setattr(espa, "decode_block", faulty_once)
+    s, sent = session_at(store)
+    s.on_data(SELECT, 0.0)
+    s.on_data(espa_block(CALL), 0.5)
+    assert sent == [ACK, NAK]
+    s.on_data(espa_block(CALL) + b"\x04", 0.6)
+    assert (sent, s.state) == ([ACK, NAK, ACK], "neutral")
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert s.recorder.stats.rejected == {"decode_error": 1}
+    (logged,) = [r.getMessage() for r in caplog.records if "decode_error" in r.getMessage()]
+    assert "KeyError at gateway.devices.espa:" in logged  # where to look, for a bug report
+    assert "SOS" not in logged and "53 4f 53" not in logged  # never the call's display text

@@ -1,15 +1,21 @@
 """A port's handling of bad input: counted per reason, valid frames around it still decoded,
-radio repeats dropped but never a new seq, nothing held longer than the frame timeout."""
+radio repeats dropped but never a new seq, nothing held longer than the frame timeout; a
+frame that fails (our fault, or the store's) is refused alone, and the sender's retry is stored."""
 
 from __future__ import annotations
 
+import json
 import random
 
 from gateway.devices.framers.binary import encode_frame
+from gateway.devices.model import Decoded
 from gateway.devices.pipeline import FramedHandler, framed_handler
 from gateway.devices.recorder import Recorder
+from gateway.devices.simulate import contact_id_line
 from gateway.store import Store
 from tests.devices.conftest import definition, stored
+from tests.devices.support import failing_inserts
+from tests.devices.test_decoders import BTHOME_PRESS
 from tests.support.wait import eventually
 
 SPEC = definition("aa55-reference")
@@ -86,3 +92,62 @@ def test_sos_behind_a_cut_frame_is_not_held_back(store: Store) -> None:
     h.on_data(frame(0, 1)[:7] + frame(2, 5), 100.0)
     eventually(lambda: len(stored(store.path, "alarm.sos")) == 1, timeout=1)
     assert h.framer.pending == 0
+
+
+ACK, NAK = b"\x06", b"\x15"
+
+
+def replying(h: FramedHandler) -> list[bytes]:
+    """What the handler sends back to the device, in order."""
+    sent: list[bytes] = []
+
+    def write(data: bytes) -> bool:
+        sent.append(data)
+        return True
+
+    h.write = write
+    return sent
+
+
+def test_store_error_is_naked_and_the_retry_not_taken_for_a_repeat(store: Store) -> None:
+    """A source that is ACKed (as Contact ID is) and numbers its frames (as bands do)."""
+    h = handler(store, Clock())
+    h.ack, h.nak = ACK, NAK
+    sent = replying(h)
+    with failing_inserts(store):
+        h.on_data(frame(2, 7), 100.0)
+    h.on_data(frame(2, 7), 100.5)  # the sender's retry after our NAK
+    assert sent == [NAK, ACK]
+    assert [e["data"]["seq"] for e in stored(store.path, "alarm.sos")] == [7]
+    stats = h.recorder.stats
+    assert (stats.store_errors, stats.duplicates) == (1, 0)
+
+
+def test_a_fault_on_one_line_is_naked_and_the_next_line_still_acked(store: Store) -> None:
+    spec = definition("contact-id-serial")
+    recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)
+    h = framed_handler(spec, recorder, frame_timeout_s=1.0, silence_s=None)
+    decode = h.decode
+
+    def faulty(line: bytes) -> Decoded:
+        if line.startswith(b"9999"):
+            raise IndexError("a bug of ours")
+        return decode(line)
+
+    h.decode = faulty
+    sent = replying(h)
+    h.on_data(b"9999181101010159\r\n" + contact_id_line("1234", "1", "101", "01", "015"), 100.0)
+    assert sent == [NAK, ACK]
+    (sos,) = stored(store.path, "alarm.sos")
+    assert sos["data"]["device"] == "1234-015"
+    assert recorder.stats.rejected == {"decode_error": 1}
+
+
+def test_deeply_nested_json_is_refused_and_the_sos_behind_it_kept(store: Store) -> None:
+    spec = definition("minew-ble-jsonlines")
+    recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)
+    h = framed_handler(spec, recorder, frame_timeout_s=1.0, silence_s=None)
+    sos = json.dumps({"mac": "AA:BB:CC:DD:EE:FF", "rssi": -61, "rawData": BTHOME_PRESS})
+    h.on_data(b"[" * 4000 + b"\n" + sos.encode() + b"\n", 100.0)
+    eventually(lambda: len(stored(store.path, "alarm.sos")) == 1, timeout=5)
+    assert recorder.stats.rejected == {"bad_json": 1}

@@ -32,7 +32,7 @@ class JsonLinesDecoder:
             return rejected("bad_text", line)
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting ("[[[[...") exhausts the stack
             return rejected("bad_json", line)
         items = doc if isinstance(doc, list) else [doc]
         events: list[DeviceEvent] = []

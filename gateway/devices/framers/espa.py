@@ -3,6 +3,10 @@
 Bytes arrive with parity already checked (see link.py); a byte whose parity was wrong reaches
 this framer as ``PARITY_ERROR`` (0xFF, impossible in 7-bit data), so the block holding it is
 refused and the session answers NAK.
+
+ISO 1745 basic mode keeps transmission control characters out of the text, so before ETX an
+SOH, EOT or ENQ ends the block as truncated: a noise SOH on an idle line then cannot swallow
+the master's next ``EOT <addr> ENQ``. After ETX any byte is the BCC (it can be 0x03 or 0x04).
 """
 
 from __future__ import annotations
@@ -95,21 +99,20 @@ class EspaFramer:
         block = self._block
         assert block is not None
         if self._await_bcc:
-            self._block = None
-            self._await_bcc = False
-            raw = bytes(block) + bytes([b])
-            if PARITY_ERROR in raw:
-                out.append(Reject("parity", raw))
-            elif bcc(raw[1:-1]) != b:
-                out.append(Reject("bad_bcc", raw))
-                if b == SOH:  # a block cut off before its BCC, then the next block
-                    self._block = bytearray([SOH])
-            else:
-                out.append(Frame(raw))
+            self._end_block(block, b, out)
             return
-        if b == SOH:
+        if b == EOT:
+            # The master's forward abort: it is neutral again and waits for no reply, so the
+            # session sees the EOT first (and sends no NAK for the block it abandoned).
+            self._block = None
+            out.append(Control("eot"))
             out.append(Reject("truncated", bytes(block)))
-            self._block = bytearray([SOH])
+            return
+        if b in (SOH, ENQ):
+            # SOH: the block was cut and the next one begins. ENQ: the sender aborted the
+            # block (the session answers NAK, as to a bad one).
+            out.append(Reject("truncated", bytes(block)))
+            self._block = bytearray([SOH]) if b == SOH else None
             return
         block.append(b)
         if b == ETX:
@@ -117,3 +120,15 @@ class EspaFramer:
         elif len(block) > MAX_BLOCK:
             out.append(Reject("too_long", bytes(block[:64])))
             self._block = None
+
+    def _end_block(self, block: bytearray, b: int, out: list[Item]) -> None:
+        """``b`` is the BCC: the block is whole, or refused for parity or BCC."""
+        self._block = None
+        self._await_bcc = False
+        raw = bytes(block) + bytes([b])
+        if PARITY_ERROR not in raw and bcc(raw[1:-1]) == b:
+            out.append(Frame(raw))
+            return
+        out.append(Reject("parity" if PARITY_ERROR in raw else "bad_bcc", raw))
+        if b == SOH:  # a block cut off before its BCC, then the next block
+            self._block = bytearray([SOH])

@@ -132,10 +132,11 @@ class Analyzer:
             timings["quality"] = clock() - start
             return Analysis("no_face", 0, timings=timings)
         face = subject.face
-        if gate and subject.ambiguous:
+        geometry = geometry_gate(face, self.settings.limits)
+        # a subject too small to use is someone further back, and so is anyone its size
+        if gate and subject.ambiguous and geometry.reason != "too_small":
             timings["quality"] = clock() - start
             return Analysis("multiple_faces", len(faces), face, timings=timings)
-        geometry = geometry_gate(face, self.settings.limits)
         timings["quality"] = clock() - start
         liveness = self._start_liveness(image, face, geometry, live)
         if gate and not geometry.ok:

@@ -7,15 +7,14 @@ so staff reviewing a disputed meal can find exactly one picture, and nothing mor
 A frame is deleted once it is older than the retention period by either clock: the wall clock
 (file time), which also counts time switched off, or the gateway's running time (the store's
 steady clock, stamped into the file), which a wall clock set back cannot stretch. A frame can
-thus go early when the wall clock jumps forward, never late.
+thus go early when the wall clock jumps forward, never late. Deleting needs no key, so frames
+already kept still go when a site turns the option off or the face stage cannot start.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,18 +25,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.vision.errors import GalleryError
 from gateway.vision.keys import derive, read_key
+from gateway.vision.retention import HEADER, MAGIC, PARTIAL, STAMP, SUFFIX, ExpiredFrames
 
 log = logging.getLogger(__name__)
 
 PURPOSE = "audit-frames-v1"
-SUFFIX = ".frame"
-MAGIC = b"GAF2"
-STAMP = struct.Struct(">q")  # running time in ms when kept; -1 without a running clock
-HEADER = len(MAGIC) + STAMP.size
 NONCE = 12
 
 
-class AuditFrames:
+class AuditFrames(ExpiredFrames):
     def __init__(
         self,
         folder: Path,
@@ -45,13 +41,10 @@ class AuditFrames:
         retention_days: float,
         running_ms: Callable[[], int] | None = None,
     ) -> None:
-        self.folder = folder
-        self.retention_s = retention_days * 86_400
-        self._running_ms = running_ms
+        super().__init__(folder, retention_days, running_ms)
         self._aead = AESGCM(derive(read_key(key_path), PURPOSE))
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.kept = 0
-        self.purged = 0
 
     def _path(self, event_id: str) -> Path:
         if not event_id.replace("-", "").isalnum():
@@ -68,7 +61,7 @@ class AuditFrames:
             header + nonce + self._aead.encrypt(nonce, jpeg.tobytes(), self._aad(event_id, header))
         )
         target = self._path(event_id)
-        partial = target.with_suffix(".partial")
+        partial = target.with_suffix(PARTIAL)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
@@ -90,31 +83,3 @@ class AuditFrames:
     def _aad(event_id: str, header: bytes) -> bytes:
         """Binds the frame to its decision and its stamp: neither can be swapped unnoticed."""
         return event_id.encode() + header
-
-    def purge(self, now: float | None = None) -> int:
-        """Delete frames older than the retention period by either clock; returns how many."""
-        cutoff = (time.time() if now is None else now) - self.retention_s
-        running_cutoff = self._running_ms() - self.retention_s * 1000 if self._running_ms else None
-        removed = 0
-        for path in self.folder.glob(f"*{SUFFIX}"):
-            try:
-                if path.stat().st_mtime < cutoff or self._kept_before(path, running_cutoff):
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        if removed:
-            log.info("audit: %d frames past retention deleted", removed)
-        self.purged += removed
-        return removed
-
-    @staticmethod
-    def _kept_before(path: Path, running_cutoff: float | None) -> bool:
-        if running_cutoff is None:
-            return False
-        with path.open("rb") as fh:
-            header = fh.read(HEADER)
-        if len(header) < HEADER or not header.startswith(MAGIC):
-            return False
-        stamp = int(STAMP.unpack(header[len(MAGIC) :])[0])
-        return 0 <= stamp < running_cutoff

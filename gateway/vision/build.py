@@ -18,13 +18,15 @@ from gateway.vision.operations import (
     GalleryFile,
     face_remove,
 )
+from gateway.vision.retention import AuditRetention
 
 
 def build(
     cfg: VisionSection, data_dir: Path, store: Store
 ) -> tuple[list[Service], list[Operation]]:
-    """The counter (only with a camera: otherwise no model or gallery file is touched) and the
-    platform's face requests, answered with or without a camera."""
+    """The counter (only with a camera: otherwise no model or gallery file is touched), the
+    retention of audit frames (always: a site may have removed its camera), and the platform's
+    face requests, answered with or without a camera."""
     confirmations = Confirmations(cfg.decision.confirm_within_s)
     gallery = GalleryFile(cfg, data_dir)
     operations = [
@@ -33,8 +35,9 @@ def build(
         Operation("face.unlearn", FaceUnlearn(cfg, gallery)),
         Operation("face.remove", partial(face_remove, cfg.gallery.db_path(data_dir))),
     ]
+    retention = AuditRetention.configured(cfg.audit, data_dir, store.steady_ms)
     if cfg.camera.source is None:
-        return [], operations
+        return [retention], operations
     from gateway.vision.service import VisionService
 
-    return [VisionService(cfg, data_dir, store, confirmations=confirmations)], operations
+    return [retention, VisionService(cfg, data_dir, store, confirmations=confirmations)], operations

@@ -14,6 +14,7 @@ times are synthetic (frame number / fps), so the same photos give the same decis
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -189,15 +190,30 @@ def _safe_name(target: str | int) -> str:
     return text
 
 
+def _reason(exc: Exception) -> str:
+    """For health and the log: a CameraError says it all; anything else is named by type, and
+    a URL in its text loses its credentials."""
+    if isinstance(exc, CameraError):
+        return str(exc)
+    return re.sub(r"//[^/@\s]*@", "//", f"{type(exc).__name__}: {exc}")
+
+
 def is_stream(target: str | int) -> bool:
     return isinstance(target, str) and urlsplit(target).scheme in STREAM_SCHEMES
 
 
 def open_source(spec: str, cfg: CameraSection) -> FrameSource:
-    """Pick the source kind from the spec: device, stream URL, folder, or video file."""
+    """Pick the source kind from the spec: device, stream URL, folder, or video file.
+
+    Any path under /dev/ is a V4L2 device, so the stable /dev/v4l/by-id/... links work, and a
+    device not there yet is no error here: a USB camera enumerates late at boot, and the reader
+    reports it lost and retries until it appears. A folder or file that does not exist is a
+    typo, not something that comes later: said at once."""
+    if not spec:
+        raise CameraError("no camera source given")
     if spec.isdigit():
         return OpenCVCapture(int(spec), cv2.CAP_V4L2, cfg, paced=False)
-    if spec.startswith("/dev/video"):
+    if spec.startswith("/dev/"):
         return OpenCVCapture(spec, cv2.CAP_V4L2, cfg, paced=False)
     if is_stream(spec):
         return OpenCVCapture(spec, cv2.CAP_FFMPEG, cfg, paced=False)
@@ -238,6 +254,7 @@ class CameraStats:
     bad_frames: int = 0
     dropped: int = 0
     reopens: int = 0
+    source_errors: int = 0  # unexpected exceptions from the source (driver, folder): reopened
 
     def usable(self, raw: np.ndarray | None) -> np.ndarray | None:
         """The frame as 8-bit BGR, or None after counting why it is not usable."""
@@ -330,7 +347,7 @@ class CameraReader:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        self.source.close()
+        self._close()
         if not self.ended:
             self.state = "stopped"
 
@@ -371,8 +388,10 @@ class CameraReader:
                 self.state = "opening"
             try:
                 self.source.open()
-            except CameraError as exc:
-                self._lost(str(exc))
+            except Exception as exc:  # CameraError, or whatever a driver or a folder raises
+                if not isinstance(exc, CameraError):
+                    self.stats.source_errors += 1
+                self._lost(_reason(exc))
                 if self._stop.wait(delay):
                     break
                 delay = min(delay * 2, self.cfg.reopen_max_s)
@@ -380,20 +399,32 @@ class CameraReader:
                 continue
             self.state = "streaming"
             self._last_frame_at = self.clock()
-            outcome = self._stream()
-            self.source.close()
-            if outcome == "ended":
+            frames = self.stats.frames
+            try:
+                ended = self._stream()
+            except Exception as exc:  # the thread must outlive any source: reopen it
+                self.stats.source_errors += 1
+                self._lost(_reason(exc))
+                ended = False
+            self._close()
+            if ended:
                 self.state = "ended"
                 with self._cond:
                     self.ended = True
                     self._cond.notify_all()
                 return
-            if outcome == "streamed":
+            if self.stats.frames > frames:  # it streamed: a new loss starts the backoff anew
                 delay = self.cfg.reopen_min_s
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, self.cfg.reopen_max_s)
             self.stats.reopens += 1
+
+    def _close(self) -> None:
+        try:
+            self.source.close()
+        except Exception as exc:
+            log.warning("camera %s: close failed: %s", self.source.name, _reason(exc))
 
     def _lost(self, why: str) -> None:
         if self.state != "lost" or why != self.last_error:
@@ -401,30 +432,28 @@ class CameraReader:
         self.state = "lost"
         self.last_error = why
 
-    def _stream(self) -> str:
-        """Read until stopped, ended or stalled; 'streamed' if at least one frame arrived."""
+    def _stream(self) -> bool:
+        """Read until stopped, ended (True) or stalled. A frame that is unusable (zero-size,
+        odd pixel type) counts as no frame: a driver sending only those is a stalled camera."""
         interval = 1.0 / self.cfg.fps
-        got_any = False
         while not self._stop.is_set():
             started = self.clock()
             try:
                 raw, decode_s = self.source.read()
             except EndOfStream:
-                return "ended"
+                return True
             image = self.stats.usable(raw)
-            if raw is None:
+            if image is None:
                 if self.clock() - self._last_frame_at > self.cfg.stall_s:
-                    self._lost(f"no frame for {self.cfg.stall_s:g} s")
-                    return "streamed" if got_any else "stalled"
+                    what = "frame" if raw is None else "usable frame"
+                    self._lost(f"no {what} for {self.cfg.stall_s:g} s")
+                    return False
                 self._stop.wait(min(interval, 0.05))
                 continue
-            if image is None:
-                continue
-            got_any = True
             self._publish(image, decode_s)
             if self.source.paced:
                 self._stop.wait(max(0.0, interval - (self.clock() - started)))
-        return "streamed"
+        return False
 
     def _publish(self, image: np.ndarray, decode_s: float) -> None:
         now = self.clock()

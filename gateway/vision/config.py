@@ -21,9 +21,9 @@ from gateway.configfile import Strict, check_order
 class CameraSection(Strict):
     source: str | None = Field(
         None,
-        description="V4L2 device (/dev/video0 or 0), rtsp:// or http:// (MJPEG) stream URL, "
-        "video file, or a folder of photos replayed as frames. None: no camera, the face stage "
-        "does not run.",
+        description="V4L2 device (any path under /dev/, best its /dev/v4l/by-id/ name; or 0), "
+        "rtsp:// or http:// (MJPEG) stream URL, video file, or a folder of photos replayed as "
+        "frames. None: no camera, the face stage does not run.",
     )
     id: str = Field("counter-1", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Camera id.")
     width: int = Field(640, ge=160, le=3840, description="Frame width asked of the camera.")

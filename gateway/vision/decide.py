@@ -4,10 +4,11 @@ A track is one person in front of the camera: consecutive usable frames whose em
 similar, ended by a gap without a face. The gateway accepts an identity only when, within the
 last ``n`` frames of a short window, the same elder is the best match in at least ``k`` frames
 with a score at or above the accept threshold and a clear margin over the runner-up, no other
-elder is, and most of those frames look live. Otherwise, once the track has had its time, it
-says ``uncertain`` (with candidates for staff) or ``unknown``. A track yields at most one
-decision; after an acceptance the elder is in cooldown so that turning away and back does not
-settle twice.
+elder is, most of those frames look live, and no frame of that window showed a second face of
+similar size. Otherwise, once the track has had its time, it says ``uncertain`` (with
+candidates for staff) or ``unknown``. A track yields at most one decision; ``multiple_faces``
+ends the track, and after an acceptance the elder is in cooldown so that turning away and back
+does not settle twice.
 
 Time comes from the frames' timestamps, so replaying recorded frames gives the same decisions.
 """
@@ -15,7 +16,7 @@ Time comes from the frames' timestamps, so replaying recorded frames gives the s
 from __future__ import annotations
 
 import statistics
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
@@ -146,7 +147,7 @@ class Decider:
         self.track: Track | None = None
         self._next_track = 1
         self._accepted_at: dict[str, float] = {}
-        self._ambiguous_run = 0
+        self._ambiguous_at: deque[float] = deque()  # frames with a second face, last window_s
         self._ambiguity_reported_at: float | None = None
         self.counters: Counter[str] = Counter()
 
@@ -159,7 +160,6 @@ class Decider:
         if obs.kind == "multiple_faces":
             out += self._ambiguous(obs.t)
             return out
-        self._ambiguous_run = 0
         if obs.kind == "no_face":
             return out
         if obs.kind == "face" and self.track is not None and not self._continues(self.track, obs):
@@ -167,6 +167,10 @@ class Decider:
         track = self.track or self._open(obs.t)
         track.last_seen = obs.t
         track.frames_seen += 1
+        if track.decided:  # only continuity matters now; a face left in view must not pile up
+            if obs.embedding is not None:
+                track.last_embedding = obs.embedding
+            return out
         if obs.live_score is not None:
             track.lives.append((obs.t, obs.live_score))
         if obs.kind == "poor_quality":
@@ -174,9 +178,7 @@ class Decider:
         else:
             track.last_embedding = obs.embedding
             track.evidence.append(self._evidence(obs))
-        if not track.decided:
-            out += self._evaluate(track, obs.t)
-        return out
+        return out + self._evaluate(track, obs.t)
 
     def flush(self) -> list[Decision]:
         """End the current track (the source ended or the service stops)."""
@@ -198,13 +200,11 @@ class Decider:
         self.track = None
         if track.decided:
             return []
-        usable = len(track.evidence)
-        if usable >= self.policy.n:
-            return [self._give_up(track, track.last_seen)]
-        if usable == 0 and sum(track.poor.values()) >= self.policy.n:
-            return [self._no_usable_face(track, track.last_seen)]
-        self.counters["tracks_abandoned"] += 1
-        return []
+        decision = self._had_its_frames(track, track.last_seen)
+        if decision is None:
+            self.counters["tracks_abandoned"] += 1
+            return []
+        return [decision]
 
     def _evidence(self, obs: Observation) -> Evidence:
         search = obs.search or SearchResult((), ())
@@ -220,20 +220,26 @@ class Decider:
         )
 
     def _ambiguous(self, t: float) -> list[Decision]:
+        """Counted within the window, not only in a row: a second face the detector finds in
+        most frames but not all is still a second person at the counter."""
         p = self.policy
-        self._ambiguous_run += 1
+        self._ambiguous_at.append(t)
+        while t - self._ambiguous_at[0] > p.window_s:
+            self._ambiguous_at.popleft()
         reported = self._ambiguity_reported_at
         if reported is not None and t - reported <= p.track_gap_s:
             self._ambiguity_reported_at = t
             return []
-        if self._ambiguous_run < p.ambiguity_frames:
+        if len(self._ambiguous_at) < p.ambiguity_frames:
             return []
         self._ambiguity_reported_at = t
         track = self.track
         if track is not None:
             if track.decided:
                 return []
-            track.evidence.clear()
+            # its frames cannot say who is paying: whoever stays starts a new track
+            track.decided = True
+            self.track = None
         self.counters["multiple_faces"] += 1
         return [
             Decision(
@@ -241,10 +247,13 @@ class Decider:
                 t,
                 track=track.id if track else 0,
                 track_started=track.started if track else t,
-                frames_seen=self._ambiguous_run,
+                frames_seen=len(self._ambiguous_at),
                 reason="another face of similar size",
             )
         ]
+
+    def _second_face_lately(self, t: float) -> bool:
+        return bool(self._ambiguous_at) and t - self._ambiguous_at[-1] <= self.policy.window_s
 
     # ---- rules ------------------------------------------------------------------------------
 
@@ -257,7 +266,8 @@ class Decider:
         votes = Counter(
             e.top for e in recent if e.top_score >= p.accept_threshold and e.margin >= p.margin
         )
-        if len(votes) == 1:  # a strong vote for a second elder in the window: never guess
+        # a strong vote for a second elder, or a second face, in the window: never guess
+        if len(votes) == 1 and not self._second_face_lately(t):
             winner, count = votes.most_common(1)[0]
             frames = [e for e in recent if e.top == winner and e.top_score >= p.accept_threshold]
             live = sum(1 for e in frames if e.live >= p.liveness_threshold)
@@ -265,11 +275,21 @@ class Decider:
                 assert winner is not None
                 return self._accept(track, winner, t, frames)
         if t - track.started >= p.decide_within_s:
-            if len(track.evidence) >= p.n:
-                return [self._give_up(track, t)]
-            if not track.evidence and sum(track.poor.values()) >= p.n:
-                return [self._no_usable_face(track, t)]
+            decision = self._had_its_frames(track, t)
+            if decision is not None:
+                return [decision]
         return []
+
+    def _had_its_frames(self, track: Track, t: float) -> Decision | None:
+        """A track that could not be accepted but saw at least ``n`` frames gets an outcome:
+        ``uncertain``/``unknown`` from ``n`` usable frames, otherwise the reason its face was
+        not usable. Fewer frames than that were a passer-by."""
+        p = self.policy
+        if len(track.evidence) >= p.n:
+            return self._give_up(track, t)
+        if len(track.evidence) + sum(track.poor.values()) >= p.n:
+            return self._no_usable_face(track, t)
+        return None
 
     def _accept(self, track: Track, elder: str, t: float, frames: list[Evidence]) -> list[Decision]:
         since = self._accepted_at.get(elder)

@@ -293,16 +293,17 @@ class Gallery:
             conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (value,))
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
             return
-        blob = bytes.fromhex(row[0])
         try:
+            blob = bytes.fromhex(row[0])
             self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], None)
         except InvalidTag:
-            self.report.key_mismatch = True
-            log.error(
-                "face gallery %s: the key in %s is not the one it was written with",
-                self.db_path,
-                self.key_path,
-            )
+            problem = f"the key in {self.key_path} is not the one it was written with"
+        except (ValueError, TypeError):
+            problem = f"its key check is damaged, so the key in {self.key_path} cannot be verified"
+        else:
+            return
+        self.report.key_mismatch = True  # writes are refused: they could use the wrong key
+        log.error("face gallery %s: %s", self.db_path, problem)
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -336,10 +337,12 @@ class Gallery:
                     plain = self._aead.decrypt(
                         nonce, ciphertext, self._aad(template_id, elder_id, model_id)
                     )
-                except InvalidTag:
+                    vector = np.frombuffer(plain, dtype=np.float32)
+                except (InvalidTag, ValueError, TypeError):
+                    # wrong tag, a nonce of the wrong length or type: a damaged row, not a
+                    # reason to lose every other elder
                     report.undecryptable += 1
                     continue
-                vector = np.frombuffer(plain, dtype=np.float32)
                 if vector.shape != (self.dim,):
                     report.undecryptable += 1
                     continue
@@ -565,9 +568,15 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 @contextmanager
 def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """A short-lived connection; enrolment (another process) may write between uses."""
+    """A short-lived connection; enrolment (another process) may write between uses.
+
+    Any SQLite error (a damaged file, a full disk) becomes a ``GalleryError``: the face stage
+    then reports it instead of taking the gateway down with a raw ``sqlite3`` exception."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
+    try:
+        conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise GalleryError(f"{db_path}: cannot open the face gallery ({exc})") from None
     try:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -575,6 +584,8 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
         except sqlite3.DatabaseError as exc:
             raise GalleryError(f"{db_path}: not a face gallery ({exc})") from None
         yield conn
+    except sqlite3.Error as exc:
+        raise GalleryError(f"{db_path}: face gallery damaged or unusable ({exc})") from exc
     finally:
         conn.close()
 

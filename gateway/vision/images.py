@@ -4,7 +4,9 @@ Enrolment photos come from phones, scanners and the platform; camera frames from
 occasionally hand over nothing. Every odd case becomes either a usable 8-bit BGR image or a
 ``BadImage`` with a short reason that is counted, so one bad input never stops the pipeline.
 Image dimensions are read from the header before decoding, so a 100-megapixel photo is refused
-without first allocating hundreds of megabytes on a 2 GB Pi.
+without first allocating hundreds of megabytes on a 2 GB Pi. Only the formats whose header is
+read here are decoded (JPEG, PNG, WebP, BMP); anything else OpenCV could decode (TIFF, GIF,
+JPEG 2000, ...) is ``unsupported``, since its size would only be known after decoding it.
 """
 
 from __future__ import annotations
@@ -24,34 +26,89 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first SOF marker, or None if there is none."""
+    """(width, height) from the first SOF marker, or None if there is none.
+
+    Walks the markers as libjpeg does, stray bytes between them included (libjpeg skips those
+    with a warning): a size this cannot find, libjpeg cannot decode either."""
     i = 2
     while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
+        if data[i] != 0xFF:  # stray byte between segments
             i += 1
             continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01, 0x00) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
         if marker in _JPEG_SOF:
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
             return width, height
-        i += 2 + length
+        i += 2 + max(length, 2)
     return None
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a RIFF WebP from its first chunk: lossy, lossless or extended."""
+    chunk = data[12:16]
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        (bits,) = struct.unpack("<I", data[21:25])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def bmp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a BMP; a negative height only means stored top-down."""
+    if len(data) < 26:
+        return None
+    (header,) = struct.unpack("<I", data[14:18])
+    if header == 12:  # OS/2 BITMAPCOREHEADER
+        width, height = struct.unpack("<hh", data[18:22])
+    else:
+        width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the IHDR chunk, which must come first."""
+    if data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def image_format(data: bytes) -> str | None:
+    """The format by its signature, among those whose size can be read before decoding."""
+    if data[:2] == b"\xff\xd8":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM":
+        return "bmp"
+    return None
+
+
+_SIZE = {"jpeg": jpeg_size, "png": png_size, "webp": webp_size, "bmp": bmp_size}
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """Dimensions of a JPEG or PNG without decoding it; None for other formats."""
-    if data[:2] == b"\xff\xd8":
-        return jpeg_size(data)
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return width, height
-    return None
+    """Dimensions of a JPEG, PNG, WebP or BMP without decoding it; None for another format or
+    a header that cannot be read."""
+    kind = image_format(data)
+    return None if kind is None else _SIZE[kind](data)
 
 
 def as_bgr8(image: np.ndarray | None) -> np.ndarray:
@@ -81,8 +138,13 @@ def decode_image(
         raise BadImage("empty", "no bytes")
     if len(data) > max_bytes:
         raise BadImage("too_large", f"{len(data)} bytes (limit {max_bytes})")
+    # Another format's size would only be known by decoding it: too late for a bomb.
+    if image_format(data) is None:
+        raise BadImage("unsupported", "not a JPEG, PNG, WebP or BMP photo")
     size = header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size is None:
+        raise BadImage("corrupt", "no image size in its header")
+    if size[0] * size[1] > max_pixels:
         raise BadImage("too_large", f"{size[0]}x{size[1]} pixels (limit {max_pixels})")
     if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise BadImage("truncated", "JPEG ends before its end-of-image marker")

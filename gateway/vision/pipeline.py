@@ -7,15 +7,17 @@ testable frame by frame with real photos and real models.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.events import Event
+from gateway.events import Event, uuid7
+from gateway.logs import RateLimitedLog
 from gateway.vision.analyze import Analysis, Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import Frame
@@ -26,6 +28,10 @@ from gateway.vision.gallery import Gallery, SearchResult
 
 SEARCH_K = 3
 STAGES = ("decode", "detect", "quality", "align", "embed", "liveness", "search", "total")
+TIMED_FRAMES = 60  # a decision reports the medians of its track's latest frames
+
+log = logging.getLogger(__name__)
+_flood = RateLimitedLog(log, 60.0)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,29 @@ def observation(analysis: Analysis, t: float, search: SearchResult | None) -> Ob
     return Observation(t, "no_face")
 
 
+@dataclass
+class TrackFrames:
+    """What a track's decision reports besides the decider's verdict: the stage timings of its
+    frames and, with the audit option, its newest frame (in memory only until then). Kept per
+    track, because the frame that ends one person's track is the next person's."""
+
+    timings: dict[str, deque[float]] = field(default_factory=dict)
+    image: np.ndarray | None = None
+
+    def add(self, timings: Mapping[str, float], image: np.ndarray | None) -> None:
+        for stage, seconds in timings.items():
+            self.timings.setdefault(stage, deque(maxlen=TIMED_FRAMES)).append(seconds * 1000)
+        if image is not None:
+            self.image = image
+
+    def medians_ms(self) -> dict[str, float]:
+        return {
+            stage: statistics.median(values)
+            for stage, values in self.timings.items()
+            if stage in STAGES and values
+        }
+
+
 class CounterPipeline:
     def __init__(
         self,
@@ -75,9 +104,7 @@ class CounterPipeline:
         self.confirmations = Confirmations(0) if confirmations is None else confirmations
         self.decider = Decider(policy)
         self.counts: Counter[str] = Counter()
-        self._timings: dict[str, list[float]] = {}
-        self._timing_track: int | None = None
-        self._last_face: np.ndarray | None = None
+        self._tracks: dict[int, TrackFrames] = {}
         self.last_timings: dict[str, float] = {}
         self.recent_ms: deque[float] = deque(maxlen=100)
 
@@ -98,51 +125,63 @@ class CounterPipeline:
         self.counts["frames"] += 1
         self.counts[analysis.kind] += 1
         obs = observation(analysis, frame.t, search_result)
-        if self.audit is not None and obs.kind != "no_face":
-            # in memory only: the newest frame with a face, written if a decision follows
-            self._last_face = frame.image
+        this = TrackFrames()
+        this.add(timings, frame.image if self.audit is not None and obs.kind != "no_face" else None)
         decisions = self.decider.observe(obs)
-        self._add_timings(timings)
+        track = self.decider.track
+        if track is not None and obs.kind in ("face", "poor_quality"):
+            self._tracks.setdefault(track.id, TrackFrames()).add(timings, this.image)
         self.last_timings = timings
         self.recent_ms.append(timings["total"] * 1000)
-        return [self._event(d) for d in decisions]
+        # multiple_faces is about this very frame, whichever track it ends
+        return self._events(decisions, this if obs.kind == "multiple_faces" else None)
 
     def idle(self, t: float) -> list[DecisionEvent]:
         """No frame arrived by ``t``: lets a track end when the camera goes quiet."""
-        return [self._event(d) for d in self.decider.observe(Observation(t, "no_face"))]
+        return self._events(self.decider.observe(Observation(t, "no_face")))
 
     def flush(self) -> list[DecisionEvent]:
-        return [self._event(d) for d in self.decider.flush()]
+        return self._events(self.decider.flush())
 
-    def _add_timings(self, timings: dict[str, float]) -> None:
-        track = self.decider.track.id if self.decider.track is not None else None
-        if track != self._timing_track:
-            self._timings = {}
-            self._timing_track = track
-        for stage, seconds in timings.items():
-            self._timings.setdefault(stage, []).append(seconds * 1000)
+    def _events(
+        self, decisions: list[Decision], this: TrackFrames | None = None
+    ) -> list[DecisionEvent]:
+        out = [
+            self._event(d, this or self._tracks.get(d.track) or TrackFrames()) for d in decisions
+        ]
+        current = self.decider.track
+        self._tracks = {k: v for k, v in self._tracks.items() if current and k == current.id}
+        if current is not None and current.decided and current.id in self._tracks:
+            self._tracks[current.id].image = None  # no frame outlives its decision
+        return out
 
-    def _event(self, decision: Decision) -> DecisionEvent:
-        timings_ms = {
-            stage: statistics.median(values)
-            for stage, values in self._timings.items()
-            if stage in STAGES and values
-        }
-        kept = self._last_face if self.audit is not None else None
+    def _event(self, decision: Decision, frames: TrackFrames) -> DecisionEvent:
+        event_id = uuid7()
+        kept = frames.image is not None and self._keep(event_id, frames.image)
         data = decision_data(
             decision,
             look_alikes=self.gallery.look_alikes(decision.elder_id) if decision.elder_id else (),
             camera=self.camera_id,
             policy=self.policy,
             models=self.model_ids,
-            timings_ms=timings_ms,
-            audit_frame=kept is not None,
+            timings_ms=frames.medians_ms(),
+            audit_frame=kept,
             confirmable=self.confirmations.would_hold(decision.probe),
         )
-        event = Event(FACE_DECISION, data)
-        if kept is not None and self.audit is not None:
-            self.audit.keep(event.event_id, kept)
+        event = Event(FACE_DECISION, data, event_id)
         self.confirmations.hold(event.event_id, decision.probe, decision.candidates)
-        self._last_face = None
         self.counts[f"decision_{decision.outcome.value}"] += 1
         return DecisionEvent(decision, event)
+
+    def _keep(self, event_id: str, image: np.ndarray) -> bool:
+        """The audit frame is a record of the decision, not the decision: if it cannot be
+        written (disk full, folder gone) the decision is still recorded, saying so."""
+        if self.audit is None:
+            return False
+        try:
+            self.audit.keep(event_id, image)
+        except (OSError, ValueError) as exc:
+            self.counts["audit_frame_errors"] += 1
+            _flood.warning("audit", "audit frame not kept: %s", exc)
+            return False
+        return True

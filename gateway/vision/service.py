@@ -1,11 +1,15 @@
 """The counter camera as a gateway service: a pipeline thread that records every decision.
 
-Start fails loudly (model files altered or missing, no usable gallery key) instead of running
-a face stage that cannot be trusted; the gateway then runs on without it (alarms, wristbands)
-and says so in health. Once running, nothing a camera or a photo does stops it:
-bad frames and lost cameras are counted and shown in health, and the thread goes on.
-A lost camera does not make the gateway unhealthy: the watchdog would then restart the whole
-process, alarms included, and a restart does not bring a camera back.
+Start fails loudly (model files altered or missing, no usable gallery key, a damaged gallery
+file) instead of running a face stage that cannot be trusted; the gateway then runs on without
+it (alarms, wristbands) and says so in health. Whatever goes wrong while starting, even an
+error nobody foresaw, is this stage's start failure and never the gateway's. Once running,
+nothing a camera, a photo, the store or the gallery file does stops it: bad frames, lost
+cameras, unrecorded decisions and failed gallery refreshes are counted and shown in health,
+and the thread goes on. A lost camera does not make the gateway unhealthy: the watchdog would
+then restart the whole process, alarms included, and a restart does not bring a camera back.
+
+Audit frames past their retention are deleted by a service of their own (retention.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 from gateway.lifecycle import StartupError
 from gateway.logs import RateLimitedLog
-from gateway.store import StorageFull, Store, StoreClosed
+from gateway.store import Store
 from gateway.vision.analyze import Analyzer, AnalyzerSettings
 from gateway.vision.audit import AuditFrames
 from gateway.vision.calibrate import beyond_calibration
@@ -36,7 +40,6 @@ from gateway.vision.pipeline import CounterPipeline, DecisionEvent
 log = logging.getLogger(__name__)
 
 Listener = Callable[[DecisionEvent], None]
-AUDIT_PURGE_S = 3600.0
 
 
 class VisionService:
@@ -64,8 +67,10 @@ class VisionService:
         self.gallery: Gallery | None = None
         self.feed: FrameFeed | None = None
         self.audit: AuditFrames | None = None
+        self._running_ms = None if store is None else store.steady_ms
         self.errors = 0
         self.unrecorded = 0
+        self.refresh_errors = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ratelimited = RateLimitedLog(log, 60.0)
@@ -74,7 +79,12 @@ class VisionService:
         try:
             self._start()
         except VisionError as exc:
+            self._halt()
             raise StartupError(f"face stage: {exc}") from exc
+        except Exception as exc:  # unforeseen: still this stage's failure, not the gateway's
+            log.exception("face stage could not start")
+            self._halt()
+            raise StartupError(f"face stage: {type(exc).__name__}: {exc}") from exc
 
     def _start(self) -> None:
         cfg = self.cfg
@@ -86,7 +96,7 @@ class VisionService:
                 cfg.audit.path(self.data_dir),
                 cfg.gallery.key_path(self.data_dir),
                 cfg.audit.retention_days,
-                self.store.steady_ms if self.store is not None else None,
+                self._running_ms,
             )
         self.pipeline = CounterPipeline(
             Analyzer(models, AnalyzerSettings.from_config(cfg)),
@@ -110,6 +120,11 @@ class VisionService:
         self._check_calibration()
 
     def stop(self) -> None:
+        self._halt()
+
+    def _halt(self) -> None:
+        """Pipeline thread, camera and liveness thread: at stop, or after a start that failed
+        half-way (the supervisor never stops a service that did not start)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -147,6 +162,7 @@ class VisionService:
             "gallery": self._gallery_health(gallery) if gallery else None,
             "frame_errors": self.errors,
             "unrecorded_decisions": self.unrecorded,
+            "gallery_refresh_errors": self.refresh_errors,
             "audit_frames_kept": self.audit.kept if self.audit else 0,
             "confirmable_decisions": len(self.confirmations),
         }
@@ -175,10 +191,9 @@ class VisionService:
         assert self.pipeline is not None and self.feed is not None and self.gallery is not None
         pipeline, feed = self.pipeline, self.feed
         next_refresh = time.monotonic() + self.cfg.gallery.refresh_s
-        next_purge = time.monotonic()
         while not self._stop.is_set():
-            frame = feed.next_frame(timeout=0.2)
             try:
+                frame = feed.next_frame(timeout=0.2)
                 if frame is not None:
                     events = pipeline.process(frame)
                 elif feed.ended:
@@ -194,19 +209,31 @@ class VisionService:
             now = time.monotonic()
             if now >= next_refresh:
                 next_refresh = now + self.cfg.gallery.refresh_s
-                if self.gallery.refresh_if_changed():
-                    self._check_calibration()
-            if self.audit is not None and now >= next_purge:
-                next_purge = now + AUDIT_PURGE_S
-                self.audit.purge()
-        for event in pipeline.flush():
+                self._refresh()
+        try:
+            events = pipeline.flush()
+        except Exception as exc:
+            self.errors += 1
+            self._ratelimited.warning("frame", "last track could not be decided: %s", exc)
+            return
+        for event in events:
             self._emit(event)
+
+    def _refresh(self) -> None:
+        """New enrolments; a gallery file that cannot be read now leaves the last one in use."""
+        assert self.gallery is not None
+        try:
+            if self.gallery.refresh_if_changed():
+                self._check_calibration()
+        except Exception as exc:
+            self.refresh_errors += 1
+            self._ratelimited.warning("refresh", "face gallery not refreshed: %s", exc)
 
     def _emit(self, decision: DecisionEvent) -> None:
         if self.store is not None:
             try:
                 self.store.record(decision.event)
-            except (StoreClosed, StorageFull, TimeoutError) as exc:
+            except Exception as exc:  # full, closed, slow or a raw SQLite error: counted
                 self.unrecorded += 1
                 self._ratelimited.warning("record", "decision not recorded: %s", exc)
         for listener in self.listeners:

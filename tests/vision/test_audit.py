@@ -14,6 +14,7 @@ from gateway.vision.audit import AuditFrames
 from gateway.vision.errors import GalleryError
 from gateway.vision.images import read_image
 from gateway.vision.keys import create_key
+from gateway.vision.retention import ExpiredFrames
 
 DAY_MS = 86_400_000
 EVENT = "019a0000-0000-7000-8000-000000000001"
@@ -100,3 +101,28 @@ def test_a_foreign_file_is_refused_and_does_not_stop_the_purge(
     assert [p.name for p in audit.folder.iterdir()] == [
         "019a0000-0000-7000-8000-00000000000f.frame"
     ]
+
+
+def test_expired_frames_go_without_the_key_and_one_that_cannot_does_not_keep_the_others(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray, tmp_path: Path
+) -> None:
+    audit, clock = frames
+    audit.keep(EVENT, photo)
+    stuck = "019a0000-0000-7000-8000-000000000002.frame"
+    (audit.folder / stuck).mkdir()  # cannot be unlinked
+    (tmp_path / "faces.key").unlink()  # the option was turned off and the key is gone
+    clock.ms += DAY_MS + 1
+    expired = ExpiredFrames(audit.folder, retention_days=1, running_ms=clock)
+    assert expired.purge(now=time.time() + 86_400 + 1) == 1
+    assert expired.purge_failures == 1
+    assert [p.name for p in audit.folder.iterdir()] == [stuck]
+
+
+def test_a_frame_cut_short_while_being_written_also_leaves_on_time(
+    frames: tuple[AuditFrames, RunningClock],
+) -> None:
+    audit, _ = frames
+    (audit.folder / f"{EVENT}.partial").write_bytes(b"GAF2")  # power lost mid-write
+    assert audit.purge() == 0
+    assert audit.purge(now=time.time() + 86_400 + 1) == 1
+    assert list(audit.folder.iterdir()) == []

@@ -188,6 +188,83 @@ def test_sources_are_chosen_from_the_spec(tmp_path: Path) -> None:
     assert isinstance(open_source(str(tmp_path), cfg), ImageFolder)
     with pytest.raises(CameraError, match="no such device"):
         open_source(str(tmp_path / "missing.mp4"), cfg)
+    with pytest.raises(CameraError, match="no camera source"):
+        open_source("", cfg)  # not the current folder replayed as photos
+
+
+BY_ID = "/dev/v4l/by-id/usb-Generic_USB_Camera_200901010001-video-index0"
+
+
+def test_a_usb_camera_by_its_stable_name_not_plugged_in_yet_is_lost_and_retried() -> None:
+    cfg = CameraSection(source=BY_ID, reopen_min_s=0.05, reopen_max_s=0.1)
+    reader = open_feed(cfg)
+    assert isinstance(reader, CameraReader) and isinstance(reader.source, OpenCVCapture)
+    assert reader.source.backend == cv2.CAP_V4L2 and not reader.source.paced
+    reader.start()
+    try:
+        _wait(lambda: reader.stats.reopens >= 2)
+        assert reader.health()["state"] == "lost"
+        assert reader.health()["last_error"] == f"cannot open camera {BY_ID}"
+    finally:
+        reader.stop()
+
+
+class BlankFrameCamera(FakeUsbCamera):
+    """Opens fine, then hands over zero-size frames only (a driver gone wrong)."""
+
+    def __init__(self) -> None:
+        super().__init__(np.zeros((0, 0, 3), np.uint8))
+        self.reads = 0
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        self.reads += 1
+        return self.frame, 0.0
+
+
+def test_a_camera_sending_only_unusable_frames_is_lost_not_spun_on() -> None:
+    camera = BlankFrameCamera()
+    cfg = CameraSection(fps=50, reopen_min_s=0.05, reopen_max_s=0.1, stall_s=0.2)
+    reader = CameraReader(camera, cfg)
+    started = time.monotonic()
+    reader.start()
+    try:
+        _wait(lambda: camera.opens >= 2)
+        assert reader.health()["last_error"] == "no usable frame for 0.2 s"
+        assert reader.stats.frames == 0 and reader.stats.bad_frames > 0
+        # waits between reads as for a missing frame: about fps reads a second, not a spin
+        assert camera.reads < 2 * cfg.fps * (time.monotonic() - started) + 10
+    finally:
+        reader.stop()
+
+
+class FailingDriver(FakeUsbCamera):
+    """A driver that raises from a read (not a CameraError) once, then works again."""
+
+    def __init__(self, frame: np.ndarray) -> None:
+        super().__init__(frame)
+        self.reads_left = 10**9
+        self.failures = 1
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        if self.opens == 1 and self.failures:
+            self.failures -= 1
+            raise OSError(5, "Input/output error")
+        return self.frame, 0.0
+
+
+def test_a_source_that_raises_is_reopened_and_the_reader_goes_on(faces_dir: Path) -> None:
+    camera = FailingDriver(read_image(faces_dir / "antispoof" / "image_T1.jpg"))
+    cfg = CameraSection(fps=50, reopen_min_s=0.05, reopen_max_s=0.1)
+    reader = CameraReader(camera, cfg)
+    reader.start()
+    try:
+        _wait(lambda: camera.opens >= 2 and reader.state == "streaming")
+        assert reader.next_frame(timeout=1) is not None
+        health = reader.health()
+        assert health["source_errors"] == 1 and health["reopens"] == 1
+        assert health["last_error"] == "OSError: [Errno 5] Input/output error"
+    finally:
+        reader.stop()
 
 
 @pytest.fixture(params=[NetworkCamera, RtspCamera], ids=["http-mjpeg", "rtsp"])

@@ -67,10 +67,10 @@ def test_identify_with_no_such_camera_says_so(
 
 def test_no_camera_means_no_face_stage(tmp_path: Path, models_dir: Path) -> None:
     gateway = build(load_config(_config(tmp_path, models_dir)), password=None)
-    assert [s.name for s in gateway.services] == ["sync"]
+    assert [s.name for s in gateway.services] == ["sync", "audit-retention"]
     with_camera = _config(tmp_path, models_dir, '[vision.camera]\nsource = "/dev/video0"\n')
     gateway = build(load_config(with_camera), password=None)
-    assert [s.name for s in gateway.services] == ["sync", "vision"]
+    assert [s.name for s in gateway.services] == ["sync", "audit-retention", "vision"]
 
 
 def test_vision_config_errors_name_line_and_key(tmp_path: Path, models_dir: Path) -> None:

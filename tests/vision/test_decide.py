@@ -180,6 +180,52 @@ def test_ambiguity_wipes_the_votes_collected_so_far() -> None:
     assert [d.outcome for d in out] == [Outcome.MULTIPLE_FACES]
 
 
+def test_a_second_face_in_most_frames_but_not_all_is_still_multiple_faces() -> None:
+    decider = Decider(POLICY)
+    obs = [
+        face(i / FPS, "p1", "elder-1", 0.7)
+        if i % 3 == 2
+        else Observation(i / FPS, "multiple_faces")
+        for i in range(30)
+    ]
+    out = run(decider, obs)
+    assert [d.outcome for d in out] == [Outcome.MULTIPLE_FACES]
+
+
+def test_after_multiple_faces_the_one_who_stays_is_decided_on_a_new_track() -> None:
+    decider = Decider(POLICY)
+    before = frames(0.0, 2, who="p1", top="elder-1", score=0.7)
+    ambiguous = [Observation((2 + i) / FPS, "multiple_faces") for i in range(3)]
+    after = frames(5 / FPS, 30, who="p1", top="elder-1", score=0.7)
+    out = run(decider, before + ambiguous + after)
+    assert [d.outcome for d in out] == [Outcome.MULTIPLE_FACES, Outcome.ACCEPTED]
+    first, accepted = out
+    assert first.track != accepted.track
+    # no acceptance while the second face was within the window
+    assert accepted.t >= ambiguous[-1].t + POLICY.window_s
+
+
+def test_a_face_left_in_view_after_its_decision_holds_no_more_frames() -> None:
+    decider = Decider(POLICY)
+    out = run(decider, frames(0.0, 15 * 60, who="poster", top="elder-1", score=0.7))
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED]
+    assert decider.track is not None
+    assert decider.track.frames_seen == 15 * 60
+    assert len(decider.track.evidence) == POLICY.k
+    assert len(decider.track.lives) == POLICY.k
+
+
+def test_a_face_mostly_unusable_gets_its_reason_even_with_a_few_usable_frames() -> None:
+    decider = Decider(POLICY)
+    usable = frames(0.0, POLICY.n - 1, who="p1", top="elder-1", score=0.3)
+    turned = [
+        Observation((POLICY.n - 1 + i) / FPS, "poor_quality", reason="turned_away")
+        for i in range(60)
+    ]
+    out = run(decider, usable + turned)
+    assert [(d.outcome, d.reason) for d in out] == [(Outcome.NO_FACE, "turned_away")]
+
+
 def test_a_face_never_usable_is_no_face_with_the_reason() -> None:
     decider = Decider(POLICY)
     obs = [Observation(i / FPS, "poor_quality", reason="turned_away") for i in range(40)]

@@ -127,6 +127,62 @@ def test_a_relabelled_row_fails_to_decrypt_and_the_rest_loads(
     assert reopened.snapshot.starts.tolist() == [0, 1, 3]
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "nonce = x'00'",  # the wrong length: AES-GCM refuses it before checking anything
+        "nonce = 'abcdefghijkl'",  # text, not bytes
+    ],
+)
+def test_a_damaged_row_is_skipped_and_the_rest_loads(
+    gallery: Gallery, paths: tuple[Path, Path], damage: str
+) -> None:
+    db, key = paths
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            f"UPDATE templates SET {damage} WHERE template_id = "
+            "(SELECT template_id FROM templates WHERE elder_id = 'elder-b' LIMIT 1)"
+        )
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+    assert gallery.refresh_if_changed()  # a running counter picks the change up
+    reopened = Gallery.open(db, key, MODEL)  # and so does the next start
+    for loaded in (gallery, reopened):
+        assert loaded.report.undecryptable == 1 and loaded.report.templates == 5
+        assert loaded.snapshot.elders == ("elder-a", "elder-b", "elder-c")
+
+
+def test_a_damaged_key_check_refuses_writes_and_the_templates_still_load(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    db, key = paths
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = 'not hex' WHERE key = 'key_check'")
+    reopened = Gallery.open(db, key, MODEL)
+    assert reopened.report.key_mismatch and reopened.report.templates == 6
+    with pytest.raises(GalleryError, match="refusing to write"):
+        reopened.add("elder-d", _vectors(1, 4))
+
+
+def damage_gallery_file(db: Path, key: Path, model_id: str) -> None:
+    """A gallery of 300 elders whose file then takes a bad write (SD card wear) in the
+    pages that hold templates, past the schema."""
+    Gallery.open(db, key, model_id, create=True).add_many(
+        [(f"elder-{i}", _vectors(1, i)) for i in range(300)]
+    )
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+    conn.close()
+    data = bytearray(db.read_bytes())
+    data[4096 * 3 : 4096 * 6] = b"\xab" * (4096 * 3)
+    db.write_bytes(bytes(data))
+
+
+def test_a_damaged_gallery_file_is_a_gallery_error(paths: tuple[Path, Path]) -> None:
+    damage_gallery_file(*paths, MODEL)
+    with pytest.raises(GalleryError, match=r"damaged or unusable.*malformed"):
+        Gallery.open(*paths, MODEL)
+
+
 def test_templates_of_another_model_are_skipped(gallery: Gallery, paths: tuple[Path, Path]) -> None:
     other = Gallery.open(*paths, "another-recognizer@00000000")
     assert other.report.other_model == 6 and other.report.templates == 0

@@ -28,7 +28,7 @@ def test_a_real_jpeg_decodes_to_bgr8_upright(photo: bytes) -> None:
     ("data", "reason"),
     [
         (b"", "empty"),
-        (b"this is not an image at all", "corrupt"),
+        (b"this is not an image at all", "unsupported"),
         (b"\xff\xd8\xff\xe0" + b"\x00" * 64, "corrupt"),
     ],
 )
@@ -77,6 +77,54 @@ def test_a_huge_photo_is_refused_before_decoding() -> None:
         decode_image(_png_header(30_000, 20_000) + b"\x00" * 100)
     assert err.value.reason == "too_large"
     assert "30000x20000" in str(err.value)
+
+
+def test_a_stray_byte_before_the_frame_header_does_not_hide_the_size(photo: bytes) -> None:
+    sof = photo.index(b"\xff\xc0")
+    stray = photo[:sof] + b"\x00" + photo[sof:]  # libjpeg skips it and decodes the photo
+    assert header_size(stray) == (640, 480)
+    assert decode_image(stray).shape == (640, 480, 3)
+    huge = bytearray(stray)
+    huge[sof + 6 : sof + 10] = struct.pack(">HH", 2_000, 3_000)
+    with pytest.raises(BadImage, match=r"3000x2000 pixels \(limit"):  # from the header
+        decode_image(bytes(huge), max_pixels=1_000_000)
+
+
+def _webp_extended(width: int, height: int) -> bytes:
+    body = b"VP8X" + struct.pack("<I", 10) + b"\x00" * 4
+    body += (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+@pytest.mark.parametrize(
+    ("ext", "params"),
+    [
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),  # lossy (VP8)
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),  # lossless (VP8L)
+        (".bmp", []),
+    ],
+)
+def test_webp_and_bmp_sizes_are_read_from_the_header(
+    photo: bytes, ext: str, params: list[int]
+) -> None:
+    image = decode_image(photo)[:477, :301]  # odd sizes: width and height not mixed up
+    data = cv2.imencode(ext, image, params)[1].tobytes()
+    assert header_size(data) == (301, 477)
+    assert decode_image(data).shape == (477, 301, 3)
+
+
+def test_a_huge_webp_is_refused_before_decoding() -> None:
+    with pytest.raises(BadImage) as err:
+        decode_image(_webp_extended(16_000, 16_000) + b"\x00" * 100)
+    assert err.value.reason == "too_large" and "16000x16000" in str(err.value)
+
+
+def test_formats_whose_size_is_unknown_before_decoding_are_refused(photo: bytes) -> None:
+    tiff = cv2.imencode(".tiff", decode_image(photo))[1].tobytes()
+    with pytest.raises(BadImage) as err:
+        decode_image(tiff)
+    assert err.value.reason == "unsupported"
+    assert str(err.value) == "unsupported: not a JPEG, PNG, WebP or BMP photo"
 
 
 def test_a_huge_file_is_refused_by_size(tmp_path: Path, photo: bytes) -> None:

@@ -30,6 +30,19 @@ def test_a_small_face_in_the_background_is_ignored(analyzer: Analyzer, faces_dir
     assert analysis.kind == "face"
 
 
+def test_two_faces_too_small_to_use_are_the_queue_not_two_payers(
+    analyzer: Analyzer, faces_dir: Path
+) -> None:
+    couple = read_image(faces_dir / "deepface" / "couple.jpg")
+    small = cv2.resize(couple, None, fx=0.07, fy=0.07, interpolation=cv2.INTER_AREA)
+    frame = np.full((480, 640, 3), 96, np.uint8)
+    h, w = small.shape[:2]
+    frame[(480 - h) // 2 : (480 - h) // 2 + h, (640 - w) // 2 : (640 - w) // 2 + w] = small
+    analysis = analyzer.analyze(frame)
+    assert analysis.faces == 2
+    assert (analysis.kind, analysis.reason) == ("poor_quality", "too_small")
+
+
 def test_pose_follows_the_head(analyzer: Analyzer, faces_dir: Path) -> None:
     image = _photo(faces_dir, "img1.jpg")
     (face,) = analyzer.detector.detect(image)

@@ -18,12 +18,12 @@ import pytest
 
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import StoreSection
-from gateway.lifecycle import StartupError
+from gateway.lifecycle import StartupError, Supervisor
 from gateway.store import Store
 from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import ImageFolder, Lockstep
-from gateway.vision.config import AuditSection, CameraSection, VisionSection
+from gateway.vision.config import AuditSection, CameraSection, GallerySection, VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.enroll import assess_photo, enrol
 from gateway.vision.errors import ModelError
@@ -34,6 +34,7 @@ from gateway.vision.models import Manifest
 from gateway.vision.pipeline import DecisionEvent
 from gateway.vision.service import VisionService
 from tests.vision.test_events import SCHEMA_FILE
+from tests.vision.test_gallery import damage_gallery_file
 
 SCHEMA = json.loads(SCHEMA_FILE.read_text())
 
@@ -365,3 +366,119 @@ def test_an_altered_model_stops_the_face_stage_at_start(
         service.start()
     assert isinstance(err.value.__cause__, ModelError)
     assert not service.healthy()
+
+
+def test_a_damaged_gallery_file_leaves_the_face_stage_not_started_and_the_rest_running(
+    tmp_path: Path, small_replay: Path, vision_cfg: VisionSection, manifest: Manifest
+) -> None:
+    data_dir = tmp_path / "data"
+    damage_gallery_file(data_dir / "faces.db", data_dir / "faces.key", manifest.recognizer.model_id)
+    store = Store(StoreSection(), data_dir / "gateway.db", SystemClock(), ClockSync("never", 30))
+    vision = VisionService(_small_cfg(vision_cfg, small_replay), data_dir, store, realtime=False)
+    supervisor = Supervisor([store, vision])
+    supervisor.start_all()
+    try:
+        health = supervisor.health()
+        assert health["vision"]["state"] == "not started"
+        assert "faces.db: face gallery damaged or unusable" in health["vision"]["error"]
+        assert supervisor.healthy() and store.healthy()  # the alarms' store runs on
+    finally:
+        supervisor.stop_all()
+        vision.stop()
+
+
+def test_a_damaged_template_costs_that_template_not_the_counter(
+    tmp_path: Path,
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    cfg = _small_cfg(vision_cfg, small_replay)
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    gallery = Gallery.open(
+        data_dir / "faces.db", data_dir / "faces.key", analyzer.embedder.model_id
+    )
+    gallery.add("elder-8", [embed_photo(analyzer, faces_dir / "deepface" / "img13.jpg")[0]])
+    with sqlite3.connect(data_dir / "faces.db") as conn:
+        conn.execute("UPDATE templates SET nonce = x'00' WHERE elder_id = 'elder-8'")
+    seen: list[DecisionEvent] = []
+    health = _run(VisionService(cfg, data_dir, None, realtime=False, listeners=[seen.append]))
+    assert [(d.decision.outcome.value, d.decision.elder_id) for d in seen] == [
+        ("accepted", "elder-7"),
+        ("unknown", None),
+    ]
+    gallery_health = health["gallery"]
+    assert isinstance(gallery_health, dict)
+    assert gallery_health["undecryptable"] == 1 and gallery_health["elders"] == 1
+
+
+def test_an_unforeseen_error_at_start_stops_only_the_face_stage(
+    tmp_path: Path, small_replay: Path, vision_cfg: VisionSection
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "audit").write_text("a file where the audit folder should be")
+    cfg = _small_cfg(vision_cfg, small_replay, audit=AuditSection(enabled=True))
+    service = VisionService(cfg, data_dir, None, realtime=False)
+    try:
+        with pytest.raises(StartupError, match="face stage: FileExistsError"):
+            service.start()
+        assert not service.healthy()
+    finally:
+        service.stop()
+
+
+def test_decisions_the_store_cannot_take_are_counted_and_the_counter_goes_on(
+    store: Store,
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+) -> None:
+    data_dir = store.path.parent
+    cfg = _small_cfg(vision_cfg, small_replay)
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    # another process holds the write lock beyond the store's busy timeout: the store fails
+    # the write with SQLite's own "database is locked"; it lets go after the first decision
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+
+    def let_go(_: DecisionEvent) -> None:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+
+    seen: list[DecisionEvent] = []
+    service = VisionService(cfg, data_dir, store, realtime=False, listeners=[seen.append, let_go])
+    try:
+        health = _run(service)
+    finally:
+        other.close()
+    assert [d.decision.outcome.value for d in seen] == ["accepted", "unknown"]
+    assert health["unrecorded_decisions"] == 1 and health["frame_errors"] == 0
+    assert [d["outcome"] for d in recorded(store.path)] == ["unknown"]  # recording again
+
+
+def test_a_gallery_file_damaged_while_running_leaves_the_last_gallery_in_use(
+    tmp_path: Path,
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    cfg = _small_cfg(vision_cfg, small_replay, gallery=GallerySection(refresh_s=0.05))
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+
+    def damage(_: DecisionEvent) -> None:
+        for path in data_dir.glob("faces.db*"):
+            path.write_bytes(b"\xab" * 4096)
+
+    seen: list[DecisionEvent] = []
+    health = _run(
+        VisionService(cfg, data_dir, None, realtime=False, listeners=[seen.append, damage])
+    )
+    assert [d.decision.elder_id for d in seen] == ["elder-7", None]  # both people decided
+    refresh_errors = health["gallery_refresh_errors"]
+    assert isinstance(refresh_errors, int) and refresh_errors > 0

@@ -1,0 +1,78 @@
+"""The counter pipeline frame by frame with real models: what each decision carries along."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.vision.analyze import Analyzer
+from gateway.vision.audit import AuditFrames
+from gateway.vision.camera import Frame
+from gateway.vision.config import DecisionSection
+from gateway.vision.decide import Outcome, Policy
+from gateway.vision.gallery import Gallery
+from gateway.vision.images import fit_within, read_image
+from gateway.vision.pipeline import CounterPipeline, DecisionEvent
+
+FPS = 15.0
+
+
+@pytest.fixture(scope="module")
+def two_people(faces_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    def photo(name: str) -> np.ndarray:
+        return fit_within(read_image(faces_dir / "deepface" / name), 640)
+
+    return photo("img1.jpg"), photo("img20.jpg")
+
+
+def counter(analyzer: Analyzer, tmp_path: Path) -> tuple[CounterPipeline, AuditFrames, Gallery]:
+    gallery = Gallery.open(tmp_path / "faces.db", tmp_path / "faces.key", "m", create=True)
+    audit = AuditFrames(tmp_path / "audit", tmp_path / "faces.key", retention_days=1)
+    policy = Policy.from_config(DecisionSection())
+    return CounterPipeline(analyzer, gallery, policy, "counter-1", {}, audit=audit), audit, gallery
+
+
+def show(pipeline: CounterPipeline, images: list[np.ndarray]) -> list[DecisionEvent]:
+    out: list[DecisionEvent] = []
+    for i, image in enumerate(images):
+        out += pipeline.process(Frame(image, i / FPS, i))
+    return out
+
+
+def test_the_audit_frame_of_a_track_ended_by_the_next_person_shows_that_track(
+    analyzer: Analyzer, tmp_path: Path, two_people: tuple[np.ndarray, np.ndarray]
+) -> None:
+    first, second = two_people
+    pipeline, audit, _ = counter(analyzer, tmp_path)
+    # the first person is not enrolled and steps aside before the decision time; the second
+    # steps straight up, which ends the first track
+    (ended,) = show(pipeline, [first] * 10 + [second] * 3)
+    assert ended.decision.outcome is Outcome.UNKNOWN
+    assert ended.event.data["audit_frame"] is True
+    kept = cv2.imdecode(np.frombuffer(audit.export(ended.event.event_id), np.uint8), 1)
+    assert kept.shape == first.shape
+    assert float(np.mean(cv2.absdiff(kept, first))) < 3
+    # its timings are those of its own frames, not of the empty or next person's frame
+    assert {"detect", "embed", "search"} <= set(ended.event.data["timings_ms"])
+
+
+def test_a_decision_is_recorded_when_its_audit_frame_cannot_be_written(
+    analyzer: Analyzer, tmp_path: Path, two_people: tuple[np.ndarray, np.ndarray]
+) -> None:
+    elder, _ = two_people
+    pipeline, audit, gallery = counter(analyzer, tmp_path)
+    embedding = analyzer.analyze(elder).embedding
+    assert embedding is not None
+    gallery.add("elder-1", [embedding])
+    gallery.reload()
+    shutil.rmtree(audit.folder)
+    audit.folder.write_bytes(b"")  # the folder is gone, a file in its place: every write fails
+    (accepted,) = show(pipeline, [elder] * 10)
+    assert accepted.decision.outcome is Outcome.ACCEPTED
+    assert accepted.decision.elder_id == "elder-1"
+    assert accepted.event.data["audit_frame"] is False
+    assert pipeline.counts["audit_frame_errors"] == 1

@@ -47,6 +47,7 @@ class Gateway:
     services: list[Service] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     supervisor: Supervisor = field(init=False)
+    started_event_failures: int = 0
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor([])
@@ -54,17 +55,26 @@ class Gateway:
     def start(self) -> None:
         self.supervisor = Supervisor([self.store, *self.services])
         self.supervisor.start_all()
-        self.store.record(
-            Event(
-                GATEWAY_STARTED,
-                {
-                    "session": self.store.session,
-                    "software": __version__,
-                    "config": self.loaded.version,
-                    "previous_stop_clean": self.store.previous_stop_clean,
-                },
+        self._record_started()
+
+    def _record_started(self) -> None:
+        """Record gateway.started; if it cannot be (telemetry refused below the free-disk floor),
+        say so and run on: alarms are still taken, and a gateway that is not running takes none."""
+        try:
+            self.store.record(
+                Event(
+                    GATEWAY_STARTED,
+                    {
+                        "session": self.store.session,
+                        "software": __version__,
+                        "config": self.loaded.version,
+                        "previous_stop_clean": self.store.previous_stop_clean,
+                    },
+                )
             )
-        )
+        except Exception as exc:
+            self.started_event_failures += 1
+            log.error("gateway.started not recorded, running on: %s: %s", type(exc).__name__, exc)
 
     def stop(self) -> None:
         self.supervisor.stop_all()
@@ -125,6 +135,11 @@ def run(loaded: LoadedConfig) -> int:
         gw.start()
     except (StoreError, StartupError) as exc:
         log.error("cannot start: %s", exc)
+        return 1
+    except Exception as exc:
+        # Non-daemon threads of what did start would keep the process alive, unready, for ever.
+        log.critical("cannot start: unexpected %s: %s", type(exc).__name__, exc, exc_info=True)
+        gw.stop()
         return 1
     sd_notify("READY=1")
     log.info("gateway %s running (config %s)", __version__, loaded.source)

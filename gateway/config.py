@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_core import PydanticCustomError
 
 from gateway.configfile import (
     NAME_PATTERN,
@@ -25,6 +26,8 @@ from gateway.configfile import (
 )
 from gateway.devices.config import DevicesSection
 from gateway.vision.config import VisionSection
+
+DAY_S = 86_400
 
 
 class GatewaySection(Strict):
@@ -44,17 +47,39 @@ class ClockSection(Strict):
     )
 
 
-class LaneLimits(Strict):
+class LaneQuota(Strict):
     quota_mb: float = Field(gt=0, le=1_000_000, description="Pending bytes allowed in this lane.")
+
+
+class KeptLane(LaneQuota):
+    """Alarms and records: pending events are never evicted or expired, whatever their age."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_ttl(cls, data: object) -> object:
+        if isinstance(data, dict) and "ttl_s" in data:
+            raise PydanticCustomError(
+                "never_expired", "ttl_s is not allowed: P0 and P1 events are never expired"
+            )
+        return data
+
+
+class TelemetryLane(LaneQuota):
+    """Telemetry: over the quota its oldest pending events are evicted, and past ttl_s they
+    expire (both counted)."""
+
     ttl_s: float | None = Field(
-        None, gt=0, description="Pending events older than this are expired (counted)."
+        None,
+        gt=0,
+        le=365 * DAY_S,
+        description="Pending events older than this are expired (counted).",
     )
 
 
 class LanesSection(Strict):
-    p0: LaneLimits = LaneLimits(quota_mb=64)
-    p1: LaneLimits = LaneLimits(quota_mb=512)
-    p2: LaneLimits = LaneLimits(quota_mb=256, ttl_s=7 * 86400)
+    p0: KeptLane = KeptLane(quota_mb=64)
+    p1: KeptLane = KeptLane(quota_mb=512)
+    p2: TelemetryLane = TelemetryLane(quota_mb=256, ttl_s=7 * DAY_S)
 
 
 class StoreSection(Strict):
@@ -74,11 +99,15 @@ class StoreSection(Strict):
     min_free_disk_mb: float = Field(
         200.0,
         ge=0,
+        le=1_000_000,
         description="Below this free space an event is written only if old telemetry can make "
         "room for it; otherwise it is refused (and its source is not acknowledged).",
     )
     delivered_retention_days: float = Field(
-        30.0, ge=0, description="Delivered events stay in the local journal this long for audit."
+        30.0,
+        ge=0,
+        le=3650,
+        description="Delivered events stay in the local journal this long for audit.",
     )
     housekeeping_interval_s: float = Field(
         10.0, gt=0, le=3600, description="How often TTLs and journal retention are applied."
@@ -181,7 +210,11 @@ class MqttSection(Strict):
         "a slow link is not churned; falls back as messages are acknowledged in time.",
     )
     session_expiry_s: int = Field(
-        86_400, ge=0, description="Broker keeps downlink requests for us while offline."
+        86_400,
+        ge=0,
+        le=4_294_967_295,
+        description="Broker keeps downlink requests for us while offline (the MQTT maximum, "
+        "4294967295, means for ever).",
     )
     health_interval_s: float = Field(
         30.0, ge=1, le=3600, description="How often the retained health message is published."
@@ -220,7 +253,7 @@ class DownlinkSection(Strict):
         description="Larger requests are refused unread (face.enrol carries photos).",
     )
     remember_transactions: int = Field(
-        10_000, ge=100, description="Answered requests kept to recognise repeats."
+        10_000, ge=100, le=1_000_000, description="Answered requests kept to recognise repeats."
     )
 
 

@@ -22,9 +22,10 @@ NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class Strict(BaseModel):
-    """Base of every model read from a file: unknown keys are errors, values are frozen."""
+    """Base of every model read from a file: unknown keys are errors, values are frozen, and
+    numbers are finite (``inf`` would pass every ``ge`` bound and fail later, at run time)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,43 @@ def test_validate_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "gateway.siet: unknown key; did you mean 'site'?" in capsys.readouterr().err
     assert main(["validate-config", str(tmp_path / "missing.toml")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_inf_nan_and_numbers_past_their_bounds_are_refused_by_key(tmp_path: Path) -> None:
+    """Each would pass as a number and break at run time: a disk floor of inf refuses every
+    event (alarms too); a retention or TTL too large for SQLite fails every housekeeping."""
+    text = (
+        "[store]\nmin_free_disk_mb = inf\ndelivered_retention_days = 1e12\n"
+        "[store.lanes.p2]\nquota_mb = 256\nttl_s = nan\n"
+        "[mqtt]\nsession_expiry_s = 4294967296\nreconnect_max_s = -inf\n"
+        "[downlink]\nremember_transactions = 100000000000\n"
+        "[vision.decision]\ncooldown_s = inf\n"
+    )
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, text))
+    got = {(i.key, i.line): i.message for i in err.value.issues}
+    assert set(got) == {
+        ("store.min_free_disk_mb", 2),
+        ("store.delivered_retention_days", 3),
+        ("store.lanes.p2.ttl_s", 6),
+        ("mqtt.session_expiry_s", 8),
+        ("mqtt.reconnect_max_s", 9),
+        ("downlink.remember_transactions", 11),
+        ("vision.decision.cooldown_s", 13),
+    }
+    assert got[("store.min_free_disk_mb", 2)] == "Input should be a finite number"
+    assert "less than or equal to 4294967295" in got[("mqtt.session_expiry_s", 8)]
+    top = "[store]\nmin_free_disk_mb = 1000000\ndelivered_retention_days = 3650\n"
+    assert load_config(write(tmp_path, top)).config.store.min_free_disk_mb == 1_000_000
+
+
+def test_alarms_and_records_cannot_be_given_a_ttl(tmp_path: Path) -> None:
+    for lane in ("p0", "p1"):
+        path = write(tmp_path, f"[store.lanes.{lane}]\nquota_mb = 64\nttl_s = 3600\n")
+        with pytest.raises(ConfigFileError) as err:
+            load_config(path)
+        (issue,) = err.value.issues
+        assert (issue.key, issue.line) == (f"store.lanes.{lane}", 1)
+        assert issue.message == "ttl_s is not allowed: P0 and P1 events are never expired"
+    ok = load_config(write(tmp_path, "[store.lanes.p2]\nquota_mb = 64\nttl_s = 3600\n"))
+    assert ok.config.store.lanes.p2.ttl_s == 3600

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.app import Gateway, build, run
+from gateway.clock import ClockSync, SystemClock
+from gateway.events import Lane
 from gateway.lifecycle import StartupError, Supervisor, sd_notify, watchdog_interval_s
+from gateway.store import Store
+from gateway.sync.publisher import Publisher
+from tests.support.gateway import config
 
 
 class Part:
@@ -86,3 +93,52 @@ def test_watchdog_interval_is_half_of_what_systemd_asks(monkeypatch: pytest.Monk
     assert watchdog_interval_s() == 15.0
     monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
     assert watchdog_interval_s() is None
+
+
+def running_threads() -> set[threading.Thread]:
+    """Non-daemon threads: any left running keeps the process from exiting."""
+    return {t for t in threading.enumerate() if not t.daemon}
+
+
+def test_a_start_that_cannot_be_recorded_does_not_stop_the_gateway(tmp_path: Path) -> None:
+    """Below the free-disk floor gateway.started (telemetry) is refused; the gateway runs on."""
+    loaded = config(tmp_path / "var", None)
+    cfg = loaded.config
+    store = Store(
+        cfg.store, cfg.db_path, SystemClock(), ClockSync("never", 60), free_disk=lambda _p: 0
+    )
+    gw = Gateway(loaded, SystemClock(), ClockSync("never", 60), store)
+    try:
+        gw.start()
+        assert store.healthy() and gw.supervisor.unhealthy() == []
+        assert gw.started_event_failures == 1 and store.counters["refused_p2"] == 1
+        assert store.usage[Lane.P2].count == 0
+    finally:
+        gw.stop()
+
+
+def test_run_exits_non_zero_when_start_up_fails_unexpectedly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(_self: Publisher) -> None:
+        raise RuntimeError("publisher bug")
+
+    monkeypatch.setattr(Publisher, "start", broken)
+    before = running_threads()
+    assert run(config(tmp_path / "var", None)) == 1
+    assert running_threads() == before, "a started part was left running"
+    assert "cannot start: unexpected RuntimeError: publisher bug" in capsys.readouterr().err
+
+
+def test_a_sync_part_that_cannot_start_stops_the_parts_already_running(tmp_path: Path) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    mqtt = {"brokers": ["mqtts://127.0.0.1:8883"], "tls": {"ca_file": str(missing)}}
+    gw = build(config(tmp_path / "var", None, mqtt=mqtt), password=None)
+    before = running_threads()
+    try:
+        with pytest.raises(StartupError, match="cannot load CA"):
+            gw.start()
+        assert running_threads() == before, "the publisher or the downlink was left running"
+    finally:
+        assert gw.sync is not None
+        gw.sync.stop()

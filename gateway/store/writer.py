@@ -224,10 +224,8 @@ class Store:
             Lane.P1: int(cfg.lanes.p1.quota_mb * MB),
             Lane.P2: int(cfg.lanes.p2.quota_mb * MB),
         }
-        self.ttl_ms = {
-            lane: None if limits.ttl_s is None else int(limits.ttl_s * 1000)
-            for lane, limits in zip(Lane, (cfg.lanes.p0, cfg.lanes.p1, cfg.lanes.p2), strict=True)
-        }
+        ttl_s = cfg.lanes.p2.ttl_s  # only telemetry expires
+        self.ttl_ms = {} if ttl_s is None else {Lane.P2: int(ttl_s * 1000)}
         self.keep_delivered_ms = int(cfg.delivered_retention_days * 86_400_000)
         self.usage = {lane: LaneUsage() for lane in Lane}
         self.counters: dict[str, int] = {}
@@ -414,7 +412,8 @@ class Store:
                 stopping = self._take(self._queue.get(), records, others)
             stopping = self._drain(records, others) or stopping
             if records:
-                self._commit(self._records_batch(records, others, stopping))
+                taken, stopping = self._records_batch(records, others, stopping)
+                self._commit(taken)
                 stopping = self._drain(records, others) or stopping
             if others:
                 batch: list[_Op] = [others.popleft()]
@@ -424,7 +423,12 @@ class Store:
                     batch.append(others.popleft())
                 self._commit(batch)
 
-    def _records_batch(self, records: deque[_Op], others: deque[_Op], stopping: bool) -> list[_Op]:
+    def _records_batch(
+        self, records: deque[_Op], others: deque[_Op], stopping: bool
+    ) -> tuple[list[_Op], bool]:
+        """The next commit's records, lingering for more if configured, and whether the writer
+        is stopping: the stop signal may be taken off the queue while it lingers, and must not
+        then be waited for again."""
         batch: list[_Op] = []
         linger_s = self.cfg.batch_linger_ms / 1000
         deadline = time.monotonic() + linger_s
@@ -433,16 +437,16 @@ class Store:
                 batch.append(records.popleft())
             full = len(batch) >= self.cfg.batch_max_rows
             if full or stopping or not linger_s or any(map(_is_p0, batch)):
-                return batch
+                return batch, stopping
             left = deadline - time.monotonic()
             if left <= 0:
-                return batch
+                return batch, False
             try:
                 item = self._queue.get(timeout=left)
             except queue.Empty:
-                return batch
+                return batch, False
             if self._take(item, records, others):
-                return batch
+                return batch, True
 
     def _take(self, item: object, records: deque[_Op], others: deque[_Op]) -> bool:
         """File one queued item; True when it is the stop signal."""
@@ -680,8 +684,6 @@ class Store:
     def _expire(self, conn: sqlite3.Connection, delta: _Delta) -> None:
         now = self.steady_ms()
         for lane, ttl in self.ttl_ms.items():
-            if ttl is None:
-                continue
             expired = conn.execute(
                 "DELETE FROM outbox WHERE lane = ? AND steady_ms < ? RETURNING seq, bytes",
                 (int(lane), now - ttl),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import sqlite3
 import threading
 from collections import Counter
@@ -32,6 +33,9 @@ from gateway.sync.topics import Topics
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 100
+MESSAGE_MAX = 500  # characters of an error message: a schema error may quote the whole input
+INTERNAL = "internal error (see the log)"
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class RequestError(Exception):
@@ -126,6 +130,19 @@ class Downlink:
             except Exception:
                 self.errors["internal"] += 1
                 log.exception("downlink: request on %s failed", item.topic)
+                self._answer_failure(item.topic)
+
+    def _answer_failure(self, topic: str) -> None:
+        """The last resort: the sender hears that its request failed. Whether it was applied
+        is unknown here; a retry with the same transaction is answered from the record."""
+        op = self._topics.op_of(topic)
+        if op is None:
+            return
+        response = {"transaction": None, "op": op, "status": "error", "message": INTERNAL}
+        try:
+            self._respond(op, response)
+        except Exception:
+            log.exception("downlink: cannot answer the failed %s request", op)
 
     # ---- one request ---------------------------------------------------------------------------
 
@@ -143,13 +160,22 @@ class Downlink:
             )
         try:
             request = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            return self._error(op, None, "invalid_json", "not JSON: nested too deeply")
+        except ValueError as exc:  # not UTF-8, not JSON, a number of over 4300 digits
             return self._error(op, None, "invalid_json", f"not JSON: {exc}")
+        if _lone_surrogate(request):
+            return self._error(
+                op, None, "invalid_json", "not JSON text: a string holds half a surrogate pair"
+            )
         txn = request.get("transaction") if isinstance(request, dict) else None
         txn = txn if isinstance(txn, str) else None
         if op not in self._ops:
             return self._error(op, txn, "unknown_op", f"unknown op '{op}'")
-        problems = sorted(self._validators[op].iter_errors(request), key=lambda e: list(e.path))
+        try:
+            problems = sorted(self._validators[op].iter_errors(request), key=lambda e: list(e.path))
+        except RecursionError:
+            return self._error(op, txn, "schema", "request: nested too deeply")
         if problems or txn is None:
             first = problems[0] if problems else None
             where = "/".join(str(p) for p in first.path) if first else "transaction"
@@ -170,7 +196,7 @@ class Downlink:
             return self._error(op, txn, "refused", str(exc))
         except Exception:  # a fault of ours: the sender still gets an answer, and may retry
             log.exception("downlink: %s request failed", op)
-            return self._error(op, txn, "internal", "not applied: internal error (see the log)")
+            return self._error(op, txn, "internal", f"not applied: {INTERNAL}")
         response = {
             "transaction": txn,
             "op": op,
@@ -223,6 +249,8 @@ class Downlink:
 
     def _error(self, op: str, txn: str | None, reason: str, message: str) -> dict[str, Any]:
         self.errors[reason] += 1
+        if len(message) > MESSAGE_MAX:
+            message = message[: MESSAGE_MAX - 3] + "..."
         self._rate_log.warning(reason, "downlink: %s request refused (%s): %s", op, reason, message)
         response = {"transaction": txn, "op": op, "status": "error", "message": message}
         self._respond(op, response)
@@ -230,3 +258,20 @@ class Downlink:
 
     def _respond(self, op: str, response: Mapping[str, Any]) -> None:
         self._send(Message(self._topics.response(op), compact_json(response).encode()))
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"); such a string is not text, and
+    neither SQLite nor the UTF-8 response can hold it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import MqttSection
 from gateway.lifecycle import StartupError
+from gateway.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class MqttLink:
         self.disconnects = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.listener_errors = 0
+        self._rate_log = RateLimitedLog(log, 30)
         self._tls: ssl.SSLContext | None = None
 
     # ---- service -----------------------------------------------------------------------------
@@ -232,17 +235,29 @@ class MqttLink:
         while not self._stop.is_set():
             endpoint = self.endpoints[index % len(self.endpoints)]
             self.endpoint = endpoint
-            if self._connect_once(endpoint):
+            if self._attempt(endpoint):
                 attempt = 0
                 self._serve()
                 if self._stop.is_set():
                     break
+            elif self._stop.is_set():
+                break
             else:
                 self.failures += 1
                 index += 1
             if self._back_off(attempt):
                 break
             attempt += 1
+
+    def _attempt(self, endpoint: Endpoint) -> bool:
+        """One connection attempt. Whatever goes wrong in it is a failed attempt, followed by
+        backoff: it must never end this thread, or the gateway stays offline for good."""
+        try:
+            return self._connect_once(endpoint)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("mqtt: connecting to %s failed: %s", endpoint, self.last_error)
+            return False
 
     def _back_off(self, attempt: int) -> bool:
         """Wait before the next attempt; True if stopping. The delay grows to reconnect_max_s,
@@ -347,13 +362,29 @@ class MqttLink:
             log.warning("mqtt: cannot connect to %s: %s", endpoint, self.last_error)
             return False
         client.loop_start()
+        try:
+            if not self._open(client, endpoint):
+                _close(client)
+                return False
+        except BaseException:
+            with self._lock:
+                if self._client is client:
+                    self._client = None
+            _close(client)
+            raise
+        self._notify("link_up", self._listener.link_up, generation)
+        return True
+
+    def _open(self, client: paho.Client, endpoint: Endpoint) -> bool:
+        """Wait for the CONNACK and make the connection the current one, unless stop() came
+        meanwhile: it found no connection to end, so this one must not outlive it."""
         if not self._connack.wait(self.cfg.connect_timeout_s) or self._refused:
             self.last_error = self._refused or "no CONNACK in time"
             log.warning("mqtt: %s refused or silent: %s", endpoint, self.last_error)
-            client.disconnect()
-            client.loop_stop()
             return False
         with self._lock:
+            if self._stop.is_set():
+                return False
             self._client = client
             self.state = "connected"
         self.connects += 1
@@ -361,8 +392,17 @@ class MqttLink:
         log.info("mqtt: connected to %s", endpoint)
         for topic in self._subscriptions():
             client.subscribe(topic, qos=1)
-        self._listener.link_up(generation)
         return True
+
+    def _notify(self, what: str, handler: Callable[[int], None], generation: int) -> None:
+        """Tell the listener; its fault is logged and counted, and the link goes on."""
+        try:
+            handler(generation)
+        except Exception as exc:
+            self.listener_errors += 1
+            self._rate_log.warning(
+                what, "mqtt: %s handler failed: %s: %s", what, type(exc).__name__, exc
+            )
 
     def _serve(self) -> None:
         self._down.wait()
@@ -378,4 +418,9 @@ class MqttLink:
             self.last_error = self._dropped
         if not self._stop.is_set():
             log.warning("mqtt: connection to %s lost (%s)", self.endpoint, self.last_error)
-        self._listener.link_down(generation)
+        self._notify("link_down", self._listener.link_down, generation)
+
+
+def _close(client: paho.Client) -> None:
+    client.disconnect()
+    client.loop_stop()

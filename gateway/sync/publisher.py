@@ -182,6 +182,8 @@ class Publisher:
             with self._lock:
                 generation = self._generation
             if generation != current:
+                # PUBACKs that came before the connection ended are valid: save them first.
+                self._drain_acks(current)
                 self._reset()
                 current = generation
             self._drain_acks(current)
@@ -334,15 +336,17 @@ class Publisher:
     def _refill(self, lane: Lane) -> bool:
         assert self._reader is not None
         self._more[lane] = False
-        rows = self._reader.pending(lane, self._cursor[lane], PREFETCH)
-        if len(rows) == PREFETCH:
-            self._more[lane] = True
         skip: set[int] = set()
-        if rows and rows[0].seq <= self._high[lane]:
+        if self._cursor[lane] < self._high[lane]:
             # Re-reading after a rewind: leave out what is in flight or already acknowledged.
+            # The acknowledged are copied before the read: a deletion that commits in between
+            # is then in the copy, or its rows are gone from what the read returns.
             with self._lock:
                 skip = set(self._acked_unsaved)
             skip.update(e.seq for f in self._inflight.values() for e in f.events)
+        rows = self._reader.pending(lane, self._cursor[lane], PREFETCH)
+        if len(rows) == PREFETCH:
+            self._more[lane] = True
         self._buffers[lane].extend(row for row in rows if row.seq not in skip)
         if rows:
             self._cursor[lane] = rows[-1].seq

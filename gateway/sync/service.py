@@ -123,12 +123,18 @@ class Sync:
     # ---- service -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start every part, or none: a part that cannot start (a TLS file missing) stops the
+        ones already running, whose threads would otherwise keep the process from exiting."""
         self._reader = OutboxReader(self.store.path)
         self.store.subscribe(self._on_commit)
-        self.publisher.start()
-        self.downlink.start()
-        self.link.start()
-        self._health_task.start()
+        try:
+            self.publisher.start()
+            self.downlink.start()
+            self.link.start()
+            self._health_task.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self._health_task.stop()
@@ -162,9 +168,13 @@ class Sync:
     # ---- LinkListener ------------------------------------------------------------------------
 
     def link_up(self, generation: int) -> None:
+        """Birth, then events; the publisher learns of the connection even if the birth
+        message cannot be made (a model version that cannot be read)."""
         self._generation = generation
-        self.link.publish(self._status("online"), generation)
-        self.publisher.link_up(generation)
+        try:
+            self.link.publish(self._status("online"), generation)
+        finally:
+            self.publisher.link_up(generation)
         self.report()
 
     def link_down(self, generation: int) -> None:

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
+from gateway.clock import ClockSync
+from gateway.config import StoreSection
 from gateway.events import Event, Lane
-from gateway.store import Delivered, DomainWrite, OutboxReader, StorageFull, read_stats
+from gateway.store import Delivered, DomainWrite, OutboxReader, StorageFull, Store, read_stats
+from gateway.store.writer import _STOP
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.support.clock import ManualClock
 
@@ -199,3 +203,35 @@ def test_an_alarm_does_not_wait_behind_the_deletion_of_delivered_telemetry(
     done_when_alarm_committed = sum(a.done() for a in acks)
     assert done_when_alarm_committed < len(acks) // 2
     assert sum(a.result() for a in acks) == 20_000
+
+
+class LingerUntilNext(queue.SimpleQueue[object]):
+    """The writer's queue, on which lingering for more rows waits for the next item however
+    long it takes, so the test decides what arrives meanwhile; ``lingering`` says it waits."""
+
+    def __init__(self) -> None:
+        self.lingering = threading.Event()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> object:
+        if timeout is not None:
+            self.lingering.set()
+        return super().get(block)
+
+
+def test_stop_while_the_writer_lingers_for_a_batch(tmp_path: Path, clock: ManualClock) -> None:
+    cfg = StoreSection(batch_linger_ms=200, housekeeping_interval_s=3600)
+    store = Store(cfg, tmp_path / "g.db", clock, ClockSync("never", 60))
+    waits = LingerUntilNext()
+    store._queue = waits
+    store.start()
+    receipt = store.submit(Event(SEEN, {"i": 1}))
+    assert waits.lingering.wait(10)
+    stopper = threading.Thread(target=store.stop, daemon=True)
+    stopper.start()  # the stop signal is what the lingering writer takes next
+    stopper.join(30)
+    hung = stopper.is_alive()
+    if hung:
+        waits.put(_STOP)  # end a writer that dropped the signal: fail the test, do not hang it
+    assert not hung, "stop() did not return"
+    assert receipt.done() and receipt.exception() is None
+    assert committed_ids(tmp_path / "g.db") == {receipt.result().event_id}

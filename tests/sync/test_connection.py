@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import random
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from gateway.clock import ClockSync, SystemClock
+from gateway.config import MqttSection
 from gateway.events import Event, Lane
-from gateway.sync.mqtt import backoff_delay
+from gateway.store import Store
+from gateway.sync import Sync
+from gateway.sync.mqtt import Message, MqttLink, backoff_delay
 from tests.support.broker import Mosquitto, free_port
 from tests.support.events import ALARM, TELEMETRY
 from tests.support.gateway import config, running
@@ -205,3 +211,114 @@ def test_a_broker_that_refuses_a_topic_keeps_those_events_pending(tmp_path: Path
             assert publisher.events_acked >= 1 and alarm.seq > 0
     finally:
         broker.stop()
+
+
+class Listener:
+    """Records the connections the link reports."""
+
+    def __init__(self) -> None:
+        self.ups: list[int] = []
+        self.downs: list[int] = []
+
+    def link_up(self, generation: int) -> None:
+        self.ups.append(generation)
+
+    def link_down(self, generation: int) -> None:
+        self.downs.append(generation)
+
+    def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None:
+        pass
+
+    def received(self, topic: str, payload: bytes) -> None:
+        pass
+
+
+def quick_link(port: int, listener: Listener, will: Callable[[], Message]) -> MqttLink:
+    cfg = MqttSection(
+        brokers=[f"mqtt://127.0.0.1:{port}"],
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.5,
+        connect_timeout_s=3,
+        session_expiry_s=0,
+    )
+    return MqttLink(cfg, "gw-test", listener, password=None, will=will, subscriptions=list)
+
+
+WILL = Message("eldercare/site-test/gw-test/status", b"{}", retain=True)
+
+
+def test_a_connect_attempt_that_fails_unforeseen_is_retried(mosquitto: Mosquitto) -> None:
+    """Whatever a connect attempt raises (paho packing a CONNECT, building the will) is a
+    failed attempt: counted, backed off and retried, never the end of the link thread."""
+    attempts: list[int] = []
+
+    def will() -> Message:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("cannot build the will")
+        return WILL
+
+    listener = Listener()
+    link = quick_link(mosquitto.port, listener, will)
+    link.start()
+    try:
+        eventually(lambda: listener.ups == [2])
+        assert link.failures == 1 and link.healthy() and link.last_error is None
+    finally:
+        link.stop()
+
+
+def test_stop_while_a_connection_is_being_opened_returns(mosquitto: Mosquitto) -> None:
+    """stop() finds no connection to end yet; the one being opened must not outlive it."""
+    listener = Listener()
+
+    def will() -> Message:  # runs on the link thread, while it opens its first connection
+        if stopper.ident is None:
+            stopper.start()
+            link._down.wait(10)  # stop() has said "down" before the connection exists
+        return WILL
+
+    link = quick_link(mosquitto.port, listener, will)
+    stopper = threading.Thread(target=link.stop, daemon=True)
+    link.start()
+    stopper.join(30)
+    hung = stopper.is_alive()
+    if hung:
+        link._down.set()  # end a link that missed the stop: fail the test, do not hang it
+    assert not hung, "stop() did not return"
+    assert link.state == "stopped" and link.connects == 0 and listener.ups == []
+
+
+def test_a_failing_health_report_on_connect_leaves_the_link_working(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """E.g. a service whose health() raises, or a model version that cannot be read: events
+    still flow, and the link still reconnects after the broker comes back."""
+
+    def broken() -> dict[str, str]:
+        raise RuntimeError("health bug")
+
+    loaded = config(tmp_path / "var", mosquitto.port)
+    store = Store(loaded.config.store, loaded.config.db_path, SystemClock(), ClockSync("never", 60))
+    sync = Sync(
+        loaded,
+        store,
+        SystemClock(),
+        ClockSync("never", 60),
+        password=None,
+        services_health=broken,
+        model_versions=broken,
+    )
+    store.start()
+    sync.start()
+    try:
+        store.record(Event(ALARM, {"n": 1}))
+        eventually(lambda: store.usage[Lane.P0].count == 0)
+        assert sync.link.healthy() and sync.link.listener_errors == 1
+        mosquitto.restart()
+        eventually(lambda: sync.link.connects == 2)
+        store.record(Event(ALARM, {"n": 2}))
+        eventually(lambda: store.usage[Lane.P0].count == 0)
+    finally:
+        sync.stop()
+        store.stop()

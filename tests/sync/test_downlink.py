@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from gateway.app import Gateway
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
 from gateway.store import Store
-from gateway.sync.downlink import Downlink, Operation, Reply
+from gateway.sync.downlink import MESSAGE_MAX, Downlink, Operation, Reply
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
 from tests.support.broker import Mosquitto
@@ -136,18 +136,7 @@ def test_a_request_our_handler_fails_on_is_answered_and_not_remembered(tmp_path:
             raise sqlite3.OperationalError("database is locked")
         return Reply({"pong": True})
 
-    store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
-    store.start()
-    sent: list[Message] = []
-    downlink = Downlink(
-        DownlinkSection(),
-        store,
-        Topics("eldercare", "s", "g"),
-        sent.append,
-        [Operation("ping", flaky)],
-    )
-    downlink.start()
-    try:
+    with downlink_alone(tmp_path, flaky) as (downlink, sent):
         topic = "eldercare/s/g/request/ping"
         failed = downlink.handle(topic, b'{"transaction": "t-1"}')
         assert failed is not None and failed["status"] == "error"
@@ -156,6 +145,67 @@ def test_a_request_our_handler_fails_on_is_answered_and_not_remembered(tmp_path:
         assert retried is not None and retried["status"] == "ok" and "repeat" not in retried
         assert attempts == ["t-1", "t-1"] and downlink.errors["internal"] == 1
         assert [json.loads(m.payload)["status"] for m in sent] == ["error", "ok"]
+
+
+@contextmanager
+def downlink_alone(
+    tmp_path: Path, handler: Callable[[Mapping[str, Any]], Reply]
+) -> Iterator[tuple[Downlink, list[Message]]]:
+    """A downlink on a real store whose replies are collected instead of published."""
+    store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
+    store.start()
+    sent: list[Message] = []
+    downlink = Downlink(
+        DownlinkSection(),
+        store,
+        Topics("eldercare", "s", "g"),
+        sent.append,
+        [Operation("ping", handler)],
+    )
+    downlink.start()
+    try:
+        yield downlink, sent
     finally:
         downlink.stop()
         store.stop()
+
+
+def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> None:
+    """Valid JSON text in theory, but too deep to parse, a number too long to convert, or a
+    string that is not Unicode (half a surrogate pair), which SQLite and UTF-8 cannot take."""
+    cases = [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"transaction":"t1","x":' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested too deeply"),
+        (b'{"transaction":"t2","n":' + b"1" * 5000 + b"}", "4300 digits"),
+        (b'{"transaction":"\\ud800"}', "half a surrogate pair"),
+        (b'{"transaction":"t3","x":["ok","\\udfff"]}', "half a surrogate pair"),
+        (b'{"transaction":"' + b"A" * 5000 + b'"}', "transaction: 'AAAA"),  # quoted, cut
+    ]
+    with downlink_alone(tmp_path, lambda _r: Reply({"pong": True})) as (downlink, sent):
+        topic = "eldercare/s/g/request/ping"
+        for payload, expected in cases:
+            before = len(sent)
+            reply = downlink.handle(topic, payload)
+            assert reply is not None and reply["status"] == "error", (expected, reply)
+            assert expected in reply["message"] and len(reply["message"]) <= MESSAGE_MAX
+            assert len(sent) == before + 1
+            assert json.loads(sent[-1].payload) == reply
+        assert downlink.errors["invalid_json"] == 5 and downlink.errors["schema"] == 1
+        pair = downlink.handle(topic, b'{"transaction":"\\ud83d\\ude00"}')  # a whole pair: fine
+        assert pair is not None and pair["status"] == "ok" and pair["transaction"] == "\U0001f600"
+
+
+def test_a_request_that_fails_past_its_handler_still_gets_an_answer(tmp_path: Path) -> None:
+    """The last resort: a fault nobody foresaw (here a reply that is not JSON) is answered."""
+    with downlink_alone(tmp_path, lambda _r: Reply({"when": object()})) as (downlink, sent):
+        downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        eventually(lambda: len(sent) == 1)
+        assert json.loads(sent[0].payload) == {
+            "transaction": None,
+            "op": "ping",
+            "status": "error",
+            "message": "internal error (see the log)",
+        }
+        assert downlink.errors["internal"] == 1
+        downlink.received("eldercare/s/g/request/ping", b"{}")  # the worker is still there
+        eventually(lambda: len(sent) == 2)

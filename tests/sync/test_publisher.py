@@ -1,0 +1,129 @@
+"""The publisher at the edge of a connection, driven directly: a recording ``send`` stands in for
+the link, so each interleaving happens exactly where the test puts it (the store is real)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import ClockSync
+from gateway.config import MqttSection, StoreSection
+from gateway.events import Event, Lane, StoredEvent
+from gateway.store import OutboxReader, Store
+from gateway.sync.mqtt import Message
+from gateway.sync.publisher import Publisher
+from gateway.sync.topics import Topics
+from tests.support.clock import ManualClock
+from tests.support.events import RECORD
+from tests.support.wait import eventually
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    cfg = StoreSection(housekeeping_interval_s=3600)
+    store = Store(cfg, tmp_path / "g.db", ManualClock(), ClockSync("never", 60))
+    store.start()
+    yield store
+    store.stop()
+
+
+class Link:
+    """Records (generation, seq) of each message sent; mids count up from 1."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []
+        self.before_send: Callable[[int, int], None] = lambda _generation, _seq: None
+
+    def send(self, msg: Message, generation: int) -> int:
+        seq = int(json.loads(msg.payload)["seq"])
+        self.before_send(generation, seq)
+        self.sent.append((generation, seq))
+        return len(self.sent)
+
+
+def publisher(store: Store, link: Link, reader: Callable[[], OutboxReader]) -> Publisher:
+    return Publisher(
+        MqttSection(), store, reader, Topics("e", "s", "g"), send=link.send, drop=lambda g, r: None
+    )
+
+
+def test_a_puback_that_came_just_before_the_connection_ended_is_kept(store: Store) -> None:
+    first, second = (store.record(Event(RECORD, {"n": n})) for n in range(2))
+    link = Link()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_second(generation: int, seq: int) -> None:
+        if (generation, seq) == (1, second.seq):
+            holding.set()
+            release.wait(10)
+
+    link.before_send = hold_second
+    pub = publisher(store, link, lambda: OutboxReader(store.path))
+    pub.start()
+    try:
+        pub.link_up(1)
+        assert holding.wait(10)
+        # While the publisher is busy: the broker acknowledges the first message (mid 1), then
+        # the connection ends and a new one comes up, all before the publisher looks again.
+        pub.puback(1, 1, True, "Success")
+        pub.link_down(1)
+        pub.link_up(2)
+        release.set()
+        eventually(lambda: (2, second.seq) in link.sent)
+        assert (2, first.seq) not in link.sent, "an acknowledged event was sent again"
+        eventually(lambda: store.usage[Lane.P1].count == 1)
+        assert pub.events_acked == 1
+    finally:
+        release.set()
+        pub.stop()
+
+
+class ReadThenWait(OutboxReader):
+    """Runs ``after_read`` once, between the next read of the lane and its return: the moment
+    a scheduler may pick to let another thread commit."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.after_read: tuple[Lane, Callable[[list[StoredEvent]], None]] | None = None
+
+    def pending(self, lane: Lane, after_seq: int, limit: int) -> list[StoredEvent]:
+        rows = super().pending(lane, after_seq, limit)
+        if self.after_read is not None and self.after_read[0] is lane:
+            hook = self.after_read[1]
+            self.after_read = None
+            hook(rows)
+        return rows
+
+
+def test_an_acknowledged_event_deleted_during_a_re_read_is_not_sent_again(store: Store) -> None:
+    first, second = (store.record(Event(RECORD, {"n": n})) for n in range(2))
+    link = Link()
+    reader = ReadThenWait(store.path)
+    pub = publisher(store, link, lambda: reader)
+    pub.start()
+    gate = threading.Event()
+    try:
+        pub.link_up(1)
+        eventually(lambda: len(link.sent) == 2)
+        store.write(lambda _conn: gate.wait(10))  # the writer holds the deletion back
+        pub.puback(1, 1, True, "Success")
+        eventually(lambda: pub.events_acked == 1)
+
+        def commit_the_deletion(rows: list[StoredEvent]) -> None:
+            assert first.seq in [r.seq for r in rows]  # read while still pending
+            gate.set()
+            eventually(lambda: store.usage[Lane.P1].count == 1)
+            store.write(lambda _conn: None).result(10)  # a later commit: its callbacks ran
+
+        reader.after_read = (Lane.P1, commit_the_deletion)
+        pub.link_down(1)
+        pub.link_up(2)  # rewind: everything not acknowledged is read again
+        eventually(lambda: (2, second.seq) in link.sent)
+        assert (2, first.seq) not in link.sent, "an acknowledged event was sent again"
+    finally:
+        gate.set()
+        pub.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import sqlite3
 import threading
 from collections import Counter
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY = 100
 MESSAGE_MAX = 500  # characters of an error message: a schema error may quote the whole input
 INTERNAL = "internal error (see the log)"
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class RequestError(Exception):
@@ -263,15 +261,8 @@ class Downlink:
 def _lone_surrogate(value: Any) -> bool:
     """JSON may escape half of a UTF-16 pair ("\\ud800"); such a string is not text, and
     neither SQLite nor the UTF-8 response can hold it."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
     return False

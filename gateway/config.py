@@ -255,6 +255,13 @@ class DownlinkSection(Strict):
     remember_transactions: int = Field(
         10_000, ge=100, le=1_000_000, description="Answered requests kept to recognise repeats."
     )
+    waiting_max_bytes: int = Field(
+        16_777_216,
+        ge=65_536,
+        le=268_435_456,
+        description="Memory that requests waiting their turn may hold; one more is answered "
+        "busy (send it again later). A request is always taken when none waits.",
+    )
 
 
 class LoggingSection(Strict):

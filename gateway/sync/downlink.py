@@ -32,6 +32,7 @@ from gateway.sync.topics import Topics
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 100
+QUEUED_OVERHEAD = 256  # bytes a waiting request costs beyond its topic and payload
 MESSAGE_MAX = 500  # characters of an error message: a schema error may quote the whole input
 INTERNAL = "internal error (see the log)"
 
@@ -60,6 +61,7 @@ class _Incoming:
     topic: str
     payload: bytes
     size: int
+    cost: int
 
 
 class Downlink:
@@ -88,6 +90,10 @@ class Downlink:
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._since_prune = 0
+        self._count_lock = threading.Lock()
+        self._waiting_lock = threading.Lock()
+        self._waiting = 0  # requests received and not yet answered
+        self._waiting_bytes = 0
 
     def start(self) -> None:
         self._reader = connect(self._store.path)
@@ -104,19 +110,43 @@ class Downlink:
         return self._worker.alive()
 
     def health(self) -> dict[str, Any]:
-        return {"requests": dict(self.counts), "errors": dict(self.errors)}
+        with self._count_lock:
+            return {"requests": dict(self.counts), "errors": dict(self.errors)}
 
     @property
     def operations(self) -> list[str]:
         return sorted(self._ops)
 
     def received(self, topic: str, payload: bytes) -> None:
-        """Called on paho's thread: queue and return. An oversized payload is not kept
-        while it waits (requests may carry photos; a burst must not fill the memory)."""
+        """Called on paho's thread: queue and return. Requests may carry photos, so a burst
+        (the broker hands over a day's requests at reconnect) must not fill the memory: an
+        oversized payload is not kept while it waits, and past ``waiting_max_bytes`` the
+        sender is told to send again later. paho's thread is never held up: it also carries
+        the alarms."""
         size = len(payload)
-        self._queue.put(
-            _Incoming(topic, payload if size <= self.cfg.max_payload_bytes else b"", size)
-        )
+        kept = payload if size <= self.cfg.max_payload_bytes else b""
+        cost = len(kept) + len(topic) + QUEUED_OVERHEAD
+        with self._waiting_lock:
+            waiting = self._waiting
+            admit = waiting == 0 or self._waiting_bytes + cost <= self.cfg.waiting_max_bytes
+            if admit:
+                self._waiting += 1
+                self._waiting_bytes += cost
+        if admit:
+            self._queue.put(_Incoming(topic, kept, size, cost))
+        else:
+            self._busy(topic, kept, waiting)
+
+    def _busy(self, topic: str, payload: bytes, waiting: int) -> None:
+        op = self._op_of(topic)
+        if op is None:
+            return
+        self._tally(self.counts, "received")
+        try:
+            txn = _transaction(json.loads(payload))
+        except (ValueError, RecursionError):
+            txn = None  # unreadable, or too large to keep: the sender cannot be told which
+        self._error(op, txn, "busy", f"busy: {waiting} requests waiting, send again")
 
     def _run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -126,9 +156,13 @@ class Downlink:
             try:
                 self.handle(item.topic, item.payload, item.size)
             except Exception:
-                self.errors["internal"] += 1
+                self._tally(self.errors, "internal")
                 log.exception("downlink: request on %s failed", item.topic)
                 self._answer_failure(item.topic)
+            finally:
+                with self._waiting_lock:
+                    self._waiting -= 1
+                    self._waiting_bytes -= item.cost
 
     def _answer_failure(self, topic: str) -> None:
         """The last resort: the sender hears that its request failed. Whether it was applied
@@ -145,12 +179,10 @@ class Downlink:
     # ---- one request ---------------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes, size: int | None = None) -> dict[str, Any] | None:
-        op = self._topics.op_of(topic)
+        op = self._op_of(topic)
         if op is None:
-            self.errors["bad_topic"] += 1
-            self._rate_log.warning("bad_topic", "downlink: ignored request on %r", topic[-80:])
             return None
-        self.counts["received"] += 1
+        self._tally(self.counts, "received")
         size = len(payload) if size is None else size
         if size > self.cfg.max_payload_bytes:
             return self._error(
@@ -166,8 +198,7 @@ class Downlink:
             return self._error(
                 op, None, "invalid_json", "not JSON text: a string holds half a surrogate pair"
             )
-        txn = request.get("transaction") if isinstance(request, dict) else None
-        txn = txn if isinstance(txn, str) else None
+        txn = _transaction(request)
         if op not in self._ops:
             return self._error(op, txn, "unknown_op", f"unknown op '{op}'")
         try:
@@ -184,7 +215,7 @@ class Downlink:
             stored_op, response = stored
             if stored_op != op:
                 return self._error(op, txn, "transaction_reused", f"already used for {stored_op}")
-            self.counts["repeat"] += 1
+            self._tally(self.counts, "repeat")
             response = {**response, "repeat": True}
             self._respond(op, response)
             return response
@@ -208,9 +239,21 @@ class Downlink:
             return self._error(op, txn, "store", f"not applied: {exc}")
         except StoreClosed as exc:
             return self._error(op, txn, "store", f"not applied: {exc}")
-        self.counts["ok"] += 1
+        self._tally(self.counts, "ok")
         self._respond(op, response)
         return response
+
+    def _tally(self, counter: Counter[str], key: str) -> None:
+        """Counted from two threads: the worker, and paho's when a request is answered busy."""
+        with self._count_lock:
+            counter[key] += 1
+
+    def _op_of(self, topic: str) -> str | None:
+        op = self._topics.op_of(topic)
+        if op is None:
+            self._tally(self.errors, "bad_topic")
+            self._rate_log.warning("bad_topic", "downlink: ignored request on %r", topic[-80:])
+        return op
 
     def _stored(self, txn: str) -> tuple[str, dict[str, Any]] | None:
         assert self._reader is not None
@@ -246,7 +289,7 @@ class Downlink:
         self._store.write(apply).result(timeout=30)
 
     def _error(self, op: str, txn: str | None, reason: str, message: str) -> dict[str, Any]:
-        self.errors[reason] += 1
+        self._tally(self.errors, reason)
         if len(message) > MESSAGE_MAX:
             message = message[: MESSAGE_MAX - 3] + "..."
         self._rate_log.warning(reason, "downlink: %s request refused (%s): %s", op, reason, message)
@@ -256,6 +299,11 @@ class Downlink:
 
     def _respond(self, op: str, response: Mapping[str, Any]) -> None:
         self._send(Message(self._topics.response(op), compact_json(response).encode()))
+
+
+def _transaction(request: Any) -> str | None:
+    txn = request.get("transaction") if isinstance(request, dict) else None
+    return txn if isinstance(txn, str) and not _lone_surrogate(txn) else None
 
 
 def _lone_surrogate(value: Any) -> bool:

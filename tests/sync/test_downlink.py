@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,18 +150,21 @@ def test_a_request_our_handler_fails_on_is_answered_and_not_remembered(tmp_path:
 
 @contextmanager
 def downlink_alone(
-    tmp_path: Path, handler: Callable[[Mapping[str, Any]], Reply]
+    tmp_path: Path,
+    handler: Callable[[Mapping[str, Any]], Reply],
+    cfg: DownlinkSection | None = None,
+    op: str = "ping",
 ) -> Iterator[tuple[Downlink, list[Message]]]:
     """A downlink on a real store whose replies are collected instead of published."""
     store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
     store.start()
     sent: list[Message] = []
     downlink = Downlink(
-        DownlinkSection(),
+        cfg or DownlinkSection(),
         store,
         Topics("eldercare", "s", "g"),
         sent.append,
-        [Operation("ping", handler)],
+        [Operation(op, handler)],
     )
     downlink.start()
     try:
@@ -209,3 +213,52 @@ def test_a_request_that_fails_past_its_handler_still_gets_an_answer(tmp_path: Pa
         assert downlink.errors["internal"] == 1
         downlink.received("eldercare/s/g/request/ping", b"{}")  # the worker is still there
         eventually(lambda: len(sent) == 2)
+
+
+def test_a_burst_of_requests_past_the_memory_cap_is_told_to_send_again(tmp_path: Path) -> None:
+    """After an outage the broker hands over every waiting request at once; photos make them
+    large. Those past the cap are answered busy at once, the others in turn, and a request
+    sent again once the queue has drained is taken."""
+    release = threading.Event()
+    handled: list[str] = []
+
+    def slow(request: Mapping[str, Any]) -> Reply:
+        handled.append(str(request["transaction"]))
+        release.wait(10)  # a long enrolment holds the worker
+        return Reply({"enrolled": True})
+
+    topic = "eldercare/s/g/request/face.enrol"
+    cfg = DownlinkSection(waiting_max_bytes=65_536)
+
+    def request(txn: str) -> bytes:
+        photo = {"data": "A" * 30_000}
+        return json.dumps({"transaction": txn, "elder_id": "e1", "photos": [photo]}).encode()
+
+    with downlink_alone(tmp_path, slow, cfg, op="face.enrol") as (downlink, sent):
+        for txn in ("t-1", "t-2", "t-3", "t-4"):
+            downlink.received(topic, request(txn))
+        busy = [json.loads(m.payload) for m in sent]
+        assert [(r["transaction"], r["status"]) for r in busy] == [
+            ("t-3", "error"),
+            ("t-4", "error"),
+        ]
+        assert busy[0]["message"] == "busy: 2 requests waiting, send again"
+        release.set()
+        eventually(lambda: len(sent) == 4)
+        answered = [json.loads(m.payload) for m in sent[2:]]
+        assert [(r["transaction"], r["status"]) for r in answered] == [("t-1", "ok"), ("t-2", "ok")]
+        downlink.received(topic, request("t-3"))
+        eventually(lambda: len(sent) == 5)
+        assert json.loads(sent[4].payload)["status"] == "ok"
+        assert handled == ["t-1", "t-2", "t-3"]
+        assert downlink.health() == {"requests": {"received": 5, "ok": 3}, "errors": {"busy": 2}}
+
+
+def test_one_request_larger_than_the_cap_is_taken_when_none_waits(tmp_path: Path) -> None:
+    cfg = DownlinkSection(waiting_max_bytes=65_536)
+    with downlink_alone(tmp_path, lambda _r: Reply({"pong": True}), cfg) as (downlink, sent):
+        big = json.dumps({"transaction": "t-1", "x": "A" * 100_000}).encode()
+        downlink.received("eldercare/s/g/request/ping", big)
+        eventually(lambda: len(sent) == 1)
+        assert "busy" not in downlink.errors  # refused by the schema, after its turn
+        assert json.loads(sent[0].payload)["message"].startswith("request: Additional")

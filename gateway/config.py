@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -47,12 +47,14 @@ class ClockSection(Strict):
     )
 
 
-class LaneQuota(Strict):
-    quota_mb: float = Field(gt=0, le=1_000_000, description="Pending bytes allowed in this lane.")
+def _quota(mb: float) -> Any:
+    return Field(mb, gt=0, le=1_000_000, description="Pending bytes allowed in this lane.")
 
 
-class KeptLane(LaneQuota):
+class KeptLane(Strict):
     """Alarms and records: pending events are never evicted or expired, whatever their age."""
+
+    quota_mb: float
 
     @model_validator(mode="before")
     @classmethod
@@ -64,22 +66,38 @@ class KeptLane(LaneQuota):
         return data
 
 
-class TelemetryLane(LaneQuota):
-    """Telemetry: over the quota its oldest pending events are evicted, and past ttl_s they
-    expire (both counted)."""
+class AlarmLane(KeptLane):
+    """Alarms (P0): pending events are never evicted or expired, whatever their age."""
 
-    ttl_s: float | None = Field(
-        None,
-        gt=0,
+    quota_mb: float = _quota(64.0)
+
+
+class RecordLane(KeptLane):
+    """Records (P1): pending events are never evicted or expired, whatever their age."""
+
+    quota_mb: float = _quota(512.0)
+
+
+class TelemetryLane(Strict):
+    """Telemetry (P2): over the quota its oldest pending events are evicted, and past ttl_s
+    they expire (both counted)."""
+
+    quota_mb: float = _quota(256.0)
+    ttl_s: float = Field(
+        7.0 * DAY_S,
+        ge=0,
         le=365 * DAY_S,
-        description="Pending events older than this are expired (counted).",
+        description="Pending events older than this are expired (counted); 0 keeps them until "
+        "the quota evicts them.",
     )
 
 
 class LanesSection(Strict):
-    p0: KeptLane = KeptLane(quota_mb=64)
-    p1: KeptLane = KeptLane(quota_mb=512)
-    p2: TelemetryLane = TelemetryLane(quota_mb=256, ttl_s=7 * DAY_S)
+    """Each lane's table may give one key; the other keeps its default."""
+
+    p0: AlarmLane = AlarmLane()
+    p1: RecordLane = RecordLane()
+    p2: TelemetryLane = TelemetryLane()
 
 
 class StoreSection(Strict):

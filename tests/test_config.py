@@ -120,3 +120,14 @@ def test_alarms_and_records_cannot_be_given_a_ttl(tmp_path: Path) -> None:
         assert issue.message == "ttl_s is not allowed: P0 and P1 events are never expired"
     ok = load_config(write(tmp_path, "[store.lanes.p2]\nquota_mb = 64\nttl_s = 3600\n"))
     assert ok.config.store.lanes.p2.ttl_s == 3600
+
+
+def test_a_lane_table_that_gives_one_key_keeps_the_other_defaults(tmp_path: Path) -> None:
+    """Raising the telemetry quota must not turn its expiry off, nor a ttl need a quota."""
+    lanes = load_config(write(tmp_path, "[store.lanes.p2]\nquota_mb = 1024\n")).config.store.lanes
+    assert (lanes.p2.quota_mb, lanes.p2.ttl_s) == (1024, 7 * 86400)
+    lanes = load_config(write(tmp_path, "[store.lanes.p2]\nttl_s = 3600\n")).config.store.lanes
+    assert (lanes.p2.quota_mb, lanes.p2.ttl_s) == (256, 3600)
+    text = "[store.lanes.p1]\n[store.lanes.p2]\nttl_s = 0\n"
+    lanes = load_config(write(tmp_path, text)).config.store.lanes
+    assert lanes.p1.quota_mb == 512 and lanes.p2.ttl_s == 0

@@ -225,7 +225,7 @@ class Store:
             Lane.P2: int(cfg.lanes.p2.quota_mb * MB),
         }
         ttl_s = cfg.lanes.p2.ttl_s  # only telemetry expires
-        self.ttl_ms = {} if ttl_s is None else {Lane.P2: int(ttl_s * 1000)}
+        self.ttl_ms = {Lane.P2: int(ttl_s * 1000)} if ttl_s > 0 else {}
         self.keep_delivered_ms = int(cfg.delivered_retention_days * 86_400_000)
         self.usage = {lane: LaneUsage() for lane in Lane}
         self.counters: dict[str, int] = {}

@@ -164,6 +164,17 @@ def test_ttl_expires_pending_telemetry_by_running_time(
     assert store.counters["expired_p2"] == 1 and old.event_id not in committed_ids(store.path)
 
 
+def test_a_ttl_of_0_keeps_telemetry_until_the_quota_evicts_it(
+    make_store: StoreFactory, clock: ManualClock
+) -> None:
+    store = make_store(lanes={"p2": {"ttl_s": 0}})
+    seen = store.record(Event(SEEN, {"i": 0}))
+    clock.advance(400 * 86_400_000)
+    store.housekeep()
+    assert seen.event_id in committed_ids(store.path)
+    assert store.counters.get("expired_p2", 0) == 0
+
+
 def test_delivered_alarms_stay_in_the_journal_telemetry_does_not(
     make_store: StoreFactory, clock: ManualClock
 ) -> None:

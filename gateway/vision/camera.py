@@ -314,6 +314,8 @@ class Lockstep:
 class CameraReader:
     """Reads on its own thread, keeps only the newest frame, reopens a lost camera."""
 
+    stop_wait_s = 10.0
+
     def __init__(
         self,
         source: FrameSource,
@@ -343,10 +345,22 @@ class CameraReader:
         self._thread.start()
 
     def stop(self) -> None:
+        """Releasing a capture while a read is inside it frees memory the driver still uses;
+        a read stuck past ``stop_wait_s`` therefore keeps the source, and the reader closes
+        it when the read returns."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=self.stop_wait_s)
+            if thread.is_alive():
+                log.warning(
+                    "camera %s: a read is still blocked after %g s; it is closed when the read "
+                    "returns",
+                    self.source.name,
+                    self.stop_wait_s,
+                )
+                self.state = "stopped"
+                return
         self._close()
         if not self.ended:
             self.state = "stopped"

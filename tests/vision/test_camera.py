@@ -267,6 +267,40 @@ def test_a_source_that_raises_is_reopened_and_the_reader_goes_on(faces_dir: Path
         reader.stop()
 
 
+class HungDriver(FakeUsbCamera):
+    """A read that blocks in the driver (a V4L2 device wedged by a failing USB hub)."""
+
+    def __init__(self, frame: np.ndarray) -> None:
+        super().__init__(frame)
+        self.reading = threading.Event()
+        self.unblock = threading.Event()
+        self.closed_while_reading = False
+        self.closed = False
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        self.reading.set()
+        self.unblock.wait(10)
+        self.reading.clear()
+        return self.frame, 0.0
+
+    def close(self) -> None:
+        self.closed_while_reading |= self.reading.is_set()
+        self.closed = True
+
+
+def test_stop_never_releases_a_camera_a_read_is_still_inside(faces_dir: Path) -> None:
+    camera = HungDriver(read_image(faces_dir / "antispoof" / "image_T1.jpg"))
+    reader = CameraReader(camera, CameraSection(fps=50))
+    reader.stop_wait_s = 0.2
+    reader.start()
+    _wait(camera.reading.is_set)
+    reader.stop()
+    assert reader.state == "stopped" and not camera.closed
+    camera.unblock.set()
+    _wait(lambda: camera.closed)
+    assert not camera.closed_while_reading
+
+
 @pytest.fixture(params=[NetworkCamera, RtspCamera], ids=["http-mjpeg", "rtsp"])
 def netcam(request: pytest.FixtureRequest, faces_dir: Path) -> Iterator[CameraServer]:
     photo = cv2.resize(read_image(faces_dir / "antispoof" / "image_T1.jpg"), (640, 480))

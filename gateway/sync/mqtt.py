@@ -161,6 +161,7 @@ class MqttLink:
         """Say goodbye (retained offline status) if connected, then disconnect cleanly."""
         self._stop.set()
         self._wake.set()
+        self._connack.set()  # a connection still waiting for its CONNACK gives up now
         with self._lock:
             client = self._client
         if client is not None and self.connected and farewell is not None:
@@ -378,6 +379,8 @@ class MqttLink:
     def _open(self, client: paho.Client, endpoint: Endpoint) -> bool:
         """Wait for the CONNACK and make the connection the current one, unless stop() came
         meanwhile: it found no connection to end, so this one must not outlive it."""
+        if self._stop.is_set():  # stop() may have woken the CONNACK wait before it began
+            return False
         if not self._connack.wait(self.cfg.connect_timeout_s) or self._refused:
             self.last_error = self._refused or "no CONNACK in time"
             log.warning("mqtt: %s refused or silent: %s", endpoint, self.last_error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import threading
 import time
@@ -287,6 +288,29 @@ def test_stop_while_a_connection_is_being_opened_returns(mosquitto: Mosquitto) -
         link._down.set()  # end a link that missed the stop: fail the test, do not hang it
     assert not hung, "stop() did not return"
     assert link.state == "stopped" and link.connects == 0 and listener.ups == []
+
+
+def test_stop_while_waiting_for_a_silent_broker_returns_at_once() -> None:
+    """A broker that takes the connection and never answers (overloaded, or a proxy that
+    has lost its upstream): stop() must not sit out the CONNACK timeout."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        accepted: list[socket.socket] = []
+        server.settimeout(10)
+        listener = Listener()
+        link = quick_link(server.getsockname()[1], listener, lambda: WILL)
+        link.cfg = link.cfg.model_copy(update={"connect_timeout_s": 120})
+        link.start()
+        try:
+            accepted.append(server.accept()[0])
+            eventually(lambda: link.state == "connecting")
+            stopper = threading.Thread(target=link.stop, daemon=True)
+            stopper.start()
+            stopper.join(30)  # far below the CONNACK timeout of 120 s
+            assert not stopper.is_alive(), "stop() waited for the CONNACK timeout"
+            assert link.state == "stopped" and link.connects == 0 and listener.ups == []
+        finally:
+            for conn in accepted:
+                conn.close()
 
 
 def test_a_failing_health_report_on_connect_leaves_the_link_working(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError
 
 from gateway.config import DownlinkSection
 from gateway.contract import request_validator
@@ -208,7 +208,7 @@ class Downlink:
         if problems or txn is None:
             first = problems[0] if problems else None
             where = "/".join(str(p) for p in first.path) if first else "transaction"
-            text = first.message if first else "missing"
+            text = _schema_problem(first) if first else "missing"
             return self._error(op, txn, "schema", f"{where or 'request'}: {text}")
         stored = self._stored(txn)
         if stored is not None:
@@ -299,6 +299,25 @@ class Downlink:
 
     def _respond(self, op: str, response: Mapping[str, Any]) -> None:
         self._send(Message(self._topics.response(op), compact_json(response).encode()))
+
+
+def _schema_problem(error: ValidationError) -> str:
+    """The rule broken, never the value that broke it: jsonschema's own messages quote the
+    value, and a face.enrol value is a photo (which must not reach the log)."""
+    rule, limit = error.validator, error.validator_value
+    if rule in ("required", "additionalProperties"):
+        return error.message  # names keys only
+    described = {
+        "type": f"must be of type {limit}",
+        "maxItems": f"more than {limit} items",
+        "minItems": f"fewer than {limit} items",
+        "maxLength": f"longer than {limit} characters",
+        "minLength": f"shorter than {limit} characters",
+        "pattern": f"does not match {limit}",
+        "enum": f"must be one of {limit}",
+        "const": f"must be {limit!r}",
+    }
+    return described.get(str(rule), f"breaks the schema's {rule!r} rule")
 
 
 def _transaction(request: Any) -> str | None:

@@ -81,13 +81,23 @@ def _open_gallery(cfg: GatewayConfig, create: bool) -> Any:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from gateway.vision.analyze import Analyzer
     from gateway.vision.calibrate import beyond_calibration
-    from gateway.vision.enroll import RECOMMENDED_PHOTOS, enrol, folder_photos
+    from gateway.vision.elders import BadElderId
+    from gateway.vision.enroll import RECOMMENDED_PHOTOS, enrol, folder_photos, refused_id
+    from gateway.vision.images import IMAGE_SUFFIXES
     from gateway.vision.progress import Progress
 
     cfg = _config(args)
     vision = cfg.vision
     if args.folder is not None:
         jobs = folder_photos(args.folder)
+        if not jobs:
+            loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in args.folder.iterdir())
+            print(
+                f"{args.folder}: no elder folders in it (one sub-folder per elder id, holding "
+                f"that elder's photos){'; its photos are not in sub-folders' if loose else ''}",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
     elif args.elder and args.photos:
         jobs = [(args.elder, list(args.photos))]
     else:
@@ -99,14 +109,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     counts = {"enrolled": 0, "refused": 0, "flagged": 0}
     few_photos = 0
     for done, (elder, photos) in enumerate(jobs, start=1):
-        result = enrol(
-            gallery,
-            analyzer,
-            elder,
-            photos,
-            rules=vision.decision,
-            allow_similar=args.allow_similar,
-        )
+        try:
+            result = enrol(
+                gallery,
+                analyzer,
+                elder,
+                photos,
+                rules=vision.decision,
+                allow_similar=args.allow_similar,
+            )
+        except BadElderId as exc:
+            result = refused_id(elder, str(exc))
         counts[result.status] += 1
         few_photos += result.status == "enrolled" and result.templates < RECOMMENDED_PHOTOS
         if progress is None or result.status != "enrolled" or args.verbose:
@@ -154,20 +167,23 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_remove(args: argparse.Namespace) -> int:
+    from gateway.vision.elders import check_elder_id
     from gateway.vision.gallery import erase
 
     cfg = _config(args)
-    removed = erase(cfg.vision.gallery.db_path(cfg.gateway.data_dir), args.elder)
+    removed = erase(cfg.vision.gallery.db_path(cfg.gateway.data_dir), check_elder_id(args.elder))
     print(f"{args.elder}: {removed} template(s) erased")
     return EXIT_OK if removed else EXIT_FAIL
 
 
 def cmd_gallery_unlearn(args: argparse.Namespace) -> int:
+    from gateway.vision.elders import check_elder_id
     from gateway.vision.enroll import unlearn
 
     cfg = _config(args)
     gallery = _open_gallery(cfg, create=False)
-    removed = unlearn(gallery, args.elder, rules=cfg.vision.decision, decision=args.event)
+    elder = check_elder_id(args.elder)
+    removed = unlearn(gallery, elder, rules=cfg.vision.decision, decision=args.event)
     left = gallery.snapshot.count(args.elder)
     print(f"{args.elder}: {removed} learned template(s) removed, {left} left")
     return EXIT_OK if removed else EXIT_FAIL

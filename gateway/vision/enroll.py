@@ -5,7 +5,9 @@ Rules (thresholds from ``[vision.decision]``):
 
 * a photo must pass the counter's own gates (one clear face, size, pose, blur, exposure);
 * the photos of one enrolment must show one person: a photo that matches none of the others at
-  the 1:1 threshold is refused, and two photos that disagree refuse the enrolment;
+  the 1:1 threshold is refused, and two groups of photos that disagree refuse the enrolment;
+* photos sent later for an elder already enrolled must match the enrolled ones (a mix-up on
+  the platform must not add a second person to the elder);
 * a photo scoring at or above the accept threshold against a *different* enrolled elder would be
   identified as that elder at the counter: the enrolment is refused unless staff confirm with
   ``--allow-similar`` (twins), and the pair goes into the confusable register;
@@ -21,7 +23,6 @@ Rules (thresholds from ``[vision.decision]``):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -32,11 +33,11 @@ import numpy as np
 
 from gateway.vision.analyze import Analyzer
 from gateway.vision.config import DecisionSection
+from gateway.vision.elders import check_elder_id
 from gateway.vision.errors import BadImage
 from gateway.vision.gallery import Gallery
 from gateway.vision.images import IMAGE_SUFFIXES, decode_image, read_image
 
-ELDER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 RECOMMENDED_PHOTOS = 3
 SAME_PICTURE = 0.995  # two photos of one person, even a second apart, score well below
 LEARN_UP_TO = 10
@@ -108,18 +109,66 @@ def assess_photo(analyzer: Analyzer, photo: Photo | Path) -> PhotoVerdict:
     return PhotoVerdict(photo.name, analysis.reason or analysis.kind, detail)
 
 
-def _consistent(verdicts: list[PhotoVerdict], threshold: float) -> tuple[list[int], str]:
-    """Indexes of the photos to keep (those matching another); '' or why none can be kept."""
+def _one_person(
+    verdicts: list[PhotoVerdict], enrolled: np.ndarray, threshold: float
+) -> tuple[list[int], str]:
+    """Indexes of the photos to keep, or why none can be kept.
+
+    Photos are grouped by who matches whom at the 1:1 threshold, the elder's enrolled templates
+    counting as one more member. The elder is the group holding the enrolled templates or, for
+    a first enrolment, the one group of two or more photos; a photo matching none of the others
+    is left out, and another group of two or more is a second person: refused, since keeping
+    either would let the other be charged as this elder."""
     good = [(i, v.embedding) for i, v in enumerate(verdicts) if v.embedding is not None]
-    if len(good) < 2:
-        return [i for i, _ in good], ""
+    if not good:
+        return [], ""
     vectors = np.stack([e for _, e in good])
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -1.0)
-    matched = sims.max(axis=1) >= threshold
-    if not matched.any():
+    linked = vectors @ vectors.T >= threshold
+    if len(enrolled):
+        to_enrolled = (vectors @ enrolled.T).max(axis=1) >= threshold
+        linked = np.block(
+            [[linked, to_enrolled[:, None]], [to_enrolled[None, :], np.ones((1, 1), bool)]]
+        )
+    anchor = len(good)  # the enrolled templates' node, when there are any
+    groups = _groups(linked)
+    people = [g for g in groups if len(g) >= 2 and anchor not in g]
+    if len(enrolled):
+        elder = next(g for g in groups if anchor in g)
+        keep = [good[j][0] for j in elder if j != anchor]
+        if not keep:
+            return [], (
+                "the photos do not show the elder enrolled under this id "
+                "(to enrol someone else under it, remove the elder first)"
+            )
+        if people:
+            return [], "the photos show more than one person"
+        return keep, ""
+    if len(good) == 1:
+        return [good[0][0]], ""
+    if len(people) > 1:
+        return [], "the photos show more than one person"
+    if not people:
         return [], "the photos do not show the same person"
-    return [i for (i, _), m in zip(good, matched, strict=True) if m], ""
+    return [good[j][0] for j in people[0]], ""
+
+
+def _groups(linked: np.ndarray) -> list[list[int]]:
+    """Connected groups of a symmetric "matches" matrix."""
+    unseen = set(range(len(linked)))
+    groups: list[list[int]] = []
+    while unseen:
+        stack = [min(unseen)]
+        unseen.discard(stack[0])
+        group: list[int] = []
+        while stack:
+            node = stack.pop()
+            group.append(node)
+            for other in np.flatnonzero(linked[node]).tolist():
+                if other in unseen:
+                    unseen.discard(other)
+                    stack.append(other)
+        groups.append(sorted(group))
+    return groups
 
 
 def _new_views(enrolled: np.ndarray, vectors: list[np.ndarray]) -> list[np.ndarray]:
@@ -141,15 +190,16 @@ def enrol(
     rules: DecisionSection,
     allow_similar: bool = False,
 ) -> Enrolment:
-    if not ELDER_ID.match(elder_id):
-        raise ValueError(f"elder id {elder_id!r}: use letters, digits and _ . : - (max 128)")
+    check_elder_id(elder_id)
     verdicts = [assess_photo(analyzer, p) for p in photos]
-    keep, problem = _consistent(verdicts, rules.verify_threshold)
+    gallery.refresh_if_changed()  # a long bulk run: others enrol meanwhile
+    held = gallery.snapshot.count(elder_id)
+    enrolled = gallery.snapshot.templates_of(elder_id)
+    keep, problem = _one_person(verdicts, enrolled, rules.verify_threshold)
     verdicts = [
         PhotoVerdict(v.name, "does_not_match_other_photos") if v.ok and i not in keep else v
         for i, v in enumerate(verdicts)
     ]
-    held = gallery.snapshot.count(elder_id)
     if problem or not keep:
         reason = problem or "no usable photo"
         return Enrolment(elder_id, "refused", reason, verdicts, templates=held)
@@ -177,6 +227,7 @@ def learn(
     learned view gives way to the new one, so the counter keeps up with a face that ages;
     enrolled photos never do. The template remembers the ``decision`` (event id) it was
     learned from, for ``unlearn``."""
+    gallery.refresh_if_changed()
     held = gallery.snapshot.count(elder_id)
     verdicts = [PhotoVerdict("counter", None, embedding=probe)]
     if held == 0:
@@ -310,9 +361,19 @@ def _best_others(
 
 
 def folder_photos(folder: Path) -> list[tuple[str, list[Path]]]:
-    """(elder id, photos) for a folder holding one sub-folder per elder."""
+    """(elder id, photos) for a folder holding one sub-folder per elder. Hidden and system
+    folders are not elders: a USB stick formatted on Windows has "System Volume Information"."""
     return [
         (sub.name, sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
         for sub in sorted(folder.iterdir())
-        if sub.is_dir()
+        if sub.is_dir() and not _system_folder(sub.name)
     ]
+
+
+def _system_folder(name: str) -> bool:
+    return name.startswith((".", "$")) or name == "System Volume Information"
+
+
+def refused_id(elder_id: str, problem: str) -> Enrolment:
+    """A folder named so that it cannot be an elder id: refused, and the others go on."""
+    return Enrolment(elder_id, "refused", problem, [])

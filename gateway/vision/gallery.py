@@ -251,9 +251,9 @@ class Gallery:
     def open(cls, db_path: Path, key_path: Path, model_id: str, create: bool = False) -> Gallery:
         """Open (and with ``create``, initialise: new key, empty file) and load the gallery."""
         if create and not key_path.exists():
-            if db_path.exists():
+            if db_path.exists() and not key_path.exists():  # not just created by another
                 raise GalleryError(f"{db_path} exists but its key {key_path} does not")
-            create_key(key_path)
+            create_key(key_path)  # or another process did, a moment ago: the same key to use
         elif not db_path.exists() and not create:
             raise GalleryError(f"{db_path}: no face gallery (enrol someone first)")
         gallery = cls(db_path, key_path, model_id)
@@ -286,13 +286,16 @@ class Gallery:
         return result
 
     def _check_key(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+        """A new gallery gets its check written (unless another process, creating it at the
+        same moment, wrote one first: then theirs is verified like any other)."""
+        select = "SELECT value FROM meta WHERE key = 'key_check'"
+        row = conn.execute(select).fetchone()
         if row is None:
             nonce = os.urandom(NONCE_BYTES)
             value = (nonce + self._aead.encrypt(nonce, KEY_CHECK, None)).hex()
-            conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (value,))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('key_check', ?)", (value,))
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
-            return
+            row = conn.execute(select).fetchone()
         try:
             blob = bytes.fromhex(row[0])
             self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], None)
@@ -444,9 +447,10 @@ class Gallery:
                 if retire_oldest_learned:
                     retired = conn.execute(
                         "DELETE FROM templates WHERE template_id = (SELECT template_id "
-                        "FROM templates WHERE elder_id = ? AND learned_from IS NOT NULL "
-                        "ORDER BY created_ms, rowid LIMIT 1) RETURNING learned_from",
-                        (elder_id,),
+                        "FROM templates WHERE elder_id = ? AND model_id = ? "
+                        "AND learned_from IS NOT NULL ORDER BY created_ms, rowid LIMIT 1) "
+                        "RETURNING learned_from",
+                        (elder_id, self.model_id),
                     )
                     written.retired.extend(str(r[0]) for r in retired)
                 for vector in vectors:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import threading
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -20,17 +21,25 @@ from gateway.vision.errors import GalleryError
 KEY_BYTES = 32
 
 
-def create_key(path: Path) -> None:
-    """Write a new key with mode 0600; never overwrite an existing one (that loses the data)."""
+def create_key(path: Path) -> bool:
+    """Write a new key with mode 0600; never overwrite an existing one (that loses the data).
+    False when another process created it first (the face stage and a platform enrolment
+    at first boot). The key is written aside and linked into place whole, so nobody reads a
+    half-written key."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(KEY_BYTES))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(aside, path)
     except FileExistsError:
-        raise GalleryError(f"{path}: key file exists already; not replacing it") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_bytes(KEY_BYTES))
-        fh.flush()
-        os.fsync(fh.fileno())
+        return False
+    finally:
+        aside.unlink(missing_ok=True)
+    return True
 
 
 def read_key(path: Path) -> bytes:

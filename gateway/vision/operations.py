@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.sync.downlink import Reply, RequestError
 from gateway.vision.config import VisionSection
+from gateway.vision.elders import check_elder_id
 from gateway.vision.errors import BadImage, VisionError
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def face_remove(db_path: Path, request: Mapping[str, Any]) -> Reply:
     """Consent withdrawn, or the elder left: their templates and look-alike entries go."""
     from gateway.vision.gallery import erase
 
-    elder = str(request["elder_id"])
+    elder = _elder(request)
     try:
         erased = erase(db_path, elder)
     except VisionError as exc:
@@ -85,13 +86,14 @@ class FaceEnrol:
     def __call__(self, request: Mapping[str, Any]) -> Reply:
         from gateway.vision.enroll import enrol
 
+        elder = _elder(request)
         photos = [_photo(i, item) for i, item in enumerate(request["photos"], start=1)]
         try:
             gallery = self.gallery.current()
             result = enrol(
                 gallery,
                 self._open_analyzer(),
-                str(request["elder_id"]),
+                elder,
                 photos,
                 rules=self.cfg.decision,
                 allow_similar=bool(request.get("allow_similar", False)),
@@ -131,7 +133,7 @@ class FaceConfirm:
     def __call__(self, request: Mapping[str, Any]) -> Reply:
         from gateway.vision.enroll import learn
 
-        event_id, elder = str(request["event_id"]), str(request["elder_id"])
+        event_id, elder = str(request["event_id"]), _elder(request)
         pending = self.confirmations.get(event_id)
         if pending is None:
             raise RequestError(
@@ -181,7 +183,7 @@ class FaceUnlearn:
     def __call__(self, request: Mapping[str, Any]) -> Reply:
         from gateway.vision.enroll import unlearn
 
-        elder = str(request["elder_id"])
+        elder = _elder(request)
         decision = request.get("event_id")
         if not self.gallery.exists():
             return Reply({"elder_id": elder, "templates_removed": 0, "templates": 0})
@@ -203,6 +205,13 @@ class FaceUnlearn:
                 "templates": gallery.snapshot.count(elder),
             }
         )
+
+
+def _elder(request: Mapping[str, Any]) -> str:
+    try:
+        return check_elder_id(str(request["elder_id"]))
+    except VisionError as exc:
+        raise RequestError(str(exc)) from None
 
 
 def _photo(index: int, item: Mapping[str, Any]) -> Photo:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.app import Gateway
 from gateway.clock import ClockSync, SystemClock
@@ -91,9 +95,9 @@ def test_bad_requests_get_an_error_a_count_and_change_nothing(
         cases: list[tuple[str, Any, str]] = [
             ("ping", b"{" * 2000, "2000 B, over 512 B"),
             ("ping", b"\xff\xfe not json", "not JSON"),
-            ("ping", [1, 2, 3], "is not of type 'object'"),
+            ("ping", [1, 2, 3], "request: must be of type object"),
             ("ping", {"transaction": "x", "extra": 1}, "Additional properties"),
-            ("ping", {"transaction": 42}, "transaction"),
+            ("ping", {"transaction": 42}, "transaction: must be of type string"),
             ("ping", {}, "transaction"),
             ("reboot.everything", {"transaction": "x2"}, "unknown op"),
         ]
@@ -183,7 +187,7 @@ def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> Non
         (b'{"transaction":"t2","n":' + b"1" * 5000 + b"}", "4300 digits"),
         (b'{"transaction":"\\ud800"}', "half a surrogate pair"),
         (b'{"transaction":"t3","x":["ok","\\udfff"]}', "half a surrogate pair"),
-        (b'{"transaction":"' + b"A" * 5000 + b'"}', "transaction: 'AAAA"),  # quoted, cut
+        (b'{"transaction":"' + b"A" * 5000 + b'"}', "transaction: longer than 64 characters"),
     ]
     with downlink_alone(tmp_path, lambda _r: Reply({"pong": True})) as (downlink, sent):
         topic = "eldercare/s/g/request/ping"
@@ -262,3 +266,27 @@ def test_one_request_larger_than_the_cap_is_taken_when_none_waits(tmp_path: Path
         eventually(lambda: len(sent) == 1)
         assert "busy" not in downlink.errors  # refused by the schema, after its turn
         assert json.loads(sent[0].payload)["message"].startswith("request: Additional")
+
+
+def test_a_refusal_never_quotes_the_request_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A face.enrol request carries photos: neither the reply nor the log may hold them."""
+    photo = base64.b64encode(b"\xff\xd8\xff\xe0 PHOTO-BYTES Canon EOS 5D" * 50).decode()
+    cases = [
+        ({"photos": [{"data": photo}] * 6}, "photos: more than 5 items"),
+        ({"photos": photo}, "photos: must be of type array"),
+        ({"photos": [{"data": photo}], "elder_id": photo}, "elder_id: does not match"),
+        ({"photos": [{"data": photo}], "allow_similar": photo}, "must be of type boolean"),
+    ]
+    with downlink_alone(tmp_path, lambda _r: Reply(), op="face.enrol") as (downlink, sent):
+        with caplog.at_level(logging.WARNING):
+            for fields, expected in cases:
+                request = {"transaction": "t-1", "elder_id": "E1", **fields}
+                reply = downlink.handle(
+                    "eldercare/s/g/request/face.enrol", json.dumps(request).encode()
+                )
+                assert reply is not None and expected in reply["message"], reply
+        assert len(sent) == len(cases) and downlink.errors["schema"] == len(cases)
+        assert not any(photo[:40] in m.payload.decode() for m in sent)
+        assert "PHOTO" not in caplog.text and photo[:40] not in caplog.text

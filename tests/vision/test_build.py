@@ -50,6 +50,9 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
             assert absent["status"] == "ok" and absent["data"]["templates_erased"] == 0
             bad = ask(sub, "face.remove", {"transaction": "rm-3", "elder_id": "张三"})
             assert bad["status"] == "error" and "elder_id" in bad["message"]
+            # passes the schema's pattern in Python's regex engine; not E2048, and said so
+            newline = ask(sub, "face.remove", {"transaction": "rm-4", "elder_id": "E2048\n"})
+            assert newline["status"] == "error" and "elder id 'E2048\\n'" in newline["message"]
             assert gw.sync is not None and gw.sync.downlink.counts["ok"] == 2
     finally:
         sub.close()

@@ -102,6 +102,9 @@ def test_bulk_enrolment_command(
         "e-101": ["img13.jpg", "img14.jpg"],
         "e-102": ["img8.jpg"],
         "e-103": ["couple.jpg"],
+        "e 104": ["img20.jpg"],  # not an elder id: refused, the others go on
+        "System Volume Information": [],  # a USB stick formatted on Windows
+        ".thumbnails": ["img21.jpg"],
     }.items():
         (folder / elder).mkdir(parents=True)
         for name in names:
@@ -112,12 +115,17 @@ def test_bulk_enrolment_command(
     )
     code = main(["enroll", "-c", str(config), "--folder", str(folder)])
     captured = capsys.readouterr()
-    assert code == 3  # one elder refused
+    assert code == 3  # two elders refused
     assert "e-103: refused: no usable photo" in captured.out
     assert "couple.jpg: refused: multiple_faces" in captured.out
-    assert "2 enrolled, 1 refused, 0 flagged" in captured.out
+    assert "e 104: refused: elder id 'e 104': use letters" in captured.out
+    assert "2 enrolled, 2 refused, 0 flagged" in captured.out
+    assert "System Volume" not in captured.out and "thumbnails" not in captured.out
     assert "2 enrolled with fewer than 3 photos in all" in captured.out
-    assert "enrolling: 3/3" in captured.err  # the progress bar, one line per tenth off a tty
+    assert "enrolling: 4/4" in captured.err  # the progress bar, one line per tenth off a tty
+    # photos straight in the folder, not in one sub-folder per elder: said, not ignored
+    assert main(["enroll", "-c", str(config), "--folder", str(folder / "e-101")]) == 1
+    assert "its photos are not in sub-folders" in capsys.readouterr().err
 
     assert main(["gallery", "stats", "-c", str(config)]) == 0
     out = capsys.readouterr().out

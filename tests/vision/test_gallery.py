@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -301,3 +302,45 @@ def test_a_gallery_from_before_learned_templates_opens_with_its_templates_as_enr
     assert old.learned("elder-a") == ["d-1"]
     assert old.remove_learned("elder-a") == 1
     assert Gallery.open(db, key, MODEL).snapshot.count("elder-a") == 2
+
+
+def test_two_writers_creating_the_gallery_at_once_share_one_key(tmp_path: Path) -> None:
+    """At first boot the face stage and a platform enrolment may both create it."""
+    for trial in range(20):
+        paths = (tmp_path / f"{trial}.db", tmp_path / f"{trial}.key")
+        start = threading.Barrier(2)
+        opened: list[Gallery | Exception] = []
+
+        def create(
+            paths: tuple[Path, Path] = paths,
+            start: threading.Barrier = start,
+            opened: list[Gallery | Exception] = opened,
+        ) -> None:
+            start.wait()
+            try:
+                opened.append(Gallery.open(*paths, MODEL, create=True))
+            except Exception as exc:
+                opened.append(exc)
+
+        threads = [threading.Thread(target=create) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(isinstance(g, Gallery) and not g.report.key_mismatch for g in opened), opened
+        assert len(paths[1].read_bytes()) == 32
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{trial}")) == []
+
+
+def test_learning_at_the_limit_retires_a_face_of_this_model_only(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    """After a recognizer change, old-model rows are unusable: retiring one of them instead
+    of this model's oldest learned face would let the elder grow past the limit."""
+    old = Gallery.open(*paths, "another-recognizer@00000000")
+    old.add("elder-a", _vectors(1, 7), learned_from="d-old")
+    gallery.refresh_if_changed()
+    gallery.add("elder-a", _vectors(1, 8), learned_from="d-1")
+    written = gallery.add("elder-a", _vectors(1, 9), learned_from="d-2", retire_oldest_learned=True)
+    assert written.retired == ["d-1"]
+    assert gallery.learned("elder-a") == ["d-2"] and old.learned("elder-a") == ["d-old"]

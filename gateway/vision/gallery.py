@@ -585,6 +585,9 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            # an erased elder's rows are overwritten, not left in free pages beside the key;
+            # Debian's SQLite does this by default, other builds need asking
+            conn.execute("PRAGMA secure_delete=ON")
         except sqlite3.DatabaseError as exc:
             raise GalleryError(f"{db_path}: not a face gallery ({exc})") from None
         yield conn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import sys
@@ -24,7 +25,7 @@ from gateway.lifecycle import (
     watchdog_interval_s,
 )
 from gateway.logs import setup_logging
-from gateway.store import Store, StoreError
+from gateway.store import Store, StoreError, hold_exclusively
 from gateway.sync import Sync
 from gateway.vision.build import build as build_vision
 
@@ -119,6 +120,18 @@ def run(loaded: LoadedConfig) -> int:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, [password] if password else [])
+    try:
+        lock = hold_exclusively(cfg.db_path)
+    except StoreError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    try:
+        return _serve(loaded, password)
+    finally:
+        os.close(lock)
+
+
+def _serve(loaded: LoadedConfig, password: str | None) -> int:
     try:
         gw = build(loaded, password=password)
     except ConfigFileError as exc:

@@ -140,6 +140,11 @@ def _broker_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ValueError("broker must look like mqtts://host:8883 or mqtt://host:1883")
+    if parts.username is not None or parts.password is not None:
+        # never used for the connection, and every message quoting the url would leak it
+        raise ValueError(
+            "broker url must not hold a user or password: use mqtt.username and mqtt.password_file"
+        )
     try:
         _ = parts.port
     except ValueError as exc:
@@ -327,9 +332,10 @@ def read_password(mqtt: MqttSection) -> str | None:
     if mqtt.password_file is not None:
         try:
             return mqtt.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
             raise ConfigFileError(
-                [Issue(str(mqtt.password_file), None, "mqtt.password_file", f"cannot read: {exc}")]
+                [Issue(str(mqtt.password_file), None, "mqtt.password_file", f"cannot read: {why}")]
             ) from None
     return None
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,17 @@ import pytest
 from tests.support.broker import Mosquitto
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging() -> Iterator[None]:
+    """`gateway run` in-process points the root logger at the test's captured stderr, which
+    is closed after the test: later log lines would fail. Put back what was there."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import ConfigFileError, GatewayConfig, load_config
+from gateway.config import ConfigFileError, GatewayConfig, load_config, read_password
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -62,6 +62,25 @@ def test_bad_broker_url_and_half_a_client_certificate(tmp_path: Path) -> None:
     messages = " ".join(i.message for i in err.value.issues)
     assert "mqtts://host:8883" in messages
     assert "cert_file and key_file go together" in messages
+
+
+def test_credentials_in_a_broker_url_are_refused_and_never_echoed(tmp_path: Path) -> None:
+    """They would be ignored (the connection uses mqtt.username / password_file) and quoted
+    in every message about the url."""
+    for url in ("mqtts://canteen:Secr3tPass@platform.example.cn", "mqtt://canteen:Secr3tPass@x"):
+        with pytest.raises(ConfigFileError) as err:
+            load_config(write(tmp_path, f'[mqtt]\nbrokers = ["{url}"]\n'))
+        assert "must not hold a user or password" in str(err.value)
+        assert "Secr3tPass" not in str(err.value)
+
+
+def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt.pw"
+    secret.write_bytes("密码".encode("utf-16"))
+    path = write(tmp_path, f'[mqtt]\nusername = "gw"\npassword_file = "{secret}"\n')
+    with pytest.raises(ConfigFileError, match="not UTF-8 text"):
+        read_password(load_config(path).config.mqtt)
+    assert main(["run", "--config", str(path)]) == 2
 
 
 def test_toml_syntax_error_has_a_line(tmp_path: Path) -> None:

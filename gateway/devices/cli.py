@@ -8,9 +8,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A port that is not there, a file that is missing, a key that is not hex: one line
+    for the installer, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+
+    return run
 
 
 def _definition(path: Path) -> object:
@@ -138,7 +153,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--hex", help="bytes as hex, spaces allowed")
     src.add_argument("--file", type=Path, help="a raw capture file")
-    p.set_defaults(func=cmd_decode)
+    p.set_defaults(func=_guard(cmd_decode))
 
     sim = sub.add_parser("simulate", help="simulated devices for demos, tests, benchmarks")
     kinds = sim.add_subparsers(dest="simulator", required=True)
@@ -157,7 +172,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--repeats", type=int, default=2, help="radio repeats of each alarm")
     b.add_argument("--alarms-per-hour", type=float, default=2.0, help="per band")
     b.add_argument("--seed", type=int, default=1)
-    b.set_defaults(func=cmd_basestation)
+    b.set_defaults(func=_guard(cmd_basestation))
 
     e = kinds.add_parser("espa", help="ESPA 4.4.4 control station sending calls")
     e.add_argument("--port", required=True)
@@ -165,7 +180,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--format", default="7E1", choices=["7E1", "7E2", "8N1"])
     e.add_argument("--calls", type=int, default=10)
     e.add_argument("--interval", type=float, default=2.0)
-    e.set_defaults(func=cmd_espa)
+    e.set_defaults(func=_guard(cmd_espa))
 
     d = kinds.add_parser("dc09", help="SIA DC-09 alarm panel (ADM-CID events, NULL tests)")
     d.add_argument("--host", default="127.0.0.1")
@@ -175,4 +190,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--key", help="AES key as hex (encrypts the messages)")
     d.add_argument("--count", type=int, default=10)
     d.add_argument("--interval", type=float, default=1.0)
-    d.set_defaults(func=cmd_dc09)
+    d.set_defaults(func=_guard(cmd_dc09))

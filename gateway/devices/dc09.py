@@ -180,7 +180,17 @@ class Dc09Service:
         self.refused_connections = 0
 
     def start(self) -> None:
+        """Both listeners or neither: a UDP port taken by another program must not leave the
+        TCP accept thread running (it would keep a failed gateway from exiting)."""
         self._stop.clear()
+        try:
+            self._listen()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("dc09 %s: listening on %s:%d", self.cfg.name, self.cfg.host, self.port)
+
+    def _listen(self) -> None:
         if self.cfg.tcp:
             self._tcp = socket.create_server((self.cfg.host, self.port), reuse_port=False)
             self._tcp.settimeout(POLL_S)
@@ -192,7 +202,6 @@ class Dc09Service:
             self._udp.settimeout(POLL_S)
             self.port = self._udp.getsockname()[1]
             self._spawn(self._datagrams, "udp")
-        log.info("dc09 %s: listening on %s:%d", self.cfg.name, self.cfg.host, self.port)
 
     def stop(self) -> None:
         self._stop.set()

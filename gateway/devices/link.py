@@ -74,11 +74,25 @@ class SerialSettings:
 
 
 SerialPort = serial.Serial
+WRITE_TIMEOUT_S = 1.0
 
 
-def open_port(url: str, settings: SerialSettings, timeout: float | None) -> SerialPort:
+def open_port(
+    url: str,
+    settings: SerialSettings,
+    timeout: float | None,
+    *,
+    write_timeout: float | None = None,
+    exclusive: bool = False,
+) -> SerialPort:
     """Open a serial URL (also used by the simulators to write to a port)."""
-    port: serial.Serial = serial.serial_for_url(url, timeout=timeout, **settings.pyserial_kwargs())
+    port: serial.Serial = serial.serial_for_url(
+        url,
+        timeout=timeout,
+        write_timeout=write_timeout,
+        exclusive=exclusive or None,
+        **settings.pyserial_kwargs(),
+    )
     return port
 
 
@@ -185,20 +199,36 @@ class SerialLink:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.reopen_max_s)
                 continue
-            delay = self.reopen_min_s
+            opened = self._now()
             reason = self._read(port)
             with self._write_lock:
                 self._port = None
             with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
-            if reason:
-                self._went_down(reason)
+            if not reason:
+                break
+            self._went_down(reason)
+            # a port that fails as soon as it opens (a serial server that accepts and hangs
+            # up) backs off like one that cannot be opened; one that was up a while does not
+            if self._now() - opened >= self.reopen_max_s:
+                delay = self.reopen_min_s
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.reopen_max_s)
         if self.stats.state != "down":
             self.stats.state = "stopped"
 
     def _open(self) -> serial.Serial | None:
         try:
-            port = open_port(self.url, self.settings, self.read_timeout_s)
+            # exclusive: a second gateway (or a terminal program) on the same device would
+            # split its bytes with this one; write_timeout: an ACK the other end never drains
+            # must not wedge the reader (and with it the port and the gateway's stop)
+            port = open_port(
+                self.url,
+                self.settings,
+                self.read_timeout_s,
+                write_timeout=WRITE_TIMEOUT_S,
+                exclusive=True,
+            )
         except (serial.SerialException, OSError, ValueError) as exc:
             if self.stats.state != "down":
                 self._went_down(f"open: {exc}")

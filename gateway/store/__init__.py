@@ -1,6 +1,6 @@
 """SQLite store: the event journal and outbox, written by one thread in group commits."""
 
-from gateway.store.db import StoreError
+from gateway.store.db import StoreError, hold_exclusively
 from gateway.store.outbox import OutboxReader, OutboxStats, read_stats
 from gateway.store.writer import (
     Delivered,
@@ -21,5 +21,6 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreError",
+    "hold_exclusively",
     "read_stats",
 ]

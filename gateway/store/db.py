@@ -7,6 +7,7 @@ that exists but cannot be read is a hard, explained error, never a new empty sto
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from pathlib import Path
@@ -30,6 +31,24 @@ def _damaged(path: Path, detail: str) -> StoreError:
         f"'sqlite3 {path} .recover' can often rescue the rows), then start again with an "
         "empty store."
     )
+
+
+def hold_exclusively(path: Path) -> int:
+    """Lock the database for this process's lifetime (the OS lets go at exit, even a kill -9).
+    Two gateways on one database would hand out the same sequence numbers and split the
+    serial lines' bytes between them: the second is refused. Returns the lock's descriptor."""
+    check_writable_dir(path.parent)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(
+            f"another gateway is running on {path} (see {lock}); stop it first "
+            "(systemctl stop eldercare-gateway)"
+        ) from None
+    return fd
 
 
 def check_writable_dir(directory: Path) -> None:

@@ -570,6 +570,20 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _wal(conn: sqlite3.Connection, wait_s: float = 10.0) -> None:
+    """Switching a new file to WAL takes it whole and does not wait for the busy timeout: a
+    second writer creating the gallery at the same moment waits its turn instead of failing."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 @contextmanager
 def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
     """A short-lived connection; enrolment (another process) may write between uses.
@@ -583,7 +597,7 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
         raise GalleryError(f"{db_path}: cannot open the face gallery ({exc})") from None
     try:
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             # an erased elder's rows are overwritten, not left in free pages beside the key;
             # Debian's SQLite does this by default, other builds need asking

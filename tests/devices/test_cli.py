@@ -42,3 +42,18 @@ def test_invalid_definition_exit_code(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text('name = "x"\n[binary]\nbyte_order = "middle"\n')
     assert main(["decode", "--device", str(bad), "--hex", "00"]) == 2
     assert f"{bad}:3: binary.byte_order" in capsys.readouterr().err
+
+
+def test_field_commands_say_what_is_wrong_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    device = str(CONFIGS / "aa55-reference.toml")
+    cases = [
+        ["decode", "--device", device, "--file", str(tmp_path / "missing.bin")],
+        ["simulate", "basestation", "--device", device, "--port", str(tmp_path / "ttyUSB9")],
+        ["simulate", "dc09", "--port", "1", "--key", "zz"],
+    ]
+    for argv in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1

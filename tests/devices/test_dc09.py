@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -178,3 +180,20 @@ def test_dc09_spt_transmitter_as_peer(receiver: Dc09Service, store: Store, trans
     )
     assert (sia["data"]["device"], sia["data"]["code"]) == ("1234-3", "MA")
     assert receiver.handler.replies["ACK"] == 2
+
+
+def test_a_udp_port_in_use_fails_the_start_and_leaves_nothing_listening(store: Store) -> None:
+    """Otherwise the TCP accept thread keeps a gateway that failed to start from exiting."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        cfg = Dc09Receiver(
+            name="hubs", definition="dc09-receiver.toml", host="127.0.0.1", port=port
+        )
+        service = Dc09Service(cfg, definition("dc09-receiver"), store, 10.0)
+        before = threading.active_count()
+        with pytest.raises(OSError):
+            service.start()
+        assert threading.active_count() == before
+        with socket.create_server(("127.0.0.1", port)):  # the TCP port was let go
+            pass

@@ -3,6 +3,10 @@ path) never ends the gateway; reading resumes and the health shows the gap."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -101,3 +105,78 @@ def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store
         pty.close()
     assert stored(store.path, "battery.low")[0]["data"]["name"] == "rf_low_battery"
     assert service.health()["rejected"] == {"bad_checksum": 1}
+
+
+def test_a_second_reader_cannot_take_a_port_in_use(tmp_path: Path, store: Store) -> None:
+    """A second gateway started on the same config, or a terminal program left open, would
+    split the line's bytes with this one: the port is locked, and the second says why."""
+    pty = Pty(tmp_path / "ttyBASE")
+    cfg = PortConfig(name="ward-a", definition="aa55-reference.toml", url=str(pty.path))
+    first = PortService(cfg, definition("aa55-reference"), store, 10.0)
+    second = PortService(cfg, definition("aa55-reference"), store, 10.0)
+    first.start()
+    try:
+        eventually(lambda: first.link.stats.state == "up")
+        second.start()
+        eventually(lambda: second.link.stats.state == "down")
+        assert "lock" in second.link.stats.last_error
+        pty.write(SOS)
+        eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+        assert second.health()["link"]["bytes_in"] == 0
+    finally:
+        second.stop()
+        first.stop()
+        pty.close()
+
+
+def test_an_ack_the_panel_never_reads_does_not_wedge_the_port(tmp_path: Path, store: Store) -> None:
+    """The other end stops draining the line (a panel hung mid-send): the ACK write gives up,
+    the alarms after it are still stored, and the gateway can still stop."""
+    pty = Pty(tmp_path / "ttyCID")
+    cfg = PortConfig(name="panel", definition="contact-id-serial.toml", url=str(pty.path))
+    service = PortService(cfg, definition("contact-id-serial"), store, 10.0)
+    service.start()
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        towards_panel = os.open(pty.path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(towards_panel, b"\0" * 1024)  # the queue the panel should read
+        finally:
+            os.close(towards_panel)
+        for zone in ("002", "003"):
+            pty.write(contact_id_line("1234", "1", "101", "01", zone))
+        eventually(lambda: len(stored(store.path, "alarm.sos")) == 2, timeout=10)
+    finally:
+        stopper = threading.Thread(target=service.stop, daemon=True)
+        stopper.start()
+        stopper.join(10)
+        pty.close()
+    assert not stopper.is_alive(), "stop() hung on an ACK write"
+    assert service.link.stats.last_error.startswith("write")
+
+
+def test_a_port_that_fails_as_soon_as_it_opens_backs_off(store: Store) -> None:
+    """A serial server that accepts and hangs up at once (busy, restarting) must not flap
+    the link several times a second, each time a log line and two device.status events."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.1)
+        cfg = PortConfig(
+            name="remote",
+            definition="aa55-reference.toml",
+            url=f"socket://127.0.0.1:{server.getsockname()[1]}",
+            reopen_min_s=0.25,
+            reopen_max_s=1.0,
+        )
+        service = PortService(cfg, definition("aa55-reference"), store, 10.0)
+        service.start()
+        try:
+            until = time.monotonic() + 2.5
+            while time.monotonic() < until:
+                with contextlib.suppress(TimeoutError):
+                    server.accept()[0].close()
+        finally:
+            service.stop()
+    # each open fails about 0.3 s in; then 0.25, 0.5, 1 s of backoff: 3 opens, not 8 or more
+    assert 2 <= service.link.stats.opens <= 5, service.link.stats.opens

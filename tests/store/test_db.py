@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,36 @@ def test_gateway_run_exits_non_zero_on_a_damaged_database(tmp_path: Path) -> Non
     config.write_text(f'[gateway]\ndata_dir = "{data}"\n[clock]\nsync_source = "never"\n')
     assert main(["run", "--config", str(config)]) == 1
     assert (data / "gateway.db").read_bytes() == b"garbage" * 1000
+
+
+def test_a_second_gateway_on_the_same_database_is_refused(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """E.g. `scripts/run /etc/eldercare-gateway/gateway.toml` while the service runs: the two
+    would hand out the same sequence numbers and split the serial lines between them."""
+    data = tmp_path / "var"
+    config = tmp_path / "g.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{data}"\n[clock]\nsync_source = "never"\n')
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from gateway.store import hold_exclusively; "
+            f"hold_exclusively(Path({str(data / 'gateway.db')!r})); print('held', flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert main(["run", "--config", str(config)]) == 1
+        assert "cannot start: another gateway is running on" in capfd.readouterr().err
+        assert not (data / "gateway.db").exists()  # nothing touched
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_outbox_stats_without_a_database(

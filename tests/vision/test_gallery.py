@@ -306,7 +306,7 @@ def test_a_gallery_from_before_learned_templates_opens_with_its_templates_as_enr
 
 def test_two_writers_creating_the_gallery_at_once_share_one_key(tmp_path: Path) -> None:
     """At first boot the face stage and a platform enrolment may both create it."""
-    for trial in range(20):
+    for trial in range(50):
         paths = (tmp_path / f"{trial}.db", tmp_path / f"{trial}.key")
         start = threading.Barrier(2)
         opened: list[Gallery | Exception] = []

@@ -144,6 +144,7 @@ def _serve(loaded: LoadedConfig, password: str | None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # the terminal of `scripts/run CONFIG` went away
     try:
         gw.start()
     except (StoreError, StartupError) as exc:

@@ -123,8 +123,26 @@ class DevicesSection(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> DevicesSection:
-        names = [p.name for p in self.ports] + [r.name for r in self.dc09]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        """Caught here, not at start: two readers of one device split its bytes, and a DC-09
+        port taken twice fails the start."""
+        dupes = _repeated([p.name for p in self.ports] + [r.name for r in self.dc09])
         if dupes:
             raise ValueError(f"port and receiver names must be unique: {dupes}")
+        shared = _repeated([p.url for p in self.ports])
+        if shared:
+            raise ValueError(f"two ports read the same device: {shared}")
+        taken = _repeated(
+            [
+                f"{kind} {r.host}:{r.port}"
+                for r in self.dc09
+                for kind in ("tcp", "udp")
+                if getattr(r, kind) and r.port
+            ]
+        )
+        if taken:
+            raise ValueError(f"two DC-09 receivers listen on the same port: {taken}")
         return self
+
+
+def _repeated(items: list[str]) -> list[str]:
+    return sorted({x for x in items if items.count(x) > 1})

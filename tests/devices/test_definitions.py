@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,23 @@ def test_a_definition_used_for_the_wrong_transport_is_refused() -> None:
         load_definitions(section)
     assert "devices.ports[0].definition: a dc09 device cannot be a port" in str(err.value)
     assert "missing.toml: (top level): file not found" in str(err.value)
+
+
+def test_two_readers_of_one_device_or_one_port_are_refused() -> None:
+    port = {"definition": "aa55-reference.toml", "url": "/dev/serial/by-id/usb-FTDI-if00"}
+    hub = {"definition": "dc09-receiver.toml", "port": 9000}
+    cases = [
+        ({"ports": [{"name": "a", **port}, {"name": "b", **port}]}, "read the same device"),
+        (
+            {"dc09": [{"name": "a", **hub}, {"name": "b", **hub, "tcp": False}]},
+            "listen on the same port: ['udp 0.0.0.0:9000']",
+        ),
+    ]
+    for section, expected in cases:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            DevicesSection.model_validate(section)
+    apart = {"dc09": [{"name": "a", **hub}, {"name": "b", **hub, "port": 0}]}
+    assert len(DevicesSection.model_validate(apart).dc09) == 2  # 0: any free port
 
 
 def test_validate_config_checks_the_definitions(

@@ -162,9 +162,20 @@ class Periodic(Worker):
         self.failures = 0
 
     def _run(self, stopping: threading.Event) -> None:
+        """A task failing every tick (a disk that went read-only) logs its traceback once,
+        then a line at the 2nd, 4th, 8th... failure in a row: the journal stays readable."""
+        in_a_row = 0
         while not stopping.wait(self.interval_s):
             try:
                 self._task()
-            except Exception:
+            except Exception as exc:
                 self.failures += 1
-                log.exception("%s: periodic task failed", self.name)
+                in_a_row += 1
+                if in_a_row == 1:
+                    log.exception("%s: periodic task failed", self.name)
+                elif in_a_row & (in_a_row - 1) == 0:
+                    log.error("%s: failed %d times in a row: %s", self.name, in_a_row, exc)
+                continue
+            if in_a_row:
+                log.info("%s: works again after %d failures", self.name, in_a_row)
+            in_a_row = 0

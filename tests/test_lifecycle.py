@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from pathlib import Path
@@ -10,7 +11,13 @@ import pytest
 from gateway.app import Gateway, build, run
 from gateway.clock import ClockSync, SystemClock
 from gateway.events import Lane
-from gateway.lifecycle import StartupError, Supervisor, sd_notify, watchdog_interval_s
+from gateway.lifecycle import (
+    Periodic,
+    StartupError,
+    Supervisor,
+    sd_notify,
+    watchdog_interval_s,
+)
 from gateway.store import Store
 from gateway.sync.publisher import Publisher
 from tests.support.gateway import config
@@ -142,3 +149,31 @@ def test_a_sync_part_that_cannot_start_stops_the_parts_already_running(tmp_path:
     finally:
         assert gw.sync is not None
         gw.sync.stop()
+
+
+def test_a_task_failing_every_tick_does_not_flood_the_journal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ticks: list[int] = []
+    done = threading.Event()
+
+    def task() -> None:
+        ticks.append(1)
+        if len(ticks) <= 9:
+            raise OSError(30, "Read-only file system")
+        done.set()
+
+    periodic = Periodic("housekeeping", 0.005, task)
+    with caplog.at_level(logging.INFO, logger="gateway.lifecycle"):
+        periodic.start()
+        assert done.wait(10)
+        periodic.stop()
+    lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert lines == [
+        ("ERROR", "housekeeping: periodic task failed", True),
+        ("ERROR", "housekeeping: failed 2 times in a row: [Errno 30] Read-only file system", False),
+        ("ERROR", "housekeeping: failed 4 times in a row: [Errno 30] Read-only file system", False),
+        ("ERROR", "housekeeping: failed 8 times in a row: [Errno 30] Read-only file system", False),
+        ("INFO", "housekeeping: works again after 9 failures", False),
+    ]
+    assert periodic.failures == 9

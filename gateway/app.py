@@ -8,6 +8,7 @@ import random
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -48,6 +49,7 @@ class Gateway:
     services: list[Service] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     supervisor: Supervisor = field(init=False)
+    model_versions: Callable[[], dict[str, str]] = dict
     started_event_failures: int = 0
 
     def __post_init__(self) -> None:
@@ -57,6 +59,8 @@ class Gateway:
         self.supervisor = Supervisor([self.store, *self.services])
         self.supervisor.start_all()
         self._record_started()
+        if self.sync is not None and self.model_versions():
+            self.sync.announce()  # the birth may have gone out before the models were loaded
 
     def _record_started(self) -> None:
         """Record gateway.started; if it cannot be (telemetry refused below the free-disk floor),
@@ -93,6 +97,16 @@ def build(
     store = Store(cfg.store, cfg.db_path, clock, clock_sync)
     gw = Gateway(loaded=loaded, clock=clock, clock_sync=clock_sync, store=store)
     vision_services, vision_operations = build_vision(cfg.vision, cfg.gateway.data_dir, store)
+
+    def model_versions() -> dict[str, str]:
+        """Of a face stage that started: the birth message says what the counter runs."""
+        versions: dict[str, str] = {}
+        for service in vision_services:
+            running = getattr(service, "model_versions", None)
+            if running is not None:
+                versions.update(running())
+        return versions
+
     sync = Sync(
         loaded,
         store,
@@ -100,10 +114,12 @@ def build(
         clock_sync,
         password=password,
         services_health=gw.services_health,
+        model_versions=model_versions,
         operations=vision_operations,
         rng=rng,
     )
     gw.sync = sync
+    gw.model_versions = model_versions
     gw.services = [
         sync,
         *build_device_services(cfg.devices, store, lambda: clock_sync.synced),

@@ -229,8 +229,9 @@ class MqttSection(Strict):
         le=3600,
         description="A P0 alarm unacknowledged this long means the connection is dead though "
         "it looks open (half-open): drop it and send again on a new one. Never below 4x the "
-        "PUBACK latency the link shows (telemetry included); doubles after each such drop, so "
-        "a slow link is not churned; falls back as messages are acknowledged in time.",
+        "PUBACK latency the link shows (telemetry included), up to 1.5x keepalive_s; doubles "
+        "after each such drop, so a slow link is not churned; falls back as messages are "
+        "acknowledged in time.",
     )
     session_expiry_s: int = Field(
         86_400,

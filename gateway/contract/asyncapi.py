@@ -26,8 +26,10 @@ DESCRIPTION = "\n\n".join(
     (
         "Topics between an eldercare site gateway and the city elderly-care platform.",
         "Delivery: every uplink message is published at QoS 1. The gateway keeps an event in "
-        "its local outbox until the broker's PUBACK for that very message arrives, so an event "
-        "is never lost, and is sent again only if a PUBACK was lost; a redelivery carries the "
+        "its local outbox until the broker's PUBACK for that very message arrives, so an alarm or "
+        "record is never lost (telemetry, P2, may be evicted over its quota or expire, which "
+        "shows as gaps in seq), and is sent again only if a PUBACK was lost; a redelivery "
+        "carries the "
         "same event_id. Deduplicate on event_id. Order by seq (per gateway, strictly increasing, "
         "never reused), never by ts: a gateway has no RTC and says in clock_synced whether ts "
         "can be trusted.",

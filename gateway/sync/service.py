@@ -255,8 +255,13 @@ class Sync:
             }
         )
 
+    def announce(self) -> bool:
+        """Publish the birth message again (retained: the newest wins), e.g. once the face
+        stage has loaded its models after the connection was made. False if offline."""
+        return self._send_now(self._status("online"))
+
     def _op_rebirth(self, _request: Mapping[str, Any]) -> Reply:
-        return Reply({"republished": self._send_now(self._status("online"))})
+        return Reply({"republished": self.announce()})
 
     def _op_outbox_stats(self, _request: Mapping[str, Any]) -> Reply:
         reader = OutboxReader(self.store.path)

@@ -148,6 +148,10 @@ class VisionService:
             return True
         return self.feed is not None and self.feed.ended and self._thread is not None
 
+    def model_versions(self) -> dict[str, str]:
+        """Role -> model id of the models the counter runs (none until it has started)."""
+        return dict(self.pipeline.model_ids) if self.pipeline is not None else {}
+
     def health(self) -> dict[str, Any]:
         gallery = self.gallery
         return {

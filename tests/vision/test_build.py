@@ -188,6 +188,10 @@ def test_staff_confirm_an_uncertain_elder_and_the_counter_learns_her_face(
     try:
         with running(cfg) as gw:
             sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
+            # the birth message names the models the counter runs, as its decisions do
+            models = gw.model_versions()
+            assert sorted(models) == ["antispoof_v1se", "antispoof_v2", "detector", "recognizer"]
+            eventually(lambda: sub.of_topic(f"{BASE}/status")[-1].json()["models"] == models)
             eventually(lambda: len(recorded_events(gw.store.path)) == 1, timeout=60)
             ((event_id, decision),) = recorded_events(gw.store.path)
             assert (decision["outcome"], decision["confirmable"]) == ("uncertain", True)

@@ -98,6 +98,11 @@ class Dc09Handler:
         if msg.id not in self.spec.accept_ids:
             self._refuse("unknown_id", content, msg.id)
             return msgs.duh(msg), "DUH"
+        if not msg.encrypted and msg.account.upper() in self.keys:
+            # anyone on the network could otherwise raise or cancel this panel's alarms, or
+            # take the sequence number of its next real alarm so that it is dropped as a repeat
+            self._refuse("not_encrypted", content, f"account {msg.account} has a key")
+            return msgs.duh(msg), "DUH"
         if msg.encrypted and msg.timestamp is None:
             self._refuse("bad_timestamp", content, "encrypted without timestamp")
             return msgs.nak(now), "NAK"
@@ -106,7 +111,7 @@ class Dc09Handler:
             if not -self.spec.max_past_s <= skew <= self.spec.max_future_s:
                 self._refuse("bad_timestamp", content, f"{skew:+.0f} s")
                 return msgs.nak(now), "NAK"
-        key = (msg.account.upper(), msg.receiver, msg.line, msg.seq, msg.id)
+        key = (msg.account.upper(), msg.receiver, msg.line, msg.seq, msg.id, msg.encrypted)
         reply = msgs.ack(msg, self.keys.get(msg.account.upper()), now)
         if self.dedup.is_repeat(key):
             stats.duplicates += 1

@@ -53,7 +53,7 @@ def hold_exclusively(path: Path) -> int:
 
 def check_writable_dir(directory: Path) -> None:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create data directory {directory}: {exc.strerror}") from None
     probe = directory / ".write-test"
@@ -102,6 +102,10 @@ def open_database(path: Path, *, synchronous: str, check: bool) -> sqlite3.Conne
             raise _damaged(path, "no SQLite header")
     elif path.exists() and not os.access(path, os.W_OK):
         raise StoreError(f"database {path} is not writable")
+    else:
+        # elder ids, decisions, nurse-call texts: the gateway's alone, whatever the umask of
+        # whoever started it (SQLite gives -wal and -shm the database file's mode)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     try:
         conn = connect(path, synchronous=synchronous)
         if check:

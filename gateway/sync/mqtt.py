@@ -113,9 +113,11 @@ class MqttLink:
         will: Callable[[], Message],
         subscriptions: Callable[[], list[str]],
         alarm_waiting: Callable[[], bool] = lambda: False,
+        max_incoming_bytes: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
+        self._max_incoming = max_incoming_bytes
         self.client_id = client_id
         self.endpoints = [Endpoint.parse(u) for u in cfg.brokers]
         self._listener = listener
@@ -349,6 +351,10 @@ class MqttLink:
         if self.cfg.protocol == "5":
             props = _properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.cfg.session_expiry_s
+            if self._max_incoming is not None:
+                # the broker drops what is larger instead of sending it: paho would hold a
+                # 200 MB request in memory (twice) before the downlink could refuse it
+                props.MaximumPacketSize = self._max_incoming
             clean_start = self.cfg.session_expiry_s == 0
         try:
             client.connect(

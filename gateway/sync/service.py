@@ -98,6 +98,9 @@ class Sync:
             will=lambda: self._status("offline", "connection_lost"),
             subscriptions=lambda: [self.topics.requests],
             alarm_waiting=lambda: store.usage[Lane.P0].count > 0,
+            # twice the request limit: a request somewhat too large is still answered
+            # too_large; one far beyond it never reaches the gateway's memory
+            max_incoming_bytes=2 * cfg.downlink.max_payload_bytes + 65_536,
             rng=rng,
         )
         self.publisher = Publisher(

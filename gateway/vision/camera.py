@@ -186,7 +186,10 @@ def _safe_name(target: str | int) -> str:
     parts = urlsplit(text)
     if parts.scheme and parts.hostname:
         port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+        # some cameras take the password in the path ("/user=admin&password=..."): a path
+        # with parameters is not shown, and neither is a query
+        path = "/..." if re.search(r"[=;&]", parts.path) else parts.path
+        return f"{parts.scheme}://{parts.hostname}{port}{path}"
     return text
 
 
@@ -195,7 +198,7 @@ def _reason(exc: Exception) -> str:
     a URL in its text loses its credentials."""
     if isinstance(exc, CameraError):
         return str(exc)
-    return re.sub(r"//[^/@\s]*@", "//", f"{type(exc).__name__}: {exc}")
+    return re.sub(r"[a-z]+://\S+", lambda m: _safe_name(m.group()), f"{type(exc).__name__}: {exc}")
 
 
 def is_stream(target: str | int) -> bool:

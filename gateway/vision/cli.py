@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,11 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         cfg.vision.gallery.key_path(cfg.gateway.data_dir),
         audit.retention_days,
     )
-    args.out.write_bytes(frames.export(args.event_id))
+    jpeg = frames.export(args.event_id)
+    # an elder's face: the user's alone, and never written through a link planted in its place
+    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(jpeg)
     print(f"{args.out}: decision frame of {args.event_id}")
     return EXIT_OK
 

@@ -36,7 +36,12 @@ from gateway.vision.config import DecisionSection
 from gateway.vision.elders import check_elder_id
 from gateway.vision.errors import BadImage
 from gateway.vision.gallery import Gallery
-from gateway.vision.images import IMAGE_SUFFIXES, decode_image, read_image
+from gateway.vision.images import (
+    IMAGE_SUFFIXES,
+    REQUEST_MAX_PIXELS,
+    decode_image,
+    read_image,
+)
 
 RECOMMENDED_PHOTOS = 3
 SAME_PICTURE = 0.995  # two photos of one person, even a second apart, score well below
@@ -56,7 +61,7 @@ class Photo:
 
     @classmethod
     def data(cls, name: str, data: bytes) -> Photo:
-        return cls(name, partial(decode_image, data))
+        return cls(name, partial(decode_image, data, max_pixels=REQUEST_MAX_PIXELS))
 
 
 @dataclass(frozen=True)

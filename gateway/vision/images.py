@@ -22,6 +22,7 @@ from gateway.vision.errors import BadImage
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 MAX_FILE_BYTES = 40 * 1024 * 1024
 MAX_PIXELS = 50_000_000
+REQUEST_MAX_PIXELS = 16_000_000  # a platform photo: asked for 640-1280 px, a phone's 12 MP fit
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -149,9 +150,11 @@ def decode_image(
     if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise BadImage("truncated", "JPEG ends before its end-of-image marker")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    # ANYCOLOR|ANYDEPTH keeps grey and 16-bit as they are but, unlike IMREAD_UNCHANGED,
-    # applies the EXIF orientation: phone photos are stored sideways more often than not.
-    image = cv2.imdecode(buffer, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    # Straight to 8-bit BGR, 3 bytes a pixel: a 16-bit RGBA PNG decoded as it is takes 8, and
+    # its conversions more again (a small file of 50 MP could take a Pi's memory). Like
+    # every mode but IMREAD_UNCHANGED it applies the EXIF orientation: phone photos are
+    # stored sideways more often than not.
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
         raise BadImage("corrupt", "not a decodable image")
     if image.shape[0] * image.shape[1] > max_pixels:

@@ -113,6 +113,31 @@ def test_encrypted_account_and_sia_dcs(receiver: Dc09Service, store: Store) -> N
     assert restore["data"]["restores"] == "sos"
 
 
+def test_plaintext_for_an_account_with_a_key_is_refused_and_cannot_steal_a_seq(
+    receiver: Dc09Service, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the key, nobody may raise or cancel this panel's alarms, nor take the
+    sequence number of its next real alarm so that it is dropped as a repeat."""
+    intruder = Dc09Transmitter("127.0.0.1", receiver.port, "5678")  # no key
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "5678", key=KEY)
+    try:
+        for data in ("#5678|Nri1/MA015^Mr Li Lei bed 3^", "#5678|Nri1/MH015"):
+            assert reply_of(intruder.exchange(intruder.message("SIA-DCS", data, seq=77))).id == (
+                "DUH"
+            )
+        real = panel.exchange(panel.message("SIA-DCS", "#5678|Nri1/MA015^BEDROOM^", seq=77))
+        assert reply_of(real).id == "ACK"
+        garbled = panel.exchange(panel.message("SIA-DCS", "#5678|Nri1/ZZ^Mr Li Lei bed 3^x"))
+        assert reply_of(garbled).id == "DUH"
+    finally:
+        intruder.close()
+        panel.close()
+    (sos,) = stored(store.path, "alarm.sos")
+    assert sos["data"]["text"] == "BEDROOM" and stored(store.path, "alarm.restore") == []
+    assert receiver.health()["rejected"]["not_encrypted"] == 2
+    assert "Li Lei" not in caplog.text  # a decrypted display text is never logged
+
+
 @pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
 def test_store_error_is_naked_and_the_retry_stored(
     receiver: Dc09Service, store: Store, udp: bool

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,19 @@ def test_outbox_stats_without_a_database(
     config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "none"}"\n')
     assert main(["outbox", "stats", "--config", str(config)]) == 1
     assert "no database" in capsys.readouterr().err
+
+
+def test_the_database_is_the_gateways_alone_whatever_the_umask(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """It holds elder ids, decisions and nurse-call texts; `gateway run` may be started by
+    hand with a umask of 022."""
+    old = os.umask(0o022)
+    try:
+        store = make_store(tmp_path / "var" / "gateway.db")
+        store.record(Event(SOS, {"band": "A1"}))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+    for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm"):
+        assert stat.S_IMODE((tmp_path / "var" / name).stat().st_mode) == 0o600, name

@@ -290,3 +290,16 @@ def test_a_refusal_never_quotes_the_request_back(
         assert len(sent) == len(cases) and downlink.errors["schema"] == len(cases)
         assert not any(photo[:40] in m.payload.decode() for m in sent)
         assert "PHOTO" not in caplog.text and photo[:40] not in caplog.text
+
+
+def test_a_request_far_over_the_limit_never_reaches_the_gateway(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The broker is told the largest packet the gateway takes (MQTT 5): paho would otherwise
+    hold all of a 200 MB request, twice, before the downlink could refuse it."""
+    with gateway_and_platform(tmp_path, mosquitto.port) as (gw, sub):
+        somewhat = ask(sub, "ping", {"transaction": "t-1", "pad": "A" * 900})
+        assert somewhat["status"] == "error" and "over 512 B" in somewhat["message"]
+        sub.publish(f"{BASE}/request/ping", b"{" + b" " * 300_000 + b"}")
+        assert ask(sub, "ping", {"transaction": "t-2"})["status"] == "ok"
+        assert gw.sync is not None and gw.sync.downlink.counts["received"] == 2

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gateway.cli import main
 from gateway.vision.audit import AuditFrames
 from gateway.vision.errors import GalleryError
 from gateway.vision.images import read_image
@@ -126,3 +127,27 @@ def test_a_frame_cut_short_while_being_written_also_leaves_on_time(
     assert audit.purge() == 0
     assert audit.purge(now=time.time() + 86_400 + 1) == 1
     assert list(audit.folder.iterdir()) == []
+
+
+def test_the_export_command_writes_the_face_for_the_user_alone(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """Default umask 022: still 0600. A link planted where the file goes is not followed."""
+    data = tmp_path / "var"
+    data.mkdir()
+    create_key(data / "faces.key")
+    AuditFrames(data / "audit", data / "faces.key", retention_days=1).keep(EVENT, photo)
+    config = tmp_path / "g.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{data}"\n')
+    out = tmp_path / "frame.jpg"
+    old = os.umask(0o022)
+    try:
+        assert main(["audit", "export", "-c", str(config), EVENT, str(out)]) == 0
+        victim = tmp_path / "victim.txt"
+        victim.write_text("keep me")
+        (tmp_path / "link.jpg").symlink_to(victim)
+        assert main(["audit", "export", "-c", str(config), EVENT, str(tmp_path / "link.jpg")]) == 1
+    finally:
+        os.umask(old)
+    assert os.stat(out).st_mode & 0o777 == 0o600
+    assert out.read_bytes()[:2] == b"\xff\xd8" and victim.read_text() == "keep me"

@@ -17,6 +17,7 @@ from gateway.vision.camera import (
     ImageFolder,
     Lockstep,
     OpenCVCapture,
+    _reason,
     open_feed,
     open_source,
 )
@@ -367,3 +368,17 @@ def test_a_network_camera_refusing_the_password_is_reported_lost(netcam: CameraS
         assert health["last_error"] == "cannot open camera " + netcam.url("x").replace("x@", "")
     finally:
         reader.stop()
+
+
+def test_a_camera_password_never_reaches_the_log_or_health() -> None:
+    """Some cameras take it in the userinfo, others (XMEye-style) in the path or query."""
+    cfg = CameraSection()
+    for url in (
+        "rtsp://admin:Secr3t@10.0.0.9:554/stream1",
+        "rtsp://10.0.0.9:554/user=admin&password=Secr3t&channel=1&stream=0.sdp",
+        "http://10.0.0.9/video.cgi?user=admin&pwd=Secr3t",
+    ):
+        source = open_source(url, cfg)
+        assert "Secr3t" not in source.name and source.name.startswith(url.split(":")[0])
+        assert "10.0.0.9" in source.name
+        assert "Secr3t" not in _reason(OSError(f"cannot open {url}: timed out"))

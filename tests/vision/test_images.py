@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gateway.vision.enroll import Photo
 from gateway.vision.errors import BadImage
 from gateway.vision.images import as_bgr8, decode_image, fit_within, header_size, read_image
 
@@ -163,3 +164,18 @@ def test_fit_within_only_shrinks(photo: bytes) -> None:
     image = decode_image(photo)
     assert fit_within(image, 320).shape == (320, 240, 3)
     assert fit_within(image, 1000) is image
+
+
+def test_a_platform_photo_is_held_to_a_smaller_size_and_decoded_at_8_bits() -> None:
+    """A 16-bit RGBA PNG of flat colour is a few hundred KB however large it claims to be:
+    decoded as it is, one of 7,000 x 7,000 took 700 MB. Platform photos stop at 16 MP, and
+    every photo is decoded straight to 8-bit BGR."""
+    wide = np.zeros((100, 100, 4), np.uint16)
+    wide[..., 2] = 65535
+    image = decode_image(cv2.imencode(".png", wide)[1].tobytes())
+    assert image.dtype == np.uint8 and image.shape == (100, 100, 3)
+    assert image[0, 0].tolist() == [0, 0, 255]
+    big = cv2.imencode(".png", np.zeros((4100, 4000, 4), np.uint16))[1].tobytes()
+    verdict = Photo.data("front", big)
+    with pytest.raises(BadImage, match="too_large"):
+        verdict.read()

@@ -27,7 +27,10 @@ def decode_dcs(
             continue
         m = _EVENT.match(part)
         if m is None:
-            rejects.append(Reject("bad_format", raw, f"SIA event {part!r}"))
+            # the part may hold a display text (a resident's name): its size only
+            rejects.append(
+                Reject("bad_format", raw, f"SIA event not understood ({len(part)} chars)")
+            )
             continue
         code, zone, text = m.groups()
         mapped = codes.get(code)

@@ -256,24 +256,30 @@ class Dc09Service:
             self._spawn(self._connection, "conn", conn)
 
     def _connection(self, conn: socket.socket) -> None:
+        """Idle means no *message*: a client trickling a byte now and then (slowloris) would
+        otherwise hold one of the receiver's slots for ever, and with all of them, the
+        panels out."""
         framer = LineFramer(max_line=2048)
         conn.settimeout(POLL_S)
-        last_rx = time.monotonic()
+        last_rx = last_message = time.monotonic()
         try:
             while not self._stop.is_set():
                 try:
                     data = conn.recv(4096)
                 except TimeoutError:
-                    idle = time.monotonic() - last_rx
-                    if framer.pending and idle >= self.cfg.frame_timeout_s:
+                    now = time.monotonic()
+                    if framer.pending and now - last_rx >= self.cfg.frame_timeout_s:
                         self._items(framer.flush(), conn)
-                    if idle >= self.cfg.idle_timeout_s:
+                    if now - last_message >= self.cfg.idle_timeout_s:
                         return
                     continue
                 if not data:
                     return
                 last_rx = time.monotonic()
-                self._items(framer.feed(data), conn)
+                items = framer.feed(data)
+                if any(not isinstance(item, Reject) for item in items):
+                    last_message = last_rx
+                self._items(items, conn)
         except OSError as exc:
             log.info("dc09 %s: connection ended: %s", self.cfg.name, exc)
         finally:

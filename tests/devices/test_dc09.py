@@ -222,3 +222,33 @@ def test_a_udp_port_in_use_fails_the_start_and_leaves_nothing_listening(store: S
         assert threading.active_count() == before
         with socket.create_server(("127.0.0.1", port)):  # the TCP port was let go
             pass
+
+
+def test_a_client_trickling_bytes_without_messages_is_cut_off(store: Store) -> None:
+    """A slowloris: one newline every half-second on every slot would keep panels out for
+    ever if any byte counted as activity. Idle means no message."""
+    cfg = Dc09Receiver(
+        name="hubs", definition="dc09-receiver.toml", host="127.0.0.1", port=0, idle_timeout_s=1.0
+    )
+    service = Dc09Service(cfg, definition("dc09-receiver"), store, 10.0)
+    service.start()
+    try:
+        with socket.create_connection(("127.0.0.1", service.port)) as trickle:
+            closed_after = None
+            started = time.monotonic()
+            while time.monotonic() - started < 10:
+                try:
+                    trickle.sendall(b"\n")
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+                trickle.settimeout(0.5)
+                try:
+                    if trickle.recv(1) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    pass
+            assert closed_after is not None and closed_after < 5
+    finally:
+        service.stop()

@@ -91,7 +91,11 @@ class Dc09Receiver(Strict):
         32, ge=1, le=1000, description="Simultaneous TCP connections; more are refused."
     )
     idle_timeout_s: float = Field(
-        60.0, gt=0, le=3600, description="A silent TCP connection is closed after this long."
+        60.0,
+        gt=0,
+        le=3600,
+        description="A TCP connection that sends no message this long is closed (a byte now "
+        "and then does not count: it would hold a slot for ever).",
     )
     frame_timeout_s: float = Field(
         2.0, gt=0, le=30, description="A partial message older than this is dropped."

@@ -282,6 +282,7 @@ def test_stop_while_a_connection_is_being_opened_returns(mosquitto: Mosquitto) -
     link = quick_link(mosquitto.port, listener, will)
     stopper = threading.Thread(target=link.stop, daemon=True)
     link.start()
+    eventually(lambda: stopper.ident is not None)  # the link thread started it, in will()
     stopper.join(30)
     hung = stopper.is_alive()
     if hung:

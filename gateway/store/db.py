@@ -34,7 +34,7 @@ def _damaged(path: Path, detail: str) -> StoreError:
 
 
 def hold_exclusively(path: Path) -> int:
-    """Lock the database for this process's lifetime (the OS lets go at exit, even a kill -9).
+    """Lock the database while this gateway runs (the OS lets go at exit, even a kill -9).
     Two gateways on one database would hand out the same sequence numbers and split the
     serial lines' bytes between them: the second is refused. Returns the lock's descriptor."""
     check_writable_dir(path.parent)

@@ -33,7 +33,7 @@ from gateway.sync.topics import Topics
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 100
 QUEUED_OVERHEAD = 256  # bytes a waiting request costs beyond its topic and payload
-MESSAGE_MAX = 500  # characters of an error message: a schema error may quote the whole input
+MESSAGE_MAX = 500  # characters of an error message: a JSON error or a key name may be long
 INTERNAL = "internal error (see the log)"
 
 

@@ -8,6 +8,7 @@ systemd unit sets to the install directory.
 from __future__ import annotations
 
 import hashlib
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -181,7 +182,11 @@ class MqttSection(Strict):
         description="Broker password (prefer password_file: it keeps the secret out of "
         "the config).",
     )
-    password_file: Path | None = Field(None, description="Read the password from this file.")
+    password_file: Path | None = Field(
+        None,
+        description="Read the password from this file (0600, or 0640 with the gateway's "
+        "group; one every user can read is refused).",
+    )
     topic_prefix: str = Field(
         "eldercare",
         pattern=r"^[A-Za-z0-9_/-]{1,64}$",
@@ -332,6 +337,18 @@ def read_password(mqtt: MqttSection) -> str | None:
         return mqtt.password.get_secret_value()
     if mqtt.password_file is not None:
         try:
+            if mqtt.password_file.stat().st_mode & stat.S_IROTH:
+                raise ConfigFileError(
+                    [
+                        Issue(
+                            str(mqtt.password_file),
+                            None,
+                            "mqtt.password_file",
+                            "readable by every user: chmod o-rw (0600, or 0640 with the "
+                            "gateway's group)",
+                        )
+                    ]
+                )
             return mqtt.password_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)

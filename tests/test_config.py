@@ -77,10 +77,24 @@ def test_credentials_in_a_broker_url_are_refused_and_never_echoed(tmp_path: Path
 def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     secret = tmp_path / "mqtt.pw"
     secret.write_bytes("密码".encode("utf-16"))
+    secret.chmod(0o600)
     path = write(tmp_path, f'[mqtt]\nusername = "gw"\npassword_file = "{secret}"\n')
     with pytest.raises(ConfigFileError, match="not UTF-8 text"):
         read_password(load_config(path).config.mqtt)
     assert main(["run", "--config", str(path)]) == 2
+
+
+def test_a_password_file_every_user_can_read_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt.pw"
+    secret.write_text("s3cret\n")
+    path = write(tmp_path, f'[mqtt]\nusername = "gw"\npassword_file = "{secret}"\n')
+    for mode, readable in ((0o644, True), (0o640, False), (0o600, False)):
+        secret.chmod(mode)
+        if readable:
+            with pytest.raises(ConfigFileError, match="readable by every user"):
+                read_password(load_config(path).config.mqtt)
+        else:
+            assert read_password(load_config(path).config.mqtt) == "s3cret"
 
 
 def test_toml_syntax_error_has_a_line(tmp_path: Path) -> None:

@@ -332,22 +332,22 @@ def load_config(path: Path | None) -> LoadedConfig:
     return LoadedConfig(config=cfg, source=str(path), version=digest)
 
 
+PRIVATE_FILE = "readable by every user: chmod o-rw (0600, or 0640 with the gateway's group)"
+
+
+def readable_by_all(path: Path) -> bool:
+    """A secret file (password, client key) that any local user could copy."""
+    return bool(path.stat().st_mode & stat.S_IROTH)
+
+
 def read_password(mqtt: MqttSection) -> str | None:
     if mqtt.password is not None:
         return mqtt.password.get_secret_value()
     if mqtt.password_file is not None:
         try:
-            if mqtt.password_file.stat().st_mode & stat.S_IROTH:
+            if readable_by_all(mqtt.password_file):
                 raise ConfigFileError(
-                    [
-                        Issue(
-                            str(mqtt.password_file),
-                            None,
-                            "mqtt.password_file",
-                            "readable by every user: chmod o-rw (0600, or 0640 with the "
-                            "gateway's group)",
-                        )
-                    ]
+                    [Issue(str(mqtt.password_file), None, "mqtt.password_file", PRIVATE_FILE)]
                 )
             return mqtt.password_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:

@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.config import MqttSection
+from gateway.config import PRIVATE_FILE, MqttSection, readable_by_all
 from gateway.lifecycle import StartupError
 from gateway.logs import RateLimitedLog
 
@@ -91,6 +91,8 @@ def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.cert_file and tls.key_file:
         try:
+            if readable_by_all(tls.key_file):
+                raise StartupError(f"mqtt.tls.key_file {tls.key_file}: {PRIVATE_FILE}")
             ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(

@@ -11,6 +11,8 @@ import pytest
 
 from gateway.config import LoadedConfig
 from gateway.events import Event, Lane
+from gateway.lifecycle import StartupError
+from gateway.sync.mqtt import tls_context
 from tests.support.broker import Mosquitto, free_port
 from tests.support.events import ALARM
 from tests.support.gateway import config, running
@@ -98,6 +100,20 @@ def test_mutual_tls_needs_the_client_certificate(
             assert ev.event_id not in sub.event_ids()
     finally:
         sub.close()
+
+
+def test_a_client_key_every_user_can_read_is_refused_at_start(
+    tmp_path: Path, make_broker: Callable[[bool], TlsBroker]
+) -> None:
+    mtls_broker = make_broker(True)
+    mtls_broker.client.key.chmod(0o644)
+    try:
+        ca, port, client = mtls_broker.ca.ca_file, mtls_broker.tls_port, mtls_broker.client
+        loaded = tls_config(tmp_path, port, ca, client)
+        with pytest.raises(StartupError, match=r"key_file .*readable by every user"):
+            tls_context(loaded.config.mqtt)
+    finally:
+        mtls_broker.client.key.chmod(0o600)
 
 
 def test_a_broker_certificate_from_another_ca_is_refused(

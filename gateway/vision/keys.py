@@ -7,6 +7,7 @@ derived from it with HKDF so that one cannot be used to forge the other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -21,11 +22,11 @@ from gateway.vision.errors import GalleryError
 KEY_BYTES = 32
 
 
-def create_key(path: Path) -> bool:
+def create_key(path: Path) -> None:
     """Write a new key with mode 0600; never overwrite an existing one (that loses the data).
-    False when another process created it first (the face stage and a platform enrolment
-    at first boot). The key is written aside and linked into place whole, so nobody reads a
-    half-written key."""
+    If another process created it first (the face stage and a platform enrolment at first
+    boot), theirs stays. The key is written aside and linked into place whole, so nobody
+    reads a half-written key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -34,12 +35,10 @@ def create_key(path: Path) -> bool:
             fh.write(secrets.token_bytes(KEY_BYTES))
             fh.flush()
             os.fsync(fh.fileno())
-        os.link(aside, path)
-    except FileExistsError:
-        return False
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
     finally:
         aside.unlink(missing_ok=True)
-    return True
 
 
 def read_key(path: Path) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from gateway.private import private_dir, touch_private
 from gateway.store.schema import SchemaTooNew, migrate
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -53,7 +54,7 @@ def hold_exclusively(path: Path) -> int:
 
 def check_writable_dir(directory: Path) -> None:
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(directory)
     except OSError as exc:
         raise StoreError(f"cannot create data directory {directory}: {exc.strerror}") from None
     probe = directory / ".write-test"
@@ -103,9 +104,7 @@ def open_database(path: Path, *, synchronous: str, check: bool) -> sqlite3.Conne
     elif path.exists() and not os.access(path, os.W_OK):
         raise StoreError(f"database {path} is not writable")
     else:
-        # elder ids, decisions, nurse-call texts: the gateway's alone, whatever the umask of
-        # whoever started it (SQLite gives -wal and -shm the database file's mode)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        touch_private(path)  # elder ids, decisions, nurse-call texts
     try:
         conn = connect(path, synchronous=synchronous)
         if check:

@@ -23,6 +23,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.private import private_dir
 from gateway.vision.errors import GalleryError
 from gateway.vision.keys import derive, read_key
 from gateway.vision.retention import HEADER, MAGIC, PARTIAL, STAMP, SUFFIX, ExpiredFrames
@@ -43,7 +44,7 @@ class AuditFrames(ExpiredFrames):
     ) -> None:
         super().__init__(folder, retention_days, running_ms)
         self._aead = AESGCM(derive(read_key(key_path), PURPOSE))
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(folder)
         self.kept = 0
 
     def _path(self, event_id: str) -> Path:

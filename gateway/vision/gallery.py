@@ -31,6 +31,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.private import private_dir, touch_private
 from gateway.vision.errors import GalleryError
 from gateway.vision.keys import create_key, derive, read_key
 
@@ -227,13 +228,13 @@ class Gallery:
         self._snapshot = Snapshot.build([], self.dim)
         self._look_alikes: dict[str, tuple[str, ...]] = {}
         self._generation = -1
-        new = not self.db_path.exists()
+        if not self.db_path.exists():
+            private_dir(self.db_path.parent)
+            touch_private(self.db_path)  # ciphertexts and elder ids
         with self._connect() as conn:
             conn.executescript(SCHEMA)
             _migrate(conn)
             self._check_key(conn)
-        if new:
-            self.db_path.chmod(0o600)  # ciphertexts and elder ids: the gateway's alone
 
     @classmethod
     def configured(cls, cfg: VisionSection, data_dir: Path, *, create: bool = False) -> Gallery:
@@ -590,7 +591,7 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
 
     Any SQLite error (a damaged file, a full disk) becomes a ``GalleryError``: the face stage
     then reports it instead of taking the gateway down with a raw ``sqlite3`` exception."""
-    db_path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(db_path.parent)
     try:
         conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
     except sqlite3.Error as exc:

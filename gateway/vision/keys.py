@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway.private import private_dir
 from gateway.vision.errors import GalleryError
 
 KEY_BYTES = 32
@@ -27,7 +28,7 @@ def create_key(path: Path) -> None:
     If another process created it first (the face stage and a platform enrolment at first
     boot), theirs stays. The key is written aside and linked into place whole, so nobody
     reads a half-written key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

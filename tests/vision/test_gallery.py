@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 import threading
@@ -43,6 +44,24 @@ def test_key_is_created_private_and_kept_out_of_the_database(
     secret = key.read_bytes()
     assert len(secret) == 32
     assert secret not in db.read_bytes()
+
+
+def test_a_gallery_enrolled_by_hand_with_an_open_umask_is_private(tmp_path: Path) -> None:
+    """`gateway enroll` run by hand (umask 022) before the gateway ever ran creates the data
+    directory itself: neither it nor any file in it is open to other users at any moment."""
+    data = tmp_path / "var"
+    old = os.umask(0o022)
+    try:
+        gallery = Gallery.open(data / "faces.db", data / "faces.key", MODEL, create=True)
+        with sqlite3.connect(data / "faces.db") as held:  # keeps -wal and -shm in place
+            held.execute("SELECT count(*) FROM templates").fetchone()
+            gallery.add("elder-a", _vectors(1, 2))
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.iterdir()}
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert set(modes) == {"faces.db", "faces.db-wal", "faces.db-shm", "faces.key"}
+    assert set(modes.values()) == {0o600}, modes
 
 
 def test_templates_are_encrypted_at_rest(gallery: Gallery, paths: tuple[Path, Path]) -> None:

@@ -52,8 +52,14 @@ Handler = Callable[[Mapping[str, Any]], Reply]
 
 @dataclass(frozen=True)
 class Operation:
+    """``applies_elsewhere``: the handler changes state outside the store's transaction (the
+    face gallery is its own file), so a response that fails to commit cannot undo it. The
+    sender is then told it was applied, not that it was not; such handlers must be idempotent,
+    since a repeat of the transaction runs them again."""
+
     name: str
     handler: Handler
+    applies_elsewhere: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,10 +241,17 @@ class Downlink:
         }
         try:
             self._commit(txn, op, response, reply.writes)
-        except sqlite3.Error as exc:
-            return self._error(op, txn, "store", f"not applied: {exc}")
-        except StoreClosed as exc:
-            return self._error(op, txn, "store", f"not applied: {exc}")
+        except (sqlite3.Error, StoreClosed) as exc:
+            if not self._ops[op].applies_elsewhere:
+                return self._error(op, txn, "store", f"not applied: {exc}")
+            self._tally(self.errors, "unremembered")
+            self._rate_log.warning(
+                "unremembered", "downlink: %s applied, its response not stored: %s", op, exc
+            )
+            response["message"] = (
+                f"applied, but not remembered ({exc}): a repeat of this transaction is "
+                "handled as a new request"
+            )[:MESSAGE_MAX]
         self._tally(self.counts, "ok")
         self._respond(op, response)
         return response

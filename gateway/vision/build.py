@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway.lifecycle import Service
 from gateway.store import Store
-from gateway.sync.downlink import Operation
+from gateway.sync.downlink import Handler, Operation
 from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.operations import (
@@ -29,12 +29,14 @@ def build(
     face requests, answered with or without a camera."""
     confirmations = Confirmations(cfg.decision.confirm_within_s)
     gallery = GalleryFile(cfg, data_dir)
-    operations = [
-        Operation("face.enrol", FaceEnrol(cfg, gallery)),
-        Operation("face.confirm", FaceConfirm(cfg, gallery, confirmations)),
-        Operation("face.unlearn", FaceUnlearn(cfg, gallery)),
-        Operation("face.remove", partial(face_remove, cfg.gallery.db_path(data_dir))),
-    ]
+    handlers: dict[str, Handler] = {
+        "face.enrol": FaceEnrol(cfg, gallery),
+        "face.confirm": FaceConfirm(cfg, gallery, confirmations),
+        "face.unlearn": FaceUnlearn(cfg, gallery),
+        "face.remove": partial(face_remove, cfg.gallery.db_path(data_dir)),
+    }
+    # each writes faces.db, not the store: applied even if its response cannot be stored
+    operations = [Operation(name, h, applies_elsewhere=True) for name, h in handlers.items()]
     retention = AuditRetention.configured(cfg.audit, data_dir, store.steady_ms)
     if cfg.camera.source is None:
         return [retention], operations

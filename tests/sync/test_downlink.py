@@ -158,6 +158,7 @@ def downlink_alone(
     handler: Callable[[Mapping[str, Any]], Reply],
     cfg: DownlinkSection | None = None,
     op: str = "ping",
+    applies_elsewhere: bool = False,
 ) -> Iterator[tuple[Downlink, list[Message]]]:
     """A downlink on a real store whose replies are collected instead of published."""
     store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
@@ -168,7 +169,7 @@ def downlink_alone(
         store,
         Topics("eldercare", "s", "g"),
         sent.append,
-        [Operation(op, handler)],
+        [Operation(op, handler, applies_elsewhere)],
     )
     downlink.start()
     try:
@@ -176,6 +177,41 @@ def downlink_alone(
     finally:
         downlink.stop()
         store.stop()
+
+
+def refuse_responses(db: Path) -> None:
+    """From now on the store cannot record a response (as on a failing SD card)."""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON requests BEGIN "
+            "SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+
+
+@pytest.mark.parametrize("elsewhere", [False, True])
+def test_a_response_the_store_cannot_keep_says_truly_whether_it_was_applied(
+    tmp_path: Path, elsewhere: bool
+) -> None:
+    """A change inside the store rolls back with its response: "not applied". A change the
+    handler made elsewhere (the face gallery's own file) stays: the sender hears it was."""
+    erased: list[str] = []
+
+    def erase(request: Mapping[str, Any]) -> Reply:
+        erased.append(str(request["transaction"]))
+        return Reply({"pong": True})
+
+    with downlink_alone(tmp_path, erase, applies_elsewhere=elsewhere) as (downlink, sent):
+        refuse_responses(tmp_path / "gateway.db")
+        reply = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        assert reply is not None and json.loads(sent[-1].payload) == reply
+        assert erased == ["t-1"]
+        if elsewhere:
+            assert reply["status"] == "ok" and reply["data"] == {"pong": True}
+            assert reply["message"].startswith("applied, but not remembered (")
+            assert downlink.errors["unremembered"] == 1 and downlink.counts["ok"] == 1
+        else:
+            assert reply["status"] == "error"
+            assert reply["message"].startswith("not applied: ") and downlink.errors["store"] == 1
 
 
 def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> None:

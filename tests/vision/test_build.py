@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from gateway.clock import ClockSync, SystemClock
+from gateway.config import DownlinkSection, StoreSection
+from gateway.store import Store
+from gateway.sync.downlink import Downlink
+from gateway.sync.mqtt import Message
+from gateway.sync.topics import Topics
 from gateway.vision.analyze import Analyzer
+from gateway.vision.build import build
 from gateway.vision.config import VisionSection
 from gateway.vision.enroll import enrol
 from gateway.vision.gallery import Gallery
@@ -18,7 +25,7 @@ from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
 from tests.support.subscriber import Subscriber
 from tests.support.wait import eventually
-from tests.sync.test_downlink import BASE, ask
+from tests.sync.test_downlink import BASE, ask, refuse_responses
 from tests.vision.test_service import recorded_events
 
 MODEL = "mobilefacenet-foamliu-128d@b7120c09"
@@ -59,6 +66,34 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
     assert gallery.refresh_if_changed()
     assert gallery.snapshot.elders == ("E2048",)
     assert gallery.confusables() == []
+
+
+def test_an_erasure_whose_response_cannot_be_stored_is_reported_done(tmp_path: Path) -> None:
+    """The templates are gone from faces.db whatever happens to the store afterwards: the
+    platform must not hear "not applied" and believe the elder's face is still held."""
+    data_dir = tmp_path / "var"
+    gallery = _enrolled(data_dir)
+    store = Store(StoreSection(), data_dir / "gateway.db", SystemClock(), ClockSync("never", 30))
+    store.start()
+    try:
+        sent: list[Message] = []
+        _, operations = build(VisionSection(), data_dir, store)
+        downlink = Downlink(
+            DownlinkSection(), store, Topics("e", "s", "g"), sent.append, operations
+        )
+        downlink.start()
+        try:
+            refuse_responses(store.path)
+            payload = b'{"transaction": "rm-1", "elder_id": "E1024"}'
+            reply = downlink.handle("e/s/g/request/face.remove", payload)
+        finally:
+            downlink.stop()
+    finally:
+        store.stop()
+    assert reply is not None and reply["status"] == "ok", reply
+    assert reply["data"] == {"elder_id": "E1024", "templates_erased": 2}
+    assert "not remembered" in reply["message"]
+    assert gallery.refresh_if_changed() and gallery.snapshot.elders == ("E2048",)
 
 
 def test_a_damaged_gallery_file_gets_an_error_reply_and_the_gateway_goes_on(

@@ -94,8 +94,9 @@ class Dc09Receiver(Strict):
         60.0,
         gt=0,
         le=3600,
-        description="A TCP connection that sends no message this long is closed (a byte now "
-        "and then does not count: it would hold a slot for ever).",
+        description="A TCP connection that sends no message the receiver acknowledges this "
+        "long is closed (a byte or a refused message now and then does not count: it would "
+        "hold a slot for ever).",
     )
     frame_timeout_s: float = Field(
         2.0, gt=0, le=30, description="A partial message older than this is dropped."

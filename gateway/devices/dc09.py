@@ -67,8 +67,9 @@ class Dc09Handler:
         self.length_mismatches = 0
         self._lock = threading.Lock()  # TCP connections and UDP share the dedup and counters
 
-    def handle(self, content: bytes) -> bytes:
-        """The reply to one message; never raises, so one message cannot end a receiver."""
+    def handle(self, content: bytes) -> tuple[bytes, str]:
+        """The reply to one message and its kind (ACK, NAK, DUH); never raises, so one message
+        cannot end a receiver."""
         with self._lock:
             try:
                 reply, kind = self._handle(content)
@@ -76,7 +77,7 @@ class Dc09Handler:
                 self.recorder.stats.reject(self.recorder.port, decode_error(content, exc))
                 reply, kind = msgs.nak(self.wall()), "NAK"
             self.replies[kind] += 1
-        return reply
+        return reply, kind
 
     def _refuse(self, reason: str, content: bytes, detail: str = "") -> None:
         self.recorder.stats.reject(self.recorder.port, Reject(reason, content, detail))
@@ -256,9 +257,10 @@ class Dc09Service:
             self._spawn(self._connection, "conn", conn)
 
     def _connection(self, conn: socket.socket) -> None:
-        """Idle means no *message*: a client trickling a byte now and then (slowloris) would
-        otherwise hold one of the receiver's slots for ever, and with all of them, the
-        panels out."""
+        """Idle means no *acknowledged message*: a client trickling a byte or a line of junk
+        now and then (slowloris) would otherwise hold one of the receiver's slots for ever, and
+        with all of them, the panels out. A panel refused for a while (a wrong key, a full
+        disk) is let go too, and simply connects again."""
         framer = LineFramer(max_line=2048)
         conn.settimeout(POLL_S)
         last_rx = last_message = time.monotonic()
@@ -267,31 +269,39 @@ class Dc09Service:
                 try:
                     data = conn.recv(4096)
                 except TimeoutError:
-                    now = time.monotonic()
-                    if framer.pending and now - last_rx >= self.cfg.frame_timeout_s:
-                        self._items(framer.flush(), conn)
-                    if now - last_message >= self.cfg.idle_timeout_s:
-                        return
-                    continue
-                if not data:
+                    data = None
+                now = time.monotonic()
+                if data == b"":
                     return
-                last_rx = time.monotonic()
-                items = framer.feed(data)
-                if any(not isinstance(item, Reject) for item in items):
-                    last_message = last_rx
-                self._items(items, conn)
+                if data is not None:
+                    last_rx = now
+                    if self._items(framer.feed(data), conn):
+                        last_message = now
+                elif (
+                    framer.pending
+                    and now - last_rx >= self.cfg.frame_timeout_s
+                    and self._items(framer.flush(), conn)
+                ):
+                    last_message = now
+                if now - last_message >= self.cfg.idle_timeout_s:  # also under a steady stream
+                    return
         except OSError as exc:
             log.info("dc09 %s: connection ended: %s", self.cfg.name, exc)
         finally:
             conn.close()
             self._slots.release()
 
-    def _items(self, items: list[Frame | Reject], conn: socket.socket) -> None:
+    def _items(self, items: list[Frame | Reject], conn: socket.socket) -> bool:
+        """Reply to each message; whether any was acknowledged."""
+        acked = False
         for item in items:
             if isinstance(item, Reject):
                 self.recorder.stats.reject(self.cfg.name, item)
             else:
-                conn.sendall(self.handler.handle(item.data))
+                reply, kind = self.handler.handle(item.data)
+                conn.sendall(reply)
+                acked = acked or kind == "ACK"
+        return acked
 
     def _datagrams(self) -> None:
         assert self._udp is not None
@@ -305,6 +315,6 @@ class Dc09Service:
                 continue
             content = data.strip(b"\r\n")
             try:
-                self._udp.sendto(self.handler.handle(content), peer)
+                self._udp.sendto(self.handler.handle(content)[0], peer)
             except OSError as exc:
                 log.warning("dc09 %s: udp reply failed: %s", self.cfg.name, exc)

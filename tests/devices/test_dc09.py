@@ -224,9 +224,11 @@ def test_a_udp_port_in_use_fails_the_start_and_leaves_nothing_listening(store: S
             pass
 
 
-def test_a_client_trickling_bytes_without_messages_is_cut_off(store: Store) -> None:
-    """A slowloris: one newline every half-second on every slot would keep panels out for
-    ever if any byte counted as activity. Idle means no message."""
+@pytest.mark.parametrize("junk", [b"\n", b"not a message\r"], ids=["newline", "refused"])
+def test_a_client_trickling_bytes_without_messages_is_cut_off(store: Store, junk: bytes) -> None:
+    """A slowloris: one newline, or one line the receiver refuses, every half-second on every
+    slot would keep panels out for ever if it counted as activity. Idle means no message
+    acknowledged."""
     cfg = Dc09Receiver(
         name="hubs", definition="dc09-receiver.toml", host="127.0.0.1", port=0, idle_timeout_s=1.0
     )
@@ -238,17 +240,38 @@ def test_a_client_trickling_bytes_without_messages_is_cut_off(store: Store) -> N
             started = time.monotonic()
             while time.monotonic() - started < 10:
                 try:
-                    trickle.sendall(b"\n")
+                    trickle.sendall(junk)
                 except OSError:
                     closed_after = time.monotonic() - started
                     break
                 trickle.settimeout(0.5)
                 try:
-                    if trickle.recv(1) == b"":
+                    if trickle.recv(4096) == b"":  # replies to junk come first
                         closed_after = time.monotonic() - started
                         break
                 except TimeoutError:
                     pass
             assert closed_after is not None and closed_after < 5
     finally:
+        service.stop()
+
+
+def test_a_panel_that_keeps_its_connection_and_sends_link_tests_stays_connected(
+    store: Store,
+) -> None:
+    """Some panels hold one TCP connection and poll with link tests: each is acknowledged, so
+    the connection is not idle, however long it lasts."""
+    cfg = Dc09Receiver(
+        name="hubs", definition="dc09-receiver.toml", host="127.0.0.1", port=0, idle_timeout_s=1.0
+    )
+    service = Dc09Service(cfg, definition("dc09-receiver"), store, 10.0)
+    service.start()
+    panel = Dc09Transmitter("127.0.0.1", service.port, "1234")
+    try:
+        for _ in range(8):  # 3.2 s on one connection, past three idle timeouts
+            assert reply_of(panel.link_test()).id == "ACK"
+            time.sleep(0.4)
+        assert service.connections == 1
+    finally:
+        panel.close()
         service.stop()

@@ -130,6 +130,10 @@ class Dc09Handler:
     ) -> tuple[bytes, str]:
         """A message not seen before: its events stored (ACK), refused (DUH) or not (NAK)."""
         decoded = self._decode(msg, content)
+        borrowed = self._borrowed_account(msg, decoded)
+        if borrowed is not None:
+            self._refuse("not_encrypted", content, f"account {borrowed} has a key")
+            return msgs.duh(msg), "DUH"
         for reject in decoded.rejects:
             self.recorder.stats.reject(self.recorder.port, reject)
         if decoded.rejects and not decoded.events:
@@ -138,6 +142,17 @@ class Dc09Handler:
         if not self.recorder.record(events):
             return msgs.nak(now), "NAK"
         return ack, "ACK"
+
+    def _borrowed_account(self, msg: msgs.Dc09Message, decoded: Decoded) -> str | None:
+        """A keyed account named in the data (``[#acct|...]``, which the events take their
+        account from) of a message not encrypted under that very account: anyone could
+        otherwise raise or cancel its alarms by putting it inside a plaintext message."""
+        header = msg.account.upper()
+        for event in decoded.events:
+            account = str(event.ids.get("account", header)).upper()
+            if account in self.keys and (account != header or not msg.encrypted):
+                return account
+        return None
 
     def _decode(self, msg: msgs.Dc09Message, raw: bytes) -> Decoded:
         ids: dict[str, Scalar] = {"dc09_id": msg.id, "encrypted": msg.encrypted}

@@ -40,8 +40,8 @@ def receiver(store: Store) -> Iterator[Dc09Service]:
         service.stop()
 
 
-def reply_of(raw: bytes) -> dc09.Dc09Message:
-    return dc09.parse(raw.decode("latin-1").strip("\n\r"), {"5678": KEY})
+def reply_of(raw: bytes, key: bytes = KEY) -> dc09.Dc09Message:
+    return dc09.parse(raw.decode("latin-1").strip("\n\r"), {"5678": key, "4321": key})
 
 
 @pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])
@@ -136,6 +136,36 @@ def test_plaintext_for_an_account_with_a_key_is_refused_and_cannot_steal_a_seq(
     assert sos["data"]["text"] == "BEDROOM" and stored(store.path, "alarm.restore") == []
     assert receiver.health()["rejected"]["not_encrypted"] == 2
     assert "Li Lei" not in caplog.text  # a decrypted display text is never logged
+
+
+def test_a_keyed_account_inside_another_accounts_message_is_refused(
+    receiver: Dc09Service, store: Store
+) -> None:
+    """Events take their account from the data (``[#5678|...]``), not the header: a message
+    under another account, plaintext or encrypted with another key, must not carry a keyed
+    panel's alarms either."""
+    KEY2 = bytes(range(16, 32))
+    receiver.handler.keys["4321"] = KEY2
+    spoofer = Dc09Transmitter("127.0.0.1", receiver.port, "9999")  # no key
+    other = Dc09Transmitter("127.0.0.1", receiver.port, "4321", key=KEY2)
+    try:
+        forged = [
+            spoofer.message("SIA-DCS", "#5678|Nri1/MH015"),
+            spoofer.message("ADM-CID", "#5678|1101 01 015"),
+            other.message("SIA-DCS", "#5678|Nri1/MA015"),
+        ]
+        assert [reply_of(spoofer.exchange(m)).id for m in forged[:2]] == ["DUH", "DUH"]
+        assert reply_of(other.exchange(forged[2]), KEY2).id == "DUH"
+        # an unkeyed account named inside an unkeyed header is the panel's own business
+        assert reply_of(spoofer.exchange(spoofer.message("SIA-DCS", "#1111|Nri1/MA015"))).id == (
+            "ACK"
+        )
+    finally:
+        spoofer.close()
+        other.close()
+    (sos,) = stored(store.path, "alarm.sos")
+    assert sos["data"]["device"] == "1111-015" and stored(store.path, "alarm.restore") == []
+    assert receiver.health()["rejected"]["not_encrypted"] == 3
 
 
 @pytest.mark.parametrize("udp", [False, True], ids=["tcp", "udp"])

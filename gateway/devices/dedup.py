@@ -7,6 +7,7 @@ so only the window decides what counts as the same transmission.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -20,6 +21,7 @@ class Dedup:
         self._now = now
         self._max = max_keys
         self._seen: OrderedDict[Hashable, float] = OrderedDict()
+        self._lock = threading.Lock()  # the store's thread forgets what it could not store
         self.dropped = 0
 
     def is_repeat(self, key: Hashable) -> bool:
@@ -27,18 +29,20 @@ class Dedup:
         if self.window_s <= 0:
             return False
         now = self._now()
-        self._expire(now)
-        if key in self._seen:
-            self.dropped += 1
-            return True
-        self._seen[key] = now
-        if len(self._seen) > self._max:
-            self._seen.popitem(last=False)
-        return False
+        with self._lock:
+            self._expire(now)
+            if key in self._seen:
+                self.dropped += 1
+                return True
+            self._seen[key] = now
+            if len(self._seen) > self._max:
+                self._seen.popitem(last=False)
+            return False
 
     def forget(self, key: Hashable) -> None:
         """Un-see a key whose event could not be stored, so the source's retry is not a repeat."""
-        self._seen.pop(key, None)
+        with self._lock:
+            self._seen.pop(key, None)
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.window_s

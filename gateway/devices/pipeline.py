@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from gateway.devices.decoders.binary import BinaryDecoder
@@ -154,9 +155,10 @@ class FramedHandler(PortHandler):
         fresh = [ev for ev in decoded.events if not self._repeat(ev)]
         if not decoded.events and not decoded.rejects:
             stats.ignored += 1
-        if self.ack is None:
+        if self.ack is None:  # radio: no retry to ask for, but the band's own repeats
             for ev in fresh:
-                self.recorder.submit(self.recorder.event(ev, self.station), at)
+                forget = partial(self.dedup.forget, _key(ev))
+                self.recorder.submit(self.recorder.event(ev, self.station), at, forget)
             return
         if decoded.rejects and not decoded.events:
             self._refuse()

@@ -105,14 +105,20 @@ class Recorder:
             ev, port=self.port, station=station or self.station, definition=self.definition
         )
 
-    def submit(self, event: Event, received_at: float | None = None) -> None:
-        """Queue for the next group commit without waiting; failures are counted."""
+    def submit(
+        self,
+        event: Event,
+        received_at: float | None = None,
+        on_failure: Callable[[], object] | None = None,
+    ) -> None:
+        """Queue for the next group commit without waiting; failures are counted, and
+        ``on_failure`` is called (on the store's thread) for an event that was not stored."""
         try:
             fut = self.store.submit(event)
         except StoreClosed as exc:
-            self._failed(event, exc)
+            self._failed(event, exc, on_failure)
             return
-        fut.add_done_callback(lambda f: self._done(f, event, received_at))
+        fut.add_done_callback(lambda f: self._done(f, event, received_at, on_failure))
 
     def record(self, events: Iterable[Event]) -> bool:
         """Commit every event; True only if all are on disk (the source may then be ACKed).
@@ -132,17 +138,30 @@ class Recorder:
         self.stats.events += len(futures)
         return True
 
-    def _done(self, fut: Receipt[StoredEvent], event: Event, received_at: float | None) -> None:
+    def _done(
+        self,
+        fut: Receipt[StoredEvent],
+        event: Event,
+        received_at: float | None,
+        on_failure: Callable[[], object] | None,
+    ) -> None:
         exc = fut.exception()
         if exc is not None:
-            self._failed(event, exc)
+            self._failed(event, exc, on_failure)
             return
         self.stats.events += 1
         if received_at is not None and event.type.lane is Lane.P0:
             self.stats.alarm_ms.append((self._now() - received_at) * 1000)
 
-    def _failed(self, event: Event | None, exc: BaseException) -> None:
+    def _failed(
+        self,
+        event: Event | None,
+        exc: BaseException,
+        on_failure: Callable[[], object] | None = None,
+    ) -> None:
         self.stats.store_errors += 1
+        if on_failure is not None:
+            on_failure()
         _flood.warning(
             f"{self.port}:store",
             "port %s: could not store %s: %s",

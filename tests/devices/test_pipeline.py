@@ -123,6 +123,23 @@ def test_store_error_is_naked_and_the_retry_not_taken_for_a_repeat(store: Store)
     assert (stats.store_errors, stats.duplicates) == (1, 0)
 
 
+def test_a_radio_repeat_after_a_failed_commit_is_stored_not_dropped(store: Store) -> None:
+    """No ACK on a radio link (AA55, BLE): a band repeats its SOS on its own. A first copy the
+    store could not take must not make the next copy a "repeat"."""
+    clock = Clock()
+    h = handler(store, clock)
+    with failing_inserts(store):
+        h.on_data(frame(2, 7), clock.t)
+        eventually(lambda: h.recorder.stats.store_errors == 1)
+    clock.t += 0.5
+    h.on_data(frame(2, 7), clock.t)  # the band's next copy, same seq
+    clock.t += 0.5
+    h.on_data(frame(2, 7), clock.t)  # and a real repeat of that one
+    eventually(lambda: h.recorder.stats.events == 1)
+    assert [e["data"]["seq"] for e in stored(store.path, "alarm.sos")] == [7]
+    assert h.recorder.stats.duplicates == 1
+
+
 def test_a_fault_on_one_line_is_naked_and_the_next_line_still_acked(store: Store) -> None:
     spec = definition("contact-id-serial")
     recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)

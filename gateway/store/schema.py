@@ -60,7 +60,13 @@ def _m1_journal_and_outbox(db: sqlite_utils.Database) -> None:
     db.table("requests").create_index(["steady_ms"])
 
 
-MIGRATIONS: tuple[Migration, ...] = (_m1_journal_and_outbox,)
+def _m2_housekeeping_indexes(db: sqlite_utils.Database) -> None:
+    """TTL expiry finds the expired rows of a lane by age, not by reading every pending row
+    of a backlog while an alarm waits for the writer."""
+    db.table("outbox").create_index(["lane", "steady_ms"], if_not_exists=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_m1_journal_and_outbox, _m2_housekeeping_indexes)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

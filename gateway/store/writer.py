@@ -28,6 +28,13 @@ from gateway.store.db import StoreError, connect, open_database
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
 
 log = logging.getLogger(__name__)
+# Housekeeping runs in the writer, so an alarm waits for it: both statements read only the rows
+# they remove (an index range per lane), never the whole backlog of an outage.
+EXPIRE_SQL = "DELETE FROM outbox WHERE lane = ? AND steady_ms < ? RETURNING seq, bytes"
+PURGE_SQL = (
+    f"DELETE FROM events WHERE lane IN ({','.join(str(int(lane)) for lane in Lane)}) "
+    "AND delivered_steady_ms < ?"
+)
 T = TypeVar("T")
 MB = 1024 * 1024
 CHECKPOINT_INTERVAL_S = 1.0
@@ -684,10 +691,7 @@ class Store:
     def _expire(self, conn: sqlite3.Connection, delta: _Delta) -> None:
         now = self.steady_ms()
         for lane, ttl in self.ttl_ms.items():
-            expired = conn.execute(
-                "DELETE FROM outbox WHERE lane = ? AND steady_ms < ? RETURNING seq, bytes",
-                (int(lane), now - ttl),
-            ).fetchall()
+            expired = conn.execute(EXPIRE_SQL, (int(lane), now - ttl)).fetchall()
             if not expired:
                 continue
             for chunk in _chunks([seq for seq, _ in expired], SQL_VARS):
@@ -701,10 +705,7 @@ class Store:
             )
 
     def _purge_delivered(self, conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "DELETE FROM events WHERE delivered_steady_ms IS NOT NULL AND delivered_steady_ms < ?",
-            (self.steady_ms() - self.keep_delivered_ms,),
-        )
+        conn.execute(PURGE_SQL, (self.steady_ms() - self.keep_delivered_ms,))
 
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database without blocking the writer (PASSIVE);

@@ -68,8 +68,21 @@ _EXTRA: dict[str, tuple[str, ...]] = {
 }
 
 
+# The contract's ranges. A device value outside them ("no RSSI" as -128, a battery byte of
+# 200) is published as null with the device's own value in ids, never as a number the
+# platform's validator refuses, which could cost an alarm or a whole batch of sightings.
+RANGES = {"rssi": (-127, 20), "battery": (0, 100)}
+
+
 def to_event(ev: DeviceEvent, *, port: str, station: str, definition: str) -> Event:
     etype = TYPE_OF_KIND[ev.kind]
+    ids = dict(ev.ids)
+    measured = {"rssi": ev.rssi, "battery": ev.battery}
+    for key, value in measured.items():
+        low, high = RANGES[key]
+        if value is not None and not low <= value <= high:
+            ids[f"{key}_raw"] = value
+            measured[key] = None
     data: dict[str, Any] = {
         "device": ev.device,
         "station": station,
@@ -77,12 +90,11 @@ def to_event(ev: DeviceEvent, *, port: str, station: str, definition: str) -> Ev
         "definition": definition,
         "code": ev.code,
         "seq": ev.seq,
-        "ids": dict(ev.ids),
+        "ids": ids,
         "raw": ev.raw.hex().upper(),
     }
     values: dict[str, Any] = {
-        "rssi": ev.rssi,
-        "battery": ev.battery,
+        **measured,
         "text": ev.text,
         "name": ev.name,
         "restores": ev.restores.value if ev.restores else None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from gateway.contract import validator
 from gateway.devices.decoders.binary import BinaryDecoder
 from gateway.devices.decoders.espa import decode_block
 from gateway.devices.decoders.jsonlines import JsonLinesDecoder
+from gateway.devices.events import to_event
 from gateway.devices.framers.binary import encode_frame
 from gateway.devices.model import Kind
 from gateway.devices.simulate import espa_block
@@ -94,3 +96,25 @@ def test_espa_gbk_text_and_invalid_text_keeps_the_call() -> None:
     out = decode_block(broken, spec)
     assert out.events[0].device == "0302"
     assert [r.reason for r in out.rejects] == ["bad_text"]
+
+
+def test_values_outside_the_contract_are_null_not_a_lost_alarm() -> None:
+    """A base station writing 0x80 for "no RSSI", a BLE gateway writing "n/a", a battery byte
+    of 200: the SOS is still an alarm, published within the contract, the device's own value
+    kept in ids."""
+    spec = definition("aa55-reference")
+    assert spec.binary is not None
+    decode = BinaryDecoder(spec.binary).decode
+    payload = bytes.fromhex("01 A1B2C3D4E5F6 02 80 07")
+    (sos,) = decode(encode_frame(spec.binary.framing, payload)).events
+    press = "0201060A16D2FC40002A01C83A01"  # battery byte 0xC8 = 200
+    ble_events = ble().decode(line({"mac": "C30000000007", "rssi": "n/a", "rawData": press}))
+    events = [
+        to_event(ev, port="p", station="s", definition="d") for ev in (sos, *ble_events.events)
+    ]
+    assert [e.type.name for e in events] == ["alarm.sos", "wristband.seen", "alarm.sos"]
+    for event in events:
+        validator(f"data/{event.type.name}.json").validate(dict(event.data))
+    assert (events[0].data["rssi"], events[0].data["ids"]["rssi_raw"]) == (None, -128)
+    assert (events[2].data["battery"], events[2].data["ids"]["battery_raw"]) == (None, 200)
+    assert events[2].data["rssi"] is None and not ble_events.rejects

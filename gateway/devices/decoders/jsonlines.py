@@ -61,8 +61,8 @@ class JsonLinesDecoder:
         raw_hex = item.get(keys.raw)
         if mac is None or not isinstance(raw_hex, str):
             return Reject("bad_field", line, "advert without mac or raw data")
-        if not isinstance(rssi, int) or isinstance(rssi, bool) or not -127 <= rssi <= 20:
-            return Reject("bad_field", line, "rssi missing or out of range")
+        if not isinstance(rssi, int) or isinstance(rssi, bool):
+            rssi = None  # a button press counts, whatever the gateway made of the signal
         try:
             raw = bytes.fromhex(raw_hex)
             advert = decode_advert(raw, self.spec.formats)

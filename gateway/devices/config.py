@@ -47,6 +47,14 @@ class PortConfig(Strict):
     silence_s: float | None = Field(
         None, gt=0, description="Report the link silent after this long without bytes."
     )
+    dead_path_s: int = Field(
+        30,
+        ge=3,
+        le=3600,
+        description="socket:// ports: a serial server whose network path dies without a reset "
+        "(a reboot, a cut cable) is noticed and reopened within about this long (TCP "
+        "keepalive); a base station that only sends would otherwise look up for ever.",
+    )
 
     @property
     def station_id(self) -> str:

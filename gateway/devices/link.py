@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +98,24 @@ def open_port(
     return port
 
 
+def watch_network_path(port: SerialPort, dead_after_s: int) -> None:
+    """TCP keepalive on a ``socket://`` port. A base station only sends and the gateway only
+    listens, so when the path to a serial server dies without a reset (the server rebooted,
+    a cable cut beyond the switch) nothing else would ever notice: the port would stay "up"
+    and every alarm from that station would be lost. Probes start after half of
+    ``dead_after_s`` of silence; three unanswered ones (or a write unacknowledged that long)
+    fail the read, and the link reopens. Set on a duplicate of the port's descriptor (the
+    same socket), through pyserial's public ``fileno()``."""
+    idle = max(1, dead_after_s // 2)
+    interval = max(1, (dead_after_s - idle) // 3)
+    with socket.socket(fileno=os.dup(port.fileno())) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, dead_after_s * 1000)
+
+
 class SoftwareParity:
     def __init__(self, settings: SerialSettings) -> None:
         self.enabled = settings.software_parity
@@ -147,6 +167,7 @@ class SerialLink:
         reopen_min_s: float = 0.5,
         reopen_max_s: float = 5.0,
         read_timeout_s: float = 0.05,
+        dead_path_s: int = 30,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
@@ -156,6 +177,7 @@ class SerialLink:
         self.reopen_min_s = reopen_min_s
         self.reopen_max_s = reopen_max_s
         self.read_timeout_s = read_timeout_s
+        self.dead_path_s = dead_path_s
         self._now = now
         self._parity = SoftwareParity(settings)
         self.stats = LinkStats()
@@ -234,6 +256,11 @@ class SerialLink:
                 self._went_down(f"open: {exc}")
             self.stats.last_error = f"open: {exc}"
             return None
+        if self.url.startswith("socket://"):
+            try:
+                watch_network_path(port, self.dead_path_s)
+            except OSError as exc:  # the port still works; only a dead path goes unnoticed
+                log.warning("port %s: no keepalive on %s: %s", self.name, self.url, exc)
         now = self._now()
         gap = None if self.stats.down_since is None else now - self.stats.down_since
         if gap is not None:

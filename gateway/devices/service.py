@@ -48,6 +48,7 @@ class PortService:
             self.handler,
             reopen_min_s=cfg.reopen_min_s,
             reopen_max_s=cfg.reopen_max_s,
+            dead_path_s=cfg.dead_path_s,
         )
         self.handler.write = self.link.write
 

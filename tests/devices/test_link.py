@@ -16,6 +16,7 @@ from gateway.devices.simulate import contact_id_line
 from gateway.store import Store
 from tests.devices.conftest import definition, stored
 from tests.devices.support import Pty
+from tests.support.netns import other_host
 from tests.support.wait import eventually
 
 SOS = bytes.fromhex("AA 55 0A 01 A1 B2 C3 D4 E5 F6 02 C6 01 A5 25")
@@ -180,3 +181,52 @@ def test_a_port_that_fails_as_soon_as_it_opens_backs_off(store: Store) -> None:
             service.stop()
     # each open fails about 0.3 s in; then 0.25, 0.5, 1 s of backoff: 3 opens, not 8 or more
     assert 2 <= service.link.stats.opens <= 5, service.link.stats.opens
+
+
+SERIAL_SERVER = """
+import socket, sys, time
+frames = [bytes.fromhex(h) for h in sys.argv[2:]]
+server = socket.create_server((sys.argv[1], 0))
+print(server.getsockname()[1], flush=True)
+held = []
+while True:
+    conn, _ = server.accept()
+    conn.sendall(frames[min(len(held), len(frames) - 1)])
+    held.append(conn)  # never closed: the server forgets nothing, it just goes unreachable
+"""
+
+
+def test_a_serial_server_whose_path_dies_without_a_reset_is_reopened(store: Store) -> None:
+    """A serial server (socket://) behind a cable that is cut: no FIN, no RST, and a base
+    station that only sends. Without keepalive the port stays "up" and the next SOS is
+    lost; with it the link notices within `dead_path_s`, reopens once the path is back, and
+    the station's next alarm is stored."""
+    with other_host() as host:
+        frames = (SOS.hex(), aa55("01 A1B2C3D4E5F6 03 C6 02").hex())
+        server = host.run_python(SERIAL_SERVER, host.address, *frames)
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            cfg = PortConfig(
+                name="hall",
+                definition="aa55-reference.toml",
+                url=f"socket://{host.address}:{port}",
+                reopen_min_s=0.2,
+                reopen_max_s=1.0,
+                dead_path_s=4,
+            )
+            service = PortService(cfg, definition("aa55-reference"), store, 10.0)
+            service.start()
+            try:
+                eventually(lambda: len(stored(store.path, "alarm.sos")) == 1, timeout=10)
+                host.cut()
+                eventually(lambda: service.link.stats.state == "down", timeout=15)
+                assert "read" in service.link.stats.last_error
+                host.mend()
+                eventually(lambda: len(stored(store.path, "alarm.fall")) == 1, timeout=15)
+                assert service.link.stats.state == "up" and service.link.stats.opens >= 2
+            finally:
+                service.stop()
+        finally:
+            server.kill()
+            server.wait()

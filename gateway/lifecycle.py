@@ -155,7 +155,7 @@ class Periodic(Worker):
     A failing task is logged and retried next tick: one bad tick must not end the loop.
     """
 
-    def __init__(self, name: str, interval_s: float, task: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval_s: float, task: Callable[[], object]) -> None:
         super().__init__(name, self._run)
         self.interval_s = interval_s
         self._task = task

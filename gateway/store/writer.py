@@ -224,6 +224,8 @@ class Store:
             "store-housekeeping", cfg.housekeeping_interval_s, self.housekeep
         )
         self._checkpointer = Periodic("store-checkpoint", CHECKPOINT_INTERVAL_S, self.checkpoint)
+        # every event says whether the clock was synchronised: asked at [clock] check_interval_s
+        self._clock_check = Periodic("clock-check", clock_sync.interval_s, clock_sync.refresh)
         self._checkpoint_conn: sqlite3.Connection | None = None
         self.checkpoints = 0
         self.quotas = {
@@ -277,6 +279,7 @@ class Store:
         self._checkpoint_conn = connect(self.path, synchronous=self.cfg.synchronous)
         self._checkpointer.start()
         self._housekeeping.start()
+        self._clock_check.start()
         log.info(
             "store open: %s, session %d, pending %s%s",
             self.path,
@@ -299,6 +302,7 @@ class Store:
         return bool(row and row[0])
 
     def stop(self) -> None:
+        self._clock_check.stop()
         self._housekeeping.stop()
         self._checkpointer.stop()
         if self._checkpoint_conn is not None:
@@ -717,7 +721,6 @@ class Store:
 
     def housekeep(self) -> None:
         """Housekeeping: TTL expiry and journal retention, through the writer like any write."""
-        self._sync.refresh()
         self.disk_free = self._free_disk(self.path.parent)
         fut: Receipt[None] = Receipt(self._settled)
         try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.clock as clock_module
 from gateway.clock import ClockSync
 from gateway.config import StoreSection
 from gateway.events import Event, Lane
@@ -14,6 +15,7 @@ from gateway.store import Delivered, DomainWrite, OutboxReader, StorageFull, Sto
 from gateway.store.writer import _STOP
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.support.clock import ManualClock
+from tests.support.wait import eventually
 
 MB = 1024 * 1024
 
@@ -246,3 +248,21 @@ def test_stop_while_the_writer_lingers_for_a_batch(tmp_path: Path, clock: Manual
     assert not hung, "stop() did not return"
     assert receipt.done() and receipt.exception() is None
     assert committed_ids(tmp_path / "g.db") == {receipt.result().event_id}
+
+
+def test_events_say_the_clock_is_synchronised_within_check_interval_s(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pi boots without a clock; once NTP has set it, events say so within
+    `[clock] check_interval_s`, however seldom the store keeps house."""
+    state = {"synced": False}
+    monkeypatch.setattr(clock_module, "probe", lambda _source: state["synced"])  # adjtimex
+    section = StoreSection.model_validate({"housekeeping_interval_s": 3600})
+    store = Store(section, tmp_path / "g.db", clock, ClockSync("kernel", 1))
+    store.start()
+    try:
+        assert store.record(Event(SOS, {"band": "A1"})).clock_synced is False
+        state["synced"] = True  # NTP sets the clock
+        eventually(lambda: store.record(Event(SOS, {"band": "A1"})).clock_synced, timeout=5)
+    finally:
+        store.stop()

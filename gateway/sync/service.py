@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def lane_figures(store: Store, oldest: Mapping[Lane, int | None]) -> dict[str, Any]:
     """Per-lane backlog figures shared by the health message and ``outbox.stats``."""
     now = store.steady_ms()
-    counters = store.counters
+    counters = dict(store.counters)  # a snapshot: the writer may add a key meanwhile
     out: dict[str, Any] = {}
     for lane in Lane:
         first = oldest.get(lane)

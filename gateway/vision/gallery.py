@@ -592,8 +592,12 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
     Any SQLite error (a damaged file, a full disk) becomes a ``GalleryError``: the face stage
     then reports it instead of taking the gateway down with a raw ``sqlite3`` exception."""
     private_dir(db_path.parent)
+    if not db_path.exists():  # never created here by SQLite with the umask's mode
+        raise GalleryError(f"{db_path}: the face gallery is gone (deleted while in use?)")
     try:
-        conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
+        # read-write, never create: only Gallery creates the file, and creates it private
+        uri = f"{db_path.resolve().as_uri()}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
     except sqlite3.Error as exc:
         raise GalleryError(f"{db_path}: cannot open the face gallery ({exc})") from None
     try:

@@ -64,6 +64,26 @@ def test_a_gallery_enrolled_by_hand_with_an_open_umask_is_private(tmp_path: Path
     assert set(modes.values()) == {0o600}, modes
 
 
+def test_a_gallery_deleted_while_in_use_is_not_recreated_open(tmp_path: Path) -> None:
+    """A site resets its gallery by deleting faces.db while the counter runs: the counter's
+    refresh must not let SQLite create an empty file with the umask's mode, into which the
+    next enrolment would write elder ids for every user to read."""
+    db, key = tmp_path / "faces.db", tmp_path / "faces.key"
+    gallery = Gallery.open(db, key, MODEL, create=True)
+    for path in tmp_path.glob("faces.db*"):
+        path.unlink()
+    old = os.umask(0o022)
+    try:
+        with pytest.raises(GalleryError, match="gone"):
+            gallery.refresh_if_changed()
+        assert not db.exists()
+        again = Gallery.open(db, key, MODEL, create=True)  # the next enrolment
+        again.add("elder-a", _vectors(1, 3))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
 def test_templates_are_encrypted_at_rest(gallery: Gallery, paths: tuple[Path, Path]) -> None:
     template = gallery.snapshot.matrix[0]
     raw = b"".join(p.read_bytes() for p in paths[0].parent.glob("faces.db*"))

@@ -181,16 +181,21 @@ class ImageFolder:
 
 
 def _safe_name(target: str | int) -> str:
-    """A name for logs and health that never carries stream credentials."""
+    """A name for logs and health that never carries stream credentials.
+
+    Not ``urlsplit``: a password with a '/' or '#' in it, not percent-encoded (cameras' web
+    pages accept them), would end its host part early and keep the password. Everything up to
+    the last '@' after the scheme is dropped whatever it holds."""
     text = str(target)
-    parts = urlsplit(text)
-    if parts.scheme and parts.hostname:
-        port = f":{parts.port}" if parts.port else ""
-        # some cameras take the password in the path ("/user=admin&password=..."): a path
-        # with parameters is not shown, and neither is a query
-        path = "/..." if re.search(r"[=;&]", parts.path) else parts.path
-        return f"{parts.scheme}://{parts.hostname}{port}{path}"
-    return text
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    host, slash, path = rest.rpartition("@")[2].partition("/")
+    path = re.split(r"[?#]", path, maxsplit=1)[0]
+    # some cameras take the password in the path ("/user=admin&password=..."): a path with
+    # parameters is not shown, and neither is a query
+    shown = "/..." if re.search(r"[=;&]", path) else slash + path
+    return f"{scheme.lower()}://{host}{shown}"
 
 
 def _reason(exc: Exception) -> str:
@@ -198,7 +203,8 @@ def _reason(exc: Exception) -> str:
     a URL in its text loses its credentials."""
     if isinstance(exc, CameraError):
         return str(exc)
-    return re.sub(r"[a-z]+://\S+", lambda m: _safe_name(m.group()), f"{type(exc).__name__}: {exc}")
+    text = f"{type(exc).__name__}: {exc}"
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: _safe_name(m.group()), text)
 
 
 def is_stream(target: str | int) -> bool:

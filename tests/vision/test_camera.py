@@ -377,8 +377,13 @@ def test_a_camera_password_never_reaches_the_log_or_health() -> None:
         "rtsp://admin:Secr3t@10.0.0.9:554/stream1",
         "rtsp://10.0.0.9:554/user=admin&password=Secr3t&channel=1&stream=0.sdp",
         "http://10.0.0.9/video.cgi?user=admin&pwd=Secr3t",
+        # typed into the config as set on the camera, not percent-encoded
+        "rtsp://admin:Se/cr3t@10.0.0.9/live",
+        "rtsp://admin:12#Secr3t@10.0.0.9:554/Streaming/Channels/101",
+        "RTSP://admin:Secr3t/99@10.0.0.9/live",
     ):
         source = open_source(url, cfg)
-        assert "Secr3t" not in source.name and source.name.startswith(url.split(":")[0])
-        assert "10.0.0.9" in source.name
-        assert "Secr3t" not in _reason(OSError(f"cannot open {url}: timed out"))
+        assert "Secr3t" not in source.name and "cr3t" not in source.name
+        assert source.name.startswith(url.split(":")[0].lower() + "://10.0.0.9")
+        reason = _reason(OSError(f"cannot open {url}: timed out"))
+        assert "Secr3t" not in reason and "cr3t" not in reason

@@ -22,7 +22,7 @@ from gateway.vision.analyze import Analysis, Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import Frame
 from gateway.vision.confirm import Confirmations
-from gateway.vision.decide import Decider, Decision, Observation, Policy
+from gateway.vision.decide import Decider, Decision, Observation, Outcome, Policy
 from gateway.vision.events import FACE_DECISION, decision_data
 from gateway.vision.gallery import Gallery, SearchResult
 
@@ -133,7 +133,6 @@ class CounterPipeline:
             self._tracks.setdefault(track.id, TrackFrames()).add(timings, this.image)
         self.last_timings = timings
         self.recent_ms.append(timings["total"] * 1000)
-        # multiple_faces is about this very frame, whichever track it ends
         return self._events(decisions, this if obs.kind == "multiple_faces" else None)
 
     def idle(self, t: float) -> list[DecisionEvent]:
@@ -146,8 +145,17 @@ class CounterPipeline:
     def _events(
         self, decisions: list[Decision], this: TrackFrames | None = None
     ) -> list[DecisionEvent]:
+        """A ``multiple_faces`` decision is about this very frame, whichever track it ends;
+        any other, the track's own frames (a track ended by the gap that this frame crossed
+        keeps its own, not the next people's)."""
         out = [
-            self._event(d, this or self._tracks.get(d.track) or TrackFrames()) for d in decisions
+            self._event(
+                d,
+                this
+                if this is not None and d.outcome is Outcome.MULTIPLE_FACES
+                else self._tracks.get(d.track) or TrackFrames(),
+            )
+            for d in decisions
         ]
         current = self.decider.track
         self._tracks = {k: v for k, v in self._tracks.items() if current and k == current.id}

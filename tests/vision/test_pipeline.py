@@ -60,6 +60,23 @@ def test_the_audit_frame_of_a_track_ended_by_the_next_person_shows_that_track(
     assert {"detect", "embed", "search"} <= set(ended.event.data["timings_ms"])
 
 
+def test_a_track_ended_by_the_gap_on_a_frame_of_two_people_keeps_its_own_frame(
+    analyzer: Analyzer, tmp_path: Path, two_people: tuple[np.ndarray, np.ndarray], faces_dir: Path
+) -> None:
+    """At a Pi's few frames a second, the frame that crosses the 0.7 s gap may show two other
+    people: the ended decision's audit frame is still its own person, never the bystanders."""
+    first, _ = two_people
+    couple = fit_within(read_image(faces_dir / "deepface" / "couple.jpg"), 640)
+    pipeline, audit, _ = counter(analyzer, tmp_path)
+    events = show(pipeline, [first] * 10)
+    events += pipeline.process(Frame(couple, 10 / FPS + 0.8, 10))
+    (ended,) = events
+    assert ended.decision.outcome is Outcome.UNKNOWN and ended.event.data["audit_frame"]
+    kept = cv2.imdecode(np.frombuffer(audit.export(ended.event.event_id), np.uint8), 1)
+    assert kept.shape == first.shape
+    assert float(np.mean(cv2.absdiff(kept, first))) < 3
+
+
 def test_a_decision_is_recorded_when_its_audit_frame_cannot_be_written(
     analyzer: Analyzer, tmp_path: Path, two_people: tuple[np.ndarray, np.ndarray]
 ) -> None:

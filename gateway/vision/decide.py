@@ -274,7 +274,9 @@ class Decider:
             if count >= p.k and live * 2 > len(frames):
                 assert winner is not None
                 return self._accept(track, winner, t, frames)
-        if t - track.started >= p.decide_within_s:
+        # while a second face is about, nobody can be told apart as the payer: no verdict yet,
+        # not even uncertain; whoever stays is decided once it has gone for ``window_s``
+        if t - track.started >= p.decide_within_s and not self._second_face_lately(t):
             decision = self._had_its_frames(track, t)
             if decision is not None:
                 return [decision]

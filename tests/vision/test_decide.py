@@ -205,6 +205,21 @@ def test_after_multiple_faces_the_one_who_stays_is_decided_on_a_new_track() -> N
     assert accepted.t >= ambiguous[-1].t + POLICY.window_s
 
 
+def test_the_one_who_stays_beside_a_flickering_second_face_is_accepted_once_it_goes() -> None:
+    """The detector finds the second person in every other frame for 4 s: the stayer gets no
+    verdict meanwhile (not a premature `uncertain` that would close the track), and is
+    accepted once no second face has been seen for `window_s`."""
+    decider = Decider(POLICY)
+    together = [
+        Observation(i / FPS, "multiple_faces") if i % 2 == 0 else face(i / FPS, "p1", "e-1", 0.8)
+        for i in range(int(4 * FPS))
+    ]
+    alone = frames(4.0, int(4 * FPS), who="p1", top="e-1", score=0.8)
+    out = run(decider, together + alone)
+    assert [d.outcome for d in out] == [Outcome.MULTIPLE_FACES, Outcome.ACCEPTED]
+    assert out[1].elder_id == "e-1" and out[1].t >= together[-2].t + POLICY.window_s
+
+
 def test_a_face_left_in_view_after_its_decision_holds_no_more_frames() -> None:
     decider = Decider(POLICY)
     out = run(decider, frames(0.0, 15 * 60, who="poster", top="elder-1", score=0.7))

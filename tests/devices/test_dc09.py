@@ -281,6 +281,9 @@ def test_a_client_trickling_bytes_without_messages_is_cut_off(store: Store, junk
                         break
                 except TimeoutError:
                     pass
+                except ConnectionResetError:  # closed with our last junk unread
+                    closed_after = time.monotonic() - started
+                    break
             assert closed_after is not None and closed_after < 5
     finally:
         service.stop()

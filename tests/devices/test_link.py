@@ -191,6 +191,7 @@ print(server.getsockname()[1], flush=True)
 held = []
 while True:
     conn, _ = server.accept()
+    time.sleep(0.3)  # pyserial flushes what arrives while it opens the port
     conn.sendall(frames[min(len(held), len(frames) - 1)])
     held.append(conn)  # never closed: the server forgets nothing, it just goes unreachable
 """

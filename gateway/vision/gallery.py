@@ -591,7 +591,6 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
 
     Any SQLite error (a damaged file, a full disk) becomes a ``GalleryError``: the face stage
     then reports it instead of taking the gateway down with a raw ``sqlite3`` exception."""
-    private_dir(db_path.parent)
     if not db_path.exists():  # never created here by SQLite with the umask's mode
         raise GalleryError(f"{db_path}: the face gallery is gone (deleted while in use?)")
     try:

@@ -39,6 +39,7 @@ ACK_POLL_S = 0.002  # ... or this long at most, while messages are in flight
 LATENCY_WINDOW = 1000
 ENVELOPE_BYTES = 200  # envelope fields around ``data``, for sizing P2 batches
 IDLE_WAIT_S = 1.0
+SETTLE_S = 2.0  # at a clean stop, the longest wait for the PUBACKs of what is in flight
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class Publisher:
         self._send = send
         self._drop = drop
         self._wake = threading.Event()
+        self._settling = threading.Event()
+        self._settled = threading.Event()
         self._acks: queue.SimpleQueue[_Ack] = queue.SimpleQueue()
         self._worker = Worker("uplink-publisher", self._run, wake=self._wake.set)
         self._lock = threading.Lock()
@@ -114,6 +117,17 @@ class Publisher:
         self._reader = self._reader_factory()
         self._store.subscribe(self._on_commit)
         self._worker.start()
+
+    def settle(self, timeout_s: float = SETTLE_S) -> bool:
+        """Before a clean stop: send nothing new but alarms, and wait for the PUBACKs of what is
+        in flight. A message still in flight at the disconnect is sent again at the next start
+        (its PUBACK may have been on the way), so without this every stop made duplicates."""
+        self._settling.set()
+        self._wake.set()
+        if not self._worker.alive() or self._settled.wait(timeout_s):
+            return True
+        log.info("uplink: %d messages still in flight at stop", len(self._inflight))
+        return False
 
     def stop(self) -> None:
         self._worker.stop()
@@ -191,7 +205,10 @@ class Publisher:
                 self._fill_window(current)
                 if self._alarms_sent:
                     self._watch_alarms(current)
+            if not self._inflight and self._settling.is_set():
+                self._settled.set()
             self._wake.wait(ACK_POLL_S if self._inflight else IDLE_WAIT_S)
+        self._drain_acks(current)  # PUBACKs that came while stopping
 
     def _reset(self) -> None:
         """A new (or no) connection: whatever was in flight is pending again."""
@@ -284,7 +301,7 @@ class Publisher:
         now = self._store.steady_ms()
         while not self._worker.stopping.is_set():
             lane = self._next_lane()
-            if lane is None:
+            if lane is None or (lane is not Lane.P0 and self._settling.is_set()):
                 return
             if lane is Lane.P0:
                 if len(self._inflight) >= self.cfg.inflight_window + self.cfg.p0_reserved:

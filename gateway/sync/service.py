@@ -141,6 +141,7 @@ class Sync:
 
     def stop(self) -> None:
         self._health_task.stop()
+        self.publisher.settle()
         self.link.stop(farewell=self._status("offline", "shutdown"))
         self.downlink.stop()
         self.publisher.stop()

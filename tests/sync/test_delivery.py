@@ -158,3 +158,24 @@ def test_p2_is_batched_and_p0_p1_are_one_event_per_message(
         assert isinstance(record.json(), dict)
     finally:
         sub.close()
+
+
+def test_a_clean_stop_mid_drain_leaves_nothing_to_send_twice(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    sub = Subscriber(mosquitto.port)
+    try:
+        cfg = config(tmp_path / "var", mosquitto.port, mqtt={"inflight_window": 64})
+        with running(cfg) as gw:
+            futures = [gw.store.submit(Event(RECORD, {"n": i})) for i in range(5000)]
+            ids = {f.result().event_id for f in futures}
+            assert gw.sync is not None
+            publisher = gw.sync.publisher
+            eventually(lambda: publisher.events_acked >= 1000, every=0.002)
+        # stopped with messages in flight; the next run sends what is left
+        with running(cfg):
+            sub.wait_for(lambda _m: ids <= received_by_id(sub).keys(), timeout=60)
+        twice = [i for i, copies in received_by_id(sub).items() if i in ids and len(copies) > 1]
+        assert not twice, f"{len(twice)} events delivered before the stop were sent again"
+    finally:
+        sub.close()

@@ -213,6 +213,14 @@ class MqttSection(Strict):
     p0_reserved: int = Field(
         4, ge=1, le=100, description="Extra in-flight slots only P0 alarms may use."
     )
+    max_packet_bytes: int | None = Field(
+        None,
+        ge=1024,
+        le=268_435_455,
+        description="The broker's limit on a packet, for a broker that enforces one without "
+        "announcing it (MQTT 3.1.1); an MQTT 5 broker's own limit counts too (the smaller "
+        "wins). A message above it is not sent: the broker would only close the connection.",
+    )
     batch_max_events: int = Field(200, ge=1, le=10_000, description="P2 events per message.")
     batch_max_bytes: int = Field(
         65_536, ge=1024, le=4_000_000, description="Size bound of one P2 batch message."

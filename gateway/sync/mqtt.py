@@ -57,6 +57,21 @@ class Message:
     retain: bool = False
 
 
+PUBLISH_OVERHEAD = 13  # fixed header, topic length, packet id, empty MQTT 5 properties
+
+
+class MessageTooLarge(Exception):
+    """The message is above the broker's packet limit. Sent anyway, it would only get the
+    connection closed, and then again after every reconnect."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"a payload of {size} bytes, over the {limit} the broker's packet limit leaves"
+        )
+        self.size = size
+        self.limit = limit
+
+
 class LinkListener(Protocol):
     """What the link reports. Called from paho's thread or the link's: must be quick."""
 
@@ -138,6 +153,7 @@ class MqttLink:
         self._down = threading.Event()
         self._refused: str | None = None
         self._dropped: str | None = None
+        self._announced_limit: int | None = None
         self.state = "stopped"
         self.endpoint: Endpoint | None = None
         self.connects = 0
@@ -145,6 +161,7 @@ class MqttLink:
         self.failures = 0
         self.last_error: str | None = None
         self.listener_errors = 0
+        self.too_large = 0
         self._rate_log = RateLimitedLog(log, 30)
         self._tls: ssl.SSLContext | None = None
 
@@ -191,6 +208,8 @@ class MqttLink:
             "disconnects": self.disconnects,
             "failures": self.failures,
             "last_error": self.last_error,
+            "packet_limit": self.packet_limit,
+            "too_large": self.too_large,
         }
 
     @property
@@ -218,13 +237,30 @@ class MqttLink:
 
     # ---- sending -----------------------------------------------------------------------------
 
+    @property
+    def packet_limit(self) -> int | None:
+        """The connection's packet size limit: the configured one, the one the broker announced
+        in its CONNACK (MQTT 5), whichever is smaller."""
+        limits = [x for x in (self.cfg.max_packet_bytes, self._announced_limit) if x]
+        return min(limits) if limits else None
+
+    def payload_limit(self, topic: str) -> int | None:
+        """The largest payload a message on ``topic`` may have on this connection."""
+        limit = self.packet_limit
+        return None if limit is None else limit - len(topic.encode()) - PUBLISH_OVERHEAD
+
     def publish(self, msg: Message, generation: int) -> int | None:
         """Hand one QoS 1 message to the current connection; return its mid, or None if the
-        connection is gone (or is not the one the caller thinks it is)."""
+        connection is gone (or is not the one the caller thinks it is). Raises
+        ``MessageTooLarge`` rather than send what the broker would refuse by disconnecting."""
         with self._lock:
             client = self._client
             if client is None or generation != self._generation or not self.connected:
                 return None
+        limit = self.payload_limit(msg.topic)
+        if limit is not None and len(msg.payload) > limit:
+            self.too_large += 1
+            raise MessageTooLarge(len(msg.payload), limit)
         # No per-message MQTT 5 properties: building them costs paho more than the rest of a
         # publish together; the content type (JSON) is declared in the AsyncAPI document.
         info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain)
@@ -314,6 +350,7 @@ class MqttLink:
         ) -> None:
             if rc.is_failure:
                 self._refused = str(rc)
+            self._announced_limit = getattr(_p, "MaximumPacketSize", None)
             self._connack.set()
 
         def on_disconnect(_c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
@@ -348,6 +385,7 @@ class MqttLink:
         self._down.clear()
         self._refused = None
         self._dropped = None
+        self._announced_limit = None
         props = None
         clean_start: paho.CleanStartOption = paho.MQTT_CLEAN_START_FIRST_ONLY
         if self.cfg.protocol == "5":
@@ -400,7 +438,12 @@ class MqttLink:
             self.state = "connected"
         self.connects += 1
         self.last_error = None
-        log.info("mqtt: connected to %s", endpoint)
+        limit = self.packet_limit
+        log.info(
+            "mqtt: connected to %s%s",
+            endpoint,
+            f" (packet limit {limit} bytes)" if limit is not None else "",
+        )
         for topic in self._subscriptions():
             client.subscribe(topic, qos=1)
         return True

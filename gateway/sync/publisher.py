@@ -26,7 +26,7 @@ from gateway.events import Lane, StoredEvent
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog
 from gateway.store import Delivered, OutboxReader, Receipt, Store, StoreClosed
-from gateway.sync.mqtt import Message
+from gateway.sync.mqtt import Message, MessageTooLarge
 from gateway.sync.topics import Topics
 from gateway.sync.watchdog import AlarmAckWatch
 
@@ -37,7 +37,6 @@ LANES = tuple(Lane)  # iterating the enum class itself is slow on the per-messag
 ACK_WAKE = 8  # PUBACKs gathered before the publisher is woken for them ...
 ACK_POLL_S = 0.002  # ... or this long at most, while messages are in flight
 LATENCY_WINDOW = 1000
-ENVELOPE_BYTES = 200  # envelope fields around ``data``, for sizing P2 batches
 IDLE_WAIT_S = 1.0
 SETTLE_S = 2.0  # at a clean stop, the longest wait for the PUBACKs of what is in flight
 
@@ -72,6 +71,7 @@ class Publisher:
         *,
         send: Callable[[Message, int], int | None],
         drop: Callable[[int, str], None],
+        payload_limit: Callable[[str], int | None] = lambda _topic: None,
     ) -> None:
         self.cfg = cfg
         self._store = store
@@ -80,6 +80,7 @@ class Publisher:
         self._topics = topics
         self._send = send
         self._drop = drop
+        self._payload_limit = payload_limit
         self._wake = threading.Event()
         self._settling = threading.Event()
         self._settled = threading.Event()
@@ -311,9 +312,12 @@ class Publisher:
                 or self._inflight_bytes >= self.cfg.inflight_max_bytes
             ):
                 return
-            events = self._take(lane)
-            msg = self._message(lane, events)
-            mid = self._send(msg, generation)
+            events, msg = self._take(lane)
+            try:
+                mid = self._send(msg, generation)
+            except MessageTooLarge as exc:
+                self._too_large(lane, events, exc)
+                continue
             if mid is None:
                 for e in reversed(events):
                     self._buffers[lane].appendleft(e)
@@ -325,6 +329,19 @@ class Publisher:
             self._high[lane] = max(self._high[lane], events[-1].seq)
             self.messages_sent += 1
             self.events_sent += len(events)
+
+    def _too_large(self, lane: Lane, events: list[StoredEvent], exc: MessageTooLarge) -> None:
+        """Only a single event can be above the broker's limit (batches are sized to fit). It
+        can never go through this broker: it stays in the outbox, to be sent if the limit is
+        raised or another broker takes over, and the lane goes on past it."""
+        self._rate_log.warning(
+            f"too-large-{lane.label}",
+            "uplink: %s event seq %d (%s) not sent, kept in the outbox: %s",
+            lane.name,
+            events[0].seq,
+            events[0].type,
+            exc,
+        )
 
     def _watch_alarms(self, generation: int) -> None:
         """Take the connection for dead when the oldest alarm in flight is overdue."""
@@ -369,34 +386,33 @@ class Publisher:
             self._cursor[lane] = rows[-1].seq
         return bool(self._buffers[lane])
 
-    def _take(self, lane: Lane) -> list[StoredEvent]:
-        """One event, or for P2 a run of consecutive same-type events (order is kept)."""
+    def _take(self, lane: Lane) -> tuple[list[StoredEvent], Message]:
+        """One event, or for P2 a run of consecutive same-type events (order is kept), and the
+        message that carries them. A batch is sized by its exact bytes, so that it fits the
+        broker's packet limit as well as ``batch_max_bytes``."""
+        with self._lock:
+            connected = self._connected_steady
+        session = self._store.session
         buf = self._buffers[lane]
         first = buf.popleft()
-        taken = [first]
+        topic = self._topics.event(first.type)
+        body = first.envelope_json(first.session != session or first.steady_ms < connected)
         if lane is not Lane.P2:
-            return taken
-        size = len(first.data_json) + ENVELOPE_BYTES
+            return [first], Message(topic, body.encode())
+        taken, parts = [first], [body.encode()]
+        limit = self._payload_limit(topic)
+        max_bytes = min(self.cfg.batch_max_bytes, limit or self.cfg.batch_max_bytes)
+        size = len(parts[0]) + 2
         while len(taken) < self.cfg.batch_max_events:
             if not buf and not (self._more[lane] and self._refill(lane)):
                 break
             nxt = buf[0]
-            size += len(nxt.data_json) + ENVELOPE_BYTES
-            if nxt.type != first.type or size > self.cfg.batch_max_bytes:
+            if nxt.type != first.type:
+                break
+            part = nxt.envelope_json(nxt.session != session or nxt.steady_ms < connected).encode()
+            size += len(part) + 1
+            if size > max_bytes:
                 break
             taken.append(buf.popleft())
-        return taken
-
-    def _message(self, lane: Lane, events: list[StoredEvent]) -> Message:
-        with self._lock:
-            connected = self._connected_steady
-        session = self._store.session
-        if lane is not Lane.P2:
-            (e,) = events
-            body = e.envelope_json(e.session != session or e.steady_ms < connected)
-        else:
-            parts = [
-                e.envelope_json(e.session != session or e.steady_ms < connected) for e in events
-            ]
-            body = f"[{','.join(parts)}]"
-        return Message(self._topics.event(events[0].type), body.encode())
+            parts.append(part)
+        return taken, Message(topic, b"[" + b",".join(parts) + b"]")

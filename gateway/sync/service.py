@@ -13,9 +13,10 @@ from gateway.clock import Clock, ClockSync
 from gateway.config import LoadedConfig
 from gateway.events import Lane, compact_json, iso_utc
 from gateway.lifecycle import Periodic
+from gateway.logs import RateLimitedLog
 from gateway.store import OutboxReader, Store
 from gateway.sync.downlink import Downlink, Operation, Reply
-from gateway.sync.mqtt import Message, MqttLink
+from gateway.sync.mqtt import Message, MessageTooLarge, MqttLink
 from gateway.sync.publisher import Publisher
 from gateway.sync.topics import Topics
 
@@ -90,6 +91,7 @@ class Sync:
         self._services_health = services_health
         self._model_versions = model_versions
         self._generation = 0
+        self._rate_log = RateLimitedLog(log, 30)
         self.link = MqttLink(
             cfg.mqtt,
             cfg.mqtt.client_id or f"{cfg.gateway.site}-{cfg.gateway.id}",
@@ -110,6 +112,7 @@ class Sync:
             self.topics,
             send=self.link.publish,
             drop=self.link.drop,
+            payload_limit=self.link.payload_limit,
         )
         builtin = [
             Operation("ping", self._op_ping),
@@ -176,7 +179,7 @@ class Sync:
         message cannot be made (a model version that cannot be read)."""
         self._generation = generation
         try:
-            self.link.publish(self._status("online"), generation)
+            self._publish(self._status("online"), generation)
         finally:
             self.publisher.link_up(generation)
         self.report()
@@ -193,7 +196,18 @@ class Sync:
     # ---- messages ----------------------------------------------------------------------------
 
     def _send_now(self, msg: Message) -> bool:
-        return self.link.publish(msg, self._generation) is not None
+        return self._publish(msg, self._generation)
+
+    def _publish(self, msg: Message, generation: int) -> bool:
+        """Status, health and responses: best effort, like the platform expects of them; one
+        above the broker's packet limit is counted and logged instead of sent."""
+        try:
+            return self.link.publish(msg, generation) is not None
+        except MessageTooLarge as exc:
+            self._rate_log.warning(
+                f"too-large-{msg.topic}", "mqtt: %s not sent: %s", msg.topic, exc
+            )
+            return False
 
     def _status(self, state: str, reason: str | None = None) -> Message:
         cfg = self.loaded.config
@@ -245,7 +259,7 @@ class Sync:
         log.info("%s", summary(health))
         if self.link.connected:
             body = compact_json(health).encode()
-            self.link.publish(Message(self.topics.health, body, retain=True), self._generation)
+            self._publish(Message(self.topics.health, body, retain=True), self._generation)
 
     # ---- built-in operations -----------------------------------------------------------------
 

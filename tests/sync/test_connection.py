@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import MqttSection
 from gateway.events import Event, Lane
@@ -17,7 +19,7 @@ from gateway.store import Store
 from gateway.sync import Sync
 from gateway.sync.mqtt import Message, MqttLink, backoff_delay
 from tests.support.broker import Mosquitto, free_port
-from tests.support.events import ALARM, TELEMETRY
+from tests.support.events import ALARM, RECORD, TELEMETRY
 from tests.support.gateway import config, running
 from tests.support.relay import Relay
 from tests.support.subscriber import Subscriber
@@ -347,3 +349,48 @@ def test_a_failing_health_report_on_connect_leaves_the_link_working(
     finally:
         sync.stop()
         store.stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_message_above_the_brokers_packet_limit_stays_in_the_outbox_and_holds_nothing_up(
+    tmp_path: Path, protocol: str
+) -> None:
+    """A broker closes the connection on a packet above its limit; sent again after every
+    reconnect, one such message would cut the gateway off for good. MQTT 5 brokers announce
+    the limit; for MQTT 3.1.1 the installer states it."""
+    broker = Mosquitto(tmp_path, port=free_port())
+    broker.extra_conf = (
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous true\nmax_packet_size 4096\n"
+    )
+    broker.start()
+    sub = Subscriber(broker.port)
+    mqtt: dict[str, object] = {"protocol": protocol}
+    if protocol == "3.1.1":
+        mqtt["max_packet_bytes"] = 4096
+    try:
+        with running(config(tmp_path / "var", broker.port, mqtt=mqtt)) as gw:
+            sent = [
+                gw.store.submit(Event(TELEMETRY, {"n": i, "pad": "x" * 100})) for i in range(50)
+            ]
+            # multi-byte text: three bytes a character, so batches must be sized in bytes
+            sent += [
+                gw.store.submit(Event(TELEMETRY, {"n": i, "text": "长者" * 300})) for i in range(6)
+            ]
+            huge_p2 = gw.store.record(Event(TELEMETRY, {"n": "huge", "pad": "x" * 5000}))
+            huge_p1 = gw.store.record(Event(RECORD, {"n": "huge", "text": "长者" * 1000}))
+            sent += [gw.store.submit(Event(TELEMETRY, {"n": "after"}))]
+            sent += [gw.store.submit(Event(RECORD, {"n": "after"}))]
+            sent += [gw.store.submit(Event(ALARM, {"n": "sos"}))]
+            ids = {f.result().event_id for f in sent}
+            sub.wait_for(lambda _m: ids <= set(sub.event_ids()))
+            assert gw.sync is not None
+            link = gw.sync.link
+            assert link.connects == 1 and link.disconnects == 0
+            assert link.packet_limit == 4096 and link.too_large >= 2
+            assert not {huge_p1.event_id, huge_p2.event_id} & set(sub.event_ids())
+            usage = gw.store.usage
+            eventually(lambda: usage[Lane.P1].count == 1 and usage[Lane.P2].count == 1)
+            assert all(len(m.payload) <= 4096 for m in sub.messages)
+    finally:
+        sub.close()
+        broker.stop()

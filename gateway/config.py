@@ -122,6 +122,14 @@ class StoreSection(Strict):
         description="Below this free space an event is written only if old telemetry can make "
         "room for it; otherwise it is refused (and its source is not acknowledged).",
     )
+    reserve_mb: float = Field(
+        16.0,
+        ge=0,
+        le=10_000,
+        description="Disk space held back in a file beside the database (<db>.reserve) and "
+        "given up when the disk is full (filled by another program), so that alarms can still "
+        "be written; taken back once free space is above the floor plus this. 0: none.",
+    )
     delivered_retention_days: float = Field(
         30.0,
         ge=0,

@@ -26,6 +26,7 @@ from gateway.events import Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
 from gateway.store.db import StoreError, connect, open_database
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
+from gateway.store.reserve import MB, Reserve, disk_full
 
 log = logging.getLogger(__name__)
 # Housekeeping runs in the writer, so an alarm waits for it: both statements read only the rows
@@ -36,13 +37,13 @@ PURGE_SQL = (
     "AND delivered_steady_ms < ?"
 )
 T = TypeVar("T")
-MB = 1024 * 1024
 CHECKPOINT_INTERVAL_S = 1.0
 SQL_VARS = 500
 
 
 class StorageFull(Exception):
-    """The event was not written: the disk is at its floor and no telemetry could make room."""
+    """The event was not written: the disk is at its floor and no telemetry could make room,
+    or it is full."""
 
 
 class StoreClosed(Exception):
@@ -242,6 +243,7 @@ class Store:
         self.previous_stop_clean = True
         self.pressure: list[Lane] = []
         self.disk_free = 0
+        self.reserve = Reserve(path.with_name(path.name + ".reserve"), int(cfg.reserve_mb * MB))
         self.commits = 0
         self._next_seq = 1
         self._steady_base = 0
@@ -269,7 +271,7 @@ class Store:
         ):
             self.usage[Lane(lane)] = LaneUsage(count, nbytes)
         self.counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        self.disk_free = self._free_disk(self.path.parent)
+        self._take_reserve()
         self.pressure = pressured_lanes(self._bytes_by_lane(), self.quotas)
         self._closed = False
         self._failed = None
@@ -317,14 +319,26 @@ class Store:
         self._thread = None
         conn = self._conn
         if conn is not None:
-            if self._failed is None:
-                with conn:
-                    conn.execute("BEGIN IMMEDIATE")
-                    self._set_meta(conn, clean_stop=1, steady_ms=self.steady_ms())
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.close()
+            try:
+                if self._failed is None:
+                    self.reserve.with_room(lambda: self._mark_clean(conn))
+                self.reserve.with_room(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+            except sqlite3.Error as exc:
+                log.error("store: stop not marked clean (%s); the next start verifies it", exc)
+            finally:
+                conn.close()
             self._conn = None
         log.info("store closed: %s", self.path)
+
+    def _mark_clean(self, conn: sqlite3.Connection) -> None:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            self._set_meta(conn, clean_stop=1, steady_ms=self.steady_ms())
+
+    def _take_reserve(self) -> None:
+        floor = int(self.cfg.min_free_disk_mb * MB)
+        self.reserve.take(self._free_disk(self.path.parent), floor)
+        self.disk_free = self._free_disk(self.path.parent)
 
     def healthy(self) -> bool:
         return self._failed is None and self._thread is not None and self._thread.is_alive()
@@ -335,6 +349,7 @@ class Store:
             "pending_bytes": {ln.label: u.bytes for ln, u in self.usage.items()},
             "storage_pressure": [ln.label for ln in self.pressure],
             "disk_free_bytes": self.disk_free,
+            "disk_reserve": self.reserve.state,
             "counters": dict(self.counters),
         }
 
@@ -505,13 +520,16 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._next_seq = seq_before
+            if disk_full(exc) and self.reserve.release():
+                self._commit(batch)  # once: there is no second reserve to give
+                return
             if len(batch) > 1:
                 # Isolate the op that failed so it cannot take the rest of the batch with it.
                 for op in batch:
                     self._commit([op])
                 return
             err: BaseException = exc
-            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+            if disk_full(exc):
                 err = StorageFull(f"disk full writing {self.path}")
             resolve(self._settled, [(batch[0].future, err)])
             log.error("store write failed: %s", exc)
@@ -575,10 +593,15 @@ class Store:
         added_bytes = dict.fromkeys(Lane, 0)
         session = self.session
         seq = self._next_seq
+        full = self.reserve.released
         for k, ((i, op), size) in enumerate(zip(records, sizes, strict=True)):
-            ok = admitted is None or admitted[k]
             lane = op.event.type.lane
-            if not ok:
+            if full and lane is Lane.P2:
+                # what room the reserve gave is for alarms and records, not for telemetry
+                delta.count("refused_p2")
+                results[i] = StorageFull("disk full: telemetry refused until there is room")
+                continue
+            if not (admitted is None or admitted[k]):
                 delta.count(f"refused_{lane.label}")
                 results[i] = StorageFull(
                     f"free disk below {self.cfg.min_free_disk_mb} MB floor and no telemetry "
@@ -716,12 +739,13 @@ class Store:
         SQLite restarts the WAL from its beginning once it is fully copied."""
         conn = self._checkpoint_conn
         if conn is not None:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self.reserve.with_room(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
             self.checkpoints += 1
 
     def housekeep(self) -> None:
-        """Housekeeping: TTL expiry and journal retention, through the writer like any write."""
-        self.disk_free = self._free_disk(self.path.parent)
+        """Housekeeping: TTL expiry and journal retention, through the writer like any write;
+        and the disk reserve taken back once there is room for it."""
+        self._take_reserve()
         fut: Receipt[None] = Receipt(self._settled)
         try:
             self._enqueue(_Housekeep(fut))

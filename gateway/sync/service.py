@@ -244,6 +244,7 @@ class Sync:
             "lanes": lane_figures(store, self._reader.oldest_steady_ms()),
             "storage_pressure": [lane.label for lane in store.pressure],
             "disk_free_bytes": store.disk_free,
+            "disk_reserve": store.reserve.state,
             "broker": self.link.health(),
             "uplink": self.publisher.health(),
             "downlink": self.downlink.health(),

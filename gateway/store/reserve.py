@@ -1,0 +1,101 @@
+"""Disk space kept back for the moment the disk is full.
+
+The free-disk floor keeps the gateway itself from filling the disk, but another program (a
+runaway log, a full audit folder) can take the last byte. SQLite then cannot write at all: not
+an alarm, and not the checkpoint that would let its write-ahead log start over. So the store
+holds a file of real, allocated blocks beside the database, gives it up when a write fails for
+want of space, and takes it back once the disk has room again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
+T = TypeVar("T")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL: the disk (or the database's size limit) has no room left."""
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
+class Reserve:
+    def __init__(self, path: Path, size_bytes: int) -> None:
+        self.path = path
+        self.size_bytes = size_bytes
+        self.releases = 0
+        self.released = False  # given up and not yet taken back: the disk was full
+
+    @property
+    def state(self) -> str:
+        if not self.size_bytes:
+            return "off"
+        return "held" if self.path.exists() else "released"
+
+    def take(self, free_bytes: int, floor_bytes: int) -> bool:
+        """Allocate the file if it is missing and the disk can spare it without going under
+        the floor; True if it is held afterwards."""
+        if not self.size_bytes:
+            return False
+        if self.path.exists():
+            self.released = False
+            return True
+        if free_bytes < floor_bytes + self.size_bytes:
+            return False
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return True
+        except OSError as exc:
+            log.warning("disk reserve %s not created: %s", self.path, exc.strerror)
+            return False
+        try:
+            os.posix_fallocate(fd, 0, self.size_bytes)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            log.warning("disk reserve %s not allocated: %s", self.path, exc.strerror)
+            return False
+        os.close(fd)
+        self.released = False
+        log.info("disk reserve held: %d MiB in %s", self.size_bytes // MB, self.path)
+        return True
+
+    def release(self) -> bool:
+        """Give the space back to the disk; True if there was any to give."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.error("disk reserve %s could not be released: %s", self.path, exc.strerror)
+            return False
+        self.releases += 1
+        self.released = True
+        log.error(
+            "disk full: released the %d MiB reserve so alarms can still be written; telemetry "
+            "is refused until there is room again; free space on the disk of %s",
+            self.size_bytes // MB,
+            self.path.parent,
+        )
+        return True
+
+    def with_room(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``; if it fails for want of space, give up the reserve and run it once
+        more (there is no second reserve to give)."""
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not (disk_full(exc) and self.release()):
+                raise
+        return fn()

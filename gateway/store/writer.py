@@ -336,9 +336,14 @@ class Store:
             self._set_meta(conn, clean_stop=1, steady_ms=self.steady_ms())
 
     def _take_reserve(self) -> None:
-        floor = int(self.cfg.min_free_disk_mb * MB)
-        self.reserve.take(self._free_disk(self.path.parent), floor)
+        self.reserve.take(self._free_disk(self.path.parent), self.floor_bytes)
         self.disk_free = self._free_disk(self.path.parent)
+
+    @property
+    def floor_bytes(self) -> int:
+        """Free disk below which events must make room for themselves (others writing to this
+        disk for the gateway keep off it too)."""
+        return int(self.cfg.min_free_disk_mb * MB)
 
     def healthy(self) -> bool:
         return self._failed is None and self._thread is not None and self._thread.is_alive()
@@ -574,7 +579,7 @@ class Store:
     ) -> None:
         sizes = [event_bytes(op.data_json) for _, op in records]
         self.disk_free = self._free_disk(self.path.parent)
-        floor = int(self.cfg.min_free_disk_mb * MB)
+        floor = self.floor_bytes
         admitted: Sequence[bool] | None = None  # None: above the floor, all admitted
         if self.disk_free < floor:
             decision = admit(

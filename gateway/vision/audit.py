@@ -13,6 +13,7 @@ already kept still go when a site turns the option off or the face stage cannot 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.private import private_dir
+from gateway.store.writer import disk_free_bytes
 from gateway.vision.errors import GalleryError
 from gateway.vision.keys import derive, read_key
 from gateway.vision.retention import HEADER, MAGIC, PARTIAL, STAMP, SUFFIX, ExpiredFrames
@@ -41,8 +43,10 @@ class AuditFrames(ExpiredFrames):
         key_path: Path,
         retention_days: float,
         running_ms: Callable[[], int] | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         super().__init__(folder, retention_days, running_ms)
+        self.min_free_bytes = min_free_bytes
         self._aead = AESGCM(derive(read_key(key_path), PURPOSE))
         private_dir(folder)
         self.kept = 0
@@ -53,6 +57,14 @@ class AuditFrames(ExpiredFrames):
         return self.folder / f"{event_id}{SUFFIX}"
 
     def keep(self, event_id: str, image: np.ndarray) -> None:
+        """Not below the store's free-disk floor: a month of pictures must not take the room
+        the alarms need."""
+        if self.min_free_bytes and disk_free_bytes(self.folder) < self.min_free_bytes:
+            raise OSError(
+                errno.ENOSPC,
+                f"free disk below the store's floor ({self.min_free_bytes // 2**20} MiB), "
+                "kept for alarms",
+            )
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise ValueError("frame could not be encoded")

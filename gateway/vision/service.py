@@ -97,6 +97,7 @@ class VisionService:
                 cfg.gallery.key_path(self.data_dir),
                 cfg.audit.retention_days,
                 self._running_ms,
+                min_free_bytes=0 if self.store is None else self.store.floor_bytes,
             )
         self.pipeline = CounterPipeline(
             Analyzer(models, AnalyzerSettings.from_config(cfg)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -50,6 +51,21 @@ def test_a_kept_frame_comes_back_as_the_same_picture(
     back = cv2.imdecode(np.frombuffer(audit.export(EVENT), np.uint8), cv2.IMREAD_COLOR)
     assert back is not None and back.shape == photo.shape
     assert float(np.mean(cv2.absdiff(back, photo))) < 3  # JPEG at quality 90
+
+
+def test_no_frame_is_kept_below_the_stores_free_disk_floor(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    key = tmp_path / "faces.key"
+    create_key(key)
+    folder = tmp_path / "audit"
+    free = shutil.disk_usage(tmp_path).free
+    audit = AuditFrames(folder, key, retention_days=1, min_free_bytes=free + 2**30)
+    with pytest.raises(OSError, match="kept for alarms"):
+        audit.keep(EVENT, photo)
+    assert list(folder.iterdir()) == [] and audit.kept == 0
+    AuditFrames(folder, key, retention_days=1, min_free_bytes=free // 2).keep(EVENT, photo)
+    assert len(list(folder.iterdir())) == 1
 
 
 def test_a_wall_clock_set_back_cannot_keep_a_frame_past_retention(

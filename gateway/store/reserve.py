@@ -31,14 +31,16 @@ class Reserve:
     def __init__(self, path: Path, size_bytes: int) -> None:
         self.path = path
         self.size_bytes = size_bytes
-        self.releases = 0
         self.released = False  # given up and not yet taken back: the disk was full
 
     @property
     def state(self) -> str:
+        """off; held; released (the disk was full); waiting (never yet room enough to take)."""
         if not self.size_bytes:
             return "off"
-        return "held" if self.path.exists() else "released"
+        if self.released:
+            return "released"
+        return "held" if self.path.exists() else "waiting"
 
     def take(self, free_bytes: int, floor_bytes: int) -> bool:
         """Allocate the file if it is missing and the disk can spare it without going under
@@ -80,7 +82,6 @@ class Reserve:
         except OSError as exc:
             log.error("disk reserve %s could not be released: %s", self.path, exc.strerror)
             return False
-        self.releases += 1
         self.released = True
         log.error(
             "disk full: released the %d MiB reserve so alarms can still be written; telemetry "

@@ -68,8 +68,6 @@ class MessageTooLarge(Exception):
         super().__init__(
             f"a payload of {size} bytes, over the {limit} the broker's packet limit leaves"
         )
-        self.size = size
-        self.limit = limit
 
 
 class LinkListener(Protocol):

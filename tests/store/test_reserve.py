@@ -79,3 +79,12 @@ def test_on_a_disk_another_program_filled_alarms_and_records_are_still_written(
     reopened = make_store(small_disk / "g.db", min_free_disk_mb=1, reserve_mb=2)
     assert reopened.previous_stop_clean
     assert reopened.usage[SOS.lane].count == 1 and reopened.usage[MEAL.lane].count == 1
+
+
+def test_a_reserve_the_disk_cannot_spare_waits_and_takes_nothing_from_telemetry(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    store = make_store(small_disk / "g.db", min_free_disk_mb=1, reserve_mb=DISK_MB)
+    assert store.health()["disk_reserve"] == "waiting"
+    assert not (small_disk / "g.db.reserve").exists()
+    store.record(Event(SEEN, {"n": 1}))

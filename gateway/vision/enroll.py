@@ -231,28 +231,31 @@ def learn(
     templates: each one is another chance for a stranger to match. At the limit the oldest
     learned view gives way to the new one, so the counter keeps up with a face that ages;
     enrolled photos never do. The template remembers the ``decision`` (event id) it was
-    learned from, for ``unlearn``."""
-    gallery.refresh_if_changed()
-    held = gallery.snapshot.count(elder_id)
+    learned from, for ``unlearn``.
+
+    The checks and the write are one write transaction: an elder erased by another process
+    meanwhile is refused here, or erased with the learned face after it."""
     verdicts = [PhotoVerdict("counter", None, embedding=probe)]
-    if held == 0:
-        return Enrolment(elder_id, "refused", "not enrolled (erased since?)", verdicts)
-    full = held >= LEARN_UP_TO
-    if full and not gallery.learned(elder_id):
-        message = f"already {held} enrolled templates (at most {LEARN_UP_TO} are kept)"
-        return Enrolment(elder_id, "refused", message, verdicts, templates=held)
-    result = _add(
-        gallery,
-        elder_id,
-        [probe],
-        verdicts,
-        rules=rules,
-        allow_similar=False,
-        held=held,
-        hint="",
-        learned_from=decision,
-        retire_oldest_learned=full,
-    )
+    with gallery.writing():
+        held = gallery.snapshot.count(elder_id)
+        if held == 0:
+            return Enrolment(elder_id, "refused", "not enrolled (erased since?)", verdicts)
+        full = held >= LEARN_UP_TO
+        if full and not gallery.learned(elder_id):
+            message = f"already {held} enrolled templates (at most {LEARN_UP_TO} are kept)"
+            return Enrolment(elder_id, "refused", message, verdicts, templates=held)
+        result = _add(
+            gallery,
+            elder_id,
+            [probe],
+            verdicts,
+            rules=rules,
+            allow_similar=False,
+            held=held,
+            hint="",
+            learned_from=decision,
+            retire_oldest_learned=full,
+        )
     if result.replaced:
         result = replace(
             result,

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -228,6 +228,7 @@ class Gallery:
         self._snapshot = Snapshot.build([], self.dim)
         self._look_alikes: dict[str, tuple[str, ...]] = {}
         self._generation = -1
+        self._held = threading.local()  # this thread's connection inside ``writing``
         if not self.db_path.exists():
             private_dir(self.db_path.parent)
             touch_private(self.db_path)  # ciphertexts and elder ids
@@ -262,7 +263,30 @@ class Gallery:
         return gallery
 
     def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
-        return _connect(self.db_path)
+        held: sqlite3.Connection | None = getattr(self._held, "conn", None)
+        return nullcontext(held) if held is not None else _connect(self.db_path)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the gallery's write lock (SQLite's, so against other processes too) from a check
+        to the writes that rely on it. Inside, the snapshot is brought up to date and nobody else
+        writes until the block ends: an erasure cannot land between "this elder is enrolled" and
+        a learned face, nor another enrolment between the look-alike check and the add."""
+        self._writable()
+        with _connect(self.db_path) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            self._held.conn = conn
+            try:
+                if _generation(conn) != self._generation:
+                    self.reload()
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._generation = -1  # the snapshot may show what was rolled back: reload
+                raise
+            finally:
+                self._held.conn = None
 
     def _commit(
         self,
@@ -273,8 +297,12 @@ class Gallery:
         memory (no re-decryption: bulk enrolment of thousands stays linear). Only when
         another process wrote in between, or without ``update``, is everything reloaded."""
         self._writable()
-        with self._connect() as conn:
-            before, result = _write(conn, work)
+        held: sqlite3.Connection | None = getattr(self._held, "conn", None)
+        if held is not None:  # inside ``writing``: committed when the block ends
+            before, result = _advance(held, work)
+        else:
+            with self._connect() as conn:
+                before, result = _write(conn, work)
         if before != self._generation or update is None:
             self.reload()
             return result
@@ -620,13 +648,19 @@ def _write(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) ->
     process holding the gallery in memory to reload. Returns the generation before."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        before = _generation(conn)
-        result = work(conn)
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        before, result = _advance(conn, work)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return before, result
+
+
+def _advance(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> tuple[int, T]:
+    """``work``, and the generation advanced, in the transaction already open on ``conn``."""
+    before = _generation(conn)
+    result = work(conn)
+    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
     return before, result
 
 

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import sqlite3
+import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -9,7 +14,7 @@ from gateway.vision.analyze import Analyzer
 from gateway.vision.config import VisionSection
 from gateway.vision.elders import BadElderId
 from gateway.vision.enroll import LEARN_UP_TO, Photo, assess_photo, enrol, learn, unlearn
-from gateway.vision.gallery import Gallery
+from gateway.vision.gallery import Gallery, Written, erase
 
 
 @pytest.fixture
@@ -239,3 +244,61 @@ def test_a_wrong_confirmation_is_undone_and_the_enrolled_photos_stay(
     fresh = Gallery.open(gallery.db_path, gallery.key_path, gallery.model_id)
     assert np.array_equal(fresh.snapshot.templates_of("elder-1"), enrolled)
     assert fresh.snapshot.count("elder-2") == 1
+
+
+class _PausedBeforeWriting(Gallery):
+    """A gallery that runs ``meanwhile`` just before it writes templates: after every check
+    an enrolment or a confirmation makes, the moment another process could slip in."""
+
+    meanwhile: Callable[[], None] | None = None
+
+    def add(self, *args: Any, **kwargs: Any) -> Written:
+        if self.meanwhile is not None:
+            self.meanwhile()
+        return super().add(*args, **kwargs)
+
+
+def _write_lock_free(db: Path) -> bool:
+    probe = sqlite3.connect(db, timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+def _as_another_process(
+    db: Path, act: Callable[[], object], started: list[threading.Thread]
+) -> None:
+    """``act`` through its own connection, as another process would: at once when nobody holds
+    the gallery's write lock, else on a thread of its own that waits for the lock."""
+    if _write_lock_free(db):
+        act()
+        return
+    thread = threading.Thread(target=act)
+    thread.start()
+    started.append(thread)
+
+
+def test_an_elder_erased_while_a_confirmation_is_being_learned_stays_erased(
+    tmp_path: Path, analyzer: Analyzer, df: Path
+) -> None:
+    """Consent withdrawn (`gateway gallery remove`, another process) after the confirmation
+    found the elder enrolled but before the face is written: the erased elder must not come
+    back with the learned face."""
+    db, key, model = tmp_path / "faces.db", tmp_path / "faces.key", analyzer.embedder.model_id
+    gallery = _PausedBeforeWriting.open(db, key, model, create=True)
+    enrol(gallery, analyzer, "elder-1", [df / "img12.jpg"], rules=RULES)
+    probe = assess_photo(analyzer, df / "img3.jpg").embedding
+    assert probe is not None
+    erasing: list[threading.Thread] = []
+    gallery.meanwhile = partial(_as_another_process, db, partial(erase, db, "elder-1"), erasing)
+    learn(gallery, "elder-1", probe, rules=RULES, decision="d-1")
+    for thread in erasing:
+        thread.join()
+    assert Gallery.open(db, key, model).snapshot.count("elder-1") == 0
+    gallery.refresh_if_changed()
+    assert gallery.snapshot.count("elder-1") == 0

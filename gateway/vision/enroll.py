@@ -197,29 +197,32 @@ def enrol(
 ) -> Enrolment:
     check_elder_id(elder_id)
     verdicts = [assess_photo(analyzer, p) for p in photos]
-    gallery.refresh_if_changed()  # a long bulk run: others enrol meanwhile
-    held = gallery.snapshot.count(elder_id)
-    enrolled = gallery.snapshot.templates_of(elder_id)
-    keep, problem = _one_person(verdicts, enrolled, rules.verify_threshold)
-    verdicts = [
-        PhotoVerdict(v.name, "does_not_match_other_photos") if v.ok and i not in keep else v
-        for i, v in enumerate(verdicts)
-    ]
-    if problem or not keep:
-        reason = problem or "no usable photo"
-        return Enrolment(elder_id, "refused", reason, verdicts, templates=held)
-    vectors = [v.embedding for v in verdicts if v.ok and v.embedding is not None]
-    return _add(
-        gallery,
-        elder_id,
-        vectors,
-        verdicts,
-        rules=rules,
-        allow_similar=allow_similar,
-        held=held,
-        hint=" (staff who have checked may confirm: --allow-similar, or allow_similar in a "
-        "platform request)",
-    )
+    # the checks and the add are one write transaction on the gallery as it is now: another
+    # process enrolling the same person under another id, or erasing this elder, is either
+    # seen by the checks or waits for the add
+    with gallery.writing():
+        held = gallery.snapshot.count(elder_id)
+        enrolled = gallery.snapshot.templates_of(elder_id)
+        keep, problem = _one_person(verdicts, enrolled, rules.verify_threshold)
+        verdicts = [
+            PhotoVerdict(v.name, "does_not_match_other_photos") if v.ok and i not in keep else v
+            for i, v in enumerate(verdicts)
+        ]
+        if problem or not keep:
+            reason = problem or "no usable photo"
+            return Enrolment(elder_id, "refused", reason, verdicts, templates=held)
+        vectors = [v.embedding for v in verdicts if v.ok and v.embedding is not None]
+        return _add(
+            gallery,
+            elder_id,
+            vectors,
+            verdicts,
+            rules=rules,
+            allow_similar=allow_similar,
+            held=held,
+            hint=" (staff who have checked may confirm: --allow-similar, or allow_similar in a "
+            "platform request)",
+        )
 
 
 def learn(

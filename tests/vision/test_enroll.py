@@ -13,7 +13,15 @@ import pytest
 from gateway.vision.analyze import Analyzer
 from gateway.vision.config import VisionSection
 from gateway.vision.elders import BadElderId
-from gateway.vision.enroll import LEARN_UP_TO, Photo, assess_photo, enrol, learn, unlearn
+from gateway.vision.enroll import (
+    LEARN_UP_TO,
+    Enrolment,
+    Photo,
+    assess_photo,
+    enrol,
+    learn,
+    unlearn,
+)
 from gateway.vision.gallery import Gallery, Written, erase
 
 
@@ -302,3 +310,26 @@ def test_an_elder_erased_while_a_confirmation_is_being_learned_stays_erased(
     assert Gallery.open(db, key, model).snapshot.count("elder-1") == 0
     gallery.refresh_if_changed()
     assert gallery.snapshot.count("elder-1") == 0
+
+
+def test_one_person_enrolled_under_two_ids_at_the_same_moment_is_flagged_once(
+    tmp_path: Path, analyzer: Analyzer, df: Path
+) -> None:
+    """`gateway enroll` and a platform request (two processes, each with its own handle on the
+    file) enrol one person under two ids at once: whichever writes second must see the other
+    and be flagged, not slip past the look-alike check."""
+    db, key, model = tmp_path / "faces.db", tmp_path / "faces.key", analyzer.embedder.model_id
+    cli = _PausedBeforeWriting.open(db, key, model, create=True)
+    platform = Gallery.open(db, key, model)
+    results: dict[str, Enrolment] = {}
+
+    def platform_enrols() -> None:
+        results["elder-2"] = enrol(platform, analyzer, "elder-2", [df / "img21.jpg"], rules=RULES)
+
+    waiting: list[threading.Thread] = []
+    cli.meanwhile = partial(_as_another_process, db, platform_enrols, waiting)
+    results["elder-1"] = enrol(cli, analyzer, "elder-1", [df / "img20.jpg"], rules=RULES)
+    for thread in waiting:
+        thread.join()
+    assert sorted(r.status for r in results.values()) == ["enrolled", "flagged"]
+    assert len(Gallery.open(db, key, model).snapshot.elders) == 1

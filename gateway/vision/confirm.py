@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +25,9 @@ class Pending:
     candidates: tuple[tuple[str, float], ...]
     at: float
     probe: np.ndarray = field(repr=False)
+    # per candidate, one of their enrolled templates when the face was seen (Snapshot.anchor):
+    # an elder erased and enrolled again since is not the enrolment staff were shown
+    anchors: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class Confirmations:
@@ -41,13 +44,17 @@ class Confirmations:
         return self.keep_s > 0 and probe is not None
 
     def hold(
-        self, event_id: str, probe: np.ndarray | None, candidates: tuple[tuple[str, float], ...]
+        self,
+        event_id: str,
+        probe: np.ndarray | None,
+        candidates: tuple[tuple[str, float], ...],
+        anchors: Mapping[str, str | None] | None = None,
     ) -> None:
         if probe is None or self.keep_s <= 0:
             return
         with self._lock:
             self._expire()
-            self._held[event_id] = Pending(candidates, self._clock(), probe)
+            self._held[event_id] = Pending(candidates, self._clock(), probe, dict(anchors or {}))
             while len(self._held) > HOLD_AT_MOST:
                 self._held.popitem(last=False)
 

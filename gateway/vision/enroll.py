@@ -226,7 +226,13 @@ def enrol(
 
 
 def learn(
-    gallery: Gallery, elder_id: str, probe: np.ndarray, *, rules: DecisionSection, decision: str
+    gallery: Gallery,
+    elder_id: str,
+    probe: np.ndarray,
+    *,
+    rules: DecisionSection,
+    decision: str,
+    anchor: str | None = None,
 ) -> Enrolment:
     """Staff confirmed who an ``uncertain`` elder was: the counter's own view of the face joins
     their templates, so that next time they are recognised (registration photos are often
@@ -237,12 +243,18 @@ def learn(
     learned from, for ``unlearn``.
 
     The checks and the write are one write transaction: an elder erased by another process
-    meanwhile is refused here, or erased with the learned face after it."""
+    meanwhile is refused here, or erased with the learned face after it. ``anchor``, one of
+    the elder's enrolled templates when the face was seen: gone means the elder was erased
+    (consent withdrawn) and enrolled again since, and a face from before an erasure is not
+    learned into the new enrolment."""
     verdicts = [PhotoVerdict("counter", None, embedding=probe)]
     with gallery.writing():
         held = gallery.snapshot.count(elder_id)
         if held == 0:
             return Enrolment(elder_id, "refused", "not enrolled (erased since?)", verdicts)
+        if anchor is not None and not gallery.holds(elder_id, anchor):
+            message = "erased and enrolled again since the decision; enrol photos instead"
+            return Enrolment(elder_id, "refused", message, verdicts, templates=held)
         full = held >= LEARN_UP_TO
         if full and not gallery.learned(elder_id):
             message = f"already {held} enrolled templates (at most {LEARN_UP_TO} are kept)"
@@ -273,10 +285,12 @@ def unlearn(
 ) -> int:
     """Undo staff confirmations that taught the counter a wrong face: the templates learned
     for the elder (from one decision, if given) go, the enrolled photos stay, and the
-    confusable register is worked out again from what is left. Returns how many went."""
-    removed = gallery.remove_learned(elder_id, decision)
-    if removed:
-        _register(gallery, elder_id, list(gallery.snapshot.templates_of(elder_id)), rules)
+    confusable register is worked out again from what is left, in the same write
+    transaction (no other writer sees the register out of step). Returns how many went."""
+    with gallery.writing():
+        removed = gallery.remove_learned(elder_id, decision)
+        if removed:
+            _register(gallery, elder_id, list(gallery.snapshot.templates_of(elder_id)), rules)
     return removed
 
 

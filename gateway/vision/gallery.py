@@ -99,13 +99,15 @@ class SearchResult:
 class Snapshot:
     """An immutable view of the gallery; searches use one while a reload builds the next.
     ``learned_from`` holds, per row, the decision a learned template came from (None for a
-    template enrolled from a photo)."""
+    template enrolled from a photo); ``ids``, per row, the template's id (empty for a view
+    built from bare vectors, as in evaluation)."""
 
     matrix: np.ndarray
     elders: tuple[str, ...]
     starts: np.ndarray
     learned_from: tuple[str | None, ...]
     learned_count: int
+    ids: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -113,10 +115,13 @@ class Snapshot:
         rows: Sequence[tuple[str, np.ndarray]],
         dim: int,
         learned_from: Sequence[str | None] = (),
+        ids: Sequence[str] = (),
     ) -> Snapshot:
         origins = list(learned_from) or [None] * len(rows)
         if len(origins) != len(rows):
             raise ValueError(f"{len(origins)} origins for {len(rows)} templates")
+        if ids and len(ids) != len(rows):
+            raise ValueError(f"{len(ids)} ids for {len(rows)} templates")
         order = sorted(range(len(rows)), key=lambda i: rows[i][0])
         matrix = np.empty((len(rows), dim), dtype=np.float32)
         elders: list[str] = []
@@ -135,6 +140,7 @@ class Snapshot:
             np.asarray(starts, dtype=np.intp),
             learned,
             sum(o is not None for o in learned),
+            tuple(ids[i] for i in order) if ids else (),
         )
 
     @property
@@ -156,6 +162,18 @@ class Snapshot:
     def count(self, elder: str) -> int:
         start, end = self._span(elder)
         return end - start
+
+    def anchor(self, elder: str) -> str | None:
+        """One of the elder's enrolled (not learned) templates: it lasts until the elder is
+        erased, so finding it again later says the enrolment is the same one, not a new one
+        made after an erasure. None when not enrolled or the view has no ids."""
+        start, end = self._span(elder)
+        if not self.ids:
+            return None
+        for row in range(start, end):
+            if self.learned_from[row] is None:
+                return self.ids[row]
+        return None
 
     def rows(self) -> list[tuple[str, np.ndarray]]:
         """(elder, template) per row, to build the next snapshot from this one."""
@@ -355,6 +373,7 @@ class Gallery:
         report = LoadReport(key_mismatch=self.report.key_mismatch)
         rows: list[tuple[str, np.ndarray]] = []
         origins: list[str | None] = []
+        ids: list[str] = []
         with self._connect() as conn:
             generation = _generation(conn)
             cursor = conn.execute(
@@ -380,8 +399,9 @@ class Gallery:
                     continue
                 rows.append((elder_id, vector))
                 origins.append(origin)
+                ids.append(template_id)
             look_alikes = self._read_look_alikes(conn)
-        snapshot = Snapshot.build(rows, self.dim, origins)
+        snapshot = Snapshot.build(rows, self.dim, origins, ids)
         report.templates = snapshot.templates
         report.elders = len(snapshot.elders)
         report.learned = snapshot.learned_count
@@ -507,7 +527,9 @@ class Gallery:
 
         def update(snap: Snapshot) -> Snapshot:
             origins = [*snap.learned_from, *[learned_from] * len(rows)]
-            return Snapshot.build([*snap.rows(), *rows], self.dim, origins)
+            return Snapshot.build(
+                [*snap.rows(), *rows], self.dim, origins, [*snap.ids, *written.ids]
+            )
 
         # a retired row is not known to the snapshot by id: reload instead
         self._commit(work, None if retire_oldest_learned else update)
@@ -526,6 +548,15 @@ class Gallery:
             return int(conn.execute(sql, params).rowcount)
 
         return self._commit(work, None)
+
+    def holds(self, elder_id: str, template_id: str) -> bool:
+        """Whether this template of the elder is still in the file (not just the snapshot)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM templates WHERE template_id = ? AND elder_id = ?",
+                (template_id, elder_id),
+            ).fetchone()
+        return row is not None
 
     def learned(self, elder_id: str | None = None) -> list[str]:
         """The decisions templates were learned from (of one elder, or all), oldest first."""

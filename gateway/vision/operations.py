@@ -120,7 +120,8 @@ class FaceConfirm:
 
     Refused, and nothing learned, unless the decision is still held (``confirm_within_s``,
     liveness passed), the elder was among its candidates (staff cannot teach the counter a
-    face that did not resemble the elder), and the face does not look like another elder.
+    face that did not resemble the elder) with the enrolment they had then (not erased and
+    enrolled again since), and the face does not look like another elder.
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class FaceConfirm:
                 pending.probe,
                 rules=self.cfg.decision,
                 decision=event_id,
+                anchor=pending.anchors.get(elder),
             )
         except VisionError as exc:
             raise RequestError(str(exc)) from None

@@ -177,7 +177,13 @@ class CounterPipeline:
             confirmable=self.confirmations.would_hold(decision.probe),
         )
         event = Event(FACE_DECISION, data, event_id)
-        self.confirmations.hold(event.event_id, decision.probe, decision.candidates)
+        snapshot = self.gallery.snapshot
+        self.confirmations.hold(
+            event.event_id,
+            decision.probe,
+            decision.candidates,
+            {elder: snapshot.anchor(elder) for elder, _ in decision.candidates},
+        )
         self.counts[f"decision_{decision.outcome.value}"] += 1
         return DecisionEvent(decision, event)
 

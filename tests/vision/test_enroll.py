@@ -333,3 +333,28 @@ def test_one_person_enrolled_under_two_ids_at_the_same_moment_is_flagged_once(
         thread.join()
     assert sorted(r.status for r in results.values()) == ["enrolled", "flagged"]
     assert len(Gallery.open(db, key, model).snapshot.elders) == 1
+
+
+def test_a_face_seen_before_an_erasure_is_not_learned_into_a_new_enrolment(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    """Consent withdrawn (`face.remove`) while staff still had her uncertain decision on screen,
+    then the elder enrolled again under the same id: confirming the old decision must not carry
+    the face seen before the erasure into the new enrolment. Photos added to an enrolment that
+    was never erased do not stand in the way."""
+    enrol(gallery, analyzer, "elder-1", [df / "img12.jpg"], rules=RULES)
+    seen = assess_photo(analyzer, df / "img3.jpg").embedding
+    assert seen is not None
+    anchor = gallery.snapshot.anchor("elder-1")  # as the counter holds it with the decision
+    assert anchor is not None
+
+    erase(gallery.db_path, "elder-1")
+    enrol(gallery, analyzer, "elder-1", [df / "img12.jpg"], rules=RULES)
+    stale = learn(gallery, "elder-1", seen, rules=RULES, decision="d-1", anchor=anchor)
+    assert stale.status == "refused" and "enrolled again" in stale.message
+    assert gallery.learned("elder-1") == [] and gallery.snapshot.count("elder-1") == 1
+
+    anchor = gallery.snapshot.anchor("elder-1")
+    gallery.add("elder-1", _faces(1, seed=9))  # another photo of her, later
+    fresh = learn(gallery, "elder-1", seen, rules=RULES, decision="d-2", anchor=anchor)
+    assert fresh.status == "enrolled" and gallery.learned("elder-1") == ["d-2"]

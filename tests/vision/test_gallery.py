@@ -383,3 +383,18 @@ def test_learning_at_the_limit_retires_a_face_of_this_model_only(
     written = gallery.add("elder-a", _vectors(1, 9), learned_from="d-2", retire_oldest_learned=True)
     assert written.retired == ["d-1"]
     assert gallery.learned("elder-a") == ["d-2"] and old.learned("elder-a") == ["d-old"]
+
+
+def test_an_elders_anchor_is_an_enrolled_template_and_survives_a_reload(
+    paths: tuple[Path, Path],
+) -> None:
+    gallery = Gallery.open(*paths, MODEL, create=True)
+    v = _vectors(4, 2)
+    assert gallery.snapshot.anchor("E1") is None
+    gallery.add("E1", v[:1], learned_from="d-1")  # learned views never anchor
+    gallery.add("E2", v[1:2])
+    assert gallery.snapshot.anchor("E1") is None
+    enrolled = gallery.add("E1", v[2:]).ids
+    anchor = gallery.snapshot.anchor("E1")
+    assert anchor in enrolled and gallery.holds("E1", anchor) and not gallery.holds("E2", anchor)
+    assert Gallery.open(*paths, MODEL).snapshot.anchor("E1") in enrolled

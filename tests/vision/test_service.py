@@ -191,6 +191,13 @@ def test_photo_replay_end_to_end(
         assert data["camera"] == "counter-1"
     # staff may confirm who an uncertain elder was; no other decision teaches the counter
     assert all(d["confirmable"] == (d["outcome"] == "uncertain") for d in decisions)
+    # each held with its candidates' enrolments, so a confirmation after an erasure and a new
+    # enrolment of the same id is refused
+    held = [p for d in seen if (p := confirmations.get(d.event.event_id)) is not None]
+    assert held
+    for pending in held:
+        assert [e for e, _ in pending.candidates] == list(pending.anchors)
+        assert all(a is not None and gallery.holds(e, a) for e, a in pending.anchors.items())
     accepted = [d for d in decisions if d["outcome"] == "accepted"]
     assert all(d["score"] >= cfg.decision.accept_threshold for d in accepted)
     assert all(d["frames_used"] >= cfg.decision.k for d in accepted)

@@ -23,6 +23,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 MAX_FILE_BYTES = 40 * 1024 * 1024
 MAX_PIXELS = 50_000_000
 REQUEST_MAX_PIXELS = 16_000_000  # a platform photo: asked for 640-1280 px, a phone's 12 MP fit
+MAX_SIDE = 1 << 20  # OpenCV's own limit on either side (CV_IO_MAX_IMAGE_WIDTH / HEIGHT)
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -145,8 +146,11 @@ def decode_image(
     size = header_size(data)
     if size is None:
         raise BadImage("corrupt", "no image size in its header")
-    if size[0] * size[1] > max_pixels:
-        raise BadImage("too_large", f"{size[0]}x{size[1]} pixels (limit {max_pixels})")
+    if size[0] * size[1] > max_pixels or max(size) > MAX_SIDE:
+        raise BadImage(
+            "too_large",
+            f"{size[0]}x{size[1]} pixels (limit {max_pixels}, at most {MAX_SIDE} a side)",
+        )
     if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise BadImage("truncated", "JPEG ends before its end-of-image marker")
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -154,7 +158,10 @@ def decode_image(
     # its conversions more again (a small file of 50 MP could take a Pi's memory). Like
     # every mode but IMREAD_UNCHANGED it applies the EXIF orientation: phone photos are
     # stored sideways more often than not.
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error:  # a header OpenCV's decoder refuses outright rather than returning None
+        image = None
     if image is None:
         raise BadImage("corrupt", "not a decodable image")
     if image.shape[0] * image.shape[1] > max_pixels:

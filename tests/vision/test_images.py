@@ -120,6 +120,21 @@ def test_a_huge_webp_is_refused_before_decoding() -> None:
     assert err.value.reason == "too_large" and "16000x16000" in str(err.value)
 
 
+def _bmp_header(width: int, height: int) -> bytes:
+    dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 54 + 16, 0, 0, 54) + dib + bytes(16)
+
+
+@pytest.mark.parametrize(
+    "data", [_bmp_header(2_000_000, 2), _webp_extended(2_000_000, 2)], ids=["bmp", "webp"]
+)
+def test_a_photo_wider_than_opencv_allows_is_refused_not_raised(data: bytes) -> None:
+    """Few pixels but over 2^20 a side: OpenCV's decoder would raise its own error."""
+    with pytest.raises(BadImage) as err:
+        decode_image(data + bytes(64))
+    assert err.value.reason == "too_large" and "2000000x2" in str(err.value)
+
+
 def test_formats_whose_size_is_unknown_before_decoding_are_refused(photo: bytes) -> None:
     tiff = cv2.imencode(".tiff", decode_image(photo))[1].tobytes()
     with pytest.raises(BadImage) as err:

@@ -161,7 +161,7 @@ def load_toml_model(path: Path, model: type[M], overrides: dict[str, Any] | None
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigFileError([Issue(name, None, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigFileError([Issue(name, None, "", f"cannot read: {exc}")]) from None
     try:
         data = tomllib.loads(text)
@@ -169,13 +169,42 @@ def load_toml_model(path: Path, model: type[M], overrides: dict[str, Any] | None
         m = re.search(r"line (\d+)", str(exc))
         line = int(m.group(1)) if m else None
         raise ConfigFileError([Issue(name, line, "", f"not valid TOML: {exc}")]) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigFileError(
+            [Issue(name, None, "", "not valid TOML: nested too deeply")]
+        ) from None
     if overrides:
         data.update(overrides)
     return validate_model(data, model, name, line_index(text))
 
 
+def _nul_strings(data: Any) -> list[Loc]:
+    """Where a string holds a NUL (TOML's \\u0000): no id, path, host or secret is meant to,
+    and the operating system refuses one in a path only later, at run time. Walked without
+    recursion, so a deeply nested value cannot overflow the stack."""
+    found: list[Loc] = []
+    stack: list[tuple[Loc, Any]] = [((), data)]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, str) and "\0" in value:
+            found.append(loc)
+        elif isinstance(value, dict):
+            stack.extend(((*loc, str(k)), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), v) for i, v in enumerate(value))
+    return sorted(found, key=key_path)
+
+
 def validate_model(data: Any, model: type[M], name: str, index: dict[Loc, int] | None = None) -> M:
+    index = index or {}
+    if nul := _nul_strings(data):
+        raise ConfigFileError(
+            [
+                Issue(name, _line_for(index, loc), key_path(loc), "contains a NUL character")
+                for loc in nul
+            ]
+        )
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigFileError(issues_from_validation(err, model, name, index or {})) from None
+        raise ConfigFileError(issues_from_validation(err, model, name, index)) from None

@@ -103,6 +103,25 @@ def test_toml_syntax_error_has_a_line(tmp_path: Path) -> None:
     assert err.value.issues[0].line == 2
 
 
+def test_a_toml_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="nested too deeply"):
+        load_config(write(tmp_path, "[gateway]\nid = " + "[" * 3000 + "]" * 3000 + "\n"))
+
+
+def test_a_nul_character_in_a_value_is_refused_by_key_before_anything_uses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path with a NUL would pass validation and stop the gateway at start."""
+    text = (
+        '[gateway]\ndata_dir = "var\\u0000x"\n'
+        '[[devices.ports]]\nname = "p"\ndefinition = "aa55\\u0000.toml"\nurl = "loop://"\n'
+    )
+    assert main(["validate-config", str(write(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert "gateway.toml:2: gateway.data_dir: contains a NUL character" in err
+    assert "gateway.toml:5: devices.ports[0].definition: contains a NUL character" in err
+
+
 def test_validate_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path, '[gateway]\nsite = "canteen-7"\n')
     assert main(["validate-config", str(good)]) == 0

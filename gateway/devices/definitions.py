@@ -32,10 +32,18 @@ def _hex(value: str) -> str:
 
 
 def _encoding(value: str) -> str:
+    """A text encoding: codecs also knows bytes-to-bytes ones ("hex", "base64", "zlib") that
+    ``bytes.decode`` refuses, which would fail every frame at run time instead of here."""
     try:
         codecs.lookup(value)
     except LookupError:
         raise ValueError(f"unknown text encoding {value!r}") from None
+    try:
+        b"A".decode(value)  # not b"": decoding nothing never looks the codec up
+    except LookupError:
+        raise ValueError(f"{value!r} is not a text encoding") from None
+    except UnicodeError:  # a text encoding in which one byte says nothing (UTF-16)
+        pass
     return value
 
 

@@ -96,6 +96,10 @@ def test_espa_gbk_text_and_invalid_text_keeps_the_call() -> None:
     out = decode_block(broken, spec)
     assert out.events[0].device == "0302"
     assert [r.reason for r in out.rejects] == ["bad_text"]
+    # a codec whose errors are plain UnicodeError, not UnicodeDecodeError: the same outcome
+    out = decode_block(broken, spec.model_copy(update={"encoding": "idna"}))
+    assert out.events[0].device == "0302"
+    assert [r.reason for r in out.rejects] == ["bad_text"]
 
 
 def test_values_outside_the_contract_are_null_not_a_lost_alarm() -> None:

@@ -50,6 +50,16 @@ def test_bad_values_are_explained(tmp_path: Path) -> None:
     assert "device = 'bnad' is not one of the fields" in message
 
 
+@pytest.mark.parametrize("encoding", ["hex", "base64", "rot13"])
+def test_a_codec_that_is_not_a_text_encoding_is_refused(tmp_path: Path, encoding: str) -> None:
+    """Python knows these codecs, but they turn bytes into bytes: every call would fail."""
+    text = (CONFIGS / "espa444-nurse-call.toml").read_text()
+    bad = tmp_path / "vendor.toml"
+    bad.write_text(text.replace('encoding = "ascii"', f'encoding = "{encoding}"'))
+    with pytest.raises(ConfigFileError, match=f"'{encoding}' is not a text encoding"):
+        load_definition(bad)
+
+
 def test_gateway_config_devices_section(tmp_path: Path) -> None:
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(

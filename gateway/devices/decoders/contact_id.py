@@ -78,7 +78,7 @@ def decode_line(line: bytes, codes: Mapping[str, EventMap], encoding: str = "asc
     """A raw Contact ID line from a serial receiver (spaces allowed between groups)."""
     try:
         text = line.decode(encoding).replace(" ", "").strip().upper()
-    except UnicodeDecodeError:
+    except UnicodeError:  # idna and punycode raise the base class
         return rejected("bad_text", line)
     if not _LINE.match(text):
         return rejected("bad_format", line)

@@ -50,8 +50,8 @@ def decode_block(raw: bytes, spec: EspaSpec) -> Decoded:
             continue
         try:
             value = data.decode(spec.encoding)
-        except UnicodeDecodeError:
-            value = data.decode(spec.encoding, errors="replace")
+        except UnicodeError:  # idna and punycode raise the base class
+            value = _replaced(data, spec.encoding)
             rejects.append(Reject("bad_text", raw, f"data id {ident} not {spec.encoding}"))
         if name == "message":
             text = value
@@ -81,3 +81,11 @@ def decode_block(raw: bytes, spec: EspaSpec) -> Decoded:
         raw=raw,
     )
     return Decoded(events=(event,), rejects=tuple(rejects))
+
+
+def _replaced(data: bytes, encoding: str) -> str:
+    """The call is kept with what can be read; a codec that cannot replace (idna) gives ASCII."""
+    try:
+        return data.decode(encoding, errors="replace")
+    except UnicodeError:
+        return data.decode("ascii", errors="replace")

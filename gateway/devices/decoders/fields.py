@@ -23,7 +23,7 @@ def read_field(payload: bytes, spec: FieldSpec, default_order: ByteOrder) -> Sca
     if spec.type == "text":
         try:
             return chunk.rstrip(b"\x00").decode(spec.encoding)
-        except UnicodeDecodeError:
+        except UnicodeError:  # idna and punycode raise the base class
             raise FieldError(f"{spec.name}: not valid {spec.encoding}") from None
     value = int.from_bytes(chunk, order, signed=spec.type == "int")
     if spec.scale is not None:

@@ -28,7 +28,7 @@ class JsonLinesDecoder:
     def decode(self, line: bytes) -> Decoded:
         try:
             text = line.decode(self.spec.encoding)
-        except UnicodeDecodeError:
+        except UnicodeError:  # idna and punycode raise the base class
             return rejected("bad_text", line)
         try:
             doc = json.loads(text)

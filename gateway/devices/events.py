@@ -69,27 +69,35 @@ _EXTRA: dict[str, tuple[str, ...]] = {
 
 
 # The contract's ranges. A device value outside them ("no RSSI" as -128, a battery byte of
-# 200) is published as null with the device's own value in ids, never as a number the
-# platform's validator refuses, which could cost an alarm or a whole batch of sightings.
-RANGES = {"rssi": (-127, 20), "battery": (0, 100)}
+# 200, a sequence byte read as signed) is published as null with the device's own value in
+# ids, never as a number the platform's validator refuses, which could cost an alarm or a
+# whole batch of sightings.
+RANGES = {"rssi": (-127, 20), "battery": (0, 100), "seq": (0, None)}
+# A frame whose device id is empty (a text id of NULs) still carries an alarm: it goes out
+# under this id, flagged in ids, rather than with the empty id the contract refuses.
+NO_DEVICE = "unknown"
 
 
 def to_event(ev: DeviceEvent, *, port: str, station: str, definition: str) -> Event:
     etype = TYPE_OF_KIND[ev.kind]
     ids = dict(ev.ids)
-    measured = {"rssi": ev.rssi, "battery": ev.battery}
+    measured = {"rssi": ev.rssi, "battery": ev.battery, "seq": ev.seq}
     for key, value in measured.items():
         low, high = RANGES[key]
-        if value is not None and not low <= value <= high:
+        if value is not None and (value < low or (high is not None and value > high)):
             ids[f"{key}_raw"] = value
             measured[key] = None
+    device = ev.device
+    if not device:
+        device = NO_DEVICE
+        ids["device_missing"] = True
     data: dict[str, Any] = {
-        "device": ev.device,
+        "device": device,
         "station": station,
         "port": port,
         "definition": definition,
         "code": ev.code,
-        "seq": ev.seq,
+        "seq": measured.pop("seq"),
         "ids": ids,
         "raw": ev.raw.hex().upper(),
     }

@@ -8,6 +8,7 @@ from gateway.contract import validator
 from gateway.devices.decoders.binary import BinaryDecoder
 from gateway.devices.decoders.espa import decode_block
 from gateway.devices.decoders.jsonlines import JsonLinesDecoder
+from gateway.devices.definitions import DefinitionFile
 from gateway.devices.events import to_event
 from gateway.devices.framers.binary import encode_frame
 from gateway.devices.model import Kind
@@ -122,3 +123,42 @@ def test_values_outside_the_contract_are_null_not_a_lost_alarm() -> None:
     assert (events[0].data["rssi"], events[0].data["ids"]["rssi_raw"]) == (None, -128)
     assert (events[2].data["battery"], events[2].data["ids"]["battery_raw"]) == (None, 200)
     assert events[2].data["rssi"] is None and not ble_events.rejects
+
+
+def test_a_signed_sequence_and_an_empty_text_id_still_give_an_alarm_within_the_contract() -> None:
+    """A vendor definition reading the sequence byte as signed (0x9C is -100) and the band id
+    as text that came as NULs: the SOS goes out, valid, the odd values kept in ids."""
+    spec = DefinitionFile.model_validate(
+        {
+            "name": "vendor",
+            "binary": {
+                "framing": {
+                    "header": "AA55",
+                    "length": {"offset": 2, "counts_from": 3},
+                    "checksum": {"kind": "crc16_modbus", "start": 2},
+                    "command_offset": 3,
+                    "payload_offset": 4,
+                },
+                "messages": [
+                    {
+                        "command": 1,
+                        "name": "call",
+                        "device": "id",
+                        "seq": "seq",
+                        "kind": "sos",
+                        "fields": [
+                            {"name": "id", "offset": 0, "width": 8, "type": "text"},
+                            {"name": "seq", "offset": 8, "width": 1, "type": "int"},
+                        ],
+                    }
+                ],
+            },
+        }
+    ).binary
+    assert spec is not None
+    frame = encode_frame(spec.framing, b"\x01" + bytes(8) + b"\x9c")
+    (sos,) = BinaryDecoder(spec).decode(frame).events
+    event = to_event(sos, port="p", station="s", definition="vendor")
+    validator("data/alarm.sos.json").validate(dict(event.data))
+    assert (event.data["device"], event.data["ids"]["device_missing"]) == ("unknown", True)
+    assert (event.data["seq"], event.data["ids"]["seq_raw"]) == (None, -100)

@@ -49,8 +49,7 @@ def summary(health: Mapping[str, Any]) -> str:
     lanes = health["lanes"]
     pending = " ".join(f"{k}={v['pending']}" for k, v in lanes.items())
     services = ", ".join(
-        f"{name} {'NOT STARTED' if state.get('state') == 'not started' else 'ok'}"
-        for name, state in health["services"].items()
+        f"{name} {service_state(state)}" for name, state in health["services"].items()
     )
     pressure = (
         f" STORAGE PRESSURE {','.join(health['storage_pressure'])}"
@@ -61,6 +60,22 @@ def summary(health: Mapping[str, Any]) -> str:
         f"health: pending {pending}; broker {health['broker']['state']}; "
         f"delivered {health['uplink']['events_acked']}{pressure}; {services or 'no devices'}"
     )
+
+
+def service_state(service: Mapping[str, Any]) -> str:
+    """What an installer must act on, in capitals, else ok: while the broker is down this line
+    is the only health anyone sees."""
+    if service.get("state") == "not started":
+        return "NOT STARTED"
+    link = service.get("link") or {}
+    if link.get("state", "up") != "up":
+        return f"link {str(link['state']).upper()}"
+    if service.get("silent"):
+        return "SILENT"
+    camera = service.get("camera") or {}
+    if camera.get("state", "streaming") not in ("streaming", "ended"):
+        return f"camera {str(camera['state']).upper()}"
+    return "ok"
 
 
 class Sync:

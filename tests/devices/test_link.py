@@ -14,6 +14,7 @@ from gateway.devices.config import PortConfig
 from gateway.devices.service import PortService
 from gateway.devices.simulate import contact_id_line
 from gateway.store import Store
+from gateway.sync.service import service_state
 from tests.devices.conftest import definition, stored
 from tests.devices.support import Pty
 from tests.support.netns import other_host
@@ -49,10 +50,12 @@ def test_unplug_and_replug_resumes_within_5s(tmp_path: Path, store: Store) -> No
         pty.unplug()
         eventually(lambda: service.link.stats.state == "down")
         assert service.healthy()  # an unplugged adapter is a state, not a dead service
+        assert service_state(service.health()) == "link DOWN"  # the journal's health line
         time.sleep(0.3)
         pty.replug()
         replugged = time.monotonic()
         eventually(lambda: service.link.stats.state == "up", timeout=5)
+        assert service_state(service.health()) == "ok"
         pty.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
         eventually(lambda: len(stored(store.path, "alarm.fall")) == 1, timeout=5)
         assert time.monotonic() - replugged < 5

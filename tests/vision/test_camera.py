@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gateway.sync.service import service_state
 from gateway.vision.camera import (
     CameraError,
     CameraReader,
@@ -206,6 +207,7 @@ def test_a_usb_camera_by_its_stable_name_not_plugged_in_yet_is_lost_and_retried(
         _wait(lambda: reader.stats.reopens >= 2)
         assert reader.health()["state"] == "lost"
         assert reader.health()["last_error"] == f"cannot open camera {BY_ID}"
+        assert service_state({"camera": reader.health()}) == "camera LOST"  # the journal's line
     finally:
         reader.stop()
 

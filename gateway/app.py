@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.clock import Clock, ClockSync, SystemClock
-from gateway.config import ConfigFileError, LoadedConfig, read_password
+from gateway.config import ConfigFileError, LoadedConfig
 from gateway.devices.service import build_services as build_device_services
 from gateway.events import GATEWAY_STARTED, Event
 from gateway.lifecycle import (
@@ -28,6 +28,7 @@ from gateway.lifecycle import (
 from gateway.logs import setup_logging
 from gateway.store import Store, StoreError, hold_exclusively
 from gateway.sync import Sync
+from gateway.sync.mqtt import check_secret_files
 from gateway.vision.build import build as build_vision
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def build(
 def run(loaded: LoadedConfig) -> int:
     cfg = loaded.config
     try:
-        password = read_password(cfg.mqtt)
+        password = check_secret_files(cfg.mqtt)
     except ConfigFileError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
@@ -163,6 +164,9 @@ def _serve(loaded: LoadedConfig, password: str | None) -> int:
     signal.signal(signal.SIGHUP, on_signal)  # the terminal of `scripts/run CONFIG` went away
     try:
         gw.start()
+    except ConfigFileError as exc:  # a file the config names, changed since it was checked
+        log.error("configuration error:\n%s", exc)
+        return 2
     except (StoreError, StartupError) as exc:
         log.error("cannot start: %s", exc)
         return 1

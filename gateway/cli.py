@@ -45,10 +45,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from gateway.devices.service import load_definitions
+    from gateway.sync.mqtt import check_secret_files
 
     try:
         loaded = load_config(args.path)
         load_definitions(loaded.config.devices)
+        check_secret_files(loaded.config.mqtt)
     except ConfigFileError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

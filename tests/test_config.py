@@ -97,6 +97,28 @@ def test_a_password_file_every_user_can_read_is_refused(tmp_path: Path) -> None:
             assert read_password(load_config(path).config.mqtt) == "s3cret"
 
 
+def test_validate_config_reads_the_secret_files_the_start_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "ok" from validate-config, then a service that exits at start and stays down, is what
+    an installer must never see: both check the password file and the TLS files alike."""
+    secret = tmp_path / "mqtt.pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    path = write(
+        tmp_path,
+        '[mqtt]\nbrokers = ["mqtts://broker.example:8883"]\nusername = "gw"\n'
+        f'password_file = "{secret}"\n[mqtt.tls]\nca_file = "{tmp_path / "no-ca.pem"}"\n',
+    )
+    assert main(["validate-config", str(path)]) == 2
+    assert "mqtt.password_file: readable by every user" in capsys.readouterr().err
+    secret.chmod(0o600)
+    assert main(["validate-config", str(path)]) == 2
+    assert "mqtt.tls.ca_file: cannot load CA" in capsys.readouterr().err
+    assert main(["run", "--config", str(path)]) == 2  # not 1: systemd would restart it for ever
+    assert "mqtt.tls.ca_file: cannot load CA" in capsys.readouterr().err
+
+
 def test_toml_syntax_error_has_a_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError) as err:
         load_config(write(tmp_path, "[gateway]\nid = \n"))

@@ -27,8 +27,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.config import PRIVATE_FILE, MqttSection, readable_by_all
-from gateway.lifecycle import StartupError
+from gateway.config import PRIVATE_FILE, MqttSection, read_password, readable_by_all
+from gateway.configfile import ConfigFileError, Issue
 from gateway.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -95,24 +95,41 @@ def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> 
 
 
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
-    """Verify the broker's certificate and host name; no fallback to plaintext or no-verify."""
+    """Verify the broker's certificate and host name; no fallback to plaintext or no-verify.
+    A CA or client key that cannot be used is a configuration error, like a bad key: the
+    gateway stops (exit 2) instead of retrying a file that will not mend itself."""
     tls = cfg.tls
+
+    def problem(key: str, path: object, message: str) -> ConfigFileError:
+        return ConfigFileError([Issue(str(path), None, f"mqtt.tls.{key}", message)])
+
     try:
         ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
     except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"mqtt.tls.ca_file {tls.ca_file}: cannot load CA: {exc}") from None
+        raise problem("ca_file", tls.ca_file, f"cannot load CA: {exc}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.cert_file and tls.key_file:
         try:
             if readable_by_all(tls.key_file):
-                raise StartupError(f"mqtt.tls.key_file {tls.key_file}: {PRIVATE_FILE}")
+                raise problem("key_file", tls.key_file, PRIVATE_FILE)
             ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         except (OSError, ssl.SSLError) as exc:
-            raise StartupError(
-                f"mqtt.tls.cert_file/key_file {tls.cert_file}, {tls.key_file}: "
-                f"cannot load client certificate: {exc}"
+            raise problem(
+                "cert_file/key_file",
+                f"{tls.cert_file}, {tls.key_file}",
+                f"cannot load client certificate: {exc}",
             ) from None
     return ctx
+
+
+def check_secret_files(cfg: MqttSection) -> str | None:
+    """The password file and, where a broker is ``mqtts://``, the CA and client key: read
+    before anything starts (and by ``validate-config``), each problem a configuration error
+    naming its key. Returns the password."""
+    password = read_password(cfg)
+    if any(Endpoint.parse(url).tls for url in cfg.brokers):
+        tls_context(cfg)
+    return password
 
 
 class MqttLink:

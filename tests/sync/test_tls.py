@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import LoadedConfig
+from gateway.configfile import ConfigFileError
 from gateway.events import Event, Lane
-from gateway.lifecycle import StartupError
 from gateway.sync.mqtt import tls_context
 from tests.support.broker import Mosquitto, free_port
 from tests.support.events import ALARM
@@ -110,7 +110,7 @@ def test_a_client_key_every_user_can_read_is_refused_at_start(
     try:
         ca, port, client = mtls_broker.ca.ca_file, mtls_broker.tls_port, mtls_broker.client
         loaded = tls_config(tmp_path, port, ca, client)
-        with pytest.raises(StartupError, match=r"key_file .*readable by every user"):
+        with pytest.raises(ConfigFileError, match=r"key_file: readable by every user"):
             tls_context(loaded.config.mqtt)
     finally:
         mtls_broker.client.key.chmod(0o600)

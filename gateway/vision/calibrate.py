@@ -80,5 +80,6 @@ def beyond_calibration(elders: int, calibrated_for: int) -> str | None:
     return (
         f"{elders} elders enrolled but the thresholds are calibrated for {calibrated_for}: "
         f"strangers may be taken for an elder about {elders / calibrated_for:.1f}x as often; "
-        f"recalibrate with `gateway eval --n {elders}` and set [vision.decision]"
+        f"recalibrate with `gateway eval --faces DIR --n {elders}` on a labelled folder "
+        "(docs/faces.md) and set [vision.decision]"
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.vision.analyze import AnalyzerSettings
 from gateway.vision.config import VisionSection
+from gateway.vision.errors import VisionError
 from gateway.vision.evaluate import (
     EnrolmentEffect,
     Errata,
@@ -223,8 +224,12 @@ def run_eval(
     jobs: int,
 ) -> EvalReport:
     started = time.monotonic()
-    items = list_identities(faces) if faces.is_dir() else []
+    if not faces.is_dir():  # a mistyped path must not read as "0 photos" and exit 0
+        raise VisionError(f"{faces}: no such folder of face photos")
+    items = list_identities(faces)
     pair_list = read_pairs(pairs, faces) if pairs is not None else None
+    if not items and not pair_list:
+        raise VisionError(f"{faces}: no photos (expected a folder per person, or --pairs)")
     known = {p for p, _ in items}
     extra = sorted({q for pair in pair_list or [] for q in (pair.a, pair.b)} - known)
     paths = [p for p, _ in items] + extra

@@ -155,6 +155,17 @@ def test_eval_command_on_the_deepface_pairs(
     assert "TAR 1.0000 at FAR 0.01" in out
 
 
+def test_eval_on_a_mistyped_or_empty_folder_fails_instead_of_reporting_nothing(
+    models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[vision]\nmodels_dir = "{models_dir}"\n')
+    assert main(["eval", "-c", str(config), "--faces", str(tmp_path / "facse")]) == 1
+    assert "facse: no such folder of face photos" in capsys.readouterr().err
+    assert main(["eval", "-c", str(config), "--faces", str(tmp_path)]) == 1
+    assert "no photos" in capsys.readouterr().err
+
+
 def test_run_without_models_runs_on_without_the_face_stage(tmp_path: Path) -> None:
     """A damaged or missing model stops the face stage, not the alarms: the gateway runs on,
     says plainly what is missing, and reports it in health."""

@@ -117,7 +117,7 @@ def test_a_gallery_beyond_its_calibration_says_how_to_recalibrate() -> None:
     assert beyond_calibration(1000, 1000) is None
     problem = beyond_calibration(2500, 1000)
     assert problem is not None
-    assert "about 2.5x as often" in problem and "gateway eval --n 2500" in problem
+    assert "about 2.5x as often" in problem and "gateway eval --faces DIR --n 2500" in problem
 
 
 def test_defaults_are_the_recommendation_for_1000_elders_at_fpir_1e3(

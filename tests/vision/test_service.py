@@ -315,7 +315,7 @@ def test_a_gallery_beyond_its_calibration_is_reported(
     assert gallery_health["elders"] == 2 and gallery_health["calibrated_for_elders"] == 1
     assert gallery_health["beyond_calibration"] is True
     assert "2 elders enrolled but the thresholds are calibrated for 1" in caplog.text
-    assert "gateway eval --n 2" in caplog.text
+    assert "gateway eval --faces DIR --n 2" in caplog.text
 
 
 def test_an_accepted_look_alike_is_named_for_a_second_factor(

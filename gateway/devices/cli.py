@@ -40,7 +40,7 @@ def _definition(path: Path) -> object:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from gateway.devices.decode import decode_capture
+    from gateway.devices.decode import decode_capture, spy_received
     from gateway.devices.definitions import DefinitionFile
 
     definition = _definition(args.device)
@@ -54,6 +54,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
     else:
         data = args.file.read_bytes()
+        received = spy_received(data)
+        if received is not None:
+            print(f"{args.file}: a spy:// dump, {len(received)} bytes received", file=sys.stderr)
+            data = received
     for item in decode_capture(definition, data):
         print(json.dumps(item, ensure_ascii=False))
     return EXIT_OK
@@ -152,7 +156,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--device", type=Path, required=True, help="device definition (TOML)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--hex", help="bytes as hex, spaces allowed")
-    src.add_argument("--file", type=Path, help="a raw capture file")
+    src.add_argument(
+        "--file", type=Path, help="a capture: raw bytes, or the text a spy:// port writes"
+    )
     p.set_defaults(func=_guard(cmd_decode))
 
     sim = sub.add_parser("simulate", help="simulated devices for demos, tests, benchmarks")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,26 @@ from gateway.devices.framers.espa import Control, EspaFramer
 from gateway.devices.framers.lines import LineFramer
 from gateway.devices.model import Decoded, Frame, Reject
 from gateway.devices.pipeline import framer_and_decoder
+
+# pyserial's spy:// hex dump: "000003.102 RX   0000  48 45 4C 4C 4F  ...   HELLO", one row of
+# up to 16 bytes (a space after the eighth), padded to 49 characters before the ASCII column;
+# control lines ("000002.469 RTS  inactive") between them.
+_SPY_ROW = re.compile(r"^\d+\.\d{3} (?P<label>\S+)\s+(?:[0-9A-F]{4}  (?P<row>.*)|.*)$")
+_SPY_HEX = 49
+
+
+def spy_received(data: bytes) -> bytes | None:
+    """The bytes the device sent (RX rows, in order), when ``data`` is a ``spy://`` dump;
+    None when it is not one (a raw capture). TX rows are the gateway's own replies."""
+    text = data.decode("ascii", errors="replace").splitlines()
+    rows = [m for line in text if line.strip() and (m := _SPY_ROW.match(line)) is not None]
+    if not rows or len(rows) < sum(1 for line in text if line.strip()):
+        return None
+    out = bytearray()
+    for m in rows:
+        if m["label"] == "RX" and m["row"] is not None:
+            out += bytes.fromhex(m["row"][:_SPY_HEX])
+    return bytes(out)
 
 
 def _rejected(item: Reject) -> dict[str, Any]:

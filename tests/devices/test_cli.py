@@ -9,6 +9,7 @@ import pytest
 
 from gateway.cli import main
 from tests.devices.conftest import CONFIGS
+from tests.devices.support import Pty
 
 SOS = "AA 55 0A 01 A1 B2 C3 D4 E5 F6 02 C6 01 A5 25"
 
@@ -35,6 +36,38 @@ def test_decode_capture_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     out = run(capsys, "--device", str(CONFIGS / "dc09-receiver.toml"), "--file", str(capture))
     assert [o.get("type") or o.get("rejected") for o in out] == ["alarm.sos", "bad_crc"]
+
+
+def test_decode_a_spy_capture_of_what_the_device_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The field recipe: open the port as spy://, send the capture to decode as it is. What
+    the device sent (RX, over several reads and rows) is decoded; the gateway's own writes (TX)
+    and control lines are not."""
+    import serial
+
+    capture = tmp_path / "spy.txt"
+    sos = bytes.fromhex(SOS)
+    station = Pty(tmp_path / "ttyBASE")
+    port = serial.serial_for_url(f"spy://{station.path}?file={capture}", timeout=1)
+    try:
+        port.reset_input_buffer()  # a control line in the dump
+        station.write(b"\x00\x01" + sos + sos[:5])
+        assert port.read(22) == b"\x00\x01" + sos + sos[:5]
+        port.write(b"\x06")  # the gateway's own reply
+        station.write(sos[5:])
+        assert port.read(len(sos) - 5) == sos[5:]
+    finally:
+        port.close()
+        station.close()
+    text = capture.read_text()
+    assert " TX " in text and " RX " in text and "Q-RX" in text
+    out = run(capsys, "--device", str(CONFIGS / "aa55-reference.toml"), "--file", str(capture))
+    assert [o.get("type") or o.get("rejected") for o in out] == [
+        "garbage",
+        "alarm.sos",
+        "alarm.sos",
+    ]
 
 
 def test_invalid_definition_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.app import Gateway, build, run
 from gateway.clock import ClockSync, SystemClock
+from gateway.configfile import ConfigFileError
 from gateway.events import Lane
 from gateway.lifecycle import (
     Periodic,
@@ -143,7 +144,7 @@ def test_a_sync_part_that_cannot_start_stops_the_parts_already_running(tmp_path:
     gw = build(config(tmp_path / "var", None, mqtt=mqtt), password=None)
     before = running_threads()
     try:
-        with pytest.raises(StartupError, match="cannot load CA"):
+        with pytest.raises(ConfigFileError, match="cannot load CA"):
             gw.start()
         assert running_threads() == before, "the publisher or the downlink was left running"
     finally:

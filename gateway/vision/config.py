@@ -83,7 +83,11 @@ class DecisionSection(Strict):
         0.54, ge=-1, le=1, description="Least cosine score to accept an identity (1:N)."
     )
     margin: float = Field(
-        0.02, ge=0, le=2, description="Least lead of the best elder over the runner-up."
+        0.02,
+        gt=0,
+        le=2,
+        description="Least lead of the best elder over the runner-up (never 0: a tie between "
+        "two elders must not be accepted).",
     )
     candidate_threshold: float = Field(
         0.47, ge=-1, le=1, description="Elders scoring this or more are offered to staff."
@@ -100,11 +104,18 @@ class DecisionSection(Strict):
     k: int = Field(3, ge=1, le=30, description="Frames that must agree ...")
     n: int = Field(5, ge=1, le=60, description="... out of the last n usable frames.")
     window_s: float = Field(1.0, gt=0, le=30, description="... within this many seconds.")
-    liveness_threshold: float = Field(0.5, ge=0, le=1, description="Least live score.")
+    liveness_threshold: float = Field(
+        0.5, gt=0, le=1, description="Least live score (never 0: a printed photo would pass)."
+    )
     decide_within_s: float = Field(
         2.0, gt=0, le=60, description="Then say uncertain/unknown rather than keep waiting."
     )
-    cooldown_s: float = Field(60.0, ge=0, description="No second acceptance of an elder.")
+    cooldown_s: float = Field(
+        60.0,
+        ge=10,
+        description="No second acceptance of an elder this long after she was last seen "
+        "accepted (or confirmed by staff).",
+    )
     confirm_within_s: float = Field(
         600.0,
         ge=0,
@@ -186,3 +197,15 @@ class VisionSection(Strict):
     decision: DecisionSection = DecisionSection()
     gallery: GallerySection = GallerySection()
     audit: AuditSection = AuditSection()
+
+    @model_validator(mode="after")
+    def _reachable(self) -> VisionSection:
+        """k frames must fit in the window even at the camera's full rate, or nobody is ever
+        accepted and every elder ends uncertain."""
+        d = self.decision
+        if (d.k - 1) / self.camera.fps > d.window_s:
+            raise ValueError(
+                f"decision.k = {d.k} frames cannot fit in decision.window_s = {d.window_s} s "
+                f"at camera.fps = {self.camera.fps}: raise window_s or lower k"
+            )
+        return self

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,6 +29,17 @@ class Pending:
     # per candidate, one of their enrolled templates when the face was seen (Snapshot.anchor):
     # an elder erased and enrolled again since is not the enrolment staff were shown
     anchors: Mapping[str, str | None] = field(default_factory=dict)
+    # the decision's time (the frames' clock) and track, for the cooldown once confirmed
+    decided_t: float = 0.0
+    track: int = 0
+
+
+class Settled(NamedTuple):
+    """A confirmed decision: the elder was settled by hand at ``t`` (the frames' clock)."""
+
+    elder: str
+    t: float
+    track: int
 
 
 class Confirmations:
@@ -37,6 +49,7 @@ class Confirmations:
         self.keep_s = keep_s
         self._clock = clock
         self._held: OrderedDict[str, Pending] = OrderedDict()
+        self._settled: list[Settled] = []
         self._lock = threading.Lock()
 
     def would_hold(self, probe: np.ndarray | None) -> bool:
@@ -49,12 +62,17 @@ class Confirmations:
         probe: np.ndarray | None,
         candidates: tuple[tuple[str, float], ...],
         anchors: Mapping[str, str | None] | None = None,
+        *,
+        decided_t: float = 0.0,
+        track: int = 0,
     ) -> None:
         if probe is None or self.keep_s <= 0:
             return
         with self._lock:
             self._expire()
-            self._held[event_id] = Pending(candidates, self._clock(), probe, dict(anchors or {}))
+            self._held[event_id] = Pending(
+                candidates, self._clock(), probe, dict(anchors or {}), decided_t, track
+            )
             while len(self._held) > HOLD_AT_MOST:
                 self._held.popitem(last=False)
 
@@ -63,10 +81,19 @@ class Confirmations:
             self._expire()
             return self._held.get(event_id)
 
-    def done(self, event_id: str) -> None:
-        """A decision is confirmed once; its face is let go at once."""
+    def done(self, event_id: str, elder: str | None = None) -> None:
+        """A decision is confirmed once; its face is let go at once. With ``elder`` (staff
+        said who it was), the counter learns it was settled: see ``take_settled``."""
         with self._lock:
-            self._held.pop(event_id, None)
+            pending = self._held.pop(event_id, None)
+            if pending is not None and elder is not None:
+                self._settled.append(Settled(elder, pending.decided_t, pending.track))
+
+    def take_settled(self) -> list[Settled]:
+        """The confirmations since the last call, for the pipeline thread's decider."""
+        with self._lock:
+            settled, self._settled = self._settled, []
+        return settled
 
     def __len__(self) -> int:
         with self._lock:

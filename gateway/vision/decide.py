@@ -121,6 +121,7 @@ class Track:
     poor: Counter[str] = field(default_factory=Counter)
     lives: list[tuple[float, float]] = field(default_factory=list)
     decided: bool = False
+    elder: str | None = None  # accepted (or kept from a second acceptance by the cooldown)
 
 
 def _median(values: list[float]) -> float | None:
@@ -170,6 +171,8 @@ class Decider:
         if track.decided:  # only continuity matters now; a face left in view must not pile up
             if obs.embedding is not None:
                 track.last_embedding = obs.embedding
+            if track.elder is not None:  # the cooldown runs from when she was last seen
+                self._accepted_at[track.elder] = obs.t
             return out
         if obs.live_score is not None:
             track.lives.append((obs.t, obs.live_score))
@@ -179,6 +182,14 @@ class Decider:
             track.last_embedding = obs.embedding
             track.evidence.append(self._evidence(obs))
         return out + self._evaluate(track, obs.t)
+
+    def settled(self, elder: str, t: float, track: int) -> None:
+        """Staff settled an ``uncertain`` decision by hand and said who it was: the elder is in
+        cooldown as if accepted then (and while that track stays in view), so the counter does
+        not settle the same meal a second time once it recognises her."""
+        self._accepted_at[elder] = max(t, self._accepted_at.get(elder, t))
+        if self.track is not None and self.track.id == track:
+            self.track.elder = elder
 
     def flush(self) -> list[Decision]:
         """End the current track (the source ended or the service stops)."""
@@ -232,8 +243,10 @@ class Decider:
             return []
         if len(self._ambiguous_at) < p.ambiguity_frames:
             return []
+        return self._report_ambiguity(self.track, t, "another face of similar size")
+
+    def _report_ambiguity(self, track: Track | None, t: float, reason: str) -> list[Decision]:
         self._ambiguity_reported_at = t
-        track = self.track
         if track is not None:
             if track.decided:
                 return []
@@ -248,7 +261,7 @@ class Decider:
                 track=track.id if track else 0,
                 track_started=track.started if track else t,
                 frames_seen=len(self._ambiguous_at),
-                reason="another face of similar size",
+                reason=reason,
             )
         ]
 
@@ -269,7 +282,11 @@ class Decider:
         # a strong vote for a second elder, or a second face, in the window: never guess
         if len(votes) == 1 and not self._second_face_lately(t):
             winner, count = votes.most_common(1)[0]
-            frames = [e for e in recent if e.top == winner and e.top_score >= p.accept_threshold]
+            frames = [  # the voting frames: liveness is judged on these, not on others
+                e
+                for e in recent
+                if e.top == winner and e.top_score >= p.accept_threshold and e.margin >= p.margin
+            ]
             live = sum(1 for e in frames if e.live >= p.liveness_threshold)
             if count >= p.k and live * 2 > len(frames):
                 assert winner is not None
@@ -280,6 +297,16 @@ class Decider:
             decision = self._had_its_frames(track, t)
             if decision is not None:
                 return [decision]
+        # a second face that keeps coming back, too seldom to count as multiple_faces at once
+        # (an episode already reported is not reported again), must not leave the elder
+        # waiting without a word for staff
+        reported = self._ambiguity_reported_at
+        if (
+            t - track.started >= 2 * p.decide_within_s
+            and self._second_face_lately(t)
+            and (reported is None or t - reported > p.window_s)
+        ):
+            return self._report_ambiguity(track, t, "another face kept appearing")
         return []
 
     def _had_its_frames(self, track: Track, t: float) -> Decision | None:
@@ -295,8 +322,10 @@ class Decider:
 
     def _accept(self, track: Track, elder: str, t: float, frames: list[Evidence]) -> list[Decision]:
         since = self._accepted_at.get(elder)
+        track.elder = elder
         if since is not None and t - since < self.policy.cooldown_s:
             track.decided = True
+            self._accepted_at[elder] = t  # still here: the cooldown runs from now
             self.counters["cooldown_suppressed"] += 1
             return []
         self._accepted_at = {

@@ -161,7 +161,7 @@ class FaceConfirm:
             raise RequestError(str(exc)) from None
         if result.status != "enrolled":
             raise RequestError(f"nothing learned: {result.message}")
-        self.confirmations.done(event_id)
+        self.confirmations.done(event_id, elder)
         log.info("face gallery: a confirmed decision added %d template(s)", result.added)
         return Reply(
             {

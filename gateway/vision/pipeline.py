@@ -124,6 +124,8 @@ class CounterPipeline:
         timings["total"] = time.perf_counter() - start + frame.decode_s
         self.counts["frames"] += 1
         self.counts[analysis.kind] += 1
+        for settled in self.confirmations.take_settled():
+            self.decider.settled(*settled)
         obs = observation(analysis, frame.t, search_result)
         this = TrackFrames()
         this.add(timings, frame.image if self.audit is not None and obs.kind != "no_face" else None)
@@ -183,6 +185,8 @@ class CounterPipeline:
             decision.probe,
             decision.candidates,
             {elder: snapshot.anchor(elder) for elder, _ in decision.candidates},
+            decided_t=decision.t,
+            track=decision.track,
         )
         self.counts[f"decision_{decision.outcome.value}"] += 1
         return DecisionEvent(decision, event)

@@ -114,7 +114,10 @@ class Subject:
 
 
 def pick_subject(faces: list[Face], width: int, height: int, limits: QualityLimits) -> Subject:
-    """The largest face near the centre, and how many others are about as large."""
+    """The largest face near the centre, and how many others are about as large. Only a face
+    large enough to be judged (``min_ipd_px``) can be the subject while there is one: a small
+    face in the middle of the picture is someone further back in the queue, and must not hide
+    the elder at the counter."""
     if not faces:
         return Subject(None, 0)
     half_diag = math.hypot(width, height) / 2
@@ -124,7 +127,8 @@ def pick_subject(faces: list[Face], width: int, height: int, limits: QualityLimi
         off_centre = math.hypot(cx - width / 2, cy - height / 2) / half_diag
         return face_size(face) * (1.0 - 0.5 * off_centre)
 
-    subject = max(faces, key=weight)
+    near = [f for f in faces if inter_pupil(f.landmarks) >= limits.min_ipd_px]
+    subject = max(near or faces, key=weight)
     size = face_size(subject)
     rivals = sum(
         1 for f in faces if f is not subject and face_size(f) >= limits.similar_face_ratio * size

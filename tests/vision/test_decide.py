@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from gateway.vision.config import DecisionSection
+from gateway.vision.config import DecisionSection, VisionSection
 from gateway.vision.decide import Decider, Decision, Observation, Outcome, Policy
 from gateway.vision.gallery import SearchResult
 
@@ -135,11 +136,62 @@ def test_cooldown_stops_a_second_acceptance_of_the_same_elder() -> None:
     decider = Decider(POLICY)
     first = frames(0.0, 10, who="p1", top="elder-1", score=0.7)
     again = frames(5.0, 10, who="p1", top="elder-1", score=0.7)  # stepped away and back
-    later = frames(5.0 + POLICY.cooldown_s, 10, who="p1", top="elder-1", score=0.7)
-    out = run(decider, first + again + later)
+    last_seen = again[-1].t  # the cooldown runs from here: she was still about
+    early = frames(last_seen + POLICY.cooldown_s - 1, 10, who="p1", top="elder-1", score=0.7)
+    later = frames(early[-1].t + POLICY.cooldown_s + 1, 10, who="p1", top="elder-1", score=0.7)
+    out = run(decider, first + again + early + later)
     assert [d.outcome for d in out] == [Outcome.ACCEPTED, Outcome.ACCEPTED]
-    assert out[1].t > POLICY.cooldown_s
+    assert out[1].t > early[-1].t + POLICY.cooldown_s
+    assert decider.counters["cooldown_suppressed"] == 2
+
+
+def test_an_elder_who_lingers_after_her_acceptance_is_not_accepted_again() -> None:
+    """Accepted, then she stays at the counter past the cooldown, looks down for a moment and
+    up again: she never left, so her meal is not settled a second time."""
+    decider = Decider(POLICY)
+    stays = frames(0.0, int((POLICY.cooldown_s + 5) * FPS), who="p1", top="elder-1", score=0.7)
+    back = frames(stays[-1].t + 1.0, 15, who="p1", top="elder-1", score=0.7)  # looked down
+    out = run(decider, stays + back)
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED]
+
+
+def test_an_elder_staff_settled_by_hand_is_not_accepted_again_within_the_cooldown() -> None:
+    decider = Decider(POLICY)
+    unsure = frames(0.0, int(3 * FPS), who="p1", top="elder-1", score=0.5)
+    out = run(decider, unsure)
+    assert [d.outcome for d in out] == [Outcome.UNCERTAIN]
+    decider.settled("elder-1", out[0].t, out[0].track)  # staff confirmed: it was her
+    known = frames(unsure[-1].t + 1.0, 15, who="p1", top="elder-1", score=0.7)  # learned face
+    assert run(decider, known) == []
     assert decider.counters["cooldown_suppressed"] == 1
+
+
+def test_liveness_is_judged_on_the_frames_that_voted() -> None:
+    """Three frames vote for the elder and two of them fail liveness; two more frames of her
+    with too small a margin pass it. They do not vote, so they cannot carry liveness either."""
+    decider = Decider(POLICY)
+    observations = [
+        face(0 / FPS, "p1", "elder-1", 0.7, live=0.99),
+        face(1 / FPS, "p1", "elder-1", 0.7, runner_up=0.69, live=0.99),
+        face(2 / FPS, "p1", "elder-1", 0.7, live=0.1),
+        face(3 / FPS, "p1", "elder-1", 0.7, runner_up=0.69, live=0.99),
+        face(4 / FPS, "p1", "elder-1", 0.7, live=0.1),
+    ]
+    assert [d.outcome for d in run(decider, observations)] == []
+
+
+def test_a_second_face_that_keeps_coming_back_seldom_is_reported_for_staff() -> None:
+    """Another face similar in size, seen once every 0.8 s: too seldom for multiple_faces at
+    once, but nobody can be accepted meanwhile; staff hear of it instead of nothing at all."""
+    decider = Decider(POLICY)
+    observations = [
+        Observation(i / FPS, "multiple_faces") if i % 12 == 0 else face(i / FPS, "p1", "e-1", 0.8)
+        for i in range(int(10 * FPS))
+    ]
+    out = run(decider, observations)
+    assert out and {d.outcome for d in out} == {Outcome.MULTIPLE_FACES}
+    assert out[0].reason == "another face kept appearing"
+    assert out[0].t >= 2 * POLICY.decide_within_s
 
 
 def test_a_new_face_without_a_gap_starts_a_new_track() -> None:
@@ -300,3 +352,19 @@ def test_a_tilted_print_is_a_spoof_not_just_an_unusable_face() -> None:
     out = run(decider, obs)
     assert [d.outcome for d in out] == [Outcome.SPOOF]
     assert out[0].frames_used == POLICY.k
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "problem"),
+    [
+        ("decision", {"margin": 0}, "greater than 0"),  # a tie between two elders accepted
+        ("decision", {"liveness_threshold": 0}, "greater than 0"),  # a photo passes
+        ("decision", {"cooldown_s": 0}, "greater than or equal to 10"),  # settled twice
+        ("decision", {"k": 5, "n": 5, "window_s": 0.25}, "cannot fit"),  # nobody ever accepted
+    ],
+)
+def test_settings_that_would_switch_a_rule_off_are_refused(
+    section: str, values: dict[str, float], problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        VisionSection.model_validate({section: values})

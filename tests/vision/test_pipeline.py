@@ -13,7 +13,9 @@ from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import Frame
 from gateway.vision.config import DecisionSection
+from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Outcome, Policy
+from gateway.vision.enroll import enrol, learn
 from gateway.vision.gallery import Gallery
 from gateway.vision.images import fit_within, read_image
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
@@ -93,3 +95,36 @@ def test_a_decision_is_recorded_when_its_audit_frame_cannot_be_written(
     assert accepted.decision.elder_id == "elder-1"
     assert accepted.event.data["audit_frame"] is False
     assert pipeline.counts["audit_frame_errors"] == 1
+
+
+def test_an_elder_confirmed_by_staff_is_not_settled_again_when_the_counter_knows_her(
+    analyzer: Analyzer, tmp_path: Path, faces_dir: Path
+) -> None:
+    """img12 and img3: one woman decades apart. The counter is unsure; staff settle her meal
+    by hand and confirm who she was, and the counter learns her face. Still at the counter a
+    moment later, she is recognised: the meal is not settled a second time."""
+    df = faces_dir / "deepface"
+    gallery = Gallery.open(
+        tmp_path / "faces.db", tmp_path / "faces.key", analyzer.embedder.model_id, create=True
+    )
+    rules = DecisionSection()
+    assert enrol(gallery, analyzer, "E3", [df / "img12.jpg"], rules=rules).status == "enrolled"
+    confirmations = Confirmations(rules.confirm_within_s)
+    pipeline = CounterPipeline(
+        analyzer, gallery, Policy.from_config(rules), "counter-1", {}, confirmations=confirmations
+    )
+    her = fit_within(read_image(df / "img3.jpg"), 640)
+    (unsure,) = show(pipeline, [her] * int(3 * FPS))
+    assert unsure.decision.outcome is Outcome.UNCERTAIN
+    held = confirmations.get(unsure.event.event_id)
+    assert held is not None
+    learned = learn(gallery, "E3", held.probe, rules=rules, decision=unsure.event.event_id)
+    assert learned.status == "enrolled"
+    confirmations.done(unsure.event.event_id, "E3")
+
+    later = int(3 * FPS) + int(FPS)  # she looked away for a second
+    events: list[DecisionEvent] = []
+    for i in range(later, later + int(2 * FPS)):
+        events += pipeline.process(Frame(her, i / FPS, i))
+    assert events == []
+    assert pipeline.decider.counters["cooldown_suppressed"] == 1

@@ -95,3 +95,28 @@ def test_a_face_turned_away_is_refused(analyzer: Analyzer, faces_dir: Path) -> N
     turned = [a for a in results if a.reason == "turned_away"]
     assert turned
     assert all(a.quality is not None and abs(a.quality.pose.yaw) > 35 for a in turned)
+
+
+def test_a_small_face_nearer_the_centre_does_not_hide_the_elder_at_the_counter(
+    analyzer: Analyzer, faces_dir: Path
+) -> None:
+    """The elder stands right of centre; someone further back in the queue shows a face too
+    small to judge nearer the middle. The elder is still the subject and is identified."""
+    people = faces_dir / "lfw-dev" / "images"
+    elder = cv2.imread(str(sorted((people / "Colin_Powell").glob("*.jpg"))[0]))
+    behind = cv2.imread(str(sorted((people / "Tony_Blair").glob("*.jpg"))[0]))
+
+    def paste(canvas: np.ndarray, image: np.ndarray, scale: float, cx: int, cy: int) -> None:
+        small = cv2.resize(image, None, fx=scale, fy=scale)
+        h, w = small.shape[:2]
+        canvas[cy - h // 2 : cy - h // 2 + h, cx - w // 2 : cx - w // 2 + w] = small
+
+    frame = np.full((480, 640, 3), 128, np.uint8)
+    paste(frame, elder, 0.6, 564, 404)  # inter-pupil 37 px, in the corner
+    alone = analyzer.analyze(frame.copy())
+    assert alone.kind == "face" and alone.embedding is not None
+    paste(frame, behind, 0.62, 320, 240)  # 22 px: too small to judge; 0.67 of her size
+    queue = analyzer.analyze(frame)
+    assert queue.faces == 2
+    assert queue.kind == "face" and queue.embedding is not None  # not "too_small"
+    assert float(queue.embedding @ alone.embedding) > 0.95  # the same person as alone

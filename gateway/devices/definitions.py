@@ -164,7 +164,9 @@ class BinarySpec(Strict):
     byte_order: ByteOrder = "big"
     framing: BinaryFraming
     messages: list[MessageSpec] = Field(min_length=1)
-    dedup_window_s: float = Field(10.0, ge=0, le=600)
+    dedup_window_s: float = Field(
+        30.0, ge=0, le=600, description="Repeats of one (device, seq) this long are one event."
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> BinarySpec:
@@ -199,7 +201,9 @@ class JsonLinesSpec(Strict):
         default_factory=lambda: dict[int, EventMap]({1: Kind.SOS, 4: Kind.SOS, 0x80: Kind.SOS}),
         description="BTHome button value (01 press, 02 double, 03 triple, 04 long, 80 hold).",
     )
-    dedup_window_s: float = Field(10.0, ge=0, le=600)
+    dedup_window_s: float = Field(
+        30.0, ge=0, le=600, description="Repeats of one (device, seq) this long are one event."
+    )
 
 
 # ---- ESPA 4.4.4 ---------------------------------------------------------------------------
@@ -226,7 +230,9 @@ class ContactIdSpec(Strict):
     encoding: Encoding = "ascii"
     ack: HexBytes | None = Field(None, description="Sent after a line is stored, e.g. '06'.")
     nak: HexBytes | None = Field(None, description="Sent when a line is refused, e.g. '15'.")
-    dedup_window_s: float = Field(10.0, ge=0, le=600)
+    dedup_window_s: float = Field(
+        30.0, ge=0, le=600, description="Repeats of one (device, seq) this long are one event."
+    )
 
 
 class Dc09Spec(Strict):

@@ -54,7 +54,11 @@ class EspaSession(PortHandler):
             and self.last_rx is not None
             and at - self.last_rx >= self.frame_timeout_s
         ):
-            log.info("espa %s: no answer within %.1f s, back to neutral", self.recorder.port, at)
+            log.info(
+                "espa %s: no answer within %.1f s, back to neutral",
+                self.recorder.port,
+                self.frame_timeout_s,
+            )
             self._neutral()
         super().on_idle(at)
 

@@ -27,7 +27,10 @@ WRISTBAND_SEEN = EventType(
     "wristband.seen", Lane.P2, description="A band was heard by a station (RSSI, battery)."
 )
 DEVICE_STATUS = EventType(
-    "device.status", Lane.P2, description="Link up/down/silent with the gap; link tests."
+    "device.status",
+    Lane.P2,
+    description="Link up/down/silent with the gap; link tests; an alarm panel's "
+    "'still present' reports (Contact ID qualifier 6) of an alarm already raised.",
 )
 
 DEVICE_EVENT_TYPES: tuple[EventType, ...] = (

@@ -62,7 +62,7 @@ def test_repeats_dropped_new_seq_kept(store: Store) -> None:
     h = handler(store, clock)
     h.on_data(frame(2, 7) * 3, clock.t)  # one SOS, repeated by the radio
     h.on_data(frame(2, 8), clock.t)  # a new press: a new seq
-    clock.t += 11  # past the window: the same seq again is a new transmission (wrapped)
+    clock.t += 31  # past the 30 s window: the same seq again is a new transmission (wrapped)
     h.on_data(frame(2, 7), clock.t)
     eventually(lambda: h.recorder.stats.events == 3)
     assert [e["data"]["seq"] for e in stored(store.path, "alarm.sos")] == [7, 8, 7]

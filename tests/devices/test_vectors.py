@@ -87,6 +87,11 @@ def test_contact_id_lines() -> None:
     )
     (restore,) = decode_line(b"123418310101015E", codes).events
     assert (restore.kind, restore.restores) == (Kind.RESTORE, Kind.SOS)
+    # qualifier 6, "still present": the panel repeats an alarm already raised; a status
+    # report, never a second emergency
+    (still,) = decode_line(b"123418610101015B", codes).events
+    assert (still.kind, still.device, still.ids["qualifier"]) == (Kind.STATUS, "1234-015", "status")
+    assert still.name == "still present: personal_emergency"
     assert decode_line(b"1234181101010152", codes).rejects[0].reason == "bad_checksum"
 
 

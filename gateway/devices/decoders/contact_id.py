@@ -58,15 +58,17 @@ def cid_event(
         "zone": zone,
         **(extra_ids or {}),
     }
-    kind, restores = cmap.kind, cmap.restores
+    kind, restores, name = cmap.kind, cmap.restores, cmap.name or None
     if qualifier == "3" and kind is not Kind.RESTORE:
         kind, restores = Kind.RESTORE, cmap.kind
+    elif qualifier == "6":  # "still present": a report on an alarm already raised, not a new one
+        kind, name = Kind.STATUS, f"still present: {cmap.name or cmap.kind.value}"
     event = DeviceEvent(
         kind,
         f"{account}-{zone}",
         code=code,
         seq=seq,
-        name=cmap.name or None,
+        name=name,
         restores=restores,
         ids=ids,
         raw=raw,

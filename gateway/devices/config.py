@@ -45,7 +45,11 @@ class PortConfig(Strict):
         5.0, gt=0, le=600, description="Longest delay between reopen attempts."
     )
     silence_s: float | None = Field(
-        None, gt=0, description="Report the link silent after this long without bytes."
+        None,
+        gt=0,
+        description="Report the link silent after this long without bytes; default: the "
+        "definition's (30 s for base stations and BLE gateways, 120 s for ESPA, none for "
+        "Contact ID receivers).",
     )
     dead_path_s: int = Field(
         30,

@@ -167,6 +167,12 @@ class BinarySpec(Strict):
     dedup_window_s: float = Field(
         30.0, ge=0, le=600, description="Repeats of one (device, seq) this long are one event."
     )
+    silence_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="Station fault (link silent) after this long without a byte: stations are "
+        "heard at least every 10 s (their bands' heartbeats); 3 missed.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> BinarySpec:
@@ -203,6 +209,12 @@ class JsonLinesSpec(Strict):
     )
     dedup_window_s: float = Field(
         30.0, ge=0, le=600, description="Repeats of one (device, seq) this long are one event."
+    )
+    silence_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="Station fault (link silent) after this long without a byte: stations are "
+        "heard at least every 10 s (their bands' heartbeats); 3 missed.",
     )
 
 

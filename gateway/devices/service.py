@@ -35,7 +35,7 @@ class PortService:
                 definition,
                 self.recorder,
                 frame_timeout_s=cfg.frame_timeout_s,
-                silence_s=cfg.silence_s,
+                silence_s=cfg.silence_s if cfg.silence_s is not None else _silence(definition),
             )
         settings = SerialSettings(
             baudrate=cfg.baudrate or definition.serial.baudrate,
@@ -71,6 +71,13 @@ class PortService:
             "silent": self.handler.silent,
             **self.recorder.stats.as_dict(),
         }
+
+
+def _silence(definition: DefinitionFile) -> float | None:
+    """The definition's own station supervision (None: a receiver that speaks only when an
+    alarm comes, like a Contact ID receiver, is not expected to be heard)."""
+    spec = definition.binary or definition.jsonlines
+    return spec.silence_s if spec is not None else None
 
 
 def load_definitions(section: DevicesSection) -> dict[str, DefinitionFile]:

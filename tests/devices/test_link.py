@@ -234,3 +234,18 @@ def test_a_serial_server_whose_path_dies_without_a_reset_is_reopened(store: Stor
         finally:
             server.kill()
             server.wait()
+
+
+def test_a_station_not_heard_for_30_s_is_reported_by_default(store: Store) -> None:
+    """The protocols guide: a station is heard at least every 10 s; a fault after 3 misses.
+    A receiver that speaks only when an alarm comes is not supervised unless asked."""
+
+    def silence(name: str, **kw: float) -> float | None:
+        cfg = PortConfig(name="p", definition=f"{name}.toml", url="loop://", **kw)
+        return PortService(cfg, definition(name), store, 10.0).handler.silence_s
+
+    assert silence("aa55-reference") == 30.0
+    assert silence("minew-ble-jsonlines") == 30.0
+    assert silence("espa444-nurse-call") == 120.0
+    assert silence("contact-id-serial") is None
+    assert silence("aa55-reference", silence_s=300.0) == 300.0

@@ -8,6 +8,7 @@ producer may acknowledge its source (serial ACK, DC-09 ACK, counter screen) once
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -371,6 +372,34 @@ class Store:
         days when NTP first syncs. Time while powered off does not count.
         """
         return self._steady_base + self._clock.monotonic_ms() - self._mono_at_open
+
+    # ---- reading back -----------------------------------------------------------------------
+
+    def recent(self, event_type: str, within_ms: int) -> list[tuple[int, dict[str, Any]]]:
+        """(age in running time, data) of the events of one type recorded in the last
+        ``within_ms``, newest first: what a stage must remember across a restart (an elder
+        settled a minute ago). Reads back from the newest event and stops at the first older
+        one, so the journal's length does not matter; a journal that cannot be read gives
+        nothing, logged."""
+        now = self.steady_ms()
+        out: list[tuple[int, dict[str, Any]]] = []
+        try:
+            conn = connect(self.path, readonly=True)
+        except sqlite3.Error as exc:
+            log.warning("store: cannot read recent %s events: %s", event_type, exc)
+            return out
+        try:
+            rows = conn.execute("SELECT steady_ms, type, data FROM events ORDER BY seq DESC")
+            for steady, etype, data in rows:
+                if now - steady > within_ms:
+                    break
+                if etype == event_type:
+                    out.append((max(0, now - steady), json.loads(data)))
+        except (sqlite3.Error, ValueError) as exc:
+            log.warning("store: cannot read recent %s events: %s", event_type, exc)
+        finally:
+            conn.close()
+        return out
 
     # ---- producers --------------------------------------------------------------------------
 

@@ -107,6 +107,12 @@ class CounterPipeline:
         self._tracks: dict[int, TrackFrames] = {}
         self.last_timings: dict[str, float] = {}
         self.recent_ms: deque[float] = deque(maxlen=100)
+        self._earlier: list[tuple[str, float]] = []
+
+    def remember(self, accepted: list[tuple[str, float]]) -> None:
+        """Elders accepted before a restart, with how long ago (s): they stay in cooldown
+        from their first frame on, whatever clock the frames come with."""
+        self._earlier = list(accepted)
 
     def process(self, frame: Frame) -> list[DecisionEvent]:
         start = time.perf_counter()
@@ -124,6 +130,9 @@ class CounterPipeline:
         timings["total"] = time.perf_counter() - start + frame.decode_s
         self.counts["frames"] += 1
         self.counts[analysis.kind] += 1
+        for elder, ago in self._earlier:
+            self.decider.settled(elder, frame.t - ago, 0)
+        self._earlier = []
         for settled in self.confirmations.take_settled():
             self.decider.settled(*settled)
         obs = observation(analysis, frame.t, search_result)

@@ -33,6 +33,7 @@ from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Policy
 from gateway.vision.errors import VisionError
+from gateway.vision.events import FACE_DECISION
 from gateway.vision.gallery import Gallery
 from gateway.vision.models import Models, load_manifest, resolve_models_dir
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
@@ -108,6 +109,16 @@ class VisionService:
             audit=self.audit,
             confirmations=self.confirmations,
         )
+        if self.store is not None:  # a restart must not settle the same elder twice
+            self.pipeline.remember(
+                [
+                    (str(data["elder_id"]), age_ms / 1000)
+                    for age_ms, data in self.store.recent(
+                        FACE_DECISION.name, int(cfg.decision.cooldown_s * 1000)
+                    )
+                    if data.get("outcome") == "accepted" and data.get("elder_id")
+                ]
+            )
         self.feed = open_feed(cfg.camera, realtime=self.realtime)
         self.feed.start()
         self._stop.clear()

@@ -318,6 +318,26 @@ def test_a_gallery_beyond_its_calibration_is_reported(
     assert "gateway eval --faces DIR --n 2" in caplog.text
 
 
+def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+    store: Store,
+) -> None:
+    """The cooldown outlives the process: systemd restarts the gateway in seconds, and the
+    elder accepted a moment before is still at the counter."""
+    data_dir = store.path.parent
+    cfg = _small_cfg(vision_cfg, small_replay)
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    _run(VisionService(cfg, data_dir, store, realtime=False))
+    assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None]
+    again = VisionService(cfg, data_dir, store, realtime=False)  # the restarted face stage
+    _run(again)
+    assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None, None]
+    assert again.health()["decider"]["cooldown_suppressed"] == 1
+
+
 def test_an_accepted_look_alike_is_named_for_a_second_factor(
     small_replay: Path, analyzer: Analyzer, vision_cfg: VisionSection, faces_dir: Path
 ) -> None:

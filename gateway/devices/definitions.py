@@ -184,7 +184,7 @@ class BinarySpec(Strict):
 
 # ---- JSON-lines BLE gateways ---------------------------------------------------------------
 
-BleFormat = Literal["bthome", "ibeacon", "eddystone_tlm"]
+BleFormat = Literal["bthome", "ibeacon", "eddystone_tlm", "eddystone_uid", "eddystone_url"]
 
 
 class JsonKeys(Strict):
@@ -199,7 +199,13 @@ class JsonLinesSpec(Strict):
     max_line: int = Field(4096, ge=64, le=65_536)
     keys: JsonKeys = JsonKeys()
     gateway_type: str = Field("Gateway", description="Lines of this type name the station.")
-    formats: tuple[BleFormat, ...] = ("bthome", "ibeacon", "eddystone_tlm")
+    formats: tuple[BleFormat, ...] = (
+        "bthome",
+        "ibeacon",
+        "eddystone_tlm",
+        "eddystone_uid",
+        "eddystone_url",
+    )
     ibeacon_uuids: list[HexBytes] = Field(
         default_factory=list, description="Only these iBeacon UUIDs are bands; empty = all."
     )

@@ -55,6 +55,22 @@ def test_eddystone_tlm_and_batches() -> None:
     assert tlm.seq == 1234 and tlm.ids["battery_mv"] == 3000 and tlm.ids["uptime_s"] == 100.0
 
 
+def test_bands_sending_only_eddystone_uid_or_url_frames_are_seen() -> None:
+    uid = "0201061516AAFE00E7" + "00112233445566778899" + "A1B2C3D4E5F6"
+    url = "020106" + f"{3 + 3 + len('care-home') + 1:02X}" + "16AAFE10E703"
+    url += b"care-home".hex() + "07"
+    for raw, ids in (
+        (uid, {"namespace": "00112233445566778899", "instance": "A1B2C3D4E5F6", "tx_power": -25}),
+        (url, {"url": "https://care-home.com", "tx_power": -25}),
+    ):
+        (seen,) = ble().decode(line({"mac": "C30000000009", "rssi": -61, "rawData": raw})).events
+        assert seen.kind is Kind.SEEN and seen.device == "C30000000009" and seen.rssi == -61
+        assert {k: seen.ids[k] for k in ids} == ids
+    # bytes that no Eddystone URL has: not ours, nothing made up
+    bad = "020106" + "0A16AAFE10E703" + "636172" + "FF" + "6868"
+    assert ble().decode(line({"mac": "C3", "rssi": -61, "rawData": bad})).events == ()
+
+
 def test_ble_bad_input_reasons() -> None:
     d = ble()
     assert d.decode(b"\xff\xfe{").rejects[0].reason == "bad_text"

@@ -1,4 +1,4 @@
-"""BLE advertisement payloads: iBeacon, BTHome v2 and Eddystone TLM.
+"""BLE advertisement payloads: iBeacon, BTHome v2 and Eddystone (UID, URL, TLM).
 
 Bands and buttons announce themselves in advertisements that BLE-to-serial gateways forward as
 hex. Only what the gateway needs is decoded: identity, packet id, battery and button presses.
@@ -16,7 +16,14 @@ AD_MANUFACTURER = 0xFF
 APPLE_IBEACON = b"\x4c\x00\x02\x15"
 BTHOME_UUID = b"\xd2\xfc"
 EDDYSTONE_UUID = b"\xaa\xfe"
+EDDYSTONE_UID = 0x00
+EDDYSTONE_URL = 0x10
 EDDYSTONE_TLM = 0x20
+_URL_SCHEMES = ("http://www.", "https://www.", "http://", "https://")
+_URL_EXPANSIONS = (
+    ".com/", ".org/", ".edu/", ".net/", ".info/", ".biz/", ".gov/",
+    ".com", ".org", ".edu", ".net", ".info", ".biz", ".gov",
+)  # fmt: skip
 
 # BTHome v2 object ids -> data length, for the objects a band may send (spec table).
 _BTHOME_SIZES = {
@@ -113,6 +120,43 @@ def eddystone_tlm(data: bytes) -> Advert | None:
     )
 
 
+def eddystone_uid(data: bytes) -> Advert | None:
+    """A band that sends only its UID frame is still heard: namespace and instance are its
+    identity (the two trailing reserved bytes are optional)."""
+    if len(data) not in (20, 22) or data[:2] != EDDYSTONE_UUID or data[2] != EDDYSTONE_UID:
+        return None
+    return Advert(
+        "eddystone_uid",
+        ids={
+            "namespace": data[4:14].hex().upper(),
+            "instance": data[14:20].hex().upper(),
+            "tx_power": int.from_bytes(data[3:4], "big", signed=True),
+        },
+    )
+
+
+def eddystone_url(data: bytes) -> Advert | None:
+    if not 5 <= len(data) <= 22 or data[:2] != EDDYSTONE_UUID or data[2] != EDDYSTONE_URL:
+        return None
+    if data[4] >= len(_URL_SCHEMES):
+        return None
+    url = _URL_SCHEMES[data[4]]
+    for byte in data[5:]:
+        if byte < len(_URL_EXPANSIONS):
+            url += _URL_EXPANSIONS[byte]
+        elif 0x21 <= byte <= 0x7E:
+            url += chr(byte)
+        else:
+            return None  # not an Eddystone URL after all
+    return Advert(
+        "eddystone_url",
+        ids={"url": url, "tx_power": int.from_bytes(data[3:4], "big", signed=True)},
+    )
+
+
+_EDDYSTONE = {"eddystone_uid": eddystone_uid, "eddystone_url": eddystone_url}
+
+
 def decode_advert(raw: bytes, formats: Collection[str]) -> Advert | None:
     """The first recognised payload in the advertisement, or None if it is not ours."""
     for ad_type, data in ad_structures(raw):
@@ -124,6 +168,9 @@ def decode_advert(raw: bytes, formats: Collection[str]) -> Advert | None:
                 found = bthome(data)
             if found is None and "eddystone_tlm" in formats:
                 found = eddystone_tlm(data)
+            for name, decode in _EDDYSTONE.items():
+                if found is None and name in formats:
+                    found = decode(data)
         if found is not None:
             return found
     return None

@@ -237,6 +237,11 @@ class EspaSpec(Strict):
     call_status: dict[str, EventMap] = Field(
         default_factory=dict, description="Call status values (data id 7), e.g. a cancel."
     )
+    priorities: dict[str, EventMap] = Field(
+        default_factory=dict,
+        description="Call priority values (data id 6), vendor-specific: where one is mapped it "
+        "decides the kind before call_types (e.g. an emergency priority on a routine call type).",
+    )
     response_timeout_s: float = Field(3.0, gt=0, le=60)
     silence_s: float = Field(120.0, gt=0, description="Link alarm after this much silence.")
 

@@ -119,6 +119,21 @@ def test_espa_gbk_text_and_invalid_text_keeps_the_call() -> None:
     assert [r.reason for r in out.rejects] == ["bad_text"]
 
 
+def test_an_espa_priority_mapped_by_the_site_decides_the_kind_of_a_call() -> None:
+    """A vendor sends every call as type 2 (staff presence) and marks emergencies by priority:
+    the site maps priority 1 to an SOS; a call status (a cancel) still comes first."""
+    shipped = definition("espa444-nurse-call").espa
+    assert shipped is not None
+    spec = shipped.model_copy(update={"priorities": {"1": "sos"}})
+    routine = espa_block([("1", "0301"), ("4", "2"), ("6", "3")])
+    urgent = espa_block([("1", "0301"), ("4", "2"), ("6", "1")])
+    cancel = espa_block([("1", "0301"), ("4", "2"), ("6", "1"), ("7", "2")])
+    assert decode_block(routine, spec).events[0].kind is Kind.DEVICE_ALARM
+    assert decode_block(urgent, spec).events[0].kind is Kind.SOS
+    assert decode_block(cancel, spec).events[0].kind is Kind.RESTORE
+    assert decode_block(urgent, shipped).events[0].kind is Kind.DEVICE_ALARM  # not mapped
+
+
 def test_values_outside_the_contract_are_null_not_a_lost_alarm() -> None:
     """A base station writing 0x80 for "no RSSI", a BLE gateway writing "n/a", a battery byte
     of 200: the SOS is still an alarm, published within the contract, the device's own value

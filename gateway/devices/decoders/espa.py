@@ -62,7 +62,12 @@ def decode_block(raw: bytes, spec: EspaSpec) -> Decoded:
         return rejected("bad_format", raw, "call without a call address")
     status = str(ids.get("call_status", ""))
     call_type = str(ids.get("call_type", ""))
-    mapped = spec.call_status.get(status) or spec.call_types.get(call_type)
+    priority = str(ids.get("priority", ""))
+    mapped = (
+        spec.call_status.get(status)
+        or spec.priorities.get(priority)
+        or spec.call_types.get(call_type)
+    )
     if mapped is None and spec.default_call_kind is not None:
         mapped = spec.default_call_kind
     if mapped is None:

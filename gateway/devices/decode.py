@@ -22,6 +22,7 @@ from gateway.devices.pipeline import framer_and_decoder
 # control lines ("000002.469 RTS  inactive") between them.
 _SPY_ROW = re.compile(r"^\d+\.\d{3} (?P<label>\S+)\s+(?:[0-9A-F]{4}  (?P<row>.*)|.*)$")
 _SPY_HEX = 49
+_SPY_BYTE = re.compile(r"(?<![0-9A-F])[0-9A-F]{2}(?![0-9A-F])")
 
 
 def spy_received(data: bytes) -> bytes | None:
@@ -33,8 +34,8 @@ def spy_received(data: bytes) -> bytes | None:
         return None
     out = bytearray()
     for m in rows:
-        if m["label"] == "RX" and m["row"] is not None:
-            out += bytes.fromhex(m["row"][:_SPY_HEX])
+        if m["label"] == "RX" and m["row"] is not None:  # a row cut short keeps its whole bytes
+            out += bytes.fromhex(" ".join(_SPY_BYTE.findall(m["row"][:_SPY_HEX])))
     return bytes(out)
 
 

@@ -42,8 +42,10 @@ def _encoding(value: str) -> str:
         b"A".decode(value)  # not b"": decoding nothing never looks the codec up
     except LookupError:
         raise ValueError(f"{value!r} is not a text encoding") from None
-    except UnicodeError:  # a text encoding in which one byte says nothing (UTF-16)
+    except UnicodeDecodeError:  # a text encoding in which one byte says nothing (UTF-16)
         pass
+    except UnicodeError:  # "undefined": refuses every text
+        raise ValueError(f"{value!r} decodes no text") from None
     return value
 
 

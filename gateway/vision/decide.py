@@ -238,7 +238,7 @@ class Decider:
         while t - self._ambiguous_at[0] > p.window_s:
             self._ambiguous_at.popleft()
         reported = self._ambiguity_reported_at
-        if reported is not None and t - reported <= p.track_gap_s:
+        if reported is not None and t - reported <= p.window_s:  # the same episode
             self._ambiguity_reported_at = t
             return []
         if len(self._ambiguous_at) < p.ambiguity_frames:

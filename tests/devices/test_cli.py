@@ -70,6 +70,15 @@ def test_decode_a_spy_capture_of_what_the_device_sent(
     ]
 
 
+def test_a_spy_dump_cut_off_mid_row_keeps_its_whole_bytes() -> None:
+    """Copied while the port was still writing: the last row ends half-way."""
+    from gateway.devices.decode import spy_received
+
+    row = "000000.200 RX   0000  AA 55 0A 01 A1 B2 C3 D4  E5 F6 02 C6 01 A5 25     .U.....\n"
+    cut = (row + "000000.300 RX   0000  AA 55 0A 0").encode()
+    assert spy_received(cut) == bytes.fromhex(SOS + " AA 55 0A")
+
+
 def test_invalid_definition_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\n[binary]\nbyte_order = "middle"\n')

@@ -50,13 +50,23 @@ def test_bad_values_are_explained(tmp_path: Path) -> None:
     assert "device = 'bnad' is not one of the fields" in message
 
 
-@pytest.mark.parametrize("encoding", ["hex", "base64", "rot13"])
-def test_a_codec_that_is_not_a_text_encoding_is_refused(tmp_path: Path, encoding: str) -> None:
-    """Python knows these codecs, but they turn bytes into bytes: every call would fail."""
+@pytest.mark.parametrize(
+    ("encoding", "problem"),
+    [
+        ("hex", "is not a text encoding"),
+        ("base64", "is not a text encoding"),
+        ("rot13", "is not a text encoding"),
+        ("undefined", "decodes no text"),
+    ],
+)
+def test_a_codec_that_is_not_a_text_encoding_is_refused(
+    tmp_path: Path, encoding: str, problem: str
+) -> None:
+    """Python knows these codecs, but they decode no text: every call would fail."""
     text = (CONFIGS / "espa444-nurse-call.toml").read_text()
     bad = tmp_path / "vendor.toml"
     bad.write_text(text.replace('encoding = "ascii"', f'encoding = "{encoding}"'))
-    with pytest.raises(ConfigFileError, match=f"'{encoding}' is not a text encoding"):
+    with pytest.raises(ConfigFileError, match=f"'{encoding}' {problem}"):
         load_definition(bad)
 
 

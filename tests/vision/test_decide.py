@@ -189,8 +189,9 @@ def test_a_second_face_that_keeps_coming_back_seldom_is_reported_for_staff() -> 
         for i in range(int(10 * FPS))
     ]
     out = run(decider, observations)
-    assert out and {d.outcome for d in out} == {Outcome.MULTIPLE_FACES}
-    assert out[0].reason == "another face kept appearing"
+    assert [(d.outcome, d.reason) for d in out] == [
+        (Outcome.MULTIPLE_FACES, "another face kept appearing")  # once: one episode
+    ]
     assert out[0].t >= 2 * POLICY.decide_within_s
 
 

@@ -35,11 +35,13 @@ class Pending:
 
 
 class Settled(NamedTuple):
-    """A confirmed decision: the elder was settled by hand at ``t`` (the frames' clock)."""
+    """A confirmed decision: the elder was settled by hand; ``t`` (the frames' clock) and
+    ``track`` are the decision's, ``probe`` the face it saw."""
 
     elder: str
     t: float
     track: int
+    probe: np.ndarray
 
 
 class Confirmations:
@@ -87,7 +89,9 @@ class Confirmations:
         with self._lock:
             pending = self._held.pop(event_id, None)
             if pending is not None and elder is not None:
-                self._settled.append(Settled(elder, pending.decided_t, pending.track))
+                self._settled.append(
+                    Settled(elder, pending.decided_t, pending.track, pending.probe)
+                )
 
     def take_settled(self) -> list[Settled]:
         """The confirmations since the last call, for the pipeline thread's decider."""

@@ -183,13 +183,22 @@ class Decider:
             track.evidence.append(self._evidence(obs))
         return out + self._evaluate(track, obs.t)
 
-    def settled(self, elder: str, t: float, track: int) -> None:
+    def settled(self, elder: str, t: float, track: int, probe: np.ndarray | None = None) -> None:
         """Staff settled an ``uncertain`` decision by hand and said who it was: the elder is in
-        cooldown as if accepted then (and while that track stays in view), so the counter does
-        not settle the same meal a second time once it recognises her."""
+        cooldown as if accepted at ``t``, and for as long as she stays in view (the decision's
+        track, or the one in view now if it shows the face staff confirmed), so the counter
+        does not settle the same meal a second time once it recognises her."""
         self._accepted_at[elder] = max(t, self._accepted_at.get(elder, t))
-        if self.track is not None and self.track.id == track:
-            self.track.elder = elder
+        current = self.track
+        if current is None:
+            return
+        same_face = (
+            probe is not None
+            and current.last_embedding is not None
+            and float(current.last_embedding @ probe) >= self.policy.same_person
+        )
+        if current.id == track or same_face:
+            current.elder = elder
 
     def flush(self) -> list[Decision]:
         """End the current track (the source ended or the service stops)."""

@@ -133,8 +133,10 @@ class CounterPipeline:
         for elder, ago in self._earlier:
             self.decider.settled(elder, frame.t - ago, 0)
         self._earlier = []
-        for settled in self.confirmations.take_settled():
-            self.decider.settled(*settled)
+        for settled in self.confirmations.take_settled():  # the cooldown runs from now
+            self.decider.settled(
+                settled.elder, max(settled.t, frame.t), settled.track, settled.probe
+            )
         obs = observation(analysis, frame.t, search_result)
         this = TrackFrames()
         this.add(timings, frame.image if self.audit is not None and obs.kind != "no_face" else None)

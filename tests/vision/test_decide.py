@@ -166,6 +166,23 @@ def test_an_elder_staff_settled_by_hand_is_not_accepted_again_within_the_cooldow
     assert decider.counters["cooldown_suppressed"] == 1
 
 
+def test_a_confirmation_made_after_she_turned_away_still_keeps_her_from_a_second_settlement() -> (
+    None
+):
+    """Uncertain, she turns away and back (a second uncertain track) and staff confirm only
+    then; she stays at the counter a minute longer, turns away and back once more, now known
+    by the learned face: no acceptance, the meal was settled by hand."""
+    decider = Decider(POLICY)
+    first = run(decider, frames(0.0, int(3 * FPS), who="p1", top="elder-1", score=0.5))
+    second = run(decider, frames(4.0, int(6 * FPS), who="p1", top="elder-1", score=0.5))
+    assert [d.outcome for d in first + second] == [Outcome.UNCERTAIN, Outcome.UNCERTAIN]
+    decider.settled("elder-1", 10.0, first[0].track, person("p1"))  # staff confirm at 10 s
+    stays = frames(10.0, int(60 * FPS), who="p1", top="elder-1", score=0.7)
+    back = frames(stays[-1].t + 1.0, int(2 * FPS), who="p1", top="elder-1", score=0.7)
+    assert run(decider, stays + back) == []
+    assert decider.counters["cooldown_suppressed"] == 1
+
+
 def test_liveness_is_judged_on_the_frames_that_voted() -> None:
     """Three frames vote for the elder and two of them fail liveness; two more frames of her
     with too small a margin pass it. They do not vote, so they cannot carry liveness either."""

@@ -200,6 +200,14 @@ class Decider:
         if current.id == track or same_face:
             current.elder = elder
 
+    def cooldowns(self, t: float) -> dict[str, float]:
+        """Elder -> seconds since last seen, for those still in cooldown at ``t``."""
+        return {
+            elder: t - at
+            for elder, at in self._accepted_at.items()
+            if t - at < self.policy.cooldown_s
+        }
+
     def flush(self) -> list[Decision]:
         """End the current track (the source ended or the service stops)."""
         return self._close(self.track) if self.track is not None else []

@@ -108,6 +108,7 @@ class CounterPipeline:
         self.last_timings: dict[str, float] = {}
         self.recent_ms: deque[float] = deque(maxlen=100)
         self._earlier: list[tuple[str, float]] = []
+        self.last_t: float | None = None  # the last frame's time
 
     def remember(self, accepted: list[tuple[str, float]]) -> None:
         """Elders accepted before a restart, with how long ago (s): they stay in cooldown
@@ -130,6 +131,7 @@ class CounterPipeline:
         timings["total"] = time.perf_counter() - start + frame.decode_s
         self.counts["frames"] += 1
         self.counts[analysis.kind] += 1
+        self.last_t = frame.t
         for elder, ago in self._earlier:
             self.decider.settled(elder, frame.t - ago, 0)
         self._earlier = []

@@ -25,6 +25,7 @@ from typing import Any
 from gateway.lifecycle import StartupError
 from gateway.logs import RateLimitedLog
 from gateway.store import Store
+from gateway.vision import cooldown
 from gateway.vision.analyze import Analyzer, AnalyzerSettings
 from gateway.vision.audit import AuditFrames
 from gateway.vision.calibrate import beyond_calibration
@@ -39,6 +40,7 @@ from gateway.vision.models import Models, load_manifest, resolve_models_dir
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
 
 log = logging.getLogger(__name__)
+COOLDOWN_SAVE_S = 5.0  # how often a changed cooldown is written (for a restart)
 
 Listener = Callable[[DecisionEvent], None]
 
@@ -75,6 +77,8 @@ class VisionService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ratelimited = RateLimitedLog(log, 60.0)
+        self._cooldown_path = data_dir / cooldown.FILE
+        self._cooldown_saved: dict[str, int] = {}
 
     def start(self) -> None:
         try:
@@ -110,15 +114,14 @@ class VisionService:
             confirmations=self.confirmations,
         )
         if self.store is not None:  # a restart must not settle the same elder twice
-            self.pipeline.remember(
-                [
-                    (str(data["elder_id"]), age_ms / 1000)
-                    for age_ms, data in self.store.recent(
-                        FACE_DECISION.name, int(cfg.decision.cooldown_s * 1000)
-                    )
-                    if data.get("outcome") == "accepted" and data.get("elder_id")
-                ]
-            )
+            within_ms = int(cfg.decision.cooldown_s * 1000)
+            accepted = [
+                (str(data["elder_id"]), age_ms / 1000)
+                for age_ms, data in self.store.recent(FACE_DECISION.name, within_ms)
+                if data.get("outcome") == "accepted" and data.get("elder_id")
+            ]
+            seen = cooldown.load(self._cooldown_path, self.store.steady_ms(), within_ms)
+            self.pipeline.remember(accepted + seen)
         self.feed = open_feed(cfg.camera, realtime=self.realtime)
         self.feed.start()
         self._stop.clear()
@@ -207,6 +210,7 @@ class VisionService:
         assert self.pipeline is not None and self.feed is not None and self.gallery is not None
         pipeline, feed = self.pipeline, self.feed
         next_refresh = time.monotonic() + self.cfg.gallery.refresh_s
+        next_save = time.monotonic() + COOLDOWN_SAVE_S
         while not self._stop.is_set():
             try:
                 frame = feed.next_frame(timeout=0.2)
@@ -226,6 +230,9 @@ class VisionService:
             if now >= next_refresh:
                 next_refresh = now + self.cfg.gallery.refresh_s
                 self._refresh()
+            if now >= next_save:
+                next_save = now + COOLDOWN_SAVE_S
+                self._save_cooldown()
         try:
             events = pipeline.flush()
         except Exception as exc:
@@ -234,6 +241,21 @@ class VisionService:
             return
         for event in events:
             self._emit(event)
+        self._save_cooldown()
+
+    def _save_cooldown(self) -> None:
+        """When each elder in cooldown was last seen, in running time, when it has changed."""
+        pipeline, store = self.pipeline, self.store
+        if store is None or pipeline is None or pipeline.last_t is None:
+            return
+        now_ms = store.steady_ms()
+        ages = pipeline.decider.cooldowns(pipeline.last_t)
+        seen = {elder: now_ms - int(age * 1000) for elder, age in ages.items()}
+        saved = self._cooldown_saved
+        if seen.keys() == saved.keys() and all(abs(seen[e] - saved[e]) < 1000 for e in seen):
+            return
+        cooldown.save(self._cooldown_path, seen)
+        self._cooldown_saved = seen
 
     def _refresh(self) -> None:
         """New enrolments; a gallery file that cannot be read now leaves the last one in use."""

@@ -332,10 +332,34 @@ def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
     _enrol_one(data_dir, analyzer, faces_dir, cfg)
     _run(VisionService(cfg, data_dir, store, realtime=False))
     assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None]
+    saved = json.loads((data_dir / "face-cooldown.json").read_text())
+    assert list(saved) == ["elder-7"] and 0 <= store.steady_ms() - saved["elder-7"] < 60_000
     again = VisionService(cfg, data_dir, store, realtime=False)  # the restarted face stage
     _run(again)
     assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None, None]
     assert again.health()["decider"]["cooldown_suppressed"] == 1
+
+
+def test_an_elder_who_lingered_past_her_acceptance_is_still_in_cooldown_after_a_restart(
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+    store: Store,
+) -> None:
+    """Accepted long ago by the journal's reckoning, but seen at the counter until just before
+    the restart (the cooldown file says so): not accepted again. A damaged file is ignored."""
+    data_dir = store.path.parent
+    cfg = _small_cfg(vision_cfg, small_replay)
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    (data_dir / "face-cooldown.json").write_text(json.dumps({"elder-7": store.steady_ms()}))
+    lingered = VisionService(cfg, data_dir, store, realtime=False)
+    _run(lingered)
+    assert [d["elder_id"] for d in recorded(store.path)] == [None]
+    assert lingered.health()["decider"]["cooldown_suppressed"] == 1
+    (data_dir / "face-cooldown.json").write_text("{not json")
+    _run(VisionService(cfg, data_dir, store, realtime=False))
+    assert "elder-7" in [d["elder_id"] for d in recorded(store.path)]
 
 
 def test_an_accepted_look_alike_is_named_for_a_second_factor(

@@ -150,6 +150,9 @@ class Decider:
         self._accepted_at: dict[str, float] = {}
         self._ambiguous_at: deque[float] = deque()  # frames with a second face, last window_s
         self._ambiguity_reported_at: float | None = None
+        # a second face seen again and again, too seldom for multiple_faces: one report a spell
+        self._last_second_face: float | None = None
+        self._kept_reported = False
         self.counters: Counter[str] = Counter()
 
     def observe(self, obs: Observation) -> list[Decision]:
@@ -254,8 +257,11 @@ class Decider:
         self._ambiguous_at.append(t)
         while t - self._ambiguous_at[0] > p.window_s:
             self._ambiguous_at.popleft()
+        if self._last_second_face is None or t - self._last_second_face > p.decide_within_s:
+            self._kept_reported = False  # a new spell of second faces
+        self._last_second_face = t
         reported = self._ambiguity_reported_at
-        if reported is not None and t - reported <= p.window_s:  # the same episode
+        if reported is not None and t - reported <= p.track_gap_s:
             self._ambiguity_reported_at = t
             return []
         if len(self._ambiguous_at) < p.ambiguity_frames:
@@ -314,15 +320,16 @@ class Decider:
             decision = self._had_its_frames(track, t)
             if decision is not None:
                 return [decision]
-        # a second face that keeps coming back, too seldom to count as multiple_faces at once
-        # (an episode already reported is not reported again), must not leave the elder
-        # waiting without a word for staff
+        # a second face that keeps coming back, too seldom to count as multiple_faces at once,
+        # must not leave the elder waiting without a word for staff (once per spell of it)
         reported = self._ambiguity_reported_at
         if (
             t - track.started >= 2 * p.decide_within_s
             and self._second_face_lately(t)
+            and not self._kept_reported
             and (reported is None or t - reported > p.window_s)
         ):
+            self._kept_reported = True  # once per spell, not every few seconds of a meal
             return self._report_ambiguity(track, t, "another face kept appearing")
         return []
 

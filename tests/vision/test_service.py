@@ -209,11 +209,16 @@ def test_photo_replay_end_to_end(
     assert service.feed.source.bad_files == 2
     assert health["frame_errors"] == 0 and health["unrecorded_decisions"] == 0
     assert health["gallery"]["beyond_calibration"] is False
-    # privacy: no frame, crop or template was written anywhere but the encrypted gallery
+    # privacy: no frame, crop or template was written anywhere but the encrypted gallery; the
+    # cooldown file holds elder ids and times only
     assert sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("gateway.db")) == [
+        "face-cooldown.json",
         "faces.db",
         "faces.key",
     ]
+    cooling = json.loads((data_dir / "face-cooldown.json").read_text())
+    enrolled = {elder for elder, _ in enrolments}
+    assert set(cooling) <= enrolled and all(isinstance(v, int) for v in cooling.values())
 
 
 def _top(decision: dict[str, object]) -> str | None:

@@ -72,6 +72,8 @@ def service_state(service: Mapping[str, Any]) -> str:
         return f"link {str(link['state']).upper()}"
     if service.get("silent"):
         return "SILENT"
+    if (service.get("gallery") or {}).get("key_mismatch"):
+        return "GALLERY KEY MISMATCH"
     camera = service.get("camera") or {}
     if camera.get("state", "streaming") not in ("streaming", "ended"):
         return f"camera {str(camera['state']).upper()}"

@@ -89,6 +89,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     vision = cfg.vision
+    jobs: list[tuple[str, list[Path] | OSError]]
+    if args.folder is not None and args.allow_similar:
+        print(
+            "--allow-similar is for one elder whom staff have checked (--elder ID), not for "
+            "every folder of a bulk run",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if args.folder is not None:
         jobs = folder_photos(args.folder)
         if not jobs:
@@ -110,17 +118,20 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     counts = {"enrolled": 0, "refused": 0, "flagged": 0}
     few_photos = 0
     for done, (elder, photos) in enumerate(jobs, start=1):
-        try:
-            result = enrol(
-                gallery,
-                analyzer,
-                elder,
-                photos,
-                rules=vision.decision,
-                allow_similar=args.allow_similar,
-            )
-        except BadElderId as exc:
-            result = refused_id(elder, str(exc))
+        if isinstance(photos, OSError):
+            result = refused_id(elder, f"folder cannot be read: {photos.strerror or photos}")
+        else:
+            try:
+                result = enrol(
+                    gallery,
+                    analyzer,
+                    elder,
+                    photos,
+                    rules=vision.decision,
+                    allow_similar=args.allow_similar,
+                )
+            except BadElderId as exc:
+                result = refused_id(elder, str(exc))
         counts[result.status] += 1
         few_photos += result.status == "enrolled" and result.templates < RECOMMENDED_PHOTOS
         if progress is None or result.status != "enrolled" or args.verbose:
@@ -168,11 +179,14 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_remove(args: argparse.Namespace) -> int:
+    from gateway.vision import cooldown
     from gateway.vision.elders import check_elder_id
     from gateway.vision.gallery import erase
 
     cfg = _config(args)
-    removed = erase(cfg.vision.gallery.db_path(cfg.gateway.data_dir), check_elder_id(args.elder))
+    elder = check_elder_id(args.elder)
+    removed = erase(cfg.vision.gallery.db_path(cfg.gateway.data_dir), elder)
+    cooldown.forget(cfg.gateway.data_dir / cooldown.FILE, elder)
     print(f"{args.elder}: {removed} template(s) erased")
     return EXIT_OK if removed else EXIT_FAIL
 

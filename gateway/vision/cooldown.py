@@ -50,3 +50,16 @@ def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
         if isinstance(seen, int) and not isinstance(seen, bool) and 0 <= now_ms - seen <= within_ms:
             out.append((str(elder), (now_ms - seen) / 1000))
     return out
+
+
+def forget(path: Path, elder: str) -> None:
+    """An erased elder leaves no trace here either (a running counter's next save agrees)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        data = {}  # damaged: nothing in it worth keeping
+    if isinstance(data, dict):
+        data.pop(elder, None)
+    save(path, data if isinstance(data, dict) else {})

@@ -311,6 +311,18 @@ def _add(
     conflicts = [
         (e, s) for e, s in _best_others(gallery, elder_id, vectors) if s >= rules.accept_threshold
     ]
+    same_picture = [(e, s) for e, s in conflicts if s >= SAME_PICTURE]
+    if same_picture:  # not a look-alike staff could vouch for: the very same photo
+        names = ", ".join(e for e, _ in same_picture)
+        return Enrolment(
+            elder_id,
+            "flagged",
+            f"the same picture is enrolled for {names}; not added (allow_similar cannot "
+            "override this)",
+            verdicts,
+            templates=held,
+            conflicts=conflicts,
+        )
     if conflicts and not allow_similar:
         names = ", ".join(f"{e} ({s:.2f})" for e, s in conflicts)
         return Enrolment(
@@ -385,14 +397,22 @@ def _best_others(
     return sorted(pairs, key=lambda p: -p[1])
 
 
-def folder_photos(folder: Path) -> list[tuple[str, list[Path]]]:
-    """(elder id, photos) for a folder holding one sub-folder per elder. Hidden and system
-    folders are not elders: a USB stick formatted on Windows has "System Volume Information"."""
-    return [
-        (sub.name, sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        for sub in sorted(folder.iterdir())
-        if sub.is_dir() and not _system_folder(sub.name)
-    ]
+def folder_photos(folder: Path) -> list[tuple[str, list[Path] | OSError]]:
+    """(elder id, photos) for a folder holding one sub-folder per elder; a sub-folder that
+    cannot be read gives its error instead, so one bad folder does not stop the others.
+    Hidden and system folders are not elders: a USB stick formatted on Windows has "System
+    Volume Information"."""
+    out: list[tuple[str, list[Path] | OSError]] = []
+    for sub in sorted(folder.iterdir()):
+        if not sub.is_dir() or _system_folder(sub.name):
+            continue
+        try:
+            photos = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            out.append((sub.name, exc))
+            continue
+        out.append((sub.name, photos))
+    return out
 
 
 def _system_folder(name: str) -> bool:
@@ -400,5 +420,6 @@ def _system_folder(name: str) -> bool:
 
 
 def refused_id(elder_id: str, problem: str) -> Enrolment:
-    """A folder named so that it cannot be an elder id: refused, and the others go on."""
+    """A folder named so that it cannot be an elder id, or that cannot be read: refused, and
+    the others go on."""
     return Enrolment(elder_id, "refused", problem, [])

@@ -337,6 +337,16 @@ class Gallery:
         same moment, wrote one first: then theirs is verified like any other)."""
         select = "SELECT value FROM meta WHERE key = 'key_check'"
         row = conn.execute(select).fetchone()
+        if row is None and conn.execute("SELECT 1 FROM templates LIMIT 1").fetchone():
+            # templates without a check: any key would pass one written now
+            self.report.key_mismatch = True
+            log.error(
+                "face gallery %s: its key check is missing, so the key in %s cannot be "
+                "verified; writes are refused",
+                self.db_path,
+                self.key_path,
+            )
+            return
         if row is None:
             nonce = os.urandom(NONCE_BYTES)
             value = (nonce + self._aead.encrypt(nonce, KEY_CHECK, None)).hex()

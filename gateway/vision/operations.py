@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def face_remove(db_path: Path, request: Mapping[str, Any]) -> Reply:
-    """Consent withdrawn, or the elder left: their templates and look-alike entries go."""
+def face_remove(db_path: Path, cooldown_path: Path, request: Mapping[str, Any]) -> Reply:
+    """Consent withdrawn, or the elder left: their templates, look-alike entries and saved
+    cooldown go."""
+    from gateway.vision import cooldown
     from gateway.vision.gallery import erase
 
     elder = _elder(request)
@@ -42,6 +44,7 @@ def face_remove(db_path: Path, request: Mapping[str, Any]) -> Reply:
         erased = erase(db_path, elder)
     except VisionError as exc:
         raise RequestError(str(exc)) from None
+    cooldown.forget(cooldown_path, elder)
     log.info("face gallery: %d template(s) erased on the platform's request", erased)
     return Reply({"elder_id": elder, "templates_erased": erased})
 

@@ -78,7 +78,7 @@ class VisionService:
         self._thread: threading.Thread | None = None
         self._ratelimited = RateLimitedLog(log, 60.0)
         self._cooldown_path = data_dir / cooldown.FILE
-        self._cooldown_saved: dict[str, int] = {}
+        self._cooldown_saved: dict[str, int] | None = None  # None: write at the first save
 
     def start(self) -> None:
         try:
@@ -252,7 +252,11 @@ class VisionService:
         ages = pipeline.decider.cooldowns(pipeline.last_t)
         seen = {elder: now_ms - int(age * 1000) for elder, age in ages.items()}
         saved = self._cooldown_saved
-        if seen.keys() == saved.keys() and all(abs(seen[e] - saved[e]) < 1000 for e in seen):
+        if (
+            saved is not None
+            and seen.keys() == saved.keys()
+            and all(abs(seen[e] - saved[e]) < 1000 for e in seen)
+        ):
             return
         cooldown.save(self._cooldown_path, seen)
         self._cooldown_saved = seen

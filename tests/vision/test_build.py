@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,14 @@ def _enrolled(data_dir: Path) -> Gallery:
 def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto) -> None:
     data_dir = tmp_path / "var"
     gallery = _enrolled(data_dir)
+    cooling = data_dir / "face-cooldown.json"  # as a counter leaves it: both in cooldown
+    cooling.write_text(json.dumps({"E1024": 1000, "E2048": 2000}))
     sub = Subscriber(mosquitto.port)
     try:
         with running(config(data_dir, mosquitto.port)) as gw:  # no camera configured
             sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
             first = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
+            assert json.loads(cooling.read_text()) == {"E2048": 2000}  # no trace of E1024
             assert first["status"] == "ok"
             assert first["data"] == {"elder_id": "E1024", "templates_erased": 2}
             again = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})

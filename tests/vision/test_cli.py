@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -93,6 +95,21 @@ def test_models_verify_command(staged: Path, capsys: pytest.CaptureFixture[str])
     assert "retinaface_mbnet0.25.onnx: BAD: missing" in capsys.readouterr().out
 
 
+def _unreadable_folder(path: Path) -> bool:
+    """A sub-folder that cannot be listed: mode 000, or for root (who lists anything) a link
+    to a directory the kernel refuses even to root. False where neither can be made."""
+    path.mkdir(mode=0)
+    with contextlib.suppress(PermissionError):
+        os.listdir(path)
+        path.rmdir()
+        path.symlink_to("/proc/1/map_files")
+        with contextlib.suppress(PermissionError):
+            os.listdir(path)
+            path.unlink()
+            return False
+    return True
+
+
 def test_bulk_enrolment_command(
     tmp_path: Path, faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,20 +126,27 @@ def test_bulk_enrolment_command(
         (folder / elder).mkdir(parents=True)
         for name in names:
             shutil.copyfile(df / name, folder / elder / name)
+    locked = _unreadable_folder(folder / "e-105")  # e.g. not the gateway user's to read
     config = tmp_path / "gw.toml"
     config.write_text(
         f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n[vision]\nmodels_dir = "{models_dir}"\n'
     )
+    assert main(["enroll", "-c", str(config), "--folder", str(folder), "--allow-similar"]) == 2
+    assert "not for every folder of a bulk run" in capsys.readouterr().err
     code = main(["enroll", "-c", str(config), "--folder", str(folder)])
     captured = capsys.readouterr()
-    assert code == 3  # two elders refused
+    assert code == 3  # elders refused
     assert "e-103: refused: no usable photo" in captured.out
     assert "couple.jpg: refused: multiple_faces" in captured.out
     assert "e 104: refused: elder id 'e 104': use letters" in captured.out
-    assert "2 enrolled, 2 refused, 0 flagged" in captured.out
+    if locked:
+        assert "e-105: refused: folder cannot be read" in captured.out
+    assert f"2 enrolled, {3 if locked else 2} refused, 0 flagged" in captured.out
     assert "System Volume" not in captured.out and "thumbnails" not in captured.out
     assert "2 enrolled with fewer than 3 photos in all" in captured.out
-    assert "enrolling: 4/4" in captured.err  # the progress bar, one line per tenth off a tty
+    assert (
+        f"enrolling: {5 if locked else 4}/{5 if locked else 4}" in captured.err
+    )  # the progress bar, one line per tenth off a tty
     # photos straight in the folder, not in one sub-folder per elder: said, not ignored
     assert main(["enroll", "-c", str(config), "--folder", str(folder / "e-101")]) == 1
     assert "its photos are not in sub-folders" in capsys.readouterr().err

@@ -358,3 +358,13 @@ def test_a_face_seen_before_an_erasure_is_not_learned_into_a_new_enrolment(
     gallery.add("elder-1", _faces(1, seed=9))  # another photo of her, later
     fresh = learn(gallery, "elder-1", seen, rules=RULES, decision="d-2", anchor=anchor)
     assert fresh.status == "enrolled" and gallery.learned("elder-1") == ["d-2"]
+
+
+def test_the_same_picture_is_never_enrolled_for_two_elders_whatever_staff_allow(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    """Twins may look alike and staff may vouch for them; one photo is one person."""
+    enrol(gallery, analyzer, "elder-1", [df / "img13.jpg"], rules=RULES)
+    again = enrol(gallery, analyzer, "elder-2", [df / "img13.jpg"], rules=RULES, allow_similar=True)
+    assert again.status == "flagged" and "the same picture is enrolled for elder-1" in again.message
+    assert gallery.snapshot.count("elder-2") == 0

@@ -203,6 +203,23 @@ def test_a_damaged_key_check_refuses_writes_and_the_templates_still_load(
         reopened.add("elder-d", _vectors(1, 4))
 
 
+def test_a_key_check_gone_from_a_gallery_with_templates_is_not_written_anew(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    """With the check deleted, any key would pass one written now: another key must not be
+    able to write beside templates it cannot read (and so cannot compare against)."""
+    db, key = paths
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'key_check'")
+    key.write_bytes(os.urandom(32))
+    reopened = Gallery.open(db, key, MODEL)
+    assert reopened.report.key_mismatch and reopened.report.undecryptable == 6
+    with pytest.raises(GalleryError, match="refusing to write"):
+        reopened.add("elder-d", _vectors(1, 4))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT 1 FROM meta WHERE key = 'key_check'").fetchone() is None
+
+
 def damage_gallery_file(db: Path, key: Path, model_id: str) -> None:
     """A gallery of 300 elders whose file then takes a bad write (SD card wear) in the
     pages that hold templates, past the schema."""

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS confusable (
 );
 """
 KEY_CHECK = b"eldercare-gateway face gallery"
+EMPTY_WHILE_CREATED_S = 60.0  # a new gallery's file is empty only while it is being created
 T = TypeVar("T")
 PURPOSE = "gallery-templates-v1"
 NONCE_BYTES = 12
@@ -250,10 +251,29 @@ class Gallery:
         if not self.db_path.exists():
             private_dir(self.db_path.parent)
             touch_private(self.db_path)  # ciphertexts and elder ids
+        else:
+            self._refuse_emptied()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
             _migrate(conn)
             self._check_key(conn)
+
+    def _refuse_emptied(self) -> None:
+        """A gallery file of zero bytes beside a key made earlier was emptied (a bad copy, a
+        full disk while restoring): opened as it is it would become a new, empty gallery and
+        every elder would be ``unknown`` without a word. Only the moment of creation has an
+        empty file, and its key is seconds old then."""
+        try:
+            empty = self.db_path.stat().st_size == 0
+            key_age = time.time() - self.key_path.stat().st_mtime
+        except OSError:
+            return
+        if empty and key_age > EMPTY_WHILE_CREATED_S:
+            raise GalleryError(
+                f"{self.db_path} is empty, but its key was made {key_age / 86400:.1f} days ago: "
+                "the enrolled elders are gone from it. Restore it from a backup, or move it "
+                "and the key aside to enrol everyone anew"
+            )
 
     @classmethod
     def configured(cls, cfg: VisionSection, data_dir: Path, *, create: bool = False) -> Gallery:

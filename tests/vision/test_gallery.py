@@ -220,6 +220,22 @@ def test_a_key_check_gone_from_a_gallery_with_templates_is_not_written_anew(
         assert conn.execute("SELECT 1 FROM meta WHERE key = 'key_check'").fetchone() is None
 
 
+def test_a_gallery_file_emptied_beside_an_older_key_is_an_error_not_a_new_gallery(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    """Opened as it is, it would become an empty gallery: everyone `unknown`, nothing said."""
+    db, key = paths
+    for leftover in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    db.write_bytes(b"")
+    made = key.stat().st_mtime - 3 * 86400
+    os.utime(key, (made, made))
+    with pytest.raises(GalleryError, match=r"is empty, but its key was made 3\.0 days ago"):
+        Gallery.open(db, key, MODEL, create=True)
+    db.unlink()  # moved aside on purpose: a new gallery is made with the same key
+    assert Gallery.open(db, key, MODEL, create=True).report.templates == 0
+
+
 def damage_gallery_file(db: Path, key: Path, model_id: str) -> None:
     """A gallery of 300 elders whose file then takes a bad write (SD card wear) in the
     pages that hold templates, past the schema."""

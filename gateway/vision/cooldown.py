@@ -10,56 +10,73 @@ and times only, is private like the rest of the data directory, and is replaced 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
+from typing import TypeGuard
 
 log = logging.getLogger(__name__)
 
 FILE = "face-cooldown.json"
+MAX_BYTES = 1 << 20  # some 20,000 elders in cooldown at once; a site has far fewer
 
 
 def save(path: Path, last_seen_ms: dict[str, int]) -> None:
     """Replace the file with elder -> running time (ms) last seen; a failure is logged, the
     counter goes on (the journal's acceptances still cover a restart)."""
-    tmp = path.with_name(path.name + ".tmp")
+    try:  # a temporary file of its own: the counter and an erasure may write at once
+        fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)  # 0600
+    except OSError as exc:
+        log.warning("face stage: cooldown not saved: %s", exc)
+        return
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(last_seen_ms, out)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("face stage: cooldown not saved: %s", exc)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _read(path: Path) -> dict[str, object] | None:
+    """The file's entries; None when there is no file. Damage (bad JSON, nesting deep enough
+    to overflow the parser, a file far larger than a site's elders need) gives {}, logged."""
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise ValueError(f"over {MAX_BYTES} bytes")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as exc:
+        log.warning("face stage: cooldown file %s not read: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
-    """(elder, seconds since last seen) for those seen within ``within_ms``; a missing or
-    damaged file gives nothing, logged when damaged."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        log.warning("face stage: cooldown file %s not read: %s", path, exc)
-        return []
-    if not isinstance(data, dict):
-        return []
+    """(elder, seconds since last seen) for those seen within ``within_ms``. A time ahead of
+    ``now_ms`` counts as just now: after a crash the store's running time resumes from its
+    last commit, which may be before the last save."""
     out = []
-    for elder, seen in data.items():
-        if isinstance(seen, int) and not isinstance(seen, bool) and 0 <= now_ms - seen <= within_ms:
-            out.append((str(elder), (now_ms - seen) / 1000))
+    for elder, seen in (_read(path) or {}).items():
+        if _is_time(seen) and now_ms - seen <= within_ms:
+            out.append((elder, max(0, now_ms - seen) / 1000))
     return out
 
 
 def forget(path: Path, elder: str) -> None:
-    """An erased elder leaves no trace here either (a running counter's next save agrees)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    """An erased elder leaves no trace here either (a running counter writes only elders
+    still in its gallery, which it reloads within ``gallery.refresh_s``)."""
+    data = _read(path)
+    if data is None:
         return
-    except (OSError, ValueError):
-        data = {}  # damaged: nothing in it worth keeping
-    if isinstance(data, dict):
-        data.pop(elder, None)
-    save(path, data if isinstance(data, dict) else {})
+    data.pop(elder, None)
+    save(path, {e: v for e, v in data.items() if _is_time(v)})
+
+
+def _is_time(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)

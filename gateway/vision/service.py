@@ -79,6 +79,7 @@ class VisionService:
         self._ratelimited = RateLimitedLog(log, 60.0)
         self._cooldown_path = data_dir / cooldown.FILE
         self._cooldown_saved: dict[str, int] | None = None  # None: write at the first save
+        self._last_frame_ms: int | None = None  # the store's running time at the last frame
 
     def start(self) -> None:
         try:
@@ -216,6 +217,8 @@ class VisionService:
                 frame = feed.next_frame(timeout=0.2)
                 if frame is not None:
                     events = pipeline.process(frame)
+                    if self.store is not None:
+                        self._last_frame_ms = self.store.steady_ms()
                 elif feed.ended:
                     break
                 else:
@@ -245,12 +248,15 @@ class VisionService:
 
     def _save_cooldown(self) -> None:
         """When each elder in cooldown was last seen, in running time, when it has changed."""
-        pipeline, store = self.pipeline, self.store
-        if store is None or pipeline is None or pipeline.last_t is None:
+        pipeline, gallery = self.pipeline, self.gallery
+        frame_ms = self._last_frame_ms
+        if pipeline is None or gallery is None or pipeline.last_t is None or frame_ms is None:
             return
-        now_ms = store.steady_ms()
+        # ages at the last frame, from the running time of that frame (not of now: a lost
+        # camera must not keep everyone "just seen"); erased elders are left out
+        enrolled = set(gallery.snapshot.elders)
         ages = pipeline.decider.cooldowns(pipeline.last_t)
-        seen = {elder: now_ms - int(age * 1000) for elder, age in ages.items()}
+        seen = {e: frame_ms - int(age * 1000) for e, age in ages.items() if e in enrolled}
         saved = self._cooldown_saved
         if (
             saved is not None

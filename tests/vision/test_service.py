@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -28,7 +29,7 @@ from gateway.vision.confirm import Confirmations
 from gateway.vision.enroll import assess_photo, enrol
 from gateway.vision.errors import ModelError
 from gateway.vision.evaluate import embed_photo
-from gateway.vision.gallery import Gallery
+from gateway.vision.gallery import Gallery, erase
 from gateway.vision.images import fit_within, read_image
 from gateway.vision.models import Manifest
 from gateway.vision.pipeline import DecisionEvent
@@ -335,14 +336,25 @@ def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
     data_dir = store.path.parent
     cfg = _small_cfg(vision_cfg, small_replay)
     _enrol_one(data_dir, analyzer, faces_dir, cfg)
-    _run(VisionService(cfg, data_dir, store, realtime=False))
-    assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None]
-    saved = json.loads((data_dir / "face-cooldown.json").read_text())
+    first = VisionService(cfg, data_dir, store, realtime=False)
+    _run(first)
+    cooling = data_dir / "face-cooldown.json"
+    saved = json.loads(cooling.read_text())
     assert list(saved) == ["elder-7"] and 0 <= store.steady_ms() - saved["elder-7"] < 60_000
+    time.sleep(1.1)  # no frames since (a camera lost): she was not seen again meanwhile
+    first._save_cooldown()
+    assert json.loads(cooling.read_text()) == saved
+    assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None]
     again = VisionService(cfg, data_dir, store, realtime=False)  # the restarted face stage
     _run(again)
     assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None, None]
     assert again.health()["decider"]["cooldown_suppressed"] == 1
+    assert "elder-7" in json.loads(cooling.read_text())
+    # consent withdrawn: once the counter has reloaded its gallery it writes her no more
+    erase(data_dir / "faces.db", "elder-7")
+    assert again.gallery is not None and again.gallery.refresh_if_changed()
+    again._save_cooldown()
+    assert "elder-7" not in json.loads(cooling.read_text())
 
 
 def test_an_elder_who_lingered_past_her_acceptance_is_still_in_cooldown_after_a_restart(

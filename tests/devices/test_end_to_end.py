@@ -16,6 +16,7 @@ from gateway.app import build
 from gateway.config import load_config
 from gateway.devices.framers.binary import BinaryFramer
 from gateway.devices.model import Frame
+from gateway.devices.service import PortService
 from gateway.devices.simulate import Paced, Sent, Traffic, run_traffic
 from tests.devices.conftest import CONFIGS, definition
 from tests.devices.support import Pty
@@ -61,6 +62,9 @@ baudrate = 115200
     sent: list[Sent] = []
     gw.start()
     try:
+        # a station's bytes before the port is open are not heard (pyserial flushes them)
+        (port,) = [s for s in gw.services if isinstance(s, PortService)]
+        eventually(lambda: port.link.stats.state == "up")
         writer = threading.Thread(
             target=run_traffic,
             args=(Paced(pty.write, 115200), traffic),

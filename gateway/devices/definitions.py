@@ -51,6 +51,18 @@ def _encoding(value: str) -> str:
 
 HexBytes = Annotated[str, AfterValidator(_hex)]
 Encoding = Annotated[str, AfterValidator(_encoding)]
+DedupWindow = Annotated[
+    float,
+    Field(ge=0, le=600, description="Repeats of one (device, seq) this long are one event."),
+]
+StationSilence = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        description="Station fault (link silent) after this long without a byte: stations are "
+        "heard at least every 10 s (their bands' heartbeats); 3 missed.",
+    ),
+]
 
 
 class SerialDefaults(Strict):
@@ -166,15 +178,8 @@ class BinarySpec(Strict):
     byte_order: ByteOrder = "big"
     framing: BinaryFraming
     messages: list[MessageSpec] = Field(min_length=1)
-    dedup_window_s: float = Field(
-        30.0, ge=0, le=600, description="Repeats of one (device, seq) this long are one event."
-    )
-    silence_s: float | None = Field(
-        30.0,
-        gt=0,
-        description="Station fault (link silent) after this long without a byte: stations are "
-        "heard at least every 10 s (their bands' heartbeats); 3 missed.",
-    )
+    dedup_window_s: DedupWindow = 30.0
+    silence_s: StationSilence = 30.0
 
     @model_validator(mode="after")
     def _unique(self) -> BinarySpec:
@@ -215,15 +220,8 @@ class JsonLinesSpec(Strict):
         default_factory=lambda: dict[int, EventMap]({1: Kind.SOS, 4: Kind.SOS, 0x80: Kind.SOS}),
         description="BTHome button value (01 press, 02 double, 03 triple, 04 long, 80 hold).",
     )
-    dedup_window_s: float = Field(
-        30.0, ge=0, le=600, description="Repeats of one (device, seq) this long are one event."
-    )
-    silence_s: float | None = Field(
-        30.0,
-        gt=0,
-        description="Station fault (link silent) after this long without a byte: stations are "
-        "heard at least every 10 s (their bands' heartbeats); 3 missed.",
-    )
+    dedup_window_s: DedupWindow = 30.0
+    silence_s: StationSilence = 30.0
 
 
 # ---- ESPA 4.4.4 ---------------------------------------------------------------------------
@@ -255,9 +253,7 @@ class ContactIdSpec(Strict):
     encoding: Encoding = "ascii"
     ack: HexBytes | None = Field(None, description="Sent after a line is stored, e.g. '06'.")
     nak: HexBytes | None = Field(None, description="Sent when a line is refused, e.g. '15'.")
-    dedup_window_s: float = Field(
-        30.0, ge=0, le=600, description="Repeats of one (device, seq) this long are one event."
-    )
+    dedup_window_s: DedupWindow = 30.0
 
 
 class Dc09Spec(Strict):

@@ -324,18 +324,26 @@ def test_a_gallery_beyond_its_calibration_is_reported(
     assert "gateway eval --faces DIR --n 2" in caplog.text
 
 
-def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
+@pytest.fixture
+def counter(
     small_replay: Path,
     analyzer: Analyzer,
     vision_cfg: VisionSection,
     faces_dir: Path,
     store: Store,
+) -> VisionSection:
+    """The small replay's counter on the store's data directory, elder-7 enrolled."""
+    cfg = _small_cfg(vision_cfg, small_replay)
+    _enrol_one(store.path.parent, analyzer, faces_dir, cfg)
+    return cfg
+
+
+def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
+    counter: VisionSection, store: Store
 ) -> None:
     """The cooldown outlives the process: systemd restarts the gateway in seconds, and the
     elder accepted a moment before is still at the counter."""
-    data_dir = store.path.parent
-    cfg = _small_cfg(vision_cfg, small_replay)
-    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    data_dir, cfg = store.path.parent, counter
     first = VisionService(cfg, data_dir, store, realtime=False)
     _run(first)
     cooling = data_dir / "face-cooldown.json"
@@ -358,17 +366,11 @@ def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
 
 
 def test_an_elder_who_lingered_past_her_acceptance_is_still_in_cooldown_after_a_restart(
-    small_replay: Path,
-    analyzer: Analyzer,
-    vision_cfg: VisionSection,
-    faces_dir: Path,
-    store: Store,
+    counter: VisionSection, store: Store
 ) -> None:
     """Accepted long ago by the journal's reckoning, but seen at the counter until just before
     the restart (the cooldown file says so): not accepted again. A damaged file is ignored."""
-    data_dir = store.path.parent
-    cfg = _small_cfg(vision_cfg, small_replay)
-    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    data_dir, cfg = store.path.parent, counter
     (data_dir / "face-cooldown.json").write_text(json.dumps({"elder-7": store.steady_ms()}))
     lingered = VisionService(cfg, data_dir, store, realtime=False)
     _run(lingered)

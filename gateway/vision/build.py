@@ -9,7 +9,6 @@ from pathlib import Path
 from gateway.lifecycle import Service
 from gateway.store import Store
 from gateway.sync.downlink import Handler, Operation
-from gateway.vision import cooldown
 from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.operations import (
@@ -34,9 +33,7 @@ def build(
         "face.enrol": FaceEnrol(cfg, gallery),
         "face.confirm": FaceConfirm(cfg, gallery, confirmations),
         "face.unlearn": FaceUnlearn(cfg, gallery),
-        "face.remove": partial(
-            face_remove, cfg.gallery.db_path(data_dir), data_dir / cooldown.FILE
-        ),
+        "face.remove": partial(face_remove, cfg, data_dir),
     }
     # each writes faces.db, not the store: applied even if its response cannot be stored
     operations = [Operation(name, h, applies_elsewhere=True) for name, h in handlers.items()]

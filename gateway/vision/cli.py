@@ -179,14 +179,11 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_remove(args: argparse.Namespace) -> int:
-    from gateway.vision import cooldown
     from gateway.vision.elders import check_elder_id
-    from gateway.vision.gallery import erase
+    from gateway.vision.operations import erase_elder
 
     cfg = _config(args)
-    elder = check_elder_id(args.elder)
-    removed = erase(cfg.vision.gallery.db_path(cfg.gateway.data_dir), elder)
-    cooldown.forget(cfg.gateway.data_dir / cooldown.FILE, elder)
+    removed = erase_elder(cfg.vision, cfg.gateway.data_dir, check_elder_id(args.elder))
     print(f"{args.elder}: {removed} template(s) erased")
     return EXIT_OK if removed else EXIT_FAIL
 

@@ -33,18 +33,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def face_remove(db_path: Path, cooldown_path: Path, request: Mapping[str, Any]) -> Reply:
-    """Consent withdrawn, or the elder left: their templates, look-alike entries and saved
-    cooldown go."""
+def erase_elder(cfg: VisionSection, data_dir: Path, elder: str) -> int:
+    """Everything the device keeps of one elder goes: templates, look-alike entries and the
+    saved cooldown. The one erasure for the platform's request and the CLI alike; returns how
+    many templates went."""
     from gateway.vision import cooldown
     from gateway.vision.gallery import erase
 
+    erased = erase(cfg.gallery.db_path(data_dir), elder)
+    cooldown.forget(data_dir / cooldown.FILE, elder)
+    return erased
+
+
+def face_remove(cfg: VisionSection, data_dir: Path, request: Mapping[str, Any]) -> Reply:
+    """Consent withdrawn, or the elder left (``erase_elder``)."""
     elder = _elder(request)
     try:
-        erased = erase(db_path, elder)
+        erased = erase_elder(cfg, data_dir, elder)
     except VisionError as exc:
         raise RequestError(str(exc)) from None
-    cooldown.forget(cooldown_path, elder)
     log.info("face gallery: %d template(s) erased on the platform's request", erased)
     return Reply({"elder_id": elder, "templates_erased": erased})
 

@@ -154,7 +154,11 @@ def eddystone_url(data: bytes) -> Advert | None:
     )
 
 
-_EDDYSTONE = {"eddystone_uid": eddystone_uid, "eddystone_url": eddystone_url}
+_EDDYSTONE = {
+    "eddystone_tlm": eddystone_tlm,
+    "eddystone_uid": eddystone_uid,
+    "eddystone_url": eddystone_url,
+}
 
 
 def decode_advert(raw: bytes, formats: Collection[str]) -> Advert | None:
@@ -166,8 +170,6 @@ def decode_advert(raw: bytes, formats: Collection[str]) -> Advert | None:
         elif ad_type == AD_SERVICE_DATA_16:
             if "bthome" in formats:
                 found = bthome(data)
-            if found is None and "eddystone_tlm" in formats:
-                found = eddystone_tlm(data)
             for name, decode in _EDDYSTONE.items():
                 if found is None and name in formats:
                     found = decode(data)

@@ -38,7 +38,9 @@ DESCRIPTION = "\n\n".join(
         "from such a backlog.",
         "Requests: publish a JSON object with a transaction id (1..64 chars) to request/<op>; "
         "the answer comes on response/<op> echoing it. A repeated transaction is answered again "
-        "from the stored response (repeat=true) and is never applied twice.",
+        "from the stored response (repeat=true) and is never applied twice. A request on "
+        "request/<op> for an op not listed here is answered on response/<op> too, with "
+        "status error and the message \"unknown op '<op>'\".",
     )
 )
 

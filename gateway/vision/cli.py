@@ -72,6 +72,8 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 # ---- enrolment and gallery ------------------------------------------------------------------
 
+DAMAGED_ADVICE = "erase them ('gateway gallery remove') and enrol those elders again"
+
 
 def _open_gallery(cfg: GatewayConfig, create: bool) -> Any:
     from gateway.vision.gallery import Gallery
@@ -114,6 +116,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     analyzer = Analyzer.from_config(vision)
     gallery = _open_gallery(cfg, create=True)
+    if gallery.damaged:
+        print(
+            f"WARNING: {gallery.report.undecryptable} templates of {len(gallery.damaged)} "
+            "elders fail to decrypt, so new photos are not checked against them "
+            "('gateway gallery stats' names them)",
+            file=sys.stderr,
+        )
     progress = Progress(len(jobs), "enrolling") if len(jobs) > 1 else None
     counts = {"enrolled": 0, "refused": 0, "flagged": 0}
     few_photos = 0
@@ -169,6 +178,8 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
     print(f"elders     {report.elders}    templates {report.templates}")
     print(f"learned    {report.learned} from staff confirmations")
     print(f"unusable   {report.undecryptable} fail to decrypt, {report.other_model} other model")
+    if gallery.damaged and not report.key_mismatch:
+        print(f"damaged    rows of {', '.join(gallery.damaged)}: {DAMAGED_ADVICE}")
     if report.key_mismatch:
         print("KEY MISMATCH: the key file is not the one this gallery was written with")
     print(f"confusable {len(gallery.confusables())} pairs")

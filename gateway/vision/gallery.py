@@ -246,6 +246,7 @@ class Gallery:
         self._lock = threading.Lock()
         self._snapshot = Snapshot.build([], self.dim)
         self._look_alikes: dict[str, tuple[str, ...]] = {}
+        self.damaged: tuple[str, ...] = ()  # elders with a row that fails to decrypt
         self._generation = -1
         self._held = threading.local()  # this thread's connection inside ``writing``
         if not self.db_path.exists():
@@ -404,11 +405,13 @@ class Gallery:
         rows: list[tuple[str, np.ndarray]] = []
         origins: list[str | None] = []
         ids: list[str] = []
+        damaged: set[str] = set()
         with self._connect() as conn:
             generation = _generation(conn)
             cursor = conn.execute(
-                "SELECT template_id, elder_id, model_id, nonce, ciphertext, learned_from "
-                "FROM templates"
+                # as blobs: a damaged row may hold text that is not even UTF-8
+                "SELECT template_id, elder_id, model_id, CAST(nonce AS BLOB), "
+                "CAST(ciphertext AS BLOB), learned_from FROM templates"
             )
             for template_id, elder_id, model_id, nonce, ciphertext, origin in cursor:
                 if model_id != self.model_id:
@@ -423,9 +426,11 @@ class Gallery:
                     # wrong tag, a nonce of the wrong length or type: a damaged row, not a
                     # reason to lose every other elder
                     report.undecryptable += 1
+                    damaged.add(elder_id)
                     continue
                 if vector.shape != (self.dim,):
                     report.undecryptable += 1
+                    damaged.add(elder_id)
                     continue
                 rows.append((elder_id, vector))
                 origins.append(origin)
@@ -440,6 +445,7 @@ class Gallery:
             self._look_alikes = look_alikes
             self._generation = generation
             self.report = report
+            self.damaged = tuple(sorted(damaged))
         if report.undecryptable or report.other_model:
             log.warning(
                 "face gallery: %d templates loaded; %d failed to decrypt, %d from another model",

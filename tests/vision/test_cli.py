@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,19 @@ def test_bulk_enrolment_command(
     assert main(["enroll", "-c", str(config), "--elder", "e-104", str(df / "img9.jpg")]) == 3
     out = capsys.readouterr().out
     assert out.startswith("e-104: flagged: looks like enrolled elder(s) e-102")
+    # a damaged row: named, so staff can erase and enrol that elder again
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "faces.db")) as conn, conn:
+        conn.execute(  # text now, and not even UTF-8
+            "UPDATE templates SET ciphertext = x'ff' || ciphertext WHERE elder_id = 'e-102'"
+        )
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+    assert main(["gallery", "stats", "-c", str(config)]) == 1
+    assert "damaged    rows of e-102: erase them" in capsys.readouterr().out
+    assert main(["enroll", "-c", str(config), "--elder", "e-106", str(df / "img20.jpg")]) == 0
+    assert "1 templates of 1 elders fail to decrypt" in capsys.readouterr().err
+    assert main(["gallery", "remove", "-c", str(config), "--elder", "e-102"]) == 0
+    assert main(["gallery", "stats", "-c", str(config)]) == 0
+    assert "damaged" not in capsys.readouterr().out
 
 
 def test_eval_command_on_the_deepface_pairs(

@@ -154,6 +154,7 @@ class Decider:
         self._last_second_face: float | None = None
         self._kept_reported = False
         self.counters: Counter[str] = Counter()
+        self.settlements = 0  # staff confirmations taken into the cooldown
 
     def observe(self, obs: Observation) -> list[Decision]:
         out: list[Decision] = []
@@ -192,6 +193,7 @@ class Decider:
         track, or the one in view now if it shows the face staff confirmed), so the counter
         does not settle the same meal a second time once it recognises her."""
         self._accepted_at[elder] = max(t, self._accepted_at.get(elder, t))
+        self.settlements += 1
         current = self.track
         if current is None:
             return

@@ -212,6 +212,7 @@ class VisionService:
         pipeline, feed = self.pipeline, self.feed
         next_refresh = time.monotonic() + self.cfg.gallery.refresh_s
         next_save = time.monotonic() + COOLDOWN_SAVE_S
+        settlements = pipeline.decider.settlements
         while not self._stop.is_set():
             try:
                 frame = feed.next_frame(timeout=0.2)
@@ -233,7 +234,9 @@ class VisionService:
             if now >= next_refresh:
                 next_refresh = now + self.cfg.gallery.refresh_s
                 self._refresh()
-            if now >= next_save:
+            if now >= next_save or pipeline.decider.settlements != settlements:
+                # a staff confirmation is in no journal event: saved at once, not within 5 s
+                settlements = pipeline.decider.settlements
                 next_save = now + COOLDOWN_SAVE_S
                 self._save_cooldown()
         try:

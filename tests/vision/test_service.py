@@ -21,6 +21,7 @@ from gateway.clock import ClockSync, SystemClock
 from gateway.config import StoreSection
 from gateway.lifecycle import StartupError, Supervisor
 from gateway.store import Store
+from gateway.vision import service as service_module
 from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import ImageFolder, Lockstep
@@ -34,6 +35,7 @@ from gateway.vision.images import fit_within, read_image
 from gateway.vision.models import Manifest
 from gateway.vision.pipeline import DecisionEvent
 from gateway.vision.service import VisionService
+from tests.support.wait import eventually
 from tests.vision.test_events import SCHEMA_FILE
 from tests.vision.test_gallery import damage_gallery_file
 
@@ -379,6 +381,36 @@ def test_an_elder_who_lingered_past_her_acceptance_is_still_in_cooldown_after_a_
     (data_dir / "face-cooldown.json").write_text("{not json")
     _run(VisionService(cfg, data_dir, store, realtime=False))
     assert "elder-7" in [d["elder_id"] for d in recorded(store.path)]
+
+
+def test_a_staff_confirmation_is_saved_for_a_restart_at_once(
+    vision_cfg: VisionSection,
+    analyzer: Analyzer,
+    faces_dir: Path,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No journal event records a confirmation: a crash right after it must not forget her."""
+    monkeypatch.setattr(service_module, "COOLDOWN_SAVE_S", 3600.0)  # no periodic save here
+    data_dir = store.path.parent
+    folder = data_dir.parent / "someone-else"
+    folder.mkdir()
+    shutil.copyfile(faces_dir / "antispoof" / "image_T1.jpg", folder / "a.jpg")
+    camera = CameraSection(source=str(folder), fps=15, replay_loop=True)
+    cfg = vision_cfg.model_copy(update={"camera": camera})
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    confirmations = Confirmations(60)
+    service = VisionService(cfg, data_dir, store, realtime=False, confirmations=confirmations)
+    service.start()
+    try:
+        eventually(lambda: service.pipeline is not None and service.pipeline.last_t is not None)
+        probe = np.full(128, 128**-0.5, dtype=np.float32)
+        confirmations.hold("ev-1", probe, (("elder-7", 0.5),), track=99)
+        confirmations.done("ev-1", "elder-7")
+        cooling = data_dir / "face-cooldown.json"
+        eventually(lambda: cooling.exists() and "elder-7" in json.loads(cooling.read_text()))
+    finally:
+        service.stop()
 
 
 def test_an_accepted_look_alike_is_named_for_a_second_factor(

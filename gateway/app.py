@@ -148,11 +148,17 @@ def run(loaded: LoadedConfig) -> int:
         os.close(lock)
 
 
+def _config_error(exc: ConfigFileError) -> None:
+    """One log line per problem: a log line is never broken across lines."""
+    for issue in exc.issues:
+        log.error("configuration error: %s", issue)
+
+
 def _serve(loaded: LoadedConfig, password: str | None) -> int:
     try:
         gw = build(loaded, password=password)
     except ConfigFileError as exc:
-        log.error("configuration error:\n%s", exc)
+        _config_error(exc)
         return 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -165,7 +171,7 @@ def _serve(loaded: LoadedConfig, password: str | None) -> int:
     try:
         gw.start()
     except ConfigFileError as exc:  # a file the config names, changed since it was checked
-        log.error("configuration error:\n%s", exc)
+        _config_error(exc)
         return 2
     except (StoreError, StartupError) as exc:
         log.error("cannot start: %s", exc)

@@ -182,13 +182,18 @@ class MqttSection(Strict):
         default_factory=list,
         description="Tried in order, failing over to the next; empty = buffer only.",
     )
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT protocol version. With 3.1.1 the gateway cannot tell the broker the "
+        "largest request it takes (downlink.max_payload_bytes): a larger one arrives whole in "
+        "memory before it is refused, so set the broker's message size limit.",
+    )
     client_id: str | None = Field(None, description="Default: <site>-<gateway id>.")
     username: str | None = Field(None, description="Broker user name, if it asks for one.")
     password: SecretStr | None = Field(
         None,
         description="Broker password (prefer password_file: it keeps the secret out of "
-        "the config).",
+        "the config). A config file holding it must not be readable by every user.",
     )
     password_file: Path | None = Field(
         None,
@@ -344,11 +349,26 @@ def load_config(path: Path | None) -> LoadedConfig:
     if path is None:
         return LoadedConfig(config=GatewayConfig(), source="(defaults)", version="defaults")
     cfg = load_toml_model(path, GatewayConfig)
+    secret = _inline_secret(cfg)
+    if secret is not None and readable_by_all(path):
+        raise ConfigFileError(
+            [Issue(str(path), None, secret, f"a secret in a file {PRIVATE_FILE}")]
+        )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return LoadedConfig(config=cfg, source=str(path), version=digest)
 
 
 PRIVATE_FILE = "readable by every user: chmod o-rw (0600, or 0640 with the gateway's group)"
+
+
+def _inline_secret(cfg: GatewayConfig) -> str | None:
+    """The first key that holds a secret in the config file itself (not in a file of its own)."""
+    if cfg.mqtt.password is not None:
+        return "mqtt.password"
+    for i, receiver in enumerate(cfg.devices.dc09):
+        if receiver.keys:
+            return f"devices.dc09[{i}].keys"
+    return None
 
 
 def readable_by_all(path: Path) -> bool:

@@ -7,6 +7,7 @@ config holds (the MQTT password) is masked if it ever reaches a log line anyway.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -32,10 +33,31 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class OneLineFilter(logging.Filter):
+    """Text from outside (a request's fields, a device's bytes) may hold line breaks and other
+    control characters: they are escaped, so that nobody can forge a log line or a terminal
+    sequence. A traceback, added after this, keeps its lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if CONTROL.search(message):
+            record.msg = CONTROL.sub(_escape, message)
+            record.args = None
+        return True
+
+
+CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
 def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactFilter(secrets))
+    handler.addFilter(OneLineFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -1,19 +1,49 @@
 """Files that hold personal data are the gateway's alone, whatever the umask of whoever
 started it (`gateway run` or `gateway enroll` by hand with 022): they are created private,
-never created open and narrowed afterwards, so no other user can open them in between."""
+never created open and narrowed afterwards, so no other user can open them in between. Nor
+are they opened through a link: whoever can plant one in the data directory could otherwise
+have a gateway run as root write over any file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from pathlib import Path
 
 
+class ExposedDirectory(OSError):
+    """A directory for private files that other users may write to: they could swap the
+    gateway's files (its key, its databases) for their own."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def private_dir(path: Path) -> None:
-    """Create the directory (and missing parents) 0700; an existing one is left as it is."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create the directory, and each missing parent, 0700 (``mkdir(parents=True)`` would
+    give the parents the umask's mode). An existing one that others may write to is refused."""
+    missing = []
+    at = path
+    while not os.path.lexists(at) and at != at.parent:
+        missing.append(at)
+        at = at.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ExposedDirectory(
+            0, f"{path} may be written by other users (mode {mode:04o}): run chmod 700 on it"
+        )
+
+
+def open_private(path: Path, flags: int) -> int:
+    """Open (creating it 0600) a private file, never through a symbolic link."""
+    return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
 
 def touch_private(path: Path) -> None:
     """Create the file empty and 0600 if it does not exist yet. SQLite gives a database's
     -wal and -shm files the database file's mode, so this covers them too."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.close(open_private(path, os.O_WRONLY))

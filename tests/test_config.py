@@ -97,6 +97,15 @@ def test_a_password_file_every_user_can_read_is_refused(tmp_path: Path) -> None:
             assert read_password(load_config(path).config.mqtt) == "s3cret"
 
 
+def test_a_password_in_a_config_every_user_can_read_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[mqtt]\nusername = "gw"\npassword = "s3cret"\n')
+    path.chmod(0o644)
+    with pytest.raises(ConfigFileError, match=r"mqtt\.password: a secret in a file readable"):
+        load_config(path)
+    path.chmod(0o640)
+    assert read_password(load_config(path).config.mqtt) == "s3cret"
+
+
 def test_validate_config_reads_the_secret_files_the_start_reads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -113,7 +113,11 @@ class Dc09Receiver(Strict):
     frame_timeout_s: float = Field(
         2.0, gt=0, le=30, description="A partial message older than this is dropped."
     )
-    keys: list[AccountKey] = Field(default_factory=list, description="AES keys per account.")
+    keys: list[AccountKey] = Field(
+        default_factory=list,
+        description="AES keys per account. A config file holding them must not be readable "
+        "by every user.",
+    )
 
     @property
     def station_id(self) -> str:

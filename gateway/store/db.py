@@ -10,11 +10,12 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import sqlite_utils
 
-from gateway.private import private_dir, touch_private
+from gateway.private import ExposedDirectory, open_private, private_dir, touch_private
 from gateway.store.schema import SchemaTooNew, migrate
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -40,7 +41,10 @@ def hold_exclusively(path: Path) -> int:
     serial lines' bytes between them: the second is refused. Returns the lock's descriptor."""
     check_writable_dir(path.parent)
     lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = open_private(lock, os.O_RDWR)
+    except OSError as exc:
+        raise StoreError(f"cannot open {lock}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -55,12 +59,14 @@ def hold_exclusively(path: Path) -> int:
 def check_writable_dir(directory: Path) -> None:
     try:
         private_dir(directory)
+    except ExposedDirectory as exc:
+        raise StoreError(f"data directory {exc.strerror}") from None
     except OSError as exc:
         raise StoreError(f"cannot create data directory {directory}: {exc.strerror}") from None
-    probe = directory / ".write-test"
-    try:
-        probe.write_bytes(b"ok")
-        probe.unlink()
+    try:  # a file of its own: a name known beforehand could be a link planted to any file
+        fd, probe = tempfile.mkstemp(prefix=".write-test", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise StoreError(
             f"data directory {directory} is not writable ({exc.strerror}); give the gateway's "
@@ -104,7 +110,10 @@ def open_database(path: Path, *, synchronous: str, check: bool) -> sqlite3.Conne
     elif path.exists() and not os.access(path, os.W_OK):
         raise StoreError(f"database {path} is not writable")
     else:
-        touch_private(path)  # elder ids, decisions, nurse-call texts
+        try:
+            touch_private(path)  # elder ids, decisions, nurse-call texts
+        except OSError as exc:  # a link left dangling in its place, say
+            raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
     try:
         conn = connect(path, synchronous=synchronous)
         if check:

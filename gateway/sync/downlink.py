@@ -35,6 +35,7 @@ PRUNE_EVERY = 100
 QUEUED_OVERHEAD = 256  # bytes a waiting request costs beyond its topic and payload
 MESSAGE_MAX = 500  # characters of an error message: a JSON error or a key name may be long
 INTERNAL = "internal error (see the log)"
+RETAINED = "retained: not applied; publish requests with retain=false, and clear this one"
 
 
 class RequestError(Exception):
@@ -123,14 +124,18 @@ class Downlink:
     def operations(self) -> list[str]:
         return sorted(self._ops)
 
-    def received(self, topic: str, payload: bytes) -> None:
+    def received(self, topic: str, payload: bytes, retained: bool = False) -> None:
         """Called on paho's thread: queue and return. Requests may carry photos, so a burst
         (the broker hands over a day's requests at reconnect) must not fill the memory: an
         oversized payload is not kept while it waits, and past ``waiting_max_bytes`` the
         sender is told to send again later. paho's thread is never held up: it also carries
-        the alarms."""
+        the alarms. A retained request is refused: the broker hands it over again at every
+        subscription, and once its transaction has been forgotten it would be applied again."""
         size = len(payload)
         kept = payload if size <= self.cfg.max_payload_bytes else b""
+        if retained:
+            self._refuse(topic, kept, "retained", RETAINED)
+            return
         cost = len(kept) + len(topic) + QUEUED_OVERHEAD
         with self._waiting_lock:
             waiting = self._waiting
@@ -144,6 +149,10 @@ class Downlink:
             self._busy(topic, kept, waiting)
 
     def _busy(self, topic: str, payload: bytes, waiting: int) -> None:
+        self._refuse(topic, payload, "busy", f"busy: {waiting} requests waiting, send again")
+
+    def _refuse(self, topic: str, payload: bytes, reason: str, message: str) -> None:
+        """Answered on paho's thread without being looked at further."""
         op = self._op_of(topic)
         if op is None:
             return
@@ -152,7 +161,7 @@ class Downlink:
             txn = _transaction(json.loads(payload))
         except (ValueError, RecursionError):
             txn = None  # unreadable, or too large to keep: the sender cannot be told which
-        self._error(op, txn, "busy", f"busy: {waiting} requests waiting, send again")
+        self._error(op, txn, reason, message)
 
     def _run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():

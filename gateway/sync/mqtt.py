@@ -79,7 +79,7 @@ class LinkListener(Protocol):
 
     def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None: ...
 
-    def received(self, topic: str, payload: bytes) -> None: ...
+    def received(self, topic: str, payload: bytes, retained: bool = False) -> None: ...
 
 
 def _properties(packet_type: int) -> Properties:
@@ -380,7 +380,9 @@ class MqttLink:
 
         def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
             try:
-                self._listener.received(message.topic, bytes(message.payload))
+                self._listener.received(
+                    message.topic, bytes(message.payload), retained=bool(message.retain)
+                )
             except Exception:
                 log.exception("downlink handler failed")
 

@@ -207,8 +207,8 @@ class Sync:
     def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None:
         self.publisher.puback(generation, mid, accepted, reason)
 
-    def received(self, topic: str, payload: bytes) -> None:
-        self.downlink.received(topic, payload)
+    def received(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        self.downlink.received(topic, payload, retained)
 
     # ---- messages ----------------------------------------------------------------------------
 

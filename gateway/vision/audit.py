@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -24,11 +24,11 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.private import private_dir
+from gateway.private import open_private, private_dir
 from gateway.store.writer import disk_free_bytes
 from gateway.vision.errors import GalleryError
 from gateway.vision.keys import derive, read_key
-from gateway.vision.retention import HEADER, MAGIC, PARTIAL, STAMP, SUFFIX, ExpiredFrames
+from gateway.vision.retention import PARTIAL, SUFFIX, ExpiredFrames, header_for, split_header
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,9 @@ class AuditFrames(ExpiredFrames):
             raise ValueError(f"not an event id: {event_id!r}")
         return self.folder / f"{event_id}{SUFFIX}"
 
-    def keep(self, event_id: str, image: np.ndarray) -> None:
+    def keep(self, event_id: str, image: np.ndarray, elders: Sequence[str] = ()) -> None:
         """Not below the store's free-disk floor: a month of pictures must not take the room
-        the alarms need."""
+        the alarms need. ``elders``: those the decision named, whose erasure takes the frame."""
         if self.min_free_bytes and disk_free_bytes(self.folder) < self.min_free_bytes:
             raise OSError(
                 errno.ENOSPC,
@@ -68,14 +68,14 @@ class AuditFrames(ExpiredFrames):
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise ValueError("frame could not be encoded")
-        header = MAGIC + STAMP.pack(self._running_ms() if self._running_ms else -1)
+        header = header_for(self._running_ms() if self._running_ms else -1, elders)
         nonce = os.urandom(NONCE)
         blob = (
             header + nonce + self._aead.encrypt(nonce, jpeg.tobytes(), self._aad(event_id, header))
         )
         target = self._path(event_id)
         partial = target.with_suffix(PARTIAL)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(partial, os.O_WRONLY | os.O_TRUNC)
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
         os.replace(partial, target)
@@ -83,10 +83,10 @@ class AuditFrames(ExpiredFrames):
 
     def export(self, event_id: str) -> bytes:
         """The JPEG of one decision, for a person entitled to review it."""
-        blob = self._path(event_id).read_bytes()
-        header, body = blob[:HEADER], blob[HEADER:]
-        if not header.startswith(MAGIC):
+        parts = split_header(self._path(event_id).read_bytes())
+        if parts is None:
             raise GalleryError(f"audit frame {event_id}: not a frame this gateway kept")
+        header, body = parts
         try:
             return self._aead.decrypt(body[:NONCE], body[NONCE:], self._aad(event_id, header))
         except InvalidTag:

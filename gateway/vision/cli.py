@@ -194,9 +194,12 @@ def cmd_gallery_remove(args: argparse.Namespace) -> int:
     from gateway.vision.operations import erase_elder
 
     cfg = _config(args)
-    removed = erase_elder(cfg.vision, cfg.gateway.data_dir, check_elder_id(args.elder))
-    print(f"{args.elder}: {removed} template(s) erased")
-    return EXIT_OK if removed else EXIT_FAIL
+    erased = erase_elder(cfg.vision, cfg.gateway.data_dir, check_elder_id(args.elder))
+    print(
+        f"{args.elder}: {erased.templates} template(s) erased, "
+        f"{erased.audit_frames} audit frame(s) deleted"
+    )
+    return EXIT_OK if erased.templates or erased.audit_frames else EXIT_FAIL
 
 
 def cmd_gallery_unlearn(args: argparse.Namespace) -> int:
@@ -283,6 +286,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     # an elder's face: the user's alone, and never written through a link planted in its place
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, 0o600)  # a file there already keeps its mode otherwise
         fh.write(jpeg)
     print(f"{args.out}: decision frame of {args.event_id}")
     return EXIT_OK

@@ -31,7 +31,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.private import private_dir, touch_private
+from gateway.private import ExposedDirectory, private_dir, touch_private
 from gateway.vision.errors import GalleryError
 from gateway.vision.keys import create_key, derive, read_key
 
@@ -249,8 +249,11 @@ class Gallery:
         self.damaged: tuple[str, ...] = ()  # elders with a row that fails to decrypt
         self._generation = -1
         self._held = threading.local()  # this thread's connection inside ``writing``
-        if not self.db_path.exists():
+        try:  # anyone who may write there could swap in a gallery and key of their own
             private_dir(self.db_path.parent)
+        except ExposedDirectory as exc:
+            raise GalleryError(f"face gallery directory {exc.strerror}") from None
+        if not self.db_path.exists():
             touch_private(self.db_path)  # ciphertexts and elder ids
         else:
             self._refuse_emptied()

@@ -1,8 +1,10 @@
 """The face data key: 32 random bytes in a file of its own, readable by the gateway user only.
 
-The key never goes into a database, so a copied ``faces.db`` (or an SD card pulled from a Pi)
-reveals no templates without it. Keys for different purposes (templates, audit frames) are
-derived from it with HKDF so that one cannot be used to forge the other.
+The key never goes into a database, so a copied ``faces.db`` (a backup, a file sent for
+support) reveals no templates without it. It protects against a pulled SD card only where
+``vision.gallery.key_file`` puts the key on other storage. Keys for different purposes
+(templates, audit frames) are derived from it with HKDF so that one cannot be used to forge
+the other.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.private import private_dir
+from gateway.private import ExposedDirectory, open_private, private_dir
 from gateway.vision.errors import GalleryError
 
 KEY_BYTES = 32
@@ -28,9 +30,13 @@ def create_key(path: Path) -> None:
     If another process created it first (the face stage and a platform enrolment at first
     boot), theirs stays. The key is written aside and linked into place whole, so nobody
     reads a half-written key."""
-    private_dir(path.parent)
+    try:
+        private_dir(path.parent)
+    except ExposedDirectory as exc:
+        raise GalleryError(f"face data key directory {exc.strerror}") from None
     aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    aside.unlink(missing_ok=True)  # left by a crash (or planted: never written through)
+    fd = open_private(aside, os.O_WRONLY | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(secrets.token_bytes(KEY_BYTES))
@@ -47,6 +53,11 @@ def read_key(path: Path) -> bytes:
         st = path.stat()
     except FileNotFoundError:
         raise GalleryError(f"{path}: face data key not found") from None
+    if st.st_uid not in (os.geteuid(), 0):  # planted by another user, who has a copy
+        raise GalleryError(
+            f"{path}: key file belongs to another user (uid {st.st_uid}), not to the "
+            "gateway's; remove it, or chown it if it is the gallery's own key"
+        )
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise GalleryError(
             f"{path}: key file is accessible to other users "

@@ -175,7 +175,9 @@ def _copy_checked(reader: IO[bytes], target: Path, spec: ModelSpec) -> str | Non
     digest = hashlib.sha256()
     size = 0
     try:
-        with partial.open("wb") as out:
+        partial.unlink(missing_ok=True)  # left by an interrupted fetch, or a planted link
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with os.fdopen(os.open(partial, flags, 0o644), "wb") as out:  # the service reads them
             while chunk := reader.read(CHUNK):
                 size += len(chunk)
                 if size > spec.bytes:

@@ -17,12 +17,12 @@ import binascii
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.sync.downlink import Reply, RequestError
 from gateway.vision.config import VisionSection
 from gateway.vision.elders import check_elder_id
-from gateway.vision.errors import BadImage, VisionError
+from gateway.vision.errors import BadImage, GalleryError, VisionError
 
 if TYPE_CHECKING:
     from gateway.vision.analyze import Analyzer
@@ -33,16 +33,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def erase_elder(cfg: VisionSection, data_dir: Path, elder: str) -> int:
-    """Everything the device keeps of one elder goes: templates, look-alike entries and the
-    saved cooldown. The one erasure for the platform's request and the CLI alike; returns how
-    many templates went."""
+class Erased(NamedTuple):
+    templates: int
+    audit_frames: int
+
+
+def erase_elder(cfg: VisionSection, data_dir: Path, elder: str) -> Erased:
+    """Everything the device keeps of one elder goes: templates, look-alike entries, the
+    saved cooldown and the audit frames of decisions that named her (kept while the option
+    was on, whether or not it is now). The one erasure for the platform's request and the CLI
+    alike."""
     from gateway.vision import cooldown
     from gateway.vision.gallery import erase
+    from gateway.vision.retention import ExpiredFrames
 
-    erased = erase(cfg.gallery.db_path(data_dir), elder)
+    templates = erase(cfg.gallery.db_path(data_dir), elder)
     cooldown.forget(data_dir / cooldown.FILE, elder)
-    return erased
+    frames = ExpiredFrames(cfg.audit.path(data_dir), cfg.audit.retention_days)
+    try:
+        audit_frames = frames.erase_elder(elder)
+    except OSError as exc:
+        raise GalleryError(f"templates erased, but not every audit frame: {exc}") from None
+    return Erased(templates, audit_frames)
 
 
 def face_remove(cfg: VisionSection, data_dir: Path, request: Mapping[str, Any]) -> Reply:
@@ -52,8 +64,17 @@ def face_remove(cfg: VisionSection, data_dir: Path, request: Mapping[str, Any]) 
         erased = erase_elder(cfg, data_dir, elder)
     except VisionError as exc:
         raise RequestError(str(exc)) from None
-    log.info("face gallery: %d template(s) erased on the platform's request", erased)
-    return Reply({"elder_id": elder, "templates_erased": erased})
+    log.info(
+        "face gallery: %d template(s) and %d audit frame(s) erased on the platform's request",
+        *erased,
+    )
+    return Reply(
+        {
+            "elder_id": elder,
+            "templates_erased": erased.templates,
+            "audit_frames_erased": erased.audit_frames,
+        }
+    )
 
 
 class GalleryFile:

@@ -180,7 +180,9 @@ class CounterPipeline:
 
     def _event(self, decision: Decision, frames: TrackFrames) -> DecisionEvent:
         event_id = uuid7()
-        kept = frames.image is not None and self._keep(event_id, frames.image)
+        named = [decision.elder_id] if decision.elder_id else []
+        named += [elder for elder, _ in decision.candidates if elder not in named]
+        kept = frames.image is not None and self._keep(event_id, frames.image, named)
         data = decision_data(
             decision,
             look_alikes=self.gallery.look_alikes(decision.elder_id) if decision.elder_id else (),
@@ -204,13 +206,13 @@ class CounterPipeline:
         self.counts[f"decision_{decision.outcome.value}"] += 1
         return DecisionEvent(decision, event)
 
-    def _keep(self, event_id: str, image: np.ndarray) -> bool:
+    def _keep(self, event_id: str, image: np.ndarray, elders: list[str]) -> bool:
         """The audit frame is a record of the decision, not the decision: if it cannot be
         written (disk full, folder gone) the decision is still recorded, saying so."""
         if self.audit is None:
             return False
         try:
-            self.audit.keep(event_id, image)
+            self.audit.keep(event_id, image, elders)
         except (OSError, ValueError) as exc:
             self.counts["audit_frame_errors"] += 1
             _flood.warning("audit", "audit frame not kept: %s", exc)

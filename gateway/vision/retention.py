@@ -15,7 +15,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".frame"
 PARTIAL = ".partial"
-MAGIC = b"GAF2"
+MAGIC = b"GAF2"  # frames kept before they named their elders
+MAGIC_NAMED = b"GAF3"
 STAMP = struct.Struct(">q")  # running time in ms when kept; -1 without a running clock
 HEADER = len(MAGIC) + STAMP.size
+NAMES = struct.Struct(">H")  # GAF3: then the byte length of the elder ids, NUL-separated
 PURGE_EVERY_S = 3600.0
 
 
@@ -74,16 +76,65 @@ class ExpiredFrames:
         self.purge_failures += len(failed)
         return removed
 
+    def erase_elder(self, elder: str) -> int:
+        """Consent withdrawn: the frames of decisions that named the elder (accepted, or a
+        candidate) go now, not after their retention. Needs no key: the ids are in the header."""
+        removed = 0
+        try:
+            frames = list(self.folder.glob(f"*{SUFFIX}"))
+        except OSError:
+            frames = []
+        for path in frames:
+            try:
+                with path.open("rb") as fh:
+                    names = read_names(fh.read(HEADER + NAMES.size + MAX_NAMES))
+                if elder in names:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("audit: %d frames of an erased elder deleted", removed)
+        return removed
+
     @staticmethod
     def _kept_before(path: Path, running_cutoff: float | None) -> bool:
         if running_cutoff is None:
             return False
         with path.open("rb") as fh:
             header = fh.read(HEADER)
-        if len(header) < HEADER or not header.startswith(MAGIC):
+        if len(header) < HEADER or not header.startswith((MAGIC, MAGIC_NAMED)):
             return False
         stamp = int(STAMP.unpack(header[len(MAGIC) :])[0])
         return 0 <= stamp < running_cutoff
+
+
+MAX_NAMES = 4096  # a decision names its elder or at most a few candidates
+
+
+def header_for(running_ms: int, elders: Iterable[str]) -> bytes:
+    names = "\0".join(elders).encode()[:MAX_NAMES]
+    return MAGIC_NAMED + STAMP.pack(running_ms) + NAMES.pack(len(names)) + names
+
+
+def split_header(blob: bytes) -> tuple[bytes, bytes] | None:
+    """(header, rest) of a kept frame; None if it is not one."""
+    if blob.startswith(MAGIC):
+        return blob[:HEADER], blob[HEADER:]
+    if blob.startswith(MAGIC_NAMED) and len(blob) >= HEADER + NAMES.size:
+        (size,) = NAMES.unpack_from(blob, HEADER)
+        end = HEADER + NAMES.size + size
+        return blob[:end], blob[end:]
+    return None
+
+
+def read_names(head: bytes) -> set[str]:
+    """The elder ids a frame's header names (none in frames kept before they did)."""
+    parts = split_header(head)
+    if parts is None or not parts[0].startswith(MAGIC_NAMED):
+        return set()
+    names = parts[0][HEADER + NAMES.size :]
+    return set(names.decode(errors="replace").split("\0")) - {""}
 
 
 class AuditRetention:

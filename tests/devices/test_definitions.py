@@ -89,6 +89,12 @@ port = 9000
 keys = [{{ account = "1234", key = "000102030405060708090A0B0C0D0E0F" }}]
 """
     )
+    cfg.chmod(0o644)  # the panels' AES keys for any local user to copy: refused
+    with pytest.raises(
+        ConfigFileError, match=r"devices.dc09\[0\].keys: a secret in a file readable"
+    ):
+        load_config(cfg)
+    cfg.chmod(0o640)
     section = load_config(cfg).config.devices
     assert set(load_definitions(section)) == {"aa55-reference.toml", "dc09-receiver.toml"}
 

@@ -13,7 +13,7 @@ import sqlite_utils
 from gateway.cli import main
 from gateway.events import Event
 from gateway.store import StoreError
-from gateway.store.db import open_database
+from gateway.store.db import hold_exclusively, open_database
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.store.writer import EXPIRE_SQL, PURGE_SQL
 from tests.store.conftest import SOS, StoreFactory
@@ -143,6 +143,49 @@ def test_the_database_is_the_gateways_alone_whatever_the_umask(
     assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
     for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm"):
         assert stat.S_IMODE((tmp_path / "var" / name).stat().st_mode) == 0o600, name
+
+
+def test_data_directories_are_created_private_down_from_the_first_missing_one(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    old = os.umask(0)
+    try:
+        make_store(tmp_path / "opt" / "gw" / "var" / "gateway.db")
+    finally:
+        os.umask(old)
+    for made in ("opt", "opt/gw", "opt/gw/var"):
+        assert stat.S_IMODE((tmp_path / made).stat().st_mode) == 0o700, made
+
+
+def test_a_data_directory_others_may_write_to_is_refused(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """Whoever may write there could swap the database, or plant links, under the gateway."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(StoreError, match=r"may be written by other users \(mode 0777\)"):
+        make_store(shared / "gateway.db")
+    shared.chmod(0o755)
+    make_store(shared / "gateway.db").record(Event(SOS, {"band": "A1"}))
+
+
+def test_links_planted_in_the_data_directory_are_not_written_through(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """A gateway run by root must not write over a file a link points at."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    var = tmp_path / "var"
+    var.mkdir(mode=0o700)
+    (var / "gateway.db.lock").symlink_to(victim)
+    with pytest.raises(StoreError, match="cannot open"):
+        hold_exclusively(var / "gateway.db")
+    (var / "gateway.db.lock").unlink()
+    (var / "gateway.db").symlink_to(tmp_path / "not-yet-there")
+    with pytest.raises(StoreError, match="cannot create database"):
+        make_store(var / "gateway.db")
+    assert victim.read_text() == "keep me" and not (tmp_path / "not-yet-there").exists()
 
 
 def test_housekeeping_reads_only_what_it_removes_after_an_upgrade(tmp_path: Path) -> None:

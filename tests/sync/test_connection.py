@@ -232,7 +232,7 @@ class Listener:
     def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None:
         pass
 
-    def received(self, topic: str, payload: bytes) -> None:
+    def received(self, topic: str, payload: bytes, retained: bool = False) -> None:
         pass
 
 

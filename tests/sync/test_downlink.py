@@ -131,6 +131,28 @@ def test_a_request_sent_while_the_gateway_is_offline_is_answered_when_it_returns
         sub.close()
 
 
+def test_a_retained_request_is_refused_not_applied_at_every_subscription(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The broker hands a retained message to every new subscription: once its transaction
+    was forgotten (``remember_transactions``), a retained request would be applied again."""
+    sub = Subscriber(mosquitto.port)
+    topic = f"{BASE}/request/rebirth"
+    try:
+        sub._client.publish(topic, json.dumps({"transaction": "kept"}), qos=1, retain=True)
+        with running(config(tmp_path / "var", mosquitto.port)) as gw:
+            sub.wait_for(lambda _m: bool(sub.of_topic("/response/rebirth")))
+            (reply,) = [m.json() for m in sub.of_topic("/response/rebirth")]
+            assert reply["transaction"] == "kept" and reply["status"] == "error"
+            assert reply["message"].startswith("retained: not applied")
+            assert gw.sync is not None and gw.sync.downlink.errors["retained"] == 1
+            assert state(gw.store.path)[0] == 0  # nothing applied, nothing remembered
+            assert ask(sub, "rebirth", {"transaction": "live"})["status"] == "ok"
+    finally:
+        sub._client.publish(topic, b"", qos=1, retain=True)  # the broker forgets it
+        sub.close()
+
+
 def test_a_request_our_handler_fails_on_is_answered_and_not_remembered(tmp_path: Path) -> None:
     """E.g. the face gallery locked by a long enrolment: the sender hears, and may retry."""
     attempts: list[str] = []

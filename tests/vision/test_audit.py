@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
+from gateway.vision import retention
 from gateway.vision.audit import AuditFrames
 from gateway.vision.errors import GalleryError
 from gateway.vision.images import read_image
@@ -105,6 +106,36 @@ def test_a_frame_moved_to_another_decision_or_restamped_does_not_open(
         audit.export(EVENT)
 
 
+def test_an_erased_elders_frames_go_at_once_and_the_others_stay(
+    frames: tuple[AuditFrames, RunningClock],
+    photo: np.ndarray,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Consent withdrawn: the frames of decisions that named her, accepted or as a candidate,
+    are deleted with her templates, not after their retention."""
+    audit, _ = frames
+    accepted, candidate, other = (EVENT[:-1] + n for n in "234")
+    audit.keep(accepted, photo, ["E1"])
+    audit.keep(candidate, photo, ["E2", "E1"])
+    audit.keep(other, photo, ["E2"])
+    header = retention.MAGIC + retention.STAMP.pack(5_000)  # kept before frames named elders
+    nonce = os.urandom(12)
+    old = header + nonce + audit._aead.encrypt(nonce, b"jpeg", EVENT.encode() + header)
+    (audit.folder / f"{EVENT}.frame").write_bytes(old)
+    config = tmp_path / "g.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path}"\n')
+    assert main(["gallery", "remove", "-c", str(config), "--elder", "E1"]) == 0
+    assert "E1: 0 template(s) erased, 2 audit frame(s) deleted" in capsys.readouterr().out
+    assert sorted(p.stem for p in audit.folder.iterdir()) == sorted([EVENT, other])
+    assert audit.export(EVENT) == b"jpeg" and audit.export(other)[:2] == b"\xff\xd8"
+    # the names are bound to the picture like its stamp: changed, it no longer opens
+    blob = (audit.folder / f"{other}.frame").read_bytes()
+    (audit.folder / f"{other}.frame").write_bytes(blob.replace(b"E2", b"E3", 1))
+    with pytest.raises(GalleryError, match="wrong key or damaged file"):
+        audit.export(other)
+
+
 def test_a_foreign_file_is_refused_and_does_not_stop_the_purge(
     frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
 ) -> None:
@@ -163,7 +194,12 @@ def test_the_export_command_writes_the_face_for_the_user_alone(
         victim.write_text("keep me")
         (tmp_path / "link.jpg").symlink_to(victim)
         assert main(["audit", "export", "-c", str(config), EVENT, str(tmp_path / "link.jpg")]) == 1
+        shared = tmp_path / "shared.jpg"
+        shared.write_bytes(b"")
+        shared.chmod(0o644)  # written over: not with the mode it had
+        assert main(["audit", "export", "-c", str(config), EVENT, str(shared)]) == 0
     finally:
         os.umask(old)
     assert os.stat(out).st_mode & 0o777 == 0o600
+    assert os.stat(shared).st_mode & 0o777 == 0o600
     assert out.read_bytes()[:2] == b"\xff\xd8" and victim.read_text() == "keep me"

@@ -54,7 +54,11 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
             first = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
             assert json.loads(cooling.read_text()) == {"E2048": 2000}  # no trace of E1024
             assert first["status"] == "ok"
-            assert first["data"] == {"elder_id": "E1024", "templates_erased": 2}
+            assert first["data"] == {
+                "elder_id": "E1024",
+                "templates_erased": 2,
+                "audit_frames_erased": 0,
+            }
             again = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
             assert again["repeat"] is True and again["data"] == first["data"]
             absent = ask(sub, "face.remove", {"transaction": "rm-2", "elder_id": "E1024"})
@@ -95,7 +99,7 @@ def test_an_erasure_whose_response_cannot_be_stored_is_reported_done(tmp_path: P
     finally:
         store.stop()
     assert reply is not None and reply["status"] == "ok", reply
-    assert reply["data"] == {"elder_id": "E1024", "templates_erased": 2}
+    assert reply["data"] == {"elder_id": "E1024", "templates_erased": 2, "audit_frames_erased": 0}
     assert "not remembered" in reply["message"]
     assert gallery.refresh_if_changed() and gallery.snapshot.elders == ("E2048",)
 

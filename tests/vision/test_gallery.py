@@ -267,6 +267,24 @@ def test_a_key_readable_by_others_is_refused(paths: tuple[Path, Path], gallery: 
         Gallery.open(*paths, MODEL)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_key_planted_by_another_user_is_refused(
+    paths: tuple[Path, Path], gallery: Gallery
+) -> None:
+    """Someone who wrote the key has a copy: templates written under it are theirs to read."""
+    os.chown(paths[1], 65534, 65534)
+    with pytest.raises(GalleryError, match="belongs to another user"):
+        Gallery.open(*paths, MODEL)
+
+
+def test_a_gallery_directory_others_may_write_to_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(GalleryError, match=r"may be written by other users \(mode 0777\)"):
+        Gallery.open(shared / "faces.db", shared / "faces.key", MODEL, create=True)
+
+
 def test_a_missing_key_is_an_error_not_a_new_key(
     gallery: Gallery, paths: tuple[Path, Path]
 ) -> None:

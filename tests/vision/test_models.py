@@ -63,6 +63,15 @@ def test_fetch_from_a_folder_installs_then_finds_present(
     second = fetch(str(models_dir), dest, manifest)
     assert [r.action for r in second] == ["present"] * 4
     assert all(c.ok for c in verify(dest, manifest))
+    # a link planted where the download is staged is not written through
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    detector = dest / manifest.detector.file
+    detector.unlink()
+    (dest / f".{detector.name}.partial").symlink_to(victim)
+    assert [r.action for r in fetch(str(models_dir), dest, manifest)].count("installed") == 1
+    assert victim.read_text() == "keep me" and not detector.is_symlink()
+    assert all(c.ok for c in verify(dest, manifest))
 
 
 @pytest.fixture

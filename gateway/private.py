@@ -7,6 +7,7 @@ have a gateway run as root write over any file."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -31,7 +32,10 @@ def private_dir(path: Path) -> None:
     for directory in reversed(missing):
         with contextlib.suppress(FileExistsError):
             directory.mkdir(mode=0o700)
-    mode = stat.S_IMODE(path.stat().st_mode)
+    st = path.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
+    mode = stat.S_IMODE(st.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise ExposedDirectory(
             0, f"{path} may be written by other users (mode {mode:04o}): run chmod 700 on it"

@@ -103,6 +103,12 @@ class LanesSection(Strict):
 
 class StoreSection(Strict):
     path: Path | None = Field(None, description="SQLite file; default <data_dir>/gateway.db.")
+    key_file: Path | None = Field(
+        None,
+        description="Key of the events' data, encrypted at rest (made at the first start, "
+        "mode 0600); default <database>.key. Keep it with any backup of the database: "
+        "without it the events cannot be read or sent.",
+    )
     batch_max_rows: int = Field(512, ge=1, le=20_000, description="Most rows in one commit.")
     batch_linger_ms: float = Field(
         0.0,

@@ -5,10 +5,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.broker import Mosquitto
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+# the same examples on every run: a property that fails, fails on every machine and every run
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(autouse=True)

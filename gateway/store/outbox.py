@@ -6,13 +6,18 @@ short, so a reader never holds back checkpoints and lets the WAL file grow.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.events import Lane, StoredEvent
+from gateway.logs import RateLimitedLog
+from gateway.store.cipher import EventCipher, Undecryptable
 from gateway.store.db import StoreError, connect
+
+_flood = RateLimitedLog(logging.getLogger(__name__), 60.0)
 
 _SELECT = (
     "SELECT e.seq, e.event_id, e.type, e.schema, e.lane, e.session, e.ts_ms, e.clock_synced,"
@@ -20,7 +25,7 @@ _SELECT = (
 )
 
 
-def _row(r: tuple[Any, ...]) -> StoredEvent:
+def _row(r: tuple[Any, ...], data_json: str) -> StoredEvent:
     return StoredEvent(
         seq=r[0],
         event_id=r[1],
@@ -31,21 +36,37 @@ def _row(r: tuple[Any, ...]) -> StoredEvent:
         ts_ms=r[6],
         clock_synced=bool(r[7]),
         steady_ms=r[8],
-        data_json=r[9],
+        data_json=data_json,
     )
 
 
 class OutboxReader:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cipher: EventCipher) -> None:
         self._conn = connect(path)
         self._conn.execute("PRAGMA query_only = ON")
+        self._cipher = cipher
+        self._unopened: set[int] = set()
 
     def pending(self, lane: Lane, after_seq: int, limit: int) -> list[StoredEvent]:
+        """A row whose data does not open (a damaged file) is logged, counted and passed
+        over: it cannot be sent, and it must not hold up the alarms behind it."""
         rows = self._conn.execute(
             f"{_SELECT} WHERE o.lane = ? AND o.seq > ? ORDER BY o.seq LIMIT ?",
             (int(lane), after_seq, limit),
         ).fetchall()
-        return [_row(r) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(_row(r, self._cipher.open(r[1], r[9])))
+            except Undecryptable as exc:
+                self._unopened.add(r[0])
+                _flood.warning("undecryptable", "outbox: seq %d not sent: %s", r[0], exc)
+        return out
+
+    @property
+    def undecryptable(self) -> int:
+        """Pending rows passed over because their data does not open (each counted once)."""
+        return len(self._unopened)
 
     def oldest_steady_ms(self) -> dict[Lane, int | None]:
         out: dict[Lane, int | None] = {}

@@ -25,8 +25,10 @@ from gateway.clock import Clock, ClockSync
 from gateway.config import StoreSection
 from gateway.events import Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
+from gateway.store.cipher import EventCipher
 from gateway.store.db import StoreError, connect, open_database
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
+from gateway.store.outbox import OutboxReader
 from gateway.store.reserve import MB, Reserve, disk_full
 
 log = logging.getLogger(__name__)
@@ -245,6 +247,8 @@ class Store:
         self.pressure: list[Lane] = []
         self.disk_free = 0
         self.reserve = Reserve(path.with_name(path.name + ".reserve"), int(cfg.reserve_mb * MB))
+        self.key_path = cfg.key_file or path.with_name(path.name + ".key")
+        self.cipher: EventCipher | None = None
         self.commits = 0
         self._next_seq = 1
         self._steady_base = 0
@@ -256,6 +260,14 @@ class Store:
         """Open, verify after an unclean stop, bump the session, start the writer."""
         clean = self._read_clean_flag()
         conn = open_database(self.path, synchronous=self.cfg.synchronous, check=not clean)
+        try:
+            self.cipher = EventCipher.for_database(conn, self.key_path)
+            sealed = self.cipher.seal_plain_rows(conn)
+        except (StoreError, sqlite3.Error) as exc:
+            conn.close()
+            raise StoreError(f"{self.path}: {exc}") from None
+        if sealed:
+            log.info("store: %d events written before encryption now sealed", sealed)
         self._conn = conn
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.previous_stop_clean = clean
@@ -383,19 +395,24 @@ class Store:
         nothing, logged."""
         now = self.steady_ms()
         out: list[tuple[int, dict[str, Any]]] = []
+        cipher = self.cipher
+        if cipher is None:
+            return out
         try:
             conn = connect(self.path, readonly=True)
         except sqlite3.Error as exc:
             log.warning("store: cannot read recent %s events: %s", event_type, exc)
             return out
         try:
-            rows = conn.execute("SELECT steady_ms, type, data FROM events ORDER BY seq DESC")
-            for steady, etype, data in rows:
+            rows = conn.execute(
+                "SELECT steady_ms, type, event_id, data FROM events ORDER BY seq DESC"
+            )
+            for steady, etype, event_id, data in rows:
                 if now - steady > within_ms:
                     break
                 if etype == event_type:
-                    out.append((max(0, now - steady), json.loads(data)))
-        except (sqlite3.Error, ValueError) as exc:
+                    out.append((max(0, now - steady), json.loads(cipher.open(event_id, data))))
+        except (sqlite3.Error, ValueError, StoreError) as exc:
             log.warning("store: cannot read recent %s events: %s", event_type, exc)
         finally:
             conn.close()
@@ -621,7 +638,8 @@ class Store:
             if decision.evict_p2_bytes:
                 self._evict_oldest_p2(conn, decision.evict_p2_bytes, delta, reason="evicted_disk")
             admitted = decision.admitted
-        event_rows: list[tuple[int, str, str, int, int, int, int, int, int, str]] = []
+        event_rows: list[tuple[int, str, str, int, int, int, int, int, int, bytes]] = []
+        seal = self._sealer()
         outbox_rows: list[tuple[int, int, int, int]] = []
         added = dict.fromkeys(Lane, 0)
         added_bytes = dict.fromkeys(Lane, 0)
@@ -667,7 +685,7 @@ class Store:
                     op.ts_ms,
                     int(op.clock_synced),
                     op.steady_ms,
-                    op.data_json,
+                    seal(stored.event_id, op.data_json),
                 )
             )
             outbox_rows.append((seq, int(lane), size, op.steady_ms))
@@ -691,6 +709,15 @@ class Store:
         for _, op in records:
             for write in op.domain:
                 conn.execute(write.sql, write.params)
+
+    def _sealer(self) -> Callable[[str, str], bytes]:
+        assert self.cipher is not None, "the writer runs only after start"
+        return self.cipher.seal
+
+    def reader(self) -> OutboxReader:
+        """A read side of the outbox on its own connection, opening the events' data."""
+        assert self.cipher is not None, "read only after start"
+        return OutboxReader(self.path, self.cipher)
 
     def _delivered(
         self, conn: sqlite3.Connection, items: Sequence[Delivered], delta: _Delta

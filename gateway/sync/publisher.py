@@ -147,6 +147,7 @@ class Publisher:
             "events_acked": self.events_acked,
             "rejected": self.rejected,
             "alarm_timeouts": self.alarm_timeouts,
+            "undecryptable": 0 if self._reader is None else self._reader.undecryptable,
             "latency_ms": {lane.label: self.latency(lane) for lane in Lane},
         }
 

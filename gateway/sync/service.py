@@ -125,7 +125,7 @@ class Sync:
         self.publisher = Publisher(
             cfg.mqtt,
             store,
-            lambda: OutboxReader(store.path),
+            store.reader,
             self.topics,
             send=self.link.publish,
             drop=self.link.drop,
@@ -148,7 +148,7 @@ class Sync:
     def start(self) -> None:
         """Start every part, or none: a part that cannot start (a TLS file missing) stops the
         ones already running, whose threads would otherwise keep the process from exiting."""
-        self._reader = OutboxReader(self.store.path)
+        self._reader = self.store.reader()
         self.store.subscribe(self._on_commit)
         try:
             self.publisher.start()
@@ -300,7 +300,7 @@ class Sync:
         return Reply({"republished": self.announce()})
 
     def _op_outbox_stats(self, _request: Mapping[str, Any]) -> Reply:
-        reader = OutboxReader(self.store.path)
+        reader = self.store.reader()
         try:
             oldest = reader.oldest_steady_ms()
         finally:

@@ -24,10 +24,10 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.keys import KeyFileError, derive, read_key
 from gateway.private import open_private, private_dir
 from gateway.store.writer import disk_free_bytes
 from gateway.vision.errors import GalleryError
-from gateway.vision.keys import derive, read_key
 from gateway.vision.retention import PARTIAL, SUFFIX, ExpiredFrames, header_for, split_header
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,10 @@ class AuditFrames(ExpiredFrames):
     ) -> None:
         super().__init__(folder, retention_days, running_ms)
         self.min_free_bytes = min_free_bytes
-        self._aead = AESGCM(derive(read_key(key_path), PURPOSE))
+        try:
+            self._aead = AESGCM(derive(read_key(key_path), PURPOSE))
+        except KeyFileError as exc:
+            raise GalleryError(str(exc)) from None
         private_dir(folder)
         self.kept = 0
 

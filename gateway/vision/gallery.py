@@ -31,9 +31,9 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.keys import KeyFileError, create_key, derive, read_key
 from gateway.private import ExposedDirectory, private_dir, touch_private
 from gateway.vision.errors import GalleryError
-from gateway.vision.keys import create_key, derive, read_key
 
 if TYPE_CHECKING:
     from gateway.vision.config import VisionSection
@@ -242,7 +242,10 @@ class Gallery:
     report: LoadReport = field(default_factory=LoadReport)
 
     def __post_init__(self) -> None:
-        self._aead = AESGCM(derive(read_key(self.key_path), PURPOSE))
+        try:
+            self._aead = AESGCM(derive(read_key(self.key_path), PURPOSE))
+        except KeyFileError as exc:
+            raise GalleryError(str(exc)) from None
         self._lock = threading.Lock()
         self._snapshot = Snapshot.build([], self.dim)
         self._look_alikes: dict[str, tuple[str, ...]] = {}
@@ -297,7 +300,10 @@ class Gallery:
         if create and not key_path.exists():
             if db_path.exists() and not key_path.exists():  # not just created by another
                 raise GalleryError(f"{db_path} exists but its key {key_path} does not")
-            create_key(key_path)  # or another process did, a moment ago: the same key to use
+            try:  # or another process did, a moment ago: the same key to use
+                create_key(key_path)
+            except KeyFileError as exc:
+                raise GalleryError(str(exc)) from None
         elif not db_path.exists() and not create:
             raise GalleryError(f"{db_path}: no face gallery (enrol someone first)")
         gallery = cls(db_path, key_path, model_id)

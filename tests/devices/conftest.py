@@ -4,7 +4,6 @@ that every device event a test recorded matches its JSON Schema."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from gateway.config import StoreSection
 from gateway.devices.definitions import DefinitionFile, load_definition
 from gateway.devices.events import DEVICE_EVENT_TYPES
 from gateway.store import Store
+from tests.support.journal import journal
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "device_configs"
@@ -35,15 +35,7 @@ def schema_for(type_name: str) -> dict[str, Any]:
 
 def stored(path: Path, type_prefix: str = "") -> list[dict[str, Any]]:
     """Committed events (read back from the file, as the publisher would), in seq order."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT seq, type, data FROM events WHERE type LIKE ? ORDER BY seq",
-            (f"{type_prefix}%",),
-        ).fetchall()
-    finally:
-        conn.close()
-    return [{"seq": s, "type": t, "data": json.loads(d)} for s, t, d in rows]
+    return [{"seq": e.seq, "type": e.type, "data": e.data} for e in journal(path, type_prefix)]
 
 
 def check_schemas(path: Path) -> int:

@@ -11,7 +11,7 @@ import gateway.clock as clock_module
 from gateway.clock import ClockSync
 from gateway.config import StoreSection
 from gateway.events import Event, Lane
-from gateway.store import Delivered, DomainWrite, OutboxReader, StorageFull, Store, read_stats
+from gateway.store import Delivered, DomainWrite, StorageFull, Store, read_stats
 from gateway.store.writer import _STOP
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.support.clock import ManualClock
@@ -106,7 +106,7 @@ def test_p2_over_quota_evicts_its_oldest_and_counts(make_store: StoreFactory) ->
     assert store.usage[Lane.P2].bytes <= 0.05 * MB
     evicted = store.counters["evicted_quota_p2"]
     assert evicted > 0 and store.usage[Lane.P2].count == 400 - evicted
-    reader = OutboxReader(store.path)
+    reader = store.reader()
     left = reader.pending(Lane.P2, 0, 1000)
     # Oldest first: what is left is exactly the newest events, in order.
     assert [e.seq for e in left] == [e.seq for e in first[evicted:]]
@@ -121,7 +121,7 @@ def test_p0_and_p1_over_quota_are_kept_and_raise_pressure(make_store: StoreFacto
     assert store.usage[Lane.P0].count == 200
     assert store.pressure == [Lane.P0]
     assert "storage_pressure" in store.health() and store.health()["storage_pressure"] == ["p0"]
-    reader = OutboxReader(store.path)
+    reader = store.reader()
     delivered = reader.pending(Lane.P0, 0, 1000)
     reader.close()
     store.mark_delivered([Delivered(e.seq, e.lane) for e in delivered]).result()
@@ -159,7 +159,7 @@ def test_ttl_expires_pending_telemetry_by_running_time(
     new = store.record(Event(SEEN, {"i": 1}))
     clock.advance(31_000)
     store.housekeep()
-    reader = OutboxReader(store.path)
+    reader = store.reader()
     assert [e.seq for e in reader.pending(Lane.P2, 0, 10)] == [new.seq]
     assert [e.seq for e in reader.pending(Lane.P0, 0, 10)] == [alarm.seq]
     reader.close()

@@ -14,6 +14,7 @@ from gateway.clock import ClockSync
 from gateway.config import MqttSection, StoreSection
 from gateway.events import Event, Lane, StoredEvent
 from gateway.store import OutboxReader, Store
+from gateway.store.cipher import EventCipher
 from gateway.sync.mqtt import Message
 from gateway.sync.publisher import Publisher
 from gateway.sync.topics import Topics
@@ -62,7 +63,7 @@ def test_a_puback_that_came_just_before_the_connection_ended_is_kept(store: Stor
             release.wait(10)
 
     link.before_send = hold_second
-    pub = publisher(store, link, lambda: OutboxReader(store.path))
+    pub = publisher(store, link, store.reader)
     pub.start()
     try:
         pub.link_up(1)
@@ -86,8 +87,8 @@ class ReadThenWait(OutboxReader):
     """Runs ``after_read`` once, between the next read of the lane and its return: the moment
     a scheduler may pick to let another thread commit."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, cipher: EventCipher) -> None:
+        super().__init__(path, cipher)
         self.after_read: tuple[Lane, Callable[[list[StoredEvent]], None]] | None = None
 
     def pending(self, lane: Lane, after_seq: int, limit: int) -> list[StoredEvent]:
@@ -102,7 +103,8 @@ class ReadThenWait(OutboxReader):
 def test_an_acknowledged_event_deleted_during_a_re_read_is_not_sent_again(store: Store) -> None:
     first, second = (store.record(Event(RECORD, {"n": n})) for n in range(2))
     link = Link()
-    reader = ReadThenWait(store.path)
+    assert store.cipher is not None
+    reader = ReadThenWait(store.path, store.cipher)
     pub = publisher(store, link, lambda: reader)
     pub.start()
     gate = threading.Event()

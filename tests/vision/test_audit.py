@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
+from gateway.keys import create_key
 from gateway.vision import retention
 from gateway.vision.audit import AuditFrames
 from gateway.vision.errors import GalleryError
 from gateway.vision.images import read_image
-from gateway.vision.keys import create_key
 from gateway.vision.retention import ExpiredFrames
 
 DAY_MS = 86_400_000

@@ -349,12 +349,13 @@ def test_an_acceptance_always_has_k_strong_clear_live_frames(
         ]
         assert sum(r.top == decision.elder_id for r in strong) >= POLICY.k
         assert all(r.top == decision.elder_id for r in strong)
-        used = [
+        used = [  # the voting frames: strong and clear, for her
             o
             for o in recent
             if o.search is not None
             and o.search.top == decision.elder_id
             and o.search.top_score >= POLICY.accept_threshold
+            and o.search.margin >= POLICY.margin
         ]
         assert len(used) == decision.frames_used
         live = [o for o in used if (o.live_score or 0.0) >= POLICY.liveness_threshold]

@@ -35,6 +35,7 @@ from gateway.vision.images import fit_within, read_image
 from gateway.vision.models import Manifest
 from gateway.vision.pipeline import DecisionEvent
 from gateway.vision.service import VisionService
+from tests.support.journal import journal
 from tests.support.wait import eventually
 from tests.vision.test_events import SCHEMA_FILE
 from tests.vision.test_gallery import damage_gallery_file
@@ -77,14 +78,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def recorded_events(db: Path) -> list[tuple[str, dict[str, Any]]]:
     """(event id, data) of each recorded face decision, in order."""
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "SELECT event_id, data FROM events WHERE type = 'face.decision' ORDER BY seq"
-        ).fetchall()
-    finally:
-        conn.close()
-    return [(r[0], json.loads(r[1])) for r in rows]
+    return [(e.event_id, e.data) for e in journal(db, "face.decision")]
 
 
 def recorded(db: Path) -> list[dict[str, Any]]:

@@ -1,10 +1,10 @@
-"""The face data key: 32 random bytes in a file of its own, readable by the gateway user only.
+"""Data keys: 32 random bytes in a file of their own, readable by the gateway user only.
 
-The key never goes into a database, so a copied ``faces.db`` (a backup, a file sent for
-support) reveals no templates without it. It protects against a pulled SD card only where
-``vision.gallery.key_file`` puts the key on other storage. Keys for different purposes
-(templates, audit frames) are derived from it with HKDF so that one cannot be used to forge
-the other.
+A key never goes into the database it protects, so a copied database (a backup, a file sent
+for support) reveals nothing without it. It protects against a pulled SD card only where the
+configuration puts the key on other storage. Keys for different purposes (face templates,
+audit frames, the journal's event data) are derived with HKDF, so that one cannot be used
+to forge another.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.private import ExposedDirectory, open_private, private_dir
-from gateway.vision.errors import GalleryError
 
 KEY_BYTES = 32
+
+
+class KeyFileError(Exception):
+    """A key file that is missing, exposed, foreign or malformed."""
 
 
 def create_key(path: Path) -> None:
@@ -33,7 +36,7 @@ def create_key(path: Path) -> None:
     try:
         private_dir(path.parent)
     except ExposedDirectory as exc:
-        raise GalleryError(f"face data key directory {exc.strerror}") from None
+        raise KeyFileError(f"data key directory {exc.strerror}") from None
     aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     aside.unlink(missing_ok=True)  # left by a crash (or planted: never written through)
     fd = open_private(aside, os.O_WRONLY | os.O_EXCL)
@@ -52,20 +55,20 @@ def read_key(path: Path) -> bytes:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise GalleryError(f"{path}: face data key not found") from None
+        raise KeyFileError(f"{path}: data key not found") from None
     if st.st_uid not in (os.geteuid(), 0):  # planted by another user, who has a copy
-        raise GalleryError(
+        raise KeyFileError(
             f"{path}: key file belongs to another user (uid {st.st_uid}), not to the "
-            "gateway's; remove it, or chown it if it is the gallery's own key"
+            "gateway's; remove it, or chown it if it is the right key"
         )
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise GalleryError(
+        raise KeyFileError(
             f"{path}: key file is accessible to other users "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it"
         )
     data = path.read_bytes()
     if len(data) != KEY_BYTES:
-        raise GalleryError(f"{path}: key file must hold {KEY_BYTES} bytes, found {len(data)}")
+        raise KeyFileError(f"{path}: key file must hold {KEY_BYTES} bytes, found {len(data)}")
     return data
 
 

@@ -1,0 +1,116 @@
+"""Event data encrypted at rest: location sightings, alarms and face decisions are sensitive
+personal information (PIPL Art. 28), and the journal keeps them for weeks.
+
+Each event's ``data`` is sealed with AES-256-GCM, bound to its event id (a row copied onto
+another event does not open). The key is a file of its own, ``<db>.key`` by default (mode 0600,
+never in the database); the database holds a check value so that a wrong key is refused at
+start instead of leaving every pending event unsendable. The nonce is 4 random bytes chosen at
+each start followed by a counter: unique without a system call per event.
+
+Rows written before this existed are plain text; they are read as they are and sealed at the
+next start.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.keys import KeyFileError, create_key, derive, read_key
+from gateway.store.db import StoreError
+
+PURPOSE = "journal-event-data-v1"
+VERSION = b"\x01"
+NONCE = 12
+CHECK = b"eldercare-gateway journal key check"
+CHECK_KEY = "data_key_check"
+SEAL_BATCH = 1000
+
+
+class Undecryptable(StoreError):
+    """One row's data does not open: damaged, or written under another key."""
+
+
+class EventCipher:
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(derive(key, PURPOSE))
+        self._prefix = os.urandom(4)
+        self._counter = itertools.count()  # next() is atomic: producers seal on their threads
+
+    @classmethod
+    def for_database(cls, db: sqlite3.Connection, key_path: Path) -> EventCipher:
+        """The database's key: made with a new database, checked against an existing one."""
+        check = db.execute("SELECT value FROM meta WHERE key = ?", (CHECK_KEY,)).fetchone()
+        sealed = db.execute("SELECT 1 FROM events WHERE typeof(data) = 'blob' LIMIT 1").fetchone()
+        if not key_path.exists() and (check is not None or sealed is not None):
+            raise StoreError(
+                f"the key of this database, {key_path}, is missing: its events cannot be read "
+                "or sent without it. Put it back (from the backup it was kept with), or move the "
+                "database aside to start an empty one"
+            )
+        try:
+            if not key_path.exists():
+                create_key(key_path)
+            cipher = cls(read_key(key_path))
+        except KeyFileError as exc:
+            raise StoreError(str(exc)) from None
+        if check is None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                    (CHECK_KEY, cipher.seal(CHECK_KEY, CHECK.decode())),
+                )
+        elif not cipher.opens(CHECK_KEY, check[0]):
+            raise StoreError(
+                f"{key_path} is not the key this database was written with: its events cannot "
+                "be read or sent. Put the right key back"
+            )
+        return cipher
+
+    def seal(self, event_id: str, data_json: str) -> bytes:
+        nonce = self._prefix + next(self._counter).to_bytes(8, "big")
+        return VERSION + nonce + self._aead.encrypt(nonce, data_json.encode(), event_id.encode())
+
+    def open(self, event_id: str, stored: bytes | str) -> str:
+        """The data as JSON text; a row from before encryption is text already."""
+        if isinstance(stored, str):
+            return stored
+        if not isinstance(stored, bytes) or not stored.startswith(VERSION):
+            raise Undecryptable(f"event {event_id}: data is neither text nor sealed")
+        nonce, body = stored[1 : 1 + NONCE], stored[1 + NONCE :]
+        try:
+            return self._aead.decrypt(nonce, body, event_id.encode()).decode()
+        except (InvalidTag, ValueError) as exc:
+            raise Undecryptable(f"event {event_id}: data does not open ({exc!r})") from None
+
+    def opens(self, event_id: str, stored: bytes | str) -> bool:
+        try:
+            self.open(event_id, stored)
+        except Undecryptable:
+            return False
+        return not isinstance(stored, str)
+
+    def seal_plain_rows(self, db: sqlite3.Connection) -> int:
+        """Rows written before encryption, sealed in batches (each its own transaction, so
+        the writer is never held long); returns how many."""
+        sealed = 0
+        while True:
+            rows = db.execute(
+                "SELECT seq, event_id, data FROM events WHERE typeof(data) = 'text' LIMIT ?",
+                (SEAL_BATCH,),
+            ).fetchall()
+            if not rows:
+                return sealed
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(
+                    "UPDATE events SET data = ? WHERE seq = ?",
+                    [(self.seal(event_id, data), seq) for seq, event_id, data in rows],
+                )
+            sealed += len(rows)

@@ -1,0 +1,93 @@
+"""The events' data at rest: sealed in the file, opened by the store's own readers only."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.events import Event, Lane
+from gateway.store import StoreError
+from tests.store.conftest import SEEN, SOS, StoreFactory
+from tests.support.journal import journal
+
+WHERE = "Room 301, bed 2"  # a location: sensitive personal information
+
+
+def raw(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in db.parent.glob(f"{db.name}*") if p.is_file())
+
+
+def test_the_data_of_events_is_not_in_the_file_in_plain_text(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store()
+    store.record(Event(SEEN, {"band": "A1", "where": WHERE}))
+    assert WHERE.encode() not in raw(store.path)  # database, -wal and -shm as they are now
+    store.stop()
+    assert WHERE.encode() not in raw(store.path)
+    key = tmp_path / "g.db.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+    assert [e.data for e in journal(store.path)] == [{"band": "A1", "where": WHERE}]
+    again = make_store()  # the same key opens it after a restart
+    (pending,) = again.reader().pending(Lane.P2, 0, 10)
+    assert pending.data_json == '{"band":"A1","where":"Room 301, bed 2"}'
+
+
+def test_events_written_before_encryption_are_read_and_sealed_at_the_next_start(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """An upgrade: a database of plain-text rows, no key check, no key."""
+    store = make_store()
+    old = store.record(Event(SOS, {"band": "A1", "where": WHERE}))
+    store.stop()
+    with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.execute("UPDATE events SET data = ?", (old.data_json,))
+        conn.execute("DELETE FROM meta WHERE key = 'data_key_check'")
+    (tmp_path / "g.db.key").unlink()
+    upgraded = make_store()
+    assert [e.data_json for e in upgraded.reader().pending(Lane.P0, 0, 10)] == [old.data_json]
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        assert conn.execute("SELECT typeof(data) FROM events").fetchall() == [("blob",)]
+
+
+def test_a_missing_or_wrong_key_stops_the_start_instead_of_stranding_the_events(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = make_store()
+    store.record(Event(SOS, {"band": "A1"}))
+    store.stop()
+    key = tmp_path / "g.db.key"
+    right = key.read_bytes()
+    key.unlink()
+    with pytest.raises(StoreError, match=r"g\.db\.key, is missing: its events cannot be read"):
+        make_store()
+    assert not key.exists()  # no new key made in its place
+    key.write_bytes(bytes(32))
+    key.chmod(0o600)
+    with pytest.raises(StoreError, match="is not the key this database was written with"):
+        make_store()
+    key.write_bytes(right)
+    assert [e.type for e in journal(store.path)] == ["alarm.sos"]
+
+
+def test_a_row_that_does_not_open_is_passed_over_and_the_alarm_behind_it_still_goes(
+    make_store: StoreFactory,
+) -> None:
+    """A row's data copied onto another event (or damaged on the card) does not open: it is
+    counted and skipped, never sent as someone else's, and never holds up the lane."""
+    store = make_store()
+    first = store.record(Event(SOS, {"band": "A1"}))
+    second = store.record(Event(SOS, {"band": "B2"}))
+    with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.execute(
+            "UPDATE events SET data = (SELECT data FROM events WHERE seq = ?) WHERE seq = ?",
+            (second.seq, first.seq),
+        )
+    reader = store.reader()
+    assert [e.event_id for e in reader.pending(Lane.P0, 0, 10)] == [second.event_id]
+    assert reader.undecryptable == 1
+    reader.close()

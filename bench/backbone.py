@@ -24,6 +24,10 @@
    passing bytes) and an alarm is recorded; seconds until its PUBACK on a new connection, with
    the default mqtt.alarm_ack_timeout_s next to keepalive alone (the timeout set to an hour),
    default keepalive 30 s (--half-open-trials of each, default 3, side by side; 0 skips).
+8. Storage writes (what wears an SD card): bytes the gateway process has written to the disk
+   (/proc/self/io write_bytes, after a sync) while --sd-rate sightings a second arrive for
+   --sd-seconds and are delivered as they come, with store.telemetry_linger_ms at its default
+   next to 0 (a commit for each) measured side by side (--sd-trials of each; 0 skips).
 """
 
 from __future__ import annotations
@@ -170,10 +174,13 @@ def run_threads(target: Callable[[int], None], count: int) -> float:
 # ---- 2-4. drain ----------------------------------------------------------------------------
 
 
-def loaded_config(data_dir: Path, port: int | None, **mqtt: Any) -> LoadedConfig:
+def loaded_config(
+    data_dir: Path, port: int | None, store: dict[str, Any] | None = None, **mqtt: Any
+) -> LoadedConfig:
     raw = {
         "gateway": {"id": "gw-bench", "site": "bench", "data_dir": str(data_dir)},
         "clock": {"sync_source": "never"},
+        "store": store or {},
         "mqtt": {
             "brokers": [f"mqtt://127.0.0.1:{port}"] if port else [],
             "session_expiry_s": 0,
@@ -357,6 +364,46 @@ def half_open(watch: bool, seed: int, out: mp.Queue[tuple[bool, float]]) -> None
         broker.stop()
 
 
+# ---- 8. what the SD card is written ----------------------------------------------------------
+
+
+def write_bytes() -> int:
+    """Bytes this process has had written to storage (page cache write-back included)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("no write_bytes in /proc/self/io")
+
+
+def sd_writes(
+    linger_ms: float, rate: float, seconds: float, out: mp.Queue[tuple[bool, float]]
+) -> None:
+    """MB an hour the gateway writes while a station reports ``rate`` sightings a second and
+    the platform takes them as they come."""
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp)).start()
+        store = {"telemetry_linger_ms": linger_ms, "reserve_mb": 0}
+        gw = build(loaded_config(Path(tmp), broker.port, store), password=None)
+        gw.start()
+        time.sleep(2)  # connected, birth and first health written
+        before = write_bytes()
+        t0 = time.monotonic()
+        sent = 0
+        while (elapsed := time.monotonic() - t0) < seconds:
+            while sent < int(elapsed * rate):
+                gw.store.submit(Event(SEEN, sighting(sent)))
+                sent += 1
+            time.sleep(0.005)
+        while gw.store.usage[Lane.P2].count:
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        os.sync()  # what the kernel still holds counts too
+        written = write_bytes() - before
+        gw.stop()
+        broker.stop()
+    out.put((linger_ms > 0, written / 2**20 / elapsed * 3600))
+
+
 def crash_trials(trials: int, seed: int) -> dict[str, Any]:
     import sqlite3
     from collections import Counter
@@ -404,6 +451,9 @@ def main() -> None:
     ap.add_argument("--outage-trials", type=int, default=5)
     ap.add_argument("--outage-s", type=float, default=150.0)
     ap.add_argument("--half-open-trials", type=int, default=3)
+    ap.add_argument("--sd-trials", type=int, default=3)
+    ap.add_argument("--sd-rate", type=float, default=20.0, help="sightings a second")
+    ap.add_argument("--sd-seconds", type=float, default=60.0)
     args = ap.parse_args()
     if args.outage_s < 20:
         ap.error("--outage-s must be at least 20")
@@ -460,6 +510,24 @@ def main() -> None:
             f"{median([r['messages'] for r in results]):,.0f} | "
             f"{median([r['cpu_pct'] for r in results]):.0f} | {p50:.0f} | {p99:.0f} | "
             f"{max(r['rss_mb'] for r in results):.0f} |"
+        )
+
+    if args.sd_trials:
+        linger = StoreSection().telemetry_linger_ms
+        argsets = [
+            (ms, args.sd_rate, args.sd_seconds) for _ in range(args.sd_trials) for ms in (0, linger)
+        ]
+        sd = side_by_side(sd_writes, argsets, args.sd_seconds + 600)
+        base = median(sd[False])
+        print(
+            f"\n| storage writes, {args.sd_rate:.0f} sightings/s delivered as they come | "
+            "trials | MB/h, median | vs a commit each |"
+        )
+        print("|---|---:|---:|---:|")
+        print(f"| telemetry_linger_ms 0 (a commit each) | {len(sd[False])} | {base:,.0f} | 1.00 |")
+        print(
+            f"| telemetry_linger_ms {linger:.0f} (default) | {len(sd[True])} | "
+            f"{median(sd[True]):,.0f} | {median(sd[True]) / base:.2f} |"
         )
 
     if args.crash_trials:

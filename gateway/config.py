@@ -118,6 +118,15 @@ class StoreSection(Strict):
         "writer is free (rows that arrive during a commit share the next one). "
         "P0 events never wait.",
     )
+    telemetry_linger_ms: float = Field(
+        1000.0,
+        ge=0,
+        le=5000,
+        description="A commit holding only telemetry (P2) that no source waits for waits this "
+        "long for more: every commit, and every deletion after delivery, writes several "
+        "database pages to the SD card however little it holds, so sightings are committed "
+        "together. Alarms and records never wait for it. 0: commit at once.",
+    )
     synchronous: Literal["full", "normal"] = Field(
         "full", description="'full' survives power loss; 'normal' only a process crash."
     )

@@ -112,7 +112,20 @@ class Dc09Handler:
             if not -self.spec.max_past_s <= skew <= self.spec.max_future_s:
                 self._refuse("bad_timestamp", content, f"{skew:+.0f} s")
                 return msgs.nak(now), "NAK"
-        key = (msg.account.upper(), msg.receiver, msg.line, msg.seq, msg.id, msg.encrypted)
+        # A retry is the same message again: its sequence number and what it says, stamped
+        # when first sent. A panel that restarts counts from 0001 again: its new messages
+        # reuse numbers of the last minutes, but not their content and time.
+        key = (
+            msg.account.upper(),
+            msg.receiver,
+            msg.line,
+            msg.seq,
+            msg.id,
+            msg.encrypted,
+            msg.data,
+            msg.extended,
+            msg.timestamp,
+        )
         reply = msgs.ack(msg, self.keys.get(msg.account.upper()), now)
         if self.dedup.is_repeat(key):
             stats.duplicates += 1

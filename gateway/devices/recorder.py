@@ -129,7 +129,7 @@ class Recorder:
         """
         futures = []
         try:
-            futures = [self.store.submit(e) for e in events]
+            futures = [self.store.submit(e, waited=True) for e in events]
             for fut in futures:
                 fut.result(self.record_timeout_s)
         except Exception as exc:

@@ -40,7 +40,12 @@ PURGE_SQL = (
     "AND delivered_steady_ms < ?"
 )
 T = TypeVar("T")
-CHECKPOINT_INTERVAL_S = 1.0
+CHECKPOINT_INTERVAL_S = 1.0  # how often the checkpointer looks
+# A checkpoint copies every page changed since the last one into the database file: once a
+# second, a trickle of sightings had each page written twice. Now once the rows since the last
+# checkpoint could make the WAL a few MB (a backlog, a burst), otherwise every 30 s.
+CHECKPOINT_ROWS = 2000
+CHECKPOINT_MAX_S = 30.0
 SQL_VARS = 500
 
 
@@ -139,6 +144,7 @@ class _Record:
     steady_ms: int
     domain: Sequence[DomainWrite]
     future: Receipt[StoredEvent]
+    waited: bool  # a source waits for the commit (to acknowledge a device): never lingers
 
     @property
     def lane(self) -> Lane:
@@ -232,6 +238,8 @@ class Store:
         self._clock_check = Periodic("clock-check", clock_sync.interval_s, clock_sync.refresh)
         self._checkpoint_conn: sqlite3.Connection | None = None
         self.checkpoints = 0
+        self._rows_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
         self.quotas = {
             Lane.P0: int(cfg.lanes.p0.quota_mb * MB),
             Lane.P1: int(cfg.lanes.p1.quota_mb * MB),
@@ -420,8 +428,12 @@ class Store:
 
     # ---- producers --------------------------------------------------------------------------
 
-    def submit(self, event: Event, domain: Sequence[DomainWrite] = ()) -> Receipt[StoredEvent]:
-        """Hand the event to the writer; the receipt settles when its commit is done."""
+    def submit(
+        self, event: Event, domain: Sequence[DomainWrite] = (), *, waited: bool = False
+    ) -> Receipt[StoredEvent]:
+        """Hand the event to the writer; the receipt settles when its commit is done.
+        ``waited``: the caller waits for it (to acknowledge its source), so telemetry too is
+        committed without lingering."""
         data = event.data
         clock = self._clock
         fut: Receipt[StoredEvent] = Receipt(self._settled)
@@ -434,6 +446,7 @@ class Store:
                 self._steady_base + clock.monotonic_ms() - self._mono_at_open,
                 domain,
                 fut,
+                waited,
             )
         )
         return fut
@@ -442,7 +455,7 @@ class Store:
         self, event: Event, domain: Sequence[DomainWrite] = (), timeout: float | None = 30.0
     ) -> StoredEvent:
         """Commit the event (and its domain rows); return only once it is on disk."""
-        return self.submit(event, domain).result(timeout)
+        return self.submit(event, domain, waited=True).result(timeout)
 
     def mark_delivered(self, items: Sequence[Delivered]) -> Receipt[int]:
         fut: Receipt[int] = Receipt(self._settled)
@@ -505,17 +518,19 @@ class Store:
     ) -> tuple[list[_Op], bool]:
         """The next commit's records, lingering for more if configured, and whether the writer
         is stopping: the stop signal may be taken off the queue while it lingers, and must not
-        then be waited for again."""
+        then be waited for again. Telemetry nobody waits for lingers longest: each commit
+        writes several pages to the SD card whatever it holds, and so does the deletion after
+        delivery, so one commit for a second's sightings instead of one for each spares it."""
         batch: list[_Op] = []
-        linger_s = self.cfg.batch_linger_ms / 1000
-        deadline = time.monotonic() + linger_s
+        started = time.monotonic()
         while True:
             while records and len(batch) < self.cfg.batch_max_rows:
                 batch.append(records.popleft())
             full = len(batch) >= self.cfg.batch_max_rows
-            if full or stopping or not linger_s or any(map(_is_p0, batch)):
+            linger_s = self._linger_s(batch)
+            if full or stopping or not linger_s:
                 return batch, stopping
-            left = deadline - time.monotonic()
+            left = started + linger_s - time.monotonic()
             if left <= 0:
                 return batch, False
             try:
@@ -524,6 +539,14 @@ class Store:
                 return batch, False
             if self._take(item, records, others):
                 return batch, True
+
+    def _linger_s(self, batch: list[_Op]) -> float:
+        if any(map(_is_p0, batch)):
+            return 0.0
+        linger_ms = self.cfg.batch_linger_ms
+        if all(map(_is_background, batch)):
+            linger_ms = max(linger_ms, self.cfg.telemetry_linger_ms)
+        return linger_ms / 1000
 
     def _take(self, item: object, records: deque[_Op], others: deque[_Op]) -> bool:
         """File one queued item; True when it is the stop signal."""
@@ -586,6 +609,7 @@ class Store:
             log.error("store write failed: %s", exc)
             return
         self.commits += 1
+        self._rows_since_checkpoint += sum(map(_rows, batch))
         self._apply_delta(delta)
         resolve(self._settled, zip((op.future for op in batch), results, strict=True))
         if delta.new_lanes:
@@ -799,7 +823,14 @@ class Store:
         """Copy committed WAL pages into the database without blocking the writer (PASSIVE);
         SQLite restarts the WAL from its beginning once it is fully copied."""
         conn = self._checkpoint_conn
-        if conn is not None:
+        now = time.monotonic()
+        due = (
+            self._rows_since_checkpoint >= CHECKPOINT_ROWS
+            or now - self._last_checkpoint >= CHECKPOINT_MAX_S
+        )
+        if conn is not None and due and self._rows_since_checkpoint:
+            self._rows_since_checkpoint = 0  # rows committed from here on count for the next
+            self._last_checkpoint = now
             self.reserve.with_room(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
             self.checkpoints += 1
 
@@ -857,6 +888,11 @@ class Store:
 
 def _is_p0(op: _Op) -> bool:
     return isinstance(op, _Record) and op.lane is Lane.P0
+
+
+def _is_background(op: _Op) -> bool:
+    """Telemetry that no source waits for."""
+    return isinstance(op, _Record) and op.lane is Lane.P2 and not op.waited
 
 
 def _rows(op: _Op) -> int:

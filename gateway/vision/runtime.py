@@ -17,6 +17,10 @@ from threadpoolctl import threadpool_limits
 
 from gateway.vision.errors import ModelError
 
+# onnxruntime records usage events of its own (in $XDG_CACHE_HOME/Microsoft/DeveloperTools):
+# nothing of the counter's should go there, so its event logging is switched off from the start
+ort.disable_telemetry_events()
+
 
 def one_blas_thread() -> None:
     """Keep NumPy's BLAS (the gallery search's matrix product) to the calling thread.

@@ -67,6 +67,28 @@ def test_event_acked_after_store_and_retry_not_doubled(
     assert receiver.health()["duplicates"] == 1
 
 
+def test_a_restarted_panel_counting_from_0001_again_is_not_taken_for_repeats(
+    receiver: Dc09Service, store: Store
+) -> None:
+    """Its sequence numbers repeat those of its last minutes; its messages do not."""
+    start = datetime.now(UTC) - timedelta(seconds=25)  # within the receiver's time window
+    before = Dc09Transmitter("127.0.0.1", receiver.port, "1234", clock=lambda: start)
+    after = Dc09Transmitter(
+        "127.0.0.1", receiver.port, "1234", clock=lambda: start + timedelta(seconds=20)
+    )
+    try:
+        sent = before.message("ADM-CID", "#1234|1101 01 015")
+        assert reply_of(before.exchange(sent)).id == "ACK"
+        again = after.message("ADM-CID", "#1234|1101 01 015")  # seq 0001 again, 20 s later
+        assert reply_of(after.exchange(again)).id == "ACK"
+        assert reply_of(after.exchange(again)).id == "ACK"  # its own retry
+    finally:
+        before.close()
+        after.close()
+    assert [e["data"]["seq"] for e in stored(store.path, "alarm.sos")] == [1, 1]
+    assert receiver.health()["duplicates"] == 1
+
+
 def test_bad_crc_nak_with_time_and_unknown_code_duh(receiver: Dc09Service, store: Store) -> None:
     panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234")
     try:

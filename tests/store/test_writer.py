@@ -250,6 +250,32 @@ def test_stop_while_the_writer_lingers_for_a_batch(tmp_path: Path, clock: Manual
     assert committed_ids(tmp_path / "g.db") == {receipt.result().event_id}
 
 
+def test_sightings_share_a_commit_and_an_alarm_or_an_acknowledgement_does_not_wait(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Every commit writes several pages to the SD card: telemetry nobody waits for is
+    committed together, but an alarm, or an event whose source waits to be acknowledged,
+    is committed at once and takes the waiting sightings with it."""
+    store = Store(
+        StoreSection(housekeeping_interval_s=3600), tmp_path / "g.db", clock, ClockSync("never", 60)
+    )
+    waits = LingerUntilNext()  # the writer lingers until the test sends what comes next
+    store._queue = waits
+    store.start()
+    try:
+        acked = store.submit(Event(SEEN, {"i": 0}), waited=True).result(10)  # no lingering
+        before = store.commits
+        sightings = [store.submit(Event(SEEN, {"i": i})) for i in range(1, 4)]
+        assert waits.lingering.wait(10)
+        assert not any(r.done() for r in sightings)
+        alarm = store.submit(Event(SOS, {"band": "A1"})).result(10)
+        assert all(r.done() for r in sightings) and store.commits == before + 1
+        assert [r.result().seq for r in sightings] == [2, 3, 4] and alarm.seq == 5
+        assert acked.seq == 1
+    finally:
+        store.stop()
+
+
 def test_events_say_the_clock_is_synchronised_within_check_interval_s(
     tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

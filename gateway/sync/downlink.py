@@ -158,7 +158,7 @@ class Downlink:
             return
         self._tally(self.counts, "received")
         try:
-            txn = _transaction(json.loads(payload))
+            txn = _transaction(_json(payload))
         except (ValueError, RecursionError):
             txn = None  # unreadable, or too large to keep: the sender cannot be told which
         self._error(op, txn, reason, message)
@@ -204,7 +204,7 @@ class Downlink:
                 op, None, "too_large", f"{size} B, over {self.cfg.max_payload_bytes} B"
             )
         try:
-            request = json.loads(payload)
+            request = _json(payload)
         except RecursionError:
             return self._error(op, None, "invalid_json", "not JSON: nested too deeply")
         except ValueError as exc:  # not UTF-8, not JSON, a number of over 4300 digits
@@ -340,6 +340,12 @@ def _schema_problem(error: ValidationError) -> str:
         "const": f"must be {limit!r}",
     }
     return described.get(str(rule), f"breaks the schema's {rule!r} rule")
+
+
+def _json(payload: bytes) -> Any:
+    """JSON on MQTT is UTF-8 (RFC 8259): ``json.loads`` would also take UTF-16 and UTF-32 by
+    their byte order marks, and then name those codecs in its error."""
+    return json.loads(payload.decode("utf-8"))
 
 
 def _transaction(request: Any) -> str | None:

@@ -94,7 +94,8 @@ def test_bad_requests_get_an_error_a_count_and_change_nothing(
         before = state(db)
         cases: list[tuple[str, Any, str]] = [
             ("ping", b"{" * 2000, "2000 B, over 512 B"),
-            ("ping", b"\xff\xfe not json", "not JSON"),
+            ("ping", b"\xff\xfe not json", "not JSON: 'utf-8' codec can't decode byte 0xff"),
+            ("ping", '{"transaction": "u16"}'.encode("utf-16"), "not JSON: 'utf-8' codec"),
             ("ping", [1, 2, 3], "request: must be of type object"),
             ("ping", {"transaction": "x", "extra": 1}, "Additional properties"),
             ("ping", {"transaction": 42}, "transaction: must be of type string"),
@@ -107,7 +108,7 @@ def test_bad_requests_get_an_error_a_count_and_change_nothing(
             assert expected in reply["message"], (expected, reply)
         assert ask(sub, "ping", {"transaction": "x", "extra": 1})["transaction"] == "x"
         errors = gw.sync.downlink.errors if gw.sync else {}
-        assert errors["too_large"] == 1 and errors["invalid_json"] == 1
+        assert errors["too_large"] == 1 and errors["invalid_json"] == 2
         assert errors["unknown_op"] == 1 and errors["schema"] == 5
         assert state(db) == before
         assert ask(sub, "ping", {"transaction": "still-alive"})["status"] == "ok"

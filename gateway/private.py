@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -36,10 +38,22 @@ def private_dir(path: Path) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(path))
     mode = stat.S_IMODE(st.st_mode)
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+    others = stat.S_IWOTH | (0 if _private_group(st) else stat.S_IWGRP)
+    if mode & others:
         raise ExposedDirectory(
             0, f"{path} may be written by other users (mode {mode:04o}): run chmod 700 on it"
         )
+
+
+def _private_group(st: os.stat_result) -> bool:
+    """The owner's own group with nobody else in it (a umask of 002 gives such directories
+    group write): group write then lets no other user in."""
+    try:
+        group = grp.getgrgid(st.st_gid)
+        owner = pwd.getpwuid(st.st_uid)
+    except KeyError:
+        return False
+    return owner.pw_gid == st.st_gid and not group.gr_mem
 
 
 def open_private(path: Path, flags: int) -> int:

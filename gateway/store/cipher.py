@@ -4,11 +4,13 @@ personal information (PIPL Art. 28), and the journal keeps them for weeks.
 Each event's ``data`` is sealed with AES-256-GCM, bound to its event id (a row copied onto
 another event does not open). The key is a file of its own, ``<db>.key`` by default (mode 0600,
 never in the database); the database holds a check value so that a wrong key is refused at
-start instead of leaving every pending event unsendable. The nonce is 4 random bytes chosen at
-each start followed by a counter: unique without a system call per event.
+start instead of leaving every pending event unsendable. The nonce is 8 random bytes, chosen at
+each start and again every 2**32 events, followed by a 4-byte counter: unique without a system
+call per event (two starts share a prefix with odds of 2**-64; a prefix of 4 bytes, tried
+first, could be drawn twice within the restarts of a crash loop).
 
-Rows written before this existed are plain text; they are read as they are and sealed at the
-next start.
+Rows written before this existed are plain text; they are read as they are, and sealed in
+the background after the next start, a batch per commit of the store's writer.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ VERSION = b"\x01"
 NONCE = 12
 CHECK = b"eldercare-gateway journal key check"
 CHECK_KEY = "data_key_check"
-SEAL_BATCH = 1000
+SEAL_BATCH = 500
+COUNTER_LIMIT = 1 << 32
 
 
 class Undecryptable(StoreError):
@@ -39,8 +42,11 @@ class Undecryptable(StoreError):
 class EventCipher:
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(derive(key, PURPOSE))
-        self._prefix = os.urandom(4)
-        self._counter = itertools.count()  # next() is atomic: producers seal on their threads
+        self._new_prefix()
+
+    def _new_prefix(self) -> None:
+        self._prefix = os.urandom(8)
+        self._counter = itertools.count()
 
     @classmethod
     def for_database(cls, db: sqlite3.Connection, key_path: Path) -> EventCipher:
@@ -74,7 +80,12 @@ class EventCipher:
         return cipher
 
     def seal(self, event_id: str, data_json: str) -> bytes:
-        nonce = self._prefix + next(self._counter).to_bytes(8, "big")
+        """Called by one thread at a time (the store's writer, or its start)."""
+        n = next(self._counter)
+        if n >= COUNTER_LIMIT:
+            self._new_prefix()
+            n = next(self._counter)
+        nonce = self._prefix + n.to_bytes(4, "big")
         return VERSION + nonce + self._aead.encrypt(nonce, data_json.encode(), event_id.encode())
 
     def open(self, event_id: str, stored: bytes | str) -> str:
@@ -96,21 +107,25 @@ class EventCipher:
             return False
         return not isinstance(stored, str)
 
-    def seal_plain_rows(self, db: sqlite3.Connection) -> int:
-        """Rows written before encryption, sealed in batches (each its own transaction, so
-        the writer is never held long); returns how many."""
-        sealed = 0
-        while True:
-            rows = db.execute(
-                "SELECT seq, event_id, data FROM events WHERE typeof(data) = 'text' LIMIT ?",
-                (SEAL_BATCH,),
-            ).fetchall()
-            if not rows:
-                return sealed
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany(
-                    "UPDATE events SET data = ? WHERE seq = ?",
-                    [(self.seal(event_id, data), seq) for seq, event_id, data in rows],
-                )
-            sealed += len(rows)
+    def seal_batch(self, db: sqlite3.Connection, after_seq: int) -> tuple[int, int] | None:
+        """Seal the next rows written before encryption, after ``after_seq``, inside the
+        caller's transaction: (the last seq sealed, how many), or None when none are left."""
+        rows = db.execute(
+            "SELECT seq, event_id, data FROM events WHERE seq > ? AND typeof(data) = 'text' "
+            "ORDER BY seq LIMIT ?",
+            (after_seq, SEAL_BATCH),
+        ).fetchall()
+        if not rows:
+            return None
+        db.executemany(
+            "UPDATE events SET data = ? WHERE seq = ?",
+            [(self.seal(event_id, data), seq) for seq, event_id, data in rows],
+        )
+        return int(rows[-1][0]), len(rows)
+
+
+def has_plain_rows(db: sqlite3.Connection) -> bool:
+    return (
+        db.execute("SELECT 1 FROM events WHERE typeof(data) = 'text' LIMIT 1").fetchone()
+        is not None
+    )

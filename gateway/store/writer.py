@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -25,7 +26,7 @@ from gateway.clock import Clock, ClockSync
 from gateway.config import StoreSection
 from gateway.events import Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
-from gateway.store.cipher import EventCipher
+from gateway.store.cipher import EventCipher, has_plain_rows
 from gateway.store.db import StoreError, connect, open_database
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
 from gateway.store.outbox import OutboxReader
@@ -257,6 +258,7 @@ class Store:
         self.reserve = Reserve(path.with_name(path.name + ".reserve"), int(cfg.reserve_mb * MB))
         self.key_path = cfg.key_file or path.with_name(path.name + ".key")
         self.cipher: EventCipher | None = None
+        self._sealer_thread: threading.Thread | None = None
         self.commits = 0
         self._next_seq = 1
         self._steady_base = 0
@@ -270,12 +272,10 @@ class Store:
         conn = open_database(self.path, synchronous=self.cfg.synchronous, check=not clean)
         try:
             self.cipher = EventCipher.for_database(conn, self.key_path)
-            sealed = self.cipher.seal_plain_rows(conn)
+            unsealed = has_plain_rows(conn)
         except (StoreError, sqlite3.Error) as exc:
             conn.close()
             raise StoreError(f"{self.path}: {exc}") from None
-        if sealed:
-            log.info("store: %d events written before encryption now sealed", sealed)
         self._conn = conn
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.previous_stop_clean = clean
@@ -299,6 +299,9 @@ class Store:
         self._sync.refresh()
         self._thread = threading.Thread(target=self._run, name="store-writer")
         self._thread.start()
+        if unsealed:  # an upgrade: alarms are taken meanwhile, and old rows read as they are
+            self._sealer_thread = threading.Thread(target=self._seal_old_rows, name="store-seal")
+            self._sealer_thread.start()
         self._checkpoint_conn = connect(self.path, synchronous=self.cfg.synchronous)
         self._checkpointer.start()
         self._housekeeping.start()
@@ -310,6 +313,32 @@ class Store:
             {ln.label: u.count for ln, u in self.usage.items()},
             "" if clean else " (previous run did not stop cleanly; database verified)",
         )
+
+    def _seal_old_rows(self) -> None:
+        """Events written before encryption, sealed a batch per writer commit."""
+        cipher = self.cipher
+        assert cipher is not None
+
+        def batch(conn: sqlite3.Connection, after: int) -> tuple[int, int] | None:
+            done = cipher.seal_batch(conn, after)
+            if done is not None:
+                self._rows_since_checkpoint += done[1]  # the writer's thread, like commits
+            return done
+
+        after, sealed = 0, 0
+        log.info("store: sealing the events written before encryption, in the background")
+        while True:
+            try:
+                done = self.write(partial(batch, after=after)).result(120)
+            except StoreClosed:
+                return  # the next start goes on from where this one stopped
+            except Exception as exc:
+                log.warning("store: events from before encryption not all sealed: %s", exc)
+                return
+            if done is None:
+                log.info("store: %d events written before encryption sealed", sealed)
+                return
+            after, sealed = done[0], sealed + done[1]
 
     def _read_clean_flag(self) -> bool:
         if not self.path.exists() or self.path.stat().st_size == 0:
@@ -338,6 +367,9 @@ class Store:
         self._queue.put(_STOP)
         self._thread.join()
         self._thread = None
+        if self._sealer_thread is not None:
+            self._sealer_thread.join()
+            self._sealer_thread = None
         conn = self._conn
         if conn is not None:
             try:

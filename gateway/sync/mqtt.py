@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.config import PRIVATE_FILE, MqttSection, read_password, readable_by_all
 from gateway.configfile import ConfigFileError, Issue
@@ -462,7 +463,12 @@ class MqttLink:
             f" (packet limit {limit} bytes)" if limit is not None else "",
         )
         for topic in self._subscriptions():
-            client.subscribe(topic, qos=1)
+            if self.cfg.protocol == "5":
+                # the retain flag as published, also on live delivery: a retained request is
+                # then refused every time, not applied once and refused at the next connect
+                client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            else:
+                client.subscribe(topic, qos=1)
         return True
 
     def _notify(self, what: str, handler: Callable[[int], None], generation: int) -> None:

@@ -11,8 +11,11 @@ import pytest
 
 from gateway.events import Event, Lane
 from gateway.store import StoreError
+from gateway.store import cipher as cipher_module
+from gateway.store.cipher import EventCipher
 from tests.store.conftest import SEEN, SOS, StoreFactory
 from tests.support.journal import journal
+from tests.support.wait import eventually
 
 WHERE = "Room 301, bed 2"  # a location: sensitive personal information
 
@@ -50,8 +53,13 @@ def test_events_written_before_encryption_are_read_and_sealed_at_the_next_start(
     (tmp_path / "g.db.key").unlink()
     upgraded = make_store()
     assert [e.data_json for e in upgraded.reader().pending(Lane.P0, 0, 10)] == [old.data_json]
-    with contextlib.closing(sqlite3.connect(store.path)) as conn:
-        assert conn.execute("SELECT typeof(data) FROM events").fetchall() == [("blob",)]
+
+    def sealed() -> bool:
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            return conn.execute("SELECT typeof(data) FROM events").fetchall() == [("blob",)]
+
+    eventually(sealed)  # in the background: the alarms are taken meanwhile
+    assert [e.data for e in journal(store.path)] == [{"band": "A1", "where": WHERE}]
 
 
 def test_a_missing_or_wrong_key_stops_the_start_instead_of_stranding_the_events(
@@ -91,3 +99,13 @@ def test_a_row_that_does_not_open_is_passed_over_and_the_alarm_behind_it_still_g
     assert [e.event_id for e in reader.pending(Lane.P0, 0, 10)] == [second.event_id]
     assert reader.undecryptable == 1
     reader.close()
+
+
+def test_no_nonce_is_used_twice_when_the_counter_runs_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cipher_module, "COUNTER_LIMIT", 3)
+    cipher = EventCipher(bytes(32))
+    nonces = [cipher.seal("e", "{}")[1:13] for _ in range(10)]
+    assert len(set(nonces)) == 10
+    assert len({n[:8] for n in nonces}) == 4  # a new random prefix after every 3

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import sqlite3
 import stat
 import subprocess
@@ -166,8 +168,14 @@ def test_a_data_directory_others_may_write_to_is_refused(
     shared.chmod(0o777)
     with pytest.raises(StoreError, match=r"may be written by other users \(mode 0777\)"):
         make_store(shared / "gateway.db")
-    shared.chmod(0o755)
-    make_store(shared / "gateway.db").record(Event(SOS, {"band": "A1"}))
+    shared.chmod(0o775)  # umask 002: group write, where the group is the owner's own
+    os.chown(shared, -1, pwd.getpwuid(os.geteuid()).pw_gid)
+    owners_own = not grp.getgrgid(pwd.getpwuid(os.geteuid()).pw_gid).gr_mem
+    if owners_own:
+        make_store(shared / "gateway.db").record(Event(SOS, {"band": "A1"}))
+    else:
+        with pytest.raises(StoreError, match=r"may be written by other users \(mode 0775\)"):
+            make_store(shared / "gateway.db")
 
 
 def test_links_planted_in_the_data_directory_are_not_written_through(

@@ -149,6 +149,13 @@ def test_a_retained_request_is_refused_not_applied_at_every_subscription(
             assert gw.sync is not None and gw.sync.downlink.errors["retained"] == 1
             assert state(gw.store.path)[0] == 0  # nothing applied, nothing remembered
             assert ask(sub, "rebirth", {"transaction": "live"})["status"] == "ok"
+            # published retained while the gateway listens: refused too (MQTT 5 passes the
+            # flag on as published), not applied now and refused at the next connection
+            sub._client.publish(topic, json.dumps({"transaction": "kept-2"}), qos=1, retain=True)
+            sub.wait_for(lambda _m: len(sub.of_topic("/response/rebirth")) == 3)
+            reply = sub.of_topic("/response/rebirth")[-1].json()
+            assert (reply["transaction"], reply["status"]) == ("kept-2", "error")
+            assert state(gw.store.path)[0] == 1  # "live" only
     finally:
         sub._client.publish(topic, b"", qos=1, retain=True)  # the broker forgets it
         sub.close()

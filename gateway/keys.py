@@ -49,6 +49,13 @@ def create_key(path: Path) -> None:
             os.link(aside, path)
     finally:
         aside.unlink(missing_ok=True)
+    # the key's name on disk before anything is written under it: a power cut must not
+    # leave data behind whose key never reached the card
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def read_key(path: Path) -> bytes:

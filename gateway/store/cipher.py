@@ -31,6 +31,7 @@ VERSION = b"\x01"
 NONCE = 12
 CHECK = b"eldercare-gateway journal key check"
 CHECK_KEY = "data_key_check"
+ALL_SEALED = "data_all_sealed"  # no row from before encryption left: no scan for them at start
 SEAL_BATCH = 500
 COUNTER_LIMIT = 1 << 32
 
@@ -52,8 +53,7 @@ class EventCipher:
     def for_database(cls, db: sqlite3.Connection, key_path: Path) -> EventCipher:
         """The database's key: made with a new database, checked against an existing one."""
         check = db.execute("SELECT value FROM meta WHERE key = ?", (CHECK_KEY,)).fetchone()
-        sealed = db.execute("SELECT 1 FROM events WHERE typeof(data) = 'blob' LIMIT 1").fetchone()
-        if not key_path.exists() and (check is not None or sealed is not None):
+        if not key_path.exists() and (check is not None or _any_sealed(db)):
             raise StoreError(
                 f"the key of this database, {key_path}, is missing: its events cannot be read "
                 "or sent without it. Put it back (from the backup it was kept with), or move the "
@@ -72,6 +72,8 @@ class EventCipher:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                     (CHECK_KEY, cipher.seal(CHECK_KEY, CHECK.decode())),
                 )
+                if db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+                    mark_all_sealed(db)  # a new database: nothing from before
         elif not cipher.opens(CHECK_KEY, check[0]):
             raise StoreError(
                 f"{key_path} is not the key this database was written with: its events cannot "
@@ -116,6 +118,7 @@ class EventCipher:
             (after_seq, SEAL_BATCH),
         ).fetchall()
         if not rows:
+            mark_all_sealed(db)
             return None
         db.executemany(
             "UPDATE events SET data = ? WHERE seq = ?",
@@ -125,7 +128,19 @@ class EventCipher:
 
 
 def has_plain_rows(db: sqlite3.Connection) -> bool:
+    """Only until they have all been sealed once: the scan reads the whole journal."""
+    if db.execute("SELECT 1 FROM meta WHERE key = ?", (ALL_SEALED,)).fetchone() is not None:
+        return False
+    row = db.execute("SELECT 1 FROM events WHERE typeof(data) = 'text' LIMIT 1").fetchone()
+    return row is not None
+
+
+def mark_all_sealed(db: sqlite3.Connection) -> None:
+    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, 1)", (ALL_SEALED,))
+
+
+def _any_sealed(db: sqlite3.Connection) -> bool:
     return (
-        db.execute("SELECT 1 FROM events WHERE typeof(data) = 'text' LIMIT 1").fetchone()
+        db.execute("SELECT 1 FROM events WHERE typeof(data) = 'blob' LIMIT 1").fetchone()
         is not None
     )

@@ -49,14 +49,16 @@ def test_events_written_before_encryption_are_read_and_sealed_at_the_next_start(
     store.stop()
     with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
         conn.execute("UPDATE events SET data = ?", (old.data_json,))
-        conn.execute("DELETE FROM meta WHERE key = 'data_key_check'")
+        conn.execute("DELETE FROM meta WHERE key IN ('data_key_check', 'data_all_sealed')")
     (tmp_path / "g.db.key").unlink()
     upgraded = make_store()
     assert [e.data_json for e in upgraded.reader().pending(Lane.P0, 0, 10)] == [old.data_json]
 
-    def sealed() -> bool:
+    def sealed() -> bool:  # and said so, so that later starts need not look for them
         with contextlib.closing(sqlite3.connect(store.path)) as conn:
-            return conn.execute("SELECT typeof(data) FROM events").fetchall() == [("blob",)]
+            flag = conn.execute("SELECT 1 FROM meta WHERE key = 'data_all_sealed'").fetchone()
+            rows = conn.execute("SELECT typeof(data) FROM events").fetchall()
+        return rows == [("blob",)] and flag is not None
 
     eventually(sealed)  # in the background: the alarms are taken meanwhile
     assert [e.data for e in journal(store.path)] == [{"band": "A1", "where": WHERE}]

@@ -523,10 +523,15 @@ class Store:
         in their order (up to batch_max_rows), then at most one bounded batch of the store's
         own maintenance (deleting delivered events, housekeeping). An alarm so waits for one
         short commit at most, not for a queue of acknowledgements, which cannot starve either.
+
+        The deletions of delivered telemetry wait up to ``telemetry_linger_ms`` for the next
+        commit of events and ride along in it: the two touch the same pages, and the SD card
+        is then written once for both. Never beside an alarm, whose commit stays short.
         """
         records: deque[_Op] = deque()
         others: deque[_Op] = deque()
         stopping = False
+        deliveries_since: float | None = None  # when telemetry deliveries began to wait
         while True:
             if not records and not others:
                 if stopping:
@@ -535,8 +540,25 @@ class Store:
             stopping = self._drain(records, others) or stopping
             if records:
                 taken, stopping = self._records_batch(records, others, stopping)
+                if not any(map(_is_p0, taken)):
+                    self._ride_along(taken, others)
                 self._commit(taken)
                 stopping = self._drain(records, others) or stopping
+            if not others:
+                deliveries_since = None
+                continue
+            if not stopping and self._deliveries_may_wait(others):
+                now = time.monotonic()
+                deliveries_since = deliveries_since or now
+                left = deliveries_since + self.cfg.telemetry_linger_ms / 1000 - now
+                if left > 0:
+                    try:
+                        item = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        continue  # the wait is over: committed on their own next turn
+                    stopping = self._take(item, records, others) or stopping
+                    continue
+            deliveries_since = None
             if others:
                 batch: list[_Op] = [others.popleft()]
                 rows = _rows(batch[0])
@@ -571,6 +593,26 @@ class Store:
                 return batch, False
             if self._take(item, records, others):
                 return batch, True
+
+    def _ride_along(self, batch: list[_Op], others: deque[_Op]) -> None:
+        """Deliveries waiting at the head of ``others`` join a commit of events."""
+        rows = sum(map(_rows, batch))
+        while others and isinstance(others[0], _Ack):
+            if rows + _rows(others[0]) > self.cfg.batch_max_rows:
+                return
+            rows += _rows(others[0])
+            batch.append(others.popleft())
+
+    def _deliveries_may_wait(self, others: deque[_Op]) -> bool:
+        """Only deliveries of telemetry, and fewer than a commit holds."""
+        if not self.cfg.telemetry_linger_ms:
+            return False
+        rows = 0
+        for op in others:
+            if not isinstance(op, _Ack) or any(d.lane is not Lane.P2 for d in op.items):
+                return False
+            rows += len(op.items)
+        return rows < self.cfg.batch_max_rows
 
     def _linger_s(self, batch: list[_Op]) -> float:
         if any(map(_is_p0, batch)):

@@ -276,6 +276,33 @@ def test_sightings_share_a_commit_and_an_alarm_or_an_acknowledgement_does_not_wa
         store.stop()
 
 
+def test_deliveries_of_telemetry_ride_along_with_the_next_events_but_not_with_an_alarm(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A deletion after delivery writes the same pages as the next events: one commit for
+    both. An alarm's commit stays short, and a stop commits whatever waits."""
+    store = Store(
+        StoreSection(housekeeping_interval_s=3600), tmp_path / "g.db", clock, ClockSync("never", 60)
+    )
+    waits = LingerUntilNext()
+    store._queue = waits
+    store.start()
+    try:
+        seen = [store.submit(Event(SEEN, {"i": i}), waited=True).result(10) for i in range(2)]
+        before = store.commits
+        first = store.mark_delivered([Delivered(seen[0].seq, Lane.P2)])
+        assert waits.lingering.wait(10) and not first.done()
+        store.record(Event(MEAL, {"meal": 1}))
+        assert first.result(10) == 1 and store.commits == before + 1
+        assert store.usage[Lane.P2].count == 1
+        second = store.mark_delivered([Delivered(seen[1].seq, Lane.P2)])
+        store.record(Event(SOS, {"band": "A1"}))
+        assert not second.done()  # not in the alarm's commit
+    finally:
+        store.stop()
+    assert second.result(10) == 1 and store.usage[Lane.P2].count == 0
+
+
 def test_events_say_the_clock_is_synchronised_within_check_interval_s(
     tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -123,9 +123,9 @@ class StoreSection(Strict):
         ge=0,
         le=5000,
         description="A commit holding only telemetry (P2) that no source waits for waits this "
-        "long for more: every commit, and every deletion after delivery, writes several "
-        "database pages to the SD card however little it holds, so sightings are committed "
-        "together. Alarms and records never wait for it. 0: commit at once.",
+        "long for more, and the deletions of delivered telemetry wait as long to ride along "
+        "with the next events: every commit writes several database pages to the SD card "
+        "however little it holds. Alarms and records never wait for it. 0: commit at once.",
     )
     synchronous: Literal["full", "normal"] = Field(
         "full", description="'full' survives power loss; 'normal' only a process crash."

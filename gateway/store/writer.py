@@ -540,7 +540,7 @@ class Store:
             stopping = self._drain(records, others) or stopping
             if records:
                 taken, stopping = self._records_batch(records, others, stopping)
-                if not any(map(_is_p0, taken)):
+                if others and not any(map(_is_p0, taken)):
                     self._ride_along(taken, others)
                 self._commit(taken)
                 stopping = self._drain(records, others) or stopping
@@ -580,9 +580,10 @@ class Store:
         while True:
             while records and len(batch) < self.cfg.batch_max_rows:
                 batch.append(records.popleft())
-            full = len(batch) >= self.cfg.batch_max_rows
-            linger_s = self._linger_s(batch)
-            if full or stopping or not linger_s:
+            if stopping or len(batch) >= self.cfg.batch_max_rows:
+                return batch, stopping
+            linger_s = self._linger_s(batch)  # only for a batch not yet full: a backlog's are
+            if not linger_s:
                 return batch, stopping
             left = started + linger_s - time.monotonic()
             if left <= 0:

@@ -273,6 +273,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
+    from gateway.private import open_private
     from gateway.vision.audit import AuditFrames
 
     cfg = _config(args)
@@ -284,7 +285,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     )
     jpeg = frames.export(args.event_id)
     # an elder's face: the user's alone, and never written through a link planted in its place
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    fd = open_private(args.out, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "wb") as fh:
         os.fchmod(fd, 0o600)  # a file there already keeps its mode otherwise
         fh.write(jpeg)

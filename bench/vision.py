@@ -23,7 +23,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime
 
 from gateway.vision.align import align
 from gateway.vision.analyze import Analyzer, AnalyzerSettings
@@ -37,6 +36,7 @@ from gateway.vision.images import decode_image, read_image
 from gateway.vision.liveness import crop as liveness_crop
 from gateway.vision.models import Models, load_manifest
 from gateway.vision.pipeline import CounterPipeline
+from gateway.vision.runtime import engine_version
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS_DIR = Path(os.environ.get("GATEWAY_MODELS_DIR") or SHARED / "models")
@@ -411,7 +411,7 @@ def main() -> int:
     )
     print(
         f"Machine: {cpu}, {os.cpu_count()} cores (shared), Python {platform.python_version()}, "
-        f"onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}; "
+        f"{engine_version()}, OpenCV {cv2.__version__}; "
         f"{args.threads} thread(s) per inference; medians.\n"
     )
 

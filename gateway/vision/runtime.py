@@ -7,9 +7,16 @@ a Pi 4 has four cores that the camera, the store and the serial links share with
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+# onnxruntime's telemetry (a device id and a usage database in
+# $XDG_CACHE_HOME/Microsoft/DeveloperTools, and a client for Microsoft's event collector) starts
+# when the library is imported, whatever is switched off afterwards: only this variable, read at
+# import, keeps it from starting. Nothing of the counter's may leave the box or be kept that way.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 import numpy as np
 import onnxruntime as ort
@@ -17,9 +24,11 @@ from threadpoolctl import threadpool_limits
 
 from gateway.vision.errors import ModelError
 
-# onnxruntime records usage events of its own (in $XDG_CACHE_HOME/Microsoft/DeveloperTools):
-# nothing of the counter's should go there, so its event logging is switched off from the start
 ort.disable_telemetry_events()
+
+
+def engine_version() -> str:
+    return f"onnxruntime {ort.__version__}"
 
 
 def one_blas_thread() -> None:

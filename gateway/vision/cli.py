@@ -27,6 +27,37 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
     return load_config(args.config).config
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < float("inf"):  # NaN is refused too
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 1e-3), not {text}")
+    return value
+
+
 def _guard(handler: Any) -> Any:
     """Turn the errors a user can act on into a message and an exit code."""
 
@@ -98,6 +129,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             "every folder of a bulk run",
             file=sys.stderr,
         )
+        return EXIT_CONFIG
+    if args.folder is not None and (args.elder or args.photos):
+        print("give either --elder ID PHOTOS... or --folder DIR, not both", file=sys.stderr)
         return EXIT_CONFIG
     if args.folder is not None:
         jobs = folder_photos(args.folder)
@@ -245,6 +279,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    from gateway.vision.camera import open_source
     from gateway.vision.pipeline import DecisionEvent
     from gateway.vision.service import VisionService
 
@@ -252,6 +287,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
     camera = cfg.vision.camera.model_copy(
         update={"source": args.camera, **({"fps": args.fps} if args.fps else {})}
     )
+    source = open_source(args.camera, camera)
+    if source.paced:  # a photo folder or video file that does not open now never will
+        source.open()
+        source.close()
     vision = cfg.vision.model_copy(update={"camera": camera})
 
     def show(decision: DecisionEvent) -> None:
@@ -348,21 +387,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--faces", type=Path, required=True, help="one sub-folder per person")
     p.add_argument("--pairs", type=Path, help="LFW pairs.txt or a file_x,file_y,Decision CSV")
     p.add_argument("--errata", type=Path, help="label corrections (same A B / exclude PHOTO)")
-    p.add_argument("--n", type=int, default=1000, help="the site's number of elders")
-    p.add_argument("--fpir", type=float, default=1e-3, help="target false positive rate")
-    p.add_argument("--templates", type=int, default=1, help="photos enrolled per person")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes")
+    p.add_argument("--n", type=_at_least_one, default=1000, help="the site's number of elders")
+    p.add_argument("--fpir", type=_rate, default=1e-3, help="target false positive rate")
+    p.add_argument("--templates", type=_at_least_one, default=1, help="photos enrolled per person")
+    p.add_argument("--jobs", type=_at_least_one, default=2, help="worker processes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(cmd_eval))
 
     p = sub.add_parser("identify", help="print the counter's decisions live, as JSON lines")
     config(p)
     p.add_argument("--camera", required=True, help="/dev/videoN, N, rtsp://..., file or folder")
-    p.add_argument("--fps", type=float, help="frame rate (replays)")
+    p.add_argument("--fps", type=_positive, help="frame rate (replays)")
     p.add_argument(
         "--lockstep", action="store_true", help="replays: analyse every frame, as fast as possible"
     )
-    p.add_argument("--seconds", type=float, help="stop after this long")
+    p.add_argument("--seconds", type=_positive, help="stop after this long")
     p.set_defaults(func=_guard(cmd_identify))
 
     p = sub.add_parser("audit", help="decision frames kept by the audit option")

@@ -77,6 +77,13 @@ class QualitySection(Strict):
         "frame ambiguous (multiple_faces).",
     )
 
+    @model_validator(mode="after")
+    def _brightness(self) -> QualitySection:
+        # equal or crossed, no face crop could pass: the counter would never recognise anyone
+        if self.max_brightness <= self.min_brightness:
+            raise ValueError("max_brightness must be above min_brightness")
+        return self
+
 
 class DecisionSection(Strict):
     accept_threshold: float = Field(

@@ -40,6 +40,7 @@ from gateway.vision.images import (
     IMAGE_SUFFIXES,
     REQUEST_MAX_PIXELS,
     decode_image,
+    is_system_folder,
     read_image,
 )
 
@@ -399,12 +400,10 @@ def _best_others(
 
 def folder_photos(folder: Path) -> list[tuple[str, list[Path] | OSError]]:
     """(elder id, photos) for a folder holding one sub-folder per elder; a sub-folder that
-    cannot be read gives its error instead, so one bad folder does not stop the others.
-    Hidden and system folders are not elders: a USB stick formatted on Windows has "System
-    Volume Information"."""
+    cannot be read gives its error instead, so one bad folder does not stop the others."""
     out: list[tuple[str, list[Path] | OSError]] = []
     for sub in sorted(folder.iterdir()):
-        if not sub.is_dir() or _system_folder(sub.name):
+        if not sub.is_dir() or is_system_folder(sub.name):
             continue
         try:
             photos = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -413,10 +412,6 @@ def folder_photos(folder: Path) -> list[tuple[str, list[Path] | OSError]]:
             continue
         out.append((sub.name, photos))
     return out
-
-
-def _system_folder(name: str) -> bool:
-    return name.startswith((".", "$")) or name == "System Volume Information"
 
 
 def refused_id(elder_id: str, problem: str) -> Enrolment:

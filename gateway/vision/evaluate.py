@@ -38,7 +38,7 @@ from gateway.vision.calibrate import (
 )
 from gateway.vision.errors import BadImage
 from gateway.vision.gallery import Snapshot
-from gateway.vision.images import IMAGE_SUFFIXES, read_image
+from gateway.vision.images import IMAGE_SUFFIXES, is_system_folder, read_image
 from gateway.vision.models import Manifest, Models, require_verified
 
 MARGIN_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
@@ -74,10 +74,11 @@ def identity_folder(root: Path) -> Path:
 
 
 def list_identities(root: Path) -> list[tuple[Path, str]]:
-    """(photo, identity) for a folder holding one sub-folder of photos per person."""
+    """(photo, identity) for a folder holding one sub-folder of photos per person; hidden and
+    system folders are skipped, as enrolment skips them."""
     base = identity_folder(root)
     items = []
-    for person in sorted(p for p in base.iterdir() if p.is_dir()):
+    for person in sorted(p for p in base.iterdir() if p.is_dir() and not is_system_folder(p.name)):
         items += [
             (photo, person.name)
             for photo in sorted(person.iterdir())

@@ -27,6 +27,12 @@ MAX_SIDE = 1 << 20  # OpenCV's own limit on either side (CV_IO_MAX_IMAGE_WIDTH /
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
+def is_system_folder(name: str) -> bool:
+    """Hidden and system folders hold no one's photos: a USB stick formatted on Windows has
+    "System Volume Information", a photo viewer leaves ".thumbnails"."""
+    return name.startswith((".", "$")) or name == "System Volume Information"
+
+
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the first SOF marker, or None if there is none.
 

@@ -86,6 +86,9 @@ def test_vision_config_errors_name_line_and_key(tmp_path: Path, models_dir: Path
     inconsistent = _config(tmp_path, models_dir, "[vision.decision]\nk = 9\n")
     with pytest.raises(ConfigFileError, match="k must not exceed n"):
         load_config(inconsistent)
+    crossed = "[vision.quality]\nmin_brightness = 200\nmax_brightness = 100\n"
+    with pytest.raises(ConfigFileError, match="max_brightness must be above min_brightness"):
+        load_config(_config(tmp_path, models_dir, crossed))
 
 
 def test_models_verify_command(staged: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,6 +97,47 @@ def test_models_verify_command(staged: Path, capsys: pytest.CaptureFixture[str])
     (staged / "retinaface_mbnet0.25.onnx").unlink()
     assert main(["models", "verify", "--models-dir", str(staged)]) == 1
     assert "retinaface_mbnet0.25.onnx: BAD: missing" in capsys.readouterr().out
+
+
+def test_identify_on_a_replay_that_cannot_play_fails_instead_of_waiting(
+    tmp_path: Path, models_dir: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, models_dir)
+    empty = tmp_path / "camera"
+    empty.mkdir()
+    assert main(["identify", "-c", str(config), "--camera", str(empty)]) == 1
+    assert "camera: no photos" in capsys.readouterr().err
+    not_video = faces_dir / "deepface" / "master.csv"
+    assert main(["identify", "-c", str(config), "--camera", str(not_video)]) == 1
+    assert f"cannot open camera {not_video}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["eval", "--faces", "x", "--templates", "0"], "--templates: must be 1 or more, not 0"),
+        (["eval", "--faces", "x", "--n", "-5"], "--n: must be 1 or more, not -5"),
+        (["eval", "--faces", "x", "--fpir", "2"], "--fpir: must be between 0 and 1"),
+        (["eval", "--faces", "x", "--n", "ten"], "--n: not a whole number: 'ten'"),
+        (["identify", "--camera", "x", "--fps", "0"], "--fps: must be above 0, not 0"),
+        (["identify", "--camera", "x", "--seconds", "nan"], "--seconds: must be above 0"),
+    ],
+)
+def test_impossible_option_values_are_refused_by_name(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def _photo_folders(root: Path, photos: Path, layout: dict[str, list[str]]) -> None:
+    """One sub-folder of ``root`` per name, holding copies of the named photos."""
+    for name, files in layout.items():
+        (root / name).mkdir(parents=True)
+        for file in files:
+            shutil.copyfile(photos / file, root / name / file)
 
 
 def _unreadable_folder(path: Path) -> bool:
@@ -116,24 +160,22 @@ def test_bulk_enrolment_command(
 ) -> None:
     df = faces_dir / "deepface"
     folder = tmp_path / "photos"
-    for elder, names in {
+    layout = {
         "e-101": ["img13.jpg", "img14.jpg"],
         "e-102": ["img8.jpg"],
         "e-103": ["couple.jpg"],
         "e 104": ["img20.jpg"],  # not an elder id: refused, the others go on
         "System Volume Information": [],  # a USB stick formatted on Windows
         ".thumbnails": ["img21.jpg"],
-    }.items():
-        (folder / elder).mkdir(parents=True)
-        for name in names:
-            shutil.copyfile(df / name, folder / elder / name)
+    }
+    _photo_folders(folder, df, layout)
     locked = _unreadable_folder(folder / "e-105")  # e.g. not the gateway user's to read
-    config = tmp_path / "gw.toml"
-    config.write_text(
-        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n[vision]\nmodels_dir = "{models_dir}"\n'
-    )
+    config = _config(tmp_path, models_dir)
     assert main(["enroll", "-c", str(config), "--folder", str(folder), "--allow-similar"]) == 2
     assert "not for every folder of a bulk run" in capsys.readouterr().err
+    one = ["--elder", "e-109", str(df / "img16.jpg")]
+    assert main(["enroll", "-c", str(config), *one, "--folder", str(folder)]) == 2
+    assert "either --elder ID PHOTOS... or --folder DIR, not both" in capsys.readouterr().err
     code = main(["enroll", "-c", str(config), "--folder", str(folder)])
     captured = capsys.readouterr()
     assert code == 3  # elders refused
@@ -181,8 +223,7 @@ def test_bulk_enrolment_command(
 def test_eval_command_on_the_deepface_pairs(
     faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    config = tmp_path / "gw.toml"
-    config.write_text(f'[vision]\nmodels_dir = "{models_dir}"\n')
+    config = _config(tmp_path, models_dir)
     folder = faces_dir / "deepface"
     code = main(
         ["eval", "-c", str(config), "--faces", str(folder), "--pairs", str(folder / "master.csv")]
@@ -196,12 +237,28 @@ def test_eval_command_on_the_deepface_pairs(
 def test_eval_on_a_mistyped_or_empty_folder_fails_instead_of_reporting_nothing(
     models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    config = tmp_path / "gw.toml"
-    config.write_text(f'[vision]\nmodels_dir = "{models_dir}"\n')
+    config = _config(tmp_path, models_dir)
     assert main(["eval", "-c", str(config), "--faces", str(tmp_path / "facse")]) == 1
     assert "facse: no such folder of face photos" in capsys.readouterr().err
     assert main(["eval", "-c", str(config), "--faces", str(tmp_path)]) == 1
     assert "no photos" in capsys.readouterr().err
+
+
+def test_eval_skips_hidden_and_system_folders_as_enrolment_does(
+    faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = _config(tmp_path, models_dir)
+    folder = tmp_path / "faces"
+    df = faces_dir / "deepface"
+    layout = {
+        "p-1": ["img1.jpg", "img2.jpg"],
+        "p-2": ["img20.jpg"],
+        ".thumbnails": ["img19.jpg"],
+        "System Volume Information": ["img16.jpg"],
+    }
+    _photo_folders(folder, df, layout)
+    assert main(["eval", "-c", str(config), "--faces", str(folder), "--jobs", "1"]) == 0
+    assert f"faces      {folder}: 3 photos, 2 people" in capsys.readouterr().out
 
 
 def test_run_without_models_runs_on_without_the_face_stage(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from gateway.contract import request_validator
 from gateway.events import compact_json
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog
-from gateway.store import DomainWrite, Store, StoreClosed
+from gateway.store import DomainWrite, StorageFull, Store, StoreClosed
 from gateway.store.db import connect
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY = 100
 QUEUED_OVERHEAD = 256  # bytes a waiting request costs beyond its topic and payload
 MESSAGE_MAX = 500  # characters of an error message: a JSON error or a key name may be long
+COMMIT_TIMEOUT_S = 30.0  # how long a request waits for its response to be stored
 INTERNAL = "internal error (see the log)"
 RETAINED = "retained: not applied; publish requests with retain=false, and clear this one"
 
@@ -81,8 +82,11 @@ class Downlink:
         topics: Topics,
         send: Callable[[Message], object],
         operations: Sequence[Operation],
+        *,
+        commit_timeout_s: float = COMMIT_TIMEOUT_S,
     ) -> None:
         self.cfg = cfg
+        self._commit_timeout_s = commit_timeout_s
         self._store = store
         self._topics = topics
         self._send = send
@@ -248,10 +252,11 @@ class Downlink:
             "message": "",
             "data": dict(reply.data),
         }
+        elsewhere = self._ops[op].applies_elsewhere
         try:
             self._commit(txn, op, response, reply.writes)
-        except (sqlite3.Error, StoreClosed) as exc:
-            if not self._ops[op].applies_elsewhere:
+        except (sqlite3.Error, StoreClosed, StorageFull) as exc:  # rolled back
+            if not elsewhere:
                 return self._error(op, txn, "store", f"not applied: {exc}")
             self._tally(self.errors, "unremembered")
             self._rate_log.warning(
@@ -261,6 +266,26 @@ class Downlink:
                 f"applied, but not remembered ({exc}): a repeat of this transaction is "
                 "handled as a new request"
             )[:MESSAGE_MAX]
+        except TimeoutError:  # still queued in the writer: it may yet be committed, or not
+            if not elsewhere:
+                return self._error(
+                    op,
+                    txn,
+                    "store_timeout",
+                    f"not known whether applied: the store did not commit within "
+                    f"{self._commit_timeout_s:g} s; send the same transaction again later: if "
+                    "it was applied, the answer comes from the record, otherwise it is applied "
+                    "then",
+                )
+            self._tally(self.errors, "store_timeout")
+            self._rate_log.warning(
+                "store_timeout", "downlink: %s applied, its response not yet stored", op
+            )
+            response["message"] = (
+                f"applied, but perhaps not remembered (the store did not commit within "
+                f"{self._commit_timeout_s:g} s): a repeat of this transaction may be handled "
+                "as a new request"
+            )
         self._tally(self.counts, "ok")
         self._respond(op, response)
         return response
@@ -308,7 +333,7 @@ class Downlink:
                     (keep,),
                 )
 
-        self._store.write(apply).result(timeout=30)
+        self._store.write(apply).result(timeout=self._commit_timeout_s)
 
     def _error(self, op: str, txn: str | None, reason: str, message: str) -> dict[str, Any]:
         self._tally(self.errors, reason)

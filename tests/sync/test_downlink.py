@@ -189,6 +189,8 @@ def downlink_alone(
     cfg: DownlinkSection | None = None,
     op: str = "ping",
     applies_elsewhere: bool = False,
+    *,
+    commit_timeout_s: float = 30.0,
 ) -> Iterator[tuple[Downlink, list[Message]]]:
     """A downlink on a real store whose replies are collected instead of published."""
     store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
@@ -200,6 +202,7 @@ def downlink_alone(
         Topics("eldercare", "s", "g"),
         sent.append,
         [Operation(op, handler, applies_elsewhere)],
+        commit_timeout_s=commit_timeout_s,
     )
     downlink.start()
     try:
@@ -242,6 +245,75 @@ def test_a_response_the_store_cannot_keep_says_truly_whether_it_was_applied(
         else:
             assert reply["status"] == "error"
             assert reply["message"].startswith("not applied: ") and downlink.errors["store"] == 1
+
+
+def fill_the_disk(downlink: Downlink) -> None:
+    """From now on the database cannot grow by a page: SQLite's "database or disk is full",
+    as on a full SD card once the disk reserve is spent too."""
+    downlink._store.write(lambda conn: conn.execute("PRAGMA max_page_count = 1")).result()
+
+
+@pytest.mark.parametrize("elsewhere", [False, True])
+def test_a_full_disk_gets_the_transaction_and_says_whether_it_was_applied(
+    tmp_path: Path, elsewhere: bool
+) -> None:
+    big = {"rows": ["x" * 100] * 200}  # a response that needs pages the disk no longer has
+    with downlink_alone(tmp_path, lambda _r: Reply(big), applies_elsewhere=elsewhere) as (
+        downlink,
+        sent,
+    ):
+        fill_the_disk(downlink)
+        downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        eventually(lambda: len(sent) == 1)
+        reply = json.loads(sent[0].payload)
+        assert reply["transaction"] == "t-1"
+        if elsewhere:
+            assert reply["status"] == "ok" and reply["data"] == big
+            assert reply["message"].startswith("applied, but not remembered (disk full")
+            assert downlink.errors["unremembered"] == 1
+        else:
+            assert reply["status"] == "error"
+            assert reply["message"].startswith("not applied: disk full")
+            assert downlink.errors["store"] == 1
+        assert "internal" not in downlink.errors
+    assert state(tmp_path / "gateway.db")[0] == 0
+
+
+@pytest.mark.parametrize("elsewhere", [False, True])
+def test_a_response_not_stored_in_time_is_not_called_unapplied(
+    tmp_path: Path, elsewhere: bool
+) -> None:
+    """The store is held up (a long checkpoint on a slow SD card): the response may still be
+    stored after the sender was answered, so the answer does not say "not applied", and a
+    repeat once it is stored is answered from the record."""
+    applied: list[str] = []
+
+    def ping(request: Mapping[str, Any]) -> Reply:
+        applied.append(str(request["transaction"]))
+        return Reply({"pong": True})
+
+    with downlink_alone(tmp_path, ping, applies_elsewhere=elsewhere, commit_timeout_s=0.2) as (
+        downlink,
+        sent,
+    ):
+        release = threading.Event()
+        held = downlink._store.write(lambda _conn: release.wait(10))
+        downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        eventually(lambda: len(sent) == 1)
+        release.set()
+        held.result(10)
+        reply = json.loads(sent[0].payload)
+        assert reply["transaction"] == "t-1" and downlink.errors["store_timeout"] == 1
+        if elsewhere:
+            assert reply["status"] == "ok" and reply["data"] == {"pong": True}
+            assert reply["message"].startswith("applied, but perhaps not remembered")
+        else:
+            assert reply["status"] == "error"
+            assert reply["message"].startswith("not known whether applied")
+        eventually(lambda: state(tmp_path / "gateway.db")[0] == 1)
+        again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        assert again is not None and again["status"] == "ok" and again["repeat"] is True
+        assert applied == ["t-1"]
 
 
 def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -83,3 +84,17 @@ def derive(master: bytes, purpose: str) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=purpose.encode()
     ).derive(master)
+
+
+def emptied_beside_key(data: Path, key: Path, *, created_within_s: float) -> float | None:
+    """The key's age in seconds if ``data`` is a file of zero bytes beside a key older than
+    ``created_within_s``: the file was emptied (a bad copy or restore, a full disk, fsck), and
+    opened as it is it would become a new, empty file under the old key without a word. A file
+    is empty only while it is created, when its key is at most ``created_within_s`` old or not
+    made yet. None otherwise."""
+    try:
+        empty = data.stat().st_size == 0
+        key_age = time.time() - key.stat().st_mtime
+    except OSError:
+        return None
+    return key_age if empty and key_age > created_within_s else None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from gateway.keys import emptied_beside_key
 from gateway.private import ExposedDirectory, open_private, private_dir, touch_private
 from gateway.store.schema import SchemaTooNew, migrate
 
@@ -93,12 +94,24 @@ def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) ->
     return conn
 
 
-def open_database(path: Path, *, synchronous: str, check: bool) -> sqlite3.Connection:
+def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sqlite3.Connection:
     """Open (or create) the gateway database, migrate it, and verify it when asked.
 
     ``check`` runs ``PRAGMA quick_check``; the store asks for it after an unclean stop.
+    ``key`` is the database's key file, made only once the database holds its schema: an
+    empty database beside it was emptied.
     """
     check_writable_dir(path.parent)
+    key_age = emptied_beside_key(path, key, created_within_s=0.0)
+    if key_age is not None:
+        raise StoreError(
+            f"database {path} is empty, but its key {key} is there (made "
+            f"{key_age / 86400:.1f} days ago): the file was emptied (a bad copy or restore, a "
+            "full disk), and the events it held are gone from it. The gateway will not start "
+            "it anew, which would number events from 1 again. Restore it from a backup; or, "
+            f"to start with an empty store, stop the gateway and move both {path.name} and "
+            f"{key} aside"
+        )
     if path.exists() and path.stat().st_size > 0:
         try:
             with path.open("rb") as fh:

@@ -269,7 +269,9 @@ class Store:
     def start(self) -> None:
         """Open, verify after an unclean stop, bump the session, start the writer."""
         clean = self._read_clean_flag()
-        conn = open_database(self.path, synchronous=self.cfg.synchronous, check=not clean)
+        conn = open_database(
+            self.path, key=self.key_path, synchronous=self.cfg.synchronous, check=not clean
+        )
         try:
             self.cipher = EventCipher.for_database(conn, self.key_path)
             unsealed = has_plain_rows(conn)

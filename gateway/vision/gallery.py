@@ -31,7 +31,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.keys import KeyFileError, create_key, derive, read_key
+from gateway.keys import KeyFileError, create_key, derive, emptied_beside_key, read_key
 from gateway.private import ExposedDirectory, private_dir, touch_private
 from gateway.vision.errors import GalleryError
 
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS confusable (
 );
 """
 KEY_CHECK = b"eldercare-gateway face gallery"
-EMPTY_WHILE_CREATED_S = 60.0  # a new gallery's file is empty only while it is being created
+EMPTY_WHILE_CREATED_S = 60.0  # the key is made first: a new gallery's file is empty meanwhile
 T = TypeVar("T")
 PURPOSE = "gallery-templates-v1"
 NONCE_BYTES = 12
@@ -266,16 +266,11 @@ class Gallery:
             self._check_key(conn)
 
     def _refuse_emptied(self) -> None:
-        """A gallery file of zero bytes beside a key made earlier was emptied (a bad copy, a
-        full disk while restoring): opened as it is it would become a new, empty gallery and
-        every elder would be ``unknown`` without a word. Only the moment of creation has an
-        empty file, and its key is seconds old then."""
-        try:
-            empty = self.db_path.stat().st_size == 0
-            key_age = time.time() - self.key_path.stat().st_mtime
-        except OSError:
-            return
-        if empty and key_age > EMPTY_WHILE_CREATED_S:
+        """An emptied gallery would be opened as a new one: every elder ``unknown``."""
+        key_age = emptied_beside_key(
+            self.db_path, self.key_path, created_within_s=EMPTY_WHILE_CREATED_S
+        )
+        if key_age is not None:
             raise GalleryError(
                 f"{self.db_path} is empty, but its key was made {key_age / 86400:.1f} days ago: "
                 "the enrolled elders are gone from it. Restore it from a backup, or move it "

@@ -52,6 +52,41 @@ def test_a_damaged_database_is_caught_after_an_unclean_stop(
     assert "damaged" in str(err.value) and str(path) in str(err.value)
 
 
+def test_a_database_emptied_beside_its_key_is_refused_not_started_anew(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """A bad restore left a file of 0 bytes: started anew, seq and session would begin at 1
+    again, and the platform would take new events for ones it already has."""
+    path = tmp_path / "g.db"
+    store = make_store(path)
+    store.record(Event(SOS, {"band": "A1"}))
+    store.stop()
+    path.write_bytes(b"")
+    key = tmp_path / "g.db.key"
+    with pytest.raises(StoreError) as err:
+        make_store(path)
+    message = str(err.value)
+    assert f"database {path} is empty, but its key {key} is there" in message
+    assert "Restore it from a backup" in message and "move both g.db and" in message
+    assert path.read_bytes() == b""
+    for moved in (path, key):  # what the message says to do to start empty
+        moved.rename(moved.with_name(moved.name + ".emptied"))
+    assert make_store(path).session == 1
+
+
+def test_a_new_install_and_a_database_moved_aside_start(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    first = make_store(tmp_path / "g.db")
+    assert first.session == 1
+    first.stop()
+    key = tmp_path / "g.db.key"
+    made = key.stat().st_mtime - 3 * 86400
+    os.utime(key, (made, made))
+    (tmp_path / "g.db").rename(tmp_path / "damaged.db")  # as the message on damage says
+    assert make_store(tmp_path / "g.db").session == 1
+
+
 def test_a_database_from_a_newer_gateway_is_refused(
     make_store: StoreFactory, tmp_path: Path
 ) -> None:
@@ -204,7 +239,7 @@ def test_housekeeping_reads_only_what_it_removes_after_an_upgrade(tmp_path: Path
     with sqlite3.connect(db) as conn:
         MIGRATIONS[0](sqlite_utils.Database(conn))
         conn.execute("PRAGMA user_version = 1")
-    conn = open_database(db, synchronous="full", check=True)
+    conn = open_database(db, key=tmp_path / "gateway.db.key", synchronous="full", check=True)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         for sql, args, bound in (

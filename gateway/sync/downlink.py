@@ -37,6 +37,7 @@ MESSAGE_MAX = 500  # characters of an error message: a JSON error or a key name 
 COMMIT_TIMEOUT_S = 30.0  # how long a request waits for its response to be stored
 INTERNAL = "internal error (see the log)"
 RETAINED = "retained: not applied; publish requests with retain=false, and clear this one"
+STOPPING = "not applied: the gateway is stopping; send again"
 
 
 class RequestError(Exception):
@@ -105,13 +106,22 @@ class Downlink:
         self._waiting_lock = threading.Lock()
         self._waiting = 0  # requests received and not yet answered
         self._waiting_bytes = 0
+        self._stopping = False  # under _waiting_lock: nothing is queued once it is set
 
     def start(self) -> None:
         self._reader = connect(self._store.path)
         self._reader.execute("PRAGMA query_only = ON")
+        with self._waiting_lock:
+            self._stopping = False
         self._worker.start()
 
     def stop(self) -> None:
+        """The request in hand is finished; those still waiting, and any that arrive from
+        now on, are answered "stopping" and not applied. The broker has had its PUBACK for
+        each of them and will not hand them over again: unanswered, they would be lost
+        without a word. Call it while the connection is still up, so the answers go out."""
+        with self._waiting_lock:
+            self._stopping = True
         self._worker.stop()
         if self._reader is not None:
             self._reader.close()
@@ -142,14 +152,16 @@ class Downlink:
             return
         cost = len(kept) + len(topic) + QUEUED_OVERHEAD
         with self._waiting_lock:
+            stopping = self._stopping
             waiting = self._waiting
             admit = waiting == 0 or self._waiting_bytes + cost <= self.cfg.waiting_max_bytes
-            if admit:
+            if admit and not stopping:
                 self._waiting += 1
                 self._waiting_bytes += cost
-        if admit:
-            self._queue.put(_Incoming(topic, kept, size, cost))
-        else:
+                self._queue.put(_Incoming(topic, kept, size, cost))
+        if stopping:
+            self._refuse(topic, kept, "stopping", STOPPING)
+        elif not admit:
             self._busy(topic, kept, waiting)
 
     def _busy(self, topic: str, payload: bytes, waiting: int) -> None:
@@ -179,9 +191,30 @@ class Downlink:
                 log.exception("downlink: request on %s failed", item.topic)
                 self._answer_failure(item.topic)
             finally:
-                with self._waiting_lock:
-                    self._waiting -= 1
-                    self._waiting_bytes -= item.cost
+                self._done(item)
+        self._refuse_waiting()
+
+    def _refuse_waiting(self) -> None:
+        """At stop: each request still waiting is answered, not applied: a queue of
+        enrolments could take minutes, longer than the service manager waits for a stop."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                continue
+            try:
+                self._refuse(item.topic, item.payload, "stopping", STOPPING)
+            except Exception:
+                log.exception("downlink: cannot answer the request on %s", item.topic)
+            finally:
+                self._done(item)
+
+    def _done(self, item: _Incoming) -> None:
+        with self._waiting_lock:
+            self._waiting -= 1
+            self._waiting_bytes -= item.cost
 
     def _answer_failure(self, topic: str) -> None:
         """The last resort: the sender hears that its request failed. Whether it was applied

@@ -160,10 +160,12 @@ class Sync:
             raise
 
     def stop(self) -> None:
+        """The downlink stops while the connection is up, so the requests it still holds
+        are answered; the farewell, sent after those answers, waits for its PUBACK."""
         self._health_task.stop()
         self.publisher.settle()
-        self.link.stop(farewell=self._status("offline", "shutdown"))
         self.downlink.stop()
+        self.link.stop(farewell=self._status("offline", "shutdown"))
         self.publisher.stop()
         with self._report_lock:
             if self._reader is not None:

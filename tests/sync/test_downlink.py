@@ -18,8 +18,9 @@ from gateway.app import Gateway
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
 from gateway.store import Store
-from gateway.sync.downlink import MESSAGE_MAX, Downlink, Operation, Reply
+from gateway.sync.downlink import MESSAGE_MAX, STOPPING, Downlink, Operation, Reply
 from gateway.sync.mqtt import Message
+from gateway.sync.service import Sync
 from gateway.sync.topics import Topics
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
@@ -441,3 +442,101 @@ def test_a_request_far_over_the_limit_never_reaches_the_gateway(
         sub.publish(f"{BASE}/request/ping", b"{" + b" " * 300_000 + b"}")
         assert ask(sub, "ping", {"transaction": "t-2"})["status"] == "ok"
         assert gw.sync is not None and gw.sync.downlink.counts["received"] == 2
+
+
+class HeldHandler:
+    """A handler that holds the worker (a long enrolment) until released."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+        self.applied: list[str] = []
+        self.busy = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, request: Mapping[str, Any]) -> Reply:
+        self.applied.append(str(request["transaction"]))
+        self.busy.set()
+        self.release.wait(10)
+        return Reply(self.data)
+
+
+def stop_while_held(
+    stop: Callable[[], None],
+    downlink: Downlink,
+    held: HeldHandler,
+    meanwhile: Callable[[], None] = lambda: None,
+) -> None:
+    """Begin the stop while the worker is held, then let the request in hand finish."""
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    assert downlink._worker.stopping.wait(10)
+    meanwhile()
+    held.release.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+
+
+def test_requests_waiting_at_stop_are_answered_not_dropped(tmp_path: Path) -> None:
+    """The broker had its PUBACK for each request as it arrived and will not hand it over
+    again: at stop the request in hand is finished, and every other one is answered."""
+    held = HeldHandler({"pong": True})
+    with downlink_alone(tmp_path, held) as (downlink, sent):
+        for txn in ("t-0", "t-1", "t-2"):
+            downlink.received(
+                "eldercare/s/g/request/ping", json.dumps({"transaction": txn}).encode()
+            )
+        assert held.busy.wait(10)
+        late = b'{"transaction": "late"}'  # paho's thread goes on until the link stops
+        stop_while_held(
+            downlink.stop,
+            downlink,
+            held,
+            lambda: downlink.received("eldercare/s/g/request/ping", late),
+        )
+        answers = {r["transaction"]: r for r in (json.loads(m.payload) for m in sent)}
+        assert set(answers) == {"t-0", "t-1", "t-2", "late"} and len(sent) == 4
+        assert answers["t-0"]["status"] == "ok" and held.applied == ["t-0"]
+        for txn in ("t-1", "t-2", "late"):
+            assert (answers[txn]["status"], answers[txn]["message"]) == ("error", STOPPING)
+        assert downlink.errors["stopping"] == 3
+
+
+def test_requests_waiting_when_the_gateway_stops_are_answered_over_the_broker(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The answers go out before the connection is closed, the farewell after them."""
+    held = HeldHandler({"elder_id": "E1", "templates_erased": 1})
+    loaded = config(tmp_path / "var", mosquitto.port)
+    store = Store(loaded.config.store, loaded.config.db_path, SystemClock(), ClockSync("never", 60))
+    sync = Sync(
+        loaded,
+        store,
+        SystemClock(),
+        ClockSync("never", 60),
+        password=None,
+        operations=[Operation("face.remove", held, applies_elsewhere=True)],
+    )
+    store.start()
+    sync.start()
+    sub = Subscriber(mosquitto.port)
+    try:
+        eventually(lambda: sync.link.connected)
+        for txn in ("t-0", "t-1", "t-2"):
+            request = {"transaction": txn, "elder_id": "E1"}
+            sub.publish(f"{BASE}/request/face.remove", json.dumps(request))
+        assert held.busy.wait(10)
+        eventually(lambda: sync.downlink._waiting == 3)
+        stop_while_held(sync.stop, sync.downlink, held)
+        sub.wait_for(lambda _m: sub.of_topic("/status")[-1].json()["state"] == "offline")
+        answers = [m.json() for m in sub.of_topic("/response/face.remove")]
+        assert [(r["transaction"], r["status"]) for r in answers] == [
+            ("t-0", "ok"),
+            ("t-1", "error"),
+            ("t-2", "error"),
+        ]
+        assert answers[1]["message"] == answers[2]["message"] == STOPPING
+        assert held.applied == ["t-0"]
+    finally:
+        sub.close()
+        sync.stop()
+        store.stop()

@@ -81,7 +81,8 @@ class RecordLane(KeptLane):
 
 class TelemetryLane(Strict):
     """Telemetry (P2): over the quota its oldest pending events are evicted, and past ttl_s
-    they expire (both counted)."""
+    they expire (both counted). A quota lowered below what the lane holds is reached by
+    housekeeping, a batch at a time; meanwhile new telemetry evicts as much as it adds."""
 
     quota_mb: float = _quota(256.0)
     ttl_s: float = Field(
@@ -152,7 +153,11 @@ class StoreSection(Strict):
         description="Delivered events stay in the local journal this long for audit.",
     )
     housekeeping_interval_s: float = Field(
-        10.0, gt=0, le=3600, description="How often TTLs and journal retention are applied."
+        10.0,
+        gt=0,
+        le=3600,
+        description="How often TTLs, journal retention and the P2 quota are applied: in "
+        "commits of at most batch_max_rows rows each, until done.",
     )
     lanes: LanesSection = LanesSection()
 

@@ -34,11 +34,15 @@ from gateway.store.reserve import MB, Reserve, disk_full
 
 log = logging.getLogger(__name__)
 # Housekeeping runs in the writer, so an alarm waits for it: both statements read only the rows
-# they remove (an index range per lane), never the whole backlog of an outage.
-EXPIRE_SQL = "DELETE FROM outbox WHERE lane = ? AND steady_ms < ? RETURNING seq, bytes"
+# they remove (an index range per lane), at most a batch of them (batch_max_rows) per commit,
+# never the whole backlog of an outage.
+EXPIRE_SQL = (
+    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE lane = ? AND steady_ms < ? "
+    "ORDER BY steady_ms LIMIT ?) RETURNING seq, bytes"
+)
 PURGE_SQL = (
-    f"DELETE FROM events WHERE lane IN ({','.join(str(int(lane)) for lane in Lane)}) "
-    "AND delivered_steady_ms < ?"
+    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE lane IN "
+    f"({','.join(str(int(lane)) for lane in Lane)}) AND delivered_steady_ms < ? LIMIT ?)"
 )
 T = TypeVar("T")
 CHECKPOINT_INTERVAL_S = 1.0  # how often the checkpointer looks
@@ -164,9 +168,18 @@ class _Write:
     future: Receipt[Any]
 
 
+@dataclass(frozen=True)
+class _Chores:
+    """What one batch of housekeeping did."""
+
+    expired: int
+    evicted: int
+    more: bool  # the batch was full: a chore may have more to do
+
+
 @dataclass(slots=True)
 class _Housekeep:
-    future: Receipt[None]
+    future: Receipt[_Chores]
 
 
 _Op = _Record | _Ack | _Write | _Housekeep
@@ -185,6 +198,7 @@ class _Delta:
     usage: dict[Lane, LaneUsage] = field(default_factory=lambda: {ln: LaneUsage() for ln in Lane})
     counters: dict[str, int] = field(default_factory=dict)
     new_lanes: set[Lane] = field(default_factory=set)
+    p2_added_bytes: int = 0  # by new events, whatever was deleted beside them
 
     def add(self, lane: Lane, count: int, nbytes: int) -> None:
         u = self.usage[lane]
@@ -710,11 +724,10 @@ class Store:
             elif isinstance(op, _Write):
                 results[i] = op.fn(conn)
             elif isinstance(op, _Housekeep):
-                self._expire(conn, delta)
-                self._purge_delivered(conn)
+                results[i] = self._housekeep_batch(conn, delta)
         if run:
             self._insert_records(conn, run, results, delta)
-        self._evict_over_quota(conn, delta)
+        self._make_room(conn, delta)
         return results
 
     def _insert_records(
@@ -737,7 +750,7 @@ class Store:
                 p2_pending_bytes=self.usage[Lane.P2].bytes,
             )
             if decision.evict_p2_bytes:
-                self._evict_oldest_p2(conn, decision.evict_p2_bytes, delta, reason="evicted_disk")
+                self._evicted(conn, decision.evict_p2_bytes, delta, "evicted_disk")
             admitted = decision.admitted
         event_rows: list[tuple[int, str, str, int, int, int, int, int, int, bytes]] = []
         seal = self._sealer()
@@ -799,6 +812,7 @@ class Store:
             if added[lane]:
                 delta.add(lane, added[lane], added_bytes[lane])
                 delta.new_lanes.add(lane)
+        delta.p2_added_bytes += added_bytes[Lane.P2]
         conn.executemany(
             "INSERT INTO events (seq, event_id, type, schema, lane, session, ts_ms, clock_synced,"
             " steady_ms, data) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -846,20 +860,45 @@ class Store:
         delta.count("delivered", done)
         return done
 
-    def _evict_over_quota(self, conn: sqlite3.Connection, delta: _Delta) -> None:
+    def _p2_excess(self, delta: _Delta) -> int:
         pending = self.usage[Lane.P2].bytes + delta.usage[Lane.P2].bytes
-        excess = quota_excess(pending, self.quotas[Lane.P2])
+        return quota_excess(pending, self.quotas[Lane.P2])
+
+    def _make_room(self, conn: sqlite3.Connection, delta: _Delta) -> None:
+        """Telemetry over its quota makes room for what this commit adds, so the lane never
+        grows past it. An older excess (the quota lowered over a large backlog) is evicted by
+        housekeeping, a batch at a time: not in the next commit, which may be an alarm's."""
+        excess = min(self._p2_excess(delta), delta.p2_added_bytes)
         if excess:
-            self._evict_oldest_p2(conn, excess, delta, reason="evicted_quota")
+            self._evicted(conn, excess, delta, "evicted_quota")
+
+    def _housekeep_batch(self, conn: sqlite3.Connection, delta: _Delta) -> _Chores:
+        """At most ``batch_max_rows`` rows in all: expired telemetry first, then delivered
+        events past retention, then telemetry over its quota."""
+        budget = self.cfg.batch_max_rows
+        expired = self._expire(conn, delta, budget)
+        left = budget - expired
+        if left:
+            left -= self._purge_delivered(conn, left)
+        evicted = 0
+        excess = self._p2_excess(delta)
+        if excess and left:
+            evicted = self._evict_oldest_p2(conn, excess, delta, max_rows=left)
+            delta.count("evicted_quota_p2", evicted)
+            left -= evicted
+        return _Chores(expired, evicted, more=not left)
 
     def _evict_oldest_p2(
-        self, conn: sqlite3.Connection, nbytes: int, delta: _Delta, *, reason: str
-    ) -> None:
+        self, conn: sqlite3.Connection, nbytes: int, delta: _Delta, *, max_rows: int = -1
+    ) -> int:
+        """Evict the oldest pending telemetry until ``nbytes`` are freed or ``max_rows`` are
+        gone (-1: no limit); returns how many."""
         freed = 0
         last_seq = None
         count = 0
         for seq, size in conn.execute(
-            "SELECT seq, bytes FROM outbox WHERE lane = ? ORDER BY seq", (int(Lane.P2),)
+            "SELECT seq, bytes FROM outbox WHERE lane = ? ORDER BY seq LIMIT ?",
+            (int(Lane.P2), max_rows),
         ):
             freed += size
             last_seq = seq
@@ -867,20 +906,28 @@ class Store:
             if freed >= nbytes:
                 break
         if last_seq is None:
-            return
+            return 0
         conn.execute("DELETE FROM outbox WHERE lane = ? AND seq <= ?", (int(Lane.P2), last_seq))
         conn.execute(
             "DELETE FROM events WHERE lane = ? AND seq <= ? AND delivered_steady_ms IS NULL",
             (int(Lane.P2), last_seq),
         )
         delta.add(Lane.P2, -count, -freed)
-        delta.count(f"{reason}_p2", count)
-        log.warning("evicted %d oldest pending P2 events (%s)", count, reason)
+        return count
 
-    def _expire(self, conn: sqlite3.Connection, delta: _Delta) -> None:
+    def _evicted(self, conn: sqlite3.Connection, nbytes: int, delta: _Delta, reason: str) -> None:
+        """Room made for the events of this commit, counted and logged."""
+        count = self._evict_oldest_p2(conn, nbytes, delta)
+        if count:
+            delta.count(f"{reason}_p2", count)
+            log.warning("evicted %d oldest pending P2 events (%s)", count, reason)
+
+    def _expire(self, conn: sqlite3.Connection, delta: _Delta, limit: int) -> int:
+        """Up to ``limit`` expired events; returns how many."""
         now = self.steady_ms()
+        count = 0
         for lane, ttl in self.ttl_ms.items():
-            expired = conn.execute(EXPIRE_SQL, (int(lane), now - ttl)).fetchall()
+            expired = conn.execute(EXPIRE_SQL, (int(lane), now - ttl, limit - count)).fetchall()
             if not expired:
                 continue
             for chunk in _chunks([seq for seq, _ in expired], SQL_VARS):
@@ -889,12 +936,13 @@ class Store:
                 )
             delta.add(lane, -len(expired), -sum(b for _, b in expired))
             delta.count(f"expired_{lane.label}", len(expired))
-            log.warning(
-                "expired %d pending %s events older than %d s", len(expired), lane.name, ttl // 1000
-            )
+            count += len(expired)
+        return count
 
-    def _purge_delivered(self, conn: sqlite3.Connection) -> None:
-        conn.execute(PURGE_SQL, (self.steady_ms() - self.keep_delivered_ms,))
+    def _purge_delivered(self, conn: sqlite3.Connection, limit: int) -> int:
+        """Up to ``limit`` delivered events past retention; returns how many."""
+        purged = conn.execute(PURGE_SQL, (self.steady_ms() - self.keep_delivered_ms, limit))
+        return purged.rowcount
 
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database without blocking the writer (PASSIVE);
@@ -912,15 +960,27 @@ class Store:
             self.checkpoints += 1
 
     def housekeep(self) -> None:
-        """Housekeeping: TTL expiry and journal retention, through the writer like any write;
-        and the disk reserve taken back once there is room for it."""
+        """Housekeeping: TTL expiry, journal retention and telemetry over its quota, through
+        the writer like any write, a bounded batch per commit until done (producers' writes
+        go between the batches); and the disk reserve taken back once there is room for it."""
         self._take_reserve()
-        fut: Receipt[None] = Receipt(self._settled)
+        expired = evicted = 0
+        more = True
         try:
-            self._enqueue(_Housekeep(fut))
+            while more and not self._housekeeping.stopping.is_set():
+                fut: Receipt[_Chores] = Receipt(self._settled)
+                self._enqueue(_Housekeep(fut))
+                chores = fut.result(timeout=60)
+                expired, evicted = expired + chores.expired, evicted + chores.evicted
+                more = chores.more
         except StoreClosed:
             return
-        fut.result(timeout=60)
+        finally:
+            if expired:
+                ttl_s = self.ttl_ms[Lane.P2] // 1000
+                log.warning("expired %d pending P2 events older than %d s", expired, ttl_s)
+            if evicted:
+                log.warning("evicted %d oldest pending P2 events over the quota", evicted)
 
     # ---- accounting -------------------------------------------------------------------------
 

@@ -114,6 +114,56 @@ def test_p2_over_quota_evicts_its_oldest_and_counts(make_store: StoreFactory) ->
     reader.close()
 
 
+def test_a_quota_lowered_over_a_backlog_is_evicted_in_batches_not_in_an_alarms_commit(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """The P2 quota lowered (the disk getting tight) on a gateway with an outage's backlog:
+    the alarm committed next evicts nothing, telemetry does not grow past what it holds, and
+    housekeeping brings the lane within its quota a batch of batch_max_rows at a time."""
+    store = make_store(batch_max_rows=100)
+    sent = [store.submit(Event(SEEN, {"i": i, "pad": "x" * 100})) for i in range(2000)]
+    assert all(r.result() for r in sent)
+    store.stop()
+    store = make_store(tmp_path / "g.db", batch_max_rows=100, lanes={"p2": {"quota_mb": 0.1}})
+    backlog = store.usage[Lane.P2]
+    held = (backlog.count, backlog.bytes)
+    alarm = store.record(Event(SOS, {"band": "A1"}))
+    assert store.counters.get("evicted_quota_p2", 0) == 0
+    assert (store.usage[Lane.P2].count, store.usage[Lane.P2].bytes) == held
+    newest = store.record(Event(SEEN, {"i": "new", "pad": "x" * 100}))
+    assert store.usage[Lane.P2].bytes <= held[1]  # it made room for itself
+    commits = store.commits
+    store.housekeep()
+    assert store.usage[Lane.P2].bytes <= 0.1 * MB
+    evicted = store.counters["evicted_quota_p2"]
+    assert evicted > 1000 and store.usage[Lane.P2].count == held[0] + 1 - evicted
+    assert store.commits - commits >= evicted // 100  # no commit evicted more than 100
+    reader = store.reader()
+    assert [e.seq for e in reader.pending(Lane.P0, 0, 10)] == [alarm.seq]
+    assert reader.pending(Lane.P2, 0, 1000)[-1].seq == newest.seq
+    reader.close()
+
+
+def test_an_outages_expired_telemetry_and_old_journal_go_in_batches(
+    make_store: StoreFactory, clock: ManualClock
+) -> None:
+    """A backlog expiring (or a journal past retention) all at once is removed a batch of
+    batch_max_rows per commit, each short enough for an alarm to wait for."""
+    store = make_store(
+        batch_max_rows=100, delivered_retention_days=0.0005, lanes={"p2": {"ttl_s": 60}}
+    )
+    seen = [store.submit(Event(SEEN, {"i": i})) for i in range(1000)]
+    alarms = [store.submit(Event(SOS, {"i": i})) for i in range(500)]
+    assert all(r.result() for r in seen)
+    store.mark_delivered([Delivered(r.result().seq, Lane.P0) for r in alarms]).result()
+    clock.advance(61_000)
+    commits = store.commits
+    store.housekeep()
+    assert store.counters["expired_p2"] == 1000 and store.usage[Lane.P2].count == 0
+    assert committed_ids(store.path) == set()
+    assert store.commits - commits >= 15
+
+
 def test_p0_and_p1_over_quota_are_kept_and_raise_pressure(make_store: StoreFactory) -> None:
     store = make_store(lanes={"p0": {"quota_mb": 0.01}, "p1": {"quota_mb": 0.01}})
     for i in range(200):

@@ -262,15 +262,9 @@ class Downlink:
             where = "/".join(str(p) for p in first.path) if first else "transaction"
             text = _schema_problem(first) if first else "missing"
             return self._error(op, txn, "schema", f"{where or 'request'}: {text}")
-        stored = self._stored(txn)
-        if stored is not None:
-            stored_op, response = stored
-            if stored_op != op:
-                return self._error(op, txn, "transaction_reused", f"already used for {stored_op}")
-            self._tally(self.counts, "repeat")
-            response = {**response, "repeat": True}
-            self._respond(op, response)
-            return response
+        repeat = self._answer_repeat(op, txn)
+        if repeat is not None:
+            return repeat
         try:
             reply = self._ops[op].handler(request)
         except RequestError as exc:
@@ -289,6 +283,11 @@ class Downlink:
         try:
             self._commit(txn, op, response, reply.writes)
         except (sqlite3.Error, StoreClosed, StorageFull) as exc:  # rolled back
+            if isinstance(exc, sqlite3.IntegrityError):
+                # an earlier attempt's commit, answered as not stored in time, landed meanwhile
+                repeat = self._answer_repeat(op, txn)
+                if repeat is not None:
+                    return repeat
             if not elsewhere:
                 return self._error(op, txn, "store", f"not applied: {exc}")
             self._tally(self.errors, "unremembered")
@@ -320,6 +319,19 @@ class Downlink:
                 "as a new request"
             )
         self._tally(self.counts, "ok")
+        self._respond(op, response)
+        return response
+
+    def _answer_repeat(self, op: str, txn: str) -> dict[str, Any] | None:
+        """A transaction already applied is answered from its record, not applied again."""
+        stored = self._stored(txn)
+        if stored is None:
+            return None
+        stored_op, response = stored
+        if stored_op != op:
+            return self._error(op, txn, "transaction_reused", f"already used for {stored_op}")
+        self._tally(self.counts, "repeat")
+        response = {**response, "repeat": True}
         self._respond(op, response)
         return response
 

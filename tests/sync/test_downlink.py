@@ -317,6 +317,32 @@ def test_a_response_not_stored_in_time_is_not_called_unapplied(
         assert applied == ["t-1"]
 
 
+def test_a_repeat_sent_before_the_first_response_was_stored_is_answered_from_it(
+    tmp_path: Path,
+) -> None:
+    """The sender repeats a transaction answered "not known whether applied" while the first
+    response still waits in the store: the first one lands, and the repeat is told it was
+    applied (from the record), not "not applied" for the clash of the two."""
+    release = threading.Event()
+    applied: list[str] = []
+
+    def ping(request: Mapping[str, Any]) -> Reply:
+        applied.append(str(request["transaction"]))
+        if len(applied) == 2:
+            release.set()  # the store catches up while the repeat is being handled
+        return Reply({"pong": True})
+
+    with downlink_alone(tmp_path, ping, commit_timeout_s=1.0) as (downlink, sent):
+        held = downlink._store.write(lambda _conn: release.wait(10))
+        downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        eventually(lambda: len(sent) == 1)
+        again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        held.result(10)
+        assert json.loads(sent[0].payload)["message"].startswith("not known whether applied")
+        assert again is not None and again["status"] == "ok" and again["repeat"] is True
+        assert "store" not in downlink.errors
+
+
 def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> None:
     """Valid JSON text in theory, but too deep to parse, a number too long to convert, or a
     string that is not Unicode (half a surrogate pair), which SQLite and UTF-8 cannot take."""

@@ -259,6 +259,54 @@ def test_dc09_spt_transmitter_as_peer(receiver: Dc09Service, store: Store, trans
     assert receiver.handler.replies["ACK"] == 2
 
 
+def test_dc09_spt_alarms_with_area_user_time_or_text_are_recorded(
+    receiver: Dc09Service, store: Store
+) -> None:
+    """dc09-spt writes area, user and time straight before the event code (``Nri2PA3``) and
+    a text as a block of its own (``NMA6|Ahelp``): each is an alarm, acknowledged once stored."""
+    from dc09_spt.dc09_spt import dc09_spt
+
+    spt = dc09_spt("1234", receiver=0, line=0)
+    spt.set_path("main", "primary", "127.0.0.1", receiver.port, type="tcp")
+    sent = [
+        {"code": "PA", "zone": "3", "area": "2"},
+        {"code": "MA", "zone": "4", "user": "7"},
+        {"code": "QA", "zone": "5", "time": "now"},
+        {"code": "MA", "zone": "6", "text": "help"},
+    ]
+    try:
+        for params in sent:
+            spt.send_msg("SIA", params)
+        eventually(lambda: receiver.handler.replies["ACK"] == len(sent), timeout=10)
+    finally:
+        with spt.queuelock:  # what was not acknowledged would be sent again for ever
+            spt.queue.clear()
+    alarms = [e["data"] for e in stored(store.path, "alarm.sos")]
+    assert [(a["device"], a["code"]) for a in alarms] == [
+        ("1234-3", "PA"),
+        ("1234-4", "MA"),
+        ("1234-5", "QA"),
+        ("1234-6", "MA"),
+    ]
+    assert (alarms[0]["ids"]["area"], alarms[1]["ids"]["user"]) == ("2", "7")
+    assert "time" in alarms[2]["ids"] and alarms[3]["text"] == "help"
+    assert receiver.handler.replies == {"ACK": 4, "NAK": 0, "DUH": 0}
+    assert receiver.health()["rejected"] == {}
+
+
+def test_a_sia_message_without_a_readable_event_code_is_not_acknowledged(
+    receiver: Dc09Service, store: Store
+) -> None:
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234")
+    try:
+        assert reply_of(panel.exchange(panel.message("SIA-DCS", "#1234|Nri1"))).id == "DUH"
+        assert reply_of(panel.exchange(panel.message("SIA-DCS", "#1234|Nri1/MA015"))).id == "ACK"
+    finally:
+        panel.close()
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert receiver.health()["rejected"] == {"bad_format": 1}
+
+
 def test_a_udp_port_in_use_fails_the_start_and_leaves_nothing_listening(store: Store) -> None:
     """Otherwise the TCP accept thread keeps a gateway that failed to start from exiting."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:

@@ -8,6 +8,7 @@ from gateway.contract import validator
 from gateway.devices.decoders.binary import BinaryDecoder
 from gateway.devices.decoders.espa import decode_block
 from gateway.devices.decoders.jsonlines import JsonLinesDecoder
+from gateway.devices.decoders.sia import decode_dcs
 from gateway.devices.definitions import DefinitionFile
 from gateway.devices.events import to_event
 from gateway.devices.framers.binary import encode_frame
@@ -83,6 +84,40 @@ def test_ble_bad_input_reasons() -> None:
     assert d.decode(line(truncated_ad)).rejects[0].reason == "bad_advert"
     phone = {"mac": "C3000000000A", "rssi": -50, "rawData": "020106"}
     assert d.decode(line(phone)).events == ()
+
+
+def test_sia_modifiers_before_the_event_code_with_or_without_a_slash() -> None:
+    """Area, user and time are written straight before the code by some transmitters
+    (dc09-spt) and after a '/' by others: the same alarm either way, the modifiers in ids."""
+    codes = definition("dc09-receiver").sia_codes
+
+    def sia(data: str) -> list[tuple[str, str, str | None, dict[str, object]]]:
+        out = decode_dcs(data, codes, b"", 1, {})
+        assert out.rejects == ()
+        return [(e.code or "", e.device, e.text, e.ids) for e in out.events]
+
+    assert sia("#1234|Nri2PA3") == sia("#1234|Nri2/PA3")
+    assert sia("#1234|Nri2PA3") == [
+        ("PA", "1234-3", None, {"account": "1234", "area": "2", "zone": "3"})
+    ]
+    assert sia("#1234|Nid7MA4")[0][3]["user"] == "7"
+    assert sia("#1234|Nti23:22:26QA5")[0][3]["time"] == "23:22:26"
+    assert sia("#1234|NMA6|Ahelp")[0][:3] == ("MA", "1234-6", "help")
+    # several events in one block; a modifier holds until it is given anew
+    assert [(code, ids["area"]) for code, _, _, ids in sia("#1234|Nri1/MA015/PA016/ri2QA3")] == [
+        ("MA", "1"),
+        ("PA", "1"),
+        ("QA", "2"),
+    ]
+
+
+def test_a_sia_block_whose_event_code_cannot_be_read_is_refused() -> None:
+    """Refused (so the panel is not acknowledged for an alarm that was not recorded)."""
+    codes = definition("dc09-receiver").sia_codes
+    for data in ("#1234|Nri1", "#1234|N", "#1234|Nri1/MA015^Mr Li^x", "#1234|Nri1/ma015"):
+        out = decode_dcs(data, codes, b"", 1, {})
+        assert out.events == () and [r.reason for r in out.rejects] == ["bad_format"], data
+        assert "Li" not in out.rejects[0].detail
 
 
 def test_binary_unknown_command_event_and_short_payload() -> None:

@@ -1,4 +1,13 @@
-"""SIA DC-03 payloads inside DC-09 ``SIA-DCS`` messages: ``#acct|Nri1/MA015^text^``."""
+"""SIA DC-03 payloads inside DC-09 ``SIA-DCS`` messages: ``#acct|Nri1/MA015^text^|Atext``.
+
+A data block (``N``) holds fields separated by ``/``. A field is any number of modifiers (two
+lowercase letters and a value: ``ri`` area, ``id`` user, ``ti`` time, ``pi`` peripheral, ``da``
+date; optionally a ``^name^``), then a two-letter event code with its address and an optional
+``^text^``. Modifiers may stand alone (``Nri1/MA015``) or run straight into the code
+(``Nri1MA015``, as dc09-spt sends them), and hold for the rest of the block. An ``A`` block
+after it is text for its events (``NMA6|Ahelp``). A field that cannot be read is refused, and
+so is a block without any event code: a message is never taken as stored when nothing was.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +17,47 @@ from collections.abc import Mapping
 from gateway.devices.definitions import EventMap, as_code_map
 from gateway.devices.model import Decoded, DeviceEvent, Kind, Reject, Scalar, rejected
 
-_EVENT = re.compile(r"^([A-Z]{2})([0-9A-Za-z]{0,8})(?:\^([^\^]*)\^)?$")
-_PREFIXES = {"ri": "area", "id": "user", "ti": "time", "pi": "peripheral"}
+_MODIFIER = r"[a-z]{2}[0-9:-]+(?:\^[^\^]*\^)?"
+_FIELD = re.compile(
+    rf"^(?P<mods>(?:{_MODIFIER})*)(?:(?P<code>[A-Z]{{2}})(?P<zone>[0-9A-Za-z]{{0,8}})"
+    r"(?:\^(?P<text>[^\^]*)\^)?)?$"
+)
+_MODIFIERS = re.compile(r"([a-z]{2})([0-9:-]+)(?:\^([^\^]*)\^)?")
+_NAMES = {"ri": "area", "id": "user", "ti": "time", "pi": "peripheral", "da": "date"}
 
 
 def decode_dcs(
     data: str, codes: Mapping[str, EventMap], raw: bytes, seq: int, ids: Mapping[str, Scalar]
 ) -> Decoded:
-    account, sep, body = data.lstrip("#").partition("|")
-    if not sep or not body.startswith("N"):
+    account, sep, rest = data.lstrip("#").partition("|")
+    block, *others = rest.split("|")
+    if not sep or not block.startswith("N"):
         return rejected("bad_format", raw, "SIA-DCS payload")
-    context: dict[str, Scalar] = {"account": account, **ids}
-    events: list[DeviceEvent] = []
     rejects: list[Reject] = []
-    for part in body[1:].split("/"):
-        if part[:2] in _PREFIXES:
-            context[_PREFIXES[part[:2]]] = part[2:].split("^")[0]
-            continue
-        m = _EVENT.match(part)
+    texts = [b[1:] for b in others if b.startswith("A")]
+    if len(texts) != len(others):
+        rejects.append(Reject("bad_format", raw, "SIA block other than N or A"))
+    context: dict[str, Scalar] = {"account": account, **ids}
+    fields: list[tuple[str, str, str | None, dict[str, Scalar]]] = []
+    for part in block[1:].split("/"):
+        m = _FIELD.match(part)
         if m is None:
             # the part may hold a display text (a resident's name): its size only
             rejects.append(
                 Reject("bad_format", raw, f"SIA event not understood ({len(part)} chars)")
             )
             continue
-        code, zone, text = m.groups()
+        for tag, value, label in _MODIFIERS.findall(m["mods"]):
+            key = _NAMES.get(tag, tag)
+            context[key] = value
+            if label:
+                context[f"{key}_name"] = label
+        if m["code"] is not None:
+            fields.append((m["code"], m["zone"], m["text"], dict(context)))
+    if not fields and not rejects:
+        rejects.append(Reject("bad_format", raw, "SIA block without an event code"))
+    events: list[DeviceEvent] = []
+    for code, zone, text, where in fields:
         mapped = codes.get(code)
         if mapped is None:
             rejects.append(Reject("unknown_code", raw, f"SIA code {code}"))
@@ -46,10 +71,10 @@ def decode_dcs(
                 f"{account}-{zone or '0'}",
                 code=code,
                 seq=seq,
-                text=text or None,
+                text=text or " ".join(texts) or None,
                 name=cmap.name or None,
                 restores=cmap.restores,
-                ids={**context, "zone": zone},
+                ids={**where, "zone": zone},
                 raw=raw,
             )
         )

@@ -203,7 +203,13 @@ class JsonKeys(Strict):
 
 class JsonLinesSpec(Strict):
     encoding: Encoding = "utf-8"
-    max_line: int = Field(4096, ge=64, le=65_536)
+    max_line: int = Field(
+        4096,
+        ge=64,
+        le=65_536,
+        description="Longest line in bytes; a longer one is refused whole (too_long). A gateway "
+        "that batches writes all it heard as one JSON array on one line.",
+    )
     keys: JsonKeys = JsonKeys()
     gateway_type: str = Field("Gateway", description="Lines of this type name the station.")
     formats: tuple[BleFormat, ...] = (

@@ -168,3 +168,33 @@ def test_deeply_nested_json_is_refused_and_the_sos_behind_it_kept(store: Store) 
     h.on_data(b"[" * 4000 + b"\n" + sos.encode() + b"\n", 100.0)
     eventually(lambda: len(stored(store.path, "alarm.sos")) == 1, timeout=5)
     assert recorder.stats.rejected == {"bad_json": 1}
+
+
+def test_a_batching_ble_gateway_s_line_of_adverts_is_read_whole(store: Store) -> None:
+    """Gateways that batch write one JSON array of all they heard, 5 kB for 31 adverts: the
+    SOS among them is an alarm, and every band in it is seen."""
+    spec = definition("minew-ble-jsonlines")
+    recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)
+    h = framed_handler(spec, recorder, frame_timeout_s=1.0, silence_s=None)
+    ibeacon = "0201061AFF4C000215E2C56DB5DFFB48D2B060D0F5A71096E000010002C5"
+    batch: list[dict[str, object]] = [{"type": "Gateway", "mac": "AC233FA00001"}]
+    batch += [
+        {
+            "timestamp": "2025-09-25T14:12:04.123Z",
+            "type": "iBeacon",
+            "mac": f"AC233FA1{n:04X}",
+            "bleName": "",
+            "rssi": -61,
+            "rawData": ibeacon,
+        }
+        for n in range(30)
+    ]
+    batch.append({"type": "Unknown", "mac": "AC233FA00002", "rssi": -61, "rawData": BTHOME_PRESS})
+    line = json.dumps(batch).encode() + b"\n"
+    assert len(line) > 5000
+    h.on_data(line, 100.0)
+    eventually(lambda: len(stored(store.path, "alarm.sos")) == 1, timeout=5)
+    eventually(lambda: len(stored(store.path, "wristband.seen")) == 31, timeout=5)
+    (sos,) = stored(store.path, "alarm.sos")
+    assert (sos["data"]["device"], sos["data"]["station"]) == ("AC233FA00002", "AC233FA00001")
+    assert recorder.stats.rejected == {}

@@ -53,6 +53,10 @@ class PortHandler:
         self.write: Writer = lambda _data: False
 
     def on_up(self, gap_s: float | None) -> None:
+        """Supervision starts afresh: the outage was the link's, reported as down and up, and
+        a station is not silent before it had its full silence time to speak."""
+        self.last_rx = None
+        self.silent = False
         self._status("up", gap_s, "opened" if gap_s is None else "reopened")
 
     def on_down(self, reason: str) -> None:

@@ -87,6 +87,27 @@ def test_frame_timeout_releases_a_cut_frame_and_silence_is_reported(store: Store
     assert stored(store.path, "battery.low")[0]["data"]["seq"] == 2
 
 
+def test_a_replugged_port_gives_its_station_the_full_silence_time_again(store: Store) -> None:
+    """Unplugged for longer than the silence time: the station is not reported silent the
+    moment the port is back, and its silence is counted from then, not across the outage."""
+    h = handler(store, Clock())
+    h.on_up(None)
+    h.on_data(frame(1, 1), 100.0)
+    h.on_idle(110.0)
+    h.on_down("read: device disconnected")
+    h.on_up(40.0)  # no reads while down: the next idle read is at once
+    h.on_idle(150.0)
+    h.on_idle(175.0)
+    h.on_data(frame(1, 2), 176.0)  # the station speaks within its time
+    h.on_idle(210.0)
+    eventually(lambda: len(stored(store.path, "device.status")) == 4)
+    status = [
+        (e["data"]["name"], e["data"]["ids"].get("gap_s"))
+        for e in stored(store.path, "device.status")
+    ]
+    assert status == [("up", None), ("down", None), ("up", 40.0), ("silent", 34.0)]
+
+
 def test_sos_behind_a_cut_frame_is_not_held_back(store: Store) -> None:
     h = handler(store, Clock())
     h.on_data(frame(0, 1)[:7] + frame(2, 5), 100.0)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -196,7 +197,9 @@ class SerialLink:
         return self._worker.alive()
 
     def write(self, data: bytes) -> bool:
-        """Send bytes (ESPA ACK/NAK, Contact ID ACK); False if the port is not open."""
+        """Send bytes (ESPA ACK/NAK, Contact ID ACK); False if the port is not open or the
+        write fails. The drain (tcdrain) of a tty that hung up raises ``termios.error``, not an
+        OSError: were it let through, an alarm already stored would be NAKed after its ACK."""
         with self._write_lock:
             port = self._port
             if port is None:
@@ -204,7 +207,7 @@ class SerialLink:
             try:
                 port.write(self._parity.encode(data))
                 port.flush()
-            except (serial.SerialException, OSError) as exc:
+            except (serial.SerialException, OSError, termios.error) as exc:
                 self.stats.errors += 1
                 self.stats.last_error = f"write: {exc}"
                 return False

@@ -6,9 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import termios
 import threading
 import time
 from pathlib import Path
+
+import pytest
+import serial
 
 from gateway.devices.config import PortConfig
 from gateway.devices.service import PortService
@@ -109,6 +113,42 @@ def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store
         pty.close()
     assert stored(store.path, "battery.low")[0]["data"]["name"] == "rf_low_battery"
     assert service.health()["rejected"] == {"bad_checksum": 1}
+
+
+def test_a_hangup_while_an_ack_drains_neither_naks_a_stored_alarm_nor_drops_the_next(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tty hangs up while our ACKs drain (termios.error from tcdrain, not an OSError):
+    the write is given up and counted, the alarm stays stored, no NAK follows its ACK, and the
+    other alarm in the same read is still handled."""
+    drain = serial.Serial.flush
+    hangups = [termios.error(5, "Input/output error")] * 2
+
+    def flush(port: serial.Serial) -> None:
+        if hangups:
+            raise hangups.pop()
+        drain(port)
+
+    monkeypatch.setattr(serial.Serial, "flush", flush)
+    pty = Pty(tmp_path / "ttyCID")
+    cfg = PortConfig(name="panel", definition="contact-id-serial.toml", url=str(pty.path))
+    service = PortService(cfg, definition("contact-id-serial"), store, 10.0)
+    service.start()
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        pty.write(
+            contact_id_line("1234", "1", "101", "01", "001")
+            + contact_id_line("1234", "1", "120", "01", "002")
+        )
+        eventually(lambda: len(stored(store.path, "alarm.sos")) == 2)
+        assert pty.read(1) + pty.read(1) == b"\x06\x06"  # what the panel reads: two ACKs
+        assert pty.read(1, timeout=0.2) == b""
+    finally:
+        service.stop()
+        pty.close()
+    health = service.health()
+    assert health["rejected"] == {} and health["link"]["errors"] == 2
+    assert health["link"]["last_error"].startswith("write")
 
 
 def test_a_second_reader_cannot_take_a_port_in_use(tmp_path: Path, store: Store) -> None:

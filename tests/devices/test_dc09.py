@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -133,6 +134,27 @@ def test_encrypted_account_and_sia_dcs(receiver: Dc09Service, store: Store) -> N
     assert sos["data"]["text"] == "BEDROOM" and sos["data"]["ids"]["area"] == "1"
     assert sos["data"]["ids"]["encrypted"] is True
     assert restore["data"]["restores"] == "sos"
+
+
+def test_a_panel_with_the_wrong_key_is_told_so_and_counted_as_bad_decrypt(
+    receiver: Dc09Service, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every message refused as not decrypting: none NAKed as if the panel's clock were off,
+    none taken for a message and counted as a frame. (Random padding made repeatable.)"""
+    pad = random.Random(9)
+    monkeypatch.setattr(dc09, "_pad", lambda n: "".join(pad.choices("ABCDEFGH", k=n)))
+    sent_at = datetime(2025, 9, 25, 14, 12, 4, tzinfo=UTC)
+    panel = Dc09Transmitter(
+        "127.0.0.1", receiver.port, "5678", key=bytes(16), clock=lambda: sent_at
+    )
+    try:
+        replies = {panel.cid("1", "101", f"{n:03d}").split(b'"')[1] for n in range(300)}
+    finally:
+        panel.close()
+    assert replies == {b"DUH"}
+    health = receiver.health()
+    assert (health["rejected"], health["frames"]) == ({"bad_decrypt": 300}, 0)
+    assert stored(store.path, "alarm.") == []
 
 
 def test_plaintext_for_an_account_with_a_key_is_refused_and_cannot_steal_a_seq(

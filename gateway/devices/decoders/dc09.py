@@ -24,6 +24,13 @@ _BODY = re.compile(
     re.S,
 )
 _TS = re.compile(r"_(\d{2}):(\d{2}):(\d{2}),(\d{2})-(\d{2})-(\d{4})$")
+_TEXT = r"[^\x00-\x1f\x7f\[\]]"
+# After the pad and its '|': the data (empty, or "#acct|...") up to ']', any extended data
+# blocks, the timestamp. Text decrypted under a wrong key practically never has this shape.
+_PLAIN = re.compile(
+    rf"(?:#?[0-9A-Fa-f]{{0,16}}\|{_TEXT}*)?\](?:\[{_TEXT}*\])*"
+    r"(?:_\d{2}:\d{2}:\d{2},\d{2}-\d{2}-\d{4})?"
+)
 _PAD_CHARS = bytes(c for c in range(0x20, 0x7F) if c not in b"[]|")
 TS_FORMAT = "%H:%M:%S,%m-%d-%Y"
 
@@ -106,9 +113,9 @@ def _decrypt(key: bytes, hex_text: str) -> str:
     if not cipher or len(cipher) % 16:
         raise Dc09Error("bad_format", "encrypted part is not whole AES blocks")
     plain = aes(key, cipher, encrypt=False).decode("latin-1")
-    _pad, sep, rest = plain.partition("|")
-    if not sep:
-        raise Dc09Error("bad_decrypt", "no '|' after the padding (wrong key?)")
+    pad, sep, rest = plain.partition("|")
+    if not sep or "[" in pad or "]" in pad or _PLAIN.fullmatch(rest) is None:
+        raise Dc09Error("bad_decrypt", "not padding, '|', data and timestamp (wrong key?)")
     return rest
 
 

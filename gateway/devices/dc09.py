@@ -151,6 +151,8 @@ class Dc09Handler:
             self.recorder.stats.reject(self.recorder.port, reject)
         if decoded.rejects and not decoded.events:
             return msgs.duh(msg), "DUH"
+        if not decoded.events:  # only codes the definition maps to "ignore": ACKed, counted
+            self.recorder.stats.ignored += 1
         events = [self.recorder.event(ev) for ev in decoded.events]
         if not self.recorder.record(events):
             return msgs.nak(now), "NAK"

@@ -14,7 +14,7 @@ import pytest
 from gateway.devices.config import AccountKey, Dc09Receiver
 from gateway.devices.dc09 import Dc09Service
 from gateway.devices.decoders import dc09
-from gateway.devices.model import Decoded
+from gateway.devices.model import Decoded, Kind
 from gateway.devices.simulate import Dc09Transmitter
 from gateway.store import Store
 from tests.devices.conftest import definition, stored
@@ -327,6 +327,29 @@ def test_a_sia_message_without_a_readable_event_code_is_not_acknowledged(
         panel.close()
     assert len(stored(store.path, "alarm.sos")) == 1
     assert receiver.health()["rejected"] == {"bad_format": 1}
+
+
+def test_codes_the_site_ignores_are_acknowledged_and_counted_as_ignored(store: Store) -> None:
+    spec = definition("dc09-receiver")
+    spec = spec.model_copy(
+        update={
+            "codes": {**spec.codes, "602": Kind.IGNORE},
+            "sia_codes": {**spec.sia_codes, "RP": Kind.IGNORE},
+        }
+    )
+    cfg = Dc09Receiver(name="hubs", definition="dc09-receiver.toml", host="127.0.0.1", port=0)
+    service = Dc09Service(cfg, spec, store, 10.0)
+    service.start()
+    panel = Dc09Transmitter("127.0.0.1", service.port, "1234")
+    try:
+        assert reply_of(panel.cid("1", "602", "000")).id == "ACK"  # a periodic test
+        assert reply_of(panel.exchange(panel.message("SIA-DCS", "#1234|NRP0"))).id == "ACK"
+    finally:
+        panel.close()
+        service.stop()
+    health = service.health()
+    assert (health["frames"], health["events"], health["ignored"]) == (2, 0, 2)
+    assert stored(store.path) == []
 
 
 def test_a_udp_port_in_use_fails_the_start_and_leaves_nothing_listening(store: Store) -> None:

@@ -32,8 +32,13 @@ class PortConfig(Strict):
     format: SerialFormat | None = Field(
         None, description="Data bits, parity, stop bits. 7-bit formats are checked in software."
     )
-    frame_timeout_s: float = Field(
-        1.0, gt=0, le=30, description="A partial frame older than this is dropped."
+    frame_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=30,
+        description="A partial frame is dropped this long after its last byte, an ESPA block "
+        "this long after its SOH; default: 1 s, for ESPA the definition's response_timeout_s "
+        "(3 s in the shipped file).",
     )
     reopen_min_s: float = Field(
         0.5,

@@ -22,11 +22,21 @@ log = logging.getLogger(__name__)
 
 
 class EspaSession(PortHandler):
-    def __init__(self, spec: EspaSpec, recorder: Recorder, *, silence_s: float | None) -> None:
+    def __init__(
+        self,
+        spec: EspaSpec,
+        recorder: Recorder,
+        *,
+        silence_s: float | None,
+        frame_timeout_s: float | None = None,
+    ) -> None:
+        """A block not complete ``frame_timeout_s`` after its SOH is dropped (the port's
+        setting, else the definition's response timeout); a master that does not go on within
+        the response timeout has the session back to neutral."""
         super().__init__(
             recorder,
             EspaFramer(),
-            frame_timeout_s=spec.response_timeout_s,
+            frame_timeout_s=frame_timeout_s or spec.response_timeout_s,
             silence_s=silence_s if silence_s is not None else spec.silence_s,
         )
         self.spec = spec
@@ -52,12 +62,12 @@ class EspaSession(PortHandler):
         if (
             self.state != "neutral"
             and self.last_rx is not None
-            and at - self.last_rx >= self.frame_timeout_s
+            and at - self.last_rx >= self.spec.response_timeout_s
         ):
             log.info(
                 "espa %s: no answer within %.1f s, back to neutral",
                 self.recorder.port,
-                self.frame_timeout_s,
+                self.spec.response_timeout_s,
             )
             self._neutral()
         super().on_idle(at)

@@ -36,6 +36,7 @@ class Framer(Protocol):
 
 
 Writer = Callable[[bytes], bool]
+FRAME_TIMEOUT_S = 1.0  # a port's partial frame is dropped this long after its last byte
 
 
 class PortHandler:

@@ -11,7 +11,7 @@ from gateway.devices.config import DevicesSection, PortConfig
 from gateway.devices.definitions import DefinitionFile, load_definition
 from gateway.devices.espa import EspaSession
 from gateway.devices.link import SerialLink, SerialSettings
-from gateway.devices.pipeline import PortHandler, framed_handler
+from gateway.devices.pipeline import FRAME_TIMEOUT_S, PortHandler, framed_handler
 from gateway.devices.recorder import Recorder
 from gateway.lifecycle import Service
 from gateway.store import Store
@@ -29,12 +29,17 @@ class PortService:
         self.recorder = Recorder.for_source(store, cfg, definition.name, record_timeout_s)
         self.handler: PortHandler
         if definition.espa is not None:
-            self.handler = EspaSession(definition.espa, self.recorder, silence_s=cfg.silence_s)
+            self.handler = EspaSession(
+                definition.espa,
+                self.recorder,
+                silence_s=cfg.silence_s,
+                frame_timeout_s=cfg.frame_timeout_s,
+            )
         else:
             self.handler = framed_handler(
                 definition,
                 self.recorder,
-                frame_timeout_s=cfg.frame_timeout_s,
+                frame_timeout_s=cfg.frame_timeout_s or FRAME_TIMEOUT_S,
                 silence_s=cfg.silence_s if cfg.silence_s is not None else _silence(definition),
             )
         settings = SerialSettings(

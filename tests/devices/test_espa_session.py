@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,6 +107,33 @@ def test_a_noise_byte_does_not_make_the_gateway_deaf(
     assert master.select()  # its EOT ends the "block" the SOH began
     assert master.send_block(espa_block(CALL)) == ACK
     master.end()
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert service.health()["rejected"] == {"truncated": 1}
+
+
+def test_the_ports_frame_timeout_drops_a_cut_block(tmp_path: Path, store: Store) -> None:
+    """frame_timeout_s set on an ESPA port is the time a block has from its SOH: a block cut
+    off is NAKed after it (not after the definition's 3 s), and the master's resend is taken."""
+    pty = Pty(tmp_path / "nursecall", "7E1")
+    cfg = PortConfig(
+        name="nurse", definition="espa444-nurse-call.toml", url=str(pty.path), frame_timeout_s=0.5
+    )
+    service = PortService(cfg, definition("espa444-nurse-call"), store, 10.0)
+    service.start()
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        master = EspaMaster(pty)
+        assert master.select()
+        block = espa_block(CALL)
+        pty.write(block[:10])
+        cut = time.monotonic()
+        assert master.reply() == NAK
+        assert time.monotonic() - cut < 2.0
+        assert master.send_block(block) == ACK
+        master.end()
+    finally:
+        service.stop()
+        pty.close()
     assert len(stored(store.path, "alarm.sos")) == 1
     assert service.health()["rejected"] == {"truncated": 1}
 

@@ -101,6 +101,8 @@ def test_sia_modifiers_before_the_event_code_with_or_without_a_slash() -> None:
         ("PA", "1234-3", None, {"account": "1234", "area": "2", "zone": "3"})
     ]
     assert sia("#1234|Nid7MA4")[0][3]["user"] == "7"
+    # a user's label (perhaps a resident's name) is not kept: ids only
+    assert sia("#1234|Nid7^Mr Li^MA4") == sia("#1234|Nid7MA4")
     assert sia("#1234|Nti23:22:26QA5")[0][3]["time"] == "23:22:26"
     assert sia("#1234|NMA6|Ahelp")[0][:3] == ("MA", "1234-6", "help")
     # several events in one block; a modifier holds until it is given anew

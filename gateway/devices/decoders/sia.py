@@ -22,7 +22,7 @@ _FIELD = re.compile(
     rf"^(?P<mods>(?:{_MODIFIER})*)(?:(?P<code>[A-Z]{{2}})(?P<zone>[0-9A-Za-z]{{0,8}})"
     r"(?:\^(?P<text>[^\^]*)\^)?)?$"
 )
-_MODIFIERS = re.compile(r"([a-z]{2})([0-9:-]+)(?:\^([^\^]*)\^)?")
+_MODIFIERS = re.compile(r"([a-z]{2})([0-9:-]+)(?:\^[^\^]*\^)?")
 _NAMES = {"ri": "area", "id": "user", "ti": "time", "pi": "peripheral", "da": "date"}
 
 
@@ -47,11 +47,9 @@ def decode_dcs(
                 Reject("bad_format", raw, f"SIA event not understood ({len(part)} chars)")
             )
             continue
-        for tag, value, label in _MODIFIERS.findall(m["mods"]):
-            key = _NAMES.get(tag, tag)
-            context[key] = value
-            if label:
-                context[f"{key}_name"] = label
+        # a modifier's ^label^ (a user's name, perhaps a resident's) is not kept: ids only
+        for tag, value in _MODIFIERS.findall(m["mods"]):
+            context[_NAMES.get(tag, tag)] = value
         if m["code"] is not None:
             fields.append((m["code"], m["zone"], m["text"], dict(context)))
     if not fields and not rejects:

@@ -546,7 +546,9 @@ def test_requests_waiting_when_the_gateway_stops_are_answered_over_the_broker(
     sync.start()
     sub = Subscriber(mosquitto.port)
     try:
-        eventually(lambda: sync.link.connected)
+        # the birth status is published after the subscriptions: requests sent from now on
+        # are the gateway's (not dropped by the broker before it subscribed)
+        sub.wait_for(lambda _m: any(m.json()["state"] == "online" for m in sub.of_topic("/status")))
         for txn in ("t-0", "t-1", "t-2"):
             request = {"transaction": txn, "elder_id": "E1"}
             sub.publish(f"{BASE}/request/face.remove", json.dumps(request))

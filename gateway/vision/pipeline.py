@@ -132,13 +132,7 @@ class CounterPipeline:
         self.counts["frames"] += 1
         self.counts[analysis.kind] += 1
         self.last_t = frame.t
-        for elder, ago in self._earlier:
-            self.decider.settled(elder, frame.t - ago, 0)
-        self._earlier = []
-        for settled in self.confirmations.take_settled():  # the cooldown runs from now
-            self.decider.settled(
-                settled.elder, max(settled.t, frame.t), settled.track, settled.probe
-            )
+        self.catch_up(frame.t)
         obs = observation(analysis, frame.t, search_result)
         this = TrackFrames()
         this.add(timings, frame.image if self.audit is not None and obs.kind != "no_face" else None)
@@ -152,7 +146,19 @@ class CounterPipeline:
 
     def idle(self, t: float) -> list[DecisionEvent]:
         """No frame arrived by ``t``: lets a track end when the camera goes quiet."""
+        self.catch_up(t)
         return self._events(self.decider.observe(Observation(t, "no_face")))
+
+    def catch_up(self, t: float) -> None:
+        """Elders remembered from before a restart, and those staff settled by hand, go into
+        the cooldown as of ``t`` (the frames' clock): with or without a frame, since staff
+        settle by hand precisely when the camera is of no help, and a restart meanwhile must
+        not forget it."""
+        for elder, ago in self._earlier:
+            self.decider.settled(elder, t - ago, 0)
+        self._earlier = []
+        for settled in self.confirmations.take_settled():  # the cooldown runs from now
+            self.decider.settled(settled.elder, max(settled.t, t), settled.track, settled.probe)
 
     def flush(self) -> list[DecisionEvent]:
         return self._events(self.decider.flush())

@@ -79,7 +79,9 @@ class VisionService:
         self._ratelimited = RateLimitedLog(log, 60.0)
         self._cooldown_path = data_dir / cooldown.FILE
         self._cooldown_saved: dict[str, int] | None = None  # None: write at the first save
-        self._last_frame_ms: int | None = None  # the store's running time at the last frame
+        # one moment on two clocks, the frames' and the store's running time (ms): the last
+        # frame, or the last look for one; what the cooldown file is written against
+        self._anchor: tuple[float, int] | None = None
 
     def start(self) -> None:
         try:
@@ -145,6 +147,7 @@ class VisionService:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            self._settle_late()
         if self.feed is not None:
             self.feed.stop()
         if self.pipeline is not None:
@@ -218,12 +221,13 @@ class VisionService:
                 frame = feed.next_frame(timeout=0.2)
                 if frame is not None:
                     events = pipeline.process(frame)
-                    if self.store is not None:
-                        self._last_frame_ms = self.store.steady_ms()
+                    self._mark(frame.t)
                 elif feed.ended:
                     break
                 else:
-                    events = pipeline.idle(feed.now())
+                    now = feed.now()
+                    events = pipeline.idle(now)
+                    self._mark(now)
             except Exception as exc:  # one bad frame must not end the counter
                 self.errors += 1
                 self._ratelimited.warning("frame", "frame could not be analysed: %s", exc)
@@ -249,17 +253,33 @@ class VisionService:
             self._emit(event)
         self._save_cooldown()
 
+    def _mark(self, t: float) -> None:
+        if self.store is not None:
+            self._anchor = (t, self.store.steady_ms())
+
+    def _settle_late(self) -> None:
+        """Staff confirmations that came after the pipeline thread's last turn (a replay that
+        had ended): into the cooldown file all the same."""
+        if self.pipeline is None or self._anchor is None:
+            return
+        try:
+            self.pipeline.catch_up(self._anchor[0])
+            self._save_cooldown()
+        except Exception as exc:
+            self.errors += 1
+            log.warning("face stage: cooldown not saved at stop: %s", exc)
+
     def _save_cooldown(self) -> None:
         """When each elder in cooldown was last seen, in running time, when it has changed."""
-        pipeline, gallery = self.pipeline, self.gallery
-        frame_ms = self._last_frame_ms
-        if pipeline is None or gallery is None or pipeline.last_t is None or frame_ms is None:
+        pipeline, gallery, anchor = self.pipeline, self.gallery, self._anchor
+        if pipeline is None or gallery is None or anchor is None:
             return
-        # ages at the last frame, from the running time of that frame (not of now: a lost
-        # camera must not keep everyone "just seen"); erased elders are left out
+        # ages as of the anchor, in the running time of that moment: a camera lost since the
+        # last frame must not keep everyone "just seen"; erased elders are left out
+        t, at_ms = anchor
         enrolled = set(gallery.snapshot.elders)
-        ages = pipeline.decider.cooldowns(pipeline.last_t)
-        seen = {e: frame_ms - int(age * 1000) for e, age in ages.items() if e in enrolled}
+        ages = pipeline.decider.cooldowns(t)
+        seen = {e: at_ms - int(age * 1000) for e, age in ages.items() if e in enrolled}
         saved = self._cooldown_saved
         if (
             saved is not None

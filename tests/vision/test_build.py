@@ -16,6 +16,7 @@ from gateway.store import Store
 from gateway.sync.downlink import Downlink
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
+from gateway.vision import cooldown
 from gateway.vision.analyze import Analyzer
 from gateway.vision.build import build
 from gateway.vision.config import VisionSection
@@ -258,6 +259,10 @@ def test_staff_confirm_an_uncertain_elder_and_the_counter_learns_her_face(
             }
             again = confirm("cf-4", "E3")
             assert again["status"] == "error" and "nothing to confirm" in again["message"]
+        # settled by hand after the replay had ended: a restart would not settle her again
+        cooldown_file = data_dir / cooldown.FILE
+        assert "E3" in json.loads(cooldown_file.read_text())
+        cooldown_file.unlink()  # the next visit is another day
         with running(cfg) as gw:  # the next visit
             session = gw.store.session
             sub.wait_for(

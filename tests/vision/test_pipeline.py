@@ -121,6 +121,8 @@ def test_an_elder_confirmed_by_staff_is_not_settled_again_when_the_counter_knows
     learned = learn(gallery, "E3", held.probe, rules=rules, decision=unsure.event.event_id)
     assert learned.status == "enrolled"
     confirmations.done(unsure.event.event_id, "E3")
+    # no frame meanwhile (the camera is of no help, or lost): she is in cooldown all the same
+    assert pipeline.idle(3.5) == [] and "E3" in pipeline.decider.cooldowns(3.5)
 
     later = int(3 * FPS) + int(FPS)  # she looked away for a second
     events: list[DecisionEvent] = []

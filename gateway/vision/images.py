@@ -11,6 +11,8 @@ JPEG 2000, ...) is ``unsupported``, since its size would only be known after dec
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from pathlib import Path
 
@@ -176,11 +178,19 @@ def decode_image(
 
 
 def read_image(path: Path, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
+    """A photo file. Only a regular file, and never more than ``max_bytes`` of it: a FIFO
+    named like a photo would block the reader for good, and a link to /dev/zero would read
+    until memory runs out (their size says 0 either way). Opened without blocking, checked
+    on the descriptor, read with a bound."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise BadImage("too_large", f"{size} bytes (limit {max_bytes})")
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise BadImage("unreadable", "not a regular file")
+            if info.st_size > max_bytes:
+                raise BadImage("too_large", f"{info.st_size} bytes (limit {max_bytes})")
+            data = fh.read(max_bytes + 1)  # one byte over: a file grown since is refused
     except OSError as exc:
         raise BadImage("unreadable", exc.strerror or str(exc)) from None
     return decode_image(data, max_bytes)

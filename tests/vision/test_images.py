@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -149,6 +150,19 @@ def test_a_huge_file_is_refused_by_size(tmp_path: Path, photo: bytes) -> None:
     with pytest.raises(BadImage) as err:
         read_image(path, max_bytes=1000)
     assert err.value.reason == "too_large"
+
+
+def test_a_fifo_or_a_device_named_like_a_photo_is_refused_not_read(tmp_path: Path) -> None:
+    """Their size says 0: a FIFO would block the camera's reader for good, /dev/zero would
+    be read until memory runs out."""
+    fifo = tmp_path / "02.jpg"
+    os.mkfifo(fifo)
+    zero = tmp_path / "03.jpg"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        with pytest.raises(BadImage) as err:
+            read_image(path)
+        assert (err.value.reason, err.value.detail) == ("unreadable", "not a regular file")
 
 
 def test_a_missing_file_is_unreadable(tmp_path: Path) -> None:

@@ -206,7 +206,9 @@ class MqttSection(Strict):
         "5",
         description="MQTT protocol version. With 3.1.1 the gateway cannot tell the broker the "
         "largest request it takes (downlink.max_payload_bytes): a larger one arrives whole in "
-        "memory before it is refused, so set the broker's message size limit.",
+        "memory before it is refused, so set the broker's message size limit. Nor can a 3.1.1 "
+        "broker say it refused a message: one its ACL denies is acknowledged and dropped, and "
+        "counted delivered here; keep 5 wherever the broker has ACLs.",
     )
     client_id: str | None = Field(None, description="Default: <site>-<gateway id>.")
     username: str | None = Field(None, description="Broker user name, if it asks for one.")

@@ -32,6 +32,7 @@ from gateway.sync.watchdog import AlarmAckWatch
 
 log = logging.getLogger(__name__)
 PREFETCH = 512
+REFILL_READS = 8  # reads of PREFETCH rows at most per refill, passing over held-back events
 ACK_CHUNK = 256  # acknowledged events per store write: keeps each commit short for alarms
 LANES = tuple(Lane)  # iterating the enum class itself is slow on the per-message path
 ACK_WAKE = 8  # PUBACKs gathered before the publisher is woken for them ...
@@ -47,6 +48,16 @@ class InFlight:
     lane: Lane
     size: int
     sent_ms: int
+
+
+@dataclass(frozen=True)
+class _Held:
+    """An event type the broker refused: not sent again before ``retry_s`` (running time);
+    ``first_seq`` is where its lane is read again from then."""
+
+    lane: Lane
+    retry_s: float
+    first_seq: int
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,10 @@ class Publisher:
         self._alarm_watch = AlarmAckWatch(
             round(cfg.alarm_ack_timeout_s * 1000), round(cfg.keepalive_s * 1500)
         )
-        self._paused_until: dict[Lane, float] = dict.fromkeys(Lane, 0.0)
-        self._rejections = 0
+        # kept across connections: a broker may close the connection after a refusal, and the
+        # refused message, sent first again, would hold up everything behind it for good
+        self._held: dict[str, _Held] = {}
+        self._refusals: dict[str, int] = {}  # event type -> refusals since it last went through
         self._rate_log = RateLimitedLog(log, 30)
         self._latency: dict[Lane, deque[int]] = {
             lane: deque(maxlen=LATENCY_WINDOW) for lane in Lane
@@ -223,7 +236,6 @@ class Publisher:
             self._buffers[lane].clear()
             self._cursor[lane] = 0
             self._more[lane] = True
-            self._paused_until[lane] = 0.0
 
     def _drain_acks(self, current: int | None) -> None:
         delivered: list[Delivered] = []
@@ -247,7 +259,8 @@ class Publisher:
             if not ack.accepted:
                 self._rejected(flight, ack.reason)
                 continue
-            self._rejections = 0
+            if self._refusals:
+                self._refusals.pop(flight.events[0].type, None)
             latency = self._latency[flight.lane]
             for e in flight.events:
                 if e.session == session:
@@ -282,22 +295,47 @@ class Publisher:
         return forget
 
     def _rejected(self, flight: InFlight, reason: str) -> None:
-        """The broker refused the message (e.g. not authorised, quota): keep it pending and
-        retry that lane later, rather than spin against a refusal."""
+        """The broker refused the message (e.g. not authorised for its topic, quota): its
+        events stay pending, and that event type is held back and tried again later, with a
+        growing delay, while everything else goes on past it. A broker's ACL is per topic,
+        that is per event type; holding back the whole lane, or the message alone, would let
+        one refused alarm type stop the other alarms, or be sent first after every reconnect
+        (a broker may close the connection after a refusal)."""
         self.rejected += len(flight.events)
-        self._rejections += 1
         lane = flight.lane
-        self._rate_log.warning(
-            f"reject-{lane.label}", "uplink: broker refused %s message: %s", lane.name, reason
-        )
+        etype = flight.events[0].type  # a message holds events of one type
+        refusals = self._refusals[etype] = self._refusals.get(etype, 0) + 1
+        delay = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** min(refusals, 10))
         first = min(e.seq for e in flight.events)
-        self._cursor[lane] = min(self._cursor[lane], first - 1)
-        self._buffers[lane].clear()
-        self._more[lane] = True
-        delay = min(
-            self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** min(self._rejections, 10)
+        held = self._held.get(etype)
+        if held is not None:
+            first = min(first, held.first_seq)
+        self._held[etype] = _Held(lane, self._store.steady_ms() / 1000 + delay, first)
+        buf = self._buffers[lane]
+        if any(e.type == etype for e in buf):
+            self._buffers[lane] = deque(e for e in buf if e.type != etype)
+        self._rate_log.warning(
+            f"reject-{etype}",
+            "uplink: broker refused %s %s message: %s; kept, tried again in %.1f s, the rest "
+            "goes on",
+            lane.name,
+            etype,
+            reason,
+            delay,
         )
-        self._paused_until[lane] = self._store.steady_ms() / 1000 + delay
+
+    def _release_held(self) -> None:
+        """Event types whose wait is over are sent again: their lane is read again from the
+        first of their events (what was delivered or is in flight meanwhile is left out)."""
+        now_s = self._store.steady_ms() / 1000
+        for etype, held in list(self._held.items()):
+            if held.retry_s > now_s:
+                continue
+            del self._held[etype]
+            lane = held.lane
+            self._cursor[lane] = min(self._cursor[lane], held.first_seq - 1)
+            self._buffers[lane].clear()
+            self._more[lane] = True
 
     def _fill_window(self, generation: int) -> None:
         now = self._store.steady_ms()
@@ -357,20 +395,17 @@ class Publisher:
         self._drop(generation, reason)
 
     def _next_lane(self) -> Lane | None:
-        paused = self._paused_until
-        now_s = self._store.steady_ms() / 1000 if any(paused.values()) else 0.0
+        if self._held:
+            self._release_held()
         for lane in LANES:
-            if paused[lane]:
-                if paused[lane] > now_s:
-                    continue
-                paused[lane] = 0.0
             if self._buffers[lane] or (self._more[lane] and self._refill(lane)):
                 return lane
         return None
 
     def _refill(self, lane: Lane) -> bool:
+        """Read the lane's next pending events. Those of a type held back are passed over, a
+        few reads at a time: a backlog of them must not keep an alarm waiting meanwhile."""
         assert self._reader is not None
-        self._more[lane] = False
         skip: set[int] = set()
         if self._cursor[lane] < self._high[lane]:
             # Re-reading after a rewind: leave out what is in flight or already acknowledged.
@@ -379,13 +414,18 @@ class Publisher:
             with self._lock:
                 skip = set(self._acked_unsaved)
             skip.update(e.seq for f in self._inflight.values() for e in f.events)
-        rows = self._reader.pending(lane, self._cursor[lane], PREFETCH)
-        if len(rows) == PREFETCH:
-            self._more[lane] = True
-        self._buffers[lane].extend(row for row in rows if row.seq not in skip)
-        if rows:
-            self._cursor[lane] = rows[-1].seq
-        return bool(self._buffers[lane])
+        held = self._held
+        buf = self._buffers[lane]
+        for _ in range(REFILL_READS):
+            rows = self._reader.pending(lane, self._cursor[lane], PREFETCH)
+            self._more[lane] = len(rows) == PREFETCH
+            buf.extend(row for row in rows if row.seq not in skip and row.type not in held)
+            if rows:
+                self._cursor[lane] = rows[-1].seq
+            if buf or not self._more[lane]:
+                return bool(buf)
+        self._wake.set()  # read on at the next turn, after the lanes before this one
+        return False
 
     def _take(self, lane: Lane) -> tuple[list[StoredEvent], Message]:
         """One event, or for P2 a run of consecutive same-type events (order is kept), and the

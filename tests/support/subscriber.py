@@ -42,6 +42,7 @@ class Subscriber:
         topic: str = "#",
         client_id: str = "test-platform",
         persistent: bool = False,
+        login: tuple[str, str] | None = None,
     ) -> None:
         self.messages: list[Received] = []
         self._cond = threading.Condition()
@@ -52,6 +53,8 @@ class Subscriber:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
+        if login is not None:
+            self._client.username_pw_set(*login)
         self._client.on_connect = self._on_connect
         self.connects = 0
         self._last_at: float | None = None

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import MqttSection
-from gateway.events import Event, Lane
+from gateway.events import Event, EventType, Lane
 from gateway.store import Store
 from gateway.sync import Sync
 from gateway.sync.mqtt import Message, MqttLink, backoff_delay
@@ -177,16 +177,16 @@ def test_fails_over_to_the_next_broker(tmp_path: Path, mosquitto: Mosquitto) -> 
         sub.close()
 
 
-def test_a_broker_that_refuses_a_topic_keeps_those_events_pending(tmp_path: Path) -> None:
-    """PUBACK with a failure reason (here 0x87, not authorised) is not a delivery."""
+def acl_broker(tmp_path: Path, allowed: list[str]) -> Mosquitto:
+    """A broker where the gateway may publish only to its status, health and the event types
+    given; the platform user reads everything."""
+    base = "eldercare/site-test/gw-test"
     acl = tmp_path / "acl"
     acl.write_text(
         "user gw\n"
-        "topic write eldercare/site-test/gw-test/status\n"
-        "topic write eldercare/site-test/gw-test/health\n"
-        "topic write eldercare/site-test/gw-test/event/test.alarm\n"
-        "topic read eldercare/site-test/gw-test/request/#\n"
-        "user platform\ntopic read #\n"
+        + "".join(f"topic write {base}/{t}\n" for t in ["status", "health", *allowed])
+        + f"topic read {base}/request/#\n"
+        + "user platform\ntopic read #\n"
     )
     passwd = tmp_path / "passwd"
     passwd.write_text("gw:secret-gw\nplatform:secret-pl\n")
@@ -197,6 +197,12 @@ def test_a_broker_that_refuses_a_topic_keeps_those_events_pending(tmp_path: Path
     )
     subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True)
     broker.start()
+    return broker
+
+
+def test_a_broker_that_refuses_a_topic_keeps_those_events_pending(tmp_path: Path) -> None:
+    """PUBACK with a failure reason (here 0x87, not authorised) is not a delivery."""
+    broker = acl_broker(tmp_path, ["event/test.alarm"])
     try:
         cfg = config(
             tmp_path / "var",
@@ -213,6 +219,32 @@ def test_a_broker_that_refuses_a_topic_keeps_those_events_pending(tmp_path: Path
             assert gw.store.usage[Lane.P2].count >= 1, "a refused event was dropped"
             assert publisher.events_acked >= 1 and alarm.seq > 0
     finally:
+        broker.stop()
+
+
+def test_a_refused_alarm_type_does_not_hold_up_the_alarms_records_and_sightings_behind_it(
+    tmp_path: Path,
+) -> None:
+    """The broker refuses one alarm type, and may close the connection after it (mosquitto
+    does): that alarm stays pending and is tried again later; the other alarms, the records
+    and the telemetry behind it reach the platform."""
+    fall = EventType("test.fall", Lane.P0)
+    allowed = ["event/test.alarm", "event/test.record", "event/test.telemetry"]
+    broker = acl_broker(tmp_path, allowed)
+    sub = Subscriber(broker.port, login=("platform", "secret-pl"))
+    try:
+        cfg = config(
+            tmp_path / "var", broker.port, mqtt={"username": "gw", "password": "secret-gw"}
+        )
+        with running(cfg) as gw:
+            gw.store.record(Event(fall, {"n": "refused"}))
+            sent = [gw.store.record(Event(t, {"n": t.name})) for t in (ALARM, RECORD, TELEMETRY)]
+            sub.wait_for(lambda _m: {e.event_id for e in sent} <= sub.event_ids())
+            assert gw.sync is not None and gw.sync.publisher.rejected >= 1
+            # the refused alarm stays (0 would be a loss), the other one's deletion follows
+            eventually(lambda: gw.store.usage[Lane.P0].count == 1)
+    finally:
+        sub.close()
         broker.stop()
 
 

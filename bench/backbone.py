@@ -95,7 +95,9 @@ def median(values: list[float]) -> float:
 def raw_ingest(path: Path, n: int, batch: int) -> float:
     """The ceiling: the same events into the same schema with the same pragmas, by the most
     direct code there is (serialise, bind, executemany per batch); no queue, no receipts."""
-    conn = open_database(path, synchronous="full", check=False)
+    conn = open_database(
+        path, key=path.with_name(path.name + ".key"), synchronous="full", check=False
+    )
     events = prepared(n, 1)[0]
     t0 = time.perf_counter()
     for start in range(0, n, batch):

@@ -89,6 +89,36 @@ def _properties(packet_type: int) -> Properties:
     return props
 
 
+class _SocketErrors(logging.Logger):
+    """paho tells why a socket failed (a TLS alert, a reset) only to its logger, and then
+    reports "Unspecified error": keep the text. Below ERROR nothing is even formatted, so
+    paho's per-packet debug lines cost nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("paho", logging.ERROR)
+        self.last: str | None = None
+
+    def log(self, level: int, msg: object, *args: object, **_kwargs: Any) -> None:
+        text = str(msg) % args if level >= logging.ERROR else ""
+        if "on socket: " in text:
+            self.last = text.partition("on socket: ")[2]
+
+    def read_alert(self, sock: object) -> None:
+        """Sending may fail first ("EOF occurred in violation of protocol") while the broker's
+        TLS alert, the reason, still waits unread: read it before the socket is closed."""
+        if not isinstance(sock, ssl.SSLSocket):
+            return
+        try:
+            sock.setblocking(False)
+            sock.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except ssl.SSLError as exc:
+            self.last = str(exc)
+        except OSError:
+            pass
+
+
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
     """Exponential backoff with equal jitter: never zero, never in lock-step with peers."""
     base = min(high, low * 2.0 ** min(attempt, 30))
@@ -165,9 +195,11 @@ class MqttLink:
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
         self._generation = 0
-        self._connack = threading.Event()
+        self._settled = threading.Event()  # CONNACK, connection ended before it, or stop()
+        self._connacked = False
         self._down = threading.Event()
         self._refused: str | None = None
+        self._lost: str | None = None
         self._dropped: str | None = None
         self._announced_limit: int | None = None
         self.state = "stopped"
@@ -198,7 +230,7 @@ class MqttLink:
         """Say goodbye (retained offline status) if connected, then disconnect cleanly."""
         self._stop.set()
         self._wake.set()
-        self._connack.set()  # a connection still waiting for its CONNACK gives up now
+        self._settled.set()  # a connection still waiting for its CONNACK gives up now
         with self._lock:
             client = self._client
         if client is not None and self.connected and farewell is not None:
@@ -360,6 +392,8 @@ class MqttLink:
             client.tls_set_context(self._tls)
         will = self._will()
         client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
+        socket_errors = _SocketErrors()
+        client.enable_logger(socket_errors)
 
         def on_connect(
             _c: paho.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Properties | None
@@ -367,11 +401,19 @@ class MqttLink:
             if rc.is_failure:
                 self._refused = str(rc)
             self._announced_limit = getattr(_p, "MaximumPacketSize", None)
-            self._connack.set()
+            self._connacked = True
+            self._settled.set()
 
         def on_disconnect(_c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-            self.last_error = None if rc.value == 0 else str(rc)
+            # a broker refusing our certificate under TLS 1.3 closes after the handshake:
+            # the CONNACK will never come, and its alert is the reason
+            self._lost = None if rc.value == 0 else socket_errors.last or str(rc)
             self._down.set()
+            self._settled.set()
+
+        def on_socket_close(_c: paho.Client, _u: Any, sock: object) -> None:
+            if not self._connacked:
+                socket_errors.read_alert(sock)
 
         def on_publish(_c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
             try:
@@ -389,6 +431,7 @@ class MqttLink:
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
+        client.on_socket_close = on_socket_close
         client.on_publish = on_publish
         client.on_message = on_message
         return client
@@ -399,9 +442,11 @@ class MqttLink:
             self._generation += 1
             generation = self._generation
         client = self._new_client(generation)
-        self._connack.clear()
+        self._settled.clear()
+        self._connacked = False
         self._down.clear()
         self._refused = None
+        self._lost = None
         self._dropped = None
         self._announced_limit = None
         props = None
@@ -441,12 +486,16 @@ class MqttLink:
         return True
 
     def _open(self, client: paho.Client, endpoint: Endpoint) -> bool:
-        """Wait for the CONNACK and make the connection the current one, unless stop() came
-        meanwhile: it found no connection to end, so this one must not outlive it."""
+        """Wait for the CONNACK, or the connection ending before it, and make the connection
+        the current one, unless stop() came meanwhile: it found no connection to end, so this
+        one must not outlive it."""
         if self._stop.is_set():  # stop() may have woken the CONNACK wait before it began
             return False
-        if not self._connack.wait(self.cfg.connect_timeout_s) or self._refused:
-            self.last_error = self._refused or "no CONNACK in time"
+        self._settled.wait(self.cfg.connect_timeout_s)
+        if self._stop.is_set():
+            return False
+        if not self._connacked or self._refused:
+            self.last_error = self._refused or self._lost or "no CONNACK in time"
             log.warning("mqtt: %s refused or silent: %s", endpoint, self.last_error)
             return False
         with self._lock:
@@ -491,8 +540,7 @@ class MqttLink:
         self.disconnects += 1
         if client is not None:
             client.loop_stop()
-        if self._dropped is not None:
-            self.last_error = self._dropped
+        self.last_error = self._dropped or self._lost
         if not self._stop.is_set():
             log.warning("mqtt: connection to %s lost (%s)", self.endpoint, self.last_error)
         self._notify("link_down", self._listener.link_down, generation)

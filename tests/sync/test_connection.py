@@ -248,6 +248,28 @@ def test_a_refused_alarm_type_does_not_hold_up_the_alarms_records_and_sightings_
         broker.stop()
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_refused_password_stays_the_reason_while_waiting(tmp_path: Path, protocol: str) -> None:
+    """The broker closing the connection after its refusal does not replace the reason."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("gw:secret-gw\n")
+    subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True)
+    broker = Mosquitto(tmp_path, port=free_port())
+    broker.extra_conf = (
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+    )
+    broker.start()
+    try:
+        mqtt = {"username": "gw", "password": "wrong", "protocol": protocol}
+        with running(config(tmp_path / "var", broker.port, mqtt=mqtt)) as gw:
+            assert gw.sync is not None
+            link = gw.sync.link
+            eventually(lambda: link.failures >= 2 and link.state == "backoff")
+            assert link.health()["last_error"] == "Not authorized"
+    finally:
+        broker.stop()
+
+
 class Listener:
     """Records the connections the link reports."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -55,16 +56,19 @@ def make_broker(tmp_path: Path) -> Iterator[Callable[[bool], TlsBroker]]:
 
 
 def tls_config(
-    tmp_path: Path, port: int, ca: Path, client: Pair | None = None, **mqtt: float
+    tmp_path: Path,
+    port: int,
+    ca: Path,
+    client: Pair | None = None,
+    *,
+    next_broker: str | None = None,
+    **mqtt: float,
 ) -> LoadedConfig:
     tls: dict[str, str] = {"ca_file": str(ca)}
     if client is not None:
         tls |= {"cert_file": str(client.cert), "key_file": str(client.key)}
-    return config(
-        tmp_path / "var",
-        None,
-        mqtt={"brokers": [f"mqtts://localhost:{port}"], "tls": tls, **mqtt},
-    )
+    brokers = [f"mqtts://localhost:{port}"] + ([next_broker] if next_broker else [])
+    return config(tmp_path / "var", None, mqtt={"brokers": brokers, "tls": tls, **mqtt})
 
 
 def test_tls_with_the_platform_ca_delivers(
@@ -100,6 +104,43 @@ def test_mutual_tls_needs_the_client_certificate(
             assert ev.event_id not in sub.event_ids()
     finally:
         sub.close()
+
+
+@pytest.mark.parametrize(
+    ("offered", "alert"),
+    [
+        ("no certificate", "TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+        ("a stranger's", "TLSV1_ALERT_UNKNOWN_CA"),
+    ],
+)
+def test_a_refused_client_certificate_fails_over_at_once_and_says_why(
+    tmp_path: Path,
+    make_broker: Callable[[bool], TlsBroker],
+    caplog: pytest.LogCaptureFixture,
+    offered: str,
+    alert: str,
+) -> None:
+    """Under TLS 1.3 the broker refuses the certificate after the handshake, with an alert,
+    and closes: the alarm goes to the next broker then, not after connect_timeout_s, and the
+    log names the alert."""
+    mtls_broker = make_broker(True)
+    (tmp_path / "good").mkdir()
+    good = Mosquitto(tmp_path / "good").start()
+    sub = Subscriber(good.port)
+    client = None
+    if offered != "no certificate":
+        client = Authority(tmp_path / "other", name="Someone Else CA").issue("gw", server=False)
+    ca, port = mtls_broker.ca.ca_file, mtls_broker.tls_port
+    cfg = tls_config(tmp_path, port, ca, client, next_broker=good.url, connect_timeout_s=60)
+    try:
+        with caplog.at_level(logging.WARNING, "gateway.sync.mqtt"), running(cfg) as gw:
+            ev = gw.store.record(Event(ALARM, {"n": 1}))
+            sub.wait_for(lambda _m: ev.event_id in sub.event_ids(), timeout=20)
+            assert gw.sync is not None and gw.sync.link.failures == 1
+        assert f"localhost:{port} refused or silent: [SSL: {alert}]" in caplog.text
+    finally:
+        sub.close()
+        good.stop()
 
 
 def test_a_client_key_every_user_can_read_is_refused_at_start(

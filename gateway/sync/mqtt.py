@@ -28,8 +28,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gateway.clock import Clock, SystemClock
 from gateway.config import PRIVATE_FILE, MqttSection, read_password, readable_by_all
 from gateway.configfile import ConfigFileError, Issue
+from gateway.events import iso_utc
 from gateway.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -178,6 +180,7 @@ class MqttLink:
         alarm_waiting: Callable[[], bool] = lambda: False,
         max_incoming_bytes: int | None = None,
         rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.cfg = cfg
         self._max_incoming = max_incoming_bytes
@@ -189,6 +192,7 @@ class MqttLink:
         self._subscriptions = subscriptions
         self._alarm_waiting = alarm_waiting
         self._rng = rng or random.Random()
+        self._clock = clock or SystemClock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -208,6 +212,7 @@ class MqttLink:
         self.disconnects = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.last_error_at: str | None = None
         self.listener_errors = 0
         self.too_large = 0
         self._rate_log = RateLimitedLog(log, 30)
@@ -256,6 +261,7 @@ class MqttLink:
             "disconnects": self.disconnects,
             "failures": self.failures,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
             "packet_limit": self.packet_limit,
             "too_large": self.too_large,
         }
@@ -344,7 +350,7 @@ class MqttLink:
         try:
             return self._connect_once(endpoint)
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed(f"{type(exc).__name__}: {exc}")
             log.exception("mqtt: connecting to %s failed: %s", endpoint, self.last_error)
             return False
 
@@ -468,7 +474,7 @@ class MqttLink:
                 properties=props,
             )
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed(f"{type(exc).__name__}: {exc}")
             log.warning("mqtt: cannot connect to %s: %s", endpoint, self.last_error)
             return False
         client.loop_start()
@@ -495,7 +501,7 @@ class MqttLink:
         if self._stop.is_set():
             return False
         if not self._connacked or self._refused:
-            self.last_error = self._refused or self._lost or "no CONNACK in time"
+            self._failed(self._refused or self._lost or "no CONNACK in time")
             log.warning("mqtt: %s refused or silent: %s", endpoint, self.last_error)
             return False
         with self._lock:
@@ -504,7 +510,6 @@ class MqttLink:
             self._client = client
             self.state = "connected"
         self.connects += 1
-        self.last_error = None
         limit = self.packet_limit
         log.info(
             "mqtt: connected to %s%s",
@@ -519,6 +524,12 @@ class MqttLink:
             else:
                 client.subscribe(topic, qos=1)
         return True
+
+    def _failed(self, reason: str) -> None:
+        """Kept until the next failure: health is published only while connected, so the
+        reason a connection ended or an attempt failed is seen only after reconnecting."""
+        self.last_error = reason
+        self.last_error_at = iso_utc(self._clock.wall_ms())
 
     def _notify(self, what: str, handler: Callable[[int], None], generation: int) -> None:
         """Tell the listener; its fault is logged and counted, and the link goes on."""
@@ -540,9 +551,11 @@ class MqttLink:
         self.disconnects += 1
         if client is not None:
             client.loop_stop()
-        self.last_error = self._dropped or self._lost
+        reason = self._dropped or self._lost
+        if reason is not None:
+            self._failed(reason)
         if not self._stop.is_set():
-            log.warning("mqtt: connection to %s lost (%s)", self.endpoint, self.last_error)
+            log.warning("mqtt: connection to %s lost (%s)", self.endpoint, reason)
         self._notify("link_down", self._listener.link_down, generation)
 
 

@@ -121,6 +121,7 @@ class Sync:
             # too_large; one far beyond it never reaches the gateway's memory
             max_incoming_bytes=2 * cfg.downlink.max_payload_bytes + 65_536,
             rng=rng,
+            clock=clock,
         )
         self.publisher = Publisher(
             cfg.mqtt,

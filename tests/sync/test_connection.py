@@ -320,7 +320,8 @@ def test_a_connect_attempt_that_fails_unforeseen_is_retried(mosquitto: Mosquitto
     link.start()
     try:
         eventually(lambda: listener.ups == [2])
-        assert link.failures == 1 and link.healthy() and link.last_error is None
+        assert link.failures == 1 and link.healthy()
+        assert link.last_error == "RuntimeError: cannot build the will", "kept after reconnecting"
     finally:
         link.stop()
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from gateway.events import Event
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.clock import SystemClock
+from gateway.events import Event, iso_utc
 from tests.support.broker import Mosquitto
 from tests.support.crashee import ROOT
 from tests.support.events import TELEMETRY
@@ -81,5 +86,41 @@ def test_health_reports_the_backlog_per_lane(tmp_path: Path, mosquitto: Mosquitt
         assert first["broker"]["state"] == "connected"
         last = sub.of_topic("gw-test/health")[-1].json()
         assert last["lanes"]["p2"]["pending"] == 0 and last["uplink"]["events_acked"] >= 51
+    finally:
+        sub.close()
+
+
+def test_health_after_reconnecting_says_why_the_connection_ended(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Health is published only while connected: the reason a connection ended is still in it
+    once the gateway is back. (Here another client took the gateway's client id.)"""
+    sub = Subscriber(mosquitto.port)
+    intruder = paho.Client(CallbackAPIVersion.VERSION2, "site-test-gw-test", protocol=paho.MQTTv5)
+    connected = threading.Event()
+    intruder.on_connect = lambda *_: connected.set()
+    try:
+        with running(config(tmp_path / "var", mosquitto.port)) as gw:
+            sub.wait_for(lambda _m: bool(sub.of_topic("gw-test/health")))
+            assert sub.of_topic("gw-test/health")[0].json()["broker"]["last_error"] is None
+            taken_at = iso_utc(SystemClock().wall_ms())
+            intruder.connect("127.0.0.1", mosquitto.port)
+            intruder.loop_start()
+            assert connected.wait(10)
+            intruder.disconnect()
+            intruder.loop_stop()
+
+            def after_reconnecting(_m: object) -> bool:
+                return any(m.json()["broker"]["connects"] == 2 for m in sub.of_topic("/health"))
+
+            sub.wait_for(after_reconnecting)
+            assert gw.sync is not None and gw.sync.link.connected
+        health = next(
+            h for h in (m.json() for m in sub.of_topic("/health")) if h["broker"]["connects"] == 2
+        )
+        broker = health["broker"]
+        # the reason is the broker's: mosquitto 2.0 just closes ("Unspecified error")
+        assert broker["disconnects"] == 1 and broker["last_error"]
+        assert taken_at <= broker["last_error_at"] <= health["ts"]
     finally:
         sub.close()

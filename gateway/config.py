@@ -8,6 +8,7 @@ systemd unit sets to the install directory.
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -165,8 +166,14 @@ class StoreSection(Strict):
         return self.path if self.path is not None else data_dir / "gateway.db"
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_PORT = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d+))?")
+
+
 def _broker_url(value: str) -> str:
-    parts = urlsplit(value)
+    """A typo (``host;8883``, a space, port 0, a path) would otherwise pass here and only show
+    as a gateway that never connects, or connects somewhere else than the installer meant."""
+    parts = urlsplit(value)  # checks an IPv6 address in brackets
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ValueError("broker must look like mqtts://host:8883 or mqtt://host:1883")
     if parts.username is not None or parts.password is not None:
@@ -174,10 +181,16 @@ def _broker_url(value: str) -> str:
         raise ValueError(
             "broker url must not hold a user or password: use mqtt.username and mqtt.password_file"
         )
-    try:
-        _ = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad port in broker url: {exc}") from None
+    if parts.path not in ("", "/") or "?" in value or "#" in value:
+        raise ValueError("broker url must end after host:port (no path, query or fragment)")
+    found = _HOST_PORT.fullmatch(parts.netloc)
+    if found is None:
+        raise ValueError(
+            f"broker host:port {parts.netloc!r} is not a host name (letters, digits, hyphens, "
+            "dots) or a bracketed IPv6 address, with an optional port"
+        )
+    if found["port"] is not None and not 1 <= int(found["port"]) <= 65535:
+        raise ValueError(f"broker port {found['port']} is not between 1 and 65535")
     return value
 
 

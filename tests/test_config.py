@@ -64,6 +64,34 @@ def test_bad_broker_url_and_half_a_client_certificate(tmp_path: Path) -> None:
     assert "cert_file and key_file go together" in messages
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mqtts://platform.example.cn;8883", "'platform.example.cn;8883' is not a host name"),
+        ("mqtts://platform example.cn:8883", "'platform example.cn:8883' is not a host name"),
+        ("mqtts://platform.example.cn:0", "port 0 is not between 1 and 65535"),
+        ("mqtts://platform.example.cn:88830", "port 88830 is not between 1 and 65535"),
+        ("mqtts://platform.example.cn:8883/eldercare", "no path, query or fragment"),
+        ("mqtts://platform.example.cn:8883?keepalive=30", "no path, query or fragment"),
+        ("mqtts://platform.example.cn:8883#backup", "no path, query or fragment"),
+    ],
+)
+def test_a_typo_in_a_broker_url_stops_validate_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, says: str
+) -> None:
+    """Passed, it would be a gateway that never connects, or connects elsewhere than meant."""
+    text = f'[mqtt]\nbrokers = ["mqtts://platform.example.cn", "{url}"]\n'
+    assert main(["validate-config", str(write(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert "gateway.toml:2: mqtt.brokers[1]: " in err and says in err
+
+
+def test_host_names_and_bracketed_ipv6_addresses_are_broker_hosts(tmp_path: Path) -> None:
+    urls = ["mqtts://gw-1.platform.example.cn:8883/", "mqtts://[2001:db8::1]:8883", "mqtt://[::1]"]
+    text = f"[mqtt]\nbrokers = {urls!r}\n".replace("'", '"')
+    assert load_config(write(tmp_path, text)).config.mqtt.brokers == urls
+
+
 def test_credentials_in_a_broker_url_are_refused_and_never_echoed(tmp_path: Path) -> None:
     """They would be ignored (the connection uses mqtt.username / password_file) and quoted
     in every message about the url."""

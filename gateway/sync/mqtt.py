@@ -101,7 +101,12 @@ class _SocketErrors(logging.Logger):
         self.last: str | None = None
 
     def log(self, level: int, msg: object, *args: object, **_kwargs: Any) -> None:
-        text = str(msg) % args if level >= logging.ERROR else ""
+        if level < logging.ERROR:
+            return
+        try:  # on paho's network thread: nothing may be raised into it
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            return
         if "on socket: " in text:
             self.last = text.partition("on socket: ")[2]
 

@@ -9,6 +9,8 @@ import socket
 import termios
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -94,13 +96,23 @@ def test_port_missing_at_start_comes_later(tmp_path: Path, store: Store) -> None
     pty.close()
 
 
-def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store: Store) -> None:
+@contextmanager
+def contact_id_panel(tmp_path: Path, store: Store) -> Iterator[tuple[Pty, PortService]]:
+    """A Contact ID receiver port, up, on a pty whose other end is the panel."""
     pty = Pty(tmp_path / "ttyCID")
     cfg = PortConfig(name="panel", definition="contact-id-serial.toml", url=str(pty.path))
     service = PortService(cfg, definition("contact-id-serial"), store, 10.0)
     service.start()
     try:
         eventually(lambda: service.link.stats.state == "up")
+        yield pty, service
+    finally:
+        service.stop()
+        pty.close()
+
+
+def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store: Store) -> None:
+    with contact_id_panel(tmp_path, store) as (pty, service):
         pty.write(contact_id_line("1234", "1", "101", "01", "015"))
         assert pty.read() == b"\x06"
         assert len(stored(store.path, "alarm.sos")) == 1
@@ -108,9 +120,6 @@ def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store
         assert pty.read() == b"\x15"
         pty.write(contact_id_line("1234", "1", "384", "01", "003"))
         assert pty.read() == b"\x06"
-    finally:
-        service.stop()
-        pty.close()
     assert stored(store.path, "battery.low")[0]["data"]["name"] == "rf_low_battery"
     assert service.health()["rejected"] == {"bad_checksum": 1}
 
@@ -130,12 +139,7 @@ def test_a_hangup_while_an_ack_drains_neither_naks_a_stored_alarm_nor_drops_the_
         drain(port)
 
     monkeypatch.setattr(serial.Serial, "flush", flush)
-    pty = Pty(tmp_path / "ttyCID")
-    cfg = PortConfig(name="panel", definition="contact-id-serial.toml", url=str(pty.path))
-    service = PortService(cfg, definition("contact-id-serial"), store, 10.0)
-    service.start()
-    try:
-        eventually(lambda: service.link.stats.state == "up")
+    with contact_id_panel(tmp_path, store) as (pty, service):
         pty.write(
             contact_id_line("1234", "1", "101", "01", "001")
             + contact_id_line("1234", "1", "120", "01", "002")
@@ -143,9 +147,6 @@ def test_a_hangup_while_an_ack_drains_neither_naks_a_stored_alarm_nor_drops_the_
         eventually(lambda: len(stored(store.path, "alarm.sos")) == 2)
         assert pty.read(1) + pty.read(1) == b"\x06\x06"  # what the panel reads: two ACKs
         assert pty.read(1, timeout=0.2) == b""
-    finally:
-        service.stop()
-        pty.close()
     health = service.health()
     assert health["rejected"] == {} and health["link"]["errors"] == 2
     assert health["link"]["last_error"].startswith("write")

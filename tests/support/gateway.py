@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import Gateway, build
+from gateway.clock import ClockSync, SystemClock
 from gateway.config import GatewayConfig, LoadedConfig, read_password
+from gateway.store import Store
+from gateway.sync import Sync
 
 
 def config(data_dir: Path, broker_port: int | None, **sections: dict[str, Any]) -> LoadedConfig:
@@ -38,3 +41,18 @@ def running(loaded: LoadedConfig, seed: int = 7) -> Iterator[Gateway]:
         yield gw
     finally:
         gw.stop()
+
+
+@contextmanager
+def sync_alone(loaded: LoadedConfig, **options: Any) -> Iterator[tuple[Store, Sync]]:
+    """The store and the sync stage without the rest of the gateway, both started; options go
+    to Sync (operations, health callables)."""
+    store = Store(loaded.config.store, loaded.config.db_path, SystemClock(), ClockSync("never", 60))
+    sync = Sync(loaded, store, SystemClock(), ClockSync("never", 60), password=None, **options)
+    store.start()
+    sync.start()
+    try:
+        yield store, sync
+    finally:
+        sync.stop()
+        store.stop()

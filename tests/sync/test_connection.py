@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import ClockSync, SystemClock
 from gateway.config import MqttSection
 from gateway.events import Event, EventType, Lane
-from gateway.store import Store
-from gateway.sync import Sync
 from gateway.sync.mqtt import Message, MqttLink, backoff_delay
 from tests.support.broker import Mosquitto, free_port
 from tests.support.events import ALARM, RECORD, TELEMETRY
-from tests.support.gateway import config, running
+from tests.support.gateway import config, running, sync_alone
 from tests.support.relay import Relay
 from tests.support.subscriber import Subscriber
 from tests.support.wait import eventually
@@ -381,19 +378,7 @@ def test_a_failing_health_report_on_connect_leaves_the_link_working(
         raise RuntimeError("health bug")
 
     loaded = config(tmp_path / "var", mosquitto.port)
-    store = Store(loaded.config.store, loaded.config.db_path, SystemClock(), ClockSync("never", 60))
-    sync = Sync(
-        loaded,
-        store,
-        SystemClock(),
-        ClockSync("never", 60),
-        password=None,
-        services_health=broken,
-        model_versions=broken,
-    )
-    store.start()
-    sync.start()
-    try:
+    with sync_alone(loaded, services_health=broken, model_versions=broken) as (store, sync):
         store.record(Event(ALARM, {"n": 1}))
         eventually(lambda: store.usage[Lane.P0].count == 0)
         assert sync.link.healthy() and sync.link.listener_errors == 1
@@ -401,9 +386,6 @@ def test_a_failing_health_report_on_connect_leaves_the_link_working(
         eventually(lambda: sync.link.connects == 2)
         store.record(Event(ALARM, {"n": 2}))
         eventually(lambda: store.usage[Lane.P0].count == 0)
-    finally:
-        sync.stop()
-        store.stop()
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

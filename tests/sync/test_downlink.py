@@ -20,10 +20,9 @@ from gateway.config import DownlinkSection, StoreSection
 from gateway.store import Store
 from gateway.sync.downlink import MESSAGE_MAX, STOPPING, Downlink, Operation, Reply
 from gateway.sync.mqtt import Message
-from gateway.sync.service import Sync
 from gateway.sync.topics import Topics
 from tests.support.broker import Mosquitto
-from tests.support.gateway import config, running
+from tests.support.gateway import config, running, sync_alone
 from tests.support.subscriber import Subscriber
 from tests.support.wait import eventually
 
@@ -533,38 +532,29 @@ def test_requests_waiting_when_the_gateway_stops_are_answered_over_the_broker(
     """The answers go out before the connection is closed, the farewell after them."""
     held = HeldHandler({"elder_id": "E1", "templates_erased": 1})
     loaded = config(tmp_path / "var", mosquitto.port)
-    store = Store(loaded.config.store, loaded.config.db_path, SystemClock(), ClockSync("never", 60))
-    sync = Sync(
-        loaded,
-        store,
-        SystemClock(),
-        ClockSync("never", 60),
-        password=None,
-        operations=[Operation("face.remove", held, applies_elsewhere=True)],
-    )
-    store.start()
-    sync.start()
+    remove = Operation("face.remove", held, applies_elsewhere=True)
     sub = Subscriber(mosquitto.port)
     try:
-        # the birth status is published after the subscriptions: requests sent from now on
-        # are the gateway's (not dropped by the broker before it subscribed)
-        sub.wait_for(lambda _m: any(m.json()["state"] == "online" for m in sub.of_topic("/status")))
-        for txn in ("t-0", "t-1", "t-2"):
-            request = {"transaction": txn, "elder_id": "E1"}
-            sub.publish(f"{BASE}/request/face.remove", json.dumps(request))
-        assert held.busy.wait(10)
-        eventually(lambda: sync.downlink._waiting == 3)
-        stop_while_held(sync.stop, sync.downlink, held)
-        sub.wait_for(lambda _m: sub.of_topic("/status")[-1].json()["state"] == "offline")
-        answers = [m.json() for m in sub.of_topic("/response/face.remove")]
-        assert [(r["transaction"], r["status"]) for r in answers] == [
-            ("t-0", "ok"),
-            ("t-1", "error"),
-            ("t-2", "error"),
-        ]
-        assert answers[1]["message"] == answers[2]["message"] == STOPPING
-        assert held.applied == ["t-0"]
+        with sync_alone(loaded, operations=[remove]) as (_store, sync):
+            # the birth status is published after the subscriptions: requests sent from now
+            # on are the gateway's (not dropped by the broker before it subscribed)
+            sub.wait_for(
+                lambda _m: any(m.json()["state"] == "online" for m in sub.of_topic("/status"))
+            )
+            for txn in ("t-0", "t-1", "t-2"):
+                request = {"transaction": txn, "elder_id": "E1"}
+                sub.publish(f"{BASE}/request/face.remove", json.dumps(request))
+            assert held.busy.wait(10)
+            eventually(lambda: sync.downlink._waiting == 3)
+            stop_while_held(sync.stop, sync.downlink, held)
+            sub.wait_for(lambda _m: sub.of_topic("/status")[-1].json()["state"] == "offline")
+            answers = [m.json() for m in sub.of_topic("/response/face.remove")]
+            assert [(r["transaction"], r["status"]) for r in answers] == [
+                ("t-0", "ok"),
+                ("t-1", "error"),
+                ("t-2", "error"),
+            ]
+            assert answers[1]["message"] == answers[2]["message"] == STOPPING
+            assert held.applied == ["t-0"]
     finally:
         sub.close()
-        sync.stop()
-        store.stop()

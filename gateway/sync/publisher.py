@@ -417,8 +417,12 @@ class Publisher:
         held = self._held
         buf = self._buffers[lane]
         for _ in range(REFILL_READS):
+            # cleared before the read, only ever set after it: a commit during the read sets
+            # it again (on the writer's thread), and its event must not be left unread
+            self._more[lane] = False
             rows = self._reader.pending(lane, self._cursor[lane], PREFETCH)
-            self._more[lane] = len(rows) == PREFETCH
+            if len(rows) == PREFETCH:
+                self._more[lane] = True
             buf.extend(row for row in rows if row.seq not in skip and row.type not in held)
             if rows:
                 self._cursor[lane] = rows[-1].seq

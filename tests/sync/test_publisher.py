@@ -19,7 +19,7 @@ from gateway.sync.mqtt import Message
 from gateway.sync.publisher import Publisher
 from gateway.sync.topics import Topics
 from tests.support.clock import ManualClock
-from tests.support.events import RECORD
+from tests.support.events import ALARM, RECORD
 from tests.support.wait import eventually
 
 
@@ -128,4 +128,23 @@ def test_an_acknowledged_event_deleted_during_a_re_read_is_not_sent_again(store:
         assert (2, first.seq) not in link.sent, "an acknowledged event was sent again"
     finally:
         gate.set()
+        pub.stop()
+
+
+def test_an_alarm_committed_while_its_lane_is_read_is_sent(store: Store) -> None:
+    """The store's commit, on its own thread, says the lane has more while the publisher is
+    reading it: the read's end must not take that back, or the alarm would wait for the next."""
+    first = store.record(Event(ALARM, {"n": 1}))
+    link = Link()
+    assert store.cipher is not None
+    reader = ReadThenWait(store.path, store.cipher)
+    late: list[StoredEvent] = []
+    reader.after_read = (Lane.P0, lambda _rows: late.append(store.record(Event(ALARM, {"n": 2}))))
+    pub = publisher(store, link, lambda: reader)
+    pub.start()
+    try:
+        pub.link_up(1)
+        eventually(lambda: (1, first.seq) in link.sent and bool(late))
+        eventually(lambda: (1, late[0].seq) in link.sent, timeout=5)
+    finally:
         pub.stop()

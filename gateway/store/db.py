@@ -17,6 +17,7 @@ import sqlite_utils
 
 from gateway.keys import emptied_beside_key
 from gateway.private import ExposedDirectory, open_private, private_dir, touch_private
+from gateway.store.reserve import disk_full
 from gateway.store.schema import SchemaTooNew, migrate
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -127,16 +128,28 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
             touch_private(path)  # elder ids, decisions, nurse-call texts
         except OSError as exc:  # a link left dangling in its place, say
             raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
+    conn: sqlite3.Connection | None = None
     try:
         conn = connect(path, synchronous=synchronous)
         if check:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
-                conn.close()
                 raise _damaged(path, f"quick_check: {result}")
         migrate(sqlite_utils.Database(conn))
-    except SchemaTooNew as exc:
-        raise StoreError(f"database {path}: {exc}") from None
-    except sqlite3.DatabaseError as exc:
-        raise _damaged(path, str(exc)) from None
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, SchemaTooNew):
+            raise StoreError(f"database {path}: {exc}") from None
+        if isinstance(exc, sqlite3.DatabaseError) and not disk_full(exc):
+            raise _damaged(path, str(exc)) from None
+        raise  # no room to open it in (the caller's to handle) says nothing about the file
     return conn
+
+
+def disk_full_error(path: Path, free_bytes: int) -> StoreError:
+    return StoreError(
+        f"the disk of {path.parent} is full ({free_bytes // 1024} KiB free): database {path} "
+        "cannot be opened, and nothing in it is lost. Free space on that disk (df -h, "
+        "du -sh /var/log); the gateway starts once there is room"
+    )

@@ -22,9 +22,16 @@ MB = 1024 * 1024
 T = TypeVar("T")
 
 
+SQLITE_IOERR_SHMSIZE = 4874
+
+
 def disk_full(exc: BaseException) -> bool:
-    """SQLite's SQLITE_FULL: the disk (or the database's size limit) has no room left."""
-    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+    """SQLite's SQLITE_FULL: the disk (or the database's size limit) has no room left. Also
+    SQLITE_IOERR_SHMSIZE, the -shm file that opening a database sizes and cannot grow on a
+    full disk (reported as a mere "disk I/O error")."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    return "full" in str(exc).lower() or exc.sqlite_errorcode == SQLITE_IOERR_SHMSIZE
 
 
 class Reserve:

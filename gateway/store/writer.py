@@ -27,7 +27,7 @@ from gateway.config import StoreSection
 from gateway.events import Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
 from gateway.store.cipher import EventCipher, has_plain_rows
-from gateway.store.db import StoreError, connect, open_database
+from gateway.store.db import StoreError, connect, disk_full_error, open_database
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
 from gateway.store.outbox import OutboxReader
 from gateway.store.reserve import MB, Reserve, disk_full
@@ -283,26 +283,12 @@ class Store:
     def start(self) -> None:
         """Open, verify after an unclean stop, bump the session, start the writer."""
         clean = self._read_clean_flag()
-        conn = open_database(
-            self.path, key=self.key_path, synchronous=self.cfg.synchronous, check=not clean
-        )
-        try:
-            self.cipher = EventCipher.for_database(conn, self.key_path)
-            unsealed = has_plain_rows(conn)
-        except (StoreError, sqlite3.Error) as exc:
-            conn.close()
-            raise StoreError(f"{self.path}: {exc}") from None
+        try:  # a restart on a disk another program filled: what the reserve is kept for
+            conn, unsealed = self.reserve.with_room(lambda: self._open(clean))
+        except sqlite3.OperationalError:  # full even without the reserve
+            raise disk_full_error(self.path, self._free_disk(self.path.parent)) from None
         self._conn = conn
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.previous_stop_clean = clean
-        max_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        self._next_seq = max(int(meta.get("next_seq", 1)), int(max_seq) + 1)
-        self._steady_base = int(meta.get("steady_ms", 0))
-        self._mono_at_open = self._clock.monotonic_ms()
-        self.session = int(meta.get("session", 0)) + 1
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            self._set_meta(conn, session=self.session, clean_stop=0, next_seq=self._next_seq)
         for lane, count, nbytes in conn.execute(
             "SELECT lane, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY lane"
         ):
@@ -329,6 +315,31 @@ class Store:
             {ln.label: u.count for ln, u in self.usage.items()},
             "" if clean else " (previous run did not stop cleanly; database verified)",
         )
+
+    def _open(self, clean: bool) -> tuple[sqlite3.Connection, bool]:
+        """The database opened and its session begun; and whether rows from before encryption
+        are left. Raises StoreError, or sqlite3.OperationalError when the disk has no room."""
+        conn = open_database(
+            self.path, key=self.key_path, synchronous=self.cfg.synchronous, check=not clean
+        )
+        try:
+            self.cipher = EventCipher.for_database(conn, self.key_path)
+            unsealed = has_plain_rows(conn)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            max_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            self._next_seq = max(int(meta.get("next_seq", 1)), int(max_seq) + 1)
+            self._steady_base = int(meta.get("steady_ms", 0))
+            self._mono_at_open = self._clock.monotonic_ms()
+            self.session = int(meta.get("session", 0)) + 1
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                self._set_meta(conn, session=self.session, clean_stop=0, next_seq=self._next_seq)
+        except (StoreError, sqlite3.Error) as exc:
+            conn.close()
+            if disk_full(exc):
+                raise
+            raise StoreError(f"{self.path}: {exc}") from None
+        return conn, unsealed
 
     def _seal_old_rows(self) -> None:
         """Events written before encryption, sealed a batch per writer commit."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.events import Event
-from gateway.store import StorageFull, Store
+from gateway.store import StorageFull, Store, StoreError
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 
 DISK_MB = 8
@@ -88,3 +89,65 @@ def test_a_reserve_the_disk_cannot_spare_waits_and_takes_nothing_from_telemetry(
     assert store.health()["disk_reserve"] == "waiting"
     assert not (small_disk / "g.db.reserve").exists()
     store.record(Event(SEEN, {"n": 1}))
+
+
+# a gateway that records a meal and dies without stopping: no clean flag, its -wal and -shm left
+KILLED = """
+import os, sys
+from pathlib import Path
+from gateway.clock import ClockSync, SystemClock
+from gateway.config import StoreSection
+from gateway.events import Event, EventType, Lane
+from gateway.store import Store
+section = StoreSection.model_validate({"min_free_disk_mb": 1, "reserve_mb": int(sys.argv[2])})
+store = Store(section, Path(sys.argv[1]), SystemClock(), ClockSync("never", 60))
+store.start()
+store.record(Event(EventType("meal.settled", Lane.P1), {"elder": "E1"}))
+os._exit(9)
+"""
+
+
+def meal_recorded_then(stop: str, path: Path, make_store: StoreFactory, reserve_mb: int) -> None:
+    if stop == "stopped":
+        store = make_store(path, min_free_disk_mb=1, reserve_mb=reserve_mb)
+        store.record(Event(MEAL, {"elder": "E1"}))
+        store.stop()
+    else:
+        root = Path(__file__).resolve().parents[2]
+        args = [sys.executable, "-c", KILLED, str(path), str(reserve_mb)]
+        assert subprocess.run(args, cwd=root, check=False).returncode == 9
+        assert path.with_name(path.name + "-wal").exists()
+
+
+@pytest.mark.parametrize("stop", ["stopped", "killed"])
+def test_a_gateway_restarted_on_a_disk_another_program_filled_starts_from_the_reserve(
+    small_disk: Path, make_store: StoreFactory, stop: str
+) -> None:
+    path = small_disk / "g.db"
+    meal_recorded_then(stop, path, make_store, reserve_mb=2)
+    assert (small_disk / "g.db.reserve").exists()
+    fill(small_disk)
+
+    store = make_store(path, min_free_disk_mb=1, reserve_mb=2)
+    assert store.health()["disk_reserve"] == "released"
+    store.record(Event(SOS, {"device": "A1"}))
+    assert store.usage[MEAL.lane].count == 1 and store.usage[SOS.lane].count == 1
+
+
+@pytest.mark.parametrize("stop", ["stopped", "killed"])
+def test_a_full_disk_without_a_reserve_is_named_at_start_not_taken_for_damage(
+    small_disk: Path, make_store: StoreFactory, stop: str
+) -> None:
+    path = small_disk / "g.db"
+    meal_recorded_then(stop, path, make_store, reserve_mb=0)
+    filler = fill(small_disk)
+
+    with pytest.raises(StoreError) as err:
+        make_store(path, min_free_disk_mb=1, reserve_mb=0)
+    message = str(err.value)
+    assert f"the disk of {small_disk} is full" in message and "nothing in it is lost" in message
+    assert "damaged" not in message and "move the file aside" not in message
+
+    filler.unlink()
+    store = make_store(path, min_free_disk_mb=1, reserve_mb=0)
+    assert store.usage[MEAL.lane].count == 1

@@ -47,22 +47,30 @@ class Reserve:
             return "off"
         if self.released:
             return "released"
-        return "held" if self.path.exists() else "waiting"
+        return "held" if self._allocated() >= self.size_bytes else "waiting"
+
+    def _allocated(self) -> int:
+        """Bytes the file really holds on the disk: a file cut short while it was allocated (a
+        power cut), or one from when `reserve_mb` was smaller, holds less than it should."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return 0
+        return min(st.st_size, st.st_blocks * 512)
 
     def take(self, free_bytes: int, floor_bytes: int) -> bool:
-        """Allocate the file if it is missing and the disk can spare it without going under
+        """Allocate the file, or what it lacks, if the disk can spare that without going under
         the floor; True if it is held afterwards."""
         if not self.size_bytes:
             return False
-        if self.path.exists():
+        allocated = self._allocated()
+        if allocated >= self.size_bytes:
             self.released = False
             return True
-        if free_bytes < floor_bytes + self.size_bytes:
+        if free_bytes < floor_bytes + self.size_bytes - allocated:
             return False
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return True
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
         except OSError as exc:
             log.warning("disk reserve %s not created: %s", self.path, exc.strerror)
             return False
@@ -82,6 +90,7 @@ class Reserve:
 
     def release(self) -> bool:
         """Give the space back to the disk; True if there was any to give."""
+        freed = self._allocated()
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -91,9 +100,9 @@ class Reserve:
             return False
         self.released = True
         log.error(
-            "disk full: released the %d MiB reserve so alarms can still be written; telemetry "
+            "disk full: released the %.1f MiB reserve so alarms can still be written; telemetry "
             "is refused until there is room again; free space on the disk of %s",
-            self.size_bytes // MB,
+            freed / MB,
             self.path.parent,
         )
         return True

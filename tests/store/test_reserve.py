@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 
 from gateway.events import Event
 from gateway.store import StorageFull, Store, StoreError
+from gateway.store.reserve import MB
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 
 DISK_MB = 8
@@ -89,6 +91,28 @@ def test_a_reserve_the_disk_cannot_spare_waits_and_takes_nothing_from_telemetry(
     assert store.health()["disk_reserve"] == "waiting"
     assert not (small_disk / "g.db.reserve").exists()
     store.record(Event(SEEN, {"n": 1}))
+
+
+@pytest.mark.parametrize("left_mb", [0, 1])
+def test_a_reserve_file_holding_less_than_the_reserve_is_completed_not_reported_held(
+    small_disk: Path, make_store: StoreFactory, left_mb: int
+) -> None:
+    """Cut short by a power cut while it was allocated, or left from a smaller `reserve_mb`."""
+    reserve = small_disk / "g.db.reserve"
+    fd = os.open(reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+    if left_mb:
+        os.posix_fallocate(fd, 0, left_mb * MB)
+    os.close(fd)
+
+    store = make_store(small_disk / "g.db", min_free_disk_mb=1, reserve_mb=2)
+    assert store.health()["disk_reserve"] == "held"
+    assert reserve.stat().st_blocks * 512 >= 2 * MB
+    for n in range(50):
+        store.record(Event(SEEN, {"n": n}))
+    fill(small_disk)
+    telemetry_until_refused(store)
+    store.record(Event(SOS, {"device": "A1"}))  # from the reserve, not refused
+    assert store.health()["disk_reserve"] == "released"
 
 
 # a gateway that records a meal and dies without stopping: no clean flag, its -wal and -shm left

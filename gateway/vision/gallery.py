@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.keys import KeyFileError, create_key, derive, emptied_beside_key, read_key
 from gateway.private import ExposedDirectory, private_dir, touch_private
+from gateway.store.reserve import disk_full
+from gateway.store.writer import disk_free_bytes
 from gateway.vision.errors import GalleryError
 
 if TYPE_CHECKING:
@@ -640,7 +642,7 @@ def erase(db_path: Path, elder_id: str) -> int:
         try:
             _, removed = _write(conn, partial(_erase, elder_id=elder_id))
         except sqlite3.Error as exc:
-            raise GalleryError(f"{db_path}: nothing erased: {exc}") from None
+            raise _unusable(db_path, exc, "nothing erased") from None
     return removed
 
 
@@ -706,12 +708,24 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
             # Debian's SQLite does this by default, other builds need asking
             conn.execute("PRAGMA secure_delete=ON")
         except sqlite3.DatabaseError as exc:
-            raise GalleryError(f"{db_path}: not a face gallery ({exc})") from None
+            raise _unusable(db_path, exc, "not a face gallery") from None
         yield conn
     except sqlite3.Error as exc:
-        raise GalleryError(f"{db_path}: face gallery damaged or unusable ({exc})") from exc
+        raise _unusable(db_path, exc, "face gallery damaged or unusable") from exc
     finally:
         conn.close()
+
+
+def _unusable(db_path: Path, exc: sqlite3.Error, what: str) -> GalleryError:
+    """A full disk is named as such: opening the gallery needs room for its -shm file, and
+    "not a face gallery (disk I/O error)" would have staff move a sound file aside."""
+    if disk_full(exc):
+        free_kib = disk_free_bytes(db_path.parent) // 1024
+        return GalleryError(
+            f"{db_path}: the disk is full ({free_kib} KiB free), the face gallery is not "
+            "damaged: free space on that disk (df -h, du -sh /var/log) and try again"
+        )
+    return GalleryError(f"{db_path}: {what} ({exc})")
 
 
 def _write(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> tuple[int, T]:

@@ -12,6 +12,7 @@ import pytest
 from gateway.vision.embed import l2_normalise
 from gateway.vision.errors import GalleryError
 from gateway.vision.gallery import Gallery, Snapshot, erase
+from tests.support.disk import fill
 
 MODEL = "mobilefacenet-foamliu-128d@b7120c09"
 
@@ -449,3 +450,24 @@ def test_an_elders_anchor_is_an_enrolled_template_and_survives_a_reload(
     anchor = gallery.snapshot.anchor("E1")
     assert anchor in enrolled and gallery.holds("E1", anchor) and not gallery.holds("E2", anchor)
     assert Gallery.open(*paths, MODEL).snapshot.anchor("E1") in enrolled
+
+
+def test_a_full_disk_is_named_as_such_and_the_gallery_is_left_as_it_was(small_disk: Path) -> None:
+    """Opening needs room for the -shm file: "not a face gallery (disk I/O error)" would have
+    staff move a sound gallery aside and enrol every elder again."""
+    db, key = small_disk / "faces.db", small_disk / "faces.key"
+    Gallery.open(db, key, MODEL, create=True).add("elder-a", _vectors(2, 1))
+    filler = fill(small_disk)
+
+    for attempt in (
+        lambda: Gallery.open(db, key, MODEL),  # the face stage starting, `gateway gallery stats`
+        lambda: erase(db, "elder-a"),  # `gateway gallery remove`, request/face.remove
+    ):
+        with pytest.raises(GalleryError) as err:
+            attempt()
+        message = str(err.value)
+        assert str(db) in message and "the disk is full" in message
+        assert "not damaged" in message and "not a face gallery" not in message
+
+    filler.unlink()
+    assert Gallery.open(db, key, MODEL).snapshot.elders == ("elder-a",)

@@ -25,21 +25,18 @@ MAX_BYTES = 1 << 20  # some 20,000 elders in cooldown at once; a site has far fe
 
 
 def save(path: Path, last_seen_ms: dict[str, int]) -> None:
-    """Replace the file with elder -> running time (ms) last seen; a failure is logged, the
-    counter goes on (the journal's acceptances still cover a restart)."""
-    try:  # a temporary file of its own: the counter and an erasure may write at once
-        fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)  # 0600
-    except OSError as exc:
-        log.warning("face stage: cooldown not saved: %s", exc)
-        return
+    """Replace the file with elder -> running time (ms) last seen. Raises OSError (a full
+    disk) with the file as it was: the caller counts it and tries again."""
+    # a temporary file of its own: the counter and an erasure may write at once
+    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)  # 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(last_seen_ms, out)
         os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("face stage: cooldown not saved: %s", exc)
+    except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
 
 
 def _read(path: Path) -> dict[str, object] | None:
@@ -75,7 +72,12 @@ def forget(path: Path, elder: str) -> None:
     if data is None:
         return
     data.pop(elder, None)
-    save(path, {e: v for e, v in data.items() if _is_time(v)})
+    try:
+        save(path, {e: v for e, v in data.items() if _is_time(v)})
+    except OSError as exc:
+        log.warning(
+            "face stage: cooldown file %s not rewritten without an erased elder: %s", path, exc
+        )
 
 
 def _is_time(value: object) -> TypeGuard[int]:

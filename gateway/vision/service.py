@@ -74,6 +74,7 @@ class VisionService:
         self.errors = 0
         self.unrecorded = 0
         self.refresh_errors = 0
+        self.cooldown_save_errors = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ratelimited = RateLimitedLog(log, 60.0)
@@ -186,6 +187,7 @@ class VisionService:
             "frame_errors": self.errors,
             "unrecorded_decisions": self.unrecorded,
             "gallery_refresh_errors": self.refresh_errors,
+            "cooldown_save_errors": self.cooldown_save_errors,
             "audit_frames_kept": self.audit.kept if self.audit else 0,
             "confirmable_decisions": len(self.confirmations),
         }
@@ -287,7 +289,12 @@ class VisionService:
             and all(abs(seen[e] - saved[e]) < 1000 for e in seen)
         ):
             return
-        cooldown.save(self._cooldown_path, seen)
+        try:
+            cooldown.save(self._cooldown_path, seen)
+        except OSError as exc:  # not marked saved: tried again at the next turn, not forgotten
+            self.cooldown_save_errors += 1
+            self._ratelimited.warning("cooldown", "face stage: cooldown not saved: %s", exc)
+            return
         self._cooldown_saved = seen
 
     def _refresh(self) -> None:

@@ -35,6 +35,7 @@ from gateway.vision.images import fit_within, read_image
 from gateway.vision.models import Manifest
 from gateway.vision.pipeline import DecisionEvent
 from gateway.vision.service import VisionService
+from tests.support.disk import fill
 from tests.support.journal import journal
 from tests.support.wait import eventually
 from tests.vision.test_events import SCHEMA_FILE
@@ -405,6 +406,49 @@ def test_a_staff_confirmation_is_saved_for_a_restart_at_once(
         eventually(lambda: cooling.exists() and "elder-7" in json.loads(cooling.read_text()))
     finally:
         service.stop()
+
+
+def test_a_cooldown_a_full_disk_kept_out_of_its_file_is_written_once_there_is_room(
+    small_disk: Path,
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+) -> None:
+    """Staff settle elder-8 by hand while another program has filled the disk: the file cannot
+    take her then, and must take her once there is room, or a restart would forget her."""
+    section = StoreSection(min_free_disk_mb=1, reserve_mb=0)
+    store = Store(section, small_disk / "gateway.db", SystemClock(), ClockSync("never", 30))
+    store.start()
+    try:
+        cfg = _small_cfg(vision_cfg, small_replay)
+        _enrol_one(small_disk, analyzer, faces_dir, cfg)
+        gallery = Gallery.open(
+            small_disk / "faces.db", small_disk / "faces.key", analyzer.embedder.model_id
+        )
+        photos = [faces_dir / "deepface" / "img13.jpg", faces_dir / "deepface" / "img14.jpg"]
+        assert enrol(gallery, analyzer, "elder-8", photos, rules=cfg.decision).status == "enrolled"
+        confirmations = Confirmations(60)
+        service = VisionService(cfg, small_disk, store, realtime=False, confirmations=confirmations)
+        service.start()
+        assert service.wait(timeout=120)
+        cooling = small_disk / "face-cooldown.json"
+        assert list(json.loads(cooling.read_text())) == ["elder-7"]
+
+        filler = fill(small_disk)
+        probe = np.full(128, 128**-0.5, dtype=np.float32)
+        confirmations.hold("ev-1", probe, (("elder-8", 0.5),), track=99)
+        confirmations.done("ev-1", "elder-8")
+        service.stop()  # takes the confirmation in, and cannot write it
+        assert service.health()["cooldown_save_errors"] == 1
+        assert list(json.loads(cooling.read_text())) == ["elder-7"]  # as it was, not cut short
+
+        filler.unlink()
+        service._save_cooldown()  # the counter's next turn
+        assert sorted(json.loads(cooling.read_text())) == ["elder-7", "elder-8"]
+        assert [p.name for p in small_disk.glob("face-cooldown*")] == [cooling.name]
+    finally:
+        store.stop()
 
 
 def test_an_accepted_look_alike_is_named_for_a_second_factor(

@@ -79,9 +79,13 @@ class AuditFrames(ExpiredFrames):
         target = self._path(event_id)
         partial = target.with_suffix(PARTIAL)
         fd = open_private(partial, os.O_WRONLY | os.O_TRUNC)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(partial, target)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(blob)
+            os.replace(partial, target)
+        except OSError:  # a full disk: no piece of her face left behind to wait for retention
+            partial.unlink(missing_ok=True)
+            raise
         self.kept += 1
 
     def export(self, event_id: str) -> bytes:

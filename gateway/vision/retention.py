@@ -80,8 +80,8 @@ class ExpiredFrames:
         """Consent withdrawn: the frames of decisions that named the elder (accepted, or a
         candidate) go now, not after their retention. Needs no key: the ids are in the header."""
         removed = 0
-        try:
-            frames = list(self.folder.glob(f"*{SUFFIX}"))
+        try:  # a frame cut short by a power cut names her too
+            frames = [*self.folder.glob(f"*{SUFFIX}"), *self.folder.glob(f"*{PARTIAL}")]
         except OSError:
             frames = []
         for path in frames:

@@ -18,6 +18,7 @@ from gateway.vision.audit import AuditFrames
 from gateway.vision.errors import GalleryError
 from gateway.vision.images import read_image
 from gateway.vision.retention import ExpiredFrames
+from tests.support.disk import fill
 
 DAY_MS = 86_400_000
 EVENT = "019a0000-0000-7000-8000-000000000001"
@@ -173,6 +174,28 @@ def test_a_frame_cut_short_while_being_written_also_leaves_on_time(
     (audit.folder / f"{EVENT}.partial").write_bytes(b"GAF2")  # power lost mid-write
     assert audit.purge() == 0
     assert audit.purge(now=time.time() + 86_400 + 1) == 1
+    assert list(audit.folder.iterdir()) == []
+
+
+def test_a_frame_cut_short_leaves_no_piece_of_a_face_behind_an_erasure(
+    small_disk: Path, photo: np.ndarray
+) -> None:
+    """The disk filled up while a frame was written, or the power was cut: the part written
+    names the elder in its header and holds part of her picture."""
+    key = small_disk / "faces.key"
+    create_key(key)
+    audit = AuditFrames(small_disk / "audit", key, retention_days=30)
+    audit.keep(EVENT, photo, ["E1"])
+    kept = (audit.folder / f"{EVENT}.frame").read_bytes()
+    cut = EVENT[:-1] + "2"
+    (audit.folder / f"{cut}.partial").write_bytes(kept[: len(kept) // 2])  # power lost
+    filler = fill(small_disk)
+    os.truncate(filler, filler.stat().st_size - len(kept) // 2)  # room for half a frame
+
+    with pytest.raises(OSError):
+        audit.keep(EVENT[:-1] + "3", photo, ["E1"])
+    assert sorted(p.name for p in audit.folder.iterdir()) == [f"{EVENT}.frame", f"{cut}.partial"]
+    assert ExpiredFrames(audit.folder, retention_days=30).erase_elder("E1") == 2
     assert list(audit.folder.iterdir()) == []
 
 

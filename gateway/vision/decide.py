@@ -163,6 +163,7 @@ class Decider:
         if track is not None and obs.t - track.last_seen > p.track_gap_s:
             out += self._close(track)
         if obs.kind == "multiple_faces":
+            self._beside_someone(obs.t)
             out += self._ambiguous(obs.t)
             return out
         if obs.kind == "no_face":
@@ -251,6 +252,16 @@ class Decider:
             embedding=obs.embedding,
             learned_from=search.learned_from,
         )
+
+    def _beside_someone(self, t: float) -> None:
+        """A frame with two faces of similar size does not say the settled elder has gone: a
+        companion standing beside her for a minute must not let her cooldown run out, or she
+        is settled again once alone. Her track stays open and she counts as still seen (if it
+        was someone else, the cooldown merely runs longer)."""
+        track = self.track
+        if track is not None and track.decided and track.elder is not None:
+            track.last_seen = t
+            self._accepted_at[track.elder] = t
 
     def _ambiguous(self, t: float) -> list[Decision]:
         """Counted within the window, not only in a row: a second face the detector finds in

@@ -155,6 +155,21 @@ def test_an_elder_who_lingers_after_her_acceptance_is_not_accepted_again() -> No
     assert [d.outcome for d in out] == [Outcome.ACCEPTED]
 
 
+def test_an_elder_with_a_companion_beside_her_past_the_cooldown_is_not_accepted_again() -> None:
+    """Accepted, then a companion stands beside her (two faces of similar size) for longer
+    than the cooldown; the companion steps away and she is alone in view again: her meal was
+    settled once, and stays settled once."""
+    decider = Decider(POLICY)
+    alone = frames(0.0, 15, who="p1", top="elder-1", score=0.7)
+    together = [
+        Observation(1.0 + i / FPS, "multiple_faces")
+        for i in range(int((POLICY.cooldown_s + 10) * FPS))
+    ]
+    again = frames(together[-1].t + 1 / FPS, 30, who="p1", top="elder-1", score=0.7)
+    out = run(decider, alone + together + again)
+    assert [(d.outcome, d.elder_id) for d in out] == [(Outcome.ACCEPTED, "elder-1")]
+
+
 def test_an_elder_staff_settled_by_hand_is_not_accepted_again_within_the_cooldown() -> None:
     decider = Decider(POLICY)
     unsure = frames(0.0, int(3 * FPS), who="p1", top="elder-1", score=0.5)

@@ -6,7 +6,8 @@ last ``n`` frames of a short window, the same elder is the best match in at leas
 with a score at or above the accept threshold and a clear margin over the runner-up, no other
 elder is, most of those frames look live, and no frame of that window showed a second face of
 similar size. Otherwise, once the track has had its time, it says ``uncertain`` (with
-candidates for staff) or ``unknown``. A track yields at most one decision; ``multiple_faces``
+candidates for staff) or ``unknown``. A track yields at most one decision (besides a
+``no_face``, which leaves it open: the face may still become usable); ``multiple_faces``
 ends the track, and after an acceptance the elder is in cooldown so that turning away and back
 does not settle twice.
 
@@ -122,6 +123,7 @@ class Track:
     lives: list[tuple[float, float]] = field(default_factory=list)
     decided: bool = False
     elder: str | None = None  # accepted (or kept from a second acceptance by the cooldown)
+    unusable_reported: bool = False  # no_face said; she may still look up and be identified
 
 
 def _median(values: list[float]) -> float | None:
@@ -236,7 +238,8 @@ class Decider:
             return []
         decision = self._had_its_frames(track, track.last_seen)
         if decision is None:
-            self.counters["tracks_abandoned"] += 1
+            if not track.unusable_reported:
+                self.counters["tracks_abandoned"] += 1
             return []
         return [decision]
 
@@ -348,12 +351,12 @@ class Decider:
 
     def _had_its_frames(self, track: Track, t: float) -> Decision | None:
         """A track that could not be accepted but saw at least ``n`` frames gets an outcome:
-        ``uncertain``/``unknown`` from ``n`` usable frames, otherwise the reason its face was
-        not usable. Fewer frames than that were a passer-by."""
+        ``uncertain``/``unknown`` from ``n`` usable frames, otherwise (once) the reason its face
+        was not usable. Fewer frames than that were a passer-by."""
         p = self.policy
         if len(track.evidence) >= p.n:
             return self._give_up(track, t)
-        if len(track.evidence) + sum(track.poor.values()) >= p.n:
+        if not track.unusable_reported and len(track.evidence) + sum(track.poor.values()) >= p.n:
             return self._no_usable_face(track, t)
         return None
 
@@ -423,8 +426,12 @@ class Decider:
         return replace(decision, frames_used=len(lives), liveness=_median(lives))
 
     def _no_usable_face(self, track: Track, t: float) -> Decision:
+        """Staff hear why (looking down at her purse, blurred as she walks up), but the track
+        stays open: once she faces the camera she is identified without having to step away
+        and come back first."""
         reason = track.poor.most_common(1)[0][0]
-        return self._decide(track, Outcome.NO_FACE, t, [], reason=reason)
+        track.unusable_reported = True
+        return self._decide(track, Outcome.NO_FACE, t, [], reason=reason, final=False)
 
     def _decide(
         self,
@@ -436,8 +443,9 @@ class Decider:
         elder: str | None = None,
         candidates: tuple[tuple[str, float], ...] = (),
         reason: str | None = None,
+        final: bool = True,
     ) -> Decision:
-        track.decided = True
+        track.decided = final
         self.counters[outcome.value] += 1
         mine = [e for e in frames if elder is None or e.top == elder]
         return Decision(

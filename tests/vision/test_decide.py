@@ -326,6 +326,25 @@ def test_a_face_mostly_unusable_gets_its_reason_even_with_a_few_usable_frames() 
     assert [(d.outcome, d.reason) for d in out] == [(Outcome.NO_FACE, "turned_away")]
 
 
+def test_an_elder_who_looks_up_after_a_no_face_is_still_identified_on_the_same_visit() -> None:
+    """She walks up looking down at her purse: after the decision time staff hear why her face
+    is not usable. Then she looks at the camera: she is accepted there and then, without
+    having to step away and come back first."""
+    decider = Decider(POLICY)
+    down = [
+        Observation(i / FPS, "poor_quality", reason="rolled")
+        for i in range(int(POLICY.decide_within_s * FPS) + 2)
+    ]
+    up = frames(down[-1].t + 1 / FPS, int(3 * FPS), who="p1", top="elder-1", score=0.7)
+    out = run(decider, down + up)
+    assert [(d.outcome, d.reason, d.elder_id) for d in out] == [
+        (Outcome.NO_FACE, "rolled", None),
+        (Outcome.ACCEPTED, None, "elder-1"),
+    ]
+    assert out[0].track == out[1].track
+    assert decider.counters["tracks_abandoned"] == 0
+
+
 def test_a_face_never_usable_is_no_face_with_the_reason() -> None:
     decider = Decider(POLICY)
     obs = [Observation(i / FPS, "poor_quality", reason="turned_away") for i in range(40)]

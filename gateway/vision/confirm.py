@@ -93,6 +93,17 @@ class Confirmations:
                     Settled(elder, pending.decided_t, pending.track, pending.probe)
                 )
 
+    def settle(self, event_id: str, elder: str) -> None:
+        """Staff say they settled the elder of a held decision by hand: into the cooldown
+        (see ``take_settled``) whether or not her face can be learned, and the decision stays
+        held until it is confirmed (``done``)."""
+        with self._lock:
+            pending = self._held.get(event_id)
+            if pending is not None:
+                self._settled.append(
+                    Settled(elder, pending.decided_t, pending.track, pending.probe)
+                )
+
     def take_settled(self) -> list[Settled]:
         """The confirmations since the last call, for the pipeline thread's decider."""
         with self._lock:

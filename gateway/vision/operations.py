@@ -152,7 +152,8 @@ class FaceConfirm:
     Refused, and nothing learned, unless the decision is still held (``confirm_within_s``,
     liveness passed), the elder was among its candidates (staff cannot teach the counter a
     face that did not resemble the elder) with the enrolment they had then (not erased and
-    enrolled again since), and the face does not look like another elder.
+    enrolled again since), and the face does not look like another elder. A candidate named
+    goes into the cooldown whether or not her face is learned: staff settled her by hand.
     """
 
     def __init__(
@@ -179,6 +180,9 @@ class FaceConfirm:
                 f"{elder} was not among the decision's candidates ({', '.join(candidates)}): "
                 "nothing learned; enrol photos (face.enrol) instead"
             )
+        # her meal was settled by hand, learned or not: a face too like a twin's (enrolled
+        # with allow_similar) must not leave her to be settled again when she turns back
+        self.confirmations.settle(event_id, elder)
         try:
             result = learn(
                 self.gallery.current(),
@@ -192,7 +196,7 @@ class FaceConfirm:
             raise RequestError(str(exc)) from None
         if result.status != "enrolled":
             raise RequestError(f"nothing learned: {result.message}")
-        self.confirmations.done(event_id, elder)
+        self.confirmations.done(event_id)
         log.info("face gallery: a confirmed decision added %d template(s)", result.added)
         return Reply(
             {

@@ -1,0 +1,61 @@
+"""Platform requests about faces, against a counter pipeline fed real photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.sync.downlink import RequestError
+from gateway.vision.analyze import Analyzer
+from gateway.vision.camera import Frame
+from gateway.vision.config import VisionSection
+from gateway.vision.confirm import Confirmations
+from gateway.vision.decide import Outcome, Policy
+from gateway.vision.enroll import enrol
+from gateway.vision.gallery import Gallery
+from gateway.vision.images import fit_within, read_image
+from gateway.vision.operations import FaceConfirm, GalleryFile
+from gateway.vision.pipeline import CounterPipeline, DecisionEvent
+
+FPS = 15.0
+
+
+def test_a_twin_staff_settled_by_hand_is_not_settled_again_when_her_face_cannot_be_learned(
+    analyzer: Analyzer, vision_cfg: VisionSection, tmp_path: Path, faces_dir: Path
+) -> None:
+    """Twins enrolled with allow_similar (here two photos of one woman under two ids): the
+    counter cannot tell them apart, staff settle the meal by hand and say who it was. Her face
+    is too like her sister's to be learned, so the confirmation is refused; she turns to staff
+    for a second and back, at an angle the counter is sure of: not settled a second time."""
+    df = faces_dir / "deepface"
+    rules = vision_cfg.decision
+    gallery = Gallery.open(
+        tmp_path / "faces.db", tmp_path / "faces.key", analyzer.embedder.model_id, create=True
+    )
+    for elder, photo in (("E1", "img2.jpg"), ("E2", "img7.jpg")):
+        added = enrol(gallery, analyzer, elder, [df / photo], rules=rules, allow_similar=True)
+        assert added.status == "enrolled"
+    gallery.reload()
+    confirmations = Confirmations(rules.confirm_within_s)
+    pipeline = CounterPipeline(
+        analyzer, gallery, Policy.from_config(rules), "counter-1", {}, confirmations=confirmations
+    )
+
+    def show(photo: str | None, seconds: float, start: float) -> list[DecisionEvent]:
+        image = None if photo is None else fit_within(read_image(df / photo), 640)
+        out: list[DecisionEvent] = []
+        for i in range(int(seconds * FPS)):
+            t = start + i / FPS
+            out += pipeline.idle(t) if image is None else pipeline.process(Frame(image, t, i))
+        return out
+
+    (unsure,) = show("img4.jpg", 3.0, 0.0)
+    assert unsure.decision.outcome is Outcome.UNCERTAIN
+    assert [e for e, _ in unsure.decision.candidates] == ["E1", "E2"]
+    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
+    with pytest.raises(RequestError, match="nothing learned: looks like"):
+        confirm({"event_id": unsure.event.event_id, "elder_id": "E1"})
+    assert show(None, 1.0, 3.0) == []
+    assert show("img11.jpg", 2.0, 4.0) == []  # E1 clearly, were she not settled already
+    assert pipeline.decider.counters["cooldown_suppressed"] == 1

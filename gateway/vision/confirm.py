@@ -85,13 +85,11 @@ class Confirmations:
 
     def done(self, event_id: str, elder: str | None = None) -> None:
         """A decision is confirmed once; its face is let go at once. With ``elder`` (staff
-        said who it was), the counter learns it was settled: see ``take_settled``."""
+        said who it was), the counter learns it was settled: see ``settle``."""
+        if elder is not None:
+            self.settle(event_id, elder)
         with self._lock:
-            pending = self._held.pop(event_id, None)
-            if pending is not None and elder is not None:
-                self._settled.append(
-                    Settled(elder, pending.decided_t, pending.track, pending.probe)
-                )
+            self._held.pop(event_id, None)
 
     def settle(self, event_id: str, elder: str) -> None:
         """Staff say they settled the elder of a held decision by hand: into the cooldown

@@ -13,14 +13,13 @@ import contextlib
 import os
 import secrets
 import stat
-import threading
 import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.private import ExposedDirectory, open_private, private_dir
+from gateway.private import ExposedDirectory, private_dir, sync_dir, write_aside
 
 KEY_BYTES = 32
 
@@ -38,25 +37,15 @@ def create_key(path: Path) -> None:
         private_dir(path.parent)
     except ExposedDirectory as exc:
         raise KeyFileError(f"data key directory {exc.strerror}") from None
-    aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    aside.unlink(missing_ok=True)  # left by a crash (or planted: never written through)
-    fd = open_private(aside, os.O_WRONLY | os.O_EXCL)
+    aside = write_aside(path, secrets.token_bytes(KEY_BYTES))
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(KEY_BYTES))
-            fh.flush()
-            os.fsync(fh.fileno())
         with contextlib.suppress(FileExistsError):
             os.link(aside, path)
     finally:
         aside.unlink(missing_ok=True)
     # the key's name on disk before anything is written under it: a power cut must not
     # leave data behind whose key never reached the card
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    sync_dir(path.parent)
 
 
 def read_key(path: Path) -> bytes:

@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 import stat
+import threading
 from pathlib import Path
 
 
@@ -65,3 +66,43 @@ def touch_private(path: Path) -> None:
     """Create the file empty and 0600 if it does not exist yet. SQLite gives a database's
     -wal and -shm files the database file's mode, so this covers them too."""
     os.close(open_private(path, os.O_WRONLY))
+
+
+def sync_dir(path: Path) -> None:
+    """A file's new name reaches the card only with its directory: without this, a power
+    cut can bring back the old file, or none, though the new one was synced."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_aside(path: Path, data: bytes, aside: Path | None = None) -> Path:
+    """``data`` written and synced to a private sibling of ``path`` (by default this writer's
+    own: the counter and an erasure may write at once), never through a link; returns it.
+    Raises OSError (a full disk) with nothing left beside ``path``."""
+    aside = aside or path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    aside.unlink(missing_ok=True)  # left by a crash (or planted: never written through)
+    fd = open_private(aside, os.O_WRONLY | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        aside.unlink(missing_ok=True)
+        raise
+    return aside
+
+
+def replace_private(path: Path, data: bytes, aside: Path | None = None) -> None:
+    """Replace the file whole: after a power cut it holds the old content or the new, never
+    a part of either. Raises OSError (a full disk) with ``path`` as it was."""
+    written = write_aside(path, data, aside)
+    try:
+        os.replace(written, path)
+    except BaseException:
+        written.unlink(missing_ok=True)
+        raise
+    sync_dir(path.parent)

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.keys import KeyFileError, derive, read_key
-from gateway.private import open_private, private_dir
+from gateway.private import private_dir, replace_private
 from gateway.store.writer import disk_free_bytes
 from gateway.vision.errors import GalleryError
 from gateway.vision.retention import PARTIAL, SUFFIX, ExpiredFrames, header_for, split_header
@@ -77,15 +77,8 @@ class AuditFrames(ExpiredFrames):
             header + nonce + self._aead.encrypt(nonce, jpeg.tobytes(), self._aad(event_id, header))
         )
         target = self._path(event_id)
-        partial = target.with_suffix(PARTIAL)
-        fd = open_private(partial, os.O_WRONLY | os.O_TRUNC)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-            os.replace(partial, target)
-        except OSError:  # a full disk: no piece of her face left behind to wait for retention
-            partial.unlink(missing_ok=True)
-            raise
+        # a full disk leaves no piece of her face behind to wait for retention
+        replace_private(target, blob, aside=target.with_suffix(PARTIAL))
         self.kept += 1
 
     def export(self, event_id: str) -> bytes:

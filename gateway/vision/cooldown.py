@@ -13,42 +13,46 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
+import time
 from pathlib import Path
 from typing import TypeGuard
+
+from gateway.private import replace_private
 
 log = logging.getLogger(__name__)
 
 FILE = "face-cooldown.json"
 MAX_BYTES = 1 << 20  # some 20,000 elders in cooldown at once; a site has far fewer
+LEFTOVER_AGE_S = 60.0
 
 
 def save(path: Path, last_seen_ms: dict[str, int]) -> None:
-    """Replace the file with elder -> running time (ms) last seen. Raises OSError (a full
+    """Replace the file with elder -> running time (ms) last seen, durably: a staff
+    confirmation saved just before a power cut must be there after it. Raises OSError (a full
     disk) with the file as it was: the caller counts it and tries again."""
-    # a temporary file of its own: the counter and an erasure may write at once
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(last_seen_ms, out)
-        os.replace(tmp, path)
-    except OSError:
+    replace_private(path, json.dumps(last_seen_ms).encode())
+
+
+def _remove_leftovers(path: Path, now_s: float) -> None:
+    """Temporary copies a crash left between writing and renaming (they name elders; an
+    erasure does not look for them). Only old ones: another writer may be at work."""
+    for stale in path.parent.glob(f".{path.name}.*"):
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            if now_s - stale.lstat().st_mtime > LEFTOVER_AGE_S:
+                stale.unlink()
 
 
 def _read(path: Path) -> dict[str, object] | None:
     """The file's entries; None when there is no file. Damage (bad JSON, nesting deep enough
-    to overflow the parser, a file far larger than a site's elders need) gives {}, logged."""
+    to overflow the parser, a file far larger than a site's elders need) gives {}, logged.
+    A file that cannot be read (an I/O error of the card) raises OSError."""
     try:
         if path.stat().st_size > MAX_BYTES:
             raise ValueError(f"over {MAX_BYTES} bytes")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         log.warning("face stage: cooldown file %s not read: %s", path, exc)
         return {}
     return data if isinstance(data, dict) else {}
@@ -58,8 +62,14 @@ def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
     """(elder, seconds since last seen) for those seen within ``within_ms``. A time ahead of
     ``now_ms`` counts as just now: after a crash the store's running time resumes from its
     last commit, which may be before the last save."""
+    _remove_leftovers(path, time.time())
+    try:
+        entries = _read(path) or {}
+    except OSError as exc:
+        log.warning("face stage: cooldown file %s not read: %s", path, exc)
+        entries = {}
     out = []
-    for elder, seen in (_read(path) or {}).items():
+    for elder, seen in entries.items():
         if _is_time(seen) and now_ms - seen <= within_ms:
             out.append((elder, max(0, now_ms - seen) / 1000))
     return out
@@ -67,8 +77,18 @@ def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
 
 def forget(path: Path, elder: str) -> None:
     """An erased elder leaves no trace here either (a running counter writes only elders
-    still in its gallery, which it reloads within ``gallery.refresh_s``)."""
-    data = _read(path)
+    still in its gallery, which it reloads within ``gallery.refresh_s``). A file the card
+    cannot read is left as it is: written again without her, it would lose every other
+    elder's cooldown with it."""
+    try:
+        data = _read(path)
+    except OSError as exc:
+        log.warning(
+            "face stage: cooldown file %s not read, not rewritten without an erased elder: %s",
+            path,
+            exc,
+        )
+        return
     if data is None:
         return
     data.pop(elder, None)

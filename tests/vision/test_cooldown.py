@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import stat
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from gateway.vision import cooldown
 
@@ -43,3 +49,38 @@ def test_an_erased_elder_leaves_the_file_and_the_others_stay(tmp_path: Path) -> 
     cooldown.save(path, {"E1": 1_000, "E2": 2_000})
     cooldown.forget(path, "E1")
     assert json.loads(path.read_text()) == {"E2": 2_000}
+
+
+def test_copies_a_crash_left_half_way_are_removed_at_start(tmp_path: Path) -> None:
+    """They name elders, and nothing else would ever remove them; a copy another writer is
+    making just now is left alone."""
+    path = tmp_path / cooldown.FILE
+    cooldown.save(path, {"E1": 95_000})
+    stale, fresh = tmp_path / f".{cooldown.FILE}.812.1401", tmp_path / f".{cooldown.FILE}.90.7"
+    for copy in (stale, fresh):
+        copy.write_text('{"E2": 94000}')
+    old = time.time() - cooldown.LEFTOVER_AGE_S - 5
+    os.utime(stale, (old, old))
+    assert cooldown.load(path, 100_000, 60_000) == [("E1", 5.0)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cooldown.FILE, fresh.name])
+
+
+def test_an_erasure_leaves_a_file_the_card_cannot_read_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rewritten without her, it would be rewritten without everyone else too: each of them
+    could then be settled again after a restart."""
+    path = tmp_path / cooldown.FILE
+    cooldown.save(path, {"E1": 1_000, "E2": 2_000})
+    real_read = Path.read_text
+
+    def failing_read(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == path:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", failing_read)
+    cooldown.forget(path, "E1")
+    assert cooldown.load(path, 2_000, 60_000) == []  # unreadable: logged, the counter goes on
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"E1": 1_000, "E2": 2_000}

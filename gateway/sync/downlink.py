@@ -13,7 +13,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +35,7 @@ PRUNE_EVERY = 100
 QUEUED_OVERHEAD = 256  # bytes a waiting request costs beyond its topic and payload
 MESSAGE_MAX = 500  # characters of an error message: a JSON error or a key name may be long
 COMMIT_TIMEOUT_S = 30.0  # how long a request waits for its response to be stored
+HELD_MAX_BYTES = 1_048_576  # answers kept while there is no connection to take them
 INTERNAL = "internal error (see the log)"
 RETAINED = "retained: not applied; publish requests with retain=false, and clear this one"
 STOPPING = "not applied: the gateway is stopping; send again"
@@ -81,7 +82,7 @@ class Downlink:
         cfg: DownlinkSection,
         store: Store,
         topics: Topics,
-        send: Callable[[Message], object],
+        send: Callable[[Message], bool],
         operations: Sequence[Operation],
         *,
         commit_timeout_s: float = COMMIT_TIMEOUT_S,
@@ -107,6 +108,9 @@ class Downlink:
         self._waiting = 0  # requests received and not yet answered
         self._waiting_bytes = 0
         self._stopping = False  # under _waiting_lock: nothing is queued once it is set
+        self._send_lock = threading.Lock()
+        self._held: deque[Message] = deque()  # under _send_lock: answers no connection took
+        self._held_bytes = 0
 
     def start(self) -> None:
         self._reader = connect(self._store.path)
@@ -129,6 +133,18 @@ class Downlink:
 
     def healthy(self) -> bool:
         return self._worker.alive()
+
+    def link_up(self) -> None:
+        """A connection is up: the answers made while there was none go out now. The broker
+        had its PUBACK for each request and will not hand it over again, so an answer dropped
+        for want of a connection would leave the sender waiting for ever. The requests it
+        keeps for us while we are offline arrive right after the CONNACK, before the link is
+        ready to publish: their answers are the ones held here."""
+        with self._send_lock:
+            while self._held:
+                if not self._send(self._held[0]):
+                    return
+                self._held_bytes -= len(self._held.popleft().payload)
 
     def health(self) -> dict[str, Any]:
         with self._count_lock:
@@ -390,7 +406,22 @@ class Downlink:
         return response
 
     def _respond(self, op: str, response: Mapping[str, Any]) -> None:
-        self._send(Message(self._topics.response(op), compact_json(response).encode()))
+        """Published now, or held until the next connection (``link_up``)."""
+        msg = Message(self._topics.response(op), compact_json(response).encode())
+        with self._send_lock:
+            if self._send(msg):
+                return
+            if self._held_bytes + len(msg.payload) <= HELD_MAX_BYTES:
+                self._held.append(msg)
+                self._held_bytes += len(msg.payload)
+                return
+        self._tally(self.errors, "unanswered")
+        self._rate_log.warning(
+            "unanswered",
+            "downlink: %s answer dropped: offline, %d B of answers held",
+            op,
+            HELD_MAX_BYTES,
+        )
 
 
 def _schema_problem(error: ValidationError) -> str:

@@ -138,7 +138,7 @@ class Sync:
             Operation("outbox.stats", self._op_outbox_stats),
         ]
         self.downlink = Downlink(
-            cfg.downlink, store, self.topics, self._send_now, [*builtin, *operations]
+            cfg.downlink, store, self.topics, self._send_answer, [*builtin, *operations]
         )
         self._reader: OutboxReader | None = None
         self._report_lock = threading.Lock()  # on connect (link thread) and periodically
@@ -202,6 +202,7 @@ class Sync:
             self._publish(self._status("online"), generation)
         finally:
             self.publisher.link_up(generation)
+            self.downlink.link_up()
         self.report()
 
     def link_down(self, generation: int) -> None:
@@ -218,16 +219,26 @@ class Sync:
     def _send_now(self, msg: Message) -> bool:
         return self._publish(msg, self._generation)
 
+    def _send_answer(self, msg: Message) -> bool:
+        """For the downlink: False only when no connection takes the answer now (it is held
+        for the next one); one above the packet limit is logged and counted, not held."""
+        try:
+            return self.link.publish(msg, self._generation) is not None
+        except MessageTooLarge as exc:
+            self._too_large(msg, exc)
+            return True
+
     def _publish(self, msg: Message, generation: int) -> bool:
-        """Status, health and responses: best effort, like the platform expects of them; one
+        """Status and health: best effort, like the platform expects of them; one
         above the broker's packet limit is counted and logged instead of sent."""
         try:
             return self.link.publish(msg, generation) is not None
         except MessageTooLarge as exc:
-            self._rate_log.warning(
-                f"too-large-{msg.topic}", "mqtt: %s not sent: %s", msg.topic, exc
-            )
+            self._too_large(msg, exc)
             return False
+
+    def _too_large(self, msg: Message, exc: MessageTooLarge) -> None:
+        self._rate_log.warning(f"too-large-{msg.topic}", "mqtt: %s not sent: %s", msg.topic, exc)
 
     def _status(self, state: str, reason: str | None = None) -> Message:
         cfg = self.loaded.config

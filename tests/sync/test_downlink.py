@@ -196,11 +196,16 @@ def downlink_alone(
     store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
     store.start()
     sent: list[Message] = []
+
+    def send(msg: Message) -> bool:
+        sent.append(msg)
+        return True
+
     downlink = Downlink(
         cfg or DownlinkSection(),
         store,
         Topics("eldercare", "s", "g"),
-        sent.append,
+        send,
         [Operation(op, handler, applies_elsewhere)],
         commit_timeout_s=commit_timeout_s,
     )
@@ -558,3 +563,34 @@ def test_requests_waiting_when_the_gateway_stops_are_answered_over_the_broker(
             assert held.applied == ["t-0"]
     finally:
         sub.close()
+
+
+def test_an_answer_made_while_the_connection_is_down_goes_out_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The broker had its PUBACK for the request and will not hand it over again: an answer
+    made while no connection takes it (a long enrolment outlasting the connection, or a
+    request the broker hands over right after the CONNACK) is sent on the next connection."""
+    broker = Mosquitto(tmp_path, persistent=True).start()
+    held = HeldHandler({"elder_id": "E1", "templates_erased": 1})
+    remove = Operation("face.remove", held, applies_elsewhere=True)
+    sub = Subscriber(broker.port, persistent=True)
+    try:
+        with sync_alone(config(tmp_path / "var", broker.port), operations=[remove]) as (_, sync):
+            sub.wait_for(lambda _m: bool(sub.of_topic("/status")))
+            eventually(lambda: sync.link.connected)
+            request = {"transaction": "t-1", "elder_id": "E1"}
+            sub.publish(f"{BASE}/request/face.remove", json.dumps(request))
+            assert held.busy.wait(10)
+            broker.stop()
+            eventually(lambda: not sync.link.connected)
+            held.release.set()
+            eventually(lambda: sync.downlink.counts["ok"] == 1)
+            broker.start()
+            sub.wait_for(lambda _m: bool(sub.of_topic("/response/face.remove")))
+            (answer,) = [m.json() for m in sub.of_topic("/response/face.remove")]
+            assert (answer["transaction"], answer["status"]) == ("t-1", "ok")
+            assert held.applied == ["t-1"] and "unanswered" not in sync.downlink.errors
+    finally:
+        sub.close()
+        broker.stop()

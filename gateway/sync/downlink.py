@@ -163,6 +163,8 @@ class Downlink:
         subscription, and once its transaction has been forgotten it would be applied again."""
         size = len(payload)
         kept = payload if size <= self.cfg.max_payload_bytes else b""
+        if retained and not payload:
+            return  # the sender clearing a retained request, as its refusal asked: not one
         if retained:
             self._refuse(topic, kept, "retained", RETAINED)
             return

@@ -594,3 +594,20 @@ def test_an_answer_made_while_the_connection_is_down_goes_out_when_it_is_back(
     finally:
         sub.close()
         broker.stop()
+
+
+def test_clearing_a_retained_request_is_not_taken_for_another_one(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The refusal asks the sender to clear the retained request (an empty retained message,
+    which the broker passes on live): that is not answered as a second refused request."""
+    topic = f"{BASE}/request/rebirth"
+    with gateway_and_platform(tmp_path, mosquitto.port) as (gw, sub):
+        sub._client.publish(topic, json.dumps({"transaction": "kept"}), qos=1, retain=True)
+        sub.wait_for(lambda _m: bool(sub.of_topic("/response/rebirth")))
+        sub._client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+        assert ask(sub, "ping", {"transaction": "after"})["status"] == "ok"
+        answers = [m.json() for m in sub.of_topic("/response/rebirth")]
+        assert [(a["transaction"], a["status"]) for a in answers] == [("kept", "error")]
+        assert gw.sync is not None and gw.sync.downlink.errors["retained"] == 1
+        assert gw.sync.downlink.counts["received"] == 2

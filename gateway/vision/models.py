@@ -8,6 +8,7 @@ name and renaming only once the hash is right, so a failed download never leaves
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -169,31 +170,48 @@ class FetchResult:
     detail: str = ""
 
 
+class _CannotWrite(Exception):
+    """The models directory, not the source, failed (a full disk, a read-only mount)."""
+
+
 def _copy_checked(reader: IO[bytes], target: Path, spec: ModelSpec) -> str | None:
     """Stream into ``target``'s temporary sibling; rename only if size and hash match."""
     partial = target.with_name(f".{target.name}.partial")
     digest = hashlib.sha256()
     size = 0
     try:
-        partial.unlink(missing_ok=True)  # left by an interrupted fetch, or a planted link
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        with os.fdopen(os.open(partial, flags, 0o644), "wb") as out:  # the service reads them
+        with _writing(partial):
+            partial.unlink(missing_ok=True)  # left by an interrupted fetch, or a planted link
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            out = os.fdopen(os.open(partial, flags, 0o644), "wb")  # the service reads them
+        with out:
             while chunk := reader.read(CHUNK):
                 size += len(chunk)
                 if size > spec.bytes:
                     return f"more than the {spec.bytes} bytes the manifest says"
                 digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+                with _writing(partial):
+                    out.write(chunk)
+            with _writing(partial):
+                out.flush()
+                os.fsync(out.fileno())
         if size != spec.bytes:
             return f"got {size} bytes, manifest says {spec.bytes}"
         if digest.hexdigest() != spec.sha256:
             return f"sha256 {digest.hexdigest()[:16]}..., manifest says {spec.sha256[:16]}..."
-        os.replace(partial, target)
+        with _writing(target):
+            os.replace(partial, target)
         return None
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise _CannotWrite(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _open_source(source: str, file: str, timeout_s: float) -> IO[bytes]:
@@ -218,6 +236,8 @@ def fetch(
         try:
             with _open_source(source, spec.file, timeout_s) as reader:
                 problem = _copy_checked(reader, target, spec)
+        except _CannotWrite as exc:
+            problem = str(exc)
         except (OSError, urllib.error.URLError) as exc:
             problem = f"cannot read from {source}: {exc}"
         if problem is None:

@@ -74,6 +74,23 @@ def test_fetch_from_a_folder_installs_then_finds_present(
     assert all(c.ok for c in verify(dest, manifest))
 
 
+def test_fetch_onto_a_full_disk_names_the_disk_not_the_source(
+    small_disk: Path, models_dir: Path, manifest: Manifest
+) -> None:
+    """The four models do not fit on this small disk: the installer is sent to free space on
+    the gateway, not to look for a fault in the folder or server the models come from."""
+    dest = small_disk / "models"
+    results = fetch(str(models_dir), dest, manifest)
+    failed = [r for r in results if r.action == "failed"]
+    assert failed and all(r.action in ("installed", "failed") for r in results)
+    for r in failed:
+        assert r.detail.startswith(f"cannot write {dest}/"), r.detail
+        assert "No space left on device" in r.detail and str(models_dir) not in r.detail
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        r.file for r in results if r.action == "installed"
+    )
+
+
 @pytest.fixture
 def http_server(staged: Path) -> Iterator[str]:
     handler = functools.partial(_QuietHandler, directory=str(staged))

@@ -534,6 +534,11 @@ class Gallery:
         written = Written([], [])
 
         def work(conn: sqlite3.Connection) -> None:
+            # later than every template already there, whatever the wall clock says: a Pi
+            # without RTC may be set back, and the oldest learned face retired must not be
+            # the one just learned
+            (latest,) = conn.execute("SELECT MAX(created_ms) FROM templates").fetchone()
+            stamp = now if latest is None else max(now, latest + 1)
             for elder_id, vectors in items:
                 if retire_oldest_learned:
                     retired = conn.execute(
@@ -558,7 +563,7 @@ class Gallery:
                             template_id,
                             elder_id,
                             self.model_id,
-                            now,
+                            stamp,
                             nonce,
                             ciphertext,
                             learned_from,

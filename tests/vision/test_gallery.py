@@ -4,6 +4,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -435,6 +436,22 @@ def test_learning_at_the_limit_retires_a_face_of_this_model_only(
     written = gallery.add("elder-a", _vectors(1, 9), learned_from="d-2", retire_oldest_learned=True)
     assert written.retired == ["d-1"]
     assert gallery.learned("elder-a") == ["d-2"] and old.learned("elder-a") == ["d-old"]
+
+
+def test_the_face_learned_last_stays_though_the_clock_was_set_back_in_between(
+    gallery: Gallery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pi without RTC may come up with an older time (fake-hwclock after a power cut): at
+    the limit it is still the oldest learned face that goes, not the one just learned."""
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
+    gallery.add("elder-a", _vectors(1, 8), learned_from="d-1")
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # set back by months
+    gallery.add("elder-a", _vectors(1, 9), learned_from="d-2")
+    written = gallery.add(
+        "elder-a", _vectors(1, 10), learned_from="d-3", retire_oldest_learned=True
+    )
+    assert written.retired == ["d-1"]
+    assert gallery.learned("elder-a") == ["d-2", "d-3"]
 
 
 def test_an_elders_anchor_is_an_enrolled_template_and_survives_a_reload(

@@ -60,6 +60,14 @@ class Gateway:
         self.supervisor = Supervisor([self.store, *self.services])
         self.supervisor.start_all()
         self._record_started()
+        self._announce_models()
+
+    def retry(self) -> None:
+        """Services that could not start, tried again (see ``Supervisor.retry_failed``)."""
+        if self.supervisor.retry_failed():
+            self._announce_models()
+
+    def _announce_models(self) -> None:
         if self.sync is not None and self.model_versions():
             self.sync.announce()  # the birth may have gone out before the models were loaded
 
@@ -186,6 +194,7 @@ def _serve(loaded: LoadedConfig, password: str | None) -> int:
     interval = watchdog_interval_s() or 5.0
     try:
         while not gw.stop_event.wait(interval):
+            gw.retry()
             bad = gw.supervisor.unhealthy()
             if bad:
                 log.error("unhealthy: %s; not pinging the watchdog", ", ".join(bad))

@@ -10,10 +10,14 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
+RETRY_MIN_S = 30.0  # a service that did not start is tried again after this, then twice as
+RETRY_MAX_S = 900.0  # long each time up to this: a missing model costs a hash check or two
 
 
 class StartupError(Exception):
@@ -33,18 +37,32 @@ class Service(Protocol):
     def healthy(self) -> bool: ...
 
 
+@dataclass
+class _Failed:
+    """A non-essential service that did not start, and when it is tried again."""
+
+    service: Service
+    error: str
+    attempts: int
+    retry_at: float
+
+
 class Supervisor:
     """Starts services in order and stops them in reverse.
 
     A service that sets ``essential = False`` (the counter camera) may fail to start without
     taking the rest down: alarms must keep flowing when a model file is damaged. Its failure
-    is logged and shown in health; any other start failure stops what was started and raises.
+    is logged and shown in health, and it is tried again with a growing delay (``retry_failed``):
+    once the installer has fetched the models or the disk has room again, the counter comes
+    back without a restart. Any other start failure stops what was started and raises.
     """
 
-    def __init__(self, services: Sequence[Service]) -> None:
+    def __init__(self, services: Sequence[Service], clock: Callable[[], float] = time.monotonic):
         self.services = list(services)
+        self._clock = clock
         self._started: list[Service] = []
-        self.failed: dict[str, str] = {}
+        self._failed: dict[str, _Failed] = {}
+        self._lock = threading.Lock()  # health is read from the sync's thread
 
     def start_all(self) -> None:
         for service in self.services:
@@ -56,16 +74,49 @@ class Supervisor:
                     self.stop_all()
                     raise
                 log.error("%s not started, the rest runs on: %s", service.name, exc)
-                self.failed[service.name] = str(exc)
+                with self._lock:
+                    self._failed[service.name] = _Failed(
+                        service, str(exc), 1, self._clock() + RETRY_MIN_S
+                    )
                 continue
             except BaseException:
                 self.stop_all()
                 raise
-            self._started.append(service)
+            with self._lock:
+                self._started.append(service)
+
+    def retry_failed(self) -> list[str]:
+        """Start again the services whose delay is over; the names of those that started. A
+        failure with the same error as before is not logged again."""
+        started = []
+        for name, failed in list(self._failed.items()):
+            if self._clock() < failed.retry_at:
+                continue
+            try:
+                failed.service.start()
+            except Exception as exc:  # whatever it is, the running gateway must not go down
+                if str(exc) != failed.error:
+                    log.error("%s still not started: %s", name, exc)
+                delay = min(RETRY_MAX_S, RETRY_MIN_S * 2**failed.attempts)
+                with self._lock:
+                    self._failed[name] = replace(
+                        failed,
+                        error=str(exc),
+                        attempts=failed.attempts + 1,
+                        retry_at=self._clock() + delay,
+                    )
+                continue
+            log.info("%s started after %d failed attempts", name, failed.attempts)
+            with self._lock:
+                del self._failed[name]
+                self._started.append(failed.service)
+            started.append(name)
+        return started
 
     def stop_all(self) -> None:
         while self._started:
-            service = self._started.pop()
+            with self._lock:
+                service = self._started.pop()
             log.info("stopping %s", service.name)
             try:
                 service.stop()
@@ -73,14 +124,21 @@ class Supervisor:
                 log.exception("error while stopping %s", service.name)
 
     def healthy(self) -> bool:
-        return all(s.healthy() for s in self._started)
+        return not self.unhealthy()
 
     def unhealthy(self) -> list[str]:
-        return [s.name for s in self._started if not s.healthy()]
+        with self._lock:
+            started = list(self._started)
+        return [s.name for s in started if not s.healthy()]
 
     def health(self) -> dict[str, Any]:
-        failed = {name: {"state": "not started", "error": err} for name, err in self.failed.items()}
-        return {**failed, **{s.name: s.health() for s in self._started}}
+        with self._lock:
+            failed = {
+                name: {"state": "not started", "error": f.error, "attempts": f.attempts}
+                for name, f in self._failed.items()
+            }
+            started = list(self._started)
+        return {**failed, **{s.name: s.health() for s in started}}
 
 
 def _noop() -> None:

@@ -79,7 +79,70 @@ def test_a_non_essential_service_may_fail_and_the_rest_runs_on() -> None:
     sup.start_all()
     assert log == ["start store", "start ports"]
     assert sup.healthy()
-    assert sup.health()["vision"] == {"state": "not started", "error": "vision cannot start"}
+    assert sup.health()["vision"] == {
+        "state": "not started",
+        "error": "vision cannot start",
+        "attempts": 1,
+    }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_service_that_did_not_start_is_tried_again_later_and_joins_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The installer fetches the missing models, or frees the full disk: the counter comes
+    back without anyone restarting the gateway, and a failure said once is not said again."""
+    log: list[str] = []
+    clock = Clock()
+    vision = Part("vision", log, fail=True, essential=False)
+    sup = Supervisor([Part("store", log), vision], clock=clock)
+    sup.start_all()
+    assert sup.retry_failed() == []  # not before its delay
+    caplog.clear()
+    for attempt, wait in enumerate((30.0, 60.0, 120.0), start=2):
+        clock.now += wait - 0.1
+        assert sup.retry_failed() == []
+        clock.now += 0.1
+        assert sup.retry_failed() == []
+        assert sup.health()["vision"] == {
+            "state": "not started",
+            "error": "vision cannot start",
+            "attempts": attempt,
+        }
+    assert "vision" not in caplog.text  # the same error, not logged at every attempt
+    vision._fail = False
+    clock.now += 240.0
+    assert sup.retry_failed() == ["vision"]
+    assert sup.health()["vision"] == {"ok": True} and sup.healthy()
+    sup.stop_all()
+    assert log == ["start store", "start vision", "stop vision", "stop store"]
+
+
+def test_a_retry_that_fails_unexpectedly_leaves_the_gateway_running() -> None:
+    class Flaky(Part):
+        def __init__(self, errors: list[Exception]) -> None:
+            super().__init__("vision", [], essential=False)
+            self.errors = errors
+
+        def start(self) -> None:
+            if self.errors:
+                raise self.errors.pop(0)
+
+    clock = Clock()
+    sup = Supervisor([Flaky([StartupError("no models"), RuntimeError("surprise")])], clock=clock)
+    sup.start_all()
+    clock.now += 30.0
+    assert sup.retry_failed() == []
+    assert sup.health()["vision"]["error"] == "surprise"
+    clock.now += 60.0
+    assert sup.retry_failed() == ["vision"]
 
 
 def test_sd_notify_speaks_to_the_notify_socket(

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+from gateway import lifecycle
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
 from gateway.store import Store
@@ -22,6 +24,7 @@ from gateway.vision.build import build
 from gateway.vision.config import VisionSection
 from gateway.vision.enroll import enrol
 from gateway.vision.gallery import Gallery
+from gateway.vision.models import fetch, load_manifest
 from gateway.vision.operations import FaceUnlearn, GalleryFile
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
@@ -297,3 +300,37 @@ def test_undoing_confirmations_where_nobody_is_enrolled_creates_no_gallery(tmp_p
     reply = unlearn({"transaction": "ul-1", "elder_id": "E1024"})
     assert reply.data == {"elder_id": "E1024", "templates_removed": 0, "templates": 0}
     assert list(tmp_path.iterdir()) == []  # neither a gallery nor a key
+
+
+def test_the_counter_comes_up_once_its_models_are_fetched_without_a_restart(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    models_dir: Path,
+    faces_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An installer who started the gateway before `gateway models fetch` need not restart
+    it (and interrupt the alarms): the face stage is tried again and announces its models."""
+    monkeypatch.setattr(lifecycle, "RETRY_MIN_S", 0.0)
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    shutil.copyfile(faces_dir / "deepface" / "img3.jpg", camera / "a.jpg")
+    installed = tmp_path / "models"
+    installed.mkdir()
+    vision = {"models_dir": str(installed), "camera": {"source": str(camera), "fps": 15}}
+    sub = Subscriber(mosquitto.port)
+    try:
+        with running(config(tmp_path / "var", mosquitto.port, vision=vision)) as gw:
+            health = gw.services_health()["vision"]
+            assert health["state"] == "not started" and "missing" in health["error"]
+            gw.retry()
+            assert gw.services_health()["vision"]["attempts"] == 2
+            fetched = fetch(str(models_dir), installed, load_manifest())
+            assert all(r.action == "installed" for r in fetched)
+            gw.retry()
+            assert gw.services_health()["vision"]["camera"]["state"] != "not started"
+            models = gw.model_versions()
+            assert sorted(models) == ["antispoof_v1se", "antispoof_v2", "detector", "recognizer"]
+            eventually(lambda: sub.of_topic(f"{BASE}/status")[-1].json().get("models") == models)
+    finally:
+        sub.close()

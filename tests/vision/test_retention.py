@@ -77,7 +77,7 @@ def test_frames_leave_on_time_when_the_face_stage_cannot_start(
     cfg = vision_cfg.model_copy(update={"camera": camera, "models_dir": tmp_path / "no-models"})
     supervisor = start(cfg, data_dir, store)
     try:
-        assert "vision" in supervisor.failed
+        assert supervisor.health()["vision"]["state"] == "not started"
         assert [p.stem[-1] for p in folder.iterdir()] == ["1"]
     finally:
         supervisor.stop_all()

@@ -137,7 +137,8 @@ class StoreSection(Strict):
         ge=0,
         le=1_000_000,
         description="Below this free space an event is written only if old telemetry can make "
-        "room for it; otherwise it is refused (and its source is not acknowledged).",
+        "room for it; otherwise it is refused (and its source is not acknowledged), except "
+        "alarms and records while the disk reserve (reserve_mb) is kept for them.",
     )
     reserve_mb: float = Field(
         16.0,

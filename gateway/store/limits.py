@@ -6,7 +6,9 @@ Policy (also in the README):
 - P2 over its quota evicts its own oldest pending events, counted.
 - Below the free-disk floor, an event is admitted only if enough old P2 can be evicted to make
   room for it (so the file stops growing); otherwise it is refused and counted, and the producer
-  does not acknowledge its source, which will retry.
+  does not acknowledge its source, which will retry. Alarms and records are the exception
+  while the store keeps its disk reserve: they are written, from the reserve once the disk is
+  full (the reserve exists for them, and a site that is online has no telemetry pending).
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ def admit(
     free_bytes: int,
     floor_bytes: int,
     p2_pending_bytes: int,
+    reserve: bool = False,
 ) -> Admission:
     """Decide which new events of one commit may be written.
 
     Above the floor everything is admitted. Below it, higher priority claims the evictable P2
-    room first, so an alarm is never refused while telemetry could make way for it.
+    room first, so an alarm is never refused while telemetry could make way for it; with a
+    ``reserve`` (held, or given up for them), alarms and records it cannot make way for are
+    admitted too.
     """
     if free_bytes >= floor_bytes:
         return Admission(tuple(True for _ in lanes), 0)
@@ -51,6 +56,8 @@ def admit(
         if sizes[i] <= room:
             room -= sizes[i]
             needed += sizes[i]
+            admitted[i] = True
+        elif reserve and lanes[i] is not Lane.P2:
             admitted[i] = True
     return Admission(tuple(admitted), needed)
 

@@ -53,6 +53,31 @@ def test_on_a_disk_another_program_filled_alarms_and_records_are_still_written(
     assert reopened.usage[SOS.lane].count == 1 and reopened.usage[MEAL.lane].count == 1
 
 
+def test_with_nothing_pending_alarms_and_records_are_written_from_the_reserve(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """The usual case on a site that is online: everything delivered, no telemetry left to
+    make way, and a floor above what the filled disk has left."""
+    store = make_store(small_disk / "g.db", min_free_disk_mb=4, reserve_mb=2)
+    assert store.health()["disk_reserve"] == "held"
+    filler = fill(small_disk)
+
+    alarm = store.record(Event(SOS, {"device": "A1"}))
+    meal = store.record(Event(MEAL, {"elder": "E1"}))
+    assert alarm.seq < meal.seq
+    assert store.health()["disk_reserve"] == "released"
+    with pytest.raises(StorageFull):
+        store.record(Event(SEEN, {"n": "while full"}))
+    assert store.counters.get("refused_p0", 0) == store.counters.get("refused_p1", 0) == 0
+
+    filler.unlink()
+    store.housekeep()
+    assert store.health()["disk_reserve"] == "held"
+    store.stop()
+    reopened = make_store(small_disk / "g.db", min_free_disk_mb=4, reserve_mb=2)
+    assert reopened.usage[SOS.lane].count == 1 and reopened.usage[MEAL.lane].count == 1
+
+
 def test_a_reserve_the_disk_cannot_spare_waits_and_takes_nothing_from_telemetry(
     small_disk: Path, make_store: StoreFactory
 ) -> None:

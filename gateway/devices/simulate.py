@@ -338,6 +338,18 @@ class Dc09Transmitter:
         )
 
     def exchange(self, raw: bytes) -> bytes:
+        """Send one message and return the reply. A TCP connection the receiver closed while
+        it was idle (its idle_timeout_s) is replaced once, as a panel does: a panel that sends
+        less often than that must not stop at its second message."""
+        try:
+            return self._exchange(raw)
+        except ConnectionError:
+            if self.udp:
+                raise
+            self.close()
+            return self._exchange(raw)
+
+    def _exchange(self, raw: bytes) -> bytes:
         sock = self._socket()
         sock.sendall(raw)
         reply = b""

@@ -1,0 +1,31 @@
+"""The field simulators against the gateway's own receivers."""
+
+from __future__ import annotations
+
+import time
+
+from gateway.devices.config import Dc09Receiver
+from gateway.devices.dc09 import Dc09Service
+from gateway.devices.decoders import dc09
+from gateway.devices.simulate import Dc09Transmitter
+from gateway.store import Store
+from tests.devices.conftest import definition, stored
+
+
+def test_a_panel_sending_less_often_than_the_idle_timeout_goes_on_sending(store: Store) -> None:
+    """The demo's alarm panel sends every 2 minutes; the receiver closes a connection idle for
+    one: the next message goes on a new connection instead of ending the panel."""
+    cfg = Dc09Receiver(
+        name="hubs", definition="dc09-receiver.toml", host="127.0.0.1", port=0, idle_timeout_s=0.5
+    )
+    service = Dc09Service(cfg, definition("dc09-receiver"), store, 10.0)
+    service.start()
+    panel = Dc09Transmitter("127.0.0.1", service.port, "1234")
+    try:
+        for zone in ("001", "002"):
+            assert dc09.parse(panel.cid("1", "101", zone).decode().strip(), {}).id == "ACK"
+            time.sleep(1.5)  # the receiver closes the connection as idle meanwhile
+        assert len(stored(store.path)) == 2 and service.connections == 2
+    finally:
+        panel.close()
+        service.stop()

@@ -139,6 +139,7 @@ class ImageFolder:
         self._cache: tuple[Path, np.ndarray | None] | None = None
         self._shape: tuple[int, ...] = (480, 640, 3)
         self.bad_files = 0
+        self._reported: set[Path] = set()  # unusable photos said once, not at every loop
 
     def open(self) -> None:
         if not self.folder.is_dir():
@@ -146,6 +147,7 @@ class ImageFolder:
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise CameraError(f"{self.folder}: no photos")
+        self._reported.clear()
         self._plan = []
         for f in self.files:
             self._plan += [f] * self.hold + [None] * self.gap
@@ -168,11 +170,16 @@ class ImageFolder:
             image = fit_within(read_image(item), self.max_side)
             self._shape = image.shape
         except BadImage as exc:
+            if not item.exists():  # the folder was changed: lost, and listed again on reopening
+                gone = self.files.index(item) + 1
+                raise CameraError(f"{self.folder}: photo {gone} is gone") from None
             self.bad_files += 1
-            # The position, not the file name: photo files are often named after the person.
-            log.warning(
-                "replay: photo %d is not usable: %s", self.files.index(item) + 1, exc.reason
-            )
+            if item not in self._reported:
+                self._reported.add(item)
+                # The position, not the file name: photo files are often named after the person.
+                log.warning(
+                    "replay: photo %d is not usable: %s", self.files.index(item) + 1, exc.reason
+                )
         self._cache = (item, image)
         return image, time.perf_counter() - start
 
@@ -310,6 +317,8 @@ class Lockstep:
                 self.ended = True
                 self.state = "ended"
                 return None
+            except CameraError:  # a photo gone from the folder: nothing to reopen, skipped
+                raw, decode_s = None, 0.0
             self._seq += 1
             image = self.stats.usable(raw)
             if image is not None:
@@ -426,7 +435,8 @@ class CameraReader:
             try:
                 ended = self._stream()
             except Exception as exc:  # the thread must outlive any source: reopen it
-                self.stats.source_errors += 1
+                if not isinstance(exc, CameraError):
+                    self.stats.source_errors += 1
                 self._lost(_reason(exc))
                 ended = False
             self._close()

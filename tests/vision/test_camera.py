@@ -68,6 +68,44 @@ def test_unusable_photos_are_counted_and_skipped(photo_folder: Path) -> None:
     assert feed.stats.failed_reads == 4
 
 
+def test_an_unusable_photo_is_logged_once_however_often_the_replay_loops(
+    photo_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (photo_folder / "img0_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0broken")
+    cfg = CameraSection(fps=10, replay_hold_s=0.1, replay_gap_s=0.0, replay_loop=True)
+    source = ImageFolder(photo_folder, cfg)
+    source.open()
+    for _ in range(3 * 4):  # four loops of three photos
+        source.read()
+    assert source.bad_files == 4
+    assert caplog.text.count("replay: photo 1 is not usable") == 1
+
+
+def test_a_replay_folder_taken_away_is_a_lost_camera_until_it_is_back(
+    photo_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a stream of unusable photos with the camera said to be streaming."""
+    cfg = CameraSection(
+        fps=20, replay_hold_s=0.1, replay_gap_s=0.0, replay_loop=True, reopen_min_s=0.05
+    )
+    reader = CameraReader(ImageFolder(photo_folder, cfg), cfg)
+    reader.start()
+    aside = photo_folder.with_name("aside")
+    try:
+        _wait(lambda: reader.state == "streaming" and reader.stats.frames > 2)
+        photo_folder.rename(aside)
+        _wait(lambda: reader.state == "lost")
+        error = str(reader.health()["last_error"])
+        assert error.endswith(("replay: not a folder", "is gone")), error
+        assert "not usable" not in caplog.text
+        aside.rename(photo_folder)
+        frames = reader.stats.frames
+        _wait(lambda: reader.state == "streaming" and reader.stats.frames > frames + 2)
+        assert reader.stats.source_errors == 0
+    finally:
+        reader.stop()
+
+
 def test_the_reader_keeps_only_the_newest_frame(photo_folder: Path) -> None:
     cfg = CameraSection(fps=30, replay_hold_s=2, replay_gap_s=0, replay_loop=True)
     reader = CameraReader(ImageFolder(photo_folder, cfg), cfg)

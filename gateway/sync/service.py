@@ -56,6 +56,11 @@ def summary(health: Mapping[str, Any]) -> str:
         if health["storage_pressure"]
         else ""
     )
+    if health["disk_reserve"] == "released":
+        pressure += " DISK FULL (reserve released)"
+    refused = " ".join(f"{k}={v['refused']}" for k, v in lanes.items() if v["refused"])
+    if refused:
+        pressure += f" REFUSED {refused}"
     return (
         f"health: pending {pending}; broker {health['broker']['state']}; "
         f"delivered {health['uplink']['events_acked']}{pressure}; {services or 'no devices'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -9,13 +10,16 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.clock import SystemClock
 from gateway.events import Event, iso_utc
+from gateway.store import StorageFull
 from tests.support.broker import Mosquitto
 from tests.support.crashee import ROOT
-from tests.support.events import TELEMETRY
+from tests.support.disk import fill
+from tests.support.events import ALARM, TELEMETRY
 from tests.support.gateway import config, running
 from tests.support.subscriber import Subscriber
 from tests.sync.test_crash import write_config
@@ -124,3 +128,22 @@ def test_health_after_reconnecting_says_why_the_connection_ended(
         assert taken_at <= broker["last_error_at"] <= health["ts"]
     finally:
         sub.close()
+
+
+def test_the_journal_health_line_says_the_disk_is_full_and_what_was_refused(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the broker is down that line is the only health anyone sees: 'ok' everywhere
+    with the disk full and telemetry turned away would send the installer elsewhere."""
+    store = {"min_free_disk_mb": 4, "reserve_mb": 2}
+    with running(config(small_disk / "var", None, store=store)) as gw:
+        assert gw.sync is not None
+        fill(small_disk)
+        gw.store.record(Event(ALARM, {"device": "A1"}))  # written from the reserve
+        with pytest.raises(StorageFull):
+            gw.store.record(Event(TELEMETRY, {"n": 1}))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="gateway.sync.service"):
+            gw.sync.report()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("health:")]
+    assert "DISK FULL (reserve released) REFUSED p2=1;" in line, line

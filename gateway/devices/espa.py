@@ -29,13 +29,15 @@ class EspaSession(PortHandler):
         *,
         silence_s: float | None,
         frame_timeout_s: float | None = None,
+        parity_checked: bool = True,
     ) -> None:
         """A block not complete ``frame_timeout_s`` after its SOH is dropped (the port's
         setting, else the definition's response timeout); a master that does not go on within
-        the response timeout has the session back to neutral."""
+        the response timeout has the session back to neutral. ``parity_checked``: the port is
+        7-bit and its link marks bad parity (see EspaFramer)."""
         super().__init__(
             recorder,
-            EspaFramer(),
+            EspaFramer(parity_checked=parity_checked),
             frame_timeout_s=frame_timeout_s or spec.response_timeout_s,
             silence_s=silence_s if silence_s is not None else spec.silence_s,
         )

@@ -27,6 +27,10 @@ class PortService:
         self.cfg = cfg
         self.definition = definition
         self.recorder = Recorder.for_source(store, cfg, definition.name, record_timeout_s)
+        settings = SerialSettings(
+            baudrate=cfg.baudrate or definition.serial.baudrate,
+            format=cfg.format or definition.serial.format,
+        )
         self.handler: PortHandler
         if definition.espa is not None:
             self.handler = EspaSession(
@@ -34,6 +38,7 @@ class PortService:
                 self.recorder,
                 silence_s=cfg.silence_s,
                 frame_timeout_s=cfg.frame_timeout_s,
+                parity_checked=settings.software_parity,
             )
         else:
             self.handler = framed_handler(
@@ -42,10 +47,6 @@ class PortService:
                 frame_timeout_s=cfg.frame_timeout_s or FRAME_TIMEOUT_S,
                 silence_s=cfg.silence_s if cfg.silence_s is not None else _silence(definition),
             )
-        settings = SerialSettings(
-            baudrate=cfg.baudrate or definition.serial.baudrate,
-            format=cfg.format or definition.serial.format,
-        )
         self.link = SerialLink(
             cfg.name,
             cfg.url,

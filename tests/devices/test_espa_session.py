@@ -138,6 +138,35 @@ def test_the_ports_frame_timeout_drops_a_cut_block(tmp_path: Path, store: Store)
     assert service.health()["rejected"] == {"truncated": 1}
 
 
+def test_an_8bit_gbk_call_whose_bcc_is_ff_is_taken(tmp_path: Path, store: Store) -> None:
+    """On an 8N1 port (GBK text, as devices.md says to set it up) 0xFF is a byte like any
+    other: a call whose BCC comes out as 0xFF is ACKed and stored, not NAKed as bad parity
+    on every retry until the master gives up."""
+    shipped = definition("espa444-nurse-call")
+    assert shipped.espa is not None
+    gbk = shipped.model_copy(update={"espa": shipped.espa.model_copy(update={"encoding": "gbk"})})
+    pty = Pty(tmp_path / "nursecall", "8N1")
+    cfg = PortConfig(
+        name="nurse", definition="espa444-nurse-call.toml", url=str(pty.path), format="8N1"
+    )
+    service = PortService(cfg, gbk, store, 10.0)
+    service.start()
+    block = espa_block([("1", "0001"), ("2", "1床 丂奶奶 呼叫"), ("4", "3")], encoding="gbk")
+    assert block[-1] == 0xFF
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        master = EspaMaster(pty)
+        assert master.select()
+        assert master.send_block(block, retries=0) == ACK
+        master.end()
+    finally:
+        service.stop()
+        pty.close()
+    (call,) = stored(store.path, "alarm.sos")
+    assert (call["data"]["device"], call["data"]["text"]) == ("0001", "1床 丂奶奶 呼叫")
+    assert service.health()["rejected"] == {}
+
+
 # ---- the session's timing and refusals, with the clock in the test's hand --------------------
 
 SELECT = b"\x041\x052\x05"  # EOT, the master '1' identifies itself, selects us ('2')

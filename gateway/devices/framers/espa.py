@@ -1,8 +1,9 @@
 """ESPA 4.4.4 / ISO 1745 tokens: control sequences and ``SOH ... ETX BCC`` blocks.
 
-Bytes arrive with parity already checked (see link.py); a byte whose parity was wrong reaches
-this framer as ``PARITY_ERROR`` (0xFF, impossible in 7-bit data), so the block holding it is
-refused and the session answers NAK.
+On a 7-bit link (7E1, 7E2) bytes arrive with parity already checked (see link.py); a byte
+whose parity was wrong reaches this framer as ``PARITY_ERROR`` (0xFF, impossible in 7-bit
+data), so the block holding it is refused and the session answers NAK. On an 8-bit link (8N1
+for Latin-1 or GBK text) 0xFF is an ordinary byte: a character, or a block's BCC.
 
 ISO 1745 basic mode keeps transmission control characters out of the text, so before ETX an
 SOH, EOT or ENQ ends the block as truncated: a noise SOH on an idle line then cannot swallow
@@ -39,7 +40,10 @@ def bcc(body: bytes) -> int:
 
 
 class EspaFramer:
-    def __init__(self) -> None:
+    def __init__(self, *, parity_checked: bool = True) -> None:
+        """``parity_checked``: the bytes come from a 7-bit link that marks bad parity as
+        ``PARITY_ERROR``; False for an 8-bit link, where that byte is data."""
+        self._parity_error = PARITY_ERROR if parity_checked else None
         self._block: bytearray | None = None
         self._await_bcc = False
         self._address: int | None = None
@@ -126,9 +130,10 @@ class EspaFramer:
         self._block = None
         self._await_bcc = False
         raw = bytes(block) + bytes([b])
-        if PARITY_ERROR not in raw and bcc(raw[1:-1]) == b:
+        parity = self._parity_error is not None and self._parity_error in raw
+        if not parity and bcc(raw[1:-1]) == b:
             out.append(Frame(raw))
             return
-        out.append(Reject("parity" if PARITY_ERROR in raw else "bad_bcc", raw))
+        out.append(Reject("parity" if parity else "bad_bcc", raw))
         if b == SOH:  # a block cut off before its BCC, then the next block
             self._block = bytearray([SOH])

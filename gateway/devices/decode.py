@@ -14,6 +14,7 @@ from gateway.devices.definitions import DefinitionFile
 from gateway.devices.events import to_event
 from gateway.devices.framers.espa import Control, EspaFramer
 from gateway.devices.framers.lines import LineFramer
+from gateway.devices.link import SerialSettings, SoftwareParity
 from gateway.devices.model import Decoded, Frame, Reject
 from gateway.devices.pipeline import framer_and_decoder
 
@@ -69,10 +70,22 @@ def _dc09(definition: DefinitionFile, content: bytes) -> Decoded:
     return Decoded()
 
 
+def as_read(settings: SerialSettings, data: bytes) -> bytes:
+    """``data`` as the port's link hands it on. A 7-bit port (ESPA's 7E1) is read as 8 bits
+    and its parity checked in software, so a capture of it (``spy://`` logs the bytes as read)
+    carries the parity bits: they are checked and stripped here the same way. Bytes that all
+    lack bit 7 are 7-bit data already (hex typed from a spec or a manual) and stay as given."""
+    if settings.software_parity and any(b & 0x80 for b in data):
+        return SoftwareParity(settings).decode(data)
+    return data
+
+
 def decode_capture(definition: DefinitionFile, data: bytes) -> Iterator[dict[str, Any]]:
     """Every event and every refusal in ``data``, in order, as JSON-ready dicts."""
+    settings = SerialSettings(definition.serial.baudrate, definition.serial.format)
+    data = as_read(settings, data)
     if definition.espa is not None:
-        espa = EspaFramer()
+        espa = EspaFramer(parity_checked=settings.software_parity)
         for item in [*espa.feed(data), *espa.flush()]:
             if isinstance(item, Control):
                 yield {"control": item.kind, "address": item.address}

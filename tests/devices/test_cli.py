@@ -70,6 +70,45 @@ def test_decode_a_spy_capture_of_what_the_device_sent(
     ]
 
 
+def test_decode_a_spy_capture_of_a_7e1_nurse_call_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 7E1 port is read as 8 bits (parity is checked in software), so its spy:// dump holds
+    the parity bits: decode checks and strips them as the port does, and finds the call (and
+    a byte with a flipped parity bit refused as the port would). The guide's hex, typed
+    without parity bits, decodes too."""
+    import serial
+
+    from gateway.devices.simulate import espa_block
+
+    capture = tmp_path / "spy.txt"
+    nurse = Pty(tmp_path / "ttyNURSE", "7E1")
+    port = serial.serial_for_url(f"spy://{nurse.path}?file={capture}", timeout=1)
+    block = espa_block([("1", "0815"), ("2", "SOS ROOM 12"), ("4", "3")])
+    wire = nurse.parity.encode(b"\x041\x052\x05" + block + block + b"\x04")
+    flipped = 5 + len(block) + 6
+    wire = wire[:flipped] + bytes([wire[flipped] ^ 0x80]) + wire[flipped + 1 :]
+    try:
+        nurse.write_raw(wire)
+        assert port.read(len(wire)) == wire
+    finally:
+        port.close()
+        nurse.close()
+    device = str(CONFIGS / "espa444-nurse-call.toml")
+    out = run(capsys, "--device", device, "--file", str(capture))
+    assert [o.get("type") or o.get("control") or o.get("rejected") for o in out] == [
+        "eot",
+        "enq",
+        "enq",
+        "alarm.sos",
+        "parity",
+        "eot",
+    ]
+    assert out[3]["data"]["text"] == "SOS ROOM 12"  # type: ignore[index]
+    (call,) = run(capsys, "--device", device, "--hex", block.hex())
+    assert call["type"] == "alarm.sos"
+
+
 def test_a_spy_dump_cut_off_mid_row_keeps_its_whole_bytes() -> None:
     """Copied while the port was still writing: the last row ends half-way."""
     from gateway.devices.decode import spy_received

@@ -20,7 +20,7 @@ from gateway.devices.definitions import DefinitionFile
 from gateway.devices.events import link_status
 from gateway.devices.framers.binary import BinaryFramer
 from gateway.devices.framers.lines import LineFramer
-from gateway.devices.model import Decoded, DeviceEvent, Frame, Reject, decode_error
+from gateway.devices.model import Decoded, DeviceEvent, Frame, Kind, Reject, decode_error
 from gateway.devices.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class FramedHandler(PortHandler):
             stats.ignored += 1
         if self.ack is None:  # radio: no retry to ask for, but the band's own repeats
             for ev in fresh:
-                forget = partial(self.dedup.forget, _key(ev))
+                forget = partial(self.dedup.forget, self._key(ev))
                 self.recorder.submit(self.recorder.event(ev, self.station), at, forget)
             return
         if decoded.rejects and not decoded.events:
@@ -174,7 +174,7 @@ class FramedHandler(PortHandler):
         finally:
             if not stored:  # the sender retries after our NAK: that must not be a repeat
                 for ev in fresh:
-                    self.dedup.forget(_key(ev))
+                    self.dedup.forget(self._key(ev))
         reply = self.ack if stored else self.nak
         if reply:
             self.write(reply)
@@ -182,15 +182,17 @@ class FramedHandler(PortHandler):
     def _repeat(self, ev: DeviceEvent) -> bool:
         if ev.seq is None:
             return False
-        if self.dedup.is_repeat(_key(ev)):
+        if self.dedup.is_repeat(self._key(ev)):
             self.recorder.stats.duplicates += 1
             return True
         return False
 
-
-def _key(ev: DeviceEvent) -> tuple[object, ...]:
-    """What makes two events the same transmission (see dedup.py)."""
-    return (ev.device, ev.kind, ev.code, ev.seq)
+    def _key(self, ev: DeviceEvent) -> tuple[object, ...]:
+        """What makes two events the same transmission (see dedup.py). The dedup may be shared
+        by the ports of one definition: a band's SOS heard by two stations is one alarm, but
+        each station's sighting is kept (where the band is heard, and how well)."""
+        key: tuple[object, ...] = (ev.device, ev.kind, ev.code, ev.seq)
+        return (*key, self.recorder.port) if ev.kind is Kind.SEEN else key
 
 
 def framer_and_decoder(
@@ -212,32 +214,35 @@ def framer_and_decoder(
     raise ValueError(f"{definition.name}: not a framed serial protocol ({definition.protocol})")
 
 
+def definition_dedup(definition: DefinitionFile, now: Callable[[], float] | None = None) -> Dedup:
+    """The repeat filter with a framed definition's ``dedup_window_s``. The radio ports of one
+    definition share one (see build_services): base stations whose coverage overlaps all hear
+    a band's SOS, and it is one alarm."""
+    spec = definition.binary or definition.jsonlines or definition.contact_id
+    window = spec.dedup_window_s if spec is not None else 0.0
+    return Dedup(window) if now is None else Dedup(window, now)
+
+
 def framed_handler(
     definition: DefinitionFile,
     recorder: Recorder,
     *,
     frame_timeout_s: float,
     silence_s: float | None,
-    dedup_now: Callable[[], float] | None = None,
+    dedup: Dedup | None = None,
 ) -> FramedHandler:
+    """``dedup``: the filter shared with the definition's other ports (default: its own)."""
     framer, decode = framer_and_decoder(definition)
     ack = nak = None
-    window = 0.0
-    if definition.binary is not None:
-        window = definition.binary.dedup_window_s
-    elif definition.jsonlines is not None:
-        window = definition.jsonlines.dedup_window_s
-    elif definition.contact_id is not None:
+    if definition.contact_id is not None:
         spec = definition.contact_id
-        window = spec.dedup_window_s
         ack = bytes.fromhex(spec.ack) if spec.ack else None
         nak = bytes.fromhex(spec.nak) if spec.nak else None
-    dedup = Dedup(window) if dedup_now is None else Dedup(window, dedup_now)
     return FramedHandler(
         recorder,
         framer,
         decode,
-        dedup,
+        dedup if dedup is not None else definition_dedup(definition),
         frame_timeout_s=frame_timeout_s,
         silence_s=silence_s,
         ack=ack,

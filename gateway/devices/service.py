@@ -8,10 +8,16 @@ from typing import Any
 
 from gateway.configfile import ConfigFileError, Issue
 from gateway.devices.config import DevicesSection, PortConfig
+from gateway.devices.dedup import Dedup
 from gateway.devices.definitions import DefinitionFile, load_definition
 from gateway.devices.espa import EspaSession
 from gateway.devices.link import SerialLink, SerialSettings
-from gateway.devices.pipeline import FRAME_TIMEOUT_S, PortHandler, framed_handler
+from gateway.devices.pipeline import (
+    FRAME_TIMEOUT_S,
+    PortHandler,
+    definition_dedup,
+    framed_handler,
+)
 from gateway.devices.recorder import Recorder
 from gateway.lifecycle import Service
 from gateway.store import Store
@@ -21,8 +27,14 @@ class PortService:
     """A serial port: its link (reader thread, reopen) and the handler for its protocol."""
 
     def __init__(
-        self, cfg: PortConfig, definition: DefinitionFile, store: Store, record_timeout_s: float
+        self,
+        cfg: PortConfig,
+        definition: DefinitionFile,
+        store: Store,
+        record_timeout_s: float,
+        dedup: Dedup | None = None,
     ) -> None:
+        """``dedup``: the repeat filter shared by the definition's ports (default: its own)."""
         self.name = f"port:{cfg.name}"
         self.cfg = cfg
         self.definition = definition
@@ -46,6 +58,7 @@ class PortService:
                 self.recorder,
                 frame_timeout_s=cfg.frame_timeout_s or FRAME_TIMEOUT_S,
                 silence_s=cfg.silence_s if cfg.silence_s is not None else _silence(definition),
+                dedup=dedup,
             )
         self.link = SerialLink(
             cfg.name,
@@ -117,8 +130,20 @@ def build_services(
     from gateway.devices.dc09 import Dc09Service
 
     definitions = load_definitions(section)
+    # a band heard by several base stations (radio ports of one definition) is filtered once
+    dedups = {
+        name: definition_dedup(d)
+        for name, d in definitions.items()
+        if d.protocol in ("binary", "jsonlines")
+    }
     services: list[Service] = [
-        PortService(p, definitions[p.definition], store, section.record_timeout_s)
+        PortService(
+            p,
+            definitions[p.definition],
+            store,
+            section.record_timeout_s,
+            dedups.get(p.definition),
+        )
         for p in section.ports
     ]
     services += [

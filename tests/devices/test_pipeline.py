@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
+from gateway.devices.config import DevicesSection, PortConfig
 from gateway.devices.framers.binary import encode_frame
 from gateway.devices.model import Decoded
-from gateway.devices.pipeline import FramedHandler, framed_handler
+from gateway.devices.pipeline import FramedHandler, definition_dedup, framed_handler
 from gateway.devices.recorder import Recorder
+from gateway.devices.service import build_services
 from gateway.devices.simulate import contact_id_line
 from gateway.store import Store
-from tests.devices.conftest import definition, stored
-from tests.devices.support import failing_inserts
+from tests.devices.conftest import CONFIGS, definition, stored
+from tests.devices.support import Pty, failing_inserts
 from tests.devices.test_decoders import BTHOME_PRESS
 from tests.support.wait import eventually
 
@@ -36,7 +39,8 @@ class Clock:
 
 def handler(store: Store, clock: Clock) -> FramedHandler:
     recorder = Recorder(store, port="p", station="s", definition=SPEC.name, record_timeout_s=5)
-    return framed_handler(SPEC, recorder, frame_timeout_s=1.0, silence_s=30.0, dedup_now=clock)
+    dedup = definition_dedup(SPEC, clock)
+    return framed_handler(SPEC, recorder, frame_timeout_s=1.0, silence_s=30.0, dedup=dedup)
 
 
 def test_bad_input_counted_and_valid_frames_kept(store: Store) -> None:
@@ -219,3 +223,39 @@ def test_a_batching_ble_gateway_s_line_of_adverts_is_read_whole(store: Store) ->
     (sos,) = stored(store.path, "alarm.sos")
     assert (sos["data"]["device"], sos["data"]["station"]) == ("AC233FA00002", "AC233FA00001")
     assert recorder.stats.rejected == {}
+
+
+def test_a_band_heard_by_two_stations_raises_one_alarm(tmp_path: Path, store: Store) -> None:
+    """Base stations whose coverage overlaps all hear a band's SOS (the same band and seq):
+    the platform gets one alarm, from the station that heard it first, while every station's
+    sighting of the band is kept (where it is heard, and how well)."""
+    ptys = [Pty(tmp_path / f"ttyBASE{i}") for i in (1, 2)]
+    section = DevicesSection(
+        definitions_dir=CONFIGS,
+        ports=[
+            PortConfig(name=f"hall-{i}", definition="aa55-reference.toml", url=str(pty.path))
+            for i, pty in enumerate(ptys, 1)
+        ],
+    )
+    services = build_services(section, store)
+    for service in services:
+        service.start()
+    try:
+        for service in services:
+            eventually(lambda s=service: s.health()["link"]["state"] == "up")  # type: ignore[misc]
+        ptys[0].write(frame(2, 7) + frame(0, 8))
+        eventually(lambda: len(stored(store.path, "wristband.seen")) == 1)
+        ptys[1].write(frame(2, 7) + frame(0, 8))  # the same radio transmissions, a hall away
+        eventually(lambda: len(stored(store.path, "wristband.seen")) == 2)
+        ptys[1].write(frame(2, 9))  # a second press, heard by one station: a second alarm
+        eventually(lambda: len(stored(store.path, "alarm.sos")) == 2)
+    finally:
+        for service in services:
+            service.stop()
+        for pty in ptys:
+            pty.close()
+    sos = stored(store.path, "alarm.sos")
+    assert [(e["data"]["seq"], e["data"]["port"]) for e in sos] == [(7, "hall-1"), (9, "hall-2")]
+    seen = stored(store.path, "wristband.seen")
+    assert sorted(e["data"]["port"] for e in seen) == ["hall-1", "hall-2"]
+    assert [s.health()["duplicates"] for s in services] == [0, 1]

@@ -21,7 +21,12 @@ BAND_REMOVED = EventType("band.removed", Lane.P1, description="A wristband was t
 BAND_WORN = EventType("band.worn", Lane.P1, description="A wristband is worn again.")
 BATTERY_LOW = EventType("battery.low", Lane.P1, description="A device reported low battery.")
 DEVICE_ALARM = EventType(
-    "device.alarm", Lane.P1, description="Other configured device codes: tamper, supervision."
+    "device.alarm",
+    Lane.P1,
+    description=(
+        "Other configured device codes: tamper, supervision; and Contact ID codes the "
+        "definition does not map (name: unmapped code NNN)."
+    ),
 )
 WRISTBAND_SEEN = EventType(
     "wristband.seen", Lane.P2, description="A band was heard by a station (RSSI, battery)."

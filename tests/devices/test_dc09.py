@@ -90,7 +90,10 @@ def test_a_restarted_panel_counting_from_0001_again_is_not_taken_for_repeats(
     assert receiver.health()["duplicates"] == 1
 
 
-def test_bad_crc_nak_with_time_and_unknown_code_duh(receiver: Dc09Service, store: Store) -> None:
+def test_bad_crc_nak_with_time_and_an_unmapped_code_taken_as_a_device_alarm(
+    receiver: Dc09Service, store: Store
+) -> None:
+    """An unmapped code may be a vendor's fall code: DUH would have the panel drop it."""
     panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234")
     try:
         good = panel.message("ADM-CID", "#1234|1101 01 015")
@@ -99,7 +102,7 @@ def test_bad_crc_nak_with_time_and_unknown_code_duh(receiver: Dc09Service, store
         assert b'"NAK"0000R0L0A0[]_' in nak
         stamp = datetime.strptime(nak[-20:-1].decode(), dc09.TS_FORMAT).replace(tzinfo=UTC)
         assert abs((stamp - datetime.now(UTC)).total_seconds()) < 5
-        assert reply_of(panel.cid("1", "999", "001")).id == "DUH"
+        assert reply_of(panel.cid("1", "999", "001")).id == "ACK"
         stale = Dc09Transmitter(
             "127.0.0.1",
             receiver.port,
@@ -113,6 +116,8 @@ def test_bad_crc_nak_with_time_and_unknown_code_duh(receiver: Dc09Service, store
     finally:
         panel.close()
     assert stored(store.path, "alarm.") == []
+    (unmapped,) = stored(store.path, "device.alarm")
+    assert unmapped["data"]["name"] == "unmapped code 999" and unmapped["data"]["code"] == "999"
     assert receiver.health()["rejected"] == {
         "bad_crc": 1,
         "unknown_code": 1,

@@ -124,6 +124,23 @@ def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store
     assert service.health()["rejected"] == {"bad_checksum": 1}
 
 
+def test_an_unmapped_code_is_taken_and_does_not_hold_up_the_sos_behind_it(
+    tmp_path: Path, store: Store
+) -> None:
+    """Refused, the receiver would send it again and again with the SOS queued behind it; it
+    may be a pendant's fall code nobody mapped, so the platform hears of it too."""
+    with contact_id_panel(tmp_path, store) as (pty, service):
+        pty.write(contact_id_line("1234", "1", "110", "01", "007"))
+        assert pty.read() == b"\x06"
+        pty.write(contact_id_line("1234", "1", "101", "01", "015"))
+        assert pty.read() == b"\x06"
+    (unmapped,) = stored(store.path, "device.alarm")
+    assert unmapped["data"]["name"] == "unmapped code 110"
+    assert unmapped["data"]["device"] == "1234-007"
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert service.health()["rejected"] == {"unknown_code": 1}  # to be added to the file
+
+
 def test_a_hangup_while_an_ack_drains_neither_naks_a_stored_alarm_nor_drops_the_next(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

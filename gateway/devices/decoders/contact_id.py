@@ -1,7 +1,11 @@
 """Contact ID (SIA DC-05): ``ACCT MT Q EEE GG CCC S`` lines, and the same event inside DC-09.
 
 Event codes mean different things per site (there is no standard fall code), so the kind of
-each code comes from the definition's ``[codes]`` table; a code it does not list is refused.
+each code comes from the definition's ``[codes]`` table. A code it does not list is still an
+event the panel wants taken: refused, a serial receiver would send it again and again with the
+next SOS queued behind it, and a DC-09 panel would drop it; it may be a vendor's fall code the
+installer has not mapped. So it is recorded as a ``device_alarm`` named after its code, and
+counted as ``unknown_code`` so that the file gets it.
 """
 
 from __future__ import annotations
@@ -9,8 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from gateway.devices.definitions import EventMap, as_code_map
-from gateway.devices.model import Decoded, DeviceEvent, Kind, Scalar, rejected
+from gateway.devices.definitions import CodeMap, EventMap, as_code_map
+from gateway.devices.model import Decoded, DeviceEvent, Kind, Reject, Scalar, rejected
 
 QUALIFIERS = {"1": "new", "3": "restore", "6": "status"}
 _LINE = re.compile(r"^[0-9A-F]{16}$")
@@ -46,8 +50,10 @@ def cid_event(
     extra_ids: Mapping[str, Scalar] | None = None,
 ) -> Decoded:
     mapped = codes.get(code)
+    unknown: tuple[Reject, ...] = ()
     if mapped is None:
-        return rejected("unknown_code", raw, f"event code {code}")
+        unknown = (Reject("unknown_code", raw, f"event code {code}"),)
+        mapped = CodeMap(kind=Kind.DEVICE_ALARM, name=f"unmapped code {code}")
     cmap = as_code_map(mapped)
     if cmap.kind is Kind.IGNORE:
         return Decoded()
@@ -73,7 +79,7 @@ def cid_event(
         ids=ids,
         raw=raw,
     )
-    return Decoded(events=(event,))
+    return Decoded(events=(event,), rejects=unknown)
 
 
 def decode_line(line: bytes, codes: Mapping[str, EventMap], encoding: str = "ascii") -> Decoded:

@@ -249,7 +249,11 @@ class MqttSection(Strict):
         "a silent connection after up to 2x (with an alarm waiting: alarm_ack_timeout_s).",
     )
     connect_timeout_s: float = Field(
-        10.0, gt=0, le=120, description="How long to wait for the broker's CONNACK."
+        10.0,
+        gt=0,
+        le=120,
+        description="How long each step of a connection may take: the TCP connection, the TLS "
+        "handshake, the broker's CONNACK. A stop waits for a TCP or TLS step under way.",
     )
     inflight_window: int = Field(32, ge=1, le=1000, description="Messages awaiting PUBACK.")
     inflight_max_bytes: int = Field(

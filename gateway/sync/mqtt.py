@@ -395,6 +395,9 @@ class MqttLink:
             clean_session=None if v5 else not persistent,
             reconnect_on_failure=False,
         )
+        # paho's own 5 s would bound the TCP connection and the TLS handshake whatever the
+        # installer set: on a slow mobile link the handshake alone can take longer
+        client.connect_timeout = self.cfg.connect_timeout_s
         client.max_inflight_messages_set(self.cfg.inflight_window + self.cfg.p0_reserved + 16)
         client.max_queued_messages_set(0)
         if self.cfg.username is not None:

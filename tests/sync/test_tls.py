@@ -219,3 +219,25 @@ def test_a_half_open_tls_connection_is_dropped_for_a_waiting_alarm(
     finally:
         relay.close()
         sub.close()
+
+
+def test_a_link_slower_than_five_seconds_connects_within_connect_timeout_s(
+    tmp_path: Path, make_broker: Callable[[bool], TlsBroker]
+) -> None:
+    """On a congested mobile link the broker's TLS answer may take longer than a few seconds:
+    connect_timeout_s is the installer's say on how long that may be, for the handshake as
+    much as for the CONNACK (paho's own 5 s would otherwise fail every attempt)."""
+    tls_broker = make_broker(False)
+    sub = Subscriber(tls_broker.broker.port)
+    relay = Relay(tls_broker.tls_port, delay_back_s=6)
+    try:
+        cfg = tls_config(
+            tmp_path, relay.port, tls_broker.ca.ca_file, connect_timeout_s=30, keepalive_s=60
+        )
+        with running(cfg) as gw:
+            ev = gw.store.record(Event(ALARM, {"n": 1}))
+            sub.wait_for(lambda _m: ev.event_id in sub.event_ids(), timeout=40)
+            assert gw.sync is not None and gw.sync.link.failures == 0
+    finally:
+        relay.close()
+        sub.close()

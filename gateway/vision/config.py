@@ -207,12 +207,19 @@ class VisionSection(Strict):
 
     @model_validator(mode="after")
     def _reachable(self) -> VisionSection:
-        """k frames must fit in the window even at the camera's full rate, or nobody is ever
-        accepted and every elder ends uncertain."""
+        """k frames must fit in the window even at the camera's full rate, and a track must
+        outlast the time between two frames, or nobody is ever accepted: every elder ends
+        uncertain, or (each frame a track of its own) is never decided at all."""
         d = self.decision
         if (d.k - 1) / self.camera.fps > d.window_s:
             raise ValueError(
                 f"decision.k = {d.k} frames cannot fit in decision.window_s = {d.window_s} s "
                 f"at camera.fps = {self.camera.fps}: raise window_s or lower k"
+            )
+        if 1 / self.camera.fps > d.track_gap_s:
+            raise ValueError(
+                f"decision.track_gap_s = {d.track_gap_s} s is shorter than the time between "
+                f"two frames at camera.fps = {self.camera.fps}: every frame would start a new "
+                "track; raise track_gap_s or fps"
             )
         return self

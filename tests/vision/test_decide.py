@@ -421,3 +421,15 @@ def test_settings_that_would_switch_a_rule_off_are_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=problem):
         VisionSection.model_validate({section: values})
+
+
+def test_a_camera_slower_than_a_track_gap_is_refused_where_nobody_would_be_decided() -> None:
+    """At 1 frame/s with the default track_gap_s (0.7 s) each frame would end the track before:
+    an enrolled elder looking at the camera for half a minute is never accepted."""
+    slow = {"camera": {"fps": 1}, "decision": {"window_s": 3}}
+    with pytest.raises(ValidationError, match=r"track_gap_s = 0\.7 s is shorter than"):
+        VisionSection.model_validate(slow)
+    kept = VisionSection.model_validate(slow | {"decision": {"window_s": 3, "track_gap_s": 1.5}})
+    decider = Decider(Policy.from_config(kept.decision))
+    seen = [face(float(i), "p1", "elder-1", 0.8) for i in range(30)]
+    assert [d.outcome for d in run(decider, seen)] == [Outcome.ACCEPTED]

@@ -128,6 +128,13 @@ class Dc09Receiver(Strict):
     def station_id(self) -> str:
         return self.station or self.name
 
+    @model_validator(mode="after")
+    def _listens(self) -> Dc09Receiver:
+        """With neither, the receiver would say it listens while no panel could reach it."""
+        if not (self.tcp or self.udp):
+            raise ValueError("tcp and udp are both false: the receiver would listen on neither")
+        return self
+
     def key_for(self, account: str) -> bytes | None:
         for k in self.keys:
             if k.account.upper() == account.upper():

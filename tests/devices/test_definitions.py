@@ -130,6 +130,13 @@ def test_two_readers_of_one_device_or_one_port_are_refused() -> None:
     assert len(DevicesSection.model_validate(apart).dc09) == 2  # 0: any free port
 
 
+def test_a_dc09_receiver_that_would_listen_on_neither_tcp_nor_udp_is_refused() -> None:
+    deaf = {"name": "a", "definition": "dc09-receiver.toml", "port": 9000, "tcp": False}
+    with pytest.raises(ValueError, match="tcp and udp are both false"):
+        DevicesSection.model_validate({"dc09": [deaf | {"udp": False}]})
+    assert DevicesSection.model_validate({"dc09": [deaf]}).dc09[0].udp
+
+
 def test_validate_config_checks_the_definitions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

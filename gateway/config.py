@@ -146,7 +146,8 @@ class StoreSection(Strict):
         le=10_000,
         description="Disk space held back in a file beside the database (<db>.reserve) and "
         "given up when the disk is full (filled by another program), so that alarms can still "
-        "be written; taken back once free space is above the floor plus this. 0: none.",
+        "be written; taken back once free space is above the floor plus this. 0: none (a file "
+        "left from a larger value is reduced at start).",
     )
     delivered_retention_days: float = Field(
         30.0,

@@ -60,10 +60,22 @@ class Reserve:
 
     def take(self, free_bytes: int, floor_bytes: int) -> bool:
         """Allocate the file, or what it lacks, if the disk can spare that without going under
-        the floor; True if it is held afterwards."""
+        the floor; True if it is held afterwards. A file larger than the reserve (``reserve_mb``
+        lowered, or set to 0) gives the difference back to the disk."""
+        allocated = self._allocated()
+        if allocated > self.size_bytes:
+            try:
+                if self.size_bytes:
+                    os.truncate(self.path, self.size_bytes)
+                else:
+                    self.path.unlink()
+            except OSError as exc:
+                log.warning("disk reserve %s not reduced: %s", self.path, exc.strerror)
+            else:
+                log.info("disk reserve reduced to %d MiB", self.size_bytes // MB)
+                allocated = self.size_bytes
         if not self.size_bytes:
             return False
-        allocated = self._allocated()
         if allocated >= self.size_bytes:
             self.released = False
             return True

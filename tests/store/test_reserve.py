@@ -109,6 +109,20 @@ def test_a_reserve_file_holding_less_than_the_reserve_is_completed_not_reported_
     assert store.health()["disk_reserve"] == "released"
 
 
+@pytest.mark.parametrize("reserve_mb", [0, 1])
+def test_a_reserve_lowered_in_the_config_gives_the_difference_back_to_the_disk(
+    tmp_path: Path, make_store: StoreFactory, reserve_mb: int
+) -> None:
+    """Health must not say `off` (or a reserve of 1 MiB) while the file still holds 4 MiB."""
+    make_store(tmp_path / "g.db", reserve_mb=4).stop()
+    reserve = tmp_path / "g.db.reserve"
+    assert reserve.stat().st_blocks * 512 >= 4 * MB
+    store = make_store(tmp_path / "g.db", reserve_mb=reserve_mb)
+    assert store.health()["disk_reserve"] == ("held" if reserve_mb else "off")
+    held = reserve.stat().st_blocks * 512 if reserve.exists() else 0
+    assert held == reserve_mb * MB
+
+
 # a gateway that records a meal and dies without stopping: no clean flag, its -wal and -shm left
 KILLED = """
 import os, sys

@@ -279,7 +279,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    from gateway.configfile import validate_model
     from gateway.vision.camera import open_source
+    from gateway.vision.config import VisionSection
     from gateway.vision.pipeline import DecisionEvent
     from gateway.vision.service import VisionService
 
@@ -287,11 +289,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
     camera = cfg.vision.camera.model_copy(
         update={"source": args.camera, **({"fps": args.fps} if args.fps else {})}
     )
+    vision = cfg.vision.model_copy(update={"camera": camera})
+    # the config's checks across keys hold for --fps too: k frames in the window, ...
+    validate_model(vision.model_dump(), VisionSection, f"with --fps {camera.fps:g}")
     source = open_source(args.camera, camera)
     if source.paced:  # a photo folder or video file that does not open now never will
         source.open()
         source.close()
-    vision = cfg.vision.model_copy(update={"camera": camera})
 
     def show(decision: DecisionEvent) -> None:
         line = {"event_id": decision.event.event_id, **decision.event.data}

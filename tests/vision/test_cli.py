@@ -68,6 +68,19 @@ def test_identify_with_no_such_camera_says_so(
     assert "no such device, folder, file or stream URL" in capsys.readouterr().err
 
 
+def test_identify_at_a_frame_rate_nobody_could_be_decided_at_says_why(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checks the config file gets hold for --fps: at 1 frame/s each frame would be a
+    track of its own, and the installer would watch the counter decide nothing."""
+    config = _config(tmp_path, models_dir)
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    assert main(["identify", "-c", str(config), "--camera", str(camera), "--fps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("configuration error:\nwith --fps 1: ") and "window_s" in err
+
+
 def test_no_camera_means_no_face_stage(tmp_path: Path, models_dir: Path) -> None:
     gateway = build(load_config(_config(tmp_path, models_dir)), password=None)
     assert [s.name for s in gateway.services] == ["sync", "audit-retention"]

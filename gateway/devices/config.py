@@ -24,7 +24,10 @@ class PortConfig(Strict):
         "loop://, or spy://... for field debugging."
     )
     station: str | None = Field(
-        None, pattern=NAME_PATTERN, description="Station id in events; default: the port name."
+        None,
+        pattern=NAME_PATTERN,
+        description="Station id in events; default: the port name. A BLE gateway that sends "
+        "its own line (type Gateway) is named by its MAC from then on.",
     )
     baudrate: int | None = Field(
         None, ge=50, le=4_000_000, description="Default: the definition's."

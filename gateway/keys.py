@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import stat
 import time
@@ -54,10 +55,7 @@ def read_key(path: Path) -> bytes:
     except FileNotFoundError:
         raise KeyFileError(f"{path}: data key not found") from None
     if st.st_uid not in (os.geteuid(), 0):  # planted by another user, who has a copy
-        raise KeyFileError(
-            f"{path}: key file belongs to another user (uid {st.st_uid}), not to the "
-            "gateway's; remove it, or chown it if it is the right key"
-        )
+        raise KeyFileError(f"{path}: key file belongs to another user, {_foreign_owner(st.st_uid)}")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             f"{path}: key file is accessible to other users "
@@ -67,6 +65,22 @@ def read_key(path: Path) -> bytes:
     if len(data) != KEY_BYTES:
         raise KeyFileError(f"{path}: key file must hold {KEY_BYTES} bytes, found {len(data)}")
     return data
+
+
+def _foreign_owner(uid: int) -> str:
+    """What to do about a key of another user's. Run by root (an installer's sudo), it is the
+    service user's own key: removing or taking it would strand what it encrypts, so the
+    advice is to run the command as that user."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    if os.geteuid() == 0:
+        return (
+            f"{name} (uid {uid}), not root: run this command as that user "
+            f"(sudo -u {name} ...), as the service does; keep the key as it is"
+        )
+    return f"{name} (uid {uid}), not the gateway's; remove it, or chown it if it is the right key"
 
 
 def derive(master: bytes, purpose: str) -> bytes:

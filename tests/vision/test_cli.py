@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import sqlite3
@@ -272,6 +273,27 @@ def test_eval_skips_hidden_and_system_folders_as_enrolment_does(
     _photo_folders(folder, df, layout)
     assert main(["eval", "-c", str(config), "--faces", str(folder), "--jobs", "1"]) == 0
     assert f"faces      {folder}: 3 photos, 2 people" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_command_run_as_root_on_the_services_key_says_to_run_it_as_that_user(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installer's `sudo gateway gallery stats` on a site whose service made the key: the
+    advice is `sudo -u`, not removing or taking the key, which would strand every enrolment."""
+    from gateway.vision.gallery import Gallery
+
+    config = _config(tmp_path, models_dir)
+    cfg = load_config(config).config
+    Gallery.configured(cfg.vision, cfg.gateway.data_dir, create=True)
+    key = cfg.vision.gallery.key_path(cfg.gateway.data_dir)
+    os.chown(key, 65534, 65534)  # the service's user
+    owner = pwd.getpwuid(65534).pw_name
+    assert main(["gallery", "stats", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"run this command as that user (sudo -u {owner} ...)" in err
+    assert "remove it" not in err and "chown" not in err
+    assert key.stat().st_uid == 65534
 
 
 def test_run_without_models_runs_on_without_the_face_stage(tmp_path: Path) -> None:

@@ -125,7 +125,13 @@ def read_stats(path: Path) -> OutboxStats:
 
     Ages are measured on the store's steady clock as last persisted by the writer.
     """
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # the service's own data directory (0700), read by another account
+        raise StoreError(
+            f"cannot read {path}: {exc.strerror}; run this as the user the gateway runs as"
+        ) from None
+    if not found:
         raise StoreError(f"no database at {path} (has the gateway run with this config?)")
     try:
         conn = connect(path, readonly=True)

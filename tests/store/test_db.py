@@ -14,7 +14,7 @@ import sqlite_utils
 
 from gateway.cli import main
 from gateway.events import Event
-from gateway.store import StoreError
+from gateway.store import StoreError, read_stats
 from gateway.store.db import hold_exclusively, open_database
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.store.writer import EXPIRE_SQL, PURGE_SQL
@@ -164,6 +164,24 @@ def test_outbox_stats_without_a_database(
     config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "none"}"\n')
     assert main(["outbox", "stats", "--config", str(config)]) == 1
     assert "no database" in capsys.readouterr().err
+
+
+def test_outbox_stats_on_a_data_directory_it_may_not_read(tmp_path: Path) -> None:
+    """`gateway outbox stats` from the installer's own account on a site whose data directory
+    is the service's (0700): a message saying whose command it is, not a traceback."""
+    data = tmp_path / "var"
+    data.mkdir(mode=0o000)
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.seteuid(65534)  # root reads anything: be another user for the call
+    try:
+        with pytest.raises(StoreError) as caught:
+            read_stats(data / "gateway.db")
+    finally:
+        if as_root:
+            os.seteuid(0)
+    assert "cannot read" in str(caught.value) and "Permission denied" in str(caught.value)
+    assert "run this as the user the gateway runs as" in str(caught.value)
 
 
 def test_the_database_is_the_gateways_alone_whatever_the_umask(

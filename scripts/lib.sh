@@ -27,13 +27,26 @@ ensure_system_packages() {
 # "-c constraints.txt" for the versions the suite last passed with.
 install_packages() {
     local venv="$1"; shift
-    "$venv/bin/pip" install -q --disable-pip-version-check "$@" -e "$ROOT[dev]" 2>&1 \
-        | grep -v "^WARNING: Location" || true
+    # A failed pip is an error even when an older install still imports: ensure_venv would
+    # otherwise stamp the venv as holding versions it does not, and never try again.
+    _pip "$venv" "$@" -e "$ROOT[dev]"
     # dc09-spt (a real SIA DC-09 transmitter, used as a test peer) declares pycrypto, which
     # does not build on current Python; pycryptodome provides the same Crypto namespace.
-    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "$@" \
-        "dc09-spt==0.0.4" "pycryptodome>=3.20" 2>&1 | grep -v "^WARNING: Location" || true
+    _pip "$venv" --no-deps "$@" "dc09-spt==0.0.4" "pycryptodome>=3.20"
     "$venv/bin/python" -c 'import gateway' || { echo "pip install failed" >&2; exit 1; }
+}
+
+# pip install, quiet, without the warnings this machine's pip configuration may print; exits
+# the script when pip fails.
+_pip() {
+    local venv="$1"; shift
+    local status=0
+    "$venv/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "^WARNING: Location" || true; } || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "pip install failed (exit $status); nothing is marked installed, run again" >&2
+        exit 1
+    fi
 }
 
 ensure_venv() {

@@ -77,6 +77,9 @@ class OpenCVCapture:
         self._cap: cv2.VideoCapture | None = None
 
     def open(self) -> None:
+        # OpenCV's own warnings repeat at every reopen of a camera that is unplugged or not
+        # there yet (twice a minute, for days); our log says why, once.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         cap = cv2.VideoCapture(self.target, self.backend, self._params())
         if not cap.isOpened():
             cap.release()
@@ -93,7 +96,6 @@ class OpenCVCapture:
         that stopped sending, and the reader could not report it lost or reopen it."""
         if not is_stream(self.target):
             return []
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our log says why
         return [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             round(self.cfg.connect_timeout_s * 1000),

@@ -250,6 +250,27 @@ def test_a_usb_camera_by_its_stable_name_not_plugged_in_yet_is_lost_and_retried(
         reader.stop()
 
 
+def test_a_usb_camera_not_there_leaves_only_the_gateways_own_line_in_the_journal(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retried every 30 s for as long as it is unplugged: OpenCV's warning at each attempt
+    would fill the journal; the gateway says it once."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)  # a new process's
+    cfg = CameraSection(source=BY_ID, reopen_min_s=0.05, reopen_max_s=0.05)
+    reader = open_feed(cfg)
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="gateway.vision.camera"):
+        reader.start()
+        try:
+            _wait(lambda: reader.stats.reopens >= 3)
+        finally:
+            reader.stop()
+    assert capfd.readouterr().err == ""
+    assert [r.getMessage() for r in caplog.records] == [
+        f"camera {BY_ID} lost: cannot open camera {BY_ID}"
+    ]
+
+
 class BlankFrameCamera(FakeUsbCamera):
     """Opens fine, then hands over zero-size frames only (a driver gone wrong)."""
 

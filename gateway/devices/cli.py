@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.argtypes import at_least_one, not_negative, positive, tcp_port, zero_or_more
+
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
@@ -170,30 +172,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     where.add_argument(
         "--pty", type=Path, help="make a virtual port: the gateway opens this path (a symlink)"
     )
-    b.add_argument("--baud", type=int, help="default: the definition's")
-    b.add_argument("--bands", type=int, default=300)
-    b.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
-    b.add_argument("--duration", type=float, default=60.0, help="seconds to run")
-    b.add_argument("--burst-every", type=float, default=10.0, help="0 = no bursts")
-    b.add_argument("--repeats", type=int, default=2, help="radio repeats of each alarm")
-    b.add_argument("--alarms-per-hour", type=float, default=2.0, help="per band")
+    b.add_argument("--baud", type=at_least_one, help="default: the definition's")
+    b.add_argument("--bands", type=at_least_one, default=300)
+    b.add_argument("--interval", type=positive, default=1.0, help="seconds between heartbeats")
+    b.add_argument("--duration", type=positive, default=60.0, help="seconds to run")
+    b.add_argument("--burst-every", type=not_negative, default=10.0, help="0 = no bursts")
+    b.add_argument("--repeats", type=zero_or_more, default=2, help="radio repeats of each alarm")
+    b.add_argument("--alarms-per-hour", type=not_negative, default=2.0, help="per band")
     b.add_argument("--seed", type=int, default=1)
     b.set_defaults(func=_guard(cmd_basestation))
 
     e = kinds.add_parser("espa", help="ESPA 4.4.4 control station sending calls")
     e.add_argument("--port", required=True)
-    e.add_argument("--baud", type=int, default=9600)
+    e.add_argument("--baud", type=at_least_one, default=9600)
     e.add_argument("--format", default="7E1", choices=["7E1", "7E2", "8N1"])
-    e.add_argument("--calls", type=int, default=10)
-    e.add_argument("--interval", type=float, default=2.0)
+    e.add_argument("--calls", type=at_least_one, default=10)
+    e.add_argument("--interval", type=positive, default=2.0)
     e.set_defaults(func=_guard(cmd_espa))
 
     d = kinds.add_parser("dc09", help="SIA DC-09 alarm panel (ADM-CID events, NULL tests)")
     d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, required=True)
+    d.add_argument("--port", type=tcp_port, required=True)
     d.add_argument("--account", default="1234")
     d.add_argument("--udp", action="store_true")
     d.add_argument("--key", help="AES key as hex (encrypts the messages)")
-    d.add_argument("--count", type=int, default=10)
-    d.add_argument("--interval", type=float, default=1.0)
+    d.add_argument("--count", type=at_least_one, default=10)
+    d.add_argument("--interval", type=positive, default=1.0)
     d.set_defaults(func=_guard(cmd_dc09))

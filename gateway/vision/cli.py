@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.argtypes import at_least_one, positive, rate
 from gateway.config import ConfigFileError, GatewayConfig, load_config
 from gateway.lifecycle import StartupError
 from gateway.vision.errors import VisionError
@@ -25,37 +26,6 @@ EXIT_FLAGGED = 3
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
     return load_config(args.config).config
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if not 0 < value < float("inf"):  # NaN is refused too
-        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
-    return value
-
-
-def _rate(text: str) -> float:
-    value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 1e-3), not {text}")
-    return value
 
 
 def _guard(handler: Any) -> Any:
@@ -391,21 +361,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--faces", type=Path, required=True, help="one sub-folder per person")
     p.add_argument("--pairs", type=Path, help="LFW pairs.txt or a file_x,file_y,Decision CSV")
     p.add_argument("--errata", type=Path, help="label corrections (same A B / exclude PHOTO)")
-    p.add_argument("--n", type=_at_least_one, default=1000, help="the site's number of elders")
-    p.add_argument("--fpir", type=_rate, default=1e-3, help="target false positive rate")
-    p.add_argument("--templates", type=_at_least_one, default=1, help="photos enrolled per person")
-    p.add_argument("--jobs", type=_at_least_one, default=2, help="worker processes")
+    p.add_argument("--n", type=at_least_one, default=1000, help="the site's number of elders")
+    p.add_argument("--fpir", type=rate, default=1e-3, help="target false positive rate")
+    p.add_argument("--templates", type=at_least_one, default=1, help="photos enrolled per person")
+    p.add_argument("--jobs", type=at_least_one, default=2, help="worker processes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(cmd_eval))
 
     p = sub.add_parser("identify", help="print the counter's decisions live, as JSON lines")
     config(p)
     p.add_argument("--camera", required=True, help="/dev/videoN, N, rtsp://..., file or folder")
-    p.add_argument("--fps", type=_positive, help="frame rate (replays)")
+    p.add_argument("--fps", type=positive, help="frame rate (replays)")
     p.add_argument(
         "--lockstep", action="store_true", help="replays: analyse every frame, as fast as possible"
     )
-    p.add_argument("--seconds", type=_positive, help="stop after this long")
+    p.add_argument("--seconds", type=positive, help="stop after this long")
     p.set_defaults(func=_guard(cmd_identify))
 
     p = sub.add_parser("audit", help="decision frames kept by the audit option")

@@ -138,3 +138,27 @@ def test_field_commands_say_what_is_wrong_in_one_line(
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["basestation", "--bands", "-5"], "--bands: must be 1 or more, not -5"),
+        (["basestation", "--interval", "-1"], "--interval: must be above 0, not -1"),
+        (["basestation", "--duration", "nan"], "--duration: must be above 0, not nan"),
+        (["basestation", "--baud", "0"], "--baud: must be 1 or more, not 0"),
+        (["basestation", "--burst-every", "-2"], "--burst-every: must be 0 or more, not -2"),
+        (["espa", "--port", "x", "--calls", "ten"], "--calls: not a whole number: 'ten'"),
+        (["dc09", "--port", "70000"], "--port: must be a port number up to 65535, not 70000"),
+    ],
+)
+def test_simulator_values_that_cannot_run_are_refused_by_name(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative interval would be a loop that never sleeps, on the installer's laptop."""
+    device = ["--device", str(CONFIGS / "aa55-reference.toml"), "--pty", "/tmp/x"]
+    argv = ["simulate", *args, *(device if args[0] == "basestation" else [])]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert said in capsys.readouterr().err

@@ -401,6 +401,15 @@ def gallery_plans(
     return plans
 
 
+def best_and_margin(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (searches, elders) scores: the best score and its lead over the runner-up.
+    With one elder enrolled the runner-up scores 0.0, as at the counter
+    (``SearchResult.best_other``)."""
+    top2 = -np.sort(-scores, axis=1)[:, :2]
+    runner_up = top2[:, 1] if scores.shape[1] > 1 else np.zeros(len(scores), scores.dtype)
+    return top2[:, 0], top2[:, 0] - runner_up
+
+
 def open_set(
     faces: FaceSet,
     gallery_size: int,
@@ -441,14 +450,13 @@ def open_set(
         strangers.update(p for p in by_person if p not in enrolled_set)
         m_scores = snapshot.identity_scores(faces.embeddings[[i for i, _ in mated]])
         truth = np.array([position[p] for _, p in mated])
-        top2 = -np.sort(-m_scores, axis=1)[:, :2]
         parts["mc"].append(np.argmax(m_scores, axis=1) == truth)
-        parts["ms"].append(top2[:, 0])
-        parts["mm"].append(top2[:, 0] - top2[:, 1])
-        n_scores = snapshot.identity_scores(faces.embeddings[nonmated])
-        n_top2 = -np.sort(-n_scores, axis=1)[:, :2]
-        parts["ns"].append(n_top2[:, 0])
-        parts["nm"].append(n_top2[:, 0] - n_top2[:, 1])
+        best, lead = best_and_margin(m_scores)
+        parts["ms"].append(best)
+        parts["mm"].append(lead)
+        best, lead = best_and_margin(snapshot.identity_scores(faces.embeddings[nonmated]))
+        parts["ns"].append(best)
+        parts["nm"].append(lead)
     joined = {k: np.concatenate(v) for k, v in parts.items()}
     return OpenSetSearches(
         gallery_size=gallery_size,

@@ -113,6 +113,27 @@ def test_probes_from_searches_the_same_photos_whatever_the_templates() -> None:
     assert open_set(faces, 6, 1, rotations=2).mated_score.size == 6 * 4 * 2
 
 
+def _random_faces(people: list[str], seed: int = 3) -> FaceSet:
+    """Unit vectors around one random centre per person, as photos of them would be."""
+    rng = np.random.default_rng(seed)
+    centres = {p: rng.normal(size=128) for p in sorted(set(people))}
+    vectors = np.array([centres[p] + 0.6 * rng.normal(size=128) for p in people], np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ok = np.ones(len(people), dtype=bool)
+    paths = [Path(f"{i}.jpg") for i in range(len(people))]
+    return FaceSet(paths, people, vectors, ok, [None] * len(people))
+
+
+def test_a_site_with_one_elder_is_evaluated_with_the_counters_margin() -> None:
+    """`gateway eval --n 1`: with nobody else enrolled the lead is over 0.0, as at the counter."""
+    faces = _random_faces([f"p{i}" for i in range(4) for _ in range(3)] + ["s1", "s2"])
+    searches = open_set(faces, 1, rotations=3)
+    assert searches.mated_score.size == 3 * 2 and searches.nonmated_score.size == 3 * 11
+    assert np.array_equal(searches.mated_margin, searches.mated_score)
+    assert np.array_equal(searches.nonmated_margin, searches.nonmated_score)
+    assert evaluate_faces(faces, None, gallery_size=1).open_set[0].gallery_size == 1
+
+
 def test_a_gallery_beyond_its_calibration_says_how_to_recalibrate() -> None:
     assert beyond_calibration(1000, 1000) is None
     problem = beyond_calibration(2500, 1000)

@@ -41,7 +41,9 @@ from gateway.vision.gallery import Snapshot
 from gateway.vision.images import IMAGE_SUFFIXES, is_system_folder, read_image
 from gateway.vision.models import Manifest, Models, require_verified
 
-MARGIN_GRID = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10)
+# margins a recommendation chooses from; never 0, which `[vision.decision] margin` refuses:
+# a tie between two elders must not be accepted
+MARGIN_GRID = (0.02, 0.04, 0.06, 0.08, 0.10)
 DIM = 128
 
 # ---- embedding a folder --------------------------------------------------------------------

@@ -15,7 +15,16 @@ from gateway.vision.calibrate import (
     threshold_at_rate,
 )
 from gateway.vision.config import DecisionSection
-from gateway.vision.evaluate import Errata, FaceSet, largest_gallery, open_set, read_pairs
+from gateway.vision.evaluate import (
+    Errata,
+    FaceSet,
+    OpenSetSearches,
+    VerifyReport,
+    largest_gallery,
+    open_set,
+    read_pairs,
+    recommend,
+)
 from gateway.vision.report import Figures, evaluate_faces
 from tests.vision.conftest import ERRATA
 
@@ -132,6 +141,26 @@ def test_a_site_with_one_elder_is_evaluated_with_the_counters_margin() -> None:
     assert np.array_equal(searches.mated_margin, searches.mated_score)
     assert np.array_equal(searches.nonmated_margin, searches.nonmated_score)
     assert evaluate_faces(faces, None, gallery_size=1).open_set[0].gallery_size == 1
+
+
+def test_the_recommended_margin_is_one_the_configuration_takes() -> None:
+    """Strangers who always stand clear of the runner-up gain nothing from a margin, while
+    some elders lead only narrowly: the lowest FNIR would be at margin 0, which the
+    configuration refuses (a tie between two elders must never be accepted)."""
+    rng = np.random.default_rng(0)
+    mated = rng.uniform(0.5, 0.9, 2000).astype(np.float32)
+    narrow = np.where(rng.random(2000) < 0.05, 0.01, 0.3).astype(np.float32)
+    strangers = rng.uniform(0.1, 0.6, 5000).astype(np.float32)
+    searches = OpenSetSearches(
+        100, 10, np.ones(2000, bool), mated, narrow, strangers, np.full(5000, 0.2, np.float32), 500
+    )
+    rec = recommend(searches, VerifyReport(0, 0, 1e-4, 0.4, 0.9))
+    assert rec.margin > 0 and all(p.margin > 0 for p in rec.by_margin)
+    DecisionSection(
+        accept_threshold=rec.accept_threshold,
+        margin=rec.margin,
+        candidate_threshold=rec.candidate_threshold,
+    )
 
 
 def test_a_gallery_beyond_its_calibration_says_how_to_recalibrate() -> None:

@@ -13,19 +13,25 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def threshold_at_rate(impostor: np.ndarray, rate: float) -> float:
+def threshold_at_rate(impostor: np.ndarray, rate: float) -> float | None:
     """Lowest threshold at which at most ``rate`` of the impostor scores match.
 
-    With fewer than 1/rate scores this is just above the highest impostor score: the data
-    cannot show a rate that small, and the answer says so by being the strictest possible.
+    None with fewer than 1/rate scores (none at all included): one false match would already
+    be more than ``rate``, so the data cannot show a rate that small, and a threshold just
+    above the highest score would be reported as meeting a rate nobody measured.
     """
-    if impostor.size == 0:
-        return -1.0
     allowed = math.floor(rate * impostor.size + 1e-9)
+    if allowed == 0:
+        return None
     if allowed >= impostor.size:
         return float(impostor.min())
     ranked = np.sort(impostor)[::-1]
     return float(np.nextafter(ranked[allowed], np.inf))
+
+
+def scores_needed(rate: float) -> int:
+    """How many impostor scores (searches, pairs) it takes to measure ``rate`` at all."""
+    return math.ceil(1 / rate - 1e-6)
 
 
 def best_accuracy_threshold(scores: np.ndarray, same: np.ndarray) -> float:

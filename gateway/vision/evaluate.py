@@ -34,6 +34,7 @@ from gateway.vision.analyze import Analyzer, AnalyzerSettings
 from gateway.vision.calibrate import (
     kfold_accuracy,
     round_up,
+    scores_needed,
     threshold_at_rate,
 )
 from gateway.vision.errors import BadImage
@@ -242,7 +243,9 @@ class PairReport:
     accuracy_std: float
     fold_accuracies: list[float]
     threshold_mean: float
-    tar_at_far: dict[str, tuple[float, float]]
+    # per FAR: (TAR, threshold), or None when the pairs file has too few impostor pairs
+    tar_at_far: dict[str, tuple[float, float] | None]
+    impostor_pairs: int
 
 
 def pair_scores(faces: FaceSet, pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -260,9 +263,10 @@ def pair_scores(faces: FaceSet, pairs: Sequence[Pair]) -> tuple[np.ndarray, np.n
     return scores, same, unusable
 
 
-def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[float, float]:
+def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[float, float] | None:
+    """(TAR, threshold) at ``far``; None when there are too few impostor pairs to show it."""
     t = threshold_at_rate(impostor, far)
-    return float(np.mean(genuine >= t)), t
+    return None if t is None else (float(np.mean(genuine >= t)), t)
 
 
 def pair_report(faces: FaceSet, pairs: Sequence[Pair]) -> PairReport:
@@ -281,6 +285,7 @@ def pair_report(faces: FaceSet, pairs: Sequence[Pair]) -> PairReport:
         tar_at_far={
             f"{far:g}": tar_at_far(scores[same], scores[~same], far) for far in (1e-2, 1e-3)
         },
+        impostor_pairs=int((~same).sum()),
     )
 
 
@@ -289,11 +294,14 @@ def pair_report(faces: FaceSet, pairs: Sequence[Pair]) -> PairReport:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """``threshold`` and ``tar`` are None when the folder has fewer than 1/``fmr`` impostor
+    pairs: a rate that small cannot be measured on it."""
+
     genuine_pairs: int
     impostor_pairs: int
     fmr: float
-    threshold: float
-    tar: float
+    threshold: float | None
+    tar: float | None
 
 
 def verify_all_pairs(faces: FaceSet, fmr: float, block: int = 512) -> VerifyReport:
@@ -324,13 +332,18 @@ def verify_all_pairs(faces: FaceSet, fmr: float, block: int = 512) -> VerifyRepo
     # what matters, so rank within them using the full count.
     ranked = np.sort(top)[::-1]
     allowed = keep - 1
-    t = float(np.nextafter(ranked[allowed], np.inf)) if allowed < ranked.size else -1.0
+    t: float | None = None
+    if allowed > 0:
+        t = float(np.nextafter(ranked[allowed], np.inf)) if allowed < ranked.size else -1.0
+    tar = None
+    if t is not None:
+        tar = float(np.mean(genuine_scores >= t)) if genuine_scores.size else 0.0
     return VerifyReport(
         genuine_pairs=genuine_pairs,
         impostor_pairs=impostor_pairs,
         fmr=fmr,
         threshold=t,
-        tar=float(np.mean(genuine_scores >= t)) if genuine_scores.size else 0.0,
+        tar=tar,
     )
 
 
@@ -358,10 +371,13 @@ class OpenSetSearches:
         alarm = (self.nonmated_score >= threshold) & (self.nonmated_margin >= margin)
         return float(alarm.mean()) if alarm.size else 0.0
 
-    def threshold_for(self, fpir: float, margin: float) -> float:
-        """Lowest threshold whose FPIR (with this margin rule) is at most ``fpir``."""
+    def threshold_for(self, fpir: float, margin: float) -> float | None:
+        """Lowest threshold whose FPIR (with this margin rule) is at most ``fpir``; None with
+        fewer than 1/``fpir`` non-mated searches, which cannot show a rate that small."""
         eligible = np.where(self.nonmated_margin >= margin, self.nonmated_score, -np.inf)
-        return threshold_at_rate(eligible.astype(np.float32), fpir)
+        t = threshold_at_rate(eligible.astype(np.float32), fpir)
+        # fewer strangers pass the margin rule than the rate allows: any cosine score would do
+        return None if t is None else max(t, -1.0)
 
 
 def largest_gallery(labels: Sequence[str]) -> int:
@@ -474,11 +490,13 @@ def open_set(
 
 @dataclass(frozen=True)
 class OpenSetPoint:
+    """``threshold``, ``fnir`` and ``fpir`` are None when the target cannot be measured."""
+
     fpir_target: float
     margin: float
-    threshold: float
-    fnir: float
-    fpir: float
+    threshold: float | None
+    fnir: float | None
+    fpir: float | None
 
 
 def operating_points(
@@ -487,6 +505,9 @@ def operating_points(
     points = []
     for target in fpirs:
         t = searches.threshold_for(target, margin)
+        if t is None:
+            points.append(OpenSetPoint(target, margin, None, None, None))
+            continue
         points.append(
             OpenSetPoint(target, margin, t, searches.fnir(t, margin), searches.fpir(t, margin))
         )
@@ -517,7 +538,7 @@ def enrolment_effect(
     """FNIR at ``target_fpir`` with 1..``most`` photos per elder, on the same mated searches:
     people with more than ``most`` photos, searched with the photos after the first ``most``.
     Each count gets its own threshold, as a site that calibrates would. None when nobody in
-    the folder has enough photos."""
+    the folder has enough photos, or too few strangers to measure ``target_fpir``."""
     labels = [faces.labels[i] for i in np.flatnonzero(faces.usable)]
     people = sum(1 for c in Counter(labels).values() if c > most)
     if people == 0 or gallery_size > largest_gallery(labels):
@@ -527,6 +548,8 @@ def enrolment_effect(
     for count in range(1, most + 1):
         searches = open_set(faces, gallery_size, count, probes_from=most)
         t = searches.threshold_for(target_fpir, 0.0)
+        if t is None:
+            return None
         points.append(EnrolmentPoint(count, t, searches.fnir(t, 0.0)))
     assert searches is not None
     return EnrolmentEffect(
@@ -541,10 +564,14 @@ class Recommendation:
     accept_threshold: float
     margin: float
     candidate_threshold: float
-    verify_threshold: float
+    verify_threshold: float | None  # None: too few pairs in the folder to measure it
     fnir: float
     fpir: float
     by_margin: list[OpenSetPoint]
+
+
+class NotMeasurable(Exception):
+    """The folder has too few non-mated searches to show the rate a threshold is wanted for."""
 
 
 def recommend(
@@ -554,30 +581,43 @@ def recommend(
     candidate_fpir: float = 1e-2,
 ) -> Recommendation:
     """Thresholds for a site: the accept rule (threshold, margin) with the lowest FNIR at the
-    target FPIR; candidates for staff from the threshold at a 10x looser FPIR; 1:1 from the
-    all-pairs FMR. Values are rounded up to 0.01 (margin: to the grid) so they stay safe."""
-    points = [operating_points(searches, [target_fpir], m)[0] for m in MARGIN_GRID]
-    rounded = [
-        OpenSetPoint(
-            p.fpir_target,
-            p.margin,
-            round_up(p.threshold),
-            searches.fnir(round_up(p.threshold), p.margin),
-            searches.fpir(round_up(p.threshold), p.margin),
-        )
-        for p in points
-    ]
-    best = min(rounded, key=lambda p: (round(p.fnir, 4), -p.margin))
-    candidate = round_up(searches.threshold_for(candidate_fpir, 0.0))
+    target FPIR; candidates for staff from the threshold at a looser FPIR; 1:1 from the
+    all-pairs FMR. Values are rounded up to 0.01 (margin: to the grid) so they stay safe.
+
+    Raises ``NotMeasurable`` when the searches cannot show either FPIR: a threshold just
+    above every stranger seen would look like one that meets it."""
+    searched = int(searches.nonmated_score.size)
+    for fpir in (target_fpir, candidate_fpir):
+        if searches.threshold_for(fpir, 0.0) is None:
+            raise NotMeasurable(
+                f"FPIR {fpir:g} needs at least {scores_needed(fpir):,} non-mated searches, "
+                f"the folder gives {searched:,} ({searches.nonmated_people} people not "
+                f"enrolled, {searches.rotations} rotations): add photos of people who are "
+                "not enrolled"
+            )
+    best: tuple[float, float, float, float] | None = None  # threshold, margin, FNIR, FPIR
+    rounded = []
+    for m in MARGIN_GRID:
+        at = searches.threshold_for(target_fpir, m)
+        assert at is not None  # the same searches as at margin 0: measurable too
+        t = round_up(at)
+        fnir, fpir = searches.fnir(t, m), searches.fpir(t, m)
+        rounded.append(OpenSetPoint(target_fpir, m, t, fnir, fpir))
+        if best is None or (round(fnir, 4), -m) < (round(best[2], 4), -best[1]):
+            best = (t, m, fnir, fpir)
+    assert best is not None
+    candidate_at = searches.threshold_for(candidate_fpir, 0.0)
+    assert candidate_at is not None
+    candidate = round_up(candidate_at)
     return Recommendation(
         gallery_size=searches.gallery_size,
         target_fpir=target_fpir,
-        accept_threshold=best.threshold,
-        margin=best.margin,
-        candidate_threshold=min(candidate, best.threshold),
-        verify_threshold=round_up(verify.threshold),
-        fnir=best.fnir,
-        fpir=best.fpir,
+        accept_threshold=best[0],
+        margin=best[1],
+        candidate_threshold=min(candidate, best[0]),
+        verify_threshold=None if verify.threshold is None else round_up(verify.threshold),
+        fnir=best[2],
+        fpir=best[3],
         by_margin=rounded,
     )
 

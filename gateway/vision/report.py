@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway.vision.analyze import AnalyzerSettings
+from gateway.vision.calibrate import scores_needed
 from gateway.vision.config import VisionSection
 from gateway.vision.errors import VisionError
 from gateway.vision.evaluate import (
     EnrolmentEffect,
     Errata,
     FaceSet,
+    NotMeasurable,
     OpenSetPoint,
     Pair,
     PairReport,
@@ -57,6 +59,7 @@ class Figures:
     verify: VerifyReport | None = None
     open_set: list[OpenSetReport] = field(default_factory=list)
     recommendation: Recommendation | None = None
+    no_recommendation: str | None = None  # why there is none, when the folder cannot show it
     enrolment: EnrolmentEffect | None = None
     confirmation: ConfirmationEffect | None = None
 
@@ -95,14 +98,24 @@ class EvalReport:
                 f"(folds: {', '.join(f'{a * 100:.2f}' for a in p.fold_accuracies)}), "
                 f"threshold {p.threshold_mean:.3f}",
             ]
-            for far, (tar, t) in p.tar_at_far.items():
+            for far, measured in p.tar_at_far.items():
+                if measured is None:
+                    lines.append(
+                        f"  TAR at FAR {far}: not measurable ({p.impostor_pairs:,} impostor "
+                        f"pairs, at least {scores_needed(float(far)):,} needed)"
+                    )
+                    continue
+                tar, t = measured
                 lines.append(f"  TAR {tar:.4f} at FAR {far} (threshold {t:.3f})")
         if self.figures.verify is not None:
             v = self.figures.verify
             lines += [
                 "",
                 f"1:1 all pairs  {v.impostor_pairs:,} impostor / {v.genuine_pairs:,} genuine",
-                f"  threshold {v.threshold:.3f} at FMR {v.fmr:g}: TAR {v.tar:.4f}",
+                f"  threshold {v.threshold:.3f} at FMR {v.fmr:g}: TAR {v.tar:.4f}"
+                if v.threshold is not None and v.tar is not None
+                else f"  FMR {v.fmr:g}: not measurable (at least {scores_needed(v.fmr):,} "
+                "impostor pairs needed)",
             ]
         for o in self.figures.open_set:
             lines += [
@@ -112,6 +125,12 @@ class EvalReport:
                 f"({o.nonmated_people} people not enrolled)",
             ]
             for pt in o.points:
+                if pt.threshold is None or pt.fnir is None or pt.fpir is None:
+                    lines.append(
+                        f"  FPIR {pt.fpir_target:g} (margin {pt.margin:.2f}): not measurable "
+                        f"(at least {scores_needed(pt.fpir_target):,} non-mated searches needed)"
+                    )
+                    continue
                 lines.append(
                     f"  FPIR {pt.fpir_target:g} (margin {pt.margin:.2f}): threshold "
                     f"{pt.threshold:.3f}, FNIR {pt.fnir:.4f} (measured FPIR {pt.fpir:.5f})"
@@ -147,6 +166,8 @@ class EvalReport:
                 f"  FPIR {c.fpir_without:.5f} without, {c.fpir_with:.5f} with the learned faces",
             ]
         r = self.figures.recommendation
+        if self.figures.no_recommendation is not None:
+            lines += ["", f"no thresholds recommended: {self.figures.no_recommendation}"]
         if r is not None:
             lines += [
                 "",
@@ -156,7 +177,10 @@ class EvalReport:
                 f"  accept_threshold = {r.accept_threshold:.2f}",
                 f"  margin = {r.margin:.2f}",
                 f"  candidate_threshold = {r.candidate_threshold:.2f}",
-                f"  verify_threshold = {r.verify_threshold:.2f}",
+                f"  verify_threshold = {r.verify_threshold:.2f}"
+                if r.verify_threshold is not None
+                else "  # verify_threshold: not measurable on this folder (see 1:1 all pairs); "
+                "keep the current value",
                 f"  calibrated_for_elders = {r.gallery_size}",
             ]
         return "\n".join(lines)
@@ -180,12 +204,24 @@ def evaluate_faces(
     out.verify = verify
     sizes = [gallery_size, largest_gallery(labels)]
     recommendation = None
-    for size in dict.fromkeys(s for s in sizes if s <= largest_gallery(labels)):
+    for i, size in enumerate(dict.fromkeys(s for s in sizes if s <= largest_gallery(labels))):
         searches = open_set(faces, size, templates)
-        if recommendation is None:
-            recommendation = recommend(searches, verify, target_fpir)
+        if i == 0:  # for the site's own gallery size (or the largest the folder allows)
+            try:
+                recommendation = recommend(searches, verify, target_fpir)
+            except NotMeasurable as exc:
+                out.no_recommendation = str(exc)
         points = operating_points(searches, FPIRS, 0.0)
-        points += operating_points(searches, FPIRS, recommendation.margin)
+        if recommendation is not None:
+            points += operating_points(searches, FPIRS, recommendation.margin)
+        at_recommended = (
+            {
+                "fnir": searches.fnir(recommendation.accept_threshold, recommendation.margin),
+                "fpir": searches.fpir(recommendation.accept_threshold, recommendation.margin),
+            }
+            if recommendation is not None
+            else {}
+        )
         out.open_set.append(
             OpenSetReport(
                 gallery_size=size,
@@ -194,10 +230,7 @@ def evaluate_faces(
                 nonmated_searches=int(searches.nonmated_score.size),
                 nonmated_people=searches.nonmated_people,
                 points=points,
-                at_recommended={
-                    "fnir": searches.fnir(recommendation.accept_threshold, recommendation.margin),
-                    "fpir": searches.fpir(recommendation.accept_threshold, recommendation.margin),
-                },
+                at_recommended=at_recommended,
             )
         )
     out.recommendation = recommendation

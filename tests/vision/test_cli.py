@@ -246,6 +246,8 @@ def test_eval_command_on_the_deepface_pairs(
     assert code == 0
     assert "1:1 pairs  300 pairs (0 without a face), 5-fold cross-validation" in out
     assert "TAR 1.0000 at FAR 0.01" in out
+    # 262 different-person pairs cannot show a rate of one in a thousand
+    assert "TAR at FAR 0.001: not measurable (262 impostor pairs, at least 1,000 needed)" in out
 
 
 def test_eval_on_a_mistyped_or_empty_folder_fails_instead_of_reporting_nothing(

@@ -25,7 +25,7 @@ from gateway.vision.evaluate import (
     read_pairs,
     recommend,
 )
-from gateway.vision.report import Figures, evaluate_faces
+from gateway.vision.report import EvalReport, Figures, evaluate_faces
 from tests.vision.conftest import ERRATA
 
 
@@ -39,8 +39,9 @@ def test_threshold_at_rate_never_exceeds_the_rate() -> None:
         t = threshold_at_rate(impostor, rate)
         assert rate_at(impostor, t) <= rate
         assert rate_at(impostor, float(np.nextafter(np.float32(t), np.float32(-1)))) > rate
-    # fewer scores than 1/rate: strictly above the highest one
-    assert threshold_at_rate(impostor[:10], 0.001) > impostor[9]
+    # fewer scores than 1/rate: one false match is already more, so no threshold shows it
+    assert threshold_at_rate(impostor[:999], 0.001) is None
+    assert threshold_at_rate(impostor[:0], 0.001) is None
 
 
 def test_best_accuracy_threshold_and_kfold() -> None:
@@ -161,6 +162,26 @@ def test_the_recommended_margin_is_one_the_configuration_takes() -> None:
         margin=rec.margin,
         candidate_threshold=rec.candidate_threshold,
     )
+
+
+def test_too_few_strangers_for_the_target_fpir_recommend_nothing() -> None:
+    """A site folder of its enrolled elders and a few people who are not: 30 non-mated
+    searches cannot show FPIR 1e-3 (or 1e-2), and a threshold just above every stranger seen
+    must not be offered as one that meets it. With no stranger at all, not -1 either."""
+    few = _random_faces([f"e{i}" for i in range(30) for _ in range(2)] + ["s1", "s2", "s3"])
+    no_strangers = _random_faces([f"e{i}" for i in range(20) for _ in range(3)])
+    for faces, elders, searched in ((few, 30, 30), (no_strangers, 20, 0)):
+        figures = evaluate_faces(faces, None, gallery_size=elders)
+        assert figures.recommendation is None and figures.confirmation is None
+        assert figures.no_recommendation is not None
+        assert f"at least 1,000 non-mated searches, the folder gives {searched} (" in (
+            figures.no_recommendation
+        )
+        assert all(p.threshold is None for o in figures.open_set for p in o.points)
+        text = EvalReport("site", 63, 33, {}, {}, {}, 0.0, figures).text()
+        assert "FPIR 0.001 (margin 0.00): not measurable" in text
+        assert "no thresholds recommended: FPIR 0.001 needs" in text
+        assert "accept_threshold" not in text
 
 
 def test_a_gallery_beyond_its_calibration_says_how_to_recalibrate() -> None:

@@ -43,7 +43,9 @@ def best_accuracy_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     impostor_rejected = np.cumsum(~y)
     correct = impostor_rejected + (y.sum() - genuine_rejected)
     correct = np.concatenate([[y.sum()], correct])
-    best = int(np.argmax(correct))
+    # a threshold falls between two different scores: pairs that score the same go one way
+    between = np.concatenate([[True], s[1:] > s[:-1], [True]])
+    best = int(np.argmax(np.where(between, correct, -1)))
     if best == 0:
         return float(s[0] - 1e-6)
     if best == len(s):

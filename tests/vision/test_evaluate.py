@@ -52,6 +52,15 @@ def test_best_accuracy_threshold_and_kfold() -> None:
     assert [r.accuracy for r in kfold_accuracy(scores, same, folds)] == [1.0, 1.0]
 
 
+def test_the_best_accuracy_threshold_keeps_tied_scores_together() -> None:
+    """Pairs that score the same are accepted or rejected together: the threshold may not
+    count on telling apart the two 0.3 pairs (1 of 3 right) when 0.4 gets 2 of 3."""
+    scores = np.array([0.3, 0.3, 0.5])
+    same = np.array([False, True, False])
+    t = best_accuracy_threshold(scores, same)
+    assert np.mean((scores >= t) == same) == pytest.approx(2 / 3)
+
+
 def test_round_up_is_never_down() -> None:
     assert round_up(0.5301) == 0.54
     assert round_up(0.54) == 0.54

@@ -60,6 +60,7 @@ class Figures:
     open_set: list[OpenSetReport] = field(default_factory=list)
     recommendation: Recommendation | None = None
     no_recommendation: str | None = None  # why there is none, when the folder cannot show it
+    smaller_gallery: str | None = None  # the --n asked for, when the folder cannot hold it
     enrolment: EnrolmentEffect | None = None
     confirmation: ConfirmationEffect | None = None
 
@@ -166,6 +167,8 @@ class EvalReport:
                 f"  FPIR {c.fpir_without:.5f} without, {c.fpir_with:.5f} with the learned faces",
             ]
         r = self.figures.recommendation
+        if self.figures.smaller_gallery is not None:
+            lines += ["", self.figures.smaller_gallery]
         if self.figures.no_recommendation is not None:
             lines += ["", f"no thresholds recommended: {self.figures.no_recommendation}"]
         if r is not None:
@@ -202,9 +205,17 @@ def evaluate_faces(
         return out
     verify = verify_all_pairs(faces, VERIFY_FMR)
     out.verify = verify
-    sizes = [gallery_size, largest_gallery(labels)]
+    largest = largest_gallery(labels)
+    if gallery_size > largest:
+        out.smaller_gallery = (
+            f"a gallery of {gallery_size:,} elders was asked for; this folder allows at most "
+            f"{largest:,} (the rest of its people are needed as strangers): the figures and "
+            f"thresholds below are for {largest:,}. For more elders, calibrate on a larger "
+            "folder"
+        )
+    sizes = [gallery_size, largest]
     recommendation = None
-    for i, size in enumerate(dict.fromkeys(s for s in sizes if s <= largest_gallery(labels))):
+    for i, size in enumerate(dict.fromkeys(s for s in sizes if s <= largest)):
         searches = open_set(faces, size, templates)
         if i == 0:  # for the site's own gallery size (or the largest the folder allows)
             try:

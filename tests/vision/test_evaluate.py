@@ -193,6 +193,16 @@ def test_too_few_strangers_for_the_target_fpir_recommend_nothing() -> None:
         assert "accept_threshold" not in text
 
 
+def test_a_gallery_larger_than_the_folder_allows_is_said_not_silently_shrunk() -> None:
+    """Thresholds for 30 elders offered as the answer for 5,000 would be far too loose."""
+    faces = _random_faces([f"e{i}" for i in range(30) for _ in range(2)] + ["s1", "s2"])
+    figures = evaluate_faces(faces, None, gallery_size=5000)
+    assert [o.gallery_size for o in figures.open_set] == [31]
+    text = EvalReport("site", 62, 32, {}, {}, {}, 0.0, figures).text()
+    assert "a gallery of 5,000 elders was asked for; this folder allows at most 31" in text
+    assert evaluate_faces(faces, None, gallery_size=31).smaller_gallery is None
+
+
 def test_a_gallery_beyond_its_calibration_says_how_to_recalibrate() -> None:
     assert beyond_calibration(1000, 1000) is None
     problem = beyond_calibration(2500, 1000)

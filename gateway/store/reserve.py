@@ -13,9 +13,12 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from gateway.private import open_private
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -51,12 +54,20 @@ class Reserve:
 
     def _allocated(self) -> int:
         """Bytes the file really holds on the disk: a file cut short while it was allocated (a
-        power cut), or one from when `reserve_mb` was smaller, holds less than it should."""
+        power cut), or one from when `reserve_mb` was smaller, holds less than it should. A
+        link in its place holds nothing of ours: it is never followed (see ``_open``)."""
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return 0
+        if not stat.S_ISREG(st.st_mode):
+            return 0
         return min(st.st_size, st.st_blocks * 512)
+
+    def _open(self) -> int:
+        """The file, created 0600, never through a link: one planted in the data directory
+        would have the gateway (perhaps run as root) extend or cut short any file it names."""
+        return open_private(self.path, os.O_WRONLY)
 
     def take(self, free_bytes: int, floor_bytes: int) -> bool:
         """Allocate the file, or what it lacks, if the disk can spare that without going under
@@ -66,7 +77,11 @@ class Reserve:
         if allocated > self.size_bytes:
             try:
                 if self.size_bytes:
-                    os.truncate(self.path, self.size_bytes)
+                    fd = self._open()
+                    try:
+                        os.ftruncate(fd, self.size_bytes)
+                    finally:
+                        os.close(fd)
                 else:
                     self.path.unlink()
             except OSError as exc:
@@ -82,7 +97,7 @@ class Reserve:
         if free_bytes < floor_bytes + self.size_bytes - allocated:
             return False
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = self._open()
         except OSError as exc:
             log.warning("disk reserve %s not created: %s", self.path, exc.strerror)
             return False

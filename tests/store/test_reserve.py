@@ -123,6 +123,26 @@ def test_a_reserve_lowered_in_the_config_gives_the_difference_back_to_the_disk(
     assert held == reserve_mb * MB
 
 
+@pytest.mark.parametrize("other_mb", [0, 8])
+def test_a_link_planted_in_place_of_the_reserve_leaves_the_file_it_names_as_it_was(
+    tmp_path: Path, make_store: StoreFactory, other_mb: int
+) -> None:
+    """Whoever may write the data directory must not have the gateway (perhaps run as root)
+    fill another file with zeros, or cut it short, through the reserve's name."""
+    other = tmp_path / "elsewhere" / "passwd"
+    other.parent.mkdir()
+    content = b"root:x:0:0:root:/root:/bin/bash\n" + b"x" * (other_mb * MB)
+    other.write_bytes(content)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "g.db.reserve").symlink_to(other)
+
+    store = make_store(data / "g.db", reserve_mb=4)
+    assert store.health()["disk_reserve"] == "waiting"
+    assert other.read_bytes() == content
+    store.record(Event(SOS, {"device": "A1"}))
+
+
 # a gateway that records a meal and dies without stopping: no clean flag, its -wal and -shm left
 KILLED = """
 import os, sys

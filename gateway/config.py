@@ -27,7 +27,7 @@ from gateway.configfile import (
     validate_model,
 )
 from gateway.devices.config import DevicesSection
-from gateway.vision.config import VisionSection
+from gateway.vision.config import VisionSection, source_holds_secret
 
 DAY_S = 86_400
 
@@ -409,6 +409,9 @@ def _inline_secret(cfg: GatewayConfig) -> str | None:
     for i, receiver in enumerate(cfg.devices.dc09):
         if receiver.keys:
             return f"devices.dc09[{i}].keys"
+    source = cfg.vision.camera.source
+    if source is not None and source_holds_secret(source):
+        return "vision.camera.source"  # the camera's password lets anyone watch the counter
     return None
 
 

@@ -134,6 +134,29 @@ def test_a_password_in_a_config_every_user_can_read_is_refused(tmp_path: Path) -
     assert read_password(load_config(path).config.mqtt) == "s3cret"
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "rtsp://admin:Secr3t@192.168.1.64:554/Streaming/Channels/101",
+        "http://192.168.1.64/videostream.cgi?user=admin&pwd=Secr3t",
+    ],
+)
+def test_a_camera_password_in_a_config_every_user_can_read_is_refused(
+    tmp_path: Path, source: str
+) -> None:
+    """Any local user who can read it could watch the elders at the counter."""
+    path = write(tmp_path, f'[vision.camera]\nsource = "{source}"\n')
+    path.chmod(0o644)
+    with pytest.raises(ConfigFileError, match=r"vision\.camera\.source: a secret in a file"):
+        load_config(path)
+    path.chmod(0o640)
+    assert load_config(path).config.vision.camera.source == source
+    for plain in ("rtsp://192.168.1.64:554/Streaming/Channels/101", "/dev/video0", "0"):
+        path = write(tmp_path, f'[vision.camera]\nsource = "{plain}"\n')
+        path.chmod(0o644)
+        assert load_config(path).config.vision.camera.source == plain
+
+
 def test_validate_config_reads_the_secret_files_the_start_reads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from gateway.vision.config import CameraSection
+from gateway.vision.config import CameraSection, shown_source
 from gateway.vision.errors import BadImage, VisionError
 from gateway.vision.images import IMAGE_SUFFIXES, as_bgr8, fit_within, read_image
 
@@ -73,7 +73,7 @@ class OpenCVCapture:
         self.backend = backend
         self.cfg = cfg
         self.paced = paced
-        self.name = _safe_name(target)
+        self.name = shown_source(target)
         self._cap: cv2.VideoCapture | None = None
 
     def open(self) -> None:
@@ -189,31 +189,13 @@ class ImageFolder:
         self._cache = None
 
 
-def _safe_name(target: str | int) -> str:
-    """A name for logs and health that never carries stream credentials.
-
-    Not ``urlsplit``: a password with a '/' or '#' in it, not percent-encoded (cameras' web
-    pages accept them), would end its host part early and keep the password. Everything up to
-    the last '@' after the scheme is dropped whatever it holds."""
-    text = str(target)
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        return text
-    host, slash, path = rest.rpartition("@")[2].partition("/")
-    path = re.split(r"[?#]", path, maxsplit=1)[0]
-    # some cameras take the password in the path ("/user=admin&password=..."): a path with
-    # parameters is not shown, and neither is a query
-    shown = "/..." if re.search(r"[=;&]", path) else slash + path
-    return f"{scheme.lower()}://{host}{shown}"
-
-
 def _reason(exc: Exception) -> str:
     """For health and the log: a CameraError says it all; anything else is named by type, and
     a URL in its text loses its credentials."""
     if isinstance(exc, CameraError):
         return str(exc)
     text = f"{type(exc).__name__}: {exc}"
-    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: _safe_name(m.group()), text)
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: shown_source(m.group()), text)
 
 
 def is_stream(target: str | int) -> bool:

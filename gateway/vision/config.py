@@ -11,6 +11,7 @@ recognizer, should run ``gateway eval`` on its own photos and set them here.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -18,12 +19,39 @@ from pydantic import Field, model_validator
 from gateway.configfile import Strict, check_order
 
 
+def shown_source(target: str | int) -> str:
+    """A camera address for logs and health that never carries stream credentials.
+
+    Not ``urlsplit``: a password with a '/' or '#' in it, not percent-encoded (cameras' web
+    pages accept them), would end its host part early and keep the password. Everything up to
+    the last '@' after the scheme is dropped whatever it holds."""
+    text = str(target)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    host, slash, path = rest.rpartition("@")[2].partition("/")
+    path = re.split(r"[?#]", path, maxsplit=1)[0]
+    # some cameras take the password in the path ("/user=admin&password=..."): a path with
+    # parameters is not shown, and neither is a query
+    shown = "/..." if re.search(r"[=;&]", path) else slash + path
+    return f"{scheme.lower()}://{host}{shown}"
+
+
+def source_holds_secret(source: str) -> bool:
+    """Whether the address holds what ``shown_source`` hides (a user and password, a path
+    or query that may carry one): a secret in the config, like ``mqtt.password``."""
+    scheme, sep, rest = source.partition("://")
+    return bool(sep) and shown_source(source) != f"{scheme.lower()}://{rest}"
+
+
 class CameraSection(Strict):
     source: str | None = Field(
         None,
         description="V4L2 device (any path under /dev/, best its /dev/v4l/by-id/ name; or 0), "
         "rtsp:// or http:// (MJPEG) stream URL, video file, or a folder of photos replayed as "
-        "frames. None: no camera, the face stage does not run.",
+        "frames. None: no camera, the face stage does not run. A URL with a user and password "
+        "(or parameters, which may carry one) is a secret: the config must not be readable by "
+        "every user.",
     )
     id: str = Field("counter-1", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Camera id.")
     width: int = Field(640, ge=160, le=3840, description="Frame width asked of the camera.")

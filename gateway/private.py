@@ -62,6 +62,19 @@ def open_private(path: Path, flags: int) -> int:
     return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
 
+def refuse_link(path: Path) -> None:
+    """SQLite opens a database through a symbolic link, and its schema, rows, -wal and -shm
+    then go to the file the link names, with that file's mode, in that file's directory:
+    raises OSError (ELOOP) for a database path that is a link."""
+    if path.is_symlink():
+        raise OSError(
+            errno.ELOOP,
+            "is a symbolic link, which the gateway never writes through: configure the real "
+            "path in the config instead",
+            str(path),
+        )
+
+
 def touch_private(path: Path) -> None:
     """Create the file empty and 0600 if it does not exist yet. SQLite gives a database's
     -wal and -shm files the database file's mode, so this covers them too."""

@@ -16,7 +16,13 @@ from pathlib import Path
 import sqlite_utils
 
 from gateway.keys import emptied_beside_key
-from gateway.private import ExposedDirectory, open_private, private_dir, touch_private
+from gateway.private import (
+    ExposedDirectory,
+    open_private,
+    private_dir,
+    refuse_link,
+    touch_private,
+)
 from gateway.store.reserve import disk_full
 from gateway.store.schema import SchemaTooNew, migrate
 
@@ -103,6 +109,10 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
     empty database beside it was emptied.
     """
     check_writable_dir(path.parent)
+    try:
+        refuse_link(path)
+    except OSError as exc:
+        raise StoreError(f"database {path} {exc.strerror}") from None
     key_age = emptied_beside_key(path, key, created_within_s=0.0)
     if key_age is not None:
         raise StoreError(

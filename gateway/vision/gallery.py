@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.keys import KeyFileError, create_key, derive, emptied_beside_key, read_key
-from gateway.private import ExposedDirectory, private_dir, touch_private
+from gateway.private import ExposedDirectory, private_dir, refuse_link, touch_private
 from gateway.store.reserve import disk_full
 from gateway.store.writer import disk_free_bytes
 from gateway.vision.errors import GalleryError
@@ -697,11 +697,15 @@ def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
 
     Any SQLite error (a damaged file, a full disk) becomes a ``GalleryError``: the face stage
     then reports it instead of taking the gateway down with a raw ``sqlite3`` exception."""
+    try:
+        refuse_link(db_path)
+    except OSError as exc:
+        raise GalleryError(f"{db_path}: {exc.strerror}") from None
     if not db_path.exists():  # never created here by SQLite with the umask's mode
         raise GalleryError(f"{db_path}: the face gallery is gone (deleted while in use?)")
     try:
         # read-write, never create: only Gallery creates the file, and creates it private
-        uri = f"{db_path.resolve().as_uri()}?mode=rw"
+        uri = f"{db_path.absolute().as_uri()}?mode=rw"
         conn = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
     except sqlite3.Error as exc:
         raise GalleryError(f"{db_path}: cannot open the face gallery ({exc})") from None

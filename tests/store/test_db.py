@@ -33,6 +33,24 @@ def test_a_file_that_is_not_a_database_is_refused_not_replaced(
     assert path.read_bytes().startswith(b"this was a database")
 
 
+def test_a_database_that_is_a_link_is_refused_and_the_file_it_names_left_as_it_was(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """SQLite would write the journal into the file the link names, with its mode, there."""
+    other = tmp_path / "elsewhere" / "app.db"
+    other.parent.mkdir()
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    before = other.read_bytes()
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "g.db").symlink_to(other)
+    with pytest.raises(StoreError, match="is a symbolic link"):
+        make_store(data / "g.db")
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in other.parent.iterdir()) == ["app.db"]
+
+
 def test_a_damaged_database_is_caught_after_an_unclean_stop(
     make_store: StoreFactory, tmp_path: Path
 ) -> None:
@@ -244,7 +262,7 @@ def test_links_planted_in_the_data_directory_are_not_written_through(
         hold_exclusively(var / "gateway.db")
     (var / "gateway.db.lock").unlink()
     (var / "gateway.db").symlink_to(tmp_path / "not-yet-there")
-    with pytest.raises(StoreError, match="cannot create database"):
+    with pytest.raises(StoreError, match="is a symbolic link"):
         make_store(var / "gateway.db")
     assert victim.read_text() == "keep me" and not (tmp_path / "not-yet-there").exists()
 

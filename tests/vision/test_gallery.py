@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.keys import create_key
 from gateway.vision.embed import l2_normalise
 from gateway.vision.errors import GalleryError
 from gateway.vision.gallery import Gallery, Snapshot, erase
@@ -336,6 +337,24 @@ def test_erasure_needs_neither_the_key_nor_an_open_gallery(
             conn.execute("SELECT COUNT(*) FROM templates WHERE elder_id = 'elder-b'").fetchone()[0]
             == 0
         )
+
+
+def test_a_gallery_that_is_a_link_is_refused_and_the_file_it_names_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    other = tmp_path / "elsewhere" / "app.db"
+    other.parent.mkdir()
+    other.write_bytes(b"")  # an empty file would become a new gallery, beside its own -wal
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    create_key(data / "faces.key")
+    (data / "faces.db").symlink_to(other)
+    with pytest.raises(GalleryError, match="is a symbolic link"):
+        Gallery.open(data / "faces.db", data / "faces.key", MODEL, create=True)
+    with pytest.raises(GalleryError, match="is a symbolic link"):
+        erase(data / "faces.db", "elder-a")
+    assert other.read_bytes() == b""
+    assert sorted(p.name for p in other.parent.iterdir()) == ["app.db"]
 
 
 def test_look_alikes_are_known_in_memory_both_ways_most_similar_first(

@@ -459,7 +459,8 @@ class Store:
         ``within_ms``, newest first: what a stage must remember across a restart (an elder
         settled a minute ago). Reads back from the newest event and stops at the first older
         one, so the journal's length does not matter; a journal that cannot be read gives
-        nothing, logged."""
+        nothing, logged; an event that cannot be read is passed over, logged, and the older
+        ones are still read (one damaged row must not hide an elder settled before it)."""
         now = self.steady_ms()
         out: list[tuple[int, dict[str, Any]]] = []
         cipher = self.cipher
@@ -470,6 +471,7 @@ class Store:
         except sqlite3.Error as exc:
             log.warning("store: cannot read recent %s events: %s", event_type, exc)
             return out
+        unreadable = 0
         try:
             rows = conn.execute(
                 "SELECT steady_ms, type, event_id, data FROM events ORDER BY seq DESC"
@@ -477,12 +479,18 @@ class Store:
             for steady, etype, event_id, data in rows:
                 if now - steady > within_ms:
                     break
-                if etype == event_type:
+                if etype != event_type:
+                    continue
+                try:
                     out.append((max(0, now - steady), json.loads(cipher.open(event_id, data))))
-        except (sqlite3.Error, ValueError, StoreError) as exc:
+                except (ValueError, StoreError):
+                    unreadable += 1
+        except sqlite3.Error as exc:
             log.warning("store: cannot read recent %s events: %s", event_type, exc)
         finally:
             conn.close()
+        if unreadable:
+            log.warning("store: %d recent %s events could not be read", unreadable, event_type)
         return out
 
     # ---- producers --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -369,3 +370,17 @@ def test_events_say_the_clock_is_synchronised_within_check_interval_s(
         eventually(lambda: store.record(Event(SOS, {"band": "A1"})).clock_synced, timeout=5)
     finally:
         store.stop()
+
+
+def test_one_damaged_recent_event_does_not_hide_the_older_ones(make_store: StoreFactory) -> None:
+    """What a restart remembers (the elders settled in the last minute) is read newest first:
+    a row that does not open (damaged on the card) is passed over, not the end of the read."""
+    store = make_store()
+    first, second, third = (store.record(Event(MEAL, {"elder": e})) for e in ("E1", "E2", "E3"))
+    with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.execute(
+            "UPDATE events SET data = (SELECT data FROM events WHERE seq = ?) WHERE seq = ?",
+            (third.seq, second.seq),
+        )
+    assert [data["elder"] for _, data in store.recent(MEAL.name, 60_000)] == ["E3", "E1"]
+    assert first.seq < second.seq < third.seq

@@ -41,9 +41,10 @@ DESCRIPTION = "\n\n".join(
         "from the stored response (repeat=true) and is never applied twice. A request on "
         "request/<op> for an op not listed here is answered on response/<op> too, with "
         "status error and the message \"unknown op '<op>'\"; one whose <op> is not an op name "
-        "(lowercase letters, digits, '_' and '-', in dot-separated parts, up to 64 characters) "
-        "is not answered, only counted (health downlink.errors.bad_topic). The answer always "
-        "goes to response/<op> and is matched by transaction: an MQTT 5 response topic or "
+        "(lowercase letters, digits, '_' and '-', in dot-separated parts that each begin with "
+        "a letter, up to 64 characters) is not answered, only counted (health "
+        "downlink.errors.bad_topic). The answer always goes to response/<op> and is matched by "
+        "transaction: an MQTT 5 response topic or "
         "correlation data on the request is not used.",
     )
 )

@@ -124,6 +124,9 @@ class Track:
     decided: bool = False
     elder: str | None = None  # accepted (or kept from a second acceptance by the cooldown)
     unusable_reported: bool = False  # no_face said; she may still look up and be identified
+    # the decision time runs from here: the track's start, or after a no_face her first usable
+    # frame since (None until she looks up)
+    decide_from: float | None = None
 
 
 def _median(values: list[float]) -> float | None:
@@ -186,6 +189,8 @@ class Decider:
         if obs.kind == "poor_quality":
             track.poor[obs.reason or "poor_quality"] += 1
         else:
+            if track.decide_from is None:
+                track.decide_from = obs.t
             track.last_embedding = obs.embedding
             track.evidence.append(self._evidence(obs))
         return out + self._evaluate(track, obs.t)
@@ -223,7 +228,7 @@ class Decider:
     # ---- tracks -----------------------------------------------------------------------------
 
     def _open(self, t: float) -> Track:
-        self.track = Track(id=self._next_track, started=t, last_seen=t)
+        self.track = Track(id=self._next_track, started=t, last_seen=t, decide_from=t)
         self._next_track += 1
         return self.track
 
@@ -332,7 +337,12 @@ class Decider:
                 return self._accept(track, winner, t, frames)
         # while a second face is about, nobody can be told apart as the payer: no verdict yet,
         # not even uncertain; whoever stays is decided once it has gone for ``window_s``
-        if t - track.started >= p.decide_within_s and not self._second_face_lately(t):
+        decide_from = track.decide_from
+        if (
+            decide_from is not None
+            and t - decide_from >= p.decide_within_s
+            and not self._second_face_lately(t)
+        ):
             decision = self._had_its_frames(track, t)
             if decision is not None:
                 return [decision]
@@ -428,9 +438,11 @@ class Decider:
     def _no_usable_face(self, track: Track, t: float) -> Decision:
         """Staff hear why (looking down at her purse, blurred as she walks up), but the track
         stays open: once she faces the camera she is identified without having to step away
-        and come back first."""
+        and come back first. She then has the full decision time from her first usable frame:
+        the few frames in which she raises her head must not decide on their own."""
         reason = track.poor.most_common(1)[0][0]
         track.unusable_reported = True
+        track.decide_from = None
         return self._decide(track, Outcome.NO_FACE, t, [], reason=reason, final=False)
 
     def _decide(

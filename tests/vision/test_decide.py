@@ -345,6 +345,25 @@ def test_an_elder_who_looks_up_after_a_no_face_is_still_identified_on_the_same_v
     assert decider.counters["tracks_abandoned"] == 0
 
 
+def test_an_elder_who_raises_her_head_slowly_after_a_no_face_has_her_full_decision_time() -> None:
+    """After the no_face, the first frames as she raises her head match her only weakly: they
+    must not make her uncertain (staff settling by hand) before she is facing the camera,
+    which on a track of its own she would have had two seconds for."""
+    decider = Decider(POLICY)
+    down = [
+        Observation(i / FPS, "poor_quality", reason="rolled")
+        for i in range(int(POLICY.decide_within_s * FPS) + 2)
+    ]
+    start = down[-1].t + 1 / FPS
+    rising = frames(start, POLICY.n - 1, who="p1", top="elder-1", score=0.5)
+    up = frames(start + len(rising) / FPS, int(FPS), who="p1", top="elder-1", score=0.7)
+    out = run(decider, down + rising + up)
+    assert [(d.outcome, d.elder_id) for d in out] == [
+        (Outcome.NO_FACE, None),
+        (Outcome.ACCEPTED, "elder-1"),
+    ]
+
+
 def test_a_face_never_usable_is_no_face_with_the_reason() -> None:
     decider = Decider(POLICY)
     obs = [Observation(i / FPS, "poor_quality", reason="turned_away") for i in range(40)]

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -32,6 +32,8 @@ class Pending:
     # the decision's time (the frames' clock) and track, for the cooldown once confirmed
     decided_t: float = 0.0
     track: int = 0
+    # the elder staff said they settled by hand (the first one named): one decision, one meal
+    settled: str | None = None
 
 
 class Settled(NamedTuple):
@@ -91,16 +93,24 @@ class Confirmations:
         with self._lock:
             self._held.pop(event_id, None)
 
-    def settle(self, event_id: str, elder: str) -> None:
+    def settle(self, event_id: str, elder: str) -> str | None:
         """Staff say they settled the elder of a held decision by hand: into the cooldown
         (see ``take_settled``) whether or not her face can be learned, and the decision stays
-        held until it is confirmed (``done``)."""
+        held until it is confirmed (``done``). Returns the elder the decision is settled for
+        (None: not held). One decision is one meal: once settled for an elder, naming another
+        (staff trying a second candidate after the first was refused) puts nobody else in the
+        cooldown, where she would be kept from her own meal; naming her again changes nothing."""
         with self._lock:
             pending = self._held.get(event_id)
-            if pending is not None:
+            if pending is None:
+                return None
+            if pending.settled is None:
+                self._held[event_id] = replace(pending, settled=elder)
                 self._settled.append(
                     Settled(elder, pending.decided_t, pending.track, pending.probe)
                 )
+                return elder
+            return pending.settled
 
     def take_settled(self) -> list[Settled]:
         """The confirmations since the last call, for the pipeline thread's decider."""

@@ -153,7 +153,8 @@ class FaceConfirm:
     liveness passed), the elder was among its candidates (staff cannot teach the counter a
     face that did not resemble the elder) with the enrolment they had then (not erased and
     enrolled again since), and the face does not look like another elder. A candidate named
-    goes into the cooldown whether or not her face is learned: staff settled her by hand.
+    goes into the cooldown whether or not her face is learned: staff settled her by hand; the
+    first one named is the decision's, and naming another afterwards is refused.
     """
 
     def __init__(
@@ -182,7 +183,12 @@ class FaceConfirm:
             )
         # her meal was settled by hand, learned or not: a face too like a twin's (enrolled
         # with allow_similar) must not leave her to be settled again when she turns back
-        self.confirmations.settle(event_id, elder)
+        settled = self.confirmations.settle(event_id, elder)
+        if settled is not None and settled != elder:
+            raise RequestError(
+                f"decision {event_id} was confirmed as {settled} already: nothing learned, "
+                f"and {elder} is not taken as settled; enrol photos (face.enrol) instead"
+            )
         try:
             result = learn(
                 self.gallery.current(),

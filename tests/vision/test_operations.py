@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,15 @@ from gateway.vision.pipeline import CounterPipeline, DecisionEvent
 
 FPS = 15.0
 
+Show = Callable[[str | None, float, float], list[DecisionEvent]]
 
-def test_a_twin_staff_settled_by_hand_is_not_settled_again_when_her_face_cannot_be_learned(
+
+def twins(
     analyzer: Analyzer, vision_cfg: VisionSection, tmp_path: Path, faces_dir: Path
-) -> None:
-    """Twins enrolled with allow_similar (here two photos of one woman under two ids): the
-    counter cannot tell them apart, staff settle the meal by hand and say who it was. Her face
-    is too like her sister's to be learned, so the confirmation is refused; she turns to staff
-    for a second and back, at an angle the counter is sure of: not settled a second time."""
+) -> tuple[CounterPipeline, FaceConfirm, Show]:
+    """Twins enrolled with allow_similar (here two photos of one woman under two ids, E1 and
+    E2): a counter that cannot tell them apart, the platform's face.confirm, and a way to
+    show it a photo (None: nobody) for some seconds."""
     df = faces_dir / "deepface"
     rules = vision_cfg.decision
     gallery = Gallery.open(
@@ -50,12 +52,43 @@ def test_a_twin_staff_settled_by_hand_is_not_settled_again_when_her_face_cannot_
             out += pipeline.idle(t) if image is None else pipeline.process(Frame(image, t, i))
         return out
 
+    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
+    return pipeline, confirm, show
+
+
+def test_a_twin_staff_settled_by_hand_is_not_settled_again_when_her_face_cannot_be_learned(
+    analyzer: Analyzer, vision_cfg: VisionSection, tmp_path: Path, faces_dir: Path
+) -> None:
+    """The counter cannot tell the twins apart, staff settle the meal by hand and say who it
+    was. Her face is too like her sister's to be learned, so the confirmation is refused; she
+    turns to staff for a second and back, at an angle the counter is sure of: not settled a
+    second time."""
+    pipeline, confirm, show = twins(analyzer, vision_cfg, tmp_path, faces_dir)
     (unsure,) = show("img4.jpg", 3.0, 0.0)
     assert unsure.decision.outcome is Outcome.UNCERTAIN
     assert [e for e, _ in unsure.decision.candidates] == ["E1", "E2"]
-    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
     with pytest.raises(RequestError, match="nothing learned: looks like"):
         confirm({"event_id": unsure.event.event_id, "elder_id": "E1"})
     assert show(None, 1.0, 3.0) == []
     assert show("img11.jpg", 2.0, 4.0) == []  # E1 clearly, were she not settled already
     assert pipeline.decider.counters["cooldown_suppressed"] == 1
+
+
+def test_one_uncertain_decision_settles_one_twin_however_often_staff_confirm_it(
+    analyzer: Analyzer, vision_cfg: VisionSection, tmp_path: Path, faces_dir: Path
+) -> None:
+    """Staff settle E1 by hand; the counter refuses to learn her face ("looks like E2"), so
+    they try again naming her sister, then E1 once more. One meal was settled: her sister is
+    not put in cooldown, where she would be kept from her own meal at her turn."""
+    pipeline, confirm, show = twins(analyzer, vision_cfg, tmp_path, faces_dir)
+    (unsure,) = show("img4.jpg", 3.0, 0.0)
+    event_id = unsure.event.event_id
+    with pytest.raises(RequestError, match="nothing learned: looks like"):
+        confirm({"event_id": event_id, "elder_id": "E1"})
+    with pytest.raises(RequestError, match="confirmed as E1 already"):
+        confirm({"event_id": event_id, "elder_id": "E2"})
+    with pytest.raises(RequestError, match="nothing learned: looks like"):
+        confirm({"event_id": event_id, "elder_id": "E1"})
+    assert show(None, 1.0, 3.0) == []
+    assert sorted(pipeline.decider.cooldowns(4.0)) == ["E1"]
+    assert pipeline.decider.settlements == 1

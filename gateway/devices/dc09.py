@@ -2,11 +2,12 @@
 
 Every message is answered: ACK only after its events are committed, NAK (with our time) on a
 CRC error, a timestamp outside the window, a store failure or a fault of ours in handling it
-(counted as ``decode_error``), DUH for what we cannot use (an unknown ID or code, no key for
-an encrypted account). A retry (same account and sequence within the window) is ACKed again
-without a second event; a message not ACKed is forgotten, so its retry is handled afresh.
-While the wall clock is not synchronised (a Pi has no RTC) timestamps are not checked:
-NAKing alarms because our own clock is wrong would be worse than accepting a stale one.
+(counted as ``decode_error``), DUH for what we cannot use (an unknown ID, no key for an
+encrypted account; an event code the definition does not map is recorded, as a device alarm).
+A retry (same account and sequence within the window) is ACKed again without a second event;
+a message not ACKed is forgotten, so its retry is handled afresh. While the wall clock is not
+synchronised (a Pi has no RTC) timestamps are not checked: NAKing alarms because our own clock
+is wrong would be worse than accepting a stale one.
 """
 
 from __future__ import annotations

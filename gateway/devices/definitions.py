@@ -144,6 +144,15 @@ def as_code_map(value: EventMap) -> CodeMap:
     return value if isinstance(value, CodeMap) else CodeMap(kind=value)
 
 
+def unmapped(code: str) -> CodeMap:
+    """An alarm panel's event code the definition does not list (Contact ID or SIA). It is
+    still an event the panel wants taken, perhaps a fire or a vendor's fall code nobody has
+    mapped: refused, a serial receiver would resend it with the next SOS queued behind it and
+    a DC-09 panel would drop it. So it is recorded as a ``device_alarm`` named after its code
+    (and counted as ``unknown_code`` by the caller, so that the file gets it)."""
+    return CodeMap(kind=Kind.DEVICE_ALARM, name=f"unmapped code {code}")
+
+
 class MessageSpec(Strict):
     command: int = Field(ge=0, le=0xFFFF)
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")

@@ -24,8 +24,8 @@ DEVICE_ALARM = EventType(
     "device.alarm",
     Lane.P1,
     description=(
-        "Other configured device codes: tamper, supervision; and Contact ID codes the "
-        "definition does not map (name: unmapped code NNN)."
+        "Other configured device codes: tamper, supervision; and Contact ID or SIA codes "
+        "the definition does not map (name: unmapped code NNN)."
     ),
 )
 WRISTBAND_SEEN = EventType(

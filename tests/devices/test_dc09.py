@@ -125,6 +125,27 @@ def test_bad_crc_nak_with_time_and_an_unmapped_code_taken_as_a_device_alarm(
     }
 
 
+def test_a_sia_code_the_file_does_not_map_is_taken_alone_or_beside_a_mapped_one(
+    receiver: Dc09Service, store: Store
+) -> None:
+    """A fire alarm (FA) nobody mapped: DUHed, the panel drops it; beside a medical alarm in
+    the same message, it was ACKed with the message and never recorded."""
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234")
+    try:
+        assert reply_of(panel.exchange(panel.message("SIA-DCS", "#1234|Nri1/FA007"))).id == "ACK"
+        both = panel.message("SIA-DCS", "#1234|Nri1/MA015/FA008")
+        assert reply_of(panel.exchange(both)).id == "ACK"
+    finally:
+        panel.close()
+    assert [e["data"]["device"] for e in stored(store.path, "alarm.sos")] == ["1234-015"]
+    fires = stored(store.path, "device.alarm")
+    assert [(e["data"]["device"], e["data"]["name"]) for e in fires] == [
+        ("1234-007", "unmapped code FA"),
+        ("1234-008", "unmapped code FA"),
+    ]
+    assert receiver.health()["rejected"] == {"unknown_code": 2}  # to be added to the file
+
+
 def test_encrypted_account_and_sia_dcs(receiver: Dc09Service, store: Store) -> None:
     panel = Dc09Transmitter("127.0.0.1", receiver.port, "5678", key=KEY)
     try:

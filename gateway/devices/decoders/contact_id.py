@@ -1,11 +1,8 @@
 """Contact ID (SIA DC-05): ``ACCT MT Q EEE GG CCC S`` lines, and the same event inside DC-09.
 
 Event codes mean different things per site (there is no standard fall code), so the kind of
-each code comes from the definition's ``[codes]`` table. A code it does not list is still an
-event the panel wants taken: refused, a serial receiver would send it again and again with the
-next SOS queued behind it, and a DC-09 panel would drop it; it may be a vendor's fall code the
-installer has not mapped. So it is recorded as a ``device_alarm`` named after its code, and
-counted as ``unknown_code`` so that the file gets it.
+each code comes from the definition's ``[codes]`` table. A code it does not list is recorded
+all the same (see ``definitions.unmapped``).
 """
 
 from __future__ import annotations
@@ -13,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from gateway.devices.definitions import CodeMap, EventMap, as_code_map
+from gateway.devices.definitions import EventMap, as_code_map, unmapped
 from gateway.devices.model import Decoded, DeviceEvent, Kind, Reject, Scalar, rejected
 
 QUALIFIERS = {"1": "new", "3": "restore", "6": "status"}
@@ -53,7 +50,7 @@ def cid_event(
     unknown: tuple[Reject, ...] = ()
     if mapped is None:
         unknown = (Reject("unknown_code", raw, f"event code {code}"),)
-        mapped = CodeMap(kind=Kind.DEVICE_ALARM, name=f"unmapped code {code}")
+        mapped = unmapped(code)
     cmap = as_code_map(mapped)
     if cmap.kind is Kind.IGNORE:
         return Decoded()

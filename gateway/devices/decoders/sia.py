@@ -6,7 +6,10 @@ date; optionally a ``^name^``), then a two-letter event code with its address an
 ``^text^``. Modifiers may stand alone (``Nri1/MA015``) or run straight into the code
 (``Nri1MA015``, as dc09-spt sends them), and hold for the rest of the block. An ``A`` block
 after it is text for its events (``NMA6|Ahelp``). A field that cannot be read is refused, and
-so is a block without any event code: a message is never taken as stored when nothing was.
+so is a block without any event code: a message is never taken as stored when nothing was. An
+event code the definition's ``[sia_codes]`` does not list (``FA``, a fire) is recorded all the
+same (see ``definitions.unmapped``): DUHed, the panel would drop it, and beside a mapped code
+in one message it would be ACKed without being recorded.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from gateway.devices.definitions import EventMap, as_code_map
+from gateway.devices.definitions import EventMap, as_code_map, unmapped
 from gateway.devices.model import Decoded, DeviceEvent, Kind, Reject, Scalar, rejected
 
 _MODIFIER = r"[a-z]{2}[0-9:-]+(?:\^[^\^]*\^)?"
@@ -59,7 +62,7 @@ def decode_dcs(
         mapped = codes.get(code)
         if mapped is None:
             rejects.append(Reject("unknown_code", raw, f"SIA code {code}"))
-            continue
+            mapped = unmapped(code)
         cmap = as_code_map(mapped)
         if cmap.kind is Kind.IGNORE:
             continue

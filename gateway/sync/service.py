@@ -44,8 +44,11 @@ def lane_figures(store: Store, oldest: Mapping[Lane, int | None]) -> dict[str, A
     return out
 
 
-def summary(health: Mapping[str, Any]) -> str:
-    """The health message in one log line: counts and states only, nothing personal."""
+def summary(health: Mapping[str, Any], refused: Mapping[str, int]) -> str:
+    """The health message in one log line: counts and states only, nothing personal.
+    ``refused``: events refused per lane since the previous line. Not the health message's
+    counts, which are kept for good: they would have the line cry REFUSED for months after
+    one full disk that was long dealt with."""
     lanes = health["lanes"]
     pending = " ".join(f"{k}={v['pending']}" for k, v in lanes.items())
     services = ", ".join(
@@ -58,9 +61,9 @@ def summary(health: Mapping[str, Any]) -> str:
     )
     if health["disk_reserve"] == "released":
         pressure += " DISK FULL (reserve released)"
-    refused = " ".join(f"{k}={v['refused']}" for k, v in lanes.items() if v["refused"])
-    if refused:
-        pressure += f" REFUSED {refused}"
+    refusals = " ".join(f"{k}={n}" for k, n in refused.items() if n)
+    if refusals:
+        pressure += f" REFUSED {refusals}"
     return (
         f"health: pending {pending}; broker {health['broker']['state']}; "
         f"delivered {health['uplink']['events_acked']}{pressure}; {services or 'no devices'}"
@@ -147,6 +150,7 @@ class Sync:
         )
         self._reader: OutboxReader | None = None
         self._report_lock = threading.Lock()  # on connect (link thread) and periodically
+        self._refused_before: dict[str, int] = {}  # under _report_lock: at the last line
         self._health_task = Periodic("health-report", cfg.mqtt.health_interval_s, self.report)
 
     # ---- service -----------------------------------------------------------------------------
@@ -155,6 +159,7 @@ class Sync:
         """Start every part, or none: a part that cannot start (a TLS file missing) stops the
         ones already running, whose threads would otherwise keep the process from exiting."""
         self._reader = self.store.reader()
+        self._refused_before = self._refused()  # those of earlier runs are not news
         self.store.subscribe(self._on_commit)
         try:
             self.publisher.start()
@@ -245,6 +250,10 @@ class Sync:
     def _too_large(self, msg: Message, exc: MessageTooLarge) -> None:
         self._rate_log.warning(f"too-large-{msg.topic}", "mqtt: %s not sent: %s", msg.topic, exc)
 
+    def _refused(self) -> dict[str, int]:
+        counters = dict(self.store.counters)
+        return {lane.label: counters.get(f"refused_{lane.label}", 0) for lane in Lane}
+
     def _status(self, state: str, reason: str | None = None) -> Message:
         cfg = self.loaded.config
         body: dict[str, Any] = {
@@ -293,7 +302,10 @@ class Sync:
             if self._reader is None:
                 return
             health = self.health_message()
-        log.info("%s", summary(health))
+            counts = {lane: figures["refused"] for lane, figures in health["lanes"].items()}
+            refused = {k: n - self._refused_before.get(k, 0) for k, n in counts.items()}
+            self._refused_before = counts
+        log.info("%s", summary(health, refused))
         if self.link.connected:
             body = compact_json(health).encode()
             self._publish(Message(self.topics.health, body, retain=True), self._generation)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -147,3 +148,34 @@ def test_the_journal_health_line_says_the_disk_is_full_and_what_was_refused(
             gw.sync.report()
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("health:")]
     assert "DISK FULL (reserve released) REFUSED p2=1;" in line, line
+
+
+def test_the_journal_health_line_stops_saying_refused_once_the_disk_has_room_again(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The counts of refused events are kept for good, across restarts: a line that showed
+    them would cry REFUSED for months after one full disk that was long dealt with."""
+    store = {"min_free_disk_mb": 4, "reserve_mb": 2}
+
+    def lines(gw: Any) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="gateway.sync.service"):
+            gw.sync.report()
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("health:")]
+
+    with running(config(small_disk / "var", None, store=store)) as gw:
+        assert gw.sync is not None
+        filler = fill(small_disk)
+        with pytest.raises(StorageFull):
+            gw.store.record(Event(TELEMETRY, {"n": 1}))
+        (line,) = lines(gw)
+        assert "REFUSED p2=1;" in line, line
+        filler.unlink()
+        gw.store.housekeep()
+        gw.store.record(Event(TELEMETRY, {"n": 2}))
+        (line,) = lines(gw)
+        assert "REFUSED" not in line and "DISK FULL" not in line, line
+    with running(config(small_disk / "var", None, store=store)) as gw:
+        assert gw.store.counters["refused_p2"] == 1  # still in the health message
+        (line,) = lines(gw)
+        assert "REFUSED" not in line, line

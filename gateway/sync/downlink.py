@@ -130,6 +130,14 @@ class Downlink:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        with self._send_lock:
+            unsent = len(self._held)
+            self._held.clear()
+            self._held_bytes = 0
+        if unsent:  # no connection took them before the stop: said, not dropped silently
+            with self._count_lock:
+                self.errors["unanswered"] += unsent
+            log.warning("downlink: %d answers not sent: no connection before the stop", unsent)
 
     def healthy(self) -> bool:
         return self._worker.alive()

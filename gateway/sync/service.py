@@ -211,8 +211,10 @@ class Sync:
         try:
             self._publish(self._status("online"), generation)
         finally:
-            self.publisher.link_up(generation)
-            self.downlink.link_up()
+            try:
+                self.publisher.link_up(generation)
+            finally:  # answers the platform waits for go out even if the uplink failed to
+                self.downlink.link_up()
         self.report()
 
     def link_down(self, generation: int) -> None:

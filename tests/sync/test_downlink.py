@@ -596,6 +596,33 @@ def test_an_answer_made_while_the_connection_is_down_goes_out_when_it_is_back(
         broker.stop()
 
 
+def test_answers_no_connection_took_before_the_stop_are_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Held for a connection that never came back before the stop: the sender waits in vain,
+    so the gateway at least says so."""
+    broker = Mosquitto(tmp_path, persistent=True).start()
+    held = HeldHandler({"elder_id": "E1", "templates_erased": 1})
+    remove = Operation("face.remove", held, applies_elsewhere=True)
+    sub = Subscriber(broker.port, persistent=True)
+    try:
+        with sync_alone(config(tmp_path / "var", broker.port), operations=[remove]) as (_, sync):
+            sub.wait_for(lambda _m: bool(sub.of_topic("/status")))
+            eventually(lambda: sync.link.connected)
+            request = {"transaction": "t-1", "elder_id": "E1"}
+            sub.publish(f"{BASE}/request/face.remove", json.dumps(request))
+            assert held.busy.wait(10)
+            broker.stop()
+            eventually(lambda: not sync.link.connected)
+            held.release.set()
+            eventually(lambda: sync.downlink.counts["ok"] == 1)
+        assert sync.downlink.errors["unanswered"] == 1
+        assert "downlink: 1 answers not sent: no connection before the stop" in caplog.text
+    finally:
+        sub.close()
+        broker.stop()
+
+
 def test_clearing_a_retained_request_is_not_taken_for_another_one(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:

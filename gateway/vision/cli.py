@@ -261,7 +261,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
     )
     vision = cfg.vision.model_copy(update={"camera": camera})
     # the config's checks across keys hold for --fps too: k frames in the window, ...
-    validate_model(vision.model_dump(), VisionSection, f"with --fps {camera.fps:g}")
+    rate = f"--fps {camera.fps:g}" if args.fps else f"the config's camera.fps = {camera.fps:g}"
+    validate_model(vision.model_dump(), VisionSection, f"with {rate}")
     source = open_source(args.camera, camera)
     if source.paced:  # a photo folder or video file that does not open now never will
         source.open()

@@ -108,11 +108,6 @@ class Dc09Handler:
         if msg.encrypted and msg.timestamp is None:
             self._refuse("bad_timestamp", content, "encrypted without timestamp")
             return msgs.nak(now), "NAK"
-        if msg.timestamp is not None and self.clock_synced():
-            skew = (msg.timestamp - now).total_seconds()
-            if not -self.spec.max_past_s <= skew <= self.spec.max_future_s:
-                self._refuse("bad_timestamp", content, f"{skew:+.0f} s")
-                return msgs.nak(now), "NAK"
         # A retry is the same message again: its sequence number and what it says, stamped
         # when first sent. A panel that restarts counts from 0001 again: its new messages
         # reuse numbers of the last minutes, but not their content and time.
@@ -128,16 +123,33 @@ class Dc09Handler:
             msg.timestamp,
         )
         reply = msgs.ack(msg, self.keys.get(msg.account.upper()), now)
+        # A repeat is ACKed before its time is checked: it still bears the time it was first
+        # sent, which a third try, or the first one after our clock has synchronised, may be
+        # outside the window by. Its events are stored; a NAK would have the panel send it
+        # afresh, restamped, and it would be recorded twice. (A replay within the window so
+        # gets an ACK and nothing more.)
         if self.dedup.is_repeat(key):
             stats.duplicates += 1
             return reply, "ACK"
         answer = msgs.nak(now), "NAK"
         try:
-            answer = self._fresh(msg, content, reply, now)
+            answer = self._checked(msg, content, reply, now)
         finally:
             if answer[1] != "ACK":  # not stored: the panel's retry must not count as a repeat
                 self.dedup.forget(key)
         return answer
+
+    def _checked(
+        self, msg: msgs.Dc09Message, content: bytes, ack: bytes, now: datetime
+    ) -> tuple[bytes, str]:
+        """A message not seen before: NAKed (with our time) if its timestamp is outside the
+        window while our clock is synchronised, else handled as fresh."""
+        if msg.timestamp is not None and self.clock_synced():
+            skew = (msg.timestamp - now).total_seconds()
+            if not -self.spec.max_past_s <= skew <= self.spec.max_future_s:
+                self._refuse("bad_timestamp", content, f"{skew:+.0f} s")
+                return msgs.nak(now), "NAK"
+        return self._fresh(msg, content, ack, now)
 
     def _fresh(
         self, msg: msgs.Dc09Message, content: bytes, ack: bytes, now: datetime

@@ -449,3 +449,33 @@ def test_a_panel_that_keeps_its_connection_and_sends_link_tests_stays_connected(
     finally:
         panel.close()
         service.stop()
+
+
+@pytest.mark.parametrize("synced_before", [True, False], ids=["synced", "synced-meanwhile"])
+def test_a_retry_after_a_lost_ack_is_acked_once_whatever_its_age(
+    receiver: Dc09Service, store: Store, synced_before: bool
+) -> None:
+    """A panel whose ACK was lost retries with the message as first stamped. A retry a minute
+    later (its third try), or the first one after our clock has synchronised (the panel had
+    set its clock from an earlier NAK of ours), was NAKed as stale although its alarm was
+    stored: the panel then sent it afresh, restamped, and it was recorded a second time."""
+    ours = datetime.now(UTC)
+    synced = synced_before
+    receiver.handler.clock_synced = lambda: synced
+    # before the sync the panel runs on the time our unsynchronised clock gave it
+    sent_at = ours if synced_before else ours - timedelta(hours=6)
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "5678", key=KEY, clock=lambda: sent_at)
+    try:
+        receiver.handler.wall = lambda: ours
+        sent = panel.message("SIA-DCS", "#5678|Nri1/MA015")
+        assert reply_of(panel.exchange(sent)).id == "ACK"  # the ACK is lost on the way back
+        synced = True
+        receiver.handler.wall = lambda: ours + timedelta(seconds=60)
+        retry = panel.exchange(sent)
+        assert b'"NAK"' not in retry
+        assert reply_of(retry).id == "ACK"  # its retry
+    finally:
+        panel.close()
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert receiver.health()["duplicates"] == 1
+    assert "bad_timestamp" not in receiver.health()["rejected"]

@@ -35,10 +35,12 @@ def save(path: Path, last_seen_ms: dict[str, int]) -> None:
 
 def _remove_leftovers(path: Path, now_s: float) -> None:
     """Temporary copies a crash left between writing and renaming (they name elders; an
-    erasure does not look for them). Only old ones: another writer may be at work."""
+    erasure does not look for them). Only those not written just now: another writer may be
+    at work. A copy far ahead of the clock is old too: the clock was set back since (a Pi
+    without RTC after a power cut, NTP stepping back a clock that ran ahead)."""
     for stale in path.parent.glob(f".{path.name}.*"):
         with contextlib.suppress(OSError):
-            if now_s - stale.lstat().st_mtime > LEFTOVER_AGE_S:
+            if abs(now_s - stale.lstat().st_mtime) > LEFTOVER_AGE_S:
                 stale.unlink()
 
 

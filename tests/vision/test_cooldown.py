@@ -65,6 +65,21 @@ def test_copies_a_crash_left_half_way_are_removed_at_start(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cooldown.FILE, fresh.name])
 
 
+def test_a_copy_left_before_the_clock_was_set_back_is_removed_too(tmp_path: Path) -> None:
+    """A crash half way, then the clock set back (a power cut: the Pi without RTC restarts at
+    its last saved time; or NTP stepping back a clock that ran ahead): the copy, elder ids in
+    it, looked newer than now and stayed, out of reach of an erasure, until the clock caught
+    up with it."""
+    path = tmp_path / cooldown.FILE
+    cooldown.save(path, {"E1": 95_000})
+    stale = tmp_path / f".{cooldown.FILE}.812.1401"
+    stale.write_text('{"E2": 94000}')
+    ahead = time.time() + 86_400
+    os.utime(stale, (ahead, ahead))
+    assert cooldown.load(path, 100_000, 60_000) == [("E1", 5.0)]
+    assert [p.name for p in tmp_path.iterdir()] == [cooldown.FILE]
+
+
 def test_an_erasure_leaves_a_file_the_card_cannot_read_as_it_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -94,10 +94,11 @@ def emptied_beside_key(data: Path, key: Path, *, created_within_s: float) -> flo
     ``created_within_s``: the file was emptied (a bad copy or restore, a full disk, fsck), and
     opened as it is it would become a new, empty file under the old key without a word. A file
     is empty only while it is created, when its key is at most ``created_within_s`` old or not
-    made yet. None otherwise."""
+    made yet. None otherwise. A key dated ahead of the clock (a Pi without RTC set back by a
+    power cut) is as old as that distance: not one just made."""
     try:
         empty = data.stat().st_size == 0
-        key_age = time.time() - key.stat().st_mtime
+        key_age = abs(time.time() - key.stat().st_mtime)
     except OSError:
         return None
     return key_age if empty and key_age > created_within_s else None

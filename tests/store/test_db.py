@@ -7,6 +7,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,20 @@ def test_a_database_emptied_beside_its_key_is_refused_not_started_anew(
     for moved in (path, key):  # what the message says to do to start empty
         moved.rename(moved.with_name(moved.name + ".emptied"))
     assert make_store(path).session == 1
+
+
+def test_an_emptied_database_is_refused_though_the_clock_was_set_back_since_its_key(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """A power cut brought the Pi back a day early (no RTC): its key now looks made in the
+    future, which must not pass for a key made this very moment with its new database."""
+    path = tmp_path / "g.db"
+    make_store(path).stop()
+    path.write_bytes(b"")
+    ahead = time.time() + 86_400
+    os.utime(tmp_path / "g.db.key", (ahead, ahead))
+    with pytest.raises(StoreError, match="is empty, but its key"):
+        make_store(path)
 
 
 def test_a_new_install_and_a_database_moved_aside_start(

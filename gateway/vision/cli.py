@@ -259,7 +259,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
     camera = cfg.vision.camera.model_copy(
         update={"source": args.camera, **({"fps": args.fps} if args.fps else {})}
     )
-    vision = cfg.vision.model_copy(update={"camera": camera})
+    # its decisions are printed, not recorded: no frame is kept for them, whatever the audit
+    # option says (that is for the counter's decisions, which the journal holds)
+    audit = cfg.vision.audit.model_copy(update={"enabled": False})
+    vision = cfg.vision.model_copy(update={"camera": camera, "audit": audit})
     # the config's checks across keys hold for --fps too: k frames in the window, ...
     rate = f"--fps {camera.fps:g}" if args.fps else f"the config's camera.fps = {camera.fps:g}"
     validate_model(vision.model_dump(), VisionSection, f"with {rate}")

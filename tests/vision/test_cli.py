@@ -30,7 +30,8 @@ def _config(tmp_path: Path, models_dir: Path, extra: str = "") -> Path:
 def test_identify_prints_decisions_as_json_lines(
     tmp_path: Path, models_dir: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _config(tmp_path, models_dir)
+    # the audit option is for the counter's recorded decisions, not an installer's trial run
+    config = _config(tmp_path, models_dir, "[vision.audit]\nenabled = true\n")
     assert (
         main(
             [
@@ -57,6 +58,8 @@ def test_identify_prints_decisions_as_json_lines(
         ("multiple_faces", None),
     ]
     assert all(len(d["event_id"]) == 36 for d in lines)
+    audit = tmp_path / "data" / "audit"
+    assert not audit.exists() or not any(audit.iterdir())
     health = json.loads(captured.err.strip().splitlines()[-1])["health"]
     assert health["camera"]["state"] == "ended"
 

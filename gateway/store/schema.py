@@ -66,7 +66,19 @@ def _m2_housekeeping_indexes(db: sqlite_utils.Database) -> None:
     db.table("outbox").create_index(["lane", "steady_ms"], if_not_exists=True)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_m1_journal_and_outbox, _m2_housekeeping_indexes)
+def _m3_sealed_event_data(db: sqlite_utils.Database) -> None:
+    """Nothing to add: the version itself is the change. Since encryption at rest an event's
+    ``data`` may be sealed bytes (gateway/store/cipher.py); a gateway of schema 2 or older
+    reads it as JSON text and, put back onto such a journal, published the ciphertext to the
+    platform as every pending event's data and counted the events delivered. At version 3
+    those gateways refuse the database as newer than they support."""
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _m1_journal_and_outbox,
+    _m2_housekeeping_indexes,
+    _m3_sealed_event_data,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

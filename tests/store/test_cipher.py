@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.events import Event, Lane
-from gateway.store import StoreError
+from gateway.store import StoreError, schema
 from gateway.store import cipher as cipher_module
 from gateway.store.cipher import EventCipher
+from gateway.store.db import open_database
 from tests.store.conftest import SEEN, SOS, StoreFactory
 from tests.support.journal import journal
 from tests.support.wait import eventually
@@ -62,6 +63,24 @@ def test_events_written_before_encryption_are_read_and_sealed_at_the_next_start(
 
     eventually(sealed)  # in the background: the alarms are taken meanwhile
     assert [e.data for e in journal(store.path)] == [{"band": "A1", "where": WHERE}]
+
+
+def test_a_gateway_from_before_encryption_refuses_a_journal_sealed_since(
+    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A downgrade: a gateway of schema 2 (the last without encryption at rest) read each
+    row's data as JSON text, and on a journal sealed since published the ciphertext as every
+    pending alarm's data and counted it delivered. Its start, with this database, must be
+    refused the way it refuses any newer schema."""
+    store = make_store()
+    store.record(Event(SOS, {"band": "A1", "where": WHERE}))
+    store.stop()
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        assert conn.execute("SELECT typeof(data) FROM events").fetchall() == [("blob",)]
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)  # its migrate() is this one
+    with pytest.raises(StoreError, match=r"schema version \d+ is newer than this gateway supports"):
+        open_database(store.path, key=tmp_path / "g.db.key", synchronous="full", check=False)
 
 
 def test_a_missing_or_wrong_key_stops_the_start_instead_of_stranding_the_events(

@@ -81,6 +81,23 @@ def touch_private(path: Path) -> None:
     os.close(open_private(path, os.O_WRONLY))
 
 
+def narrow_private(path: Path) -> None:
+    """An existing file made the gateway's alone: a database written by an older version
+    (0644), or copied in under a umask of 022. A file that is not there, or not the
+    gateway's to change, is left as it is; never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            with contextlib.suppress(PermissionError):
+                os.fchmod(fd, mode & 0o700)
+    finally:
+        os.close(fd)
+
+
 def sync_dir(path: Path) -> None:
     """A file's new name reaches the card only with its directory: without this, a power
     cut can bring back the old file, or none, though the new one was synced."""

@@ -18,6 +18,7 @@ import sqlite_utils
 from gateway.keys import emptied_beside_key
 from gateway.private import (
     ExposedDirectory,
+    narrow_private,
     open_private,
     private_dir,
     refuse_link,
@@ -131,6 +132,8 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
             raise StoreError(f"cannot read database {path}: {exc.strerror}") from None
         if head != SQLITE_MAGIC:
             raise _damaged(path, "no SQLite header")
+        for part in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+            narrow_private(part)  # elder ids, decisions, nurse-call texts
     elif path.exists() and not os.access(path, os.W_OK):
         raise StoreError(f"database {path} is not writable")
     else:

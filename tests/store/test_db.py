@@ -107,6 +107,20 @@ def test_an_emptied_database_is_refused_though_the_clock_was_set_back_since_its_
         make_store(path)
 
 
+def test_a_database_an_older_version_left_readable_by_all_is_made_private(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """Versions from before files were created private wrote gateway.db 0644: event types,
+    ids and times, and the platform's request records, are not for every local user."""
+    path = tmp_path / "g.db"
+    make_store(path).stop()
+    os.chmod(path, 0o644)
+    store = make_store(path)
+    store.record(Event(SOS, {"band": "A1"}))
+    for part in (path, tmp_path / "g.db-wal", tmp_path / "g.db-shm"):
+        assert stat.S_IMODE(part.stat().st_mode) == 0o600, part
+
+
 def test_a_new_install_and_a_database_moved_aside_start(
     make_store: StoreFactory, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ from gateway.app import Gateway
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
 from gateway.store import Store
+from gateway.sync import Sync
 from gateway.sync.downlink import MESSAGE_MAX, STOPPING, Downlink, Operation, Reply
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
@@ -565,12 +566,10 @@ def test_requests_waiting_when_the_gateway_stops_are_answered_over_the_broker(
         sub.close()
 
 
-def test_an_answer_made_while_the_connection_is_down_goes_out_when_it_is_back(
-    tmp_path: Path,
-) -> None:
-    """The broker had its PUBACK for the request and will not hand it over again: an answer
-    made while no connection takes it (a long enrolment outlasting the connection, or a
-    request the broker hands over right after the CONNACK) is sent on the next connection."""
+@contextmanager
+def answered_offline(tmp_path: Path) -> Iterator[tuple[Mosquitto, Subscriber, Sync, HeldHandler]]:
+    """A face.remove whose answer is made while the broker is down: the sync stage still
+    running, the broker stopped, the platform's persistent subscriber."""
     broker = Mosquitto(tmp_path, persistent=True).start()
     held = HeldHandler({"elder_id": "E1", "templates_erased": 1})
     remove = Operation("face.remove", held, applies_elsewhere=True)
@@ -586,14 +585,24 @@ def test_an_answer_made_while_the_connection_is_down_goes_out_when_it_is_back(
             eventually(lambda: not sync.link.connected)
             held.release.set()
             eventually(lambda: sync.downlink.counts["ok"] == 1)
-            broker.start()
-            sub.wait_for(lambda _m: bool(sub.of_topic("/response/face.remove")))
-            (answer,) = [m.json() for m in sub.of_topic("/response/face.remove")]
-            assert (answer["transaction"], answer["status"]) == ("t-1", "ok")
-            assert held.applied == ["t-1"] and "unanswered" not in sync.downlink.errors
+            yield broker, sub, sync, held
     finally:
         sub.close()
         broker.stop()
+
+
+def test_an_answer_made_while_the_connection_is_down_goes_out_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The broker had its PUBACK for the request and will not hand it over again: an answer
+    made while no connection takes it (a long enrolment outlasting the connection, or a
+    request the broker hands over right after the CONNACK) is sent on the next connection."""
+    with answered_offline(tmp_path) as (broker, sub, sync, held):
+        broker.start()
+        sub.wait_for(lambda _m: bool(sub.of_topic("/response/face.remove")))
+        (answer,) = [m.json() for m in sub.of_topic("/response/face.remove")]
+        assert (answer["transaction"], answer["status"]) == ("t-1", "ok")
+        assert held.applied == ["t-1"] and "unanswered" not in sync.downlink.errors
 
 
 def test_answers_no_connection_took_before_the_stop_are_counted_and_logged(
@@ -601,26 +610,10 @@ def test_answers_no_connection_took_before_the_stop_are_counted_and_logged(
 ) -> None:
     """Held for a connection that never came back before the stop: the sender waits in vain,
     so the gateway at least says so."""
-    broker = Mosquitto(tmp_path, persistent=True).start()
-    held = HeldHandler({"elder_id": "E1", "templates_erased": 1})
-    remove = Operation("face.remove", held, applies_elsewhere=True)
-    sub = Subscriber(broker.port, persistent=True)
-    try:
-        with sync_alone(config(tmp_path / "var", broker.port), operations=[remove]) as (_, sync):
-            sub.wait_for(lambda _m: bool(sub.of_topic("/status")))
-            eventually(lambda: sync.link.connected)
-            request = {"transaction": "t-1", "elder_id": "E1"}
-            sub.publish(f"{BASE}/request/face.remove", json.dumps(request))
-            assert held.busy.wait(10)
-            broker.stop()
-            eventually(lambda: not sync.link.connected)
-            held.release.set()
-            eventually(lambda: sync.downlink.counts["ok"] == 1)
-        assert sync.downlink.errors["unanswered"] == 1
-        assert "downlink: 1 answers not sent: no connection before the stop" in caplog.text
-    finally:
-        sub.close()
-        broker.stop()
+    with answered_offline(tmp_path) as (_broker, _sub, sync, _held):
+        pass
+    assert sync.downlink.errors["unanswered"] == 1
+    assert "downlink: 1 answers not sent: no connection before the stop" in caplog.text
 
 
 def test_clearing_a_retained_request_is_not_taken_for_another_one(

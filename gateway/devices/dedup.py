@@ -12,10 +12,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+MAX_KEYS = 50_000  # per port: some 1,600 bands' sightings within a 30 s window
+
 
 class Dedup:
     def __init__(
-        self, window_s: float, now: Callable[[], float] = time.monotonic, max_keys: int = 50_000
+        self, window_s: float, now: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS
     ) -> None:
         self.window_s = window_s
         self._now = now

@@ -8,6 +8,7 @@ JSON-lines gateways, Contact ID receivers). ESPA has a session and lives in espa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol
@@ -15,7 +16,7 @@ from typing import Protocol
 from gateway.devices.decoders.binary import BinaryDecoder
 from gateway.devices.decoders.contact_id import decode_line
 from gateway.devices.decoders.jsonlines import JsonLinesDecoder
-from gateway.devices.dedup import Dedup
+from gateway.devices.dedup import MAX_KEYS, Dedup
 from gateway.devices.definitions import DefinitionFile
 from gateway.devices.events import link_status
 from gateway.devices.framers.binary import BinaryFramer
@@ -214,13 +215,16 @@ def framer_and_decoder(
     raise ValueError(f"{definition.name}: not a framed serial protocol ({definition.protocol})")
 
 
-def definition_dedup(definition: DefinitionFile, now: Callable[[], float] | None = None) -> Dedup:
+def definition_dedup(
+    definition: DefinitionFile, now: Callable[[], float] = time.monotonic, ports: int = 1
+) -> Dedup:
     """The repeat filter with a framed definition's ``dedup_window_s``. The radio ports of one
     definition share one (see build_services): base stations whose coverage overlaps all hear
-    a band's SOS, and it is one alarm."""
+    a band's SOS, and it is one alarm. It holds as many keys as ``ports`` filters of their
+    own would: a busy site must not push an SOS out of the window early."""
     spec = definition.binary or definition.jsonlines or definition.contact_id
     window = spec.dedup_window_s if spec is not None else 0.0
-    return Dedup(window) if now is None else Dedup(window, now)
+    return Dedup(window, now, max_keys=MAX_KEYS * ports)
 
 
 def framed_handler(

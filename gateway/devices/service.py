@@ -132,7 +132,7 @@ def build_services(
     definitions = load_definitions(section)
     # a band heard by several base stations (radio ports of one definition) is filtered once
     dedups = {
-        name: definition_dedup(d)
+        name: definition_dedup(d, ports=sum(p.definition == name for p in section.ports))
         for name, d in definitions.items()
         if d.protocol in ("binary", "jsonlines")
     }

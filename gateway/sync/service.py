@@ -70,6 +70,10 @@ def summary(health: Mapping[str, Any], refused: Mapping[str, int]) -> str:
     )
 
 
+def _refused(lanes: Mapping[str, Any]) -> dict[str, int]:
+    return {lane: figures["refused"] for lane, figures in lanes.items()}
+
+
 def service_state(service: Mapping[str, Any]) -> str:
     """What an installer must act on, in capitals, else ok: while the broker is down this line
     is the only health anyone sees."""
@@ -159,7 +163,8 @@ class Sync:
         """Start every part, or none: a part that cannot start (a TLS file missing) stops the
         ones already running, whose threads would otherwise keep the process from exiting."""
         self._reader = self.store.reader()
-        self._refused_before = self._refused()  # those of earlier runs are not news
+        # those of earlier runs are not news
+        self._refused_before = _refused(lane_figures(self.store, {}))
         self.store.subscribe(self._on_commit)
         try:
             self.publisher.start()
@@ -252,10 +257,6 @@ class Sync:
     def _too_large(self, msg: Message, exc: MessageTooLarge) -> None:
         self._rate_log.warning(f"too-large-{msg.topic}", "mqtt: %s not sent: %s", msg.topic, exc)
 
-    def _refused(self) -> dict[str, int]:
-        counters = dict(self.store.counters)
-        return {lane.label: counters.get(f"refused_{lane.label}", 0) for lane in Lane}
-
     def _status(self, state: str, reason: str | None = None) -> Message:
         cfg = self.loaded.config
         body: dict[str, Any] = {
@@ -304,7 +305,7 @@ class Sync:
             if self._reader is None:
                 return
             health = self.health_message()
-            counts = {lane: figures["refused"] for lane, figures in health["lanes"].items()}
+            counts = _refused(health["lanes"])
             refused = {k: n - self._refused_before.get(k, 0) for k, n in counts.items()}
             self._refused_before = counts
         log.info("%s", summary(health, refused))

@@ -3,13 +3,17 @@
 The control station (master) identifies itself with ``<its address> ENQ`` and then selects us
 with ``<our address> ENQ``; we answer ACK and take one block at a time, answering ACK only
 once every call in it is committed to the store, NAK on a bad BCC, bad parity or a store
-failure (the master retries), and EOT ends the exchange. ``<our address> ENQ`` without a
+failure (the master retries), and EOT ends the exchange. A commit slower than the master's
+response timeout has the master send the block again before our ACK reaches it: that resend
+is ACKed and not recorded a second time (see ``_resent``). ``<our address> ENQ`` without a
 preceding identification is a poll: we have nothing to send and answer EOT.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from gateway.devices.decoders.espa import decode_block
 from gateway.devices.definitions import EspaSpec
@@ -30,11 +34,14 @@ class EspaSession(PortHandler):
         silence_s: float | None,
         frame_timeout_s: float | None = None,
         parity_checked: bool = True,
+        char_s: float = 0.0,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         """A block not complete ``frame_timeout_s`` after its SOH is dropped (the port's
         setting, else the definition's response timeout); a master that does not go on within
         the response timeout has the session back to neutral. ``parity_checked``: the port is
-        7-bit and its link marks bad parity (see EspaFramer)."""
+        7-bit and its link marks bad parity (see EspaFramer). ``char_s``: the seconds a
+        character takes on the line; ``now``: the link's clock, that of ``at`` in on_data."""
         super().__init__(
             recorder,
             EspaFramer(parity_checked=parity_checked),
@@ -48,6 +55,9 @@ class EspaSession(PortHandler):
         self.blocks_acked = 0
         self.blocks_naked = 0
         self.polls = 0
+        self.char_s = char_s
+        self._now = now
+        self._acked: tuple[bytes, float] | None = None  # the last block ACKed, and until when
 
     def on_data(self, data: bytes, at: float) -> None:
         super().on_data(data, at)
@@ -83,7 +93,7 @@ class EspaSession(PortHandler):
             self._control(item)
         elif isinstance(item, Frame):
             self.recorder.stats.frames += 1
-            self._block(item.data)
+            self._block(item.data, at)
         elif isinstance(item, Reject):
             self.recorder.stats.reject(self.recorder.port, item)
             if item.reason != "garbage":
@@ -106,9 +116,14 @@ class EspaSession(PortHandler):
             self.polls += 1
             self._reply(EOT)
 
-    def _block(self, raw: bytes) -> None:
-        decoded = decode_block(raw, self.spec)
+    def _block(self, raw: bytes, at: float | None) -> None:
         stats = self.recorder.stats
+        if self._resent(raw, at):
+            stats.duplicates += 1
+            self.blocks_acked += 1
+            self._reply(ACK)
+            return
+        decoded = decode_block(raw, self.spec)
         for reject in decoded.rejects:
             stats.reject(self.recorder.port, reject)
         if decoded.rejects and not decoded.events:
@@ -122,9 +137,20 @@ class EspaSession(PortHandler):
         if self.recorder.record(events):
             self.blocks_acked += 1
             self._reply(ACK)
+            self._acked = (raw, self._now() + len(raw) * self.char_s)
         else:
             self.blocks_naked += 1
             self._reply(NAK)
+
+    def _resent(self, raw: bytes, at: float | None) -> bool:
+        """The block just ACKed, come whole before the master could have sent any block after
+        hearing that ACK (a block takes its length in characters on the line), was sent before
+        the ACK reached the master: its resend after its response timeout. A call the master
+        sends again once it had our ACK arrives later and is recorded. ``at`` is when the read
+        that completed the block returned, never before its bytes came, so a slow reader can
+        only have a resend recorded twice, never a new call taken for a resend."""
+        acked = self._acked
+        return acked is not None and at is not None and raw == acked[0] and at < acked[1]
 
     def _reply(self, code: int) -> None:
         if not self.write(bytes([code])):

@@ -61,6 +61,12 @@ class SerialSettings:
     format: str  # e.g. "8N1", "7E1"
 
     @property
+    def char_s(self) -> float:
+        """Seconds one character takes on the line: start bit, data bits, parity, stop bits."""
+        bits, parity, stop = self.format[0], self.format[1], self.format[2]
+        return (1 + int(bits) + (parity != "N") + int(stop)) / self.baudrate
+
+    @property
     def software_parity(self) -> bool:
         return self.format[0] == "7" and self.format[1] in "EO"
 

@@ -51,6 +51,7 @@ class PortService:
                 silence_s=cfg.silence_s,
                 frame_timeout_s=cfg.frame_timeout_s,
                 parity_checked=settings.software_parity,
+                char_s=settings.char_s,
             )
         else:
             self.handler = framed_handler(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -172,11 +173,14 @@ def test_an_8bit_gbk_call_whose_bcc_is_ff_is_taken(tmp_path: Path, store: Store)
 SELECT = b"\x041\x052\x05"  # EOT, the master '1' identifies itself, selects us ('2')
 
 
-def session_at(store: Store) -> tuple[EspaSession, list[int]]:
+def session_at(
+    store: Store, now: Callable[[], float] = time.monotonic
+) -> tuple[EspaSession, list[int]]:
+    """At 9600 baud 7E1: a character takes 1/960 s."""
     spec = definition("espa444-nurse-call").espa
     assert isinstance(spec, EspaSpec)
     recorder = Recorder(store, port="nurse", station="nurse", definition="espa", record_timeout_s=5)
-    handler = EspaSession(spec, recorder, silence_s=None)
+    handler = EspaSession(spec, recorder, silence_s=None, char_s=1 / 960, now=now)
     sent: list[int] = []
 
     def write(data: bytes) -> bool:
@@ -242,3 +246,60 @@ def test_a_fault_on_a_block_is_naked_and_the_retry_acked(
     (logged,) = [r.getMessage() for r in caplog.records if "decode_error" in r.getMessage()]
     assert "KeyError at gateway.devices.espa:" in logged  # where to look, for a bug report
     assert "SOS" not in logged and "53 4f 53" not in logged  # never the call's display text
+
+
+def test_a_call_acked_late_is_recorded_once_and_the_masters_resend_acked(
+    tmp_path: Path, store: Store
+) -> None:
+    """The store took longer than the master's response timeout (a slow SD card): the master
+    sent the block again while the gateway was still committing it. The platform gets one
+    alarm.sos; the resend is ACKed; the same call sent again after the exchange is a new one."""
+    pty = Pty(tmp_path / "nursecall", "7E1")
+    cfg = PortConfig(
+        name="nurse", definition="espa444-nurse-call.toml", url=str(pty.path), baudrate=1200
+    )
+    service = PortService(cfg, definition("espa444-nurse-call"), store, 10.0)
+    service.start()
+    slow_disk = threading.Event()
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        master = EspaMaster(pty)
+        assert master.select()
+        block = espa_block(CALL)
+        busy = store.write(lambda _conn: slow_disk.wait(10))
+        pty.write(block)
+        assert pty.read(1, timeout=0.5) == b""  # the master's response timeout, shortened
+        pty.write(block)  # its resend, while the gateway still waits for the store
+        slow_disk.set()
+        busy.result(5)
+        assert (master.reply(), master.reply()) == (ACK, ACK)
+        master.end()
+        time.sleep(0.4)  # 45 characters at 1200 baud: EOT, a new selection and the block
+        assert master.select()
+        assert master.send_block(block, retries=0) == ACK  # the same call, a new one
+        master.end()
+    finally:
+        service.stop()
+        pty.close()
+    assert [c["data"]["device"] for c in stored(store.path, "alarm.sos")] == ["0815", "0815"]
+    assert service.health()["duplicates"] == 1
+
+
+def test_only_a_resend_sent_before_the_late_ack_could_arrive_is_taken_for_one(store: Store) -> None:
+    """The block's 41 characters take 42.7 ms at 9600 baud: a copy complete sooner after the
+    ACK was on its way before the master heard it; one complete later is a call of its own."""
+    clock = [0.0]
+    s, sent = session_at(store, lambda: clock[0])
+    block = espa_block(CALL)
+    assert len(block) == 41
+    s.on_data(SELECT, 0.0)
+    clock[0] = 3.5  # the commit returned 3.5 s after the block came
+    s.on_data(block, 0.05)
+    s.on_data(block, 3.54)  # the master's resend, waiting when the ACK went out
+    assert sent == [ACK, ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 1
+    s.on_data(block, 3.55)  # the master had the ACK and sent the call again
+    s.on_data(b"\x04", 3.6)
+    assert sent == [ACK, ACK, ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 2
+    assert s.recorder.stats.duplicates == 1

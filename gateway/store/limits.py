@@ -8,7 +8,8 @@ Policy (also in the README):
   room for it (so the file stops growing); otherwise it is refused and counted, and the producer
   does not acknowledge its source, which will retry. Alarms and records are the exception
   while the store keeps its disk reserve: they are written, from the reserve once the disk is
-  full (the reserve exists for them, and a site that is online has no telemetry pending).
+  full (the reserve exists for them, and a site that is online has no telemetry pending);
+  records from its first half only, the second is kept for alarms (see reserve.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ runaway log, a full audit folder) can take the last byte. SQLite then cannot wri
 an alarm, and not the checkpoint that would let its write-ahead log start over. So the store
 holds a file of real, allocated blocks beside the database, gives it up when a write fails for
 want of space, and takes it back once the disk has room again.
+
+It is given up in two halves. Records (meals at the counter, restores) may spend the first:
+on a long day with the disk full they would otherwise spend it all, and the next alarm would
+find no room. The second half is given up only for alarms, and from then on only alarms are
+written until the reserve is taken back.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ class Reserve:
         self.path = path
         self.size_bytes = size_bytes
         self.released = False  # given up and not yet taken back: the disk was full
+        self.alarms_only = False  # the records' half is spent: what is left is for alarms
+
+    @property
+    def alarm_share(self) -> int:
+        """Bytes of the reserve that only alarms may use."""
+        return self.size_bytes // 2
 
     @property
     def state(self) -> str:
@@ -92,7 +103,7 @@ class Reserve:
         if not self.size_bytes:
             return False
         if allocated >= self.size_bytes:
-            self.released = False
+            self.released = self.alarms_only = False
             return True
         if free_bytes < floor_bytes + self.size_bytes - allocated:
             return False
@@ -111,13 +122,30 @@ class Reserve:
             log.warning("disk reserve %s not allocated: %s", self.path, exc.strerror)
             return False
         os.close(fd)
-        self.released = False
+        self.released = self.alarms_only = False
         log.info("disk reserve held: %d MiB in %s", self.size_bytes // MB, self.path)
         return True
 
-    def release(self) -> bool:
-        """Give the space back to the disk; True if there was any to give."""
-        freed = self._allocated()
+    def release(self, *, alarms: bool = True) -> bool:
+        """Give space back to the disk; True if there was any to give. For ``alarms`` all that
+        is left, otherwise only what is above the alarms' share: records that find that spent
+        are refused from then on (``alarms_only``)."""
+        allocated = self._allocated()
+        if not alarms:
+            if allocated <= self.alarm_share:
+                self.alarms_only = self.alarms_only or self.released
+                return False
+            try:
+                fd = self._open()
+                try:
+                    os.ftruncate(fd, self.alarm_share)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.error("disk reserve %s could not be released: %s", self.path, exc.strerror)
+                return False
+            self._released(allocated - self.alarm_share, "alarms and records", "telemetry is")
+            return True
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -125,21 +153,27 @@ class Reserve:
         except OSError as exc:
             log.error("disk reserve %s could not be released: %s", self.path, exc.strerror)
             return False
-        self.released = True
-        log.error(
-            "disk full: released the %.1f MiB reserve so alarms can still be written; telemetry "
-            "is refused until there is room again; free space on the disk of %s",
-            freed / MB,
-            self.path.parent,
-        )
+        self.alarms_only = True
+        self._released(allocated, "alarms", "telemetry and records are")
         return True
 
+    def _released(self, freed: int, written: str, refused: str) -> None:
+        self.released = True
+        log.error(
+            "disk full: released %.1f MiB of the reserve so %s can still be written; %s "
+            "refused until there is room again; free space on the disk of %s",
+            freed / MB,
+            written,
+            refused,
+            self.path.parent,
+        )
+
     def with_room(self, fn: Callable[[], T]) -> T:
-        """Run ``fn``; if it fails for want of space, give up the reserve and run it once
-        more (there is no second reserve to give)."""
-        try:
-            return fn()
-        except sqlite3.OperationalError as exc:
-            if not (disk_full(exc) and self.release()):
-                raise
-        return fn()
+        """Run ``fn``; each time it fails for want of space, give up the next part of the
+        reserve (the records' half, then the rest) and run it again."""
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not (disk_full(exc) and (self.release(alarms=False) or self.release())):
+                    raise

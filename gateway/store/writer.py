@@ -704,8 +704,8 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._next_seq = seq_before
-            if disk_full(exc) and self.reserve.release():
-                self._commit(batch)  # once: there is no second reserve to give
+            if disk_full(exc) and self._give_room(batch):
+                self._commit(batch)  # once for each part of the reserve given up
                 return
             if len(batch) > 1:
                 # Isolate the op that failed so it cannot take the rest of the batch with it.
@@ -725,6 +725,12 @@ class Store:
         if delta.new_lanes:
             for listener in self._listeners:
                 listener(delta.new_lanes)
+
+    def _give_room(self, batch: list[_Op]) -> bool:
+        """The next part of the reserve given up for a write the full disk refused: the
+        records' half, and the alarms' half only for a commit that holds an alarm."""
+        reserve = self.reserve
+        return reserve.release(alarms=False) or (any(map(_is_p0, batch)) and reserve.release())
 
     def _apply(self, conn: sqlite3.Connection, batch: list[_Op], delta: _Delta) -> list[Any]:
         """Apply the ops in their order; each run of consecutive events is inserted together,
@@ -780,12 +786,21 @@ class Store:
         session = self.session
         seq = self._next_seq
         full = self.reserve.released
+        alarms_only = self.reserve.alarms_only
         for k, ((i, op), size) in enumerate(zip(records, sizes, strict=True)):
             lane = op.event.type.lane
             if full and lane is Lane.P2:
                 # what room the reserve gave is for alarms and records, not for telemetry
                 delta.count("refused_p2")
                 results[i] = StorageFull("disk full: telemetry refused until there is room")
+                continue
+            if alarms_only and lane is Lane.P1:
+                # the records spent their half of the reserve: the rest is kept for alarms
+                delta.count("refused_p1")
+                results[i] = StorageFull(
+                    "disk full: records refused until there is room, the rest of the disk "
+                    "reserve is kept for alarms"
+                )
                 continue
             if not (admitted is None or admitted[k]):
                 delta.count(f"refused_{lane.label}")

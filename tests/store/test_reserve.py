@@ -203,3 +203,24 @@ def test_a_full_disk_without_a_reserve_is_named_at_start_not_taken_for_damage(
     filler.unlink()
     store = make_store(path, min_free_disk_mb=1, reserve_mb=0)
     assert store.usage[MEAL.lane].count == 1
+
+
+def test_records_written_from_the_reserve_leave_room_for_alarms(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """A counter serving meals for hours on a disk another program filled: its records take
+    their share of the reserve and are then refused, and an SOS after them is still written."""
+    store = make_store(small_disk / "g.db", min_free_disk_mb=4, reserve_mb=2)
+    fill(small_disk)
+    meals = 0
+    with pytest.raises(StorageFull):
+        for meals in range(100_000):
+            store.record(Event(MEAL, {"elder": f"E{meals}", "pad": "x" * 400}))
+    assert meals > 10
+    for n in range(100):  # the counter's next meals, or its retries
+        with pytest.raises(StorageFull):
+            store.record(Event(MEAL, {"elder": f"F{n}"}))
+    for n in range(20):
+        store.record(Event(SOS, {"device": f"A{n}"}))
+    assert store.counters.get("refused_p0", 0) == 0
+    assert store.usage[SOS.lane].count == 20

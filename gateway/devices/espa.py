@@ -5,8 +5,8 @@ with ``<our address> ENQ``; we answer ACK and take one block at a time, answerin
 once every call in it is committed to the store, NAK on a bad BCC, bad parity or a store
 failure (the master retries), and EOT ends the exchange. A commit slower than the master's
 response timeout has the master send the block again before our ACK reaches it: that resend
-is ACKed and not recorded a second time (see ``_resent``). ``<our address> ENQ`` without a
-preceding identification is a poll: we have nothing to send and answer EOT.
+is ACKed and not recorded a second time (see ``PortHandler._resent``). ``<our address> ENQ``
+without a preceding identification is a poll: we have nothing to send and answer EOT.
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ class EspaSession(PortHandler):
         """A block not complete ``frame_timeout_s`` after its SOH is dropped (the port's
         setting, else the definition's response timeout); a master that does not go on within
         the response timeout has the session back to neutral. ``parity_checked``: the port is
-        7-bit and its link marks bad parity (see EspaFramer). ``char_s``: the seconds a
-        character takes on the line; ``now``: the link's clock, that of ``at`` in on_data."""
+        7-bit and its link marks bad parity (see EspaFramer). ``char_s``, ``now``: see
+        PortHandler."""
         super().__init__(
             recorder,
             EspaFramer(parity_checked=parity_checked),
             frame_timeout_s=frame_timeout_s or spec.response_timeout_s,
             silence_s=silence_s if silence_s is not None else spec.silence_s,
+            char_s=char_s,
+            now=now,
         )
         self.spec = spec
         self.state = "neutral"
@@ -55,9 +57,6 @@ class EspaSession(PortHandler):
         self.blocks_acked = 0
         self.blocks_naked = 0
         self.polls = 0
-        self.char_s = char_s
-        self._now = now
-        self._acked: tuple[bytes, float] | None = None  # the last block ACKed, and until when
 
     def on_data(self, data: bytes, at: float) -> None:
         super().on_data(data, at)
@@ -137,20 +136,10 @@ class EspaSession(PortHandler):
         if self.recorder.record(events):
             self.blocks_acked += 1
             self._reply(ACK)
-            self._acked = (raw, self._now() + len(raw) * self.char_s)
+            self._acked_now(raw)
         else:
             self.blocks_naked += 1
             self._reply(NAK)
-
-    def _resent(self, raw: bytes, at: float | None) -> bool:
-        """The block just ACKed, come whole before the master could have sent any block after
-        hearing that ACK (a block takes its length in characters on the line), was sent before
-        the ACK reached the master: its resend after its response timeout. A call the master
-        sends again once it had our ACK arrives later and is recorded. ``at`` is when the read
-        that completed the block returned, never before its bytes came, so a slow reader can
-        only have a resend recorded twice, never a new call taken for a resend."""
-        acked = self._acked
-        return acked is not None and at is not None and raw == acked[0] and at < acked[1]
 
     def _reply(self, code: int) -> None:
         if not self.write(bytes([code])):

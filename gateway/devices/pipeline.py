@@ -44,12 +44,24 @@ class PortHandler:
     """Link state and silence for one port; subclasses handle the bytes."""
 
     def __init__(
-        self, recorder: Recorder, framer: Framer, *, frame_timeout_s: float, silence_s: float | None
+        self,
+        recorder: Recorder,
+        framer: Framer,
+        *,
+        frame_timeout_s: float,
+        silence_s: float | None,
+        char_s: float = 0.0,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``char_s``: the seconds a character takes on the line; ``now``: the link's clock,
+        that of ``at`` in on_data."""
         self.recorder = recorder
         self.framer = framer
         self.frame_timeout_s = frame_timeout_s
         self.silence_s = silence_s
+        self.char_s = char_s
+        self._now = now
+        self._acked: tuple[bytes, float] | None = None  # the last frame ACKed, and until when
         self.last_rx: float | None = None
         self.silent = False
         self.write: Writer = lambda _data: False
@@ -113,6 +125,22 @@ class PortHandler:
                 self.recorder.stats.reject(self.recorder.port, decode_error(data, exc))
                 self._refuse()
 
+    def _acked_now(self, frame: bytes) -> None:
+        """Called once the ACK of a stored frame has been written (and drained)."""
+        self._acked = (frame, self._now() + len(frame) * self.char_s)
+
+    def _resent(self, frame: bytes, at: float | None) -> bool:
+        """The frame just ACKed, come whole before the sender could have sent any frame after
+        hearing that ACK (a frame takes its length in characters on the line), was sent before
+        the ACK reached it: its resend after its ACK timeout, when our commit took longer (a
+        slow SD card). The same frame sent once our ACK was heard arrives later and is
+        recorded. ``at`` is when the read that completed the frame returned, never before its
+        bytes came, so a slow reader can only have a resend recorded twice, never a new frame
+        taken for a resend. A resend after an ACK lost on the line cannot be told from the
+        same event sent anew (no sequence number): it is recorded twice."""
+        acked = self._acked
+        return acked is not None and at is not None and frame == acked[0] and at < acked[1]
+
     def _item(self, item: object, at: float | None) -> None:
         raise NotImplementedError
 
@@ -132,8 +160,17 @@ class FramedHandler(PortHandler):
         silence_s: float | None,
         ack: bytes | None = None,
         nak: bytes | None = None,
+        char_s: float = 0.0,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(recorder, framer, frame_timeout_s=frame_timeout_s, silence_s=silence_s)
+        super().__init__(
+            recorder,
+            framer,
+            frame_timeout_s=frame_timeout_s,
+            silence_s=silence_s,
+            char_s=char_s,
+            now=now,
+        )
         self.decode = decode
         self.dedup = dedup
         self.ack = ack
@@ -153,6 +190,10 @@ class FramedHandler(PortHandler):
 
     def _frame(self, frame: bytes, at: float | None) -> None:
         stats = self.recorder.stats
+        if self.ack is not None and self._resent(frame, at):
+            stats.duplicates += 1
+            self.write(self.ack)
+            return
         decoded = self.decode(frame)
         for reject in decoded.rejects:
             stats.reject(self.recorder.port, reject)
@@ -179,6 +220,8 @@ class FramedHandler(PortHandler):
         reply = self.ack if stored else self.nak
         if reply:
             self.write(reply)
+        if stored:
+            self._acked_now(frame)
 
     def _repeat(self, ev: DeviceEvent) -> bool:
         if ev.seq is None:
@@ -234,8 +277,11 @@ def framed_handler(
     frame_timeout_s: float,
     silence_s: float | None,
     dedup: Dedup | None = None,
+    char_s: float = 0.0,
+    now: Callable[[], float] = time.monotonic,
 ) -> FramedHandler:
-    """``dedup``: the filter shared with the definition's other ports (default: its own)."""
+    """``dedup``: the filter shared with the definition's other ports (default: its own);
+    ``char_s``, ``now``: see PortHandler."""
     framer, decode = framer_and_decoder(definition)
     ack = nak = None
     if definition.contact_id is not None:
@@ -251,4 +297,6 @@ def framed_handler(
         silence_s=silence_s,
         ack=ack,
         nak=nak,
+        char_s=char_s,
+        now=now,
     )

@@ -60,6 +60,7 @@ class PortService:
                 frame_timeout_s=cfg.frame_timeout_s or FRAME_TIMEOUT_S,
                 silence_s=cfg.silence_s if cfg.silence_s is not None else _silence(definition),
                 dedup=dedup,
+                char_s=settings.char_s,
             )
         self.link = SerialLink(
             cfg.name,

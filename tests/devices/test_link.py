@@ -124,6 +124,39 @@ def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store
     assert service.health()["rejected"] == {"bad_checksum": 1}
 
 
+def test_a_line_acked_late_is_recorded_once_and_the_receivers_resend_acked(
+    tmp_path: Path, store: Store
+) -> None:
+    """The store took longer than the receiver waits for our ACK (a slow SD card): it sent
+    the line again while the gateway was still committing it. The platform gets one
+    alarm.sos and the resend its ACK; the same line sent once the ACK was heard is new."""
+    pty = Pty(tmp_path / "ttyCID")
+    cfg = PortConfig(
+        name="panel", definition="contact-id-serial.toml", url=str(pty.path), baudrate=1200
+    )
+    service = PortService(cfg, definition("contact-id-serial"), store, 10.0)
+    service.start()
+    slow_disk = threading.Event()
+    line = contact_id_line("1234", "1", "101", "01", "015")
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        busy = store.write(lambda _conn: slow_disk.wait(10))
+        pty.write(line)
+        assert pty.read(1, timeout=0.5) == b""  # the receiver's ACK timeout, shortened
+        pty.write(line)  # its resend, while the gateway still waits for the store
+        slow_disk.set()
+        busy.result(5)
+        assert pty.read(1) + pty.read(1) == b"\x06\x06"
+        time.sleep(0.4)  # 18 characters at 1200 baud: the same line sent after the ACK
+        pty.write(line)
+        assert pty.read(1) == b"\x06"
+    finally:
+        service.stop()
+        pty.close()
+    assert [e["data"]["device"] for e in stored(store.path, "alarm.sos")] == ["1234-015"] * 2
+    assert service.health()["duplicates"] == 1
+
+
 def test_an_unmapped_code_is_taken_and_does_not_hold_up_the_sos_behind_it(
     tmp_path: Path, store: Store
 ) -> None:

@@ -185,6 +185,30 @@ def test_a_fault_on_one_line_is_naked_and_the_next_line_still_acked(store: Store
     assert recorder.stats.rejected == {"decode_error": 1}
 
 
+def test_only_a_contact_id_resend_sent_before_the_late_ack_could_arrive_is_taken_for_one(
+    store: Store,
+) -> None:
+    """A line's 16 digits take 16.7 ms at 9600 baud 8N1: a copy complete sooner after the ACK
+    was on its way before the receiver heard it; one complete later is an event of its own."""
+    spec = definition("contact-id-serial")
+    recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)
+    clock = [0.0]
+    h = framed_handler(
+        spec, recorder, frame_timeout_s=1.0, silence_s=None, char_s=1 / 960, now=lambda: clock[0]
+    )
+    sent = replying(h)
+    line = contact_id_line("1234", "1", "101", "01", "015")
+    clock[0] = 104.5  # the commit returned 4.5 s after the line came
+    h.on_data(line, 100.0)
+    h.on_data(line, 104.51)  # the receiver's resend, waiting when the ACK went out
+    assert sent == [ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 1
+    h.on_data(line, 104.52)  # the receiver had the ACK and sent the line again
+    assert sent == [ACK, ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 2
+    assert recorder.stats.duplicates == 1
+
+
 def test_deeply_nested_json_is_refused_and_the_sos_behind_it_kept(store: Store) -> None:
     spec = definition("minew-ble-jsonlines")
     recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)

@@ -98,6 +98,21 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return width, height
 
 
+def png_overrun(data: bytes) -> bool:
+    """Whether a PNG chunk before IEND claims more bytes than the file holds. OpenCV's reader
+    allocates a chunk's claimed length before it reads it: a photo of a few hundred bytes
+    whose IDAT says 2 GiB would take 2 GiB, all of a Pi's memory, and the gateway with it."""
+    i = 8
+    while i + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        if i + 12 + length > len(data):
+            return True
+        if data[i + 4 : i + 8] == b"IEND":
+            return False
+        i += 12 + length
+    return False
+
+
 def image_format(data: bytes) -> str | None:
     """The format by its signature, among those whose size can be read before decoding."""
     if data[:2] == b"\xff\xd8":
@@ -149,7 +164,8 @@ def decode_image(
     if len(data) > max_bytes:
         raise BadImage("too_large", f"{len(data)} bytes (limit {max_bytes})")
     # Another format's size would only be known by decoding it: too late for a bomb.
-    if image_format(data) is None:
+    kind = image_format(data)
+    if kind is None:
         raise BadImage("unsupported", "not a JPEG, PNG, WebP or BMP photo")
     size = header_size(data)
     if size is None:
@@ -159,8 +175,10 @@ def decode_image(
             "too_large",
             f"{size[0]}x{size[1]} pixels (limit {max_pixels}, at most {MAX_SIDE} a side)",
         )
-    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+    if kind == "jpeg" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise BadImage("truncated", "JPEG ends before its end-of-image marker")
+    if kind == "png" and png_overrun(data):
+        raise BadImage("truncated", "a PNG chunk runs past the end of the file")
     buffer = np.frombuffer(data, dtype=np.uint8)
     # Straight to 8-bit BGR, 3 bytes a pixel: a 16-bit RGBA PNG decoded as it is takes 8, and
     # its conversions more again (a small file of 50 MP could take a Pi's memory). Like

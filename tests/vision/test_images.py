@@ -92,6 +92,27 @@ def test_a_stray_byte_before_the_frame_header_does_not_hide_the_size(photo: byte
         decode_image(bytes(huge), max_pixels=1_000_000)
 
 
+def test_a_png_chunk_claiming_more_than_the_file_is_refused_before_decoding(
+    photo: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenCV allocates what the chunk claims before reading it: 2 GiB for these few bytes."""
+    png = cv2.imencode(".png", decode_image(photo)[:64, :64])[1].tobytes()
+    assert png[37:41] == b"IDAT"
+    claims_2gib = png[:33] + struct.pack(">I", 0x7FFF_FFFF) + png[37:]
+    cut = png[: len(png) // 2]
+
+    def must_not_decode(*_args: object) -> None:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", must_not_decode)
+    for data in (claims_2gib, cut):
+        with pytest.raises(BadImage) as err:
+            decode_image(data)
+        assert err.value.reason == "truncated" and "PNG chunk" in str(err.value)
+    monkeypatch.undo()
+    assert decode_image(png + b"trailer").shape == (64, 64, 3)
+
+
 def _webp_extended(width: int, height: int) -> bytes:
     body = b"VP8X" + struct.pack("<I", 10) + b"\x00" * 4
     body += (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")

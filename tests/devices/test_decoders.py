@@ -14,6 +14,7 @@ from gateway.devices.events import to_event
 from gateway.devices.framers.binary import encode_frame
 from gateway.devices.model import Kind
 from gateway.devices.simulate import espa_block
+from gateway.events import compact_json
 from tests.devices.conftest import definition
 
 BTHOME_PRESS = "0201060A16D2FC40002A015A3A01"
@@ -154,6 +155,49 @@ def test_espa_gbk_text_and_invalid_text_keeps_the_call() -> None:
     out = decode_block(broken, spec.model_copy(update={"encoding": "idna"}))
     assert out.events[0].device == "0302"
     assert [r.reason for r in out.rejects] == ["bad_text"]
+
+
+def test_text_decoded_to_half_a_surrogate_pair_keeps_the_call_storable() -> None:
+    """UTF-7 and unicode_escape can decode to half a surrogate pair, which no UTF-8 JSON
+    holds: the call was NAKed at every retry, never stored. Now its text is replaced and
+    counted, like text that is not valid in its encoding."""
+    shipped = definition("espa444-nurse-call").espa
+    assert shipped is not None
+    for encoding, text in (("utf-7", b"+2AA-"), ("unicode_escape", b"\\ud800")):
+        spec = shipped.model_copy(update={"encoding": encoding})
+        out = decode_block(espa_block([("1", "0301"), ("2", "x")]).replace(b"x", text), spec)
+        assert [r.reason for r in out.rejects] == ["bad_text"]
+        (call,) = out.events
+        event = to_event(call, port="p", station="s", definition="d")
+        compact_json(event.data).encode()  # as the store writes it
+        assert call.device == "0301" and call.text == "?"
+    spec = DefinitionFile.model_validate(
+        {
+            "name": "utf7-band",
+            "binary": {
+                "framing": {
+                    "header": "AA55",
+                    "length": {"offset": 2, "counts_from": 3},
+                    "checksum": {"kind": "crc16_modbus", "start": 2},
+                    "command_offset": 3,
+                    "payload_offset": 4,
+                },
+                "messages": [
+                    {
+                        "command": 1,
+                        "name": "sos",
+                        "kind": "sos",
+                        "device": "band",
+                        "fields": [{"name": "band", "offset": 0, "width": 5, "type": "text",
+                                    "encoding": "utf-7"}],
+                    }
+                ],
+            },
+        }
+    )  # fmt: skip
+    assert spec.binary is not None
+    frame = encode_frame(spec.binary.framing, b"\x01+2AA-")
+    assert BinaryDecoder(spec.binary).decode(frame).rejects[0].reason == "bad_field"
 
 
 def test_an_espa_priority_mapped_by_the_site_decides_the_kind_of_a_call() -> None:

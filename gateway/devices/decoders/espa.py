@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.devices.decoders.fields import decode_text
 from gateway.devices.definitions import EspaSpec, as_code_map
 from gateway.devices.framers.espa import ETX, RS, SOH, STX, US
 from gateway.devices.model import Decoded, DeviceEvent, Kind, Reject, Scalar, rejected
@@ -49,7 +50,7 @@ def decode_block(raw: bytes, spec: EspaSpec) -> Decoded:
             rejects.append(Reject("unknown_field", raw, f"data id {ident!r}"))
             continue
         try:
-            value = data.decode(spec.encoding)
+            value = decode_text(data, spec.encoding)
         except UnicodeError:  # idna and punycode raise the base class
             value = _replaced(data, spec.encoding)
             rejects.append(Reject("bad_text", raw, f"data id {ident} not {spec.encoding}"))
@@ -89,8 +90,10 @@ def decode_block(raw: bytes, spec: EspaSpec) -> Decoded:
 
 
 def _replaced(data: bytes, encoding: str) -> str:
-    """The call is kept with what can be read; a codec that cannot replace (idna) gives ASCII."""
+    """The call is kept with what can be read; a codec that cannot replace (idna) gives ASCII,
+    and half a surrogate pair becomes '?'."""
     try:
-        return data.decode(encoding, errors="replace")
+        text = data.decode(encoding, errors="replace")
     except UnicodeError:
-        return data.decode("ascii", errors="replace")
+        text = data.decode("ascii", errors="replace")
+    return text.encode("utf-8", errors="replace").decode("utf-8")

@@ -10,6 +10,15 @@ class FieldError(ValueError):
     """A field that cannot be read (e.g. text that is not valid in its encoding)."""
 
 
+def decode_text(data: bytes, encoding: str) -> str:
+    """``data`` as text, or a UnicodeError. Some codecs (UTF-7, unicode_escape) decode to half
+    a surrogate pair, which is no text: an event holding it could never be stored (its JSON is
+    UTF-8), so a nurse call would be NAKed at every retry and a radio event lost."""
+    text = data.decode(encoding)
+    text.encode("utf-8")
+    return text
+
+
 def read_field(payload: bytes, spec: FieldSpec, default_order: ByteOrder) -> Scalar:
     chunk = payload[spec.offset : spec.offset + spec.width]
     order = spec.order or default_order
@@ -22,7 +31,7 @@ def read_field(payload: bytes, spec: FieldSpec, default_order: ByteOrder) -> Sca
         return digits
     if spec.type == "text":
         try:
-            return chunk.rstrip(b"\x00").decode(spec.encoding)
+            return decode_text(chunk.rstrip(b"\x00"), spec.encoding)
         except UnicodeError:  # idna and punycode raise the base class
             raise FieldError(f"{spec.name}: not valid {spec.encoding}") from None
     value = int.from_bytes(chunk, order, signed=spec.type == "int")

@@ -12,7 +12,7 @@ import codecs
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from gateway.configfile import NAME_PATTERN, Strict, load_toml_model
 from gateway.devices.config import SerialFormat
@@ -108,6 +108,14 @@ class BinaryFraming(Strict):
     @property
     def header_bytes(self) -> bytes:
         return bytes.fromhex(self.header)
+
+    @field_validator("header")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        """A header of blanks ("  ") is no header: every byte would start a candidate frame."""
+        if not bytes.fromhex(value):
+            raise ValueError("holds no bytes; give the bytes every frame starts with, e.g. 'AA 55'")
+        return value
 
     @model_validator(mode="after")
     def _one_length(self) -> BinaryFraming:

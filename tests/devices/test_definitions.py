@@ -50,6 +50,14 @@ def test_bad_values_are_explained(tmp_path: Path) -> None:
     assert "device = 'bnad' is not one of the fields" in message
 
 
+def test_a_blank_header_is_refused(tmp_path: Path) -> None:
+    """Blanks only: no header, so every byte of the stream would start a candidate frame."""
+    bad = tmp_path / "vendor.toml"
+    bad.write_text((CONFIGS / "aa55-reference.toml").read_text().replace('"AA 55"', '"  "'))
+    with pytest.raises(ConfigFileError, match=r"binary\.framing\.header: .*holds no bytes"):
+        load_definition(bad)
+
+
 @pytest.mark.parametrize(
     ("encoding", "problem"),
     [

@@ -202,35 +202,60 @@ class Pair:
 
 def read_pairs(file: Path, root: Path, folds: int = 5) -> list[Pair]:
     """LFW ``pairs.txt`` (folds as in the file) or a CSV ``file_x,file_y,Decision``
-    (Yes = same person; pairs dealt round-robin into ``folds`` folds)."""
-    text = file.read_text(encoding="utf-8")
+    (Yes = same person; pairs dealt round-robin into ``folds`` folds). A file that cannot be
+    read so is a ValueError naming it and the line, not a traceback."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{file}: not UTF-8 text") from None
     if text.lstrip().lower().startswith("file_x"):
-        rows = list(csv.DictReader(text.splitlines()))
-        return [
-            Pair(
-                root / r["file_x"],
-                root / r["file_y"],
-                r["Decision"].strip().lower() in ("yes", "1", "true"),
-                i % folds,
-            )
-            for i, r in enumerate(rows)
-        ]
-    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
-    per_fold = int(lines[0][1])
+        return _csv_pairs(file, text, root, folds)
+    lines = [(n, ln.split()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    if not lines:
+        raise ValueError(f"{file}: no pairs")
+    number, head = lines[0]
+    per_fold = _count(head[1]) if len(head) == 2 else None
+    if not per_fold:
+        raise ValueError(f"{file}:{number}: expected 'FOLDS PAIRS' (LFW pairs.txt) or a CSV")
     base = identity_folder(root)
 
-    def photo(name: str, number: str) -> Path:
-        return base / name / f"{name}_{int(number):04d}.jpg"
+    def photo(name: str, index: str) -> Path:
+        count = _count(index)
+        if count is None:
+            raise ValueError(f"{file}:{number}: {index!r} is not a photo number")
+        return base / name / f"{name}_{count:04d}.jpg"
 
     pairs = []
-    for i, parts in enumerate(lines[1:]):
+    for i, (number, parts) in enumerate(lines[1:]):
         fold = i // (2 * per_fold)
         if len(parts) == 3:
             pairs.append(Pair(photo(parts[0], parts[1]), photo(parts[0], parts[2]), True, fold))
         elif len(parts) == 4:
             pairs.append(Pair(photo(parts[0], parts[1]), photo(parts[2], parts[3]), False, fold))
         else:
-            raise ValueError(f"{file}: line {i + 2}: expected 3 or 4 fields")
+            raise ValueError(f"{file}:{number}: expected 3 or 4 fields")
+    return pairs
+
+
+def _count(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _csv_pairs(file: Path, text: str, root: Path, folds: int) -> list[Pair]:
+    rows = csv.reader(text.splitlines())
+    header = [name.strip() for name in next(rows)]
+    missing = [name for name in ("file_x", "file_y", "Decision") if name not in header]
+    if missing:
+        raise ValueError(f"{file}:1: no column {', '.join(missing)}")
+    x, y, decision = (header.index(name) for name in ("file_x", "file_y", "Decision"))
+    pairs: list[Pair] = []
+    for row in rows:
+        if not any(field.strip() for field in row):
+            continue
+        if len(row) < len(header) or not row[x] or not row[y]:
+            raise ValueError(f"{file}:{rows.line_num}: expected {len(header)} fields")
+        same = row[decision].strip().lower() in ("yes", "1", "true")
+        pairs.append(Pair(root / row[x], root / row[y], same, len(pairs) % folds))
     return pairs
 
 

@@ -76,6 +76,29 @@ def test_errata_file_parses(tmp_path: Path) -> None:
         Errata.read(bad)
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (b"", r"pairs\.txt: no pairs"),
+        (b"10\n", r"pairs\.txt:1: expected 'FOLDS PAIRS'"),
+        (b"10 0\nA 1 2\n", r"pairs\.txt:1: expected 'FOLDS PAIRS'"),
+        (b"10 300\n\nA 1 x\n", r"pairs\.txt:3: 'x' is not a photo number"),
+        (b"file_x,file_y\na.jpg,b.jpg\n", r"pairs\.txt:1: no column Decision"),
+        (b"file_x,file_y,Decision\na.jpg\n", r"pairs\.txt:2: expected 3 fields"),
+        (b"\xff\xfe1\x00", r"pairs\.txt: not UTF-8 text"),
+    ],
+)
+def test_a_malformed_pairs_file_is_refused_naming_file_and_line(
+    tmp_path: Path, text: bytes, problem: str
+) -> None:
+    """gateway eval prints a ValueError as its error: an IndexError or TypeError was a
+    traceback."""
+    bad = tmp_path / "pairs.txt"
+    bad.write_bytes(text)
+    with pytest.raises(ValueError, match=problem):
+        read_pairs(bad, tmp_path)
+
+
 @pytest.fixture(scope="module")
 def lfw_figures(lfw_faces: FaceSet, faces_dir: Path) -> Figures:
     lfw = faces_dir / "lfw-dev"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import random
+import resource
 import struct
 import zlib
 from pathlib import Path
@@ -229,3 +231,49 @@ def test_a_platform_photo_is_held_to_a_smaller_size_and_decoded_at_8_bits() -> N
     verdict = Photo.data("front", big)
     with pytest.raises(BadImage, match="too_large"):
         verdict.read()
+
+
+def test_mutated_photos_are_refused_by_reason_or_decoded_to_bgr8(photo: bytes) -> None:
+    """Seeded bit flips, cuts, stray bytes and 0xFF runs in the headers of every format read:
+    each photo is a BadImage with a reason from the list in docs/faces.md, or 8-bit BGR, and
+    none of these 3 KB photos takes hundreds of megabytes (a Pi has 2 GB) to find out."""
+    small = decode_image(photo)[200:264, 200:248]
+    grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    originals = [
+        cv2.imencode(ext, image)[1].tobytes()
+        for ext, image in [
+            (".jpg", small),
+            (".png", small),
+            (".png", grey.astype(np.uint16) * 257),
+            (".png", cv2.cvtColor(small, cv2.COLOR_BGR2BGRA)),
+            (".webp", small),
+            (".bmp", grey),
+        ]
+    ]
+    rng = random.Random(11)
+    outcomes: set[str] = set()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(400):
+        data = bytearray(rng.choice(originals))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(min(len(data), 120))
+            op = rng.randrange(4)
+            if op == 0:
+                data[at] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                del data[rng.randrange(len(data)) :]
+            elif op == 2:
+                data[at:at] = rng.randbytes(rng.randint(1, 8))
+            else:
+                data[at : at + 4] = b"\xff" * 4
+        try:
+            image = decode_image(bytes(data))
+        except BadImage as exc:
+            outcomes.add(exc.reason)
+            continue
+        outcomes.add("decoded")
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert image.flags.c_contiguous
+    assert outcomes <= {"decoded", "empty", "corrupt", "truncated", "too_large", "unsupported"}
+    assert {"decoded", "corrupt", "truncated"} <= outcomes
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kb < 200_000

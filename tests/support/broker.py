@@ -58,9 +58,14 @@ class Mosquitto:
             "max_queued_messages 0\nmax_inflight_messages 0\nqueue_qos0_messages true\n"
             f"log_dest stderr\nlog_type error\n{listener}"
         )
-        log = (self.workdir / "mosquitto.log").open("ab")
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
-        wait_port(self.port)
+        log = self.workdir / "mosquitto.log"
+        with log.open("ab") as out:  # the broker has its own copy of the descriptor
+            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=out, stderr=out)
+        try:
+            wait_port(self.port)
+        except TimeoutError:
+            self.kill()  # not left running after the test that could not use it
+            raise TimeoutError(f"mosquitto did not listen: {log.read_text().strip()}") from None
         return self
 
     def kill(self) -> None:

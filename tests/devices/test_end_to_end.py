@@ -140,6 +140,6 @@ def test_a_virtual_base_station_is_a_port_the_gateway_opens(tmp_path: Path) -> N
             frames += [f for f in framer.feed(port.read(4096)) if isinstance(f, Frame)]
     finally:
         port.close()
-        proc.wait(30)
+        proc.communicate(timeout=30)  # waits, and closes its pipe
     assert len(frames) >= 40
     assert not link.exists(), "the simulator removes its port when it ends"

@@ -324,7 +324,7 @@ def test_a_serial_server_whose_path_dies_without_a_reset_is_reopened(store: Stor
                 service.stop()
         finally:
             server.kill()
-            server.wait()
+            server.communicate()  # waits, and closes its pipe
 
 
 def test_a_station_not_heard_for_30_s_is_reported_by_default(store: Store) -> None:

@@ -201,7 +201,7 @@ def test_a_second_gateway_on_the_same_database_is_refused(
         assert not (data / "gateway.db").exists()  # nothing touched
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # waits, and closes its pipes
 
 
 def test_outbox_stats_without_a_database(

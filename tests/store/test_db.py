@@ -3,11 +3,13 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import sqlite3
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -145,14 +147,37 @@ def test_a_database_from_a_newer_gateway_is_refused(
         make_store(path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_data_directory_is_a_clear_error(
-    make_store: StoreFactory, tmp_path: Path
-) -> None:
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A data directory the gateway may not write, and why: its mode, or for root (who may
+    write anywhere) a read-only file system, as the service's unit makes every directory
+    outside ReadWritePaths."""
     locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    with pytest.raises(StoreError, match="not writable"):
+    locked.mkdir(mode=0o700)
+    if os.geteuid() != 0:
+        locked.chmod(0o500)
+        yield locked, "Permission denied"
+        return
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=0700", "tmpfs", str(locked)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only file system here: {mounted.stderr.decode().strip()}")
+    try:
+        yield locked, "Read-only file system"
+    finally:
+        subprocess.run(["umount", "-l", str(locked)], check=True)
+
+
+def test_unwritable_data_directory_is_a_clear_error(
+    make_store: StoreFactory, unwritable_dir: tuple[Path, str]
+) -> None:
+    locked, reason = unwritable_dir
+    with pytest.raises(StoreError, match=re.escape(f"{locked} is not writable ({reason})")):
         make_store(locked / "g.db")
+    assert not any(locked.iterdir())
 
 
 def test_data_directory_that_cannot_be_created_is_a_clear_error(

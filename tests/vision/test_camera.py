@@ -113,7 +113,7 @@ def test_the_reader_keeps_only_the_newest_frame(photo_folder: Path) -> None:
     try:
         first = reader.next_frame(timeout=5)
         assert first is not None
-        time.sleep(0.5)  # a slow consumer
+        _wait(lambda: reader.stats.frames > first.seq + 6)  # a slow consumer
         second = reader.next_frame(timeout=5)
         assert second is not None and second.seq > first.seq + 5
         assert reader.stats.dropped >= 5

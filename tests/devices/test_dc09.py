@@ -296,7 +296,7 @@ def test_dc09_spt_transmitter_as_peer(receiver: Dc09Service, store: Store, trans
     spt.send_msg("SIA", {"code": "MA", "zone": "3"})
     eventually(lambda: len(stored(store.path, "alarm.sos")) == 2, timeout=10)
     eventually(lambda: spt.state()["msgs sent"] == 2 and spt.notSent() == 0, timeout=10)
-    time.sleep(0.2)
+    eventually(lambda: receiver.handler.replies["ACK"] >= 2)  # counted after the store's commit
     cid, sia = stored(store.path, "alarm.sos")
     assert (cid["data"]["device"], cid["data"]["code"], cid["data"]["ids"]["group"]) == (
         "1234-007",

@@ -132,6 +132,18 @@ def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> 
     return base / 2 + rng.uniform(0, base / 2)
 
 
+class _ClosedOnFailedHandshake(ssl.SSLSocket):
+    """paho drops the socket of a handshake that failed (a certificate refused, a listener that
+    is not TLS) without closing it: it stayed open until the garbage collector found it."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     """Verify the broker's certificate and host name; no fallback to plaintext or no-verify.
     A CA or client key that cannot be used is a configuration error, like a bad key: the
@@ -146,6 +158,7 @@ def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise problem("ca_file", tls.ca_file, f"cannot load CA: {exc}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.sslsocket_class = _ClosedOnFailedHandshake
     if tls.cert_file and tls.key_file:
         try:
             if readable_by_all(tls.key_file):

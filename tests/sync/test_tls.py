@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -160,16 +162,22 @@ def test_a_client_key_every_user_can_read_is_refused_at_start(
 def test_a_broker_certificate_from_another_ca_is_refused(
     tmp_path: Path, make_broker: Callable[[bool], TlsBroker]
 ) -> None:
+    """Each attempt's socket is closed when its handshake fails, not left to the garbage
+    collector."""
     tls_broker = make_broker(False)
     stranger = Authority(tmp_path / "other", name="Someone Else CA")
-    with running(tls_config(tmp_path, tls_broker.tls_port, stranger.ca_file)) as gw:
-        gw.store.record(Event(ALARM, {"n": 1}))
-        assert gw.sync is not None
-        link = gw.sync.link
-        eventually(lambda: link.failures >= 2)
-        assert link.connects == 0
-        assert "CERTIFICATE_VERIFY_FAILED" in (link.last_error or "")
-        assert gw.store.usage[Lane.P0].count == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with running(tls_config(tmp_path, tls_broker.tls_port, stranger.ca_file)) as gw:
+            gw.store.record(Event(ALARM, {"n": 1}))
+            assert gw.sync is not None
+            link = gw.sync.link
+            eventually(lambda: link.failures >= 2)
+            assert link.connects == 0
+            assert "CERTIFICATE_VERIFY_FAILED" in (link.last_error or "")
+            assert gw.store.usage[Lane.P0].count == 1
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
 def test_nothing_is_sent_in_plaintext_to_a_tls_broker(tmp_path: Path) -> None:

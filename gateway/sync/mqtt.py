@@ -60,6 +60,7 @@ class Message:
     retain: bool = False
 
 
+DISCONNECT_WAIT_S = 2.0  # at stop, for the DISCONNECT to leave before the socket is shut
 PUBLISH_OVERHEAD = 13  # fixed header, topic length, packet id, empty MQTT 5 properties
 
 
@@ -262,6 +263,10 @@ class MqttLink:
                 info.wait_for_publish(timeout=2)
         if client is not None:
             client.disconnect()
+            if not self._down.wait(DISCONNECT_WAIT_S):
+                # the DISCONNECT sits behind a full send buffer (the far end is gone): paho
+                # would keep its thread, and the stop, until keepalive gave up
+                _shut_down(client)
         self._down.set()
         if self._thread is not None:
             self._thread.join()
@@ -301,10 +306,7 @@ class MqttLink:
             if client is None or generation != self._generation:
                 return
             self._dropped = reason
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        _shut_down(client)
         self._down.set()
 
     # ---- sending -----------------------------------------------------------------------------
@@ -578,6 +580,14 @@ class MqttLink:
         if not self._stop.is_set():
             log.warning("mqtt: connection to %s lost (%s)", self.endpoint, reason)
         self._notify("link_down", self._listener.link_down, generation)
+
+
+def _shut_down(client: paho.Client) -> None:
+    """End the connection under paho at once: its loop wakes and sees it closed."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _close(client: paho.Client) -> None:

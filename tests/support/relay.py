@@ -22,6 +22,7 @@ class _Path:
     client: socket.socket
     upstream: socket.socket
     frozen: threading.Event = field(default_factory=threading.Event)
+    stalled: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
         for s in (self.client, self.upstream):
@@ -46,6 +47,14 @@ class Relay:
         """Every open connection goes silent both ways; new connections still pass."""
         with self._lock:
             for path in self._paths:
+                path.frozen.set()
+
+    def stall(self) -> None:
+        """Every open connection stops taking bytes from the gateway (its send buffer fills
+        up, as on a path whose far end is gone) and passes nothing on either way."""
+        with self._lock:
+            for path in self._paths:
+                path.stalled.set()
                 path.frozen.set()
 
     def close(self) -> None:
@@ -82,6 +91,9 @@ class Relay:
 
         def read() -> None:
             while True:
+                if src is path.client and path.stalled.is_set():
+                    self._closed.wait()
+                    return
                 try:
                     data = src.recv(65536)
                 except OSError:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import build
 from gateway.config import MqttSection
 from gateway.events import Event, EventType, Lane
 from gateway.sync.mqtt import Message, MqttLink, backoff_delay
@@ -139,6 +140,42 @@ def test_on_a_slow_link_that_carries_telemetry_an_alarm_is_given_the_time_it_nee
             gw.store.record(Event(ALARM, {"n": 2}))
             eventually(lambda: gw.store.usage[Lane.P0].count == 0, timeout=15)
             assert gw.sync.publisher.alarm_timeouts == 0 and gw.sync.link.disconnects == 0
+    finally:
+        relay.close()
+
+
+def test_a_stop_on_a_path_that_takes_no_more_bytes_ends_within_the_service_stop_timeout(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The far end is gone and the send buffer full: the DISCONNECT cannot go out, and paho
+    would hold the stop until keepalive gave up (up to a minute, past systemd's 30 s)."""
+    relay = Relay(mosquitto.port)
+    try:
+        mqtt = {
+            **LONG_KEEPALIVE,
+            "brokers": [f"mqtt://127.0.0.1:{relay.port}"],
+            "inflight_window": 1000,
+            "inflight_max_bytes": 64_000_000,
+            "batch_max_bytes": 1_000_000,
+        }
+        gw = build(config(tmp_path / "var", None, mqtt=mqtt), password=None)
+        gw.start()
+        try:
+            assert gw.sync is not None
+            link = gw.sync.link
+            eventually(lambda: link.connected)
+            relay.stall()
+            filler = "x" * 4000  # 12 MB in all: more than the socket buffers hold
+            for n in range(3000):
+                gw.store.submit(Event(TELEMETRY, {"n": n, "filler": filler}))
+            eventually(lambda: gw.sync is not None and gw.sync.publisher.events_sent > 3000)
+        finally:
+            started = time.monotonic()
+            stopper = threading.Thread(target=gw.stop, daemon=True)
+            stopper.start()
+            stopper.join(60)
+        assert not stopper.is_alive(), "stop() did not return"
+        assert time.monotonic() - started < 15, "the service manager would have killed it"
     finally:
         relay.close()
 

@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -48,6 +49,9 @@ class Reserve:
         self.size_bytes = size_bytes
         self.released = False  # given up and not yet taken back: the disk was full
         self.alarms_only = False  # the records' half is spent: what is left is for alarms
+        # housekeeping takes it back while the writer (or the checkpointer) may give it up: a
+        # take that found the file held must not then mark as held a file released meanwhile
+        self._lock = threading.Lock()
 
     @property
     def alarm_share(self) -> int:
@@ -84,6 +88,10 @@ class Reserve:
         """Allocate the file, or what it lacks, if the disk can spare that without going under
         the floor; True if it is held afterwards. A file larger than the reserve (``reserve_mb``
         lowered, or set to 0) gives the difference back to the disk."""
+        with self._lock:
+            return self._take(free_bytes, floor_bytes)
+
+    def _take(self, free_bytes: int, floor_bytes: int) -> bool:
         allocated = self._allocated()
         if allocated > self.size_bytes:
             try:
@@ -130,6 +138,10 @@ class Reserve:
         """Give space back to the disk; True if there was any to give. For ``alarms`` all that
         is left, otherwise only what is above the alarms' share: records that find that spent
         are refused from then on (``alarms_only``)."""
+        with self._lock:
+            return self._release(alarms)
+
+    def _release(self, alarms: bool) -> bool:
         allocated = self._allocated()
         if not alarms:
             if allocated <= self.alarm_share:

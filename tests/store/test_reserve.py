@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from gateway.events import Event
 from gateway.store import StorageFull, Store, StoreError
-from gateway.store.reserve import MB
+from gateway.store.reserve import MB, Reserve
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.support.disk import DISK_MB, fill
 
@@ -107,6 +108,40 @@ def test_a_reserve_file_holding_less_than_the_reserve_is_completed_not_reported_
     telemetry_until_refused(store)
     store.record(Event(SOS, {"device": "A1"}))  # from the reserve, not refused
     assert store.health()["disk_reserve"] == "released"
+
+
+def test_a_reserve_released_while_housekeeping_takes_it_back_stays_released(
+    tmp_path: Path,
+) -> None:
+    """The disk fills while housekeeping finds the reserve held: health must say
+    `released`, and telemetry stay refused, not `waiting` with alarms refused below the floor
+    though the reserve gave them room."""
+    reserve = Reserve(tmp_path / "g.db.reserve", MB)
+    assert reserve.take(free_bytes=100 * MB, floor_bytes=0)
+    looked, go = threading.Event(), threading.Event()
+    allocated = reserve._allocated
+
+    def look_then_wait() -> int:  # housekeeping has seen the file held, and is preempted
+        held = allocated()
+        if threading.current_thread().name == "housekeeping":
+            looked.set()
+            go.wait(10)
+        return held
+
+    reserve._allocated = look_then_wait  # type: ignore[method-assign]
+    housekeeping = threading.Thread(
+        target=reserve.take, args=(100 * MB, 0), name="housekeeping", daemon=True
+    )
+    housekeeping.start()
+    assert looked.wait(10)
+    writer = threading.Thread(target=reserve.release, name="writer", daemon=True)
+    writer.start()
+    writer.join(1.0)  # the disk-full write gives the reserve up (or waits for the take)
+    go.set()
+    housekeeping.join(10)
+    writer.join(10)
+    assert not (tmp_path / "g.db.reserve").exists()
+    assert reserve.state == "released"
 
 
 @pytest.mark.parametrize("reserve_mb", [0, 1])

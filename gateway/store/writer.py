@@ -550,7 +550,8 @@ class Store:
             self._loop()
         except BaseException as exc:
             log.critical("store writer failed: %s", exc, exc_info=True)
-            self._failed = exc
+            with self._lock:  # a write being queued now is in the queue, or refused
+                self._failed = exc
             self._fail_queued(exc)
 
     def _loop(self) -> None:

@@ -11,9 +11,16 @@ import pytest
 import gateway.clock as clock_module
 from gateway.clock import ClockSync
 from gateway.config import StoreSection
-from gateway.events import Event, Lane
-from gateway.store import Delivered, DomainWrite, StorageFull, Store, read_stats
-from gateway.store.writer import _STOP
+from gateway.events import Event, Lane, StoredEvent
+from gateway.store import (
+    Delivered,
+    DomainWrite,
+    StorageFull,
+    Store,
+    StoreClosed,
+    read_stats,
+)
+from gateway.store.writer import _STOP, Receipt
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.support.clock import ManualClock
 from tests.support.wait import eventually
@@ -384,3 +391,57 @@ def test_one_damaged_recent_event_does_not_hide_the_older_ones(make_store: Store
         )
     assert [data["elder"] for _, data in store.recent(MEAL.name, 60_000)] == ["E3", "E1"]
     assert first.seq < second.seq < third.seq
+
+
+class _WriterFault(BaseException):
+    """A fault that ends the writer (nothing in the writer catches it)."""
+
+
+def test_an_event_queued_as_the_writer_fails_is_refused_at_once_not_left_waiting(
+    make_store: StoreFactory,
+) -> None:
+    """A device's frame handed over just as the writer fails gets StoreClosed (its NAK) at
+    once, not after the record timeout with its receipt never settled."""
+    store = make_store()
+    in_write, fail, queuing, go = (threading.Event() for _ in range(4))
+    real_queue = store._queue
+
+    class Queue:
+        def put(self, item: object) -> None:
+            if threading.current_thread().name == "producer":
+                queuing.set()
+                go.wait(10)
+            real_queue.put(item)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real_queue, name)
+
+    def faulty(_conn: sqlite3.Connection) -> None:
+        in_write.set()
+        fail.wait(10)
+        raise _WriterFault("writer fault")
+
+    store._queue = Queue()  # type: ignore[assignment]
+    store.write(faulty)
+    assert in_write.wait(10)
+    receipts: list[Receipt[StoredEvent]] = []
+    producer = threading.Thread(
+        target=lambda: receipts.append(store.submit(Event(SOS, {"device": "A1"}))),
+        name="producer",
+        daemon=True,
+    )
+    producer.start()
+    assert queuing.wait(10)  # the producer is past the store's checks, in the queue's put
+    fail.set()
+    writer = store._thread
+    assert writer is not None
+    try:
+        writer.join(1.0)  # the writer fails (or waits for the put under way)
+        go.set()
+        producer.join(10)
+        with pytest.raises(StoreClosed):
+            receipts[0].result(5)
+        assert not store.healthy()
+    finally:
+        go.set()
+        store.stop()  # its housekeeping threads, which a failed writer leaves running

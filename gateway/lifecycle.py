@@ -114,6 +114,15 @@ class Supervisor:
         return started
 
     def stop_all(self) -> None:
+        """Services that may be held up by a device (a serial server's connect, up to 5 s) are
+        told first, all at once: stopped one after another, their waits would add up past the
+        service manager's stop timeout. Each is still stopped, and joined, in reverse order."""
+        with self._lock:
+            started = list(self._started)
+        for service in reversed(started):
+            begin_stop = getattr(service, "begin_stop", None)
+            if begin_stop is not None:
+                begin_stop()
         while self._started:
             with self._lock:
                 service = self._started.pop()

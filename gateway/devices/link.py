@@ -196,6 +196,10 @@ class SerialLink:
     def start(self) -> None:
         self._worker.start()
 
+    def begin_stop(self) -> None:
+        """No new attempt to open the port; one under way ends on its own (``stop`` joins)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._worker.stop()
 

@@ -76,6 +76,9 @@ class PortService:
     def start(self) -> None:
         self.link.start()
 
+    def begin_stop(self) -> None:
+        self.link.begin_stop()
+
     def stop(self) -> None:
         self.link.stop()
 

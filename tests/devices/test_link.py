@@ -19,6 +19,7 @@ import serial
 from gateway.devices.config import PortConfig
 from gateway.devices.service import PortService
 from gateway.devices.simulate import contact_id_line
+from gateway.lifecycle import Supervisor
 from gateway.store import Store
 from gateway.sync.service import service_state
 from tests.devices.conftest import definition, stored
@@ -275,6 +276,43 @@ def test_a_port_that_fails_as_soon_as_it_opens_backs_off(store: Store) -> None:
             service.stop()
     # each open fails about 0.3 s in; then 0.25, 0.5, 1 s of backoff: 3 opens, not 8 or more
     assert 2 <= service.link.stats.opens <= 5, service.link.stats.opens
+
+
+def test_ports_opening_at_a_stop_are_all_told_at_once_not_one_after_another(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serial servers out of reach (a network outage): each port may be in a connect of up
+    to 5 s. Told one after another, the ports' waits would add up past systemd's 30 s."""
+    opening: dict[str, threading.Event] = {}
+    released = threading.Event()
+
+    def unreachable(url: str, *_args: object, **_kwargs: object) -> serial.Serial:
+        opening[url].set()
+        released.wait(10)  # the connect under way, until it times out
+        raise serial.SerialException(f"could not open port {url}: timed out")
+
+    monkeypatch.setattr("gateway.devices.link.open_port", unreachable)
+    services = []
+    for name in ("hall", "garden"):
+        url = f"socket://{name}.example:4001"
+        opening[url] = threading.Event()
+        cfg = PortConfig(name=name, definition="aa55-reference.toml", url=url)
+        services.append(PortService(cfg, definition("aa55-reference"), store, 10.0))
+    supervisor = Supervisor(services)
+    supervisor.start_all()
+    assert all(event.wait(10) for event in opening.values())
+    stopper = threading.Thread(target=supervisor.stop_all, daemon=True)
+    stopper.start()
+    try:
+        hall, garden = services
+        eventually(garden.link._stop.is_set)  # the garden port is stopped first ...
+        # ... and while its connect is under way, the hall port is told too
+        eventually(hall.link._stop.is_set, timeout=5)
+    finally:
+        released.set()
+        stopper.join(10)
+    assert not stopper.is_alive()
+    assert [s.link.stats.state for s in services] == ["down", "down"]
 
 
 SERIAL_SERVER = """

@@ -21,9 +21,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
+from urllib.parse import parse_qs
 
 import serial
+from serial.urlhandler.protocol_spy import Serial as SpySerial
 
 from gateway.lifecycle import Worker
 
@@ -93,16 +95,35 @@ def open_port(
     *,
     write_timeout: float | None = None,
     exclusive: bool = False,
+    capture: TextIO | None = None,
 ) -> SerialPort:
-    """Open a serial URL (also used by the simulators to write to a port)."""
+    """Open a serial URL (also used by the simulators to write to a port). A ``spy://`` port
+    writes its dump to ``capture`` when one is given, from before it opens."""
     port: serial.Serial = serial.serial_for_url(
         url,
         timeout=timeout,
         write_timeout=write_timeout,
         exclusive=exclusive or None,
+        do_not_open=True,
         **settings.pyserial_kwargs(),
     )
+    if capture is not None and isinstance(port, SpySerial) and port.formatter is not None:
+        port.formatter.output = capture
+    port.open()
     return port
+
+
+def split_capture(url: str) -> tuple[str, str | None]:
+    """A ``spy://`` URL without its ``file=`` option, and that file. pyserial opens the file
+    with mode 'w' each time the port opens (and never closes it), so every reopen after an
+    unplugged adapter would erase the traffic that led up to it; the link appends to the file
+    itself instead, one session after another, and closes it with the port."""
+    base, _, query = url.partition("?")
+    files = parse_qs(query, keep_blank_values=True).get("file")
+    if not url.startswith("spy://") or not files:
+        return url, None
+    kept = [part for part in query.split("&") if part.partition("=")[0] != "file"]
+    return (f"{base}?{'&'.join(kept)}" if kept else base), files[0]
 
 
 def watch_network_path(port: SerialPort, dead_after_s: int) -> None:
@@ -191,6 +212,8 @@ class SerialLink:
         self._worker = Worker(f"link-{name}", self._run)
         self._stop = self._worker.stopping
         self._port: serial.Serial | None = None
+        self._url, self._capture_path = split_capture(url)
+        self._capture: TextIO | None = None
         self._write_lock = threading.Lock()
 
     def start(self) -> None:
@@ -240,6 +263,7 @@ class SerialLink:
                 self._port = None
             with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
+            self._close_capture()
             if not reason:
                 break
             self._went_down(reason)
@@ -254,17 +278,22 @@ class SerialLink:
 
     def _open(self) -> serial.Serial | None:
         try:
+            if self._capture_path is not None:
+                # closed with the port (_close_capture), not at the end of a block
+                self._capture = open(self._capture_path, "a", encoding="utf-8")  # noqa: SIM115
             # exclusive: a second gateway (or a terminal program) on the same device would
             # split its bytes with this one; write_timeout: an ACK the other end never drains
             # must not wedge the reader (and with it the port and the gateway's stop)
             port = open_port(
-                self.url,
+                self._url,
                 self.settings,
                 self.read_timeout_s,
                 write_timeout=WRITE_TIMEOUT_S,
                 exclusive=True,
+                capture=self._capture,
             )
         except (serial.SerialException, OSError, ValueError) as exc:
+            self._close_capture()
             if self.stats.state != "down":
                 self._went_down(f"open: {exc}")
             self.stats.last_error = f"open: {exc}"
@@ -289,6 +318,12 @@ class SerialLink:
             self._port = port
         self._notify(self.sink.on_up, gap)
         return port
+
+    def _close_capture(self) -> None:
+        if self._capture is not None:
+            with contextlib.suppress(OSError):
+                self._capture.close()
+            self._capture = None
 
     def _went_down(self, reason: str) -> None:
         first = self.stats.state != "down"

@@ -4,6 +4,7 @@ path) never ends the gateway; reading resumes and the health shows the gap."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import termios
@@ -16,13 +17,14 @@ from pathlib import Path
 import pytest
 import serial
 
+from gateway.cli import main
 from gateway.devices.config import PortConfig
 from gateway.devices.service import PortService
 from gateway.devices.simulate import contact_id_line
 from gateway.lifecycle import Supervisor
 from gateway.store import Store
 from gateway.sync.service import service_state
-from tests.devices.conftest import definition, stored
+from tests.devices.conftest import CONFIGS, definition, stored
 from tests.devices.support import Pty
 from tests.support.netns import other_host
 from tests.support.wait import eventually
@@ -77,6 +79,55 @@ def test_unplug_and_replug_resumes_within_5s(tmp_path: Path, store: Store) -> No
     (down, up) = stored(store.path, "device.status")[1:]
     assert up["data"]["ids"]["gap_s"] >= 0.3
     assert down["data"]["text"].startswith("read")
+
+
+def held_open(path: Path) -> bool:
+    """Whether this process has ``path`` open."""
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path.resolve()):
+                return True
+    return False
+
+
+def test_a_spy_capture_keeps_the_traffic_from_before_the_adapter_was_pulled(
+    tmp_path: Path, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The field recipe for a flaky adapter: the port's url is spy://...?file=CAPTURE. After
+    the adapter was pulled and came back, the capture still holds what the station sent before
+    and after, and gateway decode reads it all. The file is closed whenever the port is."""
+    pty = Pty(tmp_path / "ttyBASE")
+    capture = tmp_path / "capture.txt"
+    cfg = PortConfig(
+        name="ward-a",
+        definition="aa55-reference.toml",
+        url=f"spy://{pty.path}?file={capture}",
+        reopen_min_s=0.1,
+        reopen_max_s=0.2,
+    )
+    service = PortService(cfg, definition("aa55-reference"), store, 10.0)
+    service.start()
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        pty.write(SOS)
+        eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+        pty.unplug()
+        eventually(lambda: service.link.stats.state == "down")
+        assert not held_open(capture)
+        time.sleep(0.5)  # attempts to reopen while the adapter is out
+        pty.replug()
+        eventually(lambda: service.link.stats.state == "up")
+        pty.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
+        eventually(lambda: len(stored(store.path, "alarm.fall")) == 1)
+    finally:
+        service.stop()
+        pty.close()
+    assert service.health()["link"]["opens"] == 2
+    assert not held_open(capture)
+    device = str(CONFIGS / "aa55-reference.toml")
+    assert main(["decode", "--device", device, "--file", str(capture)]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o.get("type") or o.get("rejected") for o in out] == ["alarm.sos", "alarm.fall"]
 
 
 def test_port_missing_at_start_comes_later(tmp_path: Path, store: Store) -> None:

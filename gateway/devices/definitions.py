@@ -127,6 +127,18 @@ class BinaryFraming(Strict):
 
 
 FieldType = Literal["uint", "int", "hex", "bcd", "text"]
+MAX_SCALE = 1e6
+
+
+def _scale(value: float | None) -> float | None:
+    """A scale turns a device's count into the unit it stands for (0.1 for tenths of a
+    degree, 10 for a count of 10 mV, -1 for an RSSI sent as its magnitude); none needs a
+    factor beyond a million either way (micro to unit). Within it the widest field (32 bytes)
+    stays a finite number: a scale near the float limit made every field infinite, so every
+    frame was a decode_error, and 0 reads every value as 0."""
+    if value is not None and not 0 < abs(value) <= MAX_SCALE:
+        raise ValueError("must be non-zero and at most 1e6 either way, e.g. 0.1")
+    return value
 
 
 class FieldSpec(Strict):
@@ -135,7 +147,9 @@ class FieldSpec(Strict):
     width: int = Field(ge=1, le=32)
     type: FieldType = "uint"
     order: ByteOrder | None = Field(None, description="Default: the definition's byte_order.")
-    scale: float | None = None
+    scale: Annotated[float | None, AfterValidator(_scale)] = Field(
+        None, description="Multiplies the value read; non-zero, at most 1e6 either way."
+    )
     encoding: Encoding = "ascii"
 
 

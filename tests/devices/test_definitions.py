@@ -58,6 +58,44 @@ def test_a_blank_header_is_refused(tmp_path: Path) -> None:
         load_definition(bad)
 
 
+RSSI_FIELD = '{ name = "rssi", offset = 7, width = 1, type = "int" }'
+
+
+@pytest.mark.parametrize("scale", ["1e306", "-1e7", "inf", "nan", "0"])
+def test_an_absurd_scale_is_refused_when_the_file_loads(tmp_path: Path, scale: str) -> None:
+    """A scale of 1e306 made every frame's field infinite, so every frame was counted as a
+    decode_error; a scale of 0 reads every value as 0. Such a file is refused, naming the
+    file, line and key."""
+    text = (CONFIGS / "aa55-reference.toml").read_text()
+    assert RSSI_FIELD in text
+    bad = tmp_path / "vendor.toml"
+    bad.write_text(text.replace(RSSI_FIELD, RSSI_FIELD.replace(" }", f", scale = {scale} }}")))
+    with pytest.raises(ConfigFileError) as err:
+        load_definition(bad)
+    assert re.match(
+        rf"{re.escape(str(bad))}:\d+: binary\.messages\[0\]\.fields\[2\]\.scale: ", str(err.value)
+    )
+
+
+def test_a_scale_a_device_may_need_is_taken(tmp_path: Path) -> None:
+    """-1 for a station that sends the RSSI's magnitude (0x41 for -65 dBm), down to a
+    millionth and up to a million either way."""
+    from gateway.devices.decoders.binary import BinaryDecoder
+    from gateway.devices.framers.binary import encode_frame
+
+    text = (CONFIGS / "aa55-reference.toml").read_text()
+    vendor = tmp_path / "vendor.toml"
+    for scale in ("0.000001", "1e6", "-1e6", "-1"):
+        vendor.write_text(
+            text.replace(RSSI_FIELD, RSSI_FIELD.replace(" }", f", scale = {scale} }}"))
+        )
+        spec = load_definition(vendor).binary
+        assert spec is not None and spec.messages[0].fields[2].scale == float(scale)
+    frame = encode_frame(spec.framing, bytes.fromhex("01 A1B2C3D4E5F6 00 41 07"))
+    (seen,) = BinaryDecoder(spec).decode(frame).events
+    assert seen.rssi == -65
+
+
 @pytest.mark.parametrize(
     ("encoding", "problem"),
     [

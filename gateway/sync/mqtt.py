@@ -452,8 +452,14 @@ class MqttLink:
 
         def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
             try:
+                topic = message.topic
+            except UnicodeDecodeError as exc:
+                # a broker that does not check topics passed on one that is not UTF-8: it is
+                # handed on readable, to be refused and counted as a topic that is not ours
+                topic = exc.object.decode("utf-8", "replace")
+            try:
                 self._listener.received(
-                    message.topic, bytes(message.payload), retained=bool(message.retain)
+                    topic, bytes(message.payload), retained=bool(message.retain)
                 )
             except Exception:
                 log.exception("downlink handler failed")

@@ -115,6 +115,29 @@ def test_bad_requests_get_an_error_a_count_and_change_nothing(
         assert ask(sub, "ping", {"transaction": "still-alive"})["status"] == "ok"
 
 
+def test_a_request_on_a_topic_that_is_not_utf8_is_counted_as_a_bad_topic(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """mosquitto refuses such a topic from its publisher, but a broker that passes it on hands
+    paho a message whose topic cannot be read. It is counted with the other requests on a
+    topic that is not ours (no answer can name its op), and the next request is answered."""
+    from paho.mqtt.client import MQTTMessage
+
+    with gateway_and_platform(tmp_path, mosquitto.port) as (gw, sub):
+        assert gw.sync is not None
+        downlink = gw.sync.downlink
+        client = gw.sync.link._client
+        assert client is not None
+        message = MQTTMessage(topic=f"{BASE}/request/p".encode() + b"\xffng")
+        message.payload = b'{"transaction": "t-1"}'
+        client.on_message(client, None, message)  # as paho hands it over
+        eventually(lambda: downlink.errors["bad_topic"] == 1, timeout=5)
+        assert ask(sub, "ping", {"transaction": "t-2"})["status"] == "ok"
+        assert downlink.health()["errors"] == {"bad_topic": 1}
+        responses = [m.topic for m in sub.messages if "/response/" in m.topic]
+        assert responses == [f"{BASE}/response/ping"]
+
+
 def test_a_request_sent_while_the_gateway_is_offline_is_answered_when_it_returns(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:

@@ -135,8 +135,8 @@ class EspaSession(PortHandler):
         # Counted before the reply goes out, so whoever sees the reply sees the count.
         if self.recorder.record(events):
             self.blocks_acked += 1
+            self._acking(raw)
             self._reply(ACK)
-            self._acked_now(raw)
         else:
             self.blocks_naked += 1
             self._reply(NAK)

@@ -125,8 +125,11 @@ class PortHandler:
                 self.recorder.stats.reject(self.recorder.port, decode_error(data, exc))
                 self._refuse()
 
-    def _acked_now(self, frame: bytes) -> None:
-        """Called once the ACK of a stored frame has been written (and drained)."""
+    def _acking(self, frame: bytes) -> None:
+        """Called just before the ACK of a stored frame is written. The ACK cannot reach the
+        sender sooner; the time once the write returns can be later than the ACK by however
+        long this thread then waited to run, and a window starting that late could take the
+        same frame sent anew, on hearing the ACK, for a resend."""
         self._acked = (frame, self._now() + len(frame) * self.char_s)
 
     def _resent(self, frame: bytes, at: float | None) -> bool:
@@ -217,11 +220,11 @@ class FramedHandler(PortHandler):
             if not stored:  # the sender retries after our NAK: that must not be a repeat
                 for ev in fresh:
                     self.dedup.forget(self._key(ev))
+        if stored:
+            self._acking(frame)
         reply = self.ack if stored else self.nak
         if reply:
             self.write(reply)
-        if stored:
-            self._acked_now(frame)
 
     def _repeat(self, ev: DeviceEvent) -> bool:
         if ev.seq is None:

@@ -303,3 +303,28 @@ def test_only_a_resend_sent_before_the_late_ack_could_arrive_is_taken_for_one(st
     assert sent == [ACK, ACK, ACK, ACK]
     assert len(stored(store.path, "alarm.sos")) == 2
     assert s.recorder.stats.duplicates == 1
+
+
+def test_a_call_sent_anew_on_hearing_the_ack_is_recorded_though_the_ack_write_returned_late(
+    store: Store,
+) -> None:
+    """The ACK left at once, but the port's thread ran again only 30 ms later (a busy Pi):
+    the master, having heard the ACK, sent the same call again, complete before the thread
+    was back. That block is a call of its own, not a resend."""
+    clock = [3.5]  # the commit returned 3.5 s after the block came
+    s, sent = session_at(store, lambda: clock[0])
+
+    def write(data: bytes) -> bool:
+        sent.extend(data)
+        clock[0] += 0.03
+        return True
+
+    block = espa_block(CALL)
+    s.on_data(SELECT, 0.0)
+    s.write = write
+    s.on_data(block, 0.05)
+    heard = 3.5 + 1 / 960  # the ACK is one character on the line
+    s.on_data(block, heard + len(block) / 960 + 0.001)
+    assert sent == [ACK, ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 2
+    assert s.recorder.stats.duplicates == 0

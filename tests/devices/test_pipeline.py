@@ -209,6 +209,35 @@ def test_only_a_contact_id_resend_sent_before_the_late_ack_could_arrive_is_taken
     assert recorder.stats.duplicates == 1
 
 
+def test_a_line_sent_anew_on_hearing_a_late_ack_is_recorded_though_the_ack_write_returned_late(
+    store: Store,
+) -> None:
+    """The ACK left at once, but the port's thread ran again only 30 ms later (a busy Pi):
+    the receiver, having heard the ACK, sent the same line again (a pendant pressed twice),
+    complete before the thread was back. That line is an event of its own, not a resend."""
+    spec = definition("contact-id-serial")
+    recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)
+    clock = [104.5]  # the commit returned 4.5 s after the line came
+    h = framed_handler(
+        spec, recorder, frame_timeout_s=1.0, silence_s=None, char_s=1 / 960, now=lambda: clock[0]
+    )
+    sent: list[bytes] = []
+
+    def write(data: bytes) -> bool:
+        sent.append(data)
+        clock[0] += 0.03
+        return True
+
+    h.write = write
+    line = contact_id_line("1234", "1", "101", "01", "015")
+    h.on_data(line, 100.0)
+    heard = 104.5 + 1 / 960  # the ACK is one character on the line
+    h.on_data(line, heard + len(line) / 960 + 0.001)
+    assert sent == [ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 2
+    assert recorder.stats.duplicates == 0
+
+
 def test_deeply_nested_json_is_refused_and_the_sos_behind_it_kept(store: Store) -> None:
     spec = definition("minew-ble-jsonlines")
     recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)

@@ -180,12 +180,14 @@ class Reserve:
             self.path.parent,
         )
 
-    def with_room(self, fn: Callable[[], T]) -> T:
+    def with_room(self, fn: Callable[[], T], *, alarms: bool = True) -> T:
         """Run ``fn``; each time it fails for want of space, give up the next part of the
-        reserve (the records' half, then the rest) and run it again."""
+        reserve (the records' half, then the rest: only for ``alarms``) and run it again."""
         while True:
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if not (disk_full(exc) and (self.release(alarms=False) or self.release())):
+                if not (
+                    disk_full(exc) and (self.release(alarms=False) or (alarms and self.release()))
+                ):
                     raise

@@ -992,7 +992,12 @@ class Store:
         if conn is not None and due and self._rows_since_checkpoint:
             self._rows_since_checkpoint = 0  # rows committed from here on count for the next
             self._last_checkpoint = now
-            self.reserve.with_room(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+            # not the alarms' half: given up here, what the checkpoint leaves of it goes to
+            # whoever fills the disk, and while a reader keeps the WAL from starting over,
+            # the next alarm needs room of its own
+            self.reserve.with_room(
+                lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"), alarms=False
+            )
             self.checkpoints += 1
 
     def housekeep(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -108,6 +110,34 @@ def test_a_reserve_file_holding_less_than_the_reserve_is_completed_not_reported_
     telemetry_until_refused(store)
     store.record(Event(SOS, {"device": "A1"}))  # from the reserve, not refused
     assert store.health()["disk_reserve"] == "released"
+
+
+def test_a_checkpoint_on_a_full_disk_leaves_the_alarms_their_half_of_the_reserve(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """Records spent their half; the checkpoint that follows needs room to grow the database.
+    Had it the alarms' half, the program filling the disk would take what it left, and with
+    a reader keeping the WAL from starting over (`gateway outbox stats`), the SOS after it
+    would find no room."""
+    store = make_store(small_disk / "g.db", min_free_disk_mb=4, reserve_mb=2)
+    fill(small_disk)
+    with pytest.raises(StorageFull):
+        for n in range(100_000):
+            store.record(Event(MEAL, {"elder": f"E{n}", "pad": "x" * 400}))
+    reader = sqlite3.connect(small_disk / "g.db")
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        store._last_checkpoint = 0.0  # due now
+        with contextlib.suppress(sqlite3.OperationalError):  # it waits for room
+            store.checkpoint()
+        fill(small_disk)  # the other program goes on writing
+        for n in range(20):
+            store.record(Event(SOS, {"device": f"A{n}"}))
+    finally:
+        reader.close()
+    assert store.usage[SOS.lane].count == 20
+    assert store.counters.get("refused_p0", 0) == 0
 
 
 def test_a_reserve_released_while_housekeeping_takes_it_back_stays_released(

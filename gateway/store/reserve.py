@@ -9,7 +9,8 @@ want of space, and takes it back once the disk has room again.
 It is given up in two halves. Records (meals at the counter, restores) may spend the first:
 on a long day with the disk full they would otherwise spend it all, and the next alarm would
 find no room. The second half is given up only for alarms, and from then on only alarms are
-written until the reserve is taken back.
+written until the reserve is taken back; a start on a full disk also opens the database from
+it (nothing can be written without that), while a checkpoint or a stop waits for room.
 """
 
 from __future__ import annotations

@@ -400,9 +400,12 @@ class Store:
         conn = self._conn
         if conn is not None:
             try:
+                # not with the alarms' half: the next start, on a disk still full, opens from it
                 if self._failed is None:
-                    self.reserve.with_room(lambda: self._mark_clean(conn))
-                self.reserve.with_room(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+                    self.reserve.with_room(lambda: self._mark_clean(conn), alarms=False)
+                self.reserve.with_room(
+                    lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"), alarms=False
+                )
             except sqlite3.Error as exc:
                 log.error("store: stop not marked clean (%s); the next start verifies it", exc)
             finally:

@@ -140,6 +140,26 @@ def test_a_checkpoint_on_a_full_disk_leaves_the_alarms_their_half_of_the_reserve
     assert store.counters.get("refused_p0", 0) == 0
 
 
+def test_a_stop_on_a_full_disk_leaves_the_alarms_half_of_the_reserve_to_the_next_start(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """Records spent their half, then the gateway was stopped (an update, a restart): marking
+    the stop clean must not take the alarms' half, which the next start, on a disk still
+    full, needs to open the database and write the next SOS."""
+    path = small_disk / "g.db"
+    store = make_store(path, min_free_disk_mb=4, reserve_mb=2)
+    fill(small_disk)
+    with pytest.raises(StorageFull):
+        for n in range(100_000):
+            store.record(Event(MEAL, {"elder": f"E{n}", "pad": "x" * 400}))
+    store.stop()
+    assert (small_disk / "g.db.reserve").exists()
+
+    store = make_store(path, min_free_disk_mb=4, reserve_mb=2)
+    store.record(Event(SOS, {"device": "A1"}))
+    assert store.usage[SOS.lane].count == 1
+
+
 def test_a_reserve_released_while_housekeeping_takes_it_back_stays_released(
     tmp_path: Path,
 ) -> None:

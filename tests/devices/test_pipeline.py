@@ -248,6 +248,28 @@ def test_deeply_nested_json_is_refused_and_the_sos_behind_it_kept(store: Store) 
     assert recorder.stats.rejected == {"bad_json": 1}
 
 
+def test_an_sos_advert_whose_last_ad_structure_is_cut_is_recorded(store: Store) -> None:
+    """An advert whose last AD structure runs past the end (a gateway that cut the data) still
+    holds the complete button press before it: the SOS is recorded and the cut tail counted.
+    Only complete structures are read: nothing after one of length 0, nor a cut payload."""
+    spec = definition("minew-ble-jsonlines")
+    recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)
+    h = framed_handler(spec, recorder, frame_timeout_s=1.0, silence_s=None)
+
+    def advert(mac: str, raw: str) -> bytes:
+        return json.dumps({"mac": mac, "rssi": -61, "rawData": raw}).encode() + b"\n"
+
+    h.on_data(advert("AABBCCDDEEFF", BTHOME_PRESS + "09FF4C0002"), 100.0)
+    h.on_data(advert("AABBCCDDEE01", "02010600" + BTHOME_PRESS[6:]), 100.1)  # ends at the 0
+    h.on_data(advert("AABBCCDDEE02", BTHOME_PRESS[:-2]), 100.2)  # the press itself cut
+    eventually(lambda: recorder.stats.events == 2, timeout=5)
+    (sos,) = stored(store.path, "alarm.sos")
+    assert (sos["data"]["device"], sos["data"]["seq"]) == ("AABBCCDDEEFF", 42)
+    assert [e["data"]["device"] for e in stored(store.path, "wristband.seen")] == ["AABBCCDDEEFF"]
+    assert recorder.stats.rejected == {"bad_advert_tail": 1, "bad_advert": 1}
+    assert recorder.stats.ignored == 1
+
+
 def test_a_batching_ble_gateway_s_line_of_adverts_is_read_whole(store: Store) -> None:
     """Gateways that batch write one JSON array of all they heard, 5 kB for 31 adverts: the
     SOS among them is an alarm, and every band in it is seen."""

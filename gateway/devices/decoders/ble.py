@@ -7,7 +7,7 @@ hex. Only what the gateway needs is decoded: identity, packet id, battery and bu
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.devices.model import Scalar
 
@@ -39,7 +39,7 @@ _BTHOME_SIZES = {
 
 
 class AdvertError(ValueError):
-    """Malformed advertisement data (an AD structure running past the end)."""
+    """Malformed advertisement data with nothing of ours before the malformed structure."""
 
 
 @dataclass(frozen=True)
@@ -49,20 +49,27 @@ class Advert:
     battery: int | None = None
     buttons: tuple[int, ...] = ()
     ids: dict[str, Scalar] = field(default_factory=dict)
+    malformed: str = ""  # why the data after the structures read was ignored, if it was
 
 
-def ad_structures(raw: bytes) -> list[tuple[int, bytes]]:
-    out = []
+def ad_structures(raw: bytes) -> tuple[list[tuple[int, bytes]], str]:
+    """The complete AD structures, and what ended the data early ("" if nothing did).
+
+    A structure running past the end ends the data (Core Spec Vol 3 Part C §11: what follows
+    a malformed structure is ignored), and so does one of length 0; the complete structures
+    before it are kept, as a button press among them is still a press.
+    """
+    out: list[tuple[int, bytes]] = []
     i = 0
     while i < len(raw):
         length = raw[i]
         if length == 0:
             break
         if i + 1 + length > len(raw):
-            raise AdvertError(f"AD structure at {i} runs past the end")
+            return out, f"AD structure at {i} runs past the end"
         out.append((raw[i + 1], raw[i + 2 : i + 1 + length]))
         i += 1 + length
-    return out
+    return out, ""
 
 
 def ibeacon(data: bytes) -> Advert | None:
@@ -162,8 +169,14 @@ _EDDYSTONE = {
 
 
 def decode_advert(raw: bytes, formats: Collection[str]) -> Advert | None:
-    """The first recognised payload in the advertisement, or None if it is not ours."""
-    for ad_type, data in ad_structures(raw):
+    """The first recognised payload in the advertisement, or None if it is not ours.
+
+    Raises AdvertError if the data ends in a malformed structure and nothing before it is
+    ours: that may be our payload cut short. A payload found before one says so in
+    ``malformed``.
+    """
+    structures, malformed = ad_structures(raw)
+    for ad_type, data in structures:
         found: Advert | None = None
         if ad_type == AD_MANUFACTURER and "ibeacon" in formats:
             found = ibeacon(data)
@@ -174,5 +187,7 @@ def decode_advert(raw: bytes, formats: Collection[str]) -> Advert | None:
                 if found is None and name in formats:
                     found = decode(data)
         if found is not None:
-            return found
+            return replace(found, malformed=malformed) if malformed else found
+    if malformed:
+        raise AdvertError(malformed)
     return None

@@ -48,30 +48,28 @@ class JsonLinesDecoder:
                     rejects.append(Reject("bad_field", line, "gateway line without a valid mac"))
                 continue
             found = self._advert(item, line)
-            if isinstance(found, Reject):
-                rejects.append(found)
-            else:
-                events.extend(found)
+            events.extend(found.events)
+            rejects.extend(found.rejects)
         return Decoded(events=tuple(events), rejects=tuple(rejects), station=station)
 
-    def _advert(self, item: dict[str, Any], line: bytes) -> list[DeviceEvent] | Reject:
+    def _advert(self, item: dict[str, Any], line: bytes) -> Decoded:
         keys = self.spec.keys
         mac = _mac(item.get(keys.mac))
         rssi = item.get(keys.rssi)
         raw_hex = item.get(keys.raw)
         if mac is None or not isinstance(raw_hex, str):
-            return Reject("bad_field", line, "advert without mac or raw data")
+            return rejected("bad_field", line, "advert without mac or raw data")
         if not isinstance(rssi, int) or isinstance(rssi, bool):
             rssi = None  # a button press counts, whatever the gateway made of the signal
         try:
             raw = bytes.fromhex(raw_hex)
             advert = decode_advert(raw, self.spec.formats)
         except (ValueError, AdvertError) as exc:
-            return Reject("bad_advert", line, str(exc))
+            return rejected("bad_advert", line, str(exc))
         if advert is None:
-            return []
+            return Decoded()
         if advert.format == "ibeacon" and self._uuids and advert.ids["uuid"] not in self._uuids:
-            return []
+            return Decoded()
         ids = {"format": advert.format, **advert.ids}
         seen = DeviceEvent(
             Kind.SEEN,
@@ -104,4 +102,6 @@ class JsonLinesDecoder:
                     raw=raw,
                 )
             )
-        return out
+        # the complete structures before a malformed one are kept, and the rest counted
+        tail = (Reject("bad_advert_tail", line, advert.malformed),) if advert.malformed else ()
+        return Decoded(events=tuple(out), rejects=tail)

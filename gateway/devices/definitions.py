@@ -12,7 +12,8 @@ import codecs
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.configfile import NAME_PATTERN, Strict, load_toml_model
 from gateway.devices.config import SerialFormat
@@ -125,6 +126,20 @@ class BinaryFraming(Strict):
             raise ValueError("length.offset lies inside the header")
         return self
 
+    @property
+    def max_payload(self) -> int:
+        """The most payload bytes a frame can hold: the framer takes no frame longer than
+        ``fixed_length``, or than ``max_length`` and what the length field can count."""
+        csize = self.checksum.size
+        if self.fixed_length is not None:
+            longest = self.fixed_length
+        else:
+            assert self.length is not None
+            lf = self.length
+            countable = lf.counts_from + 256**lf.width - 1 + (0 if lf.includes_checksum else csize)
+            longest = min(self.max_length, countable)
+        return max(0, longest - self.payload_offset - csize)
+
 
 FieldType = Literal["uint", "int", "hex", "bcd", "text"]
 MAX_SCALE = 1e6
@@ -217,7 +232,30 @@ class BinarySpec(Strict):
         commands = [m.command for m in self.messages]
         if len(commands) != len(set(commands)):
             raise ValueError("two messages share a command")
+        self._fields_fit()
         return self
+
+    def _fields_fit(self) -> None:
+        """A field that ends beyond the longest payload a frame can hold is never read: every
+        frame of its message would be refused as short_payload, an SOS among them."""
+        room = self.framing.max_payload
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "field_beyond_payload",
+                    "offset {offset} + width {width} ends beyond the {room} payload bytes a "
+                    "frame can hold (binary.framing), so every frame would be refused",
+                    {"offset": f.offset, "width": f.width, "room": room},
+                ),
+                loc=("messages", m, "fields", i, "offset"),
+                input=f.offset,
+            )
+            for m, message in enumerate(self.messages)
+            for i, f in enumerate(message.fields)
+            if f.offset + f.width > room
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
 
 
 # ---- JSON-lines BLE gateways ---------------------------------------------------------------

@@ -11,7 +11,10 @@ from gateway.cli import main
 from gateway.config import load_config
 from gateway.configfile import ConfigFileError
 from gateway.devices.config import DevicesSection
+from gateway.devices.decoders.binary import BinaryDecoder
 from gateway.devices.definitions import definition_files, load_definition
+from gateway.devices.framers.binary import BinaryFramer, encode_frame
+from gateway.devices.model import Frame
 from gateway.devices.service import load_definitions
 from tests.devices.conftest import CONFIGS
 
@@ -94,6 +97,54 @@ def test_a_scale_a_device_may_need_is_taken(tmp_path: Path) -> None:
     frame = encode_frame(spec.framing, bytes.fromhex("01 A1B2C3D4E5F6 00 41 07"))
     (seen,) = BinaryDecoder(spec).decode(frame).events
     assert seen.rssi == -65
+
+
+LENGTH_FIELD = "length = { offset = 2, width = 1, counts_from = 3, includes_checksum = false }"
+
+
+@pytest.mark.parametrize(
+    ("framing", "room"),
+    [
+        ("max_length = 64", 58),  # 64 - the payload's offset 4 - the CRC's 2
+        ("max_length = 4096", 254),  # a 1-byte length counts 255 from byte 3: 260 - 4 - 2
+        ("fixed_length = 16", 10),
+    ],
+)
+def test_a_field_beyond_the_longest_payload_is_refused_when_the_file_loads(
+    tmp_path: Path, framing: str, room: int
+) -> None:
+    """A field the framing leaves no room for had every frame refused as short_payload at run
+    time, an SOS among them; the file is refused, naming file and key, and a field ending on
+    the last byte a frame can hold is taken."""
+    text = (CONFIGS / "aa55-reference.toml").read_text()
+    assert LENGTH_FIELD in text and "max_length = 64" in text
+    if framing.startswith("fixed_length"):
+        text = text.replace(LENGTH_FIELD, framing)
+    else:
+        text = text.replace("max_length = 64", framing)
+    vendor = tmp_path / "vendor.toml"
+    for offset in (room - 1, room):
+        field = RSSI_FIELD.replace("offset = 7", f"offset = {offset}")
+        vendor.write_text(text.replace(RSSI_FIELD, field))
+        if offset < room:
+            spec = load_definition(vendor).binary
+            assert spec is not None
+            payload = bytes.fromhex("A1B2C3D4E5F6 00") + bytes(room - 8) + b"\xbf"  # -65 dBm
+            (frame,) = BinaryFramer(spec.framing).feed(
+                encode_frame(spec.framing, b"\x01" + payload)
+            )
+            assert isinstance(frame, Frame)
+            (seen,) = BinaryDecoder(spec).decode(frame.data).events
+            assert seen.rssi == -65
+            continue
+        with pytest.raises(ConfigFileError) as err:
+            load_definition(vendor)
+        assert re.fullmatch(
+            rf"{re.escape(str(vendor))}:\d+: binary\.messages\[0\]\.fields\[2\]\.offset: "
+            rf"offset {room} \+ width 1 ends beyond the {room} payload bytes a frame can hold "
+            r"\(binary\.framing\), so every frame would be refused",
+            str(err.value),
+        )
 
 
 @pytest.mark.parametrize(

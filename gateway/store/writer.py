@@ -15,6 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from gateway.clock import Clock, ClockSync
 from gateway.config import StoreSection
 from gateway.events import Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
+from gateway.logs import RateLimitedLog
 from gateway.store.cipher import EventCipher, has_plain_rows
 from gateway.store.db import StoreError, connect, disk_full_error, open_database
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
@@ -241,6 +243,7 @@ class Store:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._listeners: list[Callable[[set[Lane]], None]] = []
+        self._listener_log = RateLimitedLog(log, 30.0)
         self._lock = threading.Lock()
         self._settled = threading.Condition()
         self._closed = True
@@ -727,8 +730,23 @@ class Store:
         self._apply_delta(delta)
         resolve(self._settled, zip((op.future for op in batch), results, strict=True))
         if delta.new_lanes:
-            for listener in self._listeners:
-                listener(delta.new_lanes)
+            self._notify(delta.new_lanes)
+
+    def _notify(self, lanes: set[Lane]) -> None:
+        """Tell each listener what a commit added. One that fails must not end the writer,
+        which would then refuse every event, nor keep the others from hearing (the publisher
+        waits for its word): it is logged, by type and line only, at most every 30 s."""
+        for listener in self._listeners:
+            try:
+                listener(lanes)
+            except Exception as exc:
+                name = getattr(listener, "__qualname__", type(listener).__name__)
+                self._listener_log.warning(
+                    name,
+                    "store commit listener %s failed: %s; events are still stored",
+                    name,
+                    _raised_at(exc),
+                )
 
     def _give_room(self, batch: list[_Op]) -> bool:
         """The next part of the reserve given up for a write the full disk refused: the
@@ -1065,6 +1083,13 @@ class Store:
                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                 list(counters.items()),
             )
+
+
+def _raised_at(exc: BaseException) -> str:
+    """The exception's type and the line that raised it, not its message, which could quote
+    the data in hand."""
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{type(exc).__name__} at {Path(where.filename).name}:{where.lineno}"
 
 
 def _is_p0(op: _Op) -> bool:

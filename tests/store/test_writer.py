@@ -445,3 +445,31 @@ def test_an_event_queued_as_the_writer_fails_is_refused_at_once_not_left_waiting
     finally:
         go.set()
         store.stop()  # its housekeeping threads, which a failed writer leaves running
+
+
+def test_a_commit_listener_that_raises_does_not_stop_the_store(
+    make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener's fault after a commit ended the writer, and every later event (an SOS
+    among them) was refused; now the events are still stored, the other listeners still told,
+    and the fault logged once per 30 s by type and line, without its message."""
+    store = make_store()
+    told: list[set[Lane]] = []
+
+    def failing(lanes: set[Lane]) -> None:
+        raise RuntimeError("resident Wang Fang")
+
+    store.subscribe(failing)
+    store.subscribe(told.append)
+    try:
+        with caplog.at_level("WARNING", logger="gateway.store.writer"):
+            first = store.record(Event(SEEN, {"device": "A1"}))
+            second = store.record(Event(SOS, {"device": "A1"}))
+            eventually(lambda: told == [{Lane.P2}, {Lane.P0}])  # told after record() returns
+        assert {first.event_id, second.event_id} <= committed_ids(store.path)
+        assert store.healthy()
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert "listener" in line and "RuntimeError at test_writer.py:" in line
+        assert "Wang" not in line
+    finally:
+        store.stop()  # its housekeeping threads, which a failed writer leaves running

@@ -111,12 +111,15 @@ class Downlink:
         self._send_lock = threading.Lock()
         self._held: deque[Message] = deque()  # under _send_lock: answers no connection took
         self._held_bytes = 0
+        self._stopped = False  # under _send_lock: what is held now would never go out
 
     def start(self) -> None:
         self._reader = connect(self._store.path)
         self._reader.execute("PRAGMA query_only = ON")
         with self._waiting_lock:
             self._stopping = False
+        with self._send_lock:
+            self._stopped = False
         self._worker.start()
 
     def stop(self) -> None:
@@ -134,6 +137,7 @@ class Downlink:
             unsent = len(self._held)
             self._held.clear()
             self._held_bytes = 0
+            self._stopped = True
         if unsent:  # no connection took them before the stop: said, not dropped silently
             with self._count_lock:
                 self.errors["unanswered"] += unsent
@@ -416,22 +420,21 @@ class Downlink:
         return response
 
     def _respond(self, op: str, response: Mapping[str, Any]) -> None:
-        """Published now, or held until the next connection (``link_up``)."""
+        """Published now, or held until the next connection (``link_up``). Not once stopped:
+        paho's thread may still hand over a request, refused "stopping", and nothing would
+        count an answer held then."""
         msg = Message(self._topics.response(op), compact_json(response).encode())
         with self._send_lock:
             if self._send(msg):
                 return
-            if self._held_bytes + len(msg.payload) <= HELD_MAX_BYTES:
+            stopped = self._stopped
+            if not stopped and self._held_bytes + len(msg.payload) <= HELD_MAX_BYTES:
                 self._held.append(msg)
                 self._held_bytes += len(msg.payload)
                 return
         self._tally(self.errors, "unanswered")
-        self._rate_log.warning(
-            "unanswered",
-            "downlink: %s answer dropped: offline, %d B of answers held",
-            op,
-            HELD_MAX_BYTES,
-        )
+        why = "the downlink has stopped" if stopped else f"{HELD_MAX_BYTES} B of answers held"
+        self._rate_log.warning("unanswered", "downlink: %s answer dropped: offline, %s", op, why)
 
 
 def _schema_problem(error: ValidationError) -> str:

@@ -215,13 +215,17 @@ def downlink_alone(
     applies_elsewhere: bool = False,
     *,
     commit_timeout_s: float = 30.0,
+    online: Callable[[], bool] = lambda: True,
 ) -> Iterator[tuple[Downlink, list[Message]]]:
-    """A downlink on a real store whose replies are collected instead of published."""
+    """A downlink on a real store whose replies are collected instead of published (while
+    ``online`` says a connection would take them)."""
     store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
     store.start()
     sent: list[Message] = []
 
     def send(msg: Message) -> bool:
+        if not online():
+            return False
         sent.append(msg)
         return True
 
@@ -637,6 +641,27 @@ def test_answers_no_connection_took_before_the_stop_are_counted_and_logged(
         pass
     assert sync.downlink.errors["unanswered"] == 1
     assert "downlink: 1 answers not sent: no connection before the stop" in caplog.text
+
+
+def test_a_request_refused_after_the_stop_with_no_connection_is_counted_unanswered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """paho's thread goes on handing over requests until the link stops: one that comes after
+    the downlink stopped, as the connection fails, is refused "stopping" with no connection to
+    take the answer, nor any to come. It was held and dropped unseen; it is counted and
+    logged as unanswered, as answers held at the stop are."""
+    online = threading.Event()
+    online.set()
+    with downlink_alone(tmp_path, lambda _r: Reply({"pong": True}), online=online.is_set) as (
+        downlink,
+        sent,
+    ):
+        downlink.stop()
+        online.clear()
+        downlink.received("eldercare/s/g/request/ping", b'{"transaction": "late"}')
+        assert sent == []
+        assert downlink.errors["stopping"] == 1 and downlink.errors["unanswered"] == 1
+    assert "downlink: ping answer dropped: offline, the downlink has stopped" in caplog.text
 
 
 def test_clearing_a_retained_request_is_not_taken_for_another_one(

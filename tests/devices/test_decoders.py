@@ -19,6 +19,14 @@ from tests.devices.conftest import definition
 
 BTHOME_PRESS = "0201060A16D2FC40002A015A3A01"
 TLM = "0201060303AAFE1116AAFE20000BB81900000004D2000003E8"
+# the reference base station's framing, for definitions written in a test
+AA55_FRAMING = {
+    "header": "AA55",
+    "length": {"offset": 2, "counts_from": 3},
+    "checksum": {"kind": "crc16_modbus", "start": 2},
+    "command_offset": 3,
+    "payload_offset": 4,
+}
 
 
 def ble() -> JsonLinesDecoder:
@@ -175,13 +183,7 @@ def test_text_decoded_to_half_a_surrogate_pair_keeps_the_call_storable() -> None
         {
             "name": "utf7-band",
             "binary": {
-                "framing": {
-                    "header": "AA55",
-                    "length": {"offset": 2, "counts_from": 3},
-                    "checksum": {"kind": "crc16_modbus", "start": 2},
-                    "command_offset": 3,
-                    "payload_offset": 4,
-                },
+                "framing": AA55_FRAMING,
                 "messages": [
                     {
                         "command": 1,
@@ -244,13 +246,7 @@ def test_a_signed_sequence_and_an_empty_text_id_still_give_an_alarm_within_the_c
         {
             "name": "vendor",
             "binary": {
-                "framing": {
-                    "header": "AA55",
-                    "length": {"offset": 2, "counts_from": 3},
-                    "checksum": {"kind": "crc16_modbus", "start": 2},
-                    "command_offset": 3,
-                    "payload_offset": 4,
-                },
+                "framing": AA55_FRAMING,
                 "messages": [
                     {
                         "command": 1,

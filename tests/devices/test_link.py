@@ -41,17 +41,23 @@ def aa55(body_hex: str) -> bytes:
     return encode_frame(spec.framing, bytes.fromhex(body_hex))
 
 
-def test_unplug_and_replug_resumes_within_5s(tmp_path: Path, store: Store) -> None:
-    pty = Pty(tmp_path / "ttyBASE")
+def started_station(store: Store, url: str, *, reopen_max_s: float) -> PortService:
+    """The reference base station's port, reopened quickly after an unplug."""
     cfg = PortConfig(
         name="ward-a",
         definition="aa55-reference.toml",
-        url=str(pty.path),
+        url=url,
         reopen_min_s=0.1,
-        reopen_max_s=1.0,
+        reopen_max_s=reopen_max_s,
     )
     service = PortService(cfg, definition("aa55-reference"), store, 10.0)
     service.start()
+    return service
+
+
+def test_unplug_and_replug_resumes_within_5s(tmp_path: Path, store: Store) -> None:
+    pty = Pty(tmp_path / "ttyBASE")
+    service = started_station(store, str(pty.path), reopen_max_s=1.0)
     try:
         eventually(lambda: service.link.stats.state == "up")
         pty.write(SOS)
@@ -98,15 +104,7 @@ def test_a_spy_capture_keeps_the_traffic_from_before_the_adapter_was_pulled(
     and after, and gateway decode reads it all. The file is closed whenever the port is."""
     pty = Pty(tmp_path / "ttyBASE")
     capture = tmp_path / "capture.txt"
-    cfg = PortConfig(
-        name="ward-a",
-        definition="aa55-reference.toml",
-        url=f"spy://{pty.path}?file={capture}",
-        reopen_min_s=0.1,
-        reopen_max_s=0.2,
-    )
-    service = PortService(cfg, definition("aa55-reference"), store, 10.0)
-    service.start()
+    service = started_station(store, f"spy://{pty.path}?file={capture}", reopen_max_s=0.2)
     try:
         eventually(lambda: service.link.stats.state == "up")
         pty.write(SOS)

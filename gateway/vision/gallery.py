@@ -640,7 +640,11 @@ def erase(db_path: Path, elder_id: str) -> int:
     """Erase an elder's templates and register entries without opening the gallery: needs
     neither the key nor the models, so consent withdrawn is honoured even when the face stage
     cannot run. A running gallery sees the change at its next refresh. Returns how many
-    templates were erased (0 without a gallery file)."""
+    templates were erased (0 without a gallery file).
+
+    The rows are overwritten (``secure_delete``) in the WAL; the checkpoint copies that into
+    the file and empties the WAL at once. Without it, while any other process had the gallery
+    open (a counter's refresh, an enrolment) the file kept her rows until the last one closed."""
     if not db_path.exists():
         return 0
     with _connect(db_path) as conn:
@@ -648,6 +652,7 @@ def erase(db_path: Path, elder_id: str) -> int:
             _, removed = _write(conn, partial(_erase, elder_id=elder_id))
         except sqlite3.Error as exc:
             raise _unusable(db_path, exc, "nothing erased") from None
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return removed
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -313,6 +314,24 @@ def test_remove_erases_templates_and_register_entries(gallery: Gallery) -> None:
     assert "elder-b" not in gallery.snapshot.elders
     assert gallery.confusables() == []
     assert gallery.look_alikes("elder-a") == ()
+
+
+def test_an_erasure_while_another_process_has_the_gallery_open_leaves_no_trace_in_it(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    """Nothing of her in the file or its WAL once the erasure returns, even while a counter or
+    an enrolment holds the gallery open (the file was only rewritten when the last one
+    closed)."""
+    db, _ = paths
+    with contextlib.closing(sqlite3.connect(db)) as other:
+        other.execute("SELECT COUNT(*) FROM templates").fetchone()
+        (kept,) = other.execute(
+            "SELECT ciphertext FROM templates WHERE elder_id = 'elder-b' LIMIT 1"
+        ).fetchone()
+        assert erase(db, "elder-b") == 2
+        for path in db.parent.glob("faces.db*"):
+            content = path.read_bytes()
+            assert b"elder-b" not in content and kept not in content, path.name
 
 
 def test_erasure_needs_neither_the_key_nor_an_open_gallery(

@@ -29,15 +29,18 @@ LEFTOVER_AGE_S = 60.0
 def save(path: Path, last_seen_ms: dict[str, int]) -> None:
     """Replace the file with elder -> running time (ms) last seen, durably: a staff
     confirmation saved just before a power cut must be there after it. Raises OSError (a full
-    disk) with the file as it was: the caller counts it and tries again."""
+    disk) with the file as it was: the caller counts it and tries again. Copies a crash left
+    go too: one left just before a restart is too young to go at that start, and would
+    otherwise name its elders until the next one."""
     replace_private(path, json.dumps(last_seen_ms).encode())
+    _remove_leftovers(path, time.time())
 
 
 def _remove_leftovers(path: Path, now_s: float) -> None:
-    """Temporary copies a crash left between writing and renaming (they name elders; an
-    erasure does not look for them). Only those not written just now: another writer may be
-    at work. A copy far ahead of the clock is old too: the clock was set back since (a Pi
-    without RTC after a power cut, NTP stepping back a clock that ran ahead)."""
+    """Temporary copies a crash left between writing and renaming: they name elders. Only
+    those not written just now: another writer may be at work. A copy far ahead of the clock
+    is old too: the clock was set back since (a Pi without RTC after a power cut, NTP
+    stepping back a clock that ran ahead)."""
     for stale in path.parent.glob(f".{path.name}.*"):
         with contextlib.suppress(OSError):
             if abs(now_s - stale.lstat().st_mtime) > LEFTOVER_AGE_S:
@@ -78,10 +81,11 @@ def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
 
 
 def forget(path: Path, elder: str) -> None:
-    """An erased elder leaves no trace here either (a running counter writes only elders
-    still in its gallery, which it reloads within ``gallery.refresh_s``). A file the card
-    cannot read is left as it is: written again without her, it would lose every other
-    elder's cooldown with it."""
+    """An erased elder leaves no trace here either, nor in copies a crash left (a running
+    counter writes only elders still in its gallery, which it reloads within
+    ``gallery.refresh_s``). A file the card cannot read is left as it is: written again
+    without her, it would lose every other elder's cooldown with it."""
+    _remove_leftovers(path, time.time())
     try:
         data = _read(path)
     except OSError as exc:

@@ -65,6 +65,39 @@ def test_copies_a_crash_left_half_way_are_removed_at_start(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cooldown.FILE, fresh.name])
 
 
+def _left_by_a_crash(folder: Path, name: str, text: str) -> Path:
+    """A copy written and never renamed, a minute and more ago."""
+    copy = folder / f".{cooldown.FILE}.{name}"
+    copy.write_text(text)
+    old = time.time() - cooldown.LEFTOVER_AGE_S - 5
+    os.utime(copy, (old, old))
+    return copy
+
+
+def test_an_erasure_takes_the_copies_a_crash_left_too(tmp_path: Path) -> None:
+    """A copy left by a power cut just before a restart was too young to go at that start;
+    naming the elder, it stayed after her erasure until the gateway next started."""
+    path = tmp_path / cooldown.FILE
+    copy = _left_by_a_crash(tmp_path, "812.1401", '{"E1": 94000, "E2": 93000}')
+    cooldown.forget(path, "E1")  # no file beside it
+    assert not copy.exists()
+    cooldown.save(path, {"E1": 1_000, "E2": 2_000})
+    copy = _left_by_a_crash(tmp_path, "813.1402", '{"E1": 94000}')
+    cooldown.forget(path, "E1")
+    assert [p.name for p in tmp_path.iterdir()] == [cooldown.FILE]
+    assert json.loads(path.read_text()) == {"E2": 2_000}
+
+
+def test_a_copy_left_just_before_a_restart_goes_at_a_later_save(tmp_path: Path) -> None:
+    """Too young to go at the start that followed the crash, it goes once it is old, at the
+    running counter's next save, not at the next start weeks later."""
+    path = tmp_path / cooldown.FILE
+    copy = _left_by_a_crash(tmp_path, "812.1401", '{"E2": 94000}')
+    cooldown.save(path, {"E1": 95_000})
+    assert [p.name for p in tmp_path.iterdir()] == [cooldown.FILE]
+    assert not copy.exists()
+
+
 def test_a_copy_left_before_the_clock_was_set_back_is_removed_too(tmp_path: Path) -> None:
     """A crash half way, then the clock set back (a power cut: the Pi without RTC restarts at
     its last saved time; or NTP stepping back a clock that ran ahead): the copy, elder ids in

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -21,6 +23,7 @@ from gateway.clock import ClockSync, SystemClock
 from gateway.config import StoreSection
 from gateway.lifecycle import StartupError, Supervisor
 from gateway.store import Store
+from gateway.vision import cooldown
 from gateway.vision import service as service_module
 from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
@@ -33,6 +36,7 @@ from gateway.vision.evaluate import embed_photo
 from gateway.vision.gallery import Gallery, erase
 from gateway.vision.images import fit_within, read_image
 from gateway.vision.models import Manifest
+from gateway.vision.operations import Erased, erase_elder
 from gateway.vision.pipeline import DecisionEvent
 from gateway.vision.service import VisionService
 from tests.support.disk import fill
@@ -622,3 +626,45 @@ def test_a_gallery_file_damaged_while_running_leaves_the_last_gallery_in_use(
     assert [d.decision.elder_id for d in seen] == ["elder-7", None]  # both people decided
     refresh_errors = health["gallery_refresh_errors"]
     assert isinstance(refresh_errors, int) and refresh_errors > 0
+
+
+def test_an_erased_elder_is_named_on_the_card_only_in_the_sealed_journal(
+    counter: VisionSection, store: Store
+) -> None:
+    """Consent withdrawn after the counter knew her: accepted with her frame kept, a face
+    learned from a confirmation, a look-alike in the register, in cooldown, and a cooldown copy
+    a power cut left. Afterwards no file in the data directory holds her id or her templates'
+    bytes, in any page (-wal, free pages) or copy; only the journal, read with its key, still
+    names her: the meal decision it holds for the platform."""
+    data_dir = store.path.parent
+    cfg = counter.model_copy(update={"audit": AuditSection(enabled=True, retention_days=1)})
+    service = VisionService(cfg, data_dir, store, realtime=False)
+    _run(service)
+    accepted = next(e for e, d in recorded_events(store.path) if d["elder_id"] == "elder-7")
+    gallery = Gallery.configured(cfg, data_dir)
+    gallery.add("elder-7", gallery.snapshot.templates_of("elder-7") * 0.99, learned_from=accepted)
+    gallery.add("elder-8", np.full((1, 128), 128**-0.5, dtype=np.float32))
+    gallery.set_confusable("elder-8", [("elder-7", 0.5)])
+    with contextlib.closing(sqlite3.connect(data_dir / "faces.db")) as conn:
+        ciphertexts = [
+            bytes(c)
+            for (c,) in conn.execute(
+                "SELECT ciphertext FROM templates WHERE elder_id = ?", ("elder-7",)
+            )
+        ]
+    assert len(ciphertexts) == 2 and (data_dir / "audit" / f"{accepted}.frame").exists()
+    crash_copy = data_dir / f".{cooldown.FILE}.812.1401"
+    crash_copy.write_text(json.dumps({"elder-7": store.steady_ms()}))
+    old = time.time() - cooldown.LEFTOVER_AGE_S - 5
+    os.utime(crash_copy, (old, old))
+    assert "elder-7" in json.loads((data_dir / cooldown.FILE).read_text())
+
+    assert erase_elder(cfg, data_dir, "elder-7") == Erased(templates=2, audit_frames=1)
+
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        assert b"elder-7" not in content, path.name
+        assert not any(c in content for c in ciphertexts), path.name
+    assert gallery.refresh_if_changed() and gallery.snapshot.elders == ("elder-8",)
+    assert gallery.confusables() == []
+    assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None]

@@ -153,7 +153,8 @@ class StoreSection(Strict):
         30.0,
         ge=0,
         le=3650,
-        description="Delivered events stay in the local journal this long for audit.",
+        description="Delivered events stay in the local journal this long for audit (the face "
+        "decisions naming an erased elder go at her erasure).",
     )
     housekeeping_interval_s: float = Field(
         10.0,
@@ -166,6 +167,9 @@ class StoreSection(Strict):
 
     def db_path(self, data_dir: Path) -> Path:
         return self.path if self.path is not None else data_dir / "gateway.db"
+
+    def key_path(self, db_path: Path) -> Path:
+        return self.key_file or db_path.with_name(db_path.name + ".key")
 
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"

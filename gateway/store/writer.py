@@ -273,7 +273,7 @@ class Store:
         self.pressure: list[Lane] = []
         self.disk_free = 0
         self.reserve = Reserve(path.with_name(path.name + ".reserve"), int(cfg.reserve_mb * MB))
-        self.key_path = cfg.key_file or path.with_name(path.name + ".key")
+        self.key_path = cfg.key_path(path)
         self.cipher: EventCipher | None = None
         self._sealer_thread: threading.Thread | None = None
         self.commits = 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gateway.lifecycle import Service
 from gateway.store import Store
+from gateway.store.erasure import Journal
 from gateway.sync.downlink import Handler, Operation
 from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
@@ -33,9 +34,10 @@ def build(
         "face.enrol": FaceEnrol(cfg, gallery),
         "face.confirm": FaceConfirm(cfg, gallery, confirmations),
         "face.unlearn": FaceUnlearn(cfg, gallery),
-        "face.remove": partial(face_remove, cfg, data_dir),
+        "face.remove": partial(face_remove, cfg, data_dir, Journal(store.path, store.key_path)),
     }
-    # each writes faces.db, not the store: applied even if its response cannot be stored
+    # each writes faces.db (an erasure deletes delivered events too), not the store's
+    # outbox: applied even if its response cannot be stored
     operations = [Operation(name, h, applies_elsewhere=True) for name, h in handlers.items()]
     retention = AuditRetention.configured(cfg.audit, data_dir, store.steady_ms)
     if cfg.camera.source is None:

@@ -194,16 +194,22 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_remove(args: argparse.Namespace) -> int:
+    from gateway.store.erasure import Journal
     from gateway.vision.elders import check_elder_id
     from gateway.vision.operations import erase_elder
 
     cfg = _config(args)
-    erased = erase_elder(cfg.vision, cfg.gateway.data_dir, check_elder_id(args.elder))
+    data_dir = cfg.gateway.data_dir
+    db = cfg.store.db_path(data_dir)
+    erased = erase_elder(
+        cfg.vision, data_dir, check_elder_id(args.elder), Journal(db, cfg.store.key_path(db))
+    )
     print(
         f"{args.elder}: {erased.templates} template(s) erased, "
-        f"{erased.audit_frames} audit frame(s) deleted"
+        f"{erased.audit_frames} audit frame(s) and {erased.decisions} delivered decision(s) "
+        "deleted"
     )
-    return EXIT_OK if erased.templates or erased.audit_frames else EXIT_FAIL
+    return EXIT_OK if any(erased) else EXIT_FAIL
 
 
 def cmd_gallery_unlearn(args: argparse.Namespace) -> int:

@@ -74,3 +74,12 @@ def decision_data(
         },
         "audit_frame": audit_frame,
     }
+
+
+def names_elder(data: Mapping[str, Any], elder: str) -> bool:
+    """Whether a decision names the elder: accepted, a candidate, or a look-alike."""
+    return (
+        data.get("elder_id") == elder
+        or any(c.get("elder_id") == elder for c in data.get("candidates") or ())
+        or elder in (data.get("confusable_with") or ())
+    )

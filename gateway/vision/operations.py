@@ -15,10 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import sqlite3
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from gateway.store.db import StoreError
+from gateway.store.erasure import Journal, purge_delivered
 from gateway.sync.downlink import Reply, RequestError
 from gateway.vision.config import VisionSection
 from gateway.vision.elders import check_elder_id
@@ -36,14 +40,17 @@ log = logging.getLogger(__name__)
 class Erased(NamedTuple):
     templates: int
     audit_frames: int
+    decisions: int  # delivered decisions that named her, taken out of the journal
 
 
-def erase_elder(cfg: VisionSection, data_dir: Path, elder: str) -> Erased:
+def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal) -> Erased:
     """Everything the device keeps of one elder goes: templates, look-alike entries, the
-    saved cooldown and the audit frames of decisions that named her (kept while the option
-    was on, whether or not it is now). The one erasure for the platform's request and the CLI
-    alike."""
+    saved cooldown, the audit frames of decisions that named her (kept while the option was
+    on, whether or not it is now) and the delivered decisions in the journal that named her.
+    Decisions not yet delivered stay: an acceptance is her meal's record, which the platform
+    must still get. The one erasure for the platform's request and the CLI alike."""
     from gateway.vision import cooldown
+    from gateway.vision.events import FACE_DECISION, names_elder
     from gateway.vision.gallery import erase
     from gateway.vision.retention import ExpiredFrames
 
@@ -54,18 +61,27 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str) -> Erased:
         audit_frames = frames.erase_elder(elder)
     except OSError as exc:
         raise GalleryError(f"templates erased, but not every audit frame: {exc}") from None
-    return Erased(templates, audit_frames)
+    try:
+        decisions = purge_delivered(journal, FACE_DECISION.name, partial(names_elder, elder=elder))
+    except (StoreError, sqlite3.Error) as exc:
+        raise GalleryError(
+            f"templates and audit frames erased, but not the decisions in the journal: {exc}"
+        ) from None
+    return Erased(templates, audit_frames, decisions)
 
 
-def face_remove(cfg: VisionSection, data_dir: Path, request: Mapping[str, Any]) -> Reply:
+def face_remove(
+    cfg: VisionSection, data_dir: Path, journal: Journal, request: Mapping[str, Any]
+) -> Reply:
     """Consent withdrawn, or the elder left (``erase_elder``)."""
     elder = _elder(request)
     try:
-        erased = erase_elder(cfg, data_dir, elder)
+        erased = erase_elder(cfg, data_dir, elder, journal)
     except VisionError as exc:
         raise RequestError(str(exc)) from None
     log.info(
-        "face gallery: %d template(s) and %d audit frame(s) erased on the platform's request",
+        "face gallery: %d template(s), %d audit frame(s) and %d delivered decision(s) erased "
+        "on the platform's request",
         *erased,
     )
     return Reply(
@@ -73,6 +89,7 @@ def face_remove(cfg: VisionSection, data_dir: Path, request: Mapping[str, Any]) 
             "elder_id": elder,
             "templates_erased": erased.templates,
             "audit_frames_erased": erased.audit_frames,
+            "decisions_erased": erased.decisions,
         }
     )
 

@@ -127,7 +127,8 @@ def test_an_erased_elders_frames_go_at_once_and_the_others_stay(
     config = tmp_path / "g.toml"
     config.write_text(f'[gateway]\ndata_dir = "{tmp_path}"\n')
     assert main(["gallery", "remove", "-c", str(config), "--elder", "E1"]) == 0
-    assert "E1: 0 template(s) erased, 2 audit frame(s) deleted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "E1: 0 template(s) erased, 2 audit frame(s) and 0 delivered decision(s)" in out
     assert sorted(p.stem for p in audit.folder.iterdir()) == sorted([EVENT, other])
     assert audit.export(EVENT) == b"jpeg" and audit.export(other)[:2] == b"\xff\xd8"
     # the names are bound to the picture like its stamp: changed, it no longer opens

@@ -14,7 +14,8 @@ import pytest
 from gateway import lifecycle
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
-from gateway.store import Store
+from gateway.events import Event
+from gateway.store import Delivered, Store
 from gateway.sync.downlink import Downlink
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
@@ -23,11 +24,13 @@ from gateway.vision.analyze import Analyzer
 from gateway.vision.build import build
 from gateway.vision.config import VisionSection
 from gateway.vision.enroll import enrol
+from gateway.vision.events import FACE_DECISION
 from gateway.vision.gallery import Gallery
 from gateway.vision.models import fetch, load_manifest
 from gateway.vision.operations import FaceUnlearn, GalleryFile
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
+from tests.support.journal import journal
 from tests.support.subscriber import Subscriber
 from tests.support.wait import eventually
 from tests.sync.test_downlink import BASE, ask, refuse_responses
@@ -46,9 +49,23 @@ def _enrolled(data_dir: Path) -> Gallery:
     return gallery
 
 
+def _delivered_decisions(data_dir: Path, *decisions: dict[str, Any]) -> None:
+    """Face decisions the platform has had, still in the journal for review on site."""
+    store = Store(StoreSection(), data_dir / "gateway.db", SystemClock(), ClockSync("never", 30))
+    store.start()
+    try:
+        stored = [store.record(Event(FACE_DECISION, d)) for d in decisions]
+        store.mark_delivered([Delivered(e.seq, e.lane) for e in stored]).result()
+    finally:
+        store.stop()
+
+
 def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto) -> None:
     data_dir = tmp_path / "var"
     gallery = _enrolled(data_dir)
+    hers = {"outcome": "accepted", "elder_id": "E1024", "candidates": [], "confusable_with": []}
+    theirs = {**hers, "elder_id": "E2048"}
+    _delivered_decisions(data_dir, hers, theirs)
     cooling = data_dir / "face-cooldown.json"  # as a counter leaves it: both in cooldown
     cooling.write_text(json.dumps({"E1024": 1000, "E2048": 2000}))
     sub = Subscriber(mosquitto.port)
@@ -62,6 +79,7 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
                 "elder_id": "E1024",
                 "templates_erased": 2,
                 "audit_frames_erased": 0,
+                "decisions_erased": 1,
             }
             again = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
             assert again["repeat"] is True and again["data"] == first["data"]
@@ -78,6 +96,7 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
     assert gallery.refresh_if_changed()
     assert gallery.snapshot.elders == ("E2048",)
     assert gallery.confusables() == []
+    assert [e.data["elder_id"] for e in journal(data_dir / "gateway.db", "face.")] == ["E2048"]
 
 
 def test_an_erasure_whose_response_cannot_be_stored_is_reported_done(tmp_path: Path) -> None:
@@ -103,7 +122,12 @@ def test_an_erasure_whose_response_cannot_be_stored_is_reported_done(tmp_path: P
     finally:
         store.stop()
     assert reply is not None and reply["status"] == "ok", reply
-    assert reply["data"] == {"elder_id": "E1024", "templates_erased": 2, "audit_frames_erased": 0}
+    assert reply["data"] == {
+        "elder_id": "E1024",
+        "templates_erased": 2,
+        "audit_frames_erased": 0,
+        "decisions_erased": 0,
+    }
     assert "not remembered" in reply["message"]
     assert gallery.refresh_if_changed() and gallery.snapshot.elders == ("E2048",)
 

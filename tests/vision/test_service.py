@@ -21,8 +21,10 @@ import pytest
 
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import StoreSection
+from gateway.events import Lane
 from gateway.lifecycle import StartupError, Supervisor
-from gateway.store import Store
+from gateway.store import Delivered, Store
+from gateway.store.erasure import Journal
 from gateway.vision import cooldown
 from gateway.vision import service as service_module
 from gateway.vision.analyze import Analyzer
@@ -628,14 +630,14 @@ def test_a_gallery_file_damaged_while_running_leaves_the_last_gallery_in_use(
     assert isinstance(refresh_errors, int) and refresh_errors > 0
 
 
-def test_an_erased_elder_is_named_on_the_card_only_in_the_sealed_journal(
+def test_an_erased_elder_leaves_nothing_on_the_card_once_her_decisions_are_delivered(
     counter: VisionSection, store: Store
 ) -> None:
-    """Consent withdrawn after the counter knew her: accepted with her frame kept, a face
-    learned from a confirmation, a look-alike in the register, in cooldown, and a cooldown copy
-    a power cut left. Afterwards no file in the data directory holds her id or her templates'
-    bytes, in any page (-wal, free pages) or copy; only the journal, read with its key, still
-    names her: the meal decision it holds for the platform."""
+    """Consent withdrawn after the counter knew her: accepted (the decision delivered) with
+    her frame kept, a face learned from a confirmation, a look-alike in the register, in
+    cooldown, and a cooldown copy a power cut left. Afterwards no file in the data directory
+    holds her id or her templates' bytes, in any page (-wal, free pages) or copy, and the
+    journal, read with its key, no longer names her."""
     data_dir = store.path.parent
     cfg = counter.model_copy(update={"audit": AuditSection(enabled=True, retention_days=1)})
     service = VisionService(cfg, data_dir, store, realtime=False)
@@ -653,13 +655,17 @@ def test_an_erased_elder_is_named_on_the_card_only_in_the_sealed_journal(
             )
         ]
     assert len(ciphertexts) == 2 and (data_dir / "audit" / f"{accepted}.frame").exists()
+    (seq,) = (e.seq for e in journal(store.path, "face.") if e.event_id == accepted)
+    store.mark_delivered([Delivered(seq, Lane.P1)]).result()
     crash_copy = data_dir / f".{cooldown.FILE}.812.1401"
     crash_copy.write_text(json.dumps({"elder-7": store.steady_ms()}))
     old = time.time() - cooldown.LEFTOVER_AGE_S - 5
     os.utime(crash_copy, (old, old))
     assert "elder-7" in json.loads((data_dir / cooldown.FILE).read_text())
 
-    assert erase_elder(cfg, data_dir, "elder-7") == Erased(templates=2, audit_frames=1)
+    journal_file = Journal(store.path, store.key_path)
+    erased = erase_elder(cfg, data_dir, "elder-7", journal_file)
+    assert erased == Erased(templates=2, audit_frames=1, decisions=1)
 
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
         content = path.read_bytes()
@@ -667,4 +673,4 @@ def test_an_erased_elder_is_named_on_the_card_only_in_the_sealed_journal(
         assert not any(c in content for c in ciphertexts), path.name
     assert gallery.refresh_if_changed() and gallery.snapshot.elders == ("elder-8",)
     assert gallery.confusables() == []
-    assert [d["elder_id"] for d in recorded(store.path)] == ["elder-7", None]
+    assert [d["elder_id"] for d in recorded(store.path)] == [None]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -111,6 +111,20 @@ class Confirmations:
                 )
                 return elder
             return pending.settled
+
+    def forget_erased(self, enrolled: Container[str]) -> int:
+        """The gallery was reloaded: a held face none of whose candidates is enrolled any more
+        (all erased) could never be learned, and is let go now rather than after
+        ``keep_s``. Returns how many went."""
+        with self._lock:
+            gone = [
+                event_id
+                for event_id, pending in self._held.items()
+                if not any(elder in enrolled for elder, _ in pending.candidates)
+            ]
+            for event_id in gone:
+                del self._held[event_id]
+        return len(gone)
 
     def take_settled(self) -> list[Settled]:
         """The confirmations since the last call, for the pipeline thread's decider."""

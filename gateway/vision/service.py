@@ -298,10 +298,12 @@ class VisionService:
         self._cooldown_saved = seen
 
     def _refresh(self) -> None:
-        """New enrolments; a gallery file that cannot be read now leaves the last one in use."""
+        """New enrolments, and erasures: the faces held for staff that named only erased
+        elders go. A gallery file that cannot be read now leaves the last one in use."""
         assert self.gallery is not None
         try:
             if self.gallery.refresh_if_changed():
+                self.confirmations.forget_erased(set(self.gallery.snapshot.elders))
                 self._check_calibration()
         except Exception as exc:
             self.refresh_errors += 1

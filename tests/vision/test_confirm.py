@@ -28,6 +28,20 @@ def test_a_confirmed_decision_is_let_go_at_once() -> None:
     assert held.get("ev-1") is None
 
 
+def test_a_face_that_named_only_erased_elders_is_let_go_at_the_next_reload() -> None:
+    """Nobody it named can be confirmed any more: the face (an embedding) is not kept in
+    memory for the rest of the ten minutes."""
+    held = Confirmations(600.0)
+    held.hold("ev-1", PROBE, (("E1", 0.5),))
+    held.hold("ev-2", PROBE, (("E1", 0.5), ("E2", 0.45)))
+    held.hold("ev-3", PROBE, (("E3", 0.5),))
+    assert held.forget_erased({"E2", "E3"}) == 1
+    assert held.get("ev-1") is None
+    still = held.get("ev-2")  # E2 can still be confirmed for it
+    assert still is not None and still.candidates == (("E1", 0.5), ("E2", 0.45))
+    assert held.get("ev-3") is not None
+
+
 def test_nothing_is_held_when_confirmation_is_off() -> None:
     held = Confirmations(0.0)
     held.hold("ev-1", PROBE, (("E1", 0.5),))

@@ -384,6 +384,32 @@ def test_an_elder_who_lingered_past_her_acceptance_is_still_in_cooldown_after_a_
     assert "elder-7" in [d["elder_id"] for d in recorded(store.path)]
 
 
+PROBE = np.full(128, 128**-0.5, dtype=np.float32)  # a face held for staff to confirm
+
+
+def _stranger_looping(vision_cfg: VisionSection, data_dir: Path, faces_dir: Path) -> VisionSection:
+    """A camera showing someone not enrolled, again and again."""
+    folder = data_dir.parent / "someone-else"
+    folder.mkdir()
+    shutil.copyfile(faces_dir / "antispoof" / "image_T1.jpg", folder / "a.jpg")
+    camera = CameraSection(source=str(folder), fps=15, replay_loop=True)
+    return vision_cfg.model_copy(update={"camera": camera})
+
+
+def _running_with(cfg: VisionSection, store: Store, confirmations: Confirmations) -> VisionService:
+    """Started, and past its first frame."""
+    service = VisionService(
+        cfg, store.path.parent, store, realtime=False, confirmations=confirmations
+    )
+    service.start()
+    try:
+        eventually(lambda: service.pipeline is not None and service.pipeline.last_t is not None)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
 def test_a_staff_confirmation_is_saved_for_a_restart_at_once(
     vision_cfg: VisionSection,
     analyzer: Analyzer,
@@ -394,24 +420,38 @@ def test_a_staff_confirmation_is_saved_for_a_restart_at_once(
     """No journal event records a confirmation: a crash right after it must not forget her."""
     monkeypatch.setattr(service_module, "COOLDOWN_SAVE_S", 3600.0)  # no periodic save here
     data_dir = store.path.parent
-    folder = data_dir.parent / "someone-else"
-    folder.mkdir()
-    shutil.copyfile(faces_dir / "antispoof" / "image_T1.jpg", folder / "a.jpg")
-    camera = CameraSection(source=str(folder), fps=15, replay_loop=True)
-    cfg = vision_cfg.model_copy(update={"camera": camera})
+    cfg = _stranger_looping(vision_cfg, data_dir, faces_dir)
     _enrol_one(data_dir, analyzer, faces_dir, cfg)
     confirmations = Confirmations(60)
-    service = VisionService(cfg, data_dir, store, realtime=False, confirmations=confirmations)
-    service.start()
+    service = _running_with(cfg, store, confirmations)
     try:
-        eventually(lambda: service.pipeline is not None and service.pipeline.last_t is not None)
-        probe = np.full(128, 128**-0.5, dtype=np.float32)
-        confirmations.hold("ev-1", probe, (("elder-7", 0.5),), track=99)
+        confirmations.hold("ev-1", PROBE, (("elder-7", 0.5),), track=99)
         confirmations.done("ev-1", "elder-7")
         cooling = data_dir / "face-cooldown.json"
         eventually(lambda: cooling.exists() and "elder-7" in json.loads(cooling.read_text()))
     finally:
         service.stop()
+
+
+def test_a_face_held_for_staff_goes_once_the_counter_reloads_a_gallery_without_its_elder(
+    vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
+) -> None:
+    """Erased by another process (the CLI, the platform's request): a face held for a
+    confirmation naming only her goes at the counter's next reload, not ten minutes later."""
+    data_dir = store.path.parent
+    cfg = _stranger_looping(vision_cfg, data_dir, faces_dir)
+    cfg = cfg.model_copy(update={"gallery": GallerySection(refresh_s=0.05)})
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    confirmations = Confirmations(600)
+    service = _running_with(cfg, store, confirmations)
+    try:
+        confirmations.hold("ev-1", PROBE, (("elder-7", 0.5),))
+        assert confirmations.get("ev-1") is not None
+        erase(data_dir / "faces.db", "elder-7")
+        eventually(lambda: confirmations.get("ev-1") is None)
+    finally:
+        service.stop()
+    assert service.health()["confirmable_decisions"] == 0
 
 
 def test_a_cooldown_a_full_disk_kept_out_of_its_file_is_written_once_there_is_room(

@@ -26,6 +26,7 @@ from gateway.events import compact_json
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog
 from gateway.store import DomainWrite, StorageFull, Store, StoreClosed
+from gateway.store.cipher import EventCipher, Undecryptable
 from gateway.store.db import connect
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
@@ -39,6 +40,8 @@ HELD_MAX_BYTES = 1_048_576  # answers kept while there is no connection to take 
 INTERNAL = "internal error (see the log)"
 RETAINED = "retained: not applied; publish requests with retain=false, and clear this one"
 STOPPING = "not applied: the gateway is stopping; send again"
+UNREADABLE = "already applied; its stored answer does not open (damaged, or another key)"
+SEAL_BATCH = 500  # answers stored in plain text by an earlier version, sealed per commit
 
 
 class RequestError(Exception):
@@ -210,6 +213,7 @@ class Downlink:
         self._error(op, txn, reason, message)
 
     def _run(self, stopping: threading.Event) -> None:
+        self._seal_plain_answers(stopping)
         while not stopping.is_set():
             item = self._queue.get()
             if item is None:
@@ -223,6 +227,39 @@ class Downlink:
             finally:
                 self._done(item)
         self._refuse_waiting()
+
+    def _seal_plain_answers(self, stopping: threading.Event) -> None:
+        """Answers stored before they were sealed name elders and the photos sent for them:
+        sealed now, a batch per commit so an alarm does not wait behind them all."""
+        cipher = self._cipher()
+
+        def batch(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "SELECT txn, response FROM requests WHERE typeof(response) = 'text' LIMIT ?",
+                (SEAL_BATCH,),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE requests SET response = ? WHERE txn = ?",
+                [(cipher.seal(_answer_key(txn), text), txn) for txn, text in rows],
+            )
+            return len(rows)
+
+        sealed = 0
+        try:
+            while not stopping.is_set():
+                done = self._store.write(batch).result(timeout=self._commit_timeout_s)
+                sealed += done
+                if done < SEAL_BATCH:
+                    break
+        except (sqlite3.Error, StoreClosed, StorageFull, TimeoutError) as exc:
+            log.warning("downlink: stored answers left unsealed until the next start: %s", exc)
+        if sealed:
+            log.info("downlink: %d stored answers sealed", sealed)
+
+    def _cipher(self) -> EventCipher:
+        cipher = self._store.cipher
+        assert cipher is not None, "requests are handled only while the store is open"
+        return cipher
 
     def _refuse_waiting(self) -> None:
         """At stop: each request still waiting is answered, not applied: a queue of
@@ -354,7 +391,10 @@ class Downlink:
 
     def _answer_repeat(self, op: str, txn: str) -> dict[str, Any] | None:
         """A transaction already applied is answered from its record, not applied again."""
-        stored = self._stored(txn)
+        try:
+            stored = self._stored(txn)
+        except Undecryptable:
+            return self._error(op, txn, "unreadable_record", UNREADABLE)
         if stored is None:
             return None
         stored_op, response = stored
@@ -378,17 +418,21 @@ class Downlink:
         return op
 
     def _stored(self, txn: str) -> tuple[str, dict[str, Any]] | None:
+        """Raises Undecryptable when the record of the transaction does not open."""
         assert self._reader is not None
         row = self._reader.execute(
             "SELECT op, response FROM requests WHERE txn = ?", (txn,)
         ).fetchone()
-        return None if row is None else (row[0], json.loads(row[1]))
+        if row is None:
+            return None
+        return row[0], json.loads(self._cipher().open(_answer_key(txn), row[1]))
 
     def _commit(
         self, txn: str, op: str, response: dict[str, Any], writes: Sequence[DomainWrite]
     ) -> None:
         steady = self._store.steady_ms()
         keep = self.cfg.remember_transactions
+        cipher = self._cipher()
         self._since_prune += 1
         prune = self._since_prune >= PRUNE_EVERY
         if prune:
@@ -399,7 +443,7 @@ class Downlink:
                 conn.execute(w.sql, w.params)
             conn.execute(
                 "INSERT INTO requests (txn, op, response, steady_ms) VALUES (?, ?, ?, ?)",
-                (txn, op, compact_json(response), steady),
+                (txn, op, cipher.seal(_answer_key(txn), compact_json(response)), steady),
             )
             if prune:
                 conn.execute(
@@ -475,3 +519,9 @@ def _lone_surrogate(value: Any) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def _answer_key(txn: str) -> str:
+    """Stored answers are sealed with the journal's key (they name elders and the photos sent
+    for them), bound to their transaction, in a namespace apart from the events' ids."""
+    return f"request:{txn}"

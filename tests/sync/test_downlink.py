@@ -679,3 +679,77 @@ def test_clearing_a_retained_request_is_not_taken_for_another_one(
         assert [(a["transaction"], a["status"]) for a in answers] == [("kept", "error")]
         assert gw.sync is not None and gw.sync.downlink.errors["retained"] == 1
         assert gw.sync.downlink.counts["received"] == 2
+
+
+def _answers(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT txn, typeof(response) FROM requests ORDER BY txn").fetchall()
+    return [(str(txn), str(kind)) for txn, kind in rows]
+
+
+def test_stored_answers_name_no_elder_in_the_database_files(tmp_path: Path) -> None:
+    """An answer names the elder and the photos sent for her; kept to recognise repeats, it
+    is sealed with the journal's key, and a repeat is still answered from it."""
+    applied: list[str] = []
+
+    def enrol(request: Mapping[str, Any]) -> Reply:
+        applied.append(str(request["transaction"]))
+        return Reply({"elder_id": "elder-7731", "photos": ["wang-xiulan-2019.jpg"]})
+
+    with downlink_alone(tmp_path, enrol) as (downlink, _sent):
+        first = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "en-1"}')
+        again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "en-1"}')
+        assert again is not None and again["repeat"] is True
+        assert {k: v for k, v in again.items() if k != "repeat"} == first
+        assert applied == ["en-1"]
+    assert _answers(tmp_path / "gateway.db") == [("en-1", "blob")]
+    for file in tmp_path.glob("gateway.db*"):
+        assert b"elder-7731" not in file.read_bytes(), file.name
+        assert b"wang-xiulan" not in file.read_bytes(), file.name
+
+
+def test_answers_an_earlier_version_stored_in_plain_text_are_sealed_and_still_answer(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "gateway.db"
+    with downlink_alone(tmp_path, lambda _r: Reply({"pong": True})):
+        pass  # a journal with its key, as a running gateway leaves it
+    plain = {"transaction": "old-0", "op": "ping", "status": "ok", "message": "", "data": {}}
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO requests (txn, op, response, steady_ms) VALUES (?, 'ping', ?, 1)",
+            [(f"old-{n}", json.dumps({**plain, "transaction": f"old-{n}"})) for n in range(1200)],
+        )
+    applied: list[str] = []
+
+    def ping(request: Mapping[str, Any]) -> Reply:
+        applied.append(str(request["transaction"]))
+        return Reply({"pong": True})
+
+    with downlink_alone(tmp_path, ping) as (downlink, _sent):
+        eventually(lambda: {kind for _, kind in _answers(db)} == {"blob"})
+        again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "old-1"}')
+        assert again is not None and again["repeat"] is True and again["data"] == {}
+        assert applied == []
+    assert len(_answers(db)) == 1200
+
+
+def test_a_stored_answer_that_does_not_open_refuses_the_repeat_without_applying_it(
+    tmp_path: Path,
+) -> None:
+    applied: list[str] = []
+
+    def ping(request: Mapping[str, Any]) -> Reply:
+        applied.append(str(request["transaction"]))
+        return Reply({"pong": True})
+
+    with downlink_alone(tmp_path, ping) as (downlink, _sent):
+        downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        with sqlite3.connect(tmp_path / "gateway.db") as conn:
+            (sealed,) = conn.execute("SELECT response FROM requests").fetchone()
+            damaged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+            conn.execute("UPDATE requests SET response = ?", (damaged,))
+        again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+        assert again is not None and again["status"] == "error"
+        assert again["message"].startswith("already applied; its stored answer does not open")
+        assert applied == ["t-1"] and downlink.errors["unreadable_record"] == 1

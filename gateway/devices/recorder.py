@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -35,12 +36,16 @@ class PortStats:
     store_errors: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     alarm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+    _reject_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def reject(self, port: str, item: Reject) -> None:
         """Counted, and logged by reason and size only: a refused frame's bytes can hold a
         nurse call's display text, which may name a resident (a ``spy://`` capture shows them
-        to an installer who needs them)."""
-        self.rejected[item.reason] = self.rejected.get(item.reason, 0) + 1
+        to an installer who needs them). Under a lock: a DC-09 receiver refuses on several
+        threads at once (each connection's, the UDP one), and between reading a reason's count
+        and writing it back the interpreter may switch threads, losing the other's refusal."""
+        with self._reject_lock:
+            self.rejected[item.reason] = self.rejected.get(item.reason, 0) + 1
         _flood.warning(
             f"{port}:{item.reason}",
             "port %s: rejected %s%s%s",

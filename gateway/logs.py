@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -83,15 +84,20 @@ class RateLimitedLog:
         self._now = now
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def warning(self, key: str, msg: str, *args: object) -> None:
+        """Safe from several threads at once (one limiter serves every port and the store's
+        writer): the interpreter may switch threads between reading a count and writing it
+        back, and without the lock a suppressed line would go uncounted."""
         now = self._now()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        suppressed = self._suppressed.pop(key, 0)
-        self._last[key] = now
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            suppressed = self._suppressed.pop(key, 0)
+            self._last[key] = now
         if suppressed:
             self._log.warning(msg + " (%d similar suppressed)", *args, suppressed)
         else:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import OneLineFilter, RedactFilter
+from gateway.logs import OneLineFilter, RateLimitedLog, RedactFilter
+from tests.support.threads import at_once
 
 
 @pytest.fixture
@@ -53,3 +54,29 @@ def test_text_from_outside_cannot_forge_a_log_line(
     )
     assert not any(line.startswith("CRITICAL") for line in lines)
     assert "Traceback (most recent call last):" in lines  # a traceback keeps its lines
+
+
+def _suppressed_at_once(log: logging.Logger, out: io.StringIO, threads: int, each: int) -> str:
+    """The line that ends a spell of the same problem reported on several threads at once."""
+    now = [0.0]
+    limited = RateLimitedLog(log, 30.0, now=lambda: now[0])
+    limited.warning("port:store", "could not store")
+    at_once(lambda: limited.warning("port:store", "could not store"), threads, each)
+    now[0] = 30.0
+    out.seek(0)
+    out.truncate()
+    limited.warning("port:store", "could not store")
+    return out.getvalue()
+
+
+def test_a_problem_suppressed_on_several_threads_at_once_says_how_often(
+    logged: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """One limiter serves every port: a port's reader thread and the store's writer thread
+    (settling what it could not store) report the same problem at once, and the line after
+    the spell counts every report it held back. Several rounds, as thread switches can fall
+    into step with the loop."""
+    log, out = logged
+    threads, each, rounds = 4, 20_000, 5
+    line = f"WARNING gateway.test-logs: could not store ({threads * each} similar suppressed)\n"
+    assert [_suppressed_at_once(log, out, threads, each) for _ in range(rounds)] == [line] * rounds

@@ -258,7 +258,7 @@ class MqttSection(Strict):
         gt=0,
         le=120,
         description="How long each step of a connection may take: the TCP connection, the TLS "
-        "handshake, the broker's CONNACK. A stop waits for a TCP or TLS step under way.",
+        "handshake, the broker's CONNACK. A stop does not wait for a step under way.",
     )
     inflight_window: int = Field(32, ge=1, le=1000, description="Messages awaiting PUBACK.")
     inflight_max_bytes: int = Field(

@@ -17,6 +17,7 @@ from gateway.config import MqttSection
 from gateway.events import Event, EventType, Lane
 from gateway.sync.mqtt import Message, MqttLink, backoff_delay
 from tests.support.broker import Mosquitto, free_port
+from tests.support.deadpeer import Silent, Unanswered
 from tests.support.events import ALARM, RECORD, TELEMETRY
 from tests.support.gateway import config, running, sync_alone
 from tests.support.relay import Relay
@@ -382,6 +383,16 @@ def test_stop_while_a_connection_is_being_opened_returns(mosquitto: Mosquitto) -
     assert link.state == "stopped" and link.connects == 0 and listener.ups == []
 
 
+def stops_at_once(link: MqttLink, listener: Listener, waited_for: str) -> None:
+    """stop() returns within 30 s, far below the link's timeout of 120 s, and no connection
+    was made."""
+    stopper = threading.Thread(target=link.stop, daemon=True)
+    stopper.start()
+    stopper.join(30)
+    assert not stopper.is_alive(), f"stop() waited for {waited_for}"
+    assert link.state == "stopped" and link.connects == 0 and listener.ups == []
+
+
 def test_stop_while_waiting_for_a_silent_broker_returns_at_once() -> None:
     """A broker that takes the connection and never answers (overloaded, or a proxy that
     has lost its upstream): stop() must not sit out the CONNACK timeout."""
@@ -395,14 +406,37 @@ def test_stop_while_waiting_for_a_silent_broker_returns_at_once() -> None:
         try:
             accepted.append(server.accept()[0])
             eventually(lambda: link.state == "connecting")
-            stopper = threading.Thread(target=link.stop, daemon=True)
-            stopper.start()
-            stopper.join(30)  # far below the CONNACK timeout of 120 s
-            assert not stopper.is_alive(), "stop() waited for the CONNACK timeout"
-            assert link.state == "stopped" and link.connects == 0 and listener.ups == []
+            stops_at_once(link, listener, "the CONNACK timeout")
         finally:
             for conn in accepted:
                 conn.close()
+
+
+@pytest.mark.parametrize("scheme", ["mqtt", "mqtts"])
+def test_stop_does_not_wait_for_a_connect_or_handshake_that_gets_no_answer(scheme: str) -> None:
+    """A network outage: the broker's host does not answer the TCP connect (mqtt), or takes the
+    connection and never answers the TLS handshake (mqtts). Neither can be woken, and with an
+    installer's long connect timeout (a slow mobile link) the stop would run past systemd's
+    30 s. A connection that gets through after the stop is closed, not left to the broker."""
+    peer = Unanswered() if scheme == "mqtt" else Silent()
+    cfg = MqttSection(
+        brokers=[f"{scheme}://127.0.0.1:{peer.port}"], connect_timeout_s=120, session_expiry_s=0
+    )
+    listener = Listener()
+    link = MqttLink(cfg, "gw-test", listener, password=None, will=lambda: WILL, subscriptions=list)
+    link.start()
+    try:
+        if isinstance(peer, Silent):
+            assert peer.accepted.wait(10), "no connection attempt"
+        eventually(lambda: link.state == "connecting")
+        stops_at_once(link, listener, "the connect")
+        if isinstance(peer, Unanswered):
+            with peer.answer(timeout=20) as late:
+                late.settimeout(10)
+                while late.recv(4096):  # its CONNECT, then the end of the connection
+                    pass
+    finally:
+        peer.close()
 
 
 def test_a_failing_health_report_on_connect_leaves_the_link_working(

@@ -316,7 +316,10 @@ class Lockstep:
 class CameraReader:
     """Reads on its own thread, keeps only the newest frame, reopens a lost camera."""
 
-    stop_wait_s = 10.0
+    # A working camera's read returns within a frame interval. One that does not answer (an
+    # RTSP open waits connect_timeout_s, a read stall_s) is left to its daemon thread: waited
+    # for longer, it would keep the whole stop past the service manager's timeout.
+    stop_wait_s = 2.0
 
     def __init__(
         self,
@@ -356,8 +359,8 @@ class CameraReader:
             thread.join(timeout=self.stop_wait_s)
             if thread.is_alive():
                 log.warning(
-                    "camera %s: a read is still blocked after %g s; it is closed when the read "
-                    "returns",
+                    "camera %s: an open or a read is still blocked after %g s; the camera is "
+                    "closed when it returns",
                     self.source.name,
                     self.stop_wait_s,
                 )

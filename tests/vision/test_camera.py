@@ -24,6 +24,7 @@ from gateway.vision.camera import (
 )
 from gateway.vision.config import CameraSection
 from gateway.vision.images import read_image
+from tests.support.deadpeer import Silent
 from tests.support.netcam import CameraServer, NetworkCamera
 from tests.support.rtspcam import RtspCamera
 
@@ -361,6 +362,28 @@ def test_stop_never_releases_a_camera_a_read_is_still_inside(faces_dir: Path) ->
     camera.unblock.set()
     _wait(lambda: camera.closed)
     assert not camera.closed_while_reading
+
+
+def test_stop_does_not_wait_for_a_network_camera_that_never_answers() -> None:
+    """A network outage: the RTSP camera takes the connection and says nothing, so the open
+    waits out connect_timeout_s. The stop leaves it to the daemon reader instead of holding
+    the gateway's stop (systemd kills at 30 s) for the camera's sake."""
+    camera = Silent()
+    try:
+        cfg = CameraSection(source=f"rtsp://127.0.0.1:{camera.port}/counter", connect_timeout_s=60)
+        reader = open_feed(cfg)
+        assert isinstance(reader, CameraReader)
+        reader.start()
+        thread = reader._thread
+        assert thread is not None and camera.accepted.wait(10), "no attempt to open the camera"
+        started = time.monotonic()
+        reader.stop()
+        assert time.monotonic() - started < 5, "stop() waited for the open"
+        assert reader.state == "stopped"
+    finally:
+        camera.close()  # the open fails at once
+    thread.join(10)  # and the reader ends, within the test
+    assert not thread.is_alive()
 
 
 @pytest.fixture(params=[NetworkCamera, RtspCamera], ids=["http-mjpeg", "rtsp"])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.deadpeer import Silent, Unanswered, outage_config
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -31,3 +35,45 @@ def test_the_gateway_stops_cleanly_on_a_signal(tmp_path: Path, signum: signal.Si
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
     assert f"signal {int(signum)}: stopping" in rest and "Traceback" not in rest
+
+
+def test_a_stop_in_a_full_network_outage_ends_well_before_the_service_manager_kills(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """systemd sends SIGKILL 30 s after SIGTERM (TimeoutStopSec), and the clean stop's
+    guarantees go with it. Sent while the TLS handshake with the broker hangs and the camera's
+    open waits, each with the 60 s connect timeout of a slow mobile link, the stop must not
+    wait for either."""
+    broker, camera, station = Silent(), Silent(), Unanswered()
+    config = tmp_path / "g.toml"
+    site = outage_config(
+        tmp_path / "var", f"mqtts://127.0.0.1:{broker.port}", camera.port, station.port, 60
+    )
+    config.write_text(site)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GATEWAY_MODELS_DIR": str(shared_dir / "models")},
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "running (config" in line:
+                break
+        assert broker.accepted.wait(30) and camera.accepted.wait(30), "no connection attempts"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, rest = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still stopping 20 s after SIGTERM")
+        took = time.monotonic() - started
+        assert proc.returncode == 0 and "Traceback" not in rest, rest
+        assert "stopping store" in rest, f"not a clean stop ({took:.1f} s)"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for peer in (broker, camera, station):
+            peer.close()

@@ -3,9 +3,10 @@ they are not part of the package, and nothing else would notice a change that br
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
-from bench import backbone, devices, vision
+from bench import backbone, devices, stop, vision
 
 
 def test_the_backbone_ingest_benchmark_runs(tmp_path: Path) -> None:
@@ -19,3 +20,8 @@ def test_the_device_decoding_benchmarks_run() -> None:
 
 def test_the_gallery_search_benchmark_runs() -> None:
     assert set(vision.bench_search((100,), repeats=3)) == {100}
+
+
+def test_the_stop_benchmark_runs() -> None:
+    took, clean = stop.trial(True, None, random.Random(1))
+    assert took > 0 and clean

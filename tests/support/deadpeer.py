@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Unanswered:
@@ -56,3 +59,33 @@ class Silent:
         self._thread.join(5)
         for conn in self._held:
             conn.close()
+
+
+def outage_config(
+    data_dir: Path, broker: str, camera: int, station: int, connect_timeout_s: float | None
+) -> str:
+    """A site (the demo's, without its alarm panel) whose broker, RTSP counter camera and
+    ``socket://`` base station are all out of reach. ``connect_timeout_s`` for the broker and
+    the camera as an installer sets it for a slow mobile link, or the defaults (None)."""
+    timeout = "" if connect_timeout_s is None else f"connect_timeout_s = {connect_timeout_s}"
+    return f"""
+[gateway]
+id = "gw-demo"
+site = "canteen-demo"
+data_dir = "{data_dir}"
+[clock]
+sync_source = "never"
+[mqtt]
+brokers = ["{broker}"]
+{timeout}
+[devices]
+definitions_dir = "{ROOT / "device_configs"}"
+[[devices.ports]]
+name = "wristbands"
+station = "hall"
+definition = "aa55-reference.toml"
+url = "socket://127.0.0.1:{station}"
+[vision.camera]
+source = "rtsp://127.0.0.1:{camera}/counter"
+{timeout}
+"""

@@ -594,6 +594,8 @@ class Store:
                 deliveries_since = deliveries_since or now
                 left = deliveries_since + self.cfg.telemetry_linger_ms / 1000 - now
                 if left > 0:
+                    if records:  # taken during the commit (an alarm, say): committed first
+                        continue
                     try:
                         item = self._queue.get(timeout=left)
                     except queue.Empty:

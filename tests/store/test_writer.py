@@ -361,6 +361,31 @@ def test_deliveries_of_telemetry_ride_along_with_the_next_events_but_not_with_an
     assert second.result(10) == 1 and store.usage[Lane.P2].count == 0
 
 
+def test_an_alarm_handed_over_while_deliveries_wait_to_ride_along_is_not_held_with_them(
+    make_store: StoreFactory,
+) -> None:
+    """Deliveries of telemetry wait up to telemetry_linger_ms for events to ride along with.
+    An alarm handed over during a commit, beside such a delivery, waited with it: for the next
+    item on the queue, or to the end of the linger."""
+    store = make_store(telemetry_linger_ms=5000)
+    seen = store.record(Event(SEEN, {"i": 0}))
+    writer_held, release = threading.Event(), threading.Event()
+
+    def hold(_conn: sqlite3.Connection) -> None:
+        writer_held.set()
+        release.wait(10)
+
+    store.write(hold)
+    assert writer_held.wait(10)
+    delivered = store.mark_delivered([Delivered(seen.seq, Lane.P2)])
+    alarm = store.submit(Event(SOS, {"band": "A1"}))
+    release.set()
+    assert alarm.result(timeout=2.5).seq == seen.seq + 1  # half the linger, at most
+    assert not delivered.done()  # not in the alarm's commit: in the next one of events
+    store.record(Event(MEAL, {"meal": 1}))
+    assert delivered.result(0) == 1
+
+
 def test_events_say_the_clock_is_synchronised_within_check_interval_s(
     tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -68,6 +68,13 @@ class Reserve:
             return "released"
         return "held" if self._allocated() >= self.size_bytes else "waiting"
 
+    @property
+    def kept(self) -> bool:
+        """Some of the reserve is there to be given up for alarms and records, or was given up
+        for them: held, released, or a part left on the disk by the run before (records spent
+        their half, then a restart) that there is no room yet to complete."""
+        return self.released or self._allocated() > 0
+
     def _allocated(self) -> int:
         """Bytes the file really holds on the disk: a file cut short while it was allocated (a
         power cut), or one from when `reserve_mb` was smaller, holds less than it should. A

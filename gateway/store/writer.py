@@ -797,7 +797,7 @@ class Store:
                 free_bytes=self.disk_free,
                 floor_bytes=floor,
                 p2_pending_bytes=self.usage[Lane.P2].bytes,
-                reserve=self.reserve.state in ("held", "released"),
+                reserve=self.reserve.kept,
             )
             if decision.evict_p2_bytes:
                 self._evicted(conn, decision.evict_p2_bytes, delta, "evicted_disk")

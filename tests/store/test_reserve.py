@@ -160,6 +160,26 @@ def test_a_stop_on_a_full_disk_leaves_the_alarms_half_of_the_reserve_to_the_next
     assert store.usage[SOS.lane].count == 1
 
 
+def test_the_alarms_half_left_by_the_run_before_is_kept_for_them_though_not_yet_completed(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """Records spent their half, the gateway was restarted, and the disk, below the floor, has
+    room to open the database but not to complete the reserve: the reserve was taken for
+    "waiting", as if there were none, and the next SOS refused with its half on the disk."""
+    path = small_disk / "g.db"
+    store = make_store(path, min_free_disk_mb=4, reserve_mb=2)
+    filler = fill(small_disk)
+    with pytest.raises(StorageFull):
+        for n in range(100_000):
+            store.record(Event(MEAL, {"elder": f"E{n}", "pad": "x" * 400}))
+    store.stop()
+    os.truncate(filler, filler.stat().st_size - MB // 4)  # room to open, far below the floor
+
+    store = make_store(path, min_free_disk_mb=4, reserve_mb=2)
+    store.record(Event(SOS, {"device": "A1"}))
+    assert store.usage[SOS.lane].count == 1
+
+
 def test_a_reserve_released_while_housekeeping_takes_it_back_stays_released(
     tmp_path: Path,
 ) -> None:

@@ -58,6 +58,7 @@ from gateway.store.db import open_database
 from gateway.store.limits import event_bytes
 from tests.support.broker import Mosquitto
 from tests.support.crashee import kill_trials
+from tests.support.events import sighting
 from tests.support.relay import Relay
 from tests.support.subscriber import Subscriber
 from tests.sync.test_crash import write_config
@@ -66,23 +67,6 @@ SEEN = EventType("bench.seen", Lane.P2)
 MEAL = EventType("bench.meal", Lane.P1)
 SOS = EventType("bench.sos", Lane.P0)
 WINDOW = 32
-
-
-def sighting(i: int) -> dict[str, Any]:
-    """About the size of a real wristband.seen event."""
-    return {
-        "device": f"A1B2C3{i % 300:06X}",
-        "station": "station-1",
-        "port": "ward-a",
-        "definition": "aa55-reference",
-        "code": "00",
-        "seq": i % 256,
-        "ids": {"cmd": 1},
-        "raw": "AA550A01A1B2C3D4E5F600C601A525",
-        "name": None,
-        "rssi": -58,
-        "battery": 87,
-    }
 
 
 def median(values: list[float]) -> float:

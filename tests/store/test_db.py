@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -16,8 +17,8 @@ import pytest
 import sqlite_utils
 
 from gateway.cli import main
-from gateway.events import Event
-from gateway.store import StoreError, read_stats
+from gateway.events import Event, Lane
+from gateway.store import StoreError, db, read_stats
 from gateway.store.db import hold_exclusively, open_database
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.store.writer import EXPIRE_SQL, PURGE_SQL
@@ -341,3 +342,34 @@ def test_housekeeping_reads_only_what_it_removes_after_an_upgrade(tmp_path: Path
             assert not any(p.startswith("SCAN") for p in plan), plan
     finally:
         conn.close()
+
+
+def test_a_database_made_with_4_kib_pages_is_rebuilt_with_small_ones_keeping_its_events(
+    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each commit writes the pages it touches whole: a database from before small pages (made
+    with SQLite's 4 KiB) is rebuilt with them at a start, its pending events and its numbering
+    kept; one with more in use than a start should wait for is left for a later start."""
+    path = tmp_path / "g.db"
+    with monkeypatch.context() as old:
+        old.setattr(db, "PAGE_SIZE", 4096)  # as the gateway made it before
+        store = make_store(path)
+        pending = [store.record(Event(SOS, {"i": i, "pad": "x" * 300})) for i in range(50)]
+        store.stop()
+    with monkeypatch.context() as large:
+        large.setattr(db, "REPAGE_MAX_BYTES", 4096)
+        make_store(path).stop()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    store = make_store(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == db.PAGE_SIZE
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    reader = store.reader()
+    try:
+        assert reader.pending(Lane.P0, 0, 100) == pending
+    finally:
+        reader.close()
+    assert store.record(Event(SOS, {"i": 50})).seq == pending[-1].seq + 1
+    assert store.usage[Lane.P0].count == 51

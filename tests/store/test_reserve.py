@@ -260,6 +260,12 @@ section = StoreSection.model_validate({"min_free_disk_mb": 1, "reserve_mb": int(
 store = Store(section, Path(sys.argv[1]), SystemClock(), ClockSync("never", 60))
 store.start()
 store.record(Event(EventType("meal.settled", Lane.P1), {"elder": "E1"}))
+# a WAL that ends inside a block of the disk has room there for the next start's first commit:
+# filled up to the block's end, so that the start needs room
+wal = Path(sys.argv[1] + "-wal")
+frame = int.from_bytes(wal.read_bytes()[8:12], "big") + 24
+while -wal.stat().st_size % 4096 >= frame:
+    store.record(Event(EventType("wristband.seen", Lane.P2), {"n": 0}))
 os._exit(9)
 """
 

@@ -1,7 +1,7 @@
 """Database schema as an ordered list of migrations, tracked in ``PRAGMA user_version``.
 
-A migration only ever adds; released migrations are never edited. A database written by a newer
-gateway is refused rather than guessed at.
+A migration only moves forward (it adds, or replaces an index); released migrations are never
+edited. A database written by a newer gateway is refused rather than guessed at.
 """
 
 from __future__ import annotations
@@ -74,10 +74,24 @@ def _m3_sealed_event_data(db: sqlite_utils.Database) -> None:
     those gateways refuse the database as newer than they support."""
 
 
+def _m4_fewer_index_writes(db: sqlite_utils.Database) -> None:
+    """Each new event wrote an entry in two indexes that only housekeeping reads, and each
+    commit of them a page of each to the SD card. Telemetry expires by reading the outbox in
+    ``seq`` order (that of its running time), and only delivered events, the ones retention
+    purges, are indexed by delivery time."""
+    db.execute("DROP INDEX IF EXISTS idx_outbox_lane_steady_ms")
+    db.execute("DROP INDEX IF EXISTS idx_events_lane_delivered_steady_ms")
+    db.execute(
+        "CREATE INDEX idx_events_delivered ON events (lane, delivered_steady_ms) "
+        "WHERE delivered_steady_ms IS NOT NULL"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _m1_journal_and_outbox,
     _m2_housekeeping_indexes,
     _m3_sealed_event_data,
+    _m4_fewer_index_writes,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -36,12 +36,9 @@ from gateway.store.reserve import MB, Reserve, disk_full
 
 log = logging.getLogger(__name__)
 # Housekeeping runs in the writer, so an alarm waits for it: both statements read only the rows
-# they remove (an index range per lane), at most a batch of them (batch_max_rows) per commit,
-# never the whole backlog of an outage.
-EXPIRE_SQL = (
-    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE lane = ? AND steady_ms < ? "
-    "ORDER BY steady_ms LIMIT ?) RETURNING seq, bytes"
-)
+# they remove (an index range per lane; expiry stops at the first row not yet expired), at most
+# a batch of them (batch_max_rows) per commit, never the whole backlog of an outage.
+EXPIRE_SQL = "SELECT seq, steady_ms, bytes FROM outbox WHERE lane = ? ORDER BY seq LIMIT ?"
 PURGE_SQL = (
     "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE lane IN "
     f"({','.join(str(int(lane)) for lane in Lane)}) AND delivered_steady_ms < ? LIMIT ?)"
@@ -953,26 +950,18 @@ class Store:
         """Evict the oldest pending telemetry until ``nbytes`` are freed or ``max_rows`` are
         gone (-1: no limit); returns how many."""
         freed = 0
-        last_seq = None
-        count = 0
+        seqs = []
         for seq, size in conn.execute(
             "SELECT seq, bytes FROM outbox WHERE lane = ? ORDER BY seq LIMIT ?",
             (int(Lane.P2), max_rows),
         ):
             freed += size
-            last_seq = seq
-            count += 1
+            seqs.append(seq)
             if freed >= nbytes:
                 break
-        if last_seq is None:
-            return 0
-        conn.execute("DELETE FROM outbox WHERE lane = ? AND seq <= ?", (int(Lane.P2), last_seq))
-        conn.execute(
-            "DELETE FROM events WHERE lane = ? AND seq <= ? AND delivered_steady_ms IS NULL",
-            (int(Lane.P2), last_seq),
-        )
-        delta.add(Lane.P2, -count, -freed)
-        return count
+        _delete_pending(conn, Lane.P2, seqs)
+        delta.add(Lane.P2, -len(seqs), -freed)
+        return len(seqs)
 
     def _evicted(self, conn: sqlite3.Connection, nbytes: int, delta: _Delta, reason: str) -> None:
         """Room made for the events of this commit, counted and logged."""
@@ -982,17 +971,22 @@ class Store:
             log.warning("evicted %d oldest pending P2 events (%s)", count, reason)
 
     def _expire(self, conn: sqlite3.Connection, delta: _Delta, limit: int) -> int:
-        """Up to ``limit`` expired events; returns how many."""
+        """Up to ``limit`` expired events, oldest first: the outbox in ``seq`` order, which is
+        that of running time, up to the first not yet expired; returns how many."""
         now = self.steady_ms()
         count = 0
         for lane, ttl in self.ttl_ms.items():
-            expired = conn.execute(EXPIRE_SQL, (int(lane), now - ttl, limit - count)).fetchall()
+            cutoff = now - ttl
+            expired: list[tuple[int, int]] = []
+            rows = conn.execute(EXPIRE_SQL, (int(lane), limit - count))
+            for seq, steady_ms, nbytes in rows:
+                if steady_ms >= cutoff:
+                    break
+                expired.append((seq, nbytes))
+            rows.close()
             if not expired:
                 continue
-            for chunk in _chunks([seq for seq, _ in expired], SQL_VARS):
-                conn.execute(
-                    f"DELETE FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk
-                )
+            _delete_pending(conn, lane, [seq for seq, _ in expired])
             delta.add(lane, -len(expired), -sum(b for _, b in expired))
             delta.count(f"expired_{lane.label}", len(expired))
             count += len(expired)
@@ -1106,6 +1100,16 @@ def _is_background(op: _Op) -> bool:
 def _rows(op: _Op) -> int:
     """Rows of work an op brings to a commit (what batch_max_rows bounds)."""
     return len(op.items) if isinstance(op, _Ack) else 1
+
+
+def _delete_pending(conn: sqlite3.Connection, lane: Lane, seqs: Sequence[int]) -> None:
+    """The oldest pending events of a lane, ``seqs`` (in order, none left out), gone with
+    their outbox rows; the events by their keys, not by a range over the whole journal."""
+    if not seqs:
+        return
+    conn.execute("DELETE FROM outbox WHERE lane = ? AND seq <= ?", (int(lane), seqs[-1]))
+    for chunk in _chunks(seqs, SQL_VARS):
+        conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:

@@ -18,7 +18,7 @@ import sqlite_utils
 
 from gateway.cli import main
 from gateway.events import Event, Lane
-from gateway.store import StoreError, db, read_stats
+from gateway.store import Delivered, StoreError, db, read_stats
 from gateway.store.db import hold_exclusively, open_database
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.store.writer import EXPIRE_SQL, PURGE_SQL
@@ -334,7 +334,7 @@ def test_housekeeping_reads_only_what_it_removes_after_an_upgrade(tmp_path: Path
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         for sql, args, bound in (
-            (EXPIRE_SQL, (2, 0, 512), "(lane=? AND steady_ms<?)"),
+            (EXPIRE_SQL, (2, 512), "(lane=?)"),
             (PURGE_SQL, (0, 512), "(lane=? AND delivered_steady_ms<?)"),
         ):
             plan = [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
@@ -373,3 +373,53 @@ def test_a_database_made_with_4_kib_pages_is_rebuilt_with_small_ones_keeping_its
         reader.close()
     assert store.record(Event(SOS, {"i": 50})).seq == pending[-1].seq + 1
     assert store.usage[Lane.P0].count == 51
+
+
+def test_pending_events_write_only_the_indexes_they_are_read_by_also_after_an_upgrade(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """Each index a new event has an entry in is one more page each commit writes to the SD
+    card. A database of schema 3 (as the gateway wrote it before) loses the two that only
+    housekeeping read, and keeps its events, their delivery times and their numbering."""
+    path = tmp_path / "g.db"
+    with sqlite3.connect(path) as conn:
+        for migration in MIGRATIONS[:3]:
+            migration(sqlite_utils.Database(conn))
+        conn.execute("PRAGMA user_version = 3")
+    store = make_store(path)
+    delivered = store.record(Event(SOS, {"i": 0}))
+    store.mark_delivered([Delivered(delivered.seq, Lane.P0)]).result(10)
+    pending = store.record(Event(SOS, {"i": 1}))
+    store.stop()
+    with sqlite3.connect(path) as conn:  # as the gateway of schema 3 left it
+        conn.execute("DROP INDEX idx_events_delivered")
+        conn.execute(
+            "CREATE INDEX idx_events_lane_delivered_steady_ms ON events (lane, delivered_steady_ms)"
+        )
+        conn.execute("CREATE INDEX idx_outbox_lane_steady_ms ON outbox (lane, steady_ms)")
+        conn.execute("PRAGMA user_version = 3")
+
+    store = make_store(path)
+    assert store.record(Event(SOS, {"i": 2})).seq == pending.seq + 1
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        entries = dict(
+            conn.execute(
+                "SELECT name, SUM(ncell) FROM dbstat WHERE name IN (SELECT name FROM "
+                "sqlite_schema WHERE type = 'index' AND tbl_name IN ('events', 'outbox')) "
+                "AND pagetype = 'leaf' GROUP BY name"
+            )
+        )
+        assert entries == {
+            "idx_events_event_id": 3,
+            "idx_events_delivered": 1,  # the delivered event's, for retention
+            "idx_outbox_lane_seq": 2,
+        }
+        plan = " ".join(
+            r[3]
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN DELETE FROM events WHERE seq IN (?)", (pending.seq,)
+            )
+        )
+        assert "SCAN" not in plan, plan
+    assert store.usage[Lane.P0].count == 2

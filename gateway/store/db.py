@@ -58,6 +58,15 @@ def _damaged(path: Path, detail: str) -> StoreError:
     )
 
 
+def _busy(exc: BaseException) -> bool:
+    """Another connection holds a lock the opening needs (after a crash left the database
+    in rollback-journal mode, a reader keeps the switch to WAL waiting): says nothing about
+    the file, and moving it aside as for damage would strand its events."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        exc.sqlite_errorname.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+    )
+
+
 def hold_exclusively(path: Path) -> int:
     """Lock the database while this gateway runs (the OS lets go at exit, even a kill -9).
     Two gateways on one database would hand out the same sequence numbers and split the
@@ -174,6 +183,12 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
             conn.close()
         if isinstance(exc, SchemaTooNew):
             raise StoreError(f"database {path}: {exc}") from None
+        if _busy(exc):
+            raise StoreError(
+                f"database {path} is held by another program ({exc}); it is not damaged. "
+                "Close what has it open (an sqlite3 shell, a backup reading it); the gateway "
+                "tries again when it is restarted"
+            ) from None
         if isinstance(exc, sqlite3.DatabaseError) and not disk_full(exc):
             raise _damaged(path, str(exc)) from None
         raise  # no room to open it in (the caller's to handle) says nothing about the file

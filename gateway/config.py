@@ -154,7 +154,7 @@ class StoreSection(Strict):
         ge=0,
         le=3650,
         description="Delivered events stay in the local journal this long for audit (the face "
-        "decisions naming an erased elder go at her erasure).",
+        "decisions naming an erased elder go at her erasure, or at their delivery).",
     )
     housekeeping_interval_s: float = Field(
         10.0,

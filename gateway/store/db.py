@@ -42,6 +42,10 @@ PAGE_SIZE = 1024
 # event meanwhile. A larger one (an outage's backlog) is rebuilt at a later start.
 REPAGE_MAX_BYTES = 32 * MB
 REPAGE_SPARE_BYTES = 64 * MB  # left free on the disk beyond two copies of the file
+# Not ON (this build's default): that also writes every page a deletion frees, zeroed, to the
+# WAL, a delivered second of sightings' worth each commit. FAST still zeroes what is deleted in
+# the pages a commit writes anyway.
+SECURE_DELETE = "FAST"
 
 
 class StoreError(Exception):
@@ -121,10 +125,7 @@ def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) ->
         # Checkpoints run on their own connection (Store's checkpointer), so a commit never
         # stalls to copy the WAL into the database: that stall was an alarm's worst latency.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
-        # Not ON (this build's default): that also writes every page a deletion frees, zeroed,
-        # to the WAL, a delivered second of sightings' worth each commit. FAST still zeroes
-        # what is deleted in the pages a commit writes anyway.
-        conn.execute("PRAGMA secure_delete = FAST")
+        conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn

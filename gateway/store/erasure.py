@@ -1,12 +1,17 @@
-"""Delivered events that name an erased person, taken out of the journal at the erasure.
+"""Events that name an erased person, taken out of the journal: the delivered ones at the
+erasure, those still to be delivered as soon as they are.
 
-An event still in the outbox stays as it is: it is the platform's record (a meal, an alarm)
-and must still reach it. Once delivered the platform holds it, and the journal's copy, kept
-``delivered_retention_days`` for review on site, would name the person for weeks more.
+An event still in the outbox is the platform's record (a meal, an alarm) and must still reach
+it, so it stays as it is, sent in its turn like any other; its outbox row is marked
+(``outbox.erased``, by ``seq``, naming no one) and the writer deletes the event at its delivery
+instead of keeping it ``delivered_retention_days`` for review on site. The mark is in the
+database, so a restart before the delivery keeps it, and it goes with its outbox row however
+the event leaves (delivered, expired, evicted).
 
 Works on a connection of its own, from the gateway's process or from a command run beside the
-running gateway: it deletes only delivered rows, which nothing else changes but retention,
-and takes the write lock for one short DELETE (the events are read and opened before).
+running gateway. The events are read and opened first; then one short write transaction
+deletes those delivered and marks those still pending. The writer cannot deliver an event
+between the two, so each is either deleted now or marked, whatever it delivered meanwhile.
 """
 
 from __future__ import annotations
@@ -32,23 +37,25 @@ class Journal(NamedTuple):
     key: Path
 
 
-def purge_delivered(
+class ErasedEvents(NamedTuple):
+    deleted: int  # delivered, deleted now
+    at_delivery: int  # still to be delivered: sent in their turn, then deleted
+
+
+def erase_events(
     journal: Journal, event_type: str, names: Callable[[Mapping[str, Any]], bool]
-) -> int:
+) -> ErasedEvents:
     """Delete the delivered events of ``event_type`` whose data ``names`` says name the
-    person; returns how many. The deleted rows are overwritten (``secure_delete``). No
-    database: 0. Raises StoreError when the key does not open the journal."""
+    person, and mark those still pending to be deleted at their delivery. The deleted rows are
+    overwritten (``secure_delete``). No database: nothing. Raises StoreError when the key does
+    not open the journal."""
     if not journal.path.exists():
-        return 0
+        return ErasedEvents(0, 0)
     with contextlib.closing(connect(journal.path)) as conn:
         cipher = _cipher(conn, journal.key)
         doomed: list[int] = []
         unreadable = 0
-        rows = conn.execute(
-            "SELECT seq, event_id, data FROM events "
-            "WHERE type = ? AND delivered_steady_ms IS NOT NULL",
-            (event_type,),
-        )
+        rows = conn.execute("SELECT seq, event_id, data FROM events WHERE type = ?", (event_type,))
         for seq, event_id, data in rows:
             try:
                 if names(json.loads(cipher.open(event_id, data))):
@@ -56,23 +63,27 @@ def purge_delivered(
             except (Undecryptable, ValueError):
                 unreadable += 1
         if unreadable:
-            log.warning("store: %d delivered %s events could not be read", unreadable, event_type)
+            log.warning("store: %d %s events could not be read", unreadable, event_type)
         conn.execute("PRAGMA secure_delete = ON")
-        removed = 0
+        deleted = marked = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
             for start in range(0, len(doomed), SQL_VARS):
                 chunk = doomed[start : start + SQL_VARS]
-                removed += conn.execute(
-                    f"DELETE FROM events WHERE seq IN ({','.join('?' * len(chunk))}) "
+                marks = ",".join("?" * len(chunk))
+                deleted += conn.execute(
+                    f"DELETE FROM events WHERE seq IN ({marks}) "
                     "AND delivered_steady_ms IS NOT NULL",
                     chunk,
+                ).rowcount
+                marked += conn.execute(
+                    f"UPDATE outbox SET erased = 1 WHERE seq IN ({marks})", chunk
                 ).rowcount
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return removed
+    return ErasedEvents(deleted, marked)
 
 
 def _cipher(conn: sqlite3.Connection, key_path: Path) -> EventCipher:

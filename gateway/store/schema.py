@@ -87,11 +87,20 @@ def _m4_fewer_index_writes(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m5_erased_on_delivery(db: sqlite_utils.Database) -> None:
+    """An event still to be delivered that names an erased person is marked on its outbox
+    row, by ``seq``: the writer deletes it at its delivery rather than keeping it for review
+    (gateway/store/erasure.py). On the outbox row, the mark goes with it whichever way the
+    event leaves, and costs the path of new events nothing but a NULL."""
+    db.execute("ALTER TABLE outbox ADD COLUMN erased INTEGER")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _m1_journal_and_outbox,
     _m2_housekeeping_indexes,
     _m3_sealed_event_data,
     _m4_fewer_index_writes,
+    _m5_erased_on_delivery,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

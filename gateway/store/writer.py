@@ -29,7 +29,7 @@ from gateway.events import Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
 from gateway.logs import RateLimitedLog
 from gateway.store.cipher import EventCipher, has_plain_rows
-from gateway.store.db import StoreError, connect, disk_full_error, open_database
+from gateway.store.db import SECURE_DELETE, StoreError, connect, disk_full_error, open_database
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
 from gateway.store.outbox import OutboxReader
 from gateway.store.reserve import MB, Reserve, disk_full
@@ -898,14 +898,18 @@ class Store:
         for chunk in _chunks([d.seq for d in items], SQL_VARS):
             marks = ",".join("?" * len(chunk))
             removed = conn.execute(
-                f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING seq, lane, bytes", chunk
+                f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING seq, lane, bytes, erased",
+                chunk,
             ).fetchall()
-            for _, lane, nbytes in removed:
+            for _, lane, nbytes, _ in removed:
                 delta.add(Lane(lane), -1, -nbytes)
-            gone = [seq for seq, lane, _ in removed if lane == Lane.P2]
-            kept = [seq for seq, lane, _ in removed if lane != Lane.P2]
+            gone = [seq for seq, lane, _, erased in removed if lane == Lane.P2 and not erased]
+            kept = [seq for seq, lane, _, erased in removed if lane != Lane.P2 and not erased]
+            doomed = [seq for seq, _, _, erased in removed if erased]
             if gone:
                 conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(gone))})", gone)
+            if doomed:
+                _delete_erased(conn, doomed)
             if kept:
                 conn.execute(
                     f"UPDATE events SET delivered_steady_ms = ? "
@@ -1110,6 +1114,16 @@ def _delete_pending(conn: sqlite3.Connection, lane: Lane, seqs: Sequence[int]) -
     conn.execute("DELETE FROM outbox WHERE lane = ? AND seq <= ?", (int(lane), seqs[-1]))
     for chunk in _chunks(seqs, SQL_VARS):
         conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+
+
+def _delete_erased(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
+    """Delivered events that name an erased person, overwritten where they were (all of the
+    page, even one the deletion frees) like those the erasure itself deletes."""
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:

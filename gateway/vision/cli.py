@@ -207,7 +207,8 @@ def cmd_gallery_remove(args: argparse.Namespace) -> int:
     print(
         f"{args.elder}: {erased.templates} template(s) erased, "
         f"{erased.audit_frames} audit frame(s) and {erased.decisions} delivered decision(s) "
-        "deleted"
+        f"deleted; {erased.decisions_at_delivery} decision(s) still to be sent, deleted once "
+        "delivered"
     )
     return EXIT_OK if any(erased) else EXIT_FAIL
 

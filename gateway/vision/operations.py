@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.store.db import StoreError
-from gateway.store.erasure import Journal, purge_delivered
+from gateway.store.erasure import Journal, erase_events
 from gateway.sync.downlink import Reply, RequestError
 from gateway.vision.config import VisionSection
 from gateway.vision.elders import check_elder_id
@@ -41,14 +41,16 @@ class Erased(NamedTuple):
     templates: int
     audit_frames: int
     decisions: int  # delivered decisions that named her, taken out of the journal
+    decisions_at_delivery: int  # those still to be sent, taken out once delivered
 
 
 def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal) -> Erased:
     """Everything the device keeps of one elder goes: templates, look-alike entries, the
     saved cooldown, the audit frames of decisions that named her (kept while the option was
     on, whether or not it is now) and the delivered decisions in the journal that named her.
-    Decisions not yet delivered stay: an acceptance is her meal's record, which the platform
-    must still get. The one erasure for the platform's request and the CLI alike."""
+    Decisions not yet delivered are still sent (an acceptance is her meal's record, which the
+    platform must get) and leave the journal at their delivery. The one erasure for the
+    platform's request and the CLI alike."""
     from gateway.vision import cooldown
     from gateway.vision.events import FACE_DECISION, names_elder
     from gateway.vision.gallery import erase
@@ -62,12 +64,12 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     except OSError as exc:
         raise GalleryError(f"templates erased, but not every audit frame: {exc}") from None
     try:
-        decisions = purge_delivered(journal, FACE_DECISION.name, partial(names_elder, elder=elder))
+        decisions = erase_events(journal, FACE_DECISION.name, partial(names_elder, elder=elder))
     except (StoreError, sqlite3.Error) as exc:
         raise GalleryError(
             f"templates and audit frames erased, but not the decisions in the journal: {exc}"
         ) from None
-    return Erased(templates, audit_frames, decisions)
+    return Erased(templates, audit_frames, decisions.deleted, decisions.at_delivery)
 
 
 def face_remove(
@@ -81,7 +83,7 @@ def face_remove(
         raise RequestError(str(exc)) from None
     log.info(
         "face gallery: %d template(s), %d audit frame(s) and %d delivered decision(s) erased "
-        "on the platform's request",
+        "on the platform's request, %d decision(s) still to be sent erased once delivered",
         *erased,
     )
     return Reply(
@@ -90,6 +92,7 @@ def face_remove(
             "templates_erased": erased.templates,
             "audit_frames_erased": erased.audit_frames,
             "decisions_erased": erased.decisions,
+            "decisions_erased_at_delivery": erased.decisions_at_delivery,
         }
     )
 

@@ -421,6 +421,7 @@ def test_pending_events_write_only_the_indexes_they_are_read_by_also_after_an_up
             "CREATE INDEX idx_events_lane_delivered_steady_ms ON events (lane, delivered_steady_ms)"
         )
         conn.execute("CREATE INDEX idx_outbox_lane_steady_ms ON outbox (lane, steady_ms)")
+        conn.execute("ALTER TABLE outbox DROP COLUMN erased")
         conn.execute("PRAGMA user_version = 3")
 
     store = make_store(path)

@@ -1,18 +1,21 @@
-"""An erasure takes the delivered events naming the person out of the journal, and leaves
-every event still to be delivered as it is."""
+"""An erasure takes the delivered events naming the person out of the journal at once, and
+those still to be delivered as soon as they are, sent meanwhile exactly as before."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.events import Event, Lane
-from gateway.store import Delivered, StoreError
-from gateway.store.erasure import Journal, purge_delivered
-from tests.store.conftest import MEAL, SOS, StoreFactory
+from gateway.events import Event, Lane, StoredEvent
+from gateway.store import Delivered, Store, StoreError, schema
+from gateway.store.erasure import ErasedEvents, Journal, erase_events
+from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
+from tests.support.clock import ManualClock
 from tests.support.journal import journal
 
 
@@ -20,35 +23,137 @@ def _names_e1(data: Mapping[str, Any]) -> bool:
     return data.get("elder") == "E1" or "E1" in data.get("others", ())
 
 
-def test_delivered_events_naming_her_go_and_those_still_to_be_sent_stay(
+def _journal_of(store: Store) -> Journal:
+    return Journal(store.path, store.key_path)
+
+
+def _deliver(store: Store, *events: StoredEvent) -> None:
+    store.mark_delivered([Delivered(e.seq, e.lane) for e in events]).result(10)
+
+
+def _pending(store: Store, lane: Lane) -> list[StoredEvent]:
+    reader = store.reader()
+    try:
+        return reader.pending(lane, 0, 1000)
+    finally:
+        reader.close()
+
+
+def _marks(path: Path) -> int:
+    """Outbox rows marked to be deleted at their delivery."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE erased").fetchone()[0])
+
+
+def test_delivered_events_naming_her_go_and_those_still_to_be_sent_go_once_delivered(
     make_store: StoreFactory,
 ) -> None:
     store = make_store()
-    hers, beside, others, pending = (
+    hers, beside, others, pending, pending_other = (
         store.record(Event(MEAL, data))
         for data in (
             {"elder": "E1"},
             {"elder": "E2", "others": ["E1"]},
             {"elder": "E2", "others": ["E10"]},
             {"elder": "E1"},
+            {"elder": "E3"},
         )
     )
     alarm = store.record(Event(SOS, {"elder": "E1"}))
-    store.mark_delivered([Delivered(e.seq, e.lane) for e in (hers, beside, others, alarm)]).result()
-    journal_file = Journal(store.path, store.key_path)
+    _deliver(store, hers, beside, others, alarm)
 
     # beside the running store, as a command run on the device would
-    assert purge_delivered(journal_file, MEAL.name, _names_e1) == 2
-    assert [e.seq for e in journal(store.path)] == [others.seq, pending.seq, alarm.seq]
-    (still,) = store.reader().pending(Lane.P1, 0, 10)  # the meal not yet sent still goes
-    assert still.seq == pending.seq and still.data_json == '{"elder":"E1"}'
-    assert purge_delivered(journal_file, MEAL.name, _names_e1) == 0  # asked again
+    assert erase_events(_journal_of(store), MEAL.name, _names_e1) == ErasedEvents(2, 1)
+    assert [e.seq for e in journal(store.path)] == [
+        others.seq,
+        pending.seq,
+        pending_other.seq,
+        alarm.seq,
+    ]
+    # the meal not yet sent still goes, as it was, in its turn
+    assert _pending(store, Lane.P1) == [pending, pending_other]
+    assert erase_events(_journal_of(store), MEAL.name, _names_e1) == ErasedEvents(0, 1)
+    _deliver(store, pending, pending_other)
+    assert [e.seq for e in journal(store.path)] == [others.seq, pending_other.seq, alarm.seq]
+    assert store.counters["delivered"] == 6 and _marks(store.path) == 0
     store.record(Event(SOS, {"elder": "E3"}))  # the store writes on
     store.stop()
-    assert (
-        purge_delivered(Journal(store.path.with_name("none.db"), store.key_path), "x", _names_e1)
-        == 0
-    )
+    no_database = Journal(store.path.with_name("none.db"), store.key_path)
+    assert erase_events(no_database, "x", _names_e1) == ErasedEvents(0, 0)
+
+
+def test_a_decision_marked_before_a_restart_goes_at_its_delivery_after_it(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """The mark is in the database: a power cut between the erasure and the delivery keeps
+    it, and the event, read back after the restart, is the one recorded."""
+    store = make_store(tmp_path / "g.db")
+    pending = store.record(Event(MEAL, {"elder": "E1"}))
+    theirs = store.record(Event(MEAL, {"elder": "E2"}))
+    assert erase_events(_journal_of(store), MEAL.name, _names_e1) == ErasedEvents(0, 1)
+    store.stop()
+
+    store = make_store(tmp_path / "g.db")
+    assert _pending(store, Lane.P1) == [pending, theirs]
+    _deliver(store, pending, theirs)
+    assert [e.data for e in journal(store.path)] == [{"elder": "E2"}]
+
+
+def test_an_event_delivered_while_the_erasure_reads_the_journal_is_deleted_by_it(
+    make_store: StoreFactory,
+) -> None:
+    """The erasure reads the events before its write transaction: one the writer delivers in
+    between is no longer in the outbox to be marked, and is deleted as delivered."""
+    store = make_store()
+    pending = store.record(Event(MEAL, {"elder": "E1"}))
+
+    def delivered_while_read(data: Mapping[str, Any]) -> bool:
+        _deliver(store, pending)
+        return _names_e1(data)
+
+    assert erase_events(_journal_of(store), MEAL.name, delivered_while_read) == ErasedEvents(1, 0)
+    assert journal(store.path) == [] and _marks(store.path) == 0
+
+
+def test_marked_events_that_expire_or_are_evicted_leave_no_mark(
+    make_store: StoreFactory, clock: ManualClock
+) -> None:
+    store = make_store(lanes={"p2": {"ttl_s": 60, "quota_mb": 0.05}})
+    store.record(Event(SEEN, {"elder": "E1"}))
+    assert erase_events(_journal_of(store), SEEN.name, _names_e1) == ErasedEvents(0, 1)
+    clock.advance(61_000)
+    store.housekeep()
+    assert store.counters["expired_p2"] == 1
+    assert journal(store.path) == [] and _marks(store.path) == 0
+
+    hers = store.record(Event(SEEN, {"elder": "E1"}))
+    assert erase_events(_journal_of(store), SEEN.name, _names_e1) == ErasedEvents(0, 1)
+    others = [store.record(Event(SEEN, {"i": i, "pad": "x" * 100})) for i in range(400)]
+    assert store.counters["evicted_quota_p2"] > 0
+    assert hers.seq not in [e.seq for e in journal(store.path)] and _marks(store.path) == 0
+    assert _pending(store, Lane.P2)[-1] == others[-1]
+
+
+def test_a_database_of_schema_4_gets_the_mark_keeping_its_pending_events(
+    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "g.db"
+    with monkeypatch.context() as old:  # the gateway of schema 4 writes it
+        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:4])
+        old.setattr(schema, "SCHEMA_VERSION", 4)
+        store = make_store(path)
+        pending = store.record(Event(MEAL, {"elder": "E1"}))
+        store.stop()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+
+    store = make_store(path)
+    assert erase_events(_journal_of(store), MEAL.name, _names_e1) == ErasedEvents(0, 1)
+    assert _pending(store, Lane.P1) == [pending]
+    _deliver(store, pending)
+    assert journal(store.path) == [] and _marks(path) == 0
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 5
 
 
 def test_a_wrong_key_is_refused_rather_than_finding_nobody(
@@ -56,11 +161,13 @@ def test_a_wrong_key_is_refused_rather_than_finding_nobody(
 ) -> None:
     store = make_store()
     delivered = store.record(Event(MEAL, {"elder": "E1"}))
-    store.mark_delivered([Delivered(delivered.seq, delivered.lane)]).result()
+    pending = store.record(Event(MEAL, {"elder": "E1"}))
+    _deliver(store, delivered)
     store.stop()
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(bytes(32))
     wrong.chmod(0o600)
     with pytest.raises(StoreError, match="not the key the journal was written with"):
-        purge_delivered(Journal(store.path, wrong), MEAL.name, _names_e1)
-    assert [e.seq for e in journal(store.path)] == [delivered.seq]
+        erase_events(Journal(store.path, wrong), MEAL.name, _names_e1)
+    assert [e.seq for e in journal(store.path)] == [delivered.seq, pending.seq]
+    assert _marks(store.path) == 0

@@ -14,26 +14,29 @@ import pytest
 from gateway import lifecycle
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
-from gateway.events import Event
+from gateway.events import Event, Lane
 from gateway.store import Delivered, Store
+from gateway.store.erasure import Journal
 from gateway.sync.downlink import Downlink
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
 from gateway.vision import cooldown
 from gateway.vision.analyze import Analyzer
 from gateway.vision.build import build
-from gateway.vision.config import VisionSection
+from gateway.vision.config import DecisionSection, VisionSection
+from gateway.vision.decide import Decision, Outcome, Policy
 from gateway.vision.enroll import enrol
-from gateway.vision.events import FACE_DECISION
+from gateway.vision.events import FACE_DECISION, decision_data
 from gateway.vision.gallery import Gallery
 from gateway.vision.models import fetch, load_manifest
-from gateway.vision.operations import FaceUnlearn, GalleryFile
+from gateway.vision.operations import Erased, FaceUnlearn, GalleryFile, erase_elder
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
 from tests.support.journal import journal
 from tests.support.subscriber import Subscriber
 from tests.support.wait import eventually
 from tests.sync.test_downlink import BASE, ask, refuse_responses
+from tests.vision.test_events import MODELS
 from tests.vision.test_service import recorded_events
 
 MODEL = "mobilefacenet-foamliu-128d@b7120c09"
@@ -80,6 +83,7 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
                 "templates_erased": 2,
                 "audit_frames_erased": 0,
                 "decisions_erased": 1,
+                "decisions_erased_at_delivery": 0,
             }
             again = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
             assert again["repeat"] is True and again["data"] == first["data"]
@@ -97,6 +101,49 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
     assert gallery.snapshot.elders == ("E2048",)
     assert gallery.confusables() == []
     assert [e.data["elder_id"] for e in journal(data_dir / "gateway.db", "face.")] == ["E2048"]
+
+
+def _decision(outcome: Outcome, elder: str | None = None, *candidates: str) -> dict[str, Any]:
+    return decision_data(
+        Decision(outcome, 2.0, 1, 1.0, elder, candidates=tuple((c, 0.5) for c in candidates)),
+        camera="counter-1",
+        policy=Policy.from_config(DecisionSection()),
+        models=MODELS,
+        timings_ms={"total": 12.0},
+        audit_frame=False,
+    )
+
+
+def test_decisions_waiting_for_the_network_at_an_erasure_are_sent_then_leave_the_journal(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Erased on the device beside the running gateway (as `gateway gallery remove` does)
+    while decisions naming her wait for the network, and the gateway restarted before it is
+    back: they are sent as recorded, in order, and once delivered the journal, read with its
+    key, names her no more."""
+    data_dir = tmp_path / "var"
+    _enrolled(data_dir)
+    decisions = [
+        _decision(Outcome.ACCEPTED, "E1024"),
+        _decision(Outcome.UNCERTAIN, None, "E2048", "E1024"),
+        _decision(Outcome.ACCEPTED, "E2048"),
+    ]
+    with running(config(data_dir, None)) as gw:  # no broker
+        recorded = [gw.store.record(Event(FACE_DECISION, d)) for d in decisions]
+        journal_file = Journal(gw.store.path, gw.store.key_path)
+        erased = erase_elder(VisionSection(), data_dir, "E1024", journal_file)
+    assert erased == Erased(templates=2, audit_frames=0, decisions=0, decisions_at_delivery=2)
+
+    sub = Subscriber(mosquitto.port)
+    try:
+        with running(config(data_dir, mosquitto.port)) as gw:
+            sub.wait_for(lambda _: {e.event_id for e in recorded} <= sub.event_ids())
+            eventually(lambda: gw.store.usage[Lane.P1].count == 0)
+    finally:
+        sub.close()
+    sent = [(e["event_id"], e["data"]) for e in sub.events() if e["type"] == FACE_DECISION.name]
+    assert sent == [(e.event_id, d) for e, d in zip(recorded, decisions, strict=True)]
+    assert recorded_events(data_dir / "gateway.db") == [(recorded[2].event_id, decisions[2])]
 
 
 def test_an_erasure_whose_response_cannot_be_stored_is_reported_done(tmp_path: Path) -> None:
@@ -127,6 +174,7 @@ def test_an_erasure_whose_response_cannot_be_stored_is_reported_done(tmp_path: P
         "templates_erased": 2,
         "audit_frames_erased": 0,
         "decisions_erased": 0,
+        "decisions_erased_at_delivery": 0,
     }
     assert "not remembered" in reply["message"]
     assert gallery.refresh_if_changed() and gallery.snapshot.elders == ("E2048",)

@@ -1,7 +1,8 @@
 """Database schema as an ordered list of migrations, tracked in ``PRAGMA user_version``.
 
-A migration only moves forward (it adds, or replaces an index); released migrations are never
-edited. A database written by a newer gateway is refused rather than guessed at.
+A migration only moves forward (it adds, or replaces an index), in one transaction with the
+version it brings; released migrations are never edited. A database written by a newer gateway
+is refused rather than guessed at.
 """
 
 from __future__ import annotations
@@ -111,7 +112,10 @@ def migrate(db: sqlite_utils.Database) -> int:
     if found > SCHEMA_VERSION:
         raise SchemaTooNew(found)
     for version in range(found, SCHEMA_VERSION):
-        with db.conn:
+        # One transaction with its version: on the store's autocommit connection each
+        # statement was its own, and a power cut between a migration and the version left it
+        # done but to be run again, failing (a column or index already there) at every start.
+        with db.atomic():
             MIGRATIONS[version](db)
             db.execute(f"PRAGMA user_version = {version + 1}")
     return found

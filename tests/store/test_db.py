@@ -448,3 +448,58 @@ def test_pending_events_write_only_the_indexes_they_are_read_by_also_after_an_up
         )
         assert "SCAN" not in plan, plan
     assert store.usage[Lane.P0].count == 2
+
+
+_KILLED_MIDWAY = """
+import os, sys
+from pathlib import Path
+from gateway.store import db, schema
+version = int(sys.argv[2])
+migration = schema.MIGRATIONS[version]
+def then_power_cut(database):
+    migration(database)
+    os._exit(9)
+later = schema.MIGRATIONS[version + 1 :]
+schema.MIGRATIONS = (*schema.MIGRATIONS[:version], then_power_cut, *later)
+path = Path(sys.argv[1])
+db.open_database(path, key=path.with_name("g.db.key"), synchronous="full", check=False)
+"""
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION))
+def test_a_start_killed_in_a_migration_leaves_it_to_be_done_again(
+    tmp_path: Path, version: int
+) -> None:
+    """A power cut once a migration has run but before the database records its version: the
+    next start runs it again, and must find the database as it was before it, not half done
+    (a column or an index already there, which it took for a damaged database)."""
+    path = tmp_path / "g.db"
+    if version:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            for migration in MIGRATIONS[:version]:
+                migration(sqlite_utils.Database(conn))
+            conn.execute(
+                "INSERT INTO events (seq, event_id, type, schema, lane, session, ts_ms, "
+                "clock_synced, steady_ms, data) VALUES (1, 'e1', 'alarm.sos', 1, 0, 1, 0, 0, 0, "
+                "'{}')"
+            )
+            conn.execute("INSERT INTO outbox (seq, lane, bytes, steady_ms) VALUES (1, 0, 2, 0)")
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.commit()
+    root = Path(__file__).resolve().parents[2]
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MIDWAY, str(path), str(version)],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        check=False,
+    )
+    assert killed.returncode == 9, killed.stderr
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == version
+
+    conn = open_database(path, key=tmp_path / "g.db.key", synchronous="full", check=True)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == min(version, 1)
+    finally:
+        conn.close()

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.keys import KeyFileError, create_key, derive, read_key
-from gateway.store.db import StoreError
+from gateway.store.db import StoreError, overwriting
 
 PURPOSE = "journal-event-data-v1"
 VERSION = b"\x01"
@@ -120,10 +120,11 @@ class EventCipher:
         if not rows:
             mark_all_sealed(db)
             return None
-        db.executemany(
-            "UPDATE events SET data = ? WHERE seq = ?",
-            [(self.seal(event_id, data), seq) for seq, event_id, data in rows],
-        )
+        with overwriting(db):  # the plain text, not left on the pages it frees
+            db.executemany(
+                "UPDATE events SET data = ? WHERE seq = ?",
+                [(self.seal(event_id, data), seq) for seq, event_id, data in rows],
+            )
         return int(rows[-1][0]), len(rows)
 
 

@@ -7,12 +7,14 @@ that exists but cannot be read is a hard, explained error, never a new empty sto
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlite_utils
@@ -129,6 +131,18 @@ def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) ->
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+@contextlib.contextmanager
+def overwriting(conn: sqlite3.Connection) -> Iterator[None]:
+    """Rows deleted or replaced meanwhile are overwritten in every page they leave, even one
+    the change frees (an overflow page of a row longer than a page), which SECURE_DELETE
+    leaves as it was: for the rows that name someone or held data in plain text."""
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
 
 
 def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sqlite3.Connection:

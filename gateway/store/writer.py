@@ -29,7 +29,13 @@ from gateway.events import Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
 from gateway.logs import RateLimitedLog
 from gateway.store.cipher import EventCipher, has_plain_rows
-from gateway.store.db import SECURE_DELETE, StoreError, connect, disk_full_error, open_database
+from gateway.store.db import (
+    StoreError,
+    connect,
+    disk_full_error,
+    open_database,
+    overwriting,
+)
 from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
 from gateway.store.outbox import OutboxReader
 from gateway.store.reserve import MB, Reserve, disk_full
@@ -1119,11 +1125,8 @@ def _delete_pending(conn: sqlite3.Connection, lane: Lane, seqs: Sequence[int]) -
 def _delete_erased(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
     """Delivered events that name an erased person, overwritten where they were (all of the
     page, even one the deletion frees) like those the erasure itself deletes."""
-    conn.execute("PRAGMA secure_delete = ON")
-    try:
+    with overwriting(conn):
         conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
-    finally:
-        conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:

@@ -27,7 +27,7 @@ from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog
 from gateway.store import DomainWrite, StorageFull, Store, StoreClosed
 from gateway.store.cipher import EventCipher, Undecryptable
-from gateway.store.db import connect
+from gateway.store.db import connect, overwriting
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
 
@@ -238,10 +238,11 @@ class Downlink:
                 "SELECT txn, response FROM requests WHERE typeof(response) = 'text' LIMIT ?",
                 (SEAL_BATCH,),
             ).fetchall()
-            conn.executemany(
-                "UPDATE requests SET response = ? WHERE txn = ?",
-                [(cipher.seal(_answer_key(txn), text), txn) for txn, text in rows],
-            )
+            with overwriting(conn):  # the plain text, not left on the pages it frees
+                conn.executemany(
+                    "UPDATE requests SET response = ? WHERE txn = ?",
+                    [(cipher.seal(_answer_key(txn), text), txn) for txn, text in rows],
+                )
             return len(rows)
 
         sealed = 0

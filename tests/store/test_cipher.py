@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import stat
 from pathlib import Path
@@ -63,6 +64,33 @@ def test_events_written_before_encryption_are_read_and_sealed_at_the_next_start(
 
     eventually(sealed)  # in the background: the alarms are taken meanwhile
     assert [e.data for e in journal(store.path)] == [{"band": "A1", "where": WHERE}]
+
+
+def test_long_events_written_before_encryption_leave_no_trace_once_sealed(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """An event longer than a page spills onto pages of its own; sealing it frees them, and
+    the store's deletions overwrite only the pages a commit writes anyway (secure_delete FAST):
+    freed, they kept the text."""
+    store = make_store()
+    old = [store.record(Event(SOS, {"where": WHERE, "note": f"{WHERE} " * 100})) for _ in range(5)]
+    store.stop()
+    with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.executemany(
+            "UPDATE events SET data = ? WHERE seq = ?", [(e.data_json, e.seq) for e in old]
+        )
+        conn.execute("DELETE FROM meta WHERE key IN ('data_key_check', 'data_all_sealed')")
+    (tmp_path / "g.db.key").unlink()
+    upgraded = make_store()
+
+    def sealed() -> bool:
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            return conn.execute("SELECT 1 FROM meta WHERE key = 'data_all_sealed'").fetchone()
+
+    eventually(sealed)
+    upgraded.stop()
+    assert WHERE.encode() not in raw(store.path)
+    assert [e.data for e in journal(store.path)] == [json.loads(e.data_json) for e in old]
 
 
 def test_a_gateway_from_before_encryption_refuses_a_journal_sealed_since(

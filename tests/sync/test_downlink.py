@@ -734,6 +734,35 @@ def test_answers_an_earlier_version_stored_in_plain_text_are_sealed_and_still_an
     assert len(_answers(db)) == 1200
 
 
+def test_long_answers_an_earlier_version_stored_in_plain_text_leave_no_trace_once_sealed(
+    tmp_path: Path,
+) -> None:
+    """An answer longer than a page (an enrolment's photos and look-alikes) spills onto pages
+    of its own; sealing it frees them, and the store's deletions overwrite only the pages a
+    commit writes anyway (secure_delete FAST): freed, they kept her name and her photos'."""
+    db = tmp_path / "gateway.db"
+    with downlink_alone(tmp_path, lambda _r: Reply({"pong": True})):
+        pass
+    photos = [{"name": f"wang-xiulan-{n}.jpg", "ok": True, "detail": "front"} for n in range(40)]
+    plain = {"transaction": "old", "op": "face.enrol", "status": "ok", "message": ""}
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO requests (txn, op, response, steady_ms) VALUES (?, 'face.enrol', ?, 1)",
+            [
+                (
+                    f"old-{n}",
+                    json.dumps({**plain, "data": {"elder_id": "elder-7731", "photos": photos}}),
+                )
+                for n in range(20)
+            ],
+        )
+    with downlink_alone(tmp_path, lambda _r: Reply({"pong": True})):
+        eventually(lambda: {kind for _, kind in _answers(db)} == {"blob"})
+    for file in tmp_path.glob("gateway.db*"):
+        assert b"elder-7731" not in file.read_bytes(), file.name
+        assert b"wang-xiulan" not in file.read_bytes(), file.name
+
+
 def test_a_stored_answer_that_does_not_open_refuses_the_repeat_without_applying_it(
     tmp_path: Path,
 ) -> None:

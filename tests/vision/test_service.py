@@ -454,6 +454,44 @@ def test_a_face_held_for_staff_goes_once_the_counter_reloads_a_gallery_without_i
     assert service.health()["confirmable_decisions"] == 0
 
 
+def test_decisions_the_counter_made_after_an_erasure_read_the_journal_go_too(
+    vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
+) -> None:
+    """The erasure (another process) reads the journal, then the counter, which still knows
+    her until its next reload, accepts her once more: that decision is marked to leave the
+    journal at its delivery like those the erasure found."""
+    data_dir = store.path.parent
+    folder = data_dir.parent / "her"
+    folder.mkdir()
+    shutil.copyfile(faces_dir / "deepface" / "img20.jpg", folder / "a.jpg")
+    cfg = vision_cfg.model_copy(
+        update={
+            "camera": CameraSection(source=str(folder), fps=15, replay_loop=True),
+            "gallery": GallerySection(refresh_s=0.05),
+        }
+    )
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    service = _running_with(cfg, store, Confirmations(0))
+    try:
+        eventually(lambda: "elder-7" in [d.get("elder_id") for d in recorded(store.path)], 60)
+        erase(data_dir / "faces.db", "elder-7")  # the gallery's part; the journal was read
+
+        hers = [e for e, d in recorded_events(store.path) if d.get("elder_id") == "elder-7"]
+        query = (
+            "SELECT o.erased FROM outbox o JOIN events e USING (seq) "
+            f"WHERE e.event_id IN ({','.join('?' * len(hers))})"
+        )
+
+        def marked() -> list[int]:
+            with contextlib.closing(sqlite3.connect(store.path)) as conn:
+                return [int(m or 0) for (m,) in conn.execute(query, hers)]
+
+        eventually(lambda: marked() == [1] * len(hers))
+    finally:
+        service.stop()
+    assert service.health()["erasure_errors"] == 0
+
+
 def test_a_cooldown_a_full_disk_kept_out_of_its_file_is_written_once_there_is_room(
     small_disk: Path,
     small_replay: Path,

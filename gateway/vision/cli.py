@@ -352,7 +352,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = gallery.add_parser("stats", help="elders, templates, unreadable rows")
     config(s)
     s.set_defaults(func=_guard(cmd_gallery_stats))
-    s = gallery.add_parser("remove", help="erase an elder's templates")
+    s = gallery.add_parser(
+        "remove", help="erase an elder's templates, audit frames and decisions in the journal"
+    )
     config(s)
     s.add_argument("--elder", required=True)
     s.set_defaults(func=_guard(cmd_gallery_remove))

@@ -68,6 +68,9 @@ EMPTY_WHILE_CREATED_S = 60.0  # the key is made first: a new gallery's file is e
 T = TypeVar("T")
 PURPOSE = "gallery-templates-v1"
 NONCE_BYTES = 12
+# How long an erasure waits for readers of the gallery to let go before it empties the WAL: a
+# counter's reload or an enrolment's checks read for well under a second.
+CHECKPOINT_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -636,7 +639,7 @@ class Gallery:
         self._refresh_look_alikes()
 
 
-def erase(db_path: Path, elder_id: str) -> int:
+def erase(db_path: Path, elder_id: str, *, wait_s: float = CHECKPOINT_WAIT_S) -> int:
     """Erase an elder's templates and register entries without opening the gallery: needs
     neither the key nor the models, so consent withdrawn is honoured even when the face stage
     cannot run. A running gallery sees the change at its next refresh. Returns how many
@@ -644,7 +647,9 @@ def erase(db_path: Path, elder_id: str) -> int:
 
     The rows are overwritten (``secure_delete``) in the WAL; the checkpoint copies that into
     the file and empties the WAL at once. Without it, while any other process had the gallery
-    open (a counter's refresh, an enrolment) the file kept her rows until the last one closed."""
+    open (a counter's refresh, an enrolment) the file kept her rows until the last one closed.
+    A reader still in the middle of a read after ``wait_s`` keeps the WAL from being emptied:
+    that is logged, not passed over."""
     if not db_path.exists():
         return 0
     with _connect(db_path) as conn:
@@ -652,8 +657,24 @@ def erase(db_path: Path, elder_id: str) -> int:
             _, removed = _write(conn, partial(_erase, elder_id=elder_id))
         except sqlite3.Error as exc:
             raise _unusable(db_path, exc, "nothing erased") from None
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if not _checkpointed(conn, wait_s):
+            log.warning(
+                "face gallery %s: the erased rows are overwritten, but its WAL could not be "
+                "emptied: another program has been reading the gallery for over %.0f s (an "
+                "sqlite3 shell, a backup). The file keeps the erased rows until the WAL is "
+                "checkpointed, at the latest when the last program that has it open closes it",
+                db_path,
+                wait_s,
+            )
     return removed
+
+
+def _checkpointed(conn: sqlite3.Connection, wait_s: float) -> bool:
+    """Copy the WAL into the file and empty it, waiting up to ``wait_s`` for readers (SQLite's
+    busy handler retries meanwhile). False if a reader still held an older snapshot."""
+    conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+    (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return int(busy) == 0
 
 
 def _erase(conn: sqlite3.Connection, elder_id: str) -> int:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import stat
@@ -332,6 +333,27 @@ def test_an_erasure_while_another_process_has_the_gallery_open_leaves_no_trace_i
         for path in db.parent.glob("faces.db*"):
             content = path.read_bytes()
             assert b"elder-b" not in content and kept not in content, path.name
+
+
+def test_an_erasure_that_cannot_empty_the_wal_past_a_long_read_says_so(
+    gallery: Gallery, paths: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A program in the middle of a read (an sqlite3 shell, a backup) keeps the checkpoint
+    from emptying the WAL, and the file keeps her rows meanwhile: logged, not passed over."""
+    db, _ = paths
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM templates").fetchone()
+        with caplog.at_level(logging.WARNING, logger="gateway.vision.gallery"):
+            assert erase(db, "elder-b", wait_s=0.2) == 2
+        assert b"elder-b" in db.read_bytes()  # still in the file, as the warning says
+        reader.execute("COMMIT")
+    assert "its WAL could not be emptied" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway.vision.gallery"):
+        assert erase(db, "elder-a", wait_s=0.2) == 2
+    assert caplog.text == ""
+    assert b"elder-b" not in db.read_bytes()
 
 
 def test_erasure_needs_neither_the_key_nor_an_open_gallery(

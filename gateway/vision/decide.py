@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
@@ -145,6 +146,20 @@ def candidates_of(
     return [(elder, round(score, 4)) for elder, score in ranked if score >= floor][:limit]
 
 
+def without(evidence: Evidence, gone: Collection[str]) -> Evidence:
+    """A frame's evidence with erased elders taken out of it. A frame one of them topped votes
+    for nobody (its runner-up's margin over the elders further down is not known), and a
+    frame's margin is never widened: forgetting someone makes no frame surer of anyone else."""
+    kept = tuple((elder, score) for elder, score in evidence.candidates if elder not in gone)
+    if len(kept) == len(evidence.candidates):
+        return evidence
+    if evidence.top in gone:
+        return replace(
+            evidence, top=None, top_score=-1.0, margin=0.0, candidates=kept, learned_from=None
+        )
+    return replace(evidence, candidates=kept)
+
+
 class Decider:
     """Feeds observations in time order; returns the decisions they complete."""
 
@@ -212,6 +227,14 @@ class Decider:
         )
         if current.id == track or same_face:
             current.elder = elder
+
+    def forget(self, gone: Collection[str]) -> None:
+        """Elders erased from the gallery: the open track's frames seen before no longer name
+        them, so a decision made after the reload (an uncertain one lists the candidates of
+        all the track's frames) does not name her either."""
+        track = self.track
+        if track is not None and gone:
+            track.evidence = [without(e, gone) for e in track.evidence]
 
     def cooldowns(self, t: float) -> dict[str, float]:
         """Elder -> seconds since last seen, for those still in cooldown at ``t``."""

@@ -309,14 +309,17 @@ class VisionService:
 
     def _refresh(self) -> None:
         """New enrolments, and erasures: the faces held for staff that named only erased
-        elders go. A gallery file that cannot be read now leaves the last one in use."""
-        assert self.gallery is not None
+        elders go, and the frames of the track in view stop naming them. A gallery file that
+        cannot be read now leaves the last one in use."""
+        assert self.gallery is not None and self.pipeline is not None
         try:
             before = set(self.gallery.snapshot.elders)
             if self.gallery.refresh_if_changed():
                 enrolled = set(self.gallery.snapshot.elders)
+                gone = sorted(before - enrolled)
                 self.confirmations.forget_erased(enrolled)
-                self._erase_decisions(sorted(before - enrolled))
+                self.pipeline.decider.forget(gone)
+                self._erase_decisions(gone)
                 self._check_calibration()
         except Exception as exc:
             self.refresh_errors += 1

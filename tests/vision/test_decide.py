@@ -90,6 +90,49 @@ def test_a_close_runner_up_is_never_accepted_but_offered_to_staff() -> None:
     assert float(decision.probe @ person("p1")) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_track_in_view_when_an_elder_is_erased_names_her_no_more() -> None:
+    """The gallery reload that drops her comes while a close call is in view: the uncertain
+    decision made after it, from all the track's frames, must not list her (the counter's
+    erasure of her decisions ran at the reload, before it). Her frames vote for nobody else."""
+    decider = Decider(POLICY)
+    before = frames(0.0, 15, who="p1", top="elder-1", score=0.7, runner_up=0.69)
+    assert run(decider, before) == []
+    decider.forget(["elder-1"])
+    search = SearchResult(("elder-z", "elder-y"), (0.69, 0.68))
+    after = [
+        Observation(1.0 + i / FPS, "face", embedding=person("p1"), search=search, live_score=0.99)
+        for i in range(30)
+    ]
+    (decision,) = run(decider, after)
+    assert decision.outcome is Outcome.UNCERTAIN
+    assert decision.candidates == (("elder-z", 0.69), ("elder-y", 0.68))
+    assert decision.t == pytest.approx(POLICY.decide_within_s, abs=1 / FPS)
+
+
+def test_forgetting_an_elder_makes_no_frame_vote_for_anyone_else() -> None:
+    """Her runner-up is not accepted on frames she topped, nor on frames where she was close
+    behind another elder."""
+    decider = Decider(POLICY)
+    topped = frames(0.0, 2, who="p1", top="elder-1", score=0.7, runner_up=0.69)
+    behind = [
+        Observation(
+            (2 + i) / FPS,
+            "face",
+            embedding=person("p1"),
+            search=SearchResult(("elder-z", "elder-1"), (0.7, 0.69)),
+            live_score=0.99,
+        )
+        for i in range(2)
+    ]
+    assert run(decider, topped + behind) == []
+    decider.forget(["elder-1"])
+    track = decider.track
+    assert track is not None
+    assert [e.top for e in track.evidence] == [None, None, "elder-z", "elder-z"]
+    assert [e.margin for e in track.evidence[2:]] == pytest.approx([0.01, 0.01])
+    assert all("elder-1" not in dict(e.candidates) for e in track.evidence)
+
+
 def test_an_uncertain_face_that_may_be_a_photo_is_not_held_for_confirmation() -> None:
     decider = Decider(POLICY)
     lives = [0.9, 0.3] * 3  # half the frames fail: not a spoof, not live enough to learn

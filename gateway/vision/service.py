@@ -316,7 +316,8 @@ class VisionService:
             before = set(self.gallery.snapshot.elders)
             if self.gallery.refresh_if_changed():
                 enrolled = set(self.gallery.snapshot.elders)
-                gone = sorted(before - enrolled)
+                # a row that fails to decrypt (a bad write) hides her, but she was not erased
+                gone = sorted(before - enrolled - set(self.gallery.damaged))
                 self.confirmations.forget_erased(enrolled)
                 self.pipeline.decider.forget(gone)
                 self._erase_decisions(gone)

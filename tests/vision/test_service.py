@@ -454,12 +454,11 @@ def test_a_face_held_for_staff_goes_once_the_counter_reloads_a_gallery_without_i
     assert service.health()["confirmable_decisions"] == 0
 
 
-def test_decisions_the_counter_made_after_an_erasure_read_the_journal_go_too(
+def _her_at_the_counter(
     vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
-) -> None:
-    """The erasure (another process) reads the journal, then the counter, which still knows
-    her until its next reload, accepts her once more: that decision is marked to leave the
-    journal at its delivery like those the erasure found."""
+) -> VisionService:
+    """Elder-7 enrolled, and her photo shown again and again to a counter that reloads its
+    gallery every 50 ms: running."""
     data_dir = store.path.parent
     folder = data_dir.parent / "her"
     folder.mkdir()
@@ -471,7 +470,17 @@ def test_decisions_the_counter_made_after_an_erasure_read_the_journal_go_too(
         }
     )
     _enrol_one(data_dir, analyzer, faces_dir, cfg)
-    service = _running_with(cfg, store, Confirmations(0))
+    return _running_with(cfg, store, Confirmations(0))
+
+
+def test_decisions_the_counter_made_after_an_erasure_read_the_journal_go_too(
+    vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
+) -> None:
+    """The erasure (another process) reads the journal, then the counter, which still knows
+    her until its next reload, accepts her once more: that decision is marked to leave the
+    journal at its delivery like those the erasure found."""
+    data_dir = store.path.parent
+    service = _her_at_the_counter(vision_cfg, analyzer, faces_dir, store)
     try:
         eventually(lambda: "elder-7" in [d.get("elder_id") for d in recorded(store.path)], 60)
         erase(data_dir / "faces.db", "elder-7")  # the gallery's part; the journal was read
@@ -490,6 +499,33 @@ def test_decisions_the_counter_made_after_an_erasure_read_the_journal_go_too(
     finally:
         service.stop()
     assert service.health()["erasure_errors"] == 0
+
+
+def test_an_elder_whose_templates_fail_to_decrypt_at_a_reload_keeps_her_decisions(
+    vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
+) -> None:
+    """Her row damaged (a bad write on the card) makes her vanish from the counter's gallery
+    at its next reload, but she was not erased: her decisions stay in the journal as they
+    were, neither deleted nor marked."""
+    data_dir = store.path.parent
+    service = _her_at_the_counter(vision_cfg, analyzer, faces_dir, store)
+    try:
+        eventually(lambda: "elder-7" in [d.get("elder_id") for d in recorded(store.path)], 60)
+        with contextlib.closing(sqlite3.connect(data_dir / "faces.db")) as conn, conn:
+            conn.execute("UPDATE templates SET ciphertext = zeroblob(length(ciphertext))")
+        erase(data_dir / "faces.db", "elder-9")  # another write: the counter reloads
+        gallery = service.gallery
+        assert gallery is not None
+        eventually(lambda: gallery.damaged == ("elder-7",))
+    finally:
+        service.stop()  # the erasure a reload starts is joined
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        marks = conn.execute(
+            "SELECT o.erased FROM events e LEFT JOIN outbox o USING (seq) WHERE e.type = ?",
+            ("face.decision",),
+        ).fetchall()
+    assert marks and all(m is None for (m,) in marks)
+    assert "elder-7" in [d.get("elder_id") for d in recorded(store.path)]
 
 
 def test_a_cooldown_a_full_disk_kept_out_of_its_file_is_written_once_there_is_room(

@@ -10,7 +10,7 @@ Schema: gateway/contract/schemas/data/face.decision.json.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from gateway.events import EventType, Lane
@@ -76,10 +76,10 @@ def decision_data(
     }
 
 
-def names_elder(data: Mapping[str, Any], elder: str) -> bool:
-    """Whether a decision names the elder: accepted, a candidate, or a look-alike."""
+def names_any(data: Mapping[str, Any], elders: Collection[str]) -> bool:
+    """Whether a decision names any of the elders: accepted, a candidate, or a look-alike."""
     return (
-        data.get("elder_id") == elder
-        or any(c.get("elder_id") == elder for c in data.get("candidates") or ())
-        or elder in (data.get("confusable_with") or ())
+        data.get("elder_id") in elders
+        or any(c.get("elder_id") in elders for c in data.get("candidates") or ())
+        or any(e in elders for e in data.get("confusable_with") or ())
     )

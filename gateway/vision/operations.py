@@ -52,7 +52,7 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     platform must get) and leave the journal at their delivery. The one erasure for the
     platform's request and the CLI alike."""
     from gateway.vision import cooldown
-    from gateway.vision.events import FACE_DECISION, names_elder
+    from gateway.vision.events import FACE_DECISION, names_any
     from gateway.vision.gallery import erase
     from gateway.vision.retention import ExpiredFrames
 
@@ -64,7 +64,7 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     except OSError as exc:
         raise GalleryError(f"templates erased, but not every audit frame: {exc}") from None
     try:
-        decisions = erase_events(journal, FACE_DECISION.name, partial(names_elder, elder=elder))
+        decisions = erase_events(journal, FACE_DECISION.name, partial(names_any, elders={elder}))
     except (StoreError, sqlite3.Error) as exc:
         raise GalleryError(
             f"templates and audit frames erased, but not the decisions in the journal: {exc}"

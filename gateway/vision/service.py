@@ -38,7 +38,7 @@ from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Policy
 from gateway.vision.errors import VisionError
-from gateway.vision.events import FACE_DECISION, names_elder
+from gateway.vision.events import FACE_DECISION, names_any
 from gateway.vision.gallery import Gallery
 from gateway.vision.models import Models, load_manifest, resolve_models_dir
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
@@ -342,14 +342,14 @@ class VisionService:
         self._eraser.start()
 
     def _erase_from_journal(self, journal: Journal, gone: list[str]) -> None:
-        for elder in gone:
-            try:
-                erase_events(journal, FACE_DECISION.name, partial(names_elder, elder=elder))
-            except (StoreError, sqlite3.Error) as exc:
-                self.erasure_errors += 1
-                self._ratelimited.warning(
-                    "erasure", "face stage: decisions of an erased elder left: %s", exc
-                )
+        """One pass over the journal for all of them: it reads and opens every decision."""
+        try:
+            erase_events(journal, FACE_DECISION.name, partial(names_any, elders=frozenset(gone)))
+        except (StoreError, sqlite3.Error) as exc:
+            self.erasure_errors += 1
+            self._ratelimited.warning(
+                "erasure", "face stage: decisions of erased elders left: %s", exc
+            )
 
     def _emit(self, decision: DecisionEvent) -> None:
         if self.store is not None:

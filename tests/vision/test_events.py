@@ -8,7 +8,7 @@ import pytest
 
 from gateway.vision.config import DecisionSection
 from gateway.vision.decide import Decision, Outcome, Policy
-from gateway.vision.events import FACE_DECISION, decision_data
+from gateway.vision.events import FACE_DECISION, decision_data, names_any
 
 SCHEMA_FILE = (
     Path(__file__).parents[2] / "gateway" / "contract" / "schemas" / "data" / "face.decision.json"
@@ -92,3 +92,16 @@ def test_an_accepted_elders_look_alikes_travel_with_the_decision(
     assert len(many["confusable_with"]) == 16  # type: ignore[arg-type]
     uncertain = Decision(Outcome.UNCERTAIN, 5.0, 5, 3.0, elder_id="elder-9", frames_used=30)
     assert _data(uncertain, ("elder-12",))["confusable_with"] == []
+
+
+def test_a_decision_names_an_elder_accepted_as_a_candidate_or_as_a_look_alike() -> None:
+    """What an erasure looks for, for one elder or several erased at one reload."""
+    data = {
+        "elder_id": "E1",
+        "candidates": [{"elder_id": "E1", "score": 0.6}, {"elder_id": "E2", "score": 0.5}],
+        "confusable_with": ["E3"],
+    }
+    for elder in ("E1", "E2", "E3"):
+        assert names_any(data, {elder})
+    assert names_any(data, {"E9", "E3"}) and not names_any(data, {"E9", "E8"})
+    assert not names_any({"elder_id": None, "candidates": [], "confusable_with": None}, {"E1"})

@@ -391,8 +391,10 @@ def test_a_udp_port_in_use_fails_the_start_and_leaves_nothing_listening(store: S
         with pytest.raises(OSError):
             service.start()
         assert threading.active_count() == before
-        with socket.create_server(("127.0.0.1", port)):  # the TCP port was let go
-            pass
+        # nothing listens on the TCP port (binding it could fail for another reason: the
+        # same number in use as the local port of some other program's connection)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 @pytest.mark.parametrize("junk", [b"\n", b"not a message\r"], ids=["newline", "refused"])

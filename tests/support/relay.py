@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from tests.support.broker import free_port
-
 
 @dataclass
 class _Path:
@@ -35,9 +33,9 @@ class Relay:
     def __init__(self, target_port: int, *, delay_back_s: float = 0.0) -> None:
         self.target_port = target_port
         self.delay_back_s = delay_back_s
-        self.port = free_port()
         self.accepted = 0
-        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._server = socket.create_server(("127.0.0.1", 0))  # no window for another to take
+        self.port = int(self._server.getsockname()[1])
         self._paths: list[_Path] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()

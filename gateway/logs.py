@@ -87,6 +87,12 @@ class RateLimitedLog:
         self._lock = threading.Lock()
 
     def warning(self, key: str, msg: str, *args: object) -> None:
+        self._emit(logging.WARNING, key, msg, *args)
+
+    def error(self, key: str, msg: str, *args: object) -> None:
+        self._emit(logging.ERROR, key, msg, *args)
+
+    def _emit(self, level: int, key: str, msg: str, *args: object) -> None:
         """Safe from several threads at once (one limiter serves every port and the store's
         writer): the interpreter may switch threads between reading a count and writing it
         back, and without the lock a suppressed line would go uncounted."""
@@ -99,6 +105,6 @@ class RateLimitedLog:
             suppressed = self._suppressed.pop(key, 0)
             self._last[key] = now
         if suppressed:
-            self._log.warning(msg + " (%d similar suppressed)", *args, suppressed)
+            self._log.log(level, msg + " (%d similar suppressed)", *args, suppressed)
         else:
-            self._log.warning(msg, *args)
+            self._log.log(level, msg, *args)

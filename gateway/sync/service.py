@@ -16,6 +16,7 @@ from gateway.lifecycle import Periodic
 from gateway.logs import RateLimitedLog
 from gateway.store import OutboxReader, Store
 from gateway.sync.downlink import Downlink, Operation, Reply
+from gateway.sync.identity import CONFLICT_WINDOW_S, IdentityWatch, new_instance
 from gateway.sync.mqtt import Message, MessageTooLarge, MqttLink
 from gateway.sync.publisher import Publisher
 from gateway.sync.topics import Topics
@@ -121,13 +122,15 @@ class Sync:
         self._model_versions = model_versions
         self._generation = 0
         self._rate_log = RateLimitedLog(log, 30)
+        self.identity = IdentityWatch(new_instance())
+        self._identity_log = RateLimitedLog(log, CONFLICT_WINDOW_S, self._steady_s)
         self.link = MqttLink(
             cfg.mqtt,
             cfg.mqtt.client_id or f"{cfg.gateway.site}-{cfg.gateway.id}",
             self,
             password=password,
             will=lambda: self._status("offline", "connection_lost"),
-            subscriptions=lambda: [self.topics.requests],
+            subscriptions=lambda: [self.topics.requests, self.topics.status],
             alarm_waiting=lambda: store.usage[Lane.P0].count > 0,
             # twice the request limit: a request somewhat too large is still answered
             # too_large; one far beyond it never reaches the gateway's memory
@@ -198,7 +201,7 @@ class Sync:
 
     def health(self) -> dict[str, Any]:
         return {
-            "broker": self.link.health(),
+            "broker": self._broker_health(),
             "uplink": self.publisher.health(),
             "downlink": self.downlink.health(),
         }
@@ -229,7 +232,34 @@ class Sync:
         self.publisher.puback(generation, mid, accepted, reason)
 
     def received(self, topic: str, payload: bytes, retained: bool = False) -> None:
-        self.downlink.received(topic, payload, retained)
+        if topic == self.topics.status:
+            self._status_seen(payload)
+        else:
+            self.downlink.received(topic, payload, retained)
+
+    def _status_seen(self, payload: bytes) -> None:
+        """Only named in the log and health: alarms must still go out, under either gateway."""
+        if not self.identity.observe(payload, self._session(), self._steady_s()):
+            return
+        cfg = self.loaded.config
+        self._identity_log.error(
+            "identity",
+            "another gateway is using gateway id %s at site %s (the same client id %s; the "
+            "broker drops one connection whenever the other connects): a copied SD card or "
+            "config? Give each gateway its own `gateway.id`",
+            cfg.gateway.id,
+            cfg.gateway.site,
+            self.link.client_id,
+        )
+
+    def _broker_health(self) -> dict[str, Any]:
+        return {**self.link.health(), **self.identity.health(self._steady_s())}
+
+    def _steady_s(self) -> float:
+        return self._clock.monotonic_ms() / 1000
+
+    def _session(self) -> int:
+        return max(self.store.session, 1)
 
     # ---- messages ----------------------------------------------------------------------------
 
@@ -263,7 +293,8 @@ class Sync:
             "state": state,
             "gateway": cfg.gateway.id,
             "site": cfg.gateway.site,
-            "session": max(self.store.session, 1),
+            "session": self._session(),
+            "instance": self.identity.instance,
         }
         if reason:
             body["reason"] = reason
@@ -293,7 +324,7 @@ class Sync:
             "storage_pressure": [lane.label for lane in store.pressure],
             "disk_free_bytes": store.disk_free,
             "disk_reserve": store.reserve.state,
-            "broker": self.link.health(),
+            "broker": self._broker_health(),
             "uplink": self.publisher.health(),
             "downlink": self.downlink.health(),
             "services": others,

@@ -20,6 +20,7 @@ from gateway.app import build
 from gateway.config import load_config, read_password
 from gateway.events import Event, Lane
 from tests.support.events import BY_LANE
+from tests.support.subscriber import Received, Subscriber
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +38,26 @@ def start(config: Path, events: int, seed: int) -> subprocess.Popen[str]:
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "READY"
     return proc
+
+
+def killed_with_will(config: Path, sub: Subscriber) -> Received:
+    """Run the gateway (gw-crash) until its birth is on the broker, SIGKILL it, and return
+    the last will the broker published for it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.crashee", str(config), "1000000", "1", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    topic = "gw-crash/status"
+    try:
+        sub.wait_for(lambda _m: bool(sub.of_topic(topic)))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    sub.wait_for(lambda _m: sub.of_topic(topic)[-1].json()["state"] == "offline")
+    return sub.of_topic(topic)[-1]
 
 
 def recorded_lines(output: str) -> dict[str, int]:

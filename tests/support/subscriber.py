@@ -125,8 +125,8 @@ class Subscriber:
     def event_ids(self) -> set[str]:
         return {e["event_id"] for e in self.events()}
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
-        self._client.publish(topic, payload, qos=qos).wait_for_publish(5)
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        self._client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
     def of_topic(self, suffix: str) -> list[Received]:
         with self._cond:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ from gateway.clock import SystemClock
 from gateway.events import Event, iso_utc
 from gateway.store import StorageFull
 from tests.support.broker import Mosquitto
-from tests.support.crashee import ROOT
+from tests.support.crashee import killed_with_will
 from tests.support.disk import fill
 from tests.support.events import ALARM, TELEMETRY
 from tests.support.gateway import config, running
@@ -51,24 +48,10 @@ def test_birth_on_connect_and_goodbye_on_a_clean_stop(tmp_path: Path, mosquitto:
 
 def test_last_will_when_the_gateway_process_dies(tmp_path: Path, mosquitto: Mosquitto) -> None:
     sub = Subscriber(mosquitto.port)
-    cfg = write_config(tmp_path, mosquitto.port)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.crashee", str(cfg), "1000000", "1", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={"PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
     try:
-        topic = "gw-crash/status"
-        sub.wait_for(lambda _m: bool(sub.of_topic(topic)))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        sub.wait_for(lambda _m: sub.of_topic(topic)[-1].json()["state"] == "offline")
-        will = sub.of_topic(topic)[-1].json()
+        will = killed_with_will(write_config(tmp_path, mosquitto.port), sub).json()
         assert will["reason"] == "connection_lost" and will["gateway"] == "gw-crash"
     finally:
-        proc.kill()
         sub.close()
 
 

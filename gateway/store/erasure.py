@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from gateway.keys import KeyFileError, read_key
 from gateway.store.cipher import CHECK_KEY, EventCipher, Undecryptable
-from gateway.store.db import StoreError, connect
+from gateway.store.db import StoreError, connect, overwriting
 from gateway.store.writer import SQL_VARS
 
 log = logging.getLogger(__name__)
@@ -64,25 +64,25 @@ def erase_events(
                 unreadable += 1
         if unreadable:
             log.warning("store: %d %s events could not be read", unreadable, event_type)
-        conn.execute("PRAGMA secure_delete = ON")
         deleted = marked = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for start in range(0, len(doomed), SQL_VARS):
-                chunk = doomed[start : start + SQL_VARS]
-                marks = ",".join("?" * len(chunk))
-                deleted += conn.execute(
-                    f"DELETE FROM events WHERE seq IN ({marks}) "
-                    "AND delivered_steady_ms IS NOT NULL",
-                    chunk,
-                ).rowcount
-                marked += conn.execute(
-                    f"UPDATE outbox SET erased = 1 WHERE seq IN ({marks})", chunk
-                ).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with overwriting(conn):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(doomed), SQL_VARS):
+                    chunk = doomed[start : start + SQL_VARS]
+                    marks = ",".join("?" * len(chunk))
+                    deleted += conn.execute(
+                        f"DELETE FROM events WHERE seq IN ({marks}) "
+                        "AND delivered_steady_ms IS NOT NULL",
+                        chunk,
+                    ).rowcount
+                    marked += conn.execute(
+                        f"UPDATE outbox SET erased = 1 WHERE seq IN ({marks})", chunk
+                    ).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
     return ErasedEvents(deleted, marked)
 
 

@@ -206,6 +206,18 @@ def test_a_request_our_handler_fails_on_is_answered_and_not_remembered(tmp_path:
         assert [json.loads(m.payload)["status"] for m in sent] == ["error", "ok"]
 
 
+class Applying:
+    """A handler that answers ``data`` and keeps the transaction of each request it applies."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self.data = {"pong": True} if data is None else data
+        self.applied: list[str] = []
+
+    def __call__(self, request: Mapping[str, Any]) -> Reply:
+        self.applied.append(str(request["transaction"]))
+        return Reply(self.data)
+
+
 @contextmanager
 def downlink_alone(
     tmp_path: Path,
@@ -319,11 +331,7 @@ def test_a_response_not_stored_in_time_is_not_called_unapplied(
     """The store is held up (a long checkpoint on a slow SD card): the response may still be
     stored after the sender was answered, so the answer does not say "not applied", and a
     repeat once it is stored is answered from the record."""
-    applied: list[str] = []
-
-    def ping(request: Mapping[str, Any]) -> Reply:
-        applied.append(str(request["transaction"]))
-        return Reply({"pong": True})
+    ping = Applying()
 
     with downlink_alone(tmp_path, ping, applies_elsewhere=elsewhere, commit_timeout_s=0.2) as (
         downlink,
@@ -346,7 +354,7 @@ def test_a_response_not_stored_in_time_is_not_called_unapplied(
         eventually(lambda: state(tmp_path / "gateway.db")[0] == 1)
         again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
         assert again is not None and again["status"] == "ok" and again["repeat"] is True
-        assert applied == ["t-1"]
+        assert ping.applied == ["t-1"]
 
 
 def test_a_repeat_sent_before_the_first_response_was_stored_is_answered_from_it(
@@ -690,18 +698,14 @@ def _answers(db: Path) -> list[tuple[str, str]]:
 def test_stored_answers_name_no_elder_in_the_database_files(tmp_path: Path) -> None:
     """An answer names the elder and the photos sent for her; kept to recognise repeats, it
     is sealed with the journal's key, and a repeat is still answered from it."""
-    applied: list[str] = []
-
-    def enrol(request: Mapping[str, Any]) -> Reply:
-        applied.append(str(request["transaction"]))
-        return Reply({"elder_id": "elder-7731", "photos": ["wang-xiulan-2019.jpg"]})
+    enrol = Applying({"elder_id": "elder-7731", "photos": ["wang-xiulan-2019.jpg"]})
 
     with downlink_alone(tmp_path, enrol) as (downlink, _sent):
         first = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "en-1"}')
         again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "en-1"}')
         assert again is not None and again["repeat"] is True
         assert {k: v for k, v in again.items() if k != "repeat"} == first
-        assert applied == ["en-1"]
+        assert enrol.applied == ["en-1"]
     assert _answers(tmp_path / "gateway.db") == [("en-1", "blob")]
     for file in tmp_path.glob("gateway.db*"):
         assert b"elder-7731" not in file.read_bytes(), file.name
@@ -720,17 +724,13 @@ def test_answers_an_earlier_version_stored_in_plain_text_are_sealed_and_still_an
             "INSERT INTO requests (txn, op, response, steady_ms) VALUES (?, 'ping', ?, 1)",
             [(f"old-{n}", json.dumps({**plain, "transaction": f"old-{n}"})) for n in range(1200)],
         )
-    applied: list[str] = []
-
-    def ping(request: Mapping[str, Any]) -> Reply:
-        applied.append(str(request["transaction"]))
-        return Reply({"pong": True})
+    ping = Applying()
 
     with downlink_alone(tmp_path, ping) as (downlink, _sent):
         eventually(lambda: {kind for _, kind in _answers(db)} == {"blob"})
         again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "old-1"}')
         assert again is not None and again["repeat"] is True and again["data"] == {}
-        assert applied == []
+        assert ping.applied == []
     assert len(_answers(db)) == 1200
 
 
@@ -766,11 +766,7 @@ def test_long_answers_an_earlier_version_stored_in_plain_text_leave_no_trace_onc
 def test_a_stored_answer_that_does_not_open_refuses_the_repeat_without_applying_it(
     tmp_path: Path,
 ) -> None:
-    applied: list[str] = []
-
-    def ping(request: Mapping[str, Any]) -> Reply:
-        applied.append(str(request["transaction"]))
-        return Reply({"pong": True})
+    ping = Applying()
 
     with downlink_alone(tmp_path, ping) as (downlink, _sent):
         downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
@@ -781,4 +777,4 @@ def test_a_stored_answer_that_does_not_open_refuses_the_repeat_without_applying_
         again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
         assert again is not None and again["status"] == "error"
         assert again["message"].startswith("already applied; its stored answer does not open")
-        assert applied == ["t-1"] and downlink.errors["unreadable_record"] == 1
+        assert ping.applied == ["t-1"] and downlink.errors["unreadable_record"] == 1

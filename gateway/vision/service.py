@@ -255,6 +255,9 @@ class VisionService:
                 settlements = pipeline.decider.settlements
                 next_save = now + COOLDOWN_SAVE_S
                 self._save_cooldown()
+        # an erasure since the last reload: its decisions made meanwhile leave the journal
+        # now, since the next start never sees her go; and the last track is decided without her
+        self._refresh()
         try:
             events = pipeline.flush()
         except Exception as exc:

@@ -455,10 +455,14 @@ def test_a_face_held_for_staff_goes_once_the_counter_reloads_a_gallery_without_i
 
 
 def _her_at_the_counter(
-    vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
+    vision_cfg: VisionSection,
+    analyzer: Analyzer,
+    faces_dir: Path,
+    store: Store,
+    refresh_s: float = 0.05,
 ) -> VisionService:
     """Elder-7 enrolled, and her photo shown again and again to a counter that reloads its
-    gallery every 50 ms: running."""
+    gallery every ``refresh_s``: running."""
     data_dir = store.path.parent
     folder = data_dir.parent / "her"
     folder.mkdir()
@@ -466,11 +470,26 @@ def _her_at_the_counter(
     cfg = vision_cfg.model_copy(
         update={
             "camera": CameraSection(source=str(folder), fps=15, replay_loop=True),
-            "gallery": GallerySection(refresh_s=0.05),
+            "gallery": GallerySection(refresh_s=refresh_s),
         }
     )
     _enrol_one(data_dir, analyzer, faces_dir, cfg)
     return _running_with(cfg, store, Confirmations(0))
+
+
+def _decisions_of(db: Path, elder: str) -> list[str]:
+    return [e for e, d in recorded_events(db) if d.get("elder_id") == elder]
+
+
+def _erasure_marks(db: Path, hers: list[str]) -> list[int]:
+    """The outbox marks of these decisions: 1 for each marked to leave the journal at its
+    delivery."""
+    query = (
+        "SELECT o.erased FROM outbox o JOIN events e USING (seq) "
+        f"WHERE e.event_id IN ({','.join('?' * len(hers))})"
+    )
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return [int(m or 0) for (m,) in conn.execute(query, hers)]
 
 
 def test_decisions_the_counter_made_after_an_erasure_read_the_journal_go_too(
@@ -484,20 +503,29 @@ def test_decisions_the_counter_made_after_an_erasure_read_the_journal_go_too(
     try:
         eventually(lambda: "elder-7" in [d.get("elder_id") for d in recorded(store.path)], 60)
         erase(data_dir / "faces.db", "elder-7")  # the gallery's part; the journal was read
-
-        hers = [e for e, d in recorded_events(store.path) if d.get("elder_id") == "elder-7"]
-        query = (
-            "SELECT o.erased FROM outbox o JOIN events e USING (seq) "
-            f"WHERE e.event_id IN ({','.join('?' * len(hers))})"
-        )
-
-        def marked() -> list[int]:
-            with contextlib.closing(sqlite3.connect(store.path)) as conn:
-                return [int(m or 0) for (m,) in conn.execute(query, hers)]
-
-        eventually(lambda: marked() == [1] * len(hers))
+        hers = _decisions_of(store.path, "elder-7")
+        eventually(lambda: _erasure_marks(store.path, hers) == [1] * len(hers))
     finally:
         service.stop()
+    assert service.health()["erasure_errors"] == 0
+
+
+def test_decisions_made_after_an_erasure_read_the_journal_go_when_the_counter_stops_first(
+    vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
+) -> None:
+    """The gateway is stopped (a restart, an upgrade) after the erasure read the journal but
+    before the counter's next reload: the next start never sees her go from its gallery, so
+    the decisions it made naming her meanwhile must be marked at the stop, or they stay in
+    the journal for ``delivered_retention_days``."""
+    data_dir = store.path.parent
+    service = _her_at_the_counter(vision_cfg, analyzer, faces_dir, store, refresh_s=3600)
+    try:
+        eventually(lambda: "elder-7" in [d.get("elder_id") for d in recorded(store.path)], 60)
+        erase(data_dir / "faces.db", "elder-7")  # the gallery's part; the journal was read
+    finally:
+        service.stop()
+    hers = _decisions_of(store.path, "elder-7")
+    assert hers and _erasure_marks(store.path, hers) == [1] * len(hers)
     assert service.health()["erasure_errors"] == 0
 
 

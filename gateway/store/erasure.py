@@ -30,6 +30,7 @@ from gateway.store.db import StoreError, connect, overwriting
 from gateway.store.writer import SQL_VARS
 
 log = logging.getLogger(__name__)
+_NO_LIMIT = (1 << 63) - 1
 
 
 class Journal(NamedTuple):
@@ -43,19 +44,27 @@ class ErasedEvents(NamedTuple):
 
 
 def erase_events(
-    journal: Journal, event_type: str, names: Callable[[Mapping[str, Any]], bool]
+    journal: Journal,
+    event_type: str,
+    names: Callable[[Mapping[str, Any]], bool],
+    *,
+    until_ms: int | None = None,
 ) -> ErasedEvents:
     """Delete the delivered events of ``event_type`` whose data ``names`` says name the
     person, and mark those still pending to be deleted at their delivery. The deleted rows are
-    overwritten (``secure_delete``). No database: nothing. Raises StoreError when the key does
-    not open the journal."""
+    overwritten (``secure_delete``). ``until_ms``: only events recorded by then (store running
+    time), so none of a person enrolled again since. No database: nothing. Raises StoreError
+    when the key does not open the journal."""
     if not journal.path.exists():
         return ErasedEvents(0, 0)
     with contextlib.closing(connect(journal.path)) as conn:
         cipher = _cipher(conn, journal.key)
         doomed: list[int] = []
         unreadable = 0
-        rows = conn.execute("SELECT seq, event_id, data FROM events WHERE type = ?", (event_type,))
+        rows = conn.execute(
+            "SELECT seq, event_id, data FROM events WHERE type = ? AND steady_ms <= ?",
+            (event_type, _NO_LIMIT if until_ms is None else until_ms),
+        )
         for seq, event_id, data in rows:
             try:
                 if names(json.loads(cipher.open(event_id, data))):

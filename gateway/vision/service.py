@@ -15,21 +15,18 @@ Audit frames past their retention are deleted by a service of their own (retenti
 from __future__ import annotations
 
 import logging
-import sqlite3
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from gateway.lifecycle import StartupError
 from gateway.logs import RateLimitedLog
 from gateway.store import Store
-from gateway.store.db import StoreError
-from gateway.store.erasure import Journal, erase_events
-from gateway.vision import cooldown
+from gateway.store.erasure import Journal
+from gateway.vision import cooldown, late_erasure
 from gateway.vision.analyze import Analyzer, AnalyzerSettings
 from gateway.vision.audit import AuditFrames
 from gateway.vision.calibrate import beyond_calibration
@@ -38,8 +35,9 @@ from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Policy
 from gateway.vision.errors import VisionError
-from gateway.vision.events import FACE_DECISION, names_any
+from gateway.vision.events import FACE_DECISION
 from gateway.vision.gallery import Gallery
+from gateway.vision.late_erasure import LateErasures
 from gateway.vision.models import Models, load_manifest, resolve_models_dir
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
 
@@ -81,8 +79,7 @@ class VisionService:
         self.cooldown_save_errors = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._eraser: threading.Thread | None = None
-        self.erasure_errors = 0
+        self._late: LateErasures | None = None
         self._ratelimited = RateLimitedLog(log, 60.0)
         self._cooldown_path = data_dir / cooldown.FILE
         self._cooldown_saved: dict[str, int] | None = None  # None: write at the first save
@@ -132,6 +129,12 @@ class VisionService:
             ]
             seen = cooldown.load(self._cooldown_path, self.store.steady_ms(), within_ms)
             self.pipeline.remember(accepted + seen)
+            self._late = LateErasures(
+                Journal(self.store.path, self.store.key_path),
+                self.data_dir / late_erasure.FILE,
+                cfg.gallery.refresh_s,
+                time.monotonic,
+            )
         self.feed = open_feed(cfg.camera, realtime=self.realtime)
         self.feed.start()
         self._stop.clear()
@@ -155,9 +158,8 @@ class VisionService:
             self._thread.join()
             self._thread = None
             self._settle_late()
-        if self._eraser is not None:
-            self._eraser.join()
-            self._eraser = None
+        if self._late is not None:
+            self._late.stop()
         if self.feed is not None:
             self.feed.stop()
         if self.pipeline is not None:
@@ -197,7 +199,8 @@ class VisionService:
             "unrecorded_decisions": self.unrecorded,
             "gallery_refresh_errors": self.refresh_errors,
             "cooldown_save_errors": self.cooldown_save_errors,
-            "erasure_errors": self.erasure_errors,
+            "erasure_errors": self._late.errors if self._late else 0,
+            "erasures_pending": self._late.pending if self._late else 0,
             "audit_frames_kept": self.audit.kept if self.audit else 0,
             "confirmable_decisions": len(self.confirmations),
         }
@@ -323,36 +326,16 @@ class VisionService:
                 gone = sorted(before - enrolled - set(self.gallery.damaged))
                 self.confirmations.forget_erased(enrolled)
                 self.pipeline.decider.forget(gone)
-                self._erase_decisions(gone)
+                if gone and self._late is not None and self.store is not None:
+                    # the erasure read the journal before the decisions made since, while
+                    # the counter still knew her (each is committed before the next frame)
+                    self._late.add(gone, self.store.steady_ms())
                 self._check_calibration()
         except Exception as exc:
             self.refresh_errors += 1
             self._ratelimited.warning("refresh", "face gallery not refreshed: %s", exc)
-
-    def _erase_decisions(self, gone: list[str]) -> None:
-        """Elders erased since the last reload: the erasure read the journal before the
-        decisions this counter made while it still knew them (up to ``gallery.refresh_s``;
-        each is committed before the next frame), so they are taken out now, on a thread of
-        their own so the counter does not wait for the journal to be read."""
-        if not gone or self.store is None:
-            return
-        if self._eraser is not None:
-            self._eraser.join()
-        journal = Journal(self.store.path, self.store.key_path)
-        self._eraser = threading.Thread(
-            target=self._erase_from_journal, args=(journal, gone), name="face-erasure"
-        )
-        self._eraser.start()
-
-    def _erase_from_journal(self, journal: Journal, gone: list[str]) -> None:
-        """One pass over the journal for all of them: it reads and opens every decision."""
-        try:
-            erase_events(journal, FACE_DECISION.name, partial(names_any, elders=frozenset(gone)))
-        except (StoreError, sqlite3.Error) as exc:
-            self.erasure_errors += 1
-            self._ratelimited.warning(
-                "erasure", "face stage: decisions of erased elders left: %s", exc
-            )
+        if self._late is not None:
+            self._late.tick()
 
     def _emit(self, decision: DecisionEvent) -> None:
         if self.store is not None:

@@ -25,7 +25,7 @@ from gateway.events import Lane
 from gateway.lifecycle import StartupError, Supervisor
 from gateway.store import Delivered, Store
 from gateway.store.erasure import Journal
-from gateway.vision import cooldown
+from gateway.vision import cooldown, late_erasure
 from gateway.vision import service as service_module
 from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
@@ -527,6 +527,33 @@ def test_decisions_made_after_an_erasure_read_the_journal_go_when_the_counter_st
     hers = _decisions_of(store.path, "elder-7")
     assert hers and _erasure_marks(store.path, hers) == [1] * len(hers)
     assert service.health()["erasure_errors"] == 0
+
+
+def test_decisions_an_erasure_at_a_reload_could_not_take_out_are_taken_out_later(
+    vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
+) -> None:
+    """Another program holds the journal's write lock past the busy timeout when the counter
+    reloads without her: that pass fails and is counted; once the lock is let go, a later pass
+    marks the decisions the counter made about her in the window, and the file that kept
+    them for a restart goes."""
+    data_dir = store.path.parent
+    left = data_dir / late_erasure.FILE
+    service = _her_at_the_counter(vision_cfg, analyzer, faces_dir, store)
+    try:
+        eventually(lambda: "elder-7" in [d.get("elder_id") for d in recorded(store.path)], 60)
+        with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as other:
+            other.execute("BEGIN EXCLUSIVE")
+            erase(data_dir / "faces.db", "elder-7")
+            eventually(lambda: service.health()["erasure_errors"] == 1, 30)
+            assert json.loads(left.read_text()).keys() == {"elder-7"}
+            other.execute("ROLLBACK")
+        hers = _decisions_of(store.path, "elder-7")
+        eventually(lambda: _erasure_marks(store.path, hers) == [1] * len(hers), 30)
+        eventually(lambda: service.health()["erasures_pending"] == 0)
+        assert not left.exists()
+    finally:
+        service.stop()
+    assert service.health()["erasure_errors"] == 1
 
 
 def test_an_elder_whose_templates_fail_to_decrypt_at_a_reload_keeps_her_decisions(

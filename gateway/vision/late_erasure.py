@@ -1,0 +1,150 @@
+"""The decisions a running counter made about elders erased since its last gallery reload,
+taken out of the journal on a thread of their own, and tried again until that succeeds.
+
+The erasure itself read the journal before them (they were made while the counter still knew
+her), so nobody else ever takes them out: a pass that fails (the journal locked by another
+program past the busy timeout, an I/O error) would leave them for the whole retention period.
+A failed pass is counted and tried again at a later reload tick, waiting twice as long after
+each failure up to ``MAX_RETRY_S`` (each pass reads and opens every decision), never on the
+counter's thread. Each elder is erased up to the running time of the reload that dropped her,
+so a pass tried much later spares the decisions of an elder enrolled again meanwhile.
+
+Those still to erase after a failure are written to ``FILE`` (ids and running times only,
+private like the data directory), read back at the next start: a restart before a retry
+succeeded does not forget them. The file is removed once they are all erased.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from gateway.logs import RateLimitedLog
+from gateway.private import replace_private
+from gateway.store.db import StoreError
+from gateway.store.erasure import Journal, erase_events
+from gateway.vision.events import FACE_DECISION, names_any
+
+log = logging.getLogger(__name__)
+
+FILE = "face-erasures.json"
+MAX_RETRY_S = 300.0
+MAX_ELDERS = 4096  # far beyond a site's erasures between two successful passes
+
+
+def retry_after_s(failures: int, first_s: float) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row."""
+    return min(MAX_RETRY_S, first_s * 2.0 ** min(failures - 1, 30))
+
+
+class LateErasures:
+    """Used by the counter's pipeline thread only; each pass runs on a thread of its own."""
+
+    def __init__(
+        self, journal: Journal, path: Path, first_retry_s: float, now: Callable[[], float]
+    ) -> None:
+        self.journal = journal
+        self.path = path
+        self.first_retry_s = first_retry_s
+        self._now = now
+        self.errors = 0
+        self._pending: dict[str, int] = _read(path)  # elder -> running time (ms) of her reload
+        self._failures = 0
+        self._next_try = now()
+        self._pass: threading.Thread | None = None
+        self._passed: dict[str, int] = {}
+        self._failed = False
+        self._ratelimited = RateLimitedLog(log, 60.0)
+
+    @property
+    def pending(self) -> int:
+        """Elders whose decisions are still to be taken out (those of a pass under way too)."""
+        return len(self._pending)
+
+    def add(self, elders: list[str], until_ms: int) -> None:
+        for elder in elders:
+            if elder in self._pending or len(self._pending) < MAX_ELDERS:
+                self._pending[elder] = until_ms
+            else:
+                self.errors += 1
+                log.error("face stage: decisions of erased elder %s left in the journal", elder)
+        self._next_try = self._now()  # a new erasure is not held back by an old failure
+
+    def tick(self) -> None:
+        """At each reload tick: take in a finished pass, start the next one when due."""
+        if self._pass is not None:
+            if self._pass.is_alive():
+                return
+            self._finished()
+        if self._pending and self._now() >= self._next_try:
+            self._passed = dict(self._pending)
+            self._failed = False
+            self._pass = threading.Thread(target=self._run, name="face-erasure")
+            self._pass.start()
+
+    def stop(self) -> None:
+        if self._pass is not None:
+            self._pass.join()
+            self._finished()
+
+    def _run(self) -> None:
+        """One pass over the journal per reload they were dropped at (usually one)."""
+        by_reload: dict[int, set[str]] = {}
+        for elder, until_ms in self._passed.items():
+            by_reload.setdefault(until_ms, set()).add(elder)
+        try:
+            for until_ms, elders in sorted(by_reload.items()):
+                names = partial(names_any, elders=frozenset(elders))
+                erase_events(self.journal, FACE_DECISION.name, names, until_ms=until_ms)
+        except (StoreError, sqlite3.Error) as exc:
+            self._failed = True
+            self._ratelimited.warning(
+                "erasure", "face stage: decisions of erased elders left, to retry: %s", exc
+            )
+
+    def _finished(self) -> None:
+        self._pass = None
+        if self._failed:
+            self.errors += 1
+            self._failures += 1
+            self._next_try = self._now() + retry_after_s(self._failures, self.first_retry_s)
+        else:
+            self._failures = 0
+            for elder, until_ms in self._passed.items():
+                if self._pending.get(elder) == until_ms:  # not dropped again meanwhile
+                    del self._pending[elder]
+        self._save()
+
+    def _save(self) -> None:
+        """Written after every pass: a failure may come from the card, and the file is then
+        tried again after the next pass."""
+        try:
+            if self._pending:
+                replace_private(self.path, json.dumps(self._pending).encode())
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._ratelimited.warning("file", "face stage: %s not written: %s", self.path, exc)
+
+
+def _read(path: Path) -> dict[str, int]:
+    """What a failed pass left for this start; a damaged file is logged and gives nothing."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError) as exc:
+        log.warning("face stage: %s not read: %s", path, exc)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(e): t
+        for e, t in list(data.items())[:MAX_ELDERS]
+        if isinstance(t, int) and not isinstance(t, bool)
+    }

@@ -1,0 +1,111 @@
+"""The decisions a counter made about elders erased since its last reload leave the journal,
+even when the first pass fails or the gateway restarts before a retry succeeded."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import ClockSync
+from gateway.config import StoreSection
+from gateway.events import Event
+from gateway.keys import create_key
+from gateway.store import Store
+from gateway.store.erasure import Journal
+from gateway.vision.events import FACE_DECISION
+from gateway.vision.late_erasure import FILE, MAX_RETRY_S, LateErasures, retry_after_s
+from tests.support.clock import ManualClock
+
+
+class Seconds:
+    """The pass schedule's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: ManualClock) -> Iterator[Store]:
+    s = Store(StoreSection(), tmp_path / "gateway.db", clock, ClockSync("never", 60))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _accepted(store: Store, elder: str) -> int:
+    data = {"outcome": "accepted", "elder_id": elder, "candidates": [], "confusable_with": []}
+    return store.record(Event(FACE_DECISION, data)).seq
+
+
+def _marked(db: Path) -> set[int]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return {int(s) for (s,) in conn.execute("SELECT seq FROM outbox WHERE erased")}
+
+
+def test_the_wait_between_tries_doubles_up_to_its_ceiling() -> None:
+    assert [retry_after_s(n, 5.0) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert retry_after_s(7, 5.0) == MAX_RETRY_S == retry_after_s(10_000, 5.0)
+
+
+def test_a_failed_pass_is_counted_and_tried_again_once_its_wait_is_over(
+    store: Store, tmp_path: Path
+) -> None:
+    """The journal's key file is not readable at the first pass (another key in its place
+    until it is restored): counted, kept in the file for a restart, not tried again before
+    the wait, then taken out."""
+    hers = _accepted(store, "E7")
+    theirs = _accepted(store, "E8")
+    key = tmp_path / "journal.key"
+    create_key(key)
+    now = Seconds()
+    late = LateErasures(Journal(store.path, key), tmp_path / FILE, 5.0, now)
+    late.add(["E7"], store.steady_ms())
+    late.tick()
+    late.stop()  # waits for the pass
+    assert late.errors == 1 and late.pending == 1
+    assert json.loads((tmp_path / FILE).read_text()) == {"E7": store.steady_ms()}
+    shutil.copyfile(store.key_path, key)
+    late.tick()
+    late.stop()
+    assert _marked(store.path) == set()  # not before its wait is over
+    now.now += 5.0
+    late.tick()
+    late.stop()
+    assert _marked(store.path) == {hers} and theirs not in _marked(store.path)
+    assert late.errors == 1 and late.pending == 0
+    assert not (tmp_path / FILE).exists()
+
+
+def test_a_restart_takes_out_what_a_failed_pass_left_and_spares_her_decisions_since(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    """The file left by the run before: her decisions up to the reload that dropped her go;
+    one made after she was enrolled again stays, and so does another elder's."""
+    before = _accepted(store, "E7")
+    (tmp_path / FILE).write_text(json.dumps({"E7": store.steady_ms()}))
+    clock.advance(1000)
+    again = _accepted(store, "E7")
+    theirs = _accepted(store, "E8")
+    late = LateErasures(Journal(store.path, store.key_path), tmp_path / FILE, 5.0, Seconds())
+    assert late.pending == 1
+    late.tick()
+    late.stop()
+    assert _marked(store.path) == {before}
+    assert again not in _marked(store.path) and theirs not in _marked(store.path)
+    assert late.errors == 0 and not (tmp_path / FILE).exists()

@@ -153,8 +153,9 @@ class StoreSection(Strict):
         30.0,
         ge=0,
         le=3650,
-        description="Delivered events stay in the local journal this long for audit (the face "
-        "decisions naming an erased elder go at her erasure, or at their delivery).",
+        description="Delivered events stay in the local journal this long for audit (an erased "
+        "elder's face decisions go at her erasure, or at their delivery; other elders' "
+        "acceptances naming her stay, without her).",
     )
     housekeeping_interval_s: float = Field(
         10.0,

@@ -1,5 +1,6 @@
 """Events that name an erased person, taken out of the journal: the delivered ones at the
-erasure, those still to be delivered as soon as they are.
+erasure, those still to be delivered as soon as they are; or, for an event that is another
+person's record and merely mentions her, rewritten without her.
 
 An event still in the outbox is the platform's record (a meal, an alarm) and must still reach
 it, so it stays as it is, sent in its turn like any other; its outbox row is marked
@@ -8,10 +9,16 @@ instead of keeping it ``delivered_retention_days`` for review on site. The mark 
 database, so a restart before the delivery keeps it, and it goes with its outbox row however
 the event leaves (delivered, expired, evicted).
 
+An event rewritten without her is sealed again and replaces the old one, overwritten where it
+was (``secure_delete``), delivered or not: one still pending is then sent without her (unless
+the publisher had read it just before), and is kept after its delivery like any other. Its
+outbox row keeps the size it was counted at, a few bytes over.
+
 Works on a connection of its own, from the gateway's process or from a command run beside the
 running gateway. The events are read and opened first; then one short write transaction
-deletes those delivered and marks those still pending. The writer cannot deliver an event
-between the two, so each is either deleted now or marked, whatever it delivered meanwhile.
+deletes those delivered, marks those still pending and rewrites the others'. The writer
+cannot deliver an event between the two, so each is either deleted now or marked, whatever it
+delivered meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gateway.events import compact_json
 from gateway.keys import KeyFileError, read_key
 from gateway.store.cipher import CHECK_KEY, EventCipher, Undecryptable
 from gateway.store.db import StoreError, connect, overwriting
@@ -41,25 +49,27 @@ class Journal(NamedTuple):
 class ErasedEvents(NamedTuple):
     deleted: int  # delivered, deleted now
     at_delivery: int  # still to be delivered: sent in their turn, then deleted
+    rewritten: int = 0  # another person's, rewritten without her (delivered or not)
+
+
+# An event's data -> False: leave it; True: it goes; new data: it stays, rewritten so.
+Erasure = Callable[[Mapping[str, Any]], bool | Mapping[str, Any]]
 
 
 def erase_events(
-    journal: Journal,
-    event_type: str,
-    names: Callable[[Mapping[str, Any]], bool],
-    *,
-    until_ms: int | None = None,
+    journal: Journal, event_type: str, erasing: Erasure, *, until_ms: int | None = None
 ) -> ErasedEvents:
-    """Delete the delivered events of ``event_type`` whose data ``names`` says name the
-    person, and mark those still pending to be deleted at their delivery. The deleted rows are
-    overwritten (``secure_delete``). ``until_ms``: only events recorded by then (store running
-    time), so none of a person enrolled again since. No database: nothing. Raises StoreError
-    when the key does not open the journal."""
+    """Delete the delivered events of ``event_type`` that ``erasing`` says go, and mark those
+    still pending to be deleted at their delivery; rewrite those it gives new data for. The
+    rows deleted or replaced are overwritten (``secure_delete``). ``until_ms``: only events
+    recorded by then (store running time), so none of a person enrolled again since. No
+    database: nothing. Raises StoreError when the key does not open the journal."""
     if not journal.path.exists():
         return ErasedEvents(0, 0)
     with contextlib.closing(connect(journal.path)) as conn:
         cipher = _cipher(conn, journal.key)
         doomed: list[int] = []
+        rewrites: list[_Rewrite] = []
         unreadable = 0
         rows = conn.execute(
             "SELECT seq, event_id, data FROM events WHERE type = ? AND steady_ms <= ?",
@@ -67,13 +77,18 @@ def erase_events(
         )
         for seq, event_id, data in rows:
             try:
-                if names(json.loads(cipher.open(event_id, data))):
-                    doomed.append(int(seq))
+                verdict = erasing(json.loads(cipher.open(event_id, data)))
             except (Undecryptable, ValueError):
                 unreadable += 1
+                continue
+            if verdict is True:
+                doomed.append(int(seq))
+            elif verdict is not False:
+                sealed = cipher.seal(event_id, compact_json(verdict))
+                rewrites.append(_Rewrite(int(seq), event_id, data, sealed))
         if unreadable:
             log.warning("store: %d %s events could not be read", unreadable, event_type)
-        deleted = marked = 0
+        deleted = marked = rewritten = 0
         with overwriting(conn):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -88,11 +103,40 @@ def erase_events(
                     marked += conn.execute(
                         f"UPDATE outbox SET erased = 1 WHERE seq IN ({marks})", chunk
                     ).rowcount
+                rewritten = sum(_rewrite(conn, cipher, erasing, r) for r in rewrites)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-    return ErasedEvents(deleted, marked)
+    return ErasedEvents(deleted, marked, rewritten)
+
+
+class _Rewrite(NamedTuple):
+    seq: int
+    event_id: str
+    read: bytes | str  # the data as read
+    sealed: bytes  # the new data
+
+
+def _rewrite(conn: sqlite3.Connection, cipher: EventCipher, erasing: Erasure, r: _Rewrite) -> int:
+    """The new data, unless the row changed since it was read (another erasure, of another
+    person it names, rewrote it meanwhile; the writer sealed a row from before encryption):
+    then worked out again from what it holds now, under the write lock, so neither erasure
+    puts back the person the other took out."""
+    update = "UPDATE events SET data = ? WHERE seq = ?"
+    if conn.execute(f"{update} AND data = ?", (r.sealed, r.seq, r.read)).rowcount:
+        return 1
+    row = conn.execute("SELECT data FROM events WHERE seq = ?", (r.seq,)).fetchone()
+    if row is None:  # deleted meanwhile (its retention ended)
+        return 0
+    try:
+        verdict = erasing(json.loads(cipher.open(r.event_id, row[0])))
+    except (Undecryptable, ValueError):
+        return 0
+    if isinstance(verdict, bool):  # it names her no more
+        return 0
+    sealed = cipher.seal(r.event_id, compact_json(verdict))
+    return int(conn.execute(update, (sealed, r.seq)).rowcount)
 
 
 def _cipher(conn: sqlite3.Connection, key_path: Path) -> EventCipher:

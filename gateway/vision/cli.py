@@ -208,7 +208,7 @@ def cmd_gallery_remove(args: argparse.Namespace) -> int:
         f"{args.elder}: {erased.templates} template(s) erased, "
         f"{erased.audit_frames} audit frame(s) and {erased.decisions} delivered decision(s) "
         f"deleted; {erased.decisions_at_delivery} decision(s) still to be sent, deleted once "
-        "delivered"
+        f"delivered; {erased.decisions_rewritten} other elders' decision(s) kept without her"
     )
     return EXIT_OK if any(erased) else EXIT_FAIL
 

@@ -83,3 +83,21 @@ def names_any(data: Mapping[str, Any], elders: Collection[str]) -> bool:
         or any(c.get("elder_id") in elders for c in data.get("candidates") or ())
         or any(e in elders for e in data.get("confusable_with") or ())
     )
+
+
+def erasing(data: Mapping[str, Any], elders: Collection[str]) -> bool | dict[str, Any]:
+    """What erasing the elders does to a decision: False, it names none of them; True, it goes
+    (accepted as one of them, or undecided with one among its candidates: it may have been
+    her); otherwise it is another elder's acceptance, which stays hers (it feeds her cooldown
+    after a restart and is the audit copy), without them among its candidates and look-alikes.
+    The score margin to a candidate taken out stays, naming nobody."""
+    if not names_any(data, elders):
+        return False
+    accepted = data.get("elder_id")
+    if data.get("outcome") != "accepted" or not accepted or accepted in elders:
+        return True
+    return {
+        **data,
+        "candidates": [c for c in data.get("candidates") or () if c.get("elder_id") not in elders],
+        "confusable_with": [e for e in data.get("confusable_with") or () if e not in elders],
+    }

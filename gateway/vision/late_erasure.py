@@ -28,7 +28,7 @@ from gateway.logs import RateLimitedLog
 from gateway.private import replace_private
 from gateway.store.db import StoreError
 from gateway.store.erasure import Journal, erase_events
-from gateway.vision.events import FACE_DECISION, names_any
+from gateway.vision.events import FACE_DECISION, erasing
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ class LateErasures:
             by_reload.setdefault(until_ms, set()).add(elder)
         try:
             for until_ms, elders in sorted(by_reload.items()):
-                names = partial(names_any, elders=frozenset(elders))
-                erase_events(self.journal, FACE_DECISION.name, names, until_ms=until_ms)
+                rule = partial(erasing, elders=frozenset(elders))
+                erase_events(self.journal, FACE_DECISION.name, rule, until_ms=until_ms)
         except (StoreError, sqlite3.Error) as exc:
             self._failed = True
             self._ratelimited.warning(

@@ -42,17 +42,19 @@ class Erased(NamedTuple):
     audit_frames: int
     decisions: int  # delivered decisions that named her, taken out of the journal
     decisions_at_delivery: int  # those still to be sent, taken out once delivered
+    decisions_rewritten: int  # other elders' acceptances naming her, kept without her
 
 
 def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal) -> Erased:
     """Everything the device keeps of one elder goes: templates, look-alike entries, the
     saved cooldown, the audit frames of decisions that named her (kept while the option was
-    on, whether or not it is now) and the delivered decisions in the journal that named her.
-    Decisions not yet delivered are still sent (an acceptance is her meal's record, which the
-    platform must get) and leave the journal at their delivery. The one erasure for the
-    platform's request and the CLI alike."""
+    on, whether or not it is now) and the delivered decisions in the journal that were hers
+    (``events.erasing``). Hers not yet delivered are still sent (an acceptance is her meal's
+    record, which the platform must get) and leave the journal at their delivery; other
+    elders' acceptances that name her as a candidate or look-alike stay, without her. The one
+    erasure for the platform's request and the CLI alike."""
     from gateway.vision import cooldown
-    from gateway.vision.events import FACE_DECISION, names_any
+    from gateway.vision.events import FACE_DECISION, erasing
     from gateway.vision.gallery import erase
     from gateway.vision.retention import ExpiredFrames
 
@@ -64,12 +66,12 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     except OSError as exc:
         raise GalleryError(f"templates erased, but not every audit frame: {exc}") from None
     try:
-        decisions = erase_events(journal, FACE_DECISION.name, partial(names_any, elders={elder}))
+        decisions = erase_events(journal, FACE_DECISION.name, partial(erasing, elders={elder}))
     except (StoreError, sqlite3.Error) as exc:
         raise GalleryError(
             f"templates and audit frames erased, but not the decisions in the journal: {exc}"
         ) from None
-    return Erased(templates, audit_frames, decisions.deleted, decisions.at_delivery)
+    return Erased(templates, audit_frames, *decisions)
 
 
 def face_remove(
@@ -83,7 +85,8 @@ def face_remove(
         raise RequestError(str(exc)) from None
     log.info(
         "face gallery: %d template(s), %d audit frame(s) and %d delivered decision(s) erased "
-        "on the platform's request, %d decision(s) still to be sent erased once delivered",
+        "on the platform's request, %d decision(s) still to be sent erased once delivered, "
+        "%d other elders' decision(s) rewritten without her",
         *erased,
     )
     return Reply(
@@ -93,6 +96,7 @@ def face_remove(
             "audit_frames_erased": erased.audit_frames,
             "decisions_erased": erased.decisions,
             "decisions_erased_at_delivery": erased.decisions_at_delivery,
+            "decisions_rewritten": erased.decisions_rewritten,
         }
     )
 

@@ -4,6 +4,7 @@ those still to be delivered as soon as they are, sent meanwhile exactly as befor
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from gateway.events import Event, Lane, StoredEvent
 from gateway.store import Delivered, Store, StoreError, schema
 from gateway.store.erasure import ErasedEvents, Journal, erase_events
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
+from tests.store.test_cipher import raw
 from tests.support.clock import ManualClock
 from tests.support.journal import journal
 
@@ -171,3 +173,62 @@ def test_a_wrong_key_is_refused_rather_than_finding_nobody(
         erase_events(Journal(store.path, wrong), MEAL.name, _names_e1)
     assert [e.seq for e in journal(store.path)] == [delivered.seq, pending.seq]
     assert _marks(store.path) == 0
+
+
+def _without_e1(data: Mapping[str, Any]) -> bool | dict[str, Any]:
+    """E1's events go; another's that names her among its others is kept without her."""
+    if data.get("elder") == "E1" or "E1" not in data.get("others", ()):
+        return data.get("elder") == "E1"
+    return {**data, "others": [e for e in data["others"] if e != "E1"]}
+
+
+def test_another_persons_event_naming_her_is_kept_without_her_and_its_old_copy_overwritten(
+    make_store: StoreFactory,
+) -> None:
+    """Delivered or still to be sent, E2's meal stays E2's (sent, then kept for review), with
+    E1 taken out; the sealed copy that named her, longer than a page, is nowhere in the file
+    (opened with the key, it would name her)."""
+    store = make_store()
+    pad = "x" * 3000  # spills onto overflow pages, which a deletion frees whole
+    delivered = store.record(Event(MEAL, {"elder": "E2", "others": ["E1", "E3"], "pad": pad}))
+    pending = store.record(Event(MEAL, {"elder": "E2", "others": ["E1"]}))
+    _deliver(store, delivered)
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        (sealed,) = conn.execute(
+            "SELECT data FROM events WHERE seq = ?", (delivered.seq,)
+        ).fetchone()
+
+    assert erase_events(_journal_of(store), MEAL.name, _without_e1) == ErasedEvents(0, 0, 2)
+    assert [json.loads(e.data_json) for e in _pending(store, Lane.P1)] == [
+        {"elder": "E2", "others": []}
+    ]
+    _deliver(store, pending)
+    assert [e.data for e in journal(store.path)] == [
+        {"elder": "E2", "others": ["E3"], "pad": pad},
+        {"elder": "E2", "others": []},
+    ]
+    assert _marks(store.path) == 0
+    store.stop()  # checkpointed: the older pages in the WAL written over
+    left = raw(store.path)
+    assert not any(sealed[i : i + 32] in left for i in range(0, len(sealed) - 32, 32))
+
+
+def test_two_erasures_rewriting_one_event_at_once_put_neither_person_back(
+    make_store: StoreFactory,
+) -> None:
+    """E3 is erased (the counter's pass) while E1's erasure (the platform's request) has read
+    E2's meal naming both but not yet written it: E1's erasure works it out again from the
+    row as it is now, rather than writing back the copy it read, which names E3."""
+    store = make_store()
+    store.record(Event(MEAL, {"elder": "E2", "others": ["E1", "E3"]}))
+
+    def without_e3(data: Mapping[str, Any]) -> bool | dict[str, Any]:
+        return {**data, "others": [e for e in data["others"] if e != "E3"]}
+
+    def e3_erased_meanwhile(data: Mapping[str, Any]) -> bool | dict[str, Any]:
+        if "E3" in data["others"]:
+            assert erase_events(_journal_of(store), MEAL.name, without_e3).rewritten == 1
+        return _without_e1(data)
+
+    assert erase_events(_journal_of(store), MEAL.name, e3_erased_meanwhile).rewritten == 1
+    assert [e.data for e in journal(store.path)] == [{"elder": "E2", "others": []}]

@@ -67,7 +67,12 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
     data_dir = tmp_path / "var"
     gallery = _enrolled(data_dir)
     hers = {"outcome": "accepted", "elder_id": "E1024", "candidates": [], "confusable_with": []}
-    theirs = {**hers, "elder_id": "E2048"}
+    theirs = {
+        **hers,
+        "elder_id": "E2048",
+        "candidates": [{"elder_id": "E2048", "score": 0.7}, {"elder_id": "E1024", "score": 0.6}],
+        "confusable_with": ["E1024"],
+    }
     _delivered_decisions(data_dir, hers, theirs)
     cooling = data_dir / "face-cooldown.json"  # as a counter leaves it: both in cooldown
     cooling.write_text(json.dumps({"E1024": 1000, "E2048": 2000}))
@@ -84,6 +89,7 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
                 "audit_frames_erased": 0,
                 "decisions_erased": 1,
                 "decisions_erased_at_delivery": 0,
+                "decisions_rewritten": 1,
             }
             again = ask(sub, "face.remove", {"transaction": "rm-1", "elder_id": "E1024"})
             assert again["repeat"] is True and again["data"] == first["data"]
@@ -100,7 +106,15 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
     assert gallery.refresh_if_changed()
     assert gallery.snapshot.elders == ("E2048",)
     assert gallery.confusables() == []
-    assert [e.data["elder_id"] for e in journal(data_dir / "gateway.db", "face.")] == ["E2048"]
+    # hers went; E2048's acceptance stays (the audit copy, her cooldown at a restart), without E1024
+    without_her = {**theirs, "candidates": theirs["candidates"][:1], "confusable_with": []}
+    assert [e.data for e in journal(data_dir / "gateway.db", "face.")] == [without_her]
+    store = Store(StoreSection(), data_dir / "gateway.db", SystemClock(), ClockSync("never", 30))
+    store.start()
+    try:
+        assert [d for _, d in store.recent(FACE_DECISION.name, 3_600_000)] == [without_her]
+    finally:
+        store.stop()
 
 
 def _decision(outcome: Outcome, elder: str | None = None, *candidates: str) -> dict[str, Any]:
@@ -119,20 +133,26 @@ def test_decisions_waiting_for_the_network_at_an_erasure_are_sent_then_leave_the
 ) -> None:
     """Erased on the device beside the running gateway (as `gateway gallery remove` does)
     while decisions naming her wait for the network, and the gateway restarted before it is
-    back: they are sent as recorded, in order, and once delivered the journal, read with its
-    key, names her no more."""
+    back: hers are sent as recorded, another elder's acceptance naming her as a look-alike
+    without her, in order, and once delivered the journal, read with its key, names her no
+    more and keeps that acceptance."""
     data_dir = tmp_path / "var"
     _enrolled(data_dir)
     decisions = [
         _decision(Outcome.ACCEPTED, "E1024"),
         _decision(Outcome.UNCERTAIN, None, "E2048", "E1024"),
         _decision(Outcome.ACCEPTED, "E2048"),
+        {**_decision(Outcome.ACCEPTED, "E2048", "E2048", "E1024"), "confusable_with": ["E1024"]},
     ]
+    without_her = {**decisions[3], "candidates": decisions[3]["candidates"][:1]}
+    without_her["confusable_with"] = []
     with running(config(data_dir, None)) as gw:  # no broker
         recorded = [gw.store.record(Event(FACE_DECISION, d)) for d in decisions]
         journal_file = Journal(gw.store.path, gw.store.key_path)
         erased = erase_elder(VisionSection(), data_dir, "E1024", journal_file)
-    assert erased == Erased(templates=2, audit_frames=0, decisions=0, decisions_at_delivery=2)
+    assert erased == Erased(
+        templates=2, audit_frames=0, decisions=0, decisions_at_delivery=2, decisions_rewritten=1
+    )
 
     sub = Subscriber(mosquitto.port)
     try:
@@ -142,8 +162,12 @@ def test_decisions_waiting_for_the_network_at_an_erasure_are_sent_then_leave_the
     finally:
         sub.close()
     sent = [(e["event_id"], e["data"]) for e in sub.events() if e["type"] == FACE_DECISION.name]
-    assert sent == [(e.event_id, d) for e, d in zip(recorded, decisions, strict=True)]
-    assert recorded_events(data_dir / "gateway.db") == [(recorded[2].event_id, decisions[2])]
+    expected = [*decisions[:3], without_her]  # E2048's acceptance sent without her
+    assert sent == [(e.event_id, d) for e, d in zip(recorded, expected, strict=True)]
+    assert recorded_events(data_dir / "gateway.db") == [
+        (recorded[2].event_id, decisions[2]),
+        (recorded[3].event_id, without_her),
+    ]
 
 
 def test_an_erasure_whose_response_cannot_be_stored_is_reported_done(tmp_path: Path) -> None:
@@ -175,6 +199,7 @@ def test_an_erasure_whose_response_cannot_be_stored_is_reported_done(tmp_path: P
         "audit_frames_erased": 0,
         "decisions_erased": 0,
         "decisions_erased_at_delivery": 0,
+        "decisions_rewritten": 0,
     }
     assert "not remembered" in reply["message"]
     assert gallery.refresh_if_changed() and gallery.snapshot.elders == ("E2048",)

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.vision.config import DecisionSection
 from gateway.vision.decide import Decision, Outcome, Policy
-from gateway.vision.events import FACE_DECISION, decision_data, names_any
+from gateway.vision.events import FACE_DECISION, decision_data, erasing, names_any
 
 SCHEMA_FILE = (
     Path(__file__).parents[2] / "gateway" / "contract" / "schemas" / "data" / "face.decision.json"
@@ -105,3 +105,21 @@ def test_a_decision_names_an_elder_accepted_as_a_candidate_or_as_a_look_alike() 
         assert names_any(data, {elder})
     assert names_any(data, {"E9", "E3"}) and not names_any(data, {"E9", "E8"})
     assert not names_any({"elder_id": None, "candidates": [], "confusable_with": None}, {"E1"})
+
+
+def test_an_erasure_takes_her_decisions_and_keeps_another_elders_acceptance_without_her() -> None:
+    accepted = {
+        "outcome": "accepted",
+        "elder_id": "E1",
+        "candidates": [{"elder_id": "E1", "score": 0.6}, {"elder_id": "E2", "score": 0.5}],
+        "confusable_with": ["E2", "E3"],
+    }
+    assert erasing(accepted, {"E1"}) is True  # hers
+    assert erasing(accepted, {"E9"}) is False
+    assert erasing(accepted, {"E2", "E9"}) == {
+        **accepted,
+        "candidates": [{"elder_id": "E1", "score": 0.6}],
+        "confusable_with": ["E3"],
+    }
+    undecided = {**accepted, "outcome": "uncertain", "elder_id": None, "confusable_with": []}
+    assert erasing(undecided, {"E2"}) is True  # it may have been her

@@ -834,7 +834,9 @@ def test_an_erased_elder_leaves_nothing_on_the_card_once_her_decisions_are_deliv
 
     journal_file = Journal(store.path, store.key_path)
     erased = erase_elder(cfg, data_dir, "elder-7", journal_file)
-    assert erased == Erased(templates=2, audit_frames=1, decisions=1, decisions_at_delivery=0)
+    assert erased == Erased(
+        templates=2, audit_frames=1, decisions=1, decisions_at_delivery=0, decisions_rewritten=0
+    )
 
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
         content = path.read_bytes()

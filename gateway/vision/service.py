@@ -323,8 +323,9 @@ class VisionService:
             if self.gallery.refresh_if_changed():
                 enrolled = set(self.gallery.snapshot.elders)
                 # a row that fails to decrypt (a bad write) hides her, but she was not erased
-                gone = sorted(before - enrolled - set(self.gallery.damaged))
-                self.confirmations.forget_erased(enrolled)
+                known = enrolled | set(self.gallery.damaged)
+                gone = sorted(before - known)
+                self.confirmations.forget_erased(known)
                 self.pipeline.decider.forget(gone)
                 if gone and self._late is not None and self.store is not None:
                     # the erasure read the journal before the decisions made since, while

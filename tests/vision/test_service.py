@@ -459,7 +459,9 @@ def _her_at_the_counter(
     analyzer: Analyzer,
     faces_dir: Path,
     store: Store,
+    *,
     refresh_s: float = 0.05,
+    confirm_within_s: float = 0,
 ) -> VisionService:
     """Elder-7 enrolled, and her photo shown again and again to a counter that reloads its
     gallery every ``refresh_s``: running."""
@@ -474,7 +476,7 @@ def _her_at_the_counter(
         }
     )
     _enrol_one(data_dir, analyzer, faces_dir, cfg)
-    return _running_with(cfg, store, Confirmations(0))
+    return _running_with(cfg, store, Confirmations(confirm_within_s))
 
 
 def _decisions_of(db: Path, elder: str) -> list[str]:
@@ -561,17 +563,21 @@ def test_an_elder_whose_templates_fail_to_decrypt_at_a_reload_keeps_her_decision
 ) -> None:
     """Her row damaged (a bad write on the card) makes her vanish from the counter's gallery
     at its next reload, but she was not erased: her decisions stay in the journal as they
-    were, neither deleted nor marked."""
+    were, neither deleted nor marked, and a face held for staff naming her stays confirmable
+    (her rows are still in the file)."""
     data_dir = store.path.parent
-    service = _her_at_the_counter(vision_cfg, analyzer, faces_dir, store)
+    service = _her_at_the_counter(vision_cfg, analyzer, faces_dir, store, confirm_within_s=600)
     try:
         eventually(lambda: "elder-7" in [d.get("elder_id") for d in recorded(store.path)], 60)
+        service.confirmations.hold("ev-1", PROBE, (("elder-7", 0.5),))
         with contextlib.closing(sqlite3.connect(data_dir / "faces.db")) as conn, conn:
             conn.execute("UPDATE templates SET ciphertext = zeroblob(length(ciphertext))")
         erase(data_dir / "faces.db", "elder-9")  # another write: the counter reloads
         gallery = service.gallery
         assert gallery is not None
         eventually(lambda: gallery.damaged == ("elder-7",))
+        # nor is a face held for staff that names her let go as if she were
+        assert service.confirmations.get("ev-1") is not None
     finally:
         service.stop()  # the erasure a reload starts is joined
     with contextlib.closing(sqlite3.connect(store.path)) as conn:

@@ -39,7 +39,8 @@ class Relay:
         self._paths: list[_Path] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        threading.Thread(target=self._accept, name="relay-accept", daemon=True).start()
+        self._threads = [threading.Thread(target=self._accept, name="relay-accept", daemon=True)]
+        self._threads[0].start()
 
     def freeze(self) -> None:
         """Every open connection goes silent both ways; new connections still pass."""
@@ -56,11 +57,18 @@ class Relay:
                 path.frozen.set()
 
     def close(self) -> None:
+        """Everything ends here, threads included: one left running would still listen, and
+        pytest would charge its failure to whichever test runs then."""
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # close() alone does not wake accept()
         self._server.close()
         with self._lock:
             for path in self._paths:
                 path.close()
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(5)
 
     def __enter__(self) -> Relay:
         return self
@@ -91,6 +99,7 @@ class Relay:
             while True:
                 if src is path.client and path.stalled.is_set():
                     self._closed.wait()
+                    due.put((0.0, b""))  # the writer ends too
                     return
                 try:
                     data = src.recv(65536)
@@ -118,5 +127,8 @@ class Relay:
                 except OSError:
                     return
 
-        threading.Thread(target=read, name="relay-read", daemon=True).start()
-        threading.Thread(target=write, name="relay-write", daemon=True).start()
+        for target, name in ((read, "relay-read"), (write, "relay-write")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()

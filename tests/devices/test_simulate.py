@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 from gateway.devices.config import Dc09Receiver
 from gateway.devices.dc09 import Dc09Service
@@ -10,6 +10,7 @@ from gateway.devices.decoders import dc09
 from gateway.devices.simulate import Dc09Transmitter
 from gateway.store import Store
 from tests.devices.conftest import definition, stored
+from tests.support.wait import eventually
 
 
 def test_a_panel_sending_less_often_than_the_idle_timeout_goes_on_sending(store: Store) -> None:
@@ -23,7 +24,8 @@ def test_a_panel_sending_less_often_than_the_idle_timeout_goes_on_sending(store:
     panel = Dc09Transmitter("127.0.0.1", service.port, "1234")
     try:
         assert dc09.parse(panel.cid("1", "101", "001").decode().strip(), {}).id == "ACK"
-        time.sleep(1.5)  # the receiver closes the connection as idle meanwhile
+        # the receiver closes the connection as idle (its thread ends with it)
+        eventually(lambda: not any(t.name == "dc09-hubs-conn" for t in threading.enumerate()))
         assert dc09.parse(panel.cid("1", "101", "002").decode().strip(), {}).id == "ACK"
         assert len(stored(store.path)) == 2 and service.connections == 2
     finally:

@@ -31,10 +31,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import sqlite_utils
+
 from gateway.events import compact_json
 from gateway.keys import KeyFileError, read_key
 from gateway.store.cipher import CHECK_KEY, EventCipher, Undecryptable
 from gateway.store.db import StoreError, connect, overwriting
+from gateway.store.schema import SchemaTooNew, migrate
 from gateway.store.writer import SQL_VARS
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ def erase_events(
     if not journal.path.exists():
         return ErasedEvents(0, 0)
     with contextlib.closing(connect(journal.path)) as conn:
+        _up_to_date(conn, journal.path)
         cipher = _cipher(conn, journal.key)
         doomed: list[int] = []
         rewrites: list[_Rewrite] = []
@@ -137,6 +141,15 @@ def _rewrite(conn: sqlite3.Connection, cipher: EventCipher, erasing: Erasure, r:
         return 0
     sealed = cipher.seal(r.event_id, compact_json(verdict))
     return int(conn.execute(update, (sealed, r.seq)).rowcount)
+
+
+def _up_to_date(conn: sqlite3.Connection, path: Path) -> None:
+    """A command run after an upgrade, before the new gateway first opened the journal, finds
+    it of the old schema (without ``outbox.erased``): it migrates it as the gateway would."""
+    try:
+        migrate(sqlite_utils.Database(conn))
+    except SchemaTooNew as exc:
+        raise StoreError(f"database {path}: {exc}") from None
 
 
 def _cipher(conn: sqlite3.Connection, key_path: Path) -> EventCipher:

@@ -158,6 +158,43 @@ def test_a_database_of_schema_4_gets_the_mark_keeping_its_pending_events(
         assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 5
 
 
+def test_an_erasure_before_the_upgraded_gateway_first_starts_brings_the_schema_up_to_date(
+    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gateway gallery remove` right after an upgrade, before the new gateway has opened the
+    journal: it is still of the old schema, without the column that marks pending events."""
+    path = tmp_path / "g.db"
+    with monkeypatch.context() as old:
+        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:4])
+        old.setattr(schema, "SCHEMA_VERSION", 4)
+        store = make_store(path)
+        delivered = store.record(Event(MEAL, {"elder": "E1"}))
+        pending = store.record(Event(MEAL, {"elder": "E1"}))
+        store.stop()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:  # delivered
+        conn.execute("DELETE FROM outbox WHERE seq = ?", (delivered.seq,))
+        conn.execute("UPDATE events SET delivered_steady_ms = 1 WHERE seq = ?", (delivered.seq,))
+
+    assert erase_events(_journal_of(store), MEAL.name, _names_e1) == ErasedEvents(1, 1)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    store = make_store(path)
+    assert _pending(store, Lane.P1) == [pending]
+    _deliver(store, pending)
+    assert journal(store.path) == [] and _marks(path) == 0
+
+
+def test_a_journal_of_a_newer_gateway_is_left_as_it_is(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.record(Event(MEAL, {"elder": "E1"}))
+    store.stop()
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this gateway supports"):
+        erase_events(_journal_of(store), MEAL.name, _names_e1)
+    assert len(journal(store.path)) == 1
+
+
 def test_a_wrong_key_is_refused_rather_than_finding_nobody(
     make_store: StoreFactory, tmp_path: Path
 ) -> None:

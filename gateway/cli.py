@@ -24,6 +24,7 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -160,4 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Handler = args.func
-    return func(args)
+    try:
+        return func(args)
+    except KeyboardInterrupt:  # Ctrl-C at a field command: it stops, no traceback
+        return EXIT_INTERRUPTED

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import EXIT_INTERRUPTED, main
 from tests.devices.conftest import CONFIGS
 from tests.devices.support import Pty
 
@@ -162,3 +166,21 @@ def test_simulator_values_that_cannot_run_are_refused_by_name(
         main(argv)
     assert exit_.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_simulator_without_a_traceback() -> None:
+    """An installer stops `simulate dc09` with Ctrl-C while it waits for the receiver."""
+    with socket.create_server(("127.0.0.1", 0)) as receiver:
+        port = receiver.getsockname()[1]
+        panel = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "simulate", "dc09", "--port", str(port)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        conn, _ = receiver.accept()
+        with conn:
+            conn.recv(1)  # the first message is on its way; its answer never comes
+            panel.send_signal(signal.SIGINT)
+            _, err = panel.communicate(timeout=10)
+    assert panel.returncode == EXIT_INTERRUPTED
+    assert "Traceback" not in err

@@ -28,6 +28,11 @@
    (/proc/self/io write_bytes, after a sync) while --sd-rate sightings a second arrive for
    --sd-seconds and are delivered as they come, with store.telemetry_linger_ms at its default
    next to 0 (a commit for each) measured side by side (--sd-trials of each; 0 skips).
+9. Memory across broker reconnects: the gateway's RSS while the broker is killed and started
+   again --reconnects times (down 1 s, up 2 s; 0 skips), sightings arriving at 20 a second,
+   next to the same gateway with its broker up all along, side by side: RSS after the first
+   connection and at the end, and growth per reconnect over the second half (a leak keeps
+   growing there; caches filling early on do not).
 """
 
 from __future__ import annotations
@@ -306,15 +311,15 @@ def outage(alarm: bool, outage_s: float, seed: int, out: mp.Queue[tuple[bool, fl
 
 def side_by_side(
     target: Callable[..., None], argsets: list[tuple[Any, ...]], timeout: float
-) -> dict[bool, list[float]]:
+) -> dict[bool, list[Any]]:
     """Trials that mostly wait run side by side in processes of their own; each puts one
-    (variant, seconds) on the queue it is given last."""
+    (variant, result) on the queue it is given last."""
     ctx = mp.get_context("spawn")
-    out: mp.Queue[tuple[bool, float]] = ctx.Queue()
+    out: mp.Queue[tuple[bool, Any]] = ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args, out)) for args in argsets]
     for proc in procs:
         proc.start()
-    results: dict[bool, list[float]] = {False: [], True: []}
+    results: dict[bool, list[Any]] = {False: [], True: []}
     for _ in procs:
         variant, seconds = out.get(timeout=timeout)
         results[variant].append(seconds)
@@ -392,6 +397,60 @@ def sd_writes(
     out.put((linger_ms > 0, written / 2**20 / elapsed * 3600))
 
 
+# ---- 9. memory across broker reconnects -----------------------------------------------------
+
+
+def rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def reconnects(
+    cycling: bool, cycles: int, settle_s: float, out: mp.Queue[tuple[bool, list[int]]]
+) -> None:
+    """One site whose broker is killed and started again ``cycles`` times (or, for the
+    baseline, stays up as long); its RSS in KiB once connected and settled, and after each
+    cycle."""
+    logging.getLogger("gateway.sync").setLevel(logging.ERROR)  # the lost connections are the point
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp)).start()
+        gw = build(loaded_config(Path(tmp), broker.port, reconnect_min_s=0.05), password=None)
+        stop = threading.Event()
+
+        def sightings() -> None:
+            i = 0
+            while not stop.wait(0.05):
+                gw.store.record(Event(SEEN, sighting(i)))
+                i += 1
+
+        gw.start()
+        assert gw.sync is not None
+        feeder = threading.Thread(target=sightings)
+        feeder.start()
+        while not gw.sync.link.connected:
+            time.sleep(0.05)
+        time.sleep(settle_s)
+        rss = [rss_kb()]
+        for _ in range(cycles):
+            if cycling:
+                broker.kill()
+                time.sleep(1)
+                broker.start()
+                while not gw.sync.link.connected:
+                    time.sleep(0.05)
+                time.sleep(2)
+            else:
+                time.sleep(3)
+            rss.append(rss_kb())
+        stop.set()
+        feeder.join()
+        out.put((cycling, rss))
+        gw.stop()
+        broker.stop()
+
+
 def crash_trials(trials: int, seed: int) -> dict[str, Any]:
     import sqlite3
     from collections import Counter
@@ -442,6 +501,7 @@ def main() -> None:
     ap.add_argument("--sd-trials", type=int, default=3)
     ap.add_argument("--sd-rate", type=float, default=20.0, help="sightings a second")
     ap.add_argument("--sd-seconds", type=float, default=60.0)
+    ap.add_argument("--reconnects", type=int, default=100, help="broker kills; 0 skips")
     args = ap.parse_args()
     if args.outage_s < 20:
         ap.error("--outage-s must be at least 20")
@@ -554,6 +614,21 @@ def main() -> None:
             print(
                 f"| {label} | {len(half[watch])} | {median(half[watch]):.1f} | "
                 f"{max(half[watch]):.1f} | {median(half[watch]) / base:.2f} |"
+            )
+
+    if args.reconnects:
+        rss = side_by_side(reconnects, [(c, args.reconnects, 5.0) for c in (False, True)], 3600)
+        half = args.reconnects // 2
+        print(
+            f"\n| RSS across {args.reconnects} broker kills (down 1 s, up 2 s) | "
+            "once connected, MB | at the end, MB | per cycle, 2nd half, KB |"
+        )
+        print("|---|---:|---:|---:|")
+        for cycling, label in ((False, "broker up all along (baseline)"), (True, "broker killed")):
+            kb = rss[cycling][0]
+            print(
+                f"| {label} | {kb[0] / 1024:.1f} | {kb[-1] / 1024:.1f} | "
+                f"{(kb[-1] - kb[half]) / (len(kb) - 1 - half):.1f} |"
             )
 
 

@@ -3,6 +3,7 @@ they are not part of the package, and nothing else would notice a change that br
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import random
 from pathlib import Path
 
@@ -12,6 +13,13 @@ from bench import backbone, devices, stop, vision
 def test_the_backbone_ingest_benchmark_runs(tmp_path: Path) -> None:
     assert backbone.raw_ingest(tmp_path / "raw.db", 300, 100) > 0
     assert backbone.store_pipelined(tmp_path / "store.db", 300, 2) > 0
+
+
+def test_the_reconnect_memory_benchmark_runs() -> None:
+    out: mp.Queue[tuple[bool, list[int]]] = mp.Queue()
+    backbone.reconnects(True, 1, 0.0, out)
+    cycling, rss = out.get(timeout=5)
+    assert cycling and len(rss) == 2 and min(rss) > 0
 
 
 def test_the_device_decoding_benchmarks_run() -> None:

@@ -74,6 +74,14 @@ SOS = EventType("bench.sos", Lane.P0)
 WINDOW = 32
 
 
+def proc_self(name: str, key: str) -> int:
+    """A count of this process from /proc/self (KiB for memory, bytes for I/O)."""
+    for line in Path(f"/proc/self/{name}").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/{name}")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -225,11 +233,7 @@ def drain(data_dir: str, port: int, batch: int, out: mp.Queue[dict[str, Any]]) -
     assert gw.sync is not None
     latency = gw.sync.publisher.latency(Lane.P0)
     gw.stop()
-    hwm = next(
-        int(line.split()[1])
-        for line in Path("/proc/self/status").read_text().splitlines()
-        if line.startswith("VmHWM:")
-    )
+    hwm = proc_self("status", "VmHWM")
     out.put(
         {
             "events_per_s": pending / elapsed,
@@ -362,10 +366,7 @@ def half_open(watch: bool, seed: int, out: mp.Queue[tuple[bool, float]]) -> None
 
 def write_bytes() -> int:
     """Bytes this process has had written to storage (page cache write-back included)."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    raise RuntimeError("no write_bytes in /proc/self/io")
+    return proc_self("io", "write_bytes")
 
 
 def sd_writes(
@@ -400,13 +401,6 @@ def sd_writes(
 # ---- 9. memory across broker reconnects -----------------------------------------------------
 
 
-def rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def reconnects(
     cycling: bool, cycles: int, settle_s: float, out: mp.Queue[tuple[bool, list[int]]]
 ) -> None:
@@ -432,7 +426,7 @@ def reconnects(
         while not gw.sync.link.connected:
             time.sleep(0.05)
         time.sleep(settle_s)
-        rss = [rss_kb()]
+        rss = [proc_self("status", "VmRSS")]
         for _ in range(cycles):
             if cycling:
                 broker.kill()
@@ -443,7 +437,7 @@ def reconnects(
                 time.sleep(2)
             else:
                 time.sleep(3)
-            rss.append(rss_kb())
+            rss.append(proc_self("status", "VmRSS"))
         stop.set()
         feeder.join()
         out.put((cycling, rss))

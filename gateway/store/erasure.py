@@ -7,7 +7,9 @@ it, so it stays as it is, sent in its turn like any other; its outbox row is mar
 (``outbox.erased``, by ``seq``, naming no one) and the writer deletes the event at its delivery
 instead of keeping it ``delivered_retention_days`` for review on site. The mark is in the
 database, so a restart before the delivery keeps it, and it goes with its outbox row however
-the event leaves (delivered, expired, evicted).
+the event leaves (delivered, expired, evicted). One that is not her record but may have been
+about her (``Goes``: a face not told apart, with her among its candidates) is marked the same
+way, and sent without her.
 
 An event rewritten without her is sealed again and replaces the old one, overwritten where it
 was (``secure_delete``), delivered or not: one still pending is then sent without her (unless
@@ -55,18 +57,27 @@ class ErasedEvents(NamedTuple):
     rewritten: int = 0  # another person's, rewritten without her (delivered or not)
 
 
-# An event's data -> False: leave it; True: it goes; new data: it stays, rewritten so.
-Erasure = Callable[[Mapping[str, Any]], bool | Mapping[str, Any]]
+class Goes(NamedTuple):
+    """It goes like an event of hers, but one still to be sent is sent as ``pending_as``
+    (without her): it is not her record, only one that may have been hers."""
+
+    pending_as: Mapping[str, Any]
+
+
+# An event's data -> False: leave it; True: it goes (sent as it is if still pending); Goes: it
+# goes, sent without her if still pending; new data: it stays, rewritten so.
+Erasure = Callable[[Mapping[str, Any]], bool | Goes | Mapping[str, Any]]
 
 
 def erase_events(
     journal: Journal, event_type: str, erasing: Erasure, *, until_ms: int | None = None
 ) -> ErasedEvents:
     """Delete the delivered events of ``event_type`` that ``erasing`` says go, and mark those
-    still pending to be deleted at their delivery; rewrite those it gives new data for. The
-    rows deleted or replaced are overwritten (``secure_delete``). ``until_ms``: only events
-    recorded by then (store running time), so none of a person enrolled again since. No
-    database: nothing. Raises StoreError when the key does not open the journal."""
+    still pending to be deleted at their delivery (sent as ``Goes.pending_as`` where it says
+    so); rewrite those it gives new data for. The rows deleted or replaced are overwritten
+    (``secure_delete``). ``until_ms``: only events recorded by then (store running time), so
+    none of a person enrolled again since. No database: nothing. Raises StoreError when the
+    key does not open the journal."""
     if not journal.path.exists():
         return ErasedEvents(0, 0)
     with contextlib.closing(connect(journal.path)) as conn:
@@ -74,6 +85,7 @@ def erase_events(
         cipher = _cipher(conn, journal.key)
         doomed: list[int] = []
         rewrites: list[_Rewrite] = []
+        sent_without: list[_Rewrite] = []  # Goes: rewritten if still pending
         unreadable = 0
         rows = conn.execute(
             "SELECT seq, event_id, data FROM events WHERE type = ? AND steady_ms <= ?",
@@ -87,6 +99,10 @@ def erase_events(
                 continue
             if verdict is True:
                 doomed.append(int(seq))
+            elif isinstance(verdict, Goes):
+                doomed.append(int(seq))
+                sealed = cipher.seal(event_id, compact_json(verdict.pending_as))
+                sent_without.append(_Rewrite(int(seq), event_id, data, sealed))
             elif verdict is not False:
                 sealed = cipher.seal(event_id, compact_json(verdict))
                 rewrites.append(_Rewrite(int(seq), event_id, data, sealed))
@@ -108,6 +124,9 @@ def erase_events(
                         f"UPDATE outbox SET erased = 1 WHERE seq IN ({marks})", chunk
                     ).rowcount
                 rewritten = sum(_rewrite(conn, cipher, erasing, r) for r in rewrites)
+                for r in sent_without:
+                    if conn.execute("SELECT 1 FROM outbox WHERE seq = ?", (r.seq,)).fetchone():
+                        _rewrite(conn, cipher, erasing, r)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -139,7 +158,8 @@ def _rewrite(conn: sqlite3.Connection, cipher: EventCipher, erasing: Erasure, r:
         return 0
     if isinstance(verdict, bool):  # it names her no more
         return 0
-    sealed = cipher.seal(r.event_id, compact_json(verdict))
+    data = verdict.pending_as if isinstance(verdict, Goes) else verdict
+    sealed = cipher.seal(r.event_id, compact_json(data))
     return int(conn.execute(update, (sealed, r.seq)).rowcount)
 
 

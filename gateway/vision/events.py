@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from gateway.events import EventType, Lane
+from gateway.store.erasure import Goes
 from gateway.vision.decide import Decision, Outcome, Policy
 
 FACE_DECISION = EventType(
@@ -85,19 +86,23 @@ def names_any(data: Mapping[str, Any], elders: Collection[str]) -> bool:
     )
 
 
-def erasing(data: Mapping[str, Any], elders: Collection[str]) -> bool | dict[str, Any]:
+def erasing(data: Mapping[str, Any], elders: Collection[str]) -> bool | Goes | dict[str, Any]:
     """What erasing the elders does to a decision: False, it names none of them; True, it goes
-    (accepted as one of them, or undecided with one among its candidates: it may have been
-    her); otherwise it is another elder's acceptance, which stays hers (it feeds her cooldown
-    after a restart and is the audit copy), without them among its candidates and look-alikes.
-    The score margin to a candidate taken out stays, naming nobody."""
+    (accepted as one of them: her meal's record, still sent as it is if pending); Goes, it goes
+    too (undecided with one among its candidates: it may have been her), sent without them if
+    pending; otherwise it is another elder's acceptance, which stays hers (it feeds her
+    cooldown after a restart and is the audit copy), without them among its candidates and
+    look-alikes. The score margin to a candidate taken out stays, naming nobody."""
     if not names_any(data, elders):
         return False
     accepted = data.get("elder_id")
-    if data.get("outcome") != "accepted" or not accepted or accepted in elders:
+    if accepted in elders:
         return True
-    return {
+    without = {
         **data,
         "candidates": [c for c in data.get("candidates") or () if c.get("elder_id") not in elders],
         "confusable_with": [e for e in data.get("confusable_with") or () if e not in elders],
     }
+    if data.get("outcome") != "accepted" or not accepted:
+        return Goes(without)
+    return without

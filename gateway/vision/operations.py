@@ -50,7 +50,8 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     saved cooldown, the audit frames of decisions that named her (kept while the option was
     on, whether or not it is now) and the delivered decisions in the journal that were hers
     (``events.erasing``). Hers not yet delivered are still sent (an acceptance is her meal's
-    record, which the platform must get) and leave the journal at their delivery; other
+    record, which the platform must get; a face not told apart that lists her, without her)
+    and leave the journal at their delivery; other
     elders' acceptances that name her as a candidate or look-alike stay, without her. The one
     erasure for the platform's request and the CLI alike."""
     from gateway.vision import cooldown

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.events import Event, Lane, StoredEvent
 from gateway.store import Delivered, Store, StoreError, schema
-from gateway.store.erasure import ErasedEvents, Journal, erase_events
+from gateway.store.erasure import ErasedEvents, Goes, Journal, erase_events
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.store.test_cipher import raw
 from tests.support.clock import ManualClock
@@ -248,6 +248,30 @@ def test_another_persons_event_naming_her_is_kept_without_her_and_its_old_copy_o
     store.stop()  # checkpointed: the older pages in the WAL written over
     left = raw(store.path)
     assert not any(sealed[i : i + 32] in left for i in range(0, len(sealed) - 32, 32))
+
+
+def test_an_event_that_may_have_been_hers_goes_and_is_sent_without_her(
+    make_store: StoreFactory,
+) -> None:
+    """A face not told apart, with E1 among its candidates: delivered, it goes; still to be
+    sent, the platform gets it without her and it goes at its delivery."""
+    store = make_store()
+    delivered, pending = (
+        store.record(Event(MEAL, {"elder": None, "others": ["E1", "E2"]})) for _ in range(2)
+    )
+    _deliver(store, delivered)
+
+    def undecided(data: Mapping[str, Any]) -> bool | Goes:
+        if "E1" not in data["others"]:
+            return False
+        return Goes({**data, "others": [e for e in data["others"] if e != "E1"]})
+
+    assert erase_events(_journal_of(store), MEAL.name, undecided) == ErasedEvents(1, 1)
+    (sent,) = _pending(store, Lane.P1)
+    assert sent.seq == pending.seq
+    assert json.loads(sent.data_json) == {"elder": None, "others": ["E2"]}
+    _deliver(store, sent)
+    assert journal(store.path) == [] and _marks(store.path) == 0
 
 
 def test_two_erasures_rewriting_one_event_at_once_put_neither_person_back(

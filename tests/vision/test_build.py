@@ -133,9 +133,10 @@ def test_decisions_waiting_for_the_network_at_an_erasure_are_sent_then_leave_the
 ) -> None:
     """Erased on the device beside the running gateway (as `gateway gallery remove` does)
     while decisions naming her wait for the network, and the gateway restarted before it is
-    back: hers are sent as recorded, another elder's acceptance naming her as a look-alike
-    without her, in order, and once delivered the journal, read with its key, names her no
-    more and keeps that acceptance."""
+    back: her acceptance is sent as recorded, a face not told apart with her among its
+    candidates and another elder's acceptance naming her as a look-alike without her, in
+    order, and once delivered the journal, read with its key, names her no more and keeps that
+    acceptance."""
     data_dir = tmp_path / "var"
     _enrolled(data_dir)
     decisions = [
@@ -162,7 +163,8 @@ def test_decisions_waiting_for_the_network_at_an_erasure_are_sent_then_leave_the
     finally:
         sub.close()
     sent = [(e["event_id"], e["data"]) for e in sub.events() if e["type"] == FACE_DECISION.name]
-    expected = [*decisions[:3], without_her]  # E2048's acceptance sent without her
+    undecided = {**decisions[1], "candidates": decisions[1]["candidates"][:1]}
+    expected = [decisions[0], undecided, decisions[2], without_her]
     assert sent == [(e.event_id, d) for e, d in zip(recorded, expected, strict=True)]
     assert recorded_events(data_dir / "gateway.db") == [
         (recorded[2].event_id, decisions[2]),

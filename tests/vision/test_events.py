@@ -6,6 +6,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from gateway.store.erasure import Goes
 from gateway.vision.config import DecisionSection
 from gateway.vision.decide import Decision, Outcome, Policy
 from gateway.vision.events import FACE_DECISION, decision_data, erasing, names_any
@@ -122,4 +123,7 @@ def test_an_erasure_takes_her_decisions_and_keeps_another_elders_acceptance_with
         "confusable_with": ["E3"],
     }
     undecided = {**accepted, "outcome": "uncertain", "elder_id": None, "confusable_with": []}
-    assert erasing(undecided, {"E2"}) is True  # it may have been her
+    # it may have been her: it goes, and is sent without her if still pending
+    assert erasing(undecided, {"E2"}) == Goes(
+        {**undecided, "candidates": [{"elder_id": "E1", "score": 0.6}]}
+    )

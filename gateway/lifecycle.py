@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 RETRY_MIN_S = 30.0  # a service that did not start is tried again after this, then twice as
 RETRY_MAX_S = 900.0  # long each time up to this: a missing model costs a hash check or two
 
@@ -214,6 +215,64 @@ class Worker:
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+
+class Abandonable(Generic[T]):
+    """A blocking open (a name lookup, a TCP connect, a TLS handshake) on a daemon thread of
+    its own. Nothing can wake such a call, and a stop must not wait for it past the service
+    manager's stop timeout: ``abandon`` lets the caller go at once, and the call's own thread
+    hands what it opens after that to ``discard`` (None if the call failed), to be closed."""
+
+    def __init__(
+        self, name: str, call: Callable[[], T], discard: Callable[[T | None], None]
+    ) -> None:
+        self._name = name
+        self._call = call
+        self._discard = discard
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._finished = False
+        self._abandoned = False
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name=self._name, daemon=True).start()
+
+    def _run(self) -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = self._call()
+        except BaseException as exc:  # handed to the caller, who decides
+            error = exc
+        with self._lock:
+            self._finished = True
+            self._result, self._error = result, error
+            abandoned = self._abandoned
+        if abandoned:
+            try:
+                self._discard(result)
+            except Exception:
+                log.exception("%s: closing what opened after the stop failed", self._name)
+        self._done.set()
+
+    def abandon(self) -> None:
+        with self._lock:
+            if not self._finished:
+                self._abandoned = True
+        self._done.set()
+
+    def wait(self) -> tuple[bool, T | None]:
+        """(True, what the call returned) once it returned; (False, None) if abandoned first.
+        Raises what the call raised."""
+        self._done.wait()
+        with self._lock:
+            if self._abandoned:
+                return False, None
+            if self._error is not None:
+                raise self._error
+            return True, self._result
 
 
 class Periodic(Worker):

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 import serial
 from serial.urlhandler.protocol_spy import Serial as SpySerial
 
-from gateway.lifecycle import Worker
+from gateway.lifecycle import Abandonable, Worker
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,13 @@ def split_capture(url: str) -> tuple[str, str | None]:
     return (f"{base}?{'&'.join(kept)}" if kept else base), files[0]
 
 
+def _close_port(port: SerialPort | None) -> None:
+    """A port opened after its link stopped: nobody reads it."""
+    if port is not None:
+        with contextlib.suppress(serial.SerialException, OSError, ValueError):
+            port.close()
+
+
 def watch_network_path(port: SerialPort, dead_after_s: int) -> None:
     """TCP keepalive on a ``socket://`` port. A base station only sends and the gateway only
     listens, so when the path to a serial server dies without a reset (the server rebooted,
@@ -215,13 +222,20 @@ class SerialLink:
         self._url, self._capture_path = split_capture(url)
         self._capture: TextIO | None = None
         self._write_lock = threading.Lock()
+        self._opening: Abandonable[serial.Serial] | None = None  # under _write_lock
 
     def start(self) -> None:
         self._worker.start()
 
     def begin_stop(self) -> None:
-        """No new attempt to open the port; one under way ends on its own (``stop`` joins)."""
+        """No new attempt to open the port, and one under way is let go: a serial server out
+        of reach holds pyserial's connect for 5 s, nothing can wake it, and the stop of every
+        port would wait for it."""
         self._stop.set()
+        with self._write_lock:
+            opening = self._opening
+        if opening is not None:
+            opening.abandon()
 
     def stop(self) -> None:
         self._worker.stop()
@@ -281,22 +295,15 @@ class SerialLink:
             if self._capture_path is not None:
                 # closed with the port (_close_capture), not at the end of a block
                 self._capture = open(self._capture_path, "a", encoding="utf-8")  # noqa: SIM115
-            # exclusive: a second gateway (or a terminal program) on the same device would
-            # split its bytes with this one; write_timeout: an ACK the other end never drains
-            # must not wedge the reader (and with it the port and the gateway's stop)
-            port = open_port(
-                self._url,
-                self.settings,
-                self.read_timeout_s,
-                write_timeout=WRITE_TIMEOUT_S,
-                exclusive=True,
-                capture=self._capture,
-            )
+            port = self._connect()
         except (serial.SerialException, OSError, ValueError) as exc:
             self._close_capture()
             if self.stats.state != "down":
                 self._went_down(f"open: {exc}")
             self.stats.last_error = f"open: {exc}"
+            return None
+        if port is None:  # stopped while it opened
+            self._close_capture()
             return None
         if self.url.startswith("socket://"):
             try:
@@ -317,6 +324,36 @@ class SerialLink:
         with self._write_lock:
             self._port = port
         self._notify(self.sink.on_up, gap)
+        return port
+
+    def _connect(self) -> serial.Serial | None:
+        """The open, on a thread of its own that a stop can let go (then None)."""
+        capture = self._capture
+        opening = Abandonable(
+            f"open-{self.name}",
+            # exclusive: a second gateway (or a terminal program) on the same device would
+            # split its bytes with this one; write_timeout: an ACK the other end never drains
+            # must not wedge the reader (and with it the port and the gateway's stop)
+            lambda: open_port(
+                self._url,
+                self.settings,
+                self.read_timeout_s,
+                write_timeout=WRITE_TIMEOUT_S,
+                exclusive=True,
+                capture=capture,
+            ),
+            _close_port,
+        )
+        with self._write_lock:
+            if self._stop.is_set():
+                return None
+            self._opening = opening
+        opening.start()
+        try:
+            _, port = opening.wait()
+        finally:
+            with self._write_lock:
+                self._opening = None
         return port
 
     def _close_capture(self) -> None:

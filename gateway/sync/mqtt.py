@@ -32,6 +32,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import PRIVATE_FILE, MqttSection, read_password, readable_by_all
 from gateway.configfile import ConfigFileError, Issue
 from gateway.events import iso_utc
+from gateway.lifecycle import Abandonable
 from gateway.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class MqttLink:
         self._client: paho.Client | None = None
         self._generation = 0
         self._settled = threading.Event()  # CONNACK, connection ended before it, or stop()
-        self._opening: _Opening | None = None  # under _lock
+        self._opening: Abandonable[MQTTErrorCode] | None = None  # under _lock
         self._connacked = False
         self._down = threading.Event()
         self._refused: str | None = None
@@ -498,8 +499,8 @@ class MqttLink:
                 # 200 MB request in memory (twice) before the downlink could refuse it
                 props.MaximumPacketSize = self._max_incoming
             clean_start = self.cfg.session_expiry_s == 0
-        opening = _Opening(
-            client,
+        opening = Abandonable(
+            "mqtt-connect",
             lambda: client.connect(
                 endpoint.host,
                 endpoint.port,
@@ -507,6 +508,7 @@ class MqttLink:
                 clean_start=clean_start,
                 properties=props,
             ),
+            lambda _code: _close_socket(client),
         )
         with self._lock:
             if self._stop.is_set():
@@ -514,7 +516,7 @@ class MqttLink:
             self._opening = opening
         opening.start()
         try:
-            opened = opening.wait()
+            opened, _ = opening.wait()
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
             log.warning("mqtt: cannot connect to %s: %s", endpoint, self.last_error)
@@ -606,55 +608,12 @@ class MqttLink:
         self._notify("link_down", self._listener.link_down, generation)
 
 
-class _Opening:
-    """``client.connect`` on a daemon thread of its own. The name lookup, the TCP connection
-    and the TLS handshake block, each for up to ``connect_timeout_s`` (the lookup as long as
-    the resolver likes), and nothing can wake them: in an outage a stop would wait for them,
-    past the service manager's stop timeout. ``abandon`` lets the link go at once; a socket
-    the connect opens after that is closed by its own thread."""
-
-    def __init__(self, client: paho.Client, connect: Callable[[], object]) -> None:
-        self._client = client
-        self._connect = connect
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._finished = False
-        self._abandoned = False
-        self._error: BaseException | None = None
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="mqtt-connect", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self._connect()
-        except BaseException as exc:  # handed to the link's thread, which decides
-            self._error = exc
-        with self._lock:
-            self._finished = True
-            abandoned = self._abandoned
-        if abandoned:
-            sock = self._client.socket()
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
-        self._done.set()
-
-    def abandon(self) -> None:
-        with self._lock:
-            if not self._finished:
-                self._abandoned = True
-        self._done.set()
-
-    def wait(self) -> bool:
-        """True once the connect returned; False if abandoned first. Raises what it raised."""
-        self._done.wait()
-        with self._lock:
-            if self._abandoned:
-                return False
-        if self._error is not None:
-            raise self._error
-        return True
+def _close_socket(client: paho.Client) -> None:
+    """A socket the connect opened after the link let it go (a stop during the connect)."""
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def _shut_down(client: paho.Client) -> None:

@@ -63,11 +63,19 @@ CREATE TABLE IF NOT EXISTS confusable (
     PRIMARY KEY (elder_a, elder_b)
 );
 """
+ERASURES = (
+    "CREATE TABLE IF NOT EXISTS erasures "
+    "(token TEXT PRIMARY KEY, erased_ms INTEGER NOT NULL, sealed BLOB NOT NULL)"
+)
 KEY_CHECK = b"eldercare-gateway face gallery"
 EMPTY_WHILE_CREATED_S = 60.0  # the key is made first: a new gallery's file is empty meanwhile
 T = TypeVar("T")
 PURPOSE = "gallery-templates-v1"
+ERASURE_PURPOSE = "gallery-erasures-v1"
 NONCE_BYTES = 12
+# An erasure not yet taken in by a counter is kept no longer than this: a site whose gateway
+# runs no counter, or is never started again, keeps no erased elder's id for good.
+ERASURE_KEPT_MS = 30 * 86_400_000
 # How long an erasure waits for readers of the gallery to let go before it empties the WAL: a
 # counter's reload or an enrolment's checks read for well under a second.
 CHECKPOINT_WAIT_S = 10.0
@@ -248,9 +256,11 @@ class Gallery:
 
     def __post_init__(self) -> None:
         try:
-            self._aead = AESGCM(derive(read_key(self.key_path), PURPOSE))
+            key = read_key(self.key_path)
         except KeyFileError as exc:
             raise GalleryError(str(exc)) from None
+        self._aead = AESGCM(derive(key, PURPOSE))
+        self._erasures_aead = AESGCM(derive(key, ERASURE_PURPOSE))
         self._lock = threading.Lock()
         self._snapshot = Snapshot.build([], self.dim)
         self._look_alikes: dict[str, tuple[str, ...]] = {}
@@ -267,6 +277,7 @@ class Gallery:
             self._refuse_emptied()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
+            conn.execute(ERASURES)
             _migrate(conn)
             self._check_key(conn)
 
@@ -619,6 +630,37 @@ class Gallery:
             rows = conn.execute(sql + " ORDER BY created_ms, rowid", params).fetchall()
         return [str(r[0]) for r in rows]
 
+    def erasures(self) -> list[tuple[str, str | None]]:
+        """The elders erased (``erase``) that the counter has not taken in yet, at its next
+        reload or, if the gateway died before that reload, at its next start: (token, elder),
+        the elder None if the entry does not open."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT token, CAST(sealed AS BLOB) FROM erasures").fetchall()
+        out: list[tuple[str, str | None]] = []
+        for token, sealed in rows:
+            try:
+                elder: str | None = self._erasures_aead.decrypt(
+                    sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], str(token).encode()
+                ).decode()
+            except (InvalidTag, ValueError, TypeError):
+                elder = None
+            out.append((str(token), elder))
+        return out
+
+    def taken_in(self, tokens: Iterable[str]) -> None:
+        """The counter has these in hand. Not a change of the gallery: nobody reloads."""
+        entries = [(t,) for t in tokens]
+        if not entries:
+            return
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("DELETE FROM erasures WHERE token = ?", entries)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
     def set_confusable(self, elder_id: str, pairs: Iterable[tuple[str, float]]) -> None:
         """Replace the register's entries for ``elder_id`` (pairs are stored in id order)."""
         now = int(time.time() * 1000)
@@ -639,10 +681,18 @@ class Gallery:
         self._refresh_look_alikes()
 
 
-def erase(db_path: Path, elder_id: str, *, wait_s: float = CHECKPOINT_WAIT_S) -> int:
+def erase(
+    db_path: Path,
+    elder_id: str,
+    *,
+    key_path: Path | None = None,
+    wait_s: float = CHECKPOINT_WAIT_S,
+    now: Callable[[], float] = time.time,
+) -> int:
     """Erase an elder's templates and register entries without opening the gallery: needs
     neither the key nor the models, so consent withdrawn is honoured even when the face stage
-    cannot run. A running gallery sees the change at its next refresh. Returns how many
+    cannot run. A running gallery sees the change at its next refresh; with the key
+    (``key_path``) the gallery also lists her, sealed, for the counter. Returns how many
     templates were erased (0 without a gallery file).
 
     The rows are overwritten (``secure_delete``) in the WAL; the checkpoint copies that into
@@ -654,7 +704,13 @@ def erase(db_path: Path, elder_id: str, *, wait_s: float = CHECKPOINT_WAIT_S) ->
         return 0
     with _connect(db_path) as conn:
         try:
-            _, removed = _write(conn, partial(_erase, elder_id=elder_id))
+            work = partial(
+                _erase,
+                elder_id=elder_id,
+                now_ms=int(now() * 1000),
+                listed=_sealed_entry(key_path, elder_id),
+            )
+            _, removed = _write(conn, work)
         except sqlite3.Error as exc:
             raise _unusable(db_path, exc, "nothing erased") from None
         if not _checkpointed(conn, wait_s):
@@ -677,10 +733,34 @@ def _checkpointed(conn: sqlite3.Connection, wait_s: float) -> bool:
     return int(busy) == 0
 
 
-def _erase(conn: sqlite3.Connection, elder_id: str) -> int:
+def _erase(
+    conn: sqlite3.Connection, elder_id: str, now_ms: int, listed: tuple[str, bytes] | None
+) -> int:
+    """Her rows go, and she is listed for the counter in the same transaction: the decisions
+    a running counter makes about her until its next reload are not in the journal the
+    erasure read, and a counter that dies before that reload must still learn she went."""
     removed = conn.execute("DELETE FROM templates WHERE elder_id = ?", (elder_id,)).rowcount
     conn.execute("DELETE FROM confusable WHERE elder_a = ? OR elder_b = ?", (elder_id, elder_id))
+    conn.execute(ERASURES)  # a gallery a gateway before this table made
+    conn.execute("DELETE FROM erasures WHERE erased_ms < ?", (now_ms - ERASURE_KEPT_MS,))
+    if listed is not None:
+        conn.execute("INSERT INTO erasures VALUES (?, ?, ?)", (listed[0], now_ms, listed[1]))
     return int(removed)
+
+
+def _sealed_entry(key_path: Path | None, elder_id: str) -> tuple[str, bytes] | None:
+    """Her id sealed with the gallery's key, under a random token: the file keeps nothing of
+    her a reader could use. Without a usable key no counter can have her in memory, so there
+    is nobody to tell."""
+    if key_path is None:
+        return None
+    try:
+        aead = AESGCM(derive(read_key(key_path), ERASURE_PURPOSE))
+    except KeyFileError:
+        return None
+    token = uuid.uuid4().hex
+    nonce = os.urandom(NONCE_BYTES)
+    return token, nonce + aead.encrypt(nonce, elder_id.encode(), token.encode())
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

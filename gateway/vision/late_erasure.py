@@ -9,8 +9,8 @@ each failure up to ``MAX_RETRY_S`` (each pass reads and opens every decision), n
 counter's thread. Each elder is erased up to the running time of the reload that dropped her,
 so a pass tried much later spares the decisions of an elder enrolled again meanwhile.
 
-Those still to erase after a failure are written to ``FILE`` (ids and running times only,
-private like the data directory), read back at the next start: a restart before a retry
+Those still to erase are written to ``FILE`` (ids and running times only, private like the
+data directory) as they come, read back at the next start: a restart before their pass
 succeeded does not forget them. The file is removed once they are all erased.
 """
 
@@ -66,7 +66,9 @@ class LateErasures:
         """Elders whose decisions are still to be taken out (those of a pass under way too)."""
         return len(self._pending)
 
-    def add(self, elders: list[str], until_ms: int) -> None:
+    def add(self, elders: list[str], until_ms: int) -> bool:
+        """True once they are in the file too: then the gallery's list of erasures may let
+        them go, a restart before their pass has them all the same."""
         for elder in elders:
             if elder in self._pending or len(self._pending) < MAX_ELDERS:
                 self._pending[elder] = until_ms
@@ -74,6 +76,7 @@ class LateErasures:
                 self.errors += 1
                 log.error("face stage: decisions of erased elder %s left in the journal", elder)
         self._next_try = self._now()  # a new erasure is not held back by an old failure
+        return self._save()
 
     def tick(self) -> None:
         """At each reload tick: take in a finished pass, start the next one when due."""
@@ -120,9 +123,9 @@ class LateErasures:
                     del self._pending[elder]
         self._save()
 
-    def _save(self) -> None:
-        """Written after every pass: a failure may come from the card, and the file is then
-        tried again after the next pass."""
+    def _save(self) -> bool:
+        """Written at each addition and after every pass: a failure may come from the card,
+        and the file is then tried again after the next pass."""
         try:
             if self._pending:
                 replace_private(self.path, json.dumps(self._pending).encode())
@@ -130,6 +133,8 @@ class LateErasures:
                 self.path.unlink(missing_ok=True)
         except OSError as exc:
             self._ratelimited.warning("file", "face stage: %s not written: %s", self.path, exc)
+            return False
+        return True
 
 
 def _read(path: Path) -> dict[str, int]:

@@ -59,7 +59,7 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     from gateway.vision.gallery import erase
     from gateway.vision.retention import ExpiredFrames
 
-    templates = erase(cfg.gallery.db_path(data_dir), elder)
+    templates = erase(cfg.gallery.db_path(data_dir), elder, key_path=cfg.gallery.key_path(data_dir))
     cooldown.forget(data_dir / cooldown.FILE, elder)
     frames = ExpiredFrames(cfg.audit.path(data_dir), cfg.audit.retention_days)
     try:

@@ -80,6 +80,7 @@ class VisionService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._late: LateErasures | None = None
+        self._erasures_due = True  # the gallery's list of erasures, read at the first turn
         self._ratelimited = RateLimitedLog(log, 60.0)
         self._cooldown_path = data_dir / cooldown.FILE
         self._cooldown_saved: dict[str, int] | None = None  # None: write at the first save
@@ -259,7 +260,7 @@ class VisionService:
                 next_save = now + COOLDOWN_SAVE_S
                 self._save_cooldown()
         # an erasure since the last reload: its decisions made meanwhile leave the journal
-        # now, since the next start never sees her go; and the last track is decided without her
+        # now rather than after the next start; and the last track is decided without her
         self._refresh()
         try:
             events = pipeline.flush()
@@ -320,7 +321,8 @@ class VisionService:
         assert self.gallery is not None and self.pipeline is not None
         try:
             before = set(self.gallery.snapshot.elders)
-            if self.gallery.refresh_if_changed():
+            changed = self.gallery.refresh_if_changed()
+            if changed:
                 enrolled = set(self.gallery.snapshot.elders)
                 # a row that fails to decrypt (a bad write) hides her, but she was not erased
                 known = enrolled | set(self.gallery.damaged)
@@ -332,11 +334,30 @@ class VisionService:
                     # the counter still knew her (each is committed before the next frame)
                     self._late.add(gone, self.store.steady_ms())
                 self._check_calibration()
+            if changed or self._erasures_due:
+                self._erasures_due = True  # until taken in: a failure is tried at the next turn
+                self._erasures_due = not self._take_in_erasures()
         except Exception as exc:
             self.refresh_errors += 1
             self._ratelimited.warning("refresh", "face gallery not refreshed: %s", exc)
         if self._late is not None:
             self._late.tick()
+
+    def _take_in_erasures(self) -> bool:
+        """The elders the gallery lists as erased that this counter does not know: their
+        decisions recorded up to now leave the journal. After a reload that saw them go this
+        is what it did already; at the first turn after a start, it is what a gateway that
+        died before its reload had not done. False if it must be tried again."""
+        assert self.gallery is not None
+        if self._late is None or self.store is None:
+            return True  # no journal: nothing to take out, and the list is left for one
+        listed = self.gallery.erasures()
+        known = set(self.gallery.snapshot.elders) | set(self.gallery.damaged)
+        unknown = sorted({e for _, e in listed if e is not None and e not in known})
+        if unknown and not self._late.add(unknown, self.store.steady_ms()):
+            return False  # not in its file: the gallery keeps them listed for a restart
+        self.gallery.taken_in(token for token, _ in listed)
+        return True
 
     def _emit(self, decision: DecisionEvent) -> None:
         if self.store is not None:

@@ -380,6 +380,43 @@ def test_erasure_needs_neither_the_key_nor_an_open_gallery(
         )
 
 
+def test_an_erasure_lists_her_sealed_for_the_counter_until_it_takes_her_in(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    """A counter that dies before its next reload must still learn at its next start that
+    she went; the file that tells it keeps nothing of her a reader could use."""
+    db, key = paths
+    day = 86_400.0
+    assert erase(db, "elder-b", key_path=key, now=lambda: 100 * day) == 2
+    assert erase(db, "elder-c", key_path=key, now=lambda: 125 * day) == 2
+    for path in db.parent.glob("faces.db*"):
+        assert b"elder-b" not in path.read_bytes(), path.name
+    assert gallery.refresh_if_changed()
+    listed = gallery.erasures()
+    assert sorted(elder for _, elder in listed) == ["elder-b", "elder-c"]
+    gallery.taken_in(token for token, elder in listed if elder == "elder-b")
+    assert [elder for _, elder in gallery.erasures()] == ["elder-c"]
+    assert not gallery.refresh_if_changed()  # taking in is no change of the gallery
+    # one nobody took in (no counter runs) is kept 30 days
+    assert erase(db, "elder-a", key_path=key, now=lambda: 156 * day) == 2
+    assert [elder for _, elder in gallery.erasures()] == ["elder-a"]
+
+
+def test_an_erasure_without_the_key_lists_nobody_and_an_old_gallery_takes_the_list(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    db, key = paths
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DROP TABLE erasures")  # as a gateway before the list made it
+    assert erase(db, "elder-b") == 2  # no key: no counter can know her
+    assert gallery.erasures() == []
+    assert erase(db, "elder-c", key_path=key) == 2
+    assert [elder for _, elder in gallery.erasures()] == ["elder-c"]
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE erasures SET sealed = zeroblob(40)")  # damaged
+    assert [elder for _, elder in gallery.erasures()] == [None]
+
+
 def test_a_gallery_that_is_a_link_is_refused_and_the_file_it_names_left_as_it_was(
     tmp_path: Path,
 ) -> None:

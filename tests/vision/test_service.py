@@ -558,6 +558,48 @@ def test_decisions_an_erasure_at_a_reload_could_not_take_out_are_taken_out_later
     assert service.health()["erasure_errors"] == 1
 
 
+def _listed_erasures(data_dir: Path) -> int:
+    with contextlib.closing(sqlite3.connect(data_dir / "faces.db")) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM erasures").fetchone()[0])
+
+
+@pytest.mark.parametrize("enrolled_again", [False, True])
+def test_decisions_a_gateway_that_died_before_its_reload_made_go_at_the_next_start(
+    vision_cfg: VisionSection,
+    analyzer: Analyzer,
+    faces_dir: Path,
+    store: Store,
+    enrolled_again: bool,
+) -> None:
+    """The erasure read the journal, then the counter, still knowing her, accepted her once
+    more, and the gateway died (kill -9, a power cut) before its next reload: the gallery
+    itself lists her as erased, so the next start takes those decisions out all the same.
+    Enrolled again before that start, she is spared, as at a running counter's reload."""
+    data_dir = store.path.parent
+    first = _her_at_the_counter(vision_cfg, analyzer, faces_dir, store, refresh_s=3600)
+    try:
+        eventually(lambda: "elder-7" in [d.get("elder_id") for d in recorded(store.path)], 60)
+    finally:
+        first.stop()  # as far as the journal goes, the same as dying: she was not erased yet
+    hers = _decisions_of(store.path, "elder-7")
+    # the gallery's part; the journal was read before
+    erase(data_dir / "faces.db", "elder-7", key_path=data_dir / "faces.key")
+    assert _listed_erasures(data_dir) == 1
+    if enrolled_again:
+        _enrol_one(data_dir, analyzer, faces_dir, first.cfg)
+    cfg = first.cfg.model_copy(update={"gallery": GallerySection(refresh_s=0.05)})
+    second = _running_with(cfg, store, Confirmations(0))
+    try:
+        eventually(lambda: _listed_erasures(data_dir) == 0)
+        expected = [0 if enrolled_again else 1] * len(hers)
+        eventually(lambda: _erasure_marks(store.path, hers) == expected, 30)
+        eventually(lambda: second.health()["erasures_pending"] == 0)
+    finally:
+        second.stop()
+    assert not (data_dir / late_erasure.FILE).exists()
+    assert second.health()["erasure_errors"] == 0
+
+
 def test_an_elder_whose_templates_fail_to_decrypt_at_a_reload_keeps_her_decisions(
     vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
 ) -> None:

@@ -203,9 +203,13 @@ class AuditSection(Strict):
 class VisionSection(Strict):
     camera: CameraSection = CameraSection()
     models_dir: Path | None = Field(
-        None, description="Model files; default $GATEWAY_MODELS_DIR, else models/."
+        None,
+        description="Model files; default $GATEWAY_MODELS_DIR, else the installation's models/ "
+        "(beside its manifest, whatever the working directory).",
     )
-    manifest: Path | None = Field(None, description="Default models/manifest.toml.")
+    manifest: Path | None = Field(
+        None, description="Default: the installation's models/manifest.toml."
+    )
     threads: int = Field(
         1,
         ge=1,

@@ -83,7 +83,15 @@ class AuditFrames(ExpiredFrames):
 
     def export(self, event_id: str) -> bytes:
         """The JPEG of one decision, for a person entitled to review it."""
-        parts = split_header(self._path(event_id).read_bytes())
+        try:
+            parts = split_header(self._path(event_id).read_bytes())
+        except FileNotFoundError:
+            days = self.retention_s / 86_400
+            raise GalleryError(
+                f"audit frame {event_id}: none kept (the audit option was off for that "
+                f"decision, its {days:g} days of retention are over, or an elder it named was "
+                "erased)"
+            ) from None
         if parts is None:
             raise GalleryError(f"audit frame {event_id}: not a frame this gateway kept")
         header, body = parts

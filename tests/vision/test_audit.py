@@ -227,3 +227,18 @@ def test_the_export_command_writes_the_face_for_the_user_alone(
     assert os.stat(out).st_mode & 0o777 == 0o600
     assert os.stat(shared).st_mode & 0o777 == 0o600
     assert out.read_bytes()[:2] == b"\xff\xd8" and victim.read_text() == "keep me"
+
+
+def test_exporting_a_frame_that_was_not_kept_says_why_it_may_be_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "var"
+    data.mkdir()
+    create_key(data / "faces.key")
+    config = tmp_path / "g.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{data}"\n[vision.audit]\nretention_days = 7\n')
+    out = tmp_path / "frame.jpg"
+    assert main(["audit", "export", "-c", str(config), EVENT, str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"audit frame {EVENT}: none kept" in err and "7 days of retention" in err
+    assert "Errno" not in err and not out.exists()

@@ -633,7 +633,7 @@ class Gallery:
     def erasures(self) -> list[tuple[str, str | None]]:
         """The elders erased (``erase``) that the counter has not taken in yet, at its next
         reload or, if the gateway died before that reload, at its next start: (token, elder),
-        the elder None if the entry does not open."""
+        the elder None if the entry does not open (sealed with another key)."""
         with self._connect() as conn:
             rows = conn.execute("SELECT token, CAST(sealed AS BLOB) FROM erasures").fetchall()
         out: list[tuple[str, str | None]] = []

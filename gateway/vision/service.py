@@ -356,7 +356,8 @@ class VisionService:
         unknown = sorted({e for _, e in listed if e is not None and e not in known})
         if unknown and not self._late.add(unknown, self.store.steady_ms()):
             return False  # not in its file: the gallery keeps them listed for a restart
-        self.gallery.taken_in(token for token, _ in listed)
+        # one that does not open (another key) stays for the key it was sealed with
+        self.gallery.taken_in(token for token, elder in listed if elder is not None)
         return True
 
     def _emit(self, decision: DecisionEvent) -> None:

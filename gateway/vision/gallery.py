@@ -743,7 +743,7 @@ def _erase(
     conn.execute("DELETE FROM confusable WHERE elder_a = ? OR elder_b = ?", (elder_id, elder_id))
     conn.execute(ERASURES)  # a gallery a gateway before this table made
     conn.execute("DELETE FROM erasures WHERE erased_ms < ?", (now_ms - ERASURE_KEPT_MS,))
-    if listed is not None:
+    if listed is not None and removed:  # with no rows of hers, no counter can know her
         conn.execute("INSERT INTO erasures VALUES (?, ?, ?)", (listed[0], now_ms, listed[1]))
     return int(removed)
 

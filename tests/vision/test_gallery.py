@@ -400,6 +400,9 @@ def test_an_erasure_lists_her_sealed_for_the_counter_until_it_takes_her_in(
     # one nobody took in (no counter runs) is kept 30 days
     assert erase(db, "elder-a", key_path=key, now=lambda: 156 * day) == 2
     assert [elder for _, elder in gallery.erasures()] == ["elder-a"]
+    # nobody to tell of an elder with no rows here
+    assert erase(db, "elder-z", key_path=key, now=lambda: 156 * day) == 0
+    assert [elder for _, elder in gallery.erasures()] == ["elder-a"]
 
 
 def test_an_erasure_without_the_key_lists_nobody_and_an_old_gallery_takes_the_list(

@@ -344,10 +344,8 @@ def test_a_stop_does_not_wait_for_serial_servers_out_of_reach(store: Store) -> N
     try:
         supervisor.start_all()
         time.sleep(0.3)  # both connects under way: their SYNs go unanswered
-        started = time.monotonic()
         supervisor.stop_all()
-        took = time.monotonic() - started
-        assert took < 2.5, f"the stop waited {took:.1f} s for the connects"
+        assert {"open-hall", "open-garden"} <= _threads(), "the stop waited for the connects"
         assert [s.link.stats.state for s in services] == ["stopped", "stopped"]
         assert not any(s.link.alive() for s in services)
         # the hall's connect gets through at its next SYN, after the stop: closed at once
@@ -358,6 +356,10 @@ def test_a_stop_does_not_wait_for_serial_servers_out_of_reach(store: Store) -> N
     finally:
         for peer in peers:
             peer.close()
+
+
+def _threads() -> set[str]:
+    return {t.name for t in threading.enumerate()}
 
 
 SERIAL_SERVER = """

@@ -217,7 +217,7 @@ class Worker:
         return self._thread is not None and self._thread.is_alive()
 
 
-class Abandonable(Generic[T]):
+class _Abandonable(Generic[T]):
     """A blocking open (a name lookup, a TCP connect, a TLS handshake) on a daemon thread of
     its own. Nothing can wake such a call, and a stop must not wait for it past the service
     manager's stop timeout: ``abandon`` lets the caller go at once, and the call's own thread
@@ -273,6 +273,40 @@ class Abandonable(Generic[T]):
             if self._error is not None:
                 raise self._error
             return True, self._result
+
+
+class Opener:
+    """The one blocking open under way for a link, on a thread of its own (``_Abandonable``)
+    that the link's stop lets go."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self._stopping = stopping
+        self._lock = threading.Lock()
+        self._current: _Abandonable[Any] | None = None
+
+    def open(
+        self, name: str, call: Callable[[], T], discard: Callable[[T | None], None]
+    ) -> tuple[bool, T | None]:
+        """(True, what ``call`` returned), or (False, None) when the link was stopped before
+        or meanwhile; then ``discard`` gets what the call opens late. Raises what it raised."""
+        opening = _Abandonable(name, call, discard)
+        with self._lock:
+            if self._stopping.is_set():
+                return False, None
+            self._current = opening
+        opening.start()
+        try:
+            return opening.wait()
+        finally:
+            with self._lock:
+                self._current = None
+
+    def abandon(self) -> None:
+        """Once the stopping event is set: the open under way, if any, is let go."""
+        with self._lock:
+            opening = self._current
+        if opening is not None:
+            opening.abandon()
 
 
 class Periodic(Worker):

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 import serial
 from serial.urlhandler.protocol_spy import Serial as SpySerial
 
-from gateway.lifecycle import Abandonable, Worker
+from gateway.lifecycle import Opener, Worker
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class SerialLink:
         self._url, self._capture_path = split_capture(url)
         self._capture: TextIO | None = None
         self._write_lock = threading.Lock()
-        self._opening: Abandonable[serial.Serial] | None = None  # under _write_lock
+        self._opener = Opener(self._stop)
 
     def start(self) -> None:
         self._worker.start()
@@ -232,10 +232,7 @@ class SerialLink:
         of reach holds pyserial's connect for 5 s, nothing can wake it, and the stop of every
         port would wait for it."""
         self._stop.set()
-        with self._write_lock:
-            opening = self._opening
-        if opening is not None:
-            opening.abandon()
+        self._opener.abandon()
 
     def stop(self) -> None:
         self._worker.stop()
@@ -329,7 +326,7 @@ class SerialLink:
     def _connect(self) -> serial.Serial | None:
         """The open, on a thread of its own that a stop can let go (then None)."""
         capture = self._capture
-        opening = Abandonable(
+        _, port = self._opener.open(
             f"open-{self.name}",
             # exclusive: a second gateway (or a terminal program) on the same device would
             # split its bytes with this one; write_timeout: an ACK the other end never drains
@@ -344,16 +341,6 @@ class SerialLink:
             ),
             _close_port,
         )
-        with self._write_lock:
-            if self._stop.is_set():
-                return None
-            self._opening = opening
-        opening.start()
-        try:
-            _, port = opening.wait()
-        finally:
-            with self._write_lock:
-                self._opening = None
         return port
 
     def _close_capture(self) -> None:

@@ -32,7 +32,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import PRIVATE_FILE, MqttSection, read_password, readable_by_all
 from gateway.configfile import ConfigFileError, Issue
 from gateway.events import iso_utc
-from gateway.lifecycle import Abandonable
+from gateway.lifecycle import Opener
 from gateway.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -214,13 +214,13 @@ class MqttLink:
         self._rng = rng or random.Random()
         self._clock = clock or SystemClock()
         self._stop = threading.Event()
+        self._opener = Opener(self._stop)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
         self._generation = 0
         self._settled = threading.Event()  # CONNACK, connection ended before it, or stop()
-        self._opening: Abandonable[MQTTErrorCode] | None = None  # under _lock
         self._connacked = False
         self._down = threading.Event()
         self._refused: str | None = None
@@ -257,11 +257,9 @@ class MqttLink:
         self._stop.set()
         self._wake.set()
         self._settled.set()  # a connection still waiting for its CONNACK gives up now
+        self._opener.abandon()  # a lookup, TCP connect or TLS handshake still under way
         with self._lock:
             client = self._client
-            opening = self._opening
-        if opening is not None:
-            opening.abandon()  # a lookup, TCP connect or TLS handshake still under way
         if client is not None and self.connected and farewell is not None:
             info = client.publish(farewell.topic, farewell.payload, qos=1, retain=farewell.retain)
             with contextlib.suppress(ValueError, RuntimeError):
@@ -499,31 +497,22 @@ class MqttLink:
                 # 200 MB request in memory (twice) before the downlink could refuse it
                 props.MaximumPacketSize = self._max_incoming
             clean_start = self.cfg.session_expiry_s == 0
-        opening = Abandonable(
-            "mqtt-connect",
-            lambda: client.connect(
-                endpoint.host,
-                endpoint.port,
-                keepalive=self.cfg.keepalive_s,
-                clean_start=clean_start,
-                properties=props,
-            ),
-            lambda _code: _close_socket(client),
-        )
-        with self._lock:
-            if self._stop.is_set():
-                return False
-            self._opening = opening
-        opening.start()
         try:
-            opened, _ = opening.wait()
+            opened, _ = self._opener.open(
+                "mqtt-connect",
+                lambda: client.connect(
+                    endpoint.host,
+                    endpoint.port,
+                    keepalive=self.cfg.keepalive_s,
+                    clean_start=clean_start,
+                    properties=props,
+                ),
+                lambda _code: _close_socket(client),
+            )
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
             log.warning("mqtt: cannot connect to %s: %s", endpoint, self.last_error)
             return False
-        finally:
-            with self._lock:
-                self._opening = None
         if not opened:
             return False
         client.loop_start()

@@ -630,12 +630,19 @@ class Gallery:
             rows = conn.execute(sql + " ORDER BY created_ms, rowid", params).fetchall()
         return [str(r[0]) for r in rows]
 
-    def erasures(self) -> list[tuple[str, str | None]]:
+    def erasures(self) -> list[tuple[str, str | None]] | None:
         """The elders erased (``erase``) that the counter has not taken in yet, at its next
         reload or, if the gateway died before that reload, at its next start: (token, elder),
-        the elder None if the entry does not open (sealed with another key)."""
+        the elder None if the entry does not open (sealed with another key). None if the file
+        changed since the last load: an elder erased meanwhile would look still enrolled."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT token, CAST(sealed AS BLOB) FROM erasures").fetchall()
+            conn.execute("BEGIN")  # the list and the generation as of one moment
+            try:
+                if _generation(conn) != self._generation:
+                    return None
+                rows = conn.execute("SELECT token, CAST(sealed AS BLOB) FROM erasures").fetchall()
+            finally:
+                conn.execute("COMMIT")
         out: list[tuple[str, str | None]] = []
         for token, sealed in rows:
             try:

@@ -352,6 +352,8 @@ class VisionService:
         if self._late is None or self.store is None:
             return True  # no journal: nothing to take out, and the list is left for one
         listed = self.gallery.erasures()
+        if listed is None:
+            return False  # changed since this turn's reload: after the next one
         known = set(self.gallery.snapshot.elders) | set(self.gallery.damaged)
         unknown = sorted({e for _, e in listed if e is not None and e not in known})
         if unknown and not self._late.add(unknown, self.store.steady_ms()):

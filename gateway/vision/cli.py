@@ -187,6 +187,12 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
     if report.key_mismatch:
         print("KEY MISMATCH: the key file is not the one this gallery was written with")
     print(f"confusable {len(gallery.confusables())} pairs")
+    listed = gallery.erasures()
+    if listed:
+        print(
+            f"erased     {len(listed)} elder(s) the counter has still to take in (at its next "
+            "gallery reload, or its next start): their decisions since the erasure go then"
+        )
     problem = beyond_calibration(report.elders, cfg.vision.decision.calibrated_for_elders)
     if problem is not None:
         print(f"WARNING: {problem}")

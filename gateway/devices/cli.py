@@ -106,11 +106,16 @@ def cmd_basestation(args: argparse.Namespace) -> int:
 def cmd_espa(args: argparse.Namespace) -> int:
     import time
 
-    from gateway.devices.link import SerialSettings, SoftwareParity, open_port
-    from gateway.devices.simulate import EspaMaster
+    from gateway.devices.link import SerialPort, SerialSettings, SoftwareParity, open_port
+    from gateway.devices.simulate import EspaMaster, VirtualPort
 
     settings = SerialSettings(args.baud, args.format)
-    port = open_port(args.port, settings, timeout=3.0)
+    port: VirtualPort | SerialPort
+    if args.pty:
+        port = VirtualPort(args.pty, read_timeout_s=3.0)
+        print(f"virtual nurse-call control station at {args.pty} -> {port.device}", file=sys.stderr)
+    else:
+        port = open_port(args.port, settings, timeout=3.0)
     parity = SoftwareParity(settings)
 
     class ParityIO:
@@ -124,9 +129,16 @@ def cmd_espa(args: argparse.Namespace) -> int:
     failed = 0
     try:
         for i in range(args.calls):
-            ok = master.call(f"{100 + i % 50:04d}", f"ROOM {100 + i % 50}", call_type="3")
+            # a control station keeps a call until the pager takes it: each try waits up to 3 s
+            for attempt in range(1, args.tries + 1):
+                ok = master.call(f"{100 + i % 50:04d}", f"ROOM {100 + i % 50}", call_type="3")
+                if ok:
+                    break
+                again = ", trying again" if attempt < args.tries else ", given up"
+                print(f"call {i + 1}: not acknowledged{again}", file=sys.stderr)
             failed += not ok
-            print(f"call {i + 1}: {'ACK' if ok else 'not acknowledged'}", file=sys.stderr)
+            if ok:
+                print(f"call {i + 1}: ACK", file=sys.stderr)
             time.sleep(args.interval)
     finally:
         port.close()
@@ -183,11 +195,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.set_defaults(func=_guard(cmd_basestation))
 
     e = kinds.add_parser("espa", help="ESPA 4.4.4 control station sending calls")
-    e.add_argument("--port", required=True)
+    where = e.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial URL of the line to the gateway's port")
+    where.add_argument(
+        "--pty", type=Path, help="make a virtual port: the gateway opens this path (a symlink)"
+    )
     e.add_argument("--baud", type=at_least_one, default=9600)
     e.add_argument("--format", default="7E1", choices=["7E1", "7E2", "8N1"])
     e.add_argument("--calls", type=at_least_one, default=10)
     e.add_argument("--interval", type=positive, default=2.0)
+    e.add_argument("--tries", type=at_least_one, default=3, help="of each call, until an ACK")
     e.set_defaults(func=_guard(cmd_espa))
 
     d = kinds.add_parser("dc09", help="SIA DC-09 alarm panel (ADM-CID events, NULL tests)")

@@ -198,11 +198,12 @@ class Paced:
 
 class VirtualPort:
     """A pty pair standing in for a USB serial adapter: the gateway opens ``link`` (a symlink
-    to the pty's device) like any port; the simulator writes to the other end. Bytes written
-    while nobody has the port open are dropped and counted, as on a real line."""
+    to the pty's device) like any port; the simulator writes to and reads from the other end.
+    Bytes written while nobody has the port open are dropped and counted, as on a real line."""
 
-    def __init__(self, link: Path) -> None:
+    def __init__(self, link: Path, *, read_timeout_s: float = 3.0) -> None:
         self.link = link
+        self.read_timeout_s = read_timeout_s
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no line discipline: binary frames pass untouched
         os.set_blocking(self._master, False)
@@ -220,6 +221,16 @@ class VirtualPort:
         except BlockingIOError:
             self.dropped += len(data)
             return len(data)
+
+    def read(self, size: int = 1, /) -> bytes:
+        """Up to ``size`` bytes the gateway wrote; nothing after ``read_timeout_s``."""
+        ready, _, _ = select.select([self._master], [], [], self.read_timeout_s)
+        if not ready:
+            return b""
+        try:
+            return os.read(self._master, size)
+        except BlockingIOError:
+            return b""
 
     def close(self) -> None:
         if self.link.is_symlink() and os.readlink(self.link) == self.device:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -328,3 +330,33 @@ def test_a_call_sent_anew_on_hearing_the_ack_is_recorded_though_the_ack_write_re
     assert sent == [ACK, ACK, ACK]
     assert len(stored(store.path, "alarm.sos")) == 2
     assert s.recorder.stats.duplicates == 0
+
+
+def test_a_virtual_nurse_call_system_is_a_port_the_gateway_opens(
+    tmp_path: Path, store: Store
+) -> None:
+    """`simulate espa --pty LINK`: an installer tries a nurse-call port's config with no
+    nurse-call system at hand; the gateway opens LINK at 7E1 and acknowledges every call."""
+    link = tmp_path / "ttyNURSE"
+    cmd = [sys.executable, "-m", "gateway", "simulate", "espa", "--pty", str(link)]
+    cmd += ["--calls", "5", "--interval", "0.2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    assert "virtual nurse-call control station at" in proc.stderr.readline()
+    cfg = PortConfig(name="nurse", definition="espa444-nurse-call.toml", url=str(link))
+    service = PortService(cfg, definition("espa444-nurse-call"), store, 10.0)
+    service.start()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        service.stop()
+    assert proc.returncode == 0, err
+    # a call under way while the gateway opened the port goes unanswered, and is tried again
+    assert [line for line in err.splitlines() if line.endswith(": ACK")] == [
+        f"call {i}: ACK" for i in range(1, 6)
+    ]
+    calls = stored(store.path, "alarm.sos")
+    assert len(calls) == 5
+    assert {c["data"]["port"] for c in calls} == {"nurse"}
+    assert service.health()["rejected"] == {}
+    assert not link.exists(), "the simulator removes its port when it ends"

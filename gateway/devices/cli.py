@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,27 @@ def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
         except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAIL
+
+    return run
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _simulator(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A kill ends a simulator as Ctrl-C does: its virtual port's link is removed, not left
+    pointing at a pty that someone's terminal may be given next."""
+    guarded = _guard(handler)
+
+    def run(args: argparse.Namespace) -> int:
+        before = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return guarded(args)
+        finally:
+            signal.signal(signal.SIGTERM, before)
 
     return run
 
@@ -95,8 +117,6 @@ def cmd_basestation(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             burst_every_s=args.burst_every or None,
         )
-    except KeyboardInterrupt:
-        sent = -1
     finally:
         port.close()
     print(f"sent {sent} frames", file=sys.stderr)
@@ -192,7 +212,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--repeats", type=zero_or_more, default=2, help="radio repeats of each alarm")
     b.add_argument("--alarms-per-hour", type=not_negative, default=2.0, help="per band")
     b.add_argument("--seed", type=int, default=1)
-    b.set_defaults(func=_guard(cmd_basestation))
+    b.set_defaults(func=_simulator(cmd_basestation))
 
     e = kinds.add_parser("espa", help="ESPA 4.4.4 control station sending calls")
     where = e.add_mutually_exclusive_group(required=True)
@@ -205,7 +225,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--calls", type=at_least_one, default=10)
     e.add_argument("--interval", type=positive, default=2.0)
     e.add_argument("--tries", type=at_least_one, default=3, help="of each call, until an ACK")
-    e.set_defaults(func=_guard(cmd_espa))
+    e.set_defaults(func=_simulator(cmd_espa))
 
     d = kinds.add_parser("dc09", help="SIA DC-09 alarm panel (ADM-CID events, NULL tests)")
     d.add_argument("--host", default="127.0.0.1")
@@ -215,4 +235,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--key", help="AES key as hex (encrypts the messages)")
     d.add_argument("--count", type=at_least_one, default=10)
     d.add_argument("--interval", type=positive, default=1.0)
-    d.set_defaults(func=_guard(cmd_dc09))
+    d.set_defaults(func=_simulator(cmd_dc09))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import build
+from gateway.cli import EXIT_INTERRUPTED
 from gateway.config import load_config
 from gateway.devices.framers.binary import BinaryFramer
 from gateway.devices.model import Frame
@@ -143,3 +144,20 @@ def test_a_virtual_base_station_is_a_port_the_gateway_opens(tmp_path: Path) -> N
         proc.communicate(timeout=30)  # waits, and closes its pipe
     assert len(frames) >= 40
     assert not link.exists(), "the simulator removes its port when it ends"
+
+
+def test_a_killed_virtual_base_station_removes_its_port(tmp_path: Path) -> None:
+    """The demo stops its simulators with a kill: a link left behind would point at a pty
+    that someone's terminal may be given next."""
+    link = tmp_path / "ttyWRIST"
+    cmd = [sys.executable, "-m", "gateway", "simulate", "basestation"]
+    cmd += ["--device", str(CONFIGS / "aa55-reference.toml"), "--pty", str(link)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    assert "virtual base station at" in proc.stderr.readline()
+    assert link.is_symlink()
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert "Traceback" not in err
+    assert not link.is_symlink()

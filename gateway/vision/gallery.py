@@ -73,8 +73,8 @@ T = TypeVar("T")
 PURPOSE = "gallery-templates-v1"
 ERASURE_PURPOSE = "gallery-erasures-v1"
 NONCE_BYTES = 12
-# An erasure not yet taken in by a counter is kept no longer than this: a site whose gateway
-# runs no counter, or is never started again, keeps no erased elder's id for good.
+# An erasure no counter took in (the gateway not started again, an entry sealed with another
+# key) goes with the first erasure after this long.
 ERASURE_KEPT_MS = 30 * 86_400_000
 # How long an erasure waits for readers of the gallery to let go before it empties the WAL: a
 # counter's reload or an enrolment's checks read for well under a second.

@@ -59,7 +59,10 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     from gateway.vision.gallery import erase
     from gateway.vision.retention import ExpiredFrames
 
-    templates = erase(cfg.gallery.db_path(data_dir), elder, key_path=cfg.gallery.key_path(data_dir))
+    # listed for a counter that may have her in memory; without a camera none runs, nothing
+    # would take the entry in, and her sealed id would stay beside the key for good
+    key_path = None if cfg.camera.source is None else cfg.gallery.key_path(data_dir)
+    templates = erase(cfg.gallery.db_path(data_dir), elder, key_path=key_path)
     cooldown.forget(data_dir / cooldown.FILE, elder)
     frames = ExpiredFrames(cfg.audit.path(data_dir), cfg.audit.retention_days)
     try:

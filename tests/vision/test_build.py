@@ -117,6 +117,24 @@ def test_the_platform_erases_an_elders_face(tmp_path: Path, mosquitto: Mosquitto
         store.stop()
 
 
+@pytest.mark.parametrize("camera", [None, "rtsp://127.0.0.1:8554/counter"])
+def test_an_erasure_keeps_her_sealed_id_only_where_a_counter_could_know_her(
+    tmp_path: Path, camera: str | None
+) -> None:
+    """The gallery lists an erased elder for a counter that may have her in memory. A site
+    without a camera runs none: nothing would ever take the entry in, and her id, sealed with
+    the key beside it, would stay in faces.db (and in `gateway gallery stats`) for good."""
+    data_dir = tmp_path / "var"
+    gallery = _enrolled(data_dir)
+    _delivered_decisions(data_dir)
+    vision = VisionSection.model_validate({"camera": {"source": camera}})
+    db = data_dir / "gateway.db"
+    journal_file = Journal(db, StoreSection().key_path(db))
+    assert erase_elder(vision, data_dir, "E1024", journal_file).templates == 2
+    assert gallery.refresh_if_changed()
+    assert [elder for _, elder in gallery.erasures() or []] == ([] if camera is None else ["E1024"])
+
+
 def _decision(outcome: Outcome, elder: str | None = None, *candidates: str) -> dict[str, Any]:
     return decision_data(
         Decision(outcome, 2.0, 1, 1.0, elder, candidates=tuple((c, 0.5) for c in candidates)),

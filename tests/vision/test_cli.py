@@ -187,7 +187,8 @@ def test_bulk_enrolment_command(
     }
     _photo_folders(folder, df, layout)
     locked = _unreadable_folder(folder / "e-105")  # e.g. not the gateway user's to read
-    config = _config(tmp_path, models_dir)
+    # a site with a counter camera, whose gateway is not running now
+    config = _config(tmp_path, models_dir, '[vision.camera]\nsource = "/dev/video0"\n')
     assert main(["enroll", "-c", str(config), "--folder", str(folder), "--allow-similar"]) == 2
     assert "not for every folder of a bulk run" in capsys.readouterr().err
     one = ["--elder", "e-109", str(df / "img16.jpg")]
@@ -236,7 +237,7 @@ def test_bulk_enrolment_command(
     assert main(["gallery", "stats", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert "damaged" not in out
-    # no counter ran here to take the erasures in
+    # the counter did not run since to take the erasures in
     assert "erased     2 elder(s) the counter has still to take in" in out
 
 

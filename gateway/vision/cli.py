@@ -187,11 +187,19 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
     if report.key_mismatch:
         print("KEY MISMATCH: the key file is not the one this gallery was written with")
     print(f"confusable {len(gallery.confusables())} pairs")
-    listed = gallery.erasures()
-    if listed:
+    listed = gallery.erasures() or []
+    # an elder erased, enrolled again and erased again is listed twice, and taken in once
+    waiting = {elder for _, elder in listed if elder is not None}
+    sealed_elsewhere = sum(elder is None for _, elder in listed)
+    if waiting:
         print(
-            f"erased     {len(listed)} elder(s) the counter has still to take in (at its next "
+            f"erased     {len(waiting)} elder(s) the counter has still to take in (at its next "
             "gallery reload, or its next start): their decisions since the erasure go then"
+        )
+    if sealed_elsewhere:
+        print(
+            f"erased     {sealed_elsewhere} sealed with another key: no counter with this key "
+            "takes them in; they go with the first erasure after 30 days"
         )
     problem = beyond_calibration(report.elders, cfg.vision.decision.calibrated_for_elders)
     if problem is not None:

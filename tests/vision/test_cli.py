@@ -11,11 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.app import build
 from gateway.cli import main
 from gateway.config import ConfigFileError, load_config
+from gateway.keys import create_key
+from gateway.vision.gallery import Gallery, erase
+from gateway.vision.models import load_manifest
 
 
 def _config(tmp_path: Path, models_dir: Path, extra: str = "") -> Path:
@@ -239,6 +243,32 @@ def test_bulk_enrolment_command(
     assert "damaged" not in out
     # the counter did not run since to take the erasures in
     assert "erased     2 elder(s) the counter has still to take in" in out
+
+
+def test_gallery_stats_counts_each_erased_elder_once_and_apart_those_no_counter_can_open(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gateway stopped meanwhile: an elder erased, enrolled again and erased again is one
+    elder for the counter to take in, not two; an entry sealed with a key the gallery does not
+    have is none the counter will take in."""
+    config = _config(tmp_path, models_dir, '[vision.camera]\nsource = "/dev/video0"\n')
+    data = tmp_path / "data"
+    db, key = data / "faces.db", data / "faces.key"
+    model = load_manifest().recognizer.model_id
+    gallery = Gallery.open(db, key, model, create=True)
+    vectors = np.random.default_rng(3).standard_normal((3, 128)).astype(np.float32)
+    gallery.add("e-1", vectors[:1])
+    gallery.add("e-2", vectors[1:2])
+    assert erase(db, "e-1", key_path=key) == 1
+    gallery.add("e-1", vectors[2:])
+    assert erase(db, "e-1", key_path=key) == 1
+    other = tmp_path / "other.key"
+    create_key(other)
+    assert erase(db, "e-2", key_path=other) == 1
+    assert main(["gallery", "stats", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "erased     1 elder(s) the counter has still to take in" in out
+    assert "1 sealed with another key" in out
 
 
 def test_eval_command_on_the_deepface_pairs(

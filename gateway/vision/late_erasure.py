@@ -1,5 +1,6 @@
 """The decisions a running counter made about elders erased since its last gallery reload,
-taken out of the journal on a thread of their own, and tried again until that succeeds.
+taken out of the journal on a thread of their own, with the audit frames it kept of them, and
+tried again until that succeeds.
 
 The erasure itself read the journal before them (they were made while the counter still knew
 her), so nobody else ever takes them out: a pass that fails (the journal locked by another
@@ -29,6 +30,7 @@ from gateway.private import replace_private
 from gateway.store.db import StoreError
 from gateway.store.erasure import Journal, erase_events
 from gateway.vision.events import FACE_DECISION, erasing
+from gateway.vision.retention import ExpiredFrames
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,15 @@ class LateErasures:
     """Used by the counter's pipeline thread only; each pass runs on a thread of its own."""
 
     def __init__(
-        self, journal: Journal, path: Path, first_retry_s: float, now: Callable[[], float]
+        self,
+        journal: Journal,
+        frames: ExpiredFrames,
+        path: Path,
+        first_retry_s: float,
+        now: Callable[[], float],
     ) -> None:
         self.journal = journal
+        self.frames = frames
         self.path = path
         self.first_retry_s = first_retry_s
         self._now = now
@@ -104,7 +112,10 @@ class LateErasures:
             for until_ms, elders in sorted(by_reload.items()):
                 rule = partial(erasing, elders=frozenset(elders))
                 erase_events(self.journal, FACE_DECISION.name, rule, until_ms=until_ms)
-        except (StoreError, sqlite3.Error) as exc:
+                # the erasure deleted her frames before these decisions were made
+                for elder in sorted(elders):
+                    self.frames.erase_elder(elder, until_ms)
+        except (StoreError, sqlite3.Error, OSError) as exc:
             self._failed = True
             self._ratelimited.warning(
                 "erasure", "face stage: decisions of erased elders left, to retry: %s", exc

@@ -76,9 +76,11 @@ class ExpiredFrames:
         self.purge_failures += len(failed)
         return removed
 
-    def erase_elder(self, elder: str) -> int:
+    def erase_elder(self, elder: str, until_ms: int | None = None) -> int:
         """Consent withdrawn: the frames of decisions that named the elder (accepted, or a
-        candidate) go now, not after their retention. Needs no key: the ids are in the header."""
+        candidate) go now, not after their retention. Needs no key: the ids are in the header.
+        ``until_ms``: only frames kept by then (store running time), so none of hers enrolled
+        again since."""
         removed = 0
         try:  # a frame cut short by a power cut names her too
             frames = [*self.folder.glob(f"*{SUFFIX}"), *self.folder.glob(f"*{PARTIAL}")]
@@ -87,8 +89,8 @@ class ExpiredFrames:
         for path in frames:
             try:
                 with path.open("rb") as fh:
-                    names = read_names(fh.read(HEADER + NAMES.size + MAX_NAMES))
-                if elder in names:
+                    head = fh.read(HEADER + NAMES.size + MAX_NAMES)
+                if elder in read_names(head) and (until_ms is None or _stamp(head) <= until_ms):
                     path.unlink()
                     removed += 1
             except FileNotFoundError:
@@ -105,11 +107,15 @@ class ExpiredFrames:
             header = fh.read(HEADER)
         if len(header) < HEADER or not header.startswith((MAGIC, MAGIC_NAMED)):
             return False
-        stamp = int(STAMP.unpack(header[len(MAGIC) :])[0])
-        return 0 <= stamp < running_cutoff
+        return 0 <= _stamp(header) < running_cutoff
 
 
 MAX_NAMES = 4096  # a decision names its elder or at most a few candidates
+
+
+def _stamp(header: bytes) -> int:
+    """The running time (ms) a frame was kept at, from its header; -1 if kept without one."""
+    return int(STAMP.unpack(header[len(MAGIC) : HEADER])[0])
 
 
 def header_for(running_ms: int, elders: Iterable[str]) -> bytes:

@@ -40,6 +40,7 @@ from gateway.vision.gallery import Gallery
 from gateway.vision.late_erasure import LateErasures
 from gateway.vision.models import Models, load_manifest, resolve_models_dir
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
+from gateway.vision.retention import ExpiredFrames
 
 log = logging.getLogger(__name__)
 COOLDOWN_SAVE_S = 5.0  # how often a changed cooldown is written (for a restart)
@@ -132,6 +133,8 @@ class VisionService:
             self.pipeline.remember(accepted + seen)
             self._late = LateErasures(
                 Journal(self.store.path, self.store.key_path),
+                # kept while the option was on, whether or not it is now
+                ExpiredFrames(cfg.audit.path(self.data_dir), cfg.audit.retention_days),
                 self.data_dir / late_erasure.FILE,
                 cfg.gallery.refresh_s,
                 time.monotonic,

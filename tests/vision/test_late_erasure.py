@@ -20,6 +20,7 @@ from gateway.store import Store
 from gateway.store.erasure import Journal
 from gateway.vision.events import FACE_DECISION
 from gateway.vision.late_erasure import FILE, MAX_RETRY_S, LateErasures, retry_after_s
+from gateway.vision.retention import ExpiredFrames, header_for
 from tests.support.clock import ManualClock
 
 
@@ -74,7 +75,8 @@ def test_a_failed_pass_is_counted_and_tried_again_once_its_wait_is_over(
     key = tmp_path / "journal.key"
     create_key(key)
     now = Seconds()
-    late = LateErasures(Journal(store.path, key), tmp_path / FILE, 5.0, now)
+    frames = ExpiredFrames(tmp_path / "audit", 7.0)
+    late = LateErasures(Journal(store.path, key), frames, tmp_path / FILE, 5.0, now)
     late.add(["E7"], store.steady_ms())
     late.tick()
     late.stop()  # waits for the pass
@@ -92,20 +94,40 @@ def test_a_failed_pass_is_counted_and_tried_again_once_its_wait_is_over(
     assert not (tmp_path / FILE).exists()
 
 
+def _frame(folder: Path, seq: int, kept_ms: int, elder: str) -> Path:
+    """A kept decision frame as the erasure sees it: only its header is read."""
+    folder.mkdir(exist_ok=True)
+    path = folder / f"decision-{seq}.frame"
+    path.write_bytes(header_for(kept_ms, [elder]) + b"sealed picture")
+    return path
+
+
 def test_a_restart_takes_out_what_a_failed_pass_left_and_spares_her_decisions_since(
     store: Store, clock: ManualClock, tmp_path: Path
 ) -> None:
-    """The file left by the run before: her decisions up to the reload that dropped her go;
-    one made after she was enrolled again stays, and so does another elder's."""
+    """The file left by the run before: her decisions up to the reload that dropped her go,
+    with their audit frames; one made after she was enrolled again stays, its frame too, and
+    so does another elder's."""
+    audit = tmp_path / "audit"
     before = _accepted(store, "E7")
+    before_frame = _frame(audit, before, store.steady_ms(), "E7")
     (tmp_path / FILE).write_text(json.dumps({"E7": store.steady_ms()}))
     clock.advance(1000)
     again = _accepted(store, "E7")
+    again_frame = _frame(audit, again, store.steady_ms(), "E7")
     theirs = _accepted(store, "E8")
-    late = LateErasures(Journal(store.path, store.key_path), tmp_path / FILE, 5.0, Seconds())
+    theirs_frame = _frame(audit, theirs, store.steady_ms(), "E8")
+    late = LateErasures(
+        Journal(store.path, store.key_path),
+        ExpiredFrames(audit, 7.0),
+        tmp_path / FILE,
+        5.0,
+        Seconds(),
+    )
     assert late.pending == 1
     late.tick()
     late.stop()
     assert _marked(store.path) == {before}
     assert again not in _marked(store.path) and theirs not in _marked(store.path)
+    assert not before_frame.exists() and again_frame.exists() and theirs_frame.exists()
     assert late.errors == 0 and not (tmp_path / FILE).exists()

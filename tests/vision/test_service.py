@@ -40,6 +40,7 @@ from gateway.vision.images import fit_within, read_image
 from gateway.vision.models import Manifest
 from gateway.vision.operations import Erased, erase_elder
 from gateway.vision.pipeline import DecisionEvent
+from gateway.vision.retention import ExpiredFrames, read_names
 from gateway.vision.service import VisionService
 from tests.support.disk import fill
 from tests.support.journal import journal
@@ -462,19 +463,25 @@ def _her_at_the_counter(
     *,
     refresh_s: float = 0.05,
     confirm_within_s: float = 0,
+    visits: bool = False,
 ) -> VisionService:
     """Elder-7 enrolled, and her photo shown again and again to a counter that reloads its
-    gallery every ``refresh_s``: running."""
+    gallery every ``refresh_s``: running. ``visits``: she is away longer than her cooldown
+    between two showings, so each is a decision of its own, and the audit option is on."""
     data_dir = store.path.parent
     folder = data_dir.parent / "her"
     folder.mkdir()
     shutil.copyfile(faces_dir / "deepface" / "img20.jpg", folder / "a.jpg")
+    camera = CameraSection(source=str(folder), fps=15, replay_loop=True)
     cfg = vision_cfg.model_copy(
         update={
-            "camera": CameraSection(source=str(folder), fps=15, replay_loop=True),
+            "camera": camera.model_copy(update={"replay_gap_s": 12}) if visits else camera,
             "gallery": GallerySection(refresh_s=refresh_s),
         }
     )
+    if visits:
+        decision = cfg.decision.model_copy(update={"cooldown_s": 10})
+        cfg = cfg.model_copy(update={"decision": decision, "audit": AuditSection(enabled=True)})
     _enrol_one(data_dir, analyzer, faces_dir, cfg)
     return _running_with(cfg, store, Confirmations(confirm_within_s))
 
@@ -528,6 +535,32 @@ def test_decisions_made_after_an_erasure_read_the_journal_go_when_the_counter_st
         service.stop()
     hers = _decisions_of(store.path, "elder-7")
     assert hers and _erasure_marks(store.path, hers) == [1] * len(hers)
+    assert service.health()["erasure_errors"] == 0
+
+
+def _frames_naming(folder: Path, elder: str) -> int:
+    return sum(elder in read_names(f.read_bytes()) for f in folder.glob("*.frame"))
+
+
+def test_audit_frames_of_decisions_the_counter_made_after_an_erasure_go_with_them(
+    vision_cfg: VisionSection, analyzer: Analyzer, faces_dir: Path, store: Store
+) -> None:
+    """The erasure deletes the frames naming her, then the counter, which still knows her
+    until its next reload, keeps one more of her face: that frame goes at the reload with the
+    decision it records, not after the audit retention."""
+    data_dir = store.path.parent
+    service = _her_at_the_counter(
+        vision_cfg, analyzer, faces_dir, store, refresh_s=3600, visits=True
+    )
+    folder = service.cfg.audit.path(data_dir)
+    try:
+        eventually(lambda: _frames_naming(folder, "elder-7") > 0, 60)
+        erase(data_dir / "faces.db", "elder-7")  # the erasure's parts beside the counter
+        ExpiredFrames(folder, 7.0).erase_elder("elder-7")
+        eventually(lambda: _frames_naming(folder, "elder-7") > 0, 60)  # one more of hers
+    finally:
+        service.stop()  # its last reload drops her
+    assert _frames_naming(folder, "elder-7") == 0
     assert service.health()["erasure_errors"] == 0
 
 

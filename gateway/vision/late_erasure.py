@@ -94,7 +94,7 @@ class LateErasures:
             self._finished()
         if self._pending and self._now() >= self._next_try:
             self._passed = dict(self._pending)
-            self._failed = False
+            self._failed = True  # until the pass has done them all
             self._pass = threading.Thread(target=self._run, name="face-erasure")
             self._pass.start()
 
@@ -116,10 +116,17 @@ class LateErasures:
                 for elder in sorted(elders):
                     self.frames.erase_elder(elder, until_ms)
         except (StoreError, sqlite3.Error, OSError) as exc:
-            self._failed = True
             self._ratelimited.warning(
                 "erasure", "face stage: decisions of erased elders left, to retry: %s", exc
             )
+        except Exception as exc:  # a fault of ours: never taken for a pass that succeeded
+            self._ratelimited.error(
+                "erasure-fault",
+                "face stage: decisions of erased elders left, to retry: %s",
+                type(exc).__name__,  # its text may quote a decision
+            )
+        else:
+            self._failed = False
 
     def _finished(self) -> None:
         self._pass = None

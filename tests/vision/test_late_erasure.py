@@ -131,3 +131,27 @@ def test_a_restart_takes_out_what_a_failed_pass_left_and_spares_her_decisions_si
     assert again not in _marked(store.path) and theirs not in _marked(store.path)
     assert not before_frame.exists() and again_frame.exists() and theirs_frame.exists()
     assert late.errors == 0 and not (tmp_path / FILE).exists()
+
+
+def test_a_pass_that_meets_a_fault_of_ours_is_not_taken_for_done(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A decision the rule cannot read (a candidate that is not an object) stops the pass:
+    she stays to do, kept in the file and counted, and the log names the fault, not the
+    decision."""
+    _accepted(store, "E7")
+    odd = {"outcome": "uncertain", "elder_id": None, "candidates": ["E7"], "confusable_with": []}
+    store.record(Event(FACE_DECISION, odd))
+    late = LateErasures(
+        Journal(store.path, store.key_path),
+        ExpiredFrames(tmp_path / "audit", 7.0),
+        tmp_path / FILE,
+        5.0,
+        Seconds(),
+    )
+    late.add(["E7"], store.steady_ms())
+    late.tick()
+    late.stop()
+    assert late.errors == 1 and late.pending == 1
+    assert json.loads((tmp_path / FILE).read_text()) == {"E7": store.steady_ms()}
+    assert "AttributeError" in caplog.text and "'str' object" not in caplog.text

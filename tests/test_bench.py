@@ -3,11 +3,13 @@ they are not part of the package, and nothing else would notice a change that br
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import random
 from pathlib import Path
 
-from bench import backbone, devices, stop, vision
+from bench import backbone, devices, mixed, stop, vision
+from tests.support.broker import Mosquitto
 
 
 def test_the_backbone_ingest_benchmark_runs(tmp_path: Path) -> None:
@@ -33,3 +35,10 @@ def test_the_gallery_search_benchmark_runs() -> None:
 def test_the_stop_benchmark_runs() -> None:
     took, clean = stop.trial(True, None, random.Random(1))
     assert took > 0 and clean
+
+
+def test_the_mixed_load_benchmark_runs(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    enrolled = mixed.stage_faces(tmp_path)
+    args = argparse.Namespace(seconds=2.0, bands=5)
+    run = mixed.one_run(tmp_path, enrolled, mosquitto.port, mixed.Row(15.0), args=args, n=0)
+    assert run["sos"] > 0 and run["missing"] == 0 and 0 < run["p50"] <= run["max"]

@@ -59,6 +59,15 @@ def gateway_exe() -> str:
     return str(Path(sys.executable).parent / "gateway")
 
 
+def gateway_env() -> dict[str, str]:
+    """The shared photos and models beside the repository, unless the caller names others."""
+    return {
+        **os.environ,
+        "GATEWAY_SHARED": str(SHARED),
+        "GATEWAY_MODELS_DIR": os.environ.get("GATEWAY_MODELS_DIR") or str(SHARED / "models"),
+    }
+
+
 @dataclass(frozen=True)
 class Row:
     """One way the gateway runs: its counter camera's frame rate (None: no camera), the empty
@@ -115,7 +124,7 @@ url = "{tty}"
 def stage_faces(work: Path) -> Path:
     """The demo's elders enrolled in a gallery of their own (faces.db and faces.key under
     ``work/enrolled``), and another photo of each in ``work/camera`` for the counter."""
-    env = {**os.environ, "GATEWAY_SHARED": str(SHARED)}
+    env = gateway_env()
     staged = work / "staged"
     subprocess.run(
         [sys.executable, str(ROOT / "examples" / "stage_demo.py"), str(staged)],
@@ -131,14 +140,16 @@ def stage_faces(work: Path) -> Path:
     enrolled.mkdir(mode=0o700)
     config = work / "enrol.toml"
     config.write_text(site_config(enrolled, "gw-enrol", 1, work / "none", Row(15.0)))
-    subprocess.run(
+    done = subprocess.run(
         [gateway_exe(), "enroll", "--config", str(config), "--folder", str(staged / "enrol")],
-        check=True,
+        check=False,
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"enrolment for the benchmark failed:\n{done.stderr[-3000:]}")
     return enrolled
 
 
@@ -278,7 +289,11 @@ def one_run(
     log = (work / f"{gateway_id}.log").open("w")
     pin = [] if row.cores is None else ["taskset", "-c", f"0-{row.cores - 1}"]
     proc = subprocess.Popen(
-        [*pin, gateway_exe(), "run", "--config", str(config)], cwd=ROOT, stderr=log, stdout=log
+        [*pin, gateway_exe(), "run", "--config", str(config)],
+        cwd=ROOT,
+        env=gateway_env(),
+        stderr=log,
+        stdout=log,
     )
     try:
         platform_.wait_ready(row.fps is not None)
@@ -333,7 +348,6 @@ def main() -> int:
     parser.add_argument("--bands", type=int, default=40, help="background wristbands")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     args = parser.parse_args()
-    os.environ.setdefault("GATEWAY_MODELS_DIR", str(SHARED / "models"))
     groups = [ROWS[name] for name in args.rows]
     results: dict[Row, list[dict[str, float]]] = {row: [] for rows in groups for row in rows}
     with tempfile.TemporaryDirectory() as tmp:

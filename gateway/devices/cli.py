@@ -9,12 +9,19 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.argtypes import at_least_one, not_negative, positive, tcp_port, zero_or_more
 
+if TYPE_CHECKING:
+    from gateway.devices.link import SerialPort, SerialSettings
+    from gateway.devices.simulate import VirtualPort
+
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -50,6 +57,34 @@ def _simulator(
             signal.signal(signal.SIGTERM, before)
 
     return run
+
+
+@contextmanager
+def _simulated_line(
+    args: argparse.Namespace, settings: SerialSettings, timeout: float, what: str
+) -> Iterator[VirtualPort | SerialPort]:
+    """The simulator's end of the line, closed however the simulator ends. Stop signals wait
+    while the port opens: a kill in that instant would skip the close and leave the link."""
+    from gateway.devices.link import open_port
+    from gateway.devices.simulate import VirtualPort
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    port: VirtualPort | SerialPort
+    try:
+        if args.pty:
+            port = VirtualPort(args.pty, read_timeout_s=timeout)
+        else:
+            port = open_port(args.port, settings, timeout=timeout)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if isinstance(port, VirtualPort):
+            print(f"{what} at {args.pty} -> {port.device}", file=sys.stderr)
+        yield port
+    finally:
+        port.close()
 
 
 def _definition(path: Path) -> object:
@@ -89,8 +124,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_basestation(args: argparse.Namespace) -> int:
     from gateway.devices.definitions import DefinitionFile
-    from gateway.devices.link import SerialPort, SerialSettings, open_port
-    from gateway.devices.simulate import Paced, Traffic, VirtualPort, run_traffic
+    from gateway.devices.link import SerialSettings
+    from gateway.devices.simulate import Paced, Traffic, run_traffic
 
     definition = _definition(args.device)
     if not isinstance(definition, DefinitionFile):
@@ -103,13 +138,7 @@ def cmd_basestation(args: argparse.Namespace) -> int:
         alarms_per_hour=args.alarms_per_hour,
         seed=args.seed,
     )
-    port: VirtualPort | SerialPort
-    if args.pty:
-        port = VirtualPort(args.pty)
-        print(f"virtual base station at {args.pty} -> {port.device}", file=sys.stderr)
-    else:
-        port = open_port(args.port, settings, timeout=1.0)
-    try:
+    with _simulated_line(args, settings, 1.0, "virtual base station") as port:
         sent = run_traffic(
             Paced(port.write, settings.baudrate),
             traffic,
@@ -117,8 +146,6 @@ def cmd_basestation(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             burst_every_s=args.burst_every or None,
         )
-    finally:
-        port.close()
     print(f"sent {sent} frames", file=sys.stderr)
     return EXIT_OK
 
@@ -126,28 +153,22 @@ def cmd_basestation(args: argparse.Namespace) -> int:
 def cmd_espa(args: argparse.Namespace) -> int:
     import time
 
-    from gateway.devices.link import SerialPort, SerialSettings, SoftwareParity, open_port
-    from gateway.devices.simulate import EspaMaster, VirtualPort
+    from gateway.devices.link import SerialSettings, SoftwareParity
+    from gateway.devices.simulate import EspaMaster
 
     settings = SerialSettings(args.baud, args.format)
-    port: VirtualPort | SerialPort
-    if args.pty:
-        port = VirtualPort(args.pty, read_timeout_s=3.0)
-        print(f"virtual nurse-call control station at {args.pty} -> {port.device}", file=sys.stderr)
-    else:
-        port = open_port(args.port, settings, timeout=3.0)
     parity = SoftwareParity(settings)
-
-    class ParityIO:
-        def write(self, data: bytes, /) -> int | None:
-            return port.write(parity.encode(data))
-
-        def read(self, size: int = 1, /) -> bytes:
-            return parity.decode(port.read(size))
-
-    master = EspaMaster(ParityIO())
     failed = 0
-    try:
+    with _simulated_line(args, settings, 3.0, "virtual nurse-call control station") as port:
+
+        class ParityIO:
+            def write(self, data: bytes, /) -> int | None:
+                return port.write(parity.encode(data))
+
+            def read(self, size: int = 1, /) -> bytes:
+                return parity.decode(port.read(size))
+
+        master = EspaMaster(ParityIO())
         for i in range(args.calls):
             # a control station keeps a call until the pager takes it: each try waits up to 3 s
             for attempt in range(1, args.tries + 1):
@@ -160,8 +181,6 @@ def cmd_espa(args: argparse.Namespace) -> int:
             if ok:
                 print(f"call {i + 1}: ACK", file=sys.stderr)
             time.sleep(args.interval)
-    finally:
-        port.close()
     return EXIT_OK if failed == 0 else EXIT_FAIL
 
 

@@ -47,10 +47,6 @@ class EventType:
         if not TYPE_NAME.fullmatch(self.name):
             raise ValueError(f"event type name {self.name!r} is not like 'alarm.sos'")
 
-    @property
-    def topic_suffix(self) -> str:
-        return f"event/{self.name}"
-
 
 GATEWAY_STARTED = EventType(
     "gateway.started",

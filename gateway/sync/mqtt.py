@@ -290,6 +290,7 @@ class MqttLink:
             "last_error_at": self.last_error_at,
             "packet_limit": self.packet_limit,
             "too_large": self.too_large,
+            "listener_errors": self.listener_errors,
         }
 
     @property

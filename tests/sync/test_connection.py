@@ -452,7 +452,7 @@ def test_a_failing_health_report_on_connect_leaves_the_link_working(
     with sync_alone(loaded, services_health=broken, model_versions=broken) as (store, sync):
         store.record(Event(ALARM, {"n": 1}))
         eventually(lambda: store.usage[Lane.P0].count == 0)
-        assert sync.link.healthy() and sync.link.listener_errors == 1
+        assert sync.link.healthy() and sync.link.health()["listener_errors"] == 1
         mosquitto.restart()
         eventually(lambda: sync.link.connects == 2)
         store.record(Event(ALARM, {"n": 2}))

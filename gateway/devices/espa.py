@@ -49,14 +49,12 @@ class EspaSession(PortHandler):
             silence_s=silence_s if silence_s is not None else spec.silence_s,
             char_s=char_s,
             now=now,
+            replies=("ACK", "NAK", "EOT"),
         )
         self.spec = spec
         self.state = "neutral"
         self.master: str | None = None
         self.block_since: float | None = None
-        self.blocks_acked = 0
-        self.blocks_naked = 0
-        self.polls = 0
 
     def on_data(self, data: bytes, at: float) -> None:
         super().on_data(data, at)
@@ -100,8 +98,7 @@ class EspaSession(PortHandler):
 
     def _refuse(self) -> None:
         if self.state == "selected":
-            self.blocks_naked += 1
-            self._reply(NAK)
+            self._reply("NAK", bytes([NAK]))
 
     def _control(self, item: Control) -> None:
         if item.kind == "eot":
@@ -110,40 +107,31 @@ class EspaSession(PortHandler):
             self.master = item.address
         elif item.kind == "enq" and self.master is not None:
             self.state = "selected"
-            self._reply(ACK)
+            self._reply("ACK", bytes([ACK]))
         elif item.kind == "enq":
-            self.polls += 1
-            self._reply(EOT)
+            self._reply("EOT", bytes([EOT]))
 
     def _block(self, raw: bytes, at: float | None) -> None:
         stats = self.recorder.stats
         if self._resent(raw, at):
             stats.duplicates += 1
-            self.blocks_acked += 1
-            self._reply(ACK)
+            self._reply("ACK", bytes([ACK]))
             return
         decoded = decode_block(raw, self.spec)
         for reject in decoded.rejects:
             stats.reject(self.recorder.port, reject)
         if decoded.rejects and not decoded.events:
-            self.blocks_naked += 1
-            self._reply(NAK)
+            self._reply("NAK", bytes([NAK]))
             return
         if not decoded.events:
             stats.ignored += 1
         events = [self.recorder.event(ev) for ev in decoded.events]
         # Counted before the reply goes out, so whoever sees the reply sees the count.
         if self.recorder.record(events):
-            self.blocks_acked += 1
             self._acking(raw)
-            self._reply(ACK)
+            self._reply("ACK", bytes([ACK]))
         else:
-            self.blocks_naked += 1
-            self._reply(NAK)
-
-    def _reply(self, code: int) -> None:
-        if not self.write(bytes([code])):
-            log.warning("espa %s: could not send reply 0x%02X", self.recorder.port, code)
+            self._reply("NAK", bytes([NAK]))
 
 
 def block_start(since: float | None, pending: int, fed: int, at: float) -> float | None:

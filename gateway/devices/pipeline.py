@@ -52,9 +52,10 @@ class PortHandler:
         silence_s: float | None,
         char_s: float = 0.0,
         now: Callable[[], float] = time.monotonic,
+        replies: Sequence[str] = (),
     ) -> None:
         """``char_s``: the seconds a character takes on the line; ``now``: the link's clock,
-        that of ``at`` in on_data."""
+        that of ``at`` in on_data; ``replies``: the kinds of reply the protocol sends."""
         self.recorder = recorder
         self.framer = framer
         self.frame_timeout_s = frame_timeout_s
@@ -65,6 +66,9 @@ class PortHandler:
         self.last_rx: float | None = None
         self.silent = False
         self.write: Writer = lambda _data: False
+        # What the sender was told, in health: a station that resends for ever while the
+        # gateway NAKs is told apart from one that never hears the ACKs.
+        self.replies = dict.fromkeys(replies, 0)
 
     def on_up(self, gap_s: float | None) -> None:
         """Supervision starts afresh: the outage was the link's, reported as down and up, and
@@ -144,6 +148,13 @@ class PortHandler:
         acked = self._acked
         return acked is not None and at is not None and frame == acked[0] and at < acked[1]
 
+    def _reply(self, kind: str, data: bytes) -> None:
+        """Counted whether or not the write went through: a failed one is in the link's
+        errors, and the sender may have had it all the same (a hangup while it drained)."""
+        self.replies[kind] = self.replies.get(kind, 0) + 1
+        if not self.write(data):
+            log.warning("port %s: could not send %s", self.recorder.port, kind)
+
     def _item(self, item: object, at: float | None) -> None:
         raise NotImplementedError
 
@@ -173,6 +184,7 @@ class FramedHandler(PortHandler):
             silence_s=silence_s,
             char_s=char_s,
             now=now,
+            replies=[kind for kind, reply in (("ACK", ack), ("NAK", nak)) if reply],
         )
         self.decode = decode
         self.dedup = dedup
@@ -189,13 +201,13 @@ class FramedHandler(PortHandler):
 
     def _refuse(self) -> None:
         if self.ack is not None and self.nak:
-            self.write(self.nak)
+            self._reply("NAK", self.nak)
 
     def _frame(self, frame: bytes, at: float | None) -> None:
         stats = self.recorder.stats
         if self.ack is not None and self._resent(frame, at):
             stats.duplicates += 1
-            self.write(self.ack)
+            self._reply("ACK", self.ack)
             return
         decoded = self.decode(frame)
         for reject in decoded.rejects:
@@ -222,9 +234,10 @@ class FramedHandler(PortHandler):
                     self.dedup.forget(self._key(ev))
         if stored:
             self._acking(frame)
-        reply = self.ack if stored else self.nak
-        if reply:
-            self.write(reply)
+            if self.ack:
+                self._reply("ACK", self.ack)
+        elif self.nak:
+            self._reply("NAK", self.nak)
 
     def _repeat(self, ev: DeviceEvent) -> bool:
         if ev.seq is None:

@@ -93,6 +93,7 @@ class PortService:
             "definition": self.definition.name,
             "link": self.link.stats.as_dict(time.monotonic()),
             "silent": self.handler.silent,
+            "replies": dict(self.handler.replies),
             **self.recorder.stats.as_dict(),
         }
 

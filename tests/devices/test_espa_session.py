@@ -70,7 +70,8 @@ def test_poll_select_block_ack_with_bcc_retry(
     assert data["raw"] == block.hex().upper()
     health = service.health()
     assert health["rejected"] == {"bad_bcc": 1}
-    assert (service.handler.blocks_acked, service.handler.blocks_naked) == (1, 1)  # type: ignore[attr-defined]
+    # the poll; the selection and the block; the corrupt block
+    assert health["replies"] == {"EOT": 1, "ACK": 2, "NAK": 1}
 
 
 def test_wrong_parity_is_naked_then_retry(session: tuple[Pty, PortService], store: Store) -> None:

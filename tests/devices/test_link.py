@@ -172,7 +172,9 @@ def test_contact_id_receiver_acks_after_store_naks_garbage(tmp_path: Path, store
         pty.write(contact_id_line("1234", "1", "384", "01", "003"))
         assert pty.read() == b"\x06"
     assert stored(store.path, "battery.low")[0]["data"]["name"] == "rf_low_battery"
-    assert service.health()["rejected"] == {"bad_checksum": 1}
+    health = service.health()
+    assert health["rejected"] == {"bad_checksum": 1}
+    assert health["replies"] == {"ACK": 2, "NAK": 1}
 
 
 def test_a_line_acked_late_is_recorded_once_and_the_receivers_resend_acked(
@@ -250,6 +252,7 @@ def test_a_hangup_while_an_ack_drains_neither_naks_a_stored_alarm_nor_drops_the_
         assert pty.read(1, timeout=0.2) == b""
     health = service.health()
     assert health["rejected"] == {} and health["link"]["errors"] == 2
+    assert health["replies"] == {"ACK": 2, "NAK": 0}
     assert health["link"]["last_error"].startswith("write")
 
 

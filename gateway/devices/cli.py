@@ -125,7 +125,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_basestation(args: argparse.Namespace) -> int:
     from gateway.devices.definitions import DefinitionFile
     from gateway.devices.link import SerialSettings
-    from gateway.devices.simulate import Paced, Traffic, run_traffic
+    from gateway.devices.simulate import Paced, Traffic, VirtualPort, run_traffic
 
     definition = _definition(args.device)
     if not isinstance(definition, DefinitionFile):
@@ -146,7 +146,9 @@ def cmd_basestation(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             burst_every_s=args.burst_every or None,
         )
-    print(f"sent {sent} frames", file=sys.stderr)
+    unread = port.dropped if isinstance(port, VirtualPort) else 0
+    closed = f" ({unread} bytes lost: nobody was reading the port)" if unread else ""
+    print(f"sent {sent} frames{closed}", file=sys.stderr)
     return EXIT_OK
 
 

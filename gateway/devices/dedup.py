@@ -24,7 +24,6 @@ class Dedup:
         self._max = max_keys
         self._seen: OrderedDict[Hashable, float] = OrderedDict()
         self._lock = threading.Lock()  # the store's thread forgets what it could not store
-        self.dropped = 0
 
     def is_repeat(self, key: Hashable) -> bool:
         """True if ``key`` was seen within the window; otherwise remember it."""
@@ -34,7 +33,6 @@ class Dedup:
         with self._lock:
             self._expire(now)
             if key in self._seen:
-                self.dropped += 1
                 return True
             self._seen[key] = now
             if len(self._seen) > self._max:

@@ -119,6 +119,18 @@ def test_simulate_command_writes_decodable_frames(tmp_path: Path) -> None:
     assert not os.path.exists(str(pty.path) + ".new")
 
 
+def test_a_virtual_base_station_says_what_nobody_read(tmp_path: Path) -> None:
+    """An installer who starts the simulator before the gateway, or points the gateway at
+    another port, is told the frames went nowhere rather than that they were sent."""
+    cmd = [sys.executable, "-m", "gateway", "simulate", "basestation"]
+    cmd += ["--device", str(CONFIGS / "aa55-reference.toml"), "--pty", str(tmp_path / "ttyW")]
+    cmd += ["--bands", "200", "--interval", "0.01", "--duration", "1", "--burst-every", "0"]
+    cmd += ["--baud", "921600"]  # more than a pty holds, within a second
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True)
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("sent ") and "bytes lost: nobody was reading the port" in last
+
+
 def test_a_virtual_base_station_is_a_port_the_gateway_opens(tmp_path: Path) -> None:
     """`simulate basestation --pty LINK`: the gateway opens LINK like a USB adapter."""
     from gateway.devices.link import SerialSettings, open_port

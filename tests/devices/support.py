@@ -15,7 +15,8 @@ from gateway.store import Store
 
 class Pty:
     """A pty pair; the gateway opens ``path`` (a symlink to the slave), the test drives
-    the master side. ``unplug`` closes both ends, ``replug`` makes a new pair at ``path``."""
+    the master side. ``unplug`` removes ``path`` and closes both ends, ``replug`` makes a new
+    pair at ``path``."""
 
     def __init__(self, path: Path, fmt: str = "8N1") -> None:
         self.path = path
@@ -32,6 +33,10 @@ class Pty:
         tmp.replace(self.path)
 
     def unplug(self) -> None:
+        """The path goes with the pair, as a pulled adapter's /dev/serial/by-id link does: left
+        behind, it names a freed pty number that the next pty made on the machine, another
+        process's, is given, and the gateway would reopen that one."""
+        self.path.unlink(missing_ok=True)
         for fd in (self.master, self._slave):
             os.close(fd)
         self.master = self._slave = -1

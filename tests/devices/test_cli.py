@@ -172,11 +172,17 @@ def test_ctrl_c_ends_a_simulator_without_a_traceback() -> None:
     """An installer stops `simulate dc09` with Ctrl-C while it waits for the receiver."""
     with socket.create_server(("127.0.0.1", 0)) as receiver:
         port = receiver.getsockname()[1]
-        panel = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "simulate", "dc09", "--port", str(port)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # A handler here, not SIG_IGN, makes the child's SIGINT its default, as from a
+        # terminal, also when the suite itself runs in the background with SIGINT ignored.
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            panel = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "simulate", "dc09", "--port", str(port)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            signal.signal(signal.SIGINT, before)
         conn, _ = receiver.accept()
         with conn:
             conn.recv(1)  # the first message is on its way; its answer never comes

@@ -216,11 +216,14 @@ class VirtualPort:
         self.dropped = 0
 
     def write(self, data: bytes, /) -> int:
+        """All of ``data`` leaves, as on a line: what the full pty did not take, the tail of
+        a frame that only partly fitted too, is counted in ``dropped``."""
         try:
-            return os.write(self._master, data)
+            written = os.write(self._master, data)
         except BlockingIOError:
-            self.dropped += len(data)
-            return len(data)
+            written = 0
+        self.dropped += len(data) - written
+        return len(data)
 
     def read(self, size: int = 1, /) -> bytes:
         """Up to ``size`` bytes the gateway wrote; nothing after ``read_timeout_s``."""

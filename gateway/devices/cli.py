@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from gateway.devices.simulate import VirtualPort
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
-_STOPS = {signal.SIGINT, signal.SIGTERM}
+_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -45,16 +45,20 @@ def _interrupt(signum: int, frame: object) -> None:
 def _simulator(
     handler: Callable[[argparse.Namespace], int],
 ) -> Callable[[argparse.Namespace], int]:
-    """A kill ends a simulator as Ctrl-C does: its virtual port's link is removed, not left
-    pointing at a pty that someone's terminal may be given next."""
+    """A kill, or the closing of its terminal, ends a simulator as Ctrl-C does: its virtual
+    port's link is removed, not left pointing at a pty that someone's terminal may be given
+    next."""
     guarded = _guard(handler)
 
     def run(args: argparse.Namespace) -> int:
-        before = signal.signal(signal.SIGTERM, _interrupt)
+        before = {
+            signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)
+        }
         try:
             return guarded(args)
         finally:
-            signal.signal(signal.SIGTERM, before)
+            for signum, action in before.items():
+                signal.signal(signum, action)
 
     return run
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.app import build
 from gateway.cli import EXIT_INTERRUPTED
@@ -159,9 +162,10 @@ def test_a_virtual_base_station_is_a_port_the_gateway_opens(tmp_path: Path) -> N
     assert not link.exists(), "the simulator removes its port when it ends"
 
 
-def test_a_killed_virtual_base_station_removes_its_port(tmp_path: Path) -> None:
-    """The demo stops its simulators with a kill: a link left behind would point at a pty
-    that someone's terminal may be given next."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["kill", "hangup"])
+def test_a_killed_virtual_base_station_removes_its_port(tmp_path: Path, signum: int) -> None:
+    """The demo stops its simulators with a kill, an installer by closing the terminal: a
+    link left behind would point at a pty that someone's terminal may be given next."""
     link = tmp_path / "ttyWRIST"
     cmd = [sys.executable, "-m", "gateway", "simulate", "basestation"]
     cmd += ["--device", str(CONFIGS / "aa55-reference.toml"), "--pty", str(link)]
@@ -169,7 +173,7 @@ def test_a_killed_virtual_base_station_removes_its_port(tmp_path: Path) -> None:
     assert proc.stderr is not None
     assert "virtual base station at" in proc.stderr.readline()
     assert link.is_symlink()
-    proc.terminate()
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == EXIT_INTERRUPTED
     assert "Traceback" not in err

@@ -174,6 +174,9 @@ def cmd_espa(args: argparse.Namespace) -> int:
             def read(self, size: int = 1, /) -> bytes:
                 return parity.decode(port.read(size))
 
+            def reset_input_buffer(self) -> None:
+                port.reset_input_buffer()
+
         master = EspaMaster(ParityIO())
         for i in range(args.calls):
             # a control station keeps a call until the pager takes it: each try waits up to 3 s

@@ -235,6 +235,13 @@ class VirtualPort:
         except BlockingIOError:
             return b""
 
+    def reset_input_buffer(self) -> None:
+        try:
+            while os.read(self._master, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
     def close(self) -> None:
         if self.link.is_symlink() and os.readlink(self.link) == self.device:
             self.link.unlink()
@@ -246,6 +253,8 @@ class ByteIO(Protocol):
     def write(self, data: bytes, /) -> int | None: ...
 
     def read(self, size: int = 1, /) -> bytes: ...
+
+    def reset_input_buffer(self) -> None: ...
 
 
 def espa_block(
@@ -270,6 +279,9 @@ class EspaMaster:
         return data[0] & 0x7F if data else None
 
     def select(self) -> bool:
+        """A reply still on the line came after its call was given up (a slow commit at the
+        pager): taken for this selection's, it would keep the station one answer behind."""
+        self.io.reset_input_buffer()
         self.io.write(bytes([EOT]) + self.address.encode() + bytes([ENQ]))
         self.io.write(self.target.encode() + bytes([ENQ]))
         return self.reply() == ACK

@@ -57,6 +57,10 @@ class Pty:
             return b""
         return self.parity.decode(os.read(self.master, size))
 
+    def reset_input_buffer(self) -> None:
+        while select.select([self.master], [], [], 0)[0]:
+            os.read(self.master, 4096)
+
 
 @contextmanager
 def failing_inserts(store: Store) -> Iterator[None]:

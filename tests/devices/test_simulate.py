@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import select
 import threading
+import tty
+from pathlib import Path
 
 from gateway.devices.config import Dc09Receiver
 from gateway.devices.dc09 import Dc09Service
 from gateway.devices.decoders import dc09
-from gateway.devices.simulate import Dc09Transmitter
+from gateway.devices.framers.espa import ACK, ENQ, NAK
+from gateway.devices.simulate import Dc09Transmitter, EspaMaster
 from gateway.store import Store
 from tests.devices.conftest import definition, stored
+from tests.devices.support import Pty
 from tests.support.wait import eventually
 
 
@@ -31,3 +37,29 @@ def test_a_panel_sending_less_often_than_the_idle_timeout_goes_on_sending(store:
     finally:
         panel.close()
         service.stop()
+
+
+def test_a_late_answer_is_not_taken_for_the_next_selection(tmp_path: Path) -> None:
+    """The pager ACKed a block after the control station had given up on it (a slow commit):
+    the next selection waits for its own answer instead of staying one answer behind."""
+    pty = Pty(tmp_path / "ttyNURSE")
+    pager = os.open(pty.path, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(pager)
+    try:
+        os.write(pager, bytes([ACK]))  # the late answer
+        eventually(lambda: bool(select.select([pty.master], [], [], 0)[0]))
+
+        def refuse_the_selection() -> None:
+            heard = b""
+            while not heard.endswith(b"2" + bytes([ENQ])):
+                heard += os.read(pager, 16)
+            os.write(pager, bytes([NAK]))
+
+        pager_side = threading.Thread(target=refuse_the_selection)
+        pager_side.start()
+        selected = EspaMaster(pty).select()
+        pager_side.join(5)
+        assert selected is False
+    finally:
+        os.close(pager)
+        pty.close()

@@ -38,8 +38,16 @@ def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     return run
 
 
+class _Stopped(KeyboardInterrupt):
+    """A kill or a hang-up, unwound as Ctrl-C is so the port closes and its link goes."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise _Stopped(signum)
 
 
 def _simulator(
@@ -47,7 +55,8 @@ def _simulator(
 ) -> Callable[[argparse.Namespace], int]:
     """A kill, or the closing of its terminal, ends a simulator as Ctrl-C does: its virtual
     port's link is removed, not left pointing at a pty that someone's terminal may be given
-    next."""
+    next. The exit status still names the signal (128 + its number), as a shell reports a
+    killed process."""
     guarded = _guard(handler)
 
     def run(args: argparse.Namespace) -> int:
@@ -56,6 +65,8 @@ def _simulator(
         }
         try:
             return guarded(args)
+        except _Stopped as stop:
+            return 128 + stop.signum
         finally:
             for signum, action in before.items():
                 signal.signal(signum, action)

@@ -285,12 +285,18 @@ class Decider:
         )
 
     def _beside_someone(self, t: float) -> None:
-        """A frame with two faces of similar size does not say the settled elder has gone: a
-        companion standing beside her for a minute must not let her cooldown run out, or she
-        is settled again once alone. Her track stays open and she counts as still seen (if it
+        """A frame with two faces of similar size does not say the person in view has gone.
+        An undecided track stays open, so the gap cannot end it with an ``uncertain`` while the
+        other is still there (staff would serve her by hand, and then the counter accept her
+        once alone). A settled elder counts as still seen: a companion standing beside her for
+        a minute must not let her cooldown run out, or she is settled again once alone (if it
         was someone else, the cooldown merely runs longer)."""
         track = self.track
-        if track is not None and track.decided and track.elder is not None:
+        if track is None:
+            return
+        if not track.decided:
+            track.last_seen = t
+        elif track.elder is not None:
             track.last_seen = t
             self._accepted_at[track.elder] = t
 

@@ -348,6 +348,35 @@ def test_the_one_who_stays_beside_a_flickering_second_face_is_accepted_once_it_g
     assert out[1].elder_id == "e-1" and out[1].t >= together[-2].t + POLICY.window_s
 
 
+def test_the_one_who_stays_gets_no_verdict_while_both_are_in_view_for_a_second() -> None:
+    """Two people walk up (multiple_faces); she is alone in most frames for a moment, then
+    the other leans in beside her for a second. Two faces in view are not "no face": the
+    track gap does not end her track with an `uncertain` (staff would serve her by hand) while
+    the other is still there; she is accepted once, after the other has gone."""
+    decider = Decider(POLICY)
+    obs: list[Observation] = []
+
+    def multiple(count: int) -> None:
+        obs.extend(Observation(len(obs) / FPS, "multiple_faces") for _ in range(count))
+
+    def alone(count: int) -> None:
+        obs.extend(face(len(obs) / FPS, "p1", "elder-1", 0.7) for _ in range(count))
+
+    multiple(3)
+    alone(4)
+    multiple(1)
+    alone(4)
+    multiple(int(POLICY.track_gap_s * FPS) + 5)  # both in view for longer than the gap
+    both_last = obs[-1].t
+    alone(int(3 * FPS))
+    out = run(decider, obs)
+    assert [(d.outcome, d.elder_id) for d in out] == [
+        (Outcome.MULTIPLE_FACES, None),
+        (Outcome.ACCEPTED, "elder-1"),
+    ]
+    assert out[1].t >= both_last + POLICY.window_s
+
+
 def test_a_face_left_in_view_after_its_decision_holds_no_more_frames() -> None:
     decider = Decider(POLICY)
     out = run(decider, frames(0.0, 15 * 60, who="poster", top="elder-1", score=0.7))

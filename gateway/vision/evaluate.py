@@ -168,17 +168,27 @@ class Errata:
     def read(cls, file: Path) -> Errata:
         same: dict[str, str] = {}
         exclude: set[str] = set()
+
+        def name_of(label: str) -> str:
+            while label in same:
+                label = same[label]
+            return label
+
         for number, raw in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
             parts = raw.split("#", 1)[0].split()
             if not parts:
                 continue
             if parts[0] == "same" and len(parts) == 3:
-                same[parts[2]] = same.get(parts[1], parts[1])
+                # one person under three names may come in any order ("same B C" before
+                # "same A B"): every name ends up under one, or its photos are strangers
+                first, second = name_of(parts[1]), name_of(parts[2])
+                if first != second:
+                    same[second] = first
             elif parts[0] == "exclude" and len(parts) == 2:
                 exclude.add(parts[1])
             else:
                 raise ValueError(f"{file}:{number}: expected 'same A B' or 'exclude PHOTO'")
-        return cls(same, frozenset(exclude))
+        return cls({label: name_of(label) for label in same}, frozenset(exclude))
 
     def apply(self, faces: FaceSet) -> FaceSet:
         labels = [self.same.get(label, label) for label in faces.labels]

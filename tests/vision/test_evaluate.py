@@ -76,6 +76,24 @@ def test_errata_file_parses(tmp_path: Path) -> None:
         Errata.read(bad)
 
 
+def test_errata_merge_one_person_under_several_names_in_any_order(tmp_path: Path) -> None:
+    """Three spellings of one name, listed so that the second line renames the first's
+    target: all three photos are one person, or two of them count as strangers."""
+    errata = tmp_path / "errata.txt"
+    errata.write_text("same A B\nsame C A\nsame D E\nsame E B\n")
+    labels = ["A", "B", "C", "D", "E", "F"]
+    faces = FaceSet(
+        [Path(f"{label}.jpg") for label in labels],
+        labels,
+        np.zeros((len(labels), 128), np.float32),
+        np.ones(len(labels), bool),
+        [None] * len(labels),
+    )
+    merged = Errata.read(errata).apply(faces).labels
+    assert len(set(merged[:5])) == 1
+    assert merged[5] == "F"
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

@@ -251,6 +251,10 @@ def _count(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
+SAME_PERSON = ("yes", "1", "true")
+OTHER_PERSON = ("no", "0", "false")
+
+
 def _csv_pairs(file: Path, text: str, root: Path, folds: int) -> list[Pair]:
     rows = csv.reader(text.splitlines())
     header = [name.strip() for name in next(rows)]
@@ -264,7 +268,12 @@ def _csv_pairs(file: Path, text: str, root: Path, folds: int) -> list[Pair]:
             continue
         if len(row) < len(header) or not row[x] or not row[y]:
             raise ValueError(f"{file}:{rows.line_num}: expected {len(header)} fields")
-        same = row[decision].strip().lower() in ("yes", "1", "true")
+        said = row[decision].strip().lower()
+        if said not in SAME_PERSON + OTHER_PERSON:  # "Same", "Y": not silently a stranger
+            raise ValueError(
+                f"{file}:{rows.line_num}: Decision {row[decision]!r}: expected Yes or No"
+            )
+        same = said in SAME_PERSON
         pairs.append(Pair(root / row[x], root / row[y], same, len(pairs) % folds))
     return pairs
 

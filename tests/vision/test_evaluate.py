@@ -103,6 +103,10 @@ def test_errata_merge_one_person_under_several_names_in_any_order(tmp_path: Path
         (b"10 300\n\nA 1 x\n", r"pairs\.txt:3: 'x' is not a photo number"),
         (b"file_x,file_y\na.jpg,b.jpg\n", r"pairs\.txt:1: no column Decision"),
         (b"file_x,file_y,Decision\na.jpg\n", r"pairs\.txt:2: expected 3 fields"),
+        (
+            b"file_x,file_y,Decision\na.jpg,b.jpg,Yes\nc.jpg,d.jpg,Same\n",
+            r"pairs\.txt:3: Decision 'Same'",
+        ),
         (b"\xff\xfe1\x00", r"pairs\.txt: not UTF-8 text"),
     ],
 )

@@ -64,8 +64,12 @@ class FaceSet:
 
     @property
     def usable(self) -> np.ndarray:
+        """Photos of a known person that the gates pass: what the open-set and all-pairs
+        figures search. A photo only the pairs file names (label "") is nobody's: taken as
+        one person, two strangers' photos there would count as a genuine pair."""
         gates_pass = np.array([g is None for g in self.gated], dtype=bool)
-        usable: np.ndarray = self.ok & gates_pass
+        labelled = np.array([bool(label) for label in self.labels], dtype=bool)
+        usable: np.ndarray = self.ok & gates_pass & labelled
         return usable
 
     def index(self) -> dict[Path, int]:

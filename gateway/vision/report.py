@@ -200,7 +200,7 @@ def evaluate_faces(
     out = Figures()
     if pairs:
         out.pairs = pair_report(faces, pairs)
-    labels = [label for label, ok in zip(faces.labels, faces.usable, strict=True) if ok and label]
+    labels = [label for label, ok in zip(faces.labels, faces.usable, strict=True) if ok]
     if len(set(labels)) < 3:
         return out
     verify = verify_all_pairs(faces, VERIFY_FMR)

@@ -248,6 +248,19 @@ def test_a_gallery_larger_than_the_folder_allows_is_said_not_silently_shrunk() -
     assert evaluate_faces(faces, None, gallery_size=31).smaller_gallery is None
 
 
+def test_photos_only_the_pairs_file_names_are_nobodys_in_the_identity_figures() -> None:
+    """A site folder of people plus loose photos a pairs CSV names: those have no person
+    (label ""), so two strangers' loose photos are neither a genuine pair nor an elder."""
+    people = [f"e{i}" for i in range(4) for _ in range(3)]
+    faces = _random_faces([*people, "x1", "x1", "x2", "x2"])
+    faces.labels[len(people) :] = [""] * 4
+    figures = evaluate_faces(faces, None, gallery_size=4)
+    assert figures.verify is not None
+    assert figures.verify.genuine_pairs == 4 * 3
+    assert figures.verify.impostor_pairs == 12 * 11 // 2 - 4 * 3
+    assert figures.open_set[0].mated_searches == 10 * 4 * 2
+
+
 def test_a_gallery_beyond_its_calibration_says_how_to_recalibrate() -> None:
     assert beyond_calibration(1000, 1000) is None
     problem = beyond_calibration(2500, 1000)

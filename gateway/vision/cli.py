@@ -120,7 +120,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     analyzer = Analyzer.from_config(vision)
     gallery = _open_gallery(cfg, create=True)
-    if gallery.damaged:
+    if gallery.damaged and not gallery.report.key_mismatch:  # a wrong key: refused below
         print(
             f"WARNING: {gallery.report.undecryptable} templates of {len(gallery.damaged)} "
             "elders fail to decrypt, so new photos are not checked against them "

@@ -271,6 +271,26 @@ def test_bulk_enrolment_command(
     assert "erased     2 elder(s) the counter has still to take in" in out
 
 
+def test_enrol_with_the_wrong_key_file_says_so_and_adds_nothing(
+    tmp_path: Path, models_dir: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key file replaced by another: the installer is told the key is wrong, not sent to
+    look for damaged rows."""
+    config = _config(tmp_path, models_dir)
+    df = faces_dir / "deepface"
+    assert main(["enroll", "-c", str(config), "--elder", "e-1", str(df / "img1.jpg")]) == 0
+    key = tmp_path / "data" / "faces.key"
+    key.unlink()
+    create_key(key)
+    capsys.readouterr()
+    assert main(["enroll", "-c", str(config), "--elder", "e-2", str(df / "img20.jpg")]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to write with a key that does not match the gallery" in err
+    assert "gallery stats" not in err
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "faces.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM templates").fetchone() == (1,)
+
+
 def test_gallery_stats_counts_each_erased_elder_once_and_apart_those_no_counter_can_open(
     tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -294,14 +294,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     def show(decision: DecisionEvent) -> None:
         line = {"event_id": decision.event.event_id, **decision.event.data}
-        try:
-            print(json.dumps(line, ensure_ascii=False), flush=True)
-        except BrokenPipeError:  # `| head` has what it wanted: stop as after --seconds
-            service.request_stop()
-            # what is still to come (the last track's decision) and the exit's own flush
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+        print(json.dumps(line, ensure_ascii=False), flush=True)
 
     service = VisionService(
         vision, cfg.gateway.data_dir, None, realtime=not args.lockstep, listeners=[show]

@@ -154,11 +154,6 @@ class VisionService:
     def stop(self) -> None:
         self._halt()
 
-    def request_stop(self) -> None:
-        """End the pipeline after its current frame, without waiting: callable from its own
-        thread (a listener whose reader has gone), where ``stop`` would wait for itself."""
-        self._stop.set()
-
     def _halt(self) -> None:
         """Pipeline thread, camera and liveness thread: at stop, or after a start that failed
         half-way (the supervisor never stops a service that did not start)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.config import ConfigFileError, load_config
 from gateway.devices.cli import register as register_devices
+from gateway.stdout import EXIT_PIPE, discard, reader_gone
 from gateway.store import StoreError, read_stats
 from gateway.vision.cli import register as register_vision
 
@@ -165,3 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except KeyboardInterrupt:  # Ctrl-C at a field command: it stops, no traceback
         return EXIT_INTERRUPTED
+    except BrokenPipeError as exc:
+        if not reader_gone(exc):
+            raise
+        discard()
+        return EXIT_PIPE

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.argtypes import at_least_one, not_negative, positive, tcp_port, zero_or_more
+from gateway.stdout import reader_gone
 
 if TYPE_CHECKING:
     from gateway.devices.link import SerialPort, SerialSettings
@@ -32,6 +33,8 @@ def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
         try:
             return handler(args)
         except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
+            if reader_gone(exc):  # `| head` has what it wanted: not an error
+                raise
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAIL
 

@@ -10,12 +10,15 @@ import argparse
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from gateway.argtypes import at_least_one, positive, rate
 from gateway.config import ConfigFileError, GatewayConfig, load_config
 from gateway.lifecycle import StartupError
+from gateway.stdout import EXIT_PIPE, discard, reader_gone
 from gateway.vision.errors import VisionError
 
 EXIT_OK = 0
@@ -38,6 +41,8 @@ def _guard(handler: Any) -> Any:
             print(f"configuration error:\n{exc}", file=sys.stderr)
             return EXIT_CONFIG
         except (VisionError, StartupError, ValueError, OSError) as exc:
+            if reader_gone(exc):  # `| head` has what it wanted: not an error
+                raise
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAIL
         return result
@@ -292,21 +297,34 @@ def cmd_identify(args: argparse.Namespace) -> int:
         source.open()
         source.close()
 
+    gone = threading.Event()  # the reader of the decisions (`| head -n 5`) has what it wanted
+
     def show(decision: DecisionEvent) -> None:
         line = {"event_id": decision.event.event_id, **decision.event.data}
-        print(json.dumps(line, ensure_ascii=False), flush=True)
+        try:
+            print(json.dumps(line, ensure_ascii=False), flush=True)
+        except BrokenPipeError as exc:  # on the face stage's thread: main's handler is not here
+            if not reader_gone(exc):
+                raise
+            gone.set()
 
     service = VisionService(
         vision, cfg.gateway.data_dir, None, realtime=not args.lockstep, listeners=[show]
     )
     service.start()
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
     try:
-        service.wait(args.seconds)
+        while not gone.is_set() and not service.wait(0.2):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
     except KeyboardInterrupt:
         pass
     finally:
         service.stop()
     print(json.dumps({"health": service.health()}, default=str), file=sys.stderr)
+    if gone.is_set():
+        discard()
+        return EXIT_PIPE
     return EXIT_OK
 
 

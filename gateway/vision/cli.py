@@ -214,15 +214,26 @@ def cmd_gallery_stats(args: argparse.Namespace) -> int:
 
 def cmd_gallery_remove(args: argparse.Namespace) -> int:
     from gateway.store.erasure import Journal
+    from gateway.vision import cooldown
     from gateway.vision.elders import check_elder_id
     from gateway.vision.operations import erase_elder
 
     cfg = _config(args)
     data_dir = cfg.gateway.data_dir
     db = cfg.store.db_path(data_dir)
-    erased = erase_elder(
-        cfg.vision, data_dir, check_elder_id(args.elder), Journal(db, cfg.store.key_path(db))
-    )
+    elder = check_elder_id(args.elder)
+    gallery_db = cfg.vision.gallery.db_path(data_dir)
+    audit = cfg.vision.audit.path(data_dir)
+    if not any(p.exists() for p in (gallery_db, db, audit, data_dir / cooldown.FILE)):
+        # "0 erased" would read as done to someone who left out the site's -c
+        print(
+            f"error: no face gallery ({gallery_db}), journal ({db}) or audit frames ({audit}), "
+            f"so nothing of {elder} to erase there: give the site's config (-c FILE), which "
+            "says where its data directory is",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    erased = erase_elder(cfg.vision, data_dir, elder, Journal(db, cfg.store.key_path(db)))
     print(
         f"{args.elder}: {erased.templates} template(s) erased, "
         f"{erased.audit_frames} audit frame(s) and {erased.decisions} delivered decision(s) "

@@ -265,6 +265,24 @@ def test_enrol_with_the_wrong_key_file_says_so_and_adds_nothing(
         assert conn.execute("SELECT count(*) FROM templates").fetchone() == (1,)
 
 
+def test_an_erasure_pointed_at_a_data_directory_with_nothing_in_it_says_so(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway gallery remove` without the site's config (its data directory elsewhere): not
+    a count of nothing erased that reads as done, but what is missing and where."""
+    config = _config(tmp_path, models_dir)
+    assert main(["gallery", "remove", "-c", str(config), "--elder", "e-1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    data = tmp_path / "data"
+    assert captured.err == (
+        f"error: no face gallery ({data / 'faces.db'}), journal ({data / 'gateway.db'}) or "
+        f"audit frames ({data / 'audit'}), so nothing of e-1 to erase there: give the site's "
+        "config (-c FILE), which says where its data directory is\n"
+    )
+    assert not data.exists()
+
+
 def test_gallery_stats_counts_each_erased_elder_once_and_apart_those_no_counter_can_open(
     tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,8 +7,10 @@ and the other stages' commands stay fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -353,9 +355,28 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     jpeg = frames.export(args.event_id)
     # an elder's face: the user's alone, and never written through a link planted in its place
     fd = open_private(args.out, os.O_WRONLY | os.O_TRUNC)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fd, 0o600)  # a file there already keeps its mode otherwise
-        fh.write(jpeg)
+    try:
+        st = os.fstat(fd)
+        regular = stat.S_ISREG(st.st_mode)  # not /dev/null, which every user needs as it is
+        if regular:
+            os.fchmod(fd, 0o600)  # a file there already keeps its mode otherwise
+        try:
+            rest = memoryview(jpeg)
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+        except OSError as exc:
+            if regular:  # a full disk: not half a face left where the export was asked for
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                    if os.lstat(args.out).st_ino == st.st_ino:
+                        args.out.unlink()
+            print(
+                f"error: cannot write {args.out}: {exc.strerror}; nothing kept of it",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
+    finally:
+        os.close(fd)
     print(f"{args.out}: decision frame of {args.event_id}")
     return EXIT_OK
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -200,16 +201,22 @@ def test_a_frame_cut_short_leaves_no_piece_of_a_face_behind_an_erasure(
     assert list(audit.folder.iterdir()) == []
 
 
-def test_the_export_command_writes_the_face_for_the_user_alone(
-    tmp_path: Path, photo: np.ndarray
-) -> None:
-    """Default umask 022: still 0600. A link planted where the file goes is not followed."""
+def _kept_frame(tmp_path: Path, photo: np.ndarray) -> Path:
+    """A data directory holding EVENT's frame; returns the config naming it."""
     data = tmp_path / "var"
     data.mkdir()
     create_key(data / "faces.key")
     AuditFrames(data / "audit", data / "faces.key", retention_days=1).keep(EVENT, photo)
     config = tmp_path / "g.toml"
     config.write_text(f'[gateway]\ndata_dir = "{data}"\n')
+    return config
+
+
+def test_the_export_command_writes_the_face_for_the_user_alone(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """Default umask 022: still 0600. A link planted where the file goes is not followed."""
+    config = _kept_frame(tmp_path, photo)
     out = tmp_path / "frame.jpg"
     old = os.umask(0o022)
     try:
@@ -227,6 +234,37 @@ def test_the_export_command_writes_the_face_for_the_user_alone(
     assert os.stat(out).st_mode & 0o777 == 0o600
     assert os.stat(shared).st_mode & 0o777 == 0o600
     assert out.read_bytes()[:2] == b"\xff\xd8" and victim.read_text() == "keep me"
+
+
+def test_an_export_the_disk_has_no_room_for_leaves_no_part_of_the_face(
+    tmp_path: Path, small_disk: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A USB stick that is nearly full: not half a JPEG where the export was asked for, and
+    a message that names the file, not a bare errno."""
+    config = _kept_frame(tmp_path, photo)
+    filler = fill(small_disk)
+    os.truncate(filler, filler.stat().st_size - 4096)  # room for a piece of the picture
+    out = small_disk / "frame.jpg"
+    assert main(["audit", "export", "-c", str(config), EVENT, str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {out}: No space left on device; nothing kept of it\n"
+    assert not out.exists()
+
+
+def test_an_export_into_a_device_leaves_the_device_as_it_was(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """`gateway audit export ID /dev/null` (as root, as a trial): written to, not made 0600,
+    which would shut every other user out of it."""
+    config = _kept_frame(tmp_path, photo)
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+    null.chmod(0o666)
+    assert main(["audit", "export", "-c", str(config), EVENT, str(null)]) == 0
+    assert stat.S_IMODE(null.stat().st_mode) == 0o666
 
 
 def test_exporting_a_frame_that_was_not_kept_says_why_it_may_be_missing(

@@ -22,6 +22,10 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -99,7 +103,25 @@ _worker: Analyzer | None = None
 
 def _init_worker(models_dir: Path, manifest: Manifest, settings: AnalyzerSettings) -> None:
     global _worker  # noqa: PLW0603 - one analyzer per worker process
+    # Ctrl-C reaches the terminal's whole group: the command stops its workers, and one
+    # waiting for work would print a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     _worker = Analyzer(Models.open(models_dir, manifest, threads=1), settings)
+
+
+def _exit_with_parent() -> None:
+    """A worker ends when the command does, however it ended (a kill): otherwise it waits on
+    its queue for good, holding a copy of the models on a box with 2 GB."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _embed_one(path: Path) -> tuple[np.ndarray | None, str | None]:
@@ -156,8 +178,8 @@ def embed_images(
             if progress is not None:
                 progress(i + 1)
     finally:
-        if pool is not None:
-            pool.shutdown()
+        if pool is not None:  # interrupted: the chunks not started yet are not waited for
+            pool.shutdown(cancel_futures=True)
     return FaceSet(list(paths), list(labels), embeddings, ok, gated, failures)
 
 

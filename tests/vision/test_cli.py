@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +398,57 @@ def test_run_without_models_runs_on_without_the_face_stage(tmp_path: Path) -> No
     assert "vision not started, the rest runs on" in log
     assert "model files in" in log and "retinaface_mbnet0.25.onnx: missing" in log
     assert "Traceback" not in log
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(child) for child in found.stdout.split()]
+
+
+def _gone(pids: list[int], within_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_eval_stopped_midway_leaves_no_worker_behind(
+    faces_dir: Path, models_dir: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C reaches the whole foreground group, workers included: it ends the command with
+    no traceback from them. A kill of the command alone must not leave its workers (two
+    copies of the models) idle on a 2 GB box for good."""
+    config = _config(tmp_path, models_dir)
+    command = ["eval", "-c", str(config), "--faces", str(faces_dir / "lfw-dev"), "--jobs", "2"]
+    # a handler here, not SIG_IGN (a suite run in the background), gives the child the
+    # default SIGINT a terminal does
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a group of its own, as a terminal gives a command
+        )
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert proc.stderr is not None
+    try:
+        assert proc.stderr.readline().startswith("embedding: ")  # the workers are at it
+        workers = _children(proc.pid)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert _gone(workers)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers, when they stayed
+    err = proc.stderr.read()  # to its end: once no worker holds it open
+    assert proc.returncode == (130 if signum == signal.SIGINT else -signal.SIGTERM)
+    assert "Traceback" not in err

@@ -245,14 +245,16 @@ def evaluate_faces(
             )
         )
     out.recommendation = recommendation
-    out.enrolment = enrolment_effect(faces, gallery_size, target_fpir)
+    # a gallery larger than the folder allows: like the figures above, for the largest it does
+    site_size = min(gallery_size, largest)
+    out.enrolment = enrolment_effect(faces, site_size, target_fpir)
     if recommendation is not None:
         rule = Rule(
             recommendation.accept_threshold,
             recommendation.margin,
             recommendation.candidate_threshold,
         )
-        out.confirmation = confirmation_effect(faces, gallery_size, rule)
+        out.confirmation = confirmation_effect(faces, site_size, rule)
     return out
 
 

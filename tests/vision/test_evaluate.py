@@ -248,6 +248,18 @@ def test_a_gallery_larger_than_the_folder_allows_is_said_not_silently_shrunk() -
     assert evaluate_faces(faces, None, gallery_size=31).smaller_gallery is None
 
 
+def test_a_gallery_larger_than_the_folder_allows_keeps_every_section_of_the_report() -> None:
+    """Photos per elder and staff confirmations are shown for the largest gallery the folder
+    allows, as the open-set figures and thresholds are, not left out without a word."""
+    people = [f"e{i}" for i in range(40) for _ in range(5)] + [f"s{i}" for i in range(60)]
+    faces = _random_faces(people)
+    figures = evaluate_faces(faces, None, gallery_size=5000, target_fpir=0.05)
+    assert figures.smaller_gallery is not None
+    assert figures.recommendation is not None and figures.recommendation.gallery_size == 70
+    assert figures.enrolment is not None and figures.enrolment.gallery_size == 70
+    assert figures.confirmation is not None and figures.confirmation.gallery_size == 70
+
+
 def test_photos_only_the_pairs_file_names_are_nobodys_in_the_identity_figures() -> None:
     """A site folder of people plus loose photos a pairs CSV names: those have no person
     (label ""), so two strangers' loose photos are neither a genuine pair nor an elder."""

@@ -137,32 +137,42 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     progress = Progress(len(jobs), "enrolling") if len(jobs) > 1 else None
     counts = {"enrolled": 0, "refused": 0, "flagged": 0}
     few_photos = 0
-    for done, (elder, photos) in enumerate(jobs, start=1):
-        if isinstance(photos, OSError):
-            result = refused_id(elder, f"folder cannot be read: {photos.strerror or photos}")
-        else:
-            try:
-                result = enrol(
-                    gallery,
-                    analyzer,
-                    elder,
-                    photos,
-                    rules=vision.decision,
-                    allow_similar=args.allow_similar,
-                )
-            except BadElderId as exc:
-                result = refused_id(elder, str(exc))
-        counts[result.status] += 1
-        few_photos += result.status == "enrolled" and result.templates < RECOMMENDED_PHOTOS
-        if progress is None or result.status != "enrolled" or args.verbose:
-            if progress is not None and progress.tty:
-                print(file=sys.stderr)
-            print(f"{elder}: {result.status}: {result.message}")
-            for v in result.photos:
-                verdict = "ok" if v.ok else f"refused: {v.reason}"
-                print(f"  {v.name}: {verdict}{' (' + v.detail + ')' if v.detail else ''}")
-        if progress is not None:
-            progress(done)
+    try:
+        for done, (elder, photos) in enumerate(jobs, start=1):
+            if isinstance(photos, OSError):
+                result = refused_id(elder, f"folder cannot be read: {photos.strerror or photos}")
+            else:
+                try:
+                    result = enrol(
+                        gallery,
+                        analyzer,
+                        elder,
+                        photos,
+                        rules=vision.decision,
+                        allow_similar=args.allow_similar,
+                    )
+                except BadElderId as exc:
+                    result = refused_id(elder, str(exc))
+            counts[result.status] += 1
+            few_photos += result.status == "enrolled" and result.templates < RECOMMENDED_PHOTOS
+            if progress is None or result.status != "enrolled" or args.verbose:
+                if progress is not None and progress.tty:
+                    print(file=sys.stderr)
+                print(f"{elder}: {result.status}: {result.message}")
+                for v in result.photos:
+                    verdict = "ok" if v.ok else f"refused: {v.reason}"
+                    print(f"  {v.name}: {verdict}{' (' + v.detail + ')' if v.detail else ''}")
+            if progress is not None:
+                progress(done)
+    except KeyboardInterrupt:  # Ctrl-C on a bulk run: where it got to, and how to go on
+        if len(jobs) > 1:
+            print(
+                f"\ninterrupted after {sum(counts.values())} of {len(jobs)} elders: "
+                f"{', '.join(f'{n} {k}' for k, n in counts.items())}; the same command "
+                "again goes on (photos enrolled already are not added twice)",
+                file=sys.stderr,
+            )
+        raise
     if len(jobs) > 1:
         print(", ".join(f"{n} {k}" for k, n in counts.items()))
         if few_photos:

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import sqlite3
@@ -244,6 +245,55 @@ def test_bulk_enrolment_command(
     assert "damaged" not in out
     # the counter did not run since to take the erasures in
     assert "erased     2 elder(s) the counter has still to take in" in out
+
+
+def test_a_bulk_enrolment_stopped_with_ctrl_c_says_how_far_it_got(
+    faces_dir: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """An installer stops a long bulk run: told how many elders were done, and the same
+    command again finishes the job without enrolling anyone twice."""
+    folder = tmp_path / "enrol"
+    for person in sorted((faces_dir / "lfw-dev" / "images").iterdir())[:150]:
+        shutil.copytree(person, folder / person.name)
+    command = [sys.executable, "-m", "gateway", "enroll", "-c", str(_config(tmp_path, models_dir))]
+    command += ["--folder", str(folder)]
+    # a handler here, not SIG_IGN (a suite run in the background), gives the child the
+    # default SIGINT a terminal does
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith("enrolling: 1/150")  # on its way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    stopped = err.splitlines()[-1]
+    assert re.fullmatch(
+        r"interrupted after (\d+) of 150 elders: (\d+) enrolled, (\d+) refused, (\d+) flagged; "
+        r"the same command again goes on \(photos enrolled already are not added twice\)",
+        stopped,
+    ), stopped
+    done = int(stopped.split()[2])
+    assert 1 <= done < 150
+    gallery = tmp_path / "data" / "faces.db"
+    held = _templates_per_elder(gallery)
+    assert 0 < len(held) <= done
+    rerun = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode in (0, 3), rerun.stderr  # 3: some photos refused or flagged
+    lines = rerun.stdout.splitlines()
+    assert any(re.fullmatch(r"\d+ enrolled, \d+ refused, \d+ flagged", line) for line in lines)
+    after = _templates_per_elder(gallery)
+    assert len(after) > len(held)
+    assert {elder: after[elder] for elder in held} == held  # nobody's photos twice
+
+
+def _templates_per_elder(gallery: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(gallery)) as conn:
+        rows = conn.execute("SELECT elder_id, count(*) FROM templates GROUP BY elder_id")
+        return dict(rows.fetchall())
 
 
 def test_enrol_with_the_wrong_key_file_says_so_and_adds_nothing(

@@ -416,8 +416,6 @@ class CameraReader:
                 delay = min(delay * 2, self.cfg.reopen_max_s)
                 self.stats.reopens += 1
                 continue
-            self.state = "streaming"
-            self._last_frame_at = self.clock()
             frames = self.stats.frames
             try:
                 ended = self._stream()
@@ -454,8 +452,11 @@ class CameraReader:
 
     def _stream(self) -> bool:
         """Read until stopped, ended (True) or stalled. A frame that is unusable (zero-size,
-        odd pixel type) counts as no frame: a driver sending only those is a stalled camera."""
+        odd pixel type) counts as no frame: a driver sending only those is a stalled camera.
+        An opened camera is ``streaming`` only once a frame arrives: one that connects and
+        then sends nothing stays ``opening`` or ``lost`` in health."""
         interval = 1.0 / self.cfg.fps
+        waiting_since = self.clock()
         while not self._stop.is_set():
             started = self.clock()
             try:
@@ -464,13 +465,15 @@ class CameraReader:
                 return True
             image = self.stats.usable(raw)
             if image is None:
-                if self.clock() - self._last_frame_at > self.cfg.stall_s:
+                if self.clock() - waiting_since > self.cfg.stall_s:
                     what = "frame" if raw is None else "usable frame"
                     self._lost(f"no {what} for {self.cfg.stall_s:g} s")
                     return False
                 self._stop.wait(min(interval, 0.05))
                 continue
             self._publish(image, decode_s)
+            waiting_since = self._last_frame_at
+            self.state = "streaming"
             if self.source.paced:
                 self._stop.wait(max(0.0, interval - (self.clock() - started)))
         return False

@@ -203,6 +203,29 @@ def test_a_camera_that_returns_nothing_is_reported_lost(faces_dir: Path) -> None
         reader.stop()
 
 
+def test_a_camera_that_connects_but_sends_nothing_is_never_shown_streaming(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An RTSP camera that accepts the connection and sends no picture: reopened again and
+    again, it must not read as working (journal "ok") between its stalls."""
+    camera = SilentCamera(np.zeros((1, 1, 3), np.uint8))
+    cfg = CameraSection(fps=50, reopen_min_s=0.05, reopen_max_s=0.05, stall_s=0.2)
+    reader = CameraReader(camera, cfg)
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="gateway.vision.camera"):
+        reader.start()
+        try:
+            while camera.opens < 4:
+                seen.append(reader.health())
+                time.sleep(0.005)
+        finally:
+            reader.stop()
+    assert {h["state"] for h in seen} <= {"opening", "lost"}
+    assert {service_state({"camera": h}) for h in seen} <= {"camera OPENING", "camera LOST"}
+    assert all(h["last_frame_age_s"] is None for h in seen)  # no frame has ever come
+    assert [r.getMessage() for r in caplog.records] == ["camera fake-usb lost: no frame for 0.2 s"]
+
+
 def test_a_video_file_is_a_camera(tmp_path: Path, faces_dir: Path) -> None:
     video = tmp_path / "counter.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (480, 640))

@@ -229,7 +229,7 @@ def open_feed(cfg: CameraSection, spec: str | None = None, realtime: bool = True
     """Live cameras always get a reader thread; files and folders may replay in lockstep."""
     source = open_source(spec or cfg.source or "", cfg)
     if not realtime and source.paced:
-        return Lockstep(source, cfg.fps)
+        return Lockstep(source, cfg.fps, cfg.stall_s)
     return CameraReader(source, cfg)
 
 
@@ -273,9 +273,10 @@ class CameraStats:
 class Lockstep:
     """Every frame of a (finite) source, in order, stamped at ``seq / fps``: for replays."""
 
-    def __init__(self, source: FrameSource, fps: float) -> None:
+    def __init__(self, source: FrameSource, fps: float, stall_s: float) -> None:
         self.source = source
         self.fps = fps
+        self.stall_s = stall_s
         self.ended = False
         self.stats = CameraStats()
         self._seq = 0
@@ -294,6 +295,10 @@ class Lockstep:
         return self._seq / self.fps
 
     def next_frame(self, timeout: float) -> Frame | None:
+        """The next usable frame; None at the end, or after ``stall_s`` of frame time without
+        one (``lost``): a looping folder whose photos all went bad would otherwise be read
+        round and round inside this call, and nothing could stop the replay."""
+        unusable = 0
         while not self.ended:
             try:
                 raw, decode_s = self.source.read()
@@ -306,7 +311,12 @@ class Lockstep:
             self._seq += 1
             image = self.stats.usable(raw)
             if image is not None:
+                self.state = "streaming"
                 return Frame(image, self._seq / self.fps, self._seq, decode_s)
+            unusable += 1
+            if unusable >= self.stall_s * self.fps:
+                self.state = "lost"
+                return None
         return None
 
     def health(self) -> dict[str, Any]:

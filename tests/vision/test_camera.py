@@ -15,6 +15,7 @@ from gateway.sync.service import service_state
 from gateway.vision.camera import (
     CameraError,
     CameraReader,
+    EndOfStream,
     ImageFolder,
     Lockstep,
     OpenCVCapture,
@@ -40,7 +41,7 @@ def photo_folder(tmp_path: Path, faces_dir: Path) -> Path:
 
 def test_a_folder_replays_each_photo_then_an_empty_scene(photo_folder: Path) -> None:
     cfg = CameraSection(fps=10, replay_hold_s=0.5, replay_gap_s=0.3)
-    feed = Lockstep(ImageFolder(photo_folder, cfg), cfg.fps)
+    feed = Lockstep(ImageFolder(photo_folder, cfg), cfg.fps, cfg.stall_s)
     feed.start()
     frames = []
     while (frame := feed.next_frame(0.1)) is not None:
@@ -59,7 +60,7 @@ def test_unusable_photos_are_counted_and_skipped(photo_folder: Path) -> None:
     (photo_folder / "img1_half.jpg").write_bytes((photo_folder / "img1.jpg").read_bytes()[:5000])
     cfg = CameraSection(fps=10, replay_hold_s=0.2, replay_gap_s=0.0)
     source = ImageFolder(photo_folder, cfg)
-    feed = Lockstep(source, cfg.fps)
+    feed = Lockstep(source, cfg.fps, cfg.stall_s)
     feed.start()
     count = 0
     while feed.next_frame(0.1) is not None:
@@ -67,6 +68,41 @@ def test_unusable_photos_are_counted_and_skipped(photo_folder: Path) -> None:
     assert count == 4
     assert source.bad_files == 2
     assert feed.stats.failed_reads == 4
+
+
+class CountedReads:
+    """A source's reads, counted; ended after ``limit`` of them so a test cannot hang."""
+
+    def __init__(self, source: ImageFolder, limit: int) -> None:
+        self.source, self.limit, self.reads = source, limit, 0
+        self.name, self.paced = source.name, source.paced
+
+    def open(self) -> None:
+        self.source.open()
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        self.reads += 1
+        if self.reads > self.limit:
+            raise EndOfStream(self.name)
+        return self.source.read()
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def test_a_looping_replay_whose_photos_all_went_bad_is_lost_not_read_round_forever(
+    photo_folder: Path,
+) -> None:
+    cfg = CameraSection(fps=10, replay_hold_s=0.2, replay_gap_s=0.0, replay_loop=True)
+    source = CountedReads(ImageFolder(photo_folder, cfg), limit=100_000)
+    feed = Lockstep(source, cfg.fps, cfg.stall_s)
+    feed.start()
+    for photo in photo_folder.iterdir():
+        photo.write_bytes(b"\xff\xd8\xff\xe0broken")  # replaced while it plays
+    assert feed.next_frame(0.2) is None
+    assert not feed.ended and feed.health()["state"] == "lost"
+    assert source.reads == cfg.stall_s * cfg.fps  # 5 s of frames, then the caller's turn
+    assert feed.stats.frames == 0 and feed.stats.failed_reads == source.reads
 
 
 def test_an_unusable_photo_is_logged_once_however_often_the_replay_loops(

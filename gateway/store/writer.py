@@ -8,6 +8,7 @@ producer may acknowledge its source (serial ACK, DC-09 ACK, counter screen) once
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -555,15 +556,15 @@ class Store:
     # ---- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        records: deque[_Op] = deque()
+        others: deque[_Op] = deque()
         try:
-            self._loop()
+            self._loop(records, others)
         except BaseException as exc:
             log.critical("store writer failed: %s", exc, exc_info=True)
-            with self._lock:  # a write being queued now is in the queue, or refused
-                self._failed = exc
-            self._fail_queued(exc)
+            self._fail(exc, [*records, *others])
 
-    def _loop(self) -> None:
+    def _loop(self, records: deque[_Op], others: deque[_Op]) -> None:
         """Producers' writes first: each turn commits the waiting events and write() calls,
         in their order (up to batch_max_rows), then at most one bounded batch of the store's
         own maintenance (deleting delivered events, housekeeping). An alarm so waits for one
@@ -573,8 +574,6 @@ class Store:
         commit of events and ride along in it: the two touch the same pages, and the SD card
         is then written once for both. Never beside an alarm, whose commit stays short.
         """
-        records: deque[_Op] = deque()
-        others: deque[_Op] = deque()
         stopping = False
         deliveries_since: float | None = None  # when telemetry deliveries began to wait
         while True:
@@ -689,18 +688,40 @@ class Store:
                 return stop
             stop = self._take(item, records, others) or stop
 
-    def _fail_queued(self, exc: BaseException) -> None:
-        failed: list[tuple[Receipt[Any], Any]] = []
+    def _fail(self, exc: BaseException, held: Iterable[_Op]) -> None:
+        """The writer has failed: refuse what it ``held`` (taken off the queue, not committed)
+        and what is queued, and from now on any write (see ``_enqueue``)."""
+        with self._lock:  # a write being queued now is in the queue, or refused
+            self._failed = self._failed or exc
+        items: list[object] = list(held)
         while True:
             try:
-                item = self._queue.get_nowait()
+                items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-            if isinstance(item, _Record | _Ack | _Write | _Housekeep):
-                failed.append((item.future, StoreClosed(f"store writer failed: {exc}")))
-        resolve(self._settled, failed)
+        resolve(
+            self._settled,
+            [
+                (it.future, StoreClosed(f"store writer failed: {exc}"))
+                for it in items
+                if isinstance(it, _Record | _Ack | _Write | _Housekeep)
+            ],
+        )
 
     def _commit(self, batch: list[_Op]) -> None:
+        """Commit the batch; a failure that ends the writer (see ``_run``) leaves nothing of it
+        half written nor waiting: it is refused, and its transaction rolled back."""
+        try:
+            self._commit_or_isolate(batch)
+        except BaseException as exc:
+            conn = self._conn
+            if conn is not None and conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self._fail(exc, batch)
+            raise
+
+    def _commit_or_isolate(self, batch: list[_Op]) -> None:
         conn = self._conn
         assert conn is not None
         seq_before = self._next_seq

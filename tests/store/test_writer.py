@@ -473,6 +473,38 @@ def test_an_event_queued_as_the_writer_fails_is_refused_at_once_not_left_waiting
         store.stop()  # its housekeeping threads, which a failed writer leaves running
 
 
+@pytest.mark.parametrize("batch_max_rows", [1, 512], ids=["behind-it", "in-its-commit"])
+def test_an_event_taken_by_the_writer_as_it_fails_is_refused_not_left_waiting(
+    make_store: StoreFactory, batch_max_rows: int
+) -> None:
+    """An alarm the writer had taken off its queue, into the commit that fails or waiting
+    for the next one, gets StoreClosed (its NAK) at once, not after the record timeout."""
+    store = make_store(batch_max_rows=batch_max_rows)
+    holding, go = threading.Event(), threading.Event()
+
+    def hold(_conn: sqlite3.Connection) -> None:
+        holding.set()
+        go.wait(10)
+
+    def faulty(_conn: sqlite3.Connection) -> None:
+        raise _WriterFault("writer fault")
+
+    store.write(hold)
+    assert holding.wait(10)
+    store.write(faulty)
+    alarm = store.submit(Event(SOS, {"device": "A1"}))
+    go.set()  # the writer takes both at once after the held commit
+    try:
+        with pytest.raises(StoreClosed):
+            alarm.result(5)
+        assert not store.healthy()
+    finally:
+        store.stop()
+    assert SOS.name not in {
+        r[0] for r in sqlite3.connect(store.path).execute("SELECT type FROM events")
+    }
+
+
 def test_a_commit_listener_that_raises_does_not_stop_the_store(
     make_store: StoreFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -813,11 +813,19 @@ class Store:
         sizes = [event_bytes(op.data_json) for _, op in records]
         self.disk_free = self._free_disk(self.path.parent)
         floor = self.floor_bytes
+        full = self.reserve.released
+        alarms_only = self.reserve.alarms_only
         admitted: Sequence[bool] | None = None  # None: above the floor, all admitted
         if self.disk_free < floor:
+            # An event the reserve bars (refused below) claims no room: telemetry evicted for
+            # it would be pending telemetry lost for nothing.
+            barred = [
+                (full and op.lane is Lane.P2) or (alarms_only and op.lane is Lane.P1)
+                for _, op in records
+            ]
             decision = admit(
                 [op.lane for _, op in records],
-                sizes,
+                [0 if bar else size for bar, size in zip(barred, sizes, strict=True)],
                 free_bytes=self.disk_free,
                 floor_bytes=floor,
                 p2_pending_bytes=self.usage[Lane.P2].bytes,
@@ -833,8 +841,6 @@ class Store:
         added_bytes = dict.fromkeys(Lane, 0)
         session = self.session
         seq = self._next_seq
-        full = self.reserve.released
-        alarms_only = self.reserve.alarms_only
         for k, ((i, op), size) in enumerate(zip(records, sizes, strict=True)):
             lane = op.event.type.lane
             if full and lane is Lane.P2:

@@ -335,3 +335,28 @@ def test_records_written_from_the_reserve_leave_room_for_alarms(
         store.record(Event(SOS, {"device": f"A{n}"}))
     assert store.counters.get("refused_p0", 0) == 0
     assert store.usage[SOS.lane].count == 20
+
+
+def test_telemetry_refused_on_a_full_disk_takes_no_pending_telemetry_with_it(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """An outage's telemetry waits for the link while another program fills the disk: the
+    sightings refused meanwhile are counted, and leave the pending ones to be sent."""
+    store = make_store(small_disk / "g.db", min_free_disk_mb=1, reserve_mb=2)
+    for n in range(300):
+        store.record(Event(SEEN, {"n": n, "pad": "x" * 300}))
+    fill(small_disk)
+    telemetry_until_refused(store)
+    assert store.health()["disk_reserve"] == "released"
+    pending = store.usage[SEEN.lane].count
+    refused = store.counters["refused_p2"]
+
+    for n in range(100):
+        with pytest.raises(StorageFull):
+            store.record(Event(SEEN, {"late": n, "pad": "x" * 300}))
+    assert store.usage[SEEN.lane].count == pending
+    assert store.counters.get("evicted_disk_p2", 0) == 0
+    assert store.counters["refused_p2"] == refused + 100
+    store.stop()
+    reopened = make_store(small_disk / "g.db", min_free_disk_mb=1, reserve_mb=2)
+    assert reopened.usage[SEEN.lane].count == pending

@@ -248,6 +248,8 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._listeners: list[Callable[[set[Lane]], None]] = []
         self._listener_log = RateLimitedLog(log, 30.0)
+        # what recurs with each commit for as long as an outage or a full disk lasts
+        self._flood_log = RateLimitedLog(log, 60.0)
         self._lock = threading.Lock()
         self._settled = threading.Condition()
         self._closed = True
@@ -749,7 +751,7 @@ class Store:
             if disk_full(exc):
                 err = StorageFull(f"disk full writing {self.path}")
             resolve(self._settled, [(batch[0].future, err)])
-            log.error("store write failed: %s", exc)
+            self._flood_log.error("write-failed", "store write failed: %s", exc)
             return
         self.commits += 1
         self._rows_since_checkpoint += sum(map(_rows, batch))
@@ -1005,7 +1007,9 @@ class Store:
         count = self._evict_oldest_p2(conn, nbytes, delta)
         if count:
             delta.count(f"{reason}_p2", count)
-            log.warning("evicted %d oldest pending P2 events (%s)", count, reason)
+            self._flood_log.warning(
+                reason, "evicted %d oldest pending P2 events (%s)", count, reason
+            )
 
     def _expire(self, conn: sqlite3.Connection, delta: _Delta, limit: int) -> int:
         """Up to ``limit`` expired events, oldest first: the outbox in ``seq`` order, which is

@@ -123,6 +123,23 @@ def test_p2_over_quota_evicts_its_oldest_and_counts(make_store: StoreFactory) ->
     reader.close()
 
 
+def test_telemetry_at_its_quota_through_an_outage_logs_its_evictions_once_a_minute(
+    make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the quota every commit of telemetry evicts: a line each would be one a second to
+    the SD card for as long as the outage lasts. The counter still counts every event."""
+    store = make_store(lanes={"p2": {"quota_mb": 0.02}})
+    for i in range(100):
+        store.record(Event(SEEN, {"i": i, "pad": "x" * 100}))
+    before = store.counters["evicted_quota_p2"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gateway.store.writer"):
+        for i in range(100):
+            store.record(Event(SEEN, {"later": i, "pad": "x" * 100}))
+    assert store.counters["evicted_quota_p2"] >= before + 100  # one or more each
+    assert len([r for r in caplog.records if "evicted" in r.getMessage()]) <= 1
+
+
 def test_a_quota_lowered_over_a_backlog_is_evicted_in_batches_not_in_an_alarms_commit(
     make_store: StoreFactory, tmp_path: Path
 ) -> None:

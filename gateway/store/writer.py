@@ -379,8 +379,13 @@ class Store:
     def _read_clean_flag(self) -> bool:
         if not self.path.exists() or self.path.stat().st_size == 0:
             return True
+        # A clean stop leaves no write-ahead log: the file alone is then read, as it is, without
+        # the -shm file that reading a WAL database makes, which a full disk has no room for.
+        wal = self.path.with_name(self.path.name + "-wal")
+        whole = not wal.exists() or wal.stat().st_size == 0
         try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            uri = f"file:{self.path}?mode=ro{'&immutable=1' if whole else ''}"
+            conn = sqlite3.connect(uri, uri=True)
             try:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'clean_stop'").fetchone()
             finally:

@@ -293,6 +293,8 @@ def test_a_gateway_restarted_on_a_disk_another_program_filled_starts_from_the_re
 
     store = make_store(path, min_free_disk_mb=1, reserve_mb=2)
     assert store.health()["disk_reserve"] == "released"
+    # what gateway.started tells the platform: a crash or power cut only if there was one
+    assert store.previous_stop_clean is (stop == "stopped")
     store.record(Event(SOS, {"device": "A1"}))
     assert store.usage[MEAL.lane].count == 1 and store.usage[SOS.lane].count == 1
 

@@ -227,6 +227,8 @@ class MqttLink:
         self._lost: str | None = None
         self._dropped: str | None = None
         self._announced_limit: int | None = None
+        self._subscribed: list[str] = []  # the topics of this connection's SUBSCRIBE, in order
+        self.subscriptions_refused: list[str] = []
         self.state = "stopped"
         self.endpoint: Endpoint | None = None
         self.connects = 0
@@ -291,6 +293,7 @@ class MqttLink:
             "packet_limit": self.packet_limit,
             "too_large": self.too_large,
             "listener_errors": self.listener_errors,
+            "subscriptions_refused": list(self.subscriptions_refused),
         }
 
     @property
@@ -448,6 +451,26 @@ class MqttLink:
             if not self._connacked:
                 socket_errors.read_alert(sock)
 
+        def on_subscribe(
+            _c: paho.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Any
+        ) -> None:
+            # a broker ACL may refuse a subscription and keep the connection: the gateway
+            # would then never hear a request, and nothing else would tell
+            refused = [
+                (topic, rc)
+                for topic, rc in zip(self._subscribed, codes, strict=False)
+                if rc.is_failure
+            ]
+            self.subscriptions_refused = [topic for topic, _rc in refused]
+            for topic, rc in refused:
+                self._rate_log.warning(
+                    f"subscribe-{topic}",
+                    "mqtt: the broker refused the subscription to %s (%s): nothing published "
+                    "there reaches the gateway",
+                    topic,
+                    rc,
+                )
+
         def on_publish(_c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
             try:
                 self._listener.puback(generation, mid, not rc.is_failure, str(rc))
@@ -471,6 +494,7 @@ class MqttLink:
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_socket_close = on_socket_close
+        client.on_subscribe = on_subscribe
         client.on_publish = on_publish
         client.on_message = on_message
         return client
@@ -488,6 +512,7 @@ class MqttLink:
         self._lost = None
         self._dropped = None
         self._announced_limit = None
+        self.subscriptions_refused = []
         props = None
         clean_start: paho.CleanStartOption = paho.MQTT_CLEAN_START_FIRST_ONLY
         if self.cfg.protocol == "5":
@@ -555,13 +580,16 @@ class MqttLink:
             endpoint,
             f" (packet limit {limit} bytes)" if limit is not None else "",
         )
-        for topic in self._subscriptions():
+        # one SUBSCRIBE: its SUBACK answers for each topic in order
+        self._subscribed = self._subscriptions()
+        if self._subscribed:
             if self.cfg.protocol == "5":
                 # the retain flag as published, also on live delivery: a retained request is
                 # then refused every time, not applied once and refused at the next connect
-                client.subscribe(topic, options=SubscribeOptions(qos=1, retainAsPublished=True))
+                options = SubscribeOptions(qos=1, retainAsPublished=True)
+                client.subscribe([(topic, options) for topic in self._subscribed])
             else:
-                client.subscribe(topic, qos=1)
+                client.subscribe([(topic, 1) for topic in self._subscribed])
         return True
 
     def _failed(self, reason: str) -> None:

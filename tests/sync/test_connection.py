@@ -14,13 +14,15 @@ import pytest
 
 from gateway.app import build
 from gateway.config import MqttSection
-from gateway.events import Event, EventType, Lane
+from gateway.events import Event, EventType, Lane, compact_json
 from gateway.sync.mqtt import Message, MqttLink, backoff_delay
 from tests.support.broker import Mosquitto, free_port
+from tests.support.contract import check_message
 from tests.support.deadpeer import Silent, Unanswered
 from tests.support.events import ALARM, RECORD, TELEMETRY
 from tests.support.gateway import config, running, sync_alone
 from tests.support.relay import Relay
+from tests.support.subrefuser import SubscriptionRefuser
 from tests.support.subscriber import Subscriber
 from tests.support.wait import eventually
 
@@ -281,6 +283,25 @@ def test_a_refused_alarm_type_does_not_hold_up_the_alarms_records_and_sightings_
     finally:
         sub.close()
         broker.stop()
+
+
+def test_a_refused_request_subscription_is_told_in_the_log_and_health(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that refuses the gateway its request topic (SUBACK 0x80) keeps the connection:
+    events still go out, but the platform's requests would vanish without a word."""
+    broker = SubscriptionRefuser()
+    try:
+        cfg = config(tmp_path / "var", broker.port, mqtt={"protocol": "3.1.1"})
+        with sync_alone(cfg) as (store, sync):
+            store.record(Event(ALARM, {"n": 1}))
+            eventually(lambda: sync.publisher.events_acked == 1)
+            refused = [sync.topics.requests, sync.topics.status]
+            eventually(lambda: sync.link.health()["subscriptions_refused"] == refused)
+            assert not check_message(sync.topics.health, compact_json(sync.health_message()))
+        assert f"refused the subscription to {sync.topics.requests}" in caplog.text
+    finally:
+        broker.close()
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

@@ -23,7 +23,7 @@ def new_instance() -> str:
 def parse_status(payload: bytes) -> Mapping[str, Any] | None:
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[..." exhausts the stack
         return None
     return body if isinstance(body, dict) else None
 

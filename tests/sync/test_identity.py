@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 
 from gateway.config import load_config
@@ -128,3 +129,24 @@ def test_a_broker_restarting_again_and_again_never_names_it(
 )
 def test_the_rule(status: dict[str, object], echoed: bool, expected: bool) -> None:
     assert is_conflict(status, "ours", 5, echoed) is expected
+
+
+def test_a_status_nested_too_deeply_to_read_is_nobody_and_no_error(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retained status on the gateway's topic that no JSON parser takes ("[" 100,000 deep):
+    not another gateway, and no traceback in the journal at each connect."""
+    topic = f"{BASE}/status"
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        client.publish(topic, b"[" * 100_000, qos=1, retain=True).wait_for_publish(5)
+        with sync_alone(config(tmp_path / "var", mosquitto.port)) as (_, sync):
+            eventually(lambda: sync.identity.echoed, timeout=10)  # its own status came after
+            assert conflicts(sync) == 0
+    finally:
+        client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+        client.loop_stop()
+        client.disconnect()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

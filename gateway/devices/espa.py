@@ -81,6 +81,12 @@ class EspaSession(PortHandler):
             self._neutral()
         super().on_idle(at)
 
+    def on_down(self, reason: str) -> None:
+        """The outage ends the session: a block cut by it is owed no NAK (none could go out),
+        and after it a poll is a poll, not the selection of a session the master gave up."""
+        self._neutral()
+        super().on_down(reason)
+
     def _neutral(self) -> None:
         self.state = "neutral"
         self.master = None

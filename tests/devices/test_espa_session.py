@@ -361,3 +361,29 @@ def test_a_virtual_nurse_call_system_is_a_port_the_gateway_opens(
     assert {c["data"]["port"] for c in calls} == {"nurse"}
     assert service.health()["rejected"] == {}
     assert not link.exists(), "the simulator removes its port when it ends"
+
+
+def test_an_adapter_pulled_in_a_session_ends_it_with_no_reply_owed(
+    session: tuple[Pty, PortService], store: Store
+) -> None:
+    """Unplugged between the selection and the end of a block: no NAK can go out (health says
+    none went), and the port comes back neutral, so the master's poll is a poll (EOT), not
+    taken for the selection of the session the outage ended."""
+    pty, service = session
+    master = EspaMaster(pty)
+    assert master.select()
+    before = service.link.stats.bytes_in
+    pty.write(espa_block(CALL)[:10])
+    eventually(lambda: service.link.stats.bytes_in == before + 10)
+    pty.unplug()
+    eventually(lambda: service.link.stats.state == "down")
+    pty.replug()
+    eventually(lambda: service.link.stats.state == "up")
+    assert service.health()["replies"] == {"EOT": 0, "ACK": 1, "NAK": 0}
+    pty.write(b"2\x05")
+    assert pty.read() == bytes([EOT])
+    assert master.call("0815", "SOS ROOM 12")
+    assert len(stored(store.path, "alarm.sos")) == 1
+    health = service.health()
+    assert health["replies"] == {"EOT": 1, "ACK": 3, "NAK": 0}
+    assert health["rejected"] == {"truncated": 1}

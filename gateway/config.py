@@ -159,10 +159,11 @@ class StoreSection(Strict):
     )
     housekeeping_interval_s: float = Field(
         10.0,
-        gt=0,
+        ge=1,
         le=3600,
         description="How often TTLs, journal retention and the P2 quota are applied: in "
-        "commits of at most batch_max_rows rows each, until done.",
+        "commits of at most batch_max_rows rows each, until done. Each pass commits, "
+        "so a shorter interval only wears the SD card.",
     )
     lanes: LanesSection = LanesSection()
 

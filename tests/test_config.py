@@ -265,3 +265,14 @@ def test_a_lane_table_that_gives_one_key_keeps_the_other_defaults(tmp_path: Path
     text = "[store.lanes.p1]\n[store.lanes.p2]\nttl_s = 0\n"
     lanes = load_config(write(tmp_path, text)).config.store.lanes
     assert lanes.p1.quota_mb == 512 and lanes.p2.ttl_s == 0
+
+
+def test_a_housekeeping_interval_below_a_second_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each pass is a commit: 0.000001 s passed and wrote the SD card 2 MB a second."""
+    path = write(tmp_path, "[store]\nhousekeeping_interval_s = 0.000001\n")
+    assert main(["validate-config", str(path)]) == 2
+    assert "gateway.toml:2: store.housekeeping_interval_s: " in capsys.readouterr().err
+    path = write(tmp_path, "[store]\nhousekeeping_interval_s = 1\n")
+    assert load_config(path).config.store.housekeeping_interval_s == 1

@@ -8,6 +8,7 @@ systemd unit sets to the install directory.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import stat
 from pathlib import Path
@@ -21,8 +22,10 @@ from gateway.configfile import (
     NAME_PATTERN,
     ConfigFileError,
     Issue,
+    Loc,
     Strict,
     check_order,
+    key_path,
     load_toml_model,
     validate_model,
 )
@@ -395,7 +398,7 @@ def load_config(path: Path | None) -> LoadedConfig:
     """Load and validate; raise ConfigFileError listing every problem with file, line and key."""
     if path is None:
         return LoadedConfig(config=GatewayConfig(), source="(defaults)", version="defaults")
-    cfg = load_toml_model(path, GatewayConfig)
+    cfg = load_toml_model(path, GatewayConfig, across=files_apart)
     secret = _inline_secret(cfg)
     if secret is not None and readable_by_all(path):
         raise ConfigFileError(
@@ -403,6 +406,45 @@ def load_config(path: Path | None) -> LoadedConfig:
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return LoadedConfig(config=cfg, source=str(path), version=digest)
+
+
+def files_apart(cfg: GatewayConfig) -> list[tuple[Loc, str]]:
+    """The event journal and the face gallery each need a database and a key file of their
+    own (the two keys may be one file: each use derives its own key from it). One database
+    for both validated, and then the face stage never started ("exists but its key does not")
+    or, given the key too, wrote faces into the events' file under one meta table."""
+    data_dir = cfg.gateway.data_dir
+    gallery = cfg.vision.gallery
+    files: list[tuple[Loc, Path]] = [
+        (("store", "path"), cfg.db_path),
+        (("store", "key_file"), cfg.store.key_path(cfg.db_path)),
+        (("vision", "gallery", "path"), gallery.db_path(data_dir)),
+        (("vision", "gallery", "key_file"), gallery.key_path(data_dir)),
+    ]
+    seen: dict[str, Loc] = {}
+    problems = []
+    for loc, path in files:
+        first = seen.setdefault(os.path.abspath(path), loc)
+        if first == loc or first[-1] == loc[-1] == "key_file":
+            continue
+        at, other = (loc, first) if _given(cfg, loc) else (first, loc)
+        default = "" if _given(cfg, other) else " (its default)"
+        problems.append(
+            (
+                at,
+                f"{path} is also {key_path(other)}{default}: the journal and the gallery "
+                "each need a database and a key file of their own",
+            )
+        )
+    return problems
+
+
+def _given(cfg: GatewayConfig, loc: Loc) -> bool:
+    """Whether the file sets the key, rather than leaving it to its default."""
+    section: BaseModel = cfg
+    for table in loc[:-1]:
+        section = getattr(section, str(table))
+    return loc[-1] in section.model_fields_set
 
 
 PRIVATE_FILE = "readable by every user: chmod o-rw (0600, or 0640 with the gateway's group)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -154,7 +154,15 @@ def issues_from_validation(
     return issues
 
 
-def load_toml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+Across = Callable[[M], list[tuple[Loc, str]]]
+
+
+def load_toml_model(
+    path: Path,
+    model: type[M],
+    overrides: dict[str, Any] | None = None,
+    across: Across[M] | None = None,
+) -> M:
     """Read and validate a TOML file; raise ConfigFileError naming file, line and key."""
     name = str(path)
     try:
@@ -175,7 +183,7 @@ def load_toml_model(path: Path, model: type[M], overrides: dict[str, Any] | None
         ) from None
     if overrides:
         data.update(overrides)
-    return validate_model(data, model, name, line_index(text))
+    return validate_model(data, model, name, line_index(text), across)
 
 
 def _nul_strings(data: Any) -> list[Loc]:
@@ -195,7 +203,15 @@ def _nul_strings(data: Any) -> list[Loc]:
     return sorted(found, key=key_path)
 
 
-def validate_model(data: Any, model: type[M], name: str, index: dict[Loc, int] | None = None) -> M:
+def validate_model(
+    data: Any,
+    model: type[M],
+    name: str,
+    index: dict[Loc, int] | None = None,
+    across: Across[M] | None = None,
+) -> M:
+    """``across``: checks between sections, which no section's own validator can see; each
+    problem is reported at the key it names, with that key's line."""
     index = index or {}
     if nul := _nul_strings(data):
         raise ConfigFileError(
@@ -205,6 +221,12 @@ def validate_model(data: Any, model: type[M], name: str, index: dict[Loc, int] |
             ]
         )
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data)
     except ValidationError as err:
         raise ConfigFileError(issues_from_validation(err, model, name, index)) from None
+    problems = across(validated) if across is not None else []
+    if problems:
+        raise ConfigFileError(
+            [Issue(name, _line_for(index, loc), key_path(loc), text) for loc, text in problems]
+        )
+    return validated

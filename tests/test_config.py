@@ -276,3 +276,37 @@ def test_a_housekeeping_interval_below_a_second_is_refused(
     assert "gateway.toml:2: store.housekeeping_interval_s: " in capsys.readouterr().err
     path = write(tmp_path, "[store]\nhousekeeping_interval_s = 1\n")
     assert load_config(path).config.store.housekeeping_interval_s == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            '[store]\npath = "var/one.db"\n[vision.gallery]\npath = "var/one.db"\n',
+            "gateway.toml:4: vision.gallery.path: var/one.db is also store.path:",
+        ),
+        (
+            '[store]\npath = "var/faces.db"\n',
+            "gateway.toml:2: store.path: var/faces.db is also vision.gallery.path (its default):",
+        ),
+        (
+            '[vision.gallery]\nkey_file = "var/gateway.db"\n',
+            "gateway.toml:2: vision.gallery.key_file: var/gateway.db is also store.path (its",
+        ),
+    ],
+    ids=["one-database", "store-on-the-gallery", "key-on-the-journal"],
+)
+def test_the_journal_and_the_gallery_cannot_share_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, says: str
+) -> None:
+    """One database for both validated, and the face stage then never started: it took the
+    journal for a gallery whose key was missing."""
+    assert main(["validate-config", str(write(tmp_path, text))]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_the_journal_and_the_gallery_may_share_a_key_file(tmp_path: Path) -> None:
+    """Each derives its own key from the file."""
+    text = '[store]\nkey_file = "var/site.key"\n[vision.gallery]\nkey_file = "var/site.key"\n'
+    gallery = load_config(write(tmp_path, text)).config.vision.gallery
+    assert gallery.key_file == Path("var/site.key")

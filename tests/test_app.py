@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,3 +78,29 @@ def test_a_stop_in_a_full_network_outage_ends_well_before_the_service_manager_ki
             proc.communicate()
         for peer in (broker, camera, station):
             peer.close()
+
+
+def test_a_dc09_port_another_program_holds_stops_the_start_with_the_receiver_named(
+    tmp_path: Path,
+) -> None:
+    """A foreseeable condition, not an unexpected fault: one log line saying which receiver
+    and which port, no traceback, and exit 1 (systemd tries again: the port may be freed)."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = tmp_path / "g.toml"
+        config.write_text(
+            f'[gateway]\ndata_dir = "{tmp_path / "var"}"\n[clock]\nsync_source = "never"\n'
+            f'[devices]\ndefinitions_dir = "{Path(__file__).parents[1] / "device_configs"}"\n'
+            '[[devices.dc09]]\nname = "panel"\ndefinition = "dc09-receiver.toml"\n'
+            f'host = "127.0.0.1"\nport = {port}\n'
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 1
+    assert f"cannot start: dc09 panel: cannot listen on 127.0.0.1:{port}: " in proc.stderr
+    assert "Traceback" not in proc.stderr and "stopping store" in proc.stderr

@@ -37,6 +37,7 @@ from gateway.devices.model import (
     decode_error,
 )
 from gateway.devices.recorder import Recorder
+from gateway.lifecycle import StartupError
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -230,10 +231,18 @@ class Dc09Service:
 
     def start(self) -> None:
         """Both listeners or neither: a UDP port taken by another program must not leave the
-        TCP accept thread running (it would keep a failed gateway from exiting)."""
+        TCP accept thread running (it would keep a failed gateway from exiting). A port that
+        cannot be had (another program's, an address this machine does not have) is a
+        StartupError naming the receiver, not an unexpected fault with a traceback."""
         self._stop.clear()
         try:
             self._listen()
+        except OSError as exc:
+            self.stop()
+            raise StartupError(
+                f"dc09 {self.cfg.name}: cannot listen on {self.cfg.host}:{self.port}: "
+                f"{exc.strerror or exc}"
+            ) from exc
         except BaseException:
             self.stop()
             raise

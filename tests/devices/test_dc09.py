@@ -16,6 +16,7 @@ from gateway.devices.dc09 import Dc09Service
 from gateway.devices.decoders import dc09
 from gateway.devices.model import Decoded, Kind
 from gateway.devices.simulate import Dc09Transmitter
+from gateway.lifecycle import StartupError
 from gateway.store import Store
 from tests.devices.conftest import definition, stored
 from tests.devices.support import failing_inserts
@@ -388,7 +389,7 @@ def test_a_udp_port_in_use_fails_the_start_and_leaves_nothing_listening(store: S
         )
         service = Dc09Service(cfg, definition("dc09-receiver"), store, 10.0)
         before = threading.active_count()
-        with pytest.raises(OSError):
+        with pytest.raises(StartupError, match=f"dc09 hubs: cannot listen on 127.0.0.1:{port}"):
             service.start()
         assert threading.active_count() == before
         # nothing listens on the TCP port (binding it could fail for another reason: the

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
+from gateway.logs import RateLimitedLog
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_MIN_S = 30.0  # a service that did not start is tried again after this, then twice as
@@ -155,19 +157,22 @@ def _noop() -> None:
     return None
 
 
+_notify_log = RateLimitedLog(log, 3600.0)
+
+
 def sd_notify(message: str) -> bool:
-    """Speak the sd_notify protocol without libsystemd (a datagram to $NOTIFY_SOCKET)."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
+    """Speak the sd_notify protocol without libsystemd (a datagram to $NOTIFY_SOCKET). A
+    socket that cannot be reached is logged once an hour, not at every watchdog tick."""
+    named = os.environ.get("NOTIFY_SOCKET")
+    if not named:
         return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
+    address = "\0" + named[1:] if named.startswith("@") else named
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.connect(address)
             sock.sendall(message.encode())
     except OSError as exc:
-        log.warning("sd_notify failed: %s", exc)
+        _notify_log.warning(named, "sd_notify failed: %s", exc)
         return False
     return True
 

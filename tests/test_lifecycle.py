@@ -158,6 +158,16 @@ def test_sd_notify_speaks_to_the_notify_socket(
     assert not sd_notify("READY=1")
 
 
+def test_a_notify_socket_out_of_reach_is_logged_once_not_at_every_watchdog_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line every 15 s, for ever, would bury the journal."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    with caplog.at_level(logging.WARNING, logger="gateway.lifecycle"):
+        assert not any(sd_notify("WATCHDOG=1") for _ in range(4))
+    assert [r.getMessage()[:16] for r in caplog.records] == ["sd_notify failed"]
+
+
 def test_watchdog_interval_is_half_of_what_systemd_asks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)

@@ -160,7 +160,6 @@ Across = Callable[[M], list[tuple[Loc, str]]]
 def load_toml_model(
     path: Path,
     model: type[M],
-    overrides: dict[str, Any] | None = None,
     across: Across[M] | None = None,
 ) -> M:
     """Read and validate a TOML file; raise ConfigFileError naming file, line and key."""
@@ -181,8 +180,6 @@ def load_toml_model(
         raise ConfigFileError(
             [Issue(name, None, "", "not valid TOML: nested too deeply")]
         ) from None
-    if overrides:
-        data.update(overrides)
     return validate_model(data, model, name, line_index(text), across)
 
 

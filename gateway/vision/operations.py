@@ -29,6 +29,8 @@ from gateway.vision.elders import check_elder_id
 from gateway.vision.errors import BadImage, GalleryError, VisionError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from gateway.vision.analyze import Analyzer
     from gateway.vision.confirm import Confirmations
     from gateway.vision.enroll import Enrolment, Photo
@@ -178,8 +180,9 @@ class FaceConfirm:
     templates (``enroll.learn``), so the next visit is recognised.
 
     Refused, and nothing learned, unless the decision is still held (``confirm_within_s``,
-    liveness passed), the elder was among its candidates (staff cannot teach the counter a
-    face that did not resemble the elder) with the enrolment they had then (not erased and
+    liveness passed), the elder was among its candidates and the face itself scores at least
+    ``candidate_threshold`` against her (staff cannot teach the counter a face that did not
+    resemble the elder) with the enrolment they had then (not erased and
     enrolled again since), and the face does not look like another elder. A candidate named
     goes into the cooldown whether or not her face is learned: staff settled her by hand; the
     first one named is the decision's, and naming another afterwards is refused.
@@ -218,8 +221,10 @@ class FaceConfirm:
                 f"and {elder} is not taken as settled; enrol photos (face.enrol) instead"
             )
         try:
+            gallery = self.gallery.current()
+            self._check_resembles(gallery, elder, pending.probe)
             result = learn(
-                self.gallery.current(),
+                gallery,
                 elder,
                 pending.probe,
                 rules=self.cfg.decision,
@@ -240,6 +245,23 @@ class FaceConfirm:
                 "replaced": result.replaced,
             }
         )
+
+    def _check_resembles(self, gallery: Gallery, elder: str, probe: np.ndarray) -> None:
+        """The face learned is the mean of the live frames, while she may have become a
+        candidate through other frames (ones that failed liveness: a photo of her held up):
+        the face itself must score at least ``candidate_threshold`` against her. An elder no
+        longer enrolled is left to ``learn``, which says so."""
+        templates = gallery.snapshot.templates_of(elder)
+        if not templates.size:
+            return
+        best = float((templates @ probe).max())
+        floor = self.cfg.decision.candidate_threshold
+        if best < floor:
+            raise RequestError(
+                f"nothing learned: the face seen scores {best:.2f} against {elder}'s "
+                f"templates, under the candidate threshold {floor:.2f}; enrol photos "
+                "(face.enrol) instead"
+            )
 
 
 class FaceUnlearn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.sync.downlink import RequestError
@@ -12,7 +13,7 @@ from gateway.vision.analyze import Analyzer
 from gateway.vision.camera import Frame
 from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
-from gateway.vision.decide import Outcome, Policy
+from gateway.vision.decide import Decider, Observation, Outcome, Policy
 from gateway.vision.enroll import enrol
 from gateway.vision.gallery import Gallery
 from gateway.vision.images import fit_within, read_image
@@ -92,3 +93,43 @@ def test_one_uncertain_decision_settles_one_twin_however_often_staff_confirm_it(
     assert show(None, 1.0, 3.0) == []
     assert sorted(pipeline.decider.cooldowns(4.0)) == ["E1"]
     assert pipeline.decider.settlements == 1
+
+
+def test_a_face_that_does_not_resemble_the_elder_named_is_not_learned(
+    analyzer: Analyzer, vision_cfg: VisionSection, tmp_path: Path
+) -> None:
+    """A track in which E1 is a candidate only through frames that failed liveness (a photo
+    of her held up by someone else, say): the face staff could confirm is the mean of the live
+    frames, a face that scores far below the candidate threshold against her. Staff naming E1
+    must not make it her template, or that person would be accepted as E1 from then on."""
+    gallery = Gallery.open(
+        tmp_path / "faces.db", tmp_path / "faces.key", analyzer.embedder.model_id, create=True
+    )
+    rng = np.random.default_rng(11)
+    her, other = (v / np.linalg.norm(v) for v in rng.standard_normal((2, 128)))
+    other = other - (other @ her) * her
+    other /= np.linalg.norm(other)
+    gallery.add("E1", [her.astype(np.float32)])
+    stranger = (0.2 * her + np.sqrt(1 - 0.04) * other).astype(np.float32)  # 0.20 against E1
+    photo = (0.5 * her + np.sqrt(1 - 0.25) * other).astype(np.float32)  # 0.50: a candidate
+    rules = vision_cfg.decision
+    decider = Decider(Policy.from_config(rules))
+    decisions = []
+    for i in range(45):
+        face, live = (photo, 0.2) if i % 3 == 0 else (stranger, 0.95)
+        search = gallery.search(face)
+        decisions += decider.observe(Observation(i / FPS, "face", face, search, live))
+    (unsure,) = decisions
+    assert unsure.outcome is Outcome.UNCERTAIN and unsure.probe is not None
+    assert [e for e, _ in unsure.candidates] == ["E1"]
+    confirmations = Confirmations(rules.confirm_within_s)
+    confirmations.hold(
+        "d-1", unsure.probe, unsure.candidates, {"E1": gallery.snapshot.anchor("E1")}
+    )
+    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
+
+    with pytest.raises(RequestError, match=r"nothing learned: the face seen scores 0\.20"):
+        confirm({"event_id": "d-1", "elder_id": "E1"})
+    reopened = Gallery.open(gallery.db_path, gallery.key_path, gallery.model_id)
+    assert reopened.snapshot.count("E1") == 1 and reopened.learned() == []
+    assert [s.elder for s in confirmations.take_settled()] == ["E1"]  # her meal still settled

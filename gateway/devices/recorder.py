@@ -36,15 +36,29 @@ class PortStats:
     store_errors: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     alarm_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
-    _reject_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # The counters written from more than one thread: a count is read, added to and written
+    # back, and another thread's update in between would be lost. ``rejected``: a DC-09
+    # receiver refuses on several threads at once (each connection's, the UDP one);
+    # ``events``, ``store_errors``, ``alarm_ms``: the store's thread (queued events) and the
+    # port's (events committed before an ACK) both count.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def stored(self, n: int, alarm_ms: float | None = None) -> None:
+        """``n`` events committed; ``alarm_ms``: an alarm's time from its bytes to its commit."""
+        with self._lock:
+            self.events += n
+            if alarm_ms is not None:
+                self.alarm_ms.append(alarm_ms)
+
+    def store_error(self) -> None:
+        with self._lock:
+            self.store_errors += 1
 
     def reject(self, port: str, item: Reject) -> None:
         """Counted, and logged by reason and size only: a refused frame's bytes can hold a
         nurse call's display text, which may name a resident (a ``spy://`` capture shows them
-        to an installer who needs them). Under a lock: a DC-09 receiver refuses on several
-        threads at once (each connection's, the UDP one), and between reading a reason's count
-        and writing it back the interpreter may switch threads, losing the other's refusal."""
-        with self._reject_lock:
+        to an installer who needs them)."""
+        with self._lock:
             self.rejected[item.reason] = self.rejected.get(item.reason, 0) + 1
         _flood.warning(
             f"{port}:{item.reason}",
@@ -56,16 +70,19 @@ class PortStats:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            events, store_errors = self.events, self.store_errors
+            rejected, ms = dict(self.rejected), list(self.alarm_ms)
         out: dict[str, Any] = {
             "frames": self.frames,
-            "events": self.events,
+            "events": events,
             "duplicates": self.duplicates,
             "ignored": self.ignored,
-            "store_errors": self.store_errors,
-            "rejected": dict(self.rejected),
+            "store_errors": store_errors,
+            "rejected": rejected,
         }
-        if self.alarm_ms:
-            ms = sorted(self.alarm_ms)
+        if ms:
+            ms.sort()
             out["alarm_record_ms"] = {
                 "p50": round(statistics.median(ms), 2),
                 "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 2),
@@ -140,7 +157,7 @@ class Recorder:
         except Exception as exc:
             self._failed(None, exc)
             return False
-        self.stats.events += len(futures)
+        self.stats.stored(len(futures))
         return True
 
     def _done(
@@ -154,9 +171,10 @@ class Recorder:
         if exc is not None:
             self._failed(event, exc, on_failure)
             return
-        self.stats.events += 1
+        alarm_ms = None
         if received_at is not None and event.type.lane is Lane.P0:
-            self.stats.alarm_ms.append((self._now() - received_at) * 1000)
+            alarm_ms = (self._now() - received_at) * 1000
+        self.stats.stored(1, alarm_ms)
 
     def _failed(
         self,
@@ -164,7 +182,7 @@ class Recorder:
         exc: BaseException,
         on_failure: Callable[[], object] | None = None,
     ) -> None:
-        self.stats.store_errors += 1
+        self.stats.store_error()
         if on_failure is not None:
             on_failure()
         _flood.warning(

@@ -4,6 +4,8 @@ Every message is answered: ACK only after its events are committed, NAK (with ou
 CRC error, a timestamp outside the window, a store failure or a fault of ours in handling it
 (counted as ``decode_error``), DUH for what we cannot use (an unknown ID, no key for an
 encrypted account; an event code the definition does not map is recorded, as a device alarm).
+The one exception is a UDP datagram that is not a DC-09 message at all: it is counted and not
+answered, since its source address may be forged and our reply would go to a third party.
 A retry (same account and sequence within the window) is ACKed again without a second event;
 a message not ACKed is forgotten, so its retry is handled afresh. While the wall clock is not
 synchronised (a Pi has no RTC) timestamps are not checked: NAKing alarms because our own clock
@@ -67,30 +69,39 @@ class Dc09Handler:
         self.dedup = Dedup(self.spec.dedup_window_s)
         self.replies: dict[str, int] = {"ACK": 0, "NAK": 0, "DUH": 0}
         self.length_mismatches = 0
+        self.unanswered = 0  # datagrams that were not DC-09 messages at all
         self._lock = threading.Lock()  # TCP connections and UDP share the dedup and counters
 
-    def handle(self, content: bytes) -> tuple[bytes, str]:
+    def handle(self, content: bytes, *, datagram: bool = False) -> tuple[bytes, str]:
         """The reply to one message and its kind (ACK, NAK, DUH); never raises, so one message
-        cannot end a receiver."""
+        cannot end a receiver. A ``datagram`` that is not a DC-09 message at all (no CRC and
+        length before a ``"ID"SEQ...#acct[`` body) gets no reply: ``b""``, kind ``""``. UDP
+        has no handshake, so anyone can send one under a forged source address and have our
+        reply sent there; a DC-09 transmitter only needs answers to DC-09 messages."""
         with self._lock:
             try:
-                reply, kind = self._handle(content)
+                reply, kind = self._handle(content, datagram)
             except Exception as exc:  # a fault of ours: NAK, so the panel sends it again
                 self.recorder.stats.reject(self.recorder.port, decode_error(content, exc))
                 reply, kind = msgs.nak(self.wall()), "NAK"
-            self.replies[kind] += 1
+            if kind:
+                self.replies[kind] += 1
+            else:
+                self.unanswered += 1
         return reply, kind
 
     def _refuse(self, reason: str, content: bytes, detail: str = "") -> None:
         self.recorder.stats.reject(self.recorder.port, Reject(reason, content, detail))
 
-    def _handle(self, content: bytes) -> tuple[bytes, str]:
+    def _handle(self, content: bytes, datagram: bool) -> tuple[bytes, str]:
         now = self.wall()
         stats = self.recorder.stats
         try:
             msg = msgs.parse(content.decode("latin-1"), self.keys)
         except msgs.Dc09Error as exc:
             self._refuse(exc.reason, content, str(exc))
+            if datagram and not exc.dc09:
+                return b"", ""
             if exc.reason == "bad_crc":
                 return msgs.nak(now), "NAK"
             return msgs.duh(None), "DUH"
@@ -281,6 +292,7 @@ class Dc09Service:
             "refused_connections": self.refused_connections,
             "replies": dict(self.handler.replies),
             "length_mismatches": self.handler.length_mismatches,
+            "unanswered": self.handler.unanswered,
             **self.recorder.stats.as_dict(),
         }
 
@@ -365,8 +377,10 @@ class Dc09Service:
             except OSError as exc:
                 log.warning("dc09 %s: udp receive failed: %s", self.cfg.name, exc)
                 continue
-            content = data.strip(b"\r\n")
+            reply, _kind = self.handler.handle(data.strip(b"\r\n"), datagram=True)
+            if not reply:
+                continue
             try:
-                self._udp.sendto(self.handler.handle(content)[0], peer)
+                self._udp.sendto(reply, peer)
             except OSError as exc:
                 log.warning("dc09 %s: udp reply failed: %s", self.cfg.name, exc)

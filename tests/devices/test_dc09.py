@@ -126,6 +126,37 @@ def test_bad_crc_nak_with_time_and_an_unmapped_code_taken_as_a_device_alarm(
     }
 
 
+def test_udp_datagrams_that_are_not_dc09_get_no_reply_but_dc09_errors_still_do(
+    receiver: Dc09Service, store: Store
+) -> None:
+    """A datagram's source address can be forged: answering junk would send our replies to a
+    third party. A DC-09 message with a bad CRC is still NAKed (the panel resends), and one
+    with a good CRC but a body we cannot use still gets its DUH, over TCP as before."""
+    panel = Dc09Transmitter("127.0.0.1", receiver.port, "1234", udp=True)
+    good = panel.message("ADM-CID", "#1234|1101 01 015")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", receiver.port))
+        for junk in (
+            b"\x00" * 8,  # a scan
+            b"GET / HTTP/1.1\r\n\r\n",
+            b'\n00000000"' + b"A" * 40 + b"\r",  # a CRC/length header, then no DC-09 body
+        ):
+            sock.send(junk)
+        sock.send(good[:1] + b"0000" + good[5:])  # a DC-09 message with a bad CRC
+        assert b'"NAK"0000R0L0A0[]_' in sock.recv(4096)  # the first reply is to that one
+        sock.send(good)
+        assert reply_of(sock.recv(4096)).id == "ACK"
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as tcp:
+        tcp.sendall(b"GET / HTTP/1.1\r\n")
+        assert b'"DUH"' in tcp.recv(4096)
+    assert len(stored(store.path, "alarm.sos")) == 1
+    health = receiver.health()
+    assert health["unanswered"] == 3
+    assert health["replies"] == {"ACK": 1, "NAK": 1, "DUH": 1}
+    assert health["rejected"] == {"bad_format": 3, "bad_crc": 2}
+
+
 def test_a_sia_code_the_file_does_not_map_is_taken_alone_or_beside_a_mapped_one(
     receiver: Dc09Service, store: Store
 ) -> None:

@@ -36,11 +36,15 @@ TS_FORMAT = "%H:%M:%S,%m-%d-%Y"
 
 
 class Dc09Error(ValueError):
-    """A message that cannot be used; ``reason`` is the counter name and decides the reply."""
+    """A message that cannot be used; ``reason`` is the counter name and decides the reply.
+    ``dc09``: whether it has the shape of a DC-09 message at all (CRC and length, then
+    ``"ID"SEQ...#acct[``); a UDP receiver does not answer one that has not, as its sender
+    may be a forged address (see Dc09Service)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, dc09: bool = True) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.dc09 = dc09
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,13 @@ def parse(content: str, key_for: dict[str, bytes]) -> Dc09Message:
     """``content`` is a message without its LF and CR. ``key_for`` maps account -> AES key."""
     head = _HEAD.match(content)
     if head is None:
-        raise Dc09Error("bad_format", "no CRC/length header")
+        raise Dc09Error("bad_format", "no CRC/length header", dc09=False)
     crc, length, body = head.groups()
-    if crc_hex(body) != crc.upper():
-        raise Dc09Error("bad_crc")
     m = _BODY.match(body)
+    if crc_hex(body) != crc.upper():
+        raise Dc09Error("bad_crc", dc09=m is not None)
     if m is None:
-        raise Dc09Error("bad_format", "header fields")
+        raise Dc09Error("bad_format", "header fields", dc09=False)
     star, ident, seq, receiver, line, account, rest = m.groups()
     encrypted = star == "*"
     if encrypted:

@@ -6,6 +6,7 @@ out here come from the definition's ``[serial]`` defaults.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -164,9 +165,17 @@ class DevicesSection(Strict):
         dupes = _repeated([p.name for p in self.ports] + [r.name for r in self.dc09])
         if dupes:
             raise ValueError(f"port and receiver names must be unique: {dupes}")
-        shared = _repeated([p.url for p in self.ports])
+        devices = [_device(p.url) for p in self.ports]
+        shared = [
+            ", ".join(
+                f"{p.name} ({p.url})"
+                for p, d in zip(self.ports, devices, strict=True)
+                if d == device
+            )
+            for device in _repeated(devices)
+        ]
         if shared:
-            raise ValueError(f"two ports read the same device: {shared}")
+            raise ValueError(f"two ports read the same device: {'; '.join(shared)}")
         taken = _repeated(
             [
                 f"{kind} {r.host}:{r.port}"
@@ -178,6 +187,13 @@ class DevicesSection(Strict):
         if taken:
             raise ValueError(f"two DC-09 receivers listen on the same port: {taken}")
         return self
+
+
+def _device(url: str) -> str:
+    """The device a port's URL reads: a device path, a udev link to it (``/dev/serial/by-id``)
+    and a ``spy://`` URL of either are one device, the one the second port could not open."""
+    path = url.removeprefix("spy://").partition("?")[0]
+    return os.path.realpath(path) if path.startswith("/") else url
 
 
 def _repeated(items: list[str]) -> list[str]:

@@ -7,6 +7,12 @@ failure (the master retries), and EOT ends the exchange. A commit slower than th
 response timeout has the master send the block again before our ACK reaches it: that resend
 is ACKed and not recorded a second time (see ``PortHandler._resent``). ``<our address> ENQ``
 without a preceding identification is a poll: we have nothing to send and answer EOT.
+
+A block that comes while we are not selected (a selection lost to noise, a gateway restarted
+mid-session) is recorded and answered all the same: a nurse call must never be lost, and an
+ACK withheld would only have the master select again and send it a second time, which the
+platform would receive as a second call. It is counted in ``unselected``: a count that grows
+says the line's sessions and ours disagree (another station on the line, a wrong address).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from gateway.devices.framers.espa import ACK, EOT, NAK, Control, EspaFramer
 from gateway.devices.model import Frame, Reject
 from gateway.devices.pipeline import PortHandler
 from gateway.devices.recorder import Recorder
+from gateway.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
+_flood = RateLimitedLog(log, 30.0)
 
 
 class EspaSession(PortHandler):
@@ -55,6 +63,10 @@ class EspaSession(PortHandler):
         self.state = "neutral"
         self.master: str | None = None
         self.block_since: float | None = None
+        self.unselected = 0  # blocks that came outside a session
+
+    def counters(self) -> dict[str, int]:
+        return {"unselected": self.unselected}
 
     def on_data(self, data: bytes, at: float) -> None:
         super().on_data(data, at)
@@ -119,6 +131,13 @@ class EspaSession(PortHandler):
 
     def _block(self, raw: bytes, at: float | None) -> None:
         stats = self.recorder.stats
+        if self.state != "selected":
+            self.unselected += 1
+            _flood.warning(
+                f"{self.recorder.port}:unselected",
+                "espa %s: a block outside a session (recorded): is another station on the line?",
+                self.recorder.port,
+            )
         if self._resent(raw, at):
             stats.duplicates += 1
             self._reply("ACK", bytes([ACK]))

@@ -155,6 +155,10 @@ class PortHandler:
         if not self.write(data):
             log.warning("port %s: could not send %s", self.recorder.port, kind)
 
+    def counters(self) -> dict[str, int]:
+        """The protocol's own counters for the port's health."""
+        return {}
+
     def _item(self, item: object, at: float | None) -> None:
         raise NotImplementedError
 

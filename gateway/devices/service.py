@@ -94,6 +94,7 @@ class PortService:
             "link": self.link.stats.as_dict(time.monotonic()),
             "silent": self.handler.silent,
             "replies": dict(self.handler.replies),
+            **self.handler.counters(),
             **self.recorder.stats.as_dict(),
         }
 

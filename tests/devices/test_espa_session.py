@@ -74,6 +74,27 @@ def test_poll_select_block_ack_with_bcc_retry(
     assert health["replies"] == {"EOT": 1, "ACK": 2, "NAK": 1}
 
 
+def test_a_block_outside_a_session_is_recorded_answered_and_counted(
+    session: tuple[Pty, PortService], store: Store
+) -> None:
+    """A block that comes unselected (the selection lost to noise, a restart mid-session) is
+    still a nurse call: kept and ACKed, so the master does not send it a second time, and
+    counted, so an installer sees that the line's sessions and ours disagree."""
+    pty, service = session
+    master = EspaMaster(pty)
+    pty.write(espa_block(CALL))  # no selection before it
+    assert master.reply() == ACK
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert master.select()
+    pty.write(espa_block([("1", "0816"), *CALL[1:]]))
+    assert master.reply() == ACK
+    master.end()
+    assert [e["data"]["device"] for e in stored(store.path, "alarm.sos")] == ["0815", "0816"]
+    health = service.health()
+    assert health["unselected"] == 1
+    assert health["replies"] == {"EOT": 0, "ACK": 3, "NAK": 0}
+
+
 def test_wrong_parity_is_naked_then_retry(session: tuple[Pty, PortService], store: Store) -> None:
     pty, service = session
     master = EspaMaster(pty)

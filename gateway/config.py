@@ -288,13 +288,18 @@ class MqttSection(Strict):
     batch_max_bytes: int = Field(
         65_536, ge=1024, le=4_000_000, description="Size bound of one P2 batch message."
     )
+    # The floors keep a broker that refuses the login from being hammered: 0.001 s gave over
+    # 200 attempts a second; these allow at most about 10.
     reconnect_min_s: float = Field(
-        1.0, gt=0, le=60, description="First reconnect delay; doubles per failure (jittered)."
+        1.0,
+        ge=0.05,
+        le=60,
+        description="First reconnect delay; doubles per failure (jittered).",
     )
-    reconnect_max_s: float = Field(60.0, gt=0, le=3600, description="Longest reconnect delay.")
+    reconnect_max_s: float = Field(60.0, ge=0.2, le=3600, description="Longest reconnect delay.")
     alarm_reconnect_max_s: float = Field(
         10.0,
-        gt=0,
+        ge=0.2,
         le=3600,
         description="Longest reconnect delay while a P0 alarm waits to be delivered (never "
         "longer than reconnect_max_s); a new alarm cuts a longer wait short.",

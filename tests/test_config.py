@@ -310,3 +310,37 @@ def test_the_journal_and_the_gallery_may_share_a_key_file(tmp_path: Path) -> Non
     text = '[store]\nkey_file = "var/site.key"\n[vision.gallery]\nkey_file = "var/site.key"\n'
     gallery = load_config(write(tmp_path, text)).config.vision.gallery
     assert gallery.key_file == Path("var/site.key")
+
+
+def test_reconnect_delays_too_short_for_a_real_broker_are_refused_naming_the_floor(
+    tmp_path: Path,
+) -> None:
+    """0.001 s made over 200 connection attempts a second at a broker refusing the login."""
+    text = "[mqtt]\nreconnect_min_s = 0.001\nreconnect_max_s = 0.001\nalarm_reconnect_max_s = 0.1\n"
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, text))
+    got = {i.key: i.message for i in err.value.issues}
+    assert got == {
+        "mqtt.reconnect_min_s": "Input should be greater than or equal to 0.05",
+        "mqtt.reconnect_max_s": "Input should be greater than or equal to 0.2",
+        "mqtt.alarm_reconnect_max_s": "Input should be greater than or equal to 0.2",
+    }
+    fast = "[mqtt]\nreconnect_min_s = 0.05\nreconnect_max_s = 0.2\nalarm_reconnect_max_s = 0.2\n"
+    assert load_config(write(tmp_path, fast)).config.mqtt.reconnect_max_s == 0.2
+
+
+def test_face_settings_that_would_leave_elders_never_recognised_are_refused(
+    tmp_path: Path,
+) -> None:
+    """same_person near 1 starts a new track at every frame, so none is ever decided; a
+    cooldown of days keeps an elder accepted once from being accepted again."""
+    text = "[vision.decision]\nsame_person = 1.0\ncooldown_s = 604800\n"
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, text))
+    got = {(i.key, i.line): i.message for i in err.value.issues}
+    assert got == {
+        ("vision.decision.same_person", 2): "Input should be less than or equal to 0.5",
+        ("vision.decision.cooldown_s", 3): "Input should be less than or equal to 43200",
+    }
+    ok = "[vision.decision]\nsame_person = 0.4\ncooldown_s = 43200\n"
+    assert load_config(write(tmp_path, ok)).config.vision.decision.same_person == 0.4

@@ -148,8 +148,10 @@ class DecisionSection(Strict):
     cooldown_s: float = Field(
         60.0,
         ge=10,
+        le=43_200,
         description="No second acceptance of an elder this long after she was last seen "
-        "accepted (or confirmed by staff).",
+        "accepted (or confirmed by staff). At most 12 h: longer, an elder seen one evening "
+        "would go unrecognised at the next day's meals.",
     )
     confirm_within_s: float = Field(
         600.0,
@@ -160,7 +162,12 @@ class DecisionSection(Strict):
     )
     track_gap_s: float = Field(0.7, gt=0, le=30, description="No face this long ends a track.")
     same_person: float = Field(
-        0.3, ge=-1, le=1, description="A face less similar than this to the track starts anew."
+        0.3,
+        ge=-1,
+        le=0.5,
+        description="A face less similar than this to the track starts anew. At most 0.5: two "
+        "photos of one person score as low as that, and near 1 every frame would start a new "
+        "track, so nobody would ever be decided.",
     )
     ambiguity_frames: int = Field(
         3, ge=1, le=60, description="Frames with a second similar-size face before multiple_faces."

@@ -22,6 +22,7 @@ from gateway.lifecycle import (
     Service,
     StartupError,
     Supervisor,
+    Worker,
     sd_notify,
     watchdog_interval_s,
 )
@@ -191,10 +192,28 @@ def _serve(loaded: LoadedConfig, password: str | None) -> int:
         return 1
     sd_notify("READY=1")
     log.info("gateway %s running (config %s)", __version__, loaded.source)
-    interval = watchdog_interval_s() or 5.0
+    try:
+        watch(gw, watchdog_interval_s() or 5.0)
+    finally:
+        sd_notify("STOPPING=1")
+        gw.stop()
+    return 0
+
+
+def watch(gw: Gateway, interval: float) -> None:
+    """Ping the systemd watchdog every ``interval`` while the started services are healthy,
+    until ``gw.stop_event``. Services that did not start are tried again on a thread of their
+    own: a start slower than the watchdog's timeout (models loading, a camera connecting)
+    would otherwise hold up the ping, and systemd would kill a healthy gateway."""
+
+    def retry(stopping: threading.Event) -> None:
+        while not stopping.wait(interval):
+            gw.retry()
+
+    retrying = Worker("retry", retry)
+    retrying.start()
     try:
         while not gw.stop_event.wait(interval):
-            gw.retry()
             bad = gw.supervisor.unhealthy()
             if bad:
                 log.error("unhealthy: %s; not pinging the watchdog", ", ".join(bad))
@@ -202,6 +221,4 @@ def _serve(loaded: LoadedConfig, password: str | None) -> int:
             else:
                 sd_notify("WATCHDOG=1")
     finally:
-        sd_notify("STOPPING=1")
-        gw.stop()
-    return 0
+        retrying.stop()  # a start under way is waited for, so that the stop stops it too

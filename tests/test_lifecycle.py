@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -8,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.app import Gateway, build, run
+from gateway import lifecycle
+from gateway.app import Gateway, build, run, watch
 from gateway.clock import ClockSync, SystemClock
 from gateway.configfile import ConfigFileError
 from gateway.events import Lane
@@ -251,3 +253,55 @@ def test_a_task_failing_every_tick_does_not_flood_the_journal(
         ("INFO", "housekeeping: works again after 9 failures", False),
     ]
     assert periodic.failures == 9
+
+
+class SlowToStart(Part):
+    """A face stage whose models were missing at first, then take long to load."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__("vision", log, fail=True, essential=False)
+        self.starting = threading.Event()
+        self.release = threading.Event()
+
+    def start(self) -> None:
+        if self._fail:
+            self._fail = False
+            raise StartupError("vision: models missing")
+        self.starting.set()
+        self.release.wait(30)
+        super().start()
+
+
+def test_the_watchdog_is_pinged_while_a_slow_start_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried start longer than WatchdogSec must not get a healthy gateway killed."""
+    monkeypatch.setattr(lifecycle, "RETRY_MIN_S", 0.0)
+    path = tmp_path / "notify"
+    log: list[str] = []
+    slow = SlowToStart(log)
+    loaded = config(tmp_path / "var", None)
+    cfg = loaded.config
+    store = Store(cfg.store, cfg.db_path, SystemClock(), ClockSync("never", 60))
+    gw = Gateway(loaded, SystemClock(), ClockSync("never", 60), store, services=[slow])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        gw.start()
+        watching = threading.Thread(target=watch, args=(gw, 0.05))
+        watching.start()
+        try:
+            assert slow.starting.wait(10)
+            systemd.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    systemd.recv(64)  # pings from before the start began
+            systemd.settimeout(5)
+            assert [systemd.recv(64) for _ in range(5)] == [b"WATCHDOG=1"] * 5
+            assert gw.services_health()["vision"]["state"] == "not started"
+        finally:
+            slow.release.set()
+            gw.stop_event.set()
+            watching.join()
+            gw.stop()
+    assert log == ["start vision", "stop vision"]  # the stop waited for the start, stopped it

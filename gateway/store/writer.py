@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -274,6 +274,8 @@ class Store:
         self.keep_delivered_ms = int(cfg.delivered_retention_days * 86_400_000)
         self.usage = {lane: LaneUsage() for lane in Lane}
         self.counters: dict[str, int] = {}
+        # counted after a commit failed, so not yet in the database: added by the next commit
+        self._unsaved: Counter[str] = Counter()
         self.session = 0
         self.previous_stop_clean = True
         self.pressure: list[Lane] = []
@@ -431,6 +433,7 @@ class Store:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             self._set_meta(conn, clean_stop=1, steady_ms=self.steady_ms())
+            self._bump_counters(conn, dict(self._unsaved))
 
     def _take_reserve(self) -> None:
         self.reserve.take(self._free_disk(self.path.parent), self.floor_bytes)
@@ -738,7 +741,7 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             results = self._apply(conn, batch, delta)
             self._set_meta(conn, next_seq=self._next_seq, steady_ms=self.steady_ms())
-            self._bump_counters(conn, delta.counters)
+            self._bump_counters(conn, dict(self._unsaved + Counter(delta.counters)))
             conn.execute("COMMIT")
         except Exception as exc:
             if conn.in_transaction:
@@ -755,10 +758,16 @@ class Store:
             err: BaseException = exc
             if disk_full(exc):
                 err = StorageFull(f"disk full writing {self.path}")
+                if isinstance(batch[0], _Record):
+                    # refused like any event the full disk has no room for, and counted so
+                    name = f"refused_{batch[0].lane.label}"
+                    self.counters[name] = self.counters.get(name, 0) + 1
+                    self._unsaved[name] += 1
             resolve(self._settled, [(batch[0].future, err)])
             self._flood_log.error("write-failed", "store write failed: %s", exc)
             return
         self.commits += 1
+        self._unsaved = Counter()
         self._rows_since_checkpoint += sum(map(_rows, batch))
         self._apply_delta(delta)
         resolve(self._settled, zip((op.future for op in batch), results, strict=True))

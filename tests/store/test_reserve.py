@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.events import Event
-from gateway.store import StorageFull, Store, StoreError
+from gateway.store import StorageFull, Store, StoreError, read_stats
 from gateway.store.reserve import MB, Reserve
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.support.disk import DISK_MB, fill
@@ -362,3 +362,26 @@ def test_telemetry_refused_on_a_full_disk_takes_no_pending_telemetry_with_it(
     store.stop()
     reopened = make_store(small_disk / "g.db", min_free_disk_mb=1, reserve_mb=2)
     assert reopened.usage[SEEN.lane].count == pending
+
+
+def test_an_alarm_the_full_disk_refuses_without_a_reserve_is_counted_refused(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """Its commit fails as a whole, the count with it: the refusal is counted all the same, in
+    health at once and in the database with the next commit that has room."""
+    store = make_store(small_disk / "g.db", min_free_disk_mb=0, reserve_mb=0)
+    filler = fill(small_disk)
+    refused = 0
+    for n in range(200):
+        try:
+            store.record(Event(SOS, {"device": f"A{n}", "pad": "x" * 400}))
+        except StorageFull:
+            refused += 1
+    assert refused > 100
+    assert store.health()["counters"]["refused_p0"] == refused
+
+    filler.unlink()
+    store.record(Event(SOS, {"device": "room again"}))
+    store.stop()
+    (p0, _, _) = read_stats(small_disk / "g.db").lanes
+    assert p0.refused == refused

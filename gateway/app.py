@@ -19,10 +19,10 @@ from gateway.config import ConfigFileError, LoadedConfig
 from gateway.devices.service import build_services as build_device_services
 from gateway.events import GATEWAY_STARTED, Event
 from gateway.lifecycle import (
+    Periodic,
     Service,
     StartupError,
     Supervisor,
-    Worker,
     sd_notify,
     watchdog_interval_s,
 )
@@ -206,11 +206,7 @@ def watch(gw: Gateway, interval: float) -> None:
     own: a start slower than the watchdog's timeout (models loading, a camera connecting)
     would otherwise hold up the ping, and systemd would kill a healthy gateway."""
 
-    def retry(stopping: threading.Event) -> None:
-        while not stopping.wait(interval):
-            gw.retry()
-
-    retrying = Worker("retry", retry)
+    retrying = Periodic("retry", interval, gw.retry)  # a failing retry is logged, not the end
     retrying.start()
     try:
         while not gw.stop_event.wait(interval):

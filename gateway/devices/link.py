@@ -4,6 +4,16 @@ A link is a URL (``serial_for_url``: device paths, by-id symlinks, ``loop://``,
 ``socket://``, ``spy://``) read by one thread that reopens the port with backoff whenever it
 fails. An unplugged USB adapter is a state of the link, never a reason for the process to end.
 
+A device path of the kernel's (``/dev/ttyUSB0``) names whichever adapter was plugged in
+first, not the station's: an adapter pulled and plugged back can come back as ``ttyUSB1``
+(``ttyUSB0`` still held by our closing port, or taken by another adapter plugged in meanwhile),
+and another station's adapter can be ``ttyUSB0`` then. So the link remembers the udev names
+(``/dev/serial/by-id/...``: vendor, model, serial number) of the adapter it opened and reopens
+that adapter wherever it is now. While it is absent the link opens what is at the configured
+path, a replacement adapter the installer plugged in, unless another port of the gateway has
+claimed that adapter (``AdapterClaims``): that would be reading another station as this one.
+Until udev has named what is there (a moment after the kernel), it may be such an adapter.
+
 7-bit formats (ESPA's 7E1/7E2) are opened as 8 data bits without parity and checked here in
 software: Linux never reports parity errors to pyserial (it clears INPCK), and a pty has no
 parity at all, so this is the only way a wrong parity bit becomes visible. A byte with bad
@@ -15,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import termios
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TextIO
 from urllib.parse import parse_qs
 
@@ -32,6 +44,8 @@ from gateway.lifecycle import Opener, Worker
 log = logging.getLogger(__name__)
 
 PARITY_ERROR = 0xFF
+BY_ID_DIR = Path("/dev/serial/by-id")
+_KERNEL_NAME = re.compile(r"tty(USB|ACM)\d+")  # numbered in the order adapters appear
 
 
 class LinkSink(Protocol):
@@ -151,6 +165,44 @@ def watch_network_path(port: SerialPort, dead_after_s: int) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, dead_after_s * 1000)
 
 
+class AdapterClaims:
+    """The adapters the ports of one gateway have opened, by their udev names in
+    ``by_id_dir``: a port whose own adapter is absent must not take another port's adapter
+    found at its old path. A port's claim lasts until it stops, so it holds while that port
+    is down too. Shared by the ports' reader threads, hence the lock."""
+
+    def __init__(self, by_id_dir: Path = BY_ID_DIR) -> None:
+        self.by_id_dir = by_id_dir
+        self._lock = threading.Lock()
+        self._claims: dict[str, tuple[str, ...]] = {}
+
+    def names(self, device: str) -> tuple[str, ...]:
+        """The udev names that lead to ``device`` now (none for a pty, a serial server, or an
+        adapter udev has not named yet)."""
+        try:
+            entries = sorted(self.by_id_dir.iterdir())
+        except OSError:
+            return ()
+        here = os.path.realpath(device)
+        return tuple(str(e) for e in entries if os.path.realpath(e) == here and e.exists())
+
+    def claim(self, port: str, names: tuple[str, ...]) -> None:
+        with self._lock:
+            self._claims[port] = names
+
+    def release(self, port: str) -> None:
+        with self._lock:
+            self._claims.pop(port, None)
+
+    def holder(self, names: tuple[str, ...], port: str) -> str | None:
+        """The other port that claimed one of ``names``, if any."""
+        with self._lock:
+            for other, claimed in self._claims.items():
+                if other != port and set(claimed) & set(names):
+                    return other
+        return None
+
+
 class SoftwareParity:
     def __init__(self, settings: SerialSettings) -> None:
         self.enabled = settings.software_parity
@@ -172,6 +224,7 @@ class LinkStats:
     errors: int = 0
     parity_errors: int = 0
     last_error: str = ""
+    device: str | None = None  # the device open, where another than the configured one
     down_since: float | None = None
     last_gap_s: float | None = None
     gaps: int = 0
@@ -185,6 +238,7 @@ class LinkStats:
             "errors": self.errors,
             "parity_errors": self.parity_errors,
             "last_error": self.last_error,
+            "device": self.device,
             "down_for_s": None if self.down_since is None else round(now - self.down_since, 3),
             "last_gap_s": None if self.last_gap_s is None else round(self.last_gap_s, 3),
             "gaps": self.gaps,
@@ -204,7 +258,9 @@ class SerialLink:
         read_timeout_s: float = 0.05,
         dead_path_s: int = 30,
         now: Callable[[], float] = time.monotonic,
+        claims: AdapterClaims | None = None,
     ) -> None:
+        """``claims``: the adapters of the gateway's ports (default: this link's alone)."""
         self.name = name
         self.url = url
         self.settings = settings
@@ -223,6 +279,8 @@ class SerialLink:
         self._capture: TextIO | None = None
         self._write_lock = threading.Lock()
         self._opener = Opener(self._stop)
+        self._claims = claims or AdapterClaims()
+        self._adapter: tuple[str, ...] = ()  # the udev names of the adapter last opened
 
     def start(self) -> None:
         self._worker.start()
@@ -284,15 +342,17 @@ class SerialLink:
                 delay = self.reopen_min_s
             self._stop.wait(delay)
             delay = min(delay * 2, self.reopen_max_s)
+        self._claims.release(self.name)
         if self.stats.state != "down":
             self.stats.state = "stopped"
 
     def _open(self) -> serial.Serial | None:
         try:
+            target = self._target()
             if self._capture_path is not None:
                 # closed with the port (_close_capture), not at the end of a block
                 self._capture = open(self._capture_path, "a", encoding="utf-8")  # noqa: SIM115
-            port = self._connect()
+            port = self._connect(target)
         except (serial.SerialException, OSError, ValueError) as exc:
             self._close_capture()
             if self.stats.state != "down":
@@ -302,6 +362,7 @@ class SerialLink:
         if port is None:  # stopped while it opened
             self._close_capture()
             return None
+        self._opened(target)
         if self.url.startswith("socket://"):
             try:
                 watch_network_path(port, self.dead_path_s)
@@ -323,7 +384,53 @@ class SerialLink:
         self._notify(self.sink.on_up, gap)
         return port
 
-    def _connect(self) -> serial.Serial | None:
+    def _target(self) -> str:
+        """What to open: the adapter last opened, by its udev name, wherever it is now; while
+        it is absent, the configured URL, unless what is there is another port's adapter or
+        one udev has not named yet, which may be another port's (refused, tried again with
+        the backoff)."""
+        for name in self._adapter:
+            if os.path.exists(name):
+                return name
+        there = self._claims.names(self._url) if self._url.startswith("/") else ()
+        if self._adapter and not there:
+            raise serial.SerialException(
+                f"{self._adapter[0]} is not plugged in, nor a named adapter at {self._url}"
+            )
+        holder = self._claims.holder(there, self.name)
+        if holder is not None:
+            mine = f"; {self._adapter[0]} is not plugged in" if self._adapter else ""
+            raise serial.SerialException(
+                f"{self._url} is port {holder}'s adapter ({there[0]}){mine}"
+            )
+        return self._url
+
+    def _opened(self, target: str) -> None:
+        """Claim the adapter opened, and for a kernel name remember it and say where it is when
+        that is not the configured path. A udev link (by-id, by-path, a site's own rule) names
+        one adapter already, and a serial server or ``spy://`` URL has none."""
+        if not target.startswith("/"):
+            return
+        names = self._claims.names(target) or self._adapter
+        self._claims.claim(self.name, names)
+        if not _KERNEL_NAME.fullmatch(os.path.basename(self._url)):
+            return
+        self._adapter = names
+        moved: str | None = os.path.realpath(target)
+        if moved == os.path.realpath(self._url):
+            moved = None
+        elif moved != self.stats.device:
+            log.warning(
+                "port %s: its adapter is %s now, not %s (configure %s: a replug then never "
+                "changes the port's path)",
+                self.name,
+                moved,
+                self._url,
+                target,
+            )
+        self.stats.device = moved
+
+    def _connect(self, target: str) -> serial.Serial | None:
         """The open, on a thread of its own that a stop can let go (then None)."""
         capture = self._capture
         _, port = self._opener.open(
@@ -332,7 +439,7 @@ class SerialLink:
             # split its bytes with this one; write_timeout: an ACK the other end never drains
             # must not wedge the reader (and with it the port and the gateway's stop)
             lambda: open_port(
-                self._url,
+                target,
                 self.settings,
                 self.read_timeout_s,
                 write_timeout=WRITE_TIMEOUT_S,

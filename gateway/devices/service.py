@@ -11,7 +11,7 @@ from gateway.devices.config import DevicesSection, PortConfig
 from gateway.devices.dedup import Dedup
 from gateway.devices.definitions import DefinitionFile, load_definition
 from gateway.devices.espa import EspaSession
-from gateway.devices.link import SerialLink, SerialSettings
+from gateway.devices.link import AdapterClaims, SerialLink, SerialSettings
 from gateway.devices.pipeline import (
     FRAME_TIMEOUT_S,
     PortHandler,
@@ -33,8 +33,11 @@ class PortService:
         store: Store,
         record_timeout_s: float,
         dedup: Dedup | None = None,
+        *,
+        claims: AdapterClaims | None = None,
     ) -> None:
-        """``dedup``: the repeat filter shared by the definition's ports (default: its own)."""
+        """``dedup``: the repeat filter shared by the definition's ports (default: its own);
+        ``claims``: the adapters the gateway's ports have opened (default: its own)."""
         self.name = f"port:{cfg.name}"
         self.cfg = cfg
         self.definition = definition
@@ -70,6 +73,7 @@ class PortService:
             reopen_min_s=cfg.reopen_min_s,
             reopen_max_s=cfg.reopen_max_s,
             dead_path_s=cfg.dead_path_s,
+            claims=claims,
         )
         self.handler.write = self.link.write
 
@@ -143,6 +147,7 @@ def build_services(
         for name, d in definitions.items()
         if d.protocol in ("binary", "jsonlines")
     }
+    claims = AdapterClaims()  # a port never takes another port's adapter (see link.py)
     services: list[Service] = [
         PortService(
             p,
@@ -150,6 +155,7 @@ def build_services(
             store,
             section.record_timeout_s,
             dedups.get(p.definition),
+            claims=claims,
         )
         for p in section.ports
     ]

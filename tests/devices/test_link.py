@@ -19,6 +19,7 @@ import serial
 
 from gateway.cli import main
 from gateway.devices.config import PortConfig
+from gateway.devices.link import AdapterClaims
 from gateway.devices.service import PortService
 from gateway.devices.simulate import contact_id_line
 from gateway.lifecycle import Supervisor
@@ -42,16 +43,24 @@ def aa55(body_hex: str) -> bytes:
     return encode_frame(spec.framing, bytes.fromhex(body_hex))
 
 
-def started_station(store: Store, url: str, *, reopen_max_s: float) -> PortService:
-    """The reference base station's port, reopened quickly after an unplug."""
+def started_station(
+    store: Store,
+    url: str,
+    *,
+    reopen_max_s: float,
+    name: str = "ward-a",
+    claims: AdapterClaims | None = None,
+) -> PortService:
+    """The reference base station's port, reopened quickly after an unplug; ``claims``: the
+    gateway's, with udev's names of the adapters in a directory the test makes."""
     cfg = PortConfig(
-        name="ward-a",
+        name=name,
         definition="aa55-reference.toml",
         url=url,
         reopen_min_s=0.1,
         reopen_max_s=reopen_max_s,
     )
-    service = PortService(cfg, definition("aa55-reference"), store, 10.0)
+    service = PortService(cfg, definition("aa55-reference"), store, 10.0, claims=claims)
     service.start()
     return service
 
@@ -86,6 +95,167 @@ def test_unplug_and_replug_resumes_within_5s(tmp_path: Path, store: Store) -> No
     (down, up) = stored(store.path, "device.status")[1:]
     assert up["data"]["ids"]["gap_s"] >= 0.3
     assert down["data"]["text"].startswith("read")
+
+
+class Adapters:
+    """USB serial adapters as udev shows them: a kernel name in ``dev`` (``ttyUSB0``, a pty
+    behind it) and a name of their own in ``by_id`` (``usb-FTDI_..._<serial>``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.dev = root
+        self.by_id = root / "by-id"
+        self.by_id.mkdir()
+        self.claims = AdapterClaims(self.by_id)  # the gateway's
+        self._plugged: dict[str, Pty] = {}
+
+    def station(self, store: Store, kernel_name: str, name: str = "ward-a") -> PortService:
+        """A base station's port configured with a kernel name, started."""
+        path = str(self.dev / kernel_name)
+        return started_station(store, path, reopen_max_s=0.2, name=name, claims=self.claims)
+
+    def plug(self, serial_no: str, kernel_name: str, *, named: bool = True) -> Pty:
+        """``named``: udev has made the by-id name (it does so a moment after the kernel's)."""
+        pty = Pty(self.dev / kernel_name)
+        self._plugged[serial_no] = pty
+        if named:
+            self.name(serial_no)
+        return pty
+
+    def name(self, serial_no: str) -> None:
+        self._by_id(serial_no).symlink_to(self._plugged[serial_no].path)
+
+    def pull(self, serial_no: str) -> None:
+        self._plugged.pop(serial_no).unplug()
+        self._by_id(serial_no).unlink(missing_ok=True)
+
+    def _by_id(self, serial_no: str) -> Path:
+        return self.by_id / f"usb-FTDI_FT232R_USB_UART_{serial_no}-if00-port0"
+
+    def close(self) -> None:
+        for serial_no in list(self._plugged):
+            self.pull(serial_no)
+
+
+@contextmanager
+def adapters(root: Path) -> Iterator[Adapters]:
+    plugged = Adapters(root)
+    try:
+        yield plugged
+    finally:
+        plugged.close()
+
+
+def test_an_adapter_back_under_another_kernel_name_is_read_there(
+    tmp_path: Path, store: Store
+) -> None:
+    """The port is configured as /dev/ttyUSB0. Its adapter is pulled and comes back as
+    ttyUSB1 (ttyUSB0 was still held): the port reads it there, and its health says where."""
+    with adapters(tmp_path) as usb:
+        base = usb.plug("A10K1234", "ttyUSB0")
+        service = usb.station(store, "ttyUSB0")
+        try:
+            eventually(lambda: service.link.stats.state == "up")
+            base.write(SOS)
+            eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+            usb.pull("A10K1234")
+            eventually(lambda: service.link.stats.state == "down")
+            back = usb.plug("A10K1234", "ttyUSB1")
+            where = os.path.realpath(back.path)  # the tty udev's names lead to
+            eventually(lambda: service.link.stats.state == "up", timeout=5)
+            back.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
+            eventually(lambda: len(stored(store.path, "alarm.fall")) == 1)
+        finally:
+            service.stop()
+    link = service.health()["link"]
+    assert (link["opens"], link["device"]) == (2, where)
+
+
+def test_a_replacement_adapter_at_the_old_path_is_read_and_followed(
+    tmp_path: Path, store: Store
+) -> None:
+    """The installer swaps the station's broken adapter for a new one while the gateway runs:
+    the new one, unknown to the gateway, is read at the configured path once udev has named it
+    (before, it could be another port's); it is the port's adapter from then on, followed when
+    it comes back under another name."""
+    with adapters(tmp_path) as usb:
+        usb.plug("A10K1234", "ttyUSB0")
+        service = usb.station(store, "ttyUSB0")
+        try:
+            eventually(lambda: service.link.stats.state == "up")
+            usb.pull("A10K1234")
+            eventually(lambda: service.link.stats.state == "down")
+            new = usb.plug("C30K9012", "ttyUSB0", named=False)
+            eventually(lambda: "nor a named adapter" in service.link.stats.last_error)
+            time.sleep(0.3)  # a few attempts to reopen
+            assert service.link.stats.state == "down"
+            usb.name("C30K9012")
+            eventually(lambda: service.link.stats.state == "up", timeout=5)
+            new.write(SOS)
+            eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+            assert service.health()["link"]["device"] is None
+            usb.pull("C30K9012")
+            eventually(lambda: service.link.stats.state == "down")
+            back = usb.plug("C30K9012", "ttyUSB1")
+            where = os.path.realpath(back.path)
+            eventually(lambda: service.link.stats.opens == 3, timeout=5)
+            back.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
+            eventually(lambda: len(stored(store.path, "alarm.fall")) == 1)
+        finally:
+            service.stop()
+    assert service.health()["link"]["device"] == where
+
+
+def test_another_ports_adapter_at_the_old_path_is_refused_until_the_own_is_back(
+    tmp_path: Path, store: Store
+) -> None:
+    """Two base stations, on ttyUSB0 and ttyUSB1. Both adapters are pulled (a hub unplugged);
+    the second station's comes back first, as ttyUSB0. The first port refuses it, naming the
+    port whose adapter it is; the second port reads it; the first station's adapter comes
+    back as ttyUSB1 and the first port reads that. No alarm is read by the wrong port."""
+    with adapters(tmp_path) as usb:
+        usb.plug("A10K1234", "ttyUSB0")
+        usb.plug("B20K5678", "ttyUSB1")
+        ports = [usb.station(store, "ttyUSB0"), usb.station(store, "ttyUSB1", "ward-b")]
+        first, second = ports
+        try:
+            eventually(lambda: all(p.link.stats.state == "up" for p in ports))
+            usb.pull("A10K1234")
+            usb.pull("B20K5678")
+            eventually(lambda: all(p.link.stats.state == "down" for p in ports))
+            theirs = usb.plug("B20K5678", "ttyUSB0")
+            eventually(lambda: second.link.stats.state == "up", timeout=5)
+            eventually(lambda: "port ward-b's adapter" in first.link.stats.last_error)
+            theirs.write(aa55("01 0000000000B2 02 C6 01"))
+            eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+            assert first.link.stats.state == "down"
+            ours = usb.plug("A10K1234", "ttyUSB1")
+            eventually(lambda: first.link.stats.state == "up", timeout=5)
+            ours.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
+            eventually(lambda: len(stored(store.path, "alarm.fall")) == 1)
+        finally:
+            for port in ports:
+                port.stop()
+    assert [(e["data"]["port"], e["data"]["device"]) for e in stored(store.path, "alarm.")] == [
+        ("ward-b", "0000000000B2"),
+        ("ward-a", "A1B2C3D4E5F6"),
+    ]
+    assert [p.health()["link"]["opens"] for p in ports] == [2, 2]
+
+
+def test_a_stopped_port_gives_up_its_adapter(tmp_path: Path, store: Store) -> None:
+    """A port removed (stopped) no longer holds its adapter: another port may read it."""
+    with adapters(tmp_path) as usb:
+        usb.plug("A10K1234", "ttyUSB0")
+        old = usb.station(store, "ttyUSB0")
+        try:
+            eventually(lambda: old.link.stats.state == "up")
+        finally:
+            old.stop()
+        new = usb.station(store, "ttyUSB0", "ward-b")
+        try:
+            eventually(lambda: new.link.stats.state == "up")
+        finally:
+            new.stop()
 
 
 def held_open(path: Path) -> bool:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from gateway.events import Lane
-from gateway.store.limits import admit, pressured_lanes, quota_excess
+from gateway.store.limits import admit, event_bytes, pressured_lanes, quota_excess
 
 
 def test_above_the_floor_everything_is_admitted() -> None:
@@ -43,3 +43,21 @@ def test_quota_and_pressure() -> None:
     assert quota_excess(120, 100) == 20 and quota_excess(80, 100) == 0
     quotas = {Lane.P0: 10, Lane.P1: 10, Lane.P2: 10}
     assert pressured_lanes({Lane.P0: 11, Lane.P1: 10, Lane.P2: 99}, quotas) == [Lane.P0]
+
+
+def test_at_the_floor_exactly_everything_is_admitted() -> None:
+    """Only below the floor is anything refused: a disk with just the floor free still
+    takes telemetry, and evicts nothing for it."""
+    got = admit([Lane.P2, Lane.P0], [100, 100], free_bytes=5, floor_bytes=5, p2_pending_bytes=0)
+    assert got.admitted == (True, True) and got.evict_p2_bytes == 0
+
+
+def test_records_over_their_quota_raise_pressure_too() -> None:
+    """P1 (meals, restores) is never evicted either, so over its quota staff must hear of it."""
+    quotas = {Lane.P0: 10, Lane.P1: 10, Lane.P2: 10}
+    assert pressured_lanes({Lane.P0: 0, Lane.P1: 11, Lane.P2: 0}, quotas) == [Lane.P1]
+
+
+def test_an_event_counts_its_utf8_bytes_not_its_characters() -> None:
+    """A name in a non-Latin script takes two or three bytes a character on the disk."""
+    assert event_bytes('{"name": "Ünal"}') == event_bytes('{"name": "Unal"}') + 1

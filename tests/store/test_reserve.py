@@ -112,6 +112,21 @@ def test_a_reserve_file_holding_less_than_the_reserve_is_completed_not_reported_
     assert store.health()["disk_reserve"] == "released"
 
 
+def test_a_reserve_file_of_full_length_with_holes_is_completed_not_reported_held(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """Its length says nothing of the blocks it holds: a sparse file of the reserve's size
+    (extended, never allocated) would leave the next SOS no room on a full disk."""
+    reserve = small_disk / "g.db.reserve"
+    fd = os.open(reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 2 * MB)
+    os.close(fd)
+
+    store = make_store(small_disk / "g.db", min_free_disk_mb=1, reserve_mb=2)
+    assert store.health()["disk_reserve"] == "held"
+    assert reserve.stat().st_blocks * 512 >= 2 * MB
+
+
 def test_a_checkpoint_on_a_full_disk_leaves_the_alarms_their_half_of_the_reserve(
     small_disk: Path, make_store: StoreFactory
 ) -> None:
@@ -385,3 +400,17 @@ def test_an_alarm_the_full_disk_refuses_without_a_reserve_is_counted_refused(
     store.stop()
     (p0, _, _) = read_stats(small_disk / "g.db").lanes
     assert p0.refused == refused
+
+
+def test_records_may_spend_only_the_first_half_of_the_reserve(tmp_path: Path) -> None:
+    """The second half stays on the disk for alarms; once records have spent theirs, only
+    alarms are written."""
+    path = tmp_path / "g.db.reserve"
+    reserve = Reserve(path, 4 * MB)
+    assert reserve.take(free_bytes=64 * MB, floor_bytes=0)
+    assert reserve.release(alarms=False)
+    assert path.stat().st_blocks * 512 == 2 * MB
+    assert not reserve.release(alarms=False)
+    assert reserve.alarms_only
+    assert reserve.release()
+    assert not path.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -524,3 +525,130 @@ def test_a_camera_slower_than_a_track_gap_is_refused_where_nobody_would_be_decid
     decider = Decider(Policy.from_config(kept.decision))
     seen = [face(float(i), "p1", "elder-1", 0.8) for i in range(30)]
     assert [d.outcome for d in run(decider, seen)] == [Outcome.ACCEPTED]
+
+
+def test_k_strong_frames_must_be_among_the_last_n() -> None:
+    """One strong frame in every five: three within the second, never three of the last five."""
+    decider = Decider(POLICY)
+    obs = [face(i / FPS, "p1", "elder-1", 0.7 if i % 5 == 0 else 0.3) for i in range(25)]
+    assert run(decider, obs) == []
+
+
+def test_a_frame_failing_liveness_now_and_then_is_not_a_spoof() -> None:
+    """Spoof needs ``k`` failures among the last ``n`` frames, not within the whole second."""
+    decider = Decider(POLICY)
+    obs = [
+        face(i / FPS, "p1", "elder-1", 0.7, runner_up=0.69, live=0.2 if i % 5 == 0 else 0.99)
+        for i in range(40)
+    ]
+    (decision,) = run(decider, obs)
+    assert decision.outcome is Outcome.UNCERTAIN
+
+
+def test_a_score_exactly_at_the_accept_threshold_is_accepted() -> None:
+    decider = Decider(POLICY)
+    obs = frames(0.0, 10, who="p1", top="elder-1", score=POLICY.accept_threshold)
+    assert [d.outcome for d in run(decider, obs)] == [Outcome.ACCEPTED]
+
+
+def test_a_lead_exactly_at_the_margin_is_accepted() -> None:
+    policy = replace(POLICY, margin=0.25)  # 0.75 - 0.5 is exact in binary
+    obs = frames(0.0, 10, who="p1", top="elder-1", score=0.75, runner_up=0.5)
+    assert [d.outcome for d in run(Decider(policy), obs)] == [Outcome.ACCEPTED]
+
+
+def test_a_live_score_exactly_at_the_threshold_counts_as_live() -> None:
+    """Accepted, not a spoof; and an uncertain face seen so is held for staff to confirm."""
+    live = POLICY.liveness_threshold
+    sure = frames(0.0, 10, who="p1", top="elder-1", score=0.7, live=live)
+    assert [d.outcome for d in run(Decider(POLICY), sure)] == [Outcome.ACCEPTED]
+    close = frames(0.0, 40, who="p1", top="elder-1", score=0.7, runner_up=0.69, live=live)
+    (decision,) = run(Decider(POLICY), close)
+    assert decision.outcome is Outcome.UNCERTAIN and decision.probe is not None
+
+
+def test_half_the_voting_frames_live_is_not_most() -> None:
+    decider = Decider(POLICY)
+    lives = [0.3, 0.99, 0.3, 0.99]
+    obs = [face(i / FPS, "p1", "elder-1", 0.8, live=v) for i, v in enumerate(lives)]
+    assert run(decider, obs) == []
+
+
+def test_a_track_of_exactly_n_frames_that_ends_gets_its_outcome() -> None:
+    """``n`` usable frames of a stranger are ``unknown``; ``n`` unusable ones are ``no_face``."""
+    stranger = Decider(POLICY)
+    assert run(stranger, frames(0.0, POLICY.n, who="p9", top="elder-1", score=0.2)) == []
+    assert [d.outcome for d in stranger.flush()] == [Outcome.UNKNOWN]
+    unusable = Decider(POLICY)
+    poor = [Observation(i / FPS, "poor_quality", reason="too_dark") for i in range(POLICY.n)]
+    assert run(unusable, poor) == []
+    assert [(d.outcome, d.reason) for d in unusable.flush()] == [(Outcome.NO_FACE, "too_dark")]
+
+
+def test_a_face_never_usable_is_reported_once_also_when_it_goes() -> None:
+    decider = Decider(POLICY)
+    obs = [Observation(i / FPS, "poor_quality", reason="turned_away") for i in range(40)]
+    assert [d.outcome for d in run(decider, obs)] == [Outcome.NO_FACE]
+    assert decider.flush() == []
+
+
+def test_a_visit_kept_from_a_second_acceptance_restarts_the_cooldown() -> None:
+    """She is back just before the cooldown ends, only long enough to be recognised: the
+    cooldown runs from then, so coming back soon after is no new meal either."""
+    decider = Decider(POLICY)
+    first = frames(0.0, POLICY.k, who="p1", top="elder-1", score=0.7)
+    brief = frames(POLICY.cooldown_s - 1, POLICY.k, who="p1", top="elder-1", score=0.7)
+    again = frames(POLICY.cooldown_s + 1, 10, who="p1", top="elder-1", score=0.7)
+    out = run(decider, first + brief + again)
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED]
+    assert decider.counters["cooldown_suppressed"] == 2
+
+
+def test_an_elder_who_leaves_with_her_companion_is_in_cooldown_from_when_they_left() -> None:
+    """A companion beside her longer than the cooldown, then both walk away; she comes back
+    alone a few seconds later: the frames with both of them counted as her being there."""
+    decider = Decider(POLICY)
+    alone = frames(0.0, 15, who="p1", top="elder-1", score=0.7)
+    together = [
+        Observation(1.0 + i / FPS, "multiple_faces")
+        for i in range(int((POLICY.cooldown_s + 10) * FPS))
+    ]
+    back = frames(together[-1].t + 5.0, 30, who="p1", top="elder-1", score=0.7)
+    out = run(decider, alone + together + back)
+    assert [(d.outcome, d.elder_id) for d in out] == [(Outcome.ACCEPTED, "elder-1")]
+
+
+def test_a_score_exactly_at_the_candidate_threshold_is_offered_to_staff() -> None:
+    score = POLICY.candidate_threshold
+    (decision,) = run(Decider(POLICY), frames(0.0, 40, who="p1", top="elder-1", score=score))
+    assert decision.outcome is Outcome.UNCERTAIN
+    assert decision.candidates == (("elder-1", round(score, 4)),)
+
+
+def test_staff_are_offered_the_top_three_candidates() -> None:
+    elders = ["elder-1", "elder-2", "elder-3", "elder-4"]
+    obs = [
+        Observation(
+            i / FPS,
+            "face",
+            embedding=person("p1"),
+            search=SearchResult((elders[i % 4], "elder-z"), (0.5 + 0.01 * (i % 4), 0.1)),
+            live_score=0.99,
+        )
+        for i in range(40)
+    ]
+    (decision,) = run(Decider(POLICY), obs)
+    assert [c[0] for c in decision.candidates] == ["elder-4", "elder-3", "elder-2"]
+
+
+def test_a_late_confirmation_does_not_shorten_the_cooldown_of_a_later_acceptance() -> None:
+    """Staff confirm an old ``uncertain`` only after the counter accepted her on a later
+    visit: her cooldown still runs from that visit."""
+    decider = Decider(POLICY)
+    unsure = run(decider, frames(0.0, int(3 * FPS), who="p1", top="elder-1", score=0.5))
+    assert [d.outcome for d in unsure] == [Outcome.UNCERTAIN]
+    later = frames(100.0, 10, who="p1", top="elder-1", score=0.7)
+    assert [d.outcome for d in run(decider, later)] == [Outcome.ACCEPTED]
+    decider.settled("elder-1", unsure[0].t, unsure[0].track)
+    back = frames(later[-1].t + POLICY.cooldown_s - 5, 10, who="p1", top="elder-1", score=0.7)
+    assert run(decider, back) == []

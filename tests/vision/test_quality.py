@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -8,8 +9,20 @@ import numpy as np
 import pytest
 
 from gateway.vision.analyze import Analyzer
+from gateway.vision.config import QualitySection
+from gateway.vision.detect import Face
 from gateway.vision.images import fit_within, read_image
-from gateway.vision.quality import pose
+from gateway.vision.quality import (
+    QualityLimits,
+    brightness,
+    crop_gate,
+    geometry_gate,
+    pick_subject,
+    pose,
+    sharpness,
+)
+
+LIMITS = QualityLimits.from_config(QualitySection())
 
 
 def _photo(faces_dir: Path, name: str) -> np.ndarray:
@@ -120,3 +133,85 @@ def test_a_small_face_nearer_the_centre_does_not_hide_the_elder_at_the_counter(
     assert queue.faces == 2
     assert queue.kind == "face" and queue.embedding is not None  # not "too_small"
     assert float(queue.embedding @ alone.embedding) > 0.95  # the same person as alone
+
+
+def _face(
+    cx: float, cy: float, size: float, *, ipd: float = 30.0, turn: float = 0.0, nod: float = 0.0
+) -> Face:
+    """A face of ``size`` px centred at (cx, cy): nose moved sideways by ``turn`` and down by
+    ``nod`` (fractions of the inter-pupil distance) from where it sits facing the camera."""
+    height = 1.2 * ipd
+    eye_y = cy - height / 2
+    landmarks = np.array(
+        [
+            [cx - ipd / 2, eye_y],
+            [cx + ipd / 2, eye_y],
+            [cx + turn * ipd, eye_y + (0.494 + nod) * height],
+            [cx - ipd / 3, eye_y + height],
+            [cx + ipd / 3, eye_y + height],
+        ]
+    )
+    box = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+    return Face(box, landmarks, 0.9)
+
+
+def _rolled(face: Face, degrees: float) -> Face:
+    turn = cv2.getRotationMatrix2D(tuple(face.landmarks.mean(axis=0)), degrees, 1.0)
+    landmarks = np.hstack([face.landmarks, np.ones((5, 1))]) @ turn.T
+    return Face(face.box, landmarks, face.score)
+
+
+@pytest.mark.parametrize(
+    ("face", "reason"),
+    [
+        (_face(320, 240, 120, turn=0.6), "turned_away"),
+        (_face(320, 240, 120, turn=-0.6), "turned_away"),
+        (_face(320, 240, 120, nod=0.4), "tilted"),
+        (_face(320, 240, 120, nod=-0.4), "tilted"),
+        (_rolled(_face(320, 240, 120), 50), "rolled"),
+        (_rolled(_face(320, 240, 120), -50), "rolled"),
+    ],
+)
+def test_a_head_turned_tilted_or_rolled_either_way_is_refused(face: Face, reason: str) -> None:
+    assert geometry_gate(_face(320, 240, 120), LIMITS).ok
+    assert geometry_gate(face, LIMITS).reason == reason
+
+
+def test_a_face_exactly_at_every_pose_and_size_limit_is_usable() -> None:
+    """The limits are the least and most a usable face may have, not the first refused."""
+    face = _rolled(_face(320, 240, 120, ipd=LIMITS.min_ipd_px, turn=0.2, nod=0.1), 10)
+    p = pose(face.landmarks)
+    at_limits = replace(
+        LIMITS,
+        min_ipd_px=float(np.linalg.norm(face.landmarks[1] - face.landmarks[0])),
+        max_yaw_deg=abs(p.yaw),
+        max_pitch_deg=abs(p.pitch),
+        max_roll_deg=abs(p.roll),
+    )
+    assert geometry_gate(face, at_limits).ok
+
+
+def test_a_crop_exactly_at_every_light_and_sharpness_limit_is_usable() -> None:
+    crop = np.random.default_rng(1).integers(60, 200, (112, 112, 3), dtype=np.uint8)
+    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    light, sharp = brightness(gray), sharpness(gray)
+    at_limits = replace(LIMITS, min_brightness=light, max_brightness=light, min_sharpness=sharp)
+    geometry = geometry_gate(_face(320, 240, 120), at_limits)
+    assert crop_gate(geometry, crop, at_limits).ok
+
+
+def test_a_face_exactly_the_least_size_to_judge_is_the_subject_before_a_smaller_one() -> None:
+    corner = _face(560, 400, 100, ipd=LIMITS.min_ipd_px)
+    middle = _face(320, 240, 100, ipd=LIMITS.min_ipd_px - 4)
+    assert pick_subject([middle, corner], 640, 480, LIMITS).face is corner
+
+
+def test_the_subject_is_the_face_nearer_the_centre_and_a_face_of_similar_size_a_rival() -> None:
+    """The corner face is larger, but not enough to outweigh the centre; at least
+    ``similar_face_ratio`` of the subject's size, it makes the frame ambiguous."""
+    middle = _face(320, 240, 100)
+    corner = _face(600, 460, 110)
+    assert pick_subject([corner, middle], 640, 480, LIMITS).face is middle
+    rival = _face(100, 100, 100 * LIMITS.similar_face_ratio)
+    picked = pick_subject([middle, rival], 640, 480, LIMITS)
+    assert picked.face is middle and picked.ambiguous

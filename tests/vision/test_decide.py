@@ -652,3 +652,20 @@ def test_a_late_confirmation_does_not_shorten_the_cooldown_of_a_later_acceptance
     decider.settled("elder-1", unsure[0].t, unsure[0].track)
     back = frames(later[-1].t + POLICY.cooldown_s - 5, 10, who="p1", top="elder-1", score=0.7)
     assert run(decider, back) == []
+
+
+@pytest.mark.parametrize(
+    ("failing", "reason"), [(set(), "too_few_frames"), ({1, 11, 21}, "liveness")]
+)
+def test_staff_hear_why_strong_frames_of_one_elder_were_not_enough(
+    failing: set[int], reason: str
+) -> None:
+    """One strong frame in five is too few; when half of those fail liveness, that is why."""
+    obs = [
+        face(
+            i / FPS, "p1", "elder-1", 0.7 if i % 5 == 1 else 0.3, live=0.2 if i in failing else 0.99
+        )
+        for i in range(40)
+    ]
+    (decision,) = run(Decider(POLICY), obs)
+    assert (decision.outcome, decision.reason) == (Outcome.UNCERTAIN, reason)

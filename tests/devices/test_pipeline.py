@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 from gateway.devices.config import DevicesSection, PortConfig
+from gateway.devices.dedup import Dedup
 from gateway.devices.framers.binary import encode_frame
 from gateway.devices.model import Decoded
 from gateway.devices.pipeline import FramedHandler, definition_dedup, framed_handler
@@ -71,6 +72,31 @@ def test_repeats_dropped_new_seq_kept(store: Store) -> None:
     eventually(lambda: h.recorder.stats.events == 3)
     assert [e["data"]["seq"] for e in stored(store.path, "alarm.sos")] == [7, 8, 7]
     assert h.recorder.stats.duplicates == 2
+
+
+def test_the_window_runs_from_the_first_transmission_not_from_its_last_repeat(
+    store: Store,
+) -> None:
+    """A band repeating its SOS every 20 s: the same seq past the window from the first is
+    a new transmission (the counter wrapped), however recent the repeat before it."""
+    clock = Clock()
+    h = handler(store, clock)
+    h.on_data(frame(2, 7), clock.t)
+    clock.t += 20
+    h.on_data(frame(2, 7), clock.t)  # a repeat
+    clock.t += 15
+    h.on_data(frame(2, 7), clock.t)
+    eventually(lambda: h.recorder.stats.events == 2)
+    assert h.recorder.stats.duplicates == 1
+
+
+def test_a_full_repeat_filter_forgets_its_oldest_key_not_the_newest() -> None:
+    """At a busy site the newest SOS must still have its repeats dropped."""
+    clock = Clock()
+    dedup = Dedup(30.0, clock, max_keys=2)
+    assert not any(dedup.is_repeat(key) for key in ("old", "mid", "new"))
+    assert dedup.is_repeat("new") and dedup.is_repeat("mid")
+    assert not dedup.is_repeat("old")
 
 
 def test_frame_timeout_releases_a_cut_frame_and_silence_is_reported(store: Store) -> None:

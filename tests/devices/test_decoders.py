@@ -9,7 +9,7 @@ from gateway.devices.decoders.binary import BinaryDecoder
 from gateway.devices.decoders.espa import decode_block
 from gateway.devices.decoders.jsonlines import JsonLinesDecoder
 from gateway.devices.decoders.sia import decode_dcs
-from gateway.devices.definitions import DefinitionFile
+from gateway.devices.definitions import BinarySpec, DefinitionFile
 from gateway.devices.events import to_event
 from gateway.devices.framers.binary import encode_frame
 from gateway.devices.model import Kind
@@ -27,6 +27,31 @@ AA55_FRAMING = {
     "command_offset": 3,
     "payload_offset": 4,
 }
+
+
+def vendor_sos(device: str, *fields: dict[str, object]) -> BinarySpec:
+    """A vendor's AA55 definition with one SOS message (command 1) of these fields and a
+    field named ``seq``."""
+    spec = DefinitionFile.model_validate(
+        {
+            "name": "vendor",
+            "binary": {
+                "framing": AA55_FRAMING,
+                "messages": [
+                    {
+                        "command": 1,
+                        "name": "call",
+                        "device": device,
+                        "seq": "seq",
+                        "kind": "sos",
+                        "fields": list(fields),
+                    }
+                ],
+            },
+        }
+    ).binary
+    assert spec is not None
+    return spec
 
 
 def ble() -> JsonLinesDecoder:
@@ -144,6 +169,15 @@ def test_binary_unknown_command_event_and_short_payload() -> None:
     assert decoder.decode(short).rejects[0].reason == "short_payload"
 
 
+def test_a_binary_frame_one_byte_short_is_refused_not_read_into_its_checksum() -> None:
+    """Without its seq byte the SOS would take the checksum's first byte for its seq."""
+    spec = definition("aa55-reference").binary
+    assert spec is not None
+    short = encode_frame(spec.framing, bytes.fromhex("01 A1B2C3D4E5F6 02 C6"))
+    out = BinaryDecoder(spec).decode(short)
+    assert out.events == () and out.rejects[0].reason == "short_payload"
+
+
 def test_espa_gbk_text_and_invalid_text_keeps_the_call() -> None:
     shipped = definition("espa444-nurse-call").espa
     assert shipped is not None
@@ -242,31 +276,29 @@ def test_values_outside_the_contract_are_null_not_a_lost_alarm() -> None:
 def test_a_signed_sequence_and_an_empty_text_id_still_give_an_alarm_within_the_contract() -> None:
     """A vendor definition reading the sequence byte as signed (0x9C is -100) and the band id
     as text that came as NULs: the SOS goes out, valid, the odd values kept in ids."""
-    spec = DefinitionFile.model_validate(
-        {
-            "name": "vendor",
-            "binary": {
-                "framing": AA55_FRAMING,
-                "messages": [
-                    {
-                        "command": 1,
-                        "name": "call",
-                        "device": "id",
-                        "seq": "seq",
-                        "kind": "sos",
-                        "fields": [
-                            {"name": "id", "offset": 0, "width": 8, "type": "text"},
-                            {"name": "seq", "offset": 8, "width": 1, "type": "int"},
-                        ],
-                    }
-                ],
-            },
-        }
-    ).binary
-    assert spec is not None
+    spec = vendor_sos(
+        "id",
+        {"name": "id", "offset": 0, "width": 8, "type": "text"},
+        {"name": "seq", "offset": 8, "width": 1, "type": "int"},
+    )
     frame = encode_frame(spec.framing, b"\x01" + bytes(8) + b"\x9c")
     (sos,) = BinaryDecoder(spec).decode(frame).events
     event = to_event(sos, port="p", station="s", definition="vendor")
     validator("data/alarm.sos.json").validate(dict(event.data))
     assert (event.data["device"], event.data["ids"]["device_missing"]) == ("unknown", True)
     assert (event.data["seq"], event.data["ids"]["seq_raw"]) == (None, -100)
+
+
+def test_a_bcd_id_and_a_field_in_its_own_byte_order_are_read_as_the_definition_says() -> None:
+    """A vendor's band number in BCD and a little-endian seq in a big-endian protocol; a band
+    number with a digit that is not decimal is refused, not recorded as another band."""
+    spec = vendor_sos(
+        "band",
+        {"name": "band", "offset": 0, "width": 3, "type": "bcd"},
+        {"name": "seq", "offset": 3, "width": 2, "order": "little"},
+    )
+    decode = BinaryDecoder(spec).decode
+    (sos,) = decode(encode_frame(spec.framing, bytes.fromhex("01 123456 0102"))).events
+    assert (sos.device, sos.seq) == ("123456", 0x0201)
+    out = decode(encode_frame(spec.framing, bytes.fromhex("01 123A56 0102")))
+    assert out.events == () and out.rejects[0].reason == "bad_field"

@@ -82,6 +82,18 @@ def test_gateway_line_names_the_station_and_button_is_sos() -> None:
     assert sos.raw.hex().upper() == BTHOME_PRESS
 
 
+def test_a_bthome_press_that_is_encrypted_or_not_version_2_raises_no_alarm() -> None:
+    """Its bytes are not the objects they look like: an encrypted advert is seen, nothing
+    more, and another BTHome version is not ours at all."""
+    d = ble()
+    encrypted = BTHOME_PRESS.replace("D2FC40", "D2FC41")
+    (seen,) = d.decode(line({"mac": "C3000000000B", "rssi": -61, "rawData": encrypted})).events
+    assert (seen.kind, seen.ids["encrypted"]) == (Kind.SEEN, True)
+    version_1 = BTHOME_PRESS.replace("D2FC40", "D2FC20")
+    out = d.decode(line({"mac": "C3000000000C", "rssi": -61, "rawData": version_1}))
+    assert out.events == () and out.rejects == ()
+
+
 def test_eddystone_tlm_and_batches() -> None:
     batch = [{"mac": "C30000000008", "rssi": -70, "rawData": TLM}] * 2
     out = ble().decode(line(batch))

@@ -118,6 +118,26 @@ def test_bands_sending_only_eddystone_uid_or_url_frames_are_seen() -> None:
     assert ble().decode(line({"mac": "C3", "rssi": -61, "rawData": bad})).events == ()
 
 
+def test_eddystone_frames_at_the_edges_of_their_format() -> None:
+    """A UID frame with its two reserved bytes and a URL frame of the longest form are seen;
+    a URL frame with no such scheme, or a space or DEL in it, is not ours and breaks nothing."""
+
+    def advert(data: str) -> str:
+        return "020106" + f"{len(data) // 2 + 1:02X}" + "16" + data
+
+    uid = advert("AAFE00E7" + "00112233445566778899" + "A1B2C3D4E5F6" + "0000")
+    url = advert("AAFE10E703" + b"care-home-dining1".hex())
+    for raw, ids in (
+        (uid, {"namespace": "00112233445566778899", "instance": "A1B2C3D4E5F6"}),
+        (url, {"url": "https://care-home-dining1"}),
+    ):
+        (seen,) = ble().decode(line({"mac": "C3000000000D", "rssi": -61, "rawData": raw})).events
+        assert {k: seen.ids[k] for k in ids} == ids
+    for data in ("AAFE10E704636172", "AAFE10E70363206172", "AAFE10E703637F6172"):
+        out = ble().decode(line({"mac": "C3000000000E", "rssi": -61, "rawData": advert(data)}))
+        assert out.events == () and out.rejects == ()
+
+
 def test_ble_bad_input_reasons() -> None:
     d = ble()
     assert d.decode(b"\xff\xfe{").rejects[0].reason == "bad_text"

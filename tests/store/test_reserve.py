@@ -431,3 +431,27 @@ def test_a_reserve_partly_held_is_completed_when_the_disk_can_spare_what_it_lack
     assert reserve.take(free_bytes=8 * MB + MB, floor_bytes=8 * MB)
     assert reserve.state == "held"
     assert path.stat().st_blocks * 512 >= 2 * MB
+
+
+def test_a_write_that_finds_the_disk_full_gives_up_one_half_at_a_time(tmp_path: Path) -> None:
+    """An alarm that fits in the records' half leaves the alarms' half on the disk, and a
+    record never takes the alarms' half, however often it fails."""
+    path = tmp_path / "g.db.reserve"
+    reserve = Reserve(path, 4 * MB)
+    assert reserve.take(free_bytes=64 * MB, floor_bytes=0)
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    def alarm() -> str:
+        if failures:
+            raise failures.pop()
+        return "written"
+
+    assert reserve.with_room(alarm) == "written"
+    assert path.stat().st_blocks * 512 == 2 * MB
+
+    def record() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(sqlite3.OperationalError):
+        reserve.with_room(record, alarms=False)
+    assert path.stat().st_blocks * 512 == 2 * MB

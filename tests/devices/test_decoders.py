@@ -115,7 +115,7 @@ def test_bands_sending_only_eddystone_uid_or_url_frames_are_seen() -> None:
         assert {k: seen.ids[k] for k in ids} == ids
     # bytes that no Eddystone URL has: not ours, nothing made up
     bad = "020106" + "0A16AAFE10E703" + "636172" + "FF" + "6868"
-    assert ble().decode(line({"mac": "C3", "rssi": -61, "rawData": bad})).events == ()
+    assert ble().decode(line({"mac": "C3000000000F", "rssi": -61, "rawData": bad})).events == ()
 
 
 def test_eddystone_frames_at_the_edges_of_their_format() -> None:

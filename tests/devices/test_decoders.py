@@ -6,10 +6,11 @@ import json
 
 from gateway.contract import validator
 from gateway.devices.decoders.binary import BinaryDecoder
+from gateway.devices.decoders.contact_id import decode_line, with_checksum
 from gateway.devices.decoders.espa import decode_block
 from gateway.devices.decoders.jsonlines import JsonLinesDecoder
 from gateway.devices.decoders.sia import decode_dcs
-from gateway.devices.definitions import BinarySpec, DefinitionFile
+from gateway.devices.definitions import BinarySpec, CodeMap, DefinitionFile
 from gateway.devices.events import to_event
 from gateway.devices.framers.binary import encode_frame
 from gateway.devices.model import Kind
@@ -150,6 +151,20 @@ def test_ble_bad_input_reasons() -> None:
     assert d.decode(line(truncated_ad)).rejects[0].reason == "bad_advert"
     phone = {"mac": "C3000000000A", "rssi": -50, "rawData": "020106"}
     assert d.decode(line(phone)).events == ()
+
+
+def test_contact_id_lines_are_checked_as_the_receiver_sends_them() -> None:
+    """A 0 digit weighs 10 in the checksum: an SOS with two of them (sum 60 with the A) is
+    valid. A line a digit short is refused even when its digits happen to add up, and a
+    code the site maps as a restore keeps what it restores when sent as one."""
+    codes = definition("contact-id-serial").codes
+    (sos,) = decode_line(b"123418110111015A", codes).events
+    assert (sos.kind, sos.device) == (Kind.SOS, "1234-015")
+    assert with_checksum("123418110101016") == "123418110101016F"
+    assert decode_line(b"123418110101016", codes).rejects[0].reason == "bad_format"
+    site = {"145": CodeMap(kind=Kind.RESTORE, restores=Kind.DEVICE_ALARM, name="expander")}
+    (restore,) = decode_line(with_checksum("123418314501015").encode(), site).events
+    assert (restore.kind, restore.restores) == (Kind.RESTORE, Kind.DEVICE_ALARM)
 
 
 def test_sia_modifiers_before_the_event_code_with_or_without_a_slash() -> None:

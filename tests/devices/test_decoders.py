@@ -160,6 +160,8 @@ def test_contact_id_lines_are_checked_as_the_receiver_sends_them() -> None:
     codes = definition("contact-id-serial").codes
     (sos,) = decode_line(b"123418110111015A", codes).events
     assert (sos.kind, sos.device) == (Kind.SOS, "1234-015")
+    (alternate,) = decode_line(with_checksum("123498110111015").encode(), codes).events
+    assert alternate.kind is Kind.SOS  # message type 98, as some receivers send it
     assert with_checksum("123418110101016") == "123418110101016F"
     assert decode_line(b"123418110101016", codes).rejects[0].reason == "bad_format"
     site = {"145": CodeMap(kind=Kind.RESTORE, restores=Kind.DEVICE_ALARM, name="expander")}

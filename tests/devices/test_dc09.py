@@ -514,3 +514,19 @@ def test_a_retry_after_a_lost_ack_is_acked_once_whatever_its_age(
     assert len(stored(store.path, "alarm.sos")) == 1
     assert receiver.health()["duplicates"] == 1
     assert "bad_timestamp" not in receiver.health()["rejected"]
+
+
+def test_a_message_is_read_as_its_format_allows() -> None:
+    """A CRC in lower-case hex is the same CRC; a wrong length field is only noted (some
+    transmitters get it wrong); an encrypted part that is not whole AES blocks is refused
+    as bad_format, like any other damage, not left to fail in the cipher."""
+    body = '"ADM-CID"0001R0L0#1234[#1234|1101 01 015]'
+    crc = dc09.crc_hex(body)
+    assert crc != crc.lower()
+    msg = dc09.parse(f"{crc.lower()}{len(body):04X}{body}", {})
+    assert (msg.account, msg.data, msg.length_ok) == ("1234", "#1234|1101 01 015", True)
+    assert not dc09.parse(f"{crc}{len(body) + 1:04X}{body}", {}).length_ok
+    cut = '"*SIA-DCS"0001R0L0#5678[' + "00" * 17
+    with pytest.raises(dc09.Dc09Error) as refused:
+        dc09.parse(f"{dc09.crc_hex(cut)}{len(cut):04X}{cut}", {"5678": KEY})
+    assert refused.value.reason == "bad_format"

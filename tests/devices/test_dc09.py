@@ -530,3 +530,6 @@ def test_a_message_is_read_as_its_format_allows() -> None:
     with pytest.raises(dc09.Dc09Error) as refused:
         dc09.parse(f"{dc09.crc_hex(cut)}{len(cut):04X}{cut}", {"5678": KEY})
     assert refused.value.reason == "bad_format"
+    # keys are held by account in upper case: a panel writing its account in lower case
+    sent = dc09.build("SIA-DCS", 1, "5a7b", "#5a7b|NMA1", key=KEY, now=datetime.now(UTC))
+    assert dc09.parse(sent.decode("latin-1").strip("\n\r"), {"5A7B": KEY}).data == "#5a7b|NMA1"

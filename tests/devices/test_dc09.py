@@ -518,18 +518,22 @@ def test_a_retry_after_a_lost_ack_is_acked_once_whatever_its_age(
 
 def test_a_message_is_read_as_its_format_allows() -> None:
     """A CRC in lower-case hex is the same CRC; a wrong length field is only noted (some
-    transmitters get it wrong); an encrypted part that is not whole AES blocks is refused
-    as bad_format, like any other damage, not left to fail in the cipher."""
+    transmitters get it wrong); an encrypted part that is not whole AES blocks, data without
+    its ']' and an impossible date are refused, not left to fail further on."""
     body = '"ADM-CID"0001R0L0#1234[#1234|1101 01 015]'
     crc = dc09.crc_hex(body)
     assert crc != crc.lower()
     msg = dc09.parse(f"{crc.lower()}{len(body):04X}{body}", {})
     assert (msg.account, msg.data, msg.length_ok) == ("1234", "#1234|1101 01 015", True)
     assert not dc09.parse(f"{crc}{len(body) + 1:04X}{body}", {}).length_ok
-    cut = '"*SIA-DCS"0001R0L0#5678[' + "00" * 17
-    with pytest.raises(dc09.Dc09Error) as refused:
-        dc09.parse(f"{dc09.crc_hex(cut)}{len(cut):04X}{cut}", {"5678": KEY})
-    assert refused.value.reason == "bad_format"
+    for damaged, reason in (
+        ('"*SIA-DCS"0001R0L0#5678[' + "00" * 17, "bad_format"),  # 17 bytes: not whole blocks
+        ('"ADM-CID"0001R0L0#1234[#1234|1101 01 015', "bad_format"),  # no closing ']'
+        ('"ADM-CID"0001R0L0#1234[#1234|1101 01 015]_14:12:04,13-25-2025', "bad_timestamp"),
+    ):
+        with pytest.raises(dc09.Dc09Error) as refused:
+            dc09.parse(f"{dc09.crc_hex(damaged)}{len(damaged):04X}{damaged}", {"5678": KEY})
+        assert refused.value.reason == reason
     # keys are held by account in upper case: a panel writing its account in lower case
     sent = dc09.build("SIA-DCS", 1, "5a7b", "#5a7b|NMA1", key=KEY, now=datetime.now(UTC))
     assert dc09.parse(sent.decode("latin-1").strip("\n\r"), {"5A7B": KEY}).data == "#5a7b|NMA1"

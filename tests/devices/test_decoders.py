@@ -83,6 +83,28 @@ def test_gateway_line_names_the_station_and_button_is_sos() -> None:
     assert sos.raw.hex().upper() == BTHOME_PRESS
 
 
+def test_a_ble_gateway_line_is_read_as_the_definition_says() -> None:
+    """The second button of a two-button band raises the SOS though the first reports
+    nothing; an iBeacon is seen when no UUIDs are listed, and only those listed when some
+    are; a MAC two digits long is refused; an rssi of ``true`` is no signal strength."""
+    d = ble()
+    two_buttons = "020106" + "0A16D2FC40002B3A003A01"
+    out = d.decode(line({"mac": "C30000000010", "rssi": -61, "rawData": two_buttons}))
+    assert [e.kind for e in out.events] == [Kind.SEEN, Kind.SOS]
+    uuid = "E2C56DB5DFFB48D2B060D0F5A71096E0"
+    beacon = "0201061AFF4C000215" + uuid + "0001" + "0002" + "C5"
+    (seen,) = d.decode(line({"mac": "C30000000011", "rssi": -61, "rawData": beacon})).events
+    assert (seen.ids["uuid"], seen.ids["minor"]) == (uuid, 2)
+    spec = definition("minew-ble-jsonlines").jsonlines
+    assert spec is not None
+    listed = JsonLinesDecoder(spec.model_copy(update={"ibeacon_uuids": ["00" * 16]}))
+    assert listed.decode(line({"mac": "C30000000011", "rssi": -61, "rawData": beacon})).events == ()
+    long_mac = {"mac": "C3:00:00:00:00:12:34", "rssi": -61, "rawData": BTHOME_PRESS}
+    assert d.decode(line(long_mac)).rejects[0].reason == "bad_field"
+    no_rssi = d.decode(line({"mac": "C30000000013", "rssi": True, "rawData": BTHOME_PRESS}))
+    assert {e.rssi for e in no_rssi.events} == {None}
+
+
 def test_a_bthome_press_that_is_encrypted_or_not_version_2_raises_no_alarm() -> None:
     """Its bytes are not the objects they look like: an encrypted advert is seen, nothing
     more, and another BTHome version is not ours at all."""

@@ -227,6 +227,19 @@ def test_a_sia_block_whose_event_code_cannot_be_read_is_refused() -> None:
         assert "Li" not in out.rejects[0].detail
 
 
+def test_a_sia_message_is_taken_only_from_its_data_block() -> None:
+    """A first block that is not ``N`` is refused whole; a block other than ``N`` or ``A``
+    after it is counted beside the event; an event without a zone is the panel's zone 0."""
+    codes = definition("dc09-receiver").sia_codes
+    out = decode_dcs("#1234|XMA015", codes, b"", 1, {})
+    assert out.events == () and [r.reason for r in out.rejects] == ["bad_format"]
+    out = decode_dcs("#1234|NMA015|Xjunk", codes, b"", 1, {})
+    assert [e.device for e in out.events] == ["1234-015"]
+    assert [r.reason for r in out.rejects] == ["bad_format"]
+    (alarm,) = decode_dcs("#1234|NMA", codes, b"", 1, {}).events
+    assert alarm.device == "1234-0"
+
+
 def test_binary_unknown_command_event_and_short_payload() -> None:
     spec = definition("aa55-reference").binary
     assert spec is not None

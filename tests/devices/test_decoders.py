@@ -13,7 +13,8 @@ from gateway.devices.decoders.sia import decode_dcs
 from gateway.devices.definitions import BinarySpec, CodeMap, DefinitionFile
 from gateway.devices.events import to_event
 from gateway.devices.framers.binary import encode_frame
-from gateway.devices.model import Kind
+from gateway.devices.framers.espa import ETX
+from gateway.devices.model import Decoded, Kind
 from gateway.devices.simulate import espa_block
 from gateway.events import compact_json
 from tests.devices.conftest import definition
@@ -260,6 +261,22 @@ def test_a_binary_frame_one_byte_short_is_refused_not_read_into_its_checksum() -
     short = encode_frame(spec.framing, bytes.fromhex("01 A1B2C3D4E5F6 02 C6"))
     out = BinaryDecoder(spec).decode(short)
     assert out.events == () and out.rejects[0].reason == "short_payload"
+
+
+def test_an_espa_block_is_a_call_only_when_it_is_one() -> None:
+    """A call needs header 1 or 4, one-character data ids, its ETX and a call address;
+    anything else raises no call (a status block is acknowledged, the rest refused)."""
+    spec = definition("espa444-nurse-call").espa
+    assert spec is not None
+    assert len(decode_block(espa_block([("1", "0301")]), spec).events) == 1
+    assert decode_block(espa_block([("1", "0301")], header="2"), spec) == Decoded()
+    for damaged in (
+        espa_block([("1", "0301")]).replace(bytes([ETX]), b"5"),
+        espa_block([("1", "0301"), ("12", "x")]),
+        espa_block([("1", ""), ("2", "SOS")]),
+    ):
+        out = decode_block(damaged, spec)
+        assert out.events == () and [r.reason for r in out.rejects] == ["bad_format"]
 
 
 def test_espa_gbk_text_and_invalid_text_keeps_the_call() -> None:

@@ -778,3 +778,14 @@ def test_a_stored_answer_that_does_not_open_refuses_the_repeat_without_applying_
         assert again is not None and again["status"] == "error"
         assert again["message"].startswith("already applied; its stored answer does not open")
         assert ping.applied == ["t-1"] and downlink.errors["unreadable_record"] == 1
+
+
+def test_an_op_name_is_up_to_64_characters_on_this_gateway_s_request_topic() -> None:
+    """As the contract says: each dot-separated part begins with a letter; anything else is
+    no op of ours and goes unanswered."""
+    topics = Topics("care", "site-1", "gw-1")
+    longest = "a" * 64
+    assert topics.op_of(f"care/site-1/gw-1/request/{longest}") == longest
+    assert topics.op_of(f"care/site-1/gw-1/request/{longest}a") is None
+    assert topics.op_of("care/site-1/gw-1/request/1face.enrol") is None
+    assert topics.op_of("care/site-1/gw-2/request/face.enrol") is None

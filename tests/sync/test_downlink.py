@@ -473,6 +473,15 @@ def test_one_request_larger_than_the_cap_is_taken_when_none_waits(tmp_path: Path
         assert json.loads(sent[0].payload)["message"].startswith("request: Additional")
 
 
+def test_a_request_of_exactly_the_largest_size_is_applied(tmp_path: Path) -> None:
+    cfg = DownlinkSection(max_payload_bytes=4096)
+    with downlink_alone(tmp_path, lambda _r: Reply({"pong": True}), cfg) as (downlink, sent):
+        request = b'{"transaction": "t-1"}'.ljust(4096)  # whitespace is JSON too
+        downlink.received("eldercare/s/g/request/ping", request)
+        eventually(lambda: len(sent) == 1)
+        assert json.loads(sent[0].payload)["status"] == "ok"
+
+
 def test_a_refusal_never_quotes_the_request_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

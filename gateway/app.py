@@ -23,6 +23,7 @@ from gateway.lifecycle import (
     Service,
     StartupError,
     Supervisor,
+    name_native_threads,
     sd_notify,
     watchdog_interval_s,
 )
@@ -208,8 +209,10 @@ def watch(gw: Gateway, interval: float) -> None:
 
     retrying = Periodic("retry", interval, gw.retry)  # a failing retry is logged, not the end
     retrying.start()
+    name_native_threads()
     try:
         while not gw.stop_event.wait(interval):
+            name_native_threads()  # threads a retried start began
             bad = gw.supervisor.unhealthy()
             if bad:
                 log.error("unhealthy: %s; not pinging the watchdog", ", ".join(bad))

@@ -189,6 +189,28 @@ def watchdog_interval_s() -> float | None:
         return None
 
 
+_named: dict[int, str] = {}
+
+
+def name_native_threads() -> None:
+    """Give each thread's kernel name (``top -H``, ``ps -L``, /proc/PID/task/TID/comm) its
+    Python name, cut to the kernel's 15 bytes: otherwise every thread is called ``gateway``
+    and a thread that burns CPU or wakes too often cannot be told from the others. Cheap
+    enough for the main loop's tick: only threads not named before are written."""
+    alive = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    for tid in [tid for tid in _named if tid not in alive]:
+        del _named[tid]
+    for tid, name in alive.items():
+        if _named.get(tid) == name:
+            continue
+        _named[tid] = name
+        try:
+            with open(f"/proc/self/task/{tid}/comm", "wb") as comm:
+                comm.write(name.encode("utf-8", "replace")[:15])
+        except OSError:  # not Linux, or the thread ended meanwhile
+            pass
+
+
 class Worker:
     """A named, non-daemon thread with an explicit stop.
 

@@ -18,6 +18,7 @@ from gateway.lifecycle import (
     Periodic,
     StartupError,
     Supervisor,
+    name_native_threads,
     sd_notify,
     watchdog_interval_s,
 )
@@ -305,3 +306,16 @@ def test_the_watchdog_is_pinged_while_a_slow_start_is_tried_again(
             watching.join()
             gw.stop()
     assert log == ["start vision", "stop vision"]  # the stop waited for the start, stopped it
+
+
+def test_threads_carry_their_names_in_the_kernel_for_top_and_ps() -> None:
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, name="uplink-publisher-2")
+    thread.start()
+    try:
+        name_native_threads()
+        comm = Path(f"/proc/self/task/{thread.native_id}/comm").read_text().strip()
+    finally:
+        release.set()
+        thread.join()
+    assert comm == "uplink-publishe"  # the kernel keeps 15 bytes

@@ -259,6 +259,16 @@ def play(master: int, plan: list[tuple[float, bytes, Any]]) -> dict[Any, float]:
     return sent
 
 
+def stop_gateway(proc: subprocess.Popen[Any]) -> None:
+    """As systemd stops it; killed if it has not gone within a minute."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
@@ -314,12 +324,7 @@ def one_run(
         print((work / f"{gateway_id}.log").read_text()[-3000:], file=sys.stderr)
         raise
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_gateway(proc)
         log.close()
         platform_.close()
         os.close(master)

@@ -8,7 +8,7 @@ import multiprocessing as mp
 import random
 from pathlib import Path
 
-from bench import backbone, devices, mixed, stop, vision
+from bench import backbone, devices, idle, mixed, stop, vision
 from tests.support.broker import Mosquitto
 
 
@@ -42,3 +42,9 @@ def test_the_mixed_load_benchmark_runs(tmp_path: Path, mosquitto: Mosquitto) -> 
     args = argparse.Namespace(seconds=2.0, bands=5)
     run = mixed.one_run(tmp_path, enrolled, mosquitto.port, mixed.Row(15.0), args=args, n=0)
     assert run["sos"] > 0 and run["missing"] == 0 and 0 < run["p50"] <= run["max"]
+
+
+def test_the_idle_benchmark_runs(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    args = argparse.Namespace(seconds=1.0, settle=0.0, alarms=1)
+    run = idle.one_run(tmp_path, mosquitto.port, None, args, 0)
+    assert run["switches"] > 0 and run["lost"] == 0 and "store-writer" in run["threads"]

@@ -266,6 +266,8 @@ class Gallery:
         self._look_alikes: dict[str, tuple[str, ...]] = {}
         self.damaged: tuple[str, ...] = ()  # elders with a row that fails to decrypt
         self._generation = -1
+        # the gallery's files as last seen, and the generation they held (None: open to know)
+        self._unchanged: tuple[tuple[tuple[int, int, int, int] | None, ...], int] | None = None
         self._held = threading.local()  # this thread's connection inside ``writing``
         try:  # anyone who may write there could swap in a gallery and key of their own
             private_dir(self.db_path.parent)
@@ -476,11 +478,22 @@ class Gallery:
         return report
 
     def refresh_if_changed(self) -> bool:
-        """Reload when another process (enrolment) has written since the last load."""
-        if self.generation() == self._generation:
+        """Reload when another process (enrolment) has written since the last load.
+
+        The counter asks every few seconds all day. Opening the file creates SQLite's side
+        files and deletes them at the close, writes to the card each time for nothing: a file
+        and log unchanged since the last look (``_file_stamp``) are not opened again."""
+        stamp = _file_stamp(self.db_path)
+        if stamp is not None and (stamp.files, self._generation) == self._unchanged:
             return False
-        self.reload()
-        return True
+        changed = self.generation() != self._generation
+        if changed:
+            self.reload()
+        # a write in the same tick as this look may leave no other trace in the stamp: a
+        # stamp that recent is checked again, by opening the file, at the next look
+        quiet = stamp is not None and not stamp.recent()
+        self._unchanged = (stamp.files, self._generation) if quiet and stamp is not None else None
+        return changed
 
     def search(self, probe: np.ndarray, k: int = 3, exclude: str | None = None) -> SearchResult:
         return self._snapshot.search(probe, k, exclude)
@@ -869,6 +882,41 @@ def _advance(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) 
     result = work(conn)
     conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
     return before, result
+
+
+RACY_S = 2.0  # a file written less than this before it was looked at may change unseen
+
+
+class _Stamp(NamedTuple):
+    """The gallery file and its write-ahead log as the file system shows them: any commit
+    changes one of them (the log while it is there, the file at the checkpoint)."""
+
+    files: tuple[tuple[int, int, int, int] | None, ...]
+    newest_ns: int
+    taken_ns: int
+
+    def recent(self) -> bool:
+        return self.taken_ns - self.newest_ns < RACY_S * 1e9
+
+
+def _file_stamp(db_path: Path) -> _Stamp | None:
+    """Inode, size and change times of the gallery and of its log (None: no log); None if
+    the gallery cannot be looked at (the open then says why)."""
+    taken_ns = time.time_ns()
+    files: list[tuple[int, int, int, int] | None] = []
+    for path in (db_path, db_path.with_name(db_path.name + "-wal")):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            if path == db_path:
+                return None
+            files.append(None)
+            continue
+        except OSError:
+            return None
+        files.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    newest = max(max(f[2], f[3]) for f in files if f is not None)
+    return _Stamp(tuple(files), newest, taken_ns)
 
 
 def _generation(conn: sqlite3.Connection) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.keys import create_key
+from gateway.vision import gallery as gallery_module
 from gateway.vision.embed import l2_normalise
 from gateway.vision.errors import GalleryError
 from gateway.vision.gallery import Gallery, Snapshot, erase
@@ -597,3 +598,25 @@ def test_a_full_disk_is_named_as_such_and_the_gallery_is_left_as_it_was(small_di
 
     filler.unlink()
     assert Gallery.open(db, key, MODEL).snapshot.elders == ("elder-a",)
+
+
+def _written_by_this_thread() -> int:
+    for line in Path("/proc/thread-self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise AssertionError("no write_bytes in /proc/thread-self/io")
+
+
+def test_a_counter_looking_for_enrolments_at_rest_writes_nothing_to_the_card(
+    gallery: Gallery, paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gallery_module, "RACY_S", 0.2, raising=False)  # fine-grained times
+    gallery.add("elder-a", _vectors(1, 1))
+    time.sleep(0.3)
+    gallery.refresh_if_changed()  # the first look opens the file
+    before = _written_by_this_thread()
+    assert not any(gallery.refresh_if_changed() for _ in range(5))
+    os.sync()
+    assert _written_by_this_thread() == before
+    Gallery.open(*paths, MODEL).add("elder-b", _vectors(1, 2))
+    assert gallery.refresh_if_changed() and "elder-b" in gallery.snapshot.elders

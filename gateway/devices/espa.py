@@ -93,6 +93,12 @@ class EspaSession(PortHandler):
             self._neutral()
         super().on_idle(at)
 
+    def idle_due(self, at: float) -> float:
+        due = super().idle_due(at)
+        if self.state != "neutral" and self.last_rx is not None:
+            due = min(due, self.spec.response_timeout_s - (at - self.last_rx))
+        return due
+
     def on_down(self, reason: str) -> None:
         """The outage ends the session: a block cut by it is owed no NAK (none could go out),
         and after it a poll is a poll, not the selection of a session the master gave up."""

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
+import select
 import socket
 import termios
 import threading
@@ -56,6 +58,8 @@ class LinkSink(Protocol):
     def on_data(self, data: bytes, at: float) -> None: ...
 
     def on_idle(self, at: float) -> None: ...
+
+    def idle_due(self, at: float) -> float: ...
 
 
 def _parity_tables(odd: bool) -> tuple[bytes, bytes]:
@@ -100,6 +104,7 @@ class SerialSettings:
 
 SerialPort = serial.Serial
 WRITE_TIMEOUT_S = 1.0
+IDLE_WAKE_S = 1.0  # a quiet line wakes the reader at least this often (its sink's ``idle_due``)
 
 
 def open_port(
@@ -125,6 +130,19 @@ def open_port(
         port.formatter.output = capture
     port.open()
     return port
+
+
+def _poll(port: SerialPort, wake_r: int) -> select.poll | None:
+    """A poll on the port's file descriptor and the reader's wake-up pipe; None for a port
+    that has no descriptor (``loop://``, ``rfc2217://``)."""
+    try:
+        fd = port.fileno()
+    except (AttributeError, NotImplementedError, serial.SerialException, OSError):
+        return None
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    poll.register(wake_r, select.POLLIN)
+    return poll
 
 
 def split_capture(url: str) -> tuple[str, str | None]:
@@ -272,7 +290,9 @@ class SerialLink:
         self._now = now
         self._parity = SoftwareParity(settings)
         self.stats = LinkStats()
-        self._worker = Worker(f"link-{name}", self._run)
+        self._worker = Worker(f"link-{name}", self._run, wake=self._wake)
+        self._wake_lock = threading.Lock()
+        self._wake_w: int | None = None  # the reader's wake-up pipe, while it runs
         self._stop = self._worker.stopping
         self._port: serial.Serial | None = None
         self._url, self._capture_path = split_capture(url)
@@ -318,7 +338,26 @@ class SerialLink:
 
     # ---- the reader thread ----------------------------------------------------------------
 
+    def _wake(self) -> None:
+        """A reader asleep on a quiet line hears the stop at once."""
+        with self._wake_lock:
+            if self._wake_w is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_w, b"\0")
+
     def _run(self, _stopping: threading.Event) -> None:
+        wake_r, wake_w = os.pipe()
+        with self._wake_lock:
+            self._wake_w = wake_w
+        try:
+            self._serve(wake_r)
+        finally:
+            with self._wake_lock:
+                self._wake_w = None
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _serve(self, wake_r: int) -> None:
         delay = self.reopen_min_s
         while not self._stop.is_set():
             port = self._open()
@@ -327,7 +366,7 @@ class SerialLink:
                 delay = min(delay * 2, self.reopen_max_s)
                 continue
             opened = self._now()
-            reason = self._read(port)
+            reason = self._read(port, wake_r)
             with self._write_lock:
                 self._port = None
             with contextlib.suppress(serial.SerialException, OSError):
@@ -466,14 +505,28 @@ class SerialLink:
             log.warning("port %s: %s; reopening with backoff", self.name, reason)
             self._notify(self.sink.on_down, reason)
 
-    def _read(self, port: serial.Serial) -> str:
-        """Read until stopped (returns "") or the port fails (returns why)."""
+    def _read(self, port: serial.Serial, wake_r: int) -> str:
+        """Read until stopped (returns "") or the port fails (returns why).
+
+        Once a read has found nothing, the line is slept on until its sink has something to
+        do when idle (``idle_due``, at most ``IDLE_WAKE_S``), not woken every read timeout:
+        bytes, or the stop, end the sleep at once. A busy line is read as it always was, and a
+        port without a file descriptor (``loop://``) with the read timeout."""
+        poll = _poll(port, wake_r)
+        quiet = False
         while not self._stop.is_set():
             try:
+                if poll is not None and quiet:
+                    if not poll.poll(math.ceil(self._idle_wait() * 1000)):
+                        self._notify(self.sink.on_idle, self._now())
+                        continue
+                    if self._stop.is_set():
+                        break
                 data = port.read(port.in_waiting or 1)
             except (serial.SerialException, OSError) as exc:
                 return f"read: {exc}"
             now = self._now()
+            quiet = not data
             if data:
                 self.stats.bytes_in += len(data)
                 data = self._parity.decode(data)
@@ -483,6 +536,15 @@ class SerialLink:
             else:
                 self._notify(self.sink.on_idle, now)
         return ""
+
+    def _idle_wait(self) -> float:
+        try:
+            due = self.sink.idle_due(self._now())
+        except Exception:  # as a handler's failure: counted, and the port keeps reading
+            self.stats.errors += 1
+            log.exception("port %s: handler failed", self.name)
+            due = 0.0
+        return min(IDLE_WAKE_S, max(self.read_timeout_s, due))
 
     def _notify(self, fn: Callable[..., None], *args: Any) -> None:
         # The boundary of the reader thread: a bug in one frame's handling is logged and

@@ -8,6 +8,7 @@ JSON-lines gateways, Contact ID receivers). ESPA has a session and lives in espa
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -98,6 +99,18 @@ class PortHandler:
         if self.silence_s is not None and not self.silent and idle >= self.silence_s:
             self.silent = True
             self._status("silent", idle, f"no bytes for {idle:.0f} s")
+
+    def idle_due(self, at: float) -> float:
+        """Seconds until ``on_idle`` may have something to do (a partial frame to drop, a
+        silence to report); inf if nothing: the link sleeps that long on a quiet line."""
+        if self.last_rx is None:
+            return 0.0
+        due = math.inf
+        if self.framer.pending:
+            due = self.frame_timeout_s - self._partial_age(at)
+        if self.silence_s is not None and not self.silent:
+            due = min(due, self.silence_s - (at - self.last_rx))
+        return due
 
     def _status(self, state: str, gap_s: float | None, reason: str) -> None:
         r = self.recorder

@@ -598,3 +598,29 @@ def test_a_station_not_heard_for_30_s_is_reported_by_default(store: Store) -> No
     assert silence("espa444-nurse-call") == 120.0
     assert silence("contact-id-serial") is None
     assert silence("aa55-reference", silence_s=300.0) == 300.0
+
+
+def _wakeups(thread_id: int) -> int:
+    status = Path(f"/proc/self/task/{thread_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_a_quiet_line_lets_its_reader_sleep_and_an_alarm_still_wakes_it(
+    tmp_path: Path, store: Store
+) -> None:
+    pty = Pty(tmp_path / "ttyBASE")
+    service = started_station(store, str(pty.path), reopen_max_s=1.0)
+    try:
+        eventually(lambda: service.link.stats.state == "up")
+        reader = next(t for t in threading.enumerate() if t.name == "link-ward-a")
+        assert reader.native_id is not None
+        before = _wakeups(reader.native_id)
+        time.sleep(2.0)
+        slept = _wakeups(reader.native_id) - before  # was 40: a read timeout of 50 ms
+        pty.write(SOS)
+        eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+    finally:
+        service.stop()
+        pty.close()
+    assert slept <= 6
+    assert not reader.is_alive()

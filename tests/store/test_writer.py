@@ -594,3 +594,28 @@ def test_a_second_of_sightings_writes_a_few_kib_to_the_sd_card(make_store: Store
         grown.append(wal.stat().st_size - before)
     assert sorted(grown[3:])[3] <= 32 * 1024, grown  # the median second, once pages are reused
     assert not any(page.count(0) == len(page) for page in wal_frames(store.path, created))
+
+
+def test_a_quiet_journal_is_not_written_by_housekeeping_but_its_running_time_is_saved(
+    make_store: StoreFactory, clock: ManualClock, tmp_path: Path
+) -> None:
+    store = make_store()
+
+    def files() -> list[tuple[str, int, int]]:
+        return [
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(tmp_path.glob("g.db*"))
+        ]
+
+    def saved_running_time() -> int:
+        with contextlib.closing(sqlite3.connect(tmp_path / "g.db")) as conn:
+            return int(conn.execute("SELECT value FROM meta WHERE key = 'steady_ms'").fetchone()[0])
+
+    store.record(Event(SEEN, sighting(1)))  # the last event of a busy hour
+    before, saved = files(), saved_running_time()
+    for _ in range(6):  # a minute of a quiet site, housekept every 10 s
+        clock.advance(10_000)
+        store.housekeep()
+    assert files() == before and saved_running_time() == saved
+    clock.advance(240_000)  # five minutes: what a power cut may lose of the running time
+    store.housekeep()
+    assert saved_running_time() == store.steady_ms() == saved + 300_000

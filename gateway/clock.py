@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import subprocess
 import threading
@@ -64,12 +65,17 @@ class _Timex(ctypes.Structure):
 _TIME_ERROR = 5
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Found once: ``find_library`` runs ``ldconfig -p``, a process, at every call."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def kernel_synced() -> bool:
     """adjtimex(2) returns TIME_ERROR while the kernel considers the clock unsynchronised;
     timesyncd and chrony both clear it once they have a good source."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     tx = _Timex()
-    state = libc.adjtimex(ctypes.byref(tx))
+    state = _libc().adjtimex(ctypes.byref(tx))
     return bool(state >= 0 and state != _TIME_ERROR)
 
 

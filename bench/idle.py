@@ -7,8 +7,9 @@ Each run starts ``gateway run`` (a subprocess) with a real mosquitto on a free p
 wristband base station on a pty that stays silent, and, per row, no camera, a counter camera
 replaying an empty folder, or one replaying a photo with no face in it (at the default 15 fps),
 the models from $GATEWAY_MODELS_DIR. Default intervals otherwise (health every 30 s). Once a
-health message shows it connected, and a few seconds later, the gateway's /proc entries are
-read at the start and the end of the window: CPU (utime + stime of /proc/PID/stat and of each
+health message shows it connected, and ``--settle`` s later (the start's commits checkpointed),
+the gateway's /proc entries are read at the start and the end of the window: CPU (utime +
+stime of /proc/PID/stat, with the processes it started and waited for, and of each
 /proc/PID/task/TID/stat), context switches (voluntary + involuntary, /proc/.../status; a
 thread's wake-ups), bytes written to storage (write_bytes of /proc/.../io) and, from a
 subscriber on the broker, the MQTT messages it published. Threads are named by their kernel
@@ -112,9 +113,11 @@ def _status_switches(path: Path) -> int:
     return total
 
 
-def _stat_cpu(path: Path) -> float:
+def _stat_cpu(path: Path, children: bool = False) -> float:
+    """CPU seconds of a process or thread; ``children``: with the processes it waited for."""
     fields = path.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    ticks = sum(int(f) for f in fields[11 : 15 if children else 13])
+    return ticks / TICK
 
 
 def _written(path: Path) -> int:
@@ -138,7 +141,7 @@ def sample(pid: int) -> Sample:
         switches += sw
         was = threads.get(name, (0.0, 0, 0))
         threads[name] = (was[0] + cpu, was[1] + sw, was[2] + wr)
-    return Sample(_stat_cpu(proc / "stat"), switches, _written(proc / "io"), threads)
+    return Sample(_stat_cpu(proc / "stat", children=True), switches, _written(proc / "io"), threads)
 
 
 @dataclass
@@ -247,7 +250,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=60.0, help="idle window per run")
-    parser.add_argument("--settle", type=float, default=8.0, help="after the first health")
+    parser.add_argument("--settle", type=float, default=35.0, help="after the first health")
     parser.add_argument("--alarms", type=int, default=10, help="SOS after the window, per run")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     args = parser.parse_args()

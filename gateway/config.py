@@ -165,8 +165,8 @@ class StoreSection(Strict):
         ge=1,
         le=3600,
         description="How often TTLs, journal retention and the P2 quota are applied: in "
-        "commits of at most batch_max_rows rows each, until done. Each pass commits, "
-        "so a shorter interval only wears the SD card.",
+        "commits of at most batch_max_rows rows each, until done. A pass that finds "
+        "something to remove commits, so a shorter interval only wears the SD card.",
     )
     lanes: LanesSection = LanesSection()
 

@@ -190,10 +190,13 @@ class DevicesSection(Strict):
 
 
 def _device(url: str) -> str:
-    """The device a port's URL reads: a device path, a udev link to it (``/dev/serial/by-id``)
-    and a ``spy://`` URL of either are one device, the one the second port could not open."""
+    """The device a port's URL names: a ``spy://`` URL reads the same device as its path. Paths
+    are compared as written, not where their links lead now: /dev changes under a running
+    site (an adapter replugged, a stale link to a reused pty), and a config must not fail to
+    load over it, taking every station down. Two names that lead to one adapter while the
+    gateway runs are told apart by the ports themselves (``AdapterClaims`` in link.py)."""
     path = url.removeprefix("spy://").partition("?")[0]
-    return os.path.realpath(path) if path.startswith("/") else url
+    return os.path.normpath(path) if path.startswith("/") else url
 
 
 def _repeated(items: list[str]) -> list[str]:

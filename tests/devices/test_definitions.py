@@ -227,22 +227,35 @@ def test_two_readers_of_one_device_or_one_port_are_refused() -> None:
     assert len(DevicesSection.model_validate(apart).dc09) == 2  # 0: any free port
 
 
-def test_two_ports_on_one_device_under_two_names_are_refused(tmp_path: Path) -> None:
-    """/dev/ttyUSB0 and the udev link to it (or a spy:// capture of either) are one device: the
-    second port could never open it (it is locked), and would stay down with its station."""
-    device = tmp_path / "ttyUSB0"
-    device.touch()
-    alias = tmp_path / "usb-FTDI_FT232R_A10K1234-if00-port0"
-    alias.symlink_to(device)
+def test_two_ports_on_one_path_written_two_ways_are_refused(tmp_path: Path) -> None:
+    """A path and a spy:// capture of it, or the path written with a ./ in it, are one device:
+    the second port could never open it (it is locked), and would stay down with its station."""
     port = {"definition": "aa55-reference.toml"}
     ports = [
-        {"name": "ward-a", "url": str(device), **port},
-        {"name": "ward-b", "url": f"spy://{alias}?file={tmp_path / 'capture.txt'}", **port},
+        {"name": "ward-a", "url": str(tmp_path / "ttyUSB0"), **port},
+        {"name": "ward-b", "url": f"spy://{tmp_path}/./ttyUSB0?file={tmp_path / 'c.txt'}", **port},
         {"name": "ward-c", "url": str(tmp_path / "ttyUSB1"), **port},
     ]
     with pytest.raises(ValueError, match=r"two ports read the same device: ward-a .*, ward-b "):
         DevicesSection.model_validate({"ports": ports})
     assert len(DevicesSection.model_validate({"ports": ports[::2]}).ports) == 2
+
+
+def test_a_config_loads_whatever_the_device_links_lead_to_now(tmp_path: Path) -> None:
+    """Two ports whose links lead to one device node at this moment (a stale link to a pty
+    number reused, an adapter replugged under the other's kernel name) still load: a config
+    error would take every station down until /dev changes. The ports tell such a clash apart
+    when they open (see test_link)."""
+    node = tmp_path / "pts-0"
+    node.touch()
+    for name in ("ttyWRIST", "ttyESPA"):
+        (tmp_path / name).symlink_to(node)
+    port = {"definition": "aa55-reference.toml"}
+    ports = [
+        {"name": "wristbands", "url": str(tmp_path / "ttyWRIST"), **port},
+        {"name": "nursecall", "url": str(tmp_path / "ttyESPA"), **port},
+    ]
+    assert len(DevicesSection.model_validate({"ports": ports}).ports) == 2
 
 
 def test_a_dc09_receiver_that_would_listen_on_neither_tcp_nor_udp_is_refused() -> None:

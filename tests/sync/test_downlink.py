@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import gateway.sync.downlink as downlink_module
 from gateway.app import Gateway
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
@@ -381,6 +383,41 @@ def test_a_repeat_sent_before_the_first_response_was_stored_is_answered_from_it(
         assert json.loads(sent[0].payload)["message"].startswith("not known whether applied")
         assert again is not None and again["status"] == "ok" and again["repeat"] is True
         assert "store" not in downlink.errors
+
+
+def test_the_newest_answers_outlive_a_prune_of_remembered_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``remember_transactions`` the oldest answers are forgotten, never the newest: a
+    transaction answered just before (or by the very commit of) a prune is still answered
+    from its record when sent again, not applied a second time."""
+    monkeypatch.setattr(downlink_module, "PRUNE_EVERY", 10)
+    keep = 100
+    applied: list[str] = []
+
+    def ping(request: Mapping[str, Any]) -> Reply:
+        applied.append(str(request["transaction"]))
+        return Reply({"pong": True})
+
+    def send(downlink: Downlink, txn: str) -> dict[str, Any]:
+        body = json.dumps({"transaction": txn}).encode()
+        reply = downlink.handle("eldercare/s/g/request/ping", body)
+        assert reply is not None and reply["status"] == "ok", reply
+        return reply
+
+    cfg = DownlinkSection(remember_transactions=keep)
+    with downlink_alone(tmp_path, ping, cfg) as (downlink, _sent):
+        for n in range(1, keep + 11):  # the 110th commit prunes down to the newest 100
+            send(downlink, f"t-{n}")
+            if n == 10:
+                time.sleep(0.005)  # answers are ordered by the millisecond: none shares t-10's
+        assert state(tmp_path / "gateway.db")[0] == keep
+        applied.clear()
+        for txn in (f"t-{keep + 10}", f"t-{keep + 9}", "t-11"):
+            assert send(downlink, txn).get("repeat") is True, txn
+        assert applied == []
+        assert "repeat" not in send(downlink, "t-1")  # the oldest was forgotten: applied anew
+        assert applied == ["t-1"]
 
 
 def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> None:

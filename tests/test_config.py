@@ -344,3 +344,16 @@ def test_face_settings_that_would_leave_elders_never_recognised_are_refused(
     }
     ok = "[vision.decision]\nsame_person = 0.4\ncooldown_s = 43200\n"
     assert load_config(write(tmp_path, ok)).config.vision.decision.same_person == 0.4
+
+
+def test_a_detector_score_that_would_find_no_face_at_the_counter_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Real frontal faces at the counter's smallest passing size score under 0.999 four times
+    in five: such a setting would turn nearly every frame into `no_face`, without a word."""
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, "[vision]\ndetector_score = 0.999\n"))
+    got = {(i.key, i.line): i.message for i in err.value.issues}
+    assert got == {("vision.detector_score", 2): "Input should be less than or equal to 0.95"}
+    ok = "[vision]\ndetector_score = 0.95\n"
+    assert load_config(write(tmp_path, ok)).config.vision.detector_score == 0.95

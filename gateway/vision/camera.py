@@ -144,12 +144,21 @@ class ImageFolder:
         self._reported: set[Path] = set()  # unusable photos said once, not at every loop
 
     def open(self) -> None:
-        if not self.folder.is_dir():
-            raise CameraError(f"{self.folder}: not a folder")
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self._reported.clear()
+        self._list()
+
+    def _list(self) -> None:
+        """The folder's photos as they are now: also at each loop start, so photos added
+        while a replay loops are shown and photos taken away are no longer asked for."""
+        try:
+            listed = list(self.folder.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            raise CameraError(f"{self.folder}: not a folder") from None
+        except OSError as exc:
+            raise CameraError(f"{self.folder}: cannot be listed: {exc.strerror}") from None
+        self.files = sorted(p for p in listed if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise CameraError(f"{self.folder}: no photos")
-        self._reported.clear()
         self._plan = []
         for f in self.files:
             self._plan += [f] * self.hold + [None] * self.gap
@@ -159,7 +168,7 @@ class ImageFolder:
         if self._pos >= len(self._plan):
             if not self.loop:
                 raise EndOfStream(self.name)
-            self._pos = 0
+            self._list()
         item = self._plan[self._pos]
         self._pos += 1
         if item is None:

@@ -63,7 +63,9 @@ class CameraSection(Strict):
     replay_gap_s: float = Field(
         1.0, ge=0, le=60, description="Image folder: empty frames between photos."
     )
-    replay_loop: bool = Field(False, description="Image folder: start again at the end.")
+    replay_loop: bool = Field(
+        False, description="Image folder: start again at the end, with the photos it then holds."
+    )
     reopen_min_s: float = Field(
         0.5, gt=0, le=60, description="First delay before reopening a lost camera; doubles."
     )

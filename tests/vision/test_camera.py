@@ -24,7 +24,7 @@ from gateway.vision.camera import (
     open_source,
 )
 from gateway.vision.config import CameraSection
-from gateway.vision.images import read_image
+from gateway.vision.images import fit_within, read_image
 from tests.support.deadpeer import Silent
 from tests.support.netcam import CameraServer, NetworkCamera
 from tests.support.rtspcam import RtspCamera
@@ -116,6 +116,28 @@ def test_an_unusable_photo_is_logged_once_however_often_the_replay_loops(
         source.read()
     assert source.bad_files == 4
     assert caplog.text.count("replay: photo 1 is not usable") == 1
+
+
+def test_a_looping_replay_shows_the_folder_as_it_is_at_each_loop_start(
+    photo_folder: Path, faces_dir: Path
+) -> None:
+    cfg = CameraSection(fps=10, replay_hold_s=0.1, replay_gap_s=0.0, replay_loop=True)
+    source = ImageFolder(photo_folder, cfg)
+    source.open()
+    first, _ = source.read()
+    shutil.copyfile(faces_dir / "deepface" / "img3.jpg", photo_folder / "img3.jpg")
+    (photo_folder / "img1.jpg").unlink()
+    second, _ = source.read()  # this loop goes on as it was listed
+
+    def shown(name: str) -> np.ndarray:
+        return fit_within(read_image(faces_dir / "deepface" / name), source.max_side)
+
+    assert first is not None and np.array_equal(first, shown("img1.jpg"))
+    assert second is not None and np.array_equal(second, shown("img2.jpg"))
+    third, fourth = source.read()[0], source.read()[0]  # the next loop, listed anew
+    assert third is not None and np.array_equal(third, shown("img2.jpg"))
+    assert fourth is not None and np.array_equal(fourth, shown("img3.jpg"))
+    assert source.bad_files == 0
 
 
 def test_a_replay_folder_taken_away_is_a_lost_camera_until_it_is_back(

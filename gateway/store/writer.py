@@ -440,6 +440,7 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             self._set_meta(conn, clean_stop=1, steady_ms=self.steady_ms())
             self._bump_counters(conn, dict(self._unsaved))
+        self._unsaved = Counter()  # saved: the store started again must not add them twice
 
     def _take_reserve(self) -> None:
         self.reserve.take(self._free_disk(self.path.parent), self.floor_bytes)

@@ -379,13 +379,11 @@ def test_telemetry_refused_on_a_full_disk_takes_no_pending_telemetry_with_it(
     assert reopened.usage[SEEN.lane].count == pending
 
 
-def test_an_alarm_the_full_disk_refuses_without_a_reserve_is_counted_refused(
-    small_disk: Path, make_store: StoreFactory
-) -> None:
-    """Its commit fails as a whole, the count with it: the refusal is counted all the same, in
-    health at once and in the database with the next commit that has room."""
-    store = make_store(small_disk / "g.db", min_free_disk_mb=0, reserve_mb=0)
-    filler = fill(small_disk)
+def alarms_refused_by_a_full_disk(make_store: StoreFactory, disk: Path) -> tuple[Store, int, Path]:
+    """A store without a reserve on ``disk``, recording alarms until the disk, filled by
+    another program, has refused over 100; how many it refused, and the filler."""
+    store = make_store(disk / "g.db", min_free_disk_mb=0, reserve_mb=0)
+    filler = fill(disk)
     refused = 0
     for n in range(200):
         try:
@@ -393,6 +391,15 @@ def test_an_alarm_the_full_disk_refuses_without_a_reserve_is_counted_refused(
         except StorageFull:
             refused += 1
     assert refused > 100
+    return store, refused, filler
+
+
+def test_an_alarm_the_full_disk_refuses_without_a_reserve_is_counted_refused(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """Its commit fails as a whole, the count with it: the refusal is counted all the same, in
+    health at once and in the database with the next commit that has room."""
+    store, refused, filler = alarms_refused_by_a_full_disk(make_store, small_disk)
     assert store.health()["counters"]["refused_p0"] == refused
 
     filler.unlink()
@@ -455,3 +462,19 @@ def test_a_write_that_finds_the_disk_full_gives_up_one_half_at_a_time(tmp_path: 
     with pytest.raises(sqlite3.OperationalError):
         reserve.with_room(record, alarms=False)
     assert path.stat().st_blocks * 512 == 2 * MB
+
+
+def test_a_refusal_saved_by_the_clean_stop_is_not_saved_again_after_a_restart(
+    small_disk: Path, make_store: StoreFactory
+) -> None:
+    """The clean stop writes the refusals the full disk kept from the database; the same
+    store started again must not write them a second time with its first commit."""
+    store, refused, filler = alarms_refused_by_a_full_disk(make_store, small_disk)
+    filler.unlink()
+    store.stop()
+    store.start()
+    store.record(Event(SOS, {"device": "after the restart"}))
+    assert store.health()["counters"]["refused_p0"] == refused
+    store.stop()
+    (p0, _, _) = read_stats(small_disk / "g.db").lanes
+    assert p0.refused == refused

@@ -158,6 +158,17 @@ def split_capture(url: str) -> tuple[str, str | None]:
     return (f"{base}?{'&'.join(kept)}" if kept else base), files[0]
 
 
+def _device_url(url: str) -> tuple[str, str, str]:
+    """A URL's device path between what comes before and after it (``spy://``, its options):
+    a ``spy://`` capture of an adapter reads that adapter like its plain path. An empty path
+    for a URL of no device (a serial server, ``loop://``)."""
+    prefix = "spy://" if url.startswith("spy://") else ""
+    path, mark, options = url.removeprefix(prefix).partition("?")
+    if not path.startswith("/"):
+        return "", "", ""
+    return prefix, path, mark + options
+
+
 def _close_port(port: SerialPort | None) -> None:
     """A port opened after its link stopped: nobody reads it."""
     if port is not None:
@@ -428,13 +439,14 @@ class SerialLink:
         it is absent, the configured URL, unless what is there is another port's adapter or
         one udev has not named yet, which may be another port's (refused, tried again with
         the backoff)."""
+        prefix, path, options = _device_url(self._url)
         for name in self._adapter:
             if os.path.exists(name):
-                return name
-        there = self._claims.names(self._url) if self._url.startswith("/") else ()
+                return prefix + name + options
+        there = self._claims.names(path) if path else ()
         if self._adapter and not there:
             raise serial.SerialException(
-                f"{self._adapter[0]} is not plugged in, nor a named adapter at {self._url}"
+                f"{self._adapter[0]} is not plugged in, nor a named adapter at {path}"
             )
         holder = self._claims.holder(there, self.name)
         if holder is not None:
@@ -447,16 +459,18 @@ class SerialLink:
     def _opened(self, target: str) -> None:
         """Claim the adapter opened, and for a kernel name remember it and say where it is when
         that is not the configured path. A udev link (by-id, by-path, a site's own rule) names
-        one adapter already, and a serial server or ``spy://`` URL has none."""
-        if not target.startswith("/"):
+        one adapter already, and a serial server has none."""
+        _, opened, _ = _device_url(target)
+        if not opened:
             return
-        names = self._claims.names(target) or self._adapter
+        names = self._claims.names(opened) or self._adapter
         self._claims.claim(self.name, names)
-        if not _KERNEL_NAME.fullmatch(os.path.basename(self._url)):
+        _, path, _ = _device_url(self._url)
+        if not _KERNEL_NAME.fullmatch(os.path.basename(path)):
             return
         self._adapter = names
-        moved: str | None = os.path.realpath(target)
-        if moved == os.path.realpath(self._url):
+        moved: str | None = os.path.realpath(opened)
+        if moved == os.path.realpath(path):
             moved = None
         elif moved != self.stats.device:
             log.warning(

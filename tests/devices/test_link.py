@@ -128,6 +128,13 @@ class Adapters:
         self._plugged.pop(serial_no).unplug()
         self._by_id(serial_no).unlink(missing_ok=True)
 
+    def unplug_hub(self, ports: list[PortService]) -> None:
+        """Every adapter pulled at once, once ``ports`` are all up; returns once all are down."""
+        eventually(lambda: all(p.link.stats.state == "up" for p in ports))
+        for serial_no in list(self._plugged):
+            self.pull(serial_no)
+        eventually(lambda: all(p.link.stats.state == "down" for p in ports))
+
     def _by_id(self, serial_no: str) -> Path:
         return self.by_id / f"usb-FTDI_FT232R_USB_UART_{serial_no}-if00-port0"
 
@@ -218,10 +225,7 @@ def test_another_ports_adapter_at_the_old_path_is_refused_until_the_own_is_back(
         ports = [usb.station(store, "ttyUSB0"), usb.station(store, "ttyUSB1", "ward-b")]
         first, second = ports
         try:
-            eventually(lambda: all(p.link.stats.state == "up" for p in ports))
-            usb.pull("A10K1234")
-            usb.pull("B20K5678")
-            eventually(lambda: all(p.link.stats.state == "down" for p in ports))
+            usb.unplug_hub(ports)
             theirs = usb.plug("B20K5678", "ttyUSB0")
             eventually(lambda: second.link.stats.state == "up", timeout=5)
             eventually(lambda: "port ward-b's adapter" in first.link.stats.last_error)
@@ -240,6 +244,35 @@ def test_another_ports_adapter_at_the_old_path_is_refused_until_the_own_is_back(
         ("ward-a", "A1B2C3D4E5F6"),
     ]
     assert [p.health()["link"]["opens"] for p in ports] == [2, 2]
+
+
+def test_a_port_captured_with_spy_keeps_its_adapter_and_follows_it(
+    tmp_path: Path, store: Store
+) -> None:
+    """The first station's port is captured (spy://ttyUSB0?file=...) while its adapter is
+    diagnosed. Both adapters are pulled and the first station's comes back first, as ttyUSB1:
+    the second port refuses it, and the captured port reads it there, into its capture."""
+    capture = tmp_path / "capture.txt"
+    with adapters(tmp_path) as usb:
+        usb.plug("A10K1234", "ttyUSB0")
+        usb.plug("B20K5678", "ttyUSB1")
+        url = f"spy://{usb.dev / 'ttyUSB0'}?file={capture}"
+        first = started_station(store, url, reopen_max_s=0.2, claims=usb.claims)
+        second = usb.station(store, "ttyUSB1", "ward-b")
+        ports = [first, second]
+        try:
+            usb.unplug_hub(ports)
+            ours = usb.plug("A10K1234", "ttyUSB1")
+            eventually(lambda: first.link.stats.state == "up", timeout=5)
+            ours.write(SOS)
+            eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
+            assert second.link.stats.state == "down"
+            assert "port ward-a's adapter" in second.link.stats.last_error
+        finally:
+            for port in ports:
+                port.stop()
+    assert [e["data"]["port"] for e in stored(store.path, "alarm.")] == ["ward-a"]
+    assert "A5 25" in capture.read_text().upper()
 
 
 def test_a_stopped_port_gives_up_its_adapter(tmp_path: Path, store: Store) -> None:

@@ -168,7 +168,7 @@ def test_an_adapter_back_under_another_kernel_name_is_read_there(
             eventually(lambda: service.link.stats.state == "down")
             back = usb.plug("A10K1234", "ttyUSB1")
             where = os.path.realpath(back.path)  # the tty udev's names lead to
-            eventually(lambda: service.link.stats.state == "up", timeout=5)
+            eventually(lambda: service.link.stats.state == "up")
             back.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
             eventually(lambda: len(stored(store.path, "alarm.fall")) == 1)
         finally:
@@ -196,7 +196,7 @@ def test_a_replacement_adapter_at_the_old_path_is_read_and_followed(
             time.sleep(0.3)  # a few attempts to reopen
             assert service.link.stats.state == "down"
             usb.name("C30K9012")
-            eventually(lambda: service.link.stats.state == "up", timeout=5)
+            eventually(lambda: service.link.stats.state == "up")
             new.write(SOS)
             eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
             assert service.health()["link"]["device"] is None
@@ -204,7 +204,7 @@ def test_a_replacement_adapter_at_the_old_path_is_read_and_followed(
             eventually(lambda: service.link.stats.state == "down")
             back = usb.plug("C30K9012", "ttyUSB1")
             where = os.path.realpath(back.path)
-            eventually(lambda: service.link.stats.opens == 3, timeout=5)
+            eventually(lambda: service.link.stats.opens == 3)
             back.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
             eventually(lambda: len(stored(store.path, "alarm.fall")) == 1)
         finally:
@@ -227,13 +227,13 @@ def test_another_ports_adapter_at_the_old_path_is_refused_until_the_own_is_back(
         try:
             usb.unplug_hub(ports)
             theirs = usb.plug("B20K5678", "ttyUSB0")
-            eventually(lambda: second.link.stats.state == "up", timeout=5)
+            eventually(lambda: second.link.stats.state == "up")
             eventually(lambda: "port ward-b's adapter" in first.link.stats.last_error)
             theirs.write(aa55("01 0000000000B2 02 C6 01"))
             eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
             assert first.link.stats.state == "down"
             ours = usb.plug("A10K1234", "ttyUSB1")
-            eventually(lambda: first.link.stats.state == "up", timeout=5)
+            eventually(lambda: first.link.stats.state == "up")
             ours.write(aa55("01 A1B2C3D4E5F6 03 C6 02"))
             eventually(lambda: len(stored(store.path, "alarm.fall")) == 1)
         finally:
@@ -263,7 +263,7 @@ def test_a_port_captured_with_spy_keeps_its_adapter_and_follows_it(
         try:
             usb.unplug_hub(ports)
             ours = usb.plug("A10K1234", "ttyUSB1")
-            eventually(lambda: first.link.stats.state == "up", timeout=5)
+            eventually(lambda: first.link.stats.state == "up")
             ours.write(SOS)
             eventually(lambda: len(stored(store.path, "alarm.sos")) == 1)
             assert second.link.stats.state == "down"

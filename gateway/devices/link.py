@@ -363,6 +363,7 @@ class SerialLink:
         try:
             self._serve(wake_r)
         finally:
+            self._claims.release(self.name)  # however the reader ended
             with self._wake_lock:
                 self._wake_w = None
             os.close(wake_r)
@@ -392,7 +393,6 @@ class SerialLink:
                 delay = self.reopen_min_s
             self._stop.wait(delay)
             delay = min(delay * 2, self.reopen_max_s)
-        self._claims.release(self.name)
         if self.stats.state != "down":
             self.stats.state = "stopped"
 

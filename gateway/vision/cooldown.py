@@ -40,8 +40,11 @@ def _remove_leftovers(path: Path, now_s: float) -> None:
     """Temporary copies a crash left between writing and renaming: they name elders. Only
     those not written just now: another writer may be at work. A copy far ahead of the clock
     is old too: the clock was set back since (a Pi without RTC after a power cut, NTP
-    stepping back a clock that ran ahead)."""
-    for stale in path.parent.glob(f".{path.name}.*"):
+    stepping back a clock that ran ahead). Besides this version's copies, those that the
+    versions of 2026-12-05 and early 12-06 left (``face-cooldown.json.tmp``, then
+    ``face-cooldown.json`` and mkstemp's random letters), which an upgraded site may hold."""
+    earlier = path.parent.glob(f"{path.name}?*")
+    for stale in [*path.parent.glob(f".{path.name}.*"), *earlier]:
         with contextlib.suppress(OSError):
             if abs(now_s - stale.lstat().st_mtime) > LEFTOVER_AGE_S:
                 stale.unlink()

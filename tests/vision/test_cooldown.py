@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,24 @@ def test_an_erasure_takes_the_copies_a_crash_left_too(tmp_path: Path) -> None:
     assert not copy.exists()
     cooldown.save(path, {"E1": 1_000, "E2": 2_000})
     copy = _left_by_a_crash(tmp_path, "813.1402", '{"E1": 94000}')
+    cooldown.forget(path, "E1")
+    assert [p.name for p in tmp_path.iterdir()] == [cooldown.FILE]
+    assert json.loads(path.read_text()) == {"E2": 2_000}
+
+
+def test_an_erasure_takes_the_copies_an_earlier_version_left_too(tmp_path: Path) -> None:
+    """Gateways of 2026-12-05 and early 12-06 wrote the file through
+    ``face-cooldown.json.tmp``, then through a ``tempfile.mkstemp`` copy beside it; a crash
+    between writing and renaming left either, naming elders, on a site since upgraded."""
+    path = tmp_path / cooldown.FILE
+    cooldown.save(path, {"E1": 1_000, "E2": 2_000})
+    fixed = tmp_path / f"{cooldown.FILE}.tmp"
+    fd, random = tempfile.mkstemp(prefix=cooldown.FILE, dir=tmp_path)
+    os.close(fd)
+    old = time.time() - cooldown.LEFTOVER_AGE_S - 5
+    for copy in (fixed, Path(random)):
+        copy.write_text('{"E1": 94000, "E2": 93000}')
+        os.utime(copy, (old, old))
     cooldown.forget(path, "E1")
     assert [p.name for p in tmp_path.iterdir()] == [cooldown.FILE]
     assert json.loads(path.read_text()) == {"E2": 2_000}

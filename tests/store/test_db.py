@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import pwd
 import re
@@ -23,6 +24,7 @@ from gateway.store.db import hold_exclusively, open_database
 from gateway.store.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.store.writer import EXPIRE_SQL, PURGE_SQL
 from tests.store.conftest import SOS, StoreFactory
+from tests.support.journal import journal
 
 
 def test_a_file_that_is_not_a_database_is_refused_not_replaced(
@@ -366,6 +368,56 @@ def test_housekeeping_reads_only_what_it_removes_after_an_upgrade(tmp_path: Path
             assert not any(p.startswith("SCAN") for p in plan), plan
     finally:
         conn.close()
+
+
+def test_a_database_of_the_first_release_keeps_its_events_numbering_and_counts(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """As the gateway of 2026-11-23 left it, stopped during a broker outage: schema 1, 4 KiB
+    pages, data in plain text, no key. The pending events go out as they were written (same
+    event_id and data), the delivered one stays in the journal, and sessions, numbering and
+    the delivered count carry on."""
+    path = tmp_path / "g.db"
+    rows = [  # seq, event_id, type, lane, data, delivered_steady_ms
+        (2, "01a24e88-bd14-7319-8d9e-b4d44efcf078", "face.decision", 1, '{"elder_id":"E1"}', 744),
+        (45, "01a24e89-7837-7262-9ad4-ff80394d779e", "alarm.sos", 0, '{"device":"B4"}', None),
+        (47, "01a24e89-8001-7262-9ad4-ff80394d77a0", "wristband.seen", 2, '{"band":"A1"}', None),
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("PRAGMA page_size = 4096")
+        MIGRATIONS[0](sqlite_utils.Database(conn))
+        conn.execute("PRAGMA user_version = 1")
+        for seq, event_id, kind, lane, data, delivered in rows:
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?, 1, ?, 1, 1796613913876, 1, ?, ?, ?)",
+                (seq, event_id, kind, lane, seq * 1000, data, delivered),
+            )
+            if delivered is None:
+                conn.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, lane, 99, seq * 1000))
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("session", 1), ("clean_stop", 1), ("next_seq", 50), ("steady_ms", 53749)],
+        )
+        conn.execute("INSERT INTO counters VALUES ('delivered', 17)")
+
+    store = make_store(path)
+    reader = store.reader()
+    try:
+        for lane, (seq, event_id, _, _, data, _) in ((Lane.P0, rows[1]), (Lane.P2, rows[2])):
+            pending = reader.pending(lane, 0, 10)
+            assert [(e.seq, e.event_id, e.data_json) for e in pending] == [(seq, event_id, data)]
+    finally:
+        reader.close()
+    assert store.record(Event(SOS, {"device": "B5"})).seq == 50
+    store.stop()
+    stats = read_stats(path)
+    assert (stats.session, stats.next_seq, stats.delivered) == (2, 51, 17)
+    assert [(e.seq, e.data) for e in journal(path)][:3] == [
+        (seq, json.loads(data)) for seq, _, _, _, data, _ in rows
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_a_database_made_with_4_kib_pages_is_rebuilt_with_small_ones_keeping_its_events(

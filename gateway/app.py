@@ -147,6 +147,8 @@ def run(loaded: LoadedConfig) -> int:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, [password] if password else [])
+    for issue in loaded.retired:
+        log.warning("configuration: %s", issue)
     try:
         lock = hold_exclusively(cfg.db_path)
     except StoreError as exc:

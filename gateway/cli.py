@@ -56,6 +56,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ConfigFileError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    for issue in loaded.retired:
+        print(f"warning: {issue}", file=sys.stderr)
     print(f"{loaded.source}: ok (version {loaded.version})")
     return EXIT_OK
 

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_core import PydanticCustomError
 
 from gateway.configfile import (
     NAME_PATTERN,
@@ -25,8 +24,10 @@ from gateway.configfile import (
     Loc,
     Strict,
     check_order,
+    drop_retired,
     key_path,
-    load_toml_model,
+    line_index,
+    read_toml,
     validate_model,
 )
 from gateway.devices.config import DevicesSection
@@ -60,15 +61,6 @@ class KeptLane(Strict):
     """Alarms and records: pending events are never evicted or expired, whatever their age."""
 
     quota_mb: float
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_ttl(cls, data: object) -> object:
-        if isinstance(data, dict) and "ttl_s" in data:
-            raise PydanticCustomError(
-                "never_expired", "ttl_s is not allowed: P0 and P1 events are never expired"
-            )
-        return data
 
 
 class AlarmLane(KeptLane):
@@ -390,27 +382,41 @@ class GatewayConfig(Strict):
         return self.store.db_path(self.gateway.data_dir)
 
 
+# Keys an earlier version accepted that this one has not: a site's config holding one still
+# loads after an upgrade, with a warning naming the line and what became of the key.
+RETIRED: dict[Loc, str] = {
+    ("store", "lanes", lane, "ttl_s"): "ignored, removed on 2026-11-23: P0 and P1 events are "
+    "never expired (quota_mb still bounds the lane); delete the line"
+    for lane in ("p0", "p1")
+}
+
+
 class LoadedConfig(BaseModel):
-    """A validated config plus where it came from (its hash goes into the status message)."""
+    """A validated config plus where it came from (its hash goes into the status message) and
+    the retired keys it held (warnings, not errors)."""
 
     model_config = ConfigDict(frozen=True)
     config: GatewayConfig
     source: str
     version: str
+    retired: tuple[Issue, ...] = ()
 
 
 def load_config(path: Path | None) -> LoadedConfig:
     """Load and validate; raise ConfigFileError listing every problem with file, line and key."""
     if path is None:
         return LoadedConfig(config=GatewayConfig(), source="(defaults)", version="defaults")
-    cfg = load_toml_model(path, GatewayConfig, across=files_apart)
+    data, text = read_toml(path)
+    index = line_index(text)
+    retired = drop_retired(data, RETIRED, str(path), index)
+    cfg = validate_model(data, GatewayConfig, str(path), index, across=files_apart)
     secret = _inline_secret(cfg)
     if secret is not None and readable_by_all(path):
         raise ConfigFileError(
             [Issue(str(path), None, secret, f"a secret in a file {PRIVATE_FILE}")]
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return LoadedConfig(config=cfg, source=str(path), version=digest)
+    return LoadedConfig(config=cfg, source=str(path), version=digest, retired=tuple(retired))
 
 
 def files_apart(cfg: GatewayConfig) -> list[tuple[Loc, str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,6 +163,12 @@ def load_toml_model(
     across: Across[M] | None = None,
 ) -> M:
     """Read and validate a TOML file; raise ConfigFileError naming file, line and key."""
+    data, text = read_toml(path)
+    return validate_model(data, model, str(path), line_index(text), across)
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    """The file's values and its text (for line numbers); ConfigFileError if unreadable."""
     name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -180,7 +186,24 @@ def load_toml_model(
         raise ConfigFileError(
             [Issue(name, None, "", "not valid TOML: nested too deeply")]
         ) from None
-    return validate_model(data, model, name, line_index(text), across)
+    return data, text
+
+
+def drop_retired(
+    data: dict[str, Any], retired: Mapping[Loc, str], name: str, index: dict[Loc, int]
+) -> list[Issue]:
+    """Take out the keys an earlier version accepted and this one no longer has; one Issue
+    each, saying what became of it, for the caller to warn with. A site's file that was valid
+    must not stop the gateway (its alarms with it) at an upgrade for a setting that is gone."""
+    found = []
+    for loc, why in retired.items():
+        table: Any = data
+        for part in loc[:-1]:
+            table = table.get(part) if isinstance(table, dict) else None
+        if isinstance(table, dict) and loc[-1] in table:
+            del table[loc[-1]]
+            found.append(Issue(name, _line_for(index, loc), key_path(loc), why))
+    return found
 
 
 def _nul_strings(data: Any) -> list[Loc]:

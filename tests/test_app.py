@@ -38,6 +38,33 @@ def test_the_gateway_stops_cleanly_on_a_signal(tmp_path: Path, signum: signal.Si
     assert f"signal {int(signum)}: stopping" in rest and "Traceback" not in rest
 
 
+def test_a_config_of_the_first_release_with_a_retired_key_starts_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """An upgraded site keeps its config file: one that set ``ttl_s`` for records, as the
+    first release allowed, exited 2 and systemd did not restart it (no alarms either)."""
+    config = tmp_path / "g.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "var"}"\n[clock]\nsync_source = "never"\n'
+        "[store.lanes.p1]\nquota_mb = 512\nttl_s = 86400\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "running (config" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "".join(seen) + rest
+    assert any("g.toml:7: store.lanes.p1.ttl_s: ignored" in line for line in seen), seen
+
+
 def test_a_stop_in_a_full_network_outage_ends_well_before_the_service_manager_kills(
     tmp_path: Path, shared_dir: Path
 ) -> None:

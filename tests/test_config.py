@@ -244,16 +244,23 @@ def test_inf_nan_and_numbers_past_their_bounds_are_refused_by_key(tmp_path: Path
     assert load_config(write(tmp_path, top)).config.store.min_free_disk_mb == 1_000_000
 
 
-def test_alarms_and_records_cannot_be_given_a_ttl(tmp_path: Path) -> None:
+def test_a_ttl_for_alarms_or_records_from_the_first_release_is_a_warning_not_a_refusal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first release took ``ttl_s`` in every lane; since 2026-11-23 alarms and records are
+    never expired. A site's config that still sets it loads without it, with a warning naming
+    its line: refused, it stopped the gateway, alarms and all, at the upgrade."""
     for lane in ("p0", "p1"):
         path = write(tmp_path, f"[store.lanes.{lane}]\nquota_mb = 64\nttl_s = 3600\n")
-        with pytest.raises(ConfigFileError) as err:
-            load_config(path)
-        (issue,) = err.value.issues
-        assert (issue.key, issue.line) == (f"store.lanes.{lane}", 1)
-        assert issue.message == "ttl_s is not allowed: P0 and P1 events are never expired"
+        loaded = load_config(path)
+        assert getattr(loaded.config.store.lanes, lane).quota_mb == 64
+        (issue,) = loaded.retired
+        assert (issue.key, issue.line) == (f"store.lanes.{lane}.ttl_s", 3)
+        assert "never expired" in issue.message and "delete the line" in issue.message
+        assert main(["validate-config", str(path)]) == 0
+        assert f"gateway.toml:3: store.lanes.{lane}.ttl_s: ignored" in capsys.readouterr().err
     ok = load_config(write(tmp_path, "[store.lanes.p2]\nquota_mb = 64\nttl_s = 3600\n"))
-    assert ok.config.store.lanes.p2.ttl_s == 3600
+    assert ok.config.store.lanes.p2.ttl_s == 3600 and ok.retired == ()
 
 
 def test_a_lane_table_that_gives_one_key_keeps_the_other_defaults(tmp_path: Path) -> None:

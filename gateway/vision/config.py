@@ -248,6 +248,27 @@ class VisionSection(Strict):
             "in 5 (`no_face`)."
         ),
     )
+    still_threshold: float = Field(
+        1.0,
+        ge=0,
+        le=255,
+        description=(
+            "Still-scene gate: a frame that differs from the last frame the detector found no "
+            "face in by less than this (mean absolute difference of 32x24 grey thumbnails, grey "
+            "levels) is taken as that empty scene, without running the detector. Measured on "
+            "real photos: sensor noise (sigma up to 12) at most 0.55, the smallest usable face "
+            "stepping up at least 1.47. 0: off, every frame is analysed."
+        ),
+    )
+    still_recheck_s: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description=(
+            "Still-scene gate: the detector still looks at an unchanged empty scene this often, "
+            "the longest a face the gate missed waits to be found."
+        ),
+    )
     quality: QualitySection = QualitySection()
     decision: DecisionSection = DecisionSection()
     gallery: GallerySection = GallerySection()

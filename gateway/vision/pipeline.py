@@ -25,6 +25,7 @@ from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Decider, Decision, Observation, Outcome, Policy
 from gateway.vision.events import FACE_DECISION, decision_data
 from gateway.vision.gallery import Gallery, SearchResult
+from gateway.vision.still import StillGate
 
 SEARCH_K = 3
 STAGES = ("decode", "detect", "quality", "align", "embed", "liveness", "search", "total")
@@ -93,6 +94,7 @@ class CounterPipeline:
         *,
         audit: AuditFrames | None = None,
         confirmations: Confirmations | None = None,
+        still: StillGate | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.gallery = gallery
@@ -103,6 +105,8 @@ class CounterPipeline:
         # without: nothing is held, no decision is confirmable
         self.confirmations = Confirmations(0) if confirmations is None else confirmations
         self.decider = Decider(policy)
+        # without: the detector sees every frame
+        self.still = StillGate(0.0, 0.0) if still is None else still
         self.counts: Counter[str] = Counter()
         self._tracks: dict[int, TrackFrames] = {}
         self.last_timings: dict[str, float] = {}
@@ -116,6 +120,14 @@ class CounterPipeline:
         self._earlier = list(accepted)
 
     def process(self, frame: Frame) -> list[DecisionEvent]:
+        """The frame's decisions. One that shows the same empty scene as the last frame the
+        detector found nobody in is not analysed: it is a frame without a face, as the
+        detector would have said, and counted as ``still_skipped``."""
+        thumb = self.still.look(frame.image)
+        if thumb is not None and self.still.unchanged(thumb, frame.t):
+            self.counts["still_skipped"] += 1
+            self.last_t = frame.t
+            return self.idle(frame.t)
         start = time.perf_counter()
         found: list[tuple[SearchResult, float]] = []
 
@@ -131,6 +143,7 @@ class CounterPipeline:
         timings["total"] = time.perf_counter() - start + frame.decode_s
         self.counts["frames"] += 1
         self.counts[analysis.kind] += 1
+        self.still.seen(thumb, frame.t, analysis.kind == "no_face")
         self.last_t = frame.t
         self.catch_up(frame.t)
         obs = observation(analysis, frame.t, search_result)

@@ -41,6 +41,7 @@ from gateway.vision.late_erasure import LateErasures
 from gateway.vision.models import Models, load_manifest, resolve_models_dir
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
 from gateway.vision.retention import ExpiredFrames
+from gateway.vision.still import StillGate
 
 log = logging.getLogger(__name__)
 COOLDOWN_SAVE_S = 5.0  # how often a changed cooldown is written (for a restart)
@@ -121,6 +122,7 @@ class VisionService:
             models.model_ids(),
             audit=self.audit,
             confirmations=self.confirmations,
+            still=StillGate.from_config(cfg),
         )
         if self.store is not None:  # a restart must not settle the same elder twice
             within_ms = int(cfg.decision.cooldown_s * 1000)

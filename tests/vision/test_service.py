@@ -210,6 +210,8 @@ def test_photo_replay_end_to_end(
 
     assert health["camera"]["state"] == "ended"
     assert health["camera"]["failed_reads"] > 0  # the two unusable photos, skipped
+    # the empty frames between the photos: the detector saw the first of each stretch only
+    assert health["pipeline"]["still_skipped"] > 0
     assert isinstance(service.feed, Lockstep) and isinstance(service.feed.source, ImageFolder)
     assert service.feed.source.bad_files == 2
     assert health["frame_errors"] == 0 and health["unrecorded_decisions"] == 0

@@ -1,0 +1,166 @@
+"""The still-scene gate with real models and real photos: an empty counter that does not change
+is not analysed frame after frame, and nobody who steps up is decided any later for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.vision.analyze import Analyzer
+from gateway.vision.camera import Frame
+from gateway.vision.config import DecisionSection, VisionSection
+from gateway.vision.decide import Outcome, Policy
+from gateway.vision.gallery import Gallery
+from gateway.vision.images import fit_within, read_image
+from gateway.vision.pipeline import CounterPipeline, DecisionEvent
+from gateway.vision.quality import inter_pupil
+from gateway.vision.still import StillGate
+
+FPS = 16.0  # frame times exact in binary: a second is 16 frames
+
+
+@pytest.fixture(scope="module")
+def empty_counter(faces_dir: Path) -> np.ndarray:
+    """A 640 x 480 scene without a face: the window front beside the woman in img22."""
+    photo = read_image(faces_dir / "deepface" / "img22.jpg")
+    scale = 720 / min(photo.shape[:2])
+    scene = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(scene[:480, :640])
+
+
+def head(analyzer: Analyzer, photo: Path, ipd_px: float) -> np.ndarray:
+    """The head in a portrait (its face box grown 1.8 times), scaled to the given inter-pupil
+    distance: someone at the counter, at the camera's distance for that size."""
+    image = fit_within(read_image(photo), 1280)
+    face = max(analyzer.detector.detect(image), key=lambda f: f.width)
+    cx, cy = face.center
+    w, h = face.width * 0.9, face.height * 0.9
+    crop = image[
+        max(0, int(cy - h)) : int(cy + h),
+        max(0, int(cx - w)) : int(cx + w),
+    ]
+    scale = ipd_px / inter_pupil(face.landmarks)
+    return cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+
+def stepped_up(scene: np.ndarray, face: np.ndarray) -> np.ndarray:
+    frame = scene.copy()
+    y, x = (480 - face.shape[0]) // 2, (640 - face.shape[1]) // 2
+    frame[y : y + face.shape[0], x : x + face.shape[1]] = face
+    return frame
+
+
+def camera(frames: list[np.ndarray], seed: int = 1, sigma: float = 4.0) -> list[np.ndarray]:
+    """The frames as a camera sensor delivers them: each with its own noise."""
+    rng = np.random.default_rng(seed)
+    return [
+        np.clip(f.astype(np.float32) + rng.normal(0, sigma, f.shape), 0, 255).astype(np.uint8)
+        for f in frames
+    ]
+
+
+def counter(analyzer: Analyzer, gallery: Gallery, cfg: VisionSection) -> CounterPipeline:
+    return CounterPipeline(
+        analyzer,
+        gallery,
+        Policy.from_config(DecisionSection()),
+        "counter-1",
+        {},
+        still=StillGate.from_config(cfg),
+    )
+
+
+def show(pipeline: CounterPipeline, images: list[np.ndarray]) -> list[DecisionEvent]:
+    out: list[DecisionEvent] = []
+    for i, image in enumerate(images):
+        out += pipeline.process(Frame(image, i / FPS, i))
+    return out
+
+
+@pytest.fixture
+def gallery(tmp_path: Path, analyzer: Analyzer) -> Gallery:
+    return Gallery.open(
+        tmp_path / "faces.db", tmp_path / "faces.key", analyzer.embedder.model_id, create=True
+    )
+
+
+def test_an_unchanged_empty_counter_is_analysed_once_a_second(
+    analyzer: Analyzer, gallery: Gallery, empty_counter: np.ndarray
+) -> None:
+    pipeline = counter(analyzer, gallery, VisionSection())
+    assert show(pipeline, camera([empty_counter] * int(3 * FPS))) == []
+    # the first frame, then one each second: at 0, 1 and 2 s
+    assert pipeline.counts["frames"] == pipeline.counts["no_face"] == 3
+    assert pipeline.counts["still_skipped"] == 3 * FPS - 3
+
+
+@pytest.mark.parametrize("photo", ["img1.jpg", "img20.jpg", "img8.jpg", "img16.jpg"])
+def test_the_smallest_usable_face_stepping_up_is_analysed_on_its_first_frame(
+    analyzer: Analyzer, gallery: Gallery, empty_counter: np.ndarray, faces_dir: Path, photo: str
+) -> None:
+    """Inter-pupil distance 26 px, just above the least the gates use (24): the smallest
+    change a face at the counter makes to the picture."""
+    pipeline = counter(analyzer, gallery, VisionSection())
+    face = head(analyzer, faces_dir / "deepface" / photo, 26)
+    frames = camera([empty_counter] * 10 + [stepped_up(empty_counter, face)])
+    show(pipeline, frames[:10])
+    assert pipeline.counts["frames"] == 1 and pipeline.counts["still_skipped"] == 9
+    pipeline.process(Frame(frames[10], 10 / FPS, 10))
+    assert pipeline.counts["frames"] == 2
+    assert pipeline.counts["face"] + pipeline.counts["poor_quality"] == 1
+
+
+def test_a_slow_change_adds_up_until_the_detector_looks(
+    analyzer: Analyzer, gallery: Gallery, empty_counter: np.ndarray
+) -> None:
+    """Dusk, or someone edging into view: each frame barely differs from the one before, but
+    the gate compares with the last frame the detector saw, not the previous one."""
+    pipeline = counter(analyzer, gallery, VisionSection())
+    dimming = [cv2.convertScaleAbs(empty_counter, beta=-0.3 * i) for i in range(int(FPS))]
+    show(pipeline, dimming)
+    assert pipeline.counts["frames"] >= 3  # within the second, not only once it has passed
+
+
+def test_the_gate_changes_no_decision_and_re_engages_after_each_visit(
+    analyzer: Analyzer, gallery: Gallery, empty_counter: np.ndarray, faces_dir: Path
+) -> None:
+    """An enrolled elder steps up and leaves, then a stranger does (their portraits fill the
+    picture, as in a photo replay): with the gate on, the same decisions on the same frames as
+    with the detector on every frame (gate off), the stranger's decided by the gap after her,
+    which with the gate on only skipped frames show."""
+    df = faces_dir / "deepface"
+    embedding = analyzer.analyze(fit_within(read_image(df / "img20.jpg"), 640)).embedding
+    assert embedding is not None
+    gallery.add("elder-1", [embedding])
+    gallery.reload()
+    elder = fit_within(read_image(df / "img21.jpg"), 640)
+    stranger = fit_within(read_image(df / "img1.jpg"), 640)
+    second = int(FPS)
+    frames = camera(
+        [empty_counter] * 20
+        + [elder] * second
+        + [empty_counter] * 2 * second
+        + [stranger] * 10
+        + [empty_counter] * 2 * second
+    )
+
+    def decisions(cfg: VisionSection) -> tuple[list[tuple[Outcome, str | None, float]], int]:
+        pipeline = counter(analyzer, gallery, cfg)
+        out = [
+            (e.decision.outcome, e.decision.elder_id, e.decision.t) for e in show(pipeline, frames)
+        ]
+        return out, pipeline.counts["frames"]
+
+    gated, analysed = decisions(VisionSection())
+    every, all_frames = decisions(VisionSection(still_threshold=0))
+    assert [(o, e) for o, e, _ in gated] == [
+        (Outcome.ACCEPTED, "elder-1"),
+        (Outcome.UNKNOWN, None),
+    ]
+    assert gated == every
+    assert all_frames == len(frames)  # off: the detector sees every frame
+    # on: every frame with a face, and in each empty stretch its first frame and one a second
+    assert analysed == 2 + second + 2 + 10 + 2

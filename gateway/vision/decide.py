@@ -338,6 +338,15 @@ class Decider:
             )
         ]
 
+    def at_rest(self, t: float) -> bool:
+        """Nobody in view as far as the rules remember: no track open and no second face
+        within the longest span a rule looks back over. Until then a frame not analysed would
+        change what a later one decides (a track cut short, a pair reported twice)."""
+        p = self.policy
+        last = self._last_second_face
+        recalled = max(p.window_s, p.track_gap_s, p.decide_within_s)
+        return self.track is None and (last is None or t - last > recalled)
+
     def _second_face_lately(self, t: float) -> bool:
         return bool(self._ambiguous_at) and t - self._ambiguous_at[-1] <= self.policy.window_s
 

@@ -121,7 +121,7 @@ class CounterPipeline:
 
     def process(self, frame: Frame) -> list[DecisionEvent]:
         """The frame's decisions. One that shows the same empty scene as the last frame the
-        detector found nobody in, once no track was open, is not analysed: it is a frame
+        detector found nobody in, once the decider was at rest, is not analysed: it is a frame
         without a face, as the detector would have said, and counted as ``still_skipped``."""
         thumb = self.still.look(frame.image)
         if thumb is not None and self.still.unchanged(thumb, frame.t):
@@ -150,9 +150,11 @@ class CounterPipeline:
         this.add(timings, frame.image if self.audit is not None and obs.kind != "no_face" else None)
         decisions = self.decider.observe(obs)
         track = self.decider.track
-        # nobody in view and no track left open: a detector's miss on a face (a hand raised to
-        # it) must not let the frames after it, her face again, go unanalysed until she is gone
-        self.still.seen(thumb, frame.t, analysis.kind == "no_face" and track is None)
+        # nobody in view, nor lately: a detector's miss on a face (a hand raised to it) must
+        # not let the frames after it, the face again, go unanalysed while she is there
+        self.still.seen(
+            thumb, frame.t, analysis.kind == "no_face" and self.decider.at_rest(frame.t)
+        )
         if track is not None and obs.kind in ("face", "poor_quality"):
             self._tracks.setdefault(track.id, TrackFrames()).add(timings, this.image)
         self.last_timings = timings

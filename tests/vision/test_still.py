@@ -208,3 +208,47 @@ def test_a_face_hidden_for_a_moment_does_not_cut_its_track_short(
     gated = decisions(gate)
     assert len(gated) == 1
     assert gated == decisions(VisionSection(still_threshold=0))
+
+
+def test_two_people_hidden_for_a_moment_are_reported_once(
+    analyzer: Analyzer, gallery: Gallery, empty_counter: np.ndarray, faces_dir: Path
+) -> None:
+    """Two people side by side at the counter both raise a hand to their faces for a frame:
+    the detector finds nobody there, and the frames after it, both faces again, hardly differ
+    from it. They are still analysed, as without the gate: the pair is one ``multiple_faces``
+    decision, not a second one a second later."""
+    df = faces_dir / "deepface"
+    pair = [head(analyzer, df / photo, 28) for photo in ("img20.jpg", "img16.jpg")]
+
+    def side_by_side(faces: list[np.ndarray]) -> np.ndarray:
+        frame = empty_counter.copy()
+        for face, x in zip(faces, (150, 380), strict=True):
+            y = (480 - face.shape[0]) // 2
+            frame[y : y + face.shape[0], x : x + face.shape[1]] = face
+        return frame
+
+    def hand_up(face: np.ndarray) -> np.ndarray:
+        h, w = face.shape[:2]
+        return cv2.rectangle(
+            face.copy(), (w // 4, int(h * 0.35)), (w * 3 // 4, int(h * 0.7)), (120, 150, 190), -1
+        )
+
+    both, hidden = side_by_side(pair), side_by_side([hand_up(face) for face in pair])
+    assert analyzer.analyze(both).kind == "multiple_faces"
+    assert analyzer.analyze(hidden).kind == "no_face"
+    second = int(FPS)
+    frames = camera(
+        [empty_counter] * 20
+        + [both] * second
+        + [hidden]
+        + [both] * 2 * second
+        + [empty_counter] * 3 * second
+    )
+
+    def decisions(cfg: VisionSection) -> list[tuple[Outcome, float]]:
+        pipeline = counter(analyzer, gallery, cfg)
+        return [(e.decision.outcome, e.decision.t) for e in show(pipeline, frames)]
+
+    every = decisions(VisionSection(still_threshold=0))
+    assert [o for o, _ in every] == [Outcome.MULTIPLE_FACES]
+    assert decisions(VisionSection()) == every

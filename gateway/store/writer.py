@@ -78,6 +78,9 @@ class Receipt(Generic[T]):
 
     Lighter than ``concurrent.futures.Future`` (no lock per receipt): the writer settles a
     whole commit's receipts in ``resolve()`` under one lock and wakes every waiter once.
+    The writer's queued ops are receipts themselves, and the list of callbacks is made only
+    for the first one: one object per event handed over, not three, which the garbage
+    collector would otherwise scan again and again while a burst waits in the queue.
     Callbacks run on the writer thread and must be quick.
     """
 
@@ -88,7 +91,7 @@ class Receipt(Generic[T]):
         self._done = False
         self._value: T | None = None
         self._error: BaseException | None = None
-        self._callbacks: list[Callable[[Receipt[T]], None]] = []
+        self._callbacks: list[Callable[[Receipt[T]], None]] | None = None
 
     def done(self) -> bool:
         return self._done
@@ -108,7 +111,10 @@ class Receipt(Generic[T]):
     def add_done_callback(self, fn: Callable[[Receipt[T]], None]) -> None:
         with self._cond:
             if not self._done:
-                self._callbacks.append(fn)
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
                 return
         fn(self)
 
@@ -127,7 +133,7 @@ def resolve(cond: threading.Condition, outcomes: Iterable[tuple[Receipt[Any], An
             receipt._done = True
             if receipt._callbacks:
                 callbacks.extend((fn, receipt) for fn in receipt._callbacks)
-                receipt._callbacks = []
+                receipt._callbacks = None
         cond.notify_all()
     for fn, receipt in callbacks:
         try:
@@ -150,32 +156,82 @@ class Delivered:
     lane: Lane
 
 
-@dataclass(slots=True)
-class _Record:
-    event: Event
-    data_json: str
-    ts_ms: int
-    clock_synced: bool
-    steady_ms: int
-    domain: Sequence[DomainWrite]
-    future: Receipt[StoredEvent]
-    waited: bool  # a source waits for the commit (to acknowledge a device): never lingers
+class _Record(Receipt[StoredEvent]):
+    """An event handed to the writer, and the receipt its producer holds. The writer sets its
+    ``seq`` and ``session`` when committing it; the StoredEvent is made when asked for, so a
+    burst's receipts hold no objects of their own for the garbage collector to scan."""
+
+    __slots__ = (
+        "clock_synced",
+        "data_json",
+        "domain",
+        "event",
+        "seq",
+        "session",
+        "steady_ms",
+        "ts_ms",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        cond: threading.Condition,
+        event: Event,
+        *,
+        data_json: str,
+        ts_ms: int,
+        clock_synced: bool,
+        steady_ms: int,
+        domain: Sequence[DomainWrite],
+        waited: bool,
+    ) -> None:
+        super().__init__(cond)
+        self.event = event
+        self.data_json = data_json
+        self.ts_ms = ts_ms
+        self.clock_synced = clock_synced
+        self.steady_ms = steady_ms
+        self.domain = domain
+        self.waited = waited  # a source waits for the commit (to acknowledge a device)
+        self.seq = 0
+        self.session = 0
 
     @property
     def lane(self) -> Lane:
         return self.event.type.lane
 
+    def result(self, timeout: float | None = None) -> StoredEvent:
+        super().result(timeout)  # raises what refused it
+        event = self.event
+        etype = event.type
+        return StoredEvent(
+            self.seq,
+            event.event_id,
+            etype.name,
+            etype.schema,
+            etype.lane,
+            self.session,
+            self.ts_ms,
+            self.clock_synced,
+            self.steady_ms,
+            self.data_json,
+        )
 
-@dataclass(slots=True)
-class _Ack:
-    items: Sequence[Delivered]
-    future: Receipt[int]
+
+class _Ack(Receipt[int]):
+    __slots__ = ("items",)
+
+    def __init__(self, cond: threading.Condition, items: Sequence[Delivered]) -> None:
+        super().__init__(cond)
+        self.items = items
 
 
-@dataclass(slots=True)
-class _Write:
-    fn: Callable[[sqlite3.Connection], Any]
-    future: Receipt[Any]
+class _Write(Receipt[T]):
+    __slots__ = ("fn",)
+
+    def __init__(self, cond: threading.Condition, fn: Callable[[sqlite3.Connection], T]) -> None:
+        super().__init__(cond)
+        self.fn = fn
 
 
 @dataclass(frozen=True)
@@ -187,12 +243,11 @@ class _Chores:
     more: bool  # the batch was full: a chore may have more to do
 
 
-@dataclass(slots=True)
-class _Housekeep:
-    future: Receipt[_Chores]
+class _Housekeep(Receipt[_Chores]):
+    __slots__ = ()
 
 
-_Op = _Record | _Ack | _Write | _Housekeep
+_Op = _Record | _Ack | _Write[Any] | _Housekeep
 
 
 @dataclass
@@ -530,20 +585,18 @@ class Store:
         committed without lingering."""
         data = event.data
         clock = self._clock
-        fut: Receipt[StoredEvent] = Receipt(self._settled)
-        self._enqueue(
-            _Record(
-                event,
-                compact_json(data if type(data) is dict else dict(data)),
-                clock.wall_ms(),
-                self._sync.synced,
-                self._steady_base + clock.monotonic_ms() - self._mono_at_open,
-                domain,
-                fut,
-                waited,
-            )
+        op = _Record(
+            self._settled,
+            event,
+            data_json=compact_json(data if type(data) is dict else dict(data)),
+            ts_ms=clock.wall_ms(),
+            clock_synced=self._sync.synced,
+            steady_ms=self._steady_base + clock.monotonic_ms() - self._mono_at_open,
+            domain=domain,
+            waited=waited,
         )
-        return fut
+        self._enqueue(op)
+        return op
 
     def record(
         self, event: Event, domain: Sequence[DomainWrite] = (), timeout: float | None = 30.0
@@ -552,15 +605,15 @@ class Store:
         return self.submit(event, domain, waited=True).result(timeout)
 
     def mark_delivered(self, items: Sequence[Delivered]) -> Receipt[int]:
-        fut: Receipt[int] = Receipt(self._settled)
-        self._enqueue(_Ack(items, fut))
-        return fut
+        op = _Ack(self._settled, items)
+        self._enqueue(op)
+        return op
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> Receipt[T]:
         """Run ``fn(conn)`` inside the writer's next transaction."""
-        fut: Receipt[T] = Receipt(self._settled)
-        self._enqueue(_Write(fn, fut))
-        return fut
+        op = _Write(self._settled, fn)
+        self._enqueue(op)
+        return op
 
     def _enqueue(self, op: _Op) -> None:
         with self._lock:
@@ -719,9 +772,9 @@ class Store:
         resolve(
             self._settled,
             [
-                (it.future, StoreClosed(f"store writer failed: {exc}"))
+                (it, StoreClosed(f"store writer failed: {exc}"))
                 for it in items
-                if isinstance(it, _Record | _Ack | _Write | _Housekeep)
+                if isinstance(it, Receipt)
             ],
         )
 
@@ -779,7 +832,7 @@ class Store:
                     name = f"refused_{batch[0].lane.label}"
                     self.counters[name] = self.counters.get(name, 0) + 1
                     self._unsaved[name] += 1
-            resolve(self._settled, [(batch[0].future, err)])
+            resolve(self._settled, [(batch[0], err)])
             self._flood_log.error("write-failed", "store write failed: %s", exc)
             return
         self.commits += 1
@@ -788,7 +841,7 @@ class Store:
             self._steady_saved = steady
             self._rows_since_checkpoint += sum(map(_rows, batch))
         self._apply_delta(delta)
-        resolve(self._settled, zip((op.future for op in batch), results, strict=True))
+        resolve(self._settled, zip(batch, results, strict=True))
         if delta.new_lanes:
             self._notify(delta.new_lanes)
 
@@ -898,37 +951,27 @@ class Store:
                 )
                 continue
             etype = op.event.type
-            stored = StoredEvent(
-                seq,
-                op.event.event_id,
-                etype.name,
-                etype.schema,
-                lane,
-                session,
-                op.ts_ms,
-                op.clock_synced,
-                op.steady_ms,
-                op.data_json,
-            )
+            event_id = op.event.event_id
+            op.seq = seq
+            op.session = session  # its receipt's result (``results[i]`` stays None)
             # Plain ints, not the enum and bool: sqlite3 binds exact ints markedly faster.
             event_rows.append(
                 (
                     seq,
-                    stored.event_id,
-                    stored.type,
-                    stored.schema,
+                    event_id,
+                    etype.name,
+                    etype.schema,
                     int(lane),
                     session,
                     op.ts_ms,
                     int(op.clock_synced),
                     op.steady_ms,
-                    seal(stored.event_id, op.data_json),
+                    seal(event_id, op.data_json),
                 )
             )
             outbox_rows.append((seq, int(lane), size, op.steady_ms))
             added[lane] += 1
             added_bytes[lane] += size
-            results[i] = stored
             seq += 1
         self._next_seq = seq
         for lane in Lane:
@@ -1099,9 +1142,9 @@ class Store:
         more = True
         try:
             while more and not self._housekeeping.stopping.is_set():
-                fut: Receipt[_Chores] = Receipt(self._settled)
-                self._enqueue(_Housekeep(fut))
-                chores = fut.result(timeout=60)
+                op = _Housekeep(self._settled)
+                self._enqueue(op)
+                chores = op.result(timeout=60)
                 expired, evicted = expired + chores.expired, evicted + chores.evicted
                 more = chores.more
         except StoreClosed:

@@ -928,6 +928,7 @@ class Store:
         added_bytes = dict.fromkeys(Lane, 0)
         session = self.session
         seq = self._next_seq
+        kept: list[_Record] = []  # a refused event's domain rows go with it
         for k, ((i, op), size) in enumerate(zip(records, sizes, strict=True)):
             lane = op.event.type.lane
             if full and lane is Lane.P2:
@@ -970,6 +971,7 @@ class Store:
                 )
             )
             outbox_rows.append((seq, int(lane), size, op.steady_ms))
+            kept.append(op)
             added[lane] += 1
             added_bytes[lane] += size
             seq += 1
@@ -987,7 +989,7 @@ class Store:
         conn.executemany(
             "INSERT INTO outbox (seq, lane, bytes, steady_ms) VALUES (?,?,?,?)", outbox_rows
         )
-        for _, op in records:
+        for op in kept:
             for write in op.domain:
                 conn.execute(write.sql, write.params)
 

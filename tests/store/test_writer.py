@@ -99,6 +99,23 @@ def test_domain_row_commits_with_its_event_or_not_at_all(make_store: StoreFactor
     assert store.usage[Lane.P1].count == 1
 
 
+def test_an_event_refused_for_lack_of_disk_leaves_no_domain_row(
+    make_store: StoreFactory,
+) -> None:
+    free = {"bytes": 10 * MB}
+    store = make_store(free_disk=lambda _p: free["bytes"], min_free_disk_mb=5)
+    store.write(lambda c: c.execute("CREATE TABLE meals (event_id TEXT PRIMARY KEY, elder TEXT)"))
+    free["bytes"] = 1 * MB  # below the floor, and no telemetry to make room from
+    meal = Event(MEAL, {"elder": "E1"})
+    with pytest.raises(StorageFull):
+        store.record(meal, [DomainWrite("INSERT INTO meals VALUES (?, ?)", (meal.event_id, "E1"))])
+    rows = store.write(lambda c: c.execute("SELECT event_id FROM meals").fetchall()).result()
+    assert rows == []  # no meal settled whose event the platform will never hear of
+    free["bytes"] = 10 * MB
+    store.record(meal, [DomainWrite("INSERT INTO meals VALUES (?, ?)", (meal.event_id, "E1"))])
+    assert meal.event_id in committed_ids(store.path)
+
+
 def test_the_same_event_id_is_recorded_once(make_store: StoreFactory) -> None:
     store = make_store()
     ev = Event(SOS, {"band": "A1"})

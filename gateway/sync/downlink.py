@@ -20,6 +20,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
+from gateway import jsonin
 from gateway.config import DownlinkSection
 from gateway.contract import request_validator
 from gateway.events import compact_json
@@ -208,7 +209,7 @@ class Downlink:
         self._tally(self.counts, "received")
         try:
             txn = _transaction(_json(payload))
-        except (ValueError, RecursionError):
+        except ValueError:
             txn = None  # unreadable, or too large to keep: the sender cannot be told which
         self._error(op, txn, reason, message)
 
@@ -310,9 +311,7 @@ class Downlink:
             )
         try:
             request = _json(payload)
-        except RecursionError:
-            return self._error(op, None, "invalid_json", "not JSON: nested too deeply")
-        except ValueError as exc:  # not UTF-8, not JSON, a number of over 4300 digits
+        except ValueError as exc:  # not UTF-8, not JSON, too deep, a number of over 4300 digits
             return self._error(op, None, "invalid_json", f"not JSON: {exc}")
         if _lone_surrogate(request):
             return self._error(
@@ -321,10 +320,7 @@ class Downlink:
         txn = _transaction(request)
         if op not in self._ops:
             return self._error(op, txn, "unknown_op", f"unknown op '{op}'")
-        try:
-            problems = sorted(self._validators[op].iter_errors(request), key=lambda e: list(e.path))
-        except RecursionError:
-            return self._error(op, txn, "schema", "request: nested too deeply")
+        problems = sorted(self._validators[op].iter_errors(request), key=lambda e: list(e.path))
         if problems or txn is None:
             first = problems[0] if problems else None
             where = "/".join(str(p) for p in first.path) if first else "transaction"
@@ -504,7 +500,7 @@ def _schema_problem(error: ValidationError) -> str:
 def _json(payload: bytes) -> Any:
     """JSON on MQTT is UTF-8 (RFC 8259): ``json.loads`` would also take UTF-16 and UTF-32 by
     their byte order marks, and then name those codecs in its error."""
-    return json.loads(payload.decode("utf-8"))
+    return jsonin.parse(payload.decode("utf-8"))
 
 
 def _transaction(request: Any) -> str | None:

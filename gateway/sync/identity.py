@@ -7,10 +7,11 @@ with an ``instance`` of its own and reads its own status topic back.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
+
+from gateway import jsonin
 
 CONFLICT_WINDOW_S = 600  # the health flag stays up, and the log line quiet, this long
 
@@ -22,8 +23,8 @@ def new_instance() -> str:
 
 def parse_status(payload: bytes) -> Mapping[str, Any] | None:
     try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[..." exhausts the stack
+        body = jsonin.parse(payload.decode("utf-8"))
+    except ValueError:  # not UTF-8, not JSON, or "[[[[..."
         return None
     return body if isinstance(body, dict) else None
 

@@ -5,9 +5,9 @@ A line may also hold a JSON array of such objects (gateways that batch).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from gateway import jsonin
 from gateway.devices.decoders.ble import AdvertError, decode_advert
 from gateway.devices.definitions import JsonLinesSpec, as_code_map
 from gateway.devices.model import Decoded, DeviceEvent, Kind, Reject, rejected
@@ -31,8 +31,8 @@ class JsonLinesDecoder:
         except UnicodeError:  # idna and punycode raise the base class
             return rejected("bad_text", line)
         try:
-            doc = json.loads(text)
-        except (ValueError, RecursionError):  # deep nesting ("[[[[...") exhausts the stack
+            doc = jsonin.parse(text)
+        except ValueError:  # not JSON, or nested deeper than any device's line
             return rejected("bad_json", line)
         items = doc if isinstance(doc, list) else [doc]
         events: list[DeviceEvent] = []

@@ -144,7 +144,7 @@ def run(loaded: LoadedConfig) -> int:
     try:
         password = check_secret_files(cfg.mqtt)
     except ConfigFileError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
+        print(f"configuration error:\n{loaded.at_its_key(exc)}", file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, [password] if password else [])
     for issue in loaded.retired:
@@ -170,7 +170,7 @@ def _serve(loaded: LoadedConfig, password: str | None) -> int:
     try:
         gw = build(loaded, password=password)
     except ConfigFileError as exc:
-        _config_error(exc)
+        _config_error(loaded.at_its_key(exc))
         return 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -183,7 +183,7 @@ def _serve(loaded: LoadedConfig, password: str | None) -> int:
     try:
         gw.start()
     except ConfigFileError as exc:  # a file the config names, changed since it was checked
-        _config_error(exc)
+        _config_error(loaded.at_its_key(exc))
         return 2
     except (StoreError, StartupError) as exc:
         log.error("cannot start: %s", exc)

@@ -51,10 +51,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     try:
         loaded = load_config(args.path)
+    except ConfigFileError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
         load_definitions(loaded.config.devices)
         check_secret_files(loaded.config.mqtt)
     except ConfigFileError as exc:
-        print(exc, file=sys.stderr)
+        print(loaded.at_its_key(exc), file=sys.stderr)
         return EXIT_CONFIG
     for issue in loaded.retired:
         print(f"warning: {issue}", file=sys.stderr)

@@ -391,6 +391,13 @@ RETIRED: dict[Loc, str] = {
 }
 
 
+# The keys that name a file read after the config itself: a problem found inside a definition
+# never has one of these keys (its own keys stop at "devices" or "mqtt", unknown there).
+_NAMES_A_FILE = re.compile(
+    r"mqtt\.password_file|mqtt\.tls\.[a-z_]+(/[a-z_]+)?|devices\.(ports|dc09)\[\d+\]\.definition"
+)
+
+
 class LoadedConfig(BaseModel):
     """A validated config plus where it came from (its hash goes into the status message) and
     the retired keys it held (warnings, not errors)."""
@@ -400,6 +407,25 @@ class LoadedConfig(BaseModel):
     source: str
     version: str
     retired: tuple[Issue, ...] = ()
+    lines: dict[str, int] = Field(default_factory=dict)  # key path -> the line that sets it
+
+    def at_its_key(self, exc: ConfigFileError) -> ConfigFileError:
+        """A file the config names (the password, a CA, a device definition) that cannot be
+        used: each problem is said at the key that names the file, with that key's line, so
+        the installer knows which line to fix; the file's own name stays in the message.
+        Problems found inside such a file (with a line of their own) are left as they are."""
+        issues = [
+            Issue(
+                self.source,
+                self.lines.get(issue.key.split("/")[0]),
+                issue.key,
+                f"{issue.file}: {issue.message}",
+            )
+            if issue.line is None and _NAMES_A_FILE.fullmatch(issue.key)
+            else issue
+            for issue in exc.issues
+        ]
+        return ConfigFileError(issues)
 
 
 def load_config(path: Path | None) -> LoadedConfig:
@@ -416,7 +442,10 @@ def load_config(path: Path | None) -> LoadedConfig:
             [Issue(str(path), None, secret, f"a secret in a file {PRIVATE_FILE}")]
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return LoadedConfig(config=cfg, source=str(path), version=digest, retired=tuple(retired))
+    lines = {key_path(loc): line for loc, line in index.items()}
+    return LoadedConfig(
+        config=cfg, source=str(path), version=digest, retired=tuple(retired), lines=lines
+    )
 
 
 def files_apart(cfg: GatewayConfig) -> list[tuple[Loc, str]]:

@@ -106,7 +106,10 @@ def _line_for(index: dict[Loc, int], loc: Loc) -> int | None:
     for end in range(len(loc), -1, -1):
         if loc[:end] in index:
             return index[loc[:end]]
-    return None
+    # a key written only as part of deeper tables ("[vison.camera]" for an unknown "vison"):
+    # the first line that names it
+    below = [line for path, line in index.items() if loc and path[: len(loc)] == loc]
+    return min(below, default=None)
 
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
@@ -171,16 +174,25 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     """The file's values and its text (for line numbers); ConfigFileError if unreadable."""
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigFileError([Issue(name, None, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigFileError([Issue(name, None, "", f"cannot read: {exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # an editor's other encoding: the line to look at
+        at = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigFileError(
+            [Issue(name, at, "", f"not UTF-8 text: byte {exc.object[exc.start]:#04x}")]
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         line = int(m.group(1)) if m else None
+        if line is None and "at end of document" in str(exc):  # an unclosed string, say
+            line = max(1, len(text.splitlines()))
         raise ConfigFileError([Issue(name, line, "", f"not valid TOML: {exc}")]) from None
     except RecursionError:  # tomllib parses nested arrays and inline tables recursively
         raise ConfigFileError(

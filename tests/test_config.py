@@ -171,12 +171,63 @@ def test_validate_config_reads_the_secret_files_the_start_reads(
         f'password_file = "{secret}"\n[mqtt.tls]\nca_file = "{tmp_path / "no-ca.pem"}"\n',
     )
     assert main(["validate-config", str(path)]) == 2
-    assert "mqtt.password_file: readable by every user" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{path}:4: mqtt.password_file: {secret}: readable by every user" in err
     secret.chmod(0o600)
+    no_ca = f"{path}:6: mqtt.tls.ca_file: {tmp_path / 'no-ca.pem'}: cannot load CA"
     assert main(["validate-config", str(path)]) == 2
-    assert "mqtt.tls.ca_file: cannot load CA" in capsys.readouterr().err
+    assert no_ca in capsys.readouterr().err
     assert main(["run", "--config", str(path)]) == 2  # not 1: systemd would restart it for ever
-    assert "mqtt.tls.ca_file: cannot load CA" in capsys.readouterr().err
+    assert no_ca in capsys.readouterr().err
+
+
+def test_a_file_the_config_names_that_cannot_be_used_is_said_at_the_naming_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The installer fixes the config, not the missing file's name: the message gives the
+    config's file, line and key, and still the file it could not use."""
+    defs = Path(__file__).resolve().parents[1] / "device_configs"
+    path = write(
+        tmp_path,
+        f'[mqtt]\nusername = "gw"\npassword_file = "{tmp_path / "no.pw"}"\n'
+        f'[devices]\ndefinitions_dir = "{defs}"\n'
+        '[[devices.ports]]\nname = "hall"\ndefinition = "gone.toml"\nurl = "/dev/ttyW"\n'
+        '[[devices.ports]]\nname = "panel"\ndefinition = "dc09-receiver.toml"\nurl = "/dev/ttyX"\n',
+    )
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:8: devices.ports[0].definition: {defs}/gone.toml: file not found" in err
+    assert (
+        f"{path}:12: devices.ports[1].definition: dc09-receiver.toml: a dc09 device cannot "
+        "be a port"
+    ) in err
+    text = path.read_text().split("[devices]")[0]
+    path.write_text(text)
+    assert main(["validate-config", str(path)]) == 2
+    assert f"{path}:3: mqtt.password_file: {tmp_path}/no.pw: cannot read" in capsys.readouterr().err
+    assert main(["run", "--config", str(path)]) == 2
+    assert f"{path}:3: mqtt.password_file: {tmp_path}/no.pw: cannot read" in capsys.readouterr().err
+
+
+def test_a_config_not_in_utf8_names_the_line_of_the_first_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_bytes('[gateway]\nid = "gw-1"\n# Caf\u00e9 du parc\n'.encode("latin-1"))
+    with pytest.raises(ConfigFileError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:3: (top level): not UTF-8 text: byte 0xe9"
+
+
+def test_a_toml_error_at_the_end_of_the_file_names_its_last_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, '[gateway]\nid = "gw-1"\nsite = """canteen\n'))
+    assert err.value.issues[0].line == 3
+
+
+def test_an_unknown_table_written_only_with_its_subtables_has_a_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\nid = "gw-1"\n\n[vison.camera]\nsource = "x"\n')
+    with pytest.raises(ConfigFileError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}:4: vison: unknown key; did you mean 'vision'?"
 
 
 def test_toml_syntax_error_has_a_line(tmp_path: Path) -> None:

@@ -122,7 +122,13 @@ def load_definitions(section: DevicesSection) -> dict[str, DefinitionFile]:
             try:
                 loaded[name] = load_definition(path)
             except ConfigFileError as exc:
-                issues.extend(exc.issues)
+                # a file that cannot be read at all is a problem of the key that names it
+                issues.extend(
+                    Issue(i.file, None, f"{key}.definition", i.message)
+                    if i.line is None and not i.key
+                    else i
+                    for i in exc.issues
+                )
                 continue
         protocol = loaded[name].protocol
         if (use == "dc09") != (protocol == "dc09"):

@@ -207,7 +207,7 @@ def test_a_definition_used_for_the_wrong_transport_is_refused() -> None:
     with pytest.raises(ConfigFileError) as err:
         load_definitions(section)
     assert "devices.ports[0].definition: a dc09 device cannot be a port" in str(err.value)
-    assert "missing.toml: (top level): file not found" in str(err.value)
+    assert "missing.toml: devices.dc09[0].definition: file not found" in str(err.value)
 
 
 def test_two_readers_of_one_device_or_one_port_are_refused() -> None:

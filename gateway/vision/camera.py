@@ -14,6 +14,7 @@ times are synthetic (frame number / fps), so the same photos give the same decis
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -181,7 +182,10 @@ class ImageFolder:
             image = fit_within(read_image(item), self.max_side)
             self._shape = image.shape
         except BadImage as exc:
-            if not item.exists():  # the folder was changed: lost, and listed again on reopening
+            # the folder was changed: lost, and listed again on reopening. A link whose photo
+            # is gone is still there: an unusable photo like any other, or the replay would
+            # start over at every pass and never show the photos after it
+            if not os.path.lexists(item):
                 gone = self.files.index(item) + 1
                 raise CameraError(f"{self.folder}: photo {gone} is gone") from None
             self.bad_files += 1

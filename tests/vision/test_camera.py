@@ -165,6 +165,25 @@ def test_a_replay_folder_taken_away_is_a_lost_camera_until_it_is_back(
         reader.stop()
 
 
+def test_a_link_to_a_photo_that_is_gone_is_skipped_and_the_replay_goes_on(
+    photo_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Taken for the folder having changed, the link made the camera lost and the replay
+    start over at every pass: the photo after it was never shown, and a replay that does not
+    loop never ended."""
+    (photo_folder / "img1b.jpg").symlink_to(photo_folder / "moved-away.jpg")
+    cfg = CameraSection(fps=20, replay_hold_s=0.1, replay_gap_s=0.0, reopen_min_s=0.05)
+    reader = CameraReader(ImageFolder(photo_folder, cfg), cfg)
+    reader.start()
+    try:
+        _wait(lambda: reader.ended)
+        assert reader.stats.frames == 2 * 2  # both photos, each held for two frames
+        assert reader.stats.reopens == 0 and "lost" not in caplog.text
+        assert "replay: photo 2 is not usable: unreadable" in caplog.text
+    finally:
+        reader.stop()
+
+
 def test_the_reader_keeps_only_the_newest_frame(photo_folder: Path) -> None:
     cfg = CameraSection(fps=30, replay_hold_s=2, replay_gap_s=0, replay_loop=True)
     reader = CameraReader(ImageFolder(photo_folder, cfg), cfg)

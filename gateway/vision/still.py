@@ -2,13 +2,16 @@
 
 A camera watching an empty counter all day would otherwise run the face detector on every
 frame (most of what an idle gateway with a camera costs). A frame is compared with the last
-frame the detector saw and found nobody in, by the mean absolute difference of small grey
-thumbnails: against that frame and not the previous one, so that a slow change (dusk, a
-person edging into view) adds up until it counts. Whatever changes the picture more than
-``threshold`` is analysed on that very frame; an unchanged picture still goes to the detector
-once ``recheck_s`` has passed since it last looked, so a person it could have missed is
-found within that bound. The gate never engages after a frame with any face in it, however
-small or unusable: someone far away and approaching keeps being detected on every frame.
+frame the detector saw and found nobody in, cell by cell: grey thumbnails whose cells are a
+fixed number of frame pixels, so that a small face changes whole cells at any camera
+resolution (a mean over the whole picture would dilute it more, the more pixels the camera
+has). It is compared with that frame and not the previous one, so that a slow change (dusk, a
+person edging into view) adds up until it counts. A frame in which any cell changed by
+``threshold`` grey levels or more is analysed on that very frame; an unchanged picture still
+goes to the detector once ``recheck_s`` has passed since it last looked, so a person it could
+have missed is found within that bound. The gate never engages after a frame with any face in
+it, however small or unusable: someone far away and approaching keeps being detected on every
+frame.
 """
 
 from __future__ import annotations
@@ -18,20 +21,28 @@ import numpy as np
 
 from gateway.vision.config import VisionSection
 
-# 20 x 20 pixel cells of a 640 x 480 frame: sensor noise averages out, a face at the counter
-# still covers several cells
-THUMBNAIL = (32, 24)
+# Cell side in frame pixels: 400 pixels average sensor noise and JPEG artefacts out, and the
+# smallest usable face (24 px between the pupils) still covers several whole cells. Whole
+# divisor of 640 x 480, 1280 x 720, 1920 x 1080 and 3840 x 2160.
+CELL = 20
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
-    """The frame as a tiny grey picture (area-averaged, so noise cancels out)."""
-    small = cv2.resize(image, THUMBNAIL, interpolation=cv2.INTER_AREA)
+    """The frame as a grey picture of CELL x CELL pixel averages. Rows and columns beyond the
+    last whole cell are left out: a whole scale factor takes OpenCV's fast path."""
+    h, w = image.shape[:2]
+    rows, cols = max(1, h // CELL), max(1, w // CELL)
+    whole = image[: min(h, rows * CELL), : min(w, cols * CELL)]
+    small = cv2.resize(whole, (cols, rows), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two thumbnails, in grey levels."""
-    return float(cv2.mean(cv2.absdiff(a, b))[0])
+    """The largest change of any one cell between two thumbnails, in grey levels (a frame of
+    another size differs entirely)."""
+    if a.shape != b.shape:
+        return 255.0
+    return float(cv2.minMaxLoc(cv2.absdiff(a, b))[1])
 
 
 class StillGate:

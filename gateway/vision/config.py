@@ -258,8 +258,9 @@ class VisionSection(Strict):
             "empty scene, without running the detector (the same at any camera resolution). "
             "Measured on real photos at 640x480 to 1920x1080: sensor noise (sigma up to 12), "
             "JPEG re-encoding (quality 60-80) and brightness jitter (+-2) changed a cell by at "
-            "most 7, the smallest usable face stepping up (also darkened or lightened toward the "
-            "background) at least 40. 0: off, every frame is analysed."
+            "most 7, the smallest usable face stepping up at least 40, and at least 21 with its "
+            "mean moved to the background's and its contrast halved. 0: off, every frame is "
+            "analysed."
         ),
     )
     still_recheck_s: float = Field(

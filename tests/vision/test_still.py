@@ -276,3 +276,15 @@ def test_two_people_hidden_for_a_moment_are_reported_once(
     every = decisions(VisionSection(still_threshold=0))
     assert [o for o, _ in every] == [Outcome.MULTIPLE_FACES]
     assert decisions(between(hidden, both, empty_counter)) == every
+
+
+def test_a_camera_that_changes_resolution_is_analysed_at_once(empty_counter: np.ndarray) -> None:
+    """A camera reconnected at another size (its thumbnail has other cells): the new frame is
+    a change, not an error and not a skip."""
+    gate = StillGate.from_config(VisionSection())
+    gate.seen(gate.look(empty_counter), 0.0, nobody=True)
+    larger = cv2.resize(empty_counter, (1280, 960), interpolation=cv2.INTER_LINEAR)
+    thumb = gate.look(larger)
+    assert thumb is not None and not gate.unchanged(thumb, 0.1)
+    same = gate.look(empty_counter)
+    assert same is not None and gate.unchanged(same, 0.1)

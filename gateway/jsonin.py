@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 
 MAX_DEPTH = 32  # requests and device lines use 4 or 5 levels
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"', re.DOTALL)  # brackets inside strings do not nest
+# Brackets inside strings do not nest. A string never closed runs to the end of the text, as
+# json.loads reads it (and stops there): were it left unmatched, the search would start again
+# at each later quote and scan to the end each time, hours for a request of escaped quotes.
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"?', re.DOTALL)
 _OTHER_BYTES = bytes(b for b in range(256) if b not in b"[]{}")
 
 

@@ -37,5 +37,9 @@ def test_many_shallow_arrays_are_not_deep() -> None:
     assert parse(json.dumps(wide)) == wide
 
 
-def test_brackets_after_an_unterminated_string_count() -> None:
-    assert too_deep('["never closed' + "[" * 100)
+def test_text_with_a_string_never_closed_is_refused() -> None:
+    """json.loads stops at the open string; the brackets after it are not reached."""
+    with pytest.raises(ValueError, match="Unterminated string"):
+        parse('["never closed' + "[" * 100)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse("[" * 100 + '"never closed')

@@ -445,6 +445,17 @@ def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> Non
         assert pair is not None and pair["status"] == "ok" and pair["transaction"] == "\U0001f600"
 
 
+def test_a_request_of_escaped_quotes_never_closed_is_answered(tmp_path: Path) -> None:
+    """A megabyte of quotes, each escaped, in one string never closed, after a few brackets:
+    answered as not JSON, not scanned again from every quote (hours, with the GIL held)."""
+    payload = b"[" * 40 + b'"' + b'\\"' * 500_000
+    with downlink_alone(tmp_path, lambda _r: Reply({"pong": True})) as (downlink, _sent):
+        reply = downlink.handle("eldercare/s/g/request/ping", payload)
+    assert reply is not None and reply["status"] == "error", reply
+    assert "nested too deeply" in reply["message"]
+    assert downlink.errors["invalid_json"] == 1
+
+
 def test_a_request_that_fails_past_its_handler_still_gets_an_answer(tmp_path: Path) -> None:
     """The last resort: a fault nobody foresaw (here a reply that is not JSON) is answered."""
     with downlink_alone(tmp_path, lambda _r: Reply({"when": object()})) as (downlink, sent):

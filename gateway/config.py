@@ -398,6 +398,9 @@ _NAMES_A_FILE = re.compile(
 )
 
 
+_LAST_PART = re.compile(r"(\.[^.\[]+|\[\d+\])$")
+
+
 class LoadedConfig(BaseModel):
     """A validated config plus where it came from (its hash goes into the status message) and
     the retired keys it held (warnings, not errors)."""
@@ -417,7 +420,7 @@ class LoadedConfig(BaseModel):
         issues = [
             Issue(
                 self.source,
-                self.lines.get(issue.key.split("/")[0]),
+                self._line_of(issue.key.split("/")[0]),
                 issue.key,
                 f"{issue.file}: {issue.message}",
             )
@@ -426,6 +429,16 @@ class LoadedConfig(BaseModel):
             for issue in exc.issues
         ]
         return ConfigFileError(issues)
+
+    def _line_of(self, key: str) -> int | None:
+        """The line that sets ``key``, or else its nearest table's (a key written inside an
+        inline table, ``mqtt = { password_file = ... }``, has no line of its own)."""
+        while key not in self.lines:
+            parent = _LAST_PART.sub("", key)
+            if parent == key:
+                return None
+            key = parent
+        return self.lines[key]
 
 
 def load_config(path: Path | None) -> LoadedConfig:

@@ -209,6 +209,23 @@ def test_a_file_the_config_names_that_cannot_be_used_is_said_at_the_naming_key(
     assert f"{path}:3: mqtt.password_file: {tmp_path}/no.pw: cannot read" in capsys.readouterr().err
 
 
+def test_a_file_named_inside_an_inline_table_is_reported_at_the_table_s_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    defs = Path(__file__).resolve().parents[1] / "device_configs"
+    path = write(
+        tmp_path,
+        f'[devices]\ndefinitions_dir = "{defs}"\n'
+        'ports = [\n  { name = "hall", definition = "gone.toml", url = "/dev/ttyW" },\n]\n',
+    )
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3: devices.ports[0].definition: {defs}/gone.toml: file not found" in err
+    path.write_text(f'mqtt = {{ username = "gw", password_file = "{tmp_path / "no.pw"}" }}\n')
+    assert main(["validate-config", str(path)]) == 2
+    assert f"{path}:1: mqtt.password_file: {tmp_path}/no.pw: cannot read" in capsys.readouterr().err
+
+
 def test_a_config_not_in_utf8_names_the_line_of_the_first_bad_byte(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_bytes('[gateway]\nid = "gw-1"\n# Caf\u00e9 du parc\n'.encode("latin-1"))

@@ -54,14 +54,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ConfigFileError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        load_definitions(loaded.config.devices)
-        check_secret_files(loaded.config.mqtt)
-    except ConfigFileError as exc:
-        print(loaded.at_its_key(exc), file=sys.stderr)
-        return EXIT_CONFIG
     for issue in loaded.retired:
         print(f"warning: {issue}", file=sys.stderr)
+    issues = []  # every file the config names, so that one run lists all there is to fix
+    for check in (
+        lambda: load_definitions(loaded.config.devices),
+        lambda: check_secret_files(loaded.config.mqtt),
+    ):
+        try:
+            check()
+        except ConfigFileError as exc:
+            issues.extend(loaded.at_its_key(exc).issues)
+    if issues:
+        print(ConfigFileError(issues), file=sys.stderr)
+        return EXIT_CONFIG
     print(f"{loaded.source}: ok (version {loaded.version})")
     return EXIT_OK
 

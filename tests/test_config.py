@@ -201,6 +201,8 @@ def test_a_file_the_config_names_that_cannot_be_used_is_said_at_the_naming_key(
         f"{path}:12: devices.ports[1].definition: dc09-receiver.toml: a dc09 device cannot "
         "be a port"
     ) in err
+    # one run lists every file there is to fix, the password file beside the definitions
+    assert f"{path}:3: mqtt.password_file: {tmp_path}/no.pw: cannot read" in err
     text = path.read_text().split("[devices]")[0]
     path.write_text(text)
     assert main(["validate-config", str(path)]) == 2

@@ -43,3 +43,10 @@ def test_text_with_a_string_never_closed_is_refused() -> None:
         parse('["never closed' + "[" * 100)
     with pytest.raises(ValueError, match="nested too deeply"):
         parse("[" * 100 + '"never closed')
+
+
+def test_depth_carries_across_the_chunks_the_scan_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.jsonin._CHUNK", 7)
+    for levels in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, MAX_DEPTH + 2):
+        shallow_first = "[[]]" * 20 + "[1," * levels + "2" + "]" * levels
+        assert too_deep(shallow_first) == (levels > MAX_DEPTH), levels

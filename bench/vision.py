@@ -119,6 +119,7 @@ def bench_frames(
         Policy.from_config(cfg.decision),
         "bench",
         models.model_ids(),
+        still=StillGate.from_config(cfg),
     )
     sessions = models.sessions()
     stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}

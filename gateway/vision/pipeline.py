@@ -123,12 +123,11 @@ class CounterPipeline:
         """The frame's decisions. One that shows the same empty scene as the last frame the
         detector found nobody in, once the decider was at rest, is not analysed: it is a frame
         without a face, as the detector would have said, and counted as ``still_skipped``."""
-        thumb = self.still.look(frame.image)
-        if thumb is not None and self.still.unchanged(thumb, frame.t):
+        start = time.perf_counter()
+        if self.still.skips(frame.image, frame.t):
             self.counts["still_skipped"] += 1
             self.last_t = frame.t
             return self.idle(frame.t)
-        start = time.perf_counter()
         found: list[tuple[SearchResult, float]] = []
 
         def search(embedding: np.ndarray) -> None:
@@ -153,7 +152,7 @@ class CounterPipeline:
         # nobody in view, nor lately: a detector's miss on a face (a hand raised to it) must
         # not let the frames after it, the face again, go unanalysed while she is there
         self.still.seen(
-            thumb, frame.t, analysis.kind == "no_face" and self.decider.at_rest(frame.t)
+            frame.image, frame.t, analysis.kind == "no_face" and self.decider.at_rest(frame.t)
         )
         if track is not None and obs.kind in ("face", "poor_quality"):
             self._tracks.setdefault(track.id, TrackFrames()).add(timings, this.image)

@@ -53,26 +53,31 @@ class StillGate:
         self.threshold = threshold
         self.recheck_s = recheck_s
         self._empty: tuple[np.ndarray, float] | None = None  # thumbnail and time of that frame
+        self._looked: tuple[np.ndarray, np.ndarray] | None = None  # a frame skips() let through
 
     @classmethod
     def from_config(cls, section: VisionSection) -> StillGate:
         return cls(section.still_threshold, section.still_recheck_s)
 
-    def look(self, image: np.ndarray) -> np.ndarray | None:
-        """The frame's thumbnail, for ``seen`` once the detector has looked at it; None when
-        the gate is off (nothing to remember)."""
-        return thumbnail(image) if self.threshold > 0 else None
-
-    def unchanged(self, thumb: np.ndarray, t: float) -> bool:
-        """Whether the detector may skip this frame: it shows the empty scene it last saw,
-        and looked at less than ``recheck_s`` ago."""
+    def skips(self, image: np.ndarray, t: float) -> bool:
+        """Whether the detector may skip this frame: it shows the empty scene it last saw, and
+        looked at less than ``recheck_s`` ago. A thumbnail is made only when there is such a
+        scene to compare with: never while someone is at the counter."""
+        self._looked = None
         empty = self._empty
-        return (
-            empty is not None
-            and t - empty[1] < self.recheck_s
-            and difference(thumb, empty[0]) < self.threshold
-        )
+        if empty is None or t - empty[1] >= self.recheck_s:
+            return False
+        thumb = thumbnail(image)
+        if difference(thumb, empty[0]) < self.threshold:
+            return True
+        self._looked = (image, thumb)
+        return False
 
-    def seen(self, thumb: np.ndarray | None, t: float, nobody: bool) -> None:
+    def seen(self, image: np.ndarray, t: float, nobody: bool) -> None:
         """What the detector made of a frame: only a frame without any face is a reference."""
-        self._empty = (thumb, t) if nobody and thumb is not None else None
+        looked, self._looked = self._looked, None
+        if not nobody or self.threshold <= 0:
+            self._empty = None
+            return
+        thumb = looked[1] if looked is not None and looked[0] is image else thumbnail(image)
+        self._empty = (thumb, t)

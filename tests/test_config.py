@@ -161,22 +161,33 @@ def test_validate_config_reads_the_secret_files_the_start_reads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """ "ok" from validate-config, then a service that exits at start and stays down, is what
-    an installer must never see: both check the password file and the TLS files alike."""
+    an installer must never see: both check the password file and the TLS files alike, and
+    name every one to fix at once (a bad password file hid a bad CA or client key)."""
     secret = tmp_path / "mqtt.pw"
     secret.write_text("s3cret\n")
     secret.chmod(0o644)
+    key = tmp_path / "client.key"
+    key.write_text("not a key\n")
+    key.chmod(0o644)
     path = write(
         tmp_path,
         '[mqtt]\nbrokers = ["mqtts://broker.example:8883"]\nusername = "gw"\n'
-        f'password_file = "{secret}"\n[mqtt.tls]\nca_file = "{tmp_path / "no-ca.pem"}"\n',
+        f'password_file = "{secret}"\n[mqtt.tls]\nca_file = "{tmp_path / "no-ca.pem"}"\n'
+        f'cert_file = "{tmp_path / "client.pem"}"\nkey_file = "{key}"\n',
     )
+    no_ca = f"{path}:6: mqtt.tls.ca_file: {tmp_path / 'no-ca.pem'}: cannot load CA"
+    for args in (["validate-config", str(path)], ["run", "--config", str(path)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{path}:4: mqtt.password_file: {secret}: readable by every user" in err
+        assert no_ca in err
+        assert f"{path}:8: mqtt.tls.key_file: {key}: readable by every user" in err
+    secret.chmod(0o600)
+    key.unlink()
     assert main(["validate-config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"{path}:4: mqtt.password_file: {secret}: readable by every user" in err
-    secret.chmod(0o600)
-    no_ca = f"{path}:6: mqtt.tls.ca_file: {tmp_path / 'no-ca.pem'}: cannot load CA"
-    assert main(["validate-config", str(path)]) == 2
-    assert no_ca in capsys.readouterr().err
+    assert no_ca in err
+    assert f"{path}:7: mqtt.tls.cert_file/key_file: " in err  # no such key file
     assert main(["run", "--config", str(path)]) == 2  # not 1: systemd would restart it for ever
     assert no_ca in capsys.readouterr().err
 

@@ -149,39 +149,54 @@ class _ClosedOnFailedHandshake(ssl.SSLSocket):
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     """Verify the broker's certificate and host name; no fallback to plaintext or no-verify.
     A CA or client key that cannot be used is a configuration error, like a bad key: the
-    gateway stops (exit 2) instead of retrying a file that will not mend itself."""
+    gateway stops (exit 2) instead of retrying a file that will not mend itself. Both are
+    tried, so that one error names every file to fix."""
     tls = cfg.tls
-
-    def problem(key: str, path: object, message: str) -> ConfigFileError:
-        return ConfigFileError([Issue(str(path), None, f"mqtt.tls.{key}", message)])
-
+    issues: list[Issue] = []
     try:
         ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
     except (OSError, ssl.SSLError) as exc:
-        raise problem("ca_file", tls.ca_file, f"cannot load CA: {exc}") from None
+        issues.append(Issue(str(tls.ca_file), None, "mqtt.tls.ca_file", f"cannot load CA: {exc}"))
+        ctx = ssl.create_default_context()  # only for the client key's check below
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.sslsocket_class = _ClosedOnFailedHandshake
     if tls.cert_file and tls.key_file:
         try:
             if readable_by_all(tls.key_file):
-                raise problem("key_file", tls.key_file, PRIVATE_FILE)
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+                issues.append(Issue(str(tls.key_file), None, "mqtt.tls.key_file", PRIVATE_FILE))
+            else:
+                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         except (OSError, ssl.SSLError) as exc:
-            raise problem(
-                "cert_file/key_file",
-                f"{tls.cert_file}, {tls.key_file}",
-                f"cannot load client certificate: {exc}",
-            ) from None
+            issues.append(
+                Issue(
+                    f"{tls.cert_file}, {tls.key_file}",
+                    None,
+                    "mqtt.tls.cert_file/key_file",
+                    f"cannot load client certificate: {exc}",
+                )
+            )
+    if issues:
+        raise ConfigFileError(issues)
     return ctx
 
 
 def check_secret_files(cfg: MqttSection) -> str | None:
     """The password file and, where a broker is ``mqtts://``, the CA and client key: read
     before anything starts (and by ``validate-config``), each problem a configuration error
-    naming its key. Returns the password."""
-    password = read_password(cfg)
+    naming its key, all of them at once. Returns the password."""
+    issues: list[Issue] = []
+    password = None
+    try:
+        password = read_password(cfg)
+    except ConfigFileError as exc:
+        issues += exc.issues
     if any(Endpoint.parse(url).tls for url in cfg.brokers):
-        tls_context(cfg)
+        try:
+            tls_context(cfg)
+        except ConfigFileError as exc:
+            issues += exc.issues
+    if issues:
+        raise ConfigFileError(issues)
     return password
 
 

@@ -517,8 +517,10 @@ def _inline_secret(cfg: GatewayConfig) -> str | None:
 
 
 def readable_by_all(path: Path) -> bool:
-    """A secret file (password, client key) that any local user could copy."""
-    return bool(path.stat().st_mode & stat.S_IROTH)
+    """A secret file (password, client key) that any local user could copy. A directory is
+    none: reading it fails with its own message ("Is a directory"), the one to act on."""
+    mode = path.stat().st_mode
+    return stat.S_ISREG(mode) and bool(mode & stat.S_IROTH)
 
 
 def read_password(mqtt: MqttSection) -> str | None:

@@ -112,6 +112,14 @@ def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> N
     assert main(["run", "--config", str(path)]) == 2
 
 
+def test_a_password_file_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    folder = tmp_path / "mqtt.pw"
+    folder.mkdir(mode=0o755)
+    path = write(tmp_path, f'[mqtt]\nusername = "gw"\npassword_file = "{folder}"\n')
+    with pytest.raises(ConfigFileError, match=r"cannot read: .*Is a directory"):
+        read_password(load_config(path).config.mqtt)
+
+
 def test_a_password_file_every_user_can_read_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "mqtt.pw"
     secret.write_text("s3cret\n")

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.argtypes import at_least_one, positive, rate
 from gateway.config import ConfigFileError, GatewayConfig, load_config
 from gateway.lifecycle import StartupError
 from gateway.stdout import EXIT_PIPE, discard, reader_gone
+from gateway.vision.config import VisionSection
 from gateway.vision.errors import VisionError
 
 EXIT_OK = 0
@@ -300,7 +302,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_identify(args: argparse.Namespace) -> int:
     from gateway.configfile import validate_model
     from gateway.vision.camera import open_source
-    from gateway.vision.config import VisionSection
     from gateway.vision.pipeline import DecisionEvent
     from gateway.vision.service import VisionService
 
@@ -331,24 +332,41 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 raise
             gone.set()
 
-    service = VisionService(
-        vision, cfg.gateway.data_dir, None, realtime=not args.lockstep, listeners=[show]
-    )
-    service.start()
-    deadline = None if args.seconds is None else time.monotonic() + args.seconds
-    try:
-        while not gone.is_set() and not service.wait(0.2):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        service.stop()
+    with contextlib.ExitStack() as scratch:
+        vision = _trial_gallery(vision, cfg.gateway.data_dir, scratch)
+        service = VisionService(
+            vision, cfg.gateway.data_dir, None, realtime=not args.lockstep, listeners=[show]
+        )
+        service.start()
+        deadline = None if args.seconds is None else time.monotonic() + args.seconds
+        try:
+            while not gone.is_set() and not service.wait(0.2):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            service.stop()
     print(json.dumps({"health": service.health()}, default=str), file=sys.stderr)
     if gone.is_set():
         discard()
         return EXIT_PIPE
     return EXIT_OK
+
+
+def _trial_gallery(
+    vision: VisionSection, data_dir: Path, scratch: contextlib.ExitStack[bool | None]
+) -> VisionSection:
+    """Where nobody is enrolled yet, an empty gallery in a temporary directory: a trial run
+    writes nothing at the site. Created in the data directory by whoever tries the camera
+    (often root), a key and gallery would keep the service's face stage from starting."""
+    db_path = vision.gallery.db_path(data_dir)
+    if db_path.exists():
+        return vision
+    print(f"no face gallery yet ({db_path}): every face is unknown", file=sys.stderr)
+    folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="gateway-identify-")))
+    empty = {"path": folder / "faces.db", "key_file": folder / "faces.key"}
+    return vision.model_copy(update={"gallery": vision.gallery.model_copy(update=empty)})
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:

@@ -70,6 +70,24 @@ def test_identify_prints_decisions_as_json_lines(
     assert health["camera"]["state"] == "ended"
 
 
+def test_identify_before_anyone_is_enrolled_writes_nothing(
+    tmp_path: Path, models_dir: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installer tries the camera (often with sudo) before the first enrolment: a gallery
+    and key created then, owned by root, would keep the service's face stage from starting."""
+    config = _config(tmp_path, models_dir)
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    shutil.copyfile(faces_dir / "deepface" / "img25.jpg", camera / "1.jpg")
+    shutil.copyfile(faces_dir / "deepface" / "couple.jpg", camera / "2.jpg")
+    assert main(["identify", "-c", str(config), "--camera", str(camera), "--lockstep"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [d["outcome"] for d in lines] == ["unknown", "multiple_faces"]
+    assert not (tmp_path / "data").exists()
+    assert "no face gallery yet" in captured.err
+
+
 def test_identify_with_no_such_camera_says_so(
     tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

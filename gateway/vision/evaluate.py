@@ -239,16 +239,30 @@ class Pair:
 def read_pairs(file: Path, root: Path, folds: int = 5) -> list[Pair]:
     """LFW ``pairs.txt`` (folds as in the file) or a CSV ``file_x,file_y,Decision``
     (Yes = same person; pairs dealt round-robin into ``folds`` folds). A file that cannot be
-    read so is a ValueError naming it and the line, not a traceback."""
+    read so is a ValueError naming it and the line, not a traceback; so is one whose pairs
+    all fall in one fold, which leaves cross-validation nothing to choose a threshold on."""
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{file}: not UTF-8 text") from None
     if text.lstrip().lower().startswith("file_x"):
-        return _csv_pairs(file, text, root, folds)
+        pairs = _csv_pairs(file, text, root, folds)
+    else:
+        pairs = _lfw_pairs(file, text, root)
+    if not pairs:
+        raise ValueError(f"{file}: no pairs")
+    if len({p.fold for p in pairs}) < 2:
+        raise ValueError(
+            f"{file}: all {len(pairs)} pair(s) are in one fold; cross-validation needs two or "
+            "more (pairs.txt: FOLDS of 2 or more; a CSV: 2 pairs or more)"
+        )
+    return pairs
+
+
+def _lfw_pairs(file: Path, text: str, root: Path) -> list[Pair]:
     lines = [(n, ln.split()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not lines:
-        raise ValueError(f"{file}: no pairs")
+        return []
     number, head = lines[0]
     per_fold = _count(head[1]) if len(head) == 2 else None
     if not per_fold:

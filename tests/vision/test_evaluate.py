@@ -108,6 +108,10 @@ def test_errata_merge_one_person_under_several_names_in_any_order(tmp_path: Path
             r"pairs\.txt:3: Decision 'Same'",
         ),
         (b"\xff\xfe1\x00", r"pairs\.txt: not UTF-8 text"),
+        (b"1 1\nA 1 2\nA 1 B 1\n", r"pairs\.txt: all 2 pair\(s\) are in one fold"),
+        (b"file_x,file_y,Decision\na.jpg,b.jpg,Yes\n", r"pairs\.txt: all 1 pair\(s\) are in one"),
+        (b"file_x,file_y,Decision\n", r"pairs\.txt: no pairs"),
+        (b"10 300\n", r"pairs\.txt: no pairs"),
     ],
 )
 def test_a_malformed_pairs_file_is_refused_naming_file_and_line(

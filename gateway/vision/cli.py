@@ -113,15 +113,25 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print("give either --elder ID PHOTOS... or --folder DIR, not both", file=sys.stderr)
         return EXIT_CONFIG
     if args.folder is not None:
-        jobs = folder_photos(args.folder)
+        try:
+            jobs = folder_photos(args.folder)
+            loose = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in args.folder.iterdir())
+        except OSError as exc:
+            print(f"{args.folder}: cannot be read: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAIL
         if not jobs:
-            loose = any(p.suffix.lower() in IMAGE_SUFFIXES for p in args.folder.iterdir())
             print(
                 f"{args.folder}: no elder folders in it (one sub-folder per elder id, holding "
                 f"that elder's photos){'; its photos are not in sub-folders' if loose else ''}",
                 file=sys.stderr,
             )
             return EXIT_FAIL
+        if loose:
+            print(
+                f"WARNING: {loose} photo(s) directly in {args.folder} not enrolled: only "
+                "photos in an elder's sub-folder (named by the elder id) are",
+                file=sys.stderr,
+            )
     elif args.elder and args.photos:
         jobs = [(args.elder, list(args.photos))]
     else:

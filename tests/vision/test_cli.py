@@ -210,6 +210,7 @@ def test_bulk_enrolment_command(
         ".thumbnails": ["img21.jpg"],
     }
     _photo_folders(folder, df, layout)
+    shutil.copyfile(df / "img17.jpg", folder / "img17.jpg")  # beside the elders' folders
     locked = _unreadable_folder(folder / "e-105")  # e.g. not the gateway user's to read
     # a site with a counter camera, whose gateway is not running now
     config = _config(tmp_path, models_dir, '[vision.camera]\nsource = "/dev/video0"\n')
@@ -228,6 +229,7 @@ def test_bulk_enrolment_command(
         assert "e-105: refused: folder cannot be read" in captured.out
     assert f"2 enrolled, {3 if locked else 2} refused, 0 flagged" in captured.out
     assert "System Volume" not in captured.out and "thumbnails" not in captured.out
+    assert f"WARNING: 1 photo(s) directly in {folder} not enrolled" in captured.err
     assert "2 enrolled with fewer than 3 photos in all" in captured.out
     assert (
         f"enrolling: {5 if locked else 4}/{5 if locked else 4}" in captured.err
@@ -235,6 +237,10 @@ def test_bulk_enrolment_command(
     # photos straight in the folder, not in one sub-folder per elder: said, not ignored
     assert main(["enroll", "-c", str(config), "--folder", str(folder / "e-101")]) == 1
     assert "its photos are not in sub-folders" in capsys.readouterr().err
+    assert main(["enroll", "-c", str(config), "--folder", str(tmp_path / "fotos")]) == 1
+    assert f"{tmp_path / 'fotos'}: cannot be read: No such file or directory" in (
+        capsys.readouterr().err
+    )
 
     assert main(["gallery", "stats", "-c", str(config)]) == 0
     out = capsys.readouterr().out

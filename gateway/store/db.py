@@ -64,12 +64,20 @@ def _damaged(path: Path, detail: str) -> StoreError:
     )
 
 
-def _busy(exc: BaseException) -> bool:
-    """Another connection holds a lock the opening needs (after a crash left the database
-    in rollback-journal mode, a reader keeps the switch to WAL waiting): says nothing about
-    the file, and moving it aside as for damage would strand its events."""
-    return isinstance(exc, sqlite3.OperationalError) and (
-        exc.sqlite_errorname.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+def held_elsewhere(path: Path, exc: BaseException) -> StoreError | None:
+    """The error to stop the start with when another connection holds a lock the opening
+    needs (an sqlite3 shell in the middle of an edit; or, after a crash left the database in
+    rollback-journal mode, a reader keeping the switch to WAL waiting); None for any other
+    error. A lock says nothing about the file, and moving it aside as for damage would strand
+    its events."""
+    if not isinstance(exc, sqlite3.OperationalError) or not exc.sqlite_errorname.startswith(
+        ("SQLITE_BUSY", "SQLITE_LOCKED")
+    ):
+        return None
+    return StoreError(
+        f"database {path} is held by another program ({exc}); it is not damaged. "
+        "Close what has it open (an sqlite3 shell, a backup reading it); the gateway "
+        "tries again when it is restarted"
     )
 
 
@@ -198,12 +206,9 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
             conn.close()
         if isinstance(exc, SchemaTooNew):
             raise StoreError(f"database {path}: {exc}") from None
-        if _busy(exc):
-            raise StoreError(
-                f"database {path} is held by another program ({exc}); it is not damaged. "
-                "Close what has it open (an sqlite3 shell, a backup reading it); the gateway "
-                "tries again when it is restarted"
-            ) from None
+        held = held_elsewhere(path, exc)
+        if held is not None:
+            raise held from None
         if isinstance(exc, sqlite3.DatabaseError) and not disk_full(exc):
             raise _damaged(path, str(exc)) from None
         raise  # no room to open it in (the caller's to handle) says nothing about the file

@@ -34,6 +34,7 @@ from gateway.store.db import (
     StoreError,
     connect,
     disk_full_error,
+    held_elsewhere,
     open_database,
     overwriting,
 )
@@ -410,7 +411,7 @@ class Store:
             conn.close()
             if disk_full(exc):
                 raise
-            raise StoreError(f"{self.path}: {exc}") from None
+            raise held_elsewhere(self.path, exc) or StoreError(f"{self.path}: {exc}") from None
         return conn, unsealed
 
     def _seal_old_rows(self) -> None:

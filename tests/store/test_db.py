@@ -76,27 +76,34 @@ def test_a_damaged_database_is_caught_after_an_unclean_stop(
     assert "damaged" in str(err.value) and str(path) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("journal_mode", "hold"),
+    [("DELETE", "BEGIN"), ("WAL", "BEGIN EXCLUSIVE")],
+    ids=["reader-after-a-crash", "shell-mid-edit"],
+)
 def test_a_database_another_program_holds_at_start_is_not_called_damaged(
-    make_store: StoreFactory, tmp_path: Path
+    make_store: StoreFactory, tmp_path: Path, journal_mode: str, hold: str
 ) -> None:
     """A crash while the pages were rebuilt leaves the database in rollback-journal mode,
-    where a reader (an sqlite3 shell, a backup) keeps the switch back to WAL waiting: the start
-    fails, but moving the file aside, as for damage, would strand its events."""
+    where a reader (an sqlite3 shell, a backup) keeps the switch back to WAL waiting; an
+    sqlite3 shell in the middle of an edit holds the write lock of the WAL database. The start
+    fails, and says what holds the file (SQLite's bare "database is locked" names no
+    troubleshooting row): moving it aside, as for damage, would strand its events."""
     path = tmp_path / "g.db"
     store = make_store(path)
     store.record(Event(SOS, {"i": 1}))
     store.stop()
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA journal_mode = DELETE")
-    reader = sqlite3.connect(path, isolation_level=None)
+        conn.execute(f"PRAGMA journal_mode = {journal_mode}")
+    holder = sqlite3.connect(path, isolation_level=None)
     try:
-        reader.execute("BEGIN")
-        reader.execute("SELECT COUNT(*) FROM events").fetchone()
+        holder.execute(hold)
+        holder.execute("SELECT COUNT(*) FROM events").fetchone()
         with pytest.raises(StoreError) as err:
             make_store(path)
         assert "held by another program" in str(err.value) and "is damaged" not in str(err.value)
     finally:
-        reader.close()
+        holder.close()
     assert make_store(path).health()["pending"]["p0"] == 1
 
 

@@ -196,8 +196,15 @@ def name_native_threads() -> None:
     """Give each thread's kernel name (``top -H``, ``ps -L``, /proc/PID/task/TID/comm) its
     Python name, cut to the kernel's 15 bytes: otherwise every thread is called ``gateway``
     and a thread that burns CPU or wakes too often cannot be told from the others. Cheap
-    enough for the main loop's tick: only threads not named before are written."""
-    alive = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    enough for the main loop's tick: only threads not named before are written. The main
+    thread keeps its name: it is the process's own (``gateway``), which ``ss -p``, ``fuser``,
+    ``pgrep`` and ``top`` show for the whole process."""
+    main = threading.main_thread()
+    alive = {
+        t.native_id: t.name
+        for t in threading.enumerate()
+        if t.native_id is not None and t is not main
+    }
     for tid in [tid for tid in _named if tid not in alive]:
         del _named[tid]
     for tid, name in alive.items():

@@ -131,3 +131,31 @@ def test_a_dc09_port_another_program_holds_stops_the_start_with_the_receiver_nam
     assert proc.returncode == 1
     assert f"cannot start: dc09 panel: cannot listen on 127.0.0.1:{port}: " in proc.stderr
     assert "Traceback" not in proc.stderr and "stopping store" in proc.stderr
+
+
+def test_the_running_gateway_is_called_gateway_by_ss_fuser_and_pgrep(tmp_path: Path) -> None:
+    """`ss -ltnup` on a taken port and `fuser -v` on a held database (the README's checks)
+    name a process by its kernel name: it must stay `gateway`, which the threads' names must
+    not overwrite (the main thread's is the process's own)."""
+    config = tmp_path / "g.toml"
+    config.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "var"}"\n[clock]\nsync_source = "never"\n'
+    )
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "gateway", "run", "-c", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "running (config" in line:
+                break
+        time.sleep(2)  # a few ticks of the main loop, which names new threads
+        comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
+        threads = {p.read_text().strip() for p in Path(f"/proc/{proc.pid}/task").glob("*/comm")}
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert comm == "gateway"
+    assert "store-writer" in threads  # the other threads keep their own names

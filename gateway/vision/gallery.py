@@ -312,7 +312,10 @@ class Gallery:
         """Open (and with ``create``, initialise: new key, empty file) and load the gallery."""
         if create and not key_path.exists():
             if db_path.exists() and not key_path.exists():  # not just created by another
-                raise GalleryError(f"{db_path} exists but its key {key_path} does not")
+                raise GalleryError(
+                    f"{db_path} exists but its key {key_path} does not: put it back (from the "
+                    "backup it was kept with), or move the gallery aside to enrol everyone anew"
+                )
             try:  # or another process did, a moment ago: the same key to use
                 create_key(key_path)
             except KeyFileError as exc:

@@ -90,6 +90,21 @@ def test_a_gallery_deleted_while_in_use_is_not_recreated_open(tmp_path: Path) ->
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
+def test_a_gallery_whose_key_is_missing_says_how_to_mend_it(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    """The face stage does not start; its message is what an installer reads in health, so it
+    names the remedies, as the event store's does, and the start with the key back works."""
+    db, key = paths
+    moved = key.with_name("faces.key.moved")
+    key.rename(moved)
+    with pytest.raises(GalleryError) as err:
+        Gallery.open(db, key, MODEL, create=True)
+    assert "put it back" in str(err.value) and "enrol everyone anew" in str(err.value)
+    moved.rename(key)
+    assert Gallery.open(db, key, MODEL, create=True).snapshot.templates == 6
+
+
 def test_templates_are_encrypted_at_rest(gallery: Gallery, paths: tuple[Path, Path]) -> None:
     template = gallery.snapshot.matrix[0]
     raw = b"".join(p.read_bytes() for p in paths[0].parent.glob("faces.db*"))

@@ -48,8 +48,10 @@ class Reserve:
     def __init__(self, path: Path, size_bytes: int) -> None:
         self.path = path
         self.size_bytes = size_bytes
-        self.released = False  # given up and not yet taken back: the disk was full
-        self.alarms_only = False  # the records' half is spent: what is left is for alarms
+        # given up and not yet taken back: the disk was full. An empty file is what giving
+        # up all of it leaves, so that a restart still lets alarms write below the floor.
+        self.released = bool(size_bytes) and self._emptied()
+        self.alarms_only = self.released  # the records' half is spent: the rest is for alarms
         # housekeeping takes it back while the writer (or the checkpointer) may give it up: a
         # take that found the file held must not then mark as held a file released meanwhile
         self._lock = threading.Lock()
@@ -86,6 +88,14 @@ class Reserve:
         if not stat.S_ISREG(st.st_mode):
             return 0
         return min(st.st_size, st.st_blocks * 512)
+
+    def _emptied(self) -> bool:
+        """The file is there, a regular file, and holds nothing: all of it was given up."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:  # none, or no directory to hold one (the start says why)
+            return False
+        return stat.S_ISREG(st.st_mode) and self._allocated() == 0
 
     def _open(self) -> int:
         """The file, created 0600, never through a link: one planted in the data directory
@@ -166,10 +176,14 @@ class Reserve:
                 return False
             self._released(allocated - self.alarm_share, "alarms and records", "telemetry is")
             return True
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
+        if allocated == 0:
             return False
+        try:
+            fd = self._open()
+            try:
+                os.ftruncate(fd, 0)  # kept, empty: a restart knows it was given up
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.error("disk reserve %s could not be released: %s", self.path, exc.strerror)
             return False

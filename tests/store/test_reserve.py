@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.events import Event
+from gateway.events import Event, EventType
 from gateway.store import StorageFull, Store, StoreError, read_stats
 from gateway.store.reserve import MB, Reserve
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
@@ -175,24 +175,30 @@ def test_a_stop_on_a_full_disk_leaves_the_alarms_half_of_the_reserve_to_the_next
     assert store.usage[SOS.lane].count == 1
 
 
-def test_the_alarms_half_left_by_the_run_before_is_kept_for_them_though_not_yet_completed(
-    small_disk: Path, make_store: StoreFactory
+@pytest.mark.parametrize("spent_by", [[MEAL], [MEAL, SOS]], ids=["records", "records-then-alarms"])
+def test_the_reserve_the_run_before_gave_up_still_admits_alarms_below_the_floor(
+    small_disk: Path, make_store: StoreFactory, spent_by: list[EventType]
 ) -> None:
-    """Records spent their half, the gateway was restarted, and the disk, below the floor, has
-    room to open the database but not to complete the reserve: the reserve was taken for
-    "waiting", as if there were none, and the next SOS refused with its half on the disk."""
+    """Records spent their half (or alarms then the rest), the gateway was restarted (a power
+    cut), and the disk, below the floor, has room to open the database but not to complete the
+    reserve: the reserve was taken for "waiting", as if there were none, and the next SOS
+    refused, the station told NAK again and again, though the run before had written it."""
     path = small_disk / "g.db"
     store = make_store(path, min_free_disk_mb=4, reserve_mb=2)
     filler = fill(small_disk)
-    with pytest.raises(StorageFull):
-        for n in range(100_000):
-            store.record(Event(MEAL, {"elder": f"E{n}", "pad": "x" * 400}))
+    for kind in spent_by:
+        with pytest.raises(StorageFull):
+            for n in range(100_000):
+                store.record(Event(kind, {"n": n, "pad": "x" * 400}))
+    alarms = store.usage[SOS.lane].count
     store.stop()
     os.truncate(filler, filler.stat().st_size - MB // 4)  # room to open, far below the floor
 
     store = make_store(path, min_free_disk_mb=4, reserve_mb=2)
     store.record(Event(SOS, {"device": "A1"}))
-    assert store.usage[SOS.lane].count == 1
+    assert store.usage[SOS.lane].count == alarms + 1
+    with pytest.raises(StorageFull):
+        store.record(Event(SEEN, {"n": "still below the floor"}))
 
 
 def test_a_reserve_released_while_housekeeping_takes_it_back_stays_released(
@@ -225,7 +231,7 @@ def test_a_reserve_released_while_housekeeping_takes_it_back_stays_released(
     go.set()
     housekeeping.join(10)
     writer.join(10)
-    assert not (tmp_path / "g.db.reserve").exists()
+    assert (tmp_path / "g.db.reserve").stat().st_blocks == 0  # given back to the disk
     assert reserve.state == "released"
 
 
@@ -420,7 +426,9 @@ def test_records_may_spend_only_the_first_half_of_the_reserve(tmp_path: Path) ->
     assert not reserve.release(alarms=False)
     assert reserve.alarms_only
     assert reserve.release()
-    assert not path.exists()
+    assert path.stat().st_blocks == 0  # all given back, the empty file left as its mark
+    assert not reserve.release()
+    assert Reserve(path, 4 * MB).state == "released"  # after a restart, too
 
 
 def test_a_reserve_partly_held_is_completed_when_the_disk_can_spare_what_it_lacks(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.events import Lane, StoredEvent
+from gateway.events import LANES, Lane, StoredEvent
 from gateway.logs import RateLimitedLog
 from gateway.store.cipher import EventCipher, Undecryptable
 from gateway.store.db import StoreError, connect
@@ -31,7 +31,7 @@ def _row(r: tuple[Any, ...], data_json: str) -> StoredEvent:
         event_id=r[1],
         type=r[2],
         schema=r[3],
-        lane=Lane(r[4]),
+        lane=LANES[r[4]],
         session=r[5],
         ts_ms=r[6],
         clock_synced=bool(r[7]),

@@ -18,15 +18,15 @@ import threading
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from gateway.clock import Clock, ClockSync
 from gateway.config import StoreSection
-from gateway.events import Event, Lane, StoredEvent, compact_json
+from gateway.events import LANES, Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
 from gateway.logs import RateLimitedLog
 from gateway.store.cipher import EventCipher, has_plain_rows
@@ -151,8 +151,9 @@ class DomainWrite:
     params: Sequence[Any] = ()
 
 
-@dataclass(frozen=True)
-class Delivered:
+class Delivered(NamedTuple):
+    """(A NamedTuple: the publisher makes one for every event delivered.)"""
+
     seq: int
     lane: Lane
 
@@ -220,11 +221,44 @@ class _Record(Receipt[StoredEvent]):
 
 
 class _Ack(Receipt[int]):
-    __slots__ = ("items",)
+    __slots__ = ("items", "telemetry")
 
     def __init__(self, cond: threading.Condition, items: Sequence[Delivered]) -> None:
         super().__init__(cond)
         self.items = items
+        self.telemetry = all(d.lane is Lane.P2 for d in items)
+
+
+class _Upkeep:
+    """The writer's own work waiting its turn (deliveries, housekeeping), in order. While a
+    backlog drains, deliveries of telemetry arrive a few at a time and each wakes the writer
+    to ask whether they may wait longer: the answer is kept up to date as ops come and go, so
+    asking costs nothing however many are waiting."""
+
+    def __init__(self) -> None:
+        self._ops: deque[_Op] = deque()
+        self.rows = 0
+        self.urgent = 0  # ops that are not deliveries of telemetry
+
+    def append(self, op: _Op) -> None:
+        self._ops.append(op)
+        self.rows += _rows(op)
+        self.urgent += not (isinstance(op, _Ack) and op.telemetry)
+
+    def popleft(self) -> _Op:
+        op = self._ops.popleft()
+        self.rows -= _rows(op)
+        self.urgent -= not (isinstance(op, _Ack) and op.telemetry)
+        return op
+
+    def first(self) -> _Op:
+        return self._ops[0]
+
+    def __bool__(self) -> bool:
+        return bool(self._ops)
+
+    def __iter__(self) -> Iterator[_Op]:
+        return iter(self._ops)
 
 
 class _Write(Receipt[T]):
@@ -628,14 +662,14 @@ class Store:
 
     def _run(self) -> None:
         records: deque[_Op] = deque()
-        others: deque[_Op] = deque()
+        others = _Upkeep()
         try:
             self._loop(records, others)
         except BaseException as exc:
             log.critical("store writer failed: %s", exc, exc_info=True)
             self._fail(exc, [*records, *others])
 
-    def _loop(self, records: deque[_Op], others: deque[_Op]) -> None:
+    def _loop(self, records: deque[_Op], others: _Upkeep) -> None:
         """Producers' writes first: each turn commits the waiting events and write() calls,
         in their order (up to batch_max_rows), then at most one bounded batch of the store's
         own maintenance (deleting delivered events, housekeeping). An alarm so waits for one
@@ -679,13 +713,13 @@ class Store:
             if others:
                 batch: list[_Op] = [others.popleft()]
                 rows = _rows(batch[0])
-                while others and rows + _rows(others[0]) <= self.cfg.batch_max_rows:
-                    rows += _rows(others[0])
+                while others and rows + _rows(others.first()) <= self.cfg.batch_max_rows:
+                    rows += _rows(others.first())
                     batch.append(others.popleft())
                 self._commit(batch)
 
     def _records_batch(
-        self, records: deque[_Op], others: deque[_Op], stopping: bool
+        self, records: deque[_Op], others: _Upkeep, stopping: bool
     ) -> tuple[list[_Op], bool]:
         """The next commit's records, lingering for more if configured, and whether the writer
         is stopping: the stop signal may be taken off the queue while it lingers, and must not
@@ -712,25 +746,20 @@ class Store:
             if self._take(item, records, others):
                 return batch, True
 
-    def _ride_along(self, batch: list[_Op], others: deque[_Op]) -> None:
+    def _ride_along(self, batch: list[_Op], others: _Upkeep) -> None:
         """Deliveries waiting at the head of ``others`` join a commit of events."""
         rows = sum(map(_rows, batch))
-        while others and isinstance(others[0], _Ack):
-            if rows + _rows(others[0]) > self.cfg.batch_max_rows:
+        while others and isinstance(others.first(), _Ack):
+            if rows + _rows(others.first()) > self.cfg.batch_max_rows:
                 return
-            rows += _rows(others[0])
+            rows += _rows(others.first())
             batch.append(others.popleft())
 
-    def _deliveries_may_wait(self, others: deque[_Op]) -> bool:
+    def _deliveries_may_wait(self, others: _Upkeep) -> bool:
         """Only deliveries of telemetry, and fewer than a commit holds."""
         if not self.cfg.telemetry_linger_ms:
             return False
-        rows = 0
-        for op in others:
-            if not isinstance(op, _Ack) or any(d.lane is not Lane.P2 for d in op.items):
-                return False
-            rows += len(op.items)
-        return rows < self.cfg.batch_max_rows
+        return not others.urgent and others.rows < self.cfg.batch_max_rows
 
     def _linger_s(self, batch: list[_Op]) -> float:
         if any(map(_is_p0, batch)):
@@ -740,7 +769,7 @@ class Store:
             linger_ms = max(linger_ms, self.cfg.telemetry_linger_ms)
         return linger_ms / 1000
 
-    def _take(self, item: object, records: deque[_Op], others: deque[_Op]) -> bool:
+    def _take(self, item: object, records: deque[_Op], others: _Upkeep) -> bool:
         """File one queued item; True when it is the stop signal."""
         if item is _STOP:
             return True
@@ -750,7 +779,7 @@ class Store:
             others.append(item)  # type: ignore[arg-type]
         return False
 
-    def _drain(self, records: deque[_Op], others: deque[_Op]) -> bool:
+    def _drain(self, records: deque[_Op], others: _Upkeep) -> bool:
         stop = False
         while True:
             try:
@@ -1014,11 +1043,15 @@ class Store:
                 f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING seq, lane, bytes, erased",
                 chunk,
             ).fetchall()
-            for _, lane, nbytes, _ in removed:
-                delta.add(Lane(lane), -1, -nbytes)
-            gone = [seq for seq, lane, _, erased in removed if lane == Lane.P2 and not erased]
-            kept = [seq for seq, lane, _, erased in removed if lane != Lane.P2 and not erased]
-            doomed = [seq for seq, _, _, erased in removed if erased]
+            gone, kept, doomed = [], [], []
+            for seq, lane, nbytes, erased in removed:
+                delta.add(LANES[lane], -1, -nbytes)
+                if erased:
+                    doomed.append(seq)
+                elif lane == Lane.P2:
+                    gone.append(seq)
+                else:
+                    kept.append(seq)
             if gone:
                 conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(gone))})", gone)
             if doomed:

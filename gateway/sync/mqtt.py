@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -54,8 +54,9 @@ class Endpoint:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """(A NamedTuple: one is made for every message sent.)"""
+
     topic: str
     payload: bytes
     retain: bool = False
@@ -241,7 +242,7 @@ class MqttLink:
         self._refused: str | None = None
         self._lost: str | None = None
         self._dropped: str | None = None
-        self._announced_limit: int | None = None
+        self._packet_limit = cfg.max_packet_bytes
         self._subscribed: list[str] = []  # the topics of this connection's SUBSCRIBE, in order
         self.subscriptions_refused: list[str] = []
         self.state = "stopped"
@@ -337,8 +338,12 @@ class MqttLink:
     def packet_limit(self) -> int | None:
         """The connection's packet size limit: the configured one, the one the broker announced
         in its CONNACK (MQTT 5), whichever is smaller."""
-        limits = [x for x in (self.cfg.max_packet_bytes, self._announced_limit) if x]
-        return min(limits) if limits else None
+        return self._packet_limit
+
+    def _announce(self, announced: int | None) -> None:
+        """Worked out once per connection: every message sent is checked against it."""
+        limits = [x for x in (self.cfg.max_packet_bytes, announced) if x]
+        self._packet_limit = min(limits) if limits else None
 
     def payload_limit(self, topic: str) -> int | None:
         """The largest payload a message on ``topic`` may have on this connection."""
@@ -353,7 +358,7 @@ class MqttLink:
             client = self._client
             if client is None or generation != self._generation or not self.connected:
                 return None
-        limit = self.payload_limit(msg.topic)
+        limit = None if self._packet_limit is None else self.payload_limit(msg.topic)
         if limit is not None and len(msg.payload) > limit:
             self.too_large += 1
             raise MessageTooLarge(len(msg.payload), limit)
@@ -451,7 +456,7 @@ class MqttLink:
         ) -> None:
             if rc.is_failure:
                 self._refused = str(rc)
-            self._announced_limit = getattr(_p, "MaximumPacketSize", None)
+            self._announce(getattr(_p, "MaximumPacketSize", None))
             self._connacked = True
             self._settled.set()
 
@@ -488,7 +493,8 @@ class MqttLink:
 
         def on_publish(_c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
             try:
-                self._listener.puback(generation, mid, not rc.is_failure, str(rc))
+                failed = rc.is_failure  # named only when refused: this runs for every message
+                self._listener.puback(generation, mid, not failed, str(rc) if failed else "")
             except Exception:
                 log.exception("puback handler failed")
 
@@ -526,7 +532,7 @@ class MqttLink:
         self._refused = None
         self._lost = None
         self._dropped = None
-        self._announced_limit = None
+        self._announce(None)
         self.subscriptions_refused = []
         props = None
         clean_start: paho.CleanStartOption = paho.MQTT_CLEAN_START_FIRST_ONLY

@@ -19,10 +19,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.config import MqttSection
-from gateway.events import Lane, StoredEvent
+from gateway.events import LANES, Lane, StoredEvent
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog
 from gateway.store import Delivered, OutboxReader, Receipt, Store, StoreClosed
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 PREFETCH = 512
 REFILL_READS = 8  # reads of PREFETCH rows at most per refill, passing over held-back events
 ACK_CHUNK = 256  # acknowledged events per store write: keeps each commit short for alarms
-LANES = tuple(Lane)  # iterating the enum class itself is slow on the per-message path
 ACK_WAKE = 8  # PUBACKs gathered before the publisher is woken for them ...
 ACK_POLL_S = 0.002  # ... or this long at most, while messages are in flight
 LATENCY_WINDOW = 1000
@@ -42,8 +41,9 @@ IDLE_WAIT_S = 1.0
 SETTLE_S = 2.0  # at a clean stop, the longest wait for the PUBACKs of what is in flight
 
 
-@dataclass(frozen=True)
-class InFlight:
+class InFlight(NamedTuple):
+    """(NamedTuples here and for PUBACKs: one of each is made for every message sent.)"""
+
     events: tuple[StoredEvent, ...]
     lane: Lane
     size: int
@@ -60,8 +60,7 @@ class _Held:
     first_seq: int
 
 
-@dataclass(frozen=True)
-class _Ack:
+class _Ack(NamedTuple):
     generation: int
     mid: int
     accepted: bool
@@ -339,6 +338,8 @@ class Publisher:
 
     def _fill_window(self, generation: int) -> None:
         now = self._store.steady_ms()
+        with self._lock:
+            connected = self._connected_steady
         while not self._worker.stopping.is_set():
             lane = self._next_lane()
             if lane is None or (lane is not Lane.P0 and self._settling.is_set()):
@@ -351,7 +352,7 @@ class Publisher:
                 or self._inflight_bytes >= self.cfg.inflight_max_bytes
             ):
                 return
-            events, msg = self._take(lane)
+            events, msg = self._take(lane, connected)
             try:
                 mid = self._send(msg, generation)
             except MessageTooLarge as exc:
@@ -431,12 +432,11 @@ class Publisher:
         self._wake.set()  # read on at the next turn, after the lanes before this one
         return False
 
-    def _take(self, lane: Lane) -> tuple[list[StoredEvent], Message]:
+    def _take(self, lane: Lane, connected: int) -> tuple[list[StoredEvent], Message]:
         """One event, or for P2 a run of consecutive same-type events (order is kept), and the
         message that carries them. A batch is sized by its exact bytes, so that it fits the
-        broker's packet limit as well as ``batch_max_bytes``."""
-        with self._lock:
-            connected = self._connected_steady
+        broker's packet limit as well as ``batch_max_bytes``. Events recorded before
+        ``connected`` (steady ms) are marked as replayed."""
         session = self._store.session
         buf = self._buffers[lane]
         first = buf.popleft()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ class Topics:
     site: str
     gateway: str
 
-    @property
+    @functools.cached_property
     def base(self) -> str:
         return f"{self.prefix}/{self.site}/{self.gateway}"
 

@@ -29,7 +29,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,7 @@ class FaceSet:
     ok: np.ndarray
     gated: list[str | None]
     failures: Counter[str] = field(default_factory=Counter)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # and why
 
     @property
     def usable(self) -> np.ndarray:
@@ -124,19 +125,25 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _embed_one(path: Path) -> tuple[np.ndarray | None, str | None]:
+def _embed_one(path: Path) -> tuple[np.ndarray | None, str | None, str | None]:
     assert _worker is not None
-    return embed_photo(_worker, path)
+    return _embed(_worker, path)
 
 
 def embed_photo(analyzer: Analyzer, path: Path) -> tuple[np.ndarray | None, str | None]:
     """(embedding or None, why the counter's gates would refuse the photo, or None)."""
+    vector, reason, _ = _embed(analyzer, path)
+    return vector, reason
+
+
+def _embed(analyzer: Analyzer, path: Path) -> tuple[np.ndarray | None, str | None, str | None]:
+    """As ``embed_photo``, and what is wrong with a photo that cannot be read or decoded."""
     try:
         image = read_image(path)
     except BadImage as exc:
-        return None, exc.reason
+        return None, exc.reason, str(exc)
     analysis = analyzer.analyze(image, gate=False, live=False)
-    return analysis.embedding, analysis.gate_reason
+    return analysis.embedding, analysis.gate_reason, None
 
 
 def embed_images(
@@ -155,9 +162,11 @@ def embed_images(
     ok = np.zeros(len(paths), dtype=bool)
     gated: list[str | None] = []
     failures: Counter[str] = Counter()
+    unreadable: list[tuple[Path, str]] = []
     if jobs <= 1:
         _init_worker(models_dir, manifest, settings)
-        results: Iterator[tuple[np.ndarray | None, str | None]] = map(_embed_one, paths)
+        results: Iterator[tuple[np.ndarray | None, str | None, str | None]]
+        results = map(_embed_one, paths)
         pool = None
     else:
         pool = ProcessPoolExecutor(
@@ -168,19 +177,21 @@ def embed_images(
         )
         results = pool.map(_embed_one, paths, chunksize=32)
     try:
-        for i, (vector, reason) in enumerate(results):
+        for i, (vector, reason, problem) in enumerate(results):
             if vector is not None:
                 embeddings[i] = vector
                 ok[i] = True
             else:
                 failures[reason or "failed"] += 1
+            if problem is not None:
+                unreadable.append((paths[i], problem))
             gated.append(reason)
             if progress is not None:
                 progress(i + 1)
     finally:
         if pool is not None:  # interrupted: the chunks not started yet are not waited for
             pool.shutdown(cancel_futures=True)
-    return FaceSet(list(paths), list(labels), embeddings, ok, gated, failures)
+    return FaceSet(list(paths), list(labels), embeddings, ok, gated, failures, unreadable)
 
 
 @dataclass(frozen=True)
@@ -222,7 +233,7 @@ class Errata:
             "excluded" if path.stem in self.exclude else reason
             for path, reason in zip(faces.paths, faces.gated, strict=True)
         ]
-        return FaceSet(faces.paths, labels, faces.embeddings, faces.ok, gated, faces.failures)
+        return replace(faces, labels=labels, gated=gated)
 
 
 # ---- 1:1 pairs -----------------------------------------------------------------------------

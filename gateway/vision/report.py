@@ -40,6 +40,7 @@ from gateway.vision.progress import Progress
 
 VERIFY_FMR = 1e-4
 FPIRS = (1e-2, 1e-3)
+UNREADABLE_SHOWN = 10  # photos named in the text report; the JSON report names them all
 
 
 @dataclass
@@ -75,6 +76,7 @@ class EvalReport:
     errata: dict[str, int]
     seconds: float
     figures: Figures
+    unreadable: list[str] = field(default_factory=list)  # "photo: what is wrong with it"
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = asdict(self)
@@ -85,8 +87,14 @@ class EvalReport:
             f"faces      {self.faces_dir}: {self.photos} photos, {self.identities} people "
             f"({self.seconds:.0f} s)",
             f"no face    {dict(self.no_face) or 'none'}",
-            f"gated      {dict(self.gated) or 'none'} (left out of open-set and all-pairs)",
         ]
+        shown = self.unreadable[:UNREADABLE_SHOWN]
+        lines += [f"  cannot use {line}" for line in shown]
+        if len(self.unreadable) > len(shown):
+            lines.append(f"  and {len(self.unreadable) - len(shown):,} more photos like these")
+        lines.append(
+            f"gated      {dict(self.gated) or 'none'} (left out of open-set and all-pairs)"
+        )
         if self.errata:
             lines.append(f"errata     {self.errata}")
         if self.figures.pairs is not None:
@@ -301,8 +309,17 @@ def run_eval(
         photos=len(paths),
         identities=len({label for label in labels if label}),
         no_face=dict(face_set.failures),
+        unreadable=[f"{_shown(path, faces)}: {why}" for path, why in face_set.unreadable],
         gated=dict(gated),
         errata=errata_counts,
         seconds=time.monotonic() - started,
         figures=figures,
     )
+
+
+def _shown(photo: Path, faces: Path) -> str:
+    """A photo as the folder or the pairs file names it."""
+    try:
+        return str(photo.relative_to(faces))
+    except ValueError:
+        return str(photo)

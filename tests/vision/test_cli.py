@@ -400,6 +400,31 @@ def test_eval_command_on_the_deepface_pairs(
     assert "TAR at FAR 0.001: not measurable (262 impostor pairs, at least 1,000 needed)" in out
 
 
+def test_eval_names_the_photos_it_could_not_use(
+    faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A site's calibration folder or pairs file with a photo missing or damaged: the report
+    says which, not only how many, so the installer can mend it."""
+    config = _config(tmp_path, models_dir)
+    folder = tmp_path / "faces"
+    df = faces_dir / "deepface"
+    _photo_folders(folder, df, {"p-1": ["img1.jpg", "img2.jpg"], "p-2": ["img20.jpg"]})
+    (folder / "p-2" / "cut.jpg").write_bytes((df / "img21.jpg").read_bytes()[:2000])
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(
+        "file_x,file_y,Decision\n"
+        "p-1/img1.jpg,p-1/img2.jpg,Yes\n"
+        "p-2/img20.jpg,p-2/gone.jpg,Yes\n"
+        "p-1/img1.jpg,p-2/img20.jpg,No\n"
+    )
+    argv = ["eval", "-c", str(config), "--faces", str(folder), "--pairs", str(pairs)]
+    assert main([*argv, "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "  cannot use p-2/gone.jpg: unreadable: " in out
+    assert "  cannot use p-2/cut.jpg: truncated" in out
+    assert "img20.jpg:" not in out and "img1.jpg:" not in out
+
+
 def test_eval_on_a_mistyped_or_empty_folder_fails_instead_of_reporting_nothing(
     models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

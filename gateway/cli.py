@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.config import ConfigFileError, load_config
 from gateway.devices.cli import register as register_devices
+from gateway.logs import size_text
 from gateway.stdout import EXIT_PIPE, discard, reader_gone
 from gateway.store import StoreError, read_stats
 from gateway.vision.cli import register as register_vision
@@ -99,7 +100,7 @@ def cmd_outbox_stats(args: argparse.Namespace) -> int:
         (
             s.lane.name,
             str(s.pending),
-            _human_bytes(s.pending_bytes),
+            size_text(s.pending_bytes),
             "-" if s.oldest_age_s is None else _human_age(s.oldest_age_s),
             str(s.evicted),
             str(s.expired),
@@ -116,15 +117,6 @@ def cmd_outbox_stats(args: argparse.Namespace) -> int:
             )
         )
     return EXIT_OK
-
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _human_age(seconds: float) -> str:

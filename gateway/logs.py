@@ -108,3 +108,13 @@ class RateLimitedLog:
             self._log.log(level, msg + " (%d similar suppressed)", *args, suppressed)
         else:
             self._log.log(level, msg, *args)
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: 512 B, 700.0 KiB, 64.0 MiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

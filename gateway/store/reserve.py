@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from gateway.logs import size_text
 from gateway.private import open_private
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Reserve:
             except OSError as exc:
                 log.warning("disk reserve %s not reduced: %s", self.path, exc.strerror)
             else:
-                log.info("disk reserve reduced to %d MiB", self.size_bytes // MB)
+                log.info("disk reserve reduced to %s", size_text(self.size_bytes))
                 allocated = self.size_bytes
         if not self.size_bytes:
             return False
@@ -149,7 +150,7 @@ class Reserve:
             return False
         os.close(fd)
         self.released = self.alarms_only = False
-        log.info("disk reserve held: %d MiB in %s", self.size_bytes // MB, self.path)
+        log.info("disk reserve held: %s in %s", size_text(self.size_bytes), self.path)
         return True
 
     def release(self, *, alarms: bool = True) -> bool:
@@ -194,9 +195,9 @@ class Reserve:
     def _released(self, freed: int, written: str, refused: str) -> None:
         self.released = True
         log.error(
-            "disk full: released %.1f MiB of the reserve so %s can still be written; %s "
+            "disk full: released %s of the reserve so %s can still be written; %s "
             "refused until there is room again; free space on the disk of %s",
-            freed / MB,
+            size_text(freed),
             written,
             refused,
             self.path.parent,

@@ -486,3 +486,13 @@ def test_a_refusal_saved_by_the_clean_stop_is_not_saved_again_after_a_restart(
     store.stop()
     (p0, _, _) = read_stats(small_disk / "g.db").lanes
     assert p0.refused == refused
+
+
+def test_a_reserve_under_a_mebibyte_is_logged_as_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """reserve_mb = 0.5 was logged as "0 MiB" held, as if there were none."""
+    reserve = Reserve(tmp_path / "g.db.reserve", MB // 2)
+    with caplog.at_level("INFO", logger="gateway.store.reserve"):
+        assert reserve.take(free_bytes=1024 * MB, floor_bytes=MB)
+    assert "disk reserve held: 512.0 KiB in" in caplog.text

@@ -357,10 +357,20 @@ def cmd_identify(args: argparse.Namespace) -> int:
             pass
         finally:
             service.stop()
-    print(json.dumps({"health": service.health()}, default=str), file=sys.stderr)
+    health = service.health()
+    print(json.dumps({"health": health}, default=str), file=sys.stderr)
     if gone.is_set():
         discard()
         return EXIT_PIPE
+    seen = health.get("camera") or {}
+    if seen.get("state") == "ended" and not seen.get("frames"):
+        # a video file that opens but holds no frame (or none that decodes)
+        print(
+            f"error: camera {args.camera} ended without one usable frame "
+            f"({seen.get('bad_frames', 0)} unusable): nothing was tried",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
     return EXIT_OK
 
 

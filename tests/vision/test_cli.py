@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -151,6 +152,12 @@ def test_identify_on_a_replay_that_cannot_play_fails_instead_of_waiting(
     not_video = faces_dir / "deepface" / "master.csv"
     assert main(["identify", "-c", str(config), "--camera", str(not_video)]) == 1
     assert f"cannot open camera {not_video}" in capsys.readouterr().err
+    no_frames = tmp_path / "empty.avi"  # opens as a video, holds no frame
+    cv2.VideoWriter(str(no_frames), cv2.VideoWriter.fourcc(*"MJPG"), 15, (640, 480)).release()
+    assert main(["identify", "-c", str(config), "--camera", str(no_frames), "--lockstep"]) == 1
+    assert f"camera {no_frames} ended without one usable frame (0 unusable)" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

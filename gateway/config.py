@@ -448,7 +448,10 @@ def load_config(path: Path | None) -> LoadedConfig:
     data, text = read_toml(path)
     index = line_index(text)
     retired = drop_retired(data, RETIRED, str(path), index)
-    cfg = validate_model(data, GatewayConfig, str(path), index, across=files_apart)
+    try:
+        cfg = validate_model(data, GatewayConfig, str(path), index, across=files_apart)
+    except ConfigFileError as exc:
+        raise ConfigFileError(exc.issues, retired) from None
     secret = _inline_secret(cfg)
     if secret is not None and readable_by_all(path):
         raise ConfigFileError(

@@ -41,11 +41,14 @@ class Issue:
 
 
 class ConfigFileError(Exception):
-    """A file that must not be used; carries every problem found, not just the first."""
+    """A file that must not be used; carries every problem found, not just the first, and the
+    warnings the same file gives (a retired key): the installer mends it all in one go."""
 
-    def __init__(self, issues: Sequence[Issue]) -> None:
+    def __init__(self, issues: Sequence[Issue], warnings: Sequence[Issue] = ()) -> None:
         self.issues = list(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
+        self.warnings = list(warnings)
+        lines = [str(i) for i in self.issues] + [f"warning: {w}" for w in self.warnings]
+        super().__init__("\n".join(lines))
 
 
 def check_order(low: float, high: float, low_name: str, high_name: str) -> None:

@@ -350,6 +350,12 @@ def test_a_ttl_for_alarms_or_records_from_the_first_release_is_a_warning_not_a_r
         assert f"gateway.toml:3: store.lanes.{lane}.ttl_s: ignored" in capsys.readouterr().err
     ok = load_config(write(tmp_path, "[store.lanes.p2]\nquota_mb = 64\nttl_s = 3600\n"))
     assert ok.config.store.lanes.p2.ttl_s == 3600 and ok.retired == ()
+    # with an error in the same file: both said, so that one edit mends the file
+    both = write(tmp_path, "[store.lanes.p0]\nquota_mb = -1\nttl_s = 3600\n")
+    assert main(["validate-config", str(both)]) == 2
+    err = capsys.readouterr().err
+    assert "gateway.toml:2: store.lanes.p0.quota_mb: " in err
+    assert "warning: " in err and "gateway.toml:3: store.lanes.p0.ttl_s: ignored" in err
 
 
 def test_a_lane_table_that_gives_one_key_keeps_the_other_defaults(tmp_path: Path) -> None:

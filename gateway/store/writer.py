@@ -243,12 +243,12 @@ class _Upkeep:
     def append(self, op: _Op) -> None:
         self._ops.append(op)
         self.rows += _rows(op)
-        self.urgent += not (isinstance(op, _Ack) and op.telemetry)
+        self.urgent += not _may_linger(op)
 
     def popleft(self) -> _Op:
         op = self._ops.popleft()
         self.rows -= _rows(op)
-        self.urgent -= not (isinstance(op, _Ack) and op.telemetry)
+        self.urgent -= not _may_linger(op)
         return op
 
     def first(self) -> _Op:
@@ -1247,6 +1247,11 @@ def _is_p0(op: _Op) -> bool:
 def _is_background(op: _Op) -> bool:
     """Telemetry that no source waits for."""
     return isinstance(op, _Record) and op.lane is Lane.P2 and not op.waited
+
+
+def _may_linger(op: _Op) -> bool:
+    """Deliveries of telemetry only: they may wait to ride along with the next events."""
+    return isinstance(op, _Ack) and op.telemetry
 
 
 def _rows(op: _Op) -> int:

@@ -367,7 +367,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
         # a video file that opens but holds no frame (or none that decodes)
         print(
             f"error: camera {args.camera} ended without one usable frame "
-            f"({seen.get('bad_frames', 0)} unusable): nothing was tried",
+            f"({seen.get('bad_frames', 0)} unusable): an empty recording, or one that does "
+            "not decode",
             file=sys.stderr,
         )
         return EXIT_FAIL

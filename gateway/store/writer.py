@@ -35,7 +35,6 @@ from gateway.store.db import (
     connect,
     disk_full_error,
     held_elsewhere,
-    locked,
     open_database,
     overwriting,
 )
@@ -813,8 +812,7 @@ class Store:
         """Commit the batch; a failure that ends the writer (see ``_run``) leaves nothing of it
         half written nor waiting: it is refused, and its transaction rolled back."""
         try:
-            while not self._commit_or_isolate(batch):
-                pass  # the database was locked by another program: the whole batch again
+            self._commit_or_isolate(batch)
         except BaseException as exc:
             conn = self._conn
             if conn is not None and conn.in_transaction:
@@ -823,10 +821,7 @@ class Store:
             self._fail(exc, batch)
             raise
 
-    def _commit_or_isolate(self, batch: list[_Op]) -> bool:
-        """Commit the batch, or settle each op of it with its own error; False when another
-        program held the database's lock past the busy timeout, for the batch to be tried
-        again whole (split, each op would wait out the timeout in turn, and be refused)."""
+    def _commit_or_isolate(self, batch: list[_Op]) -> None:
         conn = self._conn
         assert conn is not None
         seq_before = self._next_seq
@@ -853,23 +848,12 @@ class Store:
             self._next_seq = seq_before
             if disk_full(exc) and self._give_room(batch):
                 self._commit(batch)  # once for each part of the reserve given up
-                return True
-            if locked(exc) and not self._given_up_on_lock():
-                self._flood_log.error(
-                    "locked",
-                    "store: %s is locked by another program (%s); %d writes wait for it, "
-                    "alarms too: find it with 'fuser %s'",
-                    self.path,
-                    exc,
-                    len(batch),
-                    self.path,
-                )
-                return False
+                return
             if len(batch) > 1:
                 # Isolate the op that failed so it cannot take the rest of the batch with it.
                 for op in batch:
                     self._commit([op])
-                return True
+                return
             err: BaseException = exc
             if disk_full(exc):
                 err = StorageFull(f"disk full writing {self.path}")
@@ -880,7 +864,7 @@ class Store:
                     self._unsaved[name] += 1
             resolve(self._settled, [(batch[0], err)])
             self._flood_log.error("write-failed", "store write failed: %s", exc)
-            return True
+            return
         self.commits += 1
         if writes:
             self._unsaved = Counter()
@@ -890,16 +874,6 @@ class Store:
         resolve(self._settled, zip(batch, results, strict=True))
         if delta.new_lanes:
             self._notify(delta.new_lanes)
-        return True
-
-    def _given_up_on_lock(self) -> bool:
-        """Once the store is stopping, a lock is waited for no longer: what is still queued
-        is refused at once, not after a timeout each, so the stop ends in time."""
-        with self._lock:
-            closed = self._closed
-        if closed and self._conn is not None:
-            self._conn.execute("PRAGMA busy_timeout = 0")
-        return closed
 
     def _notify(self, lanes: set[Lane]) -> None:
         """Tell each listener what a commit added. One that fails must not end the writer,

@@ -4,7 +4,6 @@ import contextlib
 import queue
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from gateway.store import (
     StorageFull,
     Store,
     StoreClosed,
-    db,
     read_stats,
 )
 from gateway.store.writer import _STOP, Receipt
@@ -638,43 +636,3 @@ def test_a_quiet_journal_is_not_written_by_housekeeping_but_its_running_time_is_
     clock.advance(240_000)  # five minutes: what a power cut may lose of the running time
     store.housekeep()
     assert saved_running_time() == store.steady_ms() == saved + 300_000
-
-
-def test_events_waiting_for_a_lock_another_program_holds_are_all_committed_once_it_lets_go(
-    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An sqlite3 shell left in the middle of an edit holds the write lock past the busy
-    timeout: what waits meanwhile, an alarm too, is committed once it lets go, none refused.
-    (Split into one commit per event, each waited out the timeout in turn and was refused.)"""
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
-    store = make_store(tmp_path / "g.db")
-    shell = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
-    shell.execute("BEGIN IMMEDIATE")
-    sightings = [store.submit(Event(SEEN, {"n": n})) for n in range(20)]
-    alarm = store.submit(Event(SOS, {"device": "A1"}))
-    time.sleep(1.5)  # the timeout seven times over
-    assert not alarm.done()
-    shell.execute("COMMIT")
-    shell.close()
-    seqs = [r.result(10).seq for r in sightings]
-    assert seqs == sorted(seqs) and alarm.result(10).seq > seqs[-1]
-    assert store.usage[Lane.P2].count == 20 and store.usage[Lane.P0].count == 1
-
-
-def test_a_stop_while_another_program_holds_the_lock_refuses_what_waits_and_ends(
-    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
-    store = make_store(tmp_path / "g.db")
-    shell = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
-    shell.execute("BEGIN IMMEDIATE")
-    waiting = [store.submit(Event(SEEN, {"n": n})) for n in range(20)]
-    time.sleep(0.5)
-    stopper = threading.Thread(target=store.stop)
-    stopper.start()
-    stopper.join(10)  # a lock held for good must not hold the stop too
-    assert not stopper.is_alive()
-    shell.close()
-    for receipt in waiting:
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
-            receipt.result(0)

@@ -145,19 +145,18 @@ class Recorder:
     def record(self, events: Iterable[Event]) -> bool:
         """Commit every event; True only if all are on disk (the source may then be ACKed).
 
-        Any failure is "not stored", not only the expected ones (full, closed, slow): the
-        writer hands on a raw SQLite error (an I/O error, a locked file) as it is, and the
-        source must then get its NAK and retry rather than lose the event with our thread.
+        Any failure is "not stored", not only the expected ones (full, closed, not committed
+        in time and so taken back): the writer hands on a raw SQLite error (an I/O error) as it
+        is, and the source must then get its NAK and retry rather than lose the event with
+        our thread.
         """
-        futures = []
         try:
-            futures = [self.store.submit(e, waited=True) for e in events]
-            for fut in futures:
-                fut.result(self.record_timeout_s)
+            receipts = [self.store.submit(e, waited=True) for e in events]
+            self.store.wait(receipts, self.record_timeout_s)
         except Exception as exc:
             self._failed(None, exc)
             return False
-        self.stats.stored(len(futures))
+        self.stats.stored(len(receipts))
         return True
 
     def _done(

@@ -3,15 +3,18 @@
 from gateway.store.db import StoreError, hold_exclusively
 from gateway.store.outbox import OutboxReader, OutboxStats, read_stats
 from gateway.store.writer import (
+    Backlogged,
     Delivered,
     DomainWrite,
     Receipt,
     StorageFull,
     Store,
     StoreClosed,
+    Withdrawn,
 )
 
 __all__ = [
+    "Backlogged",
     "Delivered",
     "DomainWrite",
     "OutboxReader",
@@ -21,6 +24,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreError",
+    "Withdrawn",
     "hold_exclusively",
     "read_stats",
 ]

@@ -34,6 +34,7 @@ from gateway.store.schema import SchemaTooNew, migrate
 log = logging.getLogger(__name__)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 5000  # how long a statement waits for a lock another connection holds
 # Every commit writes each page it touches whole to the WAL, and a second's sightings touch a
 # dozen pages (events, outbox, their indexes, meta, counters, the freelist) with a few hundred
 # bytes each: with 1 KiB pages it writes less than half of what SQLite's default 4 KiB pages
@@ -64,15 +65,20 @@ def _damaged(path: Path, detail: str) -> StoreError:
     )
 
 
+def locked(exc: BaseException) -> bool:
+    """Another connection held a lock this one needs for longer than ``BUSY_TIMEOUT_MS``."""
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorname.startswith(
+        ("SQLITE_BUSY", "SQLITE_LOCKED")
+    )
+
+
 def held_elsewhere(path: Path, exc: BaseException) -> StoreError | None:
     """The error to stop the start with when another connection holds a lock the opening
     needs (an sqlite3 shell in the middle of an edit; or, after a crash left the database in
     rollback-journal mode, a reader keeping the switch to WAL waiting); None for any other
     error. A lock says nothing about the file, and moving it aside as for damage would strand
     its events."""
-    if not isinstance(exc, sqlite3.OperationalError) or not exc.sqlite_errorname.startswith(
-        ("SQLITE_BUSY", "SQLITE_LOCKED")
-    ):
+    if not locked(exc):
         return None
     return StoreError(
         f"database {path} is held by another program ({exc}); it is not damaged. "
@@ -136,7 +142,7 @@ def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) ->
         # stalls to copy the WAL into the database: that stall was an alarm's worst latency.
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 

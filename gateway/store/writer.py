@@ -35,6 +35,7 @@ from gateway.store.db import (
     connect,
     disk_full_error,
     held_elsewhere,
+    locked,
     open_database,
     overwriting,
 )
@@ -63,6 +64,17 @@ CHECKPOINT_MAX_S = 30.0
 # often: a power cut loses at most this much running time, and a quiet site writes little.
 STEADY_SAVE_MS = 300_000
 SQL_VARS = 500
+# While another program holds the database's lock, everything waits in memory for it to let
+# go; past this many waiting, telemetry nobody waits for is refused (about 1 KB each): a shell
+# left open overnight must not take the Pi's memory. Alarms and waited-for events still wait.
+WAITING_MAX_WHILE_LOCKED = 20_000
+# Meanwhile each try waits this long for the lock, not the whole busy timeout: a write whose
+# caller gives up during a try can be taken back only once that try is over.
+LOCKED_RETRY_MS = 1000
+# How much longer than the busy timeout a write given up on may take to be settled: the commit
+# it is part of is waiting for a lock (the busy timeout at most) or writing to the card.
+SETTLE_GRACE_S = 5.0
+WITHDRAWN = "the store did not commit in time; not written"
 
 
 class StorageFull(Exception):
@@ -72,6 +84,16 @@ class StorageFull(Exception):
 
 class StoreClosed(Exception):
     """The store is stopped or its writer has failed; nothing more can be recorded."""
+
+
+class Withdrawn(TimeoutError):
+    """The store did not commit in time, and the write was taken back before its commit
+    began: it is not on disk and never will be, so its source may be told so."""
+
+
+class Backlogged(Exception):
+    """Telemetry refused: another program holds the database's lock, and enough already
+    waits in memory for it to let go."""
 
 
 class Receipt(Generic[T]):
@@ -85,11 +107,13 @@ class Receipt(Generic[T]):
     Callbacks run on the writer thread and must be quick.
     """
 
-    __slots__ = ("_callbacks", "_cond", "_done", "_error", "_value")
+    __slots__ = ("_callbacks", "_claimed", "_cond", "_done", "_error", "_value", "_withdrawn")
 
     def __init__(self, cond: threading.Condition) -> None:
         self._cond = cond
         self._done = False
+        self._claimed = False  # in a commit being tried: to be waited for, not taken back
+        self._withdrawn = False  # its caller gave up: not to be committed after all
         self._value: T | None = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Receipt[T]], None]] | None = None
@@ -348,6 +372,9 @@ class Store:
         self._settled = threading.Condition()
         self._closed = True
         self._failed: BaseException | None = None
+        self._busy_s = 0.0  # the write connection's busy timeout
+        self._locked_out = False  # another program held the lock at the last commit tried
+        self._refused_locked = 0  # telemetry refused meanwhile, for the writer to count
         self._housekeeping = Periodic(
             "store-housekeeping", cfg.housekeeping_interval_s, self.housekeep
         )
@@ -394,6 +421,7 @@ class Store:
         except sqlite3.OperationalError:  # full even without the reserve
             raise disk_full_error(self.path, self._free_disk(self.path.parent)) from None
         self._conn = conn
+        self._busy_s = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
         self.previous_stop_clean = clean
         for lane, count, nbytes in conn.execute(
             "SELECT lane, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY lane"
@@ -634,10 +662,33 @@ class Store:
         return op
 
     def record(
-        self, event: Event, domain: Sequence[DomainWrite] = (), timeout: float | None = 30.0
+        self, event: Event, domain: Sequence[DomainWrite] = (), timeout: float = 30.0
     ) -> StoredEvent:
-        """Commit the event (and its domain rows); return only once it is on disk."""
-        return self.submit(event, domain, waited=True).result(timeout)
+        """Commit the event (and its domain rows); return only once it is on disk. Raises
+        ``Withdrawn`` when it was not committed in time (see ``wait``)."""
+        return self.wait([self.submit(event, domain, waited=True)], timeout)[0]
+
+    def wait(self, receipts: Sequence[Receipt[T]], timeout: float) -> list[T]:
+        """The receipts' values, waited for up to ``timeout`` in all.
+
+        When the time runs out, the writes whose commit has not begun are taken back and raise
+        ``Withdrawn``: a caller that gives up (a NAKed call, a counter's "not recorded") is
+        never contradicted by a commit afterwards, which would record a call twice or charge
+        a meal staff settled by hand. A commit already under way is waited for (a lock for the
+        busy timeout at most); a writer stuck beyond that leaves TimeoutError: not known.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            return [r.result(max(0.0, deadline - time.monotonic())) for r in receipts]
+        except TimeoutError:
+            pass
+        with self._settled:
+            for r in receipts:
+                r._withdrawn = True
+            taken_back = [r for r in receipts if not r._done and not r._claimed]
+        resolve(self._settled, [(r, Withdrawn(WITHDRAWN)) for r in taken_back])
+        deadline = time.monotonic() + self._busy_s + SETTLE_GRACE_S
+        return [r.result(max(0.0, deadline - time.monotonic())) for r in receipts]
 
     def mark_delivered(self, items: Sequence[Delivered]) -> Receipt[int]:
         op = _Ack(self._settled, items)
@@ -656,7 +707,17 @@ class Store:
                 raise StoreClosed(f"store {self.path} is not open")
             if self._failed is not None:
                 raise StoreClosed(f"store writer failed: {self._failed}")
-            self._queue.put(op)
+            refused = (
+                self._locked_out
+                and _is_background(op)
+                and self._queue.qsize() >= WAITING_MAX_WHILE_LOCKED
+            )
+            if not refused:
+                self._queue.put(op)
+                return
+            self._refused_locked += 1
+        error = Backlogged(f"{self.path} is locked by another program; telemetry refused")
+        resolve(self._settled, [(op, error)])
 
     # ---- the writer thread ------------------------------------------------------------------
 
@@ -809,10 +870,14 @@ class Store:
         )
 
     def _commit(self, batch: list[_Op]) -> None:
-        """Commit the batch; a failure that ends the writer (see ``_run``) leaves nothing of it
-        half written nor waiting: it is refused, and its transaction rolled back."""
+        """Commit the batch, but for what its callers took back meanwhile (see ``wait``);
+        tried whole again while another program holds the lock. A failure that ends the
+        writer (see ``_run``) leaves nothing of it half written nor waiting: it is refused,
+        and its transaction rolled back."""
         try:
-            self._commit_or_isolate(batch)
+            while batch := self._claim(batch):
+                if self._commit_or_isolate(batch):
+                    return
         except BaseException as exc:
             conn = self._conn
             if conn is not None and conn.in_transaction:
@@ -821,10 +886,27 @@ class Store:
             self._fail(exc, batch)
             raise
 
-    def _commit_or_isolate(self, batch: list[_Op]) -> None:
+    def _claim(self, batch: list[_Op]) -> list[_Op]:
+        """The ops of the batch still wanted, marked as being committed: from now on a
+        caller who gives up waits for the outcome instead of taking them back."""
+        with self._settled:
+            claimed = [op for op in batch if not op._withdrawn]
+            for op in claimed:
+                op._claimed = True
+        if len(claimed) < len(batch):
+            resolve(self._settled, [(op, Withdrawn(WITHDRAWN)) for op in batch if op._withdrawn])
+        return claimed
+
+    def _commit_or_isolate(self, batch: list[_Op]) -> bool:
+        """Commit the batch, or settle each op of it with its own error; False when another
+        program held the database's lock past the busy timeout, for the batch to be tried
+        again whole: split, each op would wait out the timeout in turn, and be refused."""
         conn = self._conn
         assert conn is not None
         seq_before = self._next_seq
+        with self._lock:
+            refused, self._refused_locked = self._refused_locked, 0
+        self._count_unsaved(f"refused_{Lane.P2.label}", refused)
         delta = _Delta()
         results: list[Any] = []
         steady = self.steady_ms()
@@ -848,23 +930,38 @@ class Store:
             self._next_seq = seq_before
             if disk_full(exc) and self._give_room(batch):
                 self._commit(batch)  # once for each part of the reserve given up
-                return
+                return True
+            if locked(exc) and not self._given_up_on_lock():
+                if not self._locked_out:
+                    self._locked_out = True
+                    conn.execute(f"PRAGMA busy_timeout = {LOCKED_RETRY_MS}")
+                self._flood_log.error(
+                    "locked",
+                    "store: %s is locked by another program (%s); %d writes wait for it, "
+                    "alarms too: find it with 'fuser -v %s'",
+                    self.path,
+                    exc,
+                    len(batch) + self._queue.qsize(),
+                    self.path,
+                )
+                return False
             if len(batch) > 1:
                 # Isolate the op that failed so it cannot take the rest of the batch with it.
                 for op in batch:
                     self._commit([op])
-                return
+                return True
             err: BaseException = exc
             if disk_full(exc):
                 err = StorageFull(f"disk full writing {self.path}")
                 if isinstance(batch[0], _Record):
                     # refused like any event the full disk has no room for, and counted so
-                    name = f"refused_{batch[0].lane.label}"
-                    self.counters[name] = self.counters.get(name, 0) + 1
-                    self._unsaved[name] += 1
+                    self._count_unsaved(f"refused_{batch[0].lane.label}")
             resolve(self._settled, [(batch[0], err)])
             self._flood_log.error("write-failed", "store write failed: %s", exc)
-            return
+            return True
+        if self._locked_out:
+            self._locked_out = False
+            conn.execute(f"PRAGMA busy_timeout = {round(self._busy_s * 1000)}")
         self.commits += 1
         if writes:
             self._unsaved = Counter()
@@ -874,6 +971,22 @@ class Store:
         resolve(self._settled, zip(batch, results, strict=True))
         if delta.new_lanes:
             self._notify(delta.new_lanes)
+        return True
+
+    def _count_unsaved(self, name: str, n: int = 1) -> None:
+        """Counted outside a commit: saved by the next one that writes (or at the stop)."""
+        if n:
+            self.counters[name] = self.counters.get(name, 0) + n
+            self._unsaved[name] += n
+
+    def _given_up_on_lock(self) -> bool:
+        """Once the store is stopping, a lock is waited for no longer: what is still queued
+        is refused at once, not after a timeout each, so the stop ends in time."""
+        with self._lock:
+            closed = self._closed
+        if closed and self._conn is not None:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+        return closed
 
     def _notify(self, lanes: set[Lane]) -> None:
         """Tell each listener what a commit added. One that fails must not end the writer,
@@ -1282,6 +1395,7 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
 
 
 __all__ = [
+    "Backlogged",
     "Delivered",
     "DomainWrite",
     "Receipt",
@@ -1289,4 +1403,5 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreError",
+    "Withdrawn",
 ]

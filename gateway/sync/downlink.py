@@ -26,7 +26,7 @@ from gateway.contract import request_validator
 from gateway.events import compact_json
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog
-from gateway.store import DomainWrite, StorageFull, Store, StoreClosed
+from gateway.store import DomainWrite, StorageFull, Store, StoreClosed, Withdrawn
 from gateway.store.cipher import EventCipher, Undecryptable
 from gateway.store.db import connect, overwriting
 from gateway.sync.mqtt import Message
@@ -249,7 +249,7 @@ class Downlink:
         sealed = 0
         try:
             while not stopping.is_set():
-                done = self._store.write(batch).result(timeout=self._commit_timeout_s)
+                [done] = self._store.wait([self._store.write(batch)], self._commit_timeout_s)
                 sealed += done
                 if done < SEAL_BATCH:
                     break
@@ -362,25 +362,32 @@ class Downlink:
                 f"applied, but not remembered ({exc}): a repeat of this transaction is "
                 "handled as a new request"
             )[:MESSAGE_MAX]
-        except TimeoutError:  # still queued in the writer: it may yet be committed, or not
+        except TimeoutError as exc:
+            # Withdrawn: taken back, never to be committed; otherwise the writer was stuck in
+            # the very commit that holds it, which may yet end
+            within = f"the store did not commit within {self._commit_timeout_s:g} s"
+            taken_back = isinstance(exc, Withdrawn)
             if not elsewhere:
                 return self._error(
                     op,
                     txn,
                     "store_timeout",
-                    f"not known whether applied: the store did not commit within "
-                    f"{self._commit_timeout_s:g} s; send the same transaction again later: if "
-                    "it was applied, the answer comes from the record, otherwise it is applied "
-                    "then",
+                    f"not applied: {within}; send it again"
+                    if taken_back
+                    else f"not known whether applied: {within}; send the same transaction "
+                    "again later: if it was applied, the answer comes from the record, "
+                    "otherwise it is applied then",
                 )
             self._tally(self.errors, "store_timeout")
             self._rate_log.warning(
-                "store_timeout", "downlink: %s applied, its response not yet stored", op
+                "store_timeout", "downlink: %s applied, its response not stored in time", op
             )
             response["message"] = (
-                f"applied, but perhaps not remembered (the store did not commit within "
-                f"{self._commit_timeout_s:g} s): a repeat of this transaction may be handled "
-                "as a new request"
+                f"applied, but not remembered ({within}): a repeat of this transaction is "
+                "handled as a new request"
+                if taken_back
+                else f"applied, but perhaps not remembered ({within}): a repeat of this "
+                "transaction may be handled as a new request"
             )
         self._tally(self.counts, "ok")
         self._respond(op, response)
@@ -449,7 +456,7 @@ class Downlink:
                     (keep,),
                 )
 
-        self._store.write(apply).result(timeout=self._commit_timeout_s)
+        self._store.wait([self._store.write(apply)], self._commit_timeout_s)
 
     def _error(self, op: str, txn: str | None, reason: str, message: str) -> dict[str, Any]:
         self._tally(self.errors, reason)

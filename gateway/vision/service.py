@@ -45,6 +45,10 @@ from gateway.vision.still import StillGate
 
 log = logging.getLogger(__name__)
 COOLDOWN_SAVE_S = 5.0  # how often a changed cooldown is written (for a restart)
+# How long the counter waits for a decision to be recorded (another program holding the
+# journal's lock): an elder is waiting. Not recorded by then, it is taken back, never recorded
+# later behind the back of staff who settled the meal by hand.
+RECORD_TIMEOUT_S = 5.0
 
 Listener = Callable[[DecisionEvent], None]
 
@@ -370,8 +374,8 @@ class VisionService:
     def _emit(self, decision: DecisionEvent) -> None:
         if self.store is not None:
             try:
-                self.store.record(decision.event)
-            except Exception as exc:  # full, closed, slow or a raw SQLite error: counted
+                self.store.record(decision.event, timeout=RECORD_TIMEOUT_S)
+            except Exception as exc:  # full, closed, taken back or a raw SQLite error: counted
                 self.unrecorded += 1
                 self._ratelimited.warning("record", "decision not recorded: %s", exc)
         for listener in self.listeners:

@@ -4,10 +4,16 @@ frame that fails (our fault, or the store's) is refused alone, and the sender's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import sqlite3
 from pathlib import Path
 
+import pytest
+
+from gateway.clock import ClockSync, SystemClock
+from gateway.config import StoreSection
 from gateway.devices.config import DevicesSection, PortConfig
 from gateway.devices.dedup import Dedup
 from gateway.devices.framers.binary import encode_frame
@@ -16,7 +22,7 @@ from gateway.devices.pipeline import FramedHandler, definition_dedup, framed_han
 from gateway.devices.recorder import Recorder
 from gateway.devices.service import build_services
 from gateway.devices.simulate import contact_id_line
-from gateway.store import Store
+from gateway.store import Store, db
 from tests.devices.conftest import CONFIGS, definition, stored
 from tests.devices.support import Pty, failing_inserts
 from tests.devices.test_decoders import BTHOME_PRESS
@@ -209,6 +215,37 @@ def test_a_fault_on_one_line_is_naked_and_the_next_line_still_acked(store: Store
     (sos,) = stored(store.path, "alarm.sos")
     assert sos["data"]["device"] == "1234-015"
     assert recorder.stats.rejected == {"decode_error": 1}
+
+
+def test_a_line_naked_while_another_program_held_the_journal_is_stored_once_when_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An sqlite3 shell in the middle of a change holds the journal's lock: the line waits
+    record_timeout_s and is NAKed, and its write is taken back, so the receiver's resend once
+    the shell is closed is the one alarm in the journal, not the second of two."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
+    store = Store(StoreSection(), tmp_path / "g.db", SystemClock(), ClockSync("assume_synced", 30))
+    store.start()
+    try:
+        spec = definition("contact-id-serial")
+        recorder = Recorder(
+            store, port="p", station="s", definition=spec.name, record_timeout_s=0.3
+        )
+        h = framed_handler(spec, recorder, frame_timeout_s=1.0, silence_s=None)
+        sent = replying(h)
+        line = contact_id_line("1234", "1", "101", "01", "015")
+        with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as shell:
+            shell.execute("BEGIN IMMEDIATE")
+            h.on_data(line, 100.0)
+            assert sent == [NAK]
+            shell.execute("ROLLBACK")
+        h.on_data(line, 103.0)  # the receiver's resend
+        assert sent == [NAK, ACK]
+        store.write(lambda _conn: None).result(10)  # anything still queued is committed
+        assert len(stored(store.path, "alarm.sos")) == 1
+        assert recorder.stats.store_errors == 1
+    finally:
+        store.stop()
 
 
 def test_only_a_contact_id_resend_sent_before_the_late_ack_could_arrive_is_taken_for_one(

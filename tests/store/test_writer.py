@@ -4,6 +4,8 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,16 @@ from gateway.clock import ClockSync
 from gateway.config import StoreSection
 from gateway.events import Event, Lane, StoredEvent
 from gateway.store import (
+    Backlogged,
     Delivered,
     DomainWrite,
     StorageFull,
     Store,
     StoreClosed,
+    Withdrawn,
+    db,
     read_stats,
+    writer,
 )
 from gateway.store.writer import _STOP, Receipt
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
@@ -636,3 +642,113 @@ def test_a_quiet_journal_is_not_written_by_housekeeping_but_its_running_time_is_
     clock.advance(240_000)  # five minutes: what a power cut may lose of the running time
     store.housekeep()
     assert saved_running_time() == store.steady_ms() == saved + 300_000
+
+
+@contextlib.contextmanager
+def shell_editing(path: Path) -> Iterator[sqlite3.Connection]:
+    """An sqlite3 shell left in the middle of a change: it holds the write lock until it ends."""
+    shell = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        shell.execute("BEGIN IMMEDIATE")
+        yield shell
+    finally:
+        shell.close()
+
+
+def test_events_waiting_for_a_lock_another_program_holds_are_all_committed_once_it_lets_go(
+    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What waits while the lock is held past the busy timeout, an alarm too, is committed in
+    order once it lets go, none refused. (Split into one commit per event, each waited out the
+    timeout in turn and was refused, an alarm every 5 s.)"""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    store = make_store(tmp_path / "g.db")
+    with shell_editing(tmp_path / "g.db") as shell:
+        sightings = [store.submit(Event(SEEN, {"n": n})) for n in range(20)]
+        alarm = store.submit(Event(SOS, {"device": "A1"}))
+        time.sleep(1.5)  # the timeout seven times over
+        assert not alarm.done()
+        shell.execute("COMMIT")
+    seqs = [r.result(10).seq for r in sightings]
+    assert seqs == sorted(seqs) and alarm.result(10).seq > seqs[-1]
+    assert store.usage[Lane.P2].count == 20 and store.usage[Lane.P0].count == 1
+
+
+def test_a_record_given_up_on_is_taken_back_and_never_committed_later(
+    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller stops waiting (the counter says "not recorded", a device is NAKed): the
+    event must not turn up in the journal once the lock goes, or staff who settled that meal
+    by hand would see it charged twice. Whether it was in the commit being tried or still
+    queued behind it, it is taken back."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 300)
+    store = make_store(tmp_path / "g.db")
+    with shell_editing(tmp_path / "g.db") as shell:
+        trying = store.submit(Event(MEAL, {"elder": "e-1"}), waited=True)
+        time.sleep(0.1)  # in the commit being tried
+        behind = store.submit(Event(MEAL, {"elder": "e-2"}), waited=True)
+        started = time.monotonic()
+        with pytest.raises(Withdrawn, match="did not commit in time; not written"):
+            store.wait([trying, behind], 0.1)
+        assert time.monotonic() - started < 0.4 + writer.SETTLE_GRACE_S
+        assert isinstance(behind.exception(), Withdrawn)
+        with pytest.raises(Withdrawn):
+            trying.result(1)
+        shell.execute("COMMIT")
+    after = store.record(Event(MEAL, {"elder": "e-3"}))
+    assert committed_ids(store.path) == {after.event_id}
+    assert store.usage[Lane.P1].count == 1
+
+
+def test_a_commit_under_way_is_waited_for_not_taken_back(make_store: StoreFactory) -> None:
+    """A slow commit that already holds the event ends after its caller's time: the caller
+    hears the truth, that it is on disk, instead of a refusal the journal contradicts."""
+    store = make_store(batch_linger_ms=100)
+    release = threading.Event()
+    slow = store.write(lambda _conn: release.wait(10))
+    meal = store.submit(Event(MEAL, {"elder": "e-1"}), waited=True)  # the same commit
+    threading.Timer(0.5, release.set).start()
+    [stored] = store.wait([meal], 0.2)
+    assert slow.result(0) is True and stored.event_id in committed_ids(store.path)
+
+
+def test_telemetry_beyond_what_may_wait_for_a_lock_is_refused_and_counted(
+    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell left open overnight: the sightings that pile up in memory behind it are bounded,
+    while alarms and events whose source waits still wait their turn."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(writer, "WAITING_MAX_WHILE_LOCKED", 5)
+    store = make_store(tmp_path / "g.db", telemetry_linger_ms=0)
+    with shell_editing(tmp_path / "g.db") as shell:
+        first = store.submit(Event(SEEN, {"n": 0}))
+        time.sleep(0.5)  # its commit has found the lock held
+        later = [store.submit(Event(SEEN, {"n": n})) for n in range(1, 11)]
+        alarm = store.submit(Event(SOS, {"device": "A1"}))
+        refused = [r for r in later if r.done()]
+        assert len(refused) == 5
+        with pytest.raises(Backlogged, match="locked by another program"):
+            refused[0].result(0)
+        shell.execute("COMMIT")
+    alarm.result(10)
+    assert all(r.result(10).seq for r in [first, *later[:5]])
+    assert store.usage[Lane.P2].count == 6 and store.counters["refused_p2"] == 5
+    store.stop()
+    assert read_stats(tmp_path / "g.db").lanes[Lane.P2].refused == 5
+
+
+def test_a_stop_while_another_program_holds_the_lock_refuses_what_waits_and_ends(
+    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    store = make_store(tmp_path / "g.db")
+    with shell_editing(tmp_path / "g.db"):
+        waiting = [store.submit(Event(SEEN, {"n": n})) for n in range(20)]
+        time.sleep(0.5)
+        stopper = threading.Thread(target=store.stop)
+        stopper.start()
+        stopper.join(10)  # a lock held for good must not hold the stop too
+        assert not stopper.is_alive()
+    for receipt in waiting:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            receipt.result(0)

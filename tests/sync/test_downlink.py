@@ -19,7 +19,7 @@ import gateway.sync.downlink as downlink_module
 from gateway.app import Gateway
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
-from gateway.store import Store
+from gateway.store import Receipt, Store, db, writer
 from gateway.sync import Sync
 from gateway.sync.downlink import MESSAGE_MAX, STOPPING, Downlink, Operation, Reply
 from gateway.sync.mqtt import Message
@@ -230,10 +230,13 @@ def downlink_alone(
     *,
     commit_timeout_s: float = 30.0,
     online: Callable[[], bool] = lambda: True,
+    store_cfg: StoreSection | None = None,
 ) -> Iterator[tuple[Downlink, list[Message]]]:
     """A downlink on a real store whose replies are collected instead of published (while
     ``online`` says a connection would take them)."""
-    store = Store(StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30))
+    store = Store(
+        store_cfg or StoreSection(), tmp_path / "gateway.db", SystemClock(), ClockSync("never", 30)
+    )
     store.start()
     sent: list[Message] = []
 
@@ -327,59 +330,76 @@ def test_a_full_disk_gets_the_transaction_and_says_whether_it_was_applied(
 
 
 @pytest.mark.parametrize("elsewhere", [False, True])
-def test_a_response_not_stored_in_time_is_not_called_unapplied(
+def test_a_response_not_stored_in_time_is_taken_back_and_said_so(
     tmp_path: Path, elsewhere: bool
 ) -> None:
-    """The store is held up (a long checkpoint on a slow SD card): the response may still be
-    stored after the sender was answered, so the answer does not say "not applied", and a
-    repeat once it is stored is answered from the record."""
+    """The store is held up (a long commit on a slow SD card) and the response not yet in a
+    commit when the time is up: it is taken back, so the answer can say "not applied" (or,
+    for a change made outside the store, "not remembered"), and a repeat is applied anew."""
     ping = Applying()
 
     with downlink_alone(tmp_path, ping, applies_elsewhere=elsewhere, commit_timeout_s=0.2) as (
         downlink,
         sent,
     ):
+        downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-0"}')
+        eventually(lambda: len(sent) == 1)  # the worker is past its start
         release = threading.Event()
         held = downlink._store.write(lambda _conn: release.wait(10))
         downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
-        eventually(lambda: len(sent) == 1)
+        eventually(lambda: len(sent) == 2)
         release.set()
         held.result(10)
-        reply = json.loads(sent[0].payload)
+        reply = json.loads(sent[1].payload)
         assert reply["transaction"] == "t-1" and downlink.errors["store_timeout"] == 1
         if elsewhere:
             assert reply["status"] == "ok" and reply["data"] == {"pong": True}
-            assert reply["message"].startswith("applied, but perhaps not remembered")
+            assert reply["message"].startswith("applied, but not remembered")
         else:
             assert reply["status"] == "error"
-            assert reply["message"].startswith("not known whether applied")
-        eventually(lambda: state(tmp_path / "gateway.db")[0] == 1)
+            assert reply["message"] == (
+                "not applied: the store did not commit within 0.2 s; send it again"
+            )
+        downlink._store.write(lambda _conn: None).result(10)  # any later commit
+        assert state(tmp_path / "gateway.db")[0] == 1  # t-0's
         again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
-        assert again is not None and again["status"] == "ok" and again["repeat"] is True
-        assert ping.applied == ["t-1"]
+        assert again is not None and again["status"] == "ok" and "repeat" not in again
+        assert ping.applied == ["t-0", "t-1", "t-1"]
+        assert state(tmp_path / "gateway.db")[0] == 2
 
 
-def test_a_repeat_sent_before_the_first_response_was_stored_is_answered_from_it(
-    tmp_path: Path,
+def test_a_repeat_sent_while_the_first_response_is_being_committed_is_answered_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sender repeats a transaction answered "not known whether applied" while the first
-    response still waits in the store: the first one lands, and the repeat is told it was
-    applied (from the record), not "not applied" for the clash of the two."""
+    """The writer is stuck in the very commit that holds the first response (a slow SD
+    card): that one cannot be taken back, so it is answered "not known whether applied".
+    The sender's repeat, handled while that commit still hangs, is told it was applied (from
+    the record) once it lands, not "not applied" for the clash of the two."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(writer, "SETTLE_GRACE_S", 0.2)
     release = threading.Event()
     applied: list[str] = []
+    stores: list[Store] = []
+    held: list[Receipt[bool]] = []
 
     def ping(request: Mapping[str, Any]) -> Reply:
         applied.append(str(request["transaction"]))
-        if len(applied) == 2:
+        if len(applied) == 1:  # the commit the response joins hangs
+            held.append(stores[0].write(lambda _conn: release.wait(10)))
+        else:
             release.set()  # the store catches up while the repeat is being handled
         return Reply({"pong": True})
 
-    with downlink_alone(tmp_path, ping, commit_timeout_s=1.0) as (downlink, sent):
-        held = downlink._store.write(lambda _conn: release.wait(10))
+    lingering = StoreSection(batch_linger_ms=100)
+    with downlink_alone(tmp_path, ping, commit_timeout_s=0.5, store_cfg=lingering) as (
+        downlink,
+        sent,
+    ):
+        stores.append(downlink._store)
         downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
         eventually(lambda: len(sent) == 1)
         again = downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
-        held.result(10)
+        held[0].result(10)
         assert json.loads(sent[0].payload)["message"].startswith("not known whether applied")
         assert again is not None and again["status"] == "ok" and again["repeat"] is True
         assert "store" not in downlink.errors

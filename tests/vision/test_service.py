@@ -838,8 +838,9 @@ def test_decisions_the_store_cannot_take_are_counted_and_the_counter_goes_on(
     data_dir = store.path.parent
     cfg = _small_cfg(vision_cfg, small_replay)
     _enrol_one(data_dir, analyzer, faces_dir, cfg)
-    # another process holds the write lock beyond the store's busy timeout: the store fails
-    # the write with SQLite's own "database is locked"; it lets go after the first decision
+    # another process holds the write lock: the first decision waits for it no longer than an
+    # elder should, is taken back and counted; it lets go after that decision, and the
+    # decision taken back must not turn up in the journal then
     other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
 

@@ -175,6 +175,14 @@ class DomainWrite:
     params: Sequence[Any] = ()
 
 
+class LockedOut(NamedTuple):
+    """Another program has held the database's lock since ``since_ms`` (the store clock's
+    monotonic time), and ``waiting`` writes waited for it at the last try."""
+
+    since_ms: int
+    waiting: int
+
+
 class Delivered(NamedTuple):
     """(A NamedTuple: the publisher makes one for every event delivered.)"""
 
@@ -372,8 +380,8 @@ class Store:
         self._settled = threading.Condition()
         self._closed = True
         self._failed: BaseException | None = None
-        self._busy_s = 0.0  # the write connection's busy timeout
-        self._locked_out = False  # another program held the lock at the last commit tried
+        self._busy_ms = 0  # the write connection's busy timeout
+        self.locked: LockedOut | None = None  # another program held it at the last try
         self._refused_locked = 0  # telemetry refused meanwhile, for the writer to count
         self._housekeeping = Periodic(
             "store-housekeeping", cfg.housekeeping_interval_s, self.housekeep
@@ -421,7 +429,7 @@ class Store:
         except sqlite3.OperationalError:  # full even without the reserve
             raise disk_full_error(self.path, self._free_disk(self.path.parent)) from None
         self._conn = conn
-        self._busy_s = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+        self._busy_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
         self.previous_stop_clean = clean
         for lane, count, nbytes in conn.execute(
             "SELECT lane, COUNT(*), COALESCE(SUM(bytes), 0) FROM outbox GROUP BY lane"
@@ -583,6 +591,15 @@ class Store:
             "counters": dict(self.counters),
         }
 
+    def lock_wait(self) -> dict[str, Any] | None:
+        """For the health message: how long another program has held the database's lock and
+        how many writes (alarms among them, perhaps) wait for it; None while none does."""
+        held = self.locked
+        if held is None:
+            return None
+        held_s = max(0, self._clock.monotonic_ms() - held.since_ms) / 1000
+        return {"for_s": round(held_s, 1), "waiting": held.waiting}
+
     def subscribe(self, listener: Callable[[set[Lane]], None]) -> None:
         """Call ``listener(lanes)`` after each commit that added pending events."""
         self._listeners.append(listener)
@@ -687,7 +704,7 @@ class Store:
                 r._withdrawn = True
             taken_back = [r for r in receipts if not r._done and not r._claimed]
         resolve(self._settled, [(r, Withdrawn(WITHDRAWN)) for r in taken_back])
-        deadline = time.monotonic() + self._busy_s + SETTLE_GRACE_S
+        deadline = time.monotonic() + self._busy_ms / 1000 + SETTLE_GRACE_S
         return [r.result(max(0.0, deadline - time.monotonic())) for r in receipts]
 
     def mark_delivered(self, items: Sequence[Delivered]) -> Receipt[int]:
@@ -708,7 +725,7 @@ class Store:
             if self._failed is not None:
                 raise StoreClosed(f"store writer failed: {self._failed}")
             refused = (
-                self._locked_out
+                self.locked is not None
                 and _is_background(op)
                 and self._queue.qsize() >= WAITING_MAX_WHILE_LOCKED
             )
@@ -932,16 +949,19 @@ class Store:
                 self._commit(batch)  # once for each part of the reserve given up
                 return True
             if locked(exc) and not self._given_up_on_lock():
-                if not self._locked_out:
-                    self._locked_out = True
+                waiting = len(batch) + self._queue.qsize()
+                if self.locked is None:
                     conn.execute(f"PRAGMA busy_timeout = {LOCKED_RETRY_MS}")
+                    self.locked = LockedOut(self._clock.monotonic_ms() - self._busy_ms, waiting)
+                else:
+                    self.locked = self.locked._replace(waiting=waiting)
                 self._flood_log.error(
                     "locked",
                     "store: %s is locked by another program (%s); %d writes wait for it, "
                     "alarms too: find it with 'fuser -v %s'",
                     self.path,
                     exc,
-                    len(batch) + self._queue.qsize(),
+                    waiting,
                     self.path,
                 )
                 return False
@@ -959,9 +979,9 @@ class Store:
             resolve(self._settled, [(batch[0], err)])
             self._flood_log.error("write-failed", "store write failed: %s", exc)
             return True
-        if self._locked_out:
-            self._locked_out = False
-            conn.execute(f"PRAGMA busy_timeout = {round(self._busy_s * 1000)}")
+        if self.locked is not None:
+            self.locked = None
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         self.commits += 1
         if writes:
             self._unsaved = Counter()

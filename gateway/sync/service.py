@@ -62,6 +62,12 @@ def summary(health: Mapping[str, Any], refused: Mapping[str, int]) -> str:
     )
     if health["disk_reserve"] == "released":
         pressure += " DISK FULL (reserve released)"
+    held = health.get("store_locked")
+    if held:
+        pressure += (
+            f" STORE LOCKED by another program for {held['for_s']:.0f} s "
+            f"({held['waiting']} writes waiting)"
+        )
     refusals = " ".join(f"{k}={n}" for k, n in refused.items() if n)
     if refusals:
         pressure += f" REFUSED {refusals}"
@@ -324,6 +330,7 @@ class Sync:
             "storage_pressure": [lane.label for lane in store.pressure],
             "disk_free_bytes": store.disk_free,
             "disk_reserve": store.reserve.state,
+            "store_locked": store.lock_wait(),
             "broker": self._broker_health(),
             "uplink": self.publisher.health(),
             "downlink": self.downlink.health(),

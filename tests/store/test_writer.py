@@ -668,10 +668,12 @@ def test_events_waiting_for_a_lock_another_program_holds_are_all_committed_once_
         alarm = store.submit(Event(SOS, {"device": "A1"}))
         time.sleep(1.5)  # the timeout seven times over
         assert not alarm.done()
+        assert store.lock_wait() == {"for_s": 0.2, "waiting": 21}  # the test's clock stands
         shell.execute("COMMIT")
     seqs = [r.result(10).seq for r in sightings]
     assert seqs == sorted(seqs) and alarm.result(10).seq > seqs[-1]
     assert store.usage[Lane.P2].count == 20 and store.usage[Lane.P0].count == 1
+    assert store.lock_wait() is None
 
 
 def test_a_record_given_up_on_is_taken_back_and_never_committed_later(

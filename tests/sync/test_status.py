@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,13 +16,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.clock import SystemClock
 from gateway.events import Event, iso_utc
-from gateway.store import StorageFull
+from gateway.store import StorageFull, db
 from tests.support.broker import Mosquitto
+from tests.support.contract import check_message
 from tests.support.crashee import killed_with_will
 from tests.support.disk import fill
 from tests.support.events import ALARM, TELEMETRY
 from tests.support.gateway import config, running
 from tests.support.subscriber import Subscriber
+from tests.support.wait import eventually
 from tests.sync.test_crash import write_config
 
 BASE = "eldercare/site-test"
@@ -162,3 +167,35 @@ def test_the_journal_health_line_stops_saying_refused_once_the_disk_has_room_aga
         assert gw.store.counters["refused_p2"] == 1  # still in the health message
         (line,) = lines(gw)
         assert "REFUSED" not in line, line
+
+
+def test_health_says_when_another_program_holds_the_journal_and_what_waits_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An sqlite3 shell left in the middle of a change: the alarm waits in memory, and the
+    platform and the journal's line must say so, not "ok"; once it lets go, they stop."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+
+    def report(gw: Any) -> tuple[dict[str, Any], str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="gateway.sync.service"):
+            gw.sync.report()
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("health:")]
+        health = gw.sync.health_message()
+        assert not check_message("e/s/g/health", json.dumps(health).encode())
+        return health, line
+
+    with running(config(tmp_path / "var", None)) as gw:
+        assert gw.sync is not None
+        with contextlib.closing(sqlite3.connect(gw.store.path, isolation_level=None)) as shell:
+            shell.execute("BEGIN IMMEDIATE")
+            alarm = gw.store.submit(Event(ALARM, {"device": "A1"}))
+            eventually(lambda: gw.store.locked is not None)
+            health, line = report(gw)
+            held = health["store_locked"]
+            assert held["waiting"] >= 1 and held["for_s"] > 0  # the alarm, housekeeping perhaps
+            assert f"STORE LOCKED by another program for {held['for_s']:.0f} s" in line, line
+            shell.execute("ROLLBACK")
+        alarm.result(10)
+        health, line = report(gw)
+        assert health["store_locked"] is None and "LOCKED" not in line, line

@@ -151,7 +151,7 @@ class Recorder:
         our thread.
         """
         try:
-            receipts = [self.store.submit(e, waited=True) for e in events]
+            receipts = self.store.submit_all(list(events))
             self.store.wait(receipts, self.record_timeout_s)
         except Exception as exc:
             self._failed(None, exc)

@@ -200,6 +200,7 @@ class _Record(Receipt[StoredEvent]):
         "data_json",
         "domain",
         "event",
+        "group",
         "seq",
         "session",
         "steady_ms",
@@ -227,6 +228,8 @@ class _Record(Receipt[StoredEvent]):
         self.steady_ms = steady_ms
         self.domain = domain
         self.waited = waited  # a source waits for the commit (to acknowledge a device)
+        # the events of one message from a source (see ``submit_all``): one commit for all
+        self.group: tuple[_Record, ...] | None = None
         self.seq = 0
         self.session = 0
 
@@ -529,6 +532,10 @@ class Store:
         return bool(row and row[0])
 
     def stop(self) -> None:
+        # closed first: a housekeeping pass waiting behind another program's lock is then
+        # refused (see ``_given_up_on_lock``), not waited for until the lock goes
+        with self._lock:
+            self._closed = True
         self._clock_check.stop()
         self._housekeeping.stop()
         self._checkpointer.stop()
@@ -537,8 +544,6 @@ class Store:
             self._checkpoint_conn = None
         if self._thread is None:
             return
-        with self._lock:
-            self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
         self._thread = None
@@ -663,9 +668,26 @@ class Store:
         """Hand the event to the writer; the receipt settles when its commit is done.
         ``waited``: the caller waits for it (to acknowledge its source), so telemetry too is
         committed without lingering."""
+        op = self._record_op(event, domain, waited)
+        self._enqueue(op)
+        return op
+
+    def submit_all(self, events: Sequence[Event]) -> list[Receipt[StoredEvent]]:
+        """The events of one message from a source, which is acknowledged for all or none:
+        committed together, in one commit, and taken back together (see ``wait``). Apart,
+        some could be on disk when the source is NAKed, and recorded again when it resends."""
+        ops = [self._record_op(event, (), True) for event in events]
+        if len(ops) > 1:
+            group = tuple(ops)
+            for op in ops:
+                op.group = group
+        self._enqueue(*ops)
+        return list(ops)
+
+    def _record_op(self, event: Event, domain: Sequence[DomainWrite], waited: bool) -> _Record:
         data = event.data
         clock = self._clock
-        op = _Record(
+        return _Record(
             self._settled,
             event,
             data_json=compact_json(data if type(data) is dict else dict(data)),
@@ -675,8 +697,6 @@ class Store:
             domain=domain,
             waited=waited,
         )
-        self._enqueue(op)
-        return op
 
     def record(
         self, event: Event, domain: Sequence[DomainWrite] = (), timeout: float = 30.0
@@ -718,23 +738,27 @@ class Store:
         self._enqueue(op)
         return op
 
-    def _enqueue(self, op: _Op) -> None:
+    def _enqueue(self, *ops: _Op) -> None:
+        """Queue the ops one after the other (a group's are not split by another producer's)."""
+        refused: list[_Op] = []
         with self._lock:
             if self._closed:
                 raise StoreClosed(f"store {self.path} is not open")
             if self._failed is not None:
                 raise StoreClosed(f"store writer failed: {self._failed}")
-            refused = (
-                self.locked is not None
-                and _is_background(op)
-                and self._queue.qsize() >= WAITING_MAX_WHILE_LOCKED
-            )
-            if not refused:
-                self._queue.put(op)
-                return
-            self._refused_locked += 1
-        error = Backlogged(f"{self.path} is locked by another program; telemetry refused")
-        resolve(self._settled, [(op, error)])
+            for op in ops:
+                if (
+                    self.locked is not None
+                    and _is_background(op)
+                    and self._queue.qsize() >= WAITING_MAX_WHILE_LOCKED
+                ):
+                    refused.append(op)
+                else:
+                    self._queue.put(op)
+            self._refused_locked += len(refused)
+        if refused:
+            error = Backlogged(f"{self.path} is locked by another program; telemetry refused")
+            resolve(self._settled, [(op, error) for op in refused])
 
     # ---- the writer thread ------------------------------------------------------------------
 
@@ -797,6 +821,21 @@ class Store:
                 self._commit(batch)
 
     def _records_batch(
+        self, records: deque[_Op], others: _Upkeep, stopping: bool
+    ) -> tuple[list[_Op], bool]:
+        """The next commit's records (see ``_lingered``), a group never cut off at its end: a
+        group's members follow each other in the queue, the rest of one this moment."""
+        batch, stopping = self._lingered(records, others, stopping)
+        last = batch[-1]
+        while isinstance(last, _Record) and last.group is not None and last is not last.group[-1]:
+            if not records:
+                stopping = self._take(self._queue.get(), records, others) or stopping
+                continue
+            last = records.popleft()
+            batch.append(last)
+        return batch, stopping
+
+    def _lingered(
         self, records: deque[_Op], others: _Upkeep, stopping: bool
     ) -> tuple[list[_Op], bool]:
         """The next commit's records, lingering for more if configured, and whether the writer
@@ -965,18 +1004,24 @@ class Store:
                     self.path,
                 )
                 return False
-            if len(batch) > 1:
-                # Isolate the op that failed so it cannot take the rest of the batch with it.
-                for op in batch:
-                    self._commit([op])
+            units = _units(batch)
+            if len(units) > 1:
+                # Isolate the op (or group) that failed so it cannot take the rest of the
+                # batch with it. Each waits its turn: until then it may be taken back.
+                with self._settled:
+                    for op in batch:
+                        op._claimed = False
+                for unit in units:
+                    self._commit(unit)
                 return True
             err: BaseException = exc
             if disk_full(exc):
                 err = StorageFull(f"disk full writing {self.path}")
-                if isinstance(batch[0], _Record):
-                    # refused like any event the full disk has no room for, and counted so
-                    self._count_unsaved(f"refused_{batch[0].lane.label}")
-            resolve(self._settled, [(batch[0], err)])
+                for op in batch:
+                    if isinstance(op, _Record):
+                        # refused like any event the full disk has no room for, and counted so
+                        self._count_unsaved(f"refused_{op.lane.label}")
+            resolve(self._settled, [(op, err) for op in batch])
             self._flood_log.error("write-failed", "store write failed: %s", exc)
             return True
         if self.locked is not None:
@@ -1310,13 +1355,14 @@ class Store:
         expired = evicted = 0
         more = True
         try:
-            while more and not self._housekeeping.stopping.is_set():
+            # not while another program holds the lock: passes would pile up behind it
+            while more and not self._housekeeping.stopping.is_set() and self.locked is None:
                 op = _Housekeep(self._settled)
                 self._enqueue(op)
-                chores = op.result(timeout=60)
+                [chores] = self.wait([op], 60)
                 expired, evicted = expired + chores.expired, evicted + chores.evicted
                 more = chores.more
-        except StoreClosed:
+        except (StoreClosed, Withdrawn):
             return
         finally:
             if expired:
@@ -1385,6 +1431,18 @@ def _is_background(op: _Op) -> bool:
 def _may_linger(op: _Op) -> bool:
     """Deliveries of telemetry only: they may wait to ride along with the next events."""
     return isinstance(op, _Ack) and op.telemetry
+
+
+def _units(batch: list[_Op]) -> list[list[_Op]]:
+    """The batch cut into what may be committed apart: each op, but a group whole."""
+    units: list[list[_Op]] = []
+    for op in batch:
+        group = op.group if isinstance(op, _Record) else None
+        if group is not None and units and units[-1][-1] in group:
+            units[-1].append(op)
+        else:
+            units.append([op])
+    return units
 
 
 def _rows(op: _Op) -> int:

@@ -655,18 +655,30 @@ def shell_editing(path: Path) -> Iterator[sqlite3.Connection]:
         shell.close()
 
 
+def locked_out(store: Store) -> None:
+    """Wait until a commit has found the lock held past the busy timeout."""
+    eventually(lambda: store.locked is not None, 10)
+
+
+@pytest.fixture
+def quick_lock_tries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(writer, "LOCKED_RETRY_MS", 100)
+
+
+@pytest.mark.usefixtures("quick_lock_tries")
 def test_events_waiting_for_a_lock_another_program_holds_are_all_committed_once_it_lets_go(
-    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_store: StoreFactory, tmp_path: Path
 ) -> None:
     """What waits while the lock is held past the busy timeout, an alarm too, is committed in
     order once it lets go, none refused. (Split into one commit per event, each waited out the
     timeout in turn and was refused, an alarm every 5 s.)"""
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
     store = make_store(tmp_path / "g.db")
     with shell_editing(tmp_path / "g.db") as shell:
         sightings = [store.submit(Event(SEEN, {"n": n})) for n in range(20)]
         alarm = store.submit(Event(SOS, {"device": "A1"}))
-        time.sleep(1.5)  # the timeout seven times over
+        locked_out(store)
+        time.sleep(1.0)  # tried again and again
         assert not alarm.done()
         assert store.lock_wait() == {"for_s": 0.2, "waiting": 21}  # the test's clock stands
         shell.execute("COMMIT")
@@ -676,18 +688,18 @@ def test_events_waiting_for_a_lock_another_program_holds_are_all_committed_once_
     assert store.lock_wait() is None
 
 
+@pytest.mark.usefixtures("quick_lock_tries")
 def test_a_record_given_up_on_is_taken_back_and_never_committed_later(
-    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_store: StoreFactory, tmp_path: Path
 ) -> None:
     """The caller stops waiting (the counter says "not recorded", a device is NAKed): the
     event must not turn up in the journal once the lock goes, or staff who settled that meal
     by hand would see it charged twice. Whether it was in the commit being tried or still
     queued behind it, it is taken back."""
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 300)
     store = make_store(tmp_path / "g.db")
     with shell_editing(tmp_path / "g.db") as shell:
         trying = store.submit(Event(MEAL, {"elder": "e-1"}), waited=True)
-        time.sleep(0.1)  # in the commit being tried
+        time.sleep(0.1)  # in the commit being tried, most likely
         behind = store.submit(Event(MEAL, {"elder": "e-2"}), waited=True)
         started = time.monotonic()
         with pytest.raises(Withdrawn, match="did not commit in time; not written"):
@@ -702,29 +714,59 @@ def test_a_record_given_up_on_is_taken_back_and_never_committed_later(
     assert store.usage[Lane.P1].count == 1
 
 
+@pytest.mark.usefixtures("quick_lock_tries")
+def test_the_events_of_one_message_are_committed_or_taken_back_together(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """A source's message is ACKed for all its events or NAKed for all: none of them may be
+    on disk after a NAK, or its resend records it twice. Even where a commit holds fewer rows
+    than the message has events."""
+    store = make_store(tmp_path / "g.db", batch_max_rows=1)
+    with shell_editing(tmp_path / "g.db") as shell:
+        sighting = store.submit(Event(SEEN, {"n": 0}), waited=True)
+        locked_out(store)  # the sighting's commit waits for the lock; the message behind it
+        message = store.submit_all([Event(SOS, {"device": "A1", "n": n}) for n in range(3)])
+        with pytest.raises(Withdrawn):
+            store.wait(message, 0.3)
+        assert all(isinstance(r.exception(), Withdrawn) for r in message)
+        shell.execute("COMMIT")
+    sighting.result(10)
+    commits = store.commits
+    again = store.wait(
+        store.submit_all([Event(SOS, {"device": "A1", "n": n}) for n in range(3)]), 10
+    )
+    assert store.commits == commits + 1  # one commit for the three, beyond batch_max_rows
+    assert committed_ids(store.path) >= {e.event_id for e in again}
+    assert store.usage[Lane.P0].count == 3
+
+
 def test_a_commit_under_way_is_waited_for_not_taken_back(make_store: StoreFactory) -> None:
     """A slow commit that already holds the event ends after its caller's time: the caller
     hears the truth, that it is on disk, instead of a refusal the journal contradicts."""
-    store = make_store(batch_linger_ms=100)
-    release = threading.Event()
+    store = make_store()
+    held, gate, release = threading.Event(), threading.Event(), threading.Event()
+    store.write(lambda _conn: held.set() or gate.wait(10))  # the next two queue meanwhile
+    held.wait(10)
     slow = store.write(lambda _conn: release.wait(10))
     meal = store.submit(Event(MEAL, {"elder": "e-1"}), waited=True)  # the same commit
+    gate.set()
+    eventually(lambda: meal._claimed)
     threading.Timer(0.5, release.set).start()
     [stored] = store.wait([meal], 0.2)
     assert slow.result(0) is True and stored.event_id in committed_ids(store.path)
 
 
+@pytest.mark.usefixtures("quick_lock_tries")
 def test_telemetry_beyond_what_may_wait_for_a_lock_is_refused_and_counted(
     make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A shell left open overnight: the sightings that pile up in memory behind it are bounded,
     while alarms and events whose source waits still wait their turn."""
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
     monkeypatch.setattr(writer, "WAITING_MAX_WHILE_LOCKED", 5)
     store = make_store(tmp_path / "g.db", telemetry_linger_ms=0)
     with shell_editing(tmp_path / "g.db") as shell:
         first = store.submit(Event(SEEN, {"n": 0}))
-        time.sleep(0.5)  # its commit has found the lock held
+        locked_out(store)
         later = [store.submit(Event(SEEN, {"n": n})) for n in range(1, 11)]
         alarm = store.submit(Event(SOS, {"device": "A1"}))
         refused = [r for r in later if r.done()]
@@ -739,18 +781,40 @@ def test_telemetry_beyond_what_may_wait_for_a_lock_is_refused_and_counted(
     assert read_stats(tmp_path / "g.db").lanes[Lane.P2].refused == 5
 
 
+@pytest.mark.usefixtures("quick_lock_tries")
+@pytest.mark.parametrize("housekeeping", [False, True])
 def test_a_stop_while_another_program_holds_the_lock_refuses_what_waits_and_ends(
-    make_store: StoreFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_store: StoreFactory, tmp_path: Path, housekeeping: bool
 ) -> None:
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
-    store = make_store(tmp_path / "g.db")
+    """A lock held for good must not hold the stop too, nor a housekeeping pass queued
+    behind it."""
+    store = make_store(
+        tmp_path / "g.db",
+        telemetry_linger_ms=0,
+        housekeeping_interval_s=1 if housekeeping else 3600,
+    )
     with shell_editing(tmp_path / "g.db"):
         waiting = [store.submit(Event(SEEN, {"n": n})) for n in range(20)]
-        time.sleep(0.5)
+        locked_out(store)
+        if housekeeping:
+            time.sleep(1.2)  # a pass is queued
         stopper = threading.Thread(target=store.stop)
         stopper.start()
-        stopper.join(10)  # a lock held for good must not hold the stop too
+        stopper.join(10)
         assert not stopper.is_alive()
     for receipt in waiting:
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             receipt.result(0)
+
+
+def test_housekeeping_does_not_pile_up_behind_a_lock(
+    make_store: StoreFactory, tmp_path: Path, quick_lock_tries: None
+) -> None:
+    store = make_store(tmp_path / "g.db", telemetry_linger_ms=0)
+    with shell_editing(tmp_path / "g.db") as shell:
+        store.submit(Event(SEEN, {"n": 0}))
+        locked_out(store)
+        for _ in range(3):
+            store.housekeep()  # returns at once: nothing is queued behind the lock
+        assert store.lock_wait() == {"for_s": 0.2, "waiting": 1}
+        shell.execute("COMMIT")

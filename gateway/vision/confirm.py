@@ -1,10 +1,11 @@
 """Uncertain decisions that staff may still confirm, held in memory only.
 
 Canteen staff settle an ``uncertain`` elder by hand; when they also say who it was
-(``request/face.confirm``), the face the counter saw becomes one of that elder's templates and
-the next visit is recognised. For that the face (an embedding, never the frame) of each
-confirmable decision is held for ``confirm_within_s`` and then forgotten; it is never written
-to disk, and a restart forgets it.
+(``request/face.confirm``), she goes into the cooldown, and the face the counter saw becomes
+one of that elder's templates so that the next visit is recognised. For that each uncertain
+decision is held for ``confirm_within_s`` and then forgotten: its candidates, and its face (an
+embedding, never the frame) when it looked live on most frames; it is never written to disk,
+and a restart forgets it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ HOLD_AT_MOST = 256  # a busy sitting has far fewer uncertain elders within the w
 class Pending:
     candidates: tuple[tuple[str, float], ...]
     at: float
-    probe: np.ndarray = field(repr=False)
+    # None: the face did not look live on most frames; she can be settled, not learned
+    probe: np.ndarray | None = field(repr=False)
     # per candidate, one of their enrolled templates when the face was seen (Snapshot.anchor):
     # an elder erased and enrolled again since is not the enrolment staff were shown
     anchors: Mapping[str, str | None] = field(default_factory=dict)
@@ -38,12 +40,12 @@ class Pending:
 
 class Settled(NamedTuple):
     """A confirmed decision: the elder was settled by hand; ``t`` (the frames' clock) and
-    ``track`` are the decision's, ``probe`` the face it saw."""
+    ``track`` are the decision's, ``probe`` the face it saw (None: not live enough)."""
 
     elder: str
     t: float
     track: int
-    probe: np.ndarray
+    probe: np.ndarray | None
 
 
 class Confirmations:
@@ -56,9 +58,10 @@ class Confirmations:
         self._settled: list[Settled] = []
         self._lock = threading.Lock()
 
-    def would_hold(self, probe: np.ndarray | None) -> bool:
-        """Whether a decision with this face (None: not live enough to learn) is confirmable."""
-        return self.keep_s > 0 and probe is not None
+    @property
+    def enabled(self) -> bool:
+        """Whether uncertain decisions are held, and so confirmable."""
+        return self.keep_s > 0
 
     def hold(
         self,
@@ -70,7 +73,7 @@ class Confirmations:
         decided_t: float = 0.0,
         track: int = 0,
     ) -> None:
-        if probe is None or self.keep_s <= 0:
+        if not self.enabled:
             return
         with self._lock:
             self._expire()

@@ -6,6 +6,10 @@ again. So the pipeline thread writes, every few seconds while it changes, when e
 cooldown was last seen, in the store's running time (which carries across restarts and
 ignores wall-clock jumps), and the next start reads it back. The file holds opaque elder ids
 and times only, is private like the rest of the data directory, and is replaced whole.
+
+An erasure rewrites it from what it read: the process's writers take turns (a save between
+that read and that write would be lost), and the counter rewrites a file another process
+replaced since its last save (``stamp``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import TypeGuard
@@ -24,16 +29,35 @@ log = logging.getLogger(__name__)
 FILE = "face-cooldown.json"
 MAX_BYTES = 1 << 20  # some 20,000 elders in cooldown at once; a site has far fewer
 LEFTOVER_AGE_S = 60.0
+_turns = threading.Lock()  # the pipeline thread's saves and an erasure's read-and-rewrite
+
+Stamp = tuple[int, int, int]
 
 
-def save(path: Path, last_seen_ms: dict[str, int]) -> None:
+def stamp(path: Path) -> Stamp | None:
+    """Which file is there now (inode, modification time, size); None: none, or no telling."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def save(path: Path, last_seen_ms: dict[str, int]) -> Stamp | None:
     """Replace the file with elder -> running time (ms) last seen, durably: a staff
-    confirmation saved just before a power cut must be there after it. Raises OSError (a full
-    disk) with the file as it was: the caller counts it and tries again. Copies a crash left
-    go too: one left just before a restart is too young to go at that start, and would
-    otherwise name its elders until the next one."""
+    confirmation saved just before a power cut must be there after it; returns the file's
+    ``stamp``. Raises OSError (a full disk) with the file as it was: the caller counts it and
+    tries again. Copies a crash left go too: one left just before a restart is too young to go
+    at that start, and would otherwise name its elders until the next one."""
+    with _turns:
+        return _save(path, last_seen_ms)
+
+
+def _save(path: Path, last_seen_ms: dict[str, int]) -> Stamp | None:
     replace_private(path, json.dumps(last_seen_ms).encode())
+    written = stamp(path)
     _remove_leftovers(path, time.time())
+    return written
 
 
 def _remove_leftovers(path: Path, now_s: float) -> None:
@@ -88,6 +112,11 @@ def forget(path: Path, elder: str) -> None:
     counter writes only elders still in its gallery, which it reloads within
     ``gallery.refresh_s``). A file the card cannot read is left as it is: written again
     without her, it would lose every other elder's cooldown with it."""
+    with _turns:
+        _forget(path, elder)
+
+
+def _forget(path: Path, elder: str) -> None:
     _remove_leftovers(path, time.time())
     try:
         data = _read(path)
@@ -102,7 +131,7 @@ def forget(path: Path, elder: str) -> None:
         return
     data.pop(elder, None)
     try:
-        save(path, {e: v for e, v in data.items() if _is_time(v)})
+        _save(path, {e: v for e, v in data.items() if _is_time(v)})
     except OSError as exc:
         log.warning(
             "face stage: cooldown file %s not rewritten without an erased elder: %s", path, exc

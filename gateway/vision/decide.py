@@ -4,12 +4,13 @@ A track is one person in front of the camera: consecutive usable frames whose em
 similar, ended by a gap without a face. The gateway accepts an identity only when, within the
 last ``n`` frames of a short window, the same elder is the best match in at least ``k`` frames
 with a score at or above the accept threshold and a clear margin over the runner-up, no other
-elder is, most of those frames look live, and no frame of that window showed a second face of
-similar size. Otherwise, once the track has had its time, it says ``uncertain`` (with
-candidates for staff) or ``unknown``. A track yields at most one decision (besides a
-``no_face``, which leaves it open: the face may still become usable); ``multiple_faces``
-ends the track, and after an acceptance the elder is in cooldown so that turning away and back
-does not settle twice.
+elder is (there, nor anywhere earlier in the track), most of those frames look live, no frame
+of that window showed a second face of similar size, and the face is not one served as
+another elder still in cooldown. Otherwise, once the track has had its time, it says
+``uncertain`` (with candidates for staff) or ``unknown``. A track yields at most one decision
+(besides a ``no_face``, which leaves it open: the face may still become usable);
+``multiple_faces`` ends the track, and after an acceptance the elder is in cooldown so that
+turning away and back does not settle twice.
 
 Time comes from the frames' timestamps, so replaying recorded frames gives the same decisions.
 """
@@ -123,7 +124,8 @@ class Track:
     poor: Counter[str] = field(default_factory=Counter)
     lives: list[tuple[float, float]] = field(default_factory=list)
     decided: bool = False
-    elder: str | None = None  # accepted (or kept from a second acceptance by the cooldown)
+    # accepted, kept from a second acceptance by the cooldown, or settled by staff
+    elder: str | None = None
     unusable_reported: bool = False  # no_face said; she may still look up and be identified
     # the decision time runs from here: the track's start, or after a no_face her first usable
     # frame since (None until she looks up)
@@ -132,6 +134,15 @@ class Track:
 
 def _median(values: list[float]) -> float | None:
     return float(statistics.median(values)) if values else None
+
+
+def _unit_mean(embeddings: list[np.ndarray]) -> np.ndarray | None:
+    """The direction the embeddings share (None: none, or they cancel out)."""
+    if not embeddings:
+        return None
+    mean = np.mean(np.stack(embeddings), axis=0)
+    norm = float(np.linalg.norm(mean))
+    return (mean / norm).astype(np.float32) if norm > 0 else None
 
 
 def candidates_of(
@@ -175,10 +186,14 @@ class Decider:
         self._kept_reported = False
         self.counters: Counter[str] = Counter()
         self.settlements = 0  # staff confirmations taken into the cooldown
+        # elder -> the faces served as her (accepted, or settled by staff), while she is in
+        # cooldown: the same face recognised as someone else then is not a second meal
+        self._served: dict[str, list[np.ndarray]] = {}
 
     def observe(self, obs: Observation) -> list[Decision]:
         out: list[Decision] = []
         p = self.policy
+        self._forget_served(obs.t)
         track = self.track
         if track is not None and obs.t - track.last_seen > p.track_gap_s:
             out += self._close(track)
@@ -212,29 +227,37 @@ class Decider:
 
     def settled(self, elder: str, t: float, track: int, probe: np.ndarray | None = None) -> None:
         """Staff settled an ``uncertain`` decision by hand and said who it was: the elder is in
-        cooldown as if accepted at ``t``, and for as long as she stays in view (the decision's
-        track, or the one in view now if it shows the face staff confirmed), so the counter
-        does not settle the same meal a second time once it recognises her."""
+        cooldown as if accepted at ``t``, her face (``probe``) counts as served as her, and
+        the track in view stays hers for as long as she stays (the decision's track, or the
+        one in view now if it shows the face staff confirmed, by the accept threshold: the
+        looser track continuity would take in a look-alike), so the counter neither settles
+        the same meal a second time once it recognises her, nor charges her meal to another
+        elder it takes her for. A track accepted for another elder stays that elder's."""
         self._accepted_at[elder] = max(t, self._accepted_at.get(elder, t))
         self.settlements += 1
+        if probe is not None:
+            self._served.setdefault(elder, []).append(probe)
         current = self.track
-        if current is None:
+        if current is None or current.elder not in (None, elder):
             return
-        same_face = (
+        shows_her = (
             probe is not None
             and current.last_embedding is not None
-            and float(current.last_embedding @ probe) >= self.policy.same_person
+            and float(current.last_embedding @ probe) >= self.policy.accept_threshold
         )
-        if current.id == track or same_face:
+        if current.id == track or shows_her:
             current.elder = elder
+            current.decided = True
 
     def forget(self, gone: Collection[str]) -> None:
         """Elders erased from the gallery: the open track's frames seen before no longer name
         them, so a decision made after the reload (an uncertain one lists the candidates of
-        all the track's frames) does not name her either."""
+        all the track's frames) does not name her either; the faces served as them go."""
         track = self.track
         if track is not None and gone:
             track.evidence = [without(e, gone) for e in track.evidence]
+        for elder in gone:
+            self._served.pop(elder, None)
 
     def cooldowns(self, t: float) -> dict[str, float]:
         """Elder -> seconds since last seen, for those still in cooldown at ``t``."""
@@ -358,16 +381,16 @@ class Decider:
         lives = [live for at, live in track.lives if t - at <= p.window_s][-p.n :]
         if sum(1 for live in lives if live < p.liveness_threshold) >= p.k:
             return [self._spoof(track, t, lives)]
-        votes = Counter(
-            e.top for e in recent if e.top_score >= p.accept_threshold and e.margin >= p.margin
-        )
+        votes = Counter(e.top for e in recent if self._strong(e))
+        # since her decision time began, not only in the window: a few strong frames for
+        # one elder are not outvoted by more for another, however late those come
+        since = track.started if track.decide_from is None else track.decide_from
+        voted = {e.top for e in track.evidence if e.t >= since and self._strong(e)}
         # a strong vote for a second elder, or a second face, in the window: never guess
-        if len(votes) == 1 and not self._second_face_lately(t):
+        if len(votes) == 1 and voted <= set(votes) and not self._second_face_lately(t):
             winner, count = votes.most_common(1)[0]
             frames = [  # the voting frames: liveness is judged on these, not on others
-                e
-                for e in recent
-                if e.top == winner and e.top_score >= p.accept_threshold and e.margin >= p.margin
+                e for e in recent if e.top == winner and self._strong(e)
             ]
             live = sum(1 for e in frames if e.live >= p.liveness_threshold)
             if count >= p.k and live * 2 > len(frames):
@@ -397,6 +420,9 @@ class Decider:
             return self._report_ambiguity(track, t, "another face kept appearing")
         return []
 
+    def _strong(self, e: Evidence) -> bool:
+        return e.top_score >= self.policy.accept_threshold and e.margin >= self.policy.margin
+
     def _had_its_frames(self, track: Track, t: float) -> Decision | None:
         """A track that could not be accepted but saw at least ``n`` frames gets an outcome:
         ``uncertain``/``unknown`` from ``n`` usable frames, otherwise (once) the reason its face
@@ -410,8 +436,8 @@ class Decider:
 
     def _accept(self, track: Track, elder: str, t: float, frames: list[Evidence]) -> list[Decision]:
         since = self._accepted_at.get(elder)
-        track.elder = elder
         if since is not None and t - since < self.policy.cooldown_s:
+            track.elder = elder
             track.decided = True
             self._accepted_at[elder] = t  # still here: the cooldown runs from now
             self.counters["cooldown_suppressed"] += 1
@@ -419,8 +445,52 @@ class Decider:
         self._accepted_at = {
             e: at for e, at in self._accepted_at.items() if t - at < self.policy.cooldown_s
         }
+        face = _unit_mean([e.embedding for e in frames if e.embedding is not None])
+        served = self._served_as_other(elder, face)
+        if served:
+            # most likely the one served: her cooldown runs on while she stays in view
+            track.elder = served[0][0]
+            best = max(e.top_score for e in frames)
+            candidates = sorted([(elder, round(best, 4)), *served], key=lambda c: (-c[1], c[0]))
+            decision = self._decide(
+                track,
+                Outcome.UNCERTAIN,
+                t,
+                frames,
+                candidates=tuple(candidates),
+                reason="served_as_other",
+            )
+            return [replace(decision, probe=self._probe(track.evidence))]
+        track.elder = elder
         self._accepted_at[elder] = t
+        if face is not None:
+            self._served.setdefault(elder, []).append(face)
         return [self._decide(track, Outcome.ACCEPTED, t, frames, elder=elder)]
+
+    def _served_as_other(self, elder: str, face: np.ndarray | None) -> list[tuple[str, float]]:
+        """Other elders in cooldown served a face that this one scores at or above the accept
+        threshold against, best first, with that score: she walked away and came back, and a
+        second meal charged to someone else is the worst mistake the counter can make."""
+        if face is None:
+            return []
+        scores = {
+            other: max(float(face @ served) for served in faces)
+            for other, faces in self._served.items()
+            if other != elder
+        }
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [(o, round(s, 4)) for o, s in ranked if s >= self.policy.accept_threshold][:2]
+
+    def _forget_served(self, t: float) -> None:
+        """A face served is kept only while the elder's cooldown runs (it is face data)."""
+        cooldown_s = self.policy.cooldown_s
+        ended = [
+            elder
+            for elder in self._served
+            if elder not in self._accepted_at or t - self._accepted_at[elder] >= cooldown_s
+        ]
+        for elder in ended:
+            del self._served[elder]
 
     def _give_up(self, track: Track, t: float) -> Decision:
         p = self.policy
@@ -449,11 +519,9 @@ class Decider:
             for e in evidence
             if e.live >= self.policy.liveness_threshold and e.embedding is not None
         ]
-        if not live or len(live) * 2 <= len(evidence):
+        if len(live) * 2 <= len(evidence):
             return None
-        mean = np.mean(np.stack(live), axis=0)
-        norm = float(np.linalg.norm(mean))
-        return (mean / norm).astype(np.float32) if norm > 0 else None
+        return _unit_mean(live)
 
     def _why_not(self, evidence: list[Evidence]) -> str:
         p = self.policy

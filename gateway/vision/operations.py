@@ -179,10 +179,10 @@ class FaceConfirm:
     """Staff say who an ``uncertain`` elder was: the face the counter saw joins that elder's
     templates (``enroll.learn``), so the next visit is recognised.
 
-    Refused, and nothing learned, unless the decision is still held (``confirm_within_s``,
-    liveness passed), the elder was among its candidates and the face itself scores at least
-    ``candidate_threshold`` against her (staff cannot teach the counter a face that did not
-    resemble the elder) with the enrolment they had then (not erased and
+    Refused, and nothing learned, unless the decision is still held (``confirm_within_s``),
+    its face passed liveness on most frames, the elder was among its candidates and the face
+    itself scores at least ``candidate_threshold`` against her (staff cannot teach the counter
+    a face that did not resemble the elder) with the enrolment they had then (not erased and
     enrolled again since), and the face does not look like another elder. A candidate named
     goes into the cooldown whether or not her face is learned: staff settled her by hand; the
     first one named is the decision's, and naming another afterwards is refused.
@@ -203,7 +203,7 @@ class FaceConfirm:
         if pending is None:
             raise RequestError(
                 f"decision {event_id}: nothing to confirm (not an uncertain decision of this "
-                f"counter with a live face, confirmed already, or over "
+                f"counter, confirmed already, or over "
                 f"{self.cfg.decision.confirm_within_s:.0f} s old)"
             )
         candidates = [e for e, _ in pending.candidates]
@@ -220,13 +220,19 @@ class FaceConfirm:
                 f"decision {event_id} was confirmed as {settled} already: nothing learned, "
                 f"and {elder} is not taken as settled; enrol photos (face.enrol) instead"
             )
+        probe = pending.probe
+        if probe is None:
+            raise RequestError(
+                f"{elder} is taken as settled, but nothing learned: the face did not look live "
+                "on most frames; enrol photos (face.enrol) instead"
+            )
         try:
             gallery = self.gallery.current()
-            self._check_resembles(gallery, elder, pending.probe)
+            self._check_resembles(gallery, elder, probe)
             result = learn(
                 gallery,
                 elder,
-                pending.probe,
+                probe,
                 rules=self.cfg.decision,
                 decision=event_id,
                 anchor=pending.anchors.get(elder),

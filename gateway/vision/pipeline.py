@@ -205,6 +205,9 @@ class CounterPipeline:
         named = [decision.elder_id] if decision.elder_id else []
         named += [elder for elder, _ in decision.candidates if elder not in named]
         kept = frames.image is not None and self._keep(event_id, frames.image, named)
+        # every uncertain one, with a live face or not: staff who settle her by hand must be
+        # able to say so, or the counter settles her again when she turns back
+        held = decision.outcome is Outcome.UNCERTAIN and self.confirmations.enabled
         data = decision_data(
             decision,
             look_alikes=self.gallery.look_alikes(decision.elder_id) if decision.elder_id else (),
@@ -213,18 +216,19 @@ class CounterPipeline:
             models=self.model_ids,
             timings_ms=frames.medians_ms(),
             audit_frame=kept,
-            confirmable=self.confirmations.would_hold(decision.probe),
+            confirmable=held,
         )
         event = Event(FACE_DECISION, data, event_id)
-        snapshot = self.gallery.snapshot
-        self.confirmations.hold(
-            event.event_id,
-            decision.probe,
-            decision.candidates,
-            {elder: snapshot.anchor(elder) for elder, _ in decision.candidates},
-            decided_t=decision.t,
-            track=decision.track,
-        )
+        if held:
+            snapshot = self.gallery.snapshot
+            self.confirmations.hold(
+                event.event_id,
+                decision.probe,
+                decision.candidates,
+                {elder: snapshot.anchor(elder) for elder, _ in decision.candidates},
+                decided_t=decision.t,
+                track=decision.track,
+            )
         self.counts[f"decision_{decision.outcome.value}"] += 1
         return DecisionEvent(decision, event)
 

@@ -90,6 +90,7 @@ class VisionService:
         self._ratelimited = RateLimitedLog(log, 60.0)
         self._cooldown_path = data_dir / cooldown.FILE
         self._cooldown_saved: dict[str, int] | None = None  # None: write at the first save
+        self._cooldown_stamp: cooldown.Stamp | None = None  # the file as this counter wrote it
         # one moment on two clocks, the frames' and the store's running time (ms): the last
         # frame, or the last look for one; what the cooldown file is written against
         self._anchor: tuple[float, int] | None = None
@@ -313,10 +314,13 @@ class VisionService:
             saved is not None
             and seen.keys() == saved.keys()
             and all(abs(seen[e] - saved[e]) < 1000 for e in seen)
+            # an erasure in another process (the CLI) rewrote it from what it read before
+            # this counter's last save: written again, or that save is lost
+            and cooldown.stamp(self._cooldown_path) == self._cooldown_stamp
         ):
             return
         try:
-            cooldown.save(self._cooldown_path, seen)
+            self._cooldown_stamp = cooldown.save(self._cooldown_path, seen)
         except OSError as exc:  # not marked saved: tried again at the next turn, not forgotten
             self.cooldown_save_errors += 1
             self._ratelimited.warning("cooldown", "face stage: cooldown not saved: %s", exc)

@@ -55,3 +55,12 @@ def test_the_oldest_go_first_beyond_the_limit() -> None:
     assert len(held) == HOLD_AT_MOST
     assert held.get("ev-0") is None and held.get("ev-1") is None
     assert held.get(f"ev-{HOLD_AT_MOST + 1}") is not None
+
+
+def test_a_decision_without_a_live_face_is_held_to_be_settled() -> None:
+    """Nothing to learn from it, but staff who settle her by hand must be able to say so."""
+    held = Confirmations(600.0)
+    held.hold("ev-1", None, (("E1", 0.5),), decided_t=12.0, track=3)
+    assert held.settle("ev-1", "E1") == "E1"
+    ((elder, t, track, probe),) = held.take_settled()
+    assert (elder, t, track, probe) == ("E1", 12.0, 3, None)

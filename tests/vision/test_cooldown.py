@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,25 @@ def test_an_erasure_leaves_a_file_the_card_cannot_read_as_it_is(
     assert cooldown.load(path, 2_000, 60_000) == []  # unreadable: logged, the counter goes on
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"E1": 1_000, "E2": 2_000}
+
+
+def test_a_save_made_while_an_erasure_rewrites_the_file_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erasure (the downlink's thread) has read the file to write it again without E1 when
+    the counter (its own thread) saves E3, just accepted: E3 stays in the file, E1 does not."""
+    path = tmp_path / cooldown.FILE
+    cooldown.save(path, {"E1": 1_000, "E2": 2_000})
+    real_read = cooldown._read
+    counter = threading.Thread(target=cooldown.save, args=(path, {"E2": 2_000, "E3": 3_000}))
+
+    def read_as_the_counter_saves(read: Path) -> dict[str, object] | None:
+        data = real_read(read)
+        counter.start()
+        counter.join(timeout=0.5)  # its save, between the erasure's read and its write
+        return data
+
+    monkeypatch.setattr(cooldown, "_read", read_as_the_counter_saves)
+    cooldown.forget(path, "E1")
+    counter.join()
+    assert json.loads(path.read_text()) == {"E2": 2_000, "E3": 3_000}

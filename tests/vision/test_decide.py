@@ -669,3 +669,108 @@ def test_staff_hear_why_strong_frames_of_one_elder_were_not_enough(
     ]
     (decision,) = run(Decider(POLICY), obs)
     assert (decision.outcome, decision.reason) == (Outcome.UNCERTAIN, reason)
+
+
+def close_call(
+    t: float, top: str, other: str, *, score: float, lead: float, who: str = "p1"
+) -> Observation:
+    """A frame whose runner-up is another elder, ``lead`` behind."""
+    search = SearchResult((top, other), (score, score - lead))
+    return Observation(t, "face", embedding=person(who), search=search, live_score=0.99)
+
+
+def calls(
+    start: float, count: int, top: str, other: str, *, score: float, lead: float, who: str = "p1"
+) -> list[Observation]:
+    return [
+        close_call(start + i / FPS, top, other, score=score, lead=lead, who=who)
+        for i in range(count)
+    ]
+
+
+def test_an_elder_settled_by_hand_who_comes_back_recognised_as_another_is_not_charged_again() -> (
+    None
+):
+    """A close call between A and B, settled by hand as A; she steps away and comes back
+    within A's cooldown, now scoring B clearly: B must not pay for A's meal. Staff hear why,
+    and someone else recognised as B meanwhile is accepted as usual."""
+    decider = Decider(POLICY)
+    (unsure,) = run(decider, calls(0.0, int(3 * FPS), "elder-a", "elder-b", score=0.5, lead=0.01))
+    assert unsure.outcome is Outcome.UNCERTAIN and unsure.probe is not None
+    decider.settled("elder-a", unsure.t, unsure.track, unsure.probe)
+    back = calls(5.0, int(3 * FPS), "elder-b", "elder-a", score=0.6, lead=0.08)
+    (again,) = run(decider, back)
+    assert (again.outcome, again.reason, again.elder_id) == (
+        Outcome.UNCERTAIN,
+        "served_as_other",
+        None,
+    )
+    assert dict(again.candidates) == pytest.approx({"elder-a": 1.0, "elder-b": 0.6})
+    other = calls(10.0, int(FPS), "elder-b", "elder-a", score=0.6, lead=0.08, who="p2")
+    assert [(d.outcome, d.elder_id) for d in run(decider, other)] == [(Outcome.ACCEPTED, "elder-b")]
+
+
+def test_a_face_accepted_as_one_elder_is_not_accepted_as_another_within_her_cooldown() -> None:
+    """Accepted as A, she comes back recognised as B and stays past the cooldown (it runs on
+    while she is in view), looks away and back: never accepted as B."""
+    decider = Decider(POLICY)
+    (first,) = run(decider, frames(0.0, 10, who="p1", top="elder-a", score=0.6))
+    assert (first.outcome, first.elder_id) == (Outcome.ACCEPTED, "elder-a")
+    back = frames(5.0, int((POLICY.cooldown_s + 5) * FPS), who="p1", top="elder-b", score=0.6)
+    again = frames(back[-1].t + 1.0, 10, who="p1", top="elder-b", score=0.6)
+    out = run(decider, back + again)
+    assert [(d.outcome, d.reason) for d in out] == [(Outcome.UNCERTAIN, "served_as_other")] * 2
+    assert {elder for elder, _ in out[0].candidates} == {"elder-a", "elder-b"}
+    # once her cooldown has run out, nothing of her face is kept and the rules apply afresh
+    later = frames(again[-1].t + POLICY.cooldown_s + 1, 10, who="p1", top="elder-b", score=0.6)
+    assert [(d.outcome, d.elder_id) for d in run(decider, later)] == [(Outcome.ACCEPTED, "elder-b")]
+
+
+def test_a_confirmation_while_she_is_still_in_view_keeps_that_track_from_an_acceptance() -> None:
+    """Uncertain, she turns away and back, and staff confirm A while the new track is still
+    undecided; then the counter recognises her clearly as B: nobody is charged again."""
+    decider = Decider(POLICY)
+    first = calls(0.0, int(3 * FPS), "elder-a", "elder-b", score=0.5, lead=0.01)
+    (unsure,) = run(decider, first)
+    start = first[-1].t + 1.0
+    assert run(decider, calls(start, 3, "elder-a", "elder-b", score=0.5, lead=0.01)) == []
+    track = decider.track
+    assert track is not None and track.id != unsure.track
+    decider.settled("elder-a", unsure.t, unsure.track, unsure.probe)
+    clear = calls(start + 0.2, int(3 * FPS), "elder-b", "elder-a", score=0.6, lead=0.08)
+    assert run(decider, clear) == []
+    assert "elder-a" in decider.cooldowns(clear[-1].t + POLICY.cooldown_s - 1)
+
+
+def test_a_confirmation_leaves_the_track_of_another_elder_accepted_in_view_hers() -> None:
+    """B is accepted and stays at the counter; staff confirm an earlier close call as A, whose
+    face looks somewhat like B's (enough for track continuity, not for an identity). B lingers
+    past the cooldown, looks away and back: her meal was settled once, and stays so."""
+    decider = Decider(POLICY)
+    unsure = run(decider, frames(0.0, int(3 * FPS), who="p1", top="elder-a", score=0.5))
+    b = person("p2")
+    orthogonal = person("p1") - (person("p1") @ b) * b
+    probe = (0.4 * b + np.sqrt(1 - 0.16) * orthogonal / np.linalg.norm(orthogonal)).astype(
+        np.float32
+    )
+    stays = frames(5.0, int((POLICY.cooldown_s + 5) * FPS), who="p2", top="elder-b", score=0.7)
+    out = run(decider, stays[:15])
+    decider.settled("elder-a", unsure[0].t, unsure[0].track, probe)
+    out += run(decider, stays[15:])
+    back = frames(stays[-1].t + 1.0, 15, who="p2", top="elder-b", score=0.7)
+    out += run(decider, back)
+    assert [(d.outcome, d.elder_id) for d in out] == [(Outcome.ACCEPTED, "elder-b")]
+
+
+def test_strong_frames_for_another_elder_earlier_in_the_track_are_not_outvoted() -> None:
+    """Three strong frames for B, then A in every frame: never accepted as A, but uncertain
+    between the two."""
+    decider = Decider(POLICY)
+    order = ["elder-b", "elder-b", "elder-a", "elder-b"] + ["elder-a"] * 40
+    obs = [
+        close_call(i / 10, top, "elder-b" if top == "elder-a" else "elder-a", score=0.6, lead=0.03)
+        for i, top in enumerate(order)
+    ]
+    (decision,) = run(decider, obs)
+    assert (decision.outcome, decision.reason) == (Outcome.UNCERTAIN, "inconsistent")
+    assert {elder for elder, _ in decision.candidates} == {"elder-a", "elder-b"}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.sync.downlink import RequestError
-from gateway.vision.analyze import Analyzer
+from gateway.vision.analyze import Analysis, Analyzer
 from gateway.vision.camera import Frame
 from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
@@ -17,6 +17,7 @@ from gateway.vision.decide import Decider, Observation, Outcome, Policy
 from gateway.vision.enroll import enrol
 from gateway.vision.gallery import Gallery
 from gateway.vision.images import fit_within, read_image
+from gateway.vision.liveness import LivenessResult
 from gateway.vision.operations import FaceConfirm, GalleryFile
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
 
@@ -133,3 +134,59 @@ def test_a_face_that_does_not_resemble_the_elder_named_is_not_learned(
     reopened = Gallery.open(gallery.db_path, gallery.key_path, gallery.model_id)
     assert reopened.snapshot.count("E1") == 1 and reopened.learned() == []
     assert [s.elder for s in confirmations.take_settled()] == ["E1"]  # her meal still settled
+
+
+class Shown:
+    """An analyzer for a counter shown set faces: each frame's embedding and live score."""
+
+    def __init__(self) -> None:
+        self.face = np.zeros(128, dtype=np.float32)
+        self.live = 0.99
+
+    def analyze(self, image: np.ndarray, with_embedding: Callable[[np.ndarray], None]) -> Analysis:
+        with_embedding(self.face)
+        liveness = LivenessResult(self.live, 1, self.live)
+        return Analysis("face", 1, embedding=self.face, liveness=liveness)
+
+
+def test_an_uncertain_face_too_seldom_live_to_learn_can_still_be_settled_by_hand(
+    vision_cfg: VisionSection, tmp_path: Path
+) -> None:
+    """Dim light: half the frames of her uncertain visit fail liveness, so her face cannot be
+    learned. Staff settle her by hand and say so; turning back to the counter, now recognised
+    clearly, she is not settled a second time."""
+    gallery = Gallery.open(tmp_path / "faces.db", tmp_path / "faces.key", "m", create=True)
+    rng = np.random.default_rng(5)
+    her, other = (v / np.linalg.norm(v) for v in rng.standard_normal((2, 128)))
+    other = other - (other @ her) * her
+    other /= np.linalg.norm(other)
+    gallery.add("E1", [her.astype(np.float32)])
+    gallery.reload()
+    rules = vision_cfg.decision
+    confirmations = Confirmations(rules.confirm_within_s)
+    shown = Shown()
+    pipeline = CounterPipeline(
+        shown,  # type: ignore[arg-type]
+        gallery,
+        Policy.from_config(rules),
+        "counter-1",
+        {},
+        confirmations=confirmations,
+    )
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    shown.face = (0.5 * her + np.sqrt(0.75) * other).astype(np.float32)  # 0.50: a candidate
+    events: list[DecisionEvent] = []
+    for i in range(6):  # a Pi's few frames a second, every other one failing liveness
+        shown.live = 0.99 if i % 2 else 0.3
+        events += pipeline.process(Frame(image, i * 0.45, i))
+    (unsure,) = events
+    assert (unsure.decision.outcome, unsure.event.data["confirmable"]) == (Outcome.UNCERTAIN, True)
+    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
+
+    with pytest.raises(RequestError, match="E1 is taken as settled, but nothing learned"):
+        confirm({"event_id": unsure.event.event_id, "elder_id": "E1"})
+    shown.face, shown.live = (0.7 * her + np.sqrt(0.51) * other).astype(np.float32), 0.99
+    back = [pipeline.process(Frame(image, 4.0 + i / FPS, 10 + i)) for i in range(int(2 * FPS))]
+    assert [e for events in back for e in events] == []
+    assert pipeline.decider.counters["cooldown_suppressed"] == 1
+    assert gallery.snapshot.count("E1") == 1  # nothing learned

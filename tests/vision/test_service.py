@@ -371,6 +371,22 @@ def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
     assert "elder-7" not in json.loads(cooling.read_text())
 
 
+def test_a_cooldown_another_process_rewrote_from_an_older_read_is_written_again(
+    counter: VisionSection, store: Store
+) -> None:
+    """An erasure by the CLI (another process) read the file before the counter saved her
+    acceptance and wrote it back, without another elder, after it: the counter writes it
+    again, or a restart would settle her meal a second time."""
+    data_dir, cfg = store.path.parent, counter
+    service = VisionService(cfg, data_dir, store, realtime=False)
+    _run(service)
+    cooling = data_dir / cooldown.FILE
+    assert list(json.loads(cooling.read_text())) == ["elder-7"]
+    cooldown.save(cooling, {})  # the CLI's rewrite of what it had read
+    service._save_cooldown()  # the counter's next turn
+    assert list(json.loads(cooling.read_text())) == ["elder-7"]
+
+
 def test_an_elder_who_lingered_past_her_acceptance_is_still_in_cooldown_after_a_restart(
     counter: VisionSection, store: Store
 ) -> None:

@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,7 +70,10 @@ class Dc09Handler:
         self.replies: dict[str, int] = {"ACK": 0, "NAK": 0, "DUH": 0}
         self.length_mismatches = 0
         self.unanswered = 0  # datagrams that were not DC-09 messages at all
-        self._lock = threading.Lock()  # TCP connections and UDP share the dedup and counters
+        # TCP connections and UDP share the dedup and counters; held for those only, not while
+        # a message is stored, or each panel would wait for the commits of all the others
+        self._lock = threading.Lock()
+        self._storing: dict[Hashable, threading.Event] = {}  # messages whose commit is awaited
 
     def handle(self, content: bytes, *, datagram: bool = False) -> tuple[bytes, str]:
         """The reply to one message and its kind (ACK, NAK, DUH); never raises, so one message
@@ -78,12 +81,12 @@ class Dc09Handler:
         length before a ``"ID"SEQ...#acct[`` body) gets no reply: ``b""``, kind ``""``. UDP
         has no handshake, so anyone can send one under a forged source address and have our
         reply sent there; a DC-09 transmitter only needs answers to DC-09 messages."""
+        try:
+            reply, kind = self._handle(content, datagram)
+        except Exception as exc:  # a fault of ours: NAK, so the panel sends it again
+            self.recorder.stats.reject(self.recorder.port, decode_error(content, exc))
+            reply, kind = msgs.nak(self.wall()), "NAK"
         with self._lock:
-            try:
-                reply, kind = self._handle(content, datagram)
-            except Exception as exc:  # a fault of ours: NAK, so the panel sends it again
-                self.recorder.stats.reject(self.recorder.port, decode_error(content, exc))
-                reply, kind = msgs.nak(self.wall()), "NAK"
             if kind:
                 self.replies[kind] += 1
             else:
@@ -105,9 +108,11 @@ class Dc09Handler:
             if exc.reason == "bad_crc":
                 return msgs.nak(now), "NAK"
             return msgs.duh(None), "DUH"
-        stats.frames += 1
+        with self._lock:
+            stats.frames += 1
+            if not msg.length_ok:
+                self.length_mismatches += 1
         if not msg.length_ok:
-            self.length_mismatches += 1
             log.info("dc09 %s: length field mismatch (CRC ok)", self.recorder.port)
         if msg.id not in self.spec.accept_ids:
             self._refuse("unknown_id", content, msg.id)
@@ -140,15 +145,27 @@ class Dc09Handler:
         # outside the window by. Its events are stored; a NAK would have the panel send it
         # afresh, restamped, and it would be recorded twice. (A replay within the window so
         # gets an ACK and nothing more.)
-        if self.dedup.is_repeat(key):
-            stats.duplicates += 1
-            return reply, "ACK"
+        while True:
+            with self._lock:
+                storing = self._storing.get(key)
+                if storing is None:
+                    if self.dedup.is_repeat(key):
+                        stats.duplicates += 1
+                        return reply, "ACK"
+                    storing = self._storing[key] = threading.Event()
+                    break
+            # a retry (over another connection, or by UDP) of a message still being stored:
+            # ACKed once that is, handled afresh if it was not, never ACKed before
+            storing.wait()
         answer = msgs.nak(now), "NAK"
         try:
             answer = self._checked(msg, content, reply, now)
         finally:
-            if answer[1] != "ACK":  # not stored: the panel's retry must not count as a repeat
-                self.dedup.forget(key)
+            with self._lock:
+                if answer[1] != "ACK":  # not stored: the panel's retry is not a repeat
+                    self.dedup.forget(key)
+                del self._storing[key]
+            storing.set()
         return answer
 
     def _checked(
@@ -177,7 +194,8 @@ class Dc09Handler:
         if decoded.rejects and not decoded.events:
             return msgs.duh(msg), "DUH"
         if not decoded.events:  # only codes the definition maps to "ignore": ACKed, counted
-            self.recorder.stats.ignored += 1
+            with self._lock:
+                self.recorder.stats.ignored += 1
         events = [self.recorder.event(ev) for ev in decoded.events]
         if not self.recorder.record(events):
             return msgs.nak(now), "NAK"

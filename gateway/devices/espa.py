@@ -151,7 +151,7 @@ class EspaSession(PortHandler):
         decoded = decode_block(raw, self.spec)
         for reject in decoded.rejects:
             stats.reject(self.recorder.port, reject)
-        if decoded.rejects and not decoded.events:
+        if decoded.rejects and not decoded.events and not decoded.ignored:
             self._reply("NAK", bytes([NAK]))
             return
         if not decoded.events:

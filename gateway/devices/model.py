@@ -61,12 +61,15 @@ class Decoded:
     """A decoder's answer for one frame: its events and what in it was refused.
 
     Both can be set: a nurse call whose display text is not valid GBK is still a call.
-    ``station`` is set when the frame names the station that heard the devices.
+    ``station`` is set when the frame names the station that heard the devices. ``ignored``:
+    the frame was understood, and the definition ignores what it says; its flaws (counted) do
+    not make it a frame to refuse, any more than they do a call that is recorded.
     """
 
     events: tuple[DeviceEvent, ...] = ()
     rejects: tuple[Reject, ...] = ()
     station: str | None = None
+    ignored: bool = False
 
 
 def rejected(reason: str, raw: bytes, detail: str = "") -> Decoded:

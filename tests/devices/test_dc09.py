@@ -69,6 +69,74 @@ def test_event_acked_after_store_and_retry_not_doubled(
     assert receiver.health()["duplicates"] == 1
 
 
+def test_panels_sending_at_once_do_not_wait_in_line_for_each_others_commits(
+    receiver: Dc09Service, store: Store
+) -> None:
+    """The SD card stalls on a commit: the alarms of three panels that come meanwhile wait
+    side by side and share the next commit. (One at a time, the third panel heard its ACK
+    after three commits, and panels past their ACK timeout resend, lengthening the line.)"""
+    held, release = threading.Event(), threading.Event()
+    store.write(lambda _conn: held.set() or release.wait(10))  # the stalled commit
+    held.wait(10)
+    panels = [Dc09Transmitter("127.0.0.1", receiver.port, f"12{n}4") for n in range(3)]
+    replies: list[bytes] = []
+    senders = [
+        threading.Thread(
+            target=lambda p=p: replies.append(
+                p.exchange(p.message("ADM-CID", f"#{p.account}|1101 01 015"))
+            )
+        )
+        for p in panels
+    ]
+    try:
+        for sender in senders:
+            sender.start()
+        eventually(lambda: store._queue.qsize() == 3)  # all three wait for the card at once
+        commits = store.commits
+        release.set()
+        for sender in senders:
+            sender.join(10)
+    finally:
+        for panel in panels:
+            panel.close()
+    assert sorted(reply_of(r).id for r in replies) == ["ACK"] * 3
+    assert store.commits - commits <= 2  # the stalled one, then one for the three
+    assert len(stored(store.path, "alarm.sos")) == 3
+
+
+def test_a_retry_over_another_connection_waits_for_the_first_try_to_be_stored(
+    receiver: Dc09Service, store: Store
+) -> None:
+    """The panel gave up on its first connection while the commit stalled and sent the same
+    message again over a new one: the retry is not ACKed before the first try is stored, nor
+    recorded a second time once it is."""
+    held, release = threading.Event(), threading.Event()
+    store.write(lambda _conn: held.set() or release.wait(10))
+    held.wait(10)
+    first = Dc09Transmitter("127.0.0.1", receiver.port, "1234")
+    again = Dc09Transmitter("127.0.0.1", receiver.port, "1234")
+    msg = first.message("ADM-CID", "#1234|1101 01 015")
+    replies: list[bytes] = []
+    try:
+        tries = [
+            threading.Thread(target=lambda t=t: replies.append(t.exchange(msg)))
+            for t in (first, again)
+        ]
+        tries[0].start()
+        eventually(lambda: store._queue.qsize() == 1)
+        tries[1].start()
+        time.sleep(0.3)  # the retry has arrived, and waits
+        assert replies == []
+        release.set()
+        for t in tries:
+            t.join(10)
+    finally:
+        first.close()
+        again.close()
+    assert [reply_of(r).id for r in replies] == ["ACK", "ACK"]
+    assert len(stored(store.path, "alarm.sos")) == 1 and receiver.health()["duplicates"] == 1
+
+
 def test_a_restarted_panel_counting_from_0001_again_is_not_taken_for_repeats(
     receiver: Dc09Service, store: Store
 ) -> None:

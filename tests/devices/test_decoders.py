@@ -228,6 +228,28 @@ def test_a_sia_block_whose_event_code_cannot_be_read_is_refused() -> None:
         assert "Li" not in out.rejects[0].detail
 
 
+def test_a_slash_in_a_sia_text_is_text_and_an_unreadable_field_beside_events_is_recorded() -> None:
+    """A '/' inside ^text^ cut a fire alarm out of the block, and the message was ACKed for
+    the alarm before it: both are events now. A field that cannot be read beside one that can
+    is a device alarm of its own, with the raw message, not dropped behind an ACK."""
+    codes = definition("dc09-receiver").sia_codes
+    out = decode_dcs("#1234|NBA01^kitchen^/FA02^hall/west^", codes, b"", 1, {})
+    assert [(e.code, e.device, e.text) for e in out.events] == [
+        ("BA", "1234-01", "kitchen"),
+        ("FA", "1234-02", "hall/west"),
+    ]
+    assert "bad_format" not in [r.reason for r in out.rejects]
+    (alone,) = decode_dcs("#1234|NMA3^Room 3/4 | bed 2^", codes, b"", 1, {}).events
+    assert alone.text == "Room 3/4 | bed 2"
+    out = decode_dcs("#1234|NidA1BA01/MA02", codes, b"\x0aD0F1", 7, {})
+    assert [(e.kind, e.code, e.name) for e in out.events] == [
+        (Kind.SOS, "MA", "medical"),
+        (Kind.DEVICE_ALARM, None, "unreadable SIA field"),
+    ]
+    assert out.events[-1].raw == b"\x0aD0F1" and out.events[-1].device == "1234-0"
+    assert [r.reason for r in out.rejects] == ["bad_format"]
+
+
 def test_a_sia_message_is_taken_only_from_its_data_block() -> None:
     """A first block that is not ``N`` is refused whole; a block other than ``N`` or ``A``
     after it is counted beside the event; an event without a zone is the panel's zone 0."""

@@ -215,6 +215,24 @@ def session_at(
     return handler, sent
 
 
+def test_a_call_the_site_ignores_is_acked_though_it_has_a_flaw(store: Store) -> None:
+    """A call of a type the site maps to "ignore", with a data id the definition does not
+    know: ACKed like the same call of a recorded type, not NAKed for the master to send it
+    three times over, holding the half-duplex line from the calls behind it."""
+    spec = definition("espa444-nurse-call").espa
+    assert isinstance(spec, EspaSpec)
+    spec = spec.model_copy(update={"call_types": {**spec.call_types, "4": "ignore"}})
+    recorder = Recorder(store, port="nurse", station="nurse", definition="espa", record_timeout_s=5)
+    s = EspaSession(spec, recorder, silence_s=None, char_s=1 / 960, now=lambda: 0.0)
+    sent: list[int] = []
+    s.write = lambda data: bool(sent.extend(data)) or True
+    s.on_data(SELECT, 0.0)
+    s.on_data(espa_block([("1", "0815"), ("4", "4"), ("9", "x")]), 0.5)
+    assert sent == [ACK, ACK]
+    assert stored(store.path) == [] and recorder.stats.ignored == 1
+    assert recorder.stats.rejected == {"unknown_field": 1}
+
+
 def test_a_partial_block_times_out_from_its_soh(store: Store) -> None:
     s, sent = session_at(store)
     s.on_data(b"\x01", 0.0)  # noise, then more noise every second: never 3 s of quiet

@@ -75,7 +75,7 @@ def decode_block(raw: bytes, spec: EspaSpec) -> Decoded:
         return rejected("unknown_code", raw, f"call type {call_type!r}")
     cmap = as_code_map(mapped)
     if cmap.kind is Kind.IGNORE:
-        return Decoded(rejects=tuple(rejects))
+        return Decoded(rejects=tuple(rejects), ignored=True)
     event = DeviceEvent(
         cmap.kind,
         str(address),

@@ -11,7 +11,9 @@ import re
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 MASK = "***"
 
@@ -108,6 +110,13 @@ class RateLimitedLog:
             self._log.log(level, msg + " (%d similar suppressed)", *args, suppressed)
         else:
             self._log.log(level, msg, *args)
+
+
+def raised_at(exc: BaseException) -> str:
+    """The exception's type and the line that raised it, not its message, which could quote
+    the data in hand."""
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{type(exc).__name__} at {Path(where.filename).name}:{where.lineno}"
 
 
 def size_text(n: int) -> str:

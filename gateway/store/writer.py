@@ -16,7 +16,6 @@ import queue
 import sqlite3
 import threading
 import time
-import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from gateway.clock import Clock, ClockSync
 from gateway.config import StoreSection
 from gateway.events import LANES, Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
-from gateway.logs import RateLimitedLog
+from gateway.logs import RateLimitedLog, raised_at
 from gateway.store.cipher import EventCipher, has_plain_rows
 from gateway.store.db import (
     StoreError,
@@ -1066,7 +1065,7 @@ class Store:
                     name,
                     "store commit listener %s failed: %s; events are still stored",
                     name,
-                    _raised_at(exc),
+                    raised_at(exc),
                 )
 
     def _give_room(self, batch: list[_Op]) -> bool:
@@ -1410,13 +1409,6 @@ class Store:
                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                 list(counters.items()),
             )
-
-
-def _raised_at(exc: BaseException) -> str:
-    """The exception's type and the line that raised it, not its message, which could quote
-    the data in hand."""
-    where = traceback.extract_tb(exc.__traceback__)[-1]
-    return f"{type(exc).__name__} at {Path(where.filename).name}:{where.lineno}"
 
 
 def _is_p0(op: _Op) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from gateway.config import MqttSection
 from gateway.events import LANES, Lane, StoredEvent
 from gateway.lifecycle import Worker
-from gateway.logs import RateLimitedLog
+from gateway.logs import RateLimitedLog, raised_at
 from gateway.store import Delivered, OutboxReader, Receipt, Store, StoreClosed
 from gateway.sync.mqtt import Message, MessageTooLarge
 from gateway.sync.topics import Topics
@@ -38,6 +38,7 @@ ACK_WAKE = 8  # PUBACKs gathered before the publisher is woken for them ...
 ACK_POLL_S = 0.002  # ... or this long at most, while messages are in flight
 LATENCY_WINDOW = 1000
 IDLE_WAIT_S = 1.0
+FAULT_WAIT_S = 1.0  # after a turn that failed
 SETTLE_S = 2.0  # at a clean stop, the longest wait for the PUBACKs of what is in flight
 
 
@@ -123,6 +124,7 @@ class Publisher:
         self.events_acked = 0
         self.rejected = 0
         self.alarm_timeouts = 0
+        self.faults = 0  # turns of the publisher that failed (an unreadable outbox, a bug)
 
     # ---- service -----------------------------------------------------------------------------
 
@@ -159,6 +161,7 @@ class Publisher:
             "events_acked": self.events_acked,
             "rejected": self.rejected,
             "alarm_timeouts": self.alarm_timeouts,
+            "faults": self.faults,
             "undecryptable": 0 if self._reader is None else self._reader.undecryptable,
             "latency_ms": {lane.label: self.latency(lane) for lane in Lane},
         }
@@ -204,25 +207,42 @@ class Publisher:
     # ---- the publisher thread -------------------------------------------------------------------
 
     def _run(self, stopping: threading.Event) -> None:
+        """One turn after another until the stop. A turn that fails (the outbox unreadable
+        for a while: another program's lock past the busy timeout, a damaged page) must not
+        end the thread, which would leave the link up and nothing sent: what was in flight is
+        pending again, and the next turn, a second later, reads the outbox afresh."""
         current: int | None = None
         while not stopping.is_set():
-            self._wake.clear()
-            with self._lock:
-                generation = self._generation
-            if generation != current:
-                # PUBACKs that came before the connection ended are valid: save them first.
-                self._drain_acks(current)
+            try:
+                current = self._turn(current)
+            except Exception as exc:
+                self.faults += 1
+                self._rate_log.error(
+                    "fault", "uplink: publishing failed, trying again: %s", raised_at(exc)
+                )
                 self._reset()
-                current = generation
-            self._drain_acks(current)
-            if current is not None:
-                self._fill_window(current)
-                if self._alarms_sent:
-                    self._watch_alarms(current)
-            if not self._inflight and self._settling.is_set():
-                self._settled.set()
-            self._wake.wait(ACK_POLL_S if self._inflight else IDLE_WAIT_S)
+                stopping.wait(FAULT_WAIT_S)
         self._drain_acks(current)  # PUBACKs that came while stopping
+
+    def _turn(self, current: int | None) -> int | None:
+        """Hand over what the window has room for; the connection it was for."""
+        self._wake.clear()
+        with self._lock:
+            generation = self._generation
+        if generation != current:
+            # PUBACKs that came before the connection ended are valid: save them first.
+            self._drain_acks(current)
+            self._reset()
+            current = generation
+        self._drain_acks(current)
+        if current is not None:
+            self._fill_window(current)
+            if self._alarms_sent:
+                self._watch_alarms(current)
+        if not self._inflight and self._settling.is_set():
+            self._settled.set()
+        self._wake.wait(ACK_POLL_S if self._inflight else IDLE_WAIT_S)
+        return current
 
     def _reset(self) -> None:
         """A new (or no) connection: whatever was in flight is pending again."""

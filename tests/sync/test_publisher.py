@@ -4,6 +4,7 @@ the link, so each interleaving happens exactly where the test puts it (the store
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,5 +147,38 @@ def test_an_alarm_committed_while_its_lane_is_read_is_sent(store: Store) -> None
         pub.link_up(1)
         eventually(lambda: (1, first.seq) in link.sent and bool(late))
         eventually(lambda: (1, late[0].seq) in link.sent, timeout=5)
+    finally:
+        pub.stop()
+
+
+class FailsOnce(OutboxReader):
+    """The outbox cannot be read once (a damaged page, another program's exclusive lock)."""
+
+    def __init__(self, path: Path, cipher: EventCipher) -> None:
+        super().__init__(path, cipher)
+        self.failed = False
+
+    def pending(self, lane: Lane, after_seq: int, limit: int) -> list[StoredEvent]:
+        if not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database disk image is malformed")
+        return super().pending(lane, after_seq, limit)
+
+
+def test_a_turn_that_cannot_read_the_outbox_does_not_stop_publishing(store: Store) -> None:
+    """The thread used to end there, with the link up and health published: nothing sent,
+    and nothing said but a service "unhealthy"."""
+    alarm = store.record(Event(ALARM, {"device": "A1"}))
+    link = Link()
+    assert store.cipher is not None
+    reader = FailsOnce(store.path, store.cipher)
+    pub = publisher(store, link, lambda: reader)
+    pub.start()
+    try:
+        pub.link_up(1)
+        eventually(lambda: (1, alarm.seq) in link.sent)
+        pub.puback(1, 1, True, "Success")
+        eventually(lambda: store.usage[Lane.P0].count == 0)
+        assert reader.failed and pub.health()["faults"] == 1 and pub.healthy()
     finally:
         pub.stop()

@@ -42,7 +42,9 @@ def disk_full(exc: BaseException) -> bool:
     full disk (reported as a mere "disk I/O error")."""
     if not isinstance(exc, sqlite3.OperationalError):
         return False
-    return "full" in str(exc).lower() or exc.sqlite_errorcode == SQLITE_IOERR_SHMSIZE
+    # an error of Python's sqlite3 module itself (text that is not UTF-8) has no code
+    code = getattr(exc, "sqlite_errorcode", None)
+    return "full" in str(exc).lower() or code == SQLITE_IOERR_SHMSIZE
 
 
 class Reserve:

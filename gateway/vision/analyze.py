@@ -132,7 +132,7 @@ class Analyzer:
             timings["quality"] = clock() - start
             return Analysis("no_face", 0, timings=timings)
         face = subject.face
-        geometry = geometry_gate(face, self.settings.limits)
+        geometry = geometry_gate(face, self.settings.limits, (image.shape[1], image.shape[0]))
         # a subject too small to use is someone further back, and so is anyone its size
         if gate and subject.ambiguous and geometry.reason != "too_small":
             timings["quality"] = clock() - start

@@ -308,24 +308,30 @@ OTHER_PERSON = ("no", "0", "false")
 
 def _csv_pairs(file: Path, text: str, root: Path, folds: int) -> list[Pair]:
     rows = csv.reader(text.splitlines())
-    header = [name.strip() for name in next(rows)]
-    missing = [name for name in ("file_x", "file_y", "Decision") if name not in header]
-    if missing:
-        raise ValueError(f"{file}:1: no column {', '.join(missing)}")
-    x, y, decision = (header.index(name) for name in ("file_x", "file_y", "Decision"))
     pairs: list[Pair] = []
-    for row in rows:
-        if not any(field.strip() for field in row):
-            continue
-        if len(row) < len(header) or not row[x] or not row[y]:
-            raise ValueError(f"{file}:{rows.line_num}: expected {len(header)} fields")
-        said = row[decision].strip().lower()
-        if said not in SAME_PERSON + OTHER_PERSON:  # "Same", "Y": not silently a stranger
-            raise ValueError(
-                f"{file}:{rows.line_num}: Decision {row[decision]!r}: expected Yes or No"
-            )
-        same = said in SAME_PERSON
-        pairs.append(Pair(root / row[x], root / row[y], same, len(pairs) % folds))
+    try:
+        first = next(rows, None)
+        if first is None:
+            raise ValueError(f"{file}: empty")
+        header = [name.strip() for name in first]
+        missing = [name for name in ("file_x", "file_y", "Decision") if name not in header]
+        if missing:
+            raise ValueError(f"{file}:1: no column {', '.join(missing)}")
+        x, y, decision = (header.index(name) for name in ("file_x", "file_y", "Decision"))
+        for row in rows:
+            if not any(field.strip() for field in row):
+                continue
+            if len(row) < len(header) or not row[x] or not row[y]:
+                raise ValueError(f"{file}:{rows.line_num}: expected {len(header)} fields")
+            said = row[decision].strip().lower()
+            if said not in SAME_PERSON + OTHER_PERSON:  # "Same", "Y": not silently a stranger
+                raise ValueError(
+                    f"{file}:{rows.line_num}: Decision {row[decision]!r}: expected Yes or No"
+                )
+            same = said in SAME_PERSON
+            pairs.append(Pair(root / row[x], root / row[y], same, len(pairs) % folds))
+    except csv.Error as exc:  # a field over the csv module's limit, a NUL byte
+        raise ValueError(f"{file}:{rows.line_num}: {exc}") from None
     return pairs
 
 

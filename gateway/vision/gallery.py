@@ -435,10 +435,22 @@ class Gallery:
             generation = _generation(conn)
             cursor = conn.execute(
                 # as blobs: a damaged row may hold text that is not even UTF-8
-                "SELECT template_id, elder_id, model_id, CAST(nonce AS BLOB), "
-                "CAST(ciphertext AS BLOB), learned_from FROM templates"
+                "SELECT CAST(template_id AS BLOB), CAST(elder_id AS BLOB), "
+                "CAST(model_id AS BLOB), CAST(nonce AS BLOB), CAST(ciphertext AS BLOB), "
+                "CAST(learned_from AS BLOB) FROM templates"
             )
-            for template_id, elder_id, model_id, nonce, ciphertext, origin in cursor:
+            for raw_template, raw_elder, raw_model, nonce, ciphertext, raw_origin in cursor:
+                template_id, elder_id = _text(raw_template), _text(raw_elder)
+                model_id, origin = _text(raw_model), _text(raw_origin)
+                if (
+                    template_id is None
+                    or elder_id is None
+                    or model_id is None
+                    or (raw_origin is not None and origin is None)
+                ):
+                    report.undecryptable += 1
+                    damaged.add(bytes(raw_elder or b"").decode("utf-8", "replace"))
+                    continue
                 if model_id != self.model_id:
                     report.other_model += 1
                     continue
@@ -508,13 +520,25 @@ class Gallery:
 
     def _read_look_alikes(self, conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
         pairs: dict[str, list[str]] = {}
-        for a, b in conn.execute(
-            "SELECT elder_a, elder_b FROM confusable WHERE model_id = ? ORDER BY score DESC",
-            (self.model_id,),
-        ):
+        for a, b, _ in self._confusable_rows(conn):
             pairs.setdefault(a, []).append(b)
             pairs.setdefault(b, []).append(a)
         return {elder: tuple(others) for elder, others in pairs.items()}
+
+    def _confusable_rows(self, conn: sqlite3.Connection) -> list[tuple[str, str, float]]:
+        """The register, most similar first; a damaged row (an id that is not UTF-8) is
+        skipped, not the reason the gallery cannot load."""
+        rows = conn.execute(
+            "SELECT CAST(elder_a AS BLOB), CAST(elder_b AS BLOB), score FROM confusable "
+            "WHERE model_id = ? ORDER BY score DESC",
+            (self.model_id,),
+        )
+        out = []
+        for raw_a, raw_b, score in rows:
+            a, b = _text(raw_a), _text(raw_b)
+            if a is not None and b is not None:
+                out.append((a, b, float(score)))
+        return out
 
     def _refresh_look_alikes(self) -> None:
         with self._connect() as conn:
@@ -524,12 +548,7 @@ class Gallery:
 
     def confusables(self) -> list[Confusable]:
         with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT elder_a, elder_b, score FROM confusable WHERE model_id = ? "
-                "ORDER BY score DESC",
-                (self.model_id,),
-            ).fetchall()
-        return [Confusable(a, b, float(s)) for a, b, s in rows]
+            return [Confusable(a, b, s) for a, b, s in self._confusable_rows(conn)]
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -920,6 +939,16 @@ def _file_stamp(db_path: Path) -> _Stamp | None:
         files.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     newest = max(max(f[2], f[3]) for f in files if f is not None)
     return _Stamp(tuple(files), newest, taken_ns)
+
+
+def _text(value: bytes | None) -> str | None:
+    """A text column read as a blob; None when it is missing or not UTF-8 (damaged)."""
+    if value is None:
+        return None
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _generation(conn: sqlite3.Connection) -> int:

@@ -84,7 +84,7 @@ def bmp_size(data: bytes) -> tuple[int, int] | None:
         return None
     (header,) = struct.unpack("<I", data[14:18])
     if header == 12:  # OS/2 BITMAPCOREHEADER
-        width, height = struct.unpack("<hh", data[18:22])
+        width, height = struct.unpack("<HH", data[18:22])  # unsigned, as decoders read them
     else:
         width, height = struct.unpack("<ii", data[18:26])
     return abs(width), abs(height)

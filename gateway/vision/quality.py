@@ -136,13 +136,20 @@ def pick_subject(faces: list[Face], width: int, height: int, limits: QualityLimi
     return Subject(subject, rivals)
 
 
-def geometry_gate(face: Face, limits: QualityLimits) -> Quality:
-    """Gates that need only the landmarks, checked before any crop is made."""
+def geometry_gate(face: Face, limits: QualityLimits, frame: tuple[int, int]) -> Quality:
+    """Gates that need only the landmarks, checked before any crop is made. ``frame``: its
+    (width, height). A landmark outside it is a face the frame's edge cuts through (the
+    detector places the rest where it guesses): half a face must not be searched, nor
+    become an elder's template."""
     ipd = inter_pupil(face.landmarks)
     p = pose(face.landmarks)
+    width, height = frame
+    xs, ys = face.landmarks[:, 0], face.landmarks[:, 1]
     reason = None
     if ipd < limits.min_ipd_px:
         reason = "too_small"
+    elif xs.min() < 0 or ys.min() < 0 or xs.max() >= width or ys.max() >= height:
+        reason = "cut_off"
     elif abs(p.yaw) > limits.max_yaw_deg:
         reason = "turned_away"
     elif abs(p.pitch) > limits.max_pitch_deg:

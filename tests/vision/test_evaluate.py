@@ -112,6 +112,10 @@ def test_errata_merge_one_person_under_several_names_in_any_order(tmp_path: Path
         (b"file_x,file_y,Decision\na.jpg,b.jpg,Yes\n", r"pairs\.txt: all 1 pair\(s\) are in one"),
         (b"file_x,file_y,Decision\n", r"pairs\.txt: no pairs"),
         (b"10 300\n", r"pairs\.txt: no pairs"),
+        (  # over the csv module's field limit: its own error, not a ValueError
+            b'file_x,file_y,Decision\n"' + b"a" * 140_000 + b'",b.jpg,Yes\n',
+            r"pairs\.txt:2: field larger than field limit",
+        ),
     ],
 )
 def test_a_malformed_pairs_file_is_refused_naming_file_and_line(

@@ -193,6 +193,9 @@ def test_a_relabelled_row_fails_to_decrypt_and_the_rest_loads(
     [
         "nonce = x'00'",  # the wrong length: AES-GCM refuses it before checking anything
         "nonce = 'abcdefghijkl'",  # text, not bytes
+        # text that is not UTF-8: Python's sqlite3 could not even hand the row over
+        "elder_id = CAST(x'ff41' AS TEXT)",
+        "learned_from = CAST(x'ff' AS TEXT)",
     ],
 )
 def test_a_damaged_row_is_skipped_and_the_rest_loads(
@@ -210,6 +213,21 @@ def test_a_damaged_row_is_skipped_and_the_rest_loads(
     for loaded in (gallery, reopened):
         assert loaded.report.undecryptable == 1 and loaded.report.templates == 5
         assert loaded.snapshot.elders == ("elder-a", "elder-b", "elder-c")
+
+
+def test_a_damaged_row_of_the_confusable_register_is_skipped(
+    gallery: Gallery, paths: tuple[Path, Path]
+) -> None:
+    db, key = paths
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO confusable VALUES (CAST(x'ff41' AS TEXT), 'elder-a', 0.5, ?, 0)", (MODEL,)
+        )
+        conn.execute("INSERT INTO confusable VALUES ('elder-b', 'elder-c', 0.4, ?, 0)", (MODEL,))
+    reopened = Gallery.open(db, key, MODEL)
+    assert reopened.report.templates == 6
+    assert [(c.elder_a, c.elder_b) for c in reopened.confusables()] == [("elder-b", "elder-c")]
+    assert reopened.look_alikes("elder-b") == ("elder-c",)
 
 
 def test_a_damaged_key_check_refuses_writes_and_the_templates_still_load(

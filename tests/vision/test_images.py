@@ -159,6 +159,17 @@ def test_a_photo_wider_than_opencv_allows_is_refused_not_raised(data: bytes) -> 
     assert err.value.reason == "too_large" and "2000000x2" in str(err.value)
 
 
+def test_an_os2_bmp_is_sized_as_decoders_read_it() -> None:
+    """Its 16-bit width and height are unsigned: read as signed, 65535 x 65535 passed as 1 x 1
+    and a 1-bit file a few MB long decoded to gigabytes, more than a Pi has."""
+    core = struct.pack("<IHHHH", 12, 0xFFFF, 0xFFFF, 1, 1)
+    data = b"BM" + struct.pack("<IHHI", 26 + 6, 0, 0, 32) + core + bytes(6)
+    assert header_size(data) == (65535, 65535)
+    with pytest.raises(BadImage) as err:
+        decode_image(data + bytes(4096))
+    assert err.value.reason == "too_large" and "65535x65535" in str(err.value)
+
+
 def test_formats_whose_size_is_unknown_before_decoding_are_refused(photo: bytes) -> None:
     tiff = cv2.imencode(".tiff", decode_image(photo))[1].tobytes()
     with pytest.raises(BadImage) as err:

@@ -23,6 +23,7 @@ from gateway.vision.quality import (
 )
 
 LIMITS = QualityLimits.from_config(QualitySection())
+FRAME = (640, 480)  # the synthetic faces are drawn around its centre
 
 
 def _photo(faces_dir: Path, name: str) -> np.ndarray:
@@ -173,8 +174,8 @@ def _rolled(face: Face, degrees: float) -> Face:
     ],
 )
 def test_a_head_turned_tilted_or_rolled_either_way_is_refused(face: Face, reason: str) -> None:
-    assert geometry_gate(_face(320, 240, 120), LIMITS).ok
-    assert geometry_gate(face, LIMITS).reason == reason
+    assert geometry_gate(_face(320, 240, 120), LIMITS, FRAME).ok
+    assert geometry_gate(face, LIMITS, FRAME).reason == reason
 
 
 def test_a_face_exactly_at_every_pose_and_size_limit_is_usable() -> None:
@@ -188,7 +189,7 @@ def test_a_face_exactly_at_every_pose_and_size_limit_is_usable() -> None:
         max_pitch_deg=abs(p.pitch),
         max_roll_deg=abs(p.roll),
     )
-    assert geometry_gate(face, at_limits).ok
+    assert geometry_gate(face, at_limits, FRAME).ok
 
 
 def test_a_crop_exactly_at_every_light_and_sharpness_limit_is_usable() -> None:
@@ -196,7 +197,7 @@ def test_a_crop_exactly_at_every_light_and_sharpness_limit_is_usable() -> None:
     gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
     light, sharp = brightness(gray), sharpness(gray)
     at_limits = replace(LIMITS, min_brightness=light, max_brightness=light, min_sharpness=sharp)
-    geometry = geometry_gate(_face(320, 240, 120), at_limits)
+    geometry = geometry_gate(_face(320, 240, 120), at_limits, FRAME)
     assert crop_gate(geometry, crop, at_limits).ok
 
 
@@ -215,3 +216,22 @@ def test_the_subject_is_the_face_nearer_the_centre_and_a_face_of_similar_size_a_
     rival = _face(100, 100, 100 * LIMITS.similar_face_ratio)
     picked = pick_subject([middle, rival], 640, 480, LIMITS)
     assert picked.face is middle and picked.ambiguous
+
+
+@pytest.mark.parametrize("cut", ["through_the_nose", "at_the_eyes"])
+def test_a_face_the_frame_edge_cuts_through_is_refused(
+    analyzer: Analyzer, faces_dir: Path, cut: str
+) -> None:
+    """Half a face (someone at the edge of the picture, a photo cropped too tight): the
+    detector guesses the eye beyond the edge, and the half scored 0.57 against the whole
+    face; it must be neither searched nor enrolled."""
+    image = _photo(faces_dir, "img1.jpg")
+    (face,) = analyzer.detector.detect(image)
+    marks = face.landmarks
+    if cut == "through_the_nose":
+        part = image[:, int(marks[2][0]) :]
+    else:
+        part = image[int(marks[:2, 1].mean()) + 2 :, :]
+    analysis = analyzer.analyze(np.ascontiguousarray(part))
+    assert (analysis.kind, analysis.reason) == ("poor_quality", "cut_off")
+    assert analysis.embedding is None

@@ -42,6 +42,7 @@ import serial
 from serial.urlhandler.protocol_spy import Serial as SpySerial
 
 from gateway.lifecycle import Opener, Worker
+from gateway.private import narrow_private, open_private
 
 log = logging.getLogger(__name__)
 
@@ -400,8 +401,12 @@ class SerialLink:
         try:
             target = self._target()
             if self._capture_path is not None:
-                # closed with the port (_close_capture), not at the end of a block
-                self._capture = open(self._capture_path, "a", encoding="utf-8")  # noqa: SIM115
+                # closed with the port (_close_capture), not at the end of a block; the bytes
+                # may hold a nurse call's display text naming a resident: the gateway's alone
+                capture = Path(self._capture_path)
+                narrow_private(capture)
+                fd = open_private(capture, os.O_WRONLY | os.O_APPEND)
+                self._capture = os.fdopen(fd, "a", encoding="utf-8")
             port = self._connect(target)
         except (serial.SerialException, OSError, ValueError) as exc:
             self._close_capture()

@@ -147,6 +147,15 @@ def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) ->
     return conn
 
 
+def emptied_wal(conn: sqlite3.Connection, wait_s: float) -> bool:
+    """Copy the WAL into the file and empty it, waiting up to ``wait_s`` for readers and
+    writers (SQLite's busy handler retries meanwhile): rows overwritten for an erasure are
+    otherwise still in the WAL's older frames. False if that could not be done in time."""
+    conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+    (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return int(busy) == 0
+
+
 @contextlib.contextmanager
 def overwriting(conn: sqlite3.Connection) -> Iterator[None]:
     """Rows deleted or replaced meanwhile are overwritten in every page they leave, even one

@@ -38,12 +38,13 @@ import sqlite_utils
 from gateway.events import compact_json
 from gateway.keys import KeyFileError, read_key
 from gateway.store.cipher import CHECK_KEY, EventCipher, Undecryptable
-from gateway.store.db import StoreError, connect, overwriting
+from gateway.store.db import StoreError, connect, emptied_wal, overwriting
 from gateway.store.schema import SchemaTooNew, migrate
 from gateway.store.writer import SQL_VARS
 
 log = logging.getLogger(__name__)
 _NO_LIMIT = (1 << 63) - 1
+WAL_WAIT_S = 10.0  # for the running gateway's commits and readers, to empty the WAL
 
 
 class Journal(NamedTuple):
@@ -131,6 +132,14 @@ def erase_events(
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        if (deleted or marked or rewritten) and not emptied_wal(conn, WAL_WAIT_S):
+            log.warning(
+                "store %s: the erased events are overwritten, but the WAL still holds their "
+                "earlier copies: the gateway's commits and readers kept it from being emptied "
+                "for %.0f s; it is emptied at the next clean stop",
+                journal.path,
+                WAL_WAIT_S,
+            )
     return ErasedEvents(deleted, marked, rewritten)
 
 

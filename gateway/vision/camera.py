@@ -235,7 +235,10 @@ def open_source(spec: str, cfg: CameraSection) -> FrameSource:
         return ImageFolder(path, cfg)
     if path.is_file():
         return OpenCVCapture(spec, cv2.CAP_FFMPEG, cfg, paced=True)
-    raise CameraError(f"camera source {spec!r}: no such device, folder, file or stream URL")
+    # shown without what an address with an unknown scheme (a typo) may carry: a password
+    raise CameraError(
+        f"camera source {shown_source(spec)!r}: no such device, folder, file or stream URL"
+    )
 
 
 def open_feed(cfg: CameraSection, spec: str | None = None, realtime: bool = True) -> FrameFeed:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.keys import KeyFileError, create_key, derive, emptied_beside_key, read_key
 from gateway.private import ExposedDirectory, private_dir, refuse_link, touch_private
+from gateway.store.db import emptied_wal
 from gateway.store.reserve import disk_full
 from gateway.store.writer import disk_free_bytes
 from gateway.vision.errors import GalleryError
@@ -755,7 +756,7 @@ def erase(
             _, removed = _write(conn, work)
         except sqlite3.Error as exc:
             raise _unusable(db_path, exc, "nothing erased") from None
-        if not _checkpointed(conn, wait_s):
+        if not emptied_wal(conn, wait_s):
             log.warning(
                 "face gallery %s: the erased rows are overwritten, but its WAL could not be "
                 "emptied: another program has been reading the gallery for over %.0f s (an "
@@ -765,14 +766,6 @@ def erase(
                 wait_s,
             )
     return removed
-
-
-def _checkpointed(conn: sqlite3.Connection, wait_s: float) -> bool:
-    """Copy the WAL into the file and empty it, waiting up to ``wait_s`` for readers (SQLite's
-    busy handler retries meanwhile). False if a reader still held an older snapshot."""
-    conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
-    (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    return int(busy) == 0
 
 
 def _erase(

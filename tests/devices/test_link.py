@@ -273,6 +273,8 @@ def test_a_port_captured_with_spy_keeps_its_adapter_and_follows_it(
                 port.stop()
     assert [e["data"]["port"] for e in stored(store.path, "alarm.")] == ["ward-a"]
     assert "A5 25" in capture.read_text().upper()
+    # a nurse call's display text may name a resident: the gateway's alone to read
+    assert capture.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_stopped_port_gives_up_its_adapter(tmp_path: Path, store: Store) -> None:

@@ -250,6 +250,24 @@ def test_another_persons_event_naming_her_is_kept_without_her_and_its_old_copy_o
     assert not any(sealed[i : i + 32] in left for i in range(0, len(sealed) - 32, 32))
 
 
+def test_her_deleted_events_old_copies_are_not_left_in_the_wal_while_the_gateway_runs(
+    make_store: StoreFactory,
+) -> None:
+    """The gateway running on, its WAL holds every page written since its last checkpoint:
+    the sealed copy of her delivered meal was still there after the erasure, beside the key
+    that opens it, until the next clean stop."""
+    store = make_store()
+    hers = store.record(Event(MEAL, {"elder": "E1", "pad": "y" * 3000}))
+    _deliver(store, hers)
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        (sealed,) = conn.execute("SELECT data FROM events WHERE seq = ?", (hers.seq,)).fetchone()
+    assert sealed[:32] in raw(store.path)  # it is on disk to begin with
+    assert erase_events(_journal_of(store), MEAL.name, _names_e1) == ErasedEvents(1, 0)
+    left = raw(store.path)  # the database and its WAL, the store still open
+    assert not any(sealed[i : i + 32] in left for i in range(0, len(sealed) - 32, 32))
+    store.record(Event(SOS, {"elder": "E3"}))  # the store writes on
+
+
 def test_an_event_that_may_have_been_hers_goes_and_is_sent_without_her(
     make_store: StoreFactory,
 ) -> None:

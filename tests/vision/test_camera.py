@@ -571,3 +571,11 @@ def test_a_camera_password_never_reaches_the_log_or_health() -> None:
         assert source.name.startswith(url.split(":")[0].lower() + "://10.0.0.9")
         reason = _reason(OSError(f"cannot open {url}: timed out"))
         assert "Secr3t" not in reason and "cr3t" not in reason
+
+
+def test_a_mistyped_stream_address_is_refused_without_its_password() -> None:
+    """An address the gateway cannot open (a scheme mistyped, "rtps://") is refused at start,
+    and the error is logged at every retry: it must not quote the password."""
+    with pytest.raises(CameraError) as err:
+        open_source("rtps://admin:Secr3t@10.0.0.5/stream", CameraSection())
+    assert "Secr3t" not in str(err.value) and "10.0.0.5/stream" in str(err.value)

@@ -6,8 +6,12 @@ line, and suggests the key they probably meant (a typo must never silently becom
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import errno
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_FILE_BYTES = 1 << 20  # a config or a device definition; the shipped ones are a few KiB
 
 
 class Strict(BaseModel):
@@ -177,11 +182,14 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     """The file's values and its text (for line numbers); ConfigFileError if unreadable."""
     name = str(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_file(path)
     except FileNotFoundError:
         raise ConfigFileError([Issue(name, None, "", "file not found")]) from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigFileError([Issue(name, None, "", f"cannot read: {exc}")]) from None
+    # Notepad and some editors start a UTF-8 file with a byte-order mark: not TOML, but it
+    # says nothing either, and "invalid statement at line 1" would not tell anyone why
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:  # an editor's other encoding: the line to look at
@@ -202,6 +210,24 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
             [Issue(name, None, "", "not valid TOML: nested too deeply")]
         ) from None
     return data, text
+
+
+def _read_file(path: Path) -> bytes:
+    """A regular file of a sensible size: a FIFO would wait for a writer for ever, and a
+    device (``/dev/zero``) would be read until memory ran out."""
+    with open(path, "rb", opener=_nonblocking) as file:
+        st = os.fstat(file.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES // 1024} KiB", str(path))
+    return data
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    """Opening a FIFO for reading blocks until a writer comes: not with O_NONBLOCK."""
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def drop_retired(

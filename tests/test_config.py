@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import codecs
+import os
 from pathlib import Path
 
 import pytest
@@ -459,3 +461,24 @@ def test_a_detector_score_that_would_find_no_face_at_the_counter_is_refused(
     assert got == {("vision.detector_score", 2): "Input should be less than or equal to 0.95"}
     ok = "[vision]\ndetector_score = 0.95\n"
     assert load_config(write(tmp_path, ok)).config.vision.detector_score == 0.95
+
+
+def test_a_config_that_is_not_a_regular_file_or_is_huge_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO given as the config had validate-config wait for a writer for ever, and a
+    device (/dev/zero) would be read until memory ran out."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigFileError, match="not a regular file"):
+        load_config(fifo)
+    huge = write(tmp_path, "# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigFileError, match="larger than 1024 KiB"):
+        load_config(huge)
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Some Windows editors start UTF-8 files with one: "invalid statement at line 1" sent
+    installers looking for a mistake they could not see."""
+    plain = write(tmp_path, '[gateway]\nid = "gw-1"\nsite = "canteen-3"\n')
+    marked = tmp_path / "marked.toml"
+    marked.write_bytes(codecs.BOM_UTF8 + plain.read_bytes())
+    assert load_config(marked).config.gateway.id == "gw-1"

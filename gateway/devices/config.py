@@ -98,10 +98,16 @@ class AccountKey(Strict):
         return value
 
 
+ANY_ADDRESS = "0.0.0.0"
+
+
 class Dc09Receiver(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="Names the receiver in health and events.")
     definition: str = Field(description="A definition file with a [dc09] section.")
-    host: str = Field("0.0.0.0", description="Address to listen on.")
+    host: str = Field(
+        "0.0.0.0",
+        description="IPv4 address (or host name) to listen on; 0.0.0.0: every address.",
+    )
     port: int = Field(ge=0, le=65535, description="TCP and UDP port (0 = any free, for tests).")
     tcp: bool = Field(True, description="Listen on TCP.")
     udp: bool = Field(True, description="Listen on UDP.")
@@ -131,6 +137,17 @@ class Dc09Receiver(Strict):
     @property
     def station_id(self) -> str:
         return self.station or self.name
+
+    @field_validator("host")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        """The receiver's sockets are IPv4: an IPv6 address passed the check and then failed
+        the start, taking every port of the gateway down with it."""
+        if ":" in value:
+            raise ValueError(f"{value!r}: IPv6 is not supported; give an IPv4 address or 0.0.0.0")
+        if not value.strip():
+            raise ValueError("empty: give an IPv4 address, or 0.0.0.0 for every address")
+        return value
 
     @model_validator(mode="after")
     def _listens(self) -> Dc09Receiver:
@@ -176,13 +193,20 @@ class DevicesSection(Strict):
         ]
         if shared:
             raise ValueError(f"two ports read the same device: {'; '.join(shared)}")
-        taken = _repeated(
-            [
-                f"{kind} {r.host}:{r.port}"
-                for r in self.dc09
-                for kind in ("tcp", "udp")
-                if getattr(r, kind) and r.port
-            ]
+        # 0.0.0.0 listens on every address, and takes the port from any other
+        listening = [
+            (kind, r.port, r.host)
+            for r in self.dc09
+            for kind in ("tcp", "udp")
+            if getattr(r, kind) and r.port
+        ]
+        taken = sorted(
+            {
+                f"{kind} {one}:{port} and {other}:{port}"
+                for i, (kind, port, one) in enumerate(listening)
+                for kind2, port2, other in listening[i + 1 :]
+                if (kind, port) == (kind2, port2) and (one == other or ANY_ADDRESS in (one, other))
+            }
         )
         if taken:
             raise ValueError(f"two DC-09 receivers listen on the same port: {taken}")

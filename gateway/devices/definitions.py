@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import codecs
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.configfile import NAME_PATTERN, Strict, load_toml_model
@@ -177,6 +184,26 @@ class CodeMap(Strict):
 EventMap = Kind | CodeMap
 
 
+def _code_keys(value: Any) -> Any:
+    """A table's codes are numbers written as text ("2", "02"): two that are the same number
+    would leave one of the two meanings silently (an SOS button recorded as a sighting)."""
+    if not isinstance(value, dict):
+        return value
+    first: dict[int, str] = {}
+    for key in value:
+        text = str(key).strip()
+        if not text.isdigit():
+            raise ValueError(f"code {key!r} is not a whole number of 0 or more")
+        code = int(text)
+        if code in first:
+            raise ValueError(f"codes {first[code]!r} and {key!r} are the same number, {code}")
+        first[code] = str(key)
+    return {int(str(key).strip()): item for key, item in value.items()}
+
+
+CodeTable = Annotated[dict[int, EventMap], BeforeValidator(_code_keys)]
+
+
 def as_code_map(value: EventMap) -> CodeMap:
     return value if isinstance(value, CodeMap) else CodeMap(kind=value)
 
@@ -199,7 +226,7 @@ class MessageSpec(Strict):
     rssi: str | None = None
     battery: str | None = None
     event: str | None = Field(None, description="The field whose value selects the event.")
-    events: dict[int, EventMap] = Field(default_factory=dict)
+    events: CodeTable = Field(default_factory=dict)
     kind: Kind | None = Field(None, description="Fixed kind when the message has no event field.")
 
     @property
@@ -217,6 +244,15 @@ class MessageSpec(Strict):
             raise ValueError("give either event (with events) or a fixed kind")
         if self.event is not None and not self.events:
             raise ValueError("event needs an events table")
+        selector = next((f for f in self.fields if f.name == self.event), None)
+        if selector is not None and selector.type == "uint" and selector.width <= 8:
+            largest = (1 << (8 * selector.width)) - 1
+            beyond = sorted(code for code in self.events if code > largest)
+            if beyond:
+                raise ValueError(
+                    f"events {beyond} can never match: field {selector.name!r} is "
+                    f"{selector.width} byte(s), at most {largest}"
+                )
         return self
 
 
@@ -291,7 +327,7 @@ class JsonLinesSpec(Strict):
     ibeacon_uuids: list[HexBytes] = Field(
         default_factory=list, description="Only these iBeacon UUIDs are bands; empty = all."
     )
-    bthome_buttons: dict[int, EventMap] = Field(
+    bthome_buttons: CodeTable = Field(
         default_factory=lambda: dict[int, EventMap]({1: Kind.SOS, 4: Kind.SOS, 0x80: Kind.SOS}),
         description="BTHome button value (01 press, 02 double, 03 triple, 04 long, 80 hold).",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.configfile import ConfigFileError, Issue
@@ -147,12 +148,16 @@ def build_services(
     from gateway.devices.dc09 import Dc09Service
 
     definitions = load_definitions(section)
+
+    def file_of(name: str) -> Path:  # one file, however the config writes its name
+        return (section.definitions_dir / name).resolve()
+
     # a band heard by several base stations (radio ports of one definition) is filtered once
-    dedups = {
-        name: definition_dedup(d, ports=sum(p.definition == name for p in section.ports))
-        for name, d in definitions.items()
-        if d.protocol in ("binary", "jsonlines")
-    }
+    dedups: dict[Path, Dedup] = {}
+    for name, d in definitions.items():
+        if d.protocol in ("binary", "jsonlines") and file_of(name) not in dedups:
+            radios = sum(file_of(p.definition) == file_of(name) for p in section.ports)
+            dedups[file_of(name)] = definition_dedup(d, ports=radios)
     claims = AdapterClaims()  # a port never takes another port's adapter (see link.py)
     services: list[Service] = [
         PortService(
@@ -160,7 +165,7 @@ def build_services(
             definitions[p.definition],
             store,
             section.record_timeout_s,
-            dedups.get(p.definition),
+            dedups.get(file_of(p.definition)),
             claims=claims,
         )
         for p in section.ports

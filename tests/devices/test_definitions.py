@@ -53,6 +53,27 @@ def test_bad_values_are_explained(tmp_path: Path) -> None:
     assert "device = 'bnad' is not one of the fields" in message
 
 
+@pytest.mark.parametrize(
+    ("table", "added", "problem"),
+    [
+        ("[binary.messages.events]", '"02" = "seen"', "codes '02' and '2' are the same number, 2"),
+        ("[binary.messages.events]", '256 = "sos"', "events [256] can never match"),
+        ("[binary.messages.events]", '"-1" = "sos"', "code '-1' is not a whole number"),
+    ],
+)
+def test_event_codes_that_collide_or_cannot_match_are_refused(
+    tmp_path: Path, table: str, added: str, problem: str
+) -> None:
+    """Written "02" beside "2", a sighting code took the SOS code's place in silence: every
+    press of the button would have been recorded as a band seen."""
+    text = (CONFIGS / "aa55-reference.toml").read_text()
+    assert table in text
+    vendor = tmp_path / "vendor.toml"
+    vendor.write_text(text.replace(table, f"{table}\n{added}"))
+    with pytest.raises(ConfigFileError, match=re.escape(problem)):
+        load_definition(vendor)
+
+
 def test_a_blank_header_is_refused(tmp_path: Path) -> None:
     """Blanks only: no header, so every byte of the stream would start a candidate frame."""
     bad = tmp_path / "vendor.toml"
@@ -217,7 +238,7 @@ def test_two_readers_of_one_device_or_one_port_are_refused() -> None:
         ({"ports": [{"name": "a", **port}, {"name": "b", **port}]}, "read the same device"),
         (
             {"dc09": [{"name": "a", **hub}, {"name": "b", **hub, "tcp": False}]},
-            "listen on the same port: ['udp 0.0.0.0:9000']",
+            "listen on the same port: ['udp 0.0.0.0:9000 and 0.0.0.0:9000']",
         ),
     ]
     for section, expected in cases:
@@ -225,6 +246,19 @@ def test_two_readers_of_one_device_or_one_port_are_refused() -> None:
             DevicesSection.model_validate(section)
     apart = {"dc09": [{"name": "a", **hub}, {"name": "b", **hub, "port": 0}]}
     assert len(DevicesSection.model_validate(apart).dc09) == 2  # 0: any free port
+
+
+def test_dc09_receivers_that_could_not_both_listen_are_refused_when_the_config_loads() -> None:
+    """Both passed the check and then failed the start ("Address already in use", "Address
+    family not supported"), taking every port of the gateway down with them."""
+    hub = {"definition": "dc09-receiver.toml", "port": 9000}
+    every = {"dc09": [{"name": "a", **hub}, {"name": "b", **hub, "host": "127.0.0.1"}]}
+    with pytest.raises(ValueError, match=re.escape("tcp 0.0.0.0:9000 and 127.0.0.1:9000")):
+        DevicesSection.model_validate(every)
+    with pytest.raises(ValueError, match="IPv6 is not supported"):
+        DevicesSection.model_validate({"dc09": [{"name": "a", **hub, "host": "::"}]})
+    two = [{"name": "a", **hub, "host": "127.0.0.1"}, {"name": "b", **hub, "host": "10.0.0.2"}]
+    assert len(DevicesSection.model_validate({"dc09": two}).dc09) == 2  # two addresses
 
 
 def test_two_ports_on_one_path_written_two_ways_are_refused(tmp_path: Path) -> None:

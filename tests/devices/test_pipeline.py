@@ -363,16 +363,22 @@ def test_a_batching_ble_gateway_s_line_of_adverts_is_read_whole(store: Store) ->
     assert recorder.stats.rejected == {}
 
 
-def test_a_band_heard_by_two_stations_raises_one_alarm(tmp_path: Path, store: Store) -> None:
+@pytest.mark.parametrize("second", ["aa55-reference.toml", "./aa55-reference.toml"])
+def test_a_band_heard_by_two_stations_raises_one_alarm(
+    tmp_path: Path, store: Store, second: str
+) -> None:
     """Base stations whose coverage overlaps all hear a band's SOS (the same band and seq):
     the platform gets one alarm, from the station that heard it first, while every station's
-    sighting of the band is kept (where it is heard, and how well)."""
+    sighting of the band is kept (where it is heard, and how well). Also with the one file
+    named two ways in the config (it made two repeat filters, and two alarms)."""
     ptys = [Pty(tmp_path / f"ttyBASE{i}") for i in (1, 2)]
     section = DevicesSection(
         definitions_dir=CONFIGS,
         ports=[
-            PortConfig(name=f"hall-{i}", definition="aa55-reference.toml", url=str(pty.path))
-            for i, pty in enumerate(ptys, 1)
+            PortConfig(name=f"hall-{i}", definition=name, url=str(pty.path))
+            for i, (pty, name) in enumerate(
+                zip(ptys, ["aa55-reference.toml", second], strict=True), 1
+            )
         ],
     )
     services = build_services(section, store)

@@ -40,6 +40,13 @@ class Undecryptable(StoreError):
     """One row's data does not open: damaged, or written under another key."""
 
 
+def answer_key(txn: str) -> str:
+    """Stored answers to platform requests are sealed with the journal's key (they name
+    elders and the photos sent for them), bound to their transaction, in a namespace apart
+    from the events' ids."""
+    return f"request:{txn}"
+
+
 class EventCipher:
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(derive(key, PURPOSE))

@@ -147,6 +147,19 @@ def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) ->
     return conn
 
 
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction on a connection in autocommit mode: committed, or rolled back
+    whatever ends it early."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def emptied_wal(conn: sqlite3.Connection, wait_s: float) -> bool:
     """Copy the WAL into the file and empty it, waiting up to ``wait_s`` for readers and
     writers (SQLite's busy handler retries meanwhile): rows overwritten for an erasure are

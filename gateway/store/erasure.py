@@ -37,8 +37,8 @@ import sqlite_utils
 
 from gateway.events import compact_json
 from gateway.keys import KeyFileError, read_key
-from gateway.store.cipher import CHECK_KEY, EventCipher, Undecryptable
-from gateway.store.db import StoreError, connect, emptied_wal, overwriting
+from gateway.store.cipher import CHECK_KEY, EventCipher, Undecryptable, answer_key
+from gateway.store.db import StoreError, connect, emptied_wal, immediate, overwriting
 from gateway.store.schema import SchemaTooNew, migrate
 from gateway.store.writer import SQL_VARS
 
@@ -110,28 +110,22 @@ def erase_events(
         if unreadable:
             log.warning("store: %d %s events could not be read", unreadable, event_type)
         deleted = marked = rewritten = 0
-        with overwriting(conn):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for start in range(0, len(doomed), SQL_VARS):
-                    chunk = doomed[start : start + SQL_VARS]
-                    marks = ",".join("?" * len(chunk))
-                    deleted += conn.execute(
-                        f"DELETE FROM events WHERE seq IN ({marks}) "
-                        "AND delivered_steady_ms IS NOT NULL",
-                        chunk,
-                    ).rowcount
-                    marked += conn.execute(
-                        f"UPDATE outbox SET erased = 1 WHERE seq IN ({marks})", chunk
-                    ).rowcount
-                rewritten = sum(_rewrite(conn, cipher, erasing, r) for r in rewrites)
-                for r in sent_without:
-                    if conn.execute("SELECT 1 FROM outbox WHERE seq = ?", (r.seq,)).fetchone():
-                        _rewrite(conn, cipher, erasing, r)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with overwriting(conn), immediate(conn):
+            for start in range(0, len(doomed), SQL_VARS):
+                chunk = doomed[start : start + SQL_VARS]
+                marks = ",".join("?" * len(chunk))
+                deleted += conn.execute(
+                    f"DELETE FROM events WHERE seq IN ({marks}) "
+                    "AND delivered_steady_ms IS NOT NULL",
+                    chunk,
+                ).rowcount
+                marked += conn.execute(
+                    f"UPDATE outbox SET erased = 1 WHERE seq IN ({marks})", chunk
+                ).rowcount
+            rewritten = sum(_rewrite(conn, cipher, erasing, r) for r in rewrites)
+            for r in sent_without:
+                if conn.execute("SELECT 1 FROM outbox WHERE seq = ?", (r.seq,)).fetchone():
+                    _rewrite(conn, cipher, erasing, r)
         if (deleted or marked or rewritten) and not emptied_wal(conn, WAL_WAIT_S):
             log.warning(
                 "store %s: the erased events are overwritten, but the WAL still holds their "
@@ -141,6 +135,51 @@ def erase_events(
                 WAL_WAIT_S,
             )
     return ErasedEvents(deleted, marked, rewritten)
+
+
+ANSWER_ERASED = "answered; the answer named an erased person and was taken out"
+
+
+def erase_answers(journal: Journal, person: str) -> int:
+    """The stored answers to platform requests that name ``person`` (a ``face.enrol`` answer
+    lists her id, the names of the photos sent for her, the elders she resembles) keep only
+    that the transaction was answered, and how: a repeat of it is still not applied again.
+    Rewritten where they were (``secure_delete``), and the WAL emptied. Returns how many."""
+    if not journal.path.exists():
+        return 0
+    with contextlib.closing(connect(journal.path)) as conn:
+        _up_to_date(conn, journal.path)
+        cipher = _cipher(conn, journal.key)
+        rewrites: list[tuple[bytes, str]] = []
+        for txn, stored in conn.execute("SELECT txn, response FROM requests"):
+            try:
+                answer = json.loads(cipher.open(answer_key(txn), stored))
+            except (Undecryptable, ValueError):
+                continue
+            if _names(answer, person):
+                kept = {k: answer.get(k) for k in ("transaction", "op", "status")}
+                erased = compact_json({**kept, "message": ANSWER_ERASED})
+                rewrites.append((cipher.seal(answer_key(txn), erased), txn))
+        if not rewrites:
+            return 0
+        with overwriting(conn), immediate(conn):
+            conn.executemany("UPDATE requests SET response = ? WHERE txn = ?", rewrites)
+        if not emptied_wal(conn, WAL_WAIT_S):
+            log.warning(
+                "store %s: erased answers still in the WAL until it is emptied", journal.path
+            )
+    return len(rewrites)
+
+
+def _names(value: Any, person: str) -> bool:
+    """Whether any string in the JSON value is ``person``'s id (as a whole: E1 is not E10)."""
+    if isinstance(value, str):
+        return value == person
+    if isinstance(value, dict):
+        return any(_names(v, person) for v in value.values())
+    if isinstance(value, list):
+        return any(_names(v, person) for v in value)
+    return False
 
 
 class _Rewrite(NamedTuple):

@@ -27,7 +27,7 @@ from gateway.events import compact_json
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog
 from gateway.store import DomainWrite, StorageFull, Store, StoreClosed, Withdrawn
-from gateway.store.cipher import EventCipher, Undecryptable
+from gateway.store.cipher import EventCipher, Undecryptable, answer_key
 from gateway.store.db import connect, overwriting
 from gateway.sync.mqtt import Message
 from gateway.sync.topics import Topics
@@ -242,7 +242,7 @@ class Downlink:
             with overwriting(conn):  # the plain text, not left on the pages it frees
                 conn.executemany(
                     "UPDATE requests SET response = ? WHERE txn = ?",
-                    [(cipher.seal(_answer_key(txn), text), txn) for txn, text in rows],
+                    [(cipher.seal(answer_key(txn), text), txn) for txn, text in rows],
                 )
             return len(rows)
 
@@ -429,7 +429,7 @@ class Downlink:
         ).fetchone()
         if row is None:
             return None
-        return row[0], json.loads(self._cipher().open(_answer_key(txn), row[1]))
+        return row[0], json.loads(self._cipher().open(answer_key(txn), row[1]))
 
     def _commit(
         self, txn: str, op: str, response: dict[str, Any], writes: Sequence[DomainWrite]
@@ -447,7 +447,7 @@ class Downlink:
                 conn.execute(w.sql, w.params)
             conn.execute(
                 "INSERT INTO requests (txn, op, response, steady_ms) VALUES (?, ?, ?, ?)",
-                (txn, op, cipher.seal(_answer_key(txn), compact_json(response)), steady),
+                (txn, op, cipher.seal(answer_key(txn), compact_json(response)), steady),
             )
             if prune:
                 conn.execute(
@@ -523,9 +523,3 @@ def _lone_surrogate(value: Any) -> bool:
     except UnicodeEncodeError:
         return True
     return False
-
-
-def _answer_key(txn: str) -> str:
-    """Stored answers are sealed with the journal's key (they name elders and the photos sent
-    for them), bound to their transaction, in a namespace apart from the events' ids."""
-    return f"request:{txn}"

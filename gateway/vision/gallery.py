@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.keys import KeyFileError, create_key, derive, emptied_beside_key, read_key
 from gateway.private import ExposedDirectory, private_dir, refuse_link, touch_private
-from gateway.store.db import emptied_wal
+from gateway.store.db import emptied_wal, immediate
 from gateway.store.reserve import disk_full
 from gateway.store.writer import disk_free_bytes
 from gateway.vision.errors import GalleryError
@@ -695,14 +695,8 @@ class Gallery:
         entries = [(t,) for t in tokens]
         if not entries:
             return
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany("DELETE FROM erasures WHERE token = ?", entries)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._connect() as conn, immediate(conn):
+            conn.executemany("DELETE FROM erasures WHERE token = ?", entries)
 
     def set_confusable(self, elder_id: str, pairs: Iterable[tuple[str, float]]) -> None:
         """Replace the register's entries for ``elder_id`` (pairs are stored in id order)."""

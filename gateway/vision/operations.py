@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.store.db import StoreError
-from gateway.store.erasure import Journal, erase_events
+from gateway.store.erasure import Journal, erase_answers, erase_events
 from gateway.sync.downlink import Reply, RequestError
 from gateway.vision.config import VisionSection
 from gateway.vision.elders import check_elder_id
@@ -54,8 +54,9 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     (``events.erasing``). Hers not yet delivered are still sent (an acceptance is her meal's
     record, which the platform must get; a face not told apart that lists her, without her)
     and leave the journal at their delivery; other
-    elders' acceptances that name her as a candidate or look-alike stay, without her. The one
-    erasure for the platform's request and the CLI alike."""
+    elders' acceptances that name her as a candidate or look-alike stay, without her. The
+    stored answers to platform requests that name her keep only that they were answered. The
+    one erasure for the platform's request and the CLI alike."""
     from gateway.vision import cooldown
     from gateway.vision.events import FACE_DECISION, erasing
     from gateway.vision.gallery import erase
@@ -73,10 +74,13 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
         raise GalleryError(f"templates erased, but not every audit frame: {exc}") from None
     try:
         decisions = erase_events(journal, FACE_DECISION.name, partial(erasing, elders={elder}))
+        answers = erase_answers(journal, elder)
     except (StoreError, sqlite3.Error) as exc:
         raise GalleryError(
-            f"templates and audit frames erased, but not the decisions in the journal: {exc}"
+            f"templates and audit frames erased, but not everything in the journal: {exc}"
         ) from None
+    if answers:
+        log.info("face gallery: %d stored answers to platform requests erased with her", answers)
     return Erased(templates, audit_frames, *decisions)
 
 

@@ -14,7 +14,15 @@ import pytest
 
 from gateway.events import Event, Lane, StoredEvent
 from gateway.store import Delivered, Store, StoreError, schema
-from gateway.store.erasure import ErasedEvents, Goes, Journal, erase_events
+from gateway.store.cipher import answer_key
+from gateway.store.erasure import (
+    ANSWER_ERASED,
+    ErasedEvents,
+    Goes,
+    Journal,
+    erase_answers,
+    erase_events,
+)
 from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.store.test_cipher import raw
 from tests.support.clock import ManualClock
@@ -311,3 +319,54 @@ def test_two_erasures_rewriting_one_event_at_once_put_neither_person_back(
 
     assert erase_events(_journal_of(store), MEAL.name, e3_erased_meanwhile).rewritten == 1
     assert [e.data for e in journal(store.path)] == [{"elder": "E2", "others": []}]
+
+
+def test_stored_answers_that_name_her_keep_only_that_they_were_answered(
+    make_store: StoreFactory,
+) -> None:
+    """A face.enrol answer lists her id and the names of the photos the platform sent (often
+    a person's name): they go, overwritten; that the transaction was answered stays, so a
+    repeat of it is still not applied again. An answer naming E10 is not hers."""
+    store = make_store()
+    cipher = store.cipher
+    assert cipher is not None
+    answers = {
+        "t-1": {
+            "transaction": "t-1",
+            "op": "face.enrol",
+            "status": "ok",
+            "message": "",
+            "data": {"elder_id": "E1", "photos": [{"name": "li-xiuying-2019.jpg"}]},
+        },
+        "t-2": {
+            "transaction": "t-2",
+            "op": "face.enrol",
+            "status": "ok",
+            "message": "",
+            "data": {"elder_id": "E10", "conflicts": []},
+        },
+    }
+
+    def store_answers(conn: sqlite3.Connection) -> None:
+        for txn, answer in answers.items():
+            conn.execute(
+                "INSERT INTO requests (txn, op, response, steady_ms) VALUES (?, ?, ?, 0)",
+                (txn, answer["op"], cipher.seal(answer_key(txn), json.dumps(answer))),
+            )
+
+    store.write(store_answers).result(10)
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        stored = dict(conn.execute("SELECT txn, response FROM requests").fetchall())
+    assert erase_answers(_journal_of(store), "E1") == 1
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        now = dict(conn.execute("SELECT txn, response FROM requests").fetchall())
+    assert json.loads(cipher.open(answer_key("t-1"), now["t-1"])) == {
+        "transaction": "t-1",
+        "op": "face.enrol",
+        "status": "ok",
+        "message": ANSWER_ERASED,
+    }
+    assert json.loads(cipher.open(answer_key("t-2"), now["t-2"])) == answers["t-2"]
+    left = raw(store.path)
+    old = stored["t-1"]
+    assert not any(old[i : i + 32] in left for i in range(0, len(old) - 32, 32))

@@ -189,16 +189,17 @@ def _code_keys(value: Any) -> Any:
     would leave one of the two meanings silently (an SOS button recorded as a sighting)."""
     if not isinstance(value, dict):
         return value
-    first: dict[int, str] = {}
-    for key in value:
+    codes: dict[int, Any] = {}
+    written: dict[int, str] = {}
+    for key, item in value.items():
         text = str(key).strip()
         if not text.isdigit():
             raise ValueError(f"code {key!r} is not a whole number of 0 or more")
         code = int(text)
-        if code in first:
-            raise ValueError(f"codes {first[code]!r} and {key!r} are the same number, {code}")
-        first[code] = str(key)
-    return {int(str(key).strip()): item for key, item in value.items()}
+        if code in codes:
+            raise ValueError(f"codes {written[code]!r} and {key!r} are the same number, {code}")
+        codes[code], written[code] = item, str(key)
+    return codes
 
 
 CodeTable = Annotated[dict[int, EventMap], BeforeValidator(_code_keys)]

@@ -959,9 +959,10 @@ class Store:
         conn = self._conn
         assert conn is not None
         seq_before = self._next_seq
-        with self._lock:
-            refused, self._refused_locked = self._refused_locked, 0
-        self._count_unsaved(f"refused_{Lane.P2.label}", refused)
+        if self._refused_locked:  # only after another program's lock: no lock taken per commit
+            with self._lock:
+                refused, self._refused_locked = self._refused_locked, 0
+            self._count_unsaved(f"refused_{Lane.P2.label}", refused)
         delta = _Delta()
         results: list[Any] = []
         steady = self.steady_ms()

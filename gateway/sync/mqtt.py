@@ -64,6 +64,7 @@ class Message(NamedTuple):
 
 DISCONNECT_WAIT_S = 2.0  # at stop, for the DISCONNECT to leave before the socket is shut
 PUBLISH_OVERHEAD = 13  # fixed header, topic length, packet id, empty MQTT 5 properties
+LEARNED_FLOOR = 4096  # a limit worked out from lost connections is never set lower
 
 
 class MessageTooLarge(Exception):
@@ -243,6 +244,7 @@ class MqttLink:
         self._lost: str | None = None
         self._dropped: str | None = None
         self._packet_limit = cfg.max_packet_bytes
+        self._learned: dict[Endpoint, int] = {}  # limits the brokers showed by disconnecting
         self._subscribed: list[str] = []  # the topics of this connection's SUBSCRIBE, in order
         self.subscriptions_refused: list[str] = []
         self.state = "stopped"
@@ -307,6 +309,7 @@ class MqttLink:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "packet_limit": self.packet_limit,
+            "packet_limit_learned": self._learned.get(self.endpoint) if self.endpoint else None,
             "too_large": self.too_large,
             "listener_errors": self.listener_errors,
             "subscriptions_refused": list(self.subscriptions_refused),
@@ -342,8 +345,38 @@ class MqttLink:
 
     def _announce(self, announced: int | None) -> None:
         """Worked out once per connection: every message sent is checked against it."""
-        limits = [x for x in (self.cfg.max_packet_bytes, announced) if x]
+        learned = self._learned.get(self.endpoint) if self.endpoint else None
+        limits = [x for x in (self.cfg.max_packet_bytes, announced, learned) if x]
         self._packet_limit = min(limits) if limits else None
+
+    def learn_limit(self, topic: str, payload_bytes: int, batch: bool) -> None:
+        """A message the connection ended over, twice, before its PUBACK: the broker has a
+        packet limit it did not announce (mosquitto's ``message_size_limit``, whose refusal
+        paho cannot read; an MQTT 3.1.1 broker's limit), and that message is above it. Sent
+        again after every reconnect, it would cut the gateway off for good. A batch's size is
+        halved, down to ``LEARNED_FLOOR``; a single event gets a limit just under it, so it
+        alone waits in the outbox. Kept, per broker, until the gateway restarts."""
+        packet = payload_bytes + len(topic.encode()) + PUBLISH_OVERHEAD
+        endpoint = self.endpoint
+        if endpoint is None or packet <= LEARNED_FLOOR:
+            return
+        limit = max(LEARNED_FLOOR, packet // 2 if batch else packet - 1)
+        known = self._learned.get(endpoint)
+        if known is not None and known <= limit:
+            return
+        self._learned[endpoint] = limit
+        if self._packet_limit is None or limit < self._packet_limit:
+            self._packet_limit = limit
+        log.warning(
+            "mqtt: connections to %s ended while a message of %d bytes waited for its "
+            "PUBACK: taking the broker's packet limit to be %d bytes (%s) until the gateway "
+            "restarts. Set mqtt.max_packet_bytes to the broker's limit, or have the broker "
+            "announce it (mosquitto: max_packet_size instead of message_size_limit)",
+            endpoint,
+            packet,
+            limit,
+            "batches made smaller" if batch else "that event waits in the outbox",
+        )
 
     def payload_limit(self, topic: str) -> int | None:
         """The largest payload a message on ``topic`` may have on this connection."""

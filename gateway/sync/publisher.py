@@ -40,6 +40,7 @@ LATENCY_WINDOW = 1000
 IDLE_WAIT_S = 1.0
 FAULT_WAIT_S = 1.0  # after a turn that failed
 SETTLE_S = 2.0  # at a clean stop, the longest wait for the PUBACKs of what is in flight
+SUSPECT_MS = 10_000  # a message sent this shortly before its connection ended may have ended it
 
 
 class InFlight(NamedTuple):
@@ -47,6 +48,7 @@ class InFlight(NamedTuple):
 
     events: tuple[StoredEvent, ...]
     lane: Lane
+    topic: str
     size: int
     sent_ms: int
 
@@ -83,6 +85,7 @@ class Publisher:
         send: Callable[[Message, int], int | None],
         drop: Callable[[int, str], None],
         payload_limit: Callable[[str], int | None] = lambda _topic: None,
+        learn_limit: Callable[[str, int, bool], None] = lambda _topic, _size, _batch: None,
     ) -> None:
         self.cfg = cfg
         self._store = store
@@ -92,6 +95,9 @@ class Publisher:
         self._send = send
         self._drop = drop
         self._payload_limit = payload_limit
+        self._learn_limit = learn_limit
+        self._suspect: tuple[Lane, int] | None = None  # at the last connection's end
+        self._shrinking = False  # a batch was found too large for the broker
         self._wake = threading.Event()
         self._settling = threading.Event()
         self._settled = threading.Event()
@@ -232,6 +238,8 @@ class Publisher:
         if generation != current:
             # PUBACKs that came before the connection ended are valid: save them first.
             self._drain_acks(current)
+            if current is not None:
+                self._connection_ended()
             self._reset()
             current = generation
         self._drain_acks(current)
@@ -255,6 +263,27 @@ class Publisher:
             self._buffers[lane].clear()
             self._cursor[lane] = 0
             self._more[lane] = True
+
+    def _connection_ended(self) -> None:
+        """The largest message sent shortly before the connection ended, still without its
+        PUBACK, is suspected of ending it; suspected again at the next end, the link learns
+        that the broker will not take a message that large. Once a batch has been found too
+        large, a batch suspected once is made smaller at once: each halving would otherwise
+        cost two more connections."""
+        now = self._store.steady_ms()
+        recent = [f for f in self._inflight.values() if now - f.sent_ms <= SUSPECT_MS]
+        if not recent:
+            self._suspect = None
+            return
+        largest = max(recent, key=lambda f: f.size)
+        suspect = (largest.lane, largest.events[0].seq)
+        batch = len(largest.events) > 1
+        if suspect != self._suspect and not (batch and self._shrinking):
+            self._suspect = suspect
+            return
+        self._suspect = None
+        self._shrinking = self._shrinking or batch
+        self._learn_limit(largest.topic, largest.size, batch)
 
     def _drain_acks(self, current: int | None) -> None:
         delivered: list[Delivered] = []
@@ -384,7 +413,7 @@ class Publisher:
                 return
             if lane is Lane.P0:
                 self._alarms_sent[mid] = now
-            self._inflight[mid] = InFlight(tuple(events), lane, len(msg.payload), now)
+            self._inflight[mid] = InFlight(tuple(events), lane, msg.topic, len(msg.payload), now)
             self._inflight_bytes += len(msg.payload)
             self._high[lane] = max(self._high[lane], events[-1].seq)
             self.messages_sent += 1

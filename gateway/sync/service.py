@@ -152,6 +152,7 @@ class Sync:
             send=self.link.publish,
             drop=self.link.drop,
             payload_limit=self.link.payload_limit,
+            learn_limit=self.link.learn_limit,
         )
         builtin = [
             Operation("ping", self._op_ping),

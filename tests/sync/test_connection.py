@@ -15,6 +15,7 @@ import pytest
 from gateway.app import build
 from gateway.config import MqttSection
 from gateway.events import Event, EventType, Lane, compact_json
+from gateway.store import Store
 from gateway.sync.mqtt import Message, MqttLink, backoff_delay
 from tests.support.broker import Mosquitto, free_port
 from tests.support.contract import check_message
@@ -480,6 +481,21 @@ def test_a_failing_health_report_on_connect_leaves_the_link_working(
         eventually(lambda: store.usage[Lane.P0].count == 0)
 
 
+def _fitting_and_too_large(store: Store, n: int) -> tuple[set[str], set[str]]:
+    """Telemetry that fits a 4,096-byte packet only in small batches, and then two events
+    (P1, P2) too large for it, each followed by one that fits, and an alarm: the ids that
+    must be delivered, and those that cannot be."""
+    sent = [store.submit(Event(TELEMETRY, {"n": i, "pad": "x" * 100})) for i in range(n)]
+    # multi-byte text: three bytes a character, so batches must be sized in bytes
+    sent += [store.submit(Event(TELEMETRY, {"n": i, "text": "长者" * 300})) for i in range(6)]
+    huge_p2 = store.record(Event(TELEMETRY, {"n": "huge", "pad": "x" * 5000}))
+    huge_p1 = store.record(Event(RECORD, {"n": "huge", "text": "长者" * 1000}))
+    sent += [store.submit(Event(TELEMETRY, {"n": "after"}))]
+    sent += [store.submit(Event(RECORD, {"n": "after"}))]
+    sent += [store.submit(Event(ALARM, {"n": "sos"}))]
+    return {f.result().event_id for f in sent}, {huge_p1.event_id, huge_p2.event_id}
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_a_message_above_the_brokers_packet_limit_stays_in_the_outbox_and_holds_nothing_up(
     tmp_path: Path, protocol: str
@@ -498,28 +514,54 @@ def test_a_message_above_the_brokers_packet_limit_stays_in_the_outbox_and_holds_
         mqtt["max_packet_bytes"] = 4096
     try:
         with running(config(tmp_path / "var", broker.port, mqtt=mqtt)) as gw:
-            sent = [
-                gw.store.submit(Event(TELEMETRY, {"n": i, "pad": "x" * 100})) for i in range(50)
-            ]
-            # multi-byte text: three bytes a character, so batches must be sized in bytes
-            sent += [
-                gw.store.submit(Event(TELEMETRY, {"n": i, "text": "长者" * 300})) for i in range(6)
-            ]
-            huge_p2 = gw.store.record(Event(TELEMETRY, {"n": "huge", "pad": "x" * 5000}))
-            huge_p1 = gw.store.record(Event(RECORD, {"n": "huge", "text": "长者" * 1000}))
-            sent += [gw.store.submit(Event(TELEMETRY, {"n": "after"}))]
-            sent += [gw.store.submit(Event(RECORD, {"n": "after"}))]
-            sent += [gw.store.submit(Event(ALARM, {"n": "sos"}))]
-            ids = {f.result().event_id for f in sent}
+            ids, huge = _fitting_and_too_large(gw.store, 50)
             sub.wait_for(lambda _m: ids <= set(sub.event_ids()))
             assert gw.sync is not None
             link = gw.sync.link
             assert link.connects == 1 and link.disconnects == 0
             assert link.packet_limit == 4096 and link.too_large >= 2
-            assert not {huge_p1.event_id, huge_p2.event_id} & set(sub.event_ids())
+            assert not huge & set(sub.event_ids())
             usage = gw.store.usage
             eventually(lambda: usage[Lane.P1].count == 1 and usage[Lane.P2].count == 1)
             assert all(len(m.payload) <= 4096 for m in sub.messages)
+    finally:
+        sub.close()
+        broker.stop()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "limit"),
+    [("5", "message_size_limit 4096"), ("3.1.1", "max_packet_size 4096")],
+)
+def test_a_packet_limit_the_broker_does_not_announce_is_learned_from_the_lost_connections(
+    tmp_path: Path, protocol: str, limit: str
+) -> None:
+    """mosquitto refuses a message above its ``message_size_limit`` with a PUBACK code paho
+    cannot read, so the connection ends; an MQTT 3.1.1 broker just closes it. Nobody told the
+    gateway the limit: the batch sent first after every reconnect would end every connection,
+    and nothing of that lane would ever be delivered."""
+    broker = Mosquitto(tmp_path, port=free_port())
+    broker.extra_conf = f"listener {broker.port} 127.0.0.1\nallow_anonymous true\n{limit}\n"
+    broker.start()
+    sub = Subscriber(broker.port)
+    mqtt = {"protocol": protocol, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
+    try:
+        with running(config(tmp_path / "var", broker.port, mqtt=mqtt)) as gw:
+            assert gw.sync is not None
+            link = gw.sync.link
+            eventually(lambda: link.connects == 1)
+            ids, huge = _fitting_and_too_large(gw.store, 120)
+            sub.wait_for(lambda _m: ids <= set(sub.event_ids()), timeout=60)
+            learned = link.health()["packet_limit_learned"]
+            assert learned is not None and learned <= 4096 and link.packet_limit == learned
+            assert not huge & set(sub.event_ids())
+            usage = gw.store.usage
+            eventually(lambda: usage[Lane.P1].count == 1 and usage[Lane.P2].count == 1)
+            settled = link.disconnects
+            assert settled <= 10, "the first halving costs two connections, the next ones one"
+            gw.store.record(Event(TELEMETRY, {"n": "later"}))
+            eventually(lambda: usage[Lane.P2].count == 1)
+            assert link.disconnects == settled and link.state == "connected"
     finally:
         sub.close()
         broker.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -218,9 +219,20 @@ def _device(url: str) -> str:
     are compared as written, not where their links lead now: /dev changes under a running
     site (an adapter replugged, a stale link to a reused pty), and a config must not fail to
     load over it, taking every station down. Two names that lead to one adapter while the
-    gateway runs are told apart by the ports themselves (``AdapterClaims`` in link.py)."""
+    gateway runs are told apart by the ports themselves (``AdapterClaims`` in link.py), and
+    host names are not looked up."""
     path = url.removeprefix("spy://").partition("?")[0]
-    return os.path.normpath(path) if path.startswith("/") else url
+    if path.startswith("/"):
+        return os.path.normpath(path)
+    # a serial server: its host in capitals or with options after it is the same one
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return url
+    if parts.hostname is None or port is None:
+        return url
+    return f"{parts.scheme.lower()}://{parts.hostname}:{port}"
 
 
 def _repeated(items: list[str]) -> list[str]:

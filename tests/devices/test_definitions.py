@@ -263,7 +263,9 @@ def test_dc09_receivers_that_could_not_both_listen_are_refused_when_the_config_l
 
 def test_two_ports_on_one_path_written_two_ways_are_refused(tmp_path: Path) -> None:
     """A path and a spy:// capture of it, or the path written with a ./ in it, are one device:
-    the second port could never open it (it is locked), and would stay down with its station."""
+    the second port could never open it (it is locked), and would stay down with its station.
+    A serial server's port is one device however its host is written: the two connections
+    would share (or, on most servers, fight over) its bytes."""
     port = {"definition": "aa55-reference.toml"}
     ports = [
         {"name": "ward-a", "url": str(tmp_path / "ttyUSB0"), **port},
@@ -273,6 +275,14 @@ def test_two_ports_on_one_path_written_two_ways_are_refused(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"two ports read the same device: ward-a .*, ward-b "):
         DevicesSection.model_validate({"ports": ports})
     assert len(DevicesSection.model_validate({"ports": ports[::2]}).ports) == 2
+    servers = [
+        {"name": "ward-a", "url": "socket://Serial-Server:4001", **port},
+        {"name": "ward-b", "url": "socket://serial-server:4001?logging=debug", **port},
+        {"name": "ward-c", "url": "socket://serial-server:4002", **port},
+    ]
+    with pytest.raises(ValueError, match=r"two ports read the same device: ward-a .*, ward-b "):
+        DevicesSection.model_validate({"ports": servers})
+    assert len(DevicesSection.model_validate({"ports": servers[::2]}).ports) == 2
 
 
 def test_a_config_loads_whatever_the_device_links_lead_to_now(tmp_path: Path) -> None:

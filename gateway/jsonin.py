@@ -43,8 +43,21 @@ def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def parse(text: str) -> Any:
-    """``json.loads``, but ValueError for text nested deeper than MAX_DEPTH."""
+def parse(text: str, unique_keys: bool = False) -> Any:
+    """``json.loads``, but ValueError for text nested deeper than MAX_DEPTH, and with
+    ``unique_keys`` for an object that names a key twice: ``json.loads`` keeps the last one,
+    where another reader of the same text (the sender's log, a proxy) may take the first."""
     if too_deep(text):
         raise ValueError(f"nested too deeply (over {MAX_DEPTH} levels)")
-    return json.loads(text)
+    return json.loads(text, object_pairs_hook=_unique if unique_keys else None)
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key[:40]!r} is given twice")
+            seen.add(key)
+    return obj

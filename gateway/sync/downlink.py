@@ -8,9 +8,11 @@ violations, unknown ops) gets an error response, a log line and a counter, and c
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
+import re
 import sqlite3
 import threading
 from collections import Counter, deque
@@ -43,6 +45,11 @@ RETAINED = "retained: not applied; publish requests with retain=false, and clear
 STOPPING = "not applied: the gateway is stopping; send again"
 UNREADABLE = "already applied; its stored answer does not open (damaged, or another key)"
 SEAL_BATCH = 500  # answers stored in plain text by an earlier version, sealed per commit
+PROBLEMS_READ = 16  # schema problems looked at: one per item of a 4 MiB array would be gigabytes
+TRANSACTION_MAX = 64  # characters, as the request schemas allow: longer ones are not echoed
+REFUSAL_PARSE_MAX = 65_536  # bytes of a request parsed on paho's thread to find its transaction
+REFUSAL_SCAN = 4096  # ... and of a larger one, searched for it
+_TRANSACTION = re.compile(rb'"transaction"\s*:\s*("(?:[^"\\]|\\.){1,%d}")' % TRANSACTION_MAX)
 
 
 class RequestError(Exception):
@@ -207,11 +214,7 @@ class Downlink:
         if op is None:
             return
         self._tally(self.counts, "received")
-        try:
-            txn = _transaction(_json(payload))
-        except ValueError:
-            txn = None  # unreadable, or too large to keep: the sender cannot be told which
-        self._error(op, txn, reason, message)
+        self._error(op, _transaction_of(payload), reason, message)
 
     def _run(self, stopping: threading.Event) -> None:
         self._seal_plain_answers(stopping)
@@ -310,7 +313,7 @@ class Downlink:
                 op, None, "too_large", f"{size} B, over {self.cfg.max_payload_bytes} B"
             )
         try:
-            request = _json(payload)
+            request = _json(payload, unique_keys=True)
         except ValueError as exc:  # not UTF-8, not JSON, too deep, a number of over 4300 digits
             return self._error(op, None, "invalid_json", f"not JSON: {exc}")
         if _lone_surrogate(request):
@@ -320,7 +323,10 @@ class Downlink:
         txn = _transaction(request)
         if op not in self._ops:
             return self._error(op, txn, "unknown_op", f"unknown op '{op}'")
-        problems = sorted(self._validators[op].iter_errors(request), key=lambda e: list(e.path))
+        problems = sorted(
+            itertools.islice(self._validators[op].iter_errors(request), PROBLEMS_READ),
+            key=lambda e: list(e.path),
+        )
         if problems or txn is None:
             first = problems[0] if problems else None
             where = "/".join(str(p) for p in first.path) if first else "transaction"
@@ -504,15 +510,30 @@ def _schema_problem(error: ValidationError) -> str:
     return described.get(str(rule), f"breaks the schema's {rule!r} rule")
 
 
-def _json(payload: bytes) -> Any:
+def _json(payload: bytes, unique_keys: bool = False) -> Any:
     """JSON on MQTT is UTF-8 (RFC 8259): ``json.loads`` would also take UTF-16 and UTF-32 by
     their byte order marks, and then name those codecs in its error."""
-    return jsonin.parse(payload.decode("utf-8"))
+    return jsonin.parse(payload.decode("utf-8"), unique_keys=unique_keys)
 
 
 def _transaction(request: Any) -> str | None:
+    """None for one the answer could not carry back whole (the request schemas refuse it)."""
     txn = request.get("transaction") if isinstance(request, dict) else None
-    return txn if isinstance(txn, str) and not _lone_surrogate(txn) else None
+    if not isinstance(txn, str) or len(txn) > TRANSACTION_MAX or _lone_surrogate(txn):
+        return None
+    return txn
+
+
+def _transaction_of(payload: bytes) -> str | None:
+    """The transaction of a request refused on paho's thread, which carries the alarms too:
+    a large request (photos) is not parsed there, only its first bytes searched."""
+    try:
+        if len(payload) <= REFUSAL_PARSE_MAX:
+            return _transaction(_json(payload))
+        found = _TRANSACTION.search(payload, 0, REFUSAL_SCAN)
+        return None if found is None else _transaction({"transaction": _json(found[1])})
+    except ValueError:
+        return None  # unreadable, or too large to keep: the sender cannot be told which
 
 
 def _lone_surrogate(value: Any) -> bool:

@@ -156,7 +156,7 @@ class Sync:
         )
         builtin = [
             Operation("ping", self._op_ping),
-            Operation("rebirth", self._op_rebirth),
+            Operation("rebirth", self._op_rebirth, applies_elsewhere=True),
             Operation("outbox.stats", self._op_outbox_stats),
         ]
         self.downlink = Downlink(

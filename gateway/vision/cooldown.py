@@ -110,32 +110,16 @@ def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
 def forget(path: Path, elder: str) -> None:
     """An erased elder leaves no trace here either, nor in copies a crash left (a running
     counter writes only elders still in its gallery, which it reloads within
-    ``gallery.refresh_s``). A file the card cannot read is left as it is: written again
-    without her, it would lose every other elder's cooldown with it."""
+    ``gallery.refresh_s``); a damaged file is written again empty. Raises OSError when the
+    file cannot be read or written (an I/O error, a full disk): her id may still be in it,
+    and the erasure must say so."""
     with _turns:
-        _forget(path, elder)
-
-
-def _forget(path: Path, elder: str) -> None:
-    _remove_leftovers(path, time.time())
-    try:
+        _remove_leftovers(path, time.time())
         data = _read(path)
-    except OSError as exc:
-        log.warning(
-            "face stage: cooldown file %s not read, not rewritten without an erased elder: %s",
-            path,
-            exc,
-        )
-        return
-    if data is None:
-        return
-    data.pop(elder, None)
-    try:
+        if data is None:
+            return
+        data.pop(elder, None)
         _save(path, {e: v for e, v in data.items() if _is_time(v)})
-    except OSError as exc:
-        log.warning(
-            "face stage: cooldown file %s not rewritten without an erased elder: %s", path, exc
-        )
 
 
 def _is_time(value: object) -> TypeGuard[int]:

@@ -66,7 +66,10 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     # would take the entry in, and her sealed id would stay beside the key for good
     key_path = None if cfg.camera.source is None else cfg.gallery.key_path(data_dir)
     templates = erase(cfg.gallery.db_path(data_dir), elder, key_path=key_path)
-    cooldown.forget(data_dir / cooldown.FILE, elder)
+    try:
+        cooldown.forget(data_dir / cooldown.FILE, elder)
+    except OSError as exc:
+        raise GalleryError(f"templates erased, but not her cooldown entry: {exc}") from None
     frames = ExpiredFrames(cfg.audit.path(data_dir), cfg.audit.retention_days)
     try:
         audit_frames = frames.erase_elder(elder)

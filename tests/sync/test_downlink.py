@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +88,18 @@ def test_a_repeated_transaction_is_answered_again_but_not_applied_twice(
         reused = ask(sub, "ping", {"transaction": "rb-1"})
         assert reused["status"] == "error" and "already used for rebirth" in reused["message"]
         assert gw.sync is not None and gw.sync.downlink.counts["repeat"] == 1
+
+
+def test_a_rebirth_whose_answer_cannot_be_stored_is_not_said_to_be_unapplied(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The status goes out again inside the handler, outside the store's transaction."""
+    with gateway_and_platform(tmp_path, mosquitto.port) as (gw, sub):
+        births = len(sub.of_topic("/status"))
+        refuse_responses(gw.store.path)
+        reply = ask(sub, "rebirth", {"transaction": "rb-1"})
+        sub.wait_for(lambda _m: len(sub.of_topic("/status")) == births + 1)
+        assert reply["status"] == "ok" and reply["message"].startswith("applied, but not remem")
 
 
 def test_bad_requests_get_an_error_a_count_and_change_nothing(
@@ -450,6 +463,8 @@ def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> Non
         (b'{"transaction":"\\ud800"}', "half a surrogate pair"),
         (b'{"transaction":"t3","x":["ok","\\udfff"]}', "half a surrogate pair"),
         (b'{"transaction":"' + b"A" * 5000 + b'"}', "transaction: longer than 64 characters"),
+        # the last one would win in json.loads; a reader taking the first sees another request
+        (b'{"transaction":"t4","transaction":"t5"}', "the key 'transaction' is given twice"),
     ]
     with downlink_alone(tmp_path, lambda _r: Reply({"pong": True})) as (downlink, sent):
         topic = "eldercare/s/g/request/ping"
@@ -460,9 +475,46 @@ def test_json_that_python_cannot_hold_gets_an_error_reply(tmp_path: Path) -> Non
             assert expected in reply["message"] and len(reply["message"]) <= MESSAGE_MAX
             assert len(sent) == before + 1
             assert json.loads(sent[-1].payload) == reply
-        assert downlink.errors["invalid_json"] == 5 and downlink.errors["schema"] == 1
+        assert downlink.errors["invalid_json"] == 6 and downlink.errors["schema"] == 1
+        assert all(json.loads(m.payload)["transaction"] is None for m in sent[-2:])
         pair = downlink.handle(topic, b'{"transaction":"\\ud83d\\ude00"}')  # a whole pair: fine
         assert pair is not None and pair["status"] == "ok" and pair["transaction"] == "\U0001f600"
+
+
+def test_an_array_of_many_bad_items_is_refused_without_a_problem_kept_for_each(
+    tmp_path: Path,
+) -> None:
+    """jsonschema finds a problem in every item of the array, a few KB each: a 0.4 MB request
+    cost 700 MB and held every request behind it for seconds; the 4 MiB one the limit lets
+    through would take gigabytes, and the gateway, alarms and all, with them."""
+    body = b'{"transaction":"t-1","elder_id":"E1","photos":[' + b",".join([b"0"] * 200_000)
+    with downlink_alone(tmp_path, Applying(), op="face.enrol") as (downlink, _sent):
+        tracemalloc.start()
+        try:
+            reply = downlink.handle("eldercare/s/g/request/face.enrol", body + b"]}")
+            _size, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert reply is not None and reply["status"] == "error" and reply["transaction"] == "t-1"
+    assert reply["message"].startswith("photos")
+    assert peak < 50_000_000, f"{peak / 1e6:.0f} MB to refuse it"
+
+
+def test_a_large_request_refused_at_once_is_not_parsed_on_the_network_thread(
+    tmp_path: Path,
+) -> None:
+    """paho's thread carries the alarms too: a request refused there (busy, retained) is only
+    searched for its transaction, in its first bytes, when it is large."""
+    topic = "eldercare/s/g/request/face.enrol"
+    photos = [{"data": "A" * 100_000}]
+    first = json.dumps({"transaction": "t-1", "elder_id": "e1", "photos": photos}).encode()
+    last = json.dumps({"elder_id": "e1", "photos": photos, "transaction": "t-2"}).encode()
+    with downlink_alone(tmp_path, Applying(), op="face.enrol") as (downlink, sent):
+        downlink.received(topic, first, retained=True)
+        downlink.received(topic, last, retained=True)
+        downlink.received(topic, b'{"transaction":"t-3"}', retained=True)
+    assert [json.loads(m.payload)["transaction"] for m in sent] == ["t-1", None, "t-3"]
+    assert downlink.errors["retained"] == 3
 
 
 def test_a_request_of_escaped_quotes_never_closed_is_answered(tmp_path: Path) -> None:

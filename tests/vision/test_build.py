@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -26,6 +27,7 @@ from gateway.vision.build import build
 from gateway.vision.config import DecisionSection, VisionSection
 from gateway.vision.decide import Decision, Outcome, Policy
 from gateway.vision.enroll import enrol
+from gateway.vision.errors import GalleryError
 from gateway.vision.events import FACE_DECISION, decision_data
 from gateway.vision.gallery import Gallery
 from gateway.vision.models import fetch, load_manifest
@@ -133,6 +135,32 @@ def test_an_erasure_keeps_her_sealed_id_only_where_a_counter_could_know_her(
     assert erase_elder(vision, data_dir, "E1024", journal_file).templates == 2
     assert gallery.refresh_if_changed()
     assert [elder for _, elder in gallery.erasures() or []] == ([] if camera is None else ["E1024"])
+
+
+def test_an_erasure_that_cannot_rewrite_the_cooldown_file_says_so_and_a_retry_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Her id stays in the file while the card is full: answered "ok", the answer would be
+    stored and a repeat answered from it, and nothing would ever take the entry out."""
+    data_dir = tmp_path / "var"
+    _enrolled(data_dir)
+    _delivered_decisions(data_dir)
+    cooling = data_dir / cooldown.FILE
+    cooling.write_text(json.dumps({"E1024": 1000, "E2048": 2000}))
+    db = data_dir / "gateway.db"
+    journal_file = Journal(db, StoreSection().key_path(db))
+    save = cooldown.replace_private
+
+    def disk_full(_path: Path, _data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cooldown, "replace_private", disk_full)
+    with pytest.raises(GalleryError, match="templates erased, but not her cooldown entry"):
+        erase_elder(VisionSection(), data_dir, "E1024", journal_file)
+    assert "E1024" in json.loads(cooling.read_text())
+    monkeypatch.setattr(cooldown, "replace_private", save)
+    assert erase_elder(VisionSection(), data_dir, "E1024", journal_file).templates == 0
+    assert json.loads(cooling.read_text()) == {"E2048": 2000}
 
 
 def _decision(outcome: Outcome, elder: str | None = None, *candidates: str) -> dict[str, Any]:

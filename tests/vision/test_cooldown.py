@@ -133,11 +133,11 @@ def test_a_copy_left_before_the_clock_was_set_back_is_removed_too(tmp_path: Path
     assert [p.name for p in tmp_path.iterdir()] == [cooldown.FILE]
 
 
-def test_an_erasure_leaves_a_file_the_card_cannot_read_as_it_is(
+def test_an_erasure_leaves_a_file_the_card_cannot_read_as_it_is_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rewritten without her, it would be rewritten without everyone else too: each of them
-    could then be settled again after a restart."""
+    could then be settled again after a restart. Her id is still in it: the erasure fails."""
     path = tmp_path / cooldown.FILE
     cooldown.save(path, {"E1": 1_000, "E2": 2_000})
     real_read = Path.read_text
@@ -148,7 +148,8 @@ def test_an_erasure_leaves_a_file_the_card_cannot_read_as_it_is(
         return real_read(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", failing_read)
-    cooldown.forget(path, "E1")
+    with pytest.raises(OSError, match="Input/output error"):
+        cooldown.forget(path, "E1")
     assert cooldown.load(path, 2_000, 60_000) == []  # unreadable: logged, the counter goes on
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"E1": 1_000, "E2": 2_000}

@@ -8,6 +8,7 @@ violations, unknown ops) gets an error response, a log line and a counter, and c
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -49,6 +50,7 @@ PROBLEMS_READ = 16  # schema problems looked at: one per item of a 4 MiB array w
 TRANSACTION_MAX = 64  # characters, as the request schemas allow: longer ones are not echoed
 REFUSAL_PARSE_MAX = 65_536  # bytes of a request parsed on paho's thread to find its transaction
 REFUSAL_SCAN = 4096  # ... and of a larger one, searched for it
+DIGEST = "request_sha256"  # kept with a stored answer, never sent: which request it answered
 _TRANSACTION = re.compile(rb'"transaction"\s*:\s*("(?:[^"\\]|\\.){1,%d}")' % TRANSACTION_MAX)
 
 
@@ -332,7 +334,8 @@ class Downlink:
             where = "/".join(str(p) for p in first.path) if first else "transaction"
             text = _schema_problem(first) if first else "missing"
             return self._error(op, txn, "schema", f"{where or 'request'}: {text}")
-        repeat = self._answer_repeat(op, txn)
+        digest = _digest(request)
+        repeat = self._answer_repeat(op, txn, digest)
         if repeat is not None:
             return repeat
         try:
@@ -351,11 +354,11 @@ class Downlink:
         }
         elsewhere = self._ops[op].applies_elsewhere
         try:
-            self._commit(txn, op, response, reply.writes)
+            self._commit(txn, op, {**response, DIGEST: digest}, reply.writes)
         except (sqlite3.Error, StoreClosed, StorageFull) as exc:  # rolled back
             if isinstance(exc, sqlite3.IntegrityError):
                 # an earlier attempt's commit, answered as not stored in time, landed meanwhile
-                repeat = self._answer_repeat(op, txn)
+                repeat = self._answer_repeat(op, txn, digest)
                 if repeat is not None:
                     return repeat
             if not elsewhere:
@@ -399,8 +402,11 @@ class Downlink:
         self._respond(op, response)
         return response
 
-    def _answer_repeat(self, op: str, txn: str) -> dict[str, Any] | None:
-        """A transaction already applied is answered from its record, not applied again."""
+    def _answer_repeat(self, op: str, txn: str, digest: str) -> dict[str, Any] | None:
+        """A transaction already applied is answered from its record, not applied again; one
+        used for another request (a sender that reuses its ids) is refused, not answered as
+        if that request had been applied. Records stored before requests were told apart, or
+        rewritten by an erasure, have no digest: a repeat is all they can say."""
         try:
             stored = self._stored(txn)
         except Undecryptable:
@@ -410,6 +416,10 @@ class Downlink:
         stored_op, response = stored
         if stored_op != op:
             return self._error(op, txn, "transaction_reused", f"already used for {stored_op}")
+        if response.pop(DIGEST, digest) != digest:
+            return self._error(
+                op, txn, "transaction_reused", f"already used for another {op} request"
+            )
         self._tally(self.counts, "repeat")
         response = {**response, "repeat": True}
         self._respond(op, response)
@@ -508,6 +518,13 @@ def _schema_problem(error: ValidationError) -> str:
         "const": f"must be {limit!r}",
     }
     return described.get(str(rule), f"breaks the schema's {rule!r} rule")
+
+
+def _digest(request: Mapping[str, Any]) -> str:
+    """The request but its transaction, however its keys were ordered or spaced."""
+    rest = {k: v for k, v in request.items() if k != "transaction"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _json(payload: bytes, unique_keys: bool = False) -> Any:

@@ -90,6 +90,25 @@ def test_a_repeated_transaction_is_answered_again_but_not_applied_twice(
         assert gw.sync is not None and gw.sync.downlink.counts["repeat"] == 1
 
 
+def test_a_transaction_reused_for_another_request_is_refused_not_answered_as_applied(
+    tmp_path: Path,
+) -> None:
+    """A sender that reuses its ids: "ok, repeat" for the erasure of E2048 would say she was
+    erased when it was E1024 who was. The same request written otherwise is a repeat."""
+    handler = Applying()
+    topic = "eldercare/s/g/request/face.remove"
+    with downlink_alone(tmp_path, handler, op="face.remove") as (downlink, sent):
+        first = downlink.handle(topic, b'{"transaction":"rm-1","elder_id":"E1024"}')
+        again = downlink.handle(topic, b'{ "elder_id": "E1024", "transaction": "rm-1" }')
+        other = downlink.handle(topic, b'{"transaction":"rm-1","elder_id":"E2048"}')
+    assert first is not None and again is not None and other is not None
+    assert first["status"] == "ok" and again == {**first, "repeat": True}
+    assert other["status"] == "error" and other["transaction"] == "rm-1"
+    assert other["message"] == "already used for another face.remove request"
+    assert handler.applied == ["rm-1"] and downlink.errors["transaction_reused"] == 1
+    assert [json.loads(m.payload) for m in sent] == [first, again, other]
+
+
 def test_a_rebirth_whose_answer_cannot_be_stored_is_not_said_to_be_unapplied(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:

@@ -64,7 +64,8 @@ class Message(NamedTuple):
 
 DISCONNECT_WAIT_S = 2.0  # at stop, for the DISCONNECT to leave before the socket is shut
 PUBLISH_OVERHEAD = 13  # fixed header, topic length, packet id, empty MQTT 5 properties
-LEARNED_FLOOR = 4096  # a limit worked out from lost connections is never set lower
+BATCH_CAP_MIN = 256  # bytes: at this, a batch is one event (the first is always taken)
+ENDS_KEPT = 8  # connections whose end is remembered for the publisher to judge
 
 
 class MessageTooLarge(Exception):
@@ -244,7 +245,10 @@ class MqttLink:
         self._lost: str | None = None
         self._dropped: str | None = None
         self._packet_limit = cfg.max_packet_bytes
-        self._learned: dict[Endpoint, int] = {}  # limits the brokers showed by disconnecting
+        # per broker: a cap on batches that ended its connections (see batch_refused)
+        self._batch_caps: dict[Endpoint, int] = {}
+        self._ends: dict[int, tuple[Endpoint, bool]] = {}  # generation -> broker, its doing
+        self._strike: tuple[Endpoint, object] | None = None
         self._subscribed: list[str] = []  # the topics of this connection's SUBSCRIBE, in order
         self.subscriptions_refused: list[str] = []
         self.state = "stopped"
@@ -309,7 +313,7 @@ class MqttLink:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "packet_limit": self.packet_limit,
-            "packet_limit_learned": self._learned.get(self.endpoint) if self.endpoint else None,
+            "batch_cap": self._batch_caps.get(self.endpoint) if self.endpoint else None,
             "too_large": self.too_large,
             "listener_errors": self.listener_errors,
             "subscriptions_refused": list(self.subscriptions_refused),
@@ -345,38 +349,54 @@ class MqttLink:
 
     def _announce(self, announced: int | None) -> None:
         """Worked out once per connection: every message sent is checked against it."""
-        learned = self._learned.get(self.endpoint) if self.endpoint else None
-        limits = [x for x in (self.cfg.max_packet_bytes, announced, learned) if x]
+        limits = [x for x in (self.cfg.max_packet_bytes, announced) if x]
         self._packet_limit = min(limits) if limits else None
 
-    def learn_limit(self, topic: str, payload_bytes: int, batch: bool) -> None:
-        """A message the connection ended over, twice, before its PUBACK: the broker has a
-        packet limit it did not announce (mosquitto's ``message_size_limit``, whose refusal
-        paho cannot read; an MQTT 3.1.1 broker's limit), and that message is above it. Sent
-        again after every reconnect, it would cut the gateway off for good. A batch's size is
-        halved, down to ``LEARNED_FLOOR``; a single event gets a limit just under it, so it
-        alone waits in the outbox. Kept, per broker, until the gateway restarts."""
-        packet = payload_bytes + len(topic.encode()) + PUBLISH_OVERHEAD
-        endpoint = self.endpoint
-        if endpoint is None or packet <= LEARNED_FLOOR:
-            return
-        limit = max(LEARNED_FLOOR, packet // 2 if batch else packet - 1)
-        known = self._learned.get(endpoint)
-        if known is not None and known <= limit:
-            return
-        self._learned[endpoint] = limit
-        if self._packet_limit is None or limit < self._packet_limit:
-            self._packet_limit = limit
+    def batch_refused(
+        self, generation: int, batch: object | None, topic: str, payload_bytes: int
+    ) -> None:
+        """The publisher's word on a connection that ended: ``batch`` names the oldest batch
+        still without its PUBACK, if one was sent shortly before the end. A broker with a packet limit it does not
+        announce (mosquitto's ``message_size_limit``, whose refusal paho cannot read, so the
+        connection drops; an MQTT 3.1.1 broker closes it) acknowledges in order up to the
+        message it will not take: the batch sent first after every reconnect would end every
+        connection for good. Named at two ends in a row that the broker caused (not the
+        gateway's own drops, or a stop), batches to that broker are capped at a quarter of
+        its size, kept until the gateway restarts. Only batches: a single event is never held
+        back on a guess, and nothing else (health, answers) is limited by it."""
+        with self._lock:
+            ended = self._ends.get(generation)
+            if ended is None or not ended[1]:
+                return
+            endpoint = ended[0]
+            strike = None if batch is None else (endpoint, batch)
+            if strike is None or strike != self._strike:
+                self._strike = strike
+                return
+            self._strike = None
+            packet = payload_bytes + len(topic.encode()) + PUBLISH_OVERHEAD
+            cap = max(BATCH_CAP_MIN, packet // 4)
+            if cap >= self._batch_caps.get(endpoint, packet):
+                return
+            self._batch_caps[endpoint] = cap
         log.warning(
-            "mqtt: connections to %s ended while a message of %d bytes waited for its "
-            "PUBACK: taking the broker's packet limit to be %d bytes (%s) until the gateway "
-            "restarts. Set mqtt.max_packet_bytes to the broker's limit, or have the broker "
-            "announce it (mosquitto: max_packet_size instead of message_size_limit)",
+            "mqtt: %s ended two connections in a row over a batch of %d bytes before its "
+            "PUBACK: batches to it are kept under %d bytes until the gateway restarts. It has "
+            "a packet limit it does not announce: set mqtt.max_packet_bytes to it (mosquitto: "
+            "use max_packet_size, which it announces, instead of message_size_limit)",
             endpoint,
             packet,
-            limit,
-            "batches made smaller" if batch else "that event waits in the outbox",
+            cap,
         )
+
+    def batch_limit(self, topic: str) -> int | None:
+        """The largest payload a batch on ``topic`` may have on this connection."""
+        limits = [x for x in (self.packet_limit, self._current_cap()) if x]
+        return min(limits) - len(topic.encode()) - PUBLISH_OVERHEAD if limits else None
+
+    def _current_cap(self) -> int | None:
+        endpoint = self.endpoint
+        return None if endpoint is None else self._batch_caps.get(endpoint)
 
     def payload_limit(self, topic: str) -> int | None:
         """The largest payload a message on ``topic`` may have on this connection."""
@@ -675,6 +695,14 @@ class MqttLink:
         reason = self._dropped or self._lost
         if reason is not None:
             self._failed(reason)
+        if self.endpoint is not None:
+            with self._lock:
+                self._ends[generation] = (
+                    self.endpoint,
+                    self._dropped is None and not self._stop.is_set(),
+                )
+                for old in list(self._ends)[:-ENDS_KEPT]:
+                    del self._ends[old]
         if not self._stop.is_set():
             log.warning("mqtt: connection to %s lost (%s)", self.endpoint, reason)
         self._notify("link_down", self._listener.link_down, generation)

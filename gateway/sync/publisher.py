@@ -40,7 +40,7 @@ LATENCY_WINDOW = 1000
 IDLE_WAIT_S = 1.0
 FAULT_WAIT_S = 1.0  # after a turn that failed
 SETTLE_S = 2.0  # at a clean stop, the longest wait for the PUBACKs of what is in flight
-SUSPECT_MS = 10_000  # a message sent this shortly before its connection ended may have ended it
+SUSPECT_MS = 10_000  # a batch sent this shortly before its connection ended may have ended it
 
 
 class InFlight(NamedTuple):
@@ -84,8 +84,8 @@ class Publisher:
         *,
         send: Callable[[Message, int], int | None],
         drop: Callable[[int, str], None],
-        payload_limit: Callable[[str], int | None] = lambda _topic: None,
-        learn_limit: Callable[[str, int, bool], None] = lambda _topic, _size, _batch: None,
+        batch_limit: Callable[[str], int | None] = lambda _topic: None,
+        batch_refused: Callable[[int, object | None, str, int], None] = lambda *_a: None,
     ) -> None:
         self.cfg = cfg
         self._store = store
@@ -94,10 +94,8 @@ class Publisher:
         self._topics = topics
         self._send = send
         self._drop = drop
-        self._payload_limit = payload_limit
-        self._learn_limit = learn_limit
-        self._suspect: tuple[Lane, int] | None = None  # at the last connection's end
-        self._shrinking = False  # a batch was found too large for the broker
+        self._batch_limit = batch_limit
+        self._batch_refused = batch_refused
         self._wake = threading.Event()
         self._settling = threading.Event()
         self._settled = threading.Event()
@@ -239,7 +237,7 @@ class Publisher:
             # PUBACKs that came before the connection ended are valid: save them first.
             self._drain_acks(current)
             if current is not None:
-                self._connection_ended()
+                self._connection_ended(current)
             self._reset()
             current = generation
         self._drain_acks(current)
@@ -264,26 +262,18 @@ class Publisher:
             self._cursor[lane] = 0
             self._more[lane] = True
 
-    def _connection_ended(self) -> None:
-        """The largest message sent shortly before the connection ended, still without its
-        PUBACK, is suspected of ending it; suspected again at the next end, the link learns
-        that the broker will not take a message that large. Once a batch has been found too
-        large, a batch suspected once is made smaller at once: each halving would otherwise
-        cost two more connections."""
+    def _connection_ended(self, generation: int) -> None:
+        """Tell the link which batch the connection may have ended over: the oldest batch
+        still without its PUBACK (a broker reads in order, and one that closes the connection
+        on what it will not take may lose the PUBACKs it sent just before), if it was sent
+        shortly before the end."""
         now = self._store.steady_ms()
-        recent = [f for f in self._inflight.values() if now - f.sent_ms <= SUSPECT_MS]
-        if not recent:
-            self._suspect = None
+        batch = next((f for f in self._inflight.values() if len(f.events) > 1), None)
+        if batch is None or now - batch.sent_ms > SUSPECT_MS:
+            self._batch_refused(generation, None, "", 0)
             return
-        largest = max(recent, key=lambda f: f.size)
-        suspect = (largest.lane, largest.events[0].seq)
-        batch = len(largest.events) > 1
-        if suspect != self._suspect and not (batch and self._shrinking):
-            self._suspect = suspect
-            return
-        self._suspect = None
-        self._shrinking = self._shrinking or batch
-        self._learn_limit(largest.topic, largest.size, batch)
+        key = (batch.lane, batch.events[0].seq)
+        self._batch_refused(generation, key, batch.topic, batch.size)
 
     def _drain_acks(self, current: int | None) -> None:
         delivered: list[Delivered] = []
@@ -494,7 +484,7 @@ class Publisher:
         if lane is not Lane.P2:
             return [first], Message(topic, body.encode())
         taken, parts = [first], [body.encode()]
-        limit = self._payload_limit(topic)
+        limit = self._batch_limit(topic)
         max_bytes = min(self.cfg.batch_max_bytes, limit or self.cfg.batch_max_bytes)
         size = len(parts[0]) + 2
         while len(taken) < self.cfg.batch_max_events:

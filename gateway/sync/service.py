@@ -151,8 +151,8 @@ class Sync:
             self.topics,
             send=self.link.publish,
             drop=self.link.drop,
-            payload_limit=self.link.payload_limit,
-            learn_limit=self.link.learn_limit,
+            batch_limit=self.link.batch_limit,
+            batch_refused=self.link.batch_refused,
         )
         builtin = [
             Operation("ping", self._op_ping),

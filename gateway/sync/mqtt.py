@@ -66,6 +66,7 @@ DISCONNECT_WAIT_S = 2.0  # at stop, for the DISCONNECT to leave before the socke
 PUBLISH_OVERHEAD = 13  # fixed header, topic length, packet id, empty MQTT 5 properties
 BATCH_CAP_MIN = 256  # bytes: at this, a batch is one event (the first is always taken)
 ENDS_KEPT = 8  # connections whose end is remembered for the publisher to judge
+STABLE_S = 10.0  # a connection that lasted this long starts the reconnect backoff afresh
 
 
 class MessageTooLarge(Exception):
@@ -216,6 +217,7 @@ class MqttLink:
         will: Callable[[], Message],
         subscriptions: Callable[[], list[str]],
         alarm_waiting: Callable[[], bool] = lambda: False,
+        delivered: Callable[[], int] = lambda: 0,
         max_incoming_bytes: int | None = None,
         rng: random.Random | None = None,
         clock: Clock | None = None,
@@ -229,6 +231,7 @@ class MqttLink:
         self._will = will
         self._subscriptions = subscriptions
         self._alarm_waiting = alarm_waiting
+        self._delivered = delivered
         self._rng = rng or random.Random()
         self._clock = clock or SystemClock()
         self._stop = threading.Event()
@@ -356,14 +359,15 @@ class MqttLink:
         self, generation: int, batch: object | None, topic: str, payload_bytes: int
     ) -> None:
         """The publisher's word on a connection that ended: ``batch`` names the oldest batch
-        still without its PUBACK, if one was sent shortly before the end. A broker with a packet limit it does not
-        announce (mosquitto's ``message_size_limit``, whose refusal paho cannot read, so the
-        connection drops; an MQTT 3.1.1 broker closes it) acknowledges in order up to the
-        message it will not take: the batch sent first after every reconnect would end every
-        connection for good. Named at two ends in a row that the broker caused (not the
-        gateway's own drops, or a stop), batches to that broker are capped at a quarter of
-        its size, kept until the gateway restarts. Only batches: a single event is never held
-        back on a guess, and nothing else (health, answers) is limited by it."""
+        still without its PUBACK, if one was sent shortly before the end. A broker with a
+        packet limit it does not announce (mosquitto's ``message_size_limit``, whose refusal
+        paho cannot read, so the connection drops; an MQTT 3.1.1 broker closes it) reads and
+        acknowledges in order up to the message it will not take: the batch sent first after
+        every reconnect would end every connection for good. Named at two ends in a row that
+        the broker caused (not the gateway's own drops, or a stop), batches to that broker
+        are capped at a quarter of its size, kept until the gateway restarts. Only batches: a
+        single event is never held back on a guess, and nothing else (health, answers) is
+        limited by it."""
         with self._lock:
             ended = self._ends.get(generation)
             if ended is None or not ended[1]:
@@ -425,16 +429,22 @@ class MqttLink:
     # ---- the connection loop -------------------------------------------------------------------
 
     def _run(self) -> None:
+        """A connection that ends soon after its CONNACK having delivered nothing new does not
+        start the backoff afresh: one that something ends every time (a message above a limit
+        the broker does not announce, two gateways under one client id) would otherwise be
+        made again several times a second, for good."""
         index = 0
         attempt = 0
         while not self._stop.is_set():
             endpoint = self.endpoints[index % len(self.endpoints)]
             self.endpoint = endpoint
             if self._attempt(endpoint):
-                attempt = 0
+                connected, delivered = time.monotonic(), self._delivered()
                 self._serve()
                 if self._stop.is_set():
                     break
+                if time.monotonic() - connected >= STABLE_S or self._delivered() > delivered:
+                    attempt = 0
             elif self._stop.is_set():
                 break
             else:

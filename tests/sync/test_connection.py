@@ -504,6 +504,30 @@ def _fitting_and_too_large(
     return {f.result().event_id for f in sent}, {e.event_id for e in huge}
 
 
+def test_connections_that_end_at_once_without_delivering_anything_back_off(
+    tmp_path: Path,
+) -> None:
+    """A record above a limit the broker does not announce ends every connection it is sent
+    on. Reconnecting at once each time, the gateway made six connections a second for good."""
+    broker = Mosquitto(tmp_path, port=free_port())
+    broker.extra_conf = f"listener {broker.port} 127.0.0.1\nallow_anonymous true\n"
+    broker.extra_conf += "max_packet_size 4096\n"
+    broker.start()
+    mqtt = {"protocol": "3.1.1", "reconnect_min_s": 0.2, "reconnect_max_s": 4.0}
+    try:
+        with running(config(tmp_path / "var", broker.port, mqtt=mqtt)) as gw:
+            assert gw.sync is not None
+            link = gw.sync.link
+            eventually(lambda: link.connects == 1)
+            gw.store.record(Event(RECORD, {"text": "x" * 6000}))
+            eventually(lambda: link.disconnects == 1)
+            time.sleep(6)
+            # the delays double from 0.1-0.2 s: at most 7 more connections fit in 6 s
+            assert link.connects <= 9, link.connects
+    finally:
+        broker.stop()
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_a_message_above_the_brokers_packet_limit_stays_in_the_outbox_and_holds_nothing_up(
     tmp_path: Path, protocol: str

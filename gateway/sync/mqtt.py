@@ -64,7 +64,7 @@ class Message(NamedTuple):
 
 DISCONNECT_WAIT_S = 2.0  # at stop, for the DISCONNECT to leave before the socket is shut
 PUBLISH_OVERHEAD = 13  # fixed header, topic length, packet id, empty MQTT 5 properties
-BATCH_CAP_MIN = 256  # bytes: at this, a batch is one event (the first is always taken)
+BATCH_CAP_MIN = 4096  # bytes: below it, a false guess would cost more than it could save
 ENDS_KEPT = 8  # connections whose end is remembered for the publisher to judge
 STABLE_S = 10.0  # a connection that lasted this long starts the reconnect backoff afresh
 
@@ -218,6 +218,7 @@ class MqttLink:
         subscriptions: Callable[[], list[str]],
         alarm_waiting: Callable[[], bool] = lambda: False,
         delivered: Callable[[], int] = lambda: 0,
+        unacknowledged: Callable[[], int] = lambda: 0,
         max_incoming_bytes: int | None = None,
         rng: random.Random | None = None,
         clock: Clock | None = None,
@@ -232,6 +233,7 @@ class MqttLink:
         self._subscriptions = subscriptions
         self._alarm_waiting = alarm_waiting
         self._delivered = delivered
+        self._unacknowledged = unacknowledged
         self._rng = rng or random.Random()
         self._clock = clock or SystemClock()
         self._stop = threading.Event()
@@ -247,6 +249,7 @@ class MqttLink:
         self._refused: str | None = None
         self._lost: str | None = None
         self._dropped: str | None = None
+        self._timed_out = False  # paho's keepalive: the path went quiet, not the broker's doing
         self._packet_limit = cfg.max_packet_bytes
         # per broker: a cap on batches that ended its connections (see batch_refused)
         self._batch_caps: dict[Endpoint, int] = {}
@@ -371,6 +374,7 @@ class MqttLink:
         with self._lock:
             ended = self._ends.get(generation)
             if ended is None or not ended[1]:
+                self._strike = None  # two in a row means with nothing between
                 return
             endpoint = ended[0]
             strike = None if batch is None else (endpoint, batch)
@@ -429,10 +433,11 @@ class MqttLink:
     # ---- the connection loop -------------------------------------------------------------------
 
     def _run(self) -> None:
-        """A connection that ends soon after its CONNACK having delivered nothing new does not
-        start the backoff afresh: one that something ends every time (a message above a limit
-        the broker does not announce, two gateways under one client id) would otherwise be
-        made again several times a second, for good."""
+        """A connection that ends soon after its CONNACK with events still unacknowledged,
+        having delivered none, does not start the backoff afresh: one that a message ends
+        every time (above a limit the broker does not announce) would otherwise be made again
+        several times a second, for good. An idle one (a flapping path, a restarted broker)
+        does: the next alarm must not wait out a grown backoff."""
         index = 0
         attempt = 0
         while not self._stop.is_set():
@@ -440,10 +445,11 @@ class MqttLink:
             self.endpoint = endpoint
             if self._attempt(endpoint):
                 connected, delivered = time.monotonic(), self._delivered()
-                self._serve()
+                unacknowledged = self._serve()
                 if self._stop.is_set():
                     break
-                if time.monotonic() - connected >= STABLE_S or self._delivered() > delivered:
+                progressed = self._delivered() > delivered
+                if not unacknowledged or progressed or time.monotonic() - connected >= STABLE_S:
                     attempt = 0
             elif self._stop.is_set():
                 break
@@ -527,6 +533,7 @@ class MqttLink:
             # a broker refusing our certificate under TLS 1.3 closes after the handshake:
             # the CONNACK will never come, and its alert is the reason
             self._lost = None if rc.value == 0 else socket_errors.last or str(rc)
+            self._timed_out = str(rc) == "Keep alive timeout"
             self._down.set()
             self._settled.set()
 
@@ -595,6 +602,7 @@ class MqttLink:
         self._refused = None
         self._lost = None
         self._dropped = None
+        self._timed_out = False
         self._announce(None)
         self.subscriptions_refused = []
         props = None
@@ -692,7 +700,9 @@ class MqttLink:
                 what, "mqtt: %s handler failed: %s: %s", what, type(exc).__name__, exc
             )
 
-    def _serve(self) -> None:
+    def _serve(self) -> int:
+        """Until the connection ends; how many events it left unacknowledged (counted before
+        the publisher hears of the end and takes them back)."""
         self._down.wait()
         with self._lock:
             client = self._client
@@ -709,13 +719,15 @@ class MqttLink:
             with self._lock:
                 self._ends[generation] = (
                     self.endpoint,
-                    self._dropped is None and not self._stop.is_set(),
+                    self._dropped is None and not self._timed_out and not self._stop.is_set(),
                 )
                 for old in list(self._ends)[:-ENDS_KEPT]:
                     del self._ends[old]
         if not self._stop.is_set():
             log.warning("mqtt: connection to %s lost (%s)", self.endpoint, reason)
+        unacknowledged = self._unacknowledged()
         self._notify("link_down", self._listener.link_down, generation)
+        return unacknowledged
 
 
 def _close_socket(client: paho.Client) -> None:

@@ -157,9 +157,14 @@ class Publisher:
     def healthy(self) -> bool:
         return self._worker.alive()
 
+    @property
+    def inflight(self) -> int:
+        """Messages from the outbox handed to the connection and not yet acknowledged."""
+        return len(self._inflight)
+
     def health(self) -> dict[str, Any]:
         return {
-            "inflight": len(self._inflight),
+            "inflight": self.inflight,
             "messages_sent": self.messages_sent,
             "events_sent": self.events_sent,
             "events_acked": self.events_acked,

@@ -139,6 +139,7 @@ class Sync:
             subscriptions=lambda: [self.topics.requests, self.topics.status],
             alarm_waiting=lambda: store.usage[Lane.P0].count > 0,
             delivered=lambda: self.publisher.events_acked,
+            unacknowledged=lambda: self.publisher.inflight,
             # twice the request limit: a request somewhat too large is still answered
             # too_large; one far beyond it never reaches the gateway's memory
             max_incoming_bytes=2 * cfg.downlink.max_payload_bytes + 65_536,

@@ -56,6 +56,14 @@ class Relay:
                 path.stalled.set()
                 path.frozen.set()
 
+    def reset(self) -> None:
+        """Every open connection breaks, as a path does that a NAT or a mobile cell change
+        drops; new connections still pass."""
+        with self._lock:
+            paths = list(self._paths)
+        for path in paths:
+            path.close()
+
     def close(self) -> None:
         """Everything ends here, threads included: one left running would still listen, and
         pytest would charge its failure to whichever test runs then."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 import socket
 import subprocess
 import threading
@@ -526,6 +528,39 @@ def test_connections_that_end_at_once_without_delivering_anything_back_off(
             assert link.connects <= 9, link.connects
     finally:
         broker.stop()
+
+
+def test_an_idle_gateway_whose_connections_break_at_once_reconnects_without_delay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing waits to be delivered, so a short connection cannot show progress: that is
+    no reason to wait longer and longer, and have the next alarm wait with it."""
+    caplog.set_level(logging.INFO, logger="gateway.sync.mqtt")
+    broker = Mosquitto(tmp_path, port=free_port()).start()
+    relay = Relay(broker.port)
+    try:
+        mqtt = {
+            "brokers": [f"mqtt://127.0.0.1:{relay.port}"],
+            "reconnect_min_s": 1.0,
+            "reconnect_max_s": 60.0,
+        }
+        with running(config(tmp_path / "var", None, mqtt=mqtt)) as gw:
+            assert gw.sync is not None
+            link = gw.sync.link
+            eventually(
+                lambda: link.connected and gw.sync is not None and gw.sync.publisher.events_acked
+            )
+            for n in range(1, 5):
+                eventually(lambda: link.connected)
+                relay.reset()
+                eventually(lambda n=n: link.disconnects == n)
+            eventually(lambda: link.connected)
+    finally:
+        relay.close()
+        broker.stop()
+    waits = [re.search(r"next attempt in ([\d.]+) s", r.getMessage()) for r in caplog.records]
+    delays = [float(found[1]) for found in waits if found]
+    assert len(delays) >= 4 and max(delays) <= 1.0, delays
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

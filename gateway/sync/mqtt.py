@@ -367,10 +367,10 @@ class MqttLink:
         paho cannot read, so the connection drops; an MQTT 3.1.1 broker closes it) reads and
         acknowledges in order up to the message it will not take: the batch sent first after
         every reconnect would end every connection for good. Named at two ends in a row that
-        the broker caused (not the gateway's own drops, or a stop), batches to that broker
-        are capped at a quarter of its size, kept until the gateway restarts. Only batches: a
-        single event is never held back on a guess, and nothing else (health, answers) is
-        limited by it."""
+        the broker caused (not the gateway's own drops, keepalive timeouts or a stop),
+        batches to that broker are capped at a quarter of its size, not below
+        ``BATCH_CAP_MIN``, until the gateway restarts. Only batches: a single event is never
+        held back on a guess, and nothing else (health, answers) is limited by it."""
         with self._lock:
             ended = self._ends.get(generation)
             if ended is None or not ended[1]:

@@ -399,17 +399,13 @@ class MqttLink:
 
     def batch_limit(self, topic: str) -> int | None:
         """The largest payload a batch on ``topic`` may have on this connection."""
-        limits = [x for x in (self.packet_limit, self._current_cap()) if x]
-        return min(limits) - len(topic.encode()) - PUBLISH_OVERHEAD if limits else None
-
-    def _current_cap(self) -> int | None:
-        endpoint = self.endpoint
-        return None if endpoint is None else self._batch_caps.get(endpoint)
+        cap = self._batch_caps.get(self.endpoint) if self.endpoint else None
+        limits = [x for x in (self.packet_limit, cap) if x]
+        return _payload_room(min(limits) if limits else None, topic)
 
     def payload_limit(self, topic: str) -> int | None:
         """The largest payload a message on ``topic`` may have on this connection."""
-        limit = self.packet_limit
-        return None if limit is None else limit - len(topic.encode()) - PUBLISH_OVERHEAD
+        return _payload_room(self.packet_limit, topic)
 
     def publish(self, msg: Message, generation: int) -> int | None:
         """Hand one QoS 1 message to the current connection; return its mid, or None if the
@@ -728,6 +724,11 @@ class MqttLink:
         unacknowledged = self._unacknowledged()
         self._notify("link_down", self._listener.link_down, generation)
         return unacknowledged
+
+
+def _payload_room(packet_limit: int | None, topic: str) -> int | None:
+    """What a packet limit leaves for the payload of a message on ``topic``."""
+    return None if packet_limit is None else packet_limit - len(topic.encode()) - PUBLISH_OVERHEAD
 
 
 def _close_socket(client: paho.Client) -> None:

@@ -382,10 +382,10 @@ class Decider:
         if sum(1 for live in lives if live < p.liveness_threshold) >= p.k:
             return [self._spoof(track, t, lives)]
         votes = Counter(e.top for e in recent if self._strong(e))
-        # since her decision time began, not only in the window: a few strong frames for
-        # one elder are not outvoted by more for another, however late those come
-        since = track.started if track.decide_from is None else track.decide_from
-        voted = {e.top for e in track.evidence if e.t >= since and self._strong(e)}
+        # over the whole track, not only the window: a few strong frames for one elder are not
+        # outvoted by more for another, however late those come (a no_face between them too:
+        # the decision time starts again, the evidence is the same face's)
+        voted = {e.top for e in track.evidence if self._strong(e)}
         # a strong vote for a second elder, or a second face, in the window: never guess
         if len(votes) == 1 and voted <= set(votes) and not self._second_face_lately(t):
             winner, count = votes.most_common(1)[0]

@@ -774,3 +774,18 @@ def test_strong_frames_for_another_elder_earlier_in_the_track_are_not_outvoted()
     (decision,) = run(decider, obs)
     assert (decision.outcome, decision.reason) == (Outcome.UNCERTAIN, "inconsistent")
     assert {elder for elder, _ in decision.candidates} == {"elder-a", "elder-b"}
+
+
+def test_strong_frames_for_another_elder_before_a_no_face_are_not_outvoted() -> None:
+    """Two strong frames for B, then she looks down long enough for a no_face, then looks up
+    and A leads: the same face, so B's frames still count and A is not accepted."""
+    decider = Decider(POLICY)
+    before = calls(0.0, 2, "elder-b", "elder-a", score=0.6, lead=0.05)
+    down = [
+        Observation(before[-1].t + (i + 1) / FPS, "poor_quality", reason="tilted")
+        for i in range(int(POLICY.decide_within_s * FPS) + 8)
+    ]
+    up = calls(down[-1].t + 1 / FPS, int(3 * FPS), "elder-a", "elder-b", score=0.6, lead=0.05)
+    out = run(decider, before + down + up)
+    assert [d.outcome for d in out] == [Outcome.NO_FACE, Outcome.UNCERTAIN]
+    assert {elder for elder, _ in out[1].candidates} == {"elder-a", "elder-b"}

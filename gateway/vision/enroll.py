@@ -45,7 +45,10 @@ from gateway.vision.images import (
 )
 
 RECOMMENDED_PHOTOS = 3
-SAME_PICTURE = 0.995  # two photos of one person, even a second apart, score well below
+# one picture however re-encoded, cropped, brightened, rescaled or turned grey scores 0.96-0.99
+# against itself; photos of one person taken apart score at most 0.93 on LFW (two frames of
+# one moment can score 0.97: not two views either)
+SAME_PICTURE = 0.95
 LEARN_UP_TO = 10
 
 
@@ -122,9 +125,10 @@ def _one_person(
 
     Photos are grouped by who matches whom at the 1:1 threshold, the elder's enrolled templates
     counting as one more member. The elder is the group holding the enrolled templates or, for
-    a first enrolment, the one group of two or more photos; a photo matching none of the others
-    is left out, and another group of two or more is a second person: refused, since keeping
-    either would let the other be charged as this elder."""
+    a first enrolment, the one group of two or more pictures; a photo matching none of the
+    others is left out, and another group of two or more is a second person: refused, since
+    keeping either would let the other be charged as this elder. Copies of one picture are one
+    picture: sent twice, a stranger's photo must not outvote the elder's own."""
     good = [(i, v.embedding) for i, v in enumerate(verdicts) if v.embedding is not None]
     if not good:
         return [], ""
@@ -137,7 +141,7 @@ def _one_person(
         )
     anchor = len(good)  # the enrolled templates' node, when there are any
     groups = _groups(linked)
-    people = [g for g in groups if len(g) >= 2 and anchor not in g]
+    people = [g for g in groups if anchor not in g and _pictures(vectors[g]) >= 2]
     if len(enrolled):
         elder = next(g for g in groups if anchor in g)
         keep = [good[j][0] for j in elder if j != anchor]
@@ -149,8 +153,8 @@ def _one_person(
         if people:
             return [], "the photos show more than one person"
         return keep, ""
-    if len(good) == 1:
-        return [good[0][0]], ""
+    if _pictures(vectors) == 1:
+        return [i for i, _ in good], ""
     if len(people) > 1:
         return [], "the photos show more than one person"
     if not people:
@@ -175,6 +179,11 @@ def _groups(linked: np.ndarray) -> list[list[int]]:
                     stack.append(other)
         groups.append(sorted(group))
     return groups
+
+
+def _pictures(vectors: np.ndarray) -> int:
+    """How many different pictures the vectors are of."""
+    return len(_new_views(np.empty((0, vectors.shape[1]), np.float32), list(vectors)))
 
 
 def _new_views(enrolled: np.ndarray, vectors: list[np.ndarray]) -> list[np.ndarray]:

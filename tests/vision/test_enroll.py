@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
@@ -112,6 +113,29 @@ def test_photos_added_later_must_show_the_elder_already_enrolled(
     # an elder enrolled decades ago still takes a recent photo (she scores 0.49-0.50)
     enrol(gallery, analyzer, "elder-2", [df / "img12.jpg"], rules=RULES)
     assert enrol(gallery, analyzer, "elder-2", [df / "img3.jpg"], rules=RULES).added == 1
+
+
+def _copy(src: Path, dst: Path, *, crop: float = 0.0, quality: int = 70) -> Path:
+    """The same picture as a platform or a phone passes it on: cropped, re-encoded."""
+    image = cv2.imread(str(src))
+    h, w = image.shape[:2]
+    dy, dx = int(h * crop), int(w * crop)
+    cv2.imwrite(str(dst), image[dy : h - dy, dx : w - dx], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return dst
+
+
+def test_a_picture_sent_twice_does_not_outvote_the_elders_own(
+    gallery: Gallery, analyzer: Analyzer, df: Path, tmp_path: Path
+) -> None:
+    """Someone else's photo uploaded as two of the three views is one picture, not two: it
+    must not become the elder while her own photo is dropped."""
+    copy = _copy(df / "img1.jpg", tmp_path / "left.jpg")
+    photos = [df / "img1.jpg", copy, df / "img18.jpg"]
+    result = enrol(gallery, analyzer, "elder-1", photos, rules=RULES)
+    assert (result.status, result.message) == ("refused", "the photos do not show the same person")
+    assert gallery.snapshot.elders == ()
+    alone = enrol(gallery, analyzer, "elder-1", [df / "img1.jpg", copy], rules=RULES)
+    assert (alone.status, alone.added, alone.already) == ("enrolled", 1, 1)
 
 
 def test_an_odd_photo_out_is_dropped(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:
@@ -361,10 +385,13 @@ def test_a_face_seen_before_an_erasure_is_not_learned_into_a_new_enrolment(
 
 
 def test_the_same_picture_is_never_enrolled_for_two_elders_whatever_staff_allow(
-    gallery: Gallery, analyzer: Analyzer, df: Path
+    gallery: Gallery, analyzer: Analyzer, df: Path, tmp_path: Path
 ) -> None:
     """Twins may look alike and staff may vouch for them; one photo is one person."""
     enrol(gallery, analyzer, "elder-1", [df / "img13.jpg"], rules=RULES)
     again = enrol(gallery, analyzer, "elder-2", [df / "img13.jpg"], rules=RULES, allow_similar=True)
     assert again.status == "flagged" and "the same picture is enrolled for elder-1" in again.message
+    cropped = _copy(df / "img13.jpg", tmp_path / "cropped.jpg", crop=0.05)
+    edited = enrol(gallery, analyzer, "elder-2", [cropped], rules=RULES, allow_similar=True)
+    assert edited.status == "flagged" and "the same picture" in edited.message
     assert gallery.snapshot.count("elder-2") == 0

@@ -1136,28 +1136,17 @@ class Store:
         added_bytes = dict.fromkeys(Lane, 0)
         session = self.session
         seq = self._next_seq
+        refusals = [
+            self._refusal(op.lane, admitted is None or admitted[k], full, alarms_only)
+            for k, (_, op) in enumerate(records)
+        ]
+        _share_lead(records, refusals)
         kept: list[_Record] = []  # a refused event's domain rows go with it
-        for k, ((i, op), size) in enumerate(zip(records, sizes, strict=True)):
+        for (i, op), size, refusal in zip(records, sizes, refusals, strict=True):
             lane = op.event.type.lane
-            if full and lane is Lane.P2:
-                # what room the reserve gave is for alarms and records, not for telemetry
-                delta.count("refused_p2")
-                results[i] = StorageFull("disk full: telemetry refused until there is room")
-                continue
-            if alarms_only and lane is Lane.P1:
-                # the records spent their half of the reserve: the rest is kept for alarms
-                delta.count("refused_p1")
-                results[i] = StorageFull(
-                    "disk full: records refused until there is room, the rest of the disk "
-                    "reserve is kept for alarms"
-                )
-                continue
-            if not (admitted is None or admitted[k]):
+            if refusal is not None:
                 delta.count(f"refused_{lane.label}")
-                results[i] = StorageFull(
-                    f"free disk below {self.cfg.min_free_disk_mb} MB floor and no telemetry "
-                    "left to evict"
-                )
+                results[i] = refusal
                 continue
             etype = op.event.type
             event_id = op.event.event_id
@@ -1200,6 +1189,26 @@ class Store:
         for op in kept:
             for write in op.domain:
                 conn.execute(write.sql, write.params)
+
+    def _refusal(
+        self, lane: Lane, admitted: bool, full: bool, alarms_only: bool
+    ) -> StorageFull | None:
+        """Why an event cannot be written now, if it cannot."""
+        if full and lane is Lane.P2:
+            # what room the reserve gave is for alarms and records, not for telemetry
+            return StorageFull("disk full: telemetry refused until there is room")
+        if alarms_only and lane is Lane.P1:
+            # the records spent their half of the reserve: the rest is kept for alarms
+            return StorageFull(
+                "disk full: records refused until there is room, the rest of the disk "
+                "reserve is kept for alarms"
+            )
+        if not admitted:
+            return StorageFull(
+                f"free disk below {self.cfg.min_free_disk_mb} MB floor and no telemetry "
+                "left to evict"
+            )
+        return None
 
     def _sealer(self) -> Callable[[str, str], bytes]:
         assert self.cipher is not None, "the writer runs only after start"
@@ -1424,6 +1433,21 @@ def _is_background(op: _Op) -> bool:
 def _may_linger(op: _Op) -> bool:
     """Deliveries of telemetry only: they may wait to ride along with the next events."""
     return isinstance(op, _Ack) and op.telemetry
+
+
+def _share_lead(records: Sequence[tuple[int, _Record]], refusals: list[StorageFull | None]) -> None:
+    """The events of one message share the fate of its most urgent one: they are answered
+    together, so an alarm written while its status report is refused would be NAKed, resent,
+    and written again under a new id each time. Its companions are written with it (a few
+    hundred bytes from the reserve), or refused with it."""
+    where = {id(op): k for k, (_, op) in enumerate(records)}
+    for k, (_, op) in enumerate(records):
+        if op.group is None:
+            continue
+        members = [where[id(m)] for m in op.group if id(m) in where]
+        lead = min(members, key=lambda m: (records[m][1].lane, m))
+        if lead != k:
+            refusals[k] = refusals[lead]
 
 
 def _units(batch: list[_Op]) -> list[list[_Op]]:

@@ -248,6 +248,22 @@ def test_below_the_disk_floor_alarms_take_room_from_telemetry(make_store: StoreF
     assert store.record(Event(SOS, {"band": "A2"})).lane is Lane.P0
 
 
+def test_a_message_below_the_disk_floor_is_written_whole_with_its_alarm(
+    make_store: StoreFactory,
+) -> None:
+    """A panel's message of an alarm and a status report, on a site with nothing pending and
+    little disk: both are written and answered once. Refusing the status would NAK the
+    message, and each resend would write the alarm again under a new id."""
+    free = {"bytes": 10 * MB}
+    store = make_store(free_disk=lambda _p: free["bytes"], min_free_disk_mb=5, reserve_mb=1)
+    assert store.health()["disk_reserve"] == "held"
+    free["bytes"] = 1 * MB
+    message = store.wait(store.submit_all([Event(SOS, {"zone": 1}), Event(SEEN, {"n": 1})]), 10)
+    assert [e.lane for e in message] == [Lane.P0, Lane.P2]
+    assert committed_ids(store.path) == {e.event_id for e in message}
+    assert not any(name.startswith("refused") for name in store.counters)
+
+
 def test_ttl_expires_pending_telemetry_by_running_time(
     make_store: StoreFactory, clock: ManualClock
 ) -> None:

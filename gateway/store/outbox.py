@@ -40,6 +40,16 @@ def _row(r: tuple[Any, ...], data_json: str) -> StoredEvent:
     )
 
 
+@dataclass(frozen=True)
+class Page:
+    """One read of a lane: the events that open, and how far the read got (``last_seq``, and
+    ``full`` when it stopped at its limit), rows that do not open included."""
+
+    events: list[StoredEvent]
+    last_seq: int | None
+    full: bool
+
+
 class OutboxReader:
     def __init__(self, path: Path, cipher: EventCipher) -> None:
         self._conn = connect(path)
@@ -47,9 +57,10 @@ class OutboxReader:
         self._cipher = cipher
         self._unopened: set[int] = set()
 
-    def pending(self, lane: Lane, after_seq: int, limit: int) -> list[StoredEvent]:
+    def read(self, lane: Lane, after_seq: int, limit: int) -> Page:
         """A row whose data does not open (a damaged file) is logged, counted and passed
-        over: it cannot be sent, and it must not hold up the alarms behind it."""
+        over: it cannot be sent, and it must not hold up the alarms behind it, so the page
+        says how far the read got past it."""
         rows = self._conn.execute(
             f"{_SELECT} WHERE o.lane = ? AND o.seq > ? ORDER BY o.seq LIMIT ?",
             (int(lane), after_seq, limit),
@@ -61,7 +72,10 @@ class OutboxReader:
             except Undecryptable as exc:
                 self._unopened.add(r[0])
                 _flood.warning("undecryptable", "outbox: seq %d not sent: %s", r[0], exc)
-        return out
+        return Page(out, rows[-1][0] if rows else None, len(rows) == limit)
+
+    def pending(self, lane: Lane, after_seq: int, limit: int) -> list[StoredEvent]:
+        return self.read(lane, after_seq, limit).events
 
     @property
     def undecryptable(self) -> int:

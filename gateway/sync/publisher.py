@@ -465,12 +465,12 @@ class Publisher:
             # cleared before the read, only ever set after it: a commit during the read sets
             # it again (on the writer's thread), and its event must not be left unread
             self._more[lane] = False
-            rows = self._reader.pending(lane, self._cursor[lane], PREFETCH)
-            if len(rows) == PREFETCH:
+            page = self._reader.read(lane, self._cursor[lane], PREFETCH)
+            if page.full:
                 self._more[lane] = True
-            buf.extend(row for row in rows if row.seq not in skip and row.type not in held)
-            if rows:
-                self._cursor[lane] = rows[-1].seq
+            buf.extend(e for e in page.events if e.seq not in skip and e.type not in held)
+            if page.last_seq is not None:
+                self._cursor[lane] = page.last_seq
             if buf or not self._more[lane]:
                 return bool(buf)
         self._wake.set()  # read on at the next turn, after the lanes before this one

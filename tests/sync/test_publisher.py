@@ -16,8 +16,9 @@ from gateway.config import MqttSection, StoreSection
 from gateway.events import Event, Lane, StoredEvent
 from gateway.store import OutboxReader, Store
 from gateway.store.cipher import EventCipher
+from gateway.store.outbox import Page
 from gateway.sync.mqtt import Message
-from gateway.sync.publisher import Publisher
+from gateway.sync.publisher import PREFETCH, Publisher
 from gateway.sync.topics import Topics
 from tests.support.clock import ManualClock
 from tests.support.events import ALARM, RECORD
@@ -92,13 +93,13 @@ class ReadThenWait(OutboxReader):
         super().__init__(path, cipher)
         self.after_read: tuple[Lane, Callable[[list[StoredEvent]], None]] | None = None
 
-    def pending(self, lane: Lane, after_seq: int, limit: int) -> list[StoredEvent]:
-        rows = super().pending(lane, after_seq, limit)
+    def read(self, lane: Lane, after_seq: int, limit: int) -> Page:
+        page = super().read(lane, after_seq, limit)
         if self.after_read is not None and self.after_read[0] is lane:
             hook = self.after_read[1]
             self.after_read = None
-            hook(rows)
-        return rows
+            hook(page.events)
+        return page
 
 
 def test_an_acknowledged_event_deleted_during_a_re_read_is_not_sent_again(store: Store) -> None:
@@ -158,11 +159,11 @@ class FailsOnce(OutboxReader):
         super().__init__(path, cipher)
         self.failed = False
 
-    def pending(self, lane: Lane, after_seq: int, limit: int) -> list[StoredEvent]:
+    def read(self, lane: Lane, after_seq: int, limit: int) -> Page:
         if not self.failed:
             self.failed = True
             raise sqlite3.OperationalError("database disk image is malformed")
-        return super().pending(lane, after_seq, limit)
+        return super().read(lane, after_seq, limit)
 
 
 def test_a_turn_that_cannot_read_the_outbox_does_not_stop_publishing(store: Store) -> None:
@@ -180,5 +181,29 @@ def test_a_turn_that_cannot_read_the_outbox_does_not_stop_publishing(store: Stor
         pub.puback(1, 1, True, "Success")
         eventually(lambda: store.usage[Lane.P0].count == 0)
         assert reader.failed and pub.health()["faults"] == 1 and pub.healthy()
+    finally:
+        pub.stop()
+
+
+def test_alarms_behind_a_read_of_rows_that_do_not_open_are_sent(store: Store) -> None:
+    """A damaged stretch of the card as long as a whole read: the rows are passed over and
+    the alarms behind them still go, as do those recorded later."""
+    damaged = [
+        r.result(10).seq for r in [store.submit(Event(ALARM, {"n": n})) for n in range(PREFETCH)]
+    ]
+    readable = [store.record(Event(ALARM, {"n": n})).seq for n in range(3)]
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.executemany(
+            "UPDATE events SET data = ? WHERE seq = ?", [(b"\x01" + bytes(40), s) for s in damaged]
+        )
+    link = Link()
+    pub = publisher(store, link, store.reader)
+    pub.start()
+    try:
+        pub.link_up(1)
+        eventually(lambda: [seq for _, seq in link.sent] == readable)
+        later = store.record(Event(ALARM, {"n": "later"})).seq
+        eventually(lambda: (1, later) in link.sent)
     finally:
         pub.stop()

@@ -129,7 +129,13 @@ def open_port(
     )
     if capture is not None and isinstance(port, SpySerial) and port.formatter is not None:
         port.formatter.output = capture
-    port.open()
+    try:
+        port.open()
+    except termios.error as exc:
+        # an adapter that drops out between pyserial's open and its tcsetattr or tcflush: a
+        # failed open like any other (pyserial has closed the descriptor), not an error of
+        # another kind that would end the caller's thread
+        raise serial.SerialException(f"could not open port {url}: {exc}") from exc
     return port
 
 
@@ -371,33 +377,62 @@ class SerialLink:
             os.close(wake_w)
 
     def _serve(self, wake_r: int) -> None:
+        """Open and read the port until stopped. An error of a kind no pass expects (a bug, a
+        driver's exception pyserial lets through) is a failed pass too, not the end of the
+        reader: the port would be deaf until the gateway restarts. Its traceback is logged
+        once, then a line at the 2nd, 4th, 8th... in a row."""
         delay = self.reopen_min_s
+        in_a_row = 0
         while not self._stop.is_set():
-            port = self._open()
-            if port is None:
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.reopen_max_s)
-                continue
-            opened = self._now()
-            reason = self._read(port, wake_r)
-            with self._write_lock:
-                self._port = None
-            with contextlib.suppress(serial.SerialException, OSError):
-                port.close()
-            self._close_capture()
-            if not reason:
+            try:
+                up_s = self._pass(wake_r)
+                in_a_row = 0
+            except Exception as exc:
+                in_a_row += 1
+                if in_a_row == 1:
+                    log.exception("port %s: reader failed", self.name)
+                elif in_a_row & (in_a_row - 1) == 0:
+                    log.error(
+                        "port %s: reader failed %d times in a row: %s", self.name, in_a_row, exc
+                    )
+                self._went_down(f"reader: {exc!r}")
+                up_s = 0.0
+            if up_s is None:
                 break
-            self._went_down(reason)
             # a port that fails as soon as it opens (a serial server that accepts and hangs
             # up) backs off like one that cannot be opened; one that was up a while does not
-            if self._now() - opened >= self.reopen_max_s:
+            if up_s >= self.reopen_max_s:
                 delay = self.reopen_min_s
             self._stop.wait(delay)
             delay = min(delay * 2, self.reopen_max_s)
         if self.stats.state != "down":
             self.stats.state = "stopped"
 
-    def _open(self) -> serial.Serial | None:
+    def _pass(self, wake_r: int) -> float | None:
+        """One open of the port and its reading: how long it was up (0 if it did not open),
+        None once stopped. The port is closed however the pass ends: left open, the exclusive
+        lock on it would refuse every reopen."""
+        opened = self._open()
+        if opened is None:
+            return 0.0
+        port, target = opened
+        since = self._now()
+        try:
+            self._up(port, target)
+            reason = self._read(port, wake_r)
+        finally:
+            with self._write_lock:
+                self._port = None
+            with contextlib.suppress(serial.SerialException, OSError, termios.error):
+                port.close()
+            self._close_capture()
+        if not reason:
+            return None
+        self._went_down(reason)
+        return self._now() - since
+
+    def _open(self) -> tuple[serial.Serial, str] | None:
+        """The port and what was opened; None if it could not be (or the link stopped)."""
         try:
             target = self._target()
             if self._capture_path is not None:
@@ -417,6 +452,9 @@ class SerialLink:
         if port is None:  # stopped while it opened
             self._close_capture()
             return None
+        return port, target
+
+    def _up(self, port: serial.Serial, target: str) -> None:
         self._opened(target)
         if self.url.startswith("socket://"):
             try:
@@ -437,7 +475,6 @@ class SerialLink:
         with self._write_lock:
             self._port = port
         self._notify(self.sink.on_up, gap)
-        return port
 
     def _target(self) -> str:
         """What to open: the adapter last opened, by its udev name, wherever it is now; while

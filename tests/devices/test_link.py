@@ -19,7 +19,7 @@ import serial
 
 from gateway.cli import main
 from gateway.devices.config import PortConfig
-from gateway.devices.link import AdapterClaims
+from gateway.devices.link import AdapterClaims, SerialLink, SerialSettings
 from gateway.devices.service import PortService
 from gateway.devices.simulate import contact_id_line
 from gateway.lifecycle import Supervisor
@@ -659,3 +659,56 @@ def test_a_quiet_line_lets_its_reader_sleep_and_an_alarm_still_wakes_it(
         pty.close()
     assert slept <= 6
     assert not reader.is_alive()
+
+
+class Received:
+    """A link's sink that keeps what it was handed, one entry per ``on_data``."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def on_up(self, gap_s: float | None) -> None:
+        pass
+
+    def on_down(self, reason: str) -> None:
+        pass
+
+    def on_data(self, data: bytes, at: float) -> None:
+        self.chunks.append(data)
+
+    def on_idle(self, at: float) -> None:
+        pass
+
+    def idle_due(self, at: float) -> float:
+        return 1.0
+
+
+@pytest.mark.parametrize(("fails", "opens"), [("_reconfigure_port", 1), ("read", 2)])
+def test_an_adapter_dropping_out_in_a_termios_call_leaves_the_port_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str, opens: int
+) -> None:
+    """An adapter that drops out while pyserial sets the tty up (tcsetattr, tcflush) raises
+    termios.error, not an OSError; neither there nor in a read may it end the reader."""
+    real = getattr(serial.Serial, fails)
+    once = [termios.error(5, "Input/output error")]
+
+    def dropping_out(port: serial.Serial, *args: object, **kwargs: object) -> object:
+        if once:
+            raise once.pop()
+        return real(port, *args, **kwargs)
+
+    monkeypatch.setattr(serial.Serial, fails, dropping_out)
+    pty = Pty(tmp_path / "ttyBASE")
+    sink = Received()
+    link = SerialLink("ward-a", str(pty.path), SerialSettings(9600, "8N1"), sink, reopen_min_s=0.01)
+    link.start()
+    try:
+        eventually(lambda: link.stats.opens == opens, timeout=5)  # the tty set up again
+        pty.write(SOS)
+        eventually(lambda: b"".join(sink.chunks) == SOS, timeout=5)
+        assert link.alive()
+        assert link.stats.errors == 1 and "Input/output error" in link.stats.last_error
+    finally:
+        link.begin_stop()
+        link.stop()
+        pty.close()

@@ -336,6 +336,8 @@ class MqttSection(Strict):
                 )
         if self.password is not None and self.password_file is not None:
             raise ValueError("give password or password_file, not both")
+        if self.username is None and (self.password or self.password_file) is not None:
+            raise ValueError("a password needs username too: MQTT sends no password without one")
         check_order(
             self.reconnect_min_s, self.reconnect_max_s, "reconnect_min_s", "reconnect_max_s"
         )

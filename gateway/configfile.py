@@ -16,9 +16,10 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -31,6 +32,35 @@ class Strict(BaseModel):
     numbers are finite (``inf`` would pass every ``ge`` bound and fail later, at run time)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        """TOML values have types, and a wrong one is a mistake to point out, not a value to
+        convert: ``reserve_mb = true`` would be a 1 MiB disk reserve, ``enabled = "no"`` off."""
+        if value is None or info.field_name is None:
+            return value
+        kinds = _kinds(cls.model_fields[info.field_name].annotation)
+        if kinds and kinds <= {int, float} and isinstance(value, bool | str):
+            raise ValueError(f"must be a number, not {_toml(value)}")
+        if kinds == {bool} and not isinstance(value, bool):
+            raise ValueError(f"must be true or false, not {_toml(value)}")
+        if Path in kinds and isinstance(value, str) and not value.strip():
+            # "" is the working directory: wherever the gateway happened to be started
+            raise ValueError("must not be empty: name a file or folder")
+        return value
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The types a field takes, None left out (``float | None`` -> {float})."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return {a for a in args if a is not type(None)}
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    return "text (write it without quotes)" if isinstance(value, str) else type(value).__name__
 
 
 @dataclass(frozen=True)

@@ -482,3 +482,35 @@ def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     marked = tmp_path / "marked.toml"
     marked.write_bytes(codecs.BOM_UTF8 + plain.read_bytes())
     assert load_config(marked).config.gateway.id == "gw-1"
+
+
+def test_a_value_of_the_wrong_toml_type_is_refused_not_converted(tmp_path: Path) -> None:
+    """`reserve_mb = true` read as 1 would quietly shrink the disk kept for alarms."""
+    text = (
+        '[gateway]\ndata_dir = ""\n[store]\nreserve_mb = true\n[mqtt]\nkeepalive_s = "30"\n'
+        'allow_plaintext_remote = "yes"\n[vision.audit]\nenabled = 1\n'
+    )
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, text))
+    got = {(i.key, i.line, i.message.removeprefix("Value error, ")) for i in err.value.issues}
+    assert got == {
+        ("gateway.data_dir", 2, "must not be empty: name a file or folder"),
+        ("store.reserve_mb", 4, "must be a number, not true or false"),
+        ("mqtt.keepalive_s", 6, "must be a number, not text (write it without quotes)"),
+        (
+            "mqtt.allow_plaintext_remote",
+            7,
+            "must be true or false, not text (write it without quotes)",
+        ),
+        ("vision.audit.enabled", 9, "must be true or false, not int"),
+    }
+    ok = load_config(write(tmp_path, "[store]\nreserve_mb = 8\nmin_free_disk_mb = 150.5\n"))
+    assert (ok.config.store.reserve_mb, ok.config.store.min_free_disk_mb) == (8.0, 150.5)
+
+
+def test_a_broker_password_without_a_user_name_is_refused(tmp_path: Path) -> None:
+    """MQTT sends no password without a user name: the broker would just say not authorised."""
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, '[mqtt]\npassword = "s3cret"\n'))
+    assert "a password needs username too" in str(err.value)
+    assert "s3cret" not in str(err.value)

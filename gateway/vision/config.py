@@ -47,7 +47,7 @@ def source_holds_secret(source: str) -> bool:
 class CameraSection(Strict):
     source: str | None = Field(
         None,
-        description="V4L2 device (any path under /dev/, best its /dev/v4l/by-id/ name; or 0), "
+        description='V4L2 device (any path under /dev/, best its /dev/v4l/by-id/ name; or "0"), '
         "rtsp:// or http:// (MJPEG) stream URL, video file, or a folder of photos replayed as "
         "frames. None: no camera, the face stage does not run. A URL with a user and password "
         "(or parameters, which may carry one) is a secret: the config must not be readable by "

@@ -36,17 +36,19 @@ def create_key(path: Path) -> None:
     reads a half-written key."""
     try:
         private_dir(path.parent)
+        aside = write_aside(path, secrets.token_bytes(KEY_BYTES))
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+        finally:
+            aside.unlink(missing_ok=True)
+        # the key's name on disk before anything is written under it: a power cut must not
+        # leave data behind whose key never reached the card
+        sync_dir(path.parent)
     except ExposedDirectory as exc:
         raise KeyFileError(f"data key directory {exc.strerror}") from None
-    aside = write_aside(path, secrets.token_bytes(KEY_BYTES))
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
-    finally:
-        aside.unlink(missing_ok=True)
-    # the key's name on disk before anything is written under it: a power cut must not
-    # leave data behind whose key never reached the card
-    sync_dir(path.parent)
+    except OSError as exc:  # a folder not writable (not in the unit's ReadWritePaths=), a file
+        raise KeyFileError(f"{path}: cannot create the data key: {exc.strerror or exc}") from None
 
 
 def read_key(path: Path) -> bytes:
@@ -54,6 +56,8 @@ def read_key(path: Path) -> bytes:
         st = path.stat()
     except FileNotFoundError:
         raise KeyFileError(f"{path}: data key not found") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"{path}: the data key must be a file, this is not one")
     if st.st_uid not in (os.geteuid(), 0):  # planted by another user, who has a copy
         raise KeyFileError(f"{path}: key file belongs to another user, {_foreign_owner(st.st_uid)}")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -4,7 +4,10 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 export GATEWAY_SHARED="${GATEWAY_SHARED:-$(cd "$ROOT/.." && pwd)/shared}"
-export GATEWAY_MODELS_DIR="${GATEWAY_MODELS_DIR:-$GATEWAY_SHARED/models}"
+# the shared models where they are beside the checkout; an installation uses its own models/
+if [ -z "${GATEWAY_MODELS_DIR:-}" ] && [ -d "$GATEWAY_SHARED/models" ]; then
+    export GATEWAY_MODELS_DIR="$GATEWAY_SHARED/models"
+fi
 
 _as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -131,6 +131,24 @@ def test_a_missing_or_wrong_key_stops_the_start_instead_of_stranding_the_events(
     assert [e.type for e in journal(store.path)] == ["alarm.sos"]
 
 
+def test_a_key_file_that_cannot_be_made_or_is_a_folder_is_said_plainly(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """The key on storage the gateway cannot write (a mount missing, a folder not in the
+    unit's ReadWritePaths=): one line naming the key, and the next start, once it is put
+    right, makes it as on any first start."""
+    (tmp_path / "usb").write_text("a file where the key's folder should be")
+    with pytest.raises(StoreError, match=r"usb/keys/g\.key: cannot create the data key: Not a dir"):
+        make_store(key_file=str(tmp_path / "usb" / "keys" / "g.key"))
+    (tmp_path / "usb").unlink()
+    store = make_store(key_file=str(tmp_path / "usb" / "keys" / "g.key"))
+    assert store.record(Event(SOS, {"band": "A1"})).seq == 1
+    store.stop()
+    (tmp_path / "folder.key").mkdir()
+    with pytest.raises(StoreError, match=r"folder\.key: the data key must be a file"):
+        make_store(tmp_path / "other.db", key_file=str(tmp_path / "folder.key"))
+
+
 def test_a_row_that_does_not_open_is_passed_over_and_the_alarm_behind_it_still_goes(
     make_store: StoreFactory,
 ) -> None:

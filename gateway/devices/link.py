@@ -106,6 +106,7 @@ class SerialSettings:
 SerialPort = serial.Serial
 WRITE_TIMEOUT_S = 1.0
 IDLE_WAKE_S = 1.0  # a quiet line wakes the reader at least this often (its sink's ``idle_due``)
+SOCKET_READ_MAX = 4096  # bytes a socket:// port's reader takes in one read
 
 
 def open_port(
@@ -569,16 +570,22 @@ class SerialLink:
         bytes, or the stop, end the sleep at once. A busy line is read as it always was, and a
         port without a file descriptor (``loop://``) with the read timeout."""
         poll = _poll(port, wake_r)
+        # pyserial's in_waiting on a socket is 1 when it is readable, never how much it holds:
+        # read by it, a serial server's line came one byte a read, at ten times a tty's CPU. A
+        # socket is polled before every read instead, then read at once for all it holds.
+        socketed = poll is not None and self.url.startswith("socket://")
+        if socketed:
+            port.timeout = 0
         quiet = False
         while not self._stop.is_set():
             try:
-                if poll is not None and quiet:
+                if poll is not None and (quiet or socketed):
                     if not poll.poll(math.ceil(self._idle_wait() * 1000)):
                         self._notify(self.sink.on_idle, self._now())
                         continue
                     if self._stop.is_set():
                         break
-                data = port.read(port.in_waiting or 1)
+                data = port.read(SOCKET_READ_MAX if socketed else port.in_waiting or 1)
             except (serial.SerialException, OSError) as exc:
                 return f"read: {exc}"
             now = self._now()

@@ -712,3 +712,23 @@ def test_an_adapter_dropping_out_in_a_termios_call_leaves_the_port_reading(
         link.begin_stop()
         link.stop()
         pty.close()
+
+
+def test_a_serial_servers_bytes_are_read_as_they_came_not_one_at_a_time() -> None:
+    """pyserial's in_waiting on a socket is 0 or 1: read by it, every byte of a serial
+    server's line was a read and a frame parse of its own."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sink = Received()
+        url = f"socket://127.0.0.1:{server.getsockname()[1]}"
+        link = SerialLink("remote", url, SerialSettings(115200, "8N1"), sink)
+        link.start()
+        try:
+            conn, _ = server.accept()
+            with conn:
+                eventually(lambda: link.stats.state == "up", timeout=5)
+                conn.sendall(SOS * 20)
+                eventually(lambda: b"".join(sink.chunks) == SOS * 20, timeout=5)
+        finally:
+            link.begin_stop()
+            link.stop()
+    assert len(sink.chunks) <= 2

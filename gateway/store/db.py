@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,13 +161,35 @@ def immediate(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+WAL_RETRY_S = 0.05
+
+
 def emptied_wal(conn: sqlite3.Connection, wait_s: float) -> bool:
-    """Copy the WAL into the file and empty it, waiting up to ``wait_s`` for readers and
-    writers (SQLite's busy handler retries meanwhile): rows overwritten for an erasure are
-    otherwise still in the WAL's older frames. False if that could not be done in time."""
-    conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
-    (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    return int(busy) == 0
+    """Copy the WAL into the file and empty it, trying for up to ``wait_s``: rows overwritten
+    for an erasure are otherwise still in the WAL's older frames. False if that could not be
+    done in time (a reader holding an old snapshot: a backup, an sqlite3 shell).
+
+    Tried every ``WAL_RETRY_S`` rather than left to SQLite's busy handler: a TRUNCATE
+    checkpoint holds the write lock while the handler waits for readers, and the gateway's
+    writer, alarms and all, would wait behind it."""
+    (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    conn.execute("PRAGMA busy_timeout = 0")
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                busy = 1
+            if int(busy) == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WAL_RETRY_S)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
 
 @contextlib.contextmanager

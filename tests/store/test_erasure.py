@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.events import Event, Lane, StoredEvent
-from gateway.store import Delivered, Store, StoreError, schema
+from gateway.store import Delivered, Store, StoreError, erasure, schema
 from gateway.store.cipher import answer_key
 from gateway.store.erasure import (
     ANSWER_ERASED,
@@ -27,6 +29,7 @@ from tests.store.conftest import MEAL, SEEN, SOS, StoreFactory
 from tests.store.test_cipher import raw
 from tests.support.clock import ManualClock
 from tests.support.journal import journal
+from tests.support.wait import eventually
 
 
 def _names_e1(data: Mapping[str, Any]) -> bool:
@@ -274,6 +277,39 @@ def test_her_deleted_events_old_copies_are_not_left_in_the_wal_while_the_gateway
     left = raw(store.path)  # the database and its WAL, the store still open
     assert not any(sealed[i : i + 32] in left for i in range(0, len(sealed) - 32, 32))
     store.record(Event(SOS, {"elder": "E3"}))  # the store writes on
+
+
+def test_the_store_can_write_while_an_erasure_waits_to_empty_the_wal(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup reading the journal keeps the WAL from being emptied: the erasure waits for
+    it, but not holding the write lock, which made the store's writer, alarms and all, wait
+    out the erasure's wait too."""
+    monkeypatch.setattr(erasure, "WAL_WAIT_S", 5.0)
+    store = make_store()
+    _deliver(store, store.record(Event(MEAL, {"elder": "E1"})))
+    backup = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    backup.execute("BEGIN")
+    backup.execute("SELECT COUNT(*) FROM events").fetchone()
+    erased: list[ErasedEvents] = []
+    eraser = threading.Thread(
+        target=lambda: erased.append(erase_events(_journal_of(store), MEAL.name, _names_e1))
+    )
+    eraser.start()
+    try:
+        eventually(lambda: not journal(store.path, MEAL.name))
+        time.sleep(0.3)  # the erasure is on to emptying the WAL
+        with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as writer:
+            writer.execute("PRAGMA busy_timeout = 1000")
+            writer.execute("BEGIN IMMEDIATE")  # "database is locked" while the erasure held it
+            writer.execute("ROLLBACK")
+        assert not erased, "the erasure is still waiting for the backup"
+        assert store.record(Event(SOS, {"band": "A1"})).lane is Lane.P0
+    finally:
+        backup.execute("COMMIT")
+        backup.close()
+        eraser.join(10)
+    assert erased == [ErasedEvents(1, 0)]
 
 
 def test_an_event_that_may_have_been_hers_goes_and_is_sent_without_her(

@@ -11,8 +11,11 @@ without a preceding identification is a poll: we have nothing to send and answer
 A block that comes while we are not selected (a selection lost to noise, a gateway restarted
 mid-session) is recorded and answered all the same: a nurse call must never be lost, and an
 ACK withheld would only have the master select again and send it a second time, which the
-platform would receive as a second call. It is counted in ``unselected``: a count that grows
-says the line's sessions and ours disagree (another station on the line, a wrong address).
+platform would receive as a second call. One that came whole but damaged (BCC, parity, format)
+is NAKed as in a session: left unanswered, the call would wait for the master's response
+timeout before it is sent again. It is counted in ``unselected``: a count that grows says the
+line's sessions and ours disagree (another station on the line, a wrong address). What is no
+whole block (cut short, noise) is answered only in a session: outside one, nobody waits.
 """
 
 from __future__ import annotations
@@ -117,12 +120,26 @@ class EspaSession(PortHandler):
             self._block(item.data, at)
         elif isinstance(item, Reject):
             self.recorder.stats.reject(self.recorder.port, item)
-            if item.reason != "garbage":
+            if item.reason in ("bad_bcc", "parity"):
+                self._outside_session()
+                self._reply("NAK", bytes([NAK]))
+            elif item.reason != "garbage":
                 self._refuse()
 
     def _refuse(self) -> None:
         if self.state == "selected":
             self._reply("NAK", bytes([NAK]))
+
+    def _outside_session(self) -> None:
+        """A whole block, counted when it came outside a session."""
+        if self.state == "selected":
+            return
+        self.unselected += 1
+        _flood.warning(
+            f"{self.recorder.port}:unselected",
+            "espa %s: a block outside a session (answered): is another station on the line?",
+            self.recorder.port,
+        )
 
     def _control(self, item: Control) -> None:
         if item.kind == "eot":
@@ -137,13 +154,7 @@ class EspaSession(PortHandler):
 
     def _block(self, raw: bytes, at: float | None) -> None:
         stats = self.recorder.stats
-        if self.state != "selected":
-            self.unselected += 1
-            _flood.warning(
-                f"{self.recorder.port}:unselected",
-                "espa %s: a block outside a session (recorded): is another station on the line?",
-                self.recorder.port,
-            )
+        self._outside_session()
         if self._resent(raw, at):
             stats.duplicates += 1
             self._reply("ACK", bytes([ACK]))

@@ -16,7 +16,7 @@ from gateway.devices.config import PortConfig
 from gateway.devices.decoders.espa import decode_block
 from gateway.devices.definitions import EspaSpec
 from gateway.devices.espa import EspaSession
-from gateway.devices.framers.espa import ACK, EOT, NAK
+from gateway.devices.framers.espa import ACK, EOT, NAK, PARITY_ERROR
 from gateway.devices.model import Decoded
 from gateway.devices.recorder import Recorder
 from gateway.devices.service import PortService
@@ -249,6 +249,25 @@ def test_a_partial_block_times_out_from_its_soh(store: Store) -> None:
     s.on_data(block[10:], 7.5)
     assert sent == [ACK, ACK]
     assert len(stored(store.path, "alarm.sos")) == 1
+
+
+def test_a_damaged_block_outside_a_session_is_naked_at_once(store: Store) -> None:
+    """As a good block outside a session is ACKed, a damaged one is NAKed: unanswered, the
+    master would wait out its response timeout before it sends the call again. What is no
+    whole block (noise, a block cut short) gets no answer outside a session."""
+    s, sent = session_at(store)
+    block = espa_block(CALL)
+    s.on_data(corrupt(block), 0.0)
+    assert sent == [NAK]
+    s.on_data(block[:6] + bytes([PARITY_ERROR]) + block[7:], 0.1)
+    assert sent == [NAK, NAK]
+    s.on_data(b"\x7f" + block[:10] + b"\x04", 0.2)
+    assert sent == [NAK, NAK]
+    s.on_data(block, 0.3)
+    assert sent == [NAK, NAK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 1
+    assert s.recorder.stats.rejected == {"bad_bcc": 1, "parity": 1, "garbage": 1, "truncated": 1}
+    assert s.unselected == 3
 
 
 def test_eot_in_a_block_is_the_master_giving_up_and_enq_aborts_it(store: Store) -> None:

@@ -33,6 +33,7 @@ from gateway.store.db import (
     StoreError,
     connect,
     disk_full_error,
+    emptied_wal,
     held_elsewhere,
     locked,
     open_database,
@@ -333,6 +334,7 @@ class _Delta:
     counters: dict[str, int] = field(default_factory=dict)
     new_lanes: set[Lane] = field(default_factory=set)
     p2_added_bytes: int = 0  # by new events, whatever was deleted beside them
+    erased_deleted: bool = False  # events naming an erased person, deleted at their delivery
 
     def add(self, lane: Lane, count: int, nbytes: int) -> None:
         u = self.usage[lane]
@@ -393,6 +395,8 @@ class Store:
         self._clock_check = Periodic("clock-check", clock_sync.interval_s, clock_sync.refresh)
         self._checkpoint_conn: sqlite3.Connection | None = None
         self.checkpoints = 0
+        # set by the writer after a commit, cleared by the checkpointer once the WAL is empty
+        self._wal_holds_erased = False
         self._rows_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self.quotas = {
@@ -1243,6 +1247,7 @@ class Store:
                 conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(gone))})", gone)
             if doomed:
                 _delete_erased(conn, doomed)
+                delta.erased_deleted = True
             if kept:
                 conn.execute(
                     f"UPDATE events SET delivered_steady_ms = ? "
@@ -1338,8 +1343,20 @@ class Store:
 
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database without blocking the writer (PASSIVE);
-        SQLite restarts the WAL from its beginning once it is fully copied."""
+        SQLite restarts the WAL from its beginning once it is fully copied.
+
+        After events naming an erased person were deleted at their delivery, the WAL is
+        emptied as well (tried once a look, never waited for): its older frames still hold
+        their sealed copies, and the key that opens them lies beside it."""
         conn = self._checkpoint_conn
+        if conn is not None and self._wal_holds_erased:
+            self._wal_holds_erased = False
+            emptied = False
+            try:
+                emptied = self.reserve.with_room(lambda: emptied_wal(conn, 0), alarms=False)
+            finally:
+                if not emptied:  # the next look tries again
+                    self._wal_holds_erased = True
         now = time.monotonic()
         due = (
             self._rows_since_checkpoint >= CHECKPOINT_ROWS
@@ -1389,6 +1406,8 @@ class Store:
             u.bytes += change.bytes
         for name, n in delta.counters.items():
             self.counters[name] = self.counters.get(name, 0) + n
+        if delta.erased_deleted:
+            self._wal_holds_erased = True
         pressure = pressured_lanes(self._bytes_by_lane(), self.quotas)
         if pressure != self.pressure:
             if pressure:

@@ -279,6 +279,27 @@ def test_her_deleted_events_old_copies_are_not_left_in_the_wal_while_the_gateway
     store.record(Event(SOS, {"elder": "E3"}))  # the store writes on
 
 
+def test_her_event_deleted_at_its_delivery_leaves_no_old_copy_in_the_wal(
+    make_store: StoreFactory,
+) -> None:
+    """Her meal was still to be sent when she was erased: deleted at its delivery, the WAL's
+    older frames kept its sealed copy beside the key, until the next clean stop."""
+    store = make_store()
+    hers = store.record(Event(MEAL, {"elder": "E1", "pad": "y" * 3000}))
+    others = [store.record(Event(MEAL, {"elder": "E2", "n": n})) for n in range(3)]
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        (sealed,) = conn.execute("SELECT data FROM events WHERE seq = ?", (hers.seq,)).fetchone()
+    assert erase_events(_journal_of(store), MEAL.name, _names_e1) == ErasedEvents(0, 1)
+    for n in range(200):  # a busy spell: the WAL grows
+        store.record(Event(SEEN, {"n": n, "pad": "z" * 200}))
+    _deliver(store, others[0])
+    _deliver(store, hers)
+    store.checkpoint()  # what the checkpointer does within a second
+    left = raw(store.path)
+    assert not any(sealed[i : i + 32] in left for i in range(0, len(sealed) - 32, 32))
+    store.record(Event(SOS, {"elder": "E3"}))  # the store writes on
+
+
 def test_the_store_can_write_while_an_erasure_waits_to_empty_the_wal(
     make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

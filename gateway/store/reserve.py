@@ -51,10 +51,14 @@ class Reserve:
     def __init__(self, path: Path, size_bytes: int) -> None:
         self.path = path
         self.size_bytes = size_bytes
-        # given up and not yet taken back: the disk was full. An empty file is what giving
-        # up all of it leaves, so that a restart still lets alarms write below the floor.
-        self.released = bool(size_bytes) and self._emptied()
-        self.alarms_only = self.released  # the records' half is spent: the rest is for alarms
+        # given up and not yet taken back: the disk was full. A file of exactly the alarms'
+        # share, or empty, is what giving it up leaves (the records' half, then all of it), so
+        # that a restart carries on where the run before left off. (One cut short some other
+        # way, by a power cut or from a smaller reserve_mb, is only completed.)
+        left = self._left()
+        self.released = bool(size_bytes) and left in (0, self.alarm_share)
+        # the records' half is spent: the rest is for alarms
+        self.alarms_only = self.released and left == 0
         # housekeeping takes it back while the writer (or the checkpointer) may give it up: a
         # take that found the file held must not then mark as held a file released meanwhile
         self._lock = threading.Lock()
@@ -92,13 +96,13 @@ class Reserve:
             return 0
         return min(st.st_size, st.st_blocks * 512)
 
-    def _emptied(self) -> bool:
-        """The file is there, a regular file, and holds nothing: all of it was given up."""
+    def _left(self) -> int | None:
+        """What the file holds, if there is one and it is a regular file."""
         try:
             st = os.lstat(self.path)
         except OSError:  # none, or no directory to hold one (the start says why)
-            return False
-        return stat.S_ISREG(st.st_mode) and self._allocated() == 0
+            return None
+        return self._allocated() if stat.S_ISREG(st.st_mode) else None
 
     def _open(self) -> int:
         """The file, created 0600, never through a link: one planted in the data directory

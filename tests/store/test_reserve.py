@@ -434,18 +434,21 @@ def test_records_may_spend_only_the_first_half_of_the_reserve(tmp_path: Path) ->
 def test_a_reserve_partly_held_is_completed_when_the_disk_can_spare_what_it_lacks(
     tmp_path: Path,
 ) -> None:
-    """The alarms' half left by the run before needs room for the other half only, and may
-    take the disk down to the floor, not below it."""
+    """The alarms' half left by the run before is still released (records spent theirs),
+    needs room for the other half only, and may take the disk down to the floor, not below
+    it. A file cut short some other way (a power cut while it was made) is only waiting."""
     path = tmp_path / "g.db.reserve"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     os.posix_fallocate(fd, 0, MB)
     os.close(fd)
     reserve = Reserve(path, 2 * MB)
-    assert reserve.state == "waiting"
+    assert (reserve.state, reserve.alarms_only) == ("released", False)  # as the run before left it
     assert not reserve.take(free_bytes=8 * MB + MB - 1, floor_bytes=8 * MB)
     assert reserve.take(free_bytes=8 * MB + MB, floor_bytes=8 * MB)
     assert reserve.state == "held"
     assert path.stat().st_blocks * 512 >= 2 * MB
+    os.truncate(path, MB // 3)
+    assert Reserve(path, 2 * MB).state == "waiting"
 
 
 def test_a_write_that_finds_the_disk_full_gives_up_one_half_at_a_time(tmp_path: Path) -> None:

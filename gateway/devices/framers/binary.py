@@ -4,10 +4,14 @@ Resynchronisation: a candidate frame with an absurd length or a bad checksum cos
 and the scan restarts at the next header, so a valid frame hidden behind a truncated one is
 still found. An incomplete candidate gives way at once to a complete, valid frame further on
 (an SOS behind a cut-off frame must not wait), and ``flush`` after the frame timeout walks the
-rest of the buffer the same way instead of dropping it.
+rest of the buffer the same way instead of dropping it. Each candidate behind the front is
+checked once, when its last byte comes: checked again on every read, a stream of headers
+behind a long incomplete candidate cost CPU growing with the square of ``max_length``.
 """
 
 from __future__ import annotations
+
+import heapq
 
 from gateway.devices.definitions import BinaryFraming
 from gateway.devices.framers.checksums import CHECKSUMS
@@ -27,6 +31,13 @@ class BinaryFramer:
         self._min_total += self._csize
         self._buf = bytearray()
         self._covered = 0  # bytes at the front already reported inside a rejected candidate
+        # candidates behind the front, by their place in the stream, not in the buffer (which
+        # loses bytes at the front): headers found up to ``_seen``; those whose length field
+        # is not in yet; the others by the place their last byte comes (a heap)
+        self._start = 0  # the stream's byte at the front of the buffer
+        self._seen = 0
+        self._unsized: list[int] = []
+        self._due: list[tuple[int, int]] = []
 
     @property
     def pending(self) -> int:
@@ -48,6 +59,8 @@ class BinaryFramer:
             self._skip(1, out)
             self._scan(out)
         self._covered = 0
+        self._unsized.clear()
+        self._due.clear()
         return out
 
     # ---- internals ------------------------------------------------------------------------
@@ -56,12 +69,17 @@ class BinaryFramer:
         total = self._total(self._buf)
         return min(len(self._buf), total if total and total > 0 else len(self._buf))
 
-    def _skip(self, n: int, out: list[Item]) -> None:
+    def _skip(self, n: int, out: list[Item], reason: str = "garbage") -> None:
+        """Drop ``n`` bytes, reporting those no rejected candidate has reported yet."""
         reported = n - min(n, self._covered)
         if reported:
-            out.append(Reject("garbage", bytes(self._buf[n - reported : n])))
+            out.append(Reject(reason, bytes(self._buf[n - reported : n])))
         self._covered = max(0, self._covered - n)
+        self._drop(n)
+
+    def _drop(self, n: int) -> None:
         del self._buf[:n]
+        self._start += n
 
     def _total(self, buf: bytes | bytearray, at: int = 0) -> int | None:
         """Frame size for a candidate at ``at``; None if the length field is not in yet,
@@ -88,12 +106,6 @@ class BinaryFramer:
         got = int.from_bytes(frame[len(frame) - size :], self.spec.checksum.order)
         return self._check(bytes(body)) == got
 
-    def _complete_valid_at(self, at: int) -> bool:
-        total = self._total(self._buf, at)
-        if total is None or total < 0 or at + total > len(self._buf):
-            return False
-        return self._valid(self._buf[at : at + total])
-
     def _scan(self, out: list[Item]) -> None:
         header = self._header
         while self._buf:
@@ -117,7 +129,7 @@ class BinaryFramer:
             frame = bytes(self._buf[:total])
             if self._valid(frame):
                 out.append(Frame(frame))
-                del self._buf[:total]
+                self._drop(total)
                 self._covered = 0
             else:
                 out.append(Reject("bad_checksum", frame))
@@ -125,18 +137,35 @@ class BinaryFramer:
                 self._skip(1, out)
 
     def _overtaken(self, out: list[Item]) -> bool:
-        """An incomplete candidate at the front yields to a complete valid frame behind it."""
-        start = 1
-        while True:
-            j = self._buf.find(self._header, start)
-            if j < 0:
-                return False
-            if self._complete_valid_at(j):
-                out.append(Reject("truncated", bytes(self._buf[:j])))
-                self._covered = 0
-                del self._buf[:j]
-                return True
-            start = j + 1
+        """An incomplete candidate at the front yields to a complete valid frame behind it
+        (the first, if several). Only candidates the latest bytes completed are checked: the
+        others were already, or still lack bytes."""
+        start, end = self._start, self._start + len(self._buf)
+        found = max(self._seen, start + 1)
+        while (j := self._buf.find(self._header, found - start)) >= 0:
+            self._unsized.append(start + j)
+            found = start + j + 1
+        self._seen = max(found, end - len(self._header) + 1)  # a header cut by the buffer end
+        unsized, self._unsized = self._unsized, []
+        for at in unsized:
+            total = self._total(self._buf, at - start) if at > start else -1
+            if total is None:
+                self._unsized.append(at)
+            elif total > 0:
+                heapq.heappush(self._due, (at + total, at))
+        valid: list[tuple[int, int]] = []
+        while self._due and self._due[0][0] <= end:
+            last, at = heapq.heappop(self._due)
+            if at > start and self._valid(self._buf[at - start : last - start]):
+                valid.append((last, at))
+        if not valid:
+            return False
+        first = min(valid, key=lambda candidate: candidate[1])
+        for candidate in valid:
+            if candidate is not first:  # its turn comes when the first one has been taken
+                heapq.heappush(self._due, candidate)
+        self._skip(first[1] - start, out, "truncated")
+        return True
 
 
 def _partial_header(buf: bytearray, header: bytes) -> int:

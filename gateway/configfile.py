@@ -118,25 +118,33 @@ def line_index(text: str) -> dict[Loc, int]:
     """
     index: dict[Loc, int] = {}
     table: Loc = ()
-    array_counts: dict[Loc, int] = {}
+    array_counts: dict[Loc, int] = {}  # by the array's full path, its parents' indexes in it
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         m = _TABLE.match(line)
         if m and not _KEY.match(line):
-            path = tuple(_split_dotted(m.group(2)))
+            # a header below an array of tables is in that array's latest element
+            *parents, name = _split_dotted(m.group(2))
+            path: Loc = ()
+            for part in parents:
+                path = (*path, part)
+                if path in array_counts:
+                    path = (*path, array_counts[path] - 1)
+            path = (*path, name)
             if m.group(1) == "[[":
                 n = array_counts.get(path, 0)
                 array_counts[path] = n + 1
-                table = (*path, n)
-            else:
-                table = path
+                path = (*path, n)
+            table = path
             index.setdefault(table, number)
             continue
         k = _KEY.match(line)
         if k:
-            index.setdefault((*table, *_split_dotted(k.group(1))), number)
+            parts = _split_dotted(k.group(1))
+            for end in range(1, len(parts) + 1):  # a.b.c = 1 defines a and a.b here too
+                index.setdefault((*table, *parts[:end]), number)
     return index
 
 

@@ -514,3 +514,23 @@ def test_a_broker_password_without_a_user_name_is_refused(tmp_path: Path) -> Non
         load_config(write(tmp_path, '[mqtt]\npassword = "s3cret"\n'))
     assert "a password needs username too" in str(err.value)
     assert "s3cret" not in str(err.value)
+
+
+def test_lines_are_right_in_arrays_of_tables_within_arrays_and_for_dotted_keys(
+    tmp_path: Path,
+) -> None:
+    """A second receiver's key table, and a key written as a.b.c = 1, are named at their own
+    lines, not at the first receiver's or the table's."""
+    text = (
+        "[devices]\n"
+        '[[devices.dc09]]\nname = "p1"\ndefinition = "dc09-receiver.toml"\n'
+        '[[devices.dc09.keys]]\naccount = "1234"\nkey = "00112233445566778899aabbccddeeff"\n'
+        '[[devices.dc09]]\nname = "p2"\ndefinition = "dc09-receiver.toml"\nport = 15021\n'
+        '[[devices.dc09.keys]]\naccount = "5678"\nkey = "zz112233445566778899aabbccddeeff"\n'
+        "[store]\nbatch_max_rows = 10\nlanes.p3.quota_mb = 1\n"
+    )
+    with pytest.raises(ConfigFileError) as err:
+        load_config(write(tmp_path, text))
+    got = {(i.key, i.line) for i in err.value.issues}
+    assert ("devices.dc09[1].keys[0].key", 14) in got
+    assert ("store.lanes.p3", 17) in got

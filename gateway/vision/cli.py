@@ -274,6 +274,9 @@ def cmd_gallery_unlearn(args: argparse.Namespace) -> int:
     cfg = _config(args)
     gallery = _open_gallery(cfg, create=False)
     elder = check_elder_id(args.elder)
+    if elder not in gallery.snapshot.elders:
+        print(f"{elder}: not enrolled in {gallery.db_path}; nothing to remove", file=sys.stderr)
+        return EXIT_FAIL
     removed = unlearn(gallery, elder, rules=cfg.vision.decision, decision=args.event)
     left = gallery.snapshot.count(args.elder)
     print(f"{args.elder}: {removed} learned template(s) removed, {left} left")

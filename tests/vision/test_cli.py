@@ -255,6 +255,8 @@ def test_bulk_enrolment_command(
     assert "learned    0 from staff confirmations" in out
     assert main(["gallery", "unlearn", "-c", str(config), "--elder", "e-101"]) == 1
     assert "e-101: 0 learned template(s) removed, 2 left" in capsys.readouterr().out
+    assert main(["gallery", "unlearn", "-c", str(config), "--elder", "e-1O1"]) == 1
+    assert "e-1O1: not enrolled in " in capsys.readouterr().err
     assert main(["gallery", "remove", "-c", str(config), "--elder", "e-101"]) == 0
     assert "e-101: 2 template(s) erased" in capsys.readouterr().out
     assert main(["enroll", "-c", str(config), "--elder", "e-104", str(df / "img9.jpg")]) == 3

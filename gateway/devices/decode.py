@@ -47,12 +47,15 @@ def _rejected(item: Reject) -> dict[str, Any]:
     return out
 
 
-def _decoded(decoded: Decoded, definition: DefinitionFile) -> Iterator[dict[str, Any]]:
+def _decoded(
+    decoded: Decoded, definition: DefinitionFile, station: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """``station``: the one a BLE gateway last announced, as the live port names it."""
     for reject in decoded.rejects:
         yield _rejected(reject)
     for ev in decoded.events:
         event = to_event(
-            ev, port="capture", station=decoded.station or "capture", definition=definition.name
+            ev, port="capture", station=station or "capture", definition=definition.name
         )
         yield {"type": event.type.name, "lane": event.type.lane.name, "data": dict(event.data)}
 
@@ -103,8 +106,11 @@ def decode_capture(definition: DefinitionFile, data: bytes) -> Iterator[dict[str
                 yield from _decoded(_dc09(definition, line.data), definition)
         return
     framer, decode = framer_and_decoder(definition)
+    station = None
     for part in [*framer.feed(data), *framer.flush()]:
         if isinstance(part, Reject):
             yield _rejected(part)
         elif isinstance(part, Frame):
-            yield from _decoded(decode(part.data), definition)
+            decoded = decode(part.data)
+            station = decoded.station or station
+            yield from _decoded(decoded, definition, station)

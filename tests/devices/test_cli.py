@@ -42,6 +42,22 @@ def test_decode_capture_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert [o.get("type") or o.get("rejected") for o in out] == ["alarm.sos", "bad_crc"]
 
 
+def test_decode_names_the_station_a_ble_gateway_announced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the live port does: the adverts after a gateway's station line are its MAC's."""
+    capture = tmp_path / "ble.jsonl"
+    capture.write_bytes(
+        b'{"type":"Gateway","mac":"AC233FA00001"}\n'
+        b'{"mac":"C30000000001","rssi":-61,"rawData":"0201060A16D2FC40002A015A3A01"}\n'
+    )
+    out = run(capsys, "--device", str(CONFIGS / "minew-ble-jsonlines.toml"), "--file", str(capture))
+    assert [(o["type"], o["data"]["station"]) for o in out] == [  # type: ignore[index]
+        ("wristband.seen", "AC233FA00001"),
+        ("alarm.sos", "AC233FA00001"),
+    ]
+
+
 def test_decode_a_spy_capture_of_what_the_device_sent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

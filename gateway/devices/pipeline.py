@@ -209,6 +209,12 @@ class FramedHandler(PortHandler):
         self.nak = nak
         self.station: str | None = None
 
+    def on_down(self, reason: str) -> None:
+        """What comes after the reopen may be another BLE gateway, plugged in meanwhile: its
+        adverts are the port's until it announces itself, never the one's before."""
+        super().on_down(reason)
+        self.station = None
+
     def _item(self, item: object, at: float | None) -> None:
         if isinstance(item, Reject):
             self.recorder.stats.reject(self.recorder.port, item)

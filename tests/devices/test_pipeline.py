@@ -363,6 +363,29 @@ def test_a_batching_ble_gateway_s_line_of_adverts_is_read_whole(store: Store) ->
     assert recorder.stats.rejected == {}
 
 
+def test_a_ble_gateway_s_station_is_forgotten_when_its_port_goes_down(store: Store) -> None:
+    """Another BLE gateway may be behind the port after a reopen: until one announces itself,
+    its adverts are the port's station's, not those of the gateway heard before."""
+    spec = definition("minew-ble-jsonlines")
+    recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)
+    h = framed_handler(spec, recorder, frame_timeout_s=1.0, silence_s=None)
+
+    def heard(band: str) -> bytes:
+        return json.dumps({"mac": band, "rssi": -61, "rawData": BTHOME_PRESS}).encode() + b"\n"
+
+    h.on_data(b'{"type":"Gateway","mac":"AC233FA00001"}\n' + heard("C30000000001"), 100.0)
+    h.on_down("read: device disconnected")
+    h.on_up(3.0)
+    h.on_data(heard("C30000000002"), 104.0)
+    h.on_data(b'{"type":"Gateway","mac":"AC233FA00002"}\n' + heard("C30000000003"), 105.0)
+    eventually(lambda: len(stored(store.path, "alarm.sos")) == 3, timeout=5)
+    assert [e["data"]["station"] for e in stored(store.path, "alarm.sos")] == [
+        "AC233FA00001",
+        "s",
+        "AC233FA00002",
+    ]
+
+
 @pytest.mark.parametrize("second", ["aa55-reference.toml", "./aa55-reference.toml"])
 def test_a_band_heard_by_two_stations_raises_one_alarm(
     tmp_path: Path, store: Store, second: str

@@ -53,10 +53,11 @@ class _Failed:
 class Supervisor:
     """Starts services in order and stops them in reverse.
 
-    A service that sets ``essential = False`` (the counter camera) may fail to start without
-    taking the rest down: alarms must keep flowing when a model file is damaged. Its failure
-    is logged and shown in health, and it is tried again with a growing delay (``retry_failed``):
-    once the installer has fetched the models or the disk has room again, the counter comes
+    A service that sets ``essential = False`` (the counter camera, a DC-09 receiver) may fail
+    to start without taking the rest down: alarms must keep flowing when a model file is
+    damaged or another program holds a receiver's port. Its failure is logged and shown in
+    health, and it is tried again with a growing delay (``retry_failed``, at most its
+    ``retry_max_s``): once the installer has fetched the models or freed the port, it comes
     back without a restart. Any other start failure stops what was started and raises.
     """
 
@@ -100,7 +101,8 @@ class Supervisor:
             except Exception as exc:  # whatever it is, the running gateway must not go down
                 if str(exc) != failed.error:
                     log.error("%s still not started: %s", name, exc)
-                delay = min(RETRY_MAX_S, RETRY_MIN_S * 2**failed.attempts)
+                longest = getattr(failed.service, "retry_max_s", RETRY_MAX_S)
+                delay = min(longest, RETRY_MIN_S * 2**failed.attempts)
                 with self._lock:
                     self._failed[name] = replace(
                         failed,

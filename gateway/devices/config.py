@@ -6,6 +6,7 @@ out here come from the definition's ``[serial]`` defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -144,10 +145,19 @@ class Dc09Receiver(Strict):
     def _ipv4(cls, value: str) -> str:
         """The receiver's sockets are IPv4: an IPv6 address passed the check and then failed
         the start, taking every port of the gateway down with it."""
+        value = value.strip()
         if ":" in value:
             raise ValueError(f"{value!r}: IPv6 is not supported; give an IPv4 address or 0.0.0.0")
-        if not value.strip():
+        if not value:
             raise ValueError("empty: give an IPv4 address, or 0.0.0.0 for every address")
+        # one spelling per address, so that two receivers on one port are seen as such
+        if value.lower() == "localhost":
+            return "127.0.0.1"
+        if all(c.isdigit() or c == "." for c in value):
+            try:
+                return str(ipaddress.IPv4Address(value))
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 address") from None
         return value
 
     @model_validator(mode="after")
@@ -178,8 +188,8 @@ class DevicesSection(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> DevicesSection:
-        """Caught here, not at start: two readers of one device split its bytes, and a DC-09
-        port taken twice fails the start."""
+        """Caught here, not at start: two readers of one device split its bytes, and of two
+        DC-09 receivers on one port only the first would start."""
         dupes = _repeated([p.name for p in self.ports] + [r.name for r in self.dc09])
         if dupes:
             raise ValueError(f"port and receiver names must be unique: {dupes}")

@@ -237,6 +237,11 @@ class Dc09Handler:
 
 
 class Dc09Service:
+    # A port another program holds, or an address not (yet) this machine's, must not stop the
+    # serial ports' alarms: the receiver is reported "not started" and tried again.
+    essential = False
+    retry_max_s = 60.0  # not the face stage's 15 min: the panels' alarms wait for it
+
     def __init__(
         self,
         cfg: Dc09Receiver,

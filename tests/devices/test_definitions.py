@@ -259,6 +259,12 @@ def test_dc09_receivers_that_could_not_both_listen_are_refused_when_the_config_l
         DevicesSection.model_validate({"dc09": [{"name": "a", **hub, "host": "::"}]})
     two = [{"name": "a", **hub, "host": "127.0.0.1"}, {"name": "b", **hub, "host": "10.0.0.2"}]
     assert len(DevicesSection.model_validate({"dc09": two}).dc09) == 2  # two addresses
+    # one address, two spellings
+    alias = [{"name": "a", **hub, "host": "localhost"}, {"name": "b", **hub, "host": " 127.0.0.1"}]
+    with pytest.raises(ValueError, match=re.escape("tcp 127.0.0.1:9000 and 127.0.0.1:9000")):
+        DevicesSection.model_validate({"dc09": alias})
+    with pytest.raises(ValueError, match=re.escape("'300.1.1.1' is not an IPv4 address")):
+        DevicesSection.model_validate({"dc09": [{"name": "a", **hub, "host": "300.1.1.1"}]})
 
 
 def test_two_ports_on_one_path_written_two_ways_are_refused(tmp_path: Path) -> None:

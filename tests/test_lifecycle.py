@@ -128,6 +128,23 @@ def test_a_service_that_did_not_start_is_tried_again_later_and_joins_the_rest(
     assert log == ["start store", "start vision", "stop vision", "stop store"]
 
 
+def test_a_service_with_a_shorter_longest_wait_is_tried_again_at_least_that_often() -> None:
+    """A DC-09 receiver whose port was held: the panels' alarms must not wait 15 min."""
+    log: list[str] = []
+    clock = Clock()
+    receiver = Part("dc09:panel", log, fail=True, essential=False)
+    receiver.retry_max_s = 60.0
+    sup = Supervisor([receiver], clock=clock)
+    sup.start_all()
+    for wait in (30.0, 60.0, 60.0, 60.0):
+        clock.now += wait - 0.1
+        sup.retry_failed()
+        attempts = sup.health()["dc09:panel"]["attempts"]
+        clock.now += 0.1
+        sup.retry_failed()
+        assert sup.health()["dc09:panel"]["attempts"] == attempts + 1
+
+
 def test_a_retry_that_fails_unexpectedly_leaves_the_gateway_running() -> None:
     class Flaky(Part):
         def __init__(self, errors: list[Exception]) -> None:

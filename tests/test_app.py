@@ -15,9 +15,10 @@ import pytest
 from tests.support.deadpeer import Silent, Unanswered, outage_config
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def _run_then_stop(config: Path) -> tuple[int, list[str], str]:
-    """Run the gateway until it says it is running, then SIGTERM: its exit code, the log
+def _run_then_stop(
+    config: Path, signum: signal.Signals = signal.SIGTERM
+) -> tuple[int, list[str], str]:
+    """Run the gateway until it says it is running, then signal it: its exit code, the log
     lines up to then and the rest."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "-c", str(config)],
@@ -30,11 +31,12 @@ def _run_then_stop(config: Path) -> tuple[int, list[str], str]:
         seen.append(line)
         if "running (config" in line:
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, rest = proc.communicate(timeout=60)
     return proc.returncode, seen, rest
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_the_gateway_stops_cleanly_on_a_signal(tmp_path: Path, signum: signal.Signals) -> None:
     """SIGHUP: the SSH session of `scripts/run CONFIG` was lost. A clean stop spares the next
     start its database check."""
@@ -42,18 +44,8 @@ def test_the_gateway_stops_cleanly_on_a_signal(tmp_path: Path, signum: signal.Si
     config.write_text(
         f'[gateway]\ndata_dir = "{tmp_path / "var"}"\n[clock]\nsync_source = "never"\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "running (config" in line:
-            break
-    proc.send_signal(signum)
-    _, rest = proc.communicate(timeout=60)
-    assert proc.returncode == 0, rest
+    returncode, _, rest = _run_then_stop(config, signum)
+    assert returncode == 0, rest
     assert f"signal {int(signum)}: stopping" in rest and "Traceback" not in rest
 
 

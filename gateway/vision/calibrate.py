@@ -1,8 +1,10 @@
 """Threshold arithmetic over similarity scores: pure functions, no models, no files.
 
 Conventions: a comparison "matches" when its score is at or above the threshold; a rate
-threshold is the lowest value whose rate does not exceed the target, so the recommended
-threshold errs on the side of false rejections, never false accepts.
+threshold is the lowest value whose rate *on the scores given* does not exceed the target.
+Set and measured on the same scores, that rate is optimistic: on scores not seen the rate at
+that threshold is higher, about (k + 1) / (n + 1) for k allowed of n (twice the target with
+n = 1/target). The more scores, the closer it comes to the target.
 """
 
 from __future__ import annotations

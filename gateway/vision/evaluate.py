@@ -463,6 +463,10 @@ class OpenSetSearches:
     nonmated_score: np.ndarray
     nonmated_margin: np.ndarray
     nonmated_people: int
+    # different photos behind the searches: a gallery that every rotation holds whole (all
+    # the people with several photos) searches the same strangers' photos in each of them
+    mated_photos: int
+    nonmated_photos: int
 
     def fnir(self, threshold: float, margin: float) -> float:
         hit = self.mated_correct & (self.mated_score >= threshold) & (self.mated_margin >= margin)
@@ -474,7 +478,12 @@ class OpenSetSearches:
 
     def threshold_for(self, fpir: float, margin: float) -> float | None:
         """Lowest threshold whose FPIR (with this margin rule) is at most ``fpir``; None with
-        fewer than 1/``fpir`` non-mated searches, which cannot show a rate that small."""
+        fewer than 1/``fpir`` different photos of strangers, which cannot show a rate that
+        small: one photo searched in ten rotations is one piece of evidence, not ten (counted
+        ten times, 150 strangers' photos set a threshold for 1e-3 that let unseen strangers
+        through three times as often)."""
+        if self.nonmated_photos < scores_needed(fpir):
+            return None
         eligible = np.where(self.nonmated_margin >= margin, self.nonmated_score, -np.inf)
         t = threshold_at_rate(eligible.astype(np.float32), fpir)
         # fewer strangers pass the margin rule than the rate allows: any cosine score would do
@@ -549,6 +558,8 @@ def open_set(
     plans = gallery_plans(by_person, gallery_size, rotations, seed)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("mc", "ms", "mm", "ns", "nm")}
     strangers: set[str] = set()
+    mated_photos: set[int] = set()
+    nonmated_photos: set[int] = set()
     for enrolled in plans:
         enrolled_set = set(enrolled)
         rows: list[tuple[str, np.ndarray]] = []
@@ -567,6 +578,8 @@ def open_set(
         position = {elder: i for i, elder in enumerate(snapshot.elders)}
         nonmated = [i for p, photos in by_person.items() if p not in enrolled_set for i in photos]
         strangers.update(p for p in by_person if p not in enrolled_set)
+        mated_photos.update(i for i, _ in mated)
+        nonmated_photos.update(nonmated)
         m_scores = snapshot.identity_scores(faces.embeddings[[i for i, _ in mated]])
         truth = np.array([position[p] for _, p in mated])
         parts["mc"].append(np.argmax(m_scores, axis=1) == truth)
@@ -586,6 +599,8 @@ def open_set(
         nonmated_score=joined["ns"],
         nonmated_margin=joined["nm"],
         nonmated_people=len(strangers),
+        mated_photos=len(mated_photos),
+        nonmated_photos=len(nonmated_photos),
     )
 
 
@@ -691,10 +706,10 @@ def recommend(
     for fpir in (target_fpir, candidate_fpir):
         if searches.threshold_for(fpir, 0.0) is None:
             raise NotMeasurable(
-                f"FPIR {fpir:g} needs at least {scores_needed(fpir):,} non-mated searches, "
-                f"the folder gives {searched:,} ({searches.nonmated_people} people not "
-                f"enrolled, {searches.rotations} rotations): add photos of people who are "
-                "not enrolled"
+                f"FPIR {fpir:g} needs at least {scores_needed(fpir):,} different photos of "
+                f"people who are not enrolled, the folder gives {searches.nonmated_photos:,} "
+                f"({searches.nonmated_people} people, searched {searched:,} times over "
+                f"{searches.rotations} rotations): add photos of people who are not enrolled"
             )
     best: tuple[float, float, float, float] | None = None  # threshold, margin, FNIR, FPIR
     rounded = []

@@ -50,6 +50,8 @@ class OpenSetReport:
     mated_searches: int
     nonmated_searches: int
     nonmated_people: int
+    mated_photos: int
+    nonmated_photos: int
     points: list[OpenSetPoint]
     at_recommended: dict[str, float] = field(default_factory=dict)
 
@@ -130,14 +132,16 @@ class EvalReport:
             lines += [
                 "",
                 f"open-set 1:N  gallery {o.gallery_size}, {o.rotations} rotations, "
-                f"{o.mated_searches:,} mated / {o.nonmated_searches:,} non-mated searches "
-                f"({o.nonmated_people} people not enrolled)",
+                f"{o.mated_searches:,} mated searches ({o.mated_photos:,} photos) / "
+                f"{o.nonmated_searches:,} non-mated ({o.nonmated_photos:,} photos of "
+                f"{o.nonmated_people:,} people not enrolled)",
             ]
             for pt in o.points:
                 if pt.threshold is None or pt.fnir is None or pt.fpir is None:
                     lines.append(
                         f"  FPIR {pt.fpir_target:g} (margin {pt.margin:.2f}): not measurable "
-                        f"(at least {scores_needed(pt.fpir_target):,} non-mated searches needed)"
+                        f"(at least {scores_needed(pt.fpir_target):,} different photos of "
+                        "people not enrolled needed)"
                     )
                     continue
                 lines.append(
@@ -248,6 +252,8 @@ def evaluate_faces(
                 mated_searches=int(searches.mated_score.size),
                 nonmated_searches=int(searches.nonmated_score.size),
                 nonmated_people=searches.nonmated_people,
+                mated_photos=searches.mated_photos,
+                nonmated_photos=searches.nonmated_photos,
                 points=points,
                 at_recommended=at_recommended,
             )

@@ -18,6 +18,7 @@ from gateway.vision.config import DecisionSection
 from gateway.vision.evaluate import (
     Errata,
     FaceSet,
+    NotMeasurable,
     OpenSetSearches,
     VerifyReport,
     largest_gallery,
@@ -215,7 +216,16 @@ def test_the_recommended_margin_is_one_the_configuration_takes() -> None:
     narrow = np.where(rng.random(2000) < 0.05, 0.01, 0.3).astype(np.float32)
     strangers = rng.uniform(0.1, 0.6, 5000).astype(np.float32)
     searches = OpenSetSearches(
-        100, 10, np.ones(2000, bool), mated, narrow, strangers, np.full(5000, 0.2, np.float32), 500
+        100,
+        10,
+        np.ones(2000, bool),
+        mated,
+        narrow,
+        strangers,
+        np.full(5000, 0.2, np.float32),
+        500,
+        mated_photos=2000,
+        nonmated_photos=5000,
     )
     rec = recommend(searches, VerifyReport(0, 0, 1e-4, 0.4, 0.9))
     assert rec.margin > 0 and all(p.margin > 0 for p in rec.by_margin)
@@ -232,18 +242,31 @@ def test_too_few_strangers_for_the_target_fpir_recommend_nothing() -> None:
     must not be offered as one that meets it. With no stranger at all, not -1 either."""
     few = _random_faces([f"e{i}" for i in range(30) for _ in range(2)] + ["s1", "s2", "s3"])
     no_strangers = _random_faces([f"e{i}" for i in range(20) for _ in range(3)])
-    for faces, elders, searched in ((few, 30, 30), (no_strangers, 20, 0)):
+    for faces, elders, photos in ((few, 30, 3), (no_strangers, 20, 0)):
         figures = evaluate_faces(faces, None, gallery_size=elders)
         assert figures.recommendation is None and figures.confirmation is None
         assert figures.no_recommendation is not None
-        assert f"at least 1,000 non-mated searches, the folder gives {searched} (" in (
-            figures.no_recommendation
-        )
+        needs = "at least 1,000 different photos of people who are not enrolled"
+        assert f"{needs}, the folder gives {photos} (" in figures.no_recommendation
         assert all(p.threshold is None for o in figures.open_set for p in o.points)
         text = EvalReport("site", 63, 33, {}, {}, {}, 0.0, figures).text()
         assert "FPIR 0.001 (margin 0.00): not measurable" in text
         assert "no thresholds recommended: FPIR 0.001 needs" in text
         assert "accept_threshold" not in text
+
+
+def test_strangers_searched_in_every_rotation_count_once_towards_a_rate() -> None:
+    """Every rotation enrolls all the people with several photos, so the same 150 strangers
+    are searched in each of the 10: 1,500 searches, but 150 photos cannot show FPIR 1e-3 and
+    the threshold they would set lets unseen strangers through far more often."""
+    people = [f"e{i}" for i in range(60) for _ in range(2)] + [f"s{i}" for i in range(150)]
+    searches = open_set(_random_faces(people), 60, rotations=10)
+    assert searches.nonmated_score.size == 1500 and searches.nonmated_photos == 150
+    assert searches.mated_photos == 60
+    assert searches.threshold_for(1e-3, 0.0) is None
+    assert searches.threshold_for(1e-2, 0.0) is not None  # 150 photos do show 1 in 100
+    with pytest.raises(NotMeasurable, match="the folder gives 150 \\(150 people, searched 1,500"):
+        recommend(searches, VerifyReport(0, 0, 1e-4, 0.4, 0.9))
 
 
 def test_a_gallery_larger_than_the_folder_allows_is_said_not_silently_shrunk() -> None:
@@ -259,13 +282,13 @@ def test_a_gallery_larger_than_the_folder_allows_is_said_not_silently_shrunk() -
 def test_a_gallery_larger_than_the_folder_allows_keeps_every_section_of_the_report() -> None:
     """Photos per elder and staff confirmations are shown for the largest gallery the folder
     allows, as the open-set figures and thresholds are, not left out without a word."""
-    people = [f"e{i}" for i in range(40) for _ in range(5)] + [f"s{i}" for i in range(60)]
+    people = [f"e{i}" for i in range(40) for _ in range(5)] + [f"s{i}" for i in range(200)]
     faces = _random_faces(people)
     figures = evaluate_faces(faces, None, gallery_size=5000, target_fpir=0.05)
     assert figures.smaller_gallery is not None
-    assert figures.recommendation is not None and figures.recommendation.gallery_size == 70
-    assert figures.enrolment is not None and figures.enrolment.gallery_size == 70
-    assert figures.confirmation is not None and figures.confirmation.gallery_size == 70
+    assert figures.recommendation is not None and figures.recommendation.gallery_size == 140
+    assert figures.enrolment is not None and figures.enrolment.gallery_size == 140
+    assert figures.confirmation is not None and figures.confirmation.gallery_size == 140
 
 
 def test_photos_only_the_pairs_file_names_are_nobodys_in_the_identity_figures() -> None:

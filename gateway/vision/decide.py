@@ -111,6 +111,10 @@ class Decision:
     learned_from: str | None = None
     # uncertain only: the track's face (mean of its live frames), for staff to confirm
     probe: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # every elder among the closest matches of any of the track's frames, whatever the
+    # outcome (a spoof names nobody, but may hold an elder's face): an audit frame's header
+    # lists them so that each one's erasure finds it. Never sent.
+    seen: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass
@@ -582,4 +586,5 @@ class Decider:
             learned_from=Counter(e.learned_from for e in mine).most_common(1)[0][0]
             if elder and mine
             else None,
+            seen=tuple(sorted({name for e in track.evidence for name, _ in e.candidates})),
         )

@@ -204,7 +204,12 @@ class CounterPipeline:
         event_id = uuid7()
         named = [decision.elder_id] if decision.elder_id else []
         named += [elder for elder, _ in decision.candidates if elder not in named]
-        kept = frames.image is not None and self._keep(event_id, frames.image, named)
+        named += [elder for elder in decision.seen if elder not in named]
+        # a frame naming nobody (two faces, none usable: nobody searched) could not be found
+        # by the erasure of whoever is in it
+        kept = (
+            bool(named) and frames.image is not None and self._keep(event_id, frames.image, named)
+        )
         # every uncertain one, with a live face or not: staff who settle her by hand must be
         # able to say so, or the counter settles her again when she turns back
         held = decision.outcome is Outcome.UNCERTAIN and self.confirmations.enabled

@@ -16,6 +16,7 @@ from gateway.vision.config import DecisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Outcome, Policy
 from gateway.vision.enroll import enrol, learn
+from gateway.vision.errors import GalleryError
 from gateway.vision.gallery import Gallery
 from gateway.vision.images import fit_within, read_image
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
@@ -38,6 +39,13 @@ def counter(analyzer: Analyzer, tmp_path: Path) -> tuple[CounterPipeline, AuditF
     return CounterPipeline(analyzer, gallery, policy, "counter-1", {}, audit=audit), audit, gallery
 
 
+def enrolled(analyzer: Analyzer, gallery: Gallery, elder: str, photo: np.ndarray) -> None:
+    embedding = analyzer.analyze(photo).embedding
+    assert embedding is not None
+    gallery.add(elder, [embedding])
+    gallery.reload()
+
+
 def show(pipeline: CounterPipeline, images: list[np.ndarray]) -> list[DecisionEvent]:
     out: list[DecisionEvent] = []
     for i, image in enumerate(images):
@@ -49,10 +57,11 @@ def test_the_audit_frame_of_a_track_ended_by_the_next_person_shows_that_track(
     analyzer: Analyzer, tmp_path: Path, two_people: tuple[np.ndarray, np.ndarray]
 ) -> None:
     first, second = two_people
-    pipeline, audit, _ = counter(analyzer, tmp_path)
+    pipeline, audit, gallery = counter(analyzer, tmp_path)
+    enrolled(analyzer, gallery, "elder-2", second)
     # the first person is not enrolled and steps aside before the decision time; the second
     # steps straight up, which ends the first track
-    (ended,) = show(pipeline, [first] * 10 + [second] * 3)
+    ended, *_ = show(pipeline, [first] * 10 + [second] * 3)
     assert ended.decision.outcome is Outcome.UNKNOWN
     assert ended.event.data["audit_frame"] is True
     kept = cv2.imdecode(np.frombuffer(audit.export(ended.event.event_id), np.uint8), 1)
@@ -67,9 +76,10 @@ def test_a_track_ended_by_the_gap_on_a_frame_of_two_people_keeps_its_own_frame(
 ) -> None:
     """At a Pi's few frames a second, the frame that crosses the 0.7 s gap may show two other
     people: the ended decision's audit frame is still its own person, never the bystanders."""
-    first, _ = two_people
+    first, second = two_people
     couple = fit_within(read_image(faces_dir / "deepface" / "couple.jpg"), 640)
-    pipeline, audit, _ = counter(analyzer, tmp_path)
+    pipeline, audit, gallery = counter(analyzer, tmp_path)
+    enrolled(analyzer, gallery, "elder-2", second)
     events = show(pipeline, [first] * 10)
     events += pipeline.process(Frame(couple, 10 / FPS + 0.8, 10))
     (ended,) = events
@@ -79,15 +89,32 @@ def test_a_track_ended_by_the_gap_on_a_frame_of_two_people_keeps_its_own_frame(
     assert float(np.mean(cv2.absdiff(kept, first))) < 3
 
 
+def test_an_audit_frame_of_a_spoof_goes_with_the_erasure_of_the_elder_it_showed(
+    analyzer: Analyzer, tmp_path: Path, faces_dir: Path
+) -> None:
+    """A spoof names nobody, yet its frame may be an elder's face (a photo of her, or she in
+    backlight): the frame's header names the elders its frames came closest to, so that her
+    erasure finds it. A frame with nobody searched in it (two faces) is not kept at all."""
+    pipeline, audit, gallery = counter(analyzer, tmp_path)
+    enrolled(analyzer, gallery, "elder-2", read_image(faces_dir / "antispoof" / "image_T1.jpg"))
+    screen = fit_within(read_image(faces_dir / "antispoof" / "image_F2.jpg"), 640)
+    couple = fit_within(read_image(faces_dir / "deepface" / "couple.jpg"), 640)
+    (spoof,) = show(pipeline, [screen] * 40) + pipeline.flush()
+    assert spoof.decision.outcome is Outcome.SPOOF and spoof.event.data["audit_frame"]
+    assert "elder-2" not in str(spoof.event.data)  # named in the frame's header only
+    (two,) = show(pipeline, [couple] * 5)
+    assert two.decision.outcome is Outcome.MULTIPLE_FACES and not two.event.data["audit_frame"]
+    assert audit.erase_elder("elder-2") == 1
+    with pytest.raises(GalleryError, match="none kept"):
+        audit.export(spoof.event.event_id)
+
+
 def test_a_decision_is_recorded_when_its_audit_frame_cannot_be_written(
     analyzer: Analyzer, tmp_path: Path, two_people: tuple[np.ndarray, np.ndarray]
 ) -> None:
     elder, _ = two_people
     pipeline, audit, gallery = counter(analyzer, tmp_path)
-    embedding = analyzer.analyze(elder).embedding
-    assert embedding is not None
-    gallery.add("elder-1", [embedding])
-    gallery.reload()
+    enrolled(analyzer, gallery, "elder-1", elder)
     shutil.rmtree(audit.folder)
     audit.folder.write_bytes(b"")  # the folder is gone, a file in its place: every write fails
     (accepted,) = show(pipeline, [elder] * 10)

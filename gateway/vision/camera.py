@@ -78,9 +78,10 @@ class OpenCVCapture:
         self._cap: cv2.VideoCapture | None = None
 
     def open(self) -> None:
-        # OpenCV's own warnings repeat at every reopen of a camera that is unplugged or not
-        # there yet (twice a minute, for days); our log says why, once.
+        # OpenCV's and FFmpeg's own warnings repeat at every reopen of a camera that is
+        # unplugged or not there yet (twice a minute, for days); our log says why, once.
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read as the capture opens
         cap = cv2.VideoCapture(self.target, self.backend, self._params())
         if not cap.isOpened():
             cap.release()

@@ -28,7 +28,10 @@ def shown_source(target: str | int) -> str:
     text = str(target)
     scheme, sep, rest = text.partition("://")
     if not sep:
-        return text
+        # a device or file path, or a URL written wrong (rtsp:/admin:pw@host, admin:pw@host),
+        # which the camera library may still open: nothing that could be a password is shown
+        text = re.sub(r"^.*@", "***@", text)
+        return re.sub(r"[?#=;&].*$", "...", text)
     host, slash, path = rest.rpartition("@")[2].partition("/")
     path = re.split(r"[?#]", path, maxsplit=1)[0]
     # some cameras take the password in the path ("/user=admin&password=..."): a path with
@@ -41,7 +44,7 @@ def source_holds_secret(source: str) -> bool:
     """Whether the address holds what ``shown_source`` hides (a user and password, a path
     or query that may carry one): a secret in the config, like ``mqtt.password``."""
     scheme, sep, rest = source.partition("://")
-    return bool(sep) and shown_source(source) != f"{scheme.lower()}://{rest}"
+    return shown_source(source) != (f"{scheme.lower()}://{rest}" if sep else source)
 
 
 class CameraSection(Strict):

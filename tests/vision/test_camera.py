@@ -23,7 +23,7 @@ from gateway.vision.camera import (
     open_feed,
     open_source,
 )
-from gateway.vision.config import CameraSection
+from gateway.vision.config import CameraSection, shown_source, source_holds_secret
 from gateway.vision.images import fit_within, read_image
 from tests.support.deadpeer import Silent
 from tests.support.netcam import CameraServer, NetworkCamera
@@ -579,3 +579,21 @@ def test_a_mistyped_stream_address_is_refused_without_its_password() -> None:
     with pytest.raises(CameraError) as err:
         open_source("rtps://admin:Secr3t@10.0.0.5/stream", CameraSection())
     assert "Secr3t" not in str(err.value) and "10.0.0.5/stream" in str(err.value)
+
+
+def test_an_address_missing_a_slash_or_its_scheme_never_shows_its_password() -> None:
+    """`rtsp:/admin:...@host` still opens as a stream, and was shown whole in health (sent
+    to the platform) and in every retry's log line; a config holding one, readable by every
+    user, passed the check that refuses `rtsp://admin:...@host`."""
+    for address in (
+        "rtsp:/admin:Secr3t@10.0.0.7/live",
+        "rtsp:\\\\admin:Secr3t@10.0.0.7/live",
+        "rtsp//admin:Secr3t@10.0.0.7/live",
+        "admin:Secr3t@10.0.0.7:554/live",
+        "rtsp:/10.0.0.7/user=admin&password=Secr3t",
+    ):
+        shown = shown_source(address)
+        assert "Secr3t" not in shown and "10.0.0.7" in shown, shown
+        assert source_holds_secret(address)
+    for path in ("/dev/v4l/by-id/usb-046d_C270-video-index0", "0", "/srv/replay", "v.mp4"):
+        assert shown_source(path) == path and not source_holds_secret(path)

@@ -82,9 +82,14 @@ class AuditFrames(ExpiredFrames):
         self.kept += 1
 
     def export(self, event_id: str) -> bytes:
-        """The JPEG of one decision, for a person entitled to review it."""
+        """The JPEG of one decision, for a person entitled to review it; never one past its
+        retention (deleted then: the gateway purges only hourly, and only while it runs)."""
+        path = self._path(event_id)
         try:
-            parts = split_header(self._path(event_id).read_bytes())
+            if self.expired(path):
+                path.unlink()
+                raise FileNotFoundError(path)
+            parts = split_header(path.read_bytes())
         except FileNotFoundError:
             days = self.retention_s / 86_400
             raise GalleryError(

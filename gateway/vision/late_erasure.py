@@ -77,12 +77,20 @@ class LateErasures:
     def add(self, elders: list[str], until_ms: int) -> bool:
         """True once they are in the file too: then the gallery's list of erasures may let
         them go, a restart before their pass has them all the same."""
+        left = 0
         for elder in elders:
             if elder in self._pending or len(self._pending) < MAX_ELDERS:
                 self._pending[elder] = until_ms
             else:
-                self.errors += 1
-                log.error("face stage: decisions of erased elder %s left in the journal", elder)
+                left += 1
+        if left:  # counted, not named: they have just withdrawn their consent
+            self.errors += left
+            log.error(
+                "face stage: decisions of %d erased elders left in the journal (more than %d "
+                "erasures waiting at once)",
+                left,
+                MAX_ELDERS,
+            )
         self._next_try = self._now()  # a new erasure is not held back by an old failure
         return self._save()
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gateway.vision.config import AuditSection
 
@@ -48,18 +48,22 @@ class ExpiredFrames:
         self.purged = 0
         self.purge_failures = 0
 
+    def expired(self, path: Path, now: float | None = None) -> bool:
+        """Older than the retention period by either clock."""
+        cutoff = (time.time() if now is None else now) - self.retention_s
+        running_cutoff = self._running_ms() - self.retention_s * 1000 if self._running_ms else None
+        return path.stat().st_mtime < cutoff or self._kept_before(path, running_cutoff)
+
     def purge(self, now: float | None = None) -> int:
         """Delete frames older than the retention period by either clock; returns how many.
         A frame that cannot be deleted is counted and logged, and the others still go."""
-        cutoff = (time.time() if now is None else now) - self.retention_s
-        running_cutoff = self._running_ms() - self.retention_s * 1000 if self._running_ms else None
         removed = 0
         failed: list[OSError] = []
         try:
             # a .partial is a frame whose writing was cut short (power loss): it ages the same
             for path in [*self.folder.glob(f"*{SUFFIX}"), *self.folder.glob(f"*{PARTIAL}")]:
                 try:
-                    if path.stat().st_mtime < cutoff or self._kept_before(path, running_cutoff):
+                    if self.expired(path, now):
                         path.unlink()
                         removed += 1
                 except FileNotFoundError:
@@ -89,7 +93,7 @@ class ExpiredFrames:
         for path in frames:
             try:
                 with path.open("rb") as fh:
-                    head = fh.read(HEADER + NAMES.size + MAX_NAMES)
+                    head = _read_header(fh)
                 if elder in read_names(head) and (until_ms is None or _stamp(head) <= until_ms):
                     path.unlink()
                     removed += 1
@@ -110,7 +114,18 @@ class ExpiredFrames:
         return 0 <= _stamp(header) < running_cutoff
 
 
-MAX_NAMES = 4096  # a decision names its elder or at most a few candidates
+# a decision names its elder or candidates, and the closest matches of its track's frames
+# (three each): some 900 ids of the longest kind, far more than a track sees
+MAX_NAMES = 60_000
+
+
+def _read_header(fh: BinaryIO) -> bytes:
+    """A frame's header and no more (the names' length says where it ends)."""
+    head = fh.read(HEADER + NAMES.size)
+    if head.startswith(MAGIC_NAMED) and len(head) == HEADER + NAMES.size:
+        (size,) = NAMES.unpack_from(head, HEADER)
+        head += fh.read(size)
+    return head
 
 
 def _stamp(header: bytes) -> int:
@@ -119,7 +134,11 @@ def _stamp(header: bytes) -> int:
 
 
 def header_for(running_ms: int, elders: Iterable[str]) -> bytes:
-    names = "\0".join(elders).encode()[:MAX_NAMES]
+    """Every elder named, or no header at all: a name cut off would leave the frame to her
+    erasure's miss."""
+    names = "\0".join(elders).encode()
+    if len(names) > MAX_NAMES:
+        raise ValueError(f"a frame can name elders in {MAX_NAMES} bytes, not {len(names)}")
     return MAGIC_NAMED + STAMP.pack(running_ms) + NAMES.pack(len(names)) + names
 
 

@@ -91,6 +91,33 @@ def test_time_switched_off_counts_by_the_wall_clock(
     assert audit.purge(now=time.time() + 86_400 + 1) == 1  # running time has hardly moved
 
 
+def test_a_frame_past_its_retention_is_not_exported_but_deleted(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
+) -> None:
+    """The gateway purges hourly and only while it runs: `gateway audit export` on a site
+    switched off for a month handed out a face kept for one day."""
+    audit, _ = frames
+    audit.keep(EVENT, photo)
+    kept = audit.folder / f"{EVENT}.frame"
+    month_ago = time.time() - 30 * 86_400
+    os.utime(kept, (month_ago, month_ago))
+    with pytest.raises(GalleryError, match="none kept"):
+        audit.export(EVENT)
+    assert not kept.exists()
+
+
+def test_a_frame_names_every_elder_given_or_is_not_kept(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
+) -> None:
+    """A name cut off would leave the frame to that elder's erasure."""
+    audit, _ = frames
+    many = [f"elder-{n:05d}-{'x' * 48}" for n in range(1000)]
+    with pytest.raises(ValueError, match="can name elders in"):
+        audit.keep(EVENT, photo, many)
+    audit.keep(EVENT, photo, many[:800])
+    assert audit.erase_elder(many[799]) == 1
+
+
 def test_a_frame_moved_to_another_decision_or_restamped_does_not_open(
     frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
 ) -> None:

@@ -490,6 +490,8 @@ class CameraReader:
                 raw, decode_s = self.source.read()
             except EndOfStream:
                 return True
+            if self._stop.is_set():  # a read that returned after the stop gave up on it
+                break
             image = self.stats.usable(raw)
             if image is None:
                 if self.clock() - waiting_since > self.cfg.stall_s:

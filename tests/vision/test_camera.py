@@ -462,6 +462,8 @@ def test_stop_never_releases_a_camera_a_read_is_still_inside(faces_dir: Path) ->
     camera.unblock.set()
     _wait(lambda: camera.closed)
     assert not camera.closed_while_reading
+    # the frame that read returned is not published: health must not say streaming again
+    assert reader.state == "stopped" and reader.stats.frames == 0
 
 
 def test_stop_does_not_wait_for_a_network_camera_that_never_answers() -> None:

@@ -93,7 +93,7 @@ class RtspCamera(CameraServer):
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
-        for conn in self._conns:
+        for conn in list(self._conns):
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
@@ -112,6 +112,16 @@ class RtspCamera(CameraServer):
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        """Until the client leaves: then its connection is closed and forgotten, so that a
+        test counting descriptors across reopens sees only the gateway's own."""
+        try:
+            self._requests(conn)
+        finally:
+            if conn in self._conns:
+                self._conns.remove(conn)
+            conn.close()
+
+    def _requests(self, conn: socket.socket) -> None:
         lock = threading.Lock()
         buffer = b""
         try:

@@ -39,6 +39,7 @@ ACK_POLL_S = 0.002  # ... or this long at most, while messages are in flight
 LATENCY_WINDOW = 1000
 IDLE_WAIT_S = 1.0
 FAULT_WAIT_S = 1.0  # after a turn that failed
+SAVE_RETRY_S = 5.0  # acknowledged events whose deletion failed (a full disk) are tried again
 SETTLE_S = 2.0  # at a clean stop, the longest wait for the PUBACKs of what is in flight
 SUSPECT_MS = 10_000  # a batch sent this shortly before its connection ended may have ended it
 
@@ -111,6 +112,9 @@ class Publisher:
         self._high: dict[Lane, int] = dict.fromkeys(Lane, 0)
         self._more: dict[Lane, bool] = dict.fromkeys(Lane, True)
         self._acked_unsaved: set[int] = set()
+        # acknowledged, but their deletion failed: kept out of every rewind and tried again
+        self._save_failed: list[Delivered] = []
+        self._save_retry_ms = 0
         self._alarms_sent: dict[int, int] = {}  # mid -> steady ms, oldest first
         self._alarm_watch = AlarmAckWatch(
             round(cfg.alarm_ack_timeout_s * 1000), round(cfg.keepalive_s * 1500)
@@ -229,7 +233,7 @@ class Publisher:
                 self._rate_log.error(
                     "fault", "uplink: publishing failed, trying again: %s", raised_at(exc)
                 )
-                self._reset()
+                self._rewind()
                 stopping.wait(FAULT_WAIT_S)
         self._drain_acks(current)  # PUBACKs that came while stopping
 
@@ -246,6 +250,7 @@ class Publisher:
             self._reset()
             current = generation
         self._drain_acks(current)
+        self._retry_saves()
         if current is not None:
             self._fill_window(current)
             if self._alarms_sent:
@@ -262,6 +267,12 @@ class Publisher:
         self._inflight.clear()
         self._inflight_bytes = 0
         self._alarms_sent.clear()
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Read every lane again from its start. What is in flight stays in flight: after a
+        turn that failed on a connection still up, its PUBACKs are still to come, and sent
+        again it would reach the platform twice (the rewind passes over it)."""
         for lane in LANES:
             self._buffers[lane].clear()
             self._cursor[lane] = 0
@@ -328,14 +339,35 @@ class Publisher:
                 return
 
     def _saved(self, chunk: list[Delivered]) -> Callable[[Receipt[int]], None]:
-        """Once the deletion is committed, the rows can no longer be read back as pending."""
+        """Once the deletion is committed, the rows can no longer be read back as pending.
+        A deletion that failed (a full disk) leaves them acknowledged: read back at the next
+        rewind they would be sent again, once per reconnect, so they stay out of every rewind
+        and their deletion is tried again."""
         seqs = [d.seq for d in chunk]
 
-        def forget(_receipt: Receipt[int]) -> None:
+        def forget(receipt: Receipt[int]) -> None:
             with self._lock:
-                self._acked_unsaved.difference_update(seqs)
+                if receipt.exception() is None:
+                    self._acked_unsaved.difference_update(seqs)
+                else:
+                    self._save_failed += chunk
+            self._wake.set()
 
         return forget
+
+    def _retry_saves(self) -> None:
+        with self._lock:
+            if not self._save_failed or self._store.steady_ms() < self._save_retry_ms:
+                return
+            failed, self._save_failed = self._save_failed, []
+            self._save_retry_ms = self._store.steady_ms() + round(SAVE_RETRY_S * 1000)
+        log.info("uplink: deleting %d delivered events again", len(failed))
+        for start in range(0, len(failed), ACK_CHUNK):
+            chunk = failed[start : start + ACK_CHUNK]
+            try:
+                self._store.mark_delivered(chunk).add_done_callback(self._saved(chunk))
+            except StoreClosed:
+                return
 
     def _rejected(self, flight: InFlight, reason: str) -> None:
         """The broker refused the message (e.g. not authorised for its topic, quota): its

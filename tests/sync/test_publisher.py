@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from gateway.sync.mqtt import Message
 from gateway.sync.publisher import PREFETCH, Publisher
 from gateway.sync.topics import Topics
 from tests.support.clock import ManualClock
+from tests.support.disk import fill
 from tests.support.events import ALARM, RECORD
 from tests.support.wait import eventually
 
@@ -183,6 +185,85 @@ def test_a_turn_that_cannot_read_the_outbox_does_not_stop_publishing(store: Stor
         assert reader.failed and pub.health()["faults"] == 1 and pub.healthy()
     finally:
         pub.stop()
+
+
+class FailsWhenTold(OutboxReader):
+    """Its next read fails once ``fail_next`` is set (a page the card cannot read)."""
+
+    def __init__(self, path: Path, cipher: EventCipher) -> None:
+        super().__init__(path, cipher)
+        self.fail_next = False
+
+    def read(self, lane: Lane, after_seq: int, limit: int) -> Page:
+        if self.fail_next:
+            self.fail_next = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().read(lane, after_seq, limit)
+
+
+def test_a_turn_that_fails_on_a_live_connection_sends_nothing_in_flight_again(
+    store: Store,
+) -> None:
+    """The connection is still up and the broker will acknowledge what it has: sending it
+    again would reach the platform twice, and its PUBACK was thrown away unread."""
+    first = store.record(Event(ALARM, {"n": 1}))
+    link = Link()
+    assert store.cipher is not None
+    reader = FailsWhenTold(store.path, store.cipher)
+    pub = publisher(store, link, lambda: reader)
+    pub.start()
+    try:
+        pub.link_up(1)
+        eventually(lambda: link.sent == [(1, first.seq)])
+        reader.fail_next = True
+        second = store.record(Event(ALARM, {"n": 2}))  # its read fails, the next one works
+        eventually(lambda: (1, second.seq) in link.sent)
+        pub.puback(1, 1, True, "Success")
+        pub.puback(1, 2, True, "Success")
+        eventually(lambda: store.usage[Lane.P0].count == 0)
+        assert link.sent == [(1, first.seq), (1, second.seq)]
+        assert pub.health()["faults"] == 1 and pub.events_acked == 2
+    finally:
+        pub.stop()
+
+
+def test_events_acknowledged_while_the_disk_is_full_are_not_sent_again(
+    small_disk: Path,
+) -> None:
+    """Their deletion fails on the full disk: they were sent again at every reconnect, and
+    stayed pending after the disk had room again. Now they are kept out of every rewind
+    and deleted once there is room."""
+    cfg = StoreSection(housekeeping_interval_s=3600, reserve_mb=0, min_free_disk_mb=0)
+    clock = ManualClock()
+    store = Store(cfg, small_disk / "g.db", clock, ClockSync("never", 60))
+    store.start()
+    alarms = [store.record(Event(ALARM, {"n": n})).seq for n in range(5)]
+    filler = fill(small_disk)
+    link = Link()
+    pub = publisher(store, link, store.reader)
+    pub.start()
+    try:
+        pub.link_up(1)
+        eventually(lambda: [seq for _, seq in link.sent] == alarms)
+        for mid in range(1, 6):
+            pub.puback(1, mid, True, "Success")
+        eventually(lambda: pub.events_acked == 5)
+        pub.link_down(1)
+        pub.link_up(2)
+        time.sleep(0.5)  # a reconnect's rewind takes milliseconds
+        assert all(generation == 1 for generation, _ in link.sent)
+        assert store.usage[Lane.P0].count == 5  # not deleted: no room to write that
+        filler.unlink()
+
+        def deleted() -> bool:
+            clock.advance(1000)  # the retries' wait
+            return store.usage[Lane.P0].count == 0
+
+        eventually(deleted)
+        assert all(generation == 1 for generation, _ in link.sent)
+    finally:
+        pub.stop()
+        store.stop()
 
 
 def test_alarms_behind_a_read_of_rows_that_do_not_open_are_sent(store: Store) -> None:

@@ -154,41 +154,9 @@ def test_an_alarm_committed_while_its_lane_is_read_is_sent(store: Store) -> None
         pub.stop()
 
 
-class FailsOnce(OutboxReader):
-    """The outbox cannot be read once (a damaged page, another program's exclusive lock)."""
-
-    def __init__(self, path: Path, cipher: EventCipher) -> None:
-        super().__init__(path, cipher)
-        self.failed = False
-
-    def read(self, lane: Lane, after_seq: int, limit: int) -> Page:
-        if not self.failed:
-            self.failed = True
-            raise sqlite3.OperationalError("database disk image is malformed")
-        return super().read(lane, after_seq, limit)
-
-
-def test_a_turn_that_cannot_read_the_outbox_does_not_stop_publishing(store: Store) -> None:
-    """The thread used to end there, with the link up and health published: nothing sent,
-    and nothing said but a service "unhealthy"."""
-    alarm = store.record(Event(ALARM, {"device": "A1"}))
-    link = Link()
-    assert store.cipher is not None
-    reader = FailsOnce(store.path, store.cipher)
-    pub = publisher(store, link, lambda: reader)
-    pub.start()
-    try:
-        pub.link_up(1)
-        eventually(lambda: (1, alarm.seq) in link.sent)
-        pub.puback(1, 1, True, "Success")
-        eventually(lambda: store.usage[Lane.P0].count == 0)
-        assert reader.failed and pub.health()["faults"] == 1 and pub.healthy()
-    finally:
-        pub.stop()
-
-
 class FailsWhenTold(OutboxReader):
-    """Its next read fails once ``fail_next`` is set (a page the card cannot read)."""
+    """Its next read fails once ``fail_next`` is set: the outbox cannot be read once (a
+    damaged page, another program's exclusive lock)."""
 
     def __init__(self, path: Path, cipher: EventCipher) -> None:
         super().__init__(path, cipher)
@@ -199,6 +167,26 @@ class FailsWhenTold(OutboxReader):
             self.fail_next = False
             raise sqlite3.OperationalError("disk I/O error")
         return super().read(lane, after_seq, limit)
+
+
+def test_a_turn_that_cannot_read_the_outbox_does_not_stop_publishing(store: Store) -> None:
+    """The thread used to end there, with the link up and health published: nothing sent,
+    and nothing said but a service "unhealthy"."""
+    alarm = store.record(Event(ALARM, {"device": "A1"}))
+    link = Link()
+    assert store.cipher is not None
+    reader = FailsWhenTold(store.path, store.cipher)
+    reader.fail_next = True
+    pub = publisher(store, link, lambda: reader)
+    pub.start()
+    try:
+        pub.link_up(1)
+        eventually(lambda: (1, alarm.seq) in link.sent)
+        pub.puback(1, 1, True, "Success")
+        eventually(lambda: store.usage[Lane.P0].count == 0)
+        assert not reader.fail_next and pub.health()["faults"] == 1 and pub.healthy()
+    finally:
+        pub.stop()
 
 
 def test_a_turn_that_fails_on_a_live_connection_sends_nothing_in_flight_again(

@@ -45,6 +45,10 @@ class EventType:
     lane: Lane
     schema: int = 1
     description: str = ""
+    # fields this schema version gained after rows of it had been recorded, with what an old
+    # row means by leaving them out: filled in as it is sent, so that an upgraded gateway's
+    # backlog still meets the contract
+    added: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not TYPE_NAME.fullmatch(self.name):
@@ -126,6 +130,18 @@ def iso_utc(unix_ms: int) -> str:
     """UTC ISO-8601 with milliseconds, e.g. 2026-11-22T08:30:00.125Z. (Events of a backlog
     share their seconds, so the formatted seconds are cached: this runs once per event sent.)"""
     return f"{_iso_seconds(unix_ms // 1000)}{unix_ms % 1000:03d}Z"
+
+
+def with_added_fields(event: StoredEvent, added: tuple[tuple[str, Any], ...]) -> StoredEvent:
+    """The event with the fields its type gained since it was recorded (see EventType)."""
+    if all(f'"{name}":' in event.data_json for name, _ in added):
+        return event  # recorded with them: nothing to parse
+    data = json.loads(event.data_json)
+    if not isinstance(data, dict):
+        return event
+    for name, value in added:
+        data.setdefault(name, value)
+    return event._replace(data_json=compact_json(data))
 
 
 class StoredEvent(NamedTuple):

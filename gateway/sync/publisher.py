@@ -17,12 +17,13 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from gateway.config import MqttSection
-from gateway.events import LANES, Lane, StoredEvent
+from gateway.events import LANES, Lane, StoredEvent, with_added_fields
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog, raised_at
 from gateway.store import Delivered, OutboxReader, Receipt, Store, StoreClosed
@@ -87,8 +88,10 @@ class Publisher:
         drop: Callable[[int, str], None],
         batch_limit: Callable[[str], int | None] = lambda _topic: None,
         batch_refused: Callable[[int, object | None, str, int], None] = lambda *_a: None,
+        added: Mapping[str, tuple[tuple[str, Any], ...]] = MappingProxyType({}),
     ) -> None:
         self.cfg = cfg
+        self._added = added  # event type -> fields its rows from before may lack
         self._store = store
         self._reader_factory = reader
         self._reader: OutboxReader | None = None
@@ -500,7 +503,12 @@ class Publisher:
             page = self._reader.read(lane, self._cursor[lane], PREFETCH)
             if page.full:
                 self._more[lane] = True
-            buf.extend(e for e in page.events if e.seq not in skip and e.type not in held)
+            added = self._added
+            buf.extend(
+                with_added_fields(e, added[e.type]) if e.type in added else e
+                for e in page.events
+                if e.seq not in skip and e.type not in held
+            )
             if page.last_seq is not None:
                 self._cursor[lane] = page.last_seq
             if buf or not self._more[lane]:

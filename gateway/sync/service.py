@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway import __version__
+from gateway.catalog import EVENT_TYPES
 from gateway.clock import Clock, ClockSync
 from gateway.config import LoadedConfig
 from gateway.events import Lane, compact_json, iso_utc
@@ -155,6 +156,7 @@ class Sync:
             drop=self.link.drop,
             batch_limit=self.link.batch_limit,
             batch_refused=self.link.batch_refused,
+            added={t.name: t.added for t in EVENT_TYPES if t.added},
         )
         builtin = [
             Operation("ping", self._op_ping),

@@ -22,6 +22,9 @@ FACE_DECISION = EventType(
     Lane.P1,
     description="The counter camera's decision about one person: accepted elder id, or "
     "uncertain (with candidates), unknown, spoof, no_face, multiple_faces.",
+    # added on 2026-11-23; a decision recorded before had no look-alikes listed, could not be
+    # confirmed, and was matched on enrolled photos
+    added=(("confusable_with", ()), ("confirmable", False), ("learned_from", None)),
 )
 
 VISION_EVENT_TYPES: tuple[EventType, ...] = (FACE_DECISION,)

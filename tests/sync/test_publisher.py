@@ -21,6 +21,7 @@ from gateway.store.outbox import Page
 from gateway.sync.mqtt import Message
 from gateway.sync.publisher import PREFETCH, Publisher
 from gateway.sync.topics import Topics
+from gateway.vision.events import FACE_DECISION
 from tests.support.clock import ManualClock
 from tests.support.disk import fill
 from tests.support.events import ALARM, RECORD
@@ -41,12 +42,14 @@ class Link:
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, int]] = []
+        self.messages: list[Message] = []
         self.before_send: Callable[[int, int], None] = lambda _generation, _seq: None
 
     def send(self, msg: Message, generation: int) -> int:
         seq = int(json.loads(msg.payload)["seq"])
         self.before_send(generation, seq)
         self.sent.append((generation, seq))
+        self.messages.append(msg)
         return len(self.sent)
 
 
@@ -276,3 +279,38 @@ def test_alarms_behind_a_read_of_rows_that_do_not_open_are_sent(store: Store) ->
         eventually(lambda: (1, later) in link.sent)
     finally:
         pub.stop()
+
+
+def test_a_decision_recorded_before_its_schema_gained_fields_is_sent_meeting_it(
+    store: Store,
+) -> None:
+    """A backlog from before an upgrade: a meal record without confusable_with, confirmable
+    and learned_from failed the contract that now requires them, and a consumer that checks
+    dropped it. They are filled in with what such a record meant."""
+    old = {
+        "outcome": "accepted", "camera": "counter-1", "track": 3, "elder_id": "E-0001",
+        "score": 0.71, "margin": 0.2, "candidates": [], "frames_used": 3, "frames_seen": 5,
+        "liveness": 0.98, "reason": None, "audit_frame": False, "models": {},
+        "policy": {}, "timings_ms": {},
+    }  # fmt: skip
+    before = store.record(Event(FACE_DECISION, old))
+    recent = store.record(Event(FACE_DECISION, {**old, "learned_from": "01a2-e", "track": 4}))
+    link = Link()
+    pub = Publisher(
+        MqttSection(), store, store.reader, Topics("e", "s", "g"), send=link.send,
+        drop=lambda g, r: None, added={FACE_DECISION.name: FACE_DECISION.added},
+    )  # fmt: skip
+    pub.start()
+    try:
+        pub.link_up(1)
+        eventually(lambda: len(link.messages) == 2)
+    finally:
+        pub.stop()
+    sent = {json.loads(m.payload)["seq"]: json.loads(m.payload)["data"] for m in link.messages}
+    assert sent[before.seq] == {
+        **old,
+        "confusable_with": [],
+        "confirmable": False,
+        "learned_from": None,
+    }
+    assert sent[recent.seq]["learned_from"] == "01a2-e"  # a field it has is left as it is

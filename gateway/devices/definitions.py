@@ -25,7 +25,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from gateway.configfile import NAME_PATTERN, Strict, load_toml_model
 from gateway.devices.config import SerialFormat
 from gateway.devices.framers.checksums import CHECKSUMS, ChecksumKind
-from gateway.devices.model import Kind
+from gateway.devices.model import RESTORABLE, Kind
 
 ByteOrder = Literal["big", "little"]
 
@@ -179,6 +179,16 @@ class CodeMap(Strict):
     kind: Kind
     name: str = Field("", max_length=64, description="A label, e.g. 'tamper'.")
     restores: Kind | None = Field(None, description="With kind = 'restore': what it ends.")
+
+    @field_validator("restores")
+    @classmethod
+    def _restorable(cls, value: Kind | None) -> Kind | None:
+        """The contract lists what a restore can end; any other value would be sent in an
+        alarm.restore that a platform checking it refuses, and the alarm would stay open."""
+        if value is not None and value not in RESTORABLE:
+            allowed = ", ".join(sorted(RESTORABLE))
+            raise ValueError(f"a restore cannot end {value.value!r}; one of {allowed}")
+        return value
 
 
 EventMap = Kind | CodeMap

@@ -22,6 +22,13 @@ class Kind(StrEnum):
     IGNORE = "ignore"
 
 
+# what an alarm.restore may end (its schema's `restores`): a sighting, a band put back on or
+# another restore is not a condition that ends
+RESTORABLE = frozenset(
+    {Kind.SOS, Kind.FALL, Kind.BAND_REMOVED, Kind.BATTERY_LOW, Kind.DEVICE_ALARM, Kind.STATUS}
+)
+
+
 @dataclass(frozen=True)
 class Frame:
     data: bytes

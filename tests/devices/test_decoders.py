@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
 
 from gateway.contract import validator
 from gateway.devices.decoders.binary import BinaryDecoder
@@ -14,7 +18,7 @@ from gateway.devices.definitions import BinarySpec, CodeMap, DefinitionFile
 from gateway.devices.events import to_event
 from gateway.devices.framers.binary import encode_frame
 from gateway.devices.framers.espa import ETX
-from gateway.devices.model import Decoded, Kind
+from gateway.devices.model import RESTORABLE, Decoded, Kind
 from gateway.devices.simulate import espa_block
 from gateway.events import compact_json
 from tests.devices.conftest import definition
@@ -190,6 +194,21 @@ def test_contact_id_lines_are_checked_as_the_receiver_sends_them() -> None:
     site = {"145": CodeMap(kind=Kind.RESTORE, restores=Kind.DEVICE_ALARM, name="expander")}
     (restore,) = decode_line(with_checksum("123418314501015").encode(), site).events
     assert (restore.kind, restore.restores) == (Kind.RESTORE, Kind.DEVICE_ALARM)
+    # the restore of a code that raises nothing (a sighting) ends nothing: the contract's
+    # `restores` has no "seen", and a platform checking it would refuse the event
+    seen = {"602": CodeMap(kind=Kind.SEEN, name="periodic_test")}
+    (ended,) = decode_line(with_checksum("123418360201015").encode(), seen).events
+    assert (ended.kind, ended.restores) == (Kind.RESTORE, None)
+
+
+def test_what_a_restore_may_end_is_what_the_contract_lists() -> None:
+    schema = json.loads(
+        (Path(__file__).parents[2] / "gateway/contract/schemas/data/alarm.restore.json").read_text()
+    )
+    listed = set(schema["properties"]["restores"]["enum"]) - {None}
+    assert {kind.value for kind in RESTORABLE} == listed
+    with pytest.raises(ValidationError, match="a restore cannot end 'band_worn'"):
+        CodeMap(kind=Kind.RESTORE, restores=Kind.BAND_WORN)
 
 
 def test_sia_modifiers_before_the_event_code_with_or_without_a_slash() -> None:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 
 from gateway.devices.definitions import EventMap, as_code_map, unmapped
-from gateway.devices.model import Decoded, DeviceEvent, Kind, Reject, Scalar, rejected
+from gateway.devices.model import RESTORABLE, Decoded, DeviceEvent, Kind, Reject, Scalar, rejected
 
 QUALIFIERS = {"1": "new", "3": "restore", "6": "status"}
 _LINE = re.compile(r"^[0-9A-F]{16}$")
@@ -63,7 +63,8 @@ def cid_event(
     }
     kind, restores, name = cmap.kind, cmap.restores, cmap.name or None
     if qualifier == "3" and kind is not Kind.RESTORE:
-        kind, restores = Kind.RESTORE, cmap.kind
+        # the restore of a code that raises nothing to end (a sighting): it ends nothing
+        kind, restores = Kind.RESTORE, cmap.kind if cmap.kind in RESTORABLE else None
     elif qualifier == "6":  # "still present": a report on an alarm already raised, not a new one
         kind, name = Kind.STATUS, f"still present: {cmap.name or cmap.kind.value}"
     event = DeviceEvent(

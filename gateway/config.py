@@ -240,8 +240,12 @@ class MqttSection(Strict):
     )
     topic_prefix: str = Field(
         "eldercare",
-        pattern=r"^[A-Za-z0-9_/-]{1,64}$",
-        description="Topics are <prefix>/<site>/<gateway id>/...",
+        # levels joined by single '/': a leading, trailing or doubled one makes an empty
+        # level, which subscriptions written from the contract would not match
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        max_length=64,
+        description="Topics are <prefix>/<site>/<gateway id>/...; the prefix may have several "
+        "levels (a/b), none of them empty.",
     )
     keepalive_s: int = Field(
         30,

@@ -534,3 +534,13 @@ def test_lines_are_right_in_arrays_of_tables_within_arrays_and_for_dotted_keys(
     got = {(i.key, i.line) for i in err.value.issues}
     assert ("devices.dc09[1].keys[0].key", 14) in got
     assert ("store.lanes.p3", 17) in got
+
+
+def test_a_topic_prefix_with_an_empty_level_is_refused(tmp_path: Path) -> None:
+    """"/eldercare" or "a//b" makes an empty topic level that no subscription written from
+    the contract matches; several levels are fine."""
+    for bad in ("/eldercare", "eldercare/", "a//b"):
+        with pytest.raises(ConfigFileError, match=r"mqtt\.topic_prefix"):
+            load_config(write(tmp_path, f'[mqtt]\ntopic_prefix = "{bad}"\n'))
+    ok = load_config(write(tmp_path, '[mqtt]\ntopic_prefix = "city/eldercare"\n'))
+    assert ok.config.mqtt.topic_prefix == "city/eldercare"

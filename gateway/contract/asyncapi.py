@@ -176,7 +176,8 @@ def render(event_types: Sequence[EventType]) -> dict[str, Any]:
         "components": {
             "parameters": {
                 "prefix": {
-                    "description": "Topic prefix (config mqtt.topic_prefix).",
+                    "description": "Topic prefix (config mqtt.topic_prefix); may be several topic "
+                    "levels (a/b): subscribe with '#' or the prefix written out, not with '+'.",
                     "default": "eldercare",
                 },
                 "site": {"description": "Site id (config gateway.site)."},

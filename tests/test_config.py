@@ -537,7 +537,7 @@ def test_lines_are_right_in_arrays_of_tables_within_arrays_and_for_dotted_keys(
 
 
 def test_a_topic_prefix_with_an_empty_level_is_refused(tmp_path: Path) -> None:
-    """"/eldercare" or "a//b" makes an empty topic level that no subscription written from
+    """ "/eldercare" or "a//b" makes an empty topic level that no subscription written from
     the contract matches; several levels are fine."""
     for bad in ("/eldercare", "eldercare/", "a//b"):
         with pytest.raises(ConfigFileError, match=r"mqtt\.topic_prefix"):

@@ -1140,11 +1140,13 @@ class Store:
         added_bytes = dict.fromkeys(Lane, 0)
         session = self.session
         seq = self._next_seq
-        refusals = [
-            self._refusal(op.lane, admitted is None or admitted[k], full, alarms_only)
-            for k, (_, op) in enumerate(records)
-        ]
-        _share_lead(records, refusals)
+        refusals: list[StorageFull | None] = [None] * len(records)
+        if full or alarms_only or admitted is not None:  # the disk is short: the rare case
+            refusals = [
+                self._refusal(op.lane, admitted is None or admitted[k], full, alarms_only)
+                for k, (_, op) in enumerate(records)
+            ]
+            _share_lead(records, refusals)
         kept: list[_Record] = []  # a refused event's domain rows go with it
         for (i, op), size, refusal in zip(records, sizes, refusals, strict=True):
             lane = op.event.type.lane

@@ -251,7 +251,7 @@ class MqttLink:
         self._dropped: str | None = None
         self._timed_out = False  # paho's keepalive: the path went quiet, not the broker's doing
         self._packet_limit = cfg.max_packet_bytes
-        # per broker: a cap on batches that ended its connections (see batch_refused)
+        # per broker: a cap on batches that ended its connections (see ended_over)
         self._batch_caps: dict[Endpoint, int] = {}
         self._ends: dict[int, tuple[Endpoint, bool]] = {}  # generation -> broker, its doing
         self._strike: tuple[Endpoint, object] | None = None
@@ -358,34 +358,39 @@ class MqttLink:
         limits = [x for x in (self.cfg.max_packet_bytes, announced) if x]
         self._packet_limit = min(limits) if limits else None
 
-    def batch_refused(
-        self, generation: int, batch: object | None, topic: str, payload_bytes: int
-    ) -> None:
-        """The publisher's word on a connection that ended: ``batch`` names the oldest batch
-        still without its PUBACK, if one was sent shortly before the end. A broker with a
-        packet limit it does not announce (mosquitto's ``message_size_limit``, whose refusal
-        paho cannot read, so the connection drops; an MQTT 3.1.1 broker closes it) reads and
-        acknowledges in order up to the message it will not take: the batch sent first after
-        every reconnect would end every connection for good. Named at two ends in a row that
-        the broker caused (not the gateway's own drops, keepalive timeouts or a stop),
-        batches to that broker are capped at a quarter of its size, not below
-        ``BATCH_CAP_MIN``, until the gateway restarts. Only batches: a single event is never
-        held back on a guess, and nothing else (health, answers) is limited by it."""
+    def ended_over(
+        self, generation: int, message: object | None, topic: str, payload_bytes: int, batch: bool
+    ) -> bool:
+        """The publisher's word on a connection that ended: ``message`` names the oldest
+        message still without its PUBACK, if it was sent shortly before the end. Named at
+        two ends in a row that the broker caused (not the gateway's own drops, keepalive
+        timeouts or a stop), with nothing between, it is one the broker will not take and
+        closes the connection over rather than refusing it in a PUBACK: a packet limit it
+        does not announce (mosquitto's ``message_size_limit``, whose refusal paho cannot
+        read), an MQTT 3.1.1 broker, AWS IoT Core over a topic the gateway may not use. Sent
+        first after every reconnect, it would end every connection for good.
+
+        A batch is capped here: batches to that broker are kept under a quarter of its size,
+        not below ``BATCH_CAP_MIN``, until the gateway restarts; nothing else (health,
+        answers) is limited by it. True when capping cannot help (a single message, a batch
+        already small): the publisher holds the message's event type back, as refused, and
+        when it is sent again and the broker ends the connection over it once more, that is
+        enough."""
         with self._lock:
             ended = self._ends.get(generation)
             if ended is None or not ended[1]:
                 self._strike = None  # two in a row means with nothing between
-                return
+                return False
             endpoint = ended[0]
-            strike = None if batch is None else (endpoint, batch)
+            strike = None if message is None else (endpoint, message)
             if strike is None or strike != self._strike:
                 self._strike = strike
-                return
-            self._strike = None
+                return False
             packet = payload_bytes + len(topic.encode()) + PUBLISH_OVERHEAD
             cap = max(BATCH_CAP_MIN, packet // 4)
-            if cap >= self._batch_caps.get(endpoint, packet):
-                return
+            if not batch or cap >= self._batch_caps.get(endpoint, packet):
+                return True  # the strike stays: sent again later, one more end is enough
+            self._strike = None
             self._batch_caps[endpoint] = cap
         log.warning(
             "mqtt: %s ended two connections in a row over a batch of %d bytes before its "
@@ -396,6 +401,7 @@ class MqttLink:
             packet,
             cap,
         )
+        return False
 
     def batch_limit(self, topic: str) -> int | None:
         """The largest payload a batch on ``topic`` may have on this connection."""

@@ -18,7 +18,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -27,7 +27,7 @@ from gateway.events import LANES, Lane, StoredEvent, with_added_fields
 from gateway.lifecycle import Worker
 from gateway.logs import RateLimitedLog, raised_at
 from gateway.store import Delivered, OutboxReader, Receipt, Store, StoreClosed
-from gateway.sync.mqtt import Message, MessageTooLarge
+from gateway.sync.mqtt import BATCH_CAP_MIN, Message, MessageTooLarge
 from gateway.sync.topics import Topics
 from gateway.sync.watchdog import AlarmAckWatch
 
@@ -57,11 +57,13 @@ class InFlight(NamedTuple):
 
 @dataclass(frozen=True)
 class _Held:
-    """An event type the broker refused: not sent again before ``retry_s`` (running time);
-    ``first_seq`` is where its lane is read again from then."""
+    """An event type (or one event) the broker refused: not sent again before ``retry_s``
+    (running time), nor before ``delay_s`` into a new connection; ``first_seq`` is where its
+    lane is read again from then."""
 
     lane: Lane
     retry_s: float
+    delay_s: float
     first_seq: int
 
 
@@ -87,7 +89,7 @@ class Publisher:
         send: Callable[[Message, int], int | None],
         drop: Callable[[int, str], None],
         batch_limit: Callable[[str], int | None] = lambda _topic: None,
-        batch_refused: Callable[[int, object | None, str, int], None] = lambda *_a: None,
+        ended_over: Callable[[int, object | None, str, int, bool], bool] = lambda *_a: False,
         added: Mapping[str, tuple[tuple[str, Any], ...]] = MappingProxyType({}),
     ) -> None:
         self.cfg = cfg
@@ -99,7 +101,7 @@ class Publisher:
         self._send = send
         self._drop = drop
         self._batch_limit = batch_limit
-        self._batch_refused = batch_refused
+        self._ended_over = ended_over
         self._wake = threading.Event()
         self._settling = threading.Event()
         self._settled = threading.Event()
@@ -124,8 +126,12 @@ class Publisher:
         )
         # kept across connections: a broker may close the connection after a refusal, and the
         # refused message, sent first again, would hold up everything behind it for good
-        self._held: dict[str, _Held] = {}
-        self._refusals: dict[str, int] = {}  # event type -> refusals since it last went through
+        # held back: an event type (str), or one event (its seq) too large for the broker
+        self._held: dict[str | int, _Held] = {}
+        self._refusals: dict[str | int, int] = {}  # refusals since it last went through
+        # one message at a time until the first PUBACK: the connection before ended with
+        # messages unacknowledged, and if it ends again, it is over that one
+        self._probing = False
         self._rate_log = RateLimitedLog(log, 30)
         self._latency: dict[Lane, deque[int]] = {
             lane: deque(maxlen=LATENCY_WINDOW) for lane in Lane
@@ -251,6 +257,8 @@ class Publisher:
             if current is not None:
                 self._connection_ended(current)
             self._reset()
+            if generation is not None:
+                self._defer_held()
             current = generation
         self._drain_acks(current)
         self._retry_saves()
@@ -260,8 +268,16 @@ class Publisher:
                 self._watch_alarms(current)
         if not self._inflight and self._settling.is_set():
             self._settled.set()
-        self._wake.wait(ACK_POLL_S if self._inflight else IDLE_WAIT_S)
+        self._wake.wait(ACK_POLL_S if self._inflight else self._idle_wait())
         return current
+
+    def _idle_wait(self) -> float:
+        """Until the next turn with nothing in flight: a held event type is sent again when
+        its wait is over, not up to a second later."""
+        if not self._held:
+            return IDLE_WAIT_S
+        due = min(h.retry_s for h in self._held.values()) - self._store.steady_ms() / 1000
+        return min(IDLE_WAIT_S, max(due, ACK_POLL_S))
 
     def _reset(self) -> None:
         """A new (or no) connection: whatever was in flight is pending again."""
@@ -282,17 +298,33 @@ class Publisher:
             self._more[lane] = True
 
     def _connection_ended(self, generation: int) -> None:
-        """Tell the link which batch the connection may have ended over: the oldest batch
-        still without its PUBACK (a broker reads in order, and one that closes the connection
-        on what it will not take may lose the PUBACKs it sent just before), if it was sent
-        shortly before the end."""
+        """Tell the link which message the connection may have ended over: the oldest still
+        without its PUBACK (a broker reads in order, and one that closes the connection on
+        what it will not take may lose the PUBACKs it sent just before), if it was sent
+        shortly before the end. The next connection sends one message until the first
+        PUBACK: it cannot be lost behind another, so two ends in a row over the same message
+        are its doing, and it is then held back as one the broker refused. A small message
+        is refused for its topic, that is its event type (an ACL); one above ``BATCH_CAP_MIN``
+        bytes more likely for its size (a packet limit the broker does not announce), and
+        only that event is held back: the smaller ones of its type go on."""
         now = self._store.steady_ms()
-        batch = next((f for f in self._inflight.values() if len(f.events) > 1), None)
-        if batch is None or now - batch.sent_ms > SUSPECT_MS:
-            self._batch_refused(generation, None, "", 0)
+        oldest = next(iter(self._inflight.values()), None)
+        if oldest is None or now - oldest.sent_ms > SUSPECT_MS:
+            self._ended_over(generation, None, "", 0, False)
             return
-        key = (batch.lane, batch.events[0].seq)
-        self._batch_refused(generation, key, batch.topic, batch.size)
+        self._probing = True
+        key = (oldest.lane, oldest.events[0].seq)
+        if not self._ended_over(generation, key, oldest.topic, oldest.size, len(oldest.events) > 1):
+            return
+        if oldest.size > BATCH_CAP_MIN and len(oldest.events) == 1:
+            reason = (
+                f"the connection ended over this {oldest.size}-byte message twice in a row, "
+                "without a PUBACK; if the broker has a packet limit, set mqtt.max_packet_bytes"
+            )
+            self._rejected(oldest, reason, oldest.events[0].seq)
+        else:
+            reason = "the connection ended over it twice in a row, without a PUBACK"
+            self._rejected(oldest, reason, oldest.events[0].type)
 
     def _drain_acks(self, current: int | None) -> None:
         delivered: list[Delivered] = []
@@ -309,6 +341,7 @@ class Publisher:
             flight = self._inflight.pop(ack.mid, None)
             if flight is None:
                 continue  # status, health or a response: not from the outbox
+            self._probing = False
             self._inflight_bytes -= flight.size
             last_sent = flight.sent_ms
             if flight.lane is Lane.P0:
@@ -318,6 +351,7 @@ class Publisher:
                 continue
             if self._refusals:
                 self._refusals.pop(flight.events[0].type, None)
+                self._refusals.pop(flight.events[0].seq, None)
             latency = self._latency[flight.lane]
             for e in flight.events:
                 if e.session == session:
@@ -372,28 +406,30 @@ class Publisher:
             except StoreClosed:
                 return
 
-    def _rejected(self, flight: InFlight, reason: str) -> None:
+    def _rejected(self, flight: InFlight, reason: str, key: str | int | None = None) -> None:
         """The broker refused the message (e.g. not authorised for its topic, quota): its
         events stay pending, and that event type is held back and tried again later, with a
         growing delay, while everything else goes on past it. A broker's ACL is per topic,
         that is per event type; holding back the whole lane, or the message alone, would let
         one refused alarm type stop the other alarms, or be sent first after every reconnect
-        (a broker may close the connection after a refusal)."""
+        (a broker may close the connection after a refusal). ``key``: what is held back, the
+        message's event type unless told otherwise."""
         self.rejected += len(flight.events)
         lane = flight.lane
         etype = flight.events[0].type  # a message holds events of one type
-        refusals = self._refusals[etype] = self._refusals.get(etype, 0) + 1
+        key = etype if key is None else key
+        refusals = self._refusals[key] = self._refusals.get(key, 0) + 1
         delay = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** min(refusals, 10))
         first = min(e.seq for e in flight.events)
-        held = self._held.get(etype)
+        held = self._held.get(key)
         if held is not None:
             first = min(first, held.first_seq)
-        self._held[etype] = _Held(lane, self._store.steady_ms() / 1000 + delay, first)
+        self._held[key] = _Held(lane, self._store.steady_ms() / 1000 + delay, delay, first)
         buf = self._buffers[lane]
-        if any(e.type == etype for e in buf):
-            self._buffers[lane] = deque(e for e in buf if e.type != etype)
+        if any(key in (e.type, e.seq) for e in buf):
+            self._buffers[lane] = deque(e for e in buf if key not in (e.type, e.seq))
         self._rate_log.warning(
-            f"reject-{etype}",
+            f"reject-{key}",
             "uplink: broker refused %s %s message: %s; kept, tried again in %.1f s, the rest "
             "goes on",
             lane.name,
@@ -402,14 +438,24 @@ class Publisher:
             delay,
         )
 
-    def _release_held(self) -> None:
-        """Event types whose wait is over are sent again: their lane is read again from the
-        first of their events (what was delivered or is in flight meanwhile is left out)."""
+    def _defer_held(self) -> None:
+        """A new connection: what it carries first is everything but the refused types. A
+        broker that closed the connection over one would otherwise be sent it first again
+        whenever the reconnect took longer than the hold (both grow alike), and nothing
+        would ever get past it."""
         now_s = self._store.steady_ms() / 1000
-        for etype, held in list(self._held.items()):
+        for key, held in self._held.items():
+            self._held[key] = replace(held, retry_s=max(held.retry_s, now_s + held.delay_s))
+
+    def _release_held(self) -> None:
+        """Event types (and events) whose wait is over are sent again: their lane is read
+        again from the first of their events (what was delivered or is in flight meanwhile is
+        left out)."""
+        now_s = self._store.steady_ms() / 1000
+        for key, held in list(self._held.items()):
             if held.retry_s > now_s:
                 continue
-            del self._held[etype]
+            del self._held[key]
             lane = held.lane
             self._cursor[lane] = min(self._cursor[lane], held.first_seq - 1)
             self._buffers[lane].clear()
@@ -422,6 +468,8 @@ class Publisher:
         while not self._worker.stopping.is_set():
             lane = self._next_lane()
             if lane is None or (lane is not Lane.P0 and self._settling.is_set()):
+                return
+            if self._probing and self._inflight:
                 return
             if lane is Lane.P0:
                 if len(self._inflight) >= self.cfg.inflight_window + self.cfg.p0_reserved:
@@ -507,7 +555,7 @@ class Publisher:
             buf.extend(
                 with_added_fields(e, added[e.type]) if e.type in added else e
                 for e in page.events
-                if e.seq not in skip and e.type not in held
+                if e.seq not in skip and e.type not in held and e.seq not in held
             )
             if page.last_seq is not None:
                 self._cursor[lane] = page.last_seq

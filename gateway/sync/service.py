@@ -155,7 +155,7 @@ class Sync:
             send=self.link.publish,
             drop=self.link.drop,
             batch_limit=self.link.batch_limit,
-            batch_refused=self.link.batch_refused,
+            ended_over=self.link.ended_over,
             added={t.name: t.added for t in EVENT_TYPES if t.added},
         )
         builtin = [

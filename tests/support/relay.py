@@ -1,6 +1,7 @@
 """A TCP relay between the gateway and the broker that fails the way networks do without
 telling either end: a frozen path (bytes vanish, nothing is reset, like a mobile NAT that has
-forgotten us) or a slow way back."""
+forgotten us) or a slow way back; or as a broker does that closes the connection over a message
+it will not take, without a word (AWS IoT Core over an unauthorised topic)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,14 @@ class _Path:
 
 
 class Relay:
-    def __init__(self, target_port: int, *, delay_back_s: float = 0.0) -> None:
+    def __init__(
+        self, target_port: int, *, delay_back_s: float = 0.0, cut_on: bytes | None = None
+    ) -> None:
+        """``cut_on``: the gateway's bytes that close the connection at once, unforwarded."""
         self.target_port = target_port
         self.delay_back_s = delay_back_s
+        self.cut_on = cut_on
+        self.cuts = 0
         self.accepted = 0
         self._server = socket.create_server(("127.0.0.1", 0))  # no window for another to take
         self.port = int(self._server.getsockname()[1])
@@ -114,6 +120,12 @@ class Relay:
                 except OSError:
                     data = b""
                 if not data:
+                    due.put((0.0, b""))
+                    return
+                if src is path.client and self.cut_on is not None and self.cut_on in data:
+                    with self._lock:
+                        self.cuts += 1
+                    path.close()
                     due.put((0.0, b""))
                     return
                 if not path.frozen.is_set():

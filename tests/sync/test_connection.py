@@ -288,6 +288,44 @@ def test_a_refused_alarm_type_does_not_hold_up_the_alarms_records_and_sightings_
         broker.stop()
 
 
+def test_a_broker_that_closes_the_connection_over_an_alarm_type_without_a_puback(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """AWS IoT Core closes the connection over a message to a topic the gateway may not use,
+    and says nothing: the message sent first after every reconnect would end every
+    connection. After it has ended two in a row, its type is held back like a refused one; the
+    other alarms, the records and the telemetry go on, and it stays pending. Each later try
+    comes after the rest and costs one connection, not two."""
+    fall = EventType("test.fall", Lane.P0)
+    relay = Relay(mosquitto.port, cut_on=b"/event/test.fall")
+    sub = Subscriber(mosquitto.port)
+    try:
+        mqtt = {
+            "brokers": [f"mqtt://127.0.0.1:{relay.port}"],
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 30,
+        }
+        with running(config(tmp_path / "var", None, mqtt=mqtt)) as gw:
+            assert gw.sync is not None
+            publisher = gw.sync.publisher
+            gw.store.record(Event(fall, {"n": "cut"}))
+            sent = [gw.store.record(Event(t, {"n": t.name})) for t in (ALARM, RECORD, TELEMETRY)]
+            sub.wait_for(lambda _m: {e.event_id for e in sent} <= sub.event_ids())
+            assert publisher.rejected >= 1
+            eventually(lambda: gw.store.usage[Lane.P0].count == 1)
+            # tried again 0.2 s, 0.4 s, 0.8 s, 1.6 s into the connections after: one connection
+            # each. At first, the connection that named another message whose PUBACK it lost,
+            # and two that named it; and one more if paho, seeing the connection end as the
+            # message left, said it was not sent (it is then not taken for in flight)
+            eventually(lambda: publisher.rejected >= 4, timeout=15)
+            eventually(lambda: relay.cuts <= publisher.rejected + 3)
+            later = gw.store.record(Event(ALARM, {"n": "later"}))
+            sub.wait_for(lambda _m: later.event_id in sub.event_ids())
+    finally:
+        sub.close()
+        relay.close()
+
+
 def test_a_refused_request_subscription_is_told_in_the_log_and_health(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -527,6 +565,32 @@ def test_connections_that_end_at_once_without_delivering_anything_back_off(
             # the delays double from 0.1-0.2 s: at most 7 more connections fit in 6 s
             assert link.connects <= 9, link.connects
     finally:
+        broker.stop()
+
+
+def test_a_record_above_a_limit_the_broker_does_not_announce_holds_up_nothing_behind_it(
+    tmp_path: Path,
+) -> None:
+    """An MQTT 3.1.1 mosquitto closes the connection over a packet above its
+    ``max_packet_size`` and cannot say why: sent first after every reconnect, the record
+    kept every record and alarm behind it from the platform. It is held back alone (the
+    smaller records of its type go on) and stays pending."""
+    broker = Mosquitto(tmp_path, port=free_port())
+    broker.extra_conf = f"listener {broker.port} 127.0.0.1\nallow_anonymous true\n"
+    broker.extra_conf += "max_packet_size 4096\n"
+    broker.start()
+    sub = Subscriber(broker.port)
+    mqtt = {"protocol": "3.1.1", "reconnect_min_s": 0.2, "reconnect_max_s": 4.0}
+    try:
+        with running(config(tmp_path / "var", broker.port, mqtt=mqtt)) as gw:
+            assert gw.sync is not None
+            eventually(lambda: gw.sync is not None and gw.sync.link.connects == 1)
+            gw.store.record(Event(RECORD, {"text": "x" * 6000}))
+            after = [gw.store.record(Event(t, {"n": "after"})) for t in (RECORD, ALARM)]
+            sub.wait_for(lambda _m: {e.event_id for e in after} <= sub.event_ids())
+            eventually(lambda: gw.store.usage[Lane.P1].count == 1)
+    finally:
+        sub.close()
         broker.stop()
 
 

@@ -1,8 +1,9 @@
 """Time sources.
 
 A Pi has no RTC: until NTP has set the clock, the wall time may be days off. Events therefore
-say whether the clock was synchronised when they were stamped, and nothing in the gateway orders
-or keeps data by the wall clock: ordering uses ``seq``, ages use a steady clock (see Store).
+say whether the clock was synchronised when they were stamped (those still waiting are dated
+again once it is: see ``Store.check_clock``), and nothing in the gateway orders or keeps data
+by the wall clock: ordering uses ``seq``, ages use a steady clock (see Store).
 Audit frames also consult the wall clock, and only ever to delete earlier.
 """
 

@@ -392,7 +392,9 @@ class Store:
         )
         self._checkpointer = Periodic("store-checkpoint", CHECKPOINT_INTERVAL_S, self.checkpoint)
         # every event says whether the clock was synchronised: asked at [clock] check_interval_s
-        self._clock_check = Periodic("clock-check", clock_sync.interval_s, clock_sync.refresh)
+        self._clock_check = Periodic("clock-check", clock_sync.interval_s, self.check_clock)
+        self._first_seq = 1  # of this session
+        self.redated = 0  # re-dating commits: a reader holding rows in memory reads them again
         self._checkpoint_conn: sqlite3.Connection | None = None
         self.checkpoints = 0
         # set by the writer after a commit, cleared by the checkpointer once the WAL is empty
@@ -476,6 +478,7 @@ class Store:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             max_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             self._next_seq = max(int(meta.get("next_seq", 1)), int(max_seq) + 1)
+            self._first_seq = self._next_seq
             self._steady_base = int(meta.get("steady_ms", 0))
             self._steady_saved = self._steady_base
             self._mono_at_open = self._clock.monotonic_ms()
@@ -621,6 +624,41 @@ class Store:
         days when NTP first syncs. Time while powered off does not count.
         """
         return self._steady_base + self._clock.monotonic_ms() - self._mono_at_open
+
+    def check_clock(self) -> None:
+        """Ask whether the wall clock is synchronised. When it has just become so, the events
+        this session stamped before are dated again, from the running time since each: a Pi
+        that booted with yesterday's time (fake-hwclock) and NTP late would otherwise send the
+        morning's meals dated yesterday evening, and they may wait hours in the outbox, so
+        the platform cannot date them by arrival either. Rows of earlier sessions stay as
+        they are: the time the gateway was off is not known."""
+        was = self._sync.synced
+        if self._sync.refresh() and not was:
+            try:
+                self.write(self._redate).add_done_callback(self._redated)
+            except StoreClosed:
+                return
+
+    def _redate(self, conn: sqlite3.Connection) -> int:
+        wall, steady = self._clock.wall_ms(), self.steady_ms()
+        return conn.execute(
+            "UPDATE events SET ts_ms = ? - (? - steady_ms), clock_synced = 1"
+            " WHERE seq >= ? AND clock_synced = 0",
+            (wall, steady, self._first_seq),
+        ).rowcount
+
+    def _redated(self, receipt: Receipt[int]) -> None:
+        if receipt.exception() is not None:
+            log.warning(
+                "store: events stamped before the clock was set keep their time: %s",
+                receipt.exception(),
+            )
+            return
+        if receipt.result():
+            log.info(
+                "store: %d events stamped before the clock was set dated again", receipt.result()
+            )
+            self.redated += 1
 
     # ---- reading back -----------------------------------------------------------------------
 

@@ -132,6 +132,7 @@ class Publisher:
         # one message at a time until the first PUBACK: the connection before ended with
         # messages unacknowledged, and if it ends again, it is over that one
         self._probing = False
+        self._redated = 0  # the store's count of re-datings, when the lanes were last read
         self._rate_log = RateLimitedLog(log, 30)
         self._latency: dict[Lane, deque[int]] = {
             lane: deque(maxlen=LATENCY_WINDOW) for lane in Lane
@@ -262,6 +263,10 @@ class Publisher:
             current = generation
         self._drain_acks(current)
         self._retry_saves()
+        if self._store.redated != self._redated:
+            # events read ahead with the time of a clock not yet set: read them again
+            self._redated = self._store.redated
+            self._rewind()
         if current is not None:
             self._fill_window(current)
             if self._alarms_sent:

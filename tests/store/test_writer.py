@@ -461,6 +461,40 @@ def test_events_say_the_clock_is_synchronised_within_check_interval_s(
         store.stop()
 
 
+def test_events_stamped_before_the_clock_was_set_are_dated_again_once_it_is(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Pi booted with yesterday evening's time (fake-hwclock) and NTP answered only at
+    08:00: the meal served at 07:50 is sent dated 07:50, not the evening before. An event of
+    an earlier session cannot be dated again (the time the gateway was off is not known)."""
+    state = {"synced": False}
+    monkeypatch.setattr(clock_module, "probe", lambda _source: state["synced"])  # adjtimex
+    section = StoreSection.model_validate({"housekeeping_interval_s": 3600})
+    path = tmp_path / "g.db"
+    earlier_session = Store(section, path, clock, ClockSync("kernel", 3600))
+    earlier_session.start()
+    old = earlier_session.record(Event(MEAL, {"elder": "E0"}))
+    earlier_session.stop()
+    store = Store(section, path, clock, ClockSync("kernel", 3600))
+    store.start()
+    try:
+        meal = store.record(Event(MEAL, {"elder": "E1"}))
+        assert meal.clock_synced is False
+        clock.advance(10 * 60_000)
+        clock.step_wall(12 * 3_600_000)  # NTP: the clock was 12 hours behind
+        state["synced"] = True
+        store.check_clock()
+        eventually(lambda: store.redated == 1)
+        rows = {e.seq: e for e in store.reader().read(Lane.P1, 0, 10).events}
+        assert rows[meal.seq].clock_synced is True
+        assert rows[meal.seq].ts_ms == clock.wall_ms() - 10 * 60_000
+        assert (rows[old.seq].ts_ms, rows[old.seq].clock_synced) == (old.ts_ms, False)
+        store.check_clock()  # still synchronised: nothing to date again
+        assert store.redated == 1
+    finally:
+        store.stop()
+
+
 def test_one_damaged_recent_event_does_not_hide_the_older_ones(make_store: StoreFactory) -> None:
     """What a restart remembers (the elders settled in the last minute) is read newest first:
     a row that does not open (damaged on the card) is passed over, not the end of the read."""

@@ -23,3 +23,8 @@ class ManualClock:
         with self._lock:
             self._wall += ms
             self._mono += ms
+
+    def step_wall(self, ms: int) -> None:
+        """NTP setting the wall clock: running time goes on as it was."""
+        with self._lock:
+            self._wall += ms

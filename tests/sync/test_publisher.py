@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.clock as clock_module
 from gateway.clock import ClockSync
 from gateway.config import MqttSection, StoreSection
 from gateway.events import Event, Lane, StoredEvent
@@ -87,6 +88,39 @@ def test_a_puback_that_came_just_before_the_connection_ended_is_kept(store: Stor
         assert pub.events_acked == 1
     finally:
         release.set()
+        pub.stop()
+
+
+def test_events_read_ahead_before_the_clock_was_set_go_out_dated_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog read ahead while the clock was not set is read again once the store has
+    dated it again: it does not go out with the old time."""
+    first, second = (store.record(Event(RECORD, {"n": n})) for n in range(2))
+    link = Link()
+    one_at_a_time = MqttSection(inflight_window=1)
+    pub = Publisher(
+        one_at_a_time,
+        store,
+        store.reader,
+        Topics("e", "s", "g"),
+        send=link.send,
+        drop=lambda g, r: None,
+    )
+    pub.start()
+    try:
+        pub.link_up(1)
+        eventually(lambda: len(link.sent) == 1)  # the second is read ahead, waiting its turn
+        monkeypatch.setattr(clock_module, "probe", lambda _source: True)
+        store.check_clock()
+        eventually(lambda: store.redated == 1)
+        pub.puback(1, 1, True, "Success")
+        eventually(lambda: len(link.sent) == 2)
+        sent = json.loads(link.messages[1].payload)
+        assert (sent["seq"], sent["clock_synced"]) == (second.seq, True)
+        before = json.loads(link.messages[0].payload)  # sent before: as it was then
+        assert (before["seq"], before["clock_synced"]) == (first.seq, False)
+    finally:
         pub.stop()
 
 

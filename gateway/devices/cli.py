@@ -214,17 +214,33 @@ def cmd_dc09(args: argparse.Namespace) -> int:
 
     key = bytes.fromhex(args.key) if args.key else None
     panel = Dc09Transmitter(args.host, args.port, args.account, udp=args.udp, key=key)
+    failed = 0
     try:
         for i in range(args.count):
-            reply = panel.link_test() if i % 5 == 4 else panel.cid("1", "101", f"{i % 8:03d}")
-            print(reply.decode("latin-1").strip(), file=sys.stderr)
+            raw = (
+                panel.message("NULL", "")
+                if i % 5 == 4
+                else panel.cid_message("1", "101", f"{i % 8:03d}")
+            )
+            # a panel keeps a message until the receiver answers: the same bytes, same seq
+            for attempt in range(1, args.tries + 1):
+                try:
+                    reply = panel.exchange(raw)
+                except (OSError, TimeoutError) as exc:
+                    panel.close()
+                    again = ", trying again" if attempt < args.tries else ", given up"
+                    print(f"message {i + 1}: {exc}{again}", file=sys.stderr)
+                    if attempt < args.tries:
+                        time.sleep(min(2.0**attempt, 30.0))
+                    continue
+                print(reply.decode("latin-1").strip(), file=sys.stderr)
+                break
+            else:
+                failed += 1
             time.sleep(args.interval)
-    except (OSError, TimeoutError) as exc:
-        print(f"dc09: {exc}", file=sys.stderr)
-        return EXIT_FAIL
     finally:
         panel.close()
-    return EXIT_OK
+    return EXIT_OK if failed == 0 else EXIT_FAIL
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -277,4 +293,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--key", help="AES key as hex (encrypts the messages)")
     d.add_argument("--count", type=at_least_one, default=10)
     d.add_argument("--interval", type=positive, default=1.0)
+    d.add_argument("--tries", type=at_least_one, default=5, help="of each message, until a reply")
     d.set_defaults(func=_simulator(cmd_dc09))

@@ -389,9 +389,12 @@ class Dc09Transmitter:
             reply += chunk
         return reply
 
+    def cid_message(self, qualifier: str, code: str, zone: str, group: str = "01") -> bytes:
+        """A Contact ID event, with the next seq: its retries send these very bytes."""
+        return self.message("ADM-CID", f"#{self.account}|{qualifier}{code} {group} {zone}")
+
     def cid(self, qualifier: str, code: str, zone: str, group: str = "01") -> bytes:
-        data = f"#{self.account}|{qualifier}{code} {group} {zone}"
-        return self.exchange(self.message("ADM-CID", data))
+        return self.exchange(self.cid_message(qualifier, code, zone, group))
 
     def link_test(self) -> bytes:
         return self.exchange(self.message("NULL", ""))

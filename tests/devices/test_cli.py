@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,27 @@ def test_ctrl_c_ends_a_simulator_without_a_traceback() -> None:
             _, err = panel.communicate(timeout=10)
     assert panel.returncode == EXIT_INTERRUPTED
     assert "Traceback" not in err
+
+
+def test_the_simulated_alarm_panel_sends_a_message_again_until_the_receiver_answers() -> None:
+    """A receiver that closes the connection over a message (a restart, a slow commit) does
+    not end the demo's alarm panel for good: as a panel does, it sends the same message, the
+    same seq, until it gets an answer."""
+    received: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as receiver:
+        port = receiver.getsockname()[1]
+
+        def serve() -> None:
+            for answered in (False, False, True):
+                conn, _ = receiver.accept()
+                with conn:
+                    received.append(conn.recv(4096))
+                    if answered:
+                        conn.sendall(b'"ACK"0001R0L0#1234[]\r')
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        argv = ["simulate", "dc09", "--port", str(port), "--count", "1", "--interval", "0.01"]
+        assert main(argv) == 0
+        server.join(5)
+    assert len(received) == 3 and len(set(received)) == 1

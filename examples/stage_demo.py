@@ -13,6 +13,9 @@ from pathlib import Path
 
 ENROLLED = 12
 STRANGERS = 4
+COUNTER_PHOTO = 3  # the fourth photo of each enrolled person: neither of the two enrolled
+# Adam_Sandler_0004 has a second face beside his (the counter would say multiple_faces, rightly)
+COUNTER_PHOTO_OF = {"Adam_Sandler": 2}
 
 
 def link(src: Path, dst: Path) -> None:
@@ -35,7 +38,8 @@ def main() -> int:
         photos = sorted(person.glob("*.jpg"))
         for photo in photos[:2]:
             link(photo, demo / "enrol" / f"E-{n:04d}" / photo.name.split("_")[-1])
-        link(photos[3], counter / f"{2 * n:03d}-E-{n:04d}.jpg")
+        shown = photos[COUNTER_PHOTO_OF.get(person.name, COUNTER_PHOTO)]
+        link(shown, counter / f"{2 * n:03d}-E-{n:04d}.jpg")
     for k, person in enumerate(people[ENROLLED : ENROLLED + STRANGERS], start=1):
         link(sorted(person.glob("*.jpg"))[0], counter / f"{2 * k + 1:03d}-stranger.jpg")
     for name in ("image_F1.jpg", "image_F2.jpg"):

@@ -378,8 +378,16 @@ def test_a_response_not_stored_in_time_is_taken_back_and_said_so(
     ):
         downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-0"}')
         eventually(lambda: len(sent) == 1)  # the worker is past its start
-        release = threading.Event()
-        held = downlink._store.write(lambda _conn: release.wait(10))
+        release, holding = threading.Event(), threading.Event()
+
+        def hold(_conn: sqlite3.Connection) -> bool:
+            holding.set()
+            return release.wait(10)
+
+        held = downlink._store.write(hold)
+        # in its own commit, before t-1 comes: queued with it, t-1 would join that commit,
+        # which is waited for (not taken back) and ends only as the hold times out
+        assert holding.wait(10)
         downlink.received("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
         eventually(lambda: len(sent) == 2)
         release.set()

@@ -63,6 +63,7 @@ class Traffic:
         self.repeats = repeats
         self.alarm_p = alarms_per_hour / 3600
         self.station = f"{self.rng.getrandbits(48):012X}"
+        self.alarm_kinds = alarm_kinds(definition)
 
     def tick(self, interval_s: float) -> Iterator[Sent]:
         """One interval's transmissions, in a shuffled order."""
@@ -72,8 +73,8 @@ class Traffic:
             yield Sent(Kind.STATUS, "", 0, self._gateway_line())
         for band in order:
             kind = Kind.SEEN
-            if self.rng.random() < self.alarm_p * interval_s:
-                kind = self.rng.choice(ALARM_KINDS)
+            if self.alarm_kinds and self.rng.random() < self.alarm_p * interval_s:
+                kind = self.rng.choice(self.alarm_kinds)
             yield from self.transmit(band, kind)
 
     def transmit(self, band: str, kind: Kind) -> Iterator[Sent]:
@@ -93,14 +94,41 @@ class Traffic:
         return json.dumps({"type": "Gateway", "mac": self.station}).encode() + b"\n"
 
     def _bthome_line(self, band: str, kind: Kind, seq: int) -> bytes:
-        battery = 15 if kind is Kind.BATTERY_LOW else self.rng.randint(40, 100)
-        service = bytes([0xD2, 0xFC, 0x40, 0x00, seq, 0x01, battery])
-        if kind in (Kind.SOS, Kind.FALL):
-            service += bytes([0x3A, 0x01 if kind is Kind.SOS else 0x04])
+        service = bytes([0xD2, 0xFC, 0x40, 0x00, seq, 0x01, self.rng.randint(40, 100)])
+        if kind is not Kind.SEEN:
+            service += bytes([0x3A, _bthome_button(self.definition, kind)])
         raw = bytes([2, 1, 6, len(service) + 1, 0x16]) + service
         obj = {"timestamp": int(time.time()), "mac": band, "rssi": self.rng.randint(-90, -40)}
         obj["rawData"] = raw.hex().upper()
         return json.dumps(obj).encode() + b"\n"
+
+
+def alarm_kinds(definition: DefinitionFile) -> tuple[Kind, ...]:
+    """The alarms a station of this definition can send: those it maps. A kind it does not
+    map would reach the gateway as something else (a plain sighting), and the simulator
+    would report an alarm that never was."""
+    kinds = []
+    for kind in ALARM_KINDS:
+        try:
+            if definition.binary is not None:
+                _message_for(definition.binary, kind)
+            elif definition.jsonlines is not None:
+                _bthome_button(definition, kind)
+            else:
+                continue
+        except ValueError:
+            continue
+        kinds.append(kind)
+    return tuple(kinds)
+
+
+def _bthome_button(definition: DefinitionFile, kind: Kind) -> int:
+    """The BTHome button event the definition maps to ``kind``."""
+    assert definition.jsonlines is not None
+    for value, mapped in definition.jsonlines.bthome_buttons.items():
+        if as_code_map(mapped).kind is kind:
+            return int(value)
+    raise ValueError(f"the definition has no button event for {kind.value}")
 
 
 def _message_for(spec: BinarySpec, kind: Kind) -> tuple[MessageSpec, int | None]:

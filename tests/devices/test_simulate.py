@@ -8,11 +8,16 @@ import threading
 import tty
 from pathlib import Path
 
+import pytest
+
 from gateway.devices.config import Dc09Receiver
 from gateway.devices.dc09 import Dc09Service
+from gateway.devices.decode import decode_capture
 from gateway.devices.decoders import dc09
+from gateway.devices.events import TYPE_OF_KIND
 from gateway.devices.framers.espa import ACK, ENQ, NAK
-from gateway.devices.simulate import Dc09Transmitter, EspaMaster
+from gateway.devices.model import Kind
+from gateway.devices.simulate import Dc09Transmitter, EspaMaster, Traffic
 from gateway.store import Store
 from tests.devices.conftest import definition, stored
 from tests.devices.support import Pty
@@ -63,3 +68,19 @@ def test_a_late_answer_is_not_taken_for_the_next_selection(tmp_path: Path) -> No
     finally:
         os.close(pager)
         pty.close()
+
+
+@pytest.mark.parametrize("name", ["aa55-reference", "minew-ble-jsonlines"])
+def test_each_alarm_a_simulated_station_sends_is_recorded_as_that_alarm(name: str) -> None:
+    """A BLE gateway's bands signal by button: a fall it has no button for was sent as an
+    SOS, and a band taken off as a plain sighting, while the simulator reported them sent."""
+    traffic = Traffic(definition(name), bands=4, repeats=1)
+    kinds = traffic.alarm_kinds
+    assert Kind.SOS in kinds
+    station = b"".join(s.frame for s in traffic.tick(1.0) if s.kind is Kind.STATUS)
+    for kind in kinds:
+        frame = b"".join(s.frame for s in traffic.transmit(traffic.bands[0], kind))
+        decoded = decode_capture(definition(name), station + frame)
+        # a BLE advert with a button press is a sighting as well
+        alarms = [e["type"] for e in decoded if e["type"] != TYPE_OF_KIND[Kind.SEEN].name]
+        assert alarms == [TYPE_OF_KIND[kind].name], kind

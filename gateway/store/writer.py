@@ -54,6 +54,7 @@ PURGE_SQL = (
 )
 T = TypeVar("T")
 CHECKPOINT_INTERVAL_S = 1.0  # how often the checkpointer looks
+REDATE_SEQS = 2000  # events dated again per commit once the clock is set
 # A checkpoint copies every page changed since the last one into the database file: once a
 # second, a trickle of sightings had each page written twice. Now once the rows since the last
 # checkpoint could make the WAL a few MB (a backlog, a burst), otherwise every 30 s.
@@ -634,31 +635,38 @@ class Store:
         they are: the time the gateway was off is not known."""
         was = self._sync.synced
         if self._sync.refresh() and not was:
-            try:
-                self.write(self._redate).add_done_callback(self._redated)
-            except StoreClosed:
-                return
+            offset = self._clock.wall_ms() - self.steady_ms()
+            self._redate_from(self._first_seq, self._next_seq, offset, 0)
 
-    def _redate(self, conn: sqlite3.Connection) -> int:
-        wall, steady = self._clock.wall_ms(), self.steady_ms()
-        return conn.execute(
-            "UPDATE events SET ts_ms = ? - (? - steady_ms), clock_synced = 1"
-            " WHERE seq >= ? AND clock_synced = 0",
-            (wall, steady, self._first_seq),
-        ).rowcount
+    def _redate_from(self, first: int, end: int, offset: int, done: int) -> None:
+        """Seqs ``first`` to ``end`` (excluded), ``REDATE_SEQS`` a commit: hours offline can
+        leave hundreds of thousands of rows, and an alarm must not wait for them all."""
+        last = min(end, first + REDATE_SEQS)
 
-    def _redated(self, receipt: Receipt[int]) -> None:
-        if receipt.exception() is not None:
-            log.warning(
-                "store: events stamped before the clock was set keep their time: %s",
-                receipt.exception(),
-            )
+        def redate(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE events SET ts_ms = steady_ms + ?, clock_synced = 1"
+                " WHERE seq >= ? AND seq < ? AND clock_synced = 0",
+                (offset, first, last),
+            ).rowcount
+
+        def then(receipt: Receipt[int]) -> None:
+            failed = receipt.exception()
+            if failed is not None:
+                log.warning("store: events stamped before the clock was set keep it: %s", failed)
+            elif last < end:
+                self._redate_from(last, end, offset, done + receipt.result())
+            elif done + receipt.result():
+                log.info(
+                    "store: %d events stamped before the clock was set dated again",
+                    done + receipt.result(),
+                )
+                self.redated += 1
+
+        try:
+            self.write(redate).add_done_callback(then)
+        except StoreClosed:
             return
-        if receipt.result():
-            log.info(
-                "store: %d events stamped before the clock was set dated again", receipt.result()
-            )
-            self.redated += 1
 
     # ---- reading back -----------------------------------------------------------------------
 

@@ -495,6 +495,31 @@ def test_events_stamped_before_the_clock_was_set_are_dated_again_once_it_is(
         store.stop()
 
 
+def test_a_long_backlog_is_dated_again_in_short_commits_all_of_it(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hours offline before NTP leave many rows: they are dated again in commits of
+    REDATE_SEQS (an alarm waits for one at most), one after the other to the last."""
+    monkeypatch.setattr(writer, "REDATE_SEQS", 10)
+    state = {"synced": False}
+    monkeypatch.setattr(clock_module, "probe", lambda _source: state["synced"])
+    section = StoreSection.model_validate({"housekeeping_interval_s": 3600})
+    store = Store(section, tmp_path / "g.db", clock, ClockSync("kernel", 3600))
+    store.start()
+    try:
+        backlog = store.wait([store.submit(Event(SEEN, {"n": n})) for n in range(95)], 10)
+        clock.advance(60_000)
+        clock.step_wall(3_600_000)
+        state["synced"] = True
+        store.check_clock()
+        eventually(lambda: store.redated == 1)
+        rows = store.reader().read(Lane.P2, 0, 200).events
+        assert len(rows) == 95 and all(e.clock_synced for e in rows)
+        assert [e.ts_ms for e in rows] == [e.ts_ms + 3_600_000 for e in backlog]
+    finally:
+        store.stop()
+
+
 def test_one_damaged_recent_event_does_not_hide_the_older_ones(make_store: StoreFactory) -> None:
     """What a restart remembers (the elders settled in the last minute) is read newest first:
     a row that does not open (damaged on the card) is passed over, not the end of the read."""

@@ -54,9 +54,19 @@ class Link:
         return len(self.sent)
 
 
-def publisher(store: Store, link: Link, reader: Callable[[], OutboxReader]) -> Publisher:
+def publisher(
+    store: Store,
+    link: Link,
+    reader: Callable[[], OutboxReader],
+    cfg: MqttSection | None = None,
+) -> Publisher:
     return Publisher(
-        MqttSection(), store, reader, Topics("e", "s", "g"), send=link.send, drop=lambda g, r: None
+        cfg or MqttSection(),
+        store,
+        reader,
+        Topics("e", "s", "g"),
+        send=link.send,
+        drop=lambda g, r: None,
     )
 
 
@@ -98,15 +108,7 @@ def test_events_read_ahead_before_the_clock_was_set_go_out_dated_again(
     dated it again: it does not go out with the old time."""
     first, second = (store.record(Event(RECORD, {"n": n})) for n in range(2))
     link = Link()
-    one_at_a_time = MqttSection(inflight_window=1)
-    pub = Publisher(
-        one_at_a_time,
-        store,
-        store.reader,
-        Topics("e", "s", "g"),
-        send=link.send,
-        drop=lambda g, r: None,
-    )
+    pub = publisher(store, link, store.reader, MqttSection(inflight_window=1))
     pub.start()
     try:
         pub.link_up(1)

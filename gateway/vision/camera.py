@@ -272,6 +272,7 @@ class CameraStats:
     dropped: int = 0
     reopens: int = 0
     source_errors: int = 0  # unexpected exceptions from the source (driver, folder): reopened
+    freezes: int = 0  # a live camera found sending one picture over and over: reopened
 
     def usable(self, raw: np.ndarray | None) -> np.ndarray | None:
         """The frame as 8-bit BGR, or None after counting why it is not usable."""
@@ -285,6 +286,41 @@ class CameraStats:
             return None
         self.frames += 1
         return image
+
+
+class FreezeWatch:
+    """Whether a live camera keeps sending one picture. A sensor's noise makes every real frame
+    differ from the one before, so the same bytes for ``frozen_s`` are a stream stuck on its
+    last picture (an RTSP encoder or a USB driver that hung), not a still scene. The picture
+    found frozen is kept across reopens: a camera that comes back with it is still frozen."""
+
+    def __init__(self, frozen_s: float) -> None:
+        self.frozen_s = frozen_s
+        self.frozen: np.ndarray | None = None
+        self._last: np.ndarray | None = None
+        self._since = 0.0
+
+    def restart(self) -> None:
+        self._last = None
+
+    def still_frozen(self, image: np.ndarray) -> bool:
+        """The frozen picture again (not a new frame); a different one ends the freeze."""
+        if self.frozen is None:
+            return False
+        if np.array_equal(image, self.frozen):
+            return True
+        self.frozen = None
+        return False
+
+    def froze(self, image: np.ndarray, now: float) -> bool:
+        """This frame makes ``frozen_s`` of one picture."""
+        if self._last is None or not np.array_equal(image, self._last):
+            self._last, self._since = image, now
+            return False
+        if now - self._since < self.frozen_s:
+            return False
+        self.frozen, self._last = image, None
+        return True
 
 
 class Lockstep:
@@ -368,6 +404,9 @@ class CameraReader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_frame_at = 0.0
+        # a file or folder may hold one picture for long on purpose; only live cameras freeze
+        live = cfg.frozen_s > 0 and not source.paced
+        self._freeze = FreezeWatch(cfg.frozen_s) if live else None
 
     def start(self) -> None:
         self._stop.clear()
@@ -443,7 +482,7 @@ class CameraReader:
                 delay = min(delay * 2, self.cfg.reopen_max_s)
                 self.stats.reopens += 1
                 continue
-            frames = self.stats.frames
+            published = self._seq
             try:
                 ended = self._stream()
             except Exception as exc:  # the thread must outlive any source: reopen it
@@ -458,7 +497,7 @@ class CameraReader:
                     self.ended = True
                     self._cond.notify_all()
                 return
-            if self.stats.frames > frames:  # it streamed: a new loss starts the backoff anew
+            if self._seq > published:  # it streamed: a new loss starts the backoff anew
                 delay = self.cfg.reopen_min_s
             if self._stop.wait(delay):
                 break
@@ -481,9 +520,13 @@ class CameraReader:
         """Read until stopped, ended (True) or stalled. A frame that is unusable (zero-size,
         odd pixel type) counts as no frame: a driver sending only those is a stalled camera.
         An opened camera is ``streaming`` only once a frame arrives: one that connects and
-        then sends nothing stays ``opening`` or ``lost`` in health."""
+        then sends nothing stays ``opening`` or ``lost`` in health. A frozen picture is no new
+        frame either: it is not analysed, and a camera that keeps sending it stays ``lost``."""
         interval = 1.0 / self.cfg.fps
         waiting_since = self.clock()
+        freeze = self._freeze
+        if freeze is not None:
+            freeze.restart()
         while not self._stop.is_set():
             started = self.clock()
             try:
@@ -493,13 +536,18 @@ class CameraReader:
             if self._stop.is_set():  # a read that returned after the stop gave up on it
                 break
             image = self.stats.usable(raw)
-            if image is None:
+            if image is None or (freeze is not None and freeze.still_frozen(image)):
                 if self.clock() - waiting_since > self.cfg.stall_s:
-                    what = "frame" if raw is None else "usable frame"
-                    self._lost(f"no {what} for {self.cfg.stall_s:g} s")
+                    if image is None:  # a frozen camera keeps its reason while it is reopened
+                        what = "frame" if raw is None else "usable frame"
+                        self._lost(f"no {what} for {self.cfg.stall_s:g} s")
                     return False
                 self._stop.wait(min(interval, 0.05))
                 continue
+            if freeze is not None and freeze.froze(image, self.clock()):
+                self.stats.freezes += 1
+                self._lost(f"the picture has not changed for {self.cfg.frozen_s:g} s")
+                return False
             self._publish(image, decode_s)
             waiting_since = self._last_frame_at
             self.state = "streaming"

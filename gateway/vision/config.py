@@ -79,6 +79,14 @@ class CameraSection(Strict):
     connect_timeout_s: float = Field(
         10.0, gt=0, le=600, description="Network camera: longest wait to connect to the stream."
     )
+    frozen_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Live camera: the same picture, byte for byte, for this long is a frozen "
+        "stream (a real sensor's noise changes every frame): the camera is reported lost and "
+        "reopened, and stays lost until the picture changes. 0: not checked.",
+    )
 
     @model_validator(mode="after")
     def _backoff(self) -> CameraSection:

@@ -15,22 +15,28 @@ BOUNDARY = b"frame"
 
 
 class CameraServer:
-    """What every test camera has: one picture, a password, a switch to stop sending."""
+    """What every test camera has: its pictures, a password, a switch to stop sending and one
+    to freeze. ``pictures`` are sent in turn, as a real sensor's noise makes every frame differ;
+    while ``frozen`` is set, the first is sent over and over (a stream stuck on one picture)."""
 
-    def __init__(self, jpeg: bytes, user: str, password: str, fps: float = 15.0) -> None:
-        self.jpeg = jpeg
+    def __init__(self, pictures: list[bytes], user: str, password: str, fps: float = 15.0) -> None:
+        self.pictures = pictures
         self.fps = fps
         self.sending = threading.Event()
         self.sending.set()
+        self.frozen = threading.Event()
         self.refused = 0
         self.port = 0
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._closed = threading.Event()
 
+    def picture(self, n: int) -> bytes:
+        return self.pictures[0 if self.frozen.is_set() else n % len(self.pictures)]
+
 
 class NetworkCamera(CameraServer):
-    def __init__(self, jpeg: bytes, user: str, password: str, fps: float = 15.0) -> None:
-        super().__init__(jpeg, user, password, fps)
+    def __init__(self, pictures: list[bytes], user: str, password: str, fps: float = 15.0) -> None:
+        super().__init__(pictures, user, password, fps)
         self._server: socketserver.ThreadingTCPServer | None = None
 
     def url(self, credentials: str) -> str:
@@ -75,15 +81,16 @@ class NetworkCamera(CameraServer):
             self._server = None
 
     def _stream(self, out: Any) -> None:
-        part = b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (
-            BOUNDARY,
-            len(self.jpeg),
-            self.jpeg,
-        )
+        n = 0
         try:
             while not self._closed.is_set():
                 if self.sending.is_set():
-                    out.write(part)
+                    jpeg = self.picture(n)
+                    n += 1
+                    out.write(
+                        b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                        % (BOUNDARY, len(jpeg), jpeg)
+                    )
                     out.flush()
                 time.sleep(1 / self.fps)
         except (BrokenPipeError, ConnectionResetError):

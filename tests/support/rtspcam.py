@@ -67,8 +67,8 @@ def rtp_packets(jpeg: bytes, seq: int, timestamp: int) -> list[bytes]:
 
 
 class RtspCamera(CameraServer):
-    def __init__(self, jpeg: bytes, user: str, password: str, fps: float = 15.0) -> None:
-        super().__init__(jpeg, user, password, fps)
+    def __init__(self, pictures: list[bytes], user: str, password: str, fps: float = 15.0) -> None:
+        super().__init__(pictures, user, password, fps)
         self.plays = 0
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
@@ -191,7 +191,9 @@ class RtspCamera(CameraServer):
         try:
             while not self._closed.is_set():
                 if self.sending.is_set():
-                    packets = rtp_packets(self.jpeg, seq, frame * RTP_CLOCK // round(self.fps))
+                    packets = rtp_packets(
+                        self.picture(frame), seq, frame * RTP_CLOCK // round(self.fps)
+                    )
                     seq += len(packets)
                     frame += 1
                     with lock:

@@ -491,10 +491,30 @@ def test_stop_does_not_wait_for_a_network_camera_that_never_answers() -> None:
 @pytest.fixture(params=[NetworkCamera, RtspCamera], ids=["http-mjpeg", "rtsp"])
 def netcam(request: pytest.FixtureRequest, faces_dir: Path) -> Iterator[CameraServer]:
     photo = cv2.resize(read_image(faces_dir / "antispoof" / "image_T1.jpg"), (640, 480))
-    camera = request.param(cv2.imencode(".jpg", photo)[1].tobytes(), "installer", "s3cret-Pw")
+    rng = np.random.default_rng(7)
+    pictures = []
+    for _ in range(4):  # a sensor's noise, kept to one corner
+        frame = photo.copy()
+        frame[:16, :16] = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        pictures.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    camera = request.param(pictures, "installer", "s3cret-Pw")
     camera.start()
     yield camera
     camera.stop()
+
+
+def _netcam_reader(netcam: CameraServer, **settings: float) -> CameraReader:
+    """A reader of the test camera that notices a hang or a loss within a second."""
+    cfg = CameraSection(
+        source=netcam.url("installer:s3cret-Pw"),
+        stall_s=1.0,
+        connect_timeout_s=5.0,
+        reopen_min_s=0.1,
+        **settings,
+    )
+    reader = open_feed(cfg)
+    assert isinstance(reader, CameraReader)
+    return reader
 
 
 def _streaming_again(reader: CameraReader) -> Callable[[], bool]:
@@ -506,21 +526,13 @@ def test_a_network_camera_that_hangs_or_goes_away_is_reported_and_reopened(
     netcam: CameraServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    cfg = CameraSection(
-        source=netcam.url("installer:s3cret-Pw"),
-        stall_s=1.0,
-        connect_timeout_s=5.0,
-        reopen_min_s=0.1,
-        reopen_max_s=0.4,
-    )
-    reader = open_feed(cfg)
-    assert isinstance(reader, CameraReader)
+    reader = _netcam_reader(netcam, reopen_max_s=0.4)
     reader.start()
     try:
         _wait(lambda: reader.stats.frames >= 5)
         frame = reader.next_frame(timeout=1)
         assert frame is not None and frame.image.shape == (480, 640, 3)
-        sent = cv2.imdecode(np.frombuffer(netcam.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        sent = cv2.imdecode(np.frombuffer(netcam.pictures[0], np.uint8), cv2.IMREAD_COLOR)
         assert np.abs(frame.image.astype(int) - sent).mean() < 1  # the picture, not noise
 
         netcam.sending.clear()  # hung: the connection stays open, nothing arrives
@@ -540,6 +552,37 @@ def test_a_network_camera_that_hangs_or_goes_away_is_reported_and_reopened(
     health = reader.health()
     assert health["source"] == netcam.url("installer:s3cret-Pw").replace("installer:s3cret-Pw@", "")
     assert "s3cret" not in caplog.text and "s3cret" not in str(health)
+
+
+def test_a_network_camera_stuck_on_one_picture_is_lost_until_the_picture_changes(
+    netcam: CameraServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An encoder or driver that hangs may go on sending its last picture: the stream looks
+    alive, but nobody at the counter is recognised. Staff must see the camera lost, and the
+    stale picture must not be analysed as if someone were still standing there."""
+    reader = _netcam_reader(netcam, frozen_s=1.0, reopen_max_s=0.2)
+    with caplog.at_level(logging.WARNING, logger="gateway.vision.camera"):
+        reader.start()
+        try:
+            _wait(lambda: reader.stats.frames >= 30)  # 2 s of a live picture: not frozen
+            assert reader.state == "streaming" and reader.stats.freezes == 0
+
+            netcam.frozen.set()
+            _wait(lambda: reader.state == "lost")
+            assert reader.health()["last_error"] == "the picture has not changed for 1 s"
+            assert reader.stats.freezes == 1
+            reopens = reader.stats.reopens
+            _wait(lambda: reader.stats.reopens >= reopens + 2)  # reopened, still frozen
+            reader.next_frame(timeout=0)
+            assert reader.state == "lost" and reader.next_frame(timeout=0.5) is None
+
+            netcam.frozen.clear()
+            _wait(_streaming_again(reader))
+            assert reader.next_frame(timeout=1) is not None
+        finally:
+            reader.stop()
+    lost = [r.getMessage() for r in caplog.records]
+    assert lost == [f"camera {reader.source.name} lost: the picture has not changed for 1 s"]
 
 
 def test_a_network_camera_refusing_the_password_is_reported_lost(netcam: CameraServer) -> None:

@@ -25,6 +25,8 @@ ARCFACE_TEMPLATE = np.array(
 ALIGNED_SIZE = 112
 MAX_SHRINK = 0.5  # least scale a bilinear warp takes without aliasing
 CROP_CORNERS = np.array([[0, 0], [ALIGNED_SIZE, 0], [0, ALIGNED_SIZE], [ALIGNED_SIZE] * 2], float)
+_CELLS = (np.arange(16) + 0.5) * ALIGNED_SIZE / 16
+CROP_GRID = np.stack(np.meshgrid(_CELLS, _CELLS), axis=-1).reshape(-1, 2)  # 256 cell centres
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -50,6 +52,15 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         norm += x * x + y * y
     a, b = (re / norm, im / norm) if norm > 0 else (1.0, 0.0)
     return np.array([[a, -b, nx - (a * mx - b * my)], [b, a, ny - (b * mx + a * my)]])
+
+
+def beyond_edge(landmarks: np.ndarray, width: int, height: int) -> float:
+    """The share of the aligned crop that would come from beyond the frame's edge (the warp
+    fills it with black): how much of what the recognizer sees is not the face at all."""
+    inverse = cv2.invertAffineTransform(similarity_transform(landmarks, ARCFACE_TEMPLATE))
+    x, y = (CROP_GRID @ inverse[:, :2].T + inverse[:, 2]).T
+    inside = (x >= 0) & (y >= 0) & (x < width) & (y < height)
+    return 1.0 - float(inside.mean())
 
 
 def warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -96,6 +96,14 @@ class CameraSection(Strict):
 
 class QualitySection(Strict):
     min_ipd_px: float = Field(24.0, ge=8, description="Least inter-pupil distance, pixels.")
+    max_beyond_edge: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Most of the aligned face crop (what the recognizer sees) that may lie "
+        "beyond the picture's edge; more is a face the edge cuts through (cut_off). A face cut "
+        "off just above the brows has a third of it beyond the edge.",
+    )
     max_yaw_deg: float = Field(
         35.0, gt=0, le=90, description="Most head turn (left/right) from landmarks."
     )

@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.vision.align import ALIGNED_SIZE, ARCFACE_TEMPLATE, align, similarity_transform, warp
+from gateway.vision.align import (
+    ALIGNED_SIZE,
+    ARCFACE_TEMPLATE,
+    align,
+    beyond_edge,
+    similarity_transform,
+    warp,
+)
 from gateway.vision.analyze import Analyzer
 from gateway.vision.detect import Face
 from gateway.vision.images import fit_within, read_image
@@ -20,6 +27,14 @@ def test_similarity_transform_recovers_a_known_one() -> None:
     matrix = similarity_transform(src, ARCFACE_TEMPLATE)
     assert np.allclose(matrix[:, :2], rot)
     assert np.allclose(src @ matrix[:, :2].T + matrix[:, 2], ARCFACE_TEMPLATE)
+
+
+def test_the_share_of_the_crop_beyond_the_edge_is_measured_in_frame_pixels() -> None:
+    """Landmarks at twice the template's scale: the crop covers 224 x 224 frame pixels."""
+    marks = ARCFACE_TEMPLATE * 2 + 100
+    assert beyond_edge(marks, 424, 424) == 0.0  # the crop from (100, 100) to (324, 324)
+    assert beyond_edge(marks, 212, 424) == 0.5  # cut down the middle
+    assert beyond_edge(marks - [0, 156], 424, 424) == 0.25  # the top quarter above the frame
 
 
 def _sf_row(face: Face) -> np.ndarray:

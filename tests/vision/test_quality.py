@@ -218,20 +218,44 @@ def test_the_subject_is_the_face_nearer_the_centre_and_a_face_of_similar_size_a_
     assert picked.face is middle and picked.ambiguous
 
 
-@pytest.mark.parametrize("cut", ["through_the_nose", "at_the_eyes"])
+def _cut(image: np.ndarray, marks: np.ndarray, cut: str) -> np.ndarray:
+    ipd = float(np.linalg.norm(marks[1] - marks[0]))
+    parts = {
+        "through_the_nose": lambda: image[:, int(marks[2][0]) :],
+        "at_the_eyes": lambda: image[int(marks[:2, 1].mean()) + 2 :, :],
+        "above_the_brows": lambda: image[int(marks[:2, 1].min() - 0.25 * ipd) :, :],
+        "beside_an_eye": lambda: image[:, : int(marks[[1, 4], 0].max() + 0.1 * ipd)],
+        "below_the_mouth": lambda: image[: int(marks[3:, 1].max() + 0.25 * ipd), :],
+    }
+    return np.ascontiguousarray(parts[cut]())
+
+
+@pytest.mark.parametrize(
+    "cut", ["through_the_nose", "at_the_eyes", "above_the_brows", "beside_an_eye"]
+)
 def test_a_face_the_frame_edge_cuts_through_is_refused(
     analyzer: Analyzer, faces_dir: Path, cut: str
 ) -> None:
     """Half a face (someone at the edge of the picture, a photo cropped too tight): the
-    detector guesses the eye beyond the edge, and the half scored 0.57 against the whole
-    face; it must be neither searched nor enrolled."""
+    detector guesses what is beyond the edge, and the half scored 0.57 against the whole
+    face; it must be neither searched nor enrolled. Cut above the brows or beside an eye,
+    every landmark is still in the picture, but a third of what the recognizer would see is
+    not (over 150 LFW people such a cut lost a median 0.13 of its score to its owner)."""
     image = _photo(faces_dir, "img1.jpg")
     (face,) = analyzer.detector.detect(image)
-    marks = face.landmarks
-    if cut == "through_the_nose":
-        part = image[:, int(marks[2][0]) :]
-    else:
-        part = image[int(marks[:2, 1].mean()) + 2 :, :]
-    analysis = analyzer.analyze(np.ascontiguousarray(part))
+    analysis = analyzer.analyze(_cut(image, face.landmarks, cut))
     assert (analysis.kind, analysis.reason) == ("poor_quality", "cut_off")
     assert analysis.embedding is None
+
+
+def test_a_face_whose_chin_touches_the_edge_is_still_identified(
+    analyzer: Analyzer, faces_dir: Path
+) -> None:
+    """An elder close to the camera: a little of the crop below the chin is beyond the
+    edge, and the face is still used (it lost a median 0.03 of its score on LFW)."""
+    image = _photo(faces_dir, "img1.jpg")
+    whole = analyzer.analyze(image, live=False)
+    assert whole.kind == "face" and whole.embedding is not None and whole.face is not None
+    analysis = analyzer.analyze(_cut(image, whole.face.landmarks, "below_the_mouth"), live=False)
+    assert analysis.kind == "face" and analysis.embedding is not None
+    assert float(analysis.embedding @ whole.embedding) > 0.85

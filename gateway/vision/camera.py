@@ -14,6 +14,7 @@ times are synthetic (frame number / fps), so the same photos give the same decis
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -82,6 +83,12 @@ class OpenCVCapture:
         # unplugged or not there yet (twice a minute, for days); our log says why, once.
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read as the capture opens
+        if self.backend == cv2.CAP_V4L2:
+            # A USB camera that hangs keeps each read waiting this long, 10 s unless set (V4L2
+            # has no read timeout property): bounded by stall_s, the loss is seen in time.
+            # OpenCV reads it once per process, at the first read that has to wait.
+            stall = str(math.ceil(self.cfg.stall_s))
+            os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", stall)
         cap = cv2.VideoCapture(self.target, self.backend, self._params())
         if not cap.isOpened():
             cap.release()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -349,6 +350,20 @@ def test_a_usb_camera_by_its_stable_name_not_plugged_in_yet_is_lost_and_retried(
         assert service_state({"camera": reader.health()}) == "camera LOST"  # the journal's line
     finally:
         reader.stop()
+
+
+def test_a_usb_camera_read_waits_no_longer_than_stall_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV waits 10 s in each read of a hung V4L2 device unless told otherwise; an
+    installer's own setting is kept."""
+    monkeypatch.delenv("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", raising=False)
+    camera = open_source(BY_ID, CameraSection(stall_s=2.5))
+    with pytest.raises(CameraError):
+        camera.open()
+    assert os.environ["OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"] == "3"
+    monkeypatch.setenv("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", "7")
+    with pytest.raises(CameraError):
+        camera.open()
+    assert os.environ["OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"] == "7"
 
 
 def test_a_usb_camera_not_there_leaves_only_the_gateways_own_line_in_the_journal(

@@ -40,7 +40,6 @@ def build(
     # outbox: applied even if its response cannot be stored
     operations = [Operation(name, h, applies_elsewhere=True) for name, h in handlers.items()]
     retention = AuditRetention.configured(cfg.audit, data_dir, store.steady_ms)
-    store.when_clock_set(retention.frames.redate)
     if cfg.camera.source is None:
         return [retention], operations
     from gateway.vision.service import VisionService

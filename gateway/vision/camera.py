@@ -298,17 +298,15 @@ class CameraStats:
 class FreezeWatch:
     """Whether a live camera keeps sending one picture. A sensor's noise makes every real frame
     differ from the one before, so the same bytes for ``frozen_s`` are a stream stuck on its
-    last picture (an RTSP encoder or a USB driver that hung), not a still scene. The picture
-    found frozen is kept across reopens: a camera that comes back with it is still frozen."""
+    last picture (an RTSP encoder or a USB driver that hung), not a still scene. What it has
+    seen is kept across reopens: a stuck camera whose stream also drops now and then is still
+    found frozen, and one that comes back with the frozen picture is still frozen."""
 
     def __init__(self, frozen_s: float) -> None:
         self.frozen_s = frozen_s
         self.frozen: np.ndarray | None = None
         self._last: np.ndarray | None = None
         self._since = 0.0
-
-    def restart(self) -> None:
-        self._last = None
 
     def still_frozen(self, image: np.ndarray) -> bool:
         """The frozen picture again (not a new frame); a different one ends the freeze."""
@@ -532,8 +530,6 @@ class CameraReader:
         interval = 1.0 / self.cfg.fps
         waiting_since = self.clock()
         freeze = self._freeze
-        if freeze is not None:
-            freeze.restart()
         while not self._stop.is_set():
             started = self.clock()
             try:
@@ -545,15 +541,17 @@ class CameraReader:
             image = self.stats.usable(raw)
             if image is None or (freeze is not None and freeze.still_frozen(image)):
                 if self.clock() - waiting_since > self.cfg.stall_s:
-                    if image is None:  # a frozen camera keeps its reason while it is reopened
+                    if image is None:
                         what = "frame" if raw is None else "usable frame"
                         self._lost(f"no {what} for {self.cfg.stall_s:g} s")
+                    else:  # back from a reopen, or a failed one, with the frozen picture
+                        self._lost(self._frozen_reason)
                     return False
                 self._stop.wait(min(interval, 0.05))
                 continue
             if freeze is not None and freeze.froze(image, self.clock()):
                 self.stats.freezes += 1
-                self._lost(f"the picture has not changed for {self.cfg.frozen_s:g} s")
+                self._lost(self._frozen_reason)
                 return False
             self._publish(image, decode_s)
             waiting_since = self._last_frame_at
@@ -561,6 +559,10 @@ class CameraReader:
             if self.source.paced:
                 self._stop.wait(max(0.0, interval - (self.clock() - started)))
         return False
+
+    @property
+    def _frozen_reason(self) -> str:
+        return f"the picture has not changed for {self.cfg.frozen_s:g} s"
 
     def _publish(self, image: np.ndarray, decode_s: float) -> None:
         now = self.clock()

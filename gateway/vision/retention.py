@@ -12,7 +12,6 @@ steady clock, stamped into the file), which a wall clock set back cannot stretch
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import threading
 import time
@@ -81,29 +80,6 @@ class ExpiredFrames:
         self.purge_failures += len(failed)
         return removed
 
-    def redate(self, offset_ms: int, since_ms: int) -> int:
-        """The wall clock was just set (``Store.when_clock_set``): frames this run kept before
-        carry the file time of a clock that was wrong, on a Pi without RTC often days behind,
-        and would leave that much early. Each is dated from its running-time stamp, as the
-        decision event it belongs to is. Returns how many were dated again."""
-        dated = 0
-        try:
-            frames = [*self.folder.glob(f"*{SUFFIX}"), *self.folder.glob(f"*{PARTIAL}")]
-        except OSError:
-            frames = []
-        for path in frames:
-            try:
-                stamp = _file_stamp(path)
-                if stamp is not None and stamp >= since_ms:
-                    kept_at = (stamp + offset_ms) / 1000
-                    os.utime(path, (kept_at, kept_at))
-                    dated += 1
-            except OSError:  # gone meanwhile (purged, erased), or unreadable: left as it is
-                continue
-        if dated:
-            log.info("audit: %d frames kept before the clock was set dated again", dated)
-        return dated
-
     def erase_elder(self, elder: str, until_ms: int | None = None) -> int:
         """Consent withdrawn: the frames of decisions that named the elder (accepted, or a
         candidate) go now, not after their retention. Needs no key: the ids are in the header.
@@ -131,8 +107,11 @@ class ExpiredFrames:
     def _kept_before(path: Path, running_cutoff: float | None) -> bool:
         if running_cutoff is None:
             return False
-        stamp = _file_stamp(path)
-        return stamp is not None and 0 <= stamp < running_cutoff
+        with path.open("rb") as fh:
+            header = fh.read(HEADER)
+        if len(header) < HEADER or not header.startswith((MAGIC, MAGIC_NAMED)):
+            return False
+        return 0 <= _stamp(header) < running_cutoff
 
 
 # a decision names its elder or candidates, and the closest matches of its track's frames
@@ -152,15 +131,6 @@ def _read_header(fh: BinaryIO) -> bytes:
 def _stamp(header: bytes) -> int:
     """The running time (ms) a frame was kept at, from its header; -1 if kept without one."""
     return int(STAMP.unpack(header[len(MAGIC) : HEADER])[0])
-
-
-def _file_stamp(path: Path) -> int | None:
-    """The running-time stamp of a kept frame's file; None if it is not one."""
-    with path.open("rb") as fh:
-        header = fh.read(HEADER)
-    if len(header) < HEADER or not header.startswith((MAGIC, MAGIC_NAMED)):
-        return None
-    return _stamp(header)
 
 
 def header_for(running_ms: int, elders: Iterable[str]) -> bytes:

@@ -591,13 +591,59 @@ def test_a_network_camera_stuck_on_one_picture_is_lost_until_the_picture_changes
             reader.next_frame(timeout=0)
             assert reader.state == "lost" and reader.next_frame(timeout=0.5) is None
 
+            netcam.stop()  # the stuck camera also drops off the network for a while
+            _wait(lambda: reader.health()["last_error"].startswith("cannot open camera"))
+            netcam.start()  # back, and still stuck: staff must read why, not the old outage
+            _wait(lambda: reader.health()["last_error"] == "the picture has not changed for 1 s")
+            assert reader.state == "lost" and reader.stats.freezes == 1
+
             netcam.frozen.clear()
             _wait(_streaming_again(reader))
             assert reader.next_frame(timeout=1) is not None
         finally:
             reader.stop()
+    frozen = f"camera {reader.source.name} lost: the picture has not changed for 1 s"
     lost = [r.getMessage() for r in caplog.records]
-    assert lost == [f"camera {reader.source.name} lost: the picture has not changed for 1 s"]
+    assert lost[0] == lost[-1] == frozen  # the outage between is logged as it comes
+
+
+class StuckFlakyCamera:
+    """A live camera stuck on one picture whose stream also drops after every 0.3 s."""
+
+    paced = False
+    name = "rtsp://counter/stream"
+
+    def __init__(self) -> None:
+        self.picture = np.full((48, 64, 3), 80, np.uint8)
+        self.opened_at = 0.0
+
+    def open(self) -> None:
+        self.opened_at = time.monotonic()
+
+    def read(self) -> tuple[np.ndarray | None, float]:
+        time.sleep(0.02)
+        if time.monotonic() - self.opened_at > 0.3:
+            return None, 0.0
+        return self.picture.copy(), 0.0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_stuck_camera_whose_stream_also_drops_is_still_found_frozen() -> None:
+    """Each reopen must not start the count again: the stream drops more often than
+    ``frozen_s``, and the stale picture would be analysed for good."""
+    cfg = CameraSection(fps=50, frozen_s=1.0, stall_s=0.1, reopen_min_s=0.05, reopen_max_s=0.1)
+    reader = CameraReader(StuckFlakyCamera(), cfg)
+    reader.start()
+    try:
+        _wait(lambda: reader.stats.freezes == 1)
+        assert reader.health()["last_error"] == "the picture has not changed for 1 s"
+        published = reader.next_frame(timeout=0)
+        assert reader.next_frame(timeout=1.0) is None  # not analysed any more
+        assert reader.state == "lost" and published is not None
+    finally:
+        reader.stop()
 
 
 def test_a_network_camera_refusing_the_password_is_reported_lost(netcam: CameraServer) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway import clock as clock_module
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import StoreSection
 from gateway.lifecycle import Supervisor
@@ -19,8 +18,6 @@ from gateway.vision.audit import AuditFrames
 from gateway.vision.build import build
 from gateway.vision.config import AuditSection, CameraSection, VisionSection
 from gateway.vision.gallery import Gallery
-from gateway.vision.retention import AuditRetention
-from tests.support.clock import ManualClock
 
 
 @pytest.fixture
@@ -82,45 +79,5 @@ def test_frames_leave_on_time_when_the_face_stage_cannot_start(
     try:
         assert supervisor.health()["vision"]["state"] == "not started"
         assert [p.stem[-1] for p in folder.iterdir()] == ["1"]
-    finally:
-        supervisor.stop_all()
-
-
-def test_frames_kept_before_the_clock_was_set_keep_their_whole_retention(
-    data_dir: Path, vision_cfg: VisionSection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A Pi switched off for three days boots with the time it stopped at (fake-hwclock). A
-    frame kept before NTP answers is filed three days early and, once the clock is set, would
-    leave three days before its retention is over. It is dated again from its running-time
-    stamp, as its decision event is; a frame of an earlier run keeps its time (how long the
-    gateway was off is not known)."""
-    state = {"synced": False}
-    monkeypatch.setattr(clock_module, "probe", lambda _source: state["synced"])  # adjtimex
-    behind_ms = 3 * 86_400_000
-    clock = ManualClock(wall_ms=int(time.time() * 1000) - behind_ms)
-    store = Store(StoreSection(), data_dir / "gateway.db", clock, ClockSync("kernel", 3600))
-    earlier = keep_frames(data_dir, [1]) / "019a0000-0000-7000-8000-000000000000.frame"
-    earlier_mtime = earlier.stat().st_mtime
-    cfg = vision_cfg.model_copy(update={"audit": AuditSection(enabled=True, retention_days=2)})
-    supervisor = start(cfg, data_dir, store)
-    try:
-        frames = AuditFrames(data_dir / "audit", data_dir / "faces.key", 2, store.steady_ms)
-        frames.keep("019a0000-0000-7000-8000-0000000000aa", np.zeros((8, 8, 3), np.uint8))
-        kept = data_dir / "audit" / "019a0000-0000-7000-8000-0000000000aa.frame"
-        filed = clock.wall_ms() / 1000  # the time the Pi's clock gave the file
-        os.utime(kept, (filed, filed))
-        real_keep = time.time()
-
-        clock.advance(10 * 60_000)
-        clock.step_wall(behind_ms)  # NTP: the clock was three days behind
-        state["synced"] = True
-        store.check_clock()
-
-        assert abs(kept.stat().st_mtime - real_keep) < 60
-        assert earlier.stat().st_mtime == earlier_mtime
-        (retention,) = [s for s in supervisor.services if s.name == "audit-retention"]
-        assert isinstance(retention, AuditRetention)
-        retention.frames.purge()
-        assert kept.exists() and earlier.exists()
     finally:
         supervisor.stop_all()

@@ -395,7 +395,7 @@ class Store:
         # every event says whether the clock was synchronised: asked at [clock] check_interval_s
         self._clock_check = Periodic("clock-check", clock_sync.interval_s, self.check_clock)
         self._first_seq = 1  # of this session
-        self._clock_set: list[Callable[[int, int], object]] = []
+        self._clock_set: list[Callable[[int], object]] = []
         self.redated = 0  # re-dating commits: a reader holding rows in memory reads them again
         self._checkpoint_conn: sqlite3.Connection | None = None
         self.checkpoints = 0
@@ -640,15 +640,19 @@ class Store:
             self._redate_from(self._first_seq, self._next_seq, offset, 0)
             for listener in self._clock_set:
                 try:
-                    listener(offset, self._steady_base)
+                    listener(offset)
                 except Exception:
                     log.exception("store: dating again after the clock was set failed")
 
-    def when_clock_set(self, listener: Callable[[int, int], object]) -> None:
-        """``listener(offset_ms, since_ms)`` when the wall clock is first found synchronised
-        this session, on the clock check's thread: what this session stamped in running time
-        from ``since_ms`` on happened at wall time running time + ``offset_ms``. For what
-        others keep stamped in running time (kept frames), to date it as the events are."""
+    @property
+    def clock_synced(self) -> bool:
+        return self._sync.synced
+
+    def when_clock_set(self, listener: Callable[[int], object]) -> None:
+        """``listener(offset_ms)`` each time the wall clock is found synchronised after it was
+        not, on the clock check's thread: what this session stamped in running time since
+        happened at wall time running time + ``offset_ms``. For what others stamp in running
+        time while the clock is not set (kept frames), to date it as the events are."""
         self._clock_set.append(listener)
 
     def _redate_from(self, first: int, end: int, offset: int, done: int) -> None:

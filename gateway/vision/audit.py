@@ -6,9 +6,11 @@ so staff reviewing a disputed meal can find exactly one picture, and nothing mor
 
 A frame is deleted once it is older than the retention period by either clock: the wall clock
 (file time), which also counts time switched off, or the gateway's running time (the store's
-steady clock, stamped into the file), which a wall clock set back cannot stretch. A frame can
-thus go early when the wall clock jumps forward, never late. Deleting needs no key, so frames
-already kept still go when a site turns the option off or the face stage cannot start.
+steady clock, stamped into the file), which a wall clock set back cannot stretch. A Pi without
+RTC boots with the time it was switched off at: frames this run keeps before NTP sets the clock
+are filed that much early, and are dated again once it is set (``redate``), as the events are.
+Deleting needs no key, so frames already kept still go when a site turns the option off or the
+face stage cannot start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -43,10 +47,15 @@ class AuditFrames(ExpiredFrames):
         key_path: Path,
         retention_days: float,
         running_ms: Callable[[], int] | None = None,
+        *,
         min_free_bytes: int = 0,
+        clock_synced: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(folder, retention_days, running_ms)
         self.min_free_bytes = min_free_bytes
+        self._clock_synced = clock_synced
+        self._undated: list[tuple[Path, int]] = []  # kept while the clock was not set
+        self._undated_lock = threading.Lock()
         try:
             self._aead = AESGCM(derive(read_key(key_path), PURPOSE))
         except KeyFileError as exc:
@@ -71,7 +80,8 @@ class AuditFrames(ExpiredFrames):
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             raise ValueError("frame could not be encoded")
-        header = header_for(self._running_ms() if self._running_ms else -1, elders)
+        stamp = self._running_ms() if self._running_ms else -1
+        header = header_for(stamp, elders)
         nonce = os.urandom(NONCE)
         blob = (
             header + nonce + self._aead.encrypt(nonce, jpeg.tobytes(), self._aad(event_id, header))
@@ -80,6 +90,28 @@ class AuditFrames(ExpiredFrames):
         # a full disk leaves no piece of her face behind to wait for retention
         replace_private(target, blob, aside=target.with_suffix(PARTIAL))
         self.kept += 1
+        if self._clock_synced is not None and stamp >= 0 and not self._clock_synced():
+            with self._undated_lock:
+                self._undated.append((target, stamp))
+
+    def redate(self, offset_ms: int) -> int:
+        """The wall clock was just set (``Store.when_clock_set``): the frames this object kept
+        before are dated from their running-time stamps (never later than now); only those,
+        since a frame of an earlier run, or of a store begun anew, has a stamp of another
+        running time. Returns how many were dated again."""
+        with self._undated_lock:
+            undated, self._undated = self._undated, []
+        dated = 0
+        for path, stamp in undated:
+            kept_at = min((stamp + offset_ms) / 1000, time.time())
+            try:
+                os.utime(path, (kept_at, kept_at))
+                dated += 1
+            except OSError:  # gone meanwhile (past retention, an erasure): nothing to date
+                continue
+        if dated:
+            log.info("audit: %d frames kept before the clock was set dated again", dated)
+        return dated
 
     def export(self, event_id: str) -> bytes:
         """The JPEG of one decision, for a person entitled to review it; never one past its

@@ -79,6 +79,8 @@ class VisionService:
         self.feed: FrameFeed | None = None
         self.audit: AuditFrames | None = None
         self._running_ms = None if store is None else store.steady_ms
+        if store is not None:  # once, however often the stage is started again
+            store.when_clock_set(self._clock_set)
         self.errors = 0
         self.unrecorded = 0
         self.refresh_errors = 0
@@ -94,6 +96,14 @@ class VisionService:
         # one moment on two clocks, the frames' and the store's running time (ms): the last
         # frame, or the last look for one; what the cooldown file is written against
         self._anchor: tuple[float, int] | None = None
+
+    def _store_clock_synced(self) -> bool:
+        return self.store is not None and self.store.clock_synced
+
+    def _clock_set(self, offset_ms: int) -> None:
+        audit = self.audit
+        if audit is not None:
+            audit.redate(offset_ms)
 
     def start(self) -> None:
         try:
@@ -118,6 +128,7 @@ class VisionService:
                 cfg.audit.retention_days,
                 self._running_ms,
                 min_free_bytes=0 if self.store is None else self.store.floor_bytes,
+                clock_synced=None if self.store is None else self._store_clock_synced,
             )
         self.pipeline = CounterPipeline(
             Analyzer(models, AnalyzerSettings.from_config(cfg)),

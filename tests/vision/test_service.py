@@ -19,6 +19,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from gateway import clock as clock_module
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import StoreSection
 from gateway.events import Lane
@@ -42,6 +43,7 @@ from gateway.vision.operations import Erased, erase_elder
 from gateway.vision.pipeline import DecisionEvent
 from gateway.vision.retention import ExpiredFrames, read_names
 from gateway.vision.service import VisionService
+from tests.support.clock import ManualClock
 from tests.support.disk import fill
 from tests.support.journal import journal
 from tests.support.wait import eventually
@@ -300,6 +302,50 @@ def test_audit_keeps_only_the_decision_frames_encrypted(
     assert frames.purge(now=newest + 86_400 - 60) == 0
     assert frames.purge(now=newest + 86_400 + 1) == 2
     assert list((data_dir / "audit").iterdir()) == []
+
+
+def test_audit_frames_kept_before_the_clock_was_set_keep_their_whole_retention(
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Pi switched off for three days boots with the time it stopped at (fake-hwclock):
+    frames kept before NTP answers are filed three days early, and with two days' retention
+    would go as soon as the clock is set. They are dated from their running-time stamps, as
+    their decisions are. A frame of an earlier run, whose stamp is of another store's running
+    time, keeps its file time."""
+    state = {"synced": False}
+    monkeypatch.setattr(clock_module, "probe", lambda _source: state["synced"])  # adjtimex
+    behind_s = 3 * 86_400
+    clock = ManualClock(wall_ms=int((time.time() - behind_s) * 1000))
+    data_dir = small_replay.parent / "data"
+    cfg = _small_cfg(vision_cfg, small_replay, audit=AuditSection(enabled=True, retention_days=2))
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    earlier = data_dir / "audit" / "019a0000-0000-7000-8000-0000000000ee.frame"
+    AuditFrames(earlier.parent, data_dir / "faces.key", 2, lambda: 1_000).keep(
+        earlier.stem, np.zeros((8, 8, 3), np.uint8)
+    )
+    a_day_ago = time.time() - 86_400
+    os.utime(earlier, (a_day_ago, a_day_ago))
+    store = Store(StoreSection(), data_dir / "gateway.db", clock, ClockSync("kernel", 3600))
+    store.start()
+    try:
+        _run(VisionService(cfg, data_dir, store, realtime=False))
+        kept = [p for p in earlier.parent.iterdir() if p != earlier]
+        assert len(kept) == 2  # elder-7 accepted, a stranger unknown
+        filed = time.time() - behind_s  # the time the Pi's clock gave them
+        for frame in kept:
+            os.utime(frame, (filed, filed))
+        clock.step_wall(behind_s * 1000)  # NTP sets the clock
+        state["synced"] = True
+        store.check_clock()
+        assert all(abs(frame.stat().st_mtime - time.time()) < 120 for frame in kept)
+        assert abs(earlier.stat().st_mtime - a_day_ago) < 0.01
+        assert ExpiredFrames(earlier.parent, 2, store.steady_ms).purge() == 0
+    finally:
+        store.stop()
 
 
 def test_a_gallery_beyond_its_calibration_is_reported(

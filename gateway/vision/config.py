@@ -193,6 +193,15 @@ class DecisionSection(Strict):
     ambiguity_frames: int = Field(
         3, ge=1, le=60, description="Frames with a second similar-size face before multiple_faces."
     )
+    bridge_outage_s: float = Field(
+        300.0,
+        ge=0,
+        le=3600,
+        description="A camera outage (no frames at all: a USB camera replugged, an IP camera "
+        "rebooting) up to this long does not end the track in view: her face after it goes on "
+        "with her track, so an elder accepted before is not charged again. Longer, and a face "
+        "after it is a new visit. 0: every outage ends the track.",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> DecisionSection:

@@ -17,6 +17,7 @@ Time comes from the frames' timestamps, so replaying recorded frames gives the s
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter, deque
 from collections.abc import Collection
@@ -55,6 +56,7 @@ class Policy:
     track_gap_s: float
     same_person: float
     ambiguity_frames: int
+    bridge_outage_s: float
 
     @classmethod
     def from_config(cls, section: DecisionSection) -> Policy:
@@ -65,7 +67,11 @@ class Policy:
         )
 
 
-ObservationKind = Literal["face", "poor_quality", "no_face", "multiple_faces"]
+# no_frame: no frame came at all (the camera lost), which says nothing of who is there
+ObservationKind = Literal["face", "poor_quality", "no_face", "multiple_faces", "no_frame"]
+# The gallery's scores are float32: 0.57 - 0.55 comes out 0.0199999, and a score or a lead
+# exactly at a threshold must count as "at or above" it.
+SCORE_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,8 @@ class Decider:
         # a second face seen again and again, too seldom for multiple_faces: one report a spell
         self._last_second_face: float | None = None
         self._kept_reported = False
+        self._frame_at: float | None = None  # the last frame, whatever it showed
+        self._outage = False  # no_frame said since that frame: the camera is lost
         self.counters: Counter[str] = Counter()
         self.settlements = 0  # staff confirmations taken into the cooldown
         # elder -> the faces served as her (accepted, or settled by staff), while she is in
@@ -196,11 +204,21 @@ class Decider:
 
     def observe(self, obs: Observation) -> list[Decision]:
         out: list[Decision] = []
-        p = self.policy
         self._forget_served(obs.t)
+        if obs.live_score is not None and not math.isfinite(obs.live_score):
+            obs = replace(obs, live_score=0.0)  # a model's NaN has not said the face is live
+        if obs.kind == "no_frame" and self._frame_at is not None:
+            self._outage = True
         track = self.track
-        if track is not None and obs.t - track.last_seen > p.track_gap_s:
+        if track is not None and self._ended(track, obs.t):
             out += self._close(track)
+        if obs.kind == "no_frame":
+            return out
+        track = self.track
+        if self._dark(obs.t) and track is not None and track.decide_from is not None:
+            # back from an outage: she is decided on what the camera sees of her now
+            track.decide_from = obs.t
+        self._frame_at, self._outage = obs.t, False
         if obs.kind == "multiple_faces":
             self._beside_someone(obs.t)
             out += self._ambiguous(obs.t)
@@ -311,20 +329,40 @@ class Decider:
             learned_from=search.learned_from,
         )
 
+    def _ended(self, track: Track, t: float) -> bool:
+        """Whether the track in view has ended by ``t``: frames came without her face for
+        ``track_gap_s``. Time without any frame (the camera lost) is not time she was seen to
+        be gone: an outage up to ``bridge_outage_s`` ends nothing, and her face after it goes
+        on with her track (an elder accepted before is not charged again, one decided
+        ``uncertain`` not decided again); any other face starts a new one."""
+        p = self.policy
+        if not self._dark(t) or self._frame_at is None:
+            return t - track.last_seen > p.track_gap_s
+        last_frame = self._frame_at
+        return last_frame - track.last_seen > p.track_gap_s or t - last_frame > p.bridge_outage_s
+
+    def _dark(self, t: float) -> bool:
+        """The camera lost: said so, and no frame for longer than a track's gap (a slow camera
+        leaves the counter without a frame for a moment between any two)."""
+        return (
+            self._outage
+            and self._frame_at is not None
+            and t - self._frame_at > self.policy.track_gap_s
+        )
+
     def _beside_someone(self, t: float) -> None:
-        """A frame with two faces of similar size does not say the person in view has gone.
-        An undecided track stays open, so the gap cannot end it with an ``uncertain`` while the
-        other is still there (staff would serve her by hand, and then the counter accept her
-        once alone). A settled elder counts as still seen: a companion standing beside her for
+        """A frame with two faces of similar size does not say the person in view has gone:
+        her track stays open, decided or not, so the gap cannot end it while the other is
+        still there. Undecided, it would end with an ``uncertain`` (staff would serve her by
+        hand, and then the counter accept her once alone); decided, she would be decided again
+        once alone. A settled elder counts as still seen: a companion standing beside her for
         a minute must not let her cooldown run out, or she is settled again once alone (if it
         was someone else, the cooldown merely runs longer)."""
         track = self.track
         if track is None:
             return
-        if not track.decided:
-            track.last_seen = t
-        elif track.elder is not None:
-            track.last_seen = t
+        track.last_seen = t
+        if track.elder is not None:
             self._accepted_at[track.elder] = t
 
     def _ambiguous(self, t: float) -> list[Decision]:
@@ -425,7 +463,8 @@ class Decider:
         return []
 
     def _strong(self, e: Evidence) -> bool:
-        return e.top_score >= self.policy.accept_threshold and e.margin >= self.policy.margin
+        p = self.policy
+        return e.top_score >= p.accept_threshold - SCORE_EPS and e.margin >= p.margin - SCORE_EPS
 
     def _had_its_frames(self, track: Track, t: float) -> Decision | None:
         """A track that could not be accepted but saw at least ``n`` frames gets an outcome:

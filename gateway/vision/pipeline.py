@@ -22,7 +22,14 @@ from gateway.vision.analyze import Analysis, Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import Frame
 from gateway.vision.confirm import Confirmations
-from gateway.vision.decide import Decider, Decision, Observation, Outcome, Policy
+from gateway.vision.decide import (
+    Decider,
+    Decision,
+    Observation,
+    ObservationKind,
+    Outcome,
+    Policy,
+)
 from gateway.vision.events import FACE_DECISION, decision_data
 from gateway.vision.gallery import Gallery, SearchResult
 from gateway.vision.still import StillGate
@@ -127,7 +134,7 @@ class CounterPipeline:
         if self.still.skips(frame.image, frame.t):
             self.counts["still_skipped"] += 1
             self.last_t = frame.t
-            return self.idle(frame.t)
+            return self._nothing(frame.t, "no_face")  # a frame all the same
         found: list[tuple[SearchResult, float]] = []
 
         def search(embedding: np.ndarray) -> None:
@@ -161,9 +168,13 @@ class CounterPipeline:
         return self._events(decisions, this if obs.kind == "multiple_faces" else None)
 
     def idle(self, t: float) -> list[DecisionEvent]:
-        """No frame arrived by ``t``: lets a track end when the camera goes quiet."""
+        """No frame arrived by ``t``: lets a track end once the camera has been quiet for
+        longer than an outage is bridged (``bridge_outage_s``)."""
+        return self._nothing(t, "no_frame")
+
+    def _nothing(self, t: float, kind: ObservationKind) -> list[DecisionEvent]:
         self.catch_up(t)
-        return self._events(self.decider.observe(Observation(t, "no_face")))
+        return self._events(self.decider.observe(Observation(t, kind)))
 
     def catch_up(self, t: float) -> None:
         """Elders remembered from before a restart, and those staff settled by hand, go into

@@ -789,3 +789,90 @@ def test_strong_frames_for_another_elder_before_a_no_face_are_not_outvoted() -> 
     out = run(decider, before + down + up)
     assert [d.outcome for d in out] == [Outcome.NO_FACE, Outcome.UNCERTAIN]
     assert {elder for elder, _ in out[1].candidates} == {"elder-a", "elder-b"}
+
+
+def test_an_uncertain_elder_with_a_companion_beside_her_is_not_decided_again() -> None:
+    """Uncertain, so staff serve her by hand; a companion leans in beside her for a second,
+    then steps away, and she is closer to the camera now. A frame with two faces is not one
+    without her: her track goes on, and no second decision (an acceptance charged on top of
+    the hand settlement) is made for the same visit."""
+    alone = frames(0.0, 45, who="p1", top="elder-1", score=0.52)
+    beside = [Observation(3.0 + i / FPS, "multiple_faces") for i in range(18)]
+    again = frames(4.2, 45, who="p1", top="elder-1", score=0.56)
+    out = run(Decider(POLICY), alone + beside + again)
+    assert [d.outcome for d in out] == [Outcome.UNCERTAIN]
+
+
+def no_frames(start: float, seconds: float) -> list[Observation]:
+    """The camera lost: the counter looks for a frame every 0.2 s and none comes."""
+    return [Observation(start + i * 0.2, "no_frame") for i in range(round(seconds / 0.2))]
+
+
+def test_an_elder_still_there_after_the_camera_came_back_is_not_charged_again() -> None:
+    """Accepted, then the camera is lost for longer than the cooldown (a USB camera pulled
+    and plugged back, an IP camera rebooting) while she stays at the counter: time without
+    frames is not time she was seen to be gone, and her meal is not charged twice."""
+    before = frames(0.0, 15, who="p1", top="elder-1", score=0.7)
+    after = frames(71.0, 30, who="p1", top="elder-1", score=0.7)
+    out = run(Decider(POLICY), before + no_frames(1.0, 70.0) + after)
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED]
+
+
+def test_after_a_camera_outage_someone_else_or_a_later_visit_is_decided_anew() -> None:
+    """The bridge holds only her own face, and only for ``bridge_outage_s``."""
+    before = frames(0.0, 15, who="p1", top="elder-1", score=0.7)
+    other = frames(71.0, 30, who="p2", top="elder-2", score=0.7)
+    out = run(Decider(POLICY), before + no_frames(1.0, 70.0) + other)
+    assert [(d.outcome, d.elder_id) for d in out] == [
+        (Outcome.ACCEPTED, "elder-1"),
+        (Outcome.ACCEPTED, "elder-2"),
+    ]
+    short = replace(POLICY, bridge_outage_s=30.0)
+    later = frames(71.0, 30, who="p1", top="elder-1", score=0.7)
+    out = run(Decider(short), before + no_frames(1.0, 70.0) + later)
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+
+
+def test_an_elder_being_decided_when_the_camera_was_lost_is_decided_once_it_is_back() -> None:
+    """Her decision time starts again with the frames after the outage, so she is decided on
+    what the camera sees of her then, once, not on the few frames from before it."""
+    before = frames(0.0, 2, who="p1", top="elder-1", score=0.7)
+    after = frames(11.0, 30, who="p1", top="elder-1", score=0.7)
+    out = run(Decider(POLICY), before + no_frames(0.2, 10.0) + after)
+    assert [(d.outcome, d.track) for d in out] == [(Outcome.ACCEPTED, 1)]
+    assert out[0].t == pytest.approx(11.0 + (POLICY.k - 1) / FPS)
+
+
+def test_scores_exactly_at_the_thresholds_pass_though_float32_rounds_them() -> None:
+    """The gallery's scores are float32: 0.57 and 0.55 differ by 0.0199999, and the lead of
+    exactly the margin the policy asks for must count as "at or above" it."""
+    top, runner_up = np.float32(0.57), np.float32(0.55)
+    policy = replace(POLICY, accept_threshold=float(np.float32(0.55)), margin=0.02)
+    out = run(
+        Decider(policy),
+        frames(0.0, 5, who="p1", top="elder-1", score=float(top), runner_up=float(runner_up)),
+    )
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED]
+
+
+def test_a_liveness_score_that_is_not_a_number_counts_as_not_live() -> None:
+    """A model that returns NaN has not said the face is live: never accepted on it, and the
+    decision stays valid JSON."""
+    out = run(
+        Decider(POLICY), frames(0.0, 30, who="p1", top="elder-1", score=0.7, live=float("nan"))
+    )
+    assert [d.outcome for d in out] == [Outcome.SPOOF]
+    assert out[0].liveness is not None and np.isfinite(out[0].liveness)
+
+
+def test_a_slow_camera_leaving_the_counter_without_a_frame_between_two_is_no_outage() -> None:
+    """At 2 frames a second the counter finds no frame at most of its looks: her decision
+    is still made within ``decide_within_s``, not put off at every frame."""
+    observations: list[Observation] = []
+    for i in range(20):
+        t = i * 0.5
+        observations.append(face(t, "p1", "elder-1", 0.5))
+        observations += [Observation(t + 0.2, "no_frame"), Observation(t + 0.4, "no_frame")]
+    out = run(Decider(POLICY), observations)
+    assert [d.outcome for d in out] == [Outcome.UNCERTAIN]
+    assert out[0].t <= POLICY.decide_within_s + 0.5

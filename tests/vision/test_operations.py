@@ -10,7 +10,7 @@ import pytest
 
 from gateway.sync.downlink import RequestError
 from gateway.vision.analyze import Analysis, Analyzer
-from gateway.vision.camera import Frame
+from gateway.vision.camera import EMPTY_GREY, Frame
 from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Decider, Observation, Outcome, Policy
@@ -47,11 +47,12 @@ def twins(
     )
 
     def show(photo: str | None, seconds: float, start: float) -> list[DecisionEvent]:
-        image = None if photo is None else fit_within(read_image(df / photo), 640)
+        """The photo in view, or (None) the counter with nobody at it."""
+        empty = np.full((480, 640, 3), EMPTY_GREY, np.uint8)
+        image = empty if photo is None else fit_within(read_image(df / photo), 640)
         out: list[DecisionEvent] = []
         for i in range(int(seconds * FPS)):
-            t = start + i / FPS
-            out += pipeline.idle(t) if image is None else pipeline.process(Frame(image, t, i))
+            out += pipeline.process(Frame(image, start + i / FPS, i))
         return out
 
     confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)

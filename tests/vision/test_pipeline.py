@@ -11,7 +11,7 @@ import pytest
 
 from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
-from gateway.vision.camera import Frame
+from gateway.vision.camera import EMPTY_GREY, Frame
 from gateway.vision.config import DecisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Outcome, Policy
@@ -151,8 +151,11 @@ def test_an_elder_confirmed_by_staff_is_not_settled_again_when_the_counter_knows
     # no frame meanwhile (the camera is of no help, or lost): she is in cooldown all the same
     assert pipeline.idle(3.5) == [] and "E3" in pipeline.decider.cooldowns(3.5)
 
-    later = int(3 * FPS) + int(FPS)  # she looked away for a second
+    away = np.full((480, 640, 3), EMPTY_GREY, np.uint8)  # she looked away for a second
+    later = int(3 * FPS) + int(FPS)
     events: list[DecisionEvent] = []
+    for i in range(int(3.6 * FPS), later):
+        events += pipeline.process(Frame(away, i / FPS, i))
     for i in range(later, later + int(2 * FPS)):
         events += pipeline.process(Frame(her, i / FPS, i))
     assert events == []

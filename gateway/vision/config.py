@@ -140,10 +140,10 @@ class DecisionSection(Strict):
     )
     margin: float = Field(
         0.02,
-        gt=0,
+        ge=0.001,
         le=2,
-        description="Least lead of the best elder over the runner-up (never 0: a tie between "
-        "two elders must not be accepted).",
+        description="Least lead of the best elder over the runner-up (at least 0.001: a tie "
+        "between two elders must not be accepted).",
     )
     candidate_threshold: float = Field(
         0.47, ge=-1, le=1, description="Elders scoring this or more are offered to staff."
@@ -197,10 +197,11 @@ class DecisionSection(Strict):
         300.0,
         ge=0,
         le=3600,
-        description="A camera outage (no frames at all: a USB camera replugged, an IP camera "
-        "rebooting) up to this long does not end the track in view: her face after it goes on "
-        "with her track, so an elder accepted before is not charged again. Longer, and a face "
-        "after it is a new visit. 0: every outage ends the track.",
+        description="A camera outage (no frame for 2 s or more: a USB camera replugged, an IP "
+        "camera rebooting) up to this long does not end a decided track: her face after it "
+        "(at accept_threshold) goes on with her track, and an elder accepted before counts as "
+        "still there meanwhile, so she is not charged again. Longer, and a face after it is a "
+        "new visit. 0: every outage ends the track.",
     )
 
     @model_validator(mode="after")

@@ -70,8 +70,12 @@ class Policy:
 # no_frame: no frame came at all (the camera lost), which says nothing of who is there
 ObservationKind = Literal["face", "poor_quality", "no_face", "multiple_faces", "no_frame"]
 # The gallery's scores are float32: 0.57 - 0.55 comes out 0.0199999, and a score or a lead
-# exactly at a threshold must count as "at or above" it.
+# exactly at a threshold must count as "at or above" it (the margin is at least 1e-3 by
+# config, so a tie never is).
 SCORE_EPS = 1e-6
+# No frame this long, the counter having looked for one: the camera is lost (unplugged,
+# rebooting), not merely slow (the config asks for a frame at least every track_gap_s).
+OUTAGE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,12 @@ class Track:
     # the decision time runs from here: the track's start, or after a no_face her first usable
     # frame since (None until she looks up)
     decide_from: float | None = None
+    # held over a camera outage: the next face goes on with it only if it is hers for sure
+    bridged: bool = False
+
+
+def _at_or_above(score: float, threshold: float) -> bool:
+    return score >= threshold - SCORE_EPS
 
 
 def _median(values: list[float]) -> float | None:
@@ -203,22 +213,21 @@ class Decider:
         self._served: dict[str, list[np.ndarray]] = {}
 
     def observe(self, obs: Observation) -> list[Decision]:
+        if obs.kind == "no_frame":
+            return self._no_frame(obs.t)
         out: list[Decision] = []
-        self._forget_served(obs.t)
+        p = self.policy
         if obs.live_score is not None and not math.isfinite(obs.live_score):
             obs = replace(obs, live_score=0.0)  # a model's NaN has not said the face is live
-        if obs.kind == "no_frame" and self._frame_at is not None:
-            self._outage = True
         track = self.track
-        if track is not None and self._ended(track, obs.t):
-            out += self._close(track)
-        if obs.kind == "no_frame":
-            return out
-        track = self.track
-        if self._dark(obs.t) and track is not None and track.decide_from is not None:
-            # back from an outage: she is decided on what the camera sees of her now
-            track.decide_from = obs.t
+        if track is not None and self._back_from_outage(obs.t):
+            assert self._frame_at is not None
+            track.last_seen += obs.t - self._frame_at  # only time with frames ends a track
+            track.bridged = True
         self._frame_at, self._outage = obs.t, False
+        self._forget_served(obs.t)
+        if track is not None and obs.t - track.last_seen > p.track_gap_s:
+            out += self._close(track)
         if obs.kind == "multiple_faces":
             self._beside_someone(obs.t)
             out += self._ambiguous(obs.t)
@@ -301,9 +310,16 @@ class Decider:
         return self.track
 
     def _continues(self, track: Track, obs: Observation) -> bool:
+        """Frames a moment apart: a loose likeness will do. After a camera outage the person
+        may have changed, and a stranger must not be taken into an elder's decided track (no
+        decision for them, her cooldown run on with their face): hers for sure, or a new one."""
         if track.last_embedding is None or obs.embedding is None:
             return True
-        return float(track.last_embedding @ obs.embedding) >= self.policy.same_person
+        similarity = float(track.last_embedding @ obs.embedding)
+        if not track.bridged:
+            return similarity >= self.policy.same_person
+        track.bridged = False
+        return _at_or_above(similarity, self.policy.accept_threshold)
 
     def _close(self, track: Track) -> list[Decision]:
         self.track = None
@@ -329,26 +345,34 @@ class Decider:
             learned_from=search.learned_from,
         )
 
-    def _ended(self, track: Track, t: float) -> bool:
-        """Whether the track in view has ended by ``t``: frames came without her face for
-        ``track_gap_s``. Time without any frame (the camera lost) is not time she was seen to
-        be gone: an outage up to ``bridge_outage_s`` ends nothing, and her face after it goes
-        on with her track (an elder accepted before is not charged again, one decided
-        ``uncertain`` not decided again); any other face starts a new one."""
+    def _no_frame(self, t: float) -> list[Decision]:
+        """No frame came by ``t``. A track still being decided ends as without her face:
+        staff hear of her at once (``uncertain``) and serve her by hand. Time without frames
+        is not time a decided track was seen to be gone: it is held up to ``bridge_outage_s``
+        (her face after it goes on with it, so an elder accepted or decided ``uncertain``
+        before is not decided again), and an elder it holds counts as still there, so her
+        cooldown and the faces served as her do not run out meanwhile."""
+        if self._frame_at is None:
+            return []
         p = self.policy
-        if not self._dark(t) or self._frame_at is None:
-            return t - track.last_seen > p.track_gap_s
-        last_frame = self._frame_at
-        return last_frame - track.last_seen > p.track_gap_s or t - last_frame > p.bridge_outage_s
+        self._outage = True
+        out: list[Decision] = []
+        track = self.track
+        if track is not None:
+            seen_gone = self._frame_at - track.last_seen > p.track_gap_s
+            if not track.decided:
+                ended = t - track.last_seen > p.track_gap_s
+            else:
+                ended = seen_gone or t - self._frame_at > p.bridge_outage_s
+            if ended:
+                out += self._close(track)
+            elif track.elder is not None:
+                self._accepted_at[track.elder] = t
+        self._forget_served(t)
+        return out
 
-    def _dark(self, t: float) -> bool:
-        """The camera lost: said so, and no frame for longer than a track's gap (a slow camera
-        leaves the counter without a frame for a moment between any two)."""
-        return (
-            self._outage
-            and self._frame_at is not None
-            and t - self._frame_at > self.policy.track_gap_s
-        )
+    def _back_from_outage(self, t: float) -> bool:
+        return self._outage and self._frame_at is not None and t - self._frame_at > OUTAGE_S
 
     def _beside_someone(self, t: float) -> None:
         """A frame with two faces of similar size does not say the person in view has gone:
@@ -464,7 +488,7 @@ class Decider:
 
     def _strong(self, e: Evidence) -> bool:
         p = self.policy
-        return e.top_score >= p.accept_threshold - SCORE_EPS and e.margin >= p.margin - SCORE_EPS
+        return _at_or_above(e.top_score, p.accept_threshold) and _at_or_above(e.margin, p.margin)
 
     def _had_its_frames(self, track: Track, t: float) -> Decision | None:
         """A track that could not be accepted but saw at least ``n`` frames gets an outcome:
@@ -568,10 +592,10 @@ class Decider:
 
     def _why_not(self, evidence: list[Evidence]) -> str:
         p = self.policy
-        strong = [e for e in evidence if e.top_score >= p.accept_threshold]
+        strong = [e for e in evidence if _at_or_above(e.top_score, p.accept_threshold)]
         if not strong:
             return "below_accept_threshold"
-        if all(e.margin < p.margin for e in strong):
+        if not any(_at_or_above(e.margin, p.margin) for e in strong):
             return "close_candidates"
         if len({e.top for e in strong}) > 1:
             return "inconsistent"

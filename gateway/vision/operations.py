@@ -219,6 +219,14 @@ class FaceConfirm:
                 f"{elder} was not among the decision's candidates ({', '.join(candidates)}): "
                 "nothing learned; enrol photos (face.enrol) instead"
             )
+        try:
+            gallery = self.gallery.current()
+        except VisionError as exc:
+            raise RequestError(str(exc)) from None
+        if gallery.snapshot.count(elder) == 0:
+            # erased since (consent withdrawn): the counter must not hold her again, nor name
+            # her in a later decision as the one her face was served as
+            raise RequestError(f"{elder} is not enrolled (erased since?): not taken as settled")
         # her meal was settled by hand, learned or not: a face too like a twin's (enrolled
         # with allow_similar) must not leave her to be settled again when she turns back
         settled = self.confirmations.settle(event_id, elder)
@@ -234,7 +242,6 @@ class FaceConfirm:
                 "on most frames; enrol photos (face.enrol) instead"
             )
         try:
-            gallery = self.gallery.current()
             self._check_resembles(gallery, elder, probe)
             result = learn(
                 gallery,

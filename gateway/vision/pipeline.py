@@ -185,6 +185,8 @@ class CounterPipeline:
             self.decider.settled(elder, t - ago, 0)
         self._earlier = []
         for settled in self.confirmations.take_settled():  # the cooldown runs from now
+            if self.gallery.snapshot.count(settled.elder) == 0:
+                continue  # erased meanwhile: not held again, nor named later
             self.decider.settled(settled.elder, max(settled.t, t), settled.track, settled.probe)
 
     def flush(self) -> list[DecisionEvent]:

@@ -15,7 +15,7 @@ from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Decider, Observation, Outcome, Policy
 from gateway.vision.enroll import enrol
-from gateway.vision.gallery import Gallery
+from gateway.vision.gallery import Gallery, erase
 from gateway.vision.images import fit_within, read_image
 from gateway.vision.liveness import LivenessResult
 from gateway.vision.operations import FaceConfirm, GalleryFile
@@ -150,30 +150,36 @@ class Shown:
         return Analysis("face", 1, embedding=self.face, liveness=liveness)
 
 
+def shown_counter(
+    vision_cfg: VisionSection, gallery: Gallery, confirmations: Confirmations
+) -> tuple[CounterPipeline, Shown]:
+    shown = Shown()
+    pipeline = CounterPipeline(
+        shown,  # type: ignore[arg-type]
+        gallery,
+        Policy.from_config(vision_cfg.decision),
+        "counter-1",
+        {},
+        confirmations=confirmations,
+    )
+    return pipeline, shown
+
+
 def test_an_uncertain_face_too_seldom_live_to_learn_can_still_be_settled_by_hand(
     vision_cfg: VisionSection, tmp_path: Path
 ) -> None:
     """Dim light: half the frames of her uncertain visit fail liveness, so her face cannot be
     learned. Staff settle her by hand and say so; turning back to the counter, now recognised
     clearly, she is not settled a second time."""
-    gallery = Gallery.open(tmp_path / "faces.db", tmp_path / "faces.key", "m", create=True)
+    gallery = Gallery.configured(vision_cfg, tmp_path, create=True)  # as FaceConfirm opens it
     rng = np.random.default_rng(5)
     her, other = (v / np.linalg.norm(v) for v in rng.standard_normal((2, 128)))
     other = other - (other @ her) * her
     other /= np.linalg.norm(other)
     gallery.add("E1", [her.astype(np.float32)])
     gallery.reload()
-    rules = vision_cfg.decision
-    confirmations = Confirmations(rules.confirm_within_s)
-    shown = Shown()
-    pipeline = CounterPipeline(
-        shown,  # type: ignore[arg-type]
-        gallery,
-        Policy.from_config(rules),
-        "counter-1",
-        {},
-        confirmations=confirmations,
-    )
+    confirmations = Confirmations(vision_cfg.decision.confirm_within_s)
+    pipeline, shown = shown_counter(vision_cfg, gallery, confirmations)
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     shown.face = (0.5 * her + np.sqrt(0.75) * other).astype(np.float32)  # 0.50: a candidate
     events: list[DecisionEvent] = []
@@ -191,3 +197,41 @@ def test_an_uncertain_face_too_seldom_live_to_learn_can_still_be_settled_by_hand
     assert [e for events in back for e in events] == []
     assert pipeline.decider.counters["cooldown_suppressed"] == 1
     assert gallery.snapshot.count("E1") == 1  # nothing learned
+
+
+def test_an_elder_erased_before_staff_confirm_her_is_not_held_nor_named_again(
+    vision_cfg: VisionSection, tmp_path: Path
+) -> None:
+    """An uncertain decision between E1 and E2; E1 withdraws her consent and is erased; then
+    staff, unaware, confirm the decision as E1. Refused, and the counter does not take E1
+    back into its memory: a face recognised later as E2 is not refused as "served as E1",
+    an event that would name the erased elder after her erasure was carried out."""
+    gallery = Gallery.configured(vision_cfg, tmp_path, create=True)  # as FaceConfirm opens it
+    q, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((128, 3)))
+    e1, e2, other = (q[:, i].astype(np.float32) for i in range(3))
+    gallery.add("E1", [e1])
+    gallery.add("E2", [e2])
+    gallery.reload()
+    confirmations = Confirmations(vision_cfg.decision.confirm_within_s)
+    pipeline, shown = shown_counter(vision_cfg, gallery, confirmations)
+
+    def show(face: np.ndarray, start: float, seconds: float) -> list[DecisionEvent]:
+        shown.face = face.astype(np.float32)
+        image = np.zeros((8, 8, 3), dtype=np.uint8)
+        out: list[DecisionEvent] = []
+        for i in range(int(seconds * FPS)):  # a picture that moves, as a camera's does
+            out += pipeline.process(Frame(image + (i % 2) * 50, start + i / FPS, i))
+        return out
+
+    (unsure,) = show(0.50 * e1 + 0.49 * e2 + np.sqrt(1 - 0.25 - 0.2401) * other, 0.0, 3.0)
+    assert [e for e, _ in unsure.decision.candidates] == ["E1", "E2"]
+    assert erase(gallery.db_path, "E1", key_path=gallery.key_path) == 1
+    gallery.refresh_if_changed()
+    pipeline.decider.forget(["E1"])
+    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
+
+    with pytest.raises(RequestError, match=r"E1 is not enrolled \(erased since\?\)"):
+        confirm({"event_id": unsure.event.event_id, "elder_id": "E1"})
+    assert pipeline.decider.cooldowns(3.0) == {}
+    later = show(0.30 * e1 + 0.62 * e2 + np.sqrt(1 - 0.09 - 0.3844) * other, 5.0, 3.0)
+    assert [(e.decision.outcome, e.decision.elder_id) for e in later] == [(Outcome.ACCEPTED, "E2")]

@@ -45,10 +45,18 @@ from gateway.vision.images import (
 )
 
 RECOMMENDED_PHOTOS = 3
-# one picture however re-encoded, cropped, brightened, rescaled or turned grey scores 0.96-0.99
-# against itself; photos of one person taken apart score at most 0.93 on LFW (two frames of
-# one moment can score 0.97: not two views either)
+# One picture re-encoded, cropped, rescaled, brightened, turned grey or mirrored (a phone's
+# front camera) scores 0.89-0.99 against itself (deepface: 60 photos x 6 such copies, the least
+# a grey copy at 400 px, 0.888); of 1,719 pairs of photos of one person taken apart (LFW), 3.3 %
+# score 0.85 or more (near-copies of one moment reach 0.95). No score tells the two apart.
+# Where a copy taken for two pictures would let a stranger through (two copies of her photo
+# outvoting the elder's own), COPY_LIKE counts them as one: at worst two real photos count
+# once, which is stricter. Where counting them as two is the stricter (a second person among
+# the photos), keeps a real second view (storing templates), or leaves staff the choice (the
+# same picture under two elders refuses even allow_similar; between 0.85 and 0.95 it is
+# flagged as a look-alike, which staff may override), SAME_PICTURE.
 SAME_PICTURE = 0.95
+COPY_LIKE = 0.85
 LEARN_UP_TO = 10
 
 
@@ -128,7 +136,10 @@ def _one_person(
     a first enrolment, the one group of two or more pictures; a photo matching none of the
     others is left out, and another group of two or more is a second person: refused, since
     keeping either would let the other be charged as this elder. Copies of one picture are one
-    picture: sent twice, a stranger's photo must not outvote the elder's own."""
+    picture: sent twice, a stranger's photo must not outvote the elder's own. Where copies
+    cannot be told from two photos of one moment, each count is the stricter one: a group
+    that may be two pictures is a second person, and the elder's must be two pictures even
+    counted as copies (``COPY_LIKE``)."""
     good = [(i, v.embedding) for i, v in enumerate(verdicts) if v.embedding is not None]
     if not good:
         return [], ""
@@ -141,7 +152,7 @@ def _one_person(
         )
     anchor = len(good)  # the enrolled templates' node, when there are any
     groups = _groups(linked)
-    people = [g for g in groups if anchor not in g and _pictures(vectors[g]) >= 2]
+    people = [g for g in groups if anchor not in g and _pictures(vectors[g], SAME_PICTURE) >= 2]
     if len(enrolled):
         elder = next(g for g in groups if anchor in g)
         keep = [good[j][0] for j in elder if j != anchor]
@@ -153,11 +164,11 @@ def _one_person(
         if people:
             return [], "the photos show more than one person"
         return keep, ""
-    if _pictures(vectors) == 1:
+    if _pictures(vectors, COPY_LIKE) == 1:
         return [i for i, _ in good], ""
     if len(people) > 1:
         return [], "the photos show more than one person"
-    if not people:
+    if not people or _pictures(vectors[people[0]], COPY_LIKE) < 2:
         return [], "the photos do not show the same person"
     return [good[j][0] for j in people[0]], ""
 
@@ -181,17 +192,20 @@ def _groups(linked: np.ndarray) -> list[list[int]]:
     return groups
 
 
-def _pictures(vectors: np.ndarray) -> int:
-    """How many different pictures the vectors are of."""
-    return len(_new_views(np.empty((0, vectors.shape[1]), np.float32), list(vectors)))
+def _pictures(vectors: np.ndarray, same: float) -> int:
+    """How many different pictures the vectors are of, ``same`` and above counting as one."""
+    empty = np.empty((0, vectors.shape[1]), np.float32)
+    return len(_new_views(empty, list(vectors), same))
 
 
-def _new_views(enrolled: np.ndarray, vectors: list[np.ndarray]) -> list[np.ndarray]:
+def _new_views(
+    enrolled: np.ndarray, vectors: list[np.ndarray], same: float = SAME_PICTURE
+) -> list[np.ndarray]:
     """The vectors that are not a picture already enrolled (or already earlier in the list)."""
     new: list[np.ndarray] = []
     for vector in vectors:
         known = np.concatenate([enrolled, np.stack(new)]) if new else enrolled
-        if known.size == 0 or float((known @ vector).max()) < SAME_PICTURE:
+        if known.size == 0 or float((known @ vector).max()) < same:
             new.append(vector)
     return new
 

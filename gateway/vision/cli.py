@@ -142,8 +142,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if gallery.damaged and not gallery.report.key_mismatch:  # a wrong key: refused below
         print(
             f"WARNING: {gallery.report.undecryptable} templates of {len(gallery.damaged)} "
-            "elders fail to decrypt, so new photos are not checked against them "
-            "('gateway gallery stats' names them)",
+            "elders fail to decrypt, so new photos are not checked against them, and "
+            "photos for those elders are refused ('gateway gallery stats' names them)",
             file=sys.stderr,
         )
     progress = Progress(len(jobs), "enrolling") if len(jobs) > 1 else None

@@ -226,6 +226,17 @@ def enrol(
     # seen by the checks or waits for the add
     with gallery.writing():
         held = gallery.snapshot.count(elder_id)
+        if not held and elder_id in gallery.damaged:
+            # her rows cannot be read, so nothing can say these photos show her: taken for a
+            # new elder, someone else's photo would be added under her id
+            return Enrolment(
+                elder_id,
+                "refused",
+                "her enrolled templates cannot be read (damaged, or sealed with another key), "
+                "so the photos cannot be checked against them: remove the elder and enrol "
+                "her again",
+                verdicts,
+            )
         enrolled = gallery.snapshot.templates_of(elder_id)
         keep, problem = _one_person(verdicts, enrolled, rules.verify_threshold)
         verdicts = [

@@ -422,3 +422,25 @@ def test_the_same_picture_is_never_enrolled_for_two_elders_whatever_staff_allow(
     edited = enrol(gallery, analyzer, "elder-2", [cropped], rules=RULES, allow_similar=True)
     assert edited.status == "flagged" and "the same picture" in edited.message
     assert gallery.snapshot.count("elder-2") == 0
+
+
+def test_photos_for_an_elder_whose_templates_cannot_be_read_are_refused(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    """Her rows no longer decrypt (a damaged card): nothing can say whether new photos show
+    her, and taken for a new elder, a mix-up on the platform would add someone else under
+    her id. Refused, with what to do; the others' enrolments go on."""
+    enrol(gallery, analyzer, "elder-1", [df / "img1.jpg", df / "img2.jpg"], rules=RULES)
+    with sqlite3.connect(gallery.db_path) as conn:
+        conn.execute(
+            "UPDATE templates SET ciphertext = zeroblob(length(ciphertext))"
+            " WHERE elder_id = 'elder-1'"
+        )
+    conn.close()
+    reopened = Gallery.open(gallery.db_path, gallery.key_path, gallery.model_id)
+    assert reopened.damaged == ("elder-1",)
+    mixed_up = enrol(reopened, analyzer, "elder-1", [df / "img13.jpg"], rules=RULES)
+    assert mixed_up.status == "refused" and "cannot be read" in mixed_up.message
+    assert reopened.snapshot.count("elder-1") == 0
+    other = enrol(reopened, analyzer, "elder-2", [df / "img13.jpg"], rules=RULES)
+    assert other.status == "enrolled"

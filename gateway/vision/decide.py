@@ -146,6 +146,7 @@ class Track:
     decide_from: float | None = None
     # held over a camera outage: the next face goes on with it only if it is hers for sure
     bridged: bool = False
+    dark_s: float = 0.0  # outages it was held over, in all: at most bridge_outage_s
 
 
 def _at_or_above(score: float, threshold: float) -> bool:
@@ -222,7 +223,9 @@ class Decider:
         track = self.track
         if track is not None and self._back_from_outage(obs.t):
             assert self._frame_at is not None
-            track.last_seen += obs.t - self._frame_at  # only time with frames ends a track
+            dark = obs.t - self._frame_at
+            track.last_seen += dark  # only time with frames ends a track
+            track.dark_s += dark
             track.bridged = True
         self._frame_at, self._outage = obs.t, False
         self._forget_served(obs.t)
@@ -313,13 +316,14 @@ class Decider:
         """Frames a moment apart: a loose likeness will do. After a camera outage the person
         may have changed, and a stranger must not be taken into an elder's decided track (no
         decision for them, her cooldown run on with their face): hers for sure, or a new one."""
+        if track.bridged and obs.embedding is not None:
+            track.bridged = False  # a track with no face to compare (a tilted print) takes nobody
+            return track.last_embedding is not None and _at_or_above(
+                float(track.last_embedding @ obs.embedding), self.policy.accept_threshold
+            )
         if track.last_embedding is None or obs.embedding is None:
             return True
-        similarity = float(track.last_embedding @ obs.embedding)
-        if not track.bridged:
-            return similarity >= self.policy.same_person
-        track.bridged = False
-        return _at_or_above(similarity, self.policy.accept_threshold)
+        return float(track.last_embedding @ obs.embedding) >= self.policy.same_person
 
     def _close(self, track: Track) -> list[Decision]:
         self.track = None
@@ -360,10 +364,12 @@ class Decider:
         track = self.track
         if track is not None:
             seen_gone = self._frame_at - track.last_seen > p.track_gap_s
+            dark = t - self._frame_at
             if not track.decided:
                 ended = t - track.last_seen > p.track_gap_s
-            else:
-                ended = seen_gone or t - self._frame_at > p.bridge_outage_s
+            else:  # a slow camera is not lost; a flapping one is held for the sum of its outages
+                lost = dark > OUTAGE_S and track.dark_s + dark > p.bridge_outage_s
+                ended = seen_gone or lost
             if ended:
                 out += self._close(track)
             elif track.elder is not None:

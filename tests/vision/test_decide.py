@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -945,3 +946,55 @@ def test_a_slow_camera_leaving_the_counter_without_a_frame_between_two_is_no_out
     out = run(Decider(POLICY), observations)
     assert [d.outcome for d in out] == [Outcome.UNCERTAIN]
     assert out[0].t <= POLICY.decide_within_s + 0.5
+
+
+def slow_camera(
+    start: float, seconds: float, shown: Callable[[float], Observation]
+) -> list[Observation]:
+    """2 frames a second, the counter finding no frame at its looks between them."""
+    out: list[Observation] = []
+    for i in range(int(seconds * 2)):
+        t = start + i * 0.5
+        out += [shown(t), Observation(t + 0.2, "no_frame"), Observation(t + 0.4, "no_frame")]
+    return out
+
+
+def test_a_slow_camera_is_no_outage_even_when_outages_are_not_bridged() -> None:
+    """``bridge_outage_s = 0`` ends a held track at an outage, not between two frames of a
+    slow camera: an elder decided uncertain is not decided again and again while she stays."""
+    policy = replace(POLICY, bridge_outage_s=0.0)
+    unsure = slow_camera(0.0, 8.0, lambda t: face(t, "p1", "elder-1", 0.5))
+    sure = slow_camera(8.0, 4.0, lambda t: face(t, "p1", "elder-1", 0.7))
+    out = run(Decider(policy), unsure + sure)
+    assert [d.outcome for d in out] == [Outcome.UNCERTAIN]
+
+
+def test_a_print_held_over_a_camera_outage_does_not_swallow_the_next_elder() -> None:
+    """A print held tilted gives no face to compare: after an outage its track takes
+    nobody in, and the elder who steps up is decided."""
+    tilted = [
+        Observation(i / FPS, "poor_quality", live_score=0.2, reason="turned_away")
+        for i in range(15)
+    ]
+    after = frames(71.0, 30, who="p2", top="elder-2", score=0.7)
+    out = run(Decider(POLICY), tilted + no_frames(1.0, 70.0) + after)
+    assert [(d.outcome, d.elder_id) for d in out] == [
+        (Outcome.SPOOF, None),
+        (Outcome.ACCEPTED, "elder-2"),
+    ]
+
+
+def test_a_flapping_camera_holds_a_track_for_its_outages_in_all_not_for_ever() -> None:
+    """A failing camera that sends one frame a minute (nobody in it) for an hour: the outages
+    add up past ``bridge_outage_s``, and she, back at the counter an hour later, is a new
+    visit."""
+    observations = frames(0.0, 15, who="p1", top="elder-1", score=0.7)
+    t = 1.0
+    while t < 3600:
+        observations += no_frames(t, 60.0)
+        t += 60.0
+        observations.append(Observation(t, "no_face"))
+        t += 0.2
+    observations += frames(t + 0.2, 30, who="p1", top="elder-1", score=0.7)
+    out = run(Decider(POLICY), observations)
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED, Outcome.ACCEPTED]

@@ -220,10 +220,11 @@ class FaceConfirm:
                 "nothing learned; enrol photos (face.enrol) instead"
             )
         try:
-            gallery = self.gallery.current()
-        except VisionError as exc:
-            raise RequestError(str(exc)) from None
-        if gallery.snapshot.count(elder) == 0:
+            gallery: Gallery | None = self.gallery.current()
+            unreadable = ""
+        except VisionError as exc:  # she is settled all the same: her meal was, by hand
+            gallery, unreadable = None, str(exc)
+        if gallery is not None and gallery.snapshot.count(elder) == 0:
             # erased since (consent withdrawn): the counter must not hold her again, nor name
             # her in a later decision as the one her face was served as
             raise RequestError(f"{elder} is not enrolled (erased since?): not taken as settled")
@@ -241,6 +242,8 @@ class FaceConfirm:
                 f"{elder} is taken as settled, but nothing learned: the face did not look live "
                 "on most frames; enrol photos (face.enrol) instead"
             )
+        if gallery is None:
+            raise RequestError(f"{elder} is taken as settled, but nothing learned: {unreadable}")
         try:
             self._check_resembles(gallery, elder, probe)
             result = learn(

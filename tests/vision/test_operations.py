@@ -235,3 +235,22 @@ def test_an_elder_erased_before_staff_confirm_her_is_not_held_nor_named_again(
     assert pipeline.decider.cooldowns(3.0) == {}
     later = show(0.30 * e1 + 0.62 * e2 + np.sqrt(1 - 0.09 - 0.3844) * other, 5.0, 3.0)
     assert [(e.decision.outcome, e.decision.elder_id) for e in later] == [(Outcome.ACCEPTED, "E2")]
+
+
+def test_a_confirmation_while_the_gallery_cannot_be_read_still_settles_her(
+    vision_cfg: VisionSection, tmp_path: Path
+) -> None:
+    """Staff served her by hand: that stands even if her face cannot be learned now (a key
+    file someone made readable to all), or she would be charged once she turns back."""
+    gallery = Gallery.configured(vision_cfg, tmp_path, create=True)
+    her = np.zeros(128, dtype=np.float32)
+    her[0] = 1.0
+    gallery.add("E1", [her])
+    confirmations = Confirmations(vision_cfg.decision.confirm_within_s)
+    confirmations.hold("d-1", her, (("E1", 0.5),), {"E1": gallery.snapshot.anchor("E1")})
+    gallery.key_path.chmod(0o644)
+    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
+
+    with pytest.raises(RequestError, match="E1 is taken as settled, but nothing learned: "):
+        confirm({"event_id": "d-1", "elder_id": "E1"})
+    assert [s.elder for s in confirmations.take_settled()] == ["E1"]

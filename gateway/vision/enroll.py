@@ -132,10 +132,12 @@ def _one_person(
     """Indexes of the photos to keep, or why none can be kept.
 
     Photos are grouped by who matches whom at the 1:1 threshold, the elder's enrolled templates
-    counting as one more member. The elder is the group holding the enrolled templates or, for
-    a first enrolment, the one group of two or more pictures; a photo matching none of the
-    others is left out, and another group of two or more is a second person: refused, since
-    keeping either would let the other be charged as this elder. Copies of one picture are one
+    counting as one more member. The elder is the group holding the enrolled templates (a
+    photo matching none of them is left out) or, for a first enrolment, the one group of two or
+    more pictures, and only if every photo is in it: a photo matching none of the others may
+    be the elder's own beside two of a stranger's (copies of one can score 0.84), and another
+    group of two or more is a second person; either is refused, since keeping any would let
+    someone be charged as this elder. Copies of one picture are one
     picture: sent twice, a stranger's photo must not outvote the elder's own. Where copies
     cannot be told from two photos of one moment, each count is the stricter one: a group
     that may be two pictures is a second person, and the elder's must be two pictures even
@@ -170,7 +172,10 @@ def _one_person(
         return [], "the photos show more than one person"
     if not people or _pictures(vectors[people[0]], COPY_LIKE) < 2:
         return [], "the photos do not show the same person"
-    return [good[j][0] for j in people[0]], ""
+    elder = [good[j][0] for j in people[0]]
+    if len(elder) < len(good):  # see the docstring: nothing here says which one is the elder
+        return elder, "the photos do not all show the same person"
+    return elder, ""
 
 
 def _groups(linked: np.ndarray) -> list[list[int]]:

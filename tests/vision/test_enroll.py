@@ -165,11 +165,24 @@ def test_a_picture_sent_twice_does_not_outvote_the_elders_own(
     assert alone.status == "enrolled"
 
 
-def test_an_odd_photo_out_is_dropped(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:
+def test_a_new_elders_photos_that_do_not_all_match_are_refused(
+    gallery: Gallery, analyzer: Analyzer, df: Path
+) -> None:
+    """Nothing says which group is the elder: the odd photo out may be her own, beside two
+    of somebody else's (two real photos, or two copies of one that score under 0.85 against
+    each other). Refused, the odd photo named; sent alone, her photos enrol."""
     photos = [df / "img13.jpg", df / "img14.jpg", df / "img8.jpg"]
     result = enrol(gallery, analyzer, "elder-1", photos, rules=RULES)
-    assert result.status == "enrolled" and result.added == 2
-    assert result.photos[2].reason == "does_not_match_other_photos"
+    assert (result.status, result.message) == (
+        "refused",
+        "the photos do not all show the same person",
+    )
+    assert [v.reason for v in result.photos] == [None, None, "does_not_match_other_photos"]
+    someone_else = [df / "img1.jpg", df / "img20.jpg", df / "img21.jpg"]
+    assert enrol(gallery, analyzer, "elder-1", someone_else, rules=RULES).status == "refused"
+    assert gallery.snapshot.elders == ()
+    alone = enrol(gallery, analyzer, "elder-1", photos[:2], rules=RULES)
+    assert alone.status == "enrolled" and alone.added == 2
 
 
 def test_someone_already_enrolled_under_another_id_is_flagged(

@@ -229,7 +229,9 @@ class Decider:
             track.bridged = True
         self._frame_at, self._outage = obs.t, False
         self._forget_served(obs.t)
-        if track is not None and obs.t - track.last_seen > p.track_gap_s:
+        if track is not None and (
+            obs.t - track.last_seen > p.track_gap_s or track.dark_s > p.bridge_outage_s
+        ):
             out += self._close(track)
         if obs.kind == "multiple_faces":
             self._beside_someone(obs.t)

@@ -998,3 +998,17 @@ def test_a_flapping_camera_holds_a_track_for_its_outages_in_all_not_for_ever() -
     observations += frames(t + 0.2, 30, who="p1", top="elder-1", score=0.7)
     out = run(Decider(POLICY), observations)
     assert [d.outcome for d in out] == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+
+
+def test_a_camera_sending_a_frame_every_two_seconds_ends_a_held_track_in_the_end() -> None:
+    """Every frame comes back from an outage, so the track is never ended while waiting for
+    one: the outages still add up at the frames, and she, back later, is a new visit."""
+    observations = frames(0.0, 15, who="p1", top="elder-1", score=0.7)
+    t = 1.0
+    while t < 900:
+        observations += [Observation(t + 0.2 * i, "no_frame") for i in range(1, 11)]
+        t += 2.1
+        observations.append(Observation(t, "no_face"))
+    observations += frames(t + 0.1, 30, who="p1", top="elder-1", score=0.7)
+    out = run(Decider(POLICY), observations)
+    assert [d.outcome for d in out] == [Outcome.ACCEPTED, Outcome.ACCEPTED]

@@ -718,6 +718,21 @@ class Gallery:
         self._refresh_look_alikes()
 
 
+def has_rows(db_path: Path, elder_id: str) -> bool | None:
+    """Whether the gallery file holds rows of the elder, read without the key (ids are kept
+    in the clear: erase finds them so too); None when the file cannot be read."""
+    if not db_path.exists():
+        return False
+    try:
+        with _connect(db_path) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM templates WHERE elder_id = ? LIMIT 1", (elder_id,)
+            ).fetchone()
+    except (GalleryError, sqlite3.Error):
+        return None
+    return row is not None
+
+
 def erase(
     db_path: Path,
     elder_id: str,

@@ -126,6 +126,12 @@ class GalleryFile:
     def exists(self) -> bool:
         return self._gallery is not None or self.cfg.gallery.db_path(self.data_dir).exists()
 
+    def holds_rows_of(self, elder: str) -> bool | None:
+        """Read without the key, for when the gallery cannot be opened (None: nor so)."""
+        from gateway.vision.gallery import has_rows
+
+        return has_rows(self.cfg.gallery.db_path(self.data_dir), elder)
+
     def current(self) -> Gallery:
         """Opened (created if need be) once, then brought up to date with other writers (a CLI
         enrolment, an erasure); a failure (wrong key) is retried at the next request."""
@@ -224,7 +230,11 @@ class FaceConfirm:
             unreadable = ""
         except VisionError as exc:  # she is settled all the same: her meal was, by hand
             gallery, unreadable = None, str(exc)
-        if gallery is not None and gallery.snapshot.count(elder) == 0:
+        if (
+            gallery.snapshot.count(elder) == 0
+            if gallery is not None
+            else self.gallery.holds_rows_of(elder) is False
+        ):
             # erased since (consent withdrawn): the counter must not hold her again, nor name
             # her in a later decision as the one her face was served as
             raise RequestError(f"{elder} is not enrolled (erased since?): not taken as settled")

@@ -254,3 +254,9 @@ def test_a_confirmation_while_the_gallery_cannot_be_read_still_settles_her(
     with pytest.raises(RequestError, match="E1 is taken as settled, but nothing learned: "):
         confirm({"event_id": "d-1", "elder_id": "E1"})
     assert [s.elder for s in confirmations.take_settled()] == ["E1"]
+    # erased meanwhile: the file says so without the key, and she is not held again
+    confirmations.hold("d-2", her, (("E1", 0.5),), {"E1": None})
+    erase(gallery.db_path, "E1")
+    with pytest.raises(RequestError, match=r"E1 is not enrolled \(erased since\?\)"):
+        confirm({"event_id": "d-2", "elder_id": "E1"})
+    assert confirmations.take_settled() == []

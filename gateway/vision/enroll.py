@@ -57,6 +57,11 @@ RECOMMENDED_PHOTOS = 3
 # flagged as a look-alike, which staff may override), SAME_PICTURE.
 SAME_PICTURE = 0.95
 COPY_LIKE = 0.85
+# a face was found, but the gates refused it: nothing can say whose it is
+FACE_NOT_CHECKED = frozenset(
+    {"multiple_faces", "too_small", "cut_off", "turned_away", "tilted", "rolled", "blurred"}
+    | {"too_dark", "too_bright"}
+)
 LEARN_UP_TO = 10
 
 
@@ -240,6 +245,16 @@ def enrol(
                 "her enrolled templates cannot be read (damaged, or sealed with another key), "
                 "so the photos cannot be checked against them: remove the elder and enrol "
                 "her again",
+                verdicts,
+            )
+        # a new elder: a face the gates refused may be hers, beside somebody else's photos
+        unchecked = any(v.reason in FACE_NOT_CHECKED for v in verdicts)
+        if not held and unchecked and any(v.ok for v in verdicts):
+            return Enrolment(
+                elder_id,
+                "refused",
+                "a new elder's photos must all show a face that can be checked against the "
+                "others; send them again without or in place of the photos refused",
                 verdicts,
             )
         enrolled = gallery.snapshot.templates_of(elder_id)

@@ -72,9 +72,32 @@ def test_each_photo_gets_a_verdict_with_a_reason(
     broken.write_bytes(b"\xff\xd8 nothing")
     photos = [df / "img13.jpg", df / "couple.jpg", df / "img23.jpg", broken, df / "img14.jpg"]
     result = enrol(gallery, analyzer, "elder-1", photos, rules=RULES)
-    assert result.status == "enrolled" and result.added == 2
     assert [v.reason for v in result.photos] == [None, "multiple_faces", "tilted", "corrupt", None]
     assert "pitch" in result.photos[2].detail
+    # a new elder: a face refused by the gates may be hers beside somebody else's photos
+    assert result.status == "refused" and "must all show a face" in result.message
+    assert gallery.snapshot.elders == ()
+    again = enrol(gallery, analyzer, "elder-1", [*photos[:1], broken, photos[4]], rules=RULES)
+    assert again.status == "enrolled" and again.added == 2  # a file with no face: no matter
+    later = enrol(gallery, analyzer, "elder-1", photos, rules=RULES)  # checked against hers
+    assert later.status == "enrolled" and later.added == 0 and later.already == 2
+
+
+def test_a_new_elder_whose_own_photo_fails_a_gate_is_not_enrolled_from_somebody_elses(
+    gallery: Gallery, analyzer: Analyzer, df: Path, tmp_path: Path
+) -> None:
+    """Her photo is too small to be checked; two photos of somebody else would otherwise
+    be enrolled under her id."""
+    image = cv2.imread(str(df / "img8.jpg"))
+    small = tmp_path / "small.png"
+    cv2.imwrite(
+        str(small), cv2.resize(image, None, fx=120 / image.shape[1], fy=120 / image.shape[1])
+    )
+    result = enrol(
+        gallery, analyzer, "elder-1", [small, df / "img13.jpg", df / "img14.jpg"], rules=RULES
+    )
+    assert result.photos[0].reason == "too_small"
+    assert result.status == "refused" and gallery.snapshot.elders == ()
 
 
 def test_photos_of_two_people_are_refused(gallery: Gallery, analyzer: Analyzer, df: Path) -> None:

@@ -57,11 +57,6 @@ RECOMMENDED_PHOTOS = 3
 # flagged as a look-alike, which staff may override), SAME_PICTURE.
 SAME_PICTURE = 0.95
 COPY_LIKE = 0.85
-# a face was found, but the gates refused it: nothing can say whose it is
-FACE_NOT_CHECKED = frozenset(
-    {"multiple_faces", "too_small", "cut_off", "turned_away", "tilted", "rolled", "blurred"}
-    | {"too_dark", "too_bright"}
-)
 LEARN_UP_TO = 10
 
 
@@ -247,14 +242,14 @@ def enrol(
                 "her again",
                 verdicts,
             )
-        # a new elder: a face the gates refused may be hers, beside somebody else's photos
-        unchecked = any(v.reason in FACE_NOT_CHECKED for v in verdicts)
-        if not held and unchecked and any(v.ok for v in verdicts):
+        # a new elder: a photo that could not be used (no face found in it, a face the gates
+        # refused, a file that would not decode) may be hers, beside somebody else's photos
+        if not held and any(v.ok for v in verdicts) and not all(v.ok for v in verdicts):
             return Enrolment(
                 elder_id,
                 "refused",
-                "a new elder's photos must all show a face that can be checked against the "
-                "others; send them again without or in place of the photos refused",
+                "a new elder's photos must all be usable, to be checked against one another; "
+                "send them again without or in place of the photos refused",
                 verdicts,
             )
         enrolled = gallery.snapshot.templates_of(elder_id)

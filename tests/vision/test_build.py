@@ -285,21 +285,27 @@ def test_the_platform_enrols_an_elder_from_photos(
     data_dir = tmp_path / "var"
     cfg = config(data_dir, mosquitto.port, vision={"models_dir": str(models_dir)})
     sub = Subscriber(mosquitto.port)
-    wall = tmp_path / "wall.png"  # no face (a face the gates refused would refuse her)
+    wall = tmp_path / "wall.png"  # a photo with no face in it
     cv2.imwrite(str(wall), np.full((240, 320, 3), 96, np.uint8))
-    request = {
-        "transaction": "en-1",
+    front, left = _photo(df / "img13.jpg", "front"), _photo(df / "img14.jpg", "left")
+    unusable = {
+        "transaction": "en-0",
         "elder_id": "E1024",
-        "photos": [
-            _photo(df / "img13.jpg", "front"),
-            {"name": "scrambled", "data": "not base64!"},
-            _photo(wall),
-            _photo(df / "img14.jpg", "left"),
-        ],
+        "photos": [front, {"name": "scrambled", "data": "not base64!"}, _photo(wall), left],
     }
+    request = {"transaction": "en-1", "elder_id": "E1024", "photos": [front, left]}
     try:
         with running(cfg):  # no camera configured
             sub.wait_for(lambda m: any(x.topic == f"{BASE}/status" for x in m))
+            # a new elder: an unusable photo may be hers, beside photos of somebody else
+            mixed = ask(sub, "face.enrol", unusable)
+            assert (mixed["status"], mixed["data"]["outcome"]) == ("ok", "refused")
+            assert [(p["name"], p["reason"]) for p in mixed["data"]["photos"]] == [
+                ("front", None),
+                ("scrambled", "corrupt"),
+                ("photo 3", "no_face"),
+                ("left", None),
+            ]
             first = ask(sub, "face.enrol", request)
             assert first["status"] == "ok", first
             data = first["data"]
@@ -308,17 +314,14 @@ def test_the_platform_enrols_an_elder_from_photos(
                 2,
                 2,
             )
-            assert [(p["name"], p["reason"]) for p in data["photos"]] == [
-                ("front", None),
-                ("scrambled", "corrupt"),
-                ("photo 3", "no_face"),
-                ("left", None),
-            ]
             assert "enrol 3 photos" in data["message"]
             assert ask(sub, "face.enrol", request) == {**first, "repeat": True}
             # the same pictures again under a new transaction (a retry after a lost reply)
             retry = ask(sub, "face.enrol", {**request, "transaction": "en-2"})
             assert (retry["data"]["templates_added"], retry["data"]["already_enrolled"]) == (0, 2)
+            # enrolled now: checked against her templates, the unusable photos are left out
+            later = ask(sub, "face.enrol", {**unusable, "transaction": "en-5"})["data"]
+            assert (later["outcome"], later["already_enrolled"]) == ("enrolled", 2)
             # the same person under another id is flagged, not added
             other = {
                 "transaction": "en-3",

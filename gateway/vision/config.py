@@ -197,11 +197,11 @@ class DecisionSection(Strict):
         300.0,
         ge=0,
         le=3600,
-        description="A camera outage (no frame for 2 s or more: a USB camera replugged, an IP "
-        "camera rebooting) up to this long does not end a decided track: her face after it "
-        "(at accept_threshold) goes on with her track, and an elder accepted before counts as "
-        "still there meanwhile, so she is not charged again. Longer, and a face after it is a "
-        "new visit. 0: every outage ends the track.",
+        description="A camera outage (no frame for 2 s, or track_gap_s if longer: a USB camera "
+        "replugged, an IP camera rebooting) up to this long does not end a decided track: her "
+        "face after it (at accept_threshold) goes on with her track, and an elder accepted before "
+        "counts as still there meanwhile, so she is not charged again. Longer, and a face after "
+        "it is a new visit. 0: every outage ends the track.",
     )
 
     @model_validator(mode="after")

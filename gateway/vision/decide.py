@@ -73,8 +73,9 @@ ObservationKind = Literal["face", "poor_quality", "no_face", "multiple_faces", "
 # exactly at a threshold must count as "at or above" it (the margin is at least 1e-3 by
 # config, so a tie never is).
 SCORE_EPS = 1e-6
-# No frame this long, the counter having looked for one: the camera is lost (unplugged,
-# rebooting), not merely slow (the config asks for a frame at least every track_gap_s).
+# No frame this long (or track_gap_s, if longer), the counter having looked for one: the
+# camera is lost (unplugged, rebooting), not merely slow (the config asks for a frame at
+# least every track_gap_s).
 OUTAGE_S = 2.0
 
 
@@ -370,7 +371,7 @@ class Decider:
             if not track.decided:
                 ended = t - track.last_seen > p.track_gap_s
             else:  # a slow camera is not lost; a flapping one is held for the sum of its outages
-                lost = dark > OUTAGE_S and track.dark_s + dark > p.bridge_outage_s
+                lost = dark > self._outage_s and track.dark_s + dark > p.bridge_outage_s
                 ended = seen_gone or lost
             if ended:
                 out += self._close(track)
@@ -380,7 +381,11 @@ class Decider:
         return out
 
     def _back_from_outage(self, t: float) -> bool:
-        return self._outage and self._frame_at is not None and t - self._frame_at > OUTAGE_S
+        return self._outage and self._frame_at is not None and t - self._frame_at > self._outage_s
+
+    @property
+    def _outage_s(self) -> float:
+        return max(OUTAGE_S, self.policy.track_gap_s)
 
     def _beside_someone(self, t: float) -> None:
         """A frame with two faces of similar size does not say the person in view has gone:

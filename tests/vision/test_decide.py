@@ -1012,3 +1012,17 @@ def test_a_camera_sending_a_frame_every_two_seconds_ends_a_held_track_in_the_end
     observations += frames(t + 0.1, 30, who="p1", top="elder-1", score=0.7)
     out = run(Decider(POLICY), observations)
     assert [d.outcome for d in out] == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+
+
+def test_a_camera_slower_than_two_seconds_but_within_the_track_gap_is_no_outage() -> None:
+    """A site that allows 3 s between frames (a dim counter): a frame every 2.2 s is the
+    camera working, and an elder decided uncertain who stays ten minutes is decided once."""
+    policy = replace(POLICY, track_gap_s=3.0)
+    observations: list[Observation] = []
+    t = 0.0
+    while t < 600:
+        observations.append(face(t, "p1", "elder-1", 0.5))
+        observations += [Observation(t + 0.2 * i, "no_frame") for i in range(1, 11)]
+        t += 2.2
+    out = run(Decider(policy), observations)
+    assert [d.outcome for d in out] == [Outcome.UNCERTAIN]

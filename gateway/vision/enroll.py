@@ -137,11 +137,11 @@ def _one_person(
     more pictures, and only if every photo is in it: a photo matching none of the others may
     be the elder's own beside two of a stranger's (copies of one can score 0.84), and another
     group of two or more is a second person; either is refused, since keeping any would let
-    someone be charged as this elder. Copies of one picture are one
-    picture: sent twice, a stranger's photo must not outvote the elder's own. Where copies
-    cannot be told from two photos of one moment, each count is the stricter one: a group
-    that may be two pictures is a second person, and the elder's must be two pictures even
-    counted as copies (``COPY_LIKE``)."""
+    someone be charged as this elder. Copies of one picture are one picture: sent twice, a
+    stranger's photo must not outvote the elder's own. Where copies cannot be told from two
+    photos of one moment, each count is the stricter one: a group that may be two pictures is
+    a second person, and the elder's must be two pictures even counted as copies
+    (``COPY_LIKE``)."""
     good = [(i, v.embedding) for i, v in enumerate(verdicts) if v.embedding is not None]
     if not good:
         return [], ""

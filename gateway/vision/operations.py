@@ -230,13 +230,13 @@ class FaceConfirm:
             unreadable = ""
         except VisionError as exc:  # she is settled all the same: her meal was, by hand
             gallery, unreadable = None, str(exc)
-        if (
-            gallery.snapshot.count(elder) == 0
-            if gallery is not None
-            else self.gallery.holds_rows_of(elder) is False
-        ):
-            # erased since (consent withdrawn): the counter must not hold her again, nor name
-            # her in a later decision as the one her face was served as
+        if gallery is not None:
+            erased = gallery.snapshot.count(elder) == 0
+        else:  # the file says so without the key
+            erased = self.gallery.holds_rows_of(elder) is False
+        if erased:
+            # consent withdrawn: the counter must not hold her again, nor name her in a later
+            # decision as the one her face was served as
             raise RequestError(f"{elder} is not enrolled (erased since?): not taken as settled")
         # her meal was settled by hand, learned or not: a face too like a twin's (enrolled
         # with allow_similar) must not leave her to be settled again when she turns back

@@ -168,8 +168,8 @@ class CounterPipeline:
         return self._events(decisions, this if obs.kind == "multiple_faces" else None)
 
     def idle(self, t: float) -> list[DecisionEvent]:
-        """No frame arrived by ``t``: lets a track end once the camera has been quiet for
-        longer than an outage is bridged (``bridge_outage_s``)."""
+        """No frame arrived by ``t``: the decider hears of it (``no_frame``), which says
+        nothing of who is at the counter, unlike a frame without a face."""
         return self._nothing(t, "no_frame")
 
     def _nothing(self, t: float, kind: ObservationKind) -> list[DecisionEvent]:

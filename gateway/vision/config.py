@@ -308,19 +308,26 @@ class VisionSection(Strict):
 
     @model_validator(mode="after")
     def _reachable(self) -> VisionSection:
-        """k frames must fit in the window even at the camera's full rate, and a track must
-        outlast the time between two frames, or nobody is ever accepted: every elder ends
-        uncertain, or (each frame a track of its own) is never decided at all."""
-        d = self.decision
-        if (d.k - 1) / self.camera.fps > d.window_s:
-            raise ValueError(
-                f"decision.k = {d.k} frames cannot fit in decision.window_s = {d.window_s} s "
-                f"at camera.fps = {self.camera.fps}: raise window_s or lower k"
-            )
-        if 1 / self.camera.fps > d.track_gap_s:
-            raise ValueError(
-                f"decision.track_gap_s = {d.track_gap_s} s is shorter than the time between "
-                f"two frames at camera.fps = {self.camera.fps}: every frame would start a new "
-                "track; raise track_gap_s or fps"
-            )
+        problem = unreachable(self.decision, self.camera.fps, f"camera.fps = {self.camera.fps}")
+        if problem is not None:
+            raise ValueError(problem)
         return self
+
+
+def unreachable(d: DecisionSection, fps: float, at: str) -> str | None:
+    """Why nobody can be accepted at ``fps`` frames a second (``at`` says whose), or None.
+    k frames must fit in the window, and a track must outlast the time between two frames:
+    otherwise every elder ends uncertain, or (each frame a track of its own) is never decided
+    at all. Checked against the fps asked of the camera at start, and against the rate the
+    counter really gets once it runs."""
+    if (d.k - 1) / fps > d.window_s:
+        return (
+            f"decision.k = {d.k} frames cannot fit in decision.window_s = {d.window_s} s "
+            f"at {at}: raise window_s or lower k"
+        )
+    if 1 / fps > d.track_gap_s:
+        return (
+            f"decision.track_gap_s = {d.track_gap_s} s is shorter than the time between "
+            f"two frames at {at}: every frame would start a new track; raise track_gap_s or fps"
+        )
+    return None

@@ -37,6 +37,9 @@ from gateway.vision.still import StillGate
 SEARCH_K = 3
 STAGES = ("decode", "detect", "quality", "align", "embed", "liveness", "search", "total")
 TIMED_FRAMES = 60  # a decision reports the medians of its track's latest frames
+PACED_FRAMES = 30  # the counter's pace is the median spacing of this many face frames
+PACE_AFTER = 5  # ... once it has seen at least this many
+SAME_VISIT_S = 5.0  # face frames further apart are two visits, not one visit's pace
 
 log = logging.getLogger(__name__)
 _flood = RateLimitedLog(log, 60.0)
@@ -90,6 +93,29 @@ class TrackFrames:
         }
 
 
+class Pace:
+    """How many frames a second the decider gets while a face is in view: what decides
+    whether k of them fit in ``window_s``. It is measured between consecutive analysed frames
+    that both show someone, on the frames' own clock, so a camera slower than asked (an IP
+    camera's substream, a USB camera stretching its exposure in dim light) and analysis
+    slower than the camera (a large frame on a Pi) both show. An empty counter says nothing
+    of it: its frames are cheap, and the still-scene gate skips most of them."""
+
+    def __init__(self) -> None:
+        self._spacing: deque[float] = deque(maxlen=PACED_FRAMES)
+        self._last: float | None = None
+
+    def saw(self, t: float, someone: bool) -> None:
+        if someone and self._last is not None and 0 < t - self._last <= SAME_VISIT_S:
+            self._spacing.append(t - self._last)
+        self._last = t if someone else None
+
+    def per_s(self) -> float | None:
+        if len(self._spacing) < PACE_AFTER:
+            return None
+        return 1.0 / statistics.median(self._spacing)
+
+
 class CounterPipeline:
     def __init__(
         self,
@@ -120,6 +146,7 @@ class CounterPipeline:
         self.recent_ms: deque[float] = deque(maxlen=100)
         self._earlier: list[tuple[str, float]] = []
         self.last_t: float | None = None  # the last frame's time
+        self.pace = Pace()
 
     def remember(self, accepted: list[tuple[str, float]]) -> None:
         """Elders accepted before a restart, with how long ago (s): they stay in cooldown
@@ -134,6 +161,7 @@ class CounterPipeline:
         if self.still.skips(frame.image, frame.t):
             self.counts["still_skipped"] += 1
             self.last_t = frame.t
+            self.pace.saw(frame.t, False)
             return self._nothing(frame.t, "no_face")  # a frame all the same
         found: list[tuple[SearchResult, float]] = []
 
@@ -152,6 +180,7 @@ class CounterPipeline:
         self.last_t = frame.t
         self.catch_up(frame.t)
         obs = observation(analysis, frame.t, search_result)
+        self.pace.saw(frame.t, obs.kind != "no_face")
         this = TrackFrames()
         this.add(timings, frame.image if self.audit is not None and obs.kind != "no_face" else None)
         decisions = self.decider.observe(obs)

@@ -31,7 +31,7 @@ from gateway.vision.analyze import Analyzer, AnalyzerSettings
 from gateway.vision.audit import AuditFrames
 from gateway.vision.calibrate import beyond_calibration
 from gateway.vision.camera import FrameFeed, open_feed
-from gateway.vision.config import VisionSection
+from gateway.vision.config import VisionSection, unreachable
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Policy
 from gateway.vision.errors import VisionError
@@ -96,6 +96,7 @@ class VisionService:
         # one moment on two clocks, the frames' and the store's running time (ms): the last
         # frame, or the last look for one; what the cooldown file is written against
         self._anchor: tuple[float, int] | None = None
+        self.too_slow: str | None = None  # why nobody can be accepted at the counter's pace
 
     def _store_clock_synced(self) -> bool:
         return self.store is not None and self.store.clock_synced
@@ -225,7 +226,32 @@ class VisionService:
             "erasures_pending": self._late.pending if self._late else 0,
             "audit_frames_kept": self.audit.kept if self.audit else 0,
             "confirmable_decisions": len(self.confirmations),
+            "face_frames_per_s": round(pace, 1) if (pace := self._pace()) else None,
+            "too_slow": self.too_slow,
         }
+
+    def _pace(self) -> float | None:
+        return self.pipeline.pace.per_s() if self.pipeline else None
+
+    def _check_pace(self) -> None:
+        """Said once when the counter turns too slow to accept anyone, and once when it is
+        fast enough again: staff otherwise see only that every elder is left uncertain."""
+        pace = self._pace()
+        if pace is None:
+            return
+        problem = unreachable(
+            self.cfg.decision, pace, f"the {pace:.1f} frames a second the counter gets of a face"
+        )
+        if problem is not None and self.too_slow is None:
+            log.warning(
+                "face stage: too slow to accept anyone: %s; or make the frames come faster "
+                "(more light for a USB camera, a higher frame rate set in a network camera, "
+                "a smaller camera.width and height)",
+                problem,
+            )
+        elif problem is None and self.too_slow is not None:
+            log.info("face stage: fast enough again (%.1f frames a second)", pace)
+        self.too_slow = problem
 
     def _gallery_health(self, gallery: Gallery) -> dict[str, Any]:
         calibrated = self.cfg.decision.calibrated_for_elders
@@ -275,6 +301,7 @@ class VisionService:
             if now >= next_refresh:
                 next_refresh = now + self.cfg.gallery.refresh_s
                 self._refresh()
+                self._check_pace()
             if now >= next_save or pipeline.decider.settlements != settlements:
                 # a staff confirmation is in no journal event: saved at once, not within 5 s
                 settlements = pipeline.decider.settlements

@@ -12,7 +12,7 @@ import pytest
 from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import EMPTY_GREY, Frame
-from gateway.vision.config import DecisionSection
+from gateway.vision.config import DecisionSection, unreachable
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Outcome, Policy
 from gateway.vision.enroll import enrol, learn
@@ -160,3 +160,29 @@ def test_an_elder_confirmed_by_staff_is_not_settled_again_when_the_counter_knows
         events += pipeline.process(Frame(her, i / FPS, i))
     assert events == []
     assert pipeline.decider.counters["cooldown_suppressed"] == 1
+
+
+@pytest.mark.parametrize("fps", [15.0, 1.5])
+def test_the_pace_the_counter_gets_of_a_face_says_whether_anyone_can_be_accepted(
+    analyzer: Analyzer, tmp_path: Path, two_people: tuple[np.ndarray, np.ndarray], fps: float
+) -> None:
+    """At 1.5 frames a second, 3 frames never fit in the 1 s window: she is left uncertain
+    every time, and the pace the counter measured is what says why."""
+    her = two_people[1]
+    pipeline, _, gallery = counter(analyzer, tmp_path)
+    enrolled(analyzer, gallery, "elder-2", her)
+    empty = np.full_like(her, EMPTY_GREY)
+    frames = [empty] * 3 + [her] * 8
+    decided = [
+        d.decision.outcome
+        for i, image in enumerate(frames)
+        for d in pipeline.process(Frame(image, i / fps, i))
+    ]
+    pace = pipeline.pace.per_s()
+    assert pace == pytest.approx(fps)  # the empty frames before her are no part of it
+    problem = unreachable(DecisionSection(), pace, "the counter's pace")
+    if fps == 15.0:
+        assert decided == [Outcome.ACCEPTED] and problem is None
+    else:
+        assert decided == [Outcome.UNCERTAIN]
+        assert problem is not None and "cannot fit in decision.window_s" in problem

@@ -46,6 +46,7 @@ from gateway.vision.service import VisionService
 from tests.support.clock import ManualClock
 from tests.support.disk import fill
 from tests.support.journal import journal
+from tests.support.netcam import NetworkCamera
 from tests.support.wait import eventually
 from tests.vision.test_events import SCHEMA_FILE
 from tests.vision.test_gallery import damage_gallery_file
@@ -993,3 +994,40 @@ def test_an_erased_elder_leaves_nothing_on_the_card_once_her_decisions_are_deliv
     assert gallery.refresh_if_changed() and gallery.snapshot.elders == ("elder-8",)
     assert gallery.confusables() == []
     assert [d["elder_id"] for d in recorded(store.path)] == [None]
+
+
+def test_a_camera_too_slow_for_k_frames_in_the_window_is_said_in_the_log_and_health(
+    store: Store, vision_cfg: VisionSection, faces_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Asked for 15 frames a second, the network camera sends 3: five frames never fit in
+    one second, so nobody could ever be accepted. The installer reads why, not just that
+    every elder is uncertain."""
+    photo = cv2.resize(read_image(faces_dir / "antispoof" / "image_T1.jpg"), (640, 480))
+    pictures = []
+    for i in range(4):  # a sensor's noise, so the picture is not frozen
+        frame = photo.copy()
+        frame[:4, :4] = i * 60
+        pictures.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    camera = NetworkCamera(pictures, "installer", "s3cret-Pw", fps=3)
+    camera.start()
+    cfg = vision_cfg.model_copy(
+        update={
+            "camera": CameraSection(source=camera.url("installer:s3cret-Pw"), fps=15),
+            "decision": vision_cfg.decision.model_copy(update={"k": 5, "n": 5}),
+            "gallery": GallerySection(refresh_s=0.2),
+        }
+    )
+    service = VisionService(cfg, store.path.parent, store)
+    try:
+        with caplog.at_level("WARNING", logger="gateway.vision.service"):
+            service.start()
+            eventually(lambda: service.health()["too_slow"] is not None, timeout=30)
+        health = service.health()
+    finally:
+        service.stop()
+        camera.stop()
+    assert 1 <= health["face_frames_per_s"] <= 3.5
+    assert "decision.k = 5 frames cannot fit in decision.window_s = 1.0 s" in health["too_slow"]
+    warned = [r.getMessage() for r in caplog.records if "too slow to accept" in r.getMessage()]
+    assert len(warned) == 1 and "frames a second the counter gets of a face" in warned[0]
+    assert "s3cret" not in caplog.text

@@ -13,7 +13,10 @@ import os
 import pwd
 import stat
 import threading
+import time
 from pathlib import Path
+
+LEFTOVER_AGE_S = 60.0  # a copy aside younger than this may be another writer's, at work
 
 
 class ExposedDirectory(OSError):
@@ -124,6 +127,20 @@ def write_aside(path: Path, data: bytes, aside: Path | None = None) -> Path:
         aside.unlink(missing_ok=True)
         raise
     return aside
+
+
+def remove_leftovers(path: Path, *patterns: str) -> None:
+    """Copies of ``path`` that a crash left between ``write_aside`` and the rename (and those
+    matching ``patterns``): in a file that names elders, they would name them after an erasure.
+    Only those not written just now: another writer may be at work. A copy far ahead of the
+    clock is old too: the clock was set back since (a Pi without RTC after a power cut, NTP
+    stepping back a clock that ran ahead)."""
+    now_s = time.time()
+    found = [path.parent.glob(f".{path.name}.*"), *(path.parent.glob(p) for p in patterns)]
+    for stale in [p for matches in found for p in matches]:
+        with contextlib.suppress(OSError):
+            if abs(now_s - stale.lstat().st_mtime) > LEFTOVER_AGE_S:
+                stale.unlink()
 
 
 def replace_private(path: Path, data: bytes, aside: Path | None = None) -> None:

@@ -14,21 +14,18 @@ replaced since its last save (``stamp``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import TypeGuard
 
-from gateway.private import replace_private
+from gateway.private import remove_leftovers, replace_private
 
 log = logging.getLogger(__name__)
 
 FILE = "face-cooldown.json"
 MAX_BYTES = 1 << 20  # some 20,000 elders in cooldown at once; a site has far fewer
-LEFTOVER_AGE_S = 60.0
 _turns = threading.Lock()  # the pipeline thread's saves and an erasure's read-and-rewrite
 
 Stamp = tuple[int, int, int]
@@ -56,22 +53,15 @@ def save(path: Path, last_seen_ms: dict[str, int]) -> Stamp | None:
 def _save(path: Path, last_seen_ms: dict[str, int]) -> Stamp | None:
     replace_private(path, json.dumps(last_seen_ms).encode())
     written = stamp(path)
-    _remove_leftovers(path, time.time())
+    _remove_leftovers(path)
     return written
 
 
-def _remove_leftovers(path: Path, now_s: float) -> None:
-    """Temporary copies a crash left between writing and renaming: they name elders. Only
-    those not written just now: another writer may be at work. A copy far ahead of the clock
-    is old too: the clock was set back since (a Pi without RTC after a power cut, NTP
-    stepping back a clock that ran ahead). Besides this version's copies, those that the
-    versions of 2026-12-05 and early 12-06 left (``face-cooldown.json.tmp``, then
-    ``face-cooldown.json`` and mkstemp's random letters), which an upgraded site may hold."""
-    earlier = path.parent.glob(f"{path.name}?*")
-    for stale in [*path.parent.glob(f".{path.name}.*"), *earlier]:
-        with contextlib.suppress(OSError):
-            if abs(now_s - stale.lstat().st_mtime) > LEFTOVER_AGE_S:
-                stale.unlink()
+def _remove_leftovers(path: Path) -> None:
+    """Besides this version's copies aside, those that the versions of 2026-12-05 and early
+    12-06 left (``face-cooldown.json.tmp``, then ``face-cooldown.json`` and mkstemp's random
+    letters), which an upgraded site may hold."""
+    remove_leftovers(path, f"{path.name}?*")
 
 
 def _read(path: Path) -> dict[str, object] | None:
@@ -94,7 +84,7 @@ def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
     """(elder, seconds since last seen) for those seen within ``within_ms``. A time ahead of
     ``now_ms`` counts as just now: after a crash the store's running time resumes from its
     last commit, which may be before the last save."""
-    _remove_leftovers(path, time.time())
+    _remove_leftovers(path)
     try:
         entries = _read(path) or {}
     except OSError as exc:
@@ -114,7 +104,7 @@ def forget(path: Path, elder: str) -> None:
     file cannot be read or written (an I/O error, a full disk): her id may still be in it,
     and the erasure must say so."""
     with _turns:
-        _remove_leftovers(path, time.time())
+        _remove_leftovers(path)
         data = _read(path)
         if data is None:
             return

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from gateway.logs import RateLimitedLog
-from gateway.private import replace_private
+from gateway.private import remove_leftovers, replace_private
 from gateway.store.db import StoreError
 from gateway.store.erasure import Journal, erase_events
 from gateway.vision.events import FACE_DECISION, erasing
@@ -62,6 +62,7 @@ class LateErasures:
         self._now = now
         self.errors = 0
         self._pending: dict[str, int] = _read(path)  # elder -> running time (ms) of her reload
+        remove_leftovers(path)
         self._failures = 0
         self._next_try = now()
         self._pass: threading.Thread | None = None
@@ -151,7 +152,8 @@ class LateErasures:
 
     def _save(self) -> bool:
         """Written at each addition and after every pass: a failure may come from the card,
-        and the file is then tried again after the next pass."""
+        and the file is then tried again after the next pass. A copy a crash left while
+        writing it names elders who withdrew their consent: it goes at start and here."""
         try:
             if self._pending:
                 replace_private(self.path, json.dumps(self._pending).encode())
@@ -160,6 +162,8 @@ class LateErasures:
         except OSError as exc:
             self._ratelimited.warning("file", "face stage: %s not written: %s", self.path, exc)
             return False
+        finally:
+            remove_leftovers(self.path)
         return True
 
 

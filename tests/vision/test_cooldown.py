@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway import private
 from gateway.vision import cooldown
 
 
@@ -61,7 +62,7 @@ def test_copies_a_crash_left_half_way_are_removed_at_start(tmp_path: Path) -> No
     stale, fresh = tmp_path / f".{cooldown.FILE}.812.1401", tmp_path / f".{cooldown.FILE}.90.7"
     for copy in (stale, fresh):
         copy.write_text('{"E2": 94000}')
-    old = time.time() - cooldown.LEFTOVER_AGE_S - 5
+    old = time.time() - private.LEFTOVER_AGE_S - 5
     os.utime(stale, (old, old))
     assert cooldown.load(path, 100_000, 60_000) == [("E1", 5.0)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cooldown.FILE, fresh.name])
@@ -71,7 +72,7 @@ def _left_by_a_crash(folder: Path, name: str, text: str) -> Path:
     """A copy written and never renamed, a minute and more ago."""
     copy = folder / f".{cooldown.FILE}.{name}"
     copy.write_text(text)
-    old = time.time() - cooldown.LEFTOVER_AGE_S - 5
+    old = time.time() - private.LEFTOVER_AGE_S - 5
     os.utime(copy, (old, old))
     return copy
 
@@ -99,7 +100,7 @@ def test_an_erasure_takes_the_copies_an_earlier_version_left_too(tmp_path: Path)
     fixed = tmp_path / f"{cooldown.FILE}.tmp"
     fd, random = tempfile.mkstemp(prefix=cooldown.FILE, dir=tmp_path)
     os.close(fd)
-    old = time.time() - cooldown.LEFTOVER_AGE_S - 5
+    old = time.time() - private.LEFTOVER_AGE_S - 5
     for copy in (fixed, Path(random)):
         copy.write_text('{"E1": 94000, "E2": 93000}')
         os.utime(copy, (old, old))

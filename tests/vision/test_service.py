@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from gateway import clock as clock_module
+from gateway import private
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import StoreSection
 from gateway.events import Lane
@@ -975,7 +976,7 @@ def test_an_erased_elder_leaves_nothing_on_the_card_once_her_decisions_are_deliv
     store.mark_delivered([Delivered(seq, Lane.P1)]).result()
     crash_copy = data_dir / f".{cooldown.FILE}.812.1401"
     crash_copy.write_text(json.dumps({"elder-7": store.steady_ms()}))
-    old = time.time() - cooldown.LEFTOVER_AGE_S - 5
+    old = time.time() - private.LEFTOVER_AGE_S - 5
     os.utime(crash_copy, (old, old))
     assert "elder-7" in json.loads((data_dir / cooldown.FILE).read_text())
 

@@ -341,6 +341,11 @@ class VisionService:
         pipeline, gallery, anchor = self.pipeline, self.gallery, self._anchor
         if pipeline is None or gallery is None or anchor is None:
             return
+        rewritten = cooldown.stamp(self._cooldown_path) != self._cooldown_stamp
+        if rewritten and self._cooldown_saved is not None:
+            # most likely an erasure, which took her rows out of the gallery first: reloaded
+            # now, or her id would be written back from memory until the next reload
+            self._refresh()
         # ages as of the anchor, in the running time of that moment: a camera lost since the
         # last frame must not keep everyone "just seen"; erased elders are left out
         t, at_ms = anchor
@@ -354,7 +359,7 @@ class VisionService:
             and all(abs(seen[e] - saved[e]) < 1000 for e in seen)
             # an erasure in another process (the CLI) rewrote it from what it read before
             # this counter's last save: written again, or that save is lost
-            and cooldown.stamp(self._cooldown_path) == self._cooldown_stamp
+            and not rewritten
         ):
             return
         try:

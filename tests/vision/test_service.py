@@ -435,6 +435,24 @@ def test_a_cooldown_another_process_rewrote_from_an_older_read_is_written_again(
     assert list(json.loads(cooling.read_text())) == ["elder-7"]
 
 
+def test_an_erasure_by_another_process_is_not_undone_by_the_counters_next_save(
+    counter: VisionSection, store: Store
+) -> None:
+    """face.remove (or gateway gallery remove) takes her out of the gallery and the cooldown
+    file. The counter saw the file change and wrote it again from memory, her included, until
+    its next gallery reload: as long as refresh_s (up to an hour), and for good if the
+    gateway died meanwhile."""
+    data_dir, cfg = store.path.parent, counter
+    service = VisionService(cfg, data_dir, store, realtime=False)
+    _run(service)
+    cooling = data_dir / cooldown.FILE
+    assert list(json.loads(cooling.read_text())) == ["elder-7"]
+    erase_elder(cfg, data_dir, "elder-7", Journal(store.path, store.key_path))
+    assert json.loads(cooling.read_text()) == {}
+    service._save_cooldown()  # the counter's next turn, before its next reload
+    assert json.loads(cooling.read_text()) == {}
+
+
 def test_an_elder_who_lingered_past_her_acceptance_is_still_in_cooldown_after_a_restart(
     counter: VisionSection, store: Store
 ) -> None:

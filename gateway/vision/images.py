@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -35,31 +36,64 @@ def is_system_folder(name: str) -> bool:
     return name.startswith((".", "$")) or name == "System Volume Information"
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first SOF marker, or None if there is none.
-
-    Walks the markers as libjpeg does, stray bytes between them included (libjpeg skips those
-    with a warning): a size this cannot find, libjpeg cannot decode either."""
+def jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset) of each segment of the main image, in order, walked as libjpeg walks
+    them: stray and fill bytes between segments skipped (libjpeg skips those with a warning),
+    a segment passed by its length (so an EXIF thumbnail, a JPEG of its own inside APP1, is
+    not taken for the image), a scan's coded data passed up to the next marker. Ends at the
+    end-of-image marker, or where the file ends before it."""
     i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:  # stray byte between segments
+    while i + 1 < len(data):
+        if data[i] != 0xFF:
             i += 1
             continue
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
+        if marker == 0xFF:
             i += 1
             continue
         if marker in (0xD8, 0x01, 0x00) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
-        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
-            return None
+        yield marker, i
+        if marker == 0xD9 or i + 4 > len(data):
+            return
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        i += 2 + max(length, 2)
+        if marker == 0xDA:
+            i = _scan_end(data, i)
+
+
+def _scan_end(data: bytes, i: int) -> int:
+    """Where a scan's coded data ends: the first marker that is not a stuffed 0xFF00 or a
+    restart marker inside it (or the end of the file)."""
+    while (i := data.find(b"\xff", i)) >= 0 and i + 1 < len(data):
+        following = data[i + 1]
+        if following == 0xFF:
+            i += 1
+        elif following == 0x00 or 0xD0 <= following <= 0xD7:
+            i += 2
+        else:
+            return i
+    return len(data)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first frame header, or None if there is none before the first
+    scan: a size this cannot find, libjpeg cannot decode either."""
+    for marker, i in jpeg_markers(data):
+        if marker in (0xD9, 0xDA) or i + 9 > len(data):
+            return None
         if marker in _JPEG_SOF:
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
             return width, height
-        i += 2 + max(length, 2)
     return None
+
+
+def jpeg_complete(data: bytes) -> bool:
+    """Whether the image reaches its end-of-image marker. Whatever follows it is no part of
+    the image: a phone's "motion photo" keeps a whole MP4 there, whose bytes hold every
+    marker by chance, so the last markers of the file say nothing."""
+    return any(marker == 0xD9 for marker, _ in jpeg_markers(data))
 
 
 def webp_size(data: bytes) -> tuple[int, int] | None:
@@ -175,7 +209,7 @@ def decode_image(
             "too_large",
             f"{size[0]}x{size[1]} pixels (limit {max_pixels}, at most {MAX_SIDE} a side)",
         )
-    if kind == "jpeg" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+    if kind == "jpeg" and not jpeg_complete(data):
         raise BadImage("truncated", "JPEG ends before its end-of-image marker")
     if kind == "png" and png_overrun(data):
         raise BadImage("truncated", "a PNG chunk runs past the end of the file")

@@ -52,6 +52,29 @@ def test_a_photo_with_bytes_after_its_end_marker_is_fine(photo: bytes) -> None:
     assert decode_image(photo + b"vendor trailer").shape == (640, 480, 3)
 
 
+def test_a_phone_motion_photo_is_a_whole_photo(photo: bytes) -> None:
+    """Phones (Xiaomi, Huawei, Samsung, Google) keep a short MP4 after the photo's end. Its
+    bytes hold every marker by chance, one that reads as a start of scan after the last
+    end-of-image among them: the photo was refused as truncated, and with it the elder's
+    whole enrolment."""
+    rng = random.Random(5)
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(rng.randrange(256) for _ in range(4000))
+    video += b"\xff\xd9" + bytes(rng.randrange(256) for _ in range(500)) + b"\xff\xda\x00\x08"
+    assert decode_image(photo + video).shape == (640, 480, 3)
+
+
+def test_a_truncated_photo_with_a_thumbnail_is_still_refused(photo: bytes) -> None:
+    """An EXIF thumbnail is a whole JPEG of its own, end marker included, inside the photo's
+    header: the photo cut off after it is still cut off."""
+    small = cv2.imencode(".jpg", np.full((40, 30, 3), 90, np.uint8))[1].tobytes()
+    app1 = b"\xff\xe1" + struct.pack(">H", len(small) + 8) + b"Exif\x00\x00" + small
+    with_thumbnail = photo[:2] + app1 + photo[2:]
+    assert decode_image(with_thumbnail).shape == (640, 480, 3)
+    with pytest.raises(BadImage) as err:
+        decode_image(with_thumbnail[: len(with_thumbnail) * 2 // 3])
+    assert err.value.reason == "truncated"
+
+
 def test_grey_16bit_and_alpha_become_bgr8(photo: bytes) -> None:
     colour = decode_image(photo)
     grey = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)

@@ -22,7 +22,7 @@ from gateway.argtypes import at_least_one, positive, rate
 from gateway.config import ConfigFileError, GatewayConfig, load_config
 from gateway.lifecycle import StartupError
 from gateway.stdout import EXIT_PIPE, discard, reader_gone
-from gateway.vision.config import VisionSection
+from gateway.vision.config import VisionSection, shown_source
 from gateway.vision.errors import VisionError
 
 EXIT_OK = 0
@@ -94,7 +94,7 @@ def _open_gallery(cfg: GatewayConfig, create: bool) -> Any:
 def cmd_enroll(args: argparse.Namespace) -> int:
     from gateway.vision.analyze import Analyzer
     from gateway.vision.calibrate import beyond_calibration
-    from gateway.vision.elders import BadElderId
+    from gateway.vision.elders import BadElderId, check_elder_id
     from gateway.vision.enroll import RECOMMENDED_PHOTOS, enrol, folder_photos, refused_id
     from gateway.vision.images import IMAGE_SUFFIXES
     from gateway.vision.progress import Progress
@@ -133,6 +133,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     elif args.elder and args.photos:
+        try:  # before the models load and a gallery and key are made for nothing
+            check_elder_id(args.elder)
+        except BadElderId as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         jobs = [(args.elder, list(args.photos))]
     else:
         print("give --elder ID PHOTOS... or --folder DIR", file=sys.stderr)
@@ -366,16 +371,22 @@ def cmd_identify(args: argparse.Namespace) -> int:
         discard()
         return EXIT_PIPE
     seen = health.get("camera") or {}
-    if seen.get("state") == "ended" and not seen.get("frames"):
-        # a video file that opens but holds no frame (or none that decodes)
+    if seen.get("frames"):
+        return EXIT_OK
+    if seen.get("state") == "ended":  # a video file that opens but holds no frame that decodes
         print(
             f"error: camera {args.camera} ended without one usable frame "
             f"({seen.get('bad_frames', 0)} unusable): an empty recording, or one that does "
             "not decode",
             file=sys.stderr,
         )
-        return EXIT_FAIL
-    return EXIT_OK
+    else:  # an installer's check of a camera that is not there must not read as success
+        print(
+            f"error: camera {shown_source(args.camera)} gave no usable frame: "
+            f"{seen.get('last_error') or 'none arrived'}",
+            file=sys.stderr,
+        )
+    return EXIT_FAIL
 
 
 def _trial_gallery(

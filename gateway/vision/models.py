@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import urllib.error
@@ -238,8 +239,9 @@ def fetch(
                 problem = _copy_checked(reader, target, spec)
         except _CannotWrite as exc:
             problem = str(exc)
-        except (OSError, urllib.error.URLError) as exc:
-            problem = f"cannot read from {source}: {exc}"
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+            # HTTPException: a download cut short mid-chunk, or no web server at that port
+            problem = f"cannot read from {source}: {type(exc).__name__}: {exc}"
         if problem is None:
             log.info("installed model %s (%s)", spec.model_id, spec.file)
             results.append(FetchResult(role, spec.file, "installed"))

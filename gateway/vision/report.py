@@ -288,6 +288,7 @@ def run_eval(
         raise VisionError(f"{faces}: no such folder of face photos")
     items = list_identities(faces)
     pair_list = read_pairs(pairs, faces) if pairs is not None else None
+    fix = Errata.read(errata) if errata is not None else None  # a typo said before the work
     if not items and not pair_list:
         raise VisionError(f"{faces}: no photos (expected a folder per person, or --pairs)")
     known = {p for p, _ in items}
@@ -304,8 +305,7 @@ def run_eval(
         progress=Progress(len(paths), "embedding"),
     )
     errata_counts: dict[str, int] = {}
-    if errata is not None:
-        fix = Errata.read(errata)
+    if fix is not None:
         face_set = fix.apply(face_set)
         errata_counts = {"merged_names": len(fix.same), "excluded_photos": len(fix.exclude)}
     figures = evaluate_faces(face_set, pair_list, gallery_size, target_fpir, templates)

@@ -97,6 +97,18 @@ def test_identify_with_no_such_camera_says_so(
     assert "no such device, folder, file or stream URL" in capsys.readouterr().err
 
 
+def test_identify_on_a_camera_that_never_gives_a_frame_fails(
+    tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installer's check of a USB camera not plugged in (or a stream address nobody
+    answers at) must not end in success: it printed the health and exited 0."""
+    config = _config(tmp_path, models_dir)
+    for camera in ("/dev/video-not-here", "rtsp://installer:s3cret@127.0.0.1:1/stream"):
+        assert main(["identify", "-c", str(config), "--camera", camera, "--seconds", "1.5"]) == 1
+        err = capsys.readouterr().err
+        assert "gave no usable frame: cannot open camera" in err and "s3cret" not in err
+
+
 def test_identify_at_a_frame_rate_nobody_could_be_decided_at_says_why(
     tmp_path: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -329,6 +341,18 @@ def _templates_per_elder(gallery: Path) -> dict[str, int]:
         return dict(rows.fetchall())
 
 
+def test_enrol_with_a_mistyped_elder_id_makes_no_gallery(
+    tmp_path: Path, models_dir: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad argument, said before the models load: a gallery and key made for it by root
+    (sudo) would keep the service's face stage from starting."""
+    config = _config(tmp_path, models_dir)
+    photo = str(faces_dir / "deepface" / "img1.jpg")
+    assert main(["enroll", "-c", str(config), "--elder", "E 1", photo]) == 2
+    assert "elder id 'E 1': use letters" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
 def test_enrol_with_the_wrong_key_file_says_so_and_adds_nothing(
     tmp_path: Path, models_dir: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -442,6 +466,19 @@ def test_eval_on_a_mistyped_or_empty_folder_fails_instead_of_reporting_nothing(
     assert "facse: no such folder of face photos" in capsys.readouterr().err
     assert main(["eval", "-c", str(config), "--faces", str(tmp_path)]) == 1
     assert "no photos" in capsys.readouterr().err
+
+
+def test_eval_says_a_mistyped_errata_file_before_embedding_every_photo(
+    faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """It was read after the photos were embedded: minutes on a Pi, for a typo."""
+    config = _config(tmp_path, models_dir)
+    folder = tmp_path / "faces"
+    _photo_folders(folder, faces_dir / "deepface", {"p-1": ["img1.jpg", "img2.jpg"]})
+    argv = ["eval", "-c", str(config), "--faces", str(folder), "--errata", "erata.txt"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "erata.txt" in err and "embedding" not in err
 
 
 def test_eval_skips_hidden_and_system_folders_as_enrolment_does(

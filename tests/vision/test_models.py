@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +138,61 @@ def test_fetch_from_an_unreachable_url_fails_cleanly(tmp_path: Path, manifest: M
     results = fetch("http://127.0.0.1:9/", tmp_path / "m", manifest, timeout_s=2)
     assert {r.action for r in results} == {"failed"}
     assert not any((tmp_path / "m").iterdir())
+
+
+class _BreaksOffChunked(_QuietHandler):
+    """Sends the recognizer in chunks (as proxies and CDNs do) and breaks off halfway."""
+
+    broken = ""
+
+    def do_GET(self) -> None:
+        if not self.path.endswith(self.broken):
+            super().do_GET()
+            return
+        self.protocol_version = "HTTP/1.1"
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"1000\r\n" + b"\0" * 4096 + b"\r\n" + b"1000\r\n" + b"\0" * 10)
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_fetch_from_a_server_that_breaks_off_or_is_no_web_server_fails_cleanly(
+    tmp_path: Path, staged: Path, manifest: Manifest
+) -> None:
+    """A chunked download cut short, or a port where something else answers (ssh), raised an
+    HTTP error that is no OSError: a traceback, and the models after it never tried."""
+    handler = functools.partial(
+        type("Broken", (_BreaksOffChunked,), {"broken": manifest.recognizer.file}),
+        directory=str(staged),
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def not_http() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+
+    threading.Thread(target=not_http, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        results = {r.role: r for r in fetch(url, tmp_path / "m", manifest, timeout_s=5)}
+        assert results["recognizer"].action == "failed"
+        assert "cannot read from" in results["recognizer"].detail
+        assert {r.action for role, r in results.items() if role != "recognizer"} == {"installed"}
+        ssh = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        elsewhere = fetch(ssh, tmp_path / "n", manifest, timeout_s=5)
+        assert {r.action for r in elsewhere} == {"failed"}
+        assert all("cannot read from" in r.detail for r in elsewhere)
+    finally:
+        server.shutdown()
+        server.server_close()
+        listener.close()
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
+        spec.file for role, spec in manifest.specs() if role != "recognizer"
+    )

@@ -11,8 +11,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+
+# The gallery's scores are float32: 0.57 - 0.55 comes out 0.0199999, and a score or a lead
+# exactly at a threshold must count as "at or above" it (the margin is at least 1e-3 by
+# config, so a tie never is).
+SCORE_EPS = 1e-6
+
+
+@overload
+def at_or_above(score: float, threshold: float) -> bool: ...
+
+
+@overload
+def at_or_above(score: np.ndarray, threshold: float) -> np.ndarray: ...
+
+
+def at_or_above(score: float | np.ndarray, threshold: float) -> bool | np.ndarray:
+    """The counter's test of a score or a lead against a threshold, and so calibration's:
+    a rate measured with another test is not the rate the counter gives."""
+    return score >= threshold - SCORE_EPS
 
 
 def threshold_at_rate(impostor: np.ndarray, rate: float) -> float | None:
@@ -28,7 +48,9 @@ def threshold_at_rate(impostor: np.ndarray, rate: float) -> float | None:
     if allowed >= impostor.size:
         return float(impostor.min())
     ranked = np.sort(impostor)[::-1]
-    return float(np.nextafter(ranked[allowed], np.inf))
+    # the counter takes a score within SCORE_EPS below a threshold as at it: the threshold
+    # must clear the first score it keeps out by more than that
+    return float(ranked[allowed]) + 2 * SCORE_EPS
 
 
 def scores_needed(rate: float) -> int:

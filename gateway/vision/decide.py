@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from gateway.vision.calibrate import at_or_above
 from gateway.vision.config import DecisionSection
 from gateway.vision.gallery import SearchResult
 
@@ -69,10 +70,6 @@ class Policy:
 
 # no_frame: no frame came at all (the camera lost), which says nothing of who is there
 ObservationKind = Literal["face", "poor_quality", "no_face", "multiple_faces", "no_frame"]
-# The gallery's scores are float32: 0.57 - 0.55 comes out 0.0199999, and a score or a lead
-# exactly at a threshold must count as "at or above" it (the margin is at least 1e-3 by
-# config, so a tie never is).
-SCORE_EPS = 1e-6
 # No frame this long (or track_gap_s, if longer), the counter having looked for one: the
 # camera is lost (unplugged, rebooting), not merely slow (the config asks for a frame at
 # least every track_gap_s).
@@ -148,10 +145,6 @@ class Track:
     # held over a camera outage: the next face goes on with it only if it is hers for sure
     bridged: bool = False
     dark_s: float = 0.0  # outages it was held over, in all: at most bridge_outage_s
-
-
-def _at_or_above(score: float, threshold: float) -> bool:
-    return score >= threshold - SCORE_EPS
 
 
 def _median(values: list[float]) -> float | None:
@@ -321,7 +314,7 @@ class Decider:
         decision for them, her cooldown run on with their face): hers for sure, or a new one."""
         if track.bridged and obs.embedding is not None:
             track.bridged = False  # a track with no face to compare (a tilted print) takes nobody
-            return track.last_embedding is not None and _at_or_above(
+            return track.last_embedding is not None and at_or_above(
                 float(track.last_embedding @ obs.embedding), self.policy.accept_threshold
             )
         if track.last_embedding is None or obs.embedding is None:
@@ -501,7 +494,7 @@ class Decider:
 
     def _strong(self, e: Evidence) -> bool:
         p = self.policy
-        return _at_or_above(e.top_score, p.accept_threshold) and _at_or_above(e.margin, p.margin)
+        return at_or_above(e.top_score, p.accept_threshold) and at_or_above(e.margin, p.margin)
 
     def _had_its_frames(self, track: Track, t: float) -> Decision | None:
         """A track that could not be accepted but saw at least ``n`` frames gets an outcome:
@@ -605,10 +598,10 @@ class Decider:
 
     def _why_not(self, evidence: list[Evidence]) -> str:
         p = self.policy
-        strong = [e for e in evidence if _at_or_above(e.top_score, p.accept_threshold)]
+        strong = [e for e in evidence if at_or_above(e.top_score, p.accept_threshold)]
         if not strong:
             return "below_accept_threshold"
-        if not any(_at_or_above(e.margin, p.margin) for e in strong):
+        if not any(at_or_above(e.margin, p.margin) for e in strong):
             return "close_candidates"
         if len({e.top for e in strong}) > 1:
             return "inconsistent"

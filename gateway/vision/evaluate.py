@@ -36,6 +36,7 @@ import numpy as np
 
 from gateway.vision.analyze import Analyzer, AnalyzerSettings
 from gateway.vision.calibrate import (
+    at_or_above,
     kfold_accuracy,
     round_up,
     scores_needed,
@@ -224,16 +225,36 @@ class Errata:
             elif parts[0] == "exclude" and len(parts) == 2:
                 exclude.add(parts[1])
             else:
-                raise ValueError(f"{file}:{number}: expected 'same A B' or 'exclude PHOTO'")
+                raise ValueError(
+                    f"{file}:{number}: expected 'same A B' or 'exclude PHOTO' (or PERSON/PHOTO)"
+                )
         return cls({label: name_of(label) for label in same}, frozenset(exclude))
 
     def apply(self, faces: FaceSet) -> FaceSet:
         labels = [self.same.get(label, label) for label in faces.labels]
         gated = [
-            "excluded" if path.stem in self.exclude else reason
+            "excluded" if self._excludes(path) else reason
             for path, reason in zip(faces.paths, faces.gated, strict=True)
         ]
         return replace(faces, labels=labels, gated=gated)
+
+    def unused(self, faces: FaceSet) -> list[str]:
+        """Entries that match no person or photo of the folder: a typo, or the errata of
+        another folder, whose corrections then silently do nothing."""
+        people = set(faces.labels)
+        names = {n for pair in self.same.items() for n in pair if n not in people}
+        photos = {e for e in self.exclude if not any(e in _names(p) for p in faces.paths)}
+        return sorted(names | photos)
+
+    def _excludes(self, path: Path) -> bool:
+        return not self.exclude.isdisjoint(_names(path))
+
+
+def _names(photo: Path) -> tuple[str, str, str]:
+    """What an errata line may call a photo: its name without suffix (LFW's are unique, as
+    Person_0001), or PERSON/PHOTO with or without it, for a site whose elders' folders all
+    hold a front.jpg."""
+    return photo.stem, f"{photo.parent.name}/{photo.stem}", f"{photo.parent.name}/{photo.name}"
 
 
 # ---- 1:1 pairs -----------------------------------------------------------------------------
@@ -347,6 +368,9 @@ class PairReport:
     # per FAR: (TAR, threshold), or None when the pairs file has too few impostor pairs
     tar_at_far: dict[str, tuple[float, float] | None]
     impostor_pairs: int
+    # False when a photo is in pairs of several folds (a CSV's pairs are dealt round): its
+    # threshold was then chosen on that photo too, and the accuracy is not held out
+    held_out: bool = True
 
 
 def pair_scores(faces: FaceSet, pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -387,7 +411,17 @@ def pair_report(faces: FaceSet, pairs: Sequence[Pair]) -> PairReport:
             f"{far:g}": tar_at_far(scores[same], scores[~same], far) for far in (1e-2, 1e-3)
         },
         impostor_pairs=int((~same).sum()),
+        held_out=held_out(pairs),
     )
+
+
+def held_out(pairs: Sequence[Pair]) -> bool:
+    """Whether each photo is in the pairs of one fold only."""
+    folds_of: dict[Path, set[int]] = {}
+    for pair in pairs:
+        for photo in (pair.a, pair.b):
+            folds_of.setdefault(photo, set()).add(pair.fold)
+    return all(len(folds) == 1 for folds in folds_of.values())
 
 
 # ---- 1:1 over every pair of the folder ------------------------------------------------------
@@ -467,13 +501,22 @@ class OpenSetSearches:
     # the people with several photos) searches the same strangers' photos in each of them
     mated_photos: int
     nonmated_photos: int
+    # templates -> elders enrolled with that many, per rotation (the first): people with
+    # fewer photos than asked keep one back to search with, so fewer than asked is common
+    templates: dict[int, int] = field(default_factory=dict)
 
     def fnir(self, threshold: float, margin: float) -> float:
-        hit = self.mated_correct & (self.mated_score >= threshold) & (self.mated_margin >= margin)
+        hit = (
+            self.mated_correct
+            & at_or_above(self.mated_score, threshold)
+            & at_or_above(self.mated_margin, margin)
+        )
         return float(1.0 - hit.mean()) if hit.size else 1.0
 
     def fpir(self, threshold: float, margin: float) -> float:
-        alarm = (self.nonmated_score >= threshold) & (self.nonmated_margin >= margin)
+        alarm = at_or_above(self.nonmated_score, threshold) & at_or_above(
+            self.nonmated_margin, margin
+        )
         return float(alarm.mean()) if alarm.size else 0.0
 
     def threshold_for(self, fpir: float, margin: float) -> float | None:
@@ -484,7 +527,7 @@ class OpenSetSearches:
         through three times as often)."""
         if self.nonmated_photos < scores_needed(fpir):
             return None
-        eligible = np.where(self.nonmated_margin >= margin, self.nonmated_score, -np.inf)
+        eligible = np.where(at_or_above(self.nonmated_margin, margin), self.nonmated_score, -np.inf)
         t = threshold_at_rate(eligible.astype(np.float32), fpir)
         # fewer strangers pass the margin rule than the rate allows: any cosine score would do
         return None if t is None else max(t, -1.0)
@@ -560,6 +603,7 @@ def open_set(
     strangers: set[str] = set()
     mated_photos: set[int] = set()
     nonmated_photos: set[int] = set()
+    enrolled_with: Counter[int] = Counter()
     for enrolled in plans:
         enrolled_set = set(enrolled)
         rows: list[tuple[str, np.ndarray]] = []
@@ -573,6 +617,8 @@ def open_set(
                 n_templates = min(templates, probes_from, len(photos))
                 first_probe = probes_from
             rows += [(person, faces.embeddings[i]) for i in photos[:n_templates]]
+            if enrolled is plans[0]:
+                enrolled_with[n_templates] += 1
             mated += [(i, person) for i in photos[first_probe:]]
         snapshot = Snapshot.build(rows, DIM)
         position = {elder: i for i, elder in enumerate(snapshot.elders)}
@@ -601,6 +647,7 @@ def open_set(
         nonmated_people=len(strangers),
         mated_photos=len(mated_photos),
         nonmated_photos=len(nonmated_photos),
+        templates=dict(sorted(enrolled_with.items(), reverse=True)),
     )
 
 
@@ -711,26 +758,29 @@ def recommend(
                 f"({searches.nonmated_people} people, searched {searched:,} times over "
                 f"{searches.rotations} rotations): add photos of people who are not enrolled"
             )
+    candidate_at = searches.threshold_for(candidate_fpir, 0.0)
+    assert candidate_at is not None
+    candidate = round_up(candidate_at)
     best: tuple[float, float, float, float] | None = None  # threshold, margin, FNIR, FPIR
     rounded = []
     for m in MARGIN_GRID:
         at = searches.threshold_for(target_fpir, m)
         assert at is not None  # the same searches as at margin 0: measurable too
-        t = round_up(at)
+        # never below the candidates' threshold: where a wide margin alone keeps strangers
+        # out (elders who look alike, strangers' leads small), the threshold would fall to
+        # "any score", and a face like no elder would be charged for a lead of 0.08
+        t = max(round_up(at), candidate)
         fnir, fpir = searches.fnir(t, m), searches.fpir(t, m)
         rounded.append(OpenSetPoint(target_fpir, m, t, fnir, fpir))
         if best is None or (round(fnir, 4), -m) < (round(best[2], 4), -best[1]):
             best = (t, m, fnir, fpir)
     assert best is not None
-    candidate_at = searches.threshold_for(candidate_fpir, 0.0)
-    assert candidate_at is not None
-    candidate = round_up(candidate_at)
     return Recommendation(
         gallery_size=searches.gallery_size,
         target_fpir=target_fpir,
         accept_threshold=best[0],
         margin=best[1],
-        candidate_threshold=min(candidate, best[0]),
+        candidate_threshold=candidate,
         verify_threshold=None if verify.threshold is None else round_up(verify.threshold),
         fnir=best[2],
         fpir=best[3],

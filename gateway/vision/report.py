@@ -54,6 +54,7 @@ class OpenSetReport:
     nonmated_photos: int
     points: list[OpenSetPoint]
     at_recommended: dict[str, float] = field(default_factory=dict)
+    templates: dict[int, int] = field(default_factory=dict)  # templates -> elders with them
 
 
 @dataclass
@@ -79,6 +80,7 @@ class EvalReport:
     seconds: float
     figures: Figures
     unreadable: list[str] = field(default_factory=list)  # "photo: what is wrong with it"
+    errata_unused: list[str] = field(default_factory=list)  # entries matching nothing
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = asdict(self)
@@ -99,12 +101,15 @@ class EvalReport:
         )
         if self.errata:
             lines.append(f"errata     {self.errata}")
+        if self.errata_unused:
+            lines.append(f"  matching no person or photo here: {', '.join(self.errata_unused)}")
         if self.figures.pairs is not None:
             p = self.figures.pairs
             lines += [
                 "",
                 f"1:1 pairs  {p.pairs} pairs ({p.unusable_pairs} without a face), "
-                f"{p.folds}-fold cross-validation",
+                f"{p.folds}-fold cross-validation"
+                + ("" if p.held_out else " (photos in several folds: not held out)"),
                 f"  accuracy {p.accuracy * 100:.2f} % +- {p.accuracy_std * 100:.2f} "
                 f"(folds: {', '.join(f'{a * 100:.2f}' for a in p.fold_accuracies)}), "
                 f"threshold {p.threshold_mean:.3f}",
@@ -136,6 +141,12 @@ class EvalReport:
                 f"{o.nonmated_searches:,} non-mated ({o.nonmated_photos:,} photos of "
                 f"{o.nonmated_people:,} people not enrolled)",
             ]
+            if any(count > 1 for count in o.templates):
+                lines.append(
+                    "  templates per elder: "
+                    + ", ".join(f"{k} for {n:,}" for k, n in o.templates.items())
+                    + " (one photo of each is kept back to search with)"
+                )
             for pt in o.points:
                 if pt.threshold is None or pt.fnir is None or pt.fpir is None:
                     lines.append(
@@ -256,6 +267,7 @@ def evaluate_faces(
                 nonmated_photos=searches.nonmated_photos,
                 points=points,
                 at_recommended=at_recommended,
+                templates=searches.templates,
             )
         )
     out.recommendation = recommendation
@@ -305,7 +317,9 @@ def run_eval(
         progress=Progress(len(paths), "embedding"),
     )
     errata_counts: dict[str, int] = {}
+    errata_unused = []
     if fix is not None:
+        errata_unused = fix.unused(face_set)
         face_set = fix.apply(face_set)
         errata_counts = {"merged_names": len(fix.same), "excluded_photos": len(fix.exclude)}
     figures = evaluate_faces(face_set, pair_list, gallery_size, target_fpir, templates)
@@ -318,6 +332,7 @@ def run_eval(
         unreadable=[f"{_shown(path, faces)}: {why}" for path, why in face_set.unreadable],
         gated=dict(gated),
         errata=errata_counts,
+        errata_unused=errata_unused,
         seconds=time.monotonic() - started,
         figures=figures,
     )

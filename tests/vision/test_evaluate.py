@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from gateway.vision.calibrate import (
+    SCORE_EPS,
+    at_or_above,
     best_accuracy_threshold,
     beyond_calibration,
     kfold_accuracy,
@@ -31,15 +33,17 @@ from tests.vision.conftest import ERRATA
 
 
 def rate_at(scores: np.ndarray, threshold: float) -> float:
-    return float(np.mean(scores >= threshold))
+    return float(np.mean(at_or_above(scores, threshold)))
 
 
-def test_threshold_at_rate_never_exceeds_the_rate() -> None:
+def test_threshold_at_rate_never_exceeds_the_rate_by_the_counters_rule() -> None:
+    """The counter takes a score a hair below a threshold as at it (float32 rounding): a
+    threshold one float above the first score it must keep out let that score in."""
     impostor = np.linspace(0, 1, 1000, dtype=np.float32)
     for rate in (0.1, 0.01, 0.001):
         t = threshold_at_rate(impostor, rate)
-        assert rate_at(impostor, t) <= rate
-        assert rate_at(impostor, float(np.nextafter(np.float32(t), np.float32(-1)))) > rate
+        assert t is not None and rate_at(impostor, t) <= rate
+        assert rate_at(impostor, t - 2 * SCORE_EPS) > rate
     # fewer scores than 1/rate: one false match is already more, so no threshold shows it
     assert threshold_at_rate(impostor[:999], 0.001) is None
     assert threshold_at_rate(impostor[:0], 0.001) is None
@@ -93,6 +97,27 @@ def test_errata_merge_one_person_under_several_names_in_any_order(tmp_path: Path
     merged = Errata.read(errata).apply(faces).labels
     assert len(set(merged[:5])) == 1
     assert merged[5] == "F"
+
+
+def test_errata_exclude_one_elders_photo_by_folder_and_say_what_matches_nothing(
+    tmp_path: Path,
+) -> None:
+    """At a site every elder's folder may hold a front.jpg: 'exclude front' left out every
+    elder's. PERSON/PHOTO names one; an entry that matches nothing (a typo, another folder's
+    errata) is said, not silently ignored."""
+    errata = tmp_path / "errata.txt"
+    errata.write_text("exclude E1002/front.jpg\nexclude E1003/side\nexclude E9/front\nsame X Y\n")
+    elders, names = ("E1001", "E1002", "E1003"), ("front", "side")
+    paths = [Path(f"site/{e}/{n}.jpg") for e in elders for n in names]
+    labels = [p.parent.name for p in paths]
+    faces = FaceSet(paths, labels, np.zeros((6, 128), np.float32), np.ones(6, bool), [None] * 6)
+    fix = Errata.read(errata)
+    gated = fix.apply(faces).gated
+    excluded = [str(p.relative_to("site")) for p, g in zip(paths, gated, strict=True) if g]
+    assert excluded == ["E1002/front.jpg", "E1003/side.jpg"]
+    assert fix.unused(faces) == ["E9/front", "X", "Y"]
+    text = EvalReport("site", 6, 3, {}, {}, {"merged_names": 1}, 0.0, Figures(), [], ["X"]).text()
+    assert "  matching no person or photo here: X" in text
 
 
 @pytest.mark.parametrize(
@@ -197,6 +222,21 @@ def _random_faces(people: list[str], seed: int = 3) -> FaceSet:
     return FaceSet(paths, people, vectors, ok, [None] * len(people))
 
 
+def test_the_report_says_how_many_templates_its_elders_really_had() -> None:
+    """--templates 3 on a folder where most people have two or three photos gives most
+    elders one or two: the figures were read as those of three per elder, as at a site."""
+    people = [f"two{i}" for i in range(5) for _ in range(2)]
+    people += [f"three{i}" for i in range(3) for _ in range(3)]
+    people += [f"five{i}" for i in range(2) for _ in range(5)] + ["s1", "s2", "s3", "s4"]
+    faces = _random_faces(people)
+    assert open_set(faces, 10, templates=3).templates == {3: 2, 2: 3, 1: 5}
+    figures = evaluate_faces(faces, None, gallery_size=10, templates=3)
+    text = EvalReport("site", len(people), 14, {}, {}, {}, 0.0, figures).text()
+    assert "  templates per elder: 3 for 2, 2 for 3, 1 for 5 (one photo of each" in text
+    alone = evaluate_faces(faces, None, gallery_size=10)
+    assert "templates per elder" not in EvalReport("site", 0, 0, {}, {}, {}, 0.0, alone).text()
+
+
 def test_a_site_with_one_elder_is_evaluated_with_the_counters_margin() -> None:
     """`gateway eval --n 1`: with nobody else enrolled the lead is over 0.0, as at the counter."""
     faces = _random_faces([f"p{i}" for i in range(4) for _ in range(3)] + ["s1", "s2"])
@@ -234,6 +274,35 @@ def test_the_recommended_margin_is_one_the_configuration_takes() -> None:
         margin=rec.margin,
         candidate_threshold=rec.candidate_threshold,
     )
+
+
+def test_a_wide_margin_alone_never_brings_the_accept_threshold_down_to_any_score() -> None:
+    """Elders who look alike leave strangers only small leads, so at a margin of 0.08 no
+    stranger passes whatever the score: the threshold for that margin fell to -1.00, which
+    had the lowest FNIR and was recommended, and a face like no elder was charged for a
+    lead of 0.08. The candidates' threshold followed it down, offering everyone to staff."""
+    rng = np.random.default_rng(3)
+    mated = rng.uniform(0.3, 0.9, 3000).astype(np.float32)
+    mated_lead = rng.uniform(0.0, 0.4, 3000).astype(np.float32)
+    strangers = rng.uniform(0.1, 0.7, 1200).astype(np.float32)
+    stranger_lead = rng.exponential(0.012, 1200).astype(np.float32)
+    searches = OpenSetSearches(
+        100,
+        10,
+        np.ones(3000, bool),
+        mated,
+        mated_lead,
+        strangers,
+        stranger_lead,
+        1200,
+        mated_photos=3000,
+        nonmated_photos=1200,
+    )
+    rec = recommend(searches, VerifyReport(0, 0, 1e-4, 0.4, 0.9))
+    at_candidates = round_up(float(np.sort(strangers)[-12]) + 1e-6)
+    assert rec.candidate_threshold == pytest.approx(at_candidates, abs=0.011)
+    assert rec.accept_threshold >= rec.candidate_threshold > 0.5
+    assert all(p.threshold is not None and p.threshold >= 0.5 for p in rec.by_margin)
 
 
 def test_too_few_strangers_for_the_target_fpir_recommend_nothing() -> None:

@@ -61,3 +61,26 @@ def test_nothing_to_measure_without_three_photos_of_anyone() -> None:
     faces = _faces([("a", _unit((0, 1))), ("a", _unit((0, 1))), ("b", _unit((1, 1)))])
     assert confirmation_effect(faces, gallery_size=1, rule=RULE) is None
     assert confirmation_effect(faces, gallery_size=50, rule=RULE) is None
+
+
+def test_a_next_visit_taken_by_another_elders_learned_face_counts_as_wrong() -> None:
+    """The counter holds every learned face at once. a's next visit looks more like the face
+    learned for b than like anything of a's: accepted as b. It was scored against a's own
+    learned face only, and 'none as somebody else' was reported."""
+    a_second = _unit((0, 0.5), (1, 0.75**0.5))
+    b_second = _unit((2, 0.5), (3, 0.75**0.5))
+    a_next = _unit((0, 0.3), (1, 0.1), (3, 0.8), (4, 0.5))
+    faces = _faces(
+        [
+            ("a", _unit((0, 1))),
+            ("a", a_second),
+            ("a", a_next),
+            ("b", _unit((2, 1))),
+            ("b", b_second),
+            ("b", _unit((3, 1), (9, 0.1))),
+        ]
+    )
+    rule = Rule(accept_threshold=0.6, margin=0.02, candidate_threshold=0.45)
+    effect = confirmation_effect(faces, gallery_size=2, rule=rule, rotations=1)
+    assert effect is not None and effect.learned == 2 and effect.next_visits == 2
+    assert effect.wrong_with == 0.5

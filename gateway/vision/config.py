@@ -136,10 +136,10 @@ class QualitySection(Strict):
 
 class DecisionSection(Strict):
     accept_threshold: float = Field(
-        0.54, ge=-1, le=1, description="Least cosine score to accept an identity (1:N)."
+        0.52, ge=-1, le=1, description="Least cosine score to accept an identity (1:N)."
     )
     margin: float = Field(
-        0.02,
+        0.06,
         ge=0.001,
         le=2,
         description="Least lead of the best elder over the runner-up (at least 0.001: a tie "

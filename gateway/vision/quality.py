@@ -23,8 +23,10 @@ from gateway.vision.detect import Face
 # inter-pupil distance (average adult head); they turn landmark offsets into angles.
 NOSE_DEPTH = 0.55
 EYE_MOUTH = 1.15
-# Where the nose sits between the eye line and the mouth line in the frontal ArcFace template.
+# In the frontal ArcFace template: where the nose sits between the eye line and the mouth
+# line, and how far below the eye line it is for the eyes' distance apart.
 FRONTAL_NOSE = 0.494
+FRONTAL_NOSE_DROP = 0.572
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,13 @@ def inter_pupil(landmarks: np.ndarray) -> float:
 
 
 def pose(landmarks: np.ndarray) -> Pose:
-    """Yaw, pitch and roll in degrees from eye, nose and mouth positions."""
+    """Yaw, pitch and roll in degrees from eye, nose and mouth positions.
+
+    Pitch has two estimates, each fooled in its own way: where the nose sits between the
+    eye line and the mouth line (a broad smile lifts the mouth corners and reads as looking
+    down by 30-40 degrees), and how far the nose drops below the eye line for the eyes'
+    distance apart (a face turned aside narrows that distance and reads as tilted). A head
+    that is really tilted moves both; a face is as tilted as the lesser says."""
     left_eye, right_eye, nose, left_mouth, right_mouth = landmarks.astype(np.float64)
     eye_vec = right_eye - left_eye
     roll = math.atan2(eye_vec[1], eye_vec[0])
@@ -90,7 +98,9 @@ def pose(landmarks: np.ndarray) -> Pose:
     mouth_r = rot @ (mouth_mid - eye_mid)
     yaw = math.atan2(nose_r[0] / ipd, NOSE_DEPTH)
     height = max(float(mouth_r[1]), 1e-6)
-    pitch = math.atan2((nose_r[1] / height - FRONTAL_NOSE) * EYE_MOUTH, NOSE_DEPTH)
+    by_mouth = math.atan2((nose_r[1] / height - FRONTAL_NOSE) * EYE_MOUTH, NOSE_DEPTH)
+    by_eyes = math.atan2(nose_r[1] / ipd - FRONTAL_NOSE_DROP, NOSE_DEPTH)
+    pitch = min(by_mouth, by_eyes, key=abs)
     return Pose(math.degrees(yaw), math.degrees(pitch), math.degrees(roll))
 
 

@@ -769,7 +769,7 @@ def test_strong_frames_for_another_elder_earlier_in_the_track_are_not_outvoted()
     decider = Decider(POLICY)
     order = ["elder-b", "elder-b", "elder-a", "elder-b"] + ["elder-a"] * 40
     obs = [
-        close_call(i / 10, top, "elder-b" if top == "elder-a" else "elder-a", score=0.6, lead=0.03)
+        close_call(i / 10, top, "elder-b" if top == "elder-a" else "elder-a", score=0.6, lead=0.08)
         for i, top in enumerate(order)
     ]
     (decision,) = run(decider, obs)
@@ -781,12 +781,12 @@ def test_strong_frames_for_another_elder_before_a_no_face_are_not_outvoted() -> 
     """Two strong frames for B, then she looks down long enough for a no_face, then looks up
     and A leads: the same face, so B's frames still count and A is not accepted."""
     decider = Decider(POLICY)
-    before = calls(0.0, 2, "elder-b", "elder-a", score=0.6, lead=0.05)
+    before = calls(0.0, 2, "elder-b", "elder-a", score=0.6, lead=0.08)
     down = [
         Observation(before[-1].t + (i + 1) / FPS, "poor_quality", reason="tilted")
         for i in range(int(POLICY.decide_within_s * FPS) + 8)
     ]
-    up = calls(down[-1].t + 1 / FPS, int(3 * FPS), "elder-a", "elder-b", score=0.6, lead=0.05)
+    up = calls(down[-1].t + 1 / FPS, int(3 * FPS), "elder-a", "elder-b", score=0.6, lead=0.08)
     out = run(decider, before + down + up)
     assert [d.outcome for d in out] == [Outcome.NO_FACE, Outcome.UNCERTAIN]
     assert {elder for elder, _ in out[1].candidates} == {"elder-a", "elder-b"}
@@ -797,7 +797,7 @@ def test_an_uncertain_elder_with_a_companion_beside_her_is_not_decided_again() -
     then steps away, and she is closer to the camera now. A frame with two faces is not one
     without her: her track goes on, and no second decision (an acceptance charged on top of
     the hand settlement) is made for the same visit."""
-    alone = frames(0.0, 45, who="p1", top="elder-1", score=0.52)
+    alone = frames(0.0, 45, who="p1", top="elder-1", score=0.5)
     beside = [Observation(3.0 + i / FPS, "multiple_faces") for i in range(18)]
     again = frames(4.2, 45, who="p1", top="elder-1", score=0.56)
     out = run(Decider(POLICY), alone + beside + again)

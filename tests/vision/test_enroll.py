@@ -66,11 +66,12 @@ def test_photos_added_later_count_towards_the_three_recommended(
 
 
 def test_each_photo_gets_a_verdict_with_a_reason(
-    gallery: Gallery, analyzer: Analyzer, df: Path, tmp_path: Path
+    gallery: Gallery, analyzer: Analyzer, df: Path, tmp_path: Path, faces_dir: Path
 ) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 nothing")
-    photos = [df / "img13.jpg", df / "couple.jpg", df / "img23.jpg", broken, df / "img14.jpg"]
+    looking_up = faces_dir / "lfw-dev" / "images" / "Katie_Smith" / "Katie_Smith_0001.jpg"
+    photos = [df / "img13.jpg", df / "couple.jpg", looking_up, broken, df / "img14.jpg"]
     result = enrol(gallery, analyzer, "elder-1", photos, rules=RULES)
     assert [v.reason for v in result.photos] == [None, "multiple_faces", "tilted", "corrupt", None]
     assert "pitch" in result.photos[2].detail

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from gateway.clock import Clock, ClockSync
+from gateway.clock import Clock, ClockSync, elapsed_ms
 from gateway.config import StoreSection
 from gateway.events import LANES, Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
@@ -648,6 +648,11 @@ class Store:
     def clock_synced(self) -> bool:
         return self._sync.synced
 
+    def wall_offset_ms(self) -> int | None:
+        """Wall time minus running time now, while the clock is synchronised (None before):
+        running time ``r`` of this session happened at wall time ``r`` + this."""
+        return self._clock.wall_ms() - self.steady_ms() if self._sync.synced else None
+
     def when_clock_set(self, listener: Callable[[int], object]) -> None:
         """``listener(offset_ms)`` each time the wall clock is found synchronised after it was
         not, on the clock check's thread: what this session stamped in running time since
@@ -688,13 +693,16 @@ class Store:
     # ---- reading back -----------------------------------------------------------------------
 
     def recent(self, event_type: str, within_ms: int) -> list[tuple[int, dict[str, Any]]]:
-        """(age in running time, data) of the events of one type recorded in the last
-        ``within_ms``, newest first: what a stage must remember across a restart (an elder
-        settled a minute ago). Reads back from the newest event and stops at the first older
-        one, so the journal's length does not matter; a journal that cannot be read gives
-        nothing, logged; an event that cannot be read is passed over, logged, and the older
-        ones are still read (one damaged row must not hide an elder settled before it)."""
+        """(age, data) of the events of one type recorded in the last ``within_ms``, newest
+        first: what a stage must remember across a restart (an elder settled a minute ago).
+        The age is in running time, or the wall clock's when it was synchronised then and is
+        now and says longer (the gateway was off meanwhile: ``elapsed_ms``). Reads back from
+        the newest event and stops at the first older one in running time, so the journal's
+        length does not matter; a journal that cannot be read gives nothing, logged; an event
+        that cannot be read is passed over, logged, and the older ones are still read (one
+        damaged row must not hide an elder settled before it)."""
         now = self.steady_ms()
+        now_wall = self._clock.wall_ms() if self._sync.synced else None
         out: list[tuple[int, dict[str, Any]]] = []
         cipher = self.cipher
         if cipher is None:
@@ -707,15 +715,17 @@ class Store:
         unreadable = 0
         try:
             rows = conn.execute(
-                "SELECT steady_ms, type, event_id, data FROM events ORDER BY seq DESC"
+                "SELECT steady_ms, ts_ms, clock_synced, type, event_id, data FROM events "
+                "ORDER BY seq DESC"
             )
-            for steady, etype, event_id, data in rows:
+            for steady, ts, synced, etype, event_id, data in rows:
                 if now - steady > within_ms:
                     break
-                if etype != event_type:
+                age = elapsed_ms(max(0, now - steady), ts if synced else None, now_wall)
+                if etype != event_type or age > within_ms:
                     continue
                 try:
-                    out.append((max(0, now - steady), json.loads(cipher.open(event_id, data))))
+                    out.append((age, json.loads(cipher.open(event_id, data))))
                 except (ValueError, StoreError):
                     unreadable += 1
         except sqlite3.Error as exc:

@@ -4,8 +4,11 @@ The decider holds it in memory, in the frames' clock; a restart (systemd brings 
 back within seconds) would forget an elder who is still at the counter and settle her meal
 again. So the pipeline thread writes, every few seconds while it changes, when each elder in
 cooldown was last seen, in the store's running time (which carries across restarts and
-ignores wall-clock jumps), and the next start reads it back. The file holds opaque elder ids
-and times only, is private like the rest of the data directory, and is replaced whole.
+ignores wall-clock jumps) and, while the clock is synchronised, in wall time too; the next
+start reads it back. Running time stands still while the gateway is off: only the wall time
+of two synchronised clocks can show that she left hours ago (``clock.elapsed_ms``), and so
+not keep her from the next day's meals. The file holds opaque elder ids and times only, is
+private like the rest of the data directory, and is replaced whole.
 
 An erasure rewrites it from what it read: the process's writers take turns (a save between
 that read and that write would be lost), and the counter rewrites a file another process
@@ -20,6 +23,7 @@ import threading
 from pathlib import Path
 from typing import TypeGuard
 
+from gateway.clock import elapsed_ms
 from gateway.private import remove_leftovers, replace_private
 
 log = logging.getLogger(__name__)
@@ -40,18 +44,25 @@ def stamp(path: Path) -> Stamp | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def save(path: Path, last_seen_ms: dict[str, int]) -> Stamp | None:
-    """Replace the file with elder -> running time (ms) last seen, durably: a staff
+def save(
+    path: Path, last_seen_ms: dict[str, int], wall_offset_ms: int | None = None
+) -> Stamp | None:
+    """Replace the file with elder -> [running time (ms) last seen, wall time then or null
+    while the clock is not synchronised (``wall_offset_ms`` None)], durably: a staff
     confirmation saved just before a power cut must be there after it; returns the file's
     ``stamp``. Raises OSError (a full disk) with the file as it was: the caller counts it and
     tries again. Copies a crash left go too: one left just before a restart is too young to go
     at that start, and would otherwise name its elders until the next one."""
+    entries: dict[str, object] = {
+        elder: [seen, None if wall_offset_ms is None else seen + wall_offset_ms]
+        for elder, seen in last_seen_ms.items()
+    }
     with _turns:
-        return _save(path, last_seen_ms)
+        return _save(path, entries)
 
 
-def _save(path: Path, last_seen_ms: dict[str, int]) -> Stamp | None:
-    replace_private(path, json.dumps(last_seen_ms).encode())
+def _save(path: Path, entries: dict[str, object]) -> Stamp | None:
+    replace_private(path, json.dumps(entries).encode())
     written = stamp(path)
     _remove_leftovers(path)
     return written
@@ -80,10 +91,14 @@ def _read(path: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else {}
 
 
-def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
-    """(elder, seconds since last seen) for those seen within ``within_ms``. A time ahead of
-    ``now_ms`` counts as just now: after a crash the store's running time resumes from its
-    last commit, which may be before the last save."""
+def load(
+    path: Path, now_ms: int, within_ms: int, now_wall_ms: int | None = None
+) -> list[tuple[str, float]]:
+    """(elder, seconds since last seen) for those seen within ``within_ms``, by running time
+    or, both clocks synchronised (``now_wall_ms`` None while this one is not), the wall
+    time if longer. A running time ahead of ``now_ms`` counts as just now: after a crash the
+    store's running time resumes from its last commit, which may be before the last save.
+    Entries of the versions before 2026-12-07 hold the running time alone."""
     _remove_leftovers(path)
     try:
         entries = _read(path) or {}
@@ -91,9 +106,13 @@ def load(path: Path, now_ms: int, within_ms: int) -> list[tuple[str, float]]:
         log.warning("face stage: cooldown file %s not read: %s", path, exc)
         entries = {}
     out = []
-    for elder, seen in entries.items():
-        if _is_time(seen) and now_ms - seen <= within_ms:
-            out.append((elder, max(0, now_ms - seen) / 1000))
+    for elder, value in entries.items():
+        seen = _entry(value)
+        if seen is None:
+            continue
+        age = elapsed_ms(max(0, now_ms - seen[0]), seen[1], now_wall_ms)
+        if age <= within_ms:
+            out.append((elder, age / 1000))
     return out
 
 
@@ -109,7 +128,18 @@ def forget(path: Path, elder: str) -> None:
         if data is None:
             return
         data.pop(elder, None)
-        _save(path, {e: v for e, v in data.items() if _is_time(v)})
+        _save(path, {e: v for e, v in data.items() if _entry(v) is not None})
+
+
+def _entry(value: object) -> tuple[int, int | None] | None:
+    """(running time, wall time or None) of an entry; None for anything else (damage)."""
+    if _is_time(value):
+        return value, None
+    if isinstance(value, list) and len(value) == 2 and _is_time(value[0]):
+        wall = value[1]
+        if wall is None or _is_time(wall):
+            return value[0], wall
+    return None
 
 
 def _is_time(value: object) -> TypeGuard[int]:

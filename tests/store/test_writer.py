@@ -893,3 +893,32 @@ def test_housekeeping_does_not_pile_up_behind_a_lock(
             store.housekeep()  # returns at once: nothing is queued behind the lock
         assert store.lock_wait() == {"for_s": 0.2, "waiting": 1}
         shell.execute("COMMIT")
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_recent_events_count_the_time_switched_off_only_by_synchronised_clocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: bool
+) -> None:
+    """An elder settled at 17:30, the gateway off for the night: by running time alone she
+    was settled seconds ago at the next morning's start. Two synchronised clocks prove the
+    night; a clock not yet set at start (a Pi has no RTC) keeps the running time's age."""
+    monkeypatch.setattr(clock_module, "probe", lambda _source: True)
+    clock = ManualClock()
+    section = StoreSection.model_validate({"housekeeping_interval_s": 3600})
+    store = Store(section, tmp_path / "g.db", clock, ClockSync("kernel", 3600))
+    store.start()
+    store.record(Event(MEAL, {"elder": "E1"}))
+    clock.advance(5_000)
+    store.stop()
+    clock.step_wall(15 * 3_600_000)  # the night switched off
+    monkeypatch.setattr(clock_module, "probe", lambda _source: synced)
+    again = Store(section, tmp_path / "g.db", clock, ClockSync("kernel", 3600))
+    again.start()
+    try:
+        ages = [age for age, _ in again.recent(MEAL.name, 12 * 3_600_000)]
+        assert ages == ([] if synced else [5_000])
+        assert [age for age, _ in again.recent(MEAL.name, 16 * 3_600_000)] == (
+            [15 * 3_600_000 + 5_000] if synced else [5_000]
+        )
+    finally:
+        again.stop()

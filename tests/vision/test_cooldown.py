@@ -18,6 +18,11 @@ from gateway import private
 from gateway.vision import cooldown
 
 
+def running_times(path: Path) -> dict[str, int]:
+    """Elder -> running time last seen, as the file holds it."""
+    return {elder: seen for elder, (seen, _) in json.loads(path.read_text()).items()}
+
+
 def test_saved_and_read_back_with_ages(tmp_path: Path) -> None:
     path = tmp_path / cooldown.FILE
     cooldown.save(path, {"E1": 95_000, "E2": 10_000})
@@ -40,7 +45,7 @@ def test_a_damaged_file_is_read_as_empty_and_erasure_still_works(tmp_path: Path)
         path.write_text(text)
         assert cooldown.load(path, 100_000, 60_000) == []
         cooldown.forget(path, "E1")  # an erasure goes through whatever the file held
-        assert json.loads(path.read_text()) == {}
+        assert running_times(path) == {}
     path.write_text(" " * (cooldown.MAX_BYTES + 1))
     assert cooldown.load(path, 100_000, 60_000) == []
 
@@ -51,7 +56,7 @@ def test_an_erased_elder_leaves_the_file_and_the_others_stay(tmp_path: Path) -> 
     assert not path.exists()
     cooldown.save(path, {"E1": 1_000, "E2": 2_000})
     cooldown.forget(path, "E1")
-    assert json.loads(path.read_text()) == {"E2": 2_000}
+    assert running_times(path) == {"E2": 2_000}
 
 
 def test_copies_a_crash_left_half_way_are_removed_at_start(tmp_path: Path) -> None:
@@ -88,7 +93,7 @@ def test_an_erasure_takes_the_copies_a_crash_left_too(tmp_path: Path) -> None:
     copy = _left_by_a_crash(tmp_path, "813.1402", '{"E1": 94000}')
     cooldown.forget(path, "E1")
     assert [p.name for p in tmp_path.iterdir()] == [cooldown.FILE]
-    assert json.loads(path.read_text()) == {"E2": 2_000}
+    assert running_times(path) == {"E2": 2_000}
 
 
 def test_an_erasure_takes_the_copies_an_earlier_version_left_too(tmp_path: Path) -> None:
@@ -106,7 +111,7 @@ def test_an_erasure_takes_the_copies_an_earlier_version_left_too(tmp_path: Path)
         os.utime(copy, (old, old))
     cooldown.forget(path, "E1")
     assert [p.name for p in tmp_path.iterdir()] == [cooldown.FILE]
-    assert json.loads(path.read_text()) == {"E2": 2_000}
+    assert running_times(path) == {"E2": 2_000}
 
 
 def test_a_copy_left_just_before_a_restart_goes_at_a_later_save(tmp_path: Path) -> None:
@@ -153,7 +158,7 @@ def test_an_erasure_leaves_a_file_the_card_cannot_read_as_it_is_and_says_so(
         cooldown.forget(path, "E1")
     assert cooldown.load(path, 2_000, 60_000) == []  # unreadable: logged, the counter goes on
     monkeypatch.undo()
-    assert json.loads(path.read_text()) == {"E1": 1_000, "E2": 2_000}
+    assert running_times(path) == {"E1": 1_000, "E2": 2_000}
 
 
 def test_a_save_made_while_an_erasure_rewrites_the_file_is_kept(
@@ -175,4 +180,34 @@ def test_a_save_made_while_an_erasure_rewrites_the_file_is_kept(
     monkeypatch.setattr(cooldown, "_read", read_as_the_counter_saves)
     cooldown.forget(path, "E1")
     counter.join()
-    assert json.loads(path.read_text()) == {"E2": 2_000, "E3": 3_000}
+    assert running_times(path) == {"E2": 2_000, "E3": 3_000}
+
+
+def test_time_switched_off_counts_when_two_synchronised_clocks_show_it(tmp_path: Path) -> None:
+    """Running time stands still while the gateway is off: an elder seen at 17:30 was still
+    in cooldown (12 h) at the next day's lunch after a night switched off. The wall time
+    counts only when the clock was synchronised both at the save and now: a clock not set
+    yet after a power cut (a Pi has no RTC) never shortens a cooldown."""
+    path = tmp_path / cooldown.FILE
+    day = 86_400_000
+    cooldown.save(path, {"E1": 95_000, "E2": 99_000}, wall_offset_ms=5 * day)
+    assert running_times(path) == {"E1": 95_000, "E2": 99_000}
+    # on again 18 h later by the wall clock, 1 s of running time later
+    assert cooldown.load(path, 100_000, 12 * 3_600_000, now_wall_ms=100_000 + 5 * day) == [
+        ("E1", 5.0),
+        ("E2", 1.0),
+    ]
+    later = 100_000 + 5 * day + 18 * 3_600_000
+    assert cooldown.load(path, 100_000, 12 * 3_600_000, now_wall_ms=later) == []
+    assert cooldown.load(path, 100_000, 12 * 3_600_000) == [("E1", 5.0), ("E2", 1.0)]
+    # a clock set back meanwhile never makes her older than her running time says
+    assert cooldown.load(path, 100_000, 60_000, now_wall_ms=0) == [("E1", 5.0), ("E2", 1.0)]
+    # saved before the clock was synchronised: running time only
+    cooldown.save(path, {"E1": 95_000})
+    assert cooldown.load(path, 100_000, 60_000, now_wall_ms=later) == [("E1", 5.0)]
+
+
+def test_a_file_of_an_earlier_version_is_read(tmp_path: Path) -> None:
+    path = tmp_path / cooldown.FILE
+    path.write_text(json.dumps({"E1": 95_000, "E2": [96_000, None], "E3": [1, "x"]}))
+    assert cooldown.load(path, 100_000, 60_000, now_wall_ms=7) == [("E1", 5.0), ("E2", 4.0)]

@@ -229,7 +229,8 @@ def test_photo_replay_end_to_end(
     ]
     cooling = json.loads((data_dir / "face-cooldown.json").read_text())
     enrolled = {elder for elder, _ in enrolments}
-    assert set(cooling) <= enrolled and all(isinstance(v, int) for v in cooling.values())
+    assert set(cooling) <= enrolled
+    assert all(isinstance(seen, int) and wall is None for seen, wall in cooling.values())
 
 
 def _top(decision: dict[str, object]) -> str | None:
@@ -402,7 +403,7 @@ def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
     _run(first)
     cooling = data_dir / "face-cooldown.json"
     saved = json.loads(cooling.read_text())
-    assert list(saved) == ["elder-7"] and 0 <= store.steady_ms() - saved["elder-7"] < 60_000
+    assert list(saved) == ["elder-7"] and 0 <= store.steady_ms() - saved["elder-7"][0] < 60_000
     time.sleep(1.1)  # no frames since (a camera lost): she was not seen again meanwhile
     first._save_cooldown()
     assert json.loads(cooling.read_text()) == saved
@@ -417,6 +418,46 @@ def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
     assert again.gallery is not None and again.gallery.refresh_if_changed()
     again._save_cooldown()
     assert "elder-7" not in json.loads(cooling.read_text())
+
+
+def test_an_elder_accepted_before_a_night_switched_off_is_accepted_the_next_day(
+    small_replay: Path,
+    analyzer: Analyzer,
+    vision_cfg: VisionSection,
+    faces_dir: Path,
+    *,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a 12 h cooldown, an elder accepted at 17:30 was still in cooldown at the next
+    day's lunch after a night switched off: running time stands still while the gateway is
+    off, and she got no decision at all. The journal and the cooldown file both carry the
+    wall time of a synchronised clock now, and the night counts."""
+    monkeypatch.setattr(clock_module, "probe", lambda _source: True)
+    clock = ManualClock(wall_ms=int(time.time() * 1000))
+    cfg = _small_cfg(
+        vision_cfg,
+        small_replay,
+        decision=vision_cfg.decision.model_copy(update={"cooldown_s": 12 * 3600}),
+    )
+    data_dir = tmp_path / "data"
+
+    def day() -> list[str | None]:
+        store = Store(StoreSection(), data_dir / "gateway.db", clock, ClockSync("kernel", 30))
+        store.start()
+        try:
+            _run(VisionService(cfg, data_dir, store, realtime=False))
+            clock.advance(60_000)
+        finally:
+            store.stop()
+        return [d["elder_id"] for d in recorded(data_dir / "gateway.db")]
+
+    data_dir.mkdir()
+    _enrol_one(data_dir, analyzer, faces_dir, cfg)
+    assert day() == ["elder-7", None]
+    assert list(json.loads((data_dir / cooldown.FILE).read_text())) == ["elder-7"]
+    clock.step_wall(15 * 3_600_000)  # the night, switched off
+    assert day() == ["elder-7", None, "elder-7", None]
 
 
 def test_a_cooldown_another_process_rewrote_from_an_older_read_is_written_again(

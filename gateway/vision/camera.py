@@ -35,6 +35,8 @@ from gateway.vision.images import IMAGE_SUFFIXES, as_bgr8, fit_within, read_imag
 log = logging.getLogger(__name__)
 
 EMPTY_GREY = 96
+# a stream read that took this share of stall_s ended by its timeout, not with a frame
+TIMED_OUT = 0.9
 STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})
 
 
@@ -116,9 +118,14 @@ class OpenCVCapture:
         cap = self._cap
         if cap is None:
             return None, 0.0
+        asked = time.perf_counter()
         if not cap.grab():
             if self.paced:
                 raise EndOfStream(self.name)
+            return None, 0.0
+        if is_stream(self.target) and time.perf_counter() - asked >= TIMED_OUT * self.cfg.stall_s:
+            # FFmpeg's read timeout ended it mid-picture: what it hands over is the part that
+            # came, decoded over the picture before (one person's face on another's body)
             return None, 0.0
         start = time.perf_counter()
         ok, frame = cap.retrieve()

@@ -25,6 +25,8 @@ class CameraServer:
         self.sending = threading.Event()
         self.sending.set()
         self.frozen = threading.Event()
+        # set: the next picture is sent half, and nothing more (a camera hanging mid-frame)
+        self.cut = threading.Event()
         self.refused = 0
         self.port = 0
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -87,10 +89,14 @@ class NetworkCamera(CameraServer):
                 if self.sending.is_set():
                     jpeg = self.picture(n)
                     n += 1
-                    out.write(
-                        b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
-                        % (BOUNDARY, len(jpeg), jpeg)
-                    )
+                    head = b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                    part = head % (BOUNDARY, len(jpeg)) + jpeg + b"\r\n"
+                    if self.cut.is_set():
+                        out.write(part[: len(part) - len(jpeg) // 2])
+                        out.flush()
+                        self._closed.wait()
+                        return
+                    out.write(part)
                     out.flush()
                 time.sleep(1 / self.fps)
         except (BrokenPipeError, ConnectionResetError):

@@ -520,13 +520,8 @@ def netcam(request: pytest.FixtureRequest, faces_dir: Path) -> Iterator[CameraSe
 
 def _netcam_reader(netcam: CameraServer, **settings: float) -> CameraReader:
     """A reader of the test camera that notices a hang or a loss within a second."""
-    cfg = CameraSection(
-        source=netcam.url("installer:s3cret-Pw"),
-        stall_s=1.0,
-        connect_timeout_s=5.0,
-        reopen_min_s=0.1,
-        **settings,
-    )
+    given = {"stall_s": 1.0, "connect_timeout_s": 5.0, "reopen_min_s": 0.1, **settings}
+    cfg = CameraSection(source=netcam.url("installer:s3cret-Pw"), **given)
     reader = open_feed(cfg)
     assert isinstance(reader, CameraReader)
     return reader
@@ -605,6 +600,40 @@ def test_a_network_camera_stuck_on_one_picture_is_lost_until_the_picture_changes
     frozen = f"camera {reader.source.name} lost: the picture has not changed for 1 s"
     lost = [r.getMessage() for r in caplog.records]
     assert lost[0] == lost[-1] == frozen  # the outage between is logged as it comes
+
+
+def test_an_http_camera_that_hangs_mid_picture_gives_no_stitched_frame(faces_dir: Path) -> None:
+    """FFmpeg gives up on the read after stall_s and hands over the half it received, decoded
+    over the picture before: the top of one person on another's body, analysed as a new frame
+    while someone steps up. A read that ended by its timeout is no frame."""
+    before = cv2.resize(read_image(faces_dir / "antispoof" / "image_T1.jpg"), (480, 640))
+    half = cv2.resize(read_image(faces_dir / "deepface" / "img1.jpg"), (480, 640))
+    pictures = []
+    for i in range(3):  # a sensor's noise in one corner
+        frame = before.copy()
+        frame[:4, :4] = i * 70
+        pictures.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    camera = NetworkCamera(pictures, "installer", "s3cret-Pw")
+    camera.start()
+    reader = _netcam_reader(camera, reopen_min_s=30.0)
+    reader.start()
+    try:
+        _wait(lambda: reader.stats.frames >= 5)
+        camera.pictures = [cv2.imencode(".jpg", half)[1].tobytes()]
+        camera.cut.set()
+        seen = []
+        deadline = time.monotonic() + 10
+        while reader.state != "lost" and time.monotonic() < deadline:
+            if (frame := reader.next_frame(timeout=0.05)) is not None:
+                seen.append(frame.image)
+        assert reader.state == "lost"
+        while (frame := reader.next_frame(timeout=0.2)) is not None:
+            seen.append(frame.image)
+    finally:
+        reader.stop()
+        camera.stop()
+    top = slice(0, 200)
+    assert seen and all(float(np.mean(cv2.absdiff(image[top], before[top]))) < 10 for image in seen)
 
 
 class StuckFlakyCamera:

@@ -160,7 +160,6 @@ class ImageFolder:
         self._reported: set[Path] = set()  # unusable photos said once, not at every loop
 
     def open(self) -> None:
-        self._reported.clear()
         self._list()
 
     def _list(self) -> None:
@@ -204,6 +203,11 @@ class ImageFolder:
                 gone = self.files.index(item) + 1
                 raise CameraError(f"{self.folder}: photo {gone} is gone") from None
             self.bad_files += 1
+            # one unusable read, not one per frame it would have been held for: a run of
+            # them would otherwise last past stall_s, and the camera, lost and reopened,
+            # would start the folder over before ever showing the photos after them
+            while self._pos < len(self._plan) and self._plan[self._pos] == item:
+                self._pos += 1
             if item not in self._reported:
                 self._reported.add(item)
                 # The position, not the file name: photo files are often named after the person.

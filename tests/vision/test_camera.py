@@ -68,7 +68,27 @@ def test_unusable_photos_are_counted_and_skipped(photo_folder: Path) -> None:
         count += 1
     assert count == 4
     assert source.bad_files == 2
-    assert feed.stats.failed_reads == 4
+    assert feed.stats.failed_reads == 2  # one each, not one for every frame of its hold
+
+
+def test_a_run_of_unusable_photos_does_not_start_a_live_replay_over(
+    photo_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each unusable photo cost its whole hold of frames without one: five in a row outlasted
+    stall_s, the camera was lost and reopened at photo 1, and the photos after them were
+    never shown (nor did the replay end, nor the installer's identify)."""
+    for n in range(5):
+        (photo_folder / f"img1_{n}_empty.jpg").write_bytes(b"")
+    cfg = CameraSection(fps=15, replay_hold_s=1.5, replay_gap_s=0.0, stall_s=2.0)
+    reader = CameraReader(ImageFolder(photo_folder, cfg), cfg)
+    reader.start()
+    try:
+        _wait(lambda: reader.ended)
+    finally:
+        reader.stop()
+    assert reader.state == "ended" and reader.stats.reopens == 0
+    assert reader.stats.frames == 2 * 22  # img1 and img2, each held 1.5 s
+    assert caplog.text.count("replay: photo 2 is not usable") == 1
 
 
 class CountedReads:

@@ -79,6 +79,7 @@ class OpenCVCapture:
         self.paced = paced
         self.name = shown_source(target)
         self._cap: cv2.VideoCapture | None = None
+        self.skipped = 0  # damaged frames of a video file, passed over
 
     def open(self) -> None:
         # OpenCV's and FFmpeg's own warnings repeat at every reopen of a camera that is
@@ -119,10 +120,11 @@ class OpenCVCapture:
         if cap is None:
             return None, 0.0
         asked = time.perf_counter()
-        if not cap.grab():
-            if self.paced:
+        while not cap.grab():
+            if not self.paced:
+                return None, 0.0
+            if not self._damaged_frame(cap):
                 raise EndOfStream(self.name)
-            return None, 0.0
         if is_stream(self.target) and time.perf_counter() - asked >= TIMED_OUT * self.cfg.stall_s:
             # FFmpeg's read timeout ended it mid-picture: what it hands over is the part that
             # came, decoded over the picture before (one person's face on another's body)
@@ -130,6 +132,18 @@ class OpenCVCapture:
         start = time.perf_counter()
         ok, frame = cap.retrieve()
         return (frame if ok else None), time.perf_counter() - start
+
+    def _damaged_frame(self, cap: cv2.VideoCapture) -> bool:
+        """Whether a video file's failed read was a damaged frame inside it, not its end: the
+        file holds more frames than were read and skipped. The position counts only the
+        frames read, so those skipped are added. A file that does not say how many frames
+        it holds ends at its first failed read."""
+        if self.skipped + cap.get(cv2.CAP_PROP_POS_FRAMES) >= cap.get(cv2.CAP_PROP_FRAME_COUNT):
+            return False
+        if self.skipped == 0:
+            log.warning("video %s: damaged frames in it are skipped", self.name)
+        self.skipped += 1
+        return True
 
     def close(self) -> None:
         if self._cap is not None:

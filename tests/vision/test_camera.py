@@ -340,6 +340,36 @@ def test_a_video_file_is_a_camera(tmp_path: Path, faces_dir: Path) -> None:
     assert len(frames) == 12 and frames[0].image.shape == (640, 480, 3)
 
 
+@pytest.mark.parametrize("realtime", [False, True])
+def test_a_damaged_frame_in_a_video_file_is_skipped_not_its_end(
+    tmp_path: Path, faces_dir: Path, caplog: pytest.LogCaptureFixture, realtime: bool
+) -> None:
+    """One frame whose picture data is damaged (the container intact) ended the replay there,
+    as if the file were over, without a word: the rest was never shown."""
+    video = tmp_path / "counter.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (240, 320))
+    photo = cv2.resize(read_image(faces_dir / "antispoof" / "image_T1.jpg"), (240, 320))
+    for _ in range(30):
+        writer.write(photo)
+    writer.release()
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xd8"]
+    for k in (10, 11):  # picture data overwritten, the frame's place in the file kept
+        data[starts[k] + 2 : starts[k + 1] - 8] = bytes(starts[k + 1] - 8 - starts[k] - 2)
+    video.write_bytes(bytes(data))
+    feed = open_feed(CameraSection(source=str(video), fps=30), realtime=realtime)
+    assert isinstance(feed, (Lockstep, CameraReader)) and isinstance(feed.source, OpenCVCapture)
+    feed.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not feed.ended and time.monotonic() < deadline:
+            feed.next_frame(0.1)
+    finally:
+        feed.stop()
+    assert feed.ended and feed.stats.frames == 28 and feed.source.skipped == 2
+    assert caplog.text.count("damaged frames in it are skipped") == 1
+
+
 def test_sources_are_chosen_from_the_spec(tmp_path: Path) -> None:
     cfg = CameraSection()
     device = open_source("0", cfg)

@@ -541,6 +541,8 @@ class CameraReader:
             log.warning("camera %s: close failed: %s", self.source.name, _reason(exc))
 
     def _lost(self, why: str) -> None:
+        if self._stop.is_set():  # an open or read that gave up after the stop: no camera lost
+            return
         if self.state != "lost" or why != self.last_error:
             log.warning("camera %s lost: %s", self.source.name, why)
         self.state = "lost"

@@ -531,7 +531,9 @@ def test_stop_never_releases_a_camera_a_read_is_still_inside(faces_dir: Path) ->
     assert reader.state == "stopped" and reader.stats.frames == 0
 
 
-def test_stop_does_not_wait_for_a_network_camera_that_never_answers() -> None:
+def test_stop_does_not_wait_for_a_network_camera_that_never_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A network outage: the RTSP camera takes the connection and says nothing, so the open
     waits out connect_timeout_s. The stop leaves it to the daemon reader instead of holding
     the gateway's stop (systemd kills at 30 s) for the camera's sake."""
@@ -551,6 +553,10 @@ def test_stop_does_not_wait_for_a_network_camera_that_never_answers() -> None:
         camera.close()  # the open fails at once
     thread.join(10)  # and the reader ends, within the test
     assert not thread.is_alive()
+    # the open that failed after the stop is no lost camera: health (which identify prints
+    # after the stop) and the log said "lost" for a stage that had stopped
+    assert reader.state == "stopped"
+    assert not [r for r in caplog.records if " lost: " in r.getMessage()]
 
 
 @pytest.fixture(params=[NetworkCamera, RtspCamera], ids=["http-mjpeg", "rtsp"])

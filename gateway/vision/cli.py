@@ -101,7 +101,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     vision = cfg.vision
-    jobs: list[tuple[str, list[Path] | OSError]]
+    jobs: list[tuple[str, list[Path] | str]]
     if args.folder is not None and args.allow_similar:
         print(
             "--allow-similar is for one elder whom staff have checked (--elder ID), not for "
@@ -156,8 +156,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     few_photos = 0
     try:
         for done, (elder, photos) in enumerate(jobs, start=1):
-            if isinstance(photos, OSError):
-                result = refused_id(elder, f"folder cannot be read: {photos.strerror or photos}")
+            if isinstance(photos, str):
+                result = refused_id(elder, photos)
             else:
                 try:
                     result = enrol(

@@ -447,20 +447,43 @@ def _best_others(
     return sorted(pairs, key=lambda p: -p[1])
 
 
-def folder_photos(folder: Path) -> list[tuple[str, list[Path] | OSError]]:
-    """(elder id, photos) for a folder holding one sub-folder per elder; a sub-folder that
-    cannot be read gives its error instead, so one bad folder does not stop the others."""
-    out: list[tuple[str, list[Path] | OSError]] = []
+def folder_photos(folder: Path) -> list[tuple[str, list[Path] | str]]:
+    """(elder id, photos) for a folder holding one sub-folder per elder; a sub-folder with no
+    photo to enrol gives why instead, so one bad folder does not stop the others, and the
+    installer reads what to mend rather than a bare "no usable photo"."""
+    out: list[tuple[str, list[Path] | str]] = []
     for sub in sorted(folder.iterdir()):
         if not sub.is_dir() or is_system_folder(sub.name):
             continue
         try:
-            photos = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = list(sub.iterdir())
         except OSError as exc:
-            out.append((sub.name, exc))
+            out.append((sub.name, f"folder cannot be read: {exc.strerror or exc}"))
             continue
-        out.append((sub.name, photos))
+        photos = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
+        out.append((sub.name, photos or _no_photos(entries)))
     return out
+
+
+def _no_photos(entries: list[Path]) -> str:
+    """Why an elder's folder gives nothing to enrol."""
+    if not entries:
+        return "the folder is empty"
+    why = []
+    nested = sorted(p.name for p in entries if p.is_dir() and not is_system_folder(p.name))
+    if nested:
+        why.append(
+            f"photos must be directly in the elder's folder, not in sub-folders "
+            f"({', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''})"
+        )
+    others = [p for p in entries if p.is_file() and not p.name.startswith(".")]
+    if others:
+        kinds = sorted({p.suffix.lower() or "no suffix" for p in others})
+        why.append(
+            f"{len(others)} file(s) in a format not read ({', '.join(kinds[:5])}): "
+            "export them as JPEG or PNG"
+        )
+    return "; ".join(why) or "no photos in it"
 
 
 def refused_id(elder_id: str, problem: str) -> Enrolment:

@@ -225,6 +225,10 @@ def evaluate_faces(
         out.pairs = pair_report(faces, pairs)
     labels = [label for label, ok in zip(faces.labels, faces.usable, strict=True) if ok]
     if len(set(labels)) < 3:
+        out.no_recommendation = (
+            f"open-set figures and thresholds need usable photos of at least 3 people, one "
+            f"sub-folder each; the folder has {len(set(labels))}"
+        )
         return out
     verify = verify_all_pairs(faces, VERIFY_FMR)
     out.verify = verify

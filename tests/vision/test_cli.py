@@ -292,6 +292,31 @@ def test_bulk_enrolment_command(
     assert "erased     2 elder(s) the counter has still to take in" in out
 
 
+def test_a_bulk_enrolment_says_why_an_elders_folder_gave_nothing_to_enrol(
+    tmp_path: Path, faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Photos in a dated sub-folder, iPhone HEIC files, an empty folder: each was refused
+    with the same bare "no usable photo", even with -v, and the installer could not tell
+    what to mend."""
+    df = faces_dir / "deepface"
+    folder = tmp_path / "photos"
+    _photo_folders(folder, df, {"e-201": ["img13.jpg"]})
+    (folder / "e-202" / "2024").mkdir(parents=True)
+    shutil.copyfile(df / "img8.jpg", folder / "e-202" / "2024" / "front.jpg")
+    (folder / "e-203").mkdir()
+    for name in ("IMG_0001.HEIC", "scan.tif"):
+        (folder / "e-203" / name).write_bytes(b"not read")
+    (folder / "e-204").mkdir()
+    code = main(["enroll", "-c", str(_config(tmp_path, models_dir)), "--folder", str(folder)])
+    out = capsys.readouterr().out
+    assert code == 3
+    assert "e-202: refused: photos must be directly in the elder's folder, not in " in out
+    assert "sub-folders (2024)" in out
+    assert "e-203: refused: 2 file(s) in a format not read (.heic, .tif): export them" in out
+    assert "e-204: refused: the folder is empty" in out
+    assert "1 enrolled, 3 refused, 0 flagged" in out
+
+
 def test_a_bulk_enrolment_stopped_with_ctrl_c_says_how_far_it_got(
     faces_dir: Path, models_dir: Path, tmp_path: Path
 ) -> None:
@@ -481,6 +506,18 @@ def test_eval_says_a_mistyped_errata_file_before_embedding_every_photo(
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "erata.txt" in err and "embedding" not in err
+
+
+def test_eval_on_a_folder_of_two_people_says_why_it_recommends_nothing(
+    faces_dir: Path, models_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = _config(tmp_path, models_dir)
+    folder = tmp_path / "faces"
+    _photo_folders(folder, faces_dir / "deepface", {"p-1": ["img1.jpg"], "p-2": ["img8.jpg"]})
+    assert main(["eval", "-c", str(config), "--faces", str(folder), "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    said = "no thresholds recommended: open-set figures and thresholds need usable photos"
+    assert f"{said} of at least 3 people, one sub-folder each; the folder has 2" in out
 
 
 def test_eval_skips_hidden_and_system_folders_as_enrolment_does(

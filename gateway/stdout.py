@@ -14,8 +14,13 @@ EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe's rea
 def reader_gone(exc: BaseException) -> bool:
     """Whether ``exc`` is a write to standard output whose reader has closed the pipe; a
     socket or serial port that broke is a failure to report, not this."""
-    if not isinstance(exc, BrokenPipeError):
-        return False
+    return isinstance(exc, BrokenPipeError) and stdout_closed()
+
+
+def stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has closed it: for a command that may
+    write nothing for long (a counter nobody stands at), which would otherwise only find
+    out at its next line."""
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):

@@ -107,3 +107,34 @@ def test_identify_into_a_reader_that_has_gone(tmp_path: Path, shared_dir: Path) 
     )
     assert status == 141
     assert "Traceback" not in err and "Broken pipe" not in err
+
+
+def test_identify_ends_when_head_has_its_line_and_nobody_is_at_the_counter(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """`gateway identify --camera /dev/video0 | head -n 1`: the closed pipe was only found
+    at the next decision, and at an empty counter none came, so the command ran on with the
+    camera held (the service could not open it) until Ctrl-C."""
+    models_dir = Path(os.environ.get("GATEWAY_MODELS_DIR") or shared_dir / "models")
+    site = tmp_path / "gw.toml"
+    site.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n[vision]\nmodels_dir = "{models_dir}"\n'
+        "[vision.camera]\nreplay_loop = true\nreplay_hold_s = 0.5\nreplay_gap_s = 60\n"
+    )
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    shutil.copyfile(shared_dir / "faces" / "antispoof" / "image_T1.jpg", camera / "1.jpg")
+    command = [sys.executable, "-m", "gateway", "identify", "-c", str(site), "--camera"]
+    with subprocess.Popen(
+        [*command, str(camera)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert '"outcome": "unknown"' in proc.stdout.readline()
+        proc.stdout.close()  # head has its line; a minute of empty counter follows
+        try:
+            status = proc.wait(timeout=30)
+        finally:
+            proc.kill()
+        err = proc.stderr.read()
+    assert status == 141
+    assert "Traceback" not in err and "Broken pipe" not in err

@@ -21,7 +21,7 @@ from typing import Any
 from gateway.argtypes import at_least_one, positive, rate
 from gateway.config import ConfigFileError, GatewayConfig, load_config
 from gateway.lifecycle import StartupError
-from gateway.stdout import EXIT_PIPE, discard, reader_gone
+from gateway.stdout import EXIT_PIPE, discard, reader_gone, stdout_closed
 from gateway.vision.config import VisionSection, shown_source
 from gateway.vision.errors import VisionError
 
@@ -361,6 +361,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
             while not gone.is_set() and not service.wait(0.2):
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if stdout_closed():  # `| head` has its lines, and nobody is at the counter
+                    gone.set()
         except KeyboardInterrupt:
             pass
         finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,7 +26,15 @@ from gateway.vision.detect import Face, RetinaFaceDetector
 from gateway.vision.embed import Embedder
 from gateway.vision.liveness import LivenessChecker, LivenessResult
 from gateway.vision.models import Models, load_manifest, resolve_models_dir
-from gateway.vision.quality import Quality, QualityLimits, crop_gate, geometry_gate, pick_subject
+from gateway.vision.quality import (
+    Quality,
+    QualityLimits,
+    Region,
+    crop_gate,
+    geometry_gate,
+    outside,
+    pick_subject,
+)
 from gateway.vision.runtime import one_blas_thread
 
 AnalysisKind = Literal["face", "poor_quality", "no_face", "multiple_faces"]
@@ -62,6 +70,7 @@ class Analysis:
     liveness: LivenessResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
     ambiguous: bool = False
+    ignored: int = 0  # faces in the parts of the picture the camera's ``ignore`` names
 
     @property
     def gate_reason(self) -> str | None:
@@ -116,32 +125,39 @@ class Analyzer:
         gate: bool = True,
         live: bool = True,
         with_embedding: Callable[[np.ndarray], object] | None = None,
+        ignore: Sequence[Region] = (),
     ) -> Analysis:
         """Analyse the subject face. With ``gate`` off (evaluation) the subject is embedded
         even when the frame is ambiguous or of poor quality. ``with_embedding`` (the gallery
-        search) is called with the embedding while liveness may still be running."""
+        search) is called with the embedding while liveness may still be running. Faces in
+        the ``ignore`` regions (a counter camera's: never an enrolment photo's) are left out
+        before anything else, as if the detector had not seen them."""
         timings: dict[str, float] = {}
         clock = time.perf_counter
         start = clock()
-        faces = self.detector.detect(image)
+        found = self.detector.detect(image)
+        faces = outside(found, ignore, image.shape[1], image.shape[0])
         timings["detect"] = clock() - start
 
         start = clock()
         subject = pick_subject(faces, image.shape[1], image.shape[0], self.settings.limits)
+        ignored = len(found) - len(faces)
         if subject.face is None:
             timings["quality"] = clock() - start
-            return Analysis("no_face", 0, timings=timings)
+            return Analysis("no_face", 0, timings=timings, ignored=ignored)
         face = subject.face
         geometry = geometry_gate(face, self.settings.limits, (image.shape[1], image.shape[0]))
         # a subject too small to use is someone further back, and so is anyone its size
         if gate and subject.ambiguous and geometry.reason != "too_small":
             timings["quality"] = clock() - start
-            return Analysis("multiple_faces", len(faces), face, timings=timings)
+            return Analysis("multiple_faces", len(faces), face, timings=timings, ignored=ignored)
         timings["quality"] = clock() - start
         liveness = self._start_liveness(image, face, geometry, live)
         if gate and not geometry.ok:
             result = self._finish_liveness(liveness, timings)
-            return Analysis("poor_quality", len(faces), face, geometry, None, result, timings)
+            return Analysis(
+                "poor_quality", len(faces), face, geometry, None, result, timings, ignored=ignored
+            )
 
         start = clock()
         aligned = align(image, face.landmarks)
@@ -152,7 +168,9 @@ class Analyzer:
         timings["quality"] += clock() - start
         if gate and not quality.ok:
             result = self._finish_liveness(liveness, timings)
-            return Analysis("poor_quality", len(faces), face, quality, None, result, timings)
+            return Analysis(
+                "poor_quality", len(faces), face, quality, None, result, timings, ignored=ignored
+            )
 
         start = clock()
         embedding = self.embedder.embed(aligned)
@@ -162,7 +180,15 @@ class Analyzer:
 
         result = self._finish_liveness(liveness, timings)
         return Analysis(
-            "face", len(faces), face, quality, embedding, result, timings, subject.ambiguous
+            "face",
+            len(faces),
+            face,
+            quality,
+            embedding,
+            result,
+            timings,
+            subject.ambiguous,
+            ignored,
         )
 
     def _start_liveness(

@@ -88,9 +88,27 @@ class CameraSection(Strict):
         "reopened, and stays lost until the picture changes. 0: not checked.",
     )
 
+    ignore: list[tuple[float, float, float, float]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Parts of the picture whose faces are nobody at the counter: a poster, a "
+        "TV or a mirror behind it, which would otherwise be decided (spoof, or a stranger) "
+        "after every visit and keep the still-scene gate from resting. Each [left, top, "
+        "right, bottom] as fractions of the picture, 0 to 1: [0.7, 0.0, 1.0, 0.4] is its top "
+        "right corner. A face whose centre lies in one is not looked at (counted in health "
+        "as ignored_faces).",
+    )
+
     @model_validator(mode="after")
     def _backoff(self) -> CameraSection:
         check_order(self.reopen_min_s, self.reopen_max_s, "reopen_min_s", "reopen_max_s")
+        for left, top, right, bottom in self.ignore:
+            if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+                raise ValueError(
+                    f"ignore: [{left:g}, {top:g}, {right:g}, {bottom:g}] is not a part of the "
+                    "picture: [left, top, right, bottom], fractions from 0 to 1, left < right "
+                    "and top < bottom"
+                )
         return self
 
 

@@ -11,7 +11,7 @@ import logging
 import statistics
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from gateway.vision.decide import (
 )
 from gateway.vision.events import FACE_DECISION, decision_data
 from gateway.vision.gallery import Gallery, SearchResult
+from gateway.vision.quality import Region
 from gateway.vision.still import StillGate
 
 SEARCH_K = 3
@@ -128,6 +129,7 @@ class CounterPipeline:
         audit: AuditFrames | None = None,
         confirmations: Confirmations | None = None,
         still: StillGate | None = None,
+        ignore: Sequence[Region] = (),
     ) -> None:
         self.analyzer = analyzer
         self.gallery = gallery
@@ -140,6 +142,7 @@ class CounterPipeline:
         self.decider = Decider(policy)
         # without: the detector sees every frame
         self.still = StillGate(0.0, 0.0) if still is None else still
+        self.ignore = list(ignore)  # parts of the picture whose faces are nobody at the counter
         self.counts: Counter[str] = Counter()
         self._tracks: dict[int, TrackFrames] = {}
         self.last_timings: dict[str, float] = {}
@@ -169,7 +172,9 @@ class CounterPipeline:
             t0 = time.perf_counter()
             found.append((self.gallery.search(embedding, SEARCH_K), time.perf_counter() - t0))
 
-        analysis = self.analyzer.analyze(frame.image, with_embedding=search)
+        analysis = self.analyzer.analyze(frame.image, with_embedding=search, ignore=self.ignore)
+        if analysis.ignored:
+            self.counts["ignored_faces"] += analysis.ignored
         timings = {"decode": frame.decode_s, **analysis.timings}
         search_result = None
         if found:

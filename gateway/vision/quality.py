@@ -10,6 +10,7 @@ but enough to reject faces turned well away, which the recognizer handles badly.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -113,6 +114,25 @@ def brightness(gray: np.ndarray) -> float:
     """Mean grey level of the central face region (cheeks, eyes, nose; not the background)."""
     h, w = gray.shape
     return float(gray[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean())
+
+
+Region = tuple[float, float, float, float]  # left, top, right, bottom: fractions of the picture
+
+
+def outside(faces: list[Face], regions: Sequence[Region], width: int, height: int) -> list[Face]:
+    """The faces whose centre lies in none of ``regions``: a poster or a TV behind the
+    counter shows a face that is nobody at it."""
+    if not regions:
+        return faces
+
+    def ignored(face: Face) -> bool:
+        cx, cy = face.center
+        return any(
+            left * width <= cx < right * width and top * height <= cy < bottom * height
+            for left, top, right, bottom in regions
+        )
+
+    return [f for f in faces if not ignored(f)]
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ class VisionService:
             audit=self.audit,
             confirmations=self.confirmations,
             still=StillGate.from_config(cfg),
+            ignore=cfg.camera.ignore,
         )
         if self.store is not None:  # a restart must not settle the same elder twice
             within_ms = int(cfg.decision.cooldown_s * 1000)

@@ -143,6 +143,12 @@ def test_vision_config_errors_name_line_and_key(tmp_path: Path, models_dir: Path
     crossed = "[vision.quality]\nmin_brightness = 200\nmax_brightness = 100\n"
     with pytest.raises(ConfigFileError, match="max_brightness must be above min_brightness"):
         load_config(_config(tmp_path, models_dir, crossed))
+    poster = "[vision.camera]\nignore = [[0.7, 0.0, 1.0, 0.4]]\n"
+    loaded = load_config(_config(tmp_path, models_dir, poster))
+    assert loaded.config.vision.camera.ignore == [(0.7, 0.0, 1.0, 0.4)]
+    upside_down = "[vision.camera]\nignore = [[0.7, 0.4, 1.0, 0.0]]\n"
+    with pytest.raises(ConfigFileError, match=r"ignore: \[0.7, 0.4, 1, 0\] is not a part of"):
+        load_config(_config(tmp_path, models_dir, upside_down))
 
 
 def test_models_verify_command(staged: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from gateway.vision.analyze import Analyzer
 from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import EMPTY_GREY, Frame
-from gateway.vision.config import DecisionSection, unreachable
+from gateway.vision.config import DecisionSection, VisionSection, unreachable
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Outcome, Policy
 from gateway.vision.enroll import enrol, learn
@@ -20,6 +20,7 @@ from gateway.vision.errors import GalleryError
 from gateway.vision.gallery import Gallery
 from gateway.vision.images import fit_within, read_image
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
+from gateway.vision.still import StillGate
 
 FPS = 15.0
 
@@ -186,3 +187,56 @@ def test_the_pace_the_counter_gets_of_a_face_says_whether_anyone_can_be_accepted
     else:
         assert decided == [Outcome.UNCERTAIN]
         assert problem is not None and "cannot fit in decision.window_s" in problem
+
+
+def _poster(analyzer: Analyzer, faces_dir: Path, ipd: float) -> np.ndarray:
+    """A face photo cut out and scaled so its eyes are ``ipd`` px apart: a poster on the wall."""
+    image = fit_within(read_image(faces_dir / "deepface" / "img41.jpg"), 1280)
+    face = max(analyzer.detector.detect(image), key=lambda f: f.width)
+    (cx, cy), w, h = face.center, face.width * 0.9, face.height * 0.9
+    crop = image[max(0, int(cy - h)) : int(cy + h), max(0, int(cx - w)) : int(cx + w)]
+    scale = ipd / float(np.linalg.norm(face.landmarks[1] - face.landmarks[0]))
+    return cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_a_face_on_a_poster_behind_the_counter_can_be_ignored(
+    analyzer: Analyzer, tmp_path: Path, faces_dir: Path, ignored: bool
+) -> None:
+    """A poster with a face on the wall behind the counter starts a track whenever nobody
+    else is in view: a spoof after every visit (staff learn to ignore the alarm) and the
+    detector on every frame all day. The installer names that part of the picture."""
+    elder = read_image(faces_dir / "antispoof" / "image_T1.jpg")  # 480 x 640, live
+    poster = _poster(analyzer, faces_dir, 30)
+    ph, pw = poster.shape[:2]
+
+    def on_the_wall(frame: np.ndarray) -> np.ndarray:
+        frame = frame.copy()
+        frame[-ph - 5 : -5, -pw - 5 : -5] = poster  # bottom right
+        return frame
+
+    empty = on_the_wall(np.full_like(elder, EMPTY_GREY))
+    visit = on_the_wall(elder)
+    gallery = Gallery.open(tmp_path / "faces.db", tmp_path / "faces.key", "m", create=True)
+    enrolled(analyzer, gallery, "E1", elder)
+    pipeline = CounterPipeline(
+        analyzer,
+        gallery,
+        Policy.from_config(DecisionSection()),
+        "counter-1",
+        {},
+        still=StillGate.from_config(VisionSection()),
+        ignore=[(0.6, 0.7, 1.0, 1.0)] if ignored else [],
+    )
+    rng = np.random.default_rng(1)
+    frames = [empty] * 45 + [visit] * 45 + [empty] * 150 + [visit] * 45 + [empty] * 45
+    outcomes = []
+    for i, frame in enumerate(frames):
+        noisy = np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+        outcomes += [d.decision.outcome for d in pipeline.process(Frame(noisy, i / FPS, i))]
+    if ignored:
+        assert outcomes == [Outcome.ACCEPTED]  # the second visit is within her cooldown
+        assert pipeline.counts["ignored_faces"] > 0 and pipeline.counts["still_skipped"] > 100
+    else:
+        assert outcomes.count(Outcome.SPOOF) >= 2 and Outcome.ACCEPTED in outcomes
+        assert pipeline.counts["still_skipped"] == 0

@@ -353,7 +353,8 @@ class VisionService:
         # ages as of the anchor, in the running time of that moment: a camera lost since the
         # last frame must not keep everyone "just seen"; erased elders are left out
         t, at_ms = anchor
-        enrolled = set(gallery.snapshot.elders)
+        # a row that fails to decrypt hides her, but she was not erased (as at a reload)
+        enrolled = set(gallery.snapshot.elders) | set(gallery.damaged)
         ages = pipeline.decider.cooldowns(t)
         seen = {e: at_ms - int(age * 1000) for e, age in ages.items() if e in enrolled}
         saved = self._cooldown_saved

@@ -787,6 +787,9 @@ def test_an_elder_whose_templates_fail_to_decrypt_at_a_reload_keeps_her_decision
         ).fetchall()
     assert marks and all(m is None for (m,) in marks)
     assert "elder-7" in [d.get("elder_id") for d in recorded(store.path)]
+    # nor is she left out of the cooldown a restart reads: her rows mended (the key put
+    # back), she would be charged again for the meal she was accepted for
+    assert "elder-7" in json.loads((data_dir / cooldown.FILE).read_text())
 
 
 def test_a_cooldown_a_full_disk_kept_out_of_its_file_is_written_once_there_is_room(

@@ -58,6 +58,10 @@ RECOMMENDED_PHOTOS = 3
 SAME_PICTURE = 0.95
 COPY_LIKE = 0.85
 LEARN_UP_TO = 10
+# Photos enrolled per elder: each is one more chance for a stranger to match her (the
+# thresholds are calibrated with one to three), and each later one has only to match one of
+# those before it.
+ENROL_UP_TO = 10
 
 
 @dataclass(frozen=True)
@@ -252,7 +256,9 @@ def enrol(
                 "send them again without or in place of the photos refused",
                 verdicts,
             )
-        enrolled = gallery.snapshot.templates_of(elder_id)
+        # her enrolled photos say who she is, not faces learned from staff confirmations:
+        # one confirmation of the wrong person would let that person's photos in for good
+        enrolled = gallery.snapshot.enrolled_of(elder_id)
         keep, problem = _one_person(verdicts, enrolled, rules.verify_threshold)
         verdicts = [
             PhotoVerdict(v.name, "does_not_match_other_photos") if v.ok and i not in keep else v
@@ -262,6 +268,17 @@ def enrol(
             reason = problem or "no usable photo"
             return Enrolment(elder_id, "refused", reason, verdicts, templates=held)
         vectors = [v.embedding for v in verdicts if v.ok and v.embedding is not None]
+        fresh = len(_new_views(enrolled, vectors))
+        if len(enrolled) + fresh > ENROL_UP_TO:
+            return Enrolment(
+                elder_id,
+                "refused",
+                f"{len(enrolled)} photos enrolled already, {fresh} more would pass the "
+                f"{ENROL_UP_TO} kept per elder (each is one more chance for a stranger to "
+                "match her): remove the elder and enrol her best recent photos anew",
+                verdicts,
+                templates=held,
+            )
         return _add(
             gallery,
             elder_id,

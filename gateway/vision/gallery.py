@@ -174,6 +174,14 @@ class Snapshot:
         start, end = self._span(elder)
         return self.matrix[start:end]
 
+    def enrolled_of(self, elder: str) -> np.ndarray:
+        """The elder's templates enrolled from photos, without those learned from staff
+        confirmations: what says who she is. A wrong confirmation must not let another
+        person's photos, or faces, be taken for hers."""
+        start, end = self._span(elder)
+        rows = [row for row in range(start, end) if self.learned_from[row] is None]
+        return self.matrix[rows]
+
     def count(self, elder: str) -> int:
         start, end = self._span(elder)
         return end - start
@@ -904,7 +912,12 @@ def _advance(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) 
     """``work``, and the generation advanced, in the transaction already open on ``conn``."""
     before = _generation(conn)
     result = work(conn)
-    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    # an upsert: a gallery created by a process that died between its first two writes has
+    # no generation row, and counters would never see a change (an erased elder matched on)
+    conn.execute(
+        "INSERT INTO meta VALUES ('generation', 1) ON CONFLICT (key) "
+        "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
     return before, result
 
 
@@ -954,5 +967,9 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _generation(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    """A damaged value reads as 0, as SQLite casts it: the next write makes it 1, and it
+    counts on from there, so an erasure is never held up by it."""
+    row = conn.execute(
+        "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'"
+    ).fetchone()
     return int(row[0]) if row else 0

@@ -282,9 +282,11 @@ class FaceConfirm:
     def _check_resembles(self, gallery: Gallery, elder: str, probe: np.ndarray) -> None:
         """The face learned is the mean of the live frames, while she may have become a
         candidate through other frames (ones that failed liveness: a photo of her held up):
-        the face itself must score at least ``candidate_threshold`` against her. An elder no
-        longer enrolled is left to ``learn``, which says so."""
-        templates = gallery.snapshot.templates_of(elder)
+        the face itself must score at least ``candidate_threshold`` against her enrolled
+        photos. Not against faces learned before: each confirmation would then only need to
+        resemble the last, and the learned faces could wander off to someone else. An elder
+        no longer enrolled is left to ``learn``, which says so."""
+        templates = gallery.snapshot.enrolled_of(elder)
         if not templates.size:
             return
         best = float((templates @ probe).max())
@@ -292,7 +294,7 @@ class FaceConfirm:
         if best < floor:
             raise RequestError(
                 f"nothing learned: the face seen scores {best:.2f} against {elder}'s "
-                f"templates, under the candidate threshold {floor:.2f}; enrol photos "
+                f"enrolled photos, under the candidate threshold {floor:.2f}; enrol photos "
                 "(face.enrol) instead"
             )
 

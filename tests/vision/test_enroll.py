@@ -15,6 +15,7 @@ from gateway.vision.analyze import Analyzer
 from gateway.vision.config import VisionSection
 from gateway.vision.elders import BadElderId
 from gateway.vision.enroll import (
+    ENROL_UP_TO,
     LEARN_UP_TO,
     Enrolment,
     Photo,
@@ -380,6 +381,45 @@ def _as_another_process(
     thread = threading.Thread(target=act)
     thread.start()
     started.append(thread)
+
+
+def test_a_wrong_confirmation_does_not_let_that_persons_photos_be_enrolled_as_hers(
+    gallery: Gallery, analyzer: Analyzer, faces_dir: Path
+) -> None:
+    """Staff confirm a stranger as the elder (a mistake), then the platform sends that
+    stranger's photos under her id (a mix-up): they matched the learned face and were stored
+    as enrolled photos, which face.unlearn cannot take out, and the stranger was accepted as
+    her from then on. Only her enrolled photos say who she is."""
+    lfw = faces_dir / "lfw-dev" / "images"
+    hers = sorted((lfw / "Renee_Zellweger").glob("*.jpg"))
+    usable = [p for p in hers if assess_photo(analyzer, p).ok][:3]
+    assert enrol(gallery, analyzer, "E1", usable, rules=RULES).status == "enrolled"
+    stranger = lfw / "Nicole_Kidman"
+    seen = assess_photo(analyzer, stranger / "Nicole_Kidman_0011.jpg").embedding
+    assert seen is not None
+    assert learn(gallery, "E1", seen, rules=RULES, decision="d-1").status == "enrolled"
+    photos = [stranger / "Nicole_Kidman_0003.jpg", stranger / "Nicole_Kidman_0008.jpg"]
+    mixed_up = enrol(gallery, analyzer, "E1", photos, rules=RULES)
+    assert mixed_up.status == "refused"
+    assert "do not show the elder enrolled under this id" in mixed_up.message
+    assert gallery.snapshot.count("E1") == 4 and gallery.learned("E1") == ["d-1"]
+
+
+def test_no_more_than_ten_photos_are_enrolled_per_elder(
+    gallery: Gallery, analyzer: Analyzer, faces_dir: Path
+) -> None:
+    """Request after request of a few photos each grew an elder without limit: each photo is
+    one more chance for a stranger to match her, and each had only to match one before it."""
+    photos = sorted((faces_dir / "lfw-dev" / "images" / "Tony_Blair").glob("*.jpg"))
+    usable = [p for p in photos if assess_photo(analyzer, p).ok][: ENROL_UP_TO + 1]
+    assert len(usable) == ENROL_UP_TO + 1
+    first = enrol(gallery, analyzer, "E1", usable[:5], rules=RULES)
+    assert first.status == "enrolled" and first.added == 5
+    over = enrol(gallery, analyzer, "E1", usable[5:], rules=RULES)
+    assert over.status == "refused" and f"pass the {ENROL_UP_TO} kept per elder" in over.message
+    assert gallery.snapshot.count("E1") == 5
+    again = enrol(gallery, analyzer, "E1", [*usable[:5], *usable[5:ENROL_UP_TO]], rules=RULES)
+    assert again.status == "enrolled" and gallery.snapshot.count("E1") == ENROL_UP_TO
 
 
 def test_an_elder_erased_while_a_confirmation_is_being_learned_stays_erased(

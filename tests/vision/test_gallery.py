@@ -653,3 +653,28 @@ def test_a_counter_looking_for_enrolments_at_rest_writes_nothing_to_the_card(
     assert _written_by_this_thread() == before
     Gallery.open(*paths, MODEL).add("elder-b", _vectors(1, 2))
     assert gallery.refresh_if_changed() and "elder-b" in gallery.snapshot.elders
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DELETE FROM meta WHERE key = 'generation'",
+        "UPDATE meta SET value = 'x' WHERE key = 'generation'",
+    ],
+)
+def test_a_gallery_whose_change_count_is_gone_or_damaged_still_shows_changes(
+    paths: tuple[Path, Path], damage: str
+) -> None:
+    """A power cut while the gallery was first created left its key check without its change
+    count: every write then left the count missing, and a running counter never reloaded (an
+    erased elder matched on until a restart). A damaged count stopped erasures outright."""
+    db, key = paths
+    Gallery.open(db, key, "m", create=True)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(damage)
+    counter = Gallery.open(db, key, "m")
+    writer = Gallery.open(db, key, "m")
+    writer.add("E1", list(_vectors(1, 1)))
+    assert counter.refresh_if_changed() and counter.snapshot.elders == ("E1",)
+    assert erase(db, "E1") == 1
+    assert counter.refresh_if_changed() and counter.snapshot.elders == ()

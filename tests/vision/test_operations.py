@@ -138,6 +138,30 @@ def test_a_face_that_does_not_resemble_the_elder_named_is_not_learned(
     assert [s.elder for s in confirmations.take_settled()] == ["E1"]  # her meal still settled
 
 
+def test_a_face_like_only_a_learned_face_is_not_learned(
+    vision_cfg: VisionSection, tmp_path: Path
+) -> None:
+    """Each confirmation had only to resemble a face learned before: confirmed one after
+    another, the learned faces could wander off to someone who scores like a stranger
+    against her enrolled photos. A face is learned only if it resembles those."""
+    gallery = Gallery.configured(vision_cfg, tmp_path, create=True)  # as FaceConfirm opens it
+    q, _ = np.linalg.qr(np.random.default_rng(8).standard_normal((128, 3)))
+    her, x, y = (q[:, i].astype(np.float32) for i in range(3))
+    gallery.add("E1", [her])
+    learned = (0.55 * her + np.sqrt(1 - 0.55**2) * x).astype(np.float32)
+    gallery.add("E1", [learned], learned_from="d-0")
+    gallery.reload()
+    drifted = (0.3 * her + 0.5 * x + np.sqrt(1 - 0.09 - 0.25) * y).astype(np.float32)
+    assert float(drifted @ learned) > vision_cfg.decision.accept_threshold
+    confirmations = Confirmations(vision_cfg.decision.confirm_within_s)
+    confirmations.hold("d-1", drifted, (("E1", 0.58),), {"E1": gallery.snapshot.anchor("E1")})
+    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
+
+    with pytest.raises(RequestError, match=r"scores 0\.30 against E1's enrolled photos"):
+        confirm({"event_id": "d-1", "elder_id": "E1"})
+    assert Gallery.open(gallery.db_path, gallery.key_path, gallery.model_id).learned() == ["d-0"]
+
+
 class Shown:
     """An analyzer for a counter shown set faces: each frame's embedding and live score."""
 
@@ -145,7 +169,9 @@ class Shown:
         self.face = np.zeros(128, dtype=np.float32)
         self.live = 0.99
 
-    def analyze(self, image: np.ndarray, with_embedding: Callable[[np.ndarray], None]) -> Analysis:
+    def analyze(
+        self, image: np.ndarray, with_embedding: Callable[[np.ndarray], None], ignore: object
+    ) -> Analysis:
         with_embedding(self.face)
         liveness = LivenessResult(self.live, 1, self.live)
         return Analysis("face", 1, embedding=self.face, liveness=liveness)

@@ -30,9 +30,10 @@ from gateway.vision.quality import (
     Quality,
     QualityLimits,
     Region,
+    Subject,
     crop_gate,
     geometry_gate,
-    outside,
+    in_regions,
     pick_subject,
 )
 from gateway.vision.runtime import one_blas_thread
@@ -129,19 +130,27 @@ class Analyzer:
     ) -> Analysis:
         """Analyse the subject face. With ``gate`` off (evaluation) the subject is embedded
         even when the frame is ambiguous or of poor quality. ``with_embedding`` (the gallery
-        search) is called with the embedding while liveness may still be running. Faces in
-        the ``ignore`` regions (a counter camera's: never an enrolment photo's) are left out
-        before anything else, as if the detector had not seen them."""
+        search) is called with the embedding while liveness may still be running. A face in
+        the ``ignore`` regions (a counter camera's: never an enrolment photo's) is nobody:
+        no subject when it would be the subject, no rival of the subject otherwise."""
         timings: dict[str, float] = {}
         clock = time.perf_counter
         start = clock()
-        found = self.detector.detect(image)
-        faces = outside(found, ignore, image.shape[1], image.shape[0])
+        faces = self.detector.detect(image)
         timings["detect"] = clock() - start
 
         start = clock()
-        subject = pick_subject(faces, image.shape[1], image.shape[0], self.settings.limits)
-        ignored = len(found) - len(faces)
+        width, height = image.shape[1], image.shape[0]
+        subject = pick_subject(faces, width, height, self.settings.limits)
+        ignored = sum(in_regions(f, ignore, width, height) for f in faces) if ignore else 0
+        if subject.face is not None and ignored and in_regions(subject.face, ignore, width, height):
+            # the subject itself is in an ignored part: the poster with nobody at the counter,
+            # or the elder standing in front of it. Never a smaller face instead (someone in
+            # the queue), who would be charged in her place
+            subject = Subject(None, 0)
+        elif ignored:  # the subject stays; the ignored faces are no rivals of hers
+            faces = [f for f in faces if not in_regions(f, ignore, width, height)]
+            subject = pick_subject(faces, width, height, self.settings.limits)
         if subject.face is None:
             timings["quality"] = clock() - start
             return Analysis("no_face", 0, timings=timings, ignored=ignored)

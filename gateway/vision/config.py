@@ -47,6 +47,9 @@ def source_holds_secret(source: str) -> bool:
     return shown_source(source) != (f"{scheme.lower()}://{rest}" if sep else source)
 
 
+MOST_IGNORED = 0.5  # of the picture, for one ignore region
+
+
 class CameraSection(Strict):
     source: str | None = Field(
         None,
@@ -95,19 +98,26 @@ class CameraSection(Strict):
         "TV or a mirror behind it, which would otherwise be decided (spoof, or a stranger) "
         "after every visit and keep the still-scene gate from resting. Each [left, top, "
         "right, bottom] as fractions of the picture, 0 to 1: [0.7, 0.0, 1.0, 0.4] is its top "
-        "right corner. A face whose centre lies in one is not looked at (counted in health "
-        "as ignored_faces).",
+        "right corner. A face whose centre lies in one is nobody (counted in health as "
+        "ignored_faces): when it is the largest, most central face, the frame has no subject, "
+        "so the elder's face must never be in one. At most half the picture each.",
     )
 
     @model_validator(mode="after")
     def _backoff(self) -> CameraSection:
         check_order(self.reopen_min_s, self.reopen_max_s, "reopen_min_s", "reopen_max_s")
         for left, top, right, bottom in self.ignore:
+            shown = f"[{left:g}, {top:g}, {right:g}, {bottom:g}]"
             if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
                 raise ValueError(
-                    f"ignore: [{left:g}, {top:g}, {right:g}, {bottom:g}] is not a part of the "
-                    "picture: [left, top, right, bottom], fractions from 0 to 1, left < right "
-                    "and top < bottom"
+                    f"ignore: {shown} is not a part of the picture: [left, top, right, "
+                    "bottom], fractions from 0 to 1, left < right and top < bottom"
+                )
+            if (right - left) * (bottom - top) > MOST_IGNORED:
+                raise ValueError(
+                    f"ignore: {shown} is more than half the picture: the elder at the counter "
+                    "stands in it too, and would never be recognised; name only the poster's "
+                    "or the screen's part"
                 )
         return self
 
@@ -157,7 +167,7 @@ class DecisionSection(Strict):
         0.52, ge=-1, le=1, description="Least cosine score to accept an identity (1:N)."
     )
     margin: float = Field(
-        0.06,
+        0.02,
         ge=0.001,
         le=2,
         description="Least lead of the best elder over the runner-up (at least 0.001: a tie "

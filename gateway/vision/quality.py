@@ -100,7 +100,11 @@ def pose(landmarks: np.ndarray) -> Pose:
     yaw = math.atan2(nose_r[0] / ipd, NOSE_DEPTH)
     height = max(float(mouth_r[1]), 1e-6)
     by_mouth = math.atan2((nose_r[1] / height - FRONTAL_NOSE) * EYE_MOUTH, NOSE_DEPTH)
-    by_eyes = math.atan2(nose_r[1] / ipd - FRONTAL_NOSE_DROP, NOSE_DEPTH)
+    # the drop is FRONTAL_NOSE_DROP cos(pitch) + NOSE_DEPTH sin(pitch), solved for pitch (a
+    # linear reading of it would never pass ~22 degrees, however far the head bowed)
+    reach = math.hypot(FRONTAL_NOSE_DROP, NOSE_DEPTH)
+    drop = max(-1.0, min(1.0, nose_r[1] / ipd / reach))
+    by_eyes = math.asin(drop) - math.atan2(FRONTAL_NOSE_DROP, NOSE_DEPTH)
     pitch = min(by_mouth, by_eyes, key=abs)
     return Pose(math.degrees(yaw), math.degrees(pitch), math.degrees(roll))
 
@@ -119,20 +123,14 @@ def brightness(gray: np.ndarray) -> float:
 Region = tuple[float, float, float, float]  # left, top, right, bottom: fractions of the picture
 
 
-def outside(faces: list[Face], regions: Sequence[Region], width: int, height: int) -> list[Face]:
-    """The faces whose centre lies in none of ``regions``: a poster or a TV behind the
+def in_regions(face: Face, regions: Sequence[Region], width: int, height: int) -> bool:
+    """Whether the face's centre lies in one of ``regions``: a poster or a TV behind the
     counter shows a face that is nobody at it."""
-    if not regions:
-        return faces
-
-    def ignored(face: Face) -> bool:
-        cx, cy = face.center
-        return any(
-            left * width <= cx < right * width and top * height <= cy < bottom * height
-            for left, top, right, bottom in regions
-        )
-
-    return [f for f in faces if not ignored(f)]
+    cx, cy = face.center
+    return any(
+        left * width <= cx < right * width and top * height <= cy < bottom * height
+        for left, top, right, bottom in regions
+    )
 
 
 @dataclass(frozen=True)

@@ -168,9 +168,10 @@ class VisionService:
         self._thread = threading.Thread(target=self._run, name="vision-pipeline")
         self._thread.start()
         log.info(
-            "face stage running: camera %s, %d elders enrolled",
+            "face stage running: camera %s, %d elders enrolled%s",
             cfg.camera.id,
             len(self.gallery.snapshot.elders),
+            f", faces ignored in {cfg.camera.ignore}" if cfg.camera.ignore else "",
         )
         self._check_calibration()
 

@@ -149,6 +149,9 @@ def test_vision_config_errors_name_line_and_key(tmp_path: Path, models_dir: Path
     upside_down = "[vision.camera]\nignore = [[0.7, 0.4, 1.0, 0.0]]\n"
     with pytest.raises(ConfigFileError, match=r"ignore: \[0.7, 0.4, 1, 0\] is not a part of"):
         load_config(_config(tmp_path, models_dir, upside_down))
+    everyone = "[vision.camera]\nignore = [[0.0, 0.0, 1.0, 1.0]]\n"  # would hide the elder too
+    with pytest.raises(ConfigFileError, match=r"ignore: \[0, 0, 1, 1\] is more than half"):
+        load_config(_config(tmp_path, models_dir, everyone))
 
 
 def test_models_verify_command(staged: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,8 +31,9 @@ def twins(
 ) -> tuple[CounterPipeline, FaceConfirm, Show]:
     """Twins enrolled with allow_similar (here two photos of one woman under two ids, E1 and
     E2): a counter that cannot tell them apart, the platform's face.confirm, and a way to
-    show it a photo (None: nobody) for some seconds. With a margin of 0.02: at the default
-    0.06 no photo of hers is ever sure enough to be one twin rather than the other."""
+    show it a photo (None: nobody) for some seconds. With a margin of 0.02 whatever the
+    default: at a wider one no photo of hers is sure enough to be one twin rather than the
+    other."""
     df = faces_dir / "deepface"
     rules = vision_cfg.decision.model_copy(update={"margin": 0.02})
     gallery = Gallery.open(

@@ -14,7 +14,7 @@ from gateway.vision.audit import AuditFrames
 from gateway.vision.camera import EMPTY_GREY, Frame
 from gateway.vision.config import DecisionSection, VisionSection, unreachable
 from gateway.vision.confirm import Confirmations
-from gateway.vision.decide import Outcome, Policy
+from gateway.vision.decide import Decision, Outcome, Policy
 from gateway.vision.enroll import enrol, learn
 from gateway.vision.errors import GalleryError
 from gateway.vision.gallery import Gallery
@@ -189,14 +189,33 @@ def test_the_pace_the_counter_gets_of_a_face_says_whether_anyone_can_be_accepted
         assert problem is not None and "cannot fit in decision.window_s" in problem
 
 
-def _poster(analyzer: Analyzer, faces_dir: Path, ipd: float) -> np.ndarray:
-    """A face photo cut out and scaled so its eyes are ``ipd`` px apart: a poster on the wall."""
-    image = fit_within(read_image(faces_dir / "deepface" / "img41.jpg"), 1280)
+def _cutout(analyzer: Analyzer, image: np.ndarray, ipd: float) -> np.ndarray:
+    """The face of a photo cut out and scaled so its eyes are ``ipd`` px apart: a poster on
+    the wall, or someone further back."""
     face = max(analyzer.detector.detect(image), key=lambda f: f.width)
     (cx, cy), w, h = face.center, face.width * 0.9, face.height * 0.9
     crop = image[max(0, int(cy - h)) : int(cy + h), max(0, int(cx - w)) : int(cx + w)]
     scale = ipd / float(np.linalg.norm(face.landmarks[1] - face.landmarks[0]))
     return cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+
+def _ignoring(
+    analyzer: Analyzer, gallery: Gallery, regions: list[tuple[float, float, float, float]]
+) -> CounterPipeline:
+    """A counter with the default policy and still-scene gate, ignoring ``regions``."""
+    policy = Policy.from_config(DecisionSection())
+    still = StillGate.from_config(VisionSection())
+    return CounterPipeline(analyzer, gallery, policy, "counter-1", {}, still=still, ignore=regions)
+
+
+def _watched(pipeline: CounterPipeline, frames: list[np.ndarray]) -> list[Decision]:
+    """The decisions over ``frames``, each with a sensor's noise (seeded)."""
+    rng = np.random.default_rng(1)
+    out = []
+    for i, frame in enumerate(frames):
+        noisy = np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+        out += [d.decision for d in pipeline.process(Frame(noisy, i / FPS, i))]
+    return out
 
 
 @pytest.mark.parametrize("ignored", [False, True])
@@ -207,7 +226,9 @@ def test_a_face_on_a_poster_behind_the_counter_can_be_ignored(
     else is in view: a spoof after every visit (staff learn to ignore the alarm) and the
     detector on every frame all day. The installer names that part of the picture."""
     elder = read_image(faces_dir / "antispoof" / "image_T1.jpg")  # 480 x 640, live
-    poster = _poster(analyzer, faces_dir, 30)
+    poster = _cutout(
+        analyzer, fit_within(read_image(faces_dir / "deepface" / "img41.jpg"), 1280), 30
+    )
     ph, pw = poster.shape[:2]
 
     def on_the_wall(frame: np.ndarray) -> np.ndarray:
@@ -219,24 +240,32 @@ def test_a_face_on_a_poster_behind_the_counter_can_be_ignored(
     visit = on_the_wall(elder)
     gallery = Gallery.open(tmp_path / "faces.db", tmp_path / "faces.key", "m", create=True)
     enrolled(analyzer, gallery, "E1", elder)
-    pipeline = CounterPipeline(
-        analyzer,
-        gallery,
-        Policy.from_config(DecisionSection()),
-        "counter-1",
-        {},
-        still=StillGate.from_config(VisionSection()),
-        ignore=[(0.6, 0.7, 1.0, 1.0)] if ignored else [],
-    )
-    rng = np.random.default_rng(1)
+    pipeline = _ignoring(analyzer, gallery, [(0.6, 0.7, 1.0, 1.0)] if ignored else [])
     frames = [empty] * 45 + [visit] * 45 + [empty] * 150 + [visit] * 45 + [empty] * 45
-    outcomes = []
-    for i, frame in enumerate(frames):
-        noisy = np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
-        outcomes += [d.decision.outcome for d in pipeline.process(Frame(noisy, i / FPS, i))]
+    outcomes = [d.outcome for d in _watched(pipeline, frames)]
     if ignored:
         assert outcomes == [Outcome.ACCEPTED]  # the second visit is within her cooldown
         assert pipeline.counts["ignored_faces"] > 0 and pipeline.counts["still_skipped"] > 100
     else:
         assert outcomes.count(Outcome.SPOOF) >= 2 and Outcome.ACCEPTED in outcomes
         assert pipeline.counts["still_skipped"] == 0
+
+
+def test_an_elder_standing_in_an_ignored_part_is_nobody_not_the_person_behind_her(
+    analyzer: Analyzer, tmp_path: Path, faces_dir: Path
+) -> None:
+    """The TV on the back wall is ignored, and the elder at the counter stands in front of
+    it. Her face was left out before the subject was picked, so the smaller face of the next
+    person in the queue became the subject and was accepted in her place."""
+    elder = read_image(faces_dir / "antispoof" / "image_T1.jpg")  # face centre (0.43, 0.35)
+    behind = fit_within(read_image(faces_dir / "deepface" / "img1.jpg"), 640)
+    queue = _cutout(analyzer, behind, 40)
+    scene = elder.copy()
+    scene[10 : 10 + queue.shape[0], 5 : 5 + queue.shape[1]] = queue  # top left
+    gallery = Gallery.open(tmp_path / "faces.db", tmp_path / "faces.key", "m", create=True)
+    enrolled(analyzer, gallery, "elder-X", elder)
+    enrolled(analyzer, gallery, "elder-Y", behind)
+    pipeline = _ignoring(analyzer, gallery, [(0.25, 0.0, 0.75, 0.5)])
+    decided = _watched(pipeline, [scene] * 30 + [np.full_like(scene, EMPTY_GREY)] * 15)
+    assert [d.elder_id for d in decided if d.outcome is Outcome.ACCEPTED] == []
+    assert pipeline.counts["ignored_faces"] >= 30

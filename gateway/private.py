@@ -132,15 +132,31 @@ def write_aside(path: Path, data: bytes, aside: Path | None = None) -> Path:
 def remove_leftovers(path: Path, *patterns: str) -> None:
     """Copies of ``path`` that a crash left between ``write_aside`` and the rename (and those
     matching ``patterns``): in a file that names elders, they would name them after an erasure.
-    Only those not written just now: another writer may be at work. A copy far ahead of the
-    clock is old too: the clock was set back since (a Pi without RTC after a power cut, NTP
+    A copy whose writer (the process its name gives) is gone goes at once: systemd restarts
+    the gateway within seconds, and nothing may write that file again for weeks. Any other
+    only when not written just now: its writer may be at work. A copy far ahead of the clock
+    is old too: the clock was set back since (a Pi without RTC after a power cut, NTP
     stepping back a clock that ran ahead)."""
     now_s = time.time()
     found = [path.parent.glob(f".{path.name}.*"), *(path.parent.glob(p) for p in patterns)]
     for stale in [p for matches in found for p in matches]:
         with contextlib.suppress(OSError):
-            if abs(now_s - stale.lstat().st_mtime) > LEFTOVER_AGE_S:
+            if _writer_gone(stale, path) or abs(now_s - stale.lstat().st_mtime) > LEFTOVER_AGE_S:
                 stale.unlink()
+
+
+def _writer_gone(copy: Path, path: Path) -> bool:
+    """Whether ``write_aside``'s copy names a process that no longer runs."""
+    pid = copy.name.removeprefix(f".{path.name}.").split(".")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's: it runs
+        return False
+    return False
 
 
 def replace_private(path: Path, data: bytes, aside: Path | None = None) -> None:

@@ -35,8 +35,12 @@ from gateway.vision.images import IMAGE_SUFFIXES, as_bgr8, fit_within, read_imag
 log = logging.getLogger(__name__)
 
 EMPTY_GREY = 96
-# a stream read that took this share of stall_s ended by its timeout, not with a frame
-TIMED_OUT = 0.9
+# a stream read that took stall_s (FFmpeg's read timeout) ended by it, not with a frame;
+# a frame that came sooner, however slow the camera, is a frame
+TIMED_OUT = 1.0
+# failed reads in a row inside a video file before it is taken to have ended: a container
+# that claims more frames than it holds must not keep the reader trying them for hours
+MOST_DAMAGED_IN_A_ROW = 100
 STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})
 
 
@@ -92,6 +96,7 @@ class OpenCVCapture:
             # OpenCV reads it once per process, at the first read that has to wait.
             stall = str(math.ceil(self.cfg.stall_s))
             os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", stall)
+        self.skipped = 0
         cap = cv2.VideoCapture(self.target, self.backend, self._params())
         if not cap.isOpened():
             cap.release()
@@ -120,11 +125,17 @@ class OpenCVCapture:
         if cap is None:
             return None, 0.0
         asked = time.perf_counter()
+        in_a_row = 0
         while not cap.grab():
             if not self.paced:
                 return None, 0.0
-            if not self._damaged_frame(cap):
+            in_a_row += 1
+            if in_a_row > MOST_DAMAGED_IN_A_ROW or not self._more_frames(cap, in_a_row):
                 raise EndOfStream(self.name)
+        if in_a_row:  # damaged frames inside the file, a good one after them
+            if not self.skipped:
+                log.warning("video %s: damaged frames in it are skipped", self.name)
+            self.skipped += in_a_row
         if is_stream(self.target) and time.perf_counter() - asked >= TIMED_OUT * self.cfg.stall_s:
             # FFmpeg's read timeout ended it mid-picture: what it hands over is the part that
             # came, decoded over the picture before (one person's face on another's body)
@@ -133,17 +144,12 @@ class OpenCVCapture:
         ok, frame = cap.retrieve()
         return (frame if ok else None), time.perf_counter() - start
 
-    def _damaged_frame(self, cap: cv2.VideoCapture) -> bool:
-        """Whether a video file's failed read was a damaged frame inside it, not its end: the
-        file holds more frames than were read and skipped. The position counts only the
-        frames read, so those skipped are added. A file that does not say how many frames
-        it holds ends at its first failed read."""
-        if self.skipped + cap.get(cv2.CAP_PROP_POS_FRAMES) >= cap.get(cv2.CAP_PROP_FRAME_COUNT):
-            return False
-        if self.skipped == 0:
-            log.warning("video %s: damaged frames in it are skipped", self.name)
-        self.skipped += 1
-        return True
+    def _more_frames(self, cap: cv2.VideoCapture, failed: int) -> bool:
+        """Whether a video file holds more frames than were read, skipped before and failed
+        just now: its position counts only the frames read. A file that does not say how many
+        frames it holds ends at its first failed read."""
+        read = cap.get(cv2.CAP_PROP_POS_FRAMES)
+        return self.skipped + failed + read <= cap.get(cv2.CAP_PROP_FRAME_COUNT) - 1
 
     def close(self) -> None:
         if self._cap is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -368,6 +369,34 @@ def test_a_damaged_frame_in_a_video_file_is_skipped_not_its_end(
         feed.stop()
     assert feed.ended and feed.stats.frames == 28 and feed.source.skipped == 2
     assert caplog.text.count("damaged frames in it are skipped") == 1
+
+
+def test_a_video_file_claiming_more_frames_than_it_holds_ends_at_its_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its header says 100 million frames and it holds 30: the reader tried the missing ones
+    one by one, for hours, and said the file had damaged frames."""
+    video = tmp_path / "counter.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (160, 120))
+    for i in range(30):
+        writer.write(np.full((120, 160, 3), i * 8, np.uint8))
+    writer.release()
+    data = bytearray(video.read_bytes())
+    for chunk, at in ((b"avih", 16), (b"strh", 32)):  # total frames, stream length
+        i = data.find(chunk) + 8 + at
+        data[i : i + 4] = struct.pack("<I", 100_000_000)
+    video.write_bytes(bytes(data))
+    source = open_source(str(video), CameraSection())
+    source.open()
+    frames = 0
+    try:
+        with pytest.raises(EndOfStream):
+            while True:
+                source.read()
+                frames += 1
+    finally:
+        source.close()
+    assert frames == 30 and "damaged frames" not in caplog.text
 
 
 def test_sources_are_chosen_from_the_spec(tmp_path: Path) -> None:

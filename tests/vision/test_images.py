@@ -75,6 +75,24 @@ def test_a_truncated_photo_with_a_thumbnail_is_still_refused(photo: bytes) -> No
     assert err.value.reason == "truncated"
 
 
+@pytest.mark.parametrize("filler", [b"\xff", b"\xff\x00", b"\xff\xd0", b"\xff\xff\x00"])
+def test_a_photo_built_of_markers_is_refused_without_walking_them_one_by_one(
+    photo: bytes, filler: bytes
+) -> None:
+    """Megabytes of fill bytes, stuffed bytes or restart markers after a photo's first scan
+    (a platform request is the size of a photo): the walk took a Python step for each, some
+    ten seconds for 40 MB. Runs are now searched over in C, and a file with more markers
+    than any photo has is refused as what it is."""
+    scan = photo.index(b"\xff\xda") + 20
+    data = photo[:scan] + filler * (4_000_000 // len(filler))
+    with pytest.raises(BadImage) as err:
+        decode_image(data)
+    assert (err.value.reason, str(err.value)) in {
+        ("truncated", "truncated: JPEG ends before its end-of-image marker"),
+        ("corrupt", "corrupt: not a photo: more than 10000 markers"),
+    }
+
+
 def test_grey_16bit_and_alpha_become_bgr8(photo: bytes) -> None:
     colour = decode_image(photo)
     grey = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +188,23 @@ def test_a_copy_a_crash_left_while_writing_the_file_goes_at_start_and_after_a_pa
     late.tick()
     late.stop()
     assert late.pending == 0 and not second.exists() and fresh.exists()
+
+
+def test_a_copy_left_by_a_writer_that_died_goes_at_the_restart_however_young(
+    store: Store, tmp_path: Path
+) -> None:
+    """systemd restarts the gateway within seconds of the crash: the copy was too young to go
+    at that start and after the pass, and the file may not be written again for weeks."""
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    copy = tmp_path / f".{FILE}.{int(ended.stdout)}.1401"
+    copy.write_text('{"E7": 1000}')  # written a moment ago
+    mine = tmp_path / f".{FILE}.{os.getpid()}.7"  # this process's own: may be at work
+    mine.write_text('{"E7": 1000}')
+    journal = Journal(store.path, store.key_path)
+    LateErasures(journal, ExpiredFrames(tmp_path / "audit", 7.0), tmp_path / FILE, 5.0, Seconds())
+    assert not copy.exists() and mine.exists()

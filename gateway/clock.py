@@ -3,8 +3,8 @@
 A Pi has no RTC: until NTP has set the clock, the wall time may be days off. Events therefore
 say whether the clock was synchronised when they were stamped (those still waiting are dated
 again once it is: see ``Store.check_clock``), and nothing in the gateway orders or keeps data
-by the wall clock: ordering uses ``seq``, ages use a steady clock (see Store), lengthened by
-the wall clock only when it was synchronised at both ends (``elapsed_ms``).
+by the wall clock: ordering uses ``seq``, ages use a steady clock (see Store), lengthened only
+by the time switched off that synchronised clocks prove (``Store.time_off_ms``).
 Audit frames also consult the wall clock, and only ever to delete earlier.
 """
 
@@ -26,16 +26,6 @@ class Clock(Protocol):
     def wall_ms(self) -> int: ...
 
     def monotonic_ms(self) -> int: ...
-
-
-def elapsed_ms(running_ms: int, then_wall_ms: int | None, now_wall_ms: int | None) -> int:
-    """How long ago something happened, from the running time since (which stands still
-    while the gateway is off) and, when the clock was synchronised both then and now (None
-    otherwise), the wall clock's: the longer of the two. The time switched off counts only
-    when two synchronised clocks prove it; a clock not yet set never shortens an age."""
-    if then_wall_ms is None or now_wall_ms is None:
-        return running_ms
-    return max(running_ms, now_wall_ms - then_wall_ms)
 
 
 class SystemClock:

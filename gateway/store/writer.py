@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from gateway.clock import Clock, ClockSync, elapsed_ms
+from gateway.clock import Clock, ClockSync
 from gateway.config import StoreSection
 from gateway.events import LANES, Event, Lane, StoredEvent, compact_json
 from gateway.lifecycle import Periodic
@@ -64,6 +64,7 @@ CHECKPOINT_MAX_S = 30.0
 # else (housekeeping that found nothing to do, every 10 s on a quiet site) saves it only this
 # often: a power cut loses at most this much running time, and a quiet site writes little.
 STEADY_SAVE_MS = 300_000
+OFFSET_MOVED_MS = 1_000  # the wall clock's lead over running time saved again past this
 SQL_VARS = 500
 # While another program holds the database's lock, everything waits in memory for it to let
 # go; past this many waiting, telemetry nobody waits for is refused (about 1 KB each): a shell
@@ -426,6 +427,9 @@ class Store:
         self.commits = 0
         self._next_seq = 1
         self._steady_base = 0
+        # wall time minus running time at the last session's last save while synchronised
+        self._offset_before: int | None = None
+        self._offset_saved: int | None = None  # ... and at this session's last save
         self._mono_at_open = 0
         self._steady_saved = 0  # the running time last saved in meta
 
@@ -483,6 +487,9 @@ class Store:
             self._first_seq = self._next_seq
             self._steady_base = int(meta.get("steady_ms", 0))
             self._steady_saved = self._steady_base
+            before = meta.get("wall_offset_ms")
+            self._offset_before = None if before is None else int(before)
+            self._offset_saved = self._offset_before
             self._mono_at_open = self._clock.monotonic_ms()
             self.session = int(meta.get("session", 0)) + 1
             with conn:
@@ -578,6 +585,9 @@ class Store:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             self._set_meta(conn, clean_stop=1, steady_ms=self.steady_ms())
+            offset = self._wall_offset()
+            if offset is not None:
+                self._set_meta(conn, wall_offset_ms=offset)
             self._bump_counters(conn, dict(self._unsaved))
         self._unsaved = Counter()  # saved: the store started again must not add them twice
 
@@ -648,10 +658,36 @@ class Store:
     def clock_synced(self) -> bool:
         return self._sync.synced
 
-    def wall_offset_ms(self) -> int | None:
-        """Wall time minus running time now, while the clock is synchronised (None before):
-        running time ``r`` of this session happened at wall time ``r`` + this."""
-        return self._clock.wall_ms() - self.steady_ms() if self._sync.synced else None
+    @property
+    def session_started_ms(self) -> int:
+        """The running time at which this session began: what is older is from before it."""
+        return self._steady_base
+
+    def time_off_ms(self) -> int:
+        """How long the gateway was off before this session, as far as synchronised clocks
+        prove it: the wall clock's lead over running time now, less its lead at the last
+        session's last save while synchronised (running time stands still while the gateway
+        is off). 0 when either is unknown, and with ``assume_synced``, which proves nothing.
+        A clock stepped while the gateway ran shows in neither: a restart seconds after NTP
+        moved a wrong clock forward adds nothing."""
+        now = self._wall_offset()
+        if now is None or self._offset_before is None:
+            return 0
+        return max(0, now - self._offset_before)
+
+    def _offset_moved(self, offset: int | None) -> bool:
+        """Whether the wall clock's lead over running time is to be saved: known now and not
+        yet, or moved (NTP stepped the clock) since it was. Saved at once, so a restart soon
+        after a step does not take the step for time switched off."""
+        if offset is None:
+            return False
+        return self._offset_saved is None or abs(offset - self._offset_saved) > OFFSET_MOVED_MS
+
+    def _wall_offset(self) -> int | None:
+        """Wall time minus running time, while the clock is known to be synchronised."""
+        if not self._sync.synced or self._sync.source == "assume_synced":
+            return None
+        return self._clock.wall_ms() - self.steady_ms()
 
     def when_clock_set(self, listener: Callable[[int], object]) -> None:
         """``listener(offset_ms)`` each time the wall clock is found synchronised after it was
@@ -695,14 +731,13 @@ class Store:
     def recent(self, event_type: str, within_ms: int) -> list[tuple[int, dict[str, Any]]]:
         """(age, data) of the events of one type recorded in the last ``within_ms``, newest
         first: what a stage must remember across a restart (an elder settled a minute ago).
-        The age is in running time, or the wall clock's when it was synchronised then and is
-        now and says longer (the gateway was off meanwhile: ``elapsed_ms``). Reads back from
-        the newest event and stops at the first older one in running time, so the journal's
-        length does not matter; a journal that cannot be read gives nothing, logged; an event
-        that cannot be read is passed over, logged, and the older ones are still read (one
-        damaged row must not hide an elder settled before it)."""
-        now = self.steady_ms()
-        now_wall = self._clock.wall_ms() if self._sync.synced else None
+        The age is in running time, and for an event of an earlier session the time the
+        gateway was off since (``time_off_ms``). Reads back from the newest event and stops
+        at the first older one in running time, so the journal's length does not matter; a
+        journal that cannot be read gives nothing, logged; an event that cannot be read is
+        passed over, logged, and the older ones are still read (one damaged row must not
+        hide an elder settled before it)."""
+        now, off, started = self.steady_ms(), self.time_off_ms(), self._steady_base
         out: list[tuple[int, dict[str, Any]]] = []
         cipher = self.cipher
         if cipher is None:
@@ -715,13 +750,12 @@ class Store:
         unreadable = 0
         try:
             rows = conn.execute(
-                "SELECT steady_ms, ts_ms, clock_synced, type, event_id, data FROM events "
-                "ORDER BY seq DESC"
+                "SELECT steady_ms, type, event_id, data FROM events ORDER BY seq DESC"
             )
-            for steady, ts, synced, etype, event_id, data in rows:
+            for steady, etype, event_id, data in rows:
                 if now - steady > within_ms:
                     break
-                age = elapsed_ms(max(0, now - steady), ts if synced else None, now_wall)
+                age = max(0, now - steady) + (off if steady < started else 0)
                 if etype != event_type or age > within_ms:
                     continue
                 try:
@@ -1042,7 +1076,7 @@ class Store:
             self._count_unsaved(f"refused_{Lane.P2.label}", refused)
         delta = _Delta()
         results: list[Any] = []
-        steady = self.steady_ms()
+        steady, offset = self.steady_ms(), self._wall_offset()
         try:
             conn.execute("BEGIN IMMEDIATE")
             changes = conn.total_changes
@@ -1052,9 +1086,12 @@ class Store:
                 conn.total_changes != changes
                 or bool(counters)
                 or steady - self._steady_saved >= STEADY_SAVE_MS
+                or self._offset_moved(offset)
             )
             if writes:
                 self._set_meta(conn, next_seq=self._next_seq, steady_ms=steady)
+                if offset is not None:
+                    self._set_meta(conn, wall_offset_ms=offset)
                 self._bump_counters(conn, dict(counters))
             conn.execute("COMMIT")
         except Exception as exc:
@@ -1108,6 +1145,7 @@ class Store:
         if writes:
             self._unsaved = Counter()
             self._steady_saved = steady
+            self._offset_saved = offset if offset is not None else self._offset_saved
             self._rows_since_checkpoint += sum(map(_rows, batch))
         self._apply_delta(delta)
         resolve(self._settled, zip(batch, results, strict=True))

@@ -4,11 +4,11 @@ The decider holds it in memory, in the frames' clock; a restart (systemd brings 
 back within seconds) would forget an elder who is still at the counter and settle her meal
 again. So the pipeline thread writes, every few seconds while it changes, when each elder in
 cooldown was last seen, in the store's running time (which carries across restarts and
-ignores wall-clock jumps) and, while the clock is synchronised, in wall time too; the next
-start reads it back. Running time stands still while the gateway is off: only the wall time
-of two synchronised clocks can show that she left hours ago (``clock.elapsed_ms``), and so
-not keep her from the next day's meals. The file holds opaque elder ids and times only, is
-private like the rest of the data directory, and is replaced whole.
+ignores wall-clock jumps), and the next start reads it back. Running time stands still while
+the gateway is off: the time off that synchronised clocks prove (``Store.time_off_ms``) is
+added to what was seen before this session, so a night switched off does not keep her from
+the next day's meals. The file holds opaque elder ids and times only, is private like the
+rest of the data directory, and is replaced whole.
 
 An erasure rewrites it from what it read: the process's writers take turns (a save between
 that read and that write would be lost), and the counter rewrites a file another process
@@ -23,7 +23,6 @@ import threading
 from pathlib import Path
 from typing import TypeGuard
 
-from gateway.clock import elapsed_ms
 from gateway.private import remove_leftovers, replace_private
 
 log = logging.getLogger(__name__)
@@ -44,21 +43,14 @@ def stamp(path: Path) -> Stamp | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def save(
-    path: Path, last_seen_ms: dict[str, int], wall_offset_ms: int | None = None
-) -> Stamp | None:
-    """Replace the file with elder -> [running time (ms) last seen, wall time then or null
-    while the clock is not synchronised (``wall_offset_ms`` None)], durably: a staff
+def save(path: Path, last_seen_ms: dict[str, int]) -> Stamp | None:
+    """Replace the file with elder -> running time (ms) last seen, durably: a staff
     confirmation saved just before a power cut must be there after it; returns the file's
     ``stamp``. Raises OSError (a full disk) with the file as it was: the caller counts it and
     tries again. Copies a crash left go too: one left just before a restart is too young to go
     at that start, and would otherwise name its elders until the next one."""
-    entries: dict[str, object] = {
-        elder: [seen, None if wall_offset_ms is None else seen + wall_offset_ms]
-        for elder, seen in last_seen_ms.items()
-    }
     with _turns:
-        return _save(path, entries)
+        return _save(path, dict(last_seen_ms))
 
 
 def _save(path: Path, entries: dict[str, object]) -> Stamp | None:
@@ -92,13 +84,15 @@ def _read(path: Path) -> dict[str, object] | None:
 
 
 def load(
-    path: Path, now_ms: int, within_ms: int, now_wall_ms: int | None = None
+    path: Path, now_ms: int, within_ms: int, off_ms: int = 0, session_ms: int = 0
 ) -> list[tuple[str, float]]:
-    """(elder, seconds since last seen) for those seen within ``within_ms``, by running time
-    or, both clocks synchronised (``now_wall_ms`` None while this one is not), the wall
-    time if longer. A running time ahead of ``now_ms`` counts as just now: after a crash the
-    store's running time resumes from its last commit, which may be before the last save.
-    Entries of the versions before 2026-12-07 hold the running time alone."""
+    """(elder, seconds since last seen) for those seen within ``within_ms``: by running time,
+    plus ``off_ms`` (the time the gateway was off before this session, ``Store.time_off_ms``)
+    for those seen before this session began (``session_ms``, in running time): a face stage
+    started again within a session adds nothing. A running time ahead of ``now_ms`` counts as
+    just now: after a crash the store's running time resumes from its last commit, which may
+    be before the last save. Entries of a version of 2026-12-07 that also held a wall time
+    are read by their running time."""
     _remove_leftovers(path)
     try:
         entries = _read(path) or {}
@@ -110,7 +104,7 @@ def load(
         seen = _entry(value)
         if seen is None:
             continue
-        age = elapsed_ms(max(0, now_ms - seen[0]), seen[1], now_wall_ms)
+        age = max(0, now_ms - seen) + (off_ms if seen < session_ms else 0)
         if age <= within_ms:
             out.append((elder, age / 1000))
     return out
@@ -131,14 +125,12 @@ def forget(path: Path, elder: str) -> None:
         _save(path, {e: v for e, v in data.items() if _entry(v) is not None})
 
 
-def _entry(value: object) -> tuple[int, int | None] | None:
-    """(running time, wall time or None) of an entry; None for anything else (damage)."""
+def _entry(value: object) -> int | None:
+    """The running time of an entry; None for anything else (damage)."""
     if _is_time(value):
-        return value, None
+        return value
     if isinstance(value, list) and len(value) == 2 and _is_time(value[0]):
-        wall = value[1]
-        if wall is None or _is_time(wall):
-            return value[0], wall
+        return value[0]  # [running time, wall time], as written for a day
     return None
 
 

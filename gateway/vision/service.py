@@ -93,7 +93,6 @@ class VisionService:
         self._cooldown_path = data_dir / cooldown.FILE
         self._cooldown_saved: dict[str, int] | None = None  # None: write at the first save
         self._cooldown_stamp: cooldown.Stamp | None = None  # the file as this counter wrote it
-        self._cooldown_offset: int | None = None  # the wall clock's offset at the last save
         # one moment on two clocks, the frames' and the store's running time (ms): the last
         # frame, or the last look for one; what the cooldown file is written against
         self._anchor: tuple[float, int] | None = None
@@ -150,9 +149,14 @@ class VisionService:
                 for age_ms, data in self.store.recent(FACE_DECISION.name, within_ms)
                 if data.get("outcome") == "accepted" and data.get("elder_id")
             ]
-            now_ms, offset = self.store.steady_ms(), self.store.wall_offset_ms()
-            now_wall = None if offset is None else now_ms + offset
-            seen = cooldown.load(self._cooldown_path, now_ms, within_ms, now_wall)
+            store = self.store
+            seen = cooldown.load(
+                self._cooldown_path,
+                store.steady_ms(),
+                within_ms,
+                off_ms=store.time_off_ms(),
+                session_ms=store.session_started_ms,
+            )
             self.pipeline.remember(accepted + seen)
             self._late = LateErasures(
                 Journal(self.store.path, self.store.key_path),
@@ -359,11 +363,8 @@ class VisionService:
         ages = pipeline.decider.cooldowns(t)
         seen = {e: at_ms - int(age * 1000) for e, age in ages.items() if e in enrolled}
         saved = self._cooldown_saved
-        offset = self.store.wall_offset_ms() if self.store is not None else None
         if (
             saved is not None
-            # the clock synchronised since: her wall time is known now, for after a shutdown
-            and (offset is None) == (self._cooldown_offset is None)
             and seen.keys() == saved.keys()
             and all(abs(seen[e] - saved[e]) < 1000 for e in seen)
             # an erasure in another process (the CLI) rewrote it from what it read before
@@ -372,12 +373,12 @@ class VisionService:
         ):
             return
         try:
-            self._cooldown_stamp = cooldown.save(self._cooldown_path, seen, offset)
+            self._cooldown_stamp = cooldown.save(self._cooldown_path, seen)
         except OSError as exc:  # not marked saved: tried again at the next turn, not forgotten
             self.cooldown_save_errors += 1
             self._ratelimited.warning("cooldown", "face stage: cooldown not saved: %s", exc)
             return
-        self._cooldown_saved, self._cooldown_offset = seen, offset
+        self._cooldown_saved = seen
 
     def _refresh(self) -> None:
         """New enrolments, and erasures: the faces held for staff that named only erased

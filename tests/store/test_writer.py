@@ -922,3 +922,32 @@ def test_recent_events_count_the_time_switched_off_only_by_synchronised_clocks(
         )
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("source", ["kernel", "assume_synced"])
+def test_a_clock_stepped_while_running_is_no_time_switched_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """NTP moves a wrong clock an hour forward while the gateway runs, and it restarts a few
+    seconds later: the hour is no night switched off, and an elder settled just before must
+    still be remembered. Nor does a clock only assumed synchronised prove any time off."""
+    monkeypatch.setattr(clock_module, "probe", lambda _source: True)
+    clock = ManualClock()
+    section = StoreSection.model_validate({"housekeeping_interval_s": 3600})
+    store = Store(section, tmp_path / "g.db", clock, ClockSync(source, 3600))
+    store.start()
+    store.record(Event(MEAL, {"elder": "E1"}))
+    clock.advance(1_000)
+    clock.step_wall(3_600_000)  # corrected while running
+    store.record(Event(MEAL, {"elder": "E2"}))
+    clock.advance(1_000)
+    store.stop()
+    if source == "assume_synced":
+        clock.step_wall(15 * 3_600_000)  # and a night it cannot prove
+    again = Store(section, tmp_path / "g.db", clock, ClockSync(source, 3600))
+    again.start()
+    try:
+        assert again.time_off_ms() == 0
+        assert [age for age, _ in again.recent(MEAL.name, 60_000)] == [1_000, 2_000]
+    finally:
+        again.stop()

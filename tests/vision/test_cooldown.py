@@ -20,7 +20,8 @@ from gateway.vision import cooldown
 
 def running_times(path: Path) -> dict[str, int]:
     """Elder -> running time last seen, as the file holds it."""
-    return {elder: seen for elder, (seen, _) in json.loads(path.read_text()).items()}
+    entries: dict[str, int] = json.loads(path.read_text())
+    return entries
 
 
 def test_saved_and_read_back_with_ages(tmp_path: Path) -> None:
@@ -183,31 +184,25 @@ def test_a_save_made_while_an_erasure_rewrites_the_file_is_kept(
     assert running_times(path) == {"E2": 2_000, "E3": 3_000}
 
 
-def test_time_switched_off_counts_when_two_synchronised_clocks_show_it(tmp_path: Path) -> None:
+def test_time_switched_off_counts_for_those_seen_before_this_session(tmp_path: Path) -> None:
     """Running time stands still while the gateway is off: an elder seen at 17:30 was still
-    in cooldown (12 h) at the next day's lunch after a night switched off. The wall time
-    counts only when the clock was synchronised both at the save and now: a clock not set
-    yet after a power cut (a Pi has no RTC) never shortens a cooldown."""
+    in cooldown (12 h) at the next day's lunch after a night switched off. The time off that
+    synchronised clocks prove is added, but only to what was seen before this session: a
+    face stage started again within it adds nothing."""
     path = tmp_path / cooldown.FILE
-    day = 86_400_000
-    cooldown.save(path, {"E1": 95_000, "E2": 99_000}, wall_offset_ms=5 * day)
-    assert running_times(path) == {"E1": 95_000, "E2": 99_000}
-    # on again 18 h later by the wall clock, 1 s of running time later
-    assert cooldown.load(path, 100_000, 12 * 3_600_000, now_wall_ms=100_000 + 5 * day) == [
+    cooldown.save(path, {"E1": 95_000, "E2": 99_000})
+    twelve_hours, night = 12 * 3_600_000, 15 * 3_600_000
+    assert cooldown.load(path, 100_000, twelve_hours) == [("E1", 5.0), ("E2", 1.0)]
+    assert cooldown.load(path, 100_000, twelve_hours, off_ms=night, session_ms=98_000) == [
+        ("E2", 1.0)
+    ]
+    assert cooldown.load(path, 100_000, twelve_hours, off_ms=night, session_ms=90_000) == [
         ("E1", 5.0),
         ("E2", 1.0),
     ]
-    later = 100_000 + 5 * day + 18 * 3_600_000
-    assert cooldown.load(path, 100_000, 12 * 3_600_000, now_wall_ms=later) == []
-    assert cooldown.load(path, 100_000, 12 * 3_600_000) == [("E1", 5.0), ("E2", 1.0)]
-    # a clock set back meanwhile never makes her older than her running time says
-    assert cooldown.load(path, 100_000, 60_000, now_wall_ms=0) == [("E1", 5.0), ("E2", 1.0)]
-    # saved before the clock was synchronised: running time only
-    cooldown.save(path, {"E1": 95_000})
-    assert cooldown.load(path, 100_000, 60_000, now_wall_ms=later) == [("E1", 5.0)]
 
 
 def test_a_file_of_an_earlier_version_is_read(tmp_path: Path) -> None:
     path = tmp_path / cooldown.FILE
-    path.write_text(json.dumps({"E1": 95_000, "E2": [96_000, None], "E3": [1, "x"]}))
-    assert cooldown.load(path, 100_000, 60_000, now_wall_ms=7) == [("E1", 5.0), ("E2", 4.0)]
+    path.write_text(json.dumps({"E1": 95_000, "E2": [96_000, None], "E3": "x", "E4": [None, 1]}))
+    assert cooldown.load(path, 100_000, 60_000) == [("E1", 5.0), ("E2", 4.0)]

@@ -230,7 +230,7 @@ def test_photo_replay_end_to_end(
     cooling = json.loads((data_dir / "face-cooldown.json").read_text())
     enrolled = {elder for elder, _ in enrolments}
     assert set(cooling) <= enrolled
-    assert all(isinstance(seen, int) and wall is None for seen, wall in cooling.values())
+    assert all(isinstance(v, int) for v in cooling.values())
 
 
 def _top(decision: dict[str, object]) -> str | None:
@@ -403,7 +403,7 @@ def test_an_elder_accepted_just_before_a_restart_is_not_settled_again_after_it(
     _run(first)
     cooling = data_dir / "face-cooldown.json"
     saved = json.loads(cooling.read_text())
-    assert list(saved) == ["elder-7"] and 0 <= store.steady_ms() - saved["elder-7"][0] < 60_000
+    assert list(saved) == ["elder-7"] and 0 <= store.steady_ms() - saved["elder-7"] < 60_000
     time.sleep(1.1)  # no frames since (a camera lost): she was not seen again meanwhile
     first._save_cooldown()
     assert json.loads(cooling.read_text()) == saved

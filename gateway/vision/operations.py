@@ -56,7 +56,12 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     and leave the journal at their delivery; other
     elders' acceptances that name her as a candidate or look-alike stay, without her. The
     stored answers to platform requests that name her keep only that they were answered. The
-    one erasure for the platform's request and the CLI alike."""
+    one erasure for the platform's request and the CLI alike.
+
+    Each part is done whatever another's failure: a gallery file damaged on the card must not
+    keep the pictures of her face and her decisions. Any failure is a GalleryError naming
+    what was not erased, so the request is not answered (nor stored) as done and is sent
+    again."""
     from gateway.vision import cooldown
     from gateway.vision.events import FACE_DECISION, erasing
     from gateway.vision.gallery import erase
@@ -65,25 +70,35 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     # listed for a counter that may have her in memory; without a camera none runs, nothing
     # would take the entry in, and her sealed id would stay beside the key for good
     key_path = None if cfg.camera.source is None else cfg.gallery.key_path(data_dir)
-    templates = erase(cfg.gallery.db_path(data_dir), elder, key_path=key_path)
+    missed: list[str] = []
+    templates = audit_frames = answers = 0
+    decisions = (0, 0, 0)
+    try:
+        templates = erase(cfg.gallery.db_path(data_dir), elder, key_path=key_path)
+    except (VisionError, sqlite3.Error, OSError) as exc:
+        missed.append(f"her templates ({exc})")
     try:
         cooldown.forget(data_dir / cooldown.FILE, elder)
     except OSError as exc:
-        raise GalleryError(f"templates erased, but not her cooldown entry: {exc}") from None
+        missed.append(f"her cooldown entry ({exc})")
     frames = ExpiredFrames(cfg.audit.path(data_dir), cfg.audit.retention_days)
     try:
         audit_frames = frames.erase_elder(elder)
     except OSError as exc:
-        raise GalleryError(f"templates erased, but not every audit frame: {exc}") from None
+        missed.append(f"every audit frame ({exc})")
     try:
         decisions = erase_events(journal, FACE_DECISION.name, partial(erasing, elders={elder}))
         answers = erase_answers(journal, elder)
     except (StoreError, sqlite3.Error) as exc:
-        raise GalleryError(
-            f"templates and audit frames erased, but not everything in the journal: {exc}"
-        ) from None
+        missed.append(f"everything in the journal ({exc})")
     if answers:
         log.info("face gallery: %d stored answers to platform requests erased with her", answers)
+    if missed:
+        raise GalleryError(
+            f"not erased: {'; '.join(missed)}. Erased: {templates} template(s), "
+            f"{audit_frames} audit frame(s), {decisions[0]} delivered decision(s); mend what "
+            "is named and erase her again"
+        )
     return Erased(templates, audit_frames, *decisions)
 
 

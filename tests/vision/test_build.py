@@ -33,6 +33,7 @@ from gateway.vision.events import FACE_DECISION, decision_data
 from gateway.vision.gallery import Gallery
 from gateway.vision.models import fetch, load_manifest
 from gateway.vision.operations import Erased, FaceUnlearn, GalleryFile, erase_elder
+from gateway.vision.retention import header_for
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running
 from tests.support.journal import journal
@@ -156,12 +157,38 @@ def test_an_erasure_that_cannot_rewrite_the_cooldown_file_says_so_and_a_retry_fi
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(cooldown, "replace_private", disk_full)
-    with pytest.raises(GalleryError, match="templates erased, but not her cooldown entry"):
+    with pytest.raises(GalleryError, match=r"not erased: her cooldown entry \(\[Errno 28\]"):
         erase_elder(VisionSection(), data_dir, "E1024", journal_file)
     assert "E1024" in json.loads(cooling.read_text())
     monkeypatch.setattr(cooldown, "replace_private", save)
     assert erase_elder(VisionSection(), data_dir, "E1024", journal_file).templates == 0
     assert json.loads(cooling.read_text()) == {"E2048": 2000}
+
+
+def test_a_damaged_gallery_file_does_not_keep_her_pictures_and_decisions(tmp_path: Path) -> None:
+    """The card damaged faces.db: the erasure stopped at it, and the kept pictures of her
+    face, her decisions and her cooldown entry stayed, however often it was asked again.
+    Everything else goes; the answer still says her templates were not erased."""
+    data_dir = tmp_path / "var"
+    _enrolled(data_dir)
+    hers = {"outcome": "accepted", "elder_id": "E1024", "candidates": [], "confusable_with": []}
+    _delivered_decisions(data_dir, hers)
+    (data_dir / cooldown.FILE).write_text(json.dumps({"E1024": 1000}))
+    cfg = VisionSection()
+    frame = cfg.audit.path(data_dir) / "decision-1.frame"
+    frame.parent.mkdir(parents=True)
+    frame.write_bytes(header_for(1000, ["E1024"]) + b"sealed picture")
+    damaged = bytearray((data_dir / "faces.db").read_bytes())
+    for page in range(1, len(damaged) // 4096):  # every page's header but the file's own
+        damaged[page * 4096 : page * 4096 + 200] = b"\xff" * 200
+    (data_dir / "faces.db").write_bytes(bytes(damaged))
+    db = data_dir / "gateway.db"
+    with pytest.raises(GalleryError, match=r"not erased: her templates \(.*malformed") as err:
+        erase_elder(cfg, data_dir, "E1024", Journal(db, StoreSection().key_path(db)))
+    assert "Erased: 0 template(s), 1 audit frame(s), 1 delivered decision(s)" in str(err.value)
+    assert not frame.exists()
+    assert json.loads((data_dir / cooldown.FILE).read_text()) == {}
+    assert [e for e in journal(db, "face.") if e.data.get("elder_id") == "E1024"] == []
 
 
 def _decision(outcome: Outcome, elder: str | None = None, *candidates: str) -> dict[str, Any]:

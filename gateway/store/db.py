@@ -127,6 +127,26 @@ def check_writable_dir(directory: Path) -> None:
         ) from None
 
 
+def saved_running_ms(path: Path) -> int | None:
+    """The running time the store last saved (minutes old at most while it runs), read
+    without opening the store: for a command beside it that must age what the gateway
+    stamped in running time. None when there is no store or it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'steady_ms'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    try:
+        return None if row is None else int(row[0])
+    except (TypeError, ValueError):
+        return None
+
+
 def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(

@@ -408,14 +408,20 @@ def _trial_gallery(
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from gateway.private import open_private
+    from gateway.store.db import saved_running_ms
     from gateway.vision.audit import AuditFrames
 
     cfg = _config(args)
     audit = cfg.vision.audit
+    data_dir = cfg.gateway.data_dir
+    # the retention is also counted in the store's running time, which a wall clock set back
+    # (a Pi without RTC) does not hold back
+    running = saved_running_ms(cfg.store.db_path(data_dir))
     frames = AuditFrames(
-        audit.path(cfg.gateway.data_dir),
-        cfg.vision.gallery.key_path(cfg.gateway.data_dir),
+        audit.path(data_dir),
+        cfg.vision.gallery.key_path(data_dir),
         audit.retention_days,
+        None if running is None else lambda: running,
     )
     jpeg = frames.export(args.event_id)
     # an elder's face: the user's alone, and never written through a link planted in its place

@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
+from gateway.clock import ClockSync
+from gateway.config import StoreSection
 from gateway.keys import create_key
+from gateway.store import Store
 from gateway.vision import retention
 from gateway.vision.audit import AuditFrames
 from gateway.vision.errors import GalleryError
 from gateway.vision.images import read_image
 from gateway.vision.retention import ExpiredFrames
+from tests.support.clock import ManualClock
 from tests.support.disk import fill
 
 DAY_MS = 86_400_000
@@ -228,12 +232,13 @@ def test_a_frame_cut_short_leaves_no_piece_of_a_face_behind_an_erasure(
     assert list(audit.folder.iterdir()) == []
 
 
-def _kept_frame(tmp_path: Path, photo: np.ndarray) -> Path:
+def _kept_frame(tmp_path: Path, photo: np.ndarray, running_ms: int | None = None) -> Path:
     """A data directory holding EVENT's frame; returns the config naming it."""
     data = tmp_path / "var"
     data.mkdir()
     create_key(data / "faces.key")
-    AuditFrames(data / "audit", data / "faces.key", retention_days=1).keep(EVENT, photo)
+    running = None if running_ms is None else lambda: running_ms
+    AuditFrames(data / "audit", data / "faces.key", 1, running).keep(EVENT, photo)
     config = tmp_path / "g.toml"
     config.write_text(f'[gateway]\ndata_dir = "{data}"\n')
     return config
@@ -261,6 +266,27 @@ def test_the_export_command_writes_the_face_for_the_user_alone(
     assert os.stat(out).st_mode & 0o777 == 0o600
     assert os.stat(shared).st_mode & 0o777 == 0o600
     assert out.read_bytes()[:2] == b"\xff\xd8" and victim.read_text() == "keep me"
+
+
+def test_the_export_command_counts_retention_in_running_time_too(
+    tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The wall clock was set back a month (a Pi without RTC): the frame's file looks new,
+    but the store has run eight days since it was kept for seven (the default). The
+    gateway's own purge would delete it; the export handed it out until then."""
+    config = _kept_frame(tmp_path, photo, running_ms=1_000)
+    data = tmp_path / "var"
+    clock = ManualClock()
+    store = Store(StoreSection(), data / "gateway.db", clock, ClockSync("never", 30))
+    store.start()
+    clock.advance(8 * 86_400_000)
+    store.stop()
+    kept = data / "audit" / f"{EVENT}.frame"
+    ahead = time.time() + 30 * 86_400
+    os.utime(kept, (ahead, ahead))
+    assert main(["audit", "export", "-c", str(config), EVENT, str(tmp_path / "f.jpg")]) == 1
+    assert "none kept" in capsys.readouterr().err
+    assert not kept.exists() and not (tmp_path / "f.jpg").exists()
 
 
 def test_an_export_the_disk_has_no_room_for_leaves_no_part_of_the_face(

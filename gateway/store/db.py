@@ -134,17 +134,23 @@ def saved_running_ms(path: Path) -> int | None:
     if not path.exists():
         return None
     try:
-        conn = connect(path, readonly=True)
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'steady_ms'").fetchone()
-        finally:
-            conn.close()
+        value = meta_value(path, "steady_ms")
     except sqlite3.Error:
         return None
+    return value if isinstance(value, int) else None
+
+
+def meta_value(path: Path, key: str, *, immutable: bool = False) -> object:
+    """One value of the store's meta table (None when absent), read-only; ``immutable``
+    for a file with no WAL beside it, which then needs no -shm file either (a full disk has
+    no room for one). Raises sqlite3.Error."""
+    uri = f"file:{path}?mode=ro{'&immutable=1' if immutable else ''}"
+    conn = sqlite3.connect(uri, uri=True)
     try:
-        return None if row is None else int(row[0])
-    except (TypeError, ValueError):
-        return None
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else row[0]
 
 
 def connect(path: Path, *, synchronous: str = "full", readonly: bool = False) -> sqlite3.Connection:

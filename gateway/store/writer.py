@@ -36,6 +36,7 @@ from gateway.store.db import (
     emptied_wal,
     held_elsewhere,
     locked,
+    meta_value,
     open_database,
     overwriting,
 )
@@ -536,15 +537,9 @@ class Store:
         wal = self.path.with_name(self.path.name + "-wal")
         whole = not wal.exists() or wal.stat().st_size == 0
         try:
-            uri = f"file:{self.path}?mode=ro{'&immutable=1' if whole else ''}"
-            conn = sqlite3.connect(uri, uri=True)
-            try:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'clean_stop'").fetchone()
-            finally:
-                conn.close()
+            return bool(meta_value(self.path, "clean_stop", immutable=whole))
         except sqlite3.DatabaseError:
             return False
-        return bool(row and row[0])
 
     def stop(self) -> None:
         # closed first: a housekeeping pass waiting behind another program's lock is then

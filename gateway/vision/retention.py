@@ -84,11 +84,17 @@ class ExpiredFrames:
         """Consent withdrawn: the frames of decisions that named the elder (accepted, or a
         candidate) go now, not after their retention. Needs no key: the ids are in the header.
         ``until_ms``: only frames kept by then (store running time), so none of hers enrolled
-        again since."""
+        again since. A frame that cannot be read or deleted (a failing card) does not keep the
+        others: they all go, then the first such error is raised, so the erasure says it is
+        not complete."""
         removed = 0
+        failed: list[OSError] = []
         try:  # a frame cut short by a power cut names her too
             frames = [*self.folder.glob(f"*{SUFFIX}"), *self.folder.glob(f"*{PARTIAL}")]
-        except OSError:
+        except FileNotFoundError:
+            frames = []
+        except OSError as exc:
+            failed.append(exc)
             frames = []
         for path in frames:
             try:
@@ -99,8 +105,12 @@ class ExpiredFrames:
                     removed += 1
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                failed.append(exc)
         if removed:
             log.info("audit: %d frames of an erased elder deleted", removed)
+        if failed:
+            raise failed[0]
         return removed
 
     @staticmethod

@@ -139,6 +139,20 @@ def test_a_frame_moved_to_another_decision_or_restamped_does_not_open(
         audit.export(EVENT)
 
 
+def test_a_frame_that_cannot_be_read_does_not_keep_her_other_frames(
+    frames: tuple[AuditFrames, RunningClock], photo: np.ndarray
+) -> None:
+    """A failing card gives an I/O error on one frame: the erasure stopped there, and the
+    frames after it that named her stayed. They all go; the erasure still says it failed."""
+    audit, _ = frames
+    audit.keep(EVENT, photo, ["E1"])
+    (audit.folder / f"{EVENT[:-1]}0.frame").mkdir()  # reads fail (here: a folder in its place)
+    audit.keep(EVENT[:-1] + "9", photo, ["E1"])
+    with pytest.raises(IsADirectoryError):
+        ExpiredFrames(audit.folder, retention_days=30).erase_elder("E1")
+    assert [p.name for p in audit.folder.iterdir()] == [f"{EVENT[:-1]}0.frame"]
+
+
 def test_an_erased_elders_frames_go_at_once_and_the_others_stay(
     frames: tuple[AuditFrames, RunningClock],
     photo: np.ndarray,

@@ -431,6 +431,7 @@ class Store:
         # wall time minus running time at the last session's last save while synchronised
         self._offset_before: int | None = None
         self._offset_saved: int | None = None  # ... and at this session's last save
+        self._time_off: int | None = None  # time_off_ms, once known
         self._mono_at_open = 0
         self._steady_saved = 0  # the running time last saved in meta
 
@@ -665,10 +666,13 @@ class Store:
         is off). 0 when either is unknown, and with ``assume_synced``, which proves nothing.
         A clock stepped while the gateway ran shows in neither: a restart seconds after NTP
         moved a wrong clock forward adds nothing."""
-        now = self._wall_offset()
-        if now is None or self._offset_before is None:
-            return 0
-        return max(0, now - self._offset_before)
+        if self._time_off is None:
+            if self._offset_before is None:
+                self._time_off = 0  # nothing saved before: nothing to prove it with
+            elif (now := self._wall_offset()) is not None:
+                # once known it stays: a clock stepped later, while running, is no time off
+                self._time_off = max(0, now - self._offset_before)
+        return self._time_off or 0
 
     def _offset_moved(self, offset: int | None) -> bool:
         """Whether the wall clock's lead over running time is to be saved: known now and not

@@ -97,6 +97,9 @@ class VisionService:
         # frame, or the last look for one; what the cooldown file is written against
         self._anchor: tuple[float, int] | None = None
         self.too_slow: str | None = None  # why nobody can be accepted at the counter's pace
+        # the time switched off before this session, added at the start to the ages of those
+        # seen before it (taken off again when they are saved: the file keeps running times)
+        self._time_off_ms = 0
 
     def _store_clock_synced(self) -> bool:
         return self.store is not None and self.store.clock_synced
@@ -150,11 +153,12 @@ class VisionService:
                 if data.get("outcome") == "accepted" and data.get("elder_id")
             ]
             store = self.store
+            self._time_off_ms = store.time_off_ms()
             seen = cooldown.load(
                 self._cooldown_path,
                 store.steady_ms(),
                 within_ms,
-                off_ms=store.time_off_ms(),
+                off_ms=self._time_off_ms,
                 session_ms=store.session_started_ms,
             )
             self.pipeline.remember(accepted + seen)
@@ -362,6 +366,11 @@ class VisionService:
         enrolled = set(gallery.snapshot.elders) | set(gallery.damaged)
         ages = pipeline.decider.cooldowns(t)
         seen = {e: at_ms - int(age * 1000) for e, age in ages.items() if e in enrolled}
+        if self.store is not None and self._time_off_ms:
+            # seen before this session: her age held the time switched off, which the next
+            # start adds again; saved as it was, or a start within the session adds it twice
+            started, off = self.store.session_started_ms, self._time_off_ms
+            seen = {e: ms + off if ms + off < started else ms for e, ms in seen.items()}
         saved = self._cooldown_saved
         if (
             saved is not None

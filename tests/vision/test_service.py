@@ -458,6 +458,32 @@ def test_an_elder_accepted_before_a_night_switched_off_is_accepted_the_next_day(
     assert list(json.loads((data_dir / cooldown.FILE).read_text())) == ["elder-7"]
     clock.step_wall(15 * 3_600_000)  # the night, switched off
     assert day() == ["elder-7", None, "elder-7", None]
+    # seen at the counter until the stop, long after her acceptance (the cooldown file says
+    # so, the journal does not), then seven hours off: still in her 12 h cooldown, however
+    # often the face stage starts again within the session (each start adds the seven hours
+    # to the running time the file keeps; once saved with them, a start added them twice)
+    store = Store(StoreSection(), data_dir / "gateway.db", clock, ClockSync("kernel", 30))
+    store.start()
+    clock.advance(11 * 3_600_000)
+    (data_dir / cooldown.FILE).write_text(json.dumps({"elder-7": store.steady_ms()}))
+    store.stop()
+    clock.step_wall(7 * 3_600_000)
+    store = Store(StoreSection(), data_dir / "gateway.db", clock, ClockSync("kernel", 30))
+    store.start()
+    try:
+        # two starts of the face stage in this session with her out of view, then she comes
+        stranger = _stranger_looping(cfg, data_dir, faces_dir).camera.model_copy(
+            update={"replay_loop": False}
+        )
+        elsewhere = VisionService(cfg.model_copy(update={"camera": stranger}), data_dir, store)
+        elsewhere.realtime = False
+        _run(elsewhere)
+        _run(elsewhere)
+        assert "elder-7" in json.loads((data_dir / cooldown.FILE).read_text())
+        _run(VisionService(cfg, data_dir, store, realtime=False))
+    finally:
+        store.stop()
+    assert "elder-7" not in [d["elder_id"] for d in recorded(data_dir / "gateway.db")][4:]
 
 
 def test_a_cooldown_another_process_rewrote_from_an_older_read_is_written_again(

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 LEFTOVER_AGE_S = 60.0  # a copy aside younger than this may be another writer's, at work
+WRITING_S = 5.0  # ... and one younger than this even when its writer seems gone
 
 
 class ExposedDirectory(OSError):
@@ -141,14 +142,17 @@ def remove_leftovers(path: Path, *patterns: str) -> None:
     found = [path.parent.glob(f".{path.name}.*"), *(path.parent.glob(p) for p in patterns)]
     for stale in [p for matches in found for p in matches]:
         with contextlib.suppress(OSError):
-            if _writer_gone(stale, path) or abs(now_s - stale.lstat().st_mtime) > LEFTOVER_AGE_S:
+            age = abs(now_s - stale.lstat().st_mtime)
+            # a writer in another PID namespace (a container) looks gone: its copy lives for
+            # milliseconds between write and rename, so one that is seconds old is left
+            if age > LEFTOVER_AGE_S or (age > WRITING_S and _writer_gone(stale, path)):
                 stale.unlink()
 
 
 def _writer_gone(copy: Path, path: Path) -> bool:
     """Whether ``write_aside``'s copy names a process that no longer runs."""
     pid = copy.name.removeprefix(f".{path.name}.").split(".")[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
+    if not (pid.isascii() and pid.isdigit() and len(pid) <= 9) or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)

@@ -676,8 +676,9 @@ class Store:
 
     def _offset_moved(self, offset: int | None) -> bool:
         """Whether the wall clock's lead over running time is to be saved: known now and not
-        yet, or moved (NTP stepped the clock) since it was. Saved at once, so a restart soon
-        after a step does not take the step for time switched off."""
+        yet, or moved (NTP stepped the clock) since it was. Saved at the next commit (within
+        the housekeeping interval on a quiet site), so a restart after a step does not take
+        the step for time switched off; a crash inside that window still would."""
         if offset is None:
             return False
         return self._offset_saved is None or abs(offset - self._offset_saved) > OFFSET_MOVED_MS

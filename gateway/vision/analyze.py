@@ -131,8 +131,9 @@ class Analyzer:
         """Analyse the subject face. With ``gate`` off (evaluation) the subject is embedded
         even when the frame is ambiguous or of poor quality. ``with_embedding`` (the gallery
         search) is called with the embedding while liveness may still be running. A face in
-        the ``ignore`` regions (a counter camera's: never an enrolment photo's) is nobody:
-        no subject when it would be the subject, no rival of the subject otherwise."""
+        the ``ignore`` regions (a counter camera's: never an enrolment photo's) is nobody
+        when it would be the subject; as large as the subject, it still makes the frame
+        ambiguous."""
         timings: dict[str, float] = {}
         clock = time.perf_counter
         start = clock()
@@ -146,11 +147,9 @@ class Analyzer:
         if subject.face is not None and ignored and in_regions(subject.face, ignore, width, height):
             # the subject itself is in an ignored part: the poster with nobody at the counter,
             # or the elder standing in front of it. Never a smaller face instead (someone in
-            # the queue), who would be charged in her place
+            # the queue), who would be charged in her place. An ignored face as large as the
+            # subject stays her rival (it may be the elder, off-centre in front of the TV)
             subject = Subject(None, 0)
-        elif ignored:  # the subject stays; the ignored faces are no rivals of hers
-            faces = [f for f in faces if not in_regions(f, ignore, width, height)]
-            subject = pick_subject(faces, width, height, self.settings.limits)
         if subject.face is None:
             timings["quality"] = clock() - start
             return Analysis("no_face", 0, timings=timings, ignored=ignored)

@@ -88,9 +88,12 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
         missed.append(f"every audit frame ({exc})")
     try:
         decisions = erase_events(journal, FACE_DECISION.name, partial(erasing, elders={elder}))
+    except (StoreError, sqlite3.Error) as exc:
+        missed.append(f"her decisions in the journal ({exc})")
+    try:
         answers = erase_answers(journal, elder)
     except (StoreError, sqlite3.Error) as exc:
-        missed.append(f"everything in the journal ({exc})")
+        missed.append(f"the stored answers naming her ({exc})")
     if answers:
         log.info("face gallery: %d stored answers to platform requests erased with her", answers)
     if missed:

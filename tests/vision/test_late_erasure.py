@@ -202,7 +202,9 @@ def test_a_copy_left_by_a_writer_that_died_goes_at_the_restart_however_young(
         text=True,
     )
     copy = tmp_path / f".{FILE}.{int(ended.stdout)}.1401"
-    copy.write_text('{"E7": 1000}')  # written a moment ago
+    copy.write_text('{"E7": 1000}')
+    ten_s_ago = time.time() - 10  # seconds before the restart, not a minute
+    os.utime(copy, (ten_s_ago, ten_s_ago))
     mine = tmp_path / f".{FILE}.{os.getpid()}.7"  # this process's own: may be at work
     mine.write_text('{"E7": 1000}')
     journal = Journal(store.path, store.key_path)

@@ -15,6 +15,7 @@ from gateway.vision.camera import EMPTY_GREY, Frame
 from gateway.vision.config import DecisionSection, VisionSection, unreachable
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Decision, Outcome, Policy
+from gateway.vision.detect import Face
 from gateway.vision.enroll import enrol, learn
 from gateway.vision.errors import GalleryError
 from gateway.vision.gallery import Gallery
@@ -269,3 +270,32 @@ def test_an_elder_standing_in_an_ignored_part_is_nobody_not_the_person_behind_he
     decided = _watched(pipeline, [scene] * 30 + [np.full_like(scene, EMPTY_GREY)] * 15)
     assert [d.elder_id for d in decided if d.outcome is Outcome.ACCEPTED] == []
     assert pipeline.counts["ignored_faces"] > 0
+
+
+def test_an_ignored_face_as_large_as_the_subject_keeps_the_frame_ambiguous(
+    analyzer: Analyzer, faces_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The elder stands off-centre in front of the ignored TV; the person behind her, smaller
+    but nearer the middle, weighs more as the subject. Dropping the ignored faces left that
+    person alone and recognised: two people in view must stay multiple_faces."""
+    frame = read_image(faces_dir / "antispoof" / "image_T1.jpg")  # 480 x 640
+    (real,) = [max(analyzer.detector.detect(frame), key=lambda f: f.width)]
+
+    def placed(cx: float, cy: float, scale: float) -> Face:
+        shift = np.array([cx, cy]) - np.array(real.center)
+        centre = np.array(real.center)
+        landmarks = (real.landmarks - centre) * scale + centre + shift
+        x0, y0, x1, y1 = real.box
+        box = (
+            (x0 - centre[0]) * scale + cx,
+            (y0 - centre[1]) * scale + cy,
+            (x1 - centre[0]) * scale + cx,
+            (y1 - centre[1]) * scale + cy,
+        )
+        return Face(box, landmarks, real.score)
+
+    elder, behind = placed(400, 150, 1.0), placed(240, 300, 0.75)
+    monkeypatch.setattr(analyzer.detector, "detect", lambda _image: [elder, behind])
+    assert analyzer.analyze(frame).kind == "multiple_faces"
+    in_front_of_the_tv = analyzer.analyze(frame, ignore=[(0.7, 0.0, 1.0, 0.4)])
+    assert in_front_of_the_tv.kind == "multiple_faces" and in_front_of_the_tv.ignored == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeGuard
 
@@ -50,10 +51,10 @@ def save(path: Path, last_seen_ms: dict[str, int]) -> Stamp | None:
     tries again. Copies a crash left go too: one left just before a restart is too young to go
     at that start, and would otherwise name its elders until the next one."""
     with _turns:
-        return _save(path, dict(last_seen_ms))
+        return _save(path, last_seen_ms)
 
 
-def _save(path: Path, entries: dict[str, object]) -> Stamp | None:
+def _save(path: Path, entries: Mapping[str, object]) -> Stamp | None:
     replace_private(path, json.dumps(entries).encode())
     written = stamp(path)
     _remove_leftovers(path)
@@ -91,8 +92,7 @@ def load(
     for those seen before this session began (``session_ms``, in running time): a face stage
     started again within a session adds nothing. A running time ahead of ``now_ms`` counts as
     just now: after a crash the store's running time resumes from its last commit, which may
-    be before the last save. Entries of a version of 2026-12-07 that also held a wall time
-    are read by their running time."""
+    be before the last save."""
     _remove_leftovers(path)
     try:
         entries = _read(path) or {}
@@ -101,10 +101,9 @@ def load(
         entries = {}
     out = []
     for elder, value in entries.items():
-        seen = _entry(value)
-        if seen is None:
+        if not _is_time(value):
             continue
-        age = max(0, now_ms - seen) + (off_ms if seen < session_ms else 0)
+        age = max(0, now_ms - value) + (off_ms if value < session_ms else 0)
         if age <= within_ms:
             out.append((elder, age / 1000))
     return out
@@ -122,16 +121,7 @@ def forget(path: Path, elder: str) -> None:
         if data is None:
             return
         data.pop(elder, None)
-        _save(path, {e: v for e, v in data.items() if _entry(v) is not None})
-
-
-def _entry(value: object) -> int | None:
-    """The running time of an entry; None for anything else (damage)."""
-    if _is_time(value):
-        return value
-    if isinstance(value, list) and len(value) == 2 and _is_time(value[0]):
-        return value[0]  # [running time, wall time], as written for a day
-    return None
+        _save(path, {e: v for e, v in data.items() if _is_time(v)})
 
 
 def _is_time(value: object) -> TypeGuard[int]:

@@ -200,9 +200,3 @@ def test_time_switched_off_counts_for_those_seen_before_this_session(tmp_path: P
         ("E1", 5.0),
         ("E2", 1.0),
     ]
-
-
-def test_a_file_of_an_earlier_version_is_read(tmp_path: Path) -> None:
-    path = tmp_path / cooldown.FILE
-    path.write_text(json.dumps({"E1": 95_000, "E2": [96_000, None], "E3": "x", "E4": [None, 1]}))
-    assert cooldown.load(path, 100_000, 60_000) == [("E1", 5.0), ("E2", 4.0)]

@@ -133,11 +133,11 @@ def write_aside(path: Path, data: bytes, aside: Path | None = None) -> Path:
 def remove_leftovers(path: Path, *patterns: str) -> None:
     """Copies of ``path`` that a crash left between ``write_aside`` and the rename (and those
     matching ``patterns``): in a file that names elders, they would name them after an erasure.
-    A copy whose writer (the process its name gives) is gone goes at once: systemd restarts
-    the gateway within seconds, and nothing may write that file again for weeks. Any other
-    only when not written just now: its writer may be at work. A copy far ahead of the clock
-    is old too: the clock was set back since (a Pi without RTC after a power cut, NTP
-    stepping back a clock that ran ahead)."""
+    A copy whose writer (the process its name gives) is gone goes once it is a few seconds
+    old: systemd restarts the gateway within seconds, and nothing may write that file again
+    for weeks. Any other only after a minute: its writer may be at work. A copy far ahead of
+    the clock is old too: the clock was set back since (a Pi without RTC after a power cut,
+    NTP stepping back a clock that ran ahead)."""
     now_s = time.time()
     found = [path.parent.glob(f".{path.name}.*"), *(path.parent.glob(p) for p in patterns)]
     for stale in [p for matches in found for p in matches]:

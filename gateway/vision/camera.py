@@ -35,9 +35,6 @@ from gateway.vision.images import IMAGE_SUFFIXES, as_bgr8, fit_within, read_imag
 log = logging.getLogger(__name__)
 
 EMPTY_GREY = 96
-# a stream read that took stall_s (FFmpeg's read timeout) ended by it, not with a frame;
-# a frame that came sooner, however slow the camera, is a frame
-TIMED_OUT = 1.0
 # failed reads in a row inside a video file before it is taken to have ended: a container
 # that claims more frames than it holds must not keep the reader trying them for hours
 MOST_DAMAGED_IN_A_ROW = 100
@@ -136,9 +133,10 @@ class OpenCVCapture:
             if not self.skipped:
                 log.warning("video %s: damaged frames in it are skipped", self.name)
             self.skipped += in_a_row
-        if is_stream(self.target) and time.perf_counter() - asked >= TIMED_OUT * self.cfg.stall_s:
-            # FFmpeg's read timeout ended it mid-picture: what it hands over is the part that
-            # came, decoded over the picture before (one person's face on another's body)
+        if is_stream(self.target) and time.perf_counter() - asked >= self.cfg.stall_s:
+            # FFmpeg's read timeout (stall_s) ended it mid-picture: what it hands over is the
+            # part that came, decoded over the picture before (one person's face on another's
+            # body). A frame that came sooner, however slow the camera, is a frame
             return None, 0.0
         start = time.perf_counter()
         ok, frame = cap.retrieve()

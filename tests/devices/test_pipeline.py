@@ -426,3 +426,21 @@ def test_a_band_heard_by_two_stations_raises_one_alarm(
     seen = stored(store.path, "wristband.seen")
     assert sorted(e["data"]["port"] for e in seen) == ["hall-1", "hall-2"]
     assert [s.health()["duplicates"] for s in services] == [0, 1]
+
+
+def test_a_line_after_a_quiet_spell_that_ended_an_overlong_one_is_acked(store: Store) -> None:
+    """Noise with no line end (a receiver's banner at the wrong baud rate) is refused as too
+    long; the frame timeout ends it, so the emergency call sent after a pause is not taken
+    for the rest of the noise."""
+    spec = definition("contact-id-serial")
+    recorder = Recorder(store, port="p", station="s", definition=spec.name, record_timeout_s=5)
+    h = framed_handler(spec, recorder, frame_timeout_s=1.0, silence_s=None)
+    sent = replying(h)
+    h.on_data(b"\x00" * 70, 0.0)
+    assert h.idle_due(0.0) == 1.0
+    h.on_idle(5.0)
+    h.on_data(contact_id_line("1234", "1", "101", "01", "015"), 20.0)
+    assert sent == [ACK]
+    (sos,) = stored(store.path, "alarm.sos")
+    assert sos["data"]["device"] == "1234-015"
+    assert recorder.stats.rejected == {"too_long": 1}

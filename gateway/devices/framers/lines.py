@@ -16,7 +16,9 @@ class LineFramer:
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        """Bytes of an unfinished line; inside a line already refused as too long, at least 1,
+        so the frame timeout ends it like any cut line and the next line is read whole."""
+        return len(self._buf) or int(self._overlong)
 
     def feed(self, data: bytes) -> list[Item]:
         out: list[Item] = []

@@ -131,7 +131,32 @@ class BinaryFraming(Strict):
             raise ValueError("give either length or fixed_length")
         if self.length is not None and self.length.offset < len(self.header_bytes):
             raise ValueError("length.offset lies inside the header")
+        self._parts_fit()
         return self
+
+    def _parts_fit(self) -> None:
+        """A command, length or payload that starts beyond the longest frame taken, or a length
+        field whose shortest count already passes it, had every frame refused (an SOS among
+        them) as bad_length, from a file that loaded without a word."""
+        csize = self.checksum.size
+        if self.fixed_length is not None:
+            longest, limit = self.fixed_length, "fixed_length"
+        else:
+            longest, limit = self.max_length, "max_length"
+        ends = {
+            "command_offset + command_width": self.command_offset + self.command_width,
+            "payload_offset": self.payload_offset,
+        }
+        if self.length is not None:
+            lf = self.length
+            ends["length.offset + length.width"] = lf.offset + lf.width
+            ends["length.counts_from"] = lf.counts_from
+        for what, end in ends.items():
+            if end + csize > longest:
+                raise ValueError(
+                    f"{what} ({end}) and the {csize}-byte checksum do not fit in {limit} "
+                    f"({longest}), so every frame would be refused"
+                )
 
     @property
     def max_payload(self) -> int:
@@ -228,6 +253,10 @@ def unmapped(code: str) -> CodeMap:
     return CodeMap(kind=Kind.DEVICE_ALARM, name=f"unmapped code {code}")
 
 
+NUMBER_ROLES = ("event", "seq", "rssi", "battery")
+NUMBER_TYPES = ("uint", "int", "bcd")
+
+
 class MessageSpec(Strict):
     command: int = Field(ge=0, le=0xFFFF)
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
@@ -255,14 +284,31 @@ class MessageSpec(Strict):
             raise ValueError("give either event (with events) or a fixed kind")
         if self.event is not None and not self.events:
             raise ValueError("event needs an events table")
-        selector = next((f for f in self.fields if f.name == self.event), None)
-        if selector is not None and selector.type == "uint" and selector.width <= 8:
-            largest = (1 << (8 * selector.width)) - 1
+        by_name = {f.name: f for f in self.fields}
+        for role in NUMBER_ROLES:
+            ref = getattr(self, role)
+            if ref is None:
+                continue
+            read = by_name[ref]
+            if read.type not in NUMBER_TYPES:
+                raise ValueError(
+                    f"{role} = {ref!r} is read as {read.type}, not a number: give its field "
+                    f"type {', '.join(NUMBER_TYPES)}"
+                )
+            if role in ("event", "seq") and read.scale is not None:
+                raise ValueError(f"{role} = {ref!r} is a code, not a measure: it takes no scale")
+        selector = by_name.get(self.event) if self.event is not None else None
+        if selector is not None and selector.width <= 8:
+            largest = {
+                "uint": (1 << (8 * selector.width)) - 1,
+                "int": (1 << (8 * selector.width - 1)) - 1,
+                "bcd": 10 ** (2 * selector.width) - 1,
+            }[selector.type]
             beyond = sorted(code for code in self.events if code > largest)
             if beyond:
                 raise ValueError(
                     f"events {beyond} can never match: field {selector.name!r} is "
-                    f"{selector.width} byte(s), at most {largest}"
+                    f"{selector.width} byte(s) read as {selector.type}, at most {largest}"
                 )
         return self
 

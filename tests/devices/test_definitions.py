@@ -74,6 +74,67 @@ def test_event_codes_that_collide_or_cannot_match_are_refused(
         load_definition(vendor)
 
 
+EVENT_FIELD = '{ name = "event", offset = 6, width = 1, type = "uint" }'
+SEQ_FIELD = '{ name = "seq", offset = 8, width = 1, type = "uint" }'
+
+
+INT_EVENT = EVENT_FIELD.replace("uint", "int")
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({EVENT_FIELD: EVENT_FIELD.replace("uint", "hex")}, "event = 'event' is read as hex"),
+        ({EVENT_FIELD: EVENT_FIELD.replace("uint", "text")}, "event = 'event' is read as text"),
+        ({SEQ_FIELD: SEQ_FIELD.replace("uint", "text")}, "seq = 'seq' is read as text"),
+        ({EVENT_FIELD: EVENT_FIELD.replace(" }", ", scale = 0.1 }")}, "it takes no scale"),
+        ({EVENT_FIELD: INT_EVENT, '5 = "band_worn"': '130 = "sos"'}, "events [130] can never"),
+        ({"command_offset = 3": "command_offset = 70"}, "(71) and the 2-byte checksum"),
+        ({"offset = 2, width = 1, counts_from": "offset = 80, width = 1, counts_from"}, "(81)"),
+        ({"counts_from = 3": "counts_from = 200"}, "length.counts_from (200)"),
+        ({"payload_offset = 4": "payload_offset = 63"}, "payload_offset (63)"),
+    ],
+    ids=[
+        "event-hex",
+        "event-text",
+        "seq-text",
+        "event-scaled",
+        "signed-event-130",
+        "command-beyond",
+        "length-beyond",
+        "counts-from-beyond",
+        "payload-beyond",
+    ],
+)
+def test_a_file_that_would_refuse_every_frame_is_refused_when_it_loads(
+    tmp_path: Path, changes: dict[str, str], problem: str
+) -> None:
+    """An event byte read as hex (the docs write codes as "02") or as a signed int beyond 127,
+    a sequence read as text, a command beyond the longest frame: the file loaded without a
+    word, and every SOS from the station was refused or its radio repeats all taken as new."""
+    text = (CONFIGS / "aa55-reference.toml").read_text()
+    for old, new in changes.items():
+        assert old in text
+        text = text.replace(old, new, 1)
+    vendor = tmp_path / "vendor.toml"
+    vendor.write_text(text)
+    with pytest.raises(ConfigFileError, match=re.escape(problem)):
+        load_definition(vendor)
+
+
+def test_an_event_and_sequence_sent_as_bcd_are_read_as_their_numbers(tmp_path: Path) -> None:
+    text = (CONFIGS / "aa55-reference.toml").read_text()
+    bcd = text.replace(EVENT_FIELD, EVENT_FIELD.replace("uint", "bcd"))
+    bcd = bcd.replace(SEQ_FIELD, SEQ_FIELD.replace("uint", "bcd"))
+    vendor = tmp_path / "vendor.toml"
+    vendor.write_text(bcd)
+    spec = load_definition(vendor).binary
+    assert spec is not None
+    frame = encode_frame(spec.framing, bytes.fromhex("01 A1B2C3D4E5F6 02 BF 12"))
+    (sos,) = BinaryDecoder(spec).decode(frame).events
+    assert (sos.kind, sos.code, sos.seq) == ("sos", "02", 12)
+
+
 def test_a_blank_header_is_refused(tmp_path: Path) -> None:
     """Blanks only: no header, so every byte of the stream would start a candidate frame."""
     bad = tmp_path / "vendor.toml"

@@ -36,17 +36,21 @@ class BinaryDecoder:
 
 
 def _int(values: dict[str, Scalar], name: str | None) -> int | None:
+    """A number field's value: read as uint or int (perhaps scaled), or as BCD digits."""
     if name is None:
         return None
     value = values[name]
-    return int(value) if isinstance(value, int | float) else None
+    if isinstance(value, str):
+        return int(value) if value.isdigit() else None
+    return int(value)
 
 
 def _event(msg: MessageSpec, values: dict[str, Scalar], frame: bytes) -> Decoded:
     code: str | None = None
     if msg.event is not None:
         selector = values[msg.event]
-        mapped = msg.events.get(int(selector)) if isinstance(selector, int) else None
+        number = _int(values, msg.event)
+        mapped = msg.events.get(number) if number is not None else None
         code = f"{selector:02X}" if isinstance(selector, int) else str(selector)
         if mapped is None:
             return rejected("unknown_event", frame, f"{msg.name} event {code}")

@@ -26,7 +26,8 @@ HOLD_AT_MOST = 256  # a busy sitting has far fewer uncertain elders within the w
 class Pending:
     candidates: tuple[tuple[str, float], ...]
     at: float
-    # None: the face did not look live on most frames; she can be settled, not learned
+    # None: the face did not look live on most frames, or two people were in the track;
+    # she can be settled, not learned
     probe: np.ndarray | None = field(repr=False)
     # per candidate, one of their enrolled templates when the face was seen (Snapshot.anchor):
     # an elder erased and enrolled again since is not the enrolment staff were shown

@@ -585,14 +585,20 @@ class Decider:
         return replace(decision, probe=self._probe(evidence))
 
     def _probe(self, evidence: list[Evidence]) -> np.ndarray | None:
-        """The mean of the live frames' embeddings, when most frames look live: a face that
-        may be a photo must never become a template, however sure the staff are."""
+        """The mean of the live frames' embeddings, when most frames look live and every two
+        of them are one person by the accept threshold. A face that may be a photo must never
+        become a template, however sure the staff are; nor may a track the next in the queue
+        stepped into (track continuity is looser): staff rightly confirming her would teach
+        the counter a blend that takes the stranger for her from then on."""
         live = [
             e.embedding
             for e in evidence
             if e.live >= self.policy.liveness_threshold and e.embedding is not None
         ]
         if len(live) * 2 <= len(evidence):
+            return None
+        faces = np.stack(live)
+        if not at_or_above(float((faces @ faces.T).min()), self.policy.accept_threshold):
             return None
         return _unit_mean(live)
 

@@ -268,7 +268,8 @@ class FaceConfirm:
         if probe is None:
             raise RequestError(
                 f"{elder} is taken as settled, but nothing learned: the face did not look live "
-                "on most frames; enrol photos (face.enrol) instead"
+                "on most frames, or the frames showed more than one person; enrol photos "
+                "(face.enrol) instead"
             )
         if gallery is None:
             raise RequestError(f"{elder} is taken as settled, but nothing learned: {unreadable}")

@@ -139,6 +139,44 @@ def test_a_face_that_does_not_resemble_the_elder_named_is_not_learned(
     assert [s.elder for s in confirmations.take_settled()] == ["E1"]  # her meal still settled
 
 
+def test_a_track_the_next_in_the_queue_stepped_into_settles_her_and_teaches_nothing(
+    vision_cfg: VisionSection, tmp_path: Path
+) -> None:
+    """She scores 0.50 against an old photo (not sure yet) and steps aside; the next in the
+    queue steps up within the track gap and scores 0.35 against her, enough for the looser
+    track continuity. Staff rightly confirm her, but the mean of the track is a blend of the
+    two that passed the resemblance check and, once learned, accepted the stranger as her."""
+    gallery = Gallery.configured(vision_cfg, tmp_path, create=True)
+    q, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((128, 3)))
+    photo, x, y = (q[:, i].astype(np.float32) for i in range(3))
+    gallery.add("E1", [photo])
+    gallery.reload()
+    her = (0.5 * photo + np.sqrt(1 - 0.25) * x).astype(np.float32)
+    stranger = (0.3 * photo + 0.231 * x + np.sqrt(1 - 0.3**2 - 0.231**2) * y).astype(np.float32)
+    assert float(stranger @ her) == pytest.approx(0.35, abs=1e-3)
+    rules = vision_cfg.decision
+    decider = Decider(Policy.from_config(rules))
+    decisions = []
+    for i in range(45):
+        face, t = (her, i / FPS) if i < 15 else (stranger, i / FPS + 0.4)
+        decisions += decider.observe(Observation(t, "face", face, gallery.search(face), 0.95))
+    (unsure,) = decisions
+    assert unsure.outcome is Outcome.UNCERTAIN
+    assert [e for e, _ in unsure.candidates] == ["E1"]
+    confirmations = Confirmations(rules.confirm_within_s)
+    confirmations.hold(
+        "d-1", unsure.probe, unsure.candidates, {"E1": gallery.snapshot.anchor("E1")}
+    )
+    confirm = FaceConfirm(vision_cfg, GalleryFile(vision_cfg, tmp_path), confirmations)
+
+    with pytest.raises(RequestError, match="the frames showed more than one person"):
+        confirm({"event_id": "d-1", "elder_id": "E1"})
+    assert [s.elder for s in confirmations.take_settled()] == ["E1"]  # her meal is settled
+    gallery.refresh_if_changed()
+    assert gallery.learned() == []
+    assert gallery.search(stranger).top_score < rules.candidate_threshold
+
+
 def test_a_face_like_only_a_learned_face_is_not_learned(
     vision_cfg: VisionSection, tmp_path: Path
 ) -> None:

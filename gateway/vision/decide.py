@@ -282,12 +282,14 @@ class Decider:
     def forget(self, gone: Collection[str]) -> None:
         """Elders erased from the gallery: the open track's frames seen before no longer name
         them, so a decision made after the reload (an uncertain one lists the candidates of
-        all the track's frames) does not name her either; the faces served as them go."""
+        all the track's frames) does not name her either; the faces served as them and their
+        cooldowns go (an id enrolled again is somebody new, not one who just ate)."""
         track = self.track
         if track is not None and gone:
             track.evidence = [without(e, gone) for e in track.evidence]
         for elder in gone:
             self._served.pop(elder, None)
+            self._accepted_at.pop(elder, None)
 
     def cooldowns(self, t: float) -> dict[str, float]:
         """Elder -> seconds since last seen, for those still in cooldown at ``t``."""

@@ -433,6 +433,11 @@ class VisionService:
         unknown = sorted({e for _, e in listed if e is not None and e not in known})
         if unknown and not self._late.add(unknown, self.store.steady_ms()):
             return False  # not in its file: the gallery keeps them listed for a restart
+        again = sorted({e for _, e in listed if e is not None and e in known})
+        if again and self.pipeline is not None:
+            # erased and enrolled again between two reloads: never seen gone, so what the
+            # counter holds of the one erased (face, cooldown, frames) goes now
+            self.pipeline.decider.forget(again)
         # one that does not open (another key) stays for the key it was sealed with
         self.gallery.taken_in(token for token, elder in listed if elder is not None)
         return True

@@ -502,6 +502,18 @@ def test_a_cooldown_another_process_rewrote_from_an_older_read_is_written_again(
     assert list(json.loads(cooling.read_text())) == ["elder-7"]
 
 
+def _accepted_then_erased(counter: VisionSection, store: Store) -> tuple[VisionService, Path]:
+    """Elder-7 accepted by a counter whose replay has ended, then erased by another process
+    (the CLI, the platform's request): the counter, and its cooldown file."""
+    data_dir = store.path.parent
+    service = VisionService(counter, data_dir, store, realtime=False)
+    _run(service)
+    cooling = data_dir / cooldown.FILE
+    assert list(json.loads(cooling.read_text())) == ["elder-7"]
+    erase_elder(counter, data_dir, "elder-7", Journal(store.path, store.key_path))
+    return service, cooling
+
+
 def test_an_erasure_by_another_process_is_not_undone_by_the_counters_next_save(
     counter: VisionSection, store: Store
 ) -> None:
@@ -509,15 +521,25 @@ def test_an_erasure_by_another_process_is_not_undone_by_the_counters_next_save(
     file. The counter saw the file change and wrote it again from memory, her included, until
     its next gallery reload: as long as refresh_s (up to an hour), and for good if the
     gateway died meanwhile."""
-    data_dir, cfg = store.path.parent, counter
-    service = VisionService(cfg, data_dir, store, realtime=False)
-    _run(service)
-    cooling = data_dir / cooldown.FILE
-    assert list(json.loads(cooling.read_text())) == ["elder-7"]
-    erase_elder(cfg, data_dir, "elder-7", Journal(store.path, store.key_path))
+    service, cooling = _accepted_then_erased(counter, store)
     assert json.loads(cooling.read_text()) == {}
     service._save_cooldown()  # the counter's next turn, before its next reload
     assert json.loads(cooling.read_text()) == {}
+
+
+def test_an_id_erased_and_enrolled_again_before_the_next_reload_is_somebody_new(
+    counter: VisionSection, store: Store, analyzer: Analyzer, faces_dir: Path
+) -> None:
+    """face.remove, then face.enrol of the same id for the right person (a mix-up put
+    right), both within one gallery reload: the counter never saw her go, kept the erased
+    one's cooldown and wrote it back, so the new elder got no decision for hours."""
+    service, cooling = _accepted_then_erased(counter, store)
+    gallery = Gallery.configured(counter, store.path.parent)
+    photos = [faces_dir / "deepface" / "img17.jpg"]  # not the person erased
+    assert enrol(gallery, analyzer, "elder-7", photos, rules=counter.decision).status == "enrolled"
+    service._save_cooldown()  # the counter's next turn: the file changed, so it reloads
+    assert json.loads(cooling.read_text()) == {}
+    assert service.pipeline is not None and service.pipeline.decider.cooldowns(0.0) == {}
 
 
 def test_an_elder_who_lingered_past_her_acceptance_is_still_in_cooldown_after_a_restart(

@@ -298,7 +298,8 @@ class MqttSection(Strict):
         ge=0.2,
         le=3600,
         description="Longest reconnect delay while a P0 alarm waits to be delivered (never "
-        "longer than reconnect_max_s); a new alarm cuts a longer wait short.",
+        "longer than reconnect_max_s); a new alarm cuts a longer wait short. Also the longest "
+        "an alarm type the broker refused is held back before it is tried again.",
     )
     alarm_ack_timeout_s: float = Field(
         5.0,

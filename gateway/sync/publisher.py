@@ -417,14 +417,20 @@ class Publisher:
         growing delay, while everything else goes on past it. A broker's ACL is per topic,
         that is per event type; holding back the whole lane, or the message alone, would let
         one refused alarm type stop the other alarms, or be sent first after every reconnect
-        (a broker may close the connection after a refusal). ``key``: what is held back, the
-        message's event type unless told otherwise."""
+        (a broker may close the connection after a refusal). An alarm type waits at most
+        ``alarm_reconnect_max_s``. ``key``: what is held back, the message's event type unless
+        told otherwise."""
         self.rejected += len(flight.events)
         lane = flight.lane
         etype = flight.events[0].type  # a message holds events of one type
         key = etype if key is None else key
         refusals = self._refusals[key] = self._refusals.get(key, 0) + 1
-        delay = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** min(refusals, 10))
+        longest = self.cfg.reconnect_max_s
+        if lane is Lane.P0:
+            # as a reconnect while an alarm waits: a path that flapped twice as an SOS left
+            # looks like a broker closing over it, and a new SOS must not sit out a minute
+            longest = min(longest, self.cfg.alarm_reconnect_max_s)
+        delay = min(longest, self.cfg.reconnect_min_s * 2 ** min(refusals, 10))
         first = min(e.seq for e in flight.events)
         held = self._held.get(key)
         if held is not None:

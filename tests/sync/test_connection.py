@@ -288,6 +288,34 @@ def test_a_refused_alarm_type_does_not_hold_up_the_alarms_records_and_sightings_
         broker.stop()
 
 
+def test_a_refused_alarm_type_is_tried_again_within_the_alarm_reconnect_bound(
+    tmp_path: Path,
+) -> None:
+    """A path that flaps twice while an SOS waits for its PUBACK looks like a broker closing
+    the connection over it, and the type is held back like a refused one: held for up to
+    reconnect_max_s, a new SOS on a healthy link waited a minute. It waits as an alarm waits
+    for a reconnect, alarm_reconnect_max_s at most (each try here is refused: 0x87)."""
+    broker = acl_broker(tmp_path, ["event/gateway.started", "event/gateway.stopped"])
+    try:
+        mqtt = {
+            "username": "gw",
+            "password": "secret-gw",
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 60,
+            "alarm_reconnect_max_s": 0.3,
+        }
+        with running(config(tmp_path / "var", broker.port, mqtt=mqtt)) as gw:
+            assert gw.sync is not None
+            publisher = gw.sync.publisher
+            gw.store.record(Event(ALARM, {"n": "refused"}))
+            # held 0.2, 0.3, 0.3 ... s: ten tries in seconds; held up to a minute, ten
+            # tries took 0.2 + 0.4 + ... + 51.2 s
+            eventually(lambda: publisher.rejected >= 10, timeout=20)
+            assert gw.store.usage[Lane.P0].count == 1
+    finally:
+        broker.stop()
+
+
 def test_a_broker_that_closes_the_connection_over_an_alarm_type_without_a_puback(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:

@@ -492,6 +492,8 @@ class Store:
             before = meta.get("wall_offset_ms")
             self._offset_before = None if before is None else int(before)
             self._offset_saved = self._offset_before
+            # saved with it since it was saved at all; a journal from before, at the stop
+            self._off_before = int(meta.get("wall_offset_steady_ms", self._steady_base))
             self._mono_at_open = self._clock.monotonic_ms()
             self.session = int(meta.get("session", 0)) + 1
             with conn:
@@ -580,10 +582,11 @@ class Store:
     def _mark_clean(self, conn: sqlite3.Connection) -> None:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            self._set_meta(conn, clean_stop=1, steady_ms=self.steady_ms())
+            steady = self.steady_ms()
+            self._set_meta(conn, clean_stop=1, steady_ms=steady)
             offset = self._wall_offset()
             if offset is not None:
-                self._set_meta(conn, wall_offset_ms=offset)
+                self._set_meta(conn, wall_offset_ms=offset, wall_offset_steady_ms=steady)
             self._bump_counters(conn, dict(self._unsaved))
         self._unsaved = Counter()  # saved: the store started again must not add them twice
 
@@ -655,9 +658,14 @@ class Store:
         return self._sync.synced
 
     @property
-    def session_started_ms(self) -> int:
-        """The running time at which this session began: what is older is from before it."""
-        return self._steady_base
+    def off_before_ms(self) -> int:
+        """What was stamped before this running time was followed by the time off
+        (``time_off_ms``): the running time of the last save while the clock was synchronised
+        in an earlier session, normally this session's start. What a later session stamped
+        with its clock never synchronised (the router down) is not: its own time off is not
+        known, and the whole gap since that save would make an elder settled a minute before
+        a restart look settled hours ago."""
+        return self._off_before
 
     def time_off_ms(self) -> int:
         """How long the gateway was off before this session, as far as synchronised clocks
@@ -731,13 +739,13 @@ class Store:
     def recent(self, event_type: str, within_ms: int) -> list[tuple[int, dict[str, Any]]]:
         """(age, data) of the events of one type recorded in the last ``within_ms``, newest
         first: what a stage must remember across a restart (an elder settled a minute ago).
-        The age is in running time, and for an event of an earlier session the time the
-        gateway was off since (``time_off_ms``). Reads back from the newest event and stops
+        The age is in running time, and for an event stamped before ``off_before_ms`` the
+        time the gateway was off since (``time_off_ms``). Reads back from the newest event and stops
         at the first older one in running time, so the journal's length does not matter; a
         journal that cannot be read gives nothing, logged; an event that cannot be read is
         passed over, logged, and the older ones are still read (one damaged row must not
         hide an elder settled before it)."""
-        now, off, started = self.steady_ms(), self.time_off_ms(), self._steady_base
+        now, off, before = self.steady_ms(), self.time_off_ms(), self._off_before
         out: list[tuple[int, dict[str, Any]]] = []
         cipher = self.cipher
         if cipher is None:
@@ -755,7 +763,7 @@ class Store:
             for steady, etype, event_id, data in rows:
                 if now - steady > within_ms:
                     break
-                age = max(0, now - steady) + (off if steady < started else 0)
+                age = max(0, now - steady) + (off if steady < before else 0)
                 if etype != event_type or age > within_ms:
                     continue
                 try:
@@ -1091,7 +1099,7 @@ class Store:
             if writes:
                 self._set_meta(conn, next_seq=self._next_seq, steady_ms=steady)
                 if offset is not None:
-                    self._set_meta(conn, wall_offset_ms=offset)
+                    self._set_meta(conn, wall_offset_ms=offset, wall_offset_steady_ms=steady)
                 self._bump_counters(conn, dict(counters))
             conn.execute("COMMIT")
         except Exception as exc:

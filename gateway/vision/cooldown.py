@@ -85,12 +85,12 @@ def _read(path: Path) -> dict[str, object] | None:
 
 
 def load(
-    path: Path, now_ms: int, within_ms: int, off_ms: int = 0, session_ms: int = 0
+    path: Path, now_ms: int, within_ms: int, off_ms: int = 0, off_before_ms: int = 0
 ) -> list[tuple[str, float]]:
     """(elder, seconds since last seen) for those seen within ``within_ms``: by running time,
     plus ``off_ms`` (the time the gateway was off before this session, ``Store.time_off_ms``)
-    for those seen before this session began (``session_ms``, in running time): a face stage
-    started again within a session adds nothing. A running time ahead of ``now_ms`` counts as
+    for those seen before ``off_before_ms`` (running time, ``Store.off_before_ms``): a face
+    stage started again within a session adds nothing. A running time ahead of ``now_ms`` counts as
     just now: after a crash the store's running time resumes from its last commit, which may
     be before the last save."""
     _remove_leftovers(path)
@@ -103,7 +103,7 @@ def load(
     for elder, value in entries.items():
         if not _is_time(value):
             continue
-        age = max(0, now_ms - value) + (off_ms if value < session_ms else 0)
+        age = max(0, now_ms - value) + (off_ms if value < off_before_ms else 0)
         if age <= within_ms:
             out.append((elder, age / 1000))
     return out

@@ -159,7 +159,7 @@ class VisionService:
                 store.steady_ms(),
                 within_ms,
                 off_ms=self._time_off_ms,
-                session_ms=store.session_started_ms,
+                off_before_ms=store.off_before_ms,
             )
             self.pipeline.remember(accepted + seen)
             self._late = LateErasures(
@@ -369,7 +369,7 @@ class VisionService:
         if self.store is not None and self._time_off_ms:
             # seen before this session: her age held the time switched off, which the next
             # start adds again; saved as it was, or a start within the session adds it twice
-            started, off = self.store.session_started_ms, self._time_off_ms
+            started, off = self.store.off_before_ms, self._time_off_ms
             seen = {e: ms + off if ms + off < started else ms for e, ms in seen.items()}
         saved = self._cooldown_saved
         if (

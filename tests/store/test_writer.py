@@ -953,3 +953,42 @@ def test_a_clock_stepped_while_running_is_no_time_switched_off(
         assert [age for age, _ in again.recent(MEAL.name, 60_000)] == [1_000, 2_000]
     finally:
         again.stop()
+
+
+def test_the_night_is_not_added_to_what_a_session_never_synchronised_stamped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Yesterday synchronised; this morning the router was down all along and the clock never
+    set; a restart at lunch with the network back. The gap the clocks prove holds the night
+    and the morning's running: added to the morning's events too, an elder settled 90 s
+    before the restart looked settled 15 hours ago (and was settled again). Only what was
+    stamped before the last synchronised save gets it."""
+    clock = ManualClock()
+    section = StoreSection.model_validate({"housekeeping_interval_s": 3600})
+
+    def session(synced: bool) -> Store:
+        monkeypatch.setattr(clock_module, "probe", lambda _source: synced)
+        store = Store(section, tmp_path / "g.db", clock, ClockSync("kernel", 3600))
+        store.start()
+        return store
+
+    yesterday = session(True)
+    yesterday.record(Event(MEAL, {"elder": "E2"}))
+    clock.advance(5_000)
+    yesterday.stop()
+    clock.step_wall(15 * 3_600_000)  # the night switched off
+    morning = session(False)
+    clock.advance(4 * 3_600_000)
+    morning.record(Event(MEAL, {"elder": "E1"}))
+    clock.advance(60_000)
+    morning.stop()
+    clock.step_wall(30_000)  # restarted 30 s later
+    lunch = session(True)
+    try:
+        assert lunch.time_off_ms() == 15 * 3_600_000 + 30_000
+        assert [(age, d["elder"]) for age, d in lunch.recent(MEAL.name, 20 * 3_600_000)] == [
+            (60_000, "E1"),
+            (4 * 3_600_000 + 65_000 + 15 * 3_600_000 + 30_000, "E2"),
+        ]
+    finally:
+        lunch.stop()

@@ -193,10 +193,10 @@ def test_time_switched_off_counts_for_those_seen_before_this_session(tmp_path: P
     cooldown.save(path, {"E1": 95_000, "E2": 99_000})
     twelve_hours, night = 12 * 3_600_000, 15 * 3_600_000
     assert cooldown.load(path, 100_000, twelve_hours) == [("E1", 5.0), ("E2", 1.0)]
-    assert cooldown.load(path, 100_000, twelve_hours, off_ms=night, session_ms=98_000) == [
+    assert cooldown.load(path, 100_000, twelve_hours, off_ms=night, off_before_ms=98_000) == [
         ("E2", 1.0)
     ]
-    assert cooldown.load(path, 100_000, twelve_hours, off_ms=night, session_ms=90_000) == [
+    assert cooldown.load(path, 100_000, twelve_hours, off_ms=night, off_before_ms=90_000) == [
         ("E1", 5.0),
         ("E2", 1.0),
     ]

@@ -32,7 +32,7 @@ from gateway.logs import RateLimitedLog
 from gateway.store import DomainWrite, StorageFull, Store, StoreClosed, Withdrawn
 from gateway.store.cipher import EventCipher, Undecryptable, answer_key
 from gateway.store.db import connect, overwriting
-from gateway.sync.mqtt import Message
+from gateway.sync.mqtt import Done, Message, nothing_to_ack
 from gateway.sync.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class _Incoming:
     payload: bytes
     size: int
     cost: int
+    done: Done
 
 
 class Downlink:
@@ -161,10 +162,10 @@ class Downlink:
 
     def link_up(self) -> None:
         """A connection is up: the answers made while there was none go out now. The broker
-        had its PUBACK for each request and will not hand it over again, so an answer dropped
-        for want of a connection would leave the sender waiting for ever. The requests it
-        keeps for us while we are offline arrive right after the CONNACK, before the link is
-        ready to publish: their answers are the ones held here."""
+        had its PUBACK for each request once answered and will not hand it over again, so an
+        answer dropped for want of a connection would leave the sender waiting for ever. The
+        requests it keeps for us while we are offline arrive right after the CONNACK, before
+        the link is ready to publish: their answers are the ones held here."""
         with self._send_lock:
             while self._held:
                 if not self._send(self._held[0]):
@@ -179,33 +180,43 @@ class Downlink:
     def operations(self) -> list[str]:
         return sorted(self._ops)
 
-    def received(self, topic: str, payload: bytes, retained: bool = False) -> None:
+    def received(
+        self, topic: str, payload: bytes, retained: bool = False, done: Done = nothing_to_ack
+    ) -> None:
         """Called on paho's thread: queue and return. Requests may carry photos, so a burst
         (the broker hands over a day's requests at reconnect) must not fill the memory: an
         oversized payload is not kept while it waits, and past ``waiting_max_bytes`` the
         sender is told to send again later. paho's thread is never held up: it also carries
         the alarms. A retained request is refused: the broker hands it over again at every
-        subscription, and once its transaction has been forgotten it would be applied again."""
+        subscription, and once its transaction has been forgotten it would be applied again.
+        ``done`` is called once the request is answered or refused, not before: the broker
+        hands over again one the gateway was killed holding."""
         size = len(payload)
         kept = payload if size <= self.cfg.max_payload_bytes else b""
-        if retained and not payload:
-            return  # the sender clearing a retained request, as its refusal asked: not one
-        if retained:
-            self._refuse(topic, kept, "retained", RETAINED)
-            return
         cost = len(kept) + len(topic) + QUEUED_OVERHEAD
-        with self._waiting_lock:
-            stopping = self._stopping
-            waiting = self._waiting
-            admit = waiting == 0 or self._waiting_bytes + cost <= self.cfg.waiting_max_bytes
-            if admit and not stopping:
-                self._waiting += 1
-                self._waiting_bytes += cost
-                self._queue.put(_Incoming(topic, kept, size, cost))
-        if stopping:
-            self._refuse(topic, kept, "stopping", STOPPING)
-        elif not admit:
-            self._busy(topic, kept, waiting)
+        queued = False
+        try:
+            if retained and not payload:
+                return  # the sender clearing a retained request, as its refusal asked: not one
+            if retained:
+                self._refuse(topic, kept, "retained", RETAINED)
+                return
+            with self._waiting_lock:
+                stopping = self._stopping
+                waiting = self._waiting
+                admit = waiting == 0 or self._waiting_bytes + cost <= self.cfg.waiting_max_bytes
+                if admit and not stopping:
+                    self._waiting += 1
+                    self._waiting_bytes += cost
+                    self._queue.put(_Incoming(topic, kept, size, cost, done))
+                    queued = True
+            if stopping:
+                self._refuse(topic, kept, "stopping", STOPPING)
+            elif not admit:
+                self._busy(topic, kept, waiting)
+        finally:
+            if not queued:
+                done()
 
     def _busy(self, topic: str, payload: bytes, waiting: int) -> None:
         self._refuse(topic, payload, "busy", f"busy: {waiting} requests waiting, send again")
@@ -289,6 +300,7 @@ class Downlink:
         with self._waiting_lock:
             self._waiting -= 1
             self._waiting_bytes -= item.cost
+        item.done()
 
     def _answer_failure(self, topic: str) -> None:
         """The last resort: the sender hears that its request failed. Whether it was applied

@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -79,6 +80,56 @@ class MessageTooLarge(Exception):
         )
 
 
+Done = Callable[[], None]
+
+
+def nothing_to_ack() -> None:
+    """A message that needs no acknowledgement (QoS 0)."""
+
+
+class _Receipt:
+    __slots__ = ("done", "mid", "qos")
+
+    def __init__(self, mid: int, qos: int) -> None:
+        self.mid, self.qos, self.done = mid, qos, False
+
+
+class _Receipts:
+    """The QoS 1 messages one connection handed over, acknowledged (PUBACK) once each is
+    done and in the order they came, as MQTT requires. Acknowledged on arrival, a request
+    the gateway was killed holding (a power cut, the OOM killer) was lost: the broker had its
+    PUBACK. Now it hands it over again at the next connection (the persistent session), and
+    one answered before is answered from its record. Done after its connection ended, the
+    acknowledgement goes nowhere: the broker hands it over again on the next."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._open: deque[_Receipt] = deque()
+
+    def take(self, mid: int, qos: int) -> Done:
+        """On paho's thread, as each message arrives: what to call once it is done."""
+        if qos == 0:
+            return nothing_to_ack
+        receipt = _Receipt(mid, qos)
+        with self._lock:
+            self._open.append(receipt)
+
+        def done() -> None:
+            with self._lock:
+                if receipt.done:
+                    return
+                receipt.done = True
+                while self._open and self._open[0].done:
+                    first = self._open.popleft()
+                    try:
+                        self._client.ack(first.mid, first.qos)
+                    except (OSError, ValueError) as exc:  # its connection is gone
+                        log.debug("mqtt: PUBACK %d not sent: %s", first.mid, exc)
+
+        return done
+
+
 class LinkListener(Protocol):
     """What the link reports. Called from paho's thread or the link's: must be quick."""
 
@@ -88,7 +139,12 @@ class LinkListener(Protocol):
 
     def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None: ...
 
-    def received(self, topic: str, payload: bytes, retained: bool = False) -> None: ...
+    def received(
+        self, topic: str, payload: bytes, retained: bool = False, done: Done = nothing_to_ack
+    ) -> None:
+        """``done``: to be called once the message is taken care of (its answer recorded, or
+        it is refused), whether that is now or later, on any thread; the broker is sent its
+        PUBACK then."""
 
 
 def _properties(packet_type: int) -> Properties:
@@ -507,7 +563,9 @@ class MqttLink:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else not persistent,
             reconnect_on_failure=False,
+            manual_ack=True,
         )
+        receipts = _Receipts(client)
         # paho's own 5 s would bound the TCP connection and the TLS handshake whatever the
         # installer set: on a slow mobile link the handshake alone can take longer
         client.connect_timeout = self.cfg.connect_timeout_s
@@ -577,11 +635,13 @@ class MqttLink:
                 # a broker that does not check topics passed on one that is not UTF-8: it is
                 # handed on readable, to be refused and counted as a topic that is not ours
                 topic = exc.object.decode("utf-8", "replace")
+            done = receipts.take(message.mid, message.qos)
             try:
                 self._listener.received(
-                    topic, bytes(message.payload), retained=bool(message.retain)
+                    topic, bytes(message.payload), retained=bool(message.retain), done=done
                 )
             except Exception:
+                done()  # never handed over again: it would fail the same way
                 log.exception("downlink handler failed")
 
         client.on_connect = on_connect

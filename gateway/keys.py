@@ -94,15 +94,24 @@ def derive(master: bytes, purpose: str) -> bytes:
 
 
 def emptied_beside_key(data: Path, key: Path, *, created_within_s: float) -> float | None:
-    """The key's age in seconds if ``data`` is a file of zero bytes beside a key older than
-    ``created_within_s``: the file was emptied (a bad copy or restore, a full disk, fsck), and
-    opened as it is it would become a new, empty file under the old key without a word. A file
-    is empty only while it is created, when its key is at most ``created_within_s`` old or not
-    made yet. None otherwise. A key dated ahead of the clock (a Pi without RTC set back by a
-    power cut) is as old as that distance: not one just made."""
+    """The key's age in seconds if ``data`` is a file of zero bytes, or no file, beside a key
+    older than ``created_within_s``: the file was emptied or lost (a bad copy or restore, a
+    full disk, fsck moving it to lost+found), and opened as it is it would become a new, empty
+    file under the old key without a word. A file is empty or missing only while it is
+    created, when its key is at most ``created_within_s`` old or not made yet. None otherwise.
+    A key dated ahead of the clock (a Pi without RTC set back by a power cut) is as old as
+    that distance: not one just made."""
+    try:
+        made = key.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(made.st_mode):
+        return None  # no key: what is wrong with it is said when it is read
+    key_age = abs(time.time() - made.st_mtime)
     try:
         empty = data.stat().st_size == 0
-        key_age = abs(time.time() - key.stat().st_mtime)
+    except FileNotFoundError:
+        empty = True
     except OSError:
         return None
     return key_age if empty and key_age > created_within_s else None

@@ -56,13 +56,13 @@ class StoreError(Exception):
     """A store that must not be used; the message says what to do."""
 
 
-def _damaged(path: Path, detail: str) -> StoreError:
+def _damaged(path: Path, key: Path, detail: str) -> StoreError:
     return StoreError(
         f"database {path} is damaged or not a gateway database ({detail}). It may hold "
         "undelivered events, so the gateway will not replace it. Stop the gateway, move the file "
-        f"aside together with {path.name}-wal and {path.name}-shm (keep them: "
-        f"'sqlite3 {path} .recover' can often rescue the rows), then start again with an "
-        "empty store."
+        f"aside together with {path.name}-wal, {path.name}-shm and its key {key} (keep them "
+        f"together: 'sqlite3 {path} .recover' can often rescue the rows, which only that key "
+        "opens), then start again with an empty store."
     )
 
 
@@ -244,13 +244,15 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
         raise StoreError(f"database {path} {exc.strerror}") from None
     key_age = emptied_beside_key(path, key, created_within_s=0.0)
     if key_age is not None:
+        gone = not path.exists()
         raise StoreError(
-            f"database {path} is empty, but its key {key} is there (made "
-            f"{key_age / 86400:.1f} days ago): the file was emptied (a bad copy or restore, a "
-            "full disk), and the events it held are gone from it. The gateway will not start "
-            "it anew, which would number events from 1 again. Restore it from a backup; or, "
-            f"to start with an empty store, stop the gateway and move both {path.name} and "
-            f"{key} aside"
+            f"database {path} is {'missing' if gone else 'empty'}, but its key {key} is there "
+            f"(made {key_age / 86400:.1f} days ago): the file was "
+            f"{'lost (fsck moves such files to lost+found, ' if gone else 'emptied ('}"
+            "a bad copy or restore, a full disk), and the events it held are gone with it. The "
+            "gateway will not start it anew, which would number events from 1 again. Restore "
+            f"it from a backup; or, to start with an empty store, stop the gateway and move "
+            f"{key} aside, and {path.name} with its -wal file where they are there"
         )
     if path.exists() and path.stat().st_size > 0:
         try:
@@ -259,7 +261,7 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
         except OSError as exc:
             raise StoreError(f"cannot read database {path}: {exc.strerror}") from None
         if head != SQLITE_MAGIC:
-            raise _damaged(path, "no SQLite header")
+            raise _damaged(path, key, "no SQLite header")
         for part in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
             narrow_private(part)  # elder ids, decisions, nurse-call texts
     elif path.exists() and not os.access(path, os.W_OK):
@@ -275,7 +277,7 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
         if check:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
-                raise _damaged(path, f"quick_check: {result}")
+                raise _damaged(path, key, f"quick_check: {result}")
         repage(conn, path)
         migrate(sqlite_utils.Database(conn))
     except BaseException as exc:
@@ -287,7 +289,7 @@ def open_database(path: Path, *, key: Path, synchronous: str, check: bool) -> sq
         if held is not None:
             raise held from None
         if isinstance(exc, sqlite3.DatabaseError) and not disk_full(exc):
-            raise _damaged(path, str(exc)) from None
+            raise _damaged(path, key, str(exc)) from None
         raise  # no room to open it in (the caller's to handle) says nothing about the file
     return conn
 

@@ -122,10 +122,35 @@ def test_a_database_emptied_beside_its_key_is_refused_not_started_anew(
         make_store(path)
     message = str(err.value)
     assert f"database {path} is empty, but its key {key} is there" in message
-    assert "Restore it from a backup" in message and "move both g.db and" in message
+    assert "Restore it from a backup" in message and f"move {key} aside, and g.db" in message
     assert path.read_bytes() == b""
     for moved in (path, key):  # what the message says to do to start empty
         moved.rename(moved.with_name(moved.name + ".emptied"))
+    assert make_store(path).session == 1
+
+
+@pytest.mark.parametrize("wal_left", [False, True])
+def test_a_database_lost_from_beside_its_key_is_refused_not_started_anew(
+    make_store: StoreFactory, tmp_path: Path, wal_left: bool
+) -> None:
+    """fsck moved it to lost+found, or a restore missed it (its -wal perhaps left, holding the
+    last events): started anew, the alarms it held were gone without a word, seq began at 1
+    again and the platform's record said the last stop was clean."""
+    path, key = tmp_path / "g.db", tmp_path / "g.db.key"
+    store = make_store(path)
+    store.record(Event(SOS, {"band": "A1"}))
+    store.stop()
+    path.rename(tmp_path / "lost+found")
+    if wal_left:
+        (tmp_path / "g.db-wal").write_bytes(b"pages")
+    with pytest.raises(StoreError) as err:
+        make_store(path)
+    message = str(err.value)
+    assert f"database {path} is missing, but its key {key} is there" in message
+    assert "lost+found" in message and "Restore it from a backup" in message
+    assert not path.exists()
+    key.rename(tmp_path / "g.db.key.lost")  # what the message says to do to start empty
+    (tmp_path / "g.db-wal").unlink(missing_ok=True)
     assert make_store(path).session == 1
 
 
@@ -166,7 +191,8 @@ def test_a_new_install_and_a_database_moved_aside_start(
     key = tmp_path / "g.db.key"
     made = key.stat().st_mtime - 3 * 86400
     os.utime(key, (made, made))
-    (tmp_path / "g.db").rename(tmp_path / "damaged.db")  # as the message on damage says
+    for part in ("g.db", "g.db.key"):  # as the message on damage says
+        (tmp_path / part).rename(tmp_path / f"damaged-{part}")
     assert make_store(tmp_path / "g.db").session == 1
 
 

@@ -454,6 +454,12 @@ class Store:
         self.counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
         self._take_reserve()
         self.pressure = pressured_lanes(self._bytes_by_lane(), self.quotas)
+        try:  # before any thread: a start that fails here must leave none to keep it alive
+            self._checkpoint_conn = connect(self.path, synchronous=self.cfg.synchronous)
+        except sqlite3.Error as exc:
+            conn.close()
+            self._conn = None
+            raise StoreError(f"cannot open database {self.path} a second time: {exc}") from None
         self._closed = False
         self._failed = None
         self._sync.refresh()
@@ -462,7 +468,6 @@ class Store:
         if unsealed:  # an upgrade: alarms are taken meanwhile, and old rows read as they are
             self._sealer_thread = threading.Thread(target=self._seal_old_rows, name="store-seal")
             self._sealer_thread.start()
-        self._checkpoint_conn = connect(self.path, synchronous=self.cfg.synchronous)
         self._checkpointer.start()
         self._housekeeping.start()
         self._clock_check.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import gateway.clock as clock_module
-from gateway.clock import ClockSync
+from gateway.clock import ClockSync, SystemClock
 from gateway.config import StoreSection
 from gateway.events import Event, Lane, StoredEvent
 from gateway.store import (
@@ -21,6 +21,7 @@ from gateway.store import (
     StorageFull,
     Store,
     StoreClosed,
+    StoreError,
     Withdrawn,
     db,
     read_stats,
@@ -992,3 +993,19 @@ def test_the_night_is_not_added_to_what_a_session_never_synchronised_stamped(
         ]
     finally:
         lunch.stop()
+
+
+def test_a_start_that_fails_at_its_last_step_leaves_no_thread_to_keep_the_process_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second connection (for checkpoints) failing to open (no file descriptors left)
+    left the writer thread running: the start failed, and the gateway could not exit."""
+    store = Store(StoreSection(), tmp_path / "g.db", SystemClock(), ClockSync("never", 60))
+
+    def refused(_path: Path, **_options: object) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(writer, "connect", refused)
+    with pytest.raises(StoreError, match=r"cannot open database .* a second time"):
+        store.start()
+    assert not [t for t in threading.enumerate() if t.name.startswith("store-")]

@@ -397,6 +397,13 @@ class JsonLinesSpec(Strict):
 
 class EspaSpec(Strict):
     address: str = Field("2", pattern=r"^[1-9]$", description="Our address: the paging system.")
+    master_address: str = Field(
+        "1",
+        pattern=r"^[1-9]$",
+        description="The control station's: its '<address> ENQ' comes before it selects us. "
+        "Any other station addressed on a shared line has its exchange to itself: we keep "
+        "silent and record nothing until EOT.",
+    )
     encoding: Encoding = "latin-1"
     call_types: dict[str, EventMap] = Field(default_factory=dict)
     default_call_kind: Kind | None = Field(
@@ -412,6 +419,12 @@ class EspaSpec(Strict):
     )
     response_timeout_s: float = Field(3.0, gt=0, le=60)
     silence_s: float = Field(120.0, gt=0, description="Link alarm after this much silence.")
+
+    @model_validator(mode="after")
+    def _two_addresses(self) -> EspaSpec:
+        if self.master_address == self.address:
+            raise ValueError(f"address and master_address are both {self.address!r}")
+        return self
 
 
 # ---- Contact ID lines and SIA DC-09 -------------------------------------------------------

@@ -6,7 +6,13 @@ once every call in it is committed to the store, NAK on a bad BCC, bad parity or
 failure (the master retries), and EOT ends the exchange. A commit slower than the master's
 response timeout has the master send the block again before our ACK reaches it: that resend
 is ACKed and not recorded a second time (see ``PortHandler._resent``). ``<our address> ENQ``
-without a preceding identification is a poll: we have nothing to send and answer EOT.
+without a preceding identification is a poll: we have nothing to send and answer EOT. An
+identification the response timeout passed without a selection is forgotten.
+
+On a shared line the master also addresses other stations: ``<another address> ENQ`` (not
+the master's own) is a poll or selection of that station, and what follows until EOT (its
+ACK, a block for it, a damaged one) is not ours: we keep silent and record nothing, or a page
+for station 3 would be taken for a nurse call and our ACK would collide with station 3's.
 
 A block that comes while we are not selected (a selection lost to noise, a gateway restarted
 mid-session) is recorded and answered all the same: a nurse call must never be lost, and an
@@ -67,9 +73,10 @@ class EspaSession(PortHandler):
         self.master: str | None = None
         self.block_since: float | None = None
         self.unselected = 0  # blocks that came outside a session
+        self.for_others = 0  # blocks in another station's exchange on a shared line
 
     def counters(self) -> dict[str, int]:
-        return {"unselected": self.unselected}
+        return {"unselected": self.unselected, "for_others": self.for_others}
 
     def on_data(self, data: bytes, at: float) -> None:
         super().on_data(data, at)
@@ -84,7 +91,7 @@ class EspaSession(PortHandler):
 
     def on_idle(self, at: float) -> None:
         if (
-            self.state != "neutral"
+            (self.state != "neutral" or self.master is not None)
             and self.last_rx is not None
             and at - self.last_rx >= self.spec.response_timeout_s
         ):
@@ -98,7 +105,7 @@ class EspaSession(PortHandler):
 
     def idle_due(self, at: float) -> float:
         due = super().idle_due(at)
-        if self.state != "neutral" and self.last_rx is not None:
+        if (self.state != "neutral" or self.master is not None) and self.last_rx is not None:
             due = min(due, self.spec.response_timeout_s - (at - self.last_rx))
         return due
 
@@ -115,6 +122,9 @@ class EspaSession(PortHandler):
     def _item(self, item: object, at: float | None) -> None:
         if isinstance(item, Control):
             self._control(item)
+        elif self.state == "elsewhere":  # another station's exchange: not ours to answer
+            if isinstance(item, Frame):
+                self.for_others += 1
         elif isinstance(item, Frame):
             self.recorder.stats.frames += 1
             self._block(item.data, at)
@@ -144,12 +154,17 @@ class EspaSession(PortHandler):
     def _control(self, item: Control) -> None:
         if item.kind == "eot":
             self._neutral()
-        elif item.kind == "enq" and item.address != self.spec.address:
-            self.master = item.address
-        elif item.kind == "enq" and self.master is not None:
+        elif item.kind != "enq":
+            return
+        elif item.address == self.spec.master_address:
+            self.state, self.master = "neutral", item.address
+        elif item.address != self.spec.address:
+            self.state, self.master = "elsewhere", None
+        elif self.master is not None:
             self.state = "selected"
             self._reply("ACK", bytes([ACK]))
-        elif item.kind == "enq":
+        else:
+            self.state = "neutral"
             self._reply("EOT", bytes([EOT]))
 
     def _block(self, raw: bytes, at: float | None) -> None:

@@ -445,3 +445,26 @@ def test_an_adapter_pulled_in_a_session_ends_it_with_no_reply_owed(
     health = service.health()
     assert health["replies"] == {"EOT": 1, "ACK": 3, "NAK": 0}
     assert health["rejected"] == {"truncated": 1}
+
+
+def test_another_station_on_a_shared_line_has_its_exchange_to_itself(store: Store) -> None:
+    """The master polls station 3, absent, then us: a poll, answered EOT, not a selection.
+    It selects station 3 and sends it a page: not a nurse call of ours, and our ACK would
+    collide with station 3's. An identification the master did not follow up is forgotten."""
+    s, sent = session_at(store)
+    s.on_data(b"\x043\x05", 0.0)
+    s.on_idle(4.0)
+    s.on_data(b"2\x05", 4.0)
+    assert sent == [EOT]
+    s.on_data(b"\x041\x053\x05\x06", 5.0)  # station 3 answers the selection
+    s.on_data(espa_block(CALL) + b"\x06\x04", 5.2)  # its page, its ACK, the master's EOT
+    assert sent == [EOT]
+    assert stored(store.path, "alarm.sos") == [] and s.for_others == 1
+    s.on_data(b"\x041\x05", 6.0)
+    s.on_idle(9.5)  # no selection followed
+    s.on_data(b"2\x05", 9.5)
+    assert sent == [EOT, EOT]
+    s.on_data(SELECT, 10.0)
+    s.on_data(espa_block(CALL), 10.2)
+    assert sent == [EOT, EOT, ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 1 and s.unselected == 0

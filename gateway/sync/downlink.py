@@ -85,7 +85,8 @@ class _Incoming:
     payload: bytes
     size: int
     cost: int
-    done: Done
+    copy: bytes | None  # what tells a copy of it handed over again; None: none is looked for
+    dones: list[Done]  # its own, then those of copies handed over again while it waited
 
 
 class Downlink:
@@ -122,6 +123,7 @@ class Downlink:
         self._waiting = 0  # requests received and not yet answered
         self._waiting_bytes = 0
         self._stopping = False  # under _waiting_lock: nothing is queued once it is set
+        self._holding: dict[bytes, _Incoming] = {}  # under _waiting_lock: queued or in hand
         self._send_lock = threading.Lock()
         self._held: deque[Message] = deque()  # under _send_lock: answers no connection took
         self._held_bytes = 0
@@ -138,9 +140,9 @@ class Downlink:
 
     def stop(self) -> None:
         """The request in hand is finished; those still waiting, and any that arrive from
-        now on, are answered "stopping" and not applied. The broker has had its PUBACK for
-        each of them and will not hand them over again: unanswered, they would be lost
-        without a word. Call it while the connection is still up, so the answers go out."""
+        now on, are answered "stopping" and not applied (and then acknowledged to the broker:
+        the answer tells the sender to send them again). Call it while the connection is
+        still up, so the answers go out."""
         with self._waiting_lock:
             self._stopping = True
         self._worker.stop()
@@ -181,7 +183,12 @@ class Downlink:
         return sorted(self._ops)
 
     def received(
-        self, topic: str, payload: bytes, retained: bool = False, done: Done = nothing_to_ack
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool = False,
+        done: Done = nothing_to_ack,
+        resent: bool = False,
     ) -> None:
         """Called on paho's thread: queue and return. Requests may carry photos, so a burst
         (the broker hands over a day's requests at reconnect) must not fill the memory: an
@@ -190,10 +197,16 @@ class Downlink:
         the alarms. A retained request is refused: the broker hands it over again at every
         subscription, and once its transaction has been forgotten it would be applied again.
         ``done`` is called once the request is answered or refused, not before: the broker
-        hands over again one the gateway was killed holding."""
+        hands over again one the gateway was killed holding, and at a reconnect one still
+        waiting here (``resent``). Such a copy of a request still waiting or in hand is
+        neither queued nor answered: it is done when the request is (counted as
+        ``handed_over_again``). A request sent twice by the platform is two requests."""
         size = len(payload)
         kept = payload if size <= self.cfg.max_payload_bytes else b""
         cost = len(kept) + len(topic) + QUEUED_OVERHEAD
+        copy = None
+        if kept and not retained:
+            copy = hashlib.blake2b(topic.encode() + b"\0" + kept, digest_size=16).digest()
         queued = False
         try:
             if retained and not payload:
@@ -202,13 +215,22 @@ class Downlink:
                 self._refuse(topic, kept, "retained", RETAINED)
                 return
             with self._waiting_lock:
+                original = self._holding.get(copy) if copy is not None and resent else None
+                if original is not None:
+                    original.dones.append(done)
+                    queued = True
+                    self._tally(self.counts, "handed_over_again")
+                    return
                 stopping = self._stopping
                 waiting = self._waiting
                 admit = waiting == 0 or self._waiting_bytes + cost <= self.cfg.waiting_max_bytes
                 if admit and not stopping:
                     self._waiting += 1
                     self._waiting_bytes += cost
-                    self._queue.put(_Incoming(topic, kept, size, cost, done))
+                    item = _Incoming(topic, kept, size, cost, copy, [done])
+                    if copy is not None:
+                        self._holding[copy] = item
+                    self._queue.put(item)
                     queued = True
             if stopping:
                 self._refuse(topic, kept, "stopping", STOPPING)
@@ -300,7 +322,11 @@ class Downlink:
         with self._waiting_lock:
             self._waiting -= 1
             self._waiting_bytes -= item.cost
-        item.done()
+            if item.copy is not None and self._holding.get(item.copy) is item:
+                del self._holding[item.copy]
+            dones = list(item.dones)  # a copy arriving from now on is queued afresh
+        for done in dones:
+            done()
 
     def _answer_failure(self, topic: str) -> None:
         """The last resort: the sender hears that its request failed. Whether it was applied

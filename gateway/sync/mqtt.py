@@ -94,7 +94,7 @@ class _Receipt:
         self.mid, self.qos, self.done = mid, qos, False
 
 
-class _Receipts:
+class Receipts:
     """The QoS 1 messages one connection handed over, acknowledged (PUBACK) once each is
     done and in the order they came, as MQTT requires. Acknowledged on arrival, a request
     the gateway was killed holding (a power cut, the OOM killer) was lost: the broker had its
@@ -107,12 +107,17 @@ class _Receipts:
         self._lock = threading.Lock()
         self._open: deque[_Receipt] = deque()
 
-    def take(self, mid: int, qos: int) -> Done:
-        """On paho's thread, as each message arrives: what to call once it is done."""
+    def take(self, mid: int, qos: int) -> Done | None:
+        """On paho's thread, as each message arrives: what to call once it is done. None for
+        the broker's resend of one this connection still holds (EMQX resends an unacknowledged
+        message after its ``retry_interval``, with the same packet id): it is not taken again,
+        or its second PUBACK could acknowledge a later message given the freed id."""
         if qos == 0:
             return nothing_to_ack
         receipt = _Receipt(mid, qos)
         with self._lock:
+            if any(r.mid == mid for r in self._open):
+                return None
             self._open.append(receipt)
 
         def done() -> None:
@@ -140,11 +145,16 @@ class LinkListener(Protocol):
     def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None: ...
 
     def received(
-        self, topic: str, payload: bytes, retained: bool = False, done: Done = nothing_to_ack
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool = False,
+        done: Done = nothing_to_ack,
+        resent: bool = False,
     ) -> None:
         """``done``: to be called once the message is taken care of (its answer recorded, or
         it is refused), whether that is now or later, on any thread; the broker is sent its
-        PUBACK then."""
+        PUBACK then. ``resent``: the broker sends it again (DUP), not having had its PUBACK."""
 
 
 def _properties(packet_type: int) -> Properties:
@@ -321,6 +331,7 @@ class MqttLink:
         self.last_error: str | None = None
         self.last_error_at: str | None = None
         self.listener_errors = 0
+        self.resent_held = 0  # the broker's resends of requests still held on one connection
         self.too_large = 0
         self._rate_log = RateLimitedLog(log, 30)
         self._tls: ssl.SSLContext | None = None
@@ -378,6 +389,7 @@ class MqttLink:
             "batch_cap": self._batch_caps.get(self.endpoint) if self.endpoint else None,
             "too_large": self.too_large,
             "listener_errors": self.listener_errors,
+            "resent_held": self.resent_held,
             "subscriptions_refused": list(self.subscriptions_refused),
         }
 
@@ -565,7 +577,7 @@ class MqttLink:
             reconnect_on_failure=False,
             manual_ack=True,
         )
-        receipts = _Receipts(client)
+        receipts = Receipts(client)
         # paho's own 5 s would bound the TCP connection and the TLS handshake whatever the
         # installer set: on a slow mobile link the handshake alone can take longer
         client.connect_timeout = self.cfg.connect_timeout_s
@@ -636,9 +648,16 @@ class MqttLink:
                 # handed on readable, to be refused and counted as a topic that is not ours
                 topic = exc.object.decode("utf-8", "replace")
             done = receipts.take(message.mid, message.qos)
+            if done is None:
+                self.resent_held += 1
+                return
             try:
                 self._listener.received(
-                    topic, bytes(message.payload), retained=bool(message.retain), done=done
+                    topic,
+                    bytes(message.payload),
+                    retained=bool(message.retain),
+                    done=done,
+                    resent=bool(message.dup),
                 )
             except Exception:
                 done()  # never handed over again: it would fail the same way

@@ -243,7 +243,12 @@ class Sync:
         self.publisher.puback(generation, mid, accepted, reason)
 
     def received(
-        self, topic: str, payload: bytes, retained: bool = False, done: Done = nothing_to_ack
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool = False,
+        done: Done = nothing_to_ack,
+        resent: bool = False,
     ) -> None:
         if topic == self.topics.status:
             try:
@@ -251,7 +256,7 @@ class Sync:
             finally:
                 done()
         else:
-            self.downlink.received(topic, payload, retained, done)
+            self.downlink.received(topic, payload, retained, done, resent)
 
     def _status_seen(self, payload: bytes) -> None:
         """Only named in the log and health: alarms must still go out, under either gateway."""

@@ -20,14 +20,16 @@ import gateway.sync.downlink as downlink_module
 from gateway.app import Gateway
 from gateway.clock import ClockSync, SystemClock
 from gateway.config import DownlinkSection, StoreSection
+from gateway.events import iso_utc
 from gateway.store import Receipt, Store, db, writer
 from gateway.sync import Sync
 from gateway.sync.downlink import MESSAGE_MAX, STOPPING, Downlink, Operation, Reply
-from gateway.sync.mqtt import Message
+from gateway.sync.mqtt import Message, Receipts
 from gateway.sync.topics import Topics
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running, sync_alone
-from tests.support.subscriber import Subscriber
+from tests.support.relay import Relay
+from tests.support.subscriber import Received, Subscriber
 from tests.support.wait import eventually
 
 BASE = "eldercare/site-test/gw-test"
@@ -701,8 +703,8 @@ def stop_while_held(
 
 
 def test_requests_waiting_at_stop_are_answered_not_dropped(tmp_path: Path) -> None:
-    """The broker had its PUBACK for each request as it arrived and will not hand it over
-    again: at stop the request in hand is finished, and every other one is answered."""
+    """At stop the request in hand is finished, and every other one is answered (and then
+    acknowledged to the broker): the answer tells the sender to send it again."""
     held = HeldHandler({"pong": True})
     with downlink_alone(tmp_path, held) as (downlink, sent):
         for txn in ("t-0", "t-1", "t-2"):
@@ -787,9 +789,10 @@ def answered_offline(tmp_path: Path) -> Iterator[tuple[Mosquitto, Subscriber, Sy
 def test_an_answer_made_while_the_connection_is_down_goes_out_when_it_is_back(
     tmp_path: Path,
 ) -> None:
-    """The broker had its PUBACK for the request and will not hand it over again: an answer
-    made while no connection takes it (a long enrolment outlasting the connection, or a
-    request the broker hands over right after the CONNACK) is sent on the next connection."""
+    """An answer made while no connection takes it (a long enrolment outlasting the
+    connection, or a request the broker hands over right after the CONNACK) is sent on the
+    next connection: without a persistent session, the broker would not hand the request
+    over again to be answered then."""
     with answered_offline(tmp_path) as (broker, sub, sync, held):
         broker.start()
         sub.wait_for(lambda _m: bool(sub.of_topic("/response/face.remove")))
@@ -947,3 +950,81 @@ def test_an_op_name_is_up_to_64_characters_on_this_gateway_s_request_topic() -> 
     assert topics.op_of(f"care/site-1/gw-1/request/{longest}a") is None
     assert topics.op_of("care/site-1/gw-1/request/1face.enrol") is None
     assert topics.op_of("care/site-1/gw-2/request/face.enrol") is None
+
+
+def test_requests_waiting_when_the_connection_drops_are_answered_once(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The broker hands over again, on the next connection, each request not yet answered
+    (so none is lost if the gateway dies): the copies of those still waiting here are not
+    queued a second time, answered twice, or refused "busy" for the room their originals
+    take; they are acknowledged when their originals are answered."""
+    applied: list[str] = []
+    sessions: list[int] = []
+
+    def ping(request: Mapping[str, Any]) -> Reply:
+        applied.append(request["transaction"])
+        time.sleep(0.3)
+        ts = iso_utc(time.time_ns() // 1_000_000)
+        return Reply({"pong": True, "session": sessions[0], "ts": ts, "clock_synced": False})
+
+    relay = Relay(mosquitto.port)
+    sub = Subscriber(mosquitto.port)
+    cfg = config(
+        tmp_path / "var",
+        relay.port,
+        mqtt={"session_expiry_s": 3600},
+        downlink={"waiting_max_bytes": 65_536},
+    )
+    try:
+        with sync_alone(cfg, operations=[Operation("ping", ping)]) as (store, sync):
+            sessions.append(store.session)
+            eventually(lambda: sync.link.connected)
+            connects = sync.link.connects
+            for n in (1, 2, 3):  # 20 kB each: three fill the room for requests waiting
+                request = json.dumps({"transaction": f"t-{n}"}) + " " * 20_000
+                sub.publish(f"{BASE}/request/ping", request)
+            eventually(lambda: applied == ["t-1"])
+            relay.reset()
+            eventually(lambda: sync.link.connects > connects and sync.link.connected)
+            sub.publish(f"{BASE}/request/ping", json.dumps({"transaction": "t-4"}))
+            sub.wait_for(lambda _m: "t-4" in [m.json()["transaction"] for m in _pongs(sub)])
+            answers = [(m.json()["transaction"], m.json()["status"]) for m in _pongs(sub)]
+            assert answers == [(f"t-{n}", "ok") for n in (1, 2, 3, 4)]
+            assert applied == ["t-1", "t-2", "t-3", "t-4"]
+            health = sync.downlink.health()
+            assert health["requests"]["handed_over_again"] >= 2 and health["errors"] == {}
+    finally:
+        sub.close()
+        relay.close()
+
+
+def _pongs(sub: Subscriber) -> list[Received]:
+    return sub.of_topic("/response/ping")
+
+
+def test_a_request_the_broker_sends_again_on_the_same_connection_is_taken_once() -> None:
+    """EMQX sends an unacknowledged request again after its retry interval (30 s), with the
+    same packet id, on the same connection: taken again, its second PUBACK, sent once the
+    broker had given the freed id to a new request, acknowledged that one unanswered."""
+
+    class Client:  # what the receipts use of paho's: the PUBACKs sent
+        def __init__(self) -> None:
+            self.acked: list[int] = []
+
+        def ack(self, mid: int, qos: int) -> None:
+            self.acked.append(mid)
+
+    client = Client()
+    receipts = Receipts(client)  # type: ignore[arg-type]
+    slow, quick = receipts.take(1, 1), receipts.take(2, 1)
+    assert slow is not None and quick is not None
+    assert receipts.take(1, 1) is None and receipts.take(2, 1) is None  # the broker's resends
+    quick()
+    assert client.acked == []  # in the order they came
+    slow()
+    assert client.acked == [1, 2]
+    again = receipts.take(1, 1)  # the freed id, given to a new request
+    assert again is not None and client.acked == [1, 2]
+    again()
+    assert client.acked == [1, 2, 1]

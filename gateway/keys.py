@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import secrets
 import stat
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.private import ExposedDirectory, private_dir, sync_dir, write_aside
+from gateway.private import ExposedDirectory, private_dir, sync_dir, user_name, write_aside
 
 KEY_BYTES = 32
 
@@ -75,10 +74,7 @@ def _foreign_owner(uid: int) -> str:
     """What to do about a key of another user's. Run by root (an installer's sudo), it is the
     service user's own key: removing or taking it would strand what it encrypts, so the
     advice is to run the command as that user."""
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        name = str(uid)
+    name = user_name(uid)
     if os.geteuid() == 0:
         return (
             f"{name} (uid {uid}), not root: run this command as that user "

@@ -28,6 +28,14 @@ class ExposedDirectory(OSError):
         return str(self.strerror)
 
 
+def user_name(uid: int) -> str:
+    """The user's name for messages; the number when the system has no name for it."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def private_dir(path: Path) -> None:
     """Create the directory, and each missing parent, 0700 (``mkdir(parents=True)`` would
     give the parents the umask's mode). An existing one that others may write to is refused."""

@@ -588,3 +588,20 @@ def test_a_start_killed_in_a_migration_leaves_it_to_be_done_again(
         assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == min(version, 1)
     finally:
         conn.close()
+
+
+def test_root_is_refused_a_data_directory_that_belongs_to_the_service_user(
+    tmp_path: Path,
+) -> None:
+    """An installer trying the site's config in the foreground as root: the lock, database
+    and keys it made there were root's, 0600, and the service (its own user) could no longer
+    start, restarted every few seconds with no alarm going through."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can run the gateway as root")
+    data = tmp_path / "var"
+    data.mkdir(mode=0o700)
+    os.chown(data, 65534, 65534)
+    with pytest.raises(StoreError) as err:
+        hold_exclusively(data / "gateway.db")
+    assert "belongs to nobody (uid 65534), not root: run this as that user" in str(err.value)
+    assert list(data.iterdir()) == []

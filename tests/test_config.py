@@ -544,3 +544,46 @@ def test_a_topic_prefix_with_an_empty_level_is_refused(tmp_path: Path) -> None:
             load_config(write(tmp_path, f'[mqtt]\ntopic_prefix = "{bad}"\n'))
     ok = load_config(write(tmp_path, '[mqtt]\ntopic_prefix = "city/eldercare"\n'))
     assert ok.config.mqtt.topic_prefix == "city/eldercare"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sokcet://127.0.0.1:4001", "sokcet:// is not a kind of port the gateway opens"),
+        ("socket://127.0.0.1", "socket:// needs a host and a port"),
+        ("rfc2217://:4001", "rfc2217:// needs a host and a port"),
+        ("socket://10.0.0.20:99999", "socket:// needs a host and a port"),
+        ("spy://", "spy:// needs the device after it"),
+        ("  ", "is empty"),
+    ],
+)
+def test_a_typo_in_a_serial_port_url_stops_validate_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, says: str
+) -> None:
+    """Passed, the port was reopened for ever, saying so in pyserial's words."""
+    defs = Path(__file__).resolve().parents[1] / "device_configs"
+    path = write(
+        tmp_path,
+        f'[devices]\ndefinitions_dir = "{defs}"\n[[devices.ports]]\nname = "hall"\n'
+        f'definition = "aa55-reference.toml"\nurl = "{url}"\n',
+    )
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:6: devices.ports[0].url: " in err and says in err
+
+
+def test_the_serial_port_urls_a_site_uses_are_taken(tmp_path: Path) -> None:
+    defs = Path(__file__).resolve().parents[1] / "device_configs"
+    urls = [
+        "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
+        "socket://10.0.0.20:4001",
+        "rfc2217://serial-server.local:2217",
+        "loop://",
+        "spy:///dev/ttyUSB0?file=/var/log/espa.txt",
+    ]
+    ports = "".join(
+        f'[[devices.ports]]\nname = "p{i}"\ndefinition = "aa55-reference.toml"\nurl = "{u}"\n'
+        for i, u in enumerate(urls)
+    )
+    path = write(tmp_path, f'[devices]\ndefinitions_dir = "{defs}"\n{ports}')
+    assert [p.url for p in load_config(path).config.devices.ports] == urls

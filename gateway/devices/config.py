@@ -17,6 +17,35 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from gateway.configfile import NAME_PATTERN, Strict, check_order
 
 SerialFormat = Literal["8N1", "8E1", "8O1", "8N2", "7E1", "7O1", "7E2", "7O2"]
+URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep")  # what pyserial opens
+
+
+def _serial_url(value: str) -> str:
+    """A typo here passed the check and left the port reopening for ever, with pyserial's
+    words for it ("'<=' not supported between instances of 'int' and 'NoneType'" for a
+    socket:// URL without its port)."""
+    if not value.strip():
+        raise ValueError("is empty; give the device, e.g. /dev/serial/by-id/usb-...")
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value  # a device path
+    if scheme not in URL_SCHEMES:
+        raise ValueError(
+            f"{scheme}:// is not a kind of port the gateway opens; a device path "
+            "(/dev/serial/by-id/...), socket://host:port, rfc2217://host:port, loop:// or "
+            "spy://<device path>"
+        )
+    if scheme in ("socket", "rfc2217"):
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None or port == 0:
+            raise ValueError(f"{scheme}:// needs a host and a port, e.g. {scheme}://10.0.0.20:4001")
+    elif scheme in ("spy", "alt", "hwgrep") and not rest.partition("?")[0]:
+        raise ValueError(f"{scheme}:// needs the device after it, e.g. {scheme}:///dev/ttyUSB0")
+    return value
 
 
 class PortConfig(Strict):
@@ -74,6 +103,11 @@ class PortConfig(Strict):
     @property
     def station_id(self) -> str:
         return self.station or self.name
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _serial_url(value)
 
     @model_validator(mode="after")
     def _backoff(self) -> PortConfig:

@@ -55,8 +55,9 @@ _pip() {
 ensure_venv() {
     local stamp="$VENV/.installed" want
     want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
-    if [ ! -x "$VENV/bin/python" ]; then
-        python3 -m venv "$VENV"
+    if [ ! -x "$VENV/bin/python" ] || [ ! -x "$VENV/bin/pip" ]; then
+        # no pip: a venv made without python3-venv, or one interrupted while pip went in
+        python3 -m venv --clear "$VENV"
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         echo "installing Python packages into $VENV"

@@ -16,7 +16,9 @@ from typing import Any
 from gateway import __version__
 from gateway.clock import Clock, ClockSync, SystemClock
 from gateway.config import ConfigFileError, LoadedConfig
+from gateway.configfile import Issue
 from gateway.devices.service import build_services as build_device_services
+from gateway.devices.service import load_definitions
 from gateway.events import GATEWAY_STARTED, Event
 from gateway.lifecycle import (
     Periodic,
@@ -139,12 +141,27 @@ def build(
     return gw
 
 
+def named_files(loaded: LoadedConfig) -> tuple[str | None, list[Issue]]:
+    """The MQTT password, and what is wrong with the files the config names (device
+    definitions, the password and TLS files): every problem, so that one run lists all there
+    is to fix, for ``run`` as for ``validate-config``."""
+    password, issues = None, []
+    try:
+        load_definitions(loaded.config.devices)
+    except ConfigFileError as exc:
+        issues.extend(loaded.at_its_key(exc).issues)
+    try:
+        password = check_secret_files(loaded.config.mqtt)
+    except ConfigFileError as exc:
+        issues.extend(loaded.at_its_key(exc).issues)
+    return password, issues
+
+
 def run(loaded: LoadedConfig) -> int:
     cfg = loaded.config
-    try:
-        password = check_secret_files(cfg.mqtt)
-    except ConfigFileError as exc:
-        print(f"configuration error:\n{loaded.at_its_key(exc)}", file=sys.stderr)
+    password, issues = named_files(loaded)
+    if issues:
+        print(f"configuration error:\n{ConfigFileError(issues)}", file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, [password] if password else [])
     for issue in loaded.retired:

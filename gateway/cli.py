@@ -47,8 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from gateway.devices.service import load_definitions
-    from gateway.sync.mqtt import check_secret_files
+    from gateway.app import named_files
 
     try:
         loaded = load_config(args.path)
@@ -57,15 +56,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     for issue in loaded.retired:
         print(f"warning: {issue}", file=sys.stderr)
-    issues = []  # every file the config names, so that one run lists all there is to fix
-    for check in (
-        lambda: load_definitions(loaded.config.devices),
-        lambda: check_secret_files(loaded.config.mqtt),
-    ):
-        try:
-            check()
-        except ConfigFileError as exc:
-            issues.extend(loaded.at_its_key(exc).issues)
+    _password, issues = named_files(loaded)
     if issues:
         print(ConfigFileError(issues), file=sys.stderr)
         return EXIT_CONFIG

@@ -224,6 +224,10 @@ def test_a_file_the_config_names_that_cannot_be_used_is_said_at_the_naming_key(
     ) in err
     # one run lists every file there is to fix, the password file beside the definitions
     assert f"{path}:3: mqtt.password_file: {tmp_path}/no.pw: cannot read" in err
+    assert main(["run", "--config", str(path)]) == 2  # and so does the service's command
+    err = capsys.readouterr().err
+    assert f"{path}:8: devices.ports[0].definition: {defs}/gone.toml: file not found" in err
+    assert f"{path}:3: mqtt.password_file: {tmp_path}/no.pw: cannot read" in err
     text = path.read_text().split("[devices]")[0]
     path.write_text(text)
     assert main(["validate-config", str(path)]) == 2

@@ -177,7 +177,11 @@ class DecisionSection(Strict):
         0.47, ge=-1, le=1, description="Elders scoring this or more are offered to staff."
     )
     verify_threshold: float = Field(
-        0.41, ge=-1, le=1, description="1:1 same-person threshold (FMR 1e-4), for enrolment."
+        0.41,
+        ge=-1,
+        le=1,
+        description="1:1 same-person threshold (FMR 1e-4), for enrolment, and for the frames "
+        "of a track whose face staff confirm: every two must reach it for it to be learned.",
     )
     calibrated_for_elders: int = Field(
         1000,

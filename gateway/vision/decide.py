@@ -56,16 +56,13 @@ class Policy:
     cooldown_s: float
     track_gap_s: float
     same_person: float
+    verify_threshold: float
     ambiguity_frames: int
     bridge_outage_s: float
 
     @classmethod
     def from_config(cls, section: DecisionSection) -> Policy:
-        return cls(
-            **section.model_dump(
-                exclude={"verify_threshold", "calibrated_for_elders", "confirm_within_s"}
-            )
-        )
+        return cls(**section.model_dump(exclude={"calibrated_for_elders", "confirm_within_s"}))
 
 
 # no_frame: no frame came at all (the camera lost), which says nothing of who is there
@@ -588,10 +585,11 @@ class Decider:
 
     def _probe(self, evidence: list[Evidence]) -> np.ndarray | None:
         """The mean of the live frames' embeddings, when most frames look live and every two
-        of them are one person by the accept threshold. A face that may be a photo must never
-        become a template, however sure the staff are; nor may a track the next in the queue
-        stepped into (track continuity is looser): staff rightly confirming her would teach
-        the counter a blend that takes the stranger for her from then on."""
+        of them are one person by the 1:1 threshold (``verify_threshold``, which strangers
+        pass once in 10,000). A face that may be a photo must never become a template,
+        however sure the staff are; nor may a track the next in the queue stepped into (track
+        continuity is looser): staff rightly confirming her would teach the counter a blend
+        that takes the stranger for her from then on."""
         live = [
             e.embedding
             for e in evidence
@@ -600,7 +598,7 @@ class Decider:
         if len(live) * 2 <= len(evidence):
             return None
         faces = np.stack(live)
-        if not at_or_above(float((faces @ faces.T).min()), self.policy.accept_threshold):
+        if not at_or_above(float((faces @ faces.T).min()), self.policy.verify_threshold):
             return None
         return _unit_mean(live)
 

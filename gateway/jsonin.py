@@ -49,7 +49,19 @@ def parse(text: str, unique_keys: bool = False) -> Any:
     where another reader of the same text (the sender's log, a proxy) may take the first."""
     if too_deep(text):
         raise ValueError(f"nested too deeply (over {MAX_DEPTH} levels)")
-    return json.loads(text, object_pairs_hook=_unique if unique_keys else None)
+    return json.loads(
+        text, object_pairs_hook=_unique if unique_keys else None, parse_int=_whole_number
+    )
+
+
+def _whole_number(digits: str) -> int | float:
+    """An integer of more digits than Python converts (4,300) is infinite, as a number too
+    large for a float is: the whole text was refused for it, and with it a batch of adverts
+    beside the one that had it (an SOS among them)."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -130,6 +130,20 @@ def test_eddystone_tlm_and_batches() -> None:
     assert tlm.seq == 1234 and tlm.ids["battery_mv"] == 3000 and tlm.ids["uptime_s"] == 100.0
 
 
+def test_a_number_too_long_to_read_in_one_advert_keeps_the_others_of_its_batch() -> None:
+    """An integer of more digits than Python converts refused the whole line: the presses
+    beside it were lost."""
+    press = {"mac": "C30000000021", "rssi": -61, "rawData": BTHOME_PRESS}
+    batch = [press, {**press, "mac": "C30000000022", "rssi": 12345}, press]
+    text = json.dumps(batch).replace("12345", "9" * 5000)
+    out = ble().decode(text.encode())
+    assert [(e.device, e.rssi) for e in out.events if e.kind is Kind.SOS] == [
+        ("C30000000021", -61),
+        ("C30000000022", None),
+        ("C30000000021", -61),
+    ]
+
+
 def test_bands_sending_only_eddystone_uid_or_url_frames_are_seen() -> None:
     uid = "0201061516AAFE00E7" + "00112233445566778899" + "A1B2C3D4E5F6"
     url = "020106" + f"{3 + 3 + len('care-home') + 1:02X}" + "16AAFE10E703"

@@ -64,7 +64,13 @@ def read_key(path: Path) -> bytes:
             f"{path}: key file is accessible to other users "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 on it"
         )
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except PermissionError:  # root's, 0600, and the gateway runs as its own user
+        raise KeyFileError(
+            f"{path}: key file belongs to {user_name(st.st_uid)} and cannot be read by "
+            f"{user_name(os.geteuid())}: chown it to the user the gateway runs as"
+        ) from None
     if len(data) != KEY_BYTES:
         raise KeyFileError(f"{path}: key file must hold {KEY_BYTES} bytes, found {len(data)}")
     return data

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import sqlite3
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.events import Event, Lane
+from gateway.keys import KeyFileError, create_key, read_key
 from gateway.store import StoreError, schema
 from gateway.store import cipher as cipher_module
 from gateway.store.cipher import EventCipher
@@ -176,3 +181,50 @@ def test_no_nonce_is_used_twice_when_the_counter_runs_out(
     nonces = [cipher.seal("e", "{}")[1:13] for _ in range(10)]
     assert len(set(nonces)) == 10
     assert len({n[:8] for n in nonces}) == 4  # a new random prefix after every 3
+
+
+def test_a_key_only_root_may_read_is_said_plainly_to_the_service_user() -> None:
+    """A key file made by root (0600) on a gateway running as its own user: "cannot start:
+    unexpected PermissionError" and a traceback, not what to do."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can make a key another user cannot read")
+    folder = Path(tempfile.mkdtemp(prefix="root-key-"))
+    try:
+        folder.chmod(0o755)
+        create_key(folder / "g.key")
+        said = as_nobody(lambda: _reading(folder / "g.key"))
+        assert said == (
+            f"{folder / 'g.key'}: key file belongs to root and cannot be read by nobody: "
+            "chown it to the user the gateway runs as"
+        )
+    finally:
+        shutil.rmtree(folder)
+
+
+def _reading(key: Path) -> str:
+    try:
+        read_key(key)
+    except KeyFileError as exc:
+        return str(exc)
+    return "read"
+
+
+def as_nobody(work: Callable[[], str]) -> str:
+    """What ``work`` returns, run in a child process that has become the user nobody."""
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        status = 1
+        try:
+            os.close(reading)
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(writing, work().encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as fh:
+        out = fh.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    return out

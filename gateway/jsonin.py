@@ -43,21 +43,23 @@ def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def parse(text: str, unique_keys: bool = False) -> Any:
+def parse(text: str, unique_keys: bool = False, long_ints: bool = False) -> Any:
     """``json.loads``, but ValueError for text nested deeper than MAX_DEPTH, and with
     ``unique_keys`` for an object that names a key twice: ``json.loads`` keeps the last one,
-    where another reader of the same text (the sender's log, a proxy) may take the first."""
+    where another reader of the same text (the sender's log, a proxy) may take the first.
+    ``long_ints``: an integer of more digits than Python converts (4,300) is infinite, as a
+    number too large for a float is, not a ValueError for the whole text: for a batch of
+    adverts, where it would lose the others beside the one that has it (an SOS among them)."""
     if too_deep(text):
         raise ValueError(f"nested too deeply (over {MAX_DEPTH} levels)")
     return json.loads(
-        text, object_pairs_hook=_unique if unique_keys else None, parse_int=_whole_number
+        text,
+        object_pairs_hook=_unique if unique_keys else None,
+        parse_int=_whole_number if long_ints else None,
     )
 
 
 def _whole_number(digits: str) -> int | float:
-    """An integer of more digits than Python converts (4,300) is infinite, as a number too
-    large for a float is: the whole text was refused for it, and with it a batch of adverts
-    beside the one that had it (an SOS among them)."""
     try:
         return int(digits)
     except ValueError:

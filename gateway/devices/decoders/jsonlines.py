@@ -31,7 +31,7 @@ class JsonLinesDecoder:
         except UnicodeError:  # idna and punycode raise the base class
             return rejected("bad_text", line)
         try:
-            doc = jsonin.parse(text)
+            doc = jsonin.parse(text, long_ints=True)
         except ValueError:  # not JSON, or nested deeper than any device's line
             return rejected("bad_json", line)
         items = doc if isinstance(doc, list) else [doc]

@@ -21,8 +21,9 @@ WRITING_S = 5.0  # ... and one younger than this even when its writer seems gone
 
 
 class ExposedDirectory(OSError):
-    """A directory for private files that other users may write to: they could swap the
-    gateway's files (its key, its databases) for their own."""
+    """A directory the gateway's private files must not go in: other users may write to it
+    (they could swap the gateway's key or databases for their own), or, run as root, it is
+    another user's, the service's (who could not read the files root made there, 0600)."""
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -55,6 +56,13 @@ def private_dir(path: Path) -> None:
     if mode & others:
         raise ExposedDirectory(
             0, f"{path} may be written by other users (mode {mode:04o}): run chmod 700 on it"
+        )
+    if os.geteuid() == 0 and st.st_uid != 0:
+        name = user_name(st.st_uid)
+        raise ExposedDirectory(
+            0,
+            f"{path} belongs to {name} (uid {st.st_uid}), not root: run this as that user "
+            f"(sudo -u {name} ...), as the service does",
         )
 
 

@@ -28,7 +28,6 @@ from gateway.private import (
     private_dir,
     refuse_link,
     touch_private,
-    user_name,
 )
 from gateway.store.reserve import MB, disk_full
 from gateway.store.schema import SchemaTooNew, migrate
@@ -117,15 +116,6 @@ def check_writable_dir(directory: Path) -> None:
         raise StoreError(f"data directory {exc.strerror}") from None
     except OSError as exc:
         raise StoreError(f"cannot create data directory {directory}: {exc.strerror}") from None
-    owner = directory.stat().st_uid
-    if os.geteuid() == 0 and owner != 0:
-        # root's files there (0600) would keep the service, running as its owner, from
-        # starting: the lock, the database, the keys
-        name = user_name(owner)
-        raise StoreError(
-            f"data directory {directory} belongs to {name} (uid {owner}), not root: run this as "
-            f"that user (sudo -u {name} ...), as the service does"
-        )
     try:  # a file of its own: a name known beforehand could be a link planted to any file
         fd, probe = tempfile.mkstemp(prefix=".write-test", dir=directory)
         os.close(fd)

@@ -259,6 +259,19 @@ def test_a_key_check_gone_from_a_gallery_with_templates_is_not_written_anew(
         assert conn.execute("SELECT 1 FROM meta WHERE key = 'key_check'").fetchone() is None
 
 
+def test_root_enrolling_into_the_service_users_data_directory_is_refused(tmp_path: Path) -> None:
+    """`sudo gateway enroll` made faces.db and faces.key root's, 0600, in the service's data
+    directory: the counter, running as its own user, could no longer read its gallery."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can run as root")
+    data = tmp_path / "var"
+    data.mkdir(mode=0o700)
+    os.chown(data, 65534, 65534)
+    with pytest.raises(GalleryError, match=r"belongs to nobody \(uid 65534\), not root"):
+        Gallery.open(data / "faces.db", data / "faces.key", MODEL, create=True)
+    assert list(data.iterdir()) == []
+
+
 def test_a_gallery_file_emptied_beside_an_older_key_is_an_error_not_a_new_gallery(
     gallery: Gallery, paths: tuple[Path, Path]
 ) -> None:

@@ -10,9 +10,13 @@ without a preceding identification is a poll: we have nothing to send and answer
 identification the response timeout passed without a selection is forgotten.
 
 On a shared line the master also addresses other stations: ``<another address> ENQ`` (not
-the master's own) is a poll or selection of that station, and what follows until EOT (its
-ACK, a block for it, a damaged one) is not ours: we keep silent and record nothing, or a page
-for station 3 would be taken for a nurse call and our ACK would collide with station 3's.
+the master's own) is a poll or selection of that station, and what follows until EOT or a new
+ENQ (its ACK, a block for it, a damaged one, the master's resend of it) is not ours: we keep
+silent and record nothing, or a page for station 3 would be taken for a nurse call and our
+ACK would collide with station 3's. Such an ENQ followed at once by ours, nothing between,
+is no poll of another station (which waits for its answer) but a control station that
+identifies itself with another address than ``master_address``: we are selected all the
+same, and the log says to set it.
 
 A block that comes while we are not selected (a selection lost to noise, a gateway restarted
 mid-session) is recorded and answered all the same: a nurse call must never be lost, and an
@@ -74,6 +78,8 @@ class EspaSession(PortHandler):
         self.block_since: float | None = None
         self.unselected = 0  # blocks that came outside a session
         self.for_others = 0  # blocks in another station's exchange on a shared line
+        # the other address last addressed, and when, while nothing has come since
+        self._addressed: tuple[str, float] | None = None
 
     def counters(self) -> dict[str, int]:
         return {"unselected": self.unselected, "for_others": self.for_others}
@@ -90,24 +96,28 @@ class EspaSession(PortHandler):
         return at - self.block_since
 
     def on_idle(self, at: float) -> None:
-        if (
-            (self.state != "neutral" or self.master is not None)
-            and self.last_rx is not None
-            and at - self.last_rx >= self.spec.response_timeout_s
-        ):
-            log.info(
-                "espa %s: no answer within %.1f s, back to neutral",
-                self.recorder.port,
-                self.spec.response_timeout_s,
-            )
+        wait = self._state_wait()
+        if wait is not None and self.last_rx is not None and at - self.last_rx >= wait:
+            log.info("espa %s: no answer within %.1f s, back to neutral", self.recorder.port, wait)
             self._neutral()
         super().on_idle(at)
 
     def idle_due(self, at: float) -> float:
         due = super().idle_due(at)
-        if (self.state != "neutral" or self.master is not None) and self.last_rx is not None:
-            due = min(due, self.spec.response_timeout_s - (at - self.last_rx))
+        wait = self._state_wait()
+        if wait is not None and self.last_rx is not None:
+            due = min(due, wait - (at - self.last_rx))
         return due
+
+    def _state_wait(self) -> float | None:
+        """How long the line may be quiet before the session is back to neutral: the response
+        timeout; another station's exchange the master's three resends of its block as well
+        (a slow station's ACK must not let the master's resend pass for a call of ours)."""
+        if self.state == "elsewhere":
+            return self.spec.response_timeout_s * 4
+        if self.state != "neutral" or self.master is not None:
+            return self.spec.response_timeout_s
+        return None
 
     def on_down(self, reason: str) -> None:
         """The outage ends the session: a block cut by it is owed no NAK (none could go out),
@@ -120,8 +130,9 @@ class EspaSession(PortHandler):
         self.master = None
 
     def _item(self, item: object, at: float | None) -> None:
+        addressed, self._addressed = self._addressed, None
         if isinstance(item, Control):
-            self._control(item)
+            self._control(item, addressed, self.last_rx if at is None else at)
         elif self.state == "elsewhere":  # another station's exchange: not ours to answer
             if isinstance(item, Frame):
                 self.for_others += 1
@@ -151,7 +162,10 @@ class EspaSession(PortHandler):
             self.recorder.port,
         )
 
-    def _control(self, item: Control) -> None:
+    def _control(
+        self, item: Control, addressed: tuple[str, float] | None, at: float | None
+    ) -> None:
+        """``addressed``: the other address an ENQ named just before this item, and when."""
         if item.kind == "eot":
             self._neutral()
         elif item.kind != "enq":
@@ -160,12 +174,35 @@ class EspaSession(PortHandler):
             self.state, self.master = "neutral", item.address
         elif item.address != self.spec.address:
             self.state, self.master = "elsewhere", None
+            if item.address is not None and at is not None:
+                self._addressed = (item.address, at)
+        elif self.master is None and self._identified(addressed, at):
+            assert addressed is not None
+            self.master = addressed[0]
+            _flood.warning(
+                f"{self.recorder.port}:master",
+                "espa %s: the control station identified itself as '%s', not master_address "
+                "'%s': selected all the same; set master_address = \"%s\" in the definition",
+                self.recorder.port,
+                self.master,
+                self.spec.master_address,
+                self.master,
+            )
+            self.state = "selected"
+            self._reply("ACK", bytes([ACK]))
         elif self.master is not None:
             self.state = "selected"
             self._reply("ACK", bytes([ACK]))
         else:
             self.state = "neutral"
             self._reply("EOT", bytes([EOT]))
+
+    def _identified(self, addressed: tuple[str, float] | None, at: float | None) -> bool:
+        """Our ENQ right after another address's, nothing between: that address was the
+        control station's own (a poll of another station waits for its answer)."""
+        if addressed is None or at is None:
+            return False
+        return at - addressed[1] < self.spec.response_timeout_s / 2
 
     def _block(self, raw: bytes, at: float | None) -> None:
         stats = self.recorder.stats

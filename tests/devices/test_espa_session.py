@@ -468,3 +468,32 @@ def test_another_station_on_a_shared_line_has_its_exchange_to_itself(store: Stor
     s.on_data(espa_block(CALL), 10.2)
     assert sent == [EOT, EOT, ACK, ACK]
     assert len(stored(store.path, "alarm.sos")) == 1 and s.unselected == 0
+
+
+def test_a_control_station_identifying_with_another_address_still_selects_us(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A site whose master is '3', not the usual '1': its '3 ENQ 2 ENQ' was taken for a poll
+    of station 3 and then one of us, answered EOT, and not one call got through."""
+    s, sent = session_at(store)
+    s.on_data(b"\x043\x052\x05", 0.0)
+    s.on_data(espa_block(CALL), 0.2)
+    assert sent == [ACK, ACK]
+    assert len(stored(store.path, "alarm.sos")) == 1 and s.unselected == 0
+    assert "identified itself as '3', not master_address '1'" in caplog.text
+
+
+def test_the_masters_resend_of_a_page_for_a_slow_station_is_not_taken_for_ours(
+    store: Store,
+) -> None:
+    """Station 3 takes longer than the master's response timeout to ACK its page, and the
+    master sends it again: still station 3's, not a call outside a session of ours."""
+    s, sent = session_at(store)
+    s.on_data(b"\x041\x053\x05", 0.0)
+    s.on_data(b"\x06", 0.05)
+    s.on_data(espa_block(CALL), 0.1)
+    s.on_idle(3.1)
+    s.on_data(espa_block(CALL), 3.1)
+    s.on_data(b"\x06\x04", 4.0)
+    assert sent == [] and stored(store.path, "alarm.sos") == []
+    assert (s.for_others, s.unselected, s.state) == (2, 0, "neutral")

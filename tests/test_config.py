@@ -581,6 +581,7 @@ def test_the_serial_port_urls_a_site_uses_are_taken(tmp_path: Path) -> None:
     urls = [
         "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
         "socket://10.0.0.20:4001",
+        "SOCKET://[::1]:4001",
         "rfc2217://serial-server.local:2217",
         "loop://",
         "spy:///dev/ttyUSB0?file=/var/log/espa.txt",

@@ -27,6 +27,7 @@ def _serial_url(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty; give the device, e.g. /dev/serial/by-id/usb-...")
     scheme, sep, rest = value.partition("://")
+    scheme = scheme.lower()  # as pyserial reads it
     if not sep:
         return value  # a device path
     if scheme not in URL_SCHEMES:

@@ -378,8 +378,8 @@ class Downlink:
             return repeat
         try:
             reply = self._ops[op].handler(request)
-        except RequestError as exc:
-            return self._error(op, txn, "refused", str(exc))
+        except RequestError as exc:  # may name elders: for the sender, not the log
+            return self._error(op, txn, "refused", str(exc), logged=False)
         except Exception:  # a fault of ours: the sender still gets an answer, and may retry
             log.exception("downlink: %s request failed", op)
             return self._error(op, txn, "internal", f"not applied: {INTERNAL}")
@@ -512,11 +512,16 @@ class Downlink:
 
         self._store.wait([self._store.write(apply)], self._commit_timeout_s)
 
-    def _error(self, op: str, txn: str | None, reason: str, message: str) -> dict[str, Any]:
+    def _error(
+        self, op: str, txn: str | None, reason: str, message: str, *, logged: bool = True
+    ) -> dict[str, Any]:
+        """``logged``: the message goes to the log too. Not a handler's refusal: it names the
+        elders a face resembled, and the log outlives their erasure."""
         self._tally(self.errors, reason)
         if len(message) > MESSAGE_MAX:
             message = message[: MESSAGE_MAX - 3] + "..."
-        self._rate_log.warning(reason, "downlink: %s request refused (%s): %s", op, reason, message)
+        said = message if logged else "the answer says why"
+        self._rate_log.warning(reason, "downlink: %s request refused (%s): %s", op, reason, said)
         response = {"transaction": txn, "op": op, "status": "error", "message": message}
         self._respond(op, response)
         return response

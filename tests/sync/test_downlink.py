@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 import tracemalloc
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,14 @@ from gateway.config import DownlinkSection, StoreSection
 from gateway.events import iso_utc
 from gateway.store import Receipt, Store, db, writer
 from gateway.sync import Sync
-from gateway.sync.downlink import MESSAGE_MAX, STOPPING, Downlink, Operation, Reply
+from gateway.sync.downlink import (
+    MESSAGE_MAX,
+    STOPPING,
+    Downlink,
+    Operation,
+    Reply,
+    RequestError,
+)
 from gateway.sync.mqtt import Message, Receipts
 from gateway.sync.topics import Topics
 from tests.support.broker import Mosquitto
@@ -1028,3 +1036,25 @@ def test_a_request_the_broker_sends_again_on_the_same_connection_is_taken_once()
     assert again is not None and client.acked == [1, 2]
     again()
     assert client.acked == [1, 2, 1]
+
+
+def test_a_refusal_that_names_elders_is_told_to_the_sender_not_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A confirmation naming an elder the face was not a candidate for is refused with the
+    candidates' ids: in the journal, that link of a face to elders outlived their erasure."""
+
+    def refuse(_request: Mapping[str, Any]) -> Reply:
+        raise RequestError("E-0009 was not among the decision's candidates (E-0004)")
+
+    with downlink_alone(tmp_path, refuse, op="face.confirm") as (downlink, sent):
+        reply = downlink.handle(
+            "eldercare/s/g/request/face.confirm",
+            json.dumps(
+                {"transaction": "cf-1", "event_id": str(uuid.uuid4()), "elder_id": "E-0009"}
+            ).encode(),
+        )
+    assert reply is not None and "E-0004" in reply["message"]
+    assert json.loads(sent[-1].payload)["message"] == reply["message"]
+    assert "face.confirm request refused (refused): the answer says why" in caplog.text
+    assert "E-000" not in caplog.text

@@ -480,7 +480,10 @@ class Publisher:
             lane = self._next_lane()
             if lane is None or (lane is not Lane.P0 and self._settling.is_set()):
                 return
-            if self._probing and self._inflight:
+            if self._probing and self._inflight and (lane is not Lane.P0 or self._alarms_sent):
+                # one message until the first PUBACK, so that one the broker closes over is
+                # named; but an alarm goes beside a probe of telemetry, watched as every alarm
+                # is: held back, a path dead since the probe left kept it until the keepalive
                 return
             if lane is Lane.P0:
                 if len(self._inflight) >= self.cfg.inflight_window + self.cfg.p0_reserved:

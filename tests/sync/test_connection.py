@@ -22,7 +22,7 @@ from gateway.sync.mqtt import Message, MqttLink, backoff_delay
 from tests.support.broker import Mosquitto, free_port
 from tests.support.contract import check_message
 from tests.support.deadpeer import Silent, Unanswered
-from tests.support.events import ALARM, RECORD, TELEMETRY
+from tests.support.events import ALARM, RECORD, TELEMETRY, sighting
 from tests.support.gateway import config, running, sync_alone
 from tests.support.relay import Relay
 from tests.support.subrefuser import SubscriptionRefuser
@@ -98,6 +98,42 @@ def test_an_alarm_on_a_half_open_connection_goes_out_on_a_new_one(
             assert health["uplink"]["alarm_timeouts"] == 1
             assert health["broker"]["disconnects"] == 1 and relay.accepted == 2
             assert [e["event_id"] for e in sub.events()].count(alarm.event_id) == 1
+    finally:
+        relay.close()
+        sub.close()
+
+
+def test_an_alarm_is_not_held_behind_the_probe_a_new_connection_sends_first(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A connection broke with telemetry in flight, so the next sends one message until its
+    first PUBACK; its path dies right after. The SOS recorded then waited unsent behind that
+    telemetry, unseen by the alarm watchdog, until the keepalive ended the connection."""
+    sub = Subscriber(mosquitto.port)
+    relay = Relay(mosquitto.port, delay_back_s=0.5)
+    try:
+        mqtt = {
+            "keepalive_s": 30,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+            "alarm_ack_timeout_s": 3,
+            "brokers": [f"mqtt://127.0.0.1:{relay.port}"],
+        }
+        with running(config(tmp_path / "var", None, mqtt=mqtt)) as gw:
+            assert gw.sync is not None
+            publisher, link = gw.sync.publisher, gw.sync.link
+            eventually(lambda: link.connected)
+            for i in range(2000):
+                gw.store.submit(Event(TELEMETRY, sighting(i)))
+            eventually(lambda: publisher.inflight > 0, every=0.001)
+            connects = link.connects
+            relay.reset()  # telemetry in flight: the next connection probes
+            eventually(lambda: link.connects > connects and publisher.inflight > 0, every=0.001)
+            relay.freeze()  # the probe's PUBACK, 0.5 s away, never comes
+            alarm = gw.store.record(Event(ALARM, {"n": "sos"}))
+            eventually(lambda: publisher.alarm_timeouts >= 1, timeout=20)
+            sub.wait_for(lambda _m: alarm.event_id in sub.event_ids())
+            assert link.health()["last_error"] != "Keep alive timeout"
     finally:
         relay.close()
         sub.close()

@@ -52,11 +52,15 @@ def parse(text: str, unique_keys: bool = False, long_ints: bool = False) -> Any:
     adverts, where it would lose the others beside the one that has it (an SOS among them)."""
     if too_deep(text):
         raise ValueError(f"nested too deeply (over {MAX_DEPTH} levels)")
-    return json.loads(
-        text,
-        object_pairs_hook=_unique if unique_keys else None,
-        parse_int=_whole_number if long_ints else None,
-    )
+    pairs = _unique if unique_keys else None
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # an integer too long to convert: read again, slower, only then
+        if not long_ints:
+            raise
+        return json.loads(text, object_pairs_hook=pairs, parse_int=_whole_number)
 
 
 def _whole_number(digits: str) -> int | float:

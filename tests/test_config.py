@@ -591,4 +591,8 @@ def test_the_serial_port_urls_a_site_uses_are_taken(tmp_path: Path) -> None:
         for i, u in enumerate(urls)
     )
     path = write(tmp_path, f'[devices]\ndefinitions_dir = "{defs}"\n{ports}')
-    assert [p.url for p in load_config(path).config.devices.ports] == urls
+    # the scheme as the link looks for it: a SOCKET:// port got no TCP keepalive, and a path
+    # to its serial server that died without a reset went unnoticed
+    assert [p.url for p in load_config(path).config.devices.ports] == [
+        u.replace("SOCKET://", "socket://") for u in urls
+    ]

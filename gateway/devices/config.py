@@ -27,9 +27,9 @@ def _serial_url(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty; give the device, e.g. /dev/serial/by-id/usb-...")
     scheme, sep, rest = value.partition("://")
-    scheme = scheme.lower()  # as pyserial reads it
     if not sep:
         return value  # a device path
+    scheme = scheme.lower()  # as pyserial reads it, and as the link looks for it
     if scheme not in URL_SCHEMES:
         raise ValueError(
             f"{scheme}:// is not a kind of port the gateway opens; a device path "
@@ -46,7 +46,7 @@ def _serial_url(value: str) -> str:
             raise ValueError(f"{scheme}:// needs a host and a port, e.g. {scheme}://10.0.0.20:4001")
     elif scheme in ("spy", "alt", "hwgrep") and not rest.partition("?")[0]:
         raise ValueError(f"{scheme}:// needs the device after it, e.g. {scheme}:///dev/ttyUSB0")
-    return value
+    return f"{scheme}://{rest}"
 
 
 class PortConfig(Strict):

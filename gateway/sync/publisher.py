@@ -317,7 +317,11 @@ class Publisher:
         if oldest is None or now - oldest.sent_ms > SUSPECT_MS:
             self._ended_over(generation, None, "", 0, False)
             return
-        self._probing = True
+        probed, self._probing = self._probing, True
+        if probed and len(self._inflight) > 1:
+            # an alarm went beside the probe: either may be the one; the next probe tells
+            self._ended_over(generation, None, "", 0, False)
+            return
         key = (oldest.lane, oldest.events[0].seq)
         if not self._ended_over(generation, key, oldest.topic, oldest.size, len(oldest.events) > 1):
             return

@@ -11,14 +11,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gateway.app import build
+from gateway.app import Gateway, build
 from gateway.config import MqttSection
 from gateway.events import Event, EventType, Lane, compact_json
 from gateway.store import Store
 from gateway.sync.mqtt import Message, MqttLink, backoff_delay
+from gateway.sync.publisher import Publisher
 from tests.support.broker import Mosquitto, free_port
 from tests.support.contract import check_message
 from tests.support.deadpeer import Silent, Unanswered
@@ -103,6 +105,32 @@ def test_an_alarm_on_a_half_open_connection_goes_out_on_a_new_one(
         sub.close()
 
 
+def through(relay: Relay, **mqtt: Any) -> dict[str, Any]:
+    """The [mqtt] of a gateway whose broker is behind the relay, a keepalive too long to
+    notice anything in a test."""
+    return {
+        "keepalive_s": 30,
+        "reconnect_min_s": 0.1,
+        "brokers": [f"mqtt://127.0.0.1:{relay.port}"],
+        **mqtt,
+    }
+
+
+def probing_after_a_break(gw: Gateway, relay: Relay) -> tuple[Publisher, MqttLink]:
+    """A telemetry backlog draining through the relay when its path breaks: the connection
+    after it sends one message (a probe) until its first PUBACK, and that one is in flight."""
+    assert gw.sync is not None
+    publisher, link = gw.sync.publisher, gw.sync.link
+    eventually(lambda: link.connected)
+    for i in range(2000):
+        gw.store.submit(Event(TELEMETRY, sighting(i)))
+    eventually(lambda: publisher.inflight > 0, every=0.001)
+    connects = link.connects
+    relay.reset()
+    eventually(lambda: link.connects > connects and publisher.inflight > 0, every=0.001)
+    return publisher, link
+
+
 def test_an_alarm_is_not_held_behind_the_probe_a_new_connection_sends_first(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -112,28 +140,39 @@ def test_an_alarm_is_not_held_behind_the_probe_a_new_connection_sends_first(
     sub = Subscriber(mosquitto.port)
     relay = Relay(mosquitto.port, delay_back_s=0.5)
     try:
-        mqtt = {
-            "keepalive_s": 30,
-            "reconnect_min_s": 0.1,
-            "reconnect_max_s": 0.5,
-            "alarm_ack_timeout_s": 3,
-            "brokers": [f"mqtt://127.0.0.1:{relay.port}"],
-        }
+        mqtt = through(relay, reconnect_max_s=0.5, alarm_ack_timeout_s=3)
         with running(config(tmp_path / "var", None, mqtt=mqtt)) as gw:
-            assert gw.sync is not None
-            publisher, link = gw.sync.publisher, gw.sync.link
-            eventually(lambda: link.connected)
-            for i in range(2000):
-                gw.store.submit(Event(TELEMETRY, sighting(i)))
-            eventually(lambda: publisher.inflight > 0, every=0.001)
-            connects = link.connects
-            relay.reset()  # telemetry in flight: the next connection probes
-            eventually(lambda: link.connects > connects and publisher.inflight > 0, every=0.001)
+            publisher, link = probing_after_a_break(gw, relay)
             relay.freeze()  # the probe's PUBACK, 0.5 s away, never comes
             alarm = gw.store.record(Event(ALARM, {"n": "sos"}))
             eventually(lambda: publisher.alarm_timeouts >= 1, timeout=20)
             sub.wait_for(lambda _m: alarm.event_id in sub.event_ids())
             assert link.health()["last_error"] != "Keep alive timeout"
+    finally:
+        relay.close()
+        sub.close()
+
+
+def test_a_broker_closing_over_an_alarm_sent_beside_a_probe_is_not_taken_for_the_probes(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection after a break probes with one telemetry message, and an alarm goes
+    beside it. The broker closes over the alarm (AWS IoT, a topic not allowed): the probe,
+    oldest unacknowledged at two ends in a row, was taken for the one refused, and
+    telemetry held back as refused; only the alarm's type is."""
+    fall = EventType("test.fall", Lane.P0)
+    sub = Subscriber(mosquitto.port)
+    relay = Relay(mosquitto.port, delay_back_s=0.5, cut_on=b"/event/test.fall")
+    try:
+        mqtt = through(relay, reconnect_max_s=30)
+        with running(config(tmp_path / "var", None, mqtt=mqtt)) as gw:
+            publisher, _link = probing_after_a_break(gw, relay)
+            gw.store.record(Event(fall, {"n": "cut"}))
+            eventually(lambda: publisher.rejected >= 1)
+            later = gw.store.record(Event(ALARM, {"n": "later"}))
+            sub.wait_for(lambda _m: later.event_id in sub.event_ids())
+            refused = [r.getMessage() for r in caplog.records if "broker refused" in r.getMessage()]
+            assert refused and all("P0 test.fall" in line for line in refused)
     finally:
         relay.close()
         sub.close()

@@ -480,7 +480,11 @@ def test_a_control_station_identifying_with_another_address_still_selects_us(
     s.on_data(espa_block(CALL), 0.2)
     assert sent == [ACK, ACK]
     assert len(stored(store.path, "alarm.sos")) == 1 and s.unselected == 0
-    assert "identified itself as '3', not master_address '1'" in caplog.text
+    assert "'3 ENQ' came right before our address, not master_address '1'" in caplog.text
+    s.on_data(b"\x04", 1.0)
+    s.on_data(b"3\x05", 2.0)  # a poll of station 3, absent: the master waits, then polls us
+    s.on_data(b"2\x05", 3.0)
+    assert sent == [ACK, ACK, EOT]
 
 
 def test_the_masters_resend_of_a_page_for_a_slow_station_is_not_taken_for_ours(

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from gateway.private import ExposedDirectory, private_dir
 from gateway.store.db import StoreError
 from gateway.store.erasure import Journal, erase_answers, erase_events
 from gateway.sync.downlink import Reply, RequestError
@@ -67,6 +68,13 @@ def erase_elder(cfg: VisionSection, data_dir: Path, elder: str, journal: Journal
     from gateway.vision.gallery import erase
     from gateway.vision.retention import ExpiredFrames
 
+    try:  # root's rewrite of the cooldown file would leave it unreadable to the service
+        if data_dir.exists():
+            private_dir(data_dir)
+    except ExposedDirectory as exc:
+        raise GalleryError(f"nothing erased: data directory {exc}") from None
+    except OSError as exc:
+        raise GalleryError(f"nothing erased: data directory {data_dir}: {exc.strerror}") from None
     # listed for a counter that may have her in memory; without a camera none runs, nothing
     # would take the entry in, and her sealed id would stay beside the key for good
     key_path = None if cfg.camera.source is None else cfg.gallery.key_path(data_dir)

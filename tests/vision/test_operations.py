@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gateway.store.erasure import Journal
 from gateway.sync.downlink import RequestError
+from gateway.vision import cooldown
 from gateway.vision.analyze import Analysis, Analyzer
 from gateway.vision.camera import EMPTY_GREY, Frame
 from gateway.vision.config import VisionSection
 from gateway.vision.confirm import Confirmations
 from gateway.vision.decide import Decider, Observation, Outcome, Policy
 from gateway.vision.enroll import enrol
+from gateway.vision.errors import GalleryError
 from gateway.vision.gallery import Gallery, erase
 from gateway.vision.images import fit_within, read_image
 from gateway.vision.liveness import LivenessResult
-from gateway.vision.operations import FaceConfirm, GalleryFile
+from gateway.vision.operations import FaceConfirm, GalleryFile, erase_elder
 from gateway.vision.pipeline import CounterPipeline, DecisionEvent
 
 FPS = 15.0
@@ -326,3 +331,23 @@ def test_a_confirmation_while_the_gallery_cannot_be_read_still_settles_her(
     with pytest.raises(RequestError, match=r"E1 is not enrolled \(erased since\?\)"):
         confirm({"event_id": "d-2", "elder_id": "E1"})
     assert confirmations.take_settled() == []
+
+
+def test_root_erasing_in_the_service_users_data_directory_is_refused(
+    vision_cfg: VisionSection, tmp_path: Path
+) -> None:
+    """`sudo gateway gallery remove` rewrote the cooldown file as root's, 0600: the service
+    could no longer read it, and forgot who had just eaten."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can run as root")
+    data = tmp_path / "var"
+    data.mkdir(mode=0o700)
+    cooling = data / cooldown.FILE
+    cooldown.save(cooling, {"elder-7": 5_000, "elder-8": 6_000})
+    for path in (cooling, data):
+        os.chown(path, 65534, 65534)
+    journal = Journal(data / "gateway.db", data / "gateway.db.key")
+    with pytest.raises(GalleryError, match=r"nothing erased: .* belongs to nobody"):
+        erase_elder(vision_cfg, data, "elder-7", journal)
+    assert cooling.stat().st_uid == 65534
+    assert sorted(json.loads(cooling.read_text())) == ["elder-7", "elder-8"]

@@ -55,7 +55,13 @@ _TRANSACTION = re.compile(rb'"transaction"\s*:\s*("(?:[^"\\]|\\.){1,%d}")' % TRA
 
 
 class RequestError(Exception):
-    """A handler's way to refuse a request cleanly; the message goes back to the sender."""
+    """A handler's way to refuse a request cleanly; the message goes back to the sender, and
+    to the log unless ``personal``: a refusal that names the elders a face resembled, or its
+    scores against them (a link of a face to elders the log would keep past their erasure)."""
+
+    def __init__(self, message: str, *, personal: bool = False) -> None:
+        super().__init__(message)
+        self.personal = personal
 
 
 @dataclass(frozen=True)
@@ -378,8 +384,8 @@ class Downlink:
             return repeat
         try:
             reply = self._ops[op].handler(request)
-        except RequestError as exc:  # may name elders: for the sender, not the log
-            return self._error(op, txn, "refused", str(exc), logged=False)
+        except RequestError as exc:
+            return self._error(op, txn, "refused", str(exc), logged=not exc.personal)
         except Exception:  # a fault of ours: the sender still gets an answer, and may retry
             log.exception("downlink: %s request failed", op)
             return self._error(op, txn, "internal", f"not applied: {INTERNAL}")
@@ -515,8 +521,8 @@ class Downlink:
     def _error(
         self, op: str, txn: str | None, reason: str, message: str, *, logged: bool = True
     ) -> dict[str, Any]:
-        """``logged``: the message goes to the log too. Not a handler's refusal: it names the
-        elders a face resembled, and the log outlives their erasure."""
+        """``logged``: the message goes to the log too (not one that names the elders a face
+        resembled: the log outlives their erasure)."""
         self._tally(self.errors, reason)
         if len(message) > MESSAGE_MAX:
             message = message[: MESSAGE_MAX - 3] + "..."

@@ -243,13 +243,15 @@ class FaceConfirm:
             raise RequestError(
                 f"decision {event_id}: nothing to confirm (not an uncertain decision of this "
                 f"counter, confirmed already, or over "
-                f"{self.cfg.decision.confirm_within_s:.0f} s old)"
+                f"{self.cfg.decision.confirm_within_s:.0f} s old)",
+                personal=True,
             )
         candidates = [e for e, _ in pending.candidates]
         if elder not in candidates:
             raise RequestError(
                 f"{elder} was not among the decision's candidates ({', '.join(candidates)}): "
-                "nothing learned; enrol photos (face.enrol) instead"
+                "nothing learned; enrol photos (face.enrol) instead",
+                personal=True,
             )
         try:
             gallery: Gallery | None = self.gallery.current()
@@ -263,24 +265,30 @@ class FaceConfirm:
         if erased:
             # consent withdrawn: the counter must not hold her again, nor name her in a later
             # decision as the one her face was served as
-            raise RequestError(f"{elder} is not enrolled (erased since?): not taken as settled")
+            raise RequestError(
+                f"{elder} is not enrolled (erased since?): not taken as settled", personal=True
+            )
         # her meal was settled by hand, learned or not: a face too like a twin's (enrolled
         # with allow_similar) must not leave her to be settled again when she turns back
         settled = self.confirmations.settle(event_id, elder)
         if settled is not None and settled != elder:
             raise RequestError(
                 f"decision {event_id} was confirmed as {settled} already: nothing learned, "
-                f"and {elder} is not taken as settled; enrol photos (face.enrol) instead"
+                f"and {elder} is not taken as settled; enrol photos (face.enrol) instead",
+                personal=True,
             )
         probe = pending.probe
         if probe is None:
             raise RequestError(
                 f"{elder} is taken as settled, but nothing learned: the face did not look live "
                 "on most frames, or the frames showed more than one person; enrol photos "
-                "(face.enrol) instead"
+                "(face.enrol) instead",
+                personal=True,
             )
         if gallery is None:
-            raise RequestError(f"{elder} is taken as settled, but nothing learned: {unreadable}")
+            raise RequestError(
+                f"{elder} is taken as settled, but nothing learned: {unreadable}", personal=True
+            )
         try:
             self._check_resembles(gallery, elder, probe)
             result = learn(
@@ -292,9 +300,9 @@ class FaceConfirm:
                 anchor=pending.anchors.get(elder),
             )
         except VisionError as exc:
-            raise RequestError(str(exc)) from None
+            raise RequestError(str(exc), personal=True) from None
         if result.status != "enrolled":
-            raise RequestError(f"nothing learned: {result.message}")
+            raise RequestError(f"nothing learned: {result.message}", personal=True)
         self.confirmations.done(event_id)
         log.info("face gallery: a confirmed decision added %d template(s)", result.added)
         return Reply(
@@ -322,7 +330,8 @@ class FaceConfirm:
             raise RequestError(
                 f"nothing learned: the face seen scores {best:.2f} against {elder}'s "
                 f"enrolled photos, under the candidate threshold {floor:.2f}; enrol photos "
-                "(face.enrol) instead"
+                "(face.enrol) instead",
+                personal=True,
             )
 
 

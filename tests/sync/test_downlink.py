@@ -1045,7 +1045,7 @@ def test_a_refusal_that_names_elders_is_told_to_the_sender_not_the_log(
     candidates' ids: in the journal, that link of a face to elders outlived their erasure."""
 
     def refuse(_request: Mapping[str, Any]) -> Reply:
-        raise RequestError("E-0009 was not among the decision's candidates (E-0004)")
+        raise RequestError("E-0009 was not among the decision's candidates (E-0004)", personal=True)
 
     with downlink_alone(tmp_path, refuse, op="face.confirm") as (downlink, sent):
         reply = downlink.handle(
@@ -1058,3 +1058,17 @@ def test_a_refusal_that_names_elders_is_told_to_the_sender_not_the_log(
     assert json.loads(sent[-1].payload)["message"] == reply["message"]
     assert "face.confirm request refused (refused): the answer says why" in caplog.text
     assert "E-000" not in caplog.text
+
+
+def test_a_refusal_for_a_fault_on_the_device_is_in_the_log_for_the_technician(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model file missing, a damaged gallery: the site's technician reads the journal, not
+    the platform's answers."""
+
+    def refuse(_request: Mapping[str, Any]) -> Reply:
+        raise RequestError("model files in /opt/models do not match the manifest")
+
+    with downlink_alone(tmp_path, refuse) as (downlink, _sent):
+        downlink.handle("eldercare/s/g/request/ping", b'{"transaction": "t-1"}')
+    assert "ping request refused (refused): model files in /opt/models do not" in caplog.text

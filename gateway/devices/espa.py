@@ -206,7 +206,8 @@ class EspaSession(PortHandler):
         control station's own (a poll of another station waits for its answer)."""
         if addressed is None or at is None:
             return False
-        return at - addressed[1] <= IDENTIFY_WITHIN_S
+        # the two characters of our address and ENQ, read one by one on a slow line
+        return at - addressed[1] <= IDENTIFY_WITHIN_S + 2 * self.char_s
 
     def _block(self, raw: bytes, at: float | None) -> None:
         stats = self.recorder.stats

@@ -487,6 +487,23 @@ def test_a_control_station_identifying_with_another_address_still_selects_us(
     assert sent == [ACK, ACK, EOT]
 
 
+def test_at_110_baud_a_control_station_with_another_address_still_selects_us(
+    store: Store,
+) -> None:
+    """Each character read on its own at 110 baud 7E2 (0.1 s a character): our address and
+    ENQ came 0.2 s after the other address's ENQ, past a fixed 0.1 s, and every selection
+    was answered EOT."""
+    spec = definition("espa444-nurse-call").espa
+    assert isinstance(spec, EspaSpec)
+    recorder = Recorder(store, port="nurse", station="nurse", definition="espa", record_timeout_s=5)
+    s = EspaSession(spec, recorder, silence_s=None, char_s=11 / 110, now=lambda: 0.0)
+    sent: list[int] = []
+    s.write = lambda data: bool(sent.extend(data)) or True
+    for i, byte in enumerate(b"\x043\x052\x05"):
+        s.on_data(bytes([byte]), i * 0.1)
+    assert sent == [ACK]
+
+
 def test_the_masters_resend_of_a_page_for_a_slow_station_is_not_taken_for_ours(
     store: Store,
 ) -> None:

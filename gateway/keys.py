@@ -19,7 +19,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.private import ExposedDirectory, private_dir, sync_dir, user_name, write_aside
+from gateway.private import (
+    ExposedDirectory,
+    private_dir,
+    run_as,
+    sync_dir,
+    user_name,
+    write_aside,
+)
 
 KEY_BYTES = 32
 
@@ -84,7 +91,7 @@ def _foreign_owner(uid: int) -> str:
     if os.geteuid() == 0:
         return (
             f"{name} (uid {uid}), not root: run this command as that user "
-            f"(sudo -u {name} ...), as the service does; keep the key as it is"
+            f"({run_as(uid)} ...), as the service does; keep the key as it is"
         )
     return f"{name} (uid {uid}), not the gateway's; remove it, or chown it if it is the right key"
 

@@ -37,6 +37,12 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+def run_as(uid: int) -> str:
+    """How to run a command as that user: sudo takes a bare number only as '#uid'."""
+    name = user_name(uid)
+    return f"sudo -u {name}" if name != str(uid) else f"sudo -u '#{uid}'"
+
+
 def private_dir(path: Path) -> None:
     """Create the directory, and each missing parent, 0700 (``mkdir(parents=True)`` would
     give the parents the umask's mode). An existing one that others may write to is refused."""
@@ -62,7 +68,7 @@ def private_dir(path: Path) -> None:
         raise ExposedDirectory(
             0,
             f"{path} belongs to {name} (uid {st.st_uid}), not root: run this as that user "
-            f"(sudo -u {name} ...), as the service does",
+            f"({run_as(st.st_uid)} ...), as the service does",
         )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.private import replace_private
+from gateway.private import ExposedDirectory, private_dir, replace_private
 from tests.support.disk import fill
 
 
@@ -43,3 +43,21 @@ def test_a_full_disk_leaves_the_old_file_and_nothing_beside_it(small_disk: Path)
         replace_private(path, b"x" * 65536)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in small_disk.iterdir()) == sorted([path.name, filler.name])
+
+
+@pytest.mark.parametrize(
+    ("uid", "advice"), [(65534, "sudo -u nobody"), (54321, "sudo -u '#54321'")]
+)
+def test_root_is_told_how_to_run_as_the_user_a_data_directory_belongs_to(
+    tmp_path: Path, uid: int, advice: str
+) -> None:
+    """A uid without a name (a container's volume): sudo takes the bare number only as
+    '#uid', so "sudo -u 54321" would have failed with "unknown user"."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can run as root")
+    data = tmp_path / "var"
+    data.mkdir(mode=0o700)
+    os.chown(data, uid, uid)
+    with pytest.raises(ExposedDirectory) as err:
+        private_dir(data)
+    assert f"not root: run this as that user ({advice} ...)" in str(err.value)

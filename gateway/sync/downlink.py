@@ -32,7 +32,7 @@ from gateway.logs import RateLimitedLog
 from gateway.store import DomainWrite, StorageFull, Store, StoreClosed, Withdrawn
 from gateway.store.cipher import EventCipher, Undecryptable, answer_key
 from gateway.store.db import connect, overwriting
-from gateway.sync.mqtt import Done, Message, nothing_to_ack
+from gateway.sync.mqtt import LIVE, Done, Handover, Message
 from gateway.sync.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -188,25 +188,19 @@ class Downlink:
     def operations(self) -> list[str]:
         return sorted(self._ops)
 
-    def received(
-        self,
-        topic: str,
-        payload: bytes,
-        retained: bool = False,
-        done: Done = nothing_to_ack,
-        resent: bool = False,
-    ) -> None:
+    def received(self, topic: str, payload: bytes, how: Handover = LIVE) -> None:
         """Called on paho's thread: queue and return. Requests may carry photos, so a burst
         (the broker hands over a day's requests at reconnect) must not fill the memory: an
         oversized payload is not kept while it waits, and past ``waiting_max_bytes`` the
         sender is told to send again later. paho's thread is never held up: it also carries
         the alarms. A retained request is refused: the broker hands it over again at every
         subscription, and once its transaction has been forgotten it would be applied again.
-        ``done`` is called once the request is answered or refused, not before: the broker
+        ``how.done`` is called once the request is answered or refused, not before: the broker
         hands over again one the gateway was killed holding, and at a reconnect one still
-        waiting here (``resent``). Such a copy of a request still waiting or in hand is
+        waiting here (``how.resent``). Such a copy of a request still waiting or in hand is
         neither queued nor answered: it is done when the request is (counted as
         ``handed_over_again``). A request sent twice by the platform is two requests."""
+        retained, resent, done = how
         size = len(payload)
         kept = payload if size <= self.cfg.max_payload_bytes else b""
         cost = len(kept) + len(topic) + QUEUED_OVERHEAD

@@ -87,6 +87,19 @@ def nothing_to_ack() -> None:
     """A message that needs no acknowledgement (QoS 0)."""
 
 
+class Handover(NamedTuple):
+    """How the broker handed a message over. ``done``: to be called once it is taken care of
+    (its answer recorded, or it is refused), now or later, on any thread; the broker is sent
+    its PUBACK then. ``resent``: the broker sends it again (DUP), not having had its PUBACK."""
+
+    retained: bool = False
+    resent: bool = False
+    done: Done = nothing_to_ack
+
+
+LIVE = Handover()  # a message as most come: not retained, first sent, nothing to acknowledge
+
+
 class _Receipt:
     __slots__ = ("done", "mid", "qos")
 
@@ -144,17 +157,7 @@ class LinkListener(Protocol):
 
     def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None: ...
 
-    def received(
-        self,
-        topic: str,
-        payload: bytes,
-        retained: bool = False,
-        done: Done = nothing_to_ack,
-        resent: bool = False,
-    ) -> None:
-        """``done``: to be called once the message is taken care of (its answer recorded, or
-        it is refused), whether that is now or later, on any thread; the broker is sent its
-        PUBACK then. ``resent``: the broker sends it again (DUP), not having had its PUBACK."""
+    def received(self, topic: str, payload: bytes, how: Handover = LIVE) -> None: ...
 
 
 def _properties(packet_type: int) -> Properties:
@@ -652,13 +655,8 @@ class MqttLink:
                 self.resent_held += 1
                 return
             try:
-                self._listener.received(
-                    topic,
-                    bytes(message.payload),
-                    retained=bool(message.retain),
-                    done=done,
-                    resent=bool(message.dup),
-                )
+                how = Handover(bool(message.retain), bool(message.dup), done)
+                self._listener.received(topic, bytes(message.payload), how)
             except Exception:
                 done()  # never handed over again: it would fail the same way
                 log.exception("downlink handler failed")

@@ -18,7 +18,7 @@ from gateway.logs import RateLimitedLog
 from gateway.store import OutboxReader, Store
 from gateway.sync.downlink import Downlink, Operation, Reply
 from gateway.sync.identity import CONFLICT_WINDOW_S, IdentityWatch, new_instance
-from gateway.sync.mqtt import Done, Message, MessageTooLarge, MqttLink, nothing_to_ack
+from gateway.sync.mqtt import LIVE, Handover, Message, MessageTooLarge, MqttLink
 from gateway.sync.publisher import Publisher
 from gateway.sync.topics import Topics
 
@@ -242,21 +242,14 @@ class Sync:
     def puback(self, generation: int, mid: int, accepted: bool, reason: str) -> None:
         self.publisher.puback(generation, mid, accepted, reason)
 
-    def received(
-        self,
-        topic: str,
-        payload: bytes,
-        retained: bool = False,
-        done: Done = nothing_to_ack,
-        resent: bool = False,
-    ) -> None:
+    def received(self, topic: str, payload: bytes, how: Handover = LIVE) -> None:
         if topic == self.topics.status:
             try:
                 self._status_seen(payload)
             finally:
-                done()
+                how.done()
         else:
-            self.downlink.received(topic, payload, retained, done, resent)
+            self.downlink.received(topic, payload, how)
 
     def _status_seen(self, payload: bytes) -> None:
         """Only named in the log and health: alarms must still go out, under either gateway."""

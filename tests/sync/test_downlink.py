@@ -32,7 +32,7 @@ from gateway.sync.downlink import (
     Reply,
     RequestError,
 )
-from gateway.sync.mqtt import Message, Receipts
+from gateway.sync.mqtt import Handover, Message, Receipts
 from gateway.sync.topics import Topics
 from tests.support.broker import Mosquitto
 from tests.support.gateway import config, running, sync_alone
@@ -549,9 +549,9 @@ def test_a_large_request_refused_at_once_is_not_parsed_on_the_network_thread(
     first = json.dumps({"transaction": "t-1", "elder_id": "e1", "photos": photos}).encode()
     last = json.dumps({"elder_id": "e1", "photos": photos, "transaction": "t-2"}).encode()
     with downlink_alone(tmp_path, Applying(), op="face.enrol") as (downlink, sent):
-        downlink.received(topic, first, retained=True)
-        downlink.received(topic, last, retained=True)
-        downlink.received(topic, b'{"transaction":"t-3"}', retained=True)
+        downlink.received(topic, first, Handover(retained=True))
+        downlink.received(topic, last, Handover(retained=True))
+        downlink.received(topic, b'{"transaction":"t-3"}', Handover(retained=True))
     assert [json.loads(m.payload)["transaction"] for m in sent] == ["t-1", None, "t-3"]
     assert downlink.errors["retained"] == 3
 

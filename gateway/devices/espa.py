@@ -179,27 +179,25 @@ class EspaSession(PortHandler):
             self.state, self.master = "elsewhere", None
             if item.address is not None and at is not None:
                 self._addressed = (item.address, at)
-        elif self.master is None and self._identified(addressed, at):
-            assert addressed is not None
-            self.master = addressed[0]
-            _flood.warning(
-                f"{self.recorder.port}:master",
-                "espa %s: '%s ENQ' came right before our address, not master_address '%s': "
-                "taken for the control station identifying itself, and answered; if it is, "
-                'set master_address = "%s" in the definition',
-                self.recorder.port,
-                self.master,
-                self.spec.master_address,
-                self.master,
-            )
-            self.state = "selected"
-            self._reply("ACK", bytes([ACK]))
-        elif self.master is not None:
-            self.state = "selected"
-            self._reply("ACK", bytes([ACK]))
-        else:
-            self.state = "neutral"
+        elif self.master is None and not self._identified(addressed, at):
+            self.state = "neutral"  # a poll: we have nothing to send
             self._reply("EOT", bytes([EOT]))
+        else:
+            if self.master is None:
+                assert addressed is not None
+                self.master = addressed[0]
+                _flood.warning(
+                    f"{self.recorder.port}:master",
+                    "espa %s: '%s ENQ' came right before our address, not master_address "
+                    "'%s': taken for the control station identifying itself, and answered; "
+                    'if it is, set master_address = "%s" in the definition',
+                    self.recorder.port,
+                    self.master,
+                    self.spec.master_address,
+                    self.master,
+                )
+            self.state = "selected"
+            self._reply("ACK", bytes([ACK]))
 
     def _identified(self, addressed: tuple[str, float] | None, at: float | None) -> bool:
         """Our ENQ right after another address's, nothing between: that address was the
